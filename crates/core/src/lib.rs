@@ -1,0 +1,48 @@
+//! # lastmile-core
+//!
+//! The backend-agnostic layer every lastmile crate stands on:
+//!
+//! - [`device`]: which burn backends this build has ([`Backend`]) and devices
+//!   for them; the default is the CPU (`flex`), the GPU (`wgpu`) is opt-in.
+//! - [`numerics`]: batched softmax / log-softmax with temperature,
+//!   log-sum-exp, entropy, top-k / top-p filtering, argmax, seeded
+//!   categorical sampling.
+//! - [`linalg`]: thin SVD and QR of `f32` matrices.
+//! - [`validate`] and [`error`]: input checks and the [`CoreError`] type.
+//! - [`convert`] and [`tensor_file`]: tensor ⇄ `Vec` conversion and
+//!   safetensors files of named tensors, safe on hostile input.
+//! - [`stats`] and [`testing`]: chi-square / normal tests and a harness that
+//!   runs one test body on every enabled backend.
+//!
+//! Code is written against burn's runtime-dispatched `Tensor<D>` and a
+//! [`Device`](burn::tensor::Device) value; nothing here hard-wires a backend.
+//!
+//! ```
+//! # #[cfg(feature = "flex")] {
+//! use burn::tensor::Tensor;
+//! use rand::{SeedableRng, rngs::StdRng};
+//! use lastmile_core::{default_device, numerics::{SamplingParams, sample_categorical}};
+//!
+//! let device = default_device()?;
+//! let logits = Tensor::<2>::from_floats([[2.0, 1.0, 0.1, -1.0]], &device);
+//! let probs = SamplingParams::new(0.8)?.with_top_p(0.9)?.probabilities(logits)?;
+//! let mut rng = StdRng::seed_from_u64(42);
+//! let token = sample_categorical(probs, &mut rng)?[0];
+//! assert!(token < 4);
+//! # }
+//! # Ok::<(), lastmile_core::CoreError>(())
+//! ```
+
+pub mod convert;
+pub mod device;
+pub mod error;
+pub mod linalg;
+pub mod numerics;
+pub mod stats;
+pub mod tensor_file;
+pub mod testing;
+pub mod validate;
+
+pub use burn;
+pub use device::{Backend, default_backend, default_device};
+pub use error::{CoreError, Result};
