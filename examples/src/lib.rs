@@ -1,0 +1,5 @@
+//! Shared helpers for lastmile's example programs: progress bars, CSV output,
+//! a small MLP classifier and its training loop.
+
+pub mod mlp;
+pub mod report;

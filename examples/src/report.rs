@@ -1,0 +1,65 @@
+//! Output helpers: progress bars, aligned tables and CSV files.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+
+/// A progress bar with lastmile's style; hidden automatically when stderr is not a terminal.
+pub fn progress_bar(len: u64, label: &str) -> ProgressBar {
+    let bar = ProgressBar::new(len);
+    let style = ProgressStyle::with_template(
+        "{prefix:>10} [{elapsed_precise}] {wide_bar} {pos}/{len} {msg}",
+    )
+    .unwrap_or_else(|_| ProgressStyle::default_bar());
+    bar.set_style(style);
+    bar.set_prefix(label.to_owned());
+    bar
+}
+
+/// Renders rows as an aligned plain-text table with a header rule.
+pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let line = |cells: Vec<&str>, out: &mut String| {
+        let parts: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:>w$}", w = *w))
+            .collect();
+        let _ = writeln!(out, "  {}", parts.join("  "));
+    };
+    line(header.to_vec(), &mut out);
+    let rule: Vec<String> = widths.iter().map(|w| "-".repeat(*w)).collect();
+    let _ = writeln!(out, "  {}", rule.join("  "));
+    for row in rows {
+        line(row.iter().map(String::as_str).collect(), &mut out);
+    }
+    out
+}
+
+/// Directory where examples write CSV files and plots: `$LASTMILE_OUT` or `target/lastmile-out`.
+pub fn output_dir() -> Result<PathBuf> {
+    let dir = std::env::var_os("LASTMILE_OUT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("target/lastmile-out"));
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    Ok(dir)
+}
+
+/// Writes a CSV file (cells are written as given; callers avoid commas in cells).
+pub fn write_csv(path: &Path, header: &[&str], rows: &[Vec<String>]) -> Result<()> {
+    let mut text = header.join(",");
+    text.push('\n');
+    for row in rows {
+        text.push_str(&row.join(","));
+        text.push('\n');
+    }
+    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+}
