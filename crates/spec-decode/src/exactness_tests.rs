@@ -1,0 +1,540 @@
+//! Statistical exactness tests of speculative sampling, at the level of one
+//! verification step (synthetic `p`, `q`) and of whole sequences (exactly
+//! enumerable n-gram target and draft models), with negative controls that
+//! must fail the same tests. In-crate so the negative control can swap the
+//! residual rule, which the public API does not expose.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::HashMap;
+
+use burn::tensor::{Device, Tensor, TensorData};
+use lastmile_core::backend_test;
+use lastmile_core::convert::tensor_to_vec;
+use lastmile_core::numerics::{SamplingParams, sample_categorical};
+use lastmile_core::stats::chi_square_gof;
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+
+use crate::verify::{ResidualRule, verify_unchecked};
+use crate::*;
+
+/// Family-wise significance level, split over the cases of a test (Bonferroni).
+const ALPHA: f64 = 1e-3;
+
+// ---------------------------------------------------------------------------
+// Enumerable n-gram language models.
+
+fn splitmix(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^ (x >> 31)
+}
+
+/// Pseudo-random logits in `[-scale, scale]` for a context.
+fn hashed_logits(seed: u64, context: &[usize], vocab: usize, scale: f32) -> Vec<f32> {
+    let mut h = seed;
+    for &t in context {
+        h = splitmix(h ^ (t as u64 + 1));
+    }
+    (0..vocab)
+        .map(|i| {
+            let r = splitmix(h ^ (0x1000 + i as u64));
+            ((r >> 11) as f32 / (1u64 << 53) as f32 * 2.0 - 1.0) * scale
+        })
+        .collect()
+}
+
+/// A language model whose logits are an explicit function of the last
+/// `order - 1` tokens, so every distribution it defines can be enumerated.
+pub(crate) struct NGramLm {
+    pub vocab: usize,
+    /// Tokens of context read (order − 1).
+    pub context: usize,
+    pub seed: u64,
+    pub scale: f32,
+    /// Draft-style model: averages the logits of `seed` over the oldest
+    /// context token and adds noise of its own, so it resembles the target.
+    pub smooth_of: Option<(u64, usize, f32)>,
+    pub device: Device,
+}
+
+impl NGramLm {
+    pub fn target(device: &Device) -> Self {
+        Self {
+            vocab: 5,
+            context: 2,
+            seed: 11,
+            scale: 2.0,
+            smooth_of: None,
+            device: device.clone(),
+        }
+    }
+
+    pub fn draft(device: &Device) -> Self {
+        Self {
+            vocab: 5,
+            context: 1,
+            seed: 23,
+            scale: 0.7,
+            smooth_of: Some((11, 2, 2.0)),
+            device: device.clone(),
+        }
+    }
+
+    pub fn logits(&self, history: &[usize]) -> Vec<f32> {
+        let ctx = &history[history.len().saturating_sub(self.context)..];
+        let mut l = hashed_logits(self.seed, ctx, self.vocab, self.scale);
+        if let Some((seed, ctx_len, scale)) = self.smooth_of {
+            let tail = &history[history.len().saturating_sub(ctx_len - 1)..];
+            for first in 0..self.vocab {
+                let mut c = vec![first];
+                c.extend_from_slice(tail);
+                let t = hashed_logits(seed, &c, self.vocab, scale);
+                for (a, b) in l.iter_mut().zip(t) {
+                    *a += b / self.vocab as f32;
+                }
+            }
+        }
+        l
+    }
+}
+
+impl LanguageModel for NGramLm {
+    type Cache = Vec<Vec<usize>>;
+    fn vocab_size(&self) -> usize {
+        self.vocab
+    }
+    fn device(&self) -> Device {
+        self.device.clone()
+    }
+    fn new_cache(&self, batch: usize) -> Result<Self::Cache> {
+        Ok(vec![Vec::new(); batch])
+    }
+    fn cached_len(&self, cache: &Self::Cache, row: usize) -> usize {
+        cache[row].len()
+    }
+    fn truncate(&self, cache: &mut Self::Cache, row: usize, len: usize) -> Result<()> {
+        cache[row].truncate(len);
+        Ok(())
+    }
+    fn forward(&self, cache: &mut Self::Cache, tokens: &[Vec<usize>]) -> Result<Tensor<3>> {
+        let n = tokens.iter().map(Vec::len).max().unwrap_or(0).max(1);
+        let v = self.vocab;
+        let mut data = vec![0.0f32; tokens.len() * n * v];
+        for (b, row) in tokens.iter().enumerate() {
+            for (i, &t) in row.iter().enumerate() {
+                cache[b].push(t);
+                let at = (b * n + i) * v;
+                data[at..at + v].copy_from_slice(&self.logits(&cache[b]));
+            }
+        }
+        Ok(Tensor::from_data(
+            TensorData::new(data, [tokens.len(), n, v]),
+            &self.device,
+        ))
+    }
+}
+
+/// Processed next-token distribution of `lm` after `history`.
+fn processed(lm: &NGramLm, history: &[usize], params: &SamplingParams) -> Vec<f64> {
+    let l = Tensor::<2>::from_data(
+        TensorData::new(lm.logits(history), [1, lm.vocab]),
+        &lm.device,
+    );
+    tensor_to_vec(params.probabilities(l).unwrap())
+        .unwrap()
+        .into_iter()
+        .map(f64::from)
+        .collect()
+}
+
+/// Exact joint distribution of the first `k` generated tokens (index = base-V number).
+fn exact_joint(lm: &NGramLm, prompt: &[usize], k: usize, params: &SamplingParams) -> Vec<f64> {
+    let v = lm.vocab;
+    let mut memo: HashMap<Vec<usize>, Vec<f64>> = HashMap::new();
+    let mut joint = vec![0.0; v.pow(k as u32)];
+    for (code, slot) in joint.iter_mut().enumerate() {
+        let mut hist = prompt.to_vec();
+        let mut prob = 1.0;
+        let mut c = code;
+        let mut toks = vec![0; k];
+        for t in toks.iter_mut().rev() {
+            *t = c % v;
+            c /= v;
+        }
+        for &t in &toks {
+            let dist = memo
+                .entry(hist.clone())
+                .or_insert_with(|| processed(lm, &hist, params));
+            prob *= dist[t];
+            hist.push(t);
+        }
+        *slot = prob;
+    }
+    let total: f64 = joint.iter().sum();
+    joint.iter().map(|p| p / total).collect()
+}
+
+fn joint_counts(tokens: &[Vec<usize>], v: usize, k: usize) -> Vec<u64> {
+    let mut counts = vec![0u64; v.pow(k as u32)];
+    for t in tokens {
+        let code = t[..k].iter().fold(0, |acc, &x| acc * v + x);
+        counts[code] += 1;
+    }
+    counts
+}
+
+fn policies() -> Vec<Box<dyn DraftPolicy>> {
+    vec![
+        Box::new(StaticLength::new(3).unwrap()),
+        Box::new(HeuristicSchedule::new(2, 6).unwrap()),
+        Box::new(MaxConfidence::new(0.5, 6).unwrap()),
+        Box::new(
+            AdaEdl::new(AdaEdlConfig {
+                max_len: 6,
+                ..AdaEdlConfig::default()
+            })
+            .unwrap(),
+        ),
+        Box::new(CostModel::new(0.3, 0.6, 0.5, 6).unwrap()),
+    ]
+}
+
+const PROMPT: [usize; 7] = [0, 1, 2, 3, 4, 0, 1];
+
+/// p-value of the first three tokens of `n` speculative samples against the exact joint.
+fn sequence_p_value(
+    device: &Device,
+    policy: Box<dyn DraftPolicy>,
+    lookup: bool,
+    temperature: f64,
+    rule: ResidualRule,
+    n: usize,
+    seed: u64,
+) -> f64 {
+    let target = NGramLm::target(device);
+    let draft = NGramLm::draft(device);
+    let params = SamplingParams::new(temperature).unwrap();
+    // Six tokens so that drafts can run past the three tokens tested.
+    let config = GenerationConfig::new(params, 6).unwrap();
+    let prompts = vec![PROMPT.to_vec(); n];
+    let mut rng = StdRng::seed_from_u64(seed);
+    let out = if lookup {
+        let mut dec =
+            SpeculativeDecoder::new(&target, PromptLookup::new(1, 3, 8).unwrap(), policy).unwrap();
+        dec.set_rule(rule);
+        dec.generate(&prompts, &config, &mut rng).unwrap()
+    } else {
+        let mut dec = SpeculativeDecoder::new(&target, ModelDrafter::new(&draft), policy).unwrap();
+        dec.set_rule(rule);
+        dec.generate(&prompts, &config, &mut rng).unwrap()
+    };
+    let m = &out.metrics;
+    assert!(
+        m.drafted > 0,
+        "no drafts: the test would not exercise verification"
+    );
+    assert!(
+        m.accepted < m.drafted,
+        "no rejections: the test would not exercise resampling"
+    );
+    eprintln!(
+        "mean draft length {:.2}, acceptance {:.2}",
+        m.mean_draft_length(),
+        m.acceptance_rate()
+    );
+    let expected = exact_joint(&target, &PROMPT, 3, &params);
+    chi_square_gof(&joint_counts(&out.tokens, 5, 3), &expected)
+        .unwrap()
+        .p_value
+}
+
+// ---------------------------------------------------------------------------
+// Unit level: one verification step with synthetic (p, q).
+
+fn normalise(w: &[f64]) -> Vec<f64> {
+    let s: f64 = w.iter().sum();
+    w.iter().map(|x| x / s).collect()
+}
+
+/// `(name, p, q)` over V = 12; `q = None` is a deterministic drafter whose
+/// proposal is fixed at token 2.
+fn unit_cases() -> Vec<(&'static str, Vec<f64>, Option<Vec<f64>>)> {
+    let v = 12;
+    let ramp: Vec<f64> = normalise(&(1..=v).map(|i| i as f64).collect::<Vec<_>>());
+    let bumpy = normalise(&[5.0, 1.0, 3.0, 0.5, 2.0, 4.0, 1.0, 0.2, 2.5, 1.5, 3.0, 1.0]);
+    let mut disjoint_p = vec![0.0; v];
+    let mut disjoint_q = vec![0.0; v];
+    for i in 0..6 {
+        disjoint_p[i] = [0.3, 0.2, 0.2, 0.1, 0.1, 0.1][i];
+        disjoint_q[i + 6] = 1.0 / 6.0;
+    }
+    let mut one_hot = vec![0.0; v];
+    one_hot[4] = 1.0;
+    // q = 0 on tokens where p > 0 (drafts never propose tokens 0..4).
+    let mut holes = vec![0.0; v];
+    for slot in holes.iter_mut().skip(4) {
+        *slot = 1.0 / 8.0;
+    }
+    vec![
+        ("p = q", bumpy.clone(), Some(bumpy.clone())),
+        ("generic", ramp.clone(), Some(bumpy.clone())),
+        ("disjoint supports", disjoint_p, Some(disjoint_q)),
+        ("one-hot q (dense)", bumpy.clone(), Some(one_hot)),
+        ("q = 0 where p > 0", ramp.clone(), Some(holes)),
+        ("deterministic drafter", bumpy, None),
+    ]
+}
+
+/// Emitted first-token counts of `n` independent verifications with one draft token.
+fn unit_counts(
+    device: &Device,
+    p: &[f64],
+    q: Option<&[f64]>,
+    rule: ResidualRule,
+    n: usize,
+    seed: u64,
+) -> Vec<u64> {
+    let v = p.len();
+    let mut rng = StdRng::seed_from_u64(seed);
+    let p32: Vec<f32> = p.iter().map(|x| *x as f32).collect();
+    // p for the draft position and (unused unless accepted) the bonus position.
+    let p_rows: Vec<f32> = (0..n)
+        .flat_map(|_| p32.iter().chain(&p32).copied())
+        .collect();
+    let p_t = Tensor::<3>::from_data(TensorData::new(p_rows, [n, 2, v]), device);
+    let (q_t, drafts) = match q {
+        Some(q) => {
+            let q32: Vec<f32> = q.iter().map(|x| *x as f32).collect();
+            let rows: Vec<f32> = (0..n).flat_map(|_| q32.iter().copied()).collect();
+            let q2 = Tensor::<2>::from_data(TensorData::new(rows, [n, v]), device);
+            let x = sample_categorical(q2.clone(), &mut rng).unwrap();
+            (
+                Some(q2.reshape([n, 1, v])),
+                x.into_iter().map(|t| vec![t]).collect::<Vec<_>>(),
+            )
+        }
+        None => (None, vec![vec![2]; n]),
+    };
+    let verdicts = verify_unchecked(p_t, q_t, &drafts, false, rule, &mut rng).unwrap();
+    let mut counts = vec![0u64; v];
+    for (d, verdict) in drafts.iter().zip(verdicts) {
+        let first = if verdict.accepted == 1 {
+            d[0]
+        } else {
+            verdict.token
+        };
+        counts[first] += 1;
+    }
+    counts
+}
+
+backend_test!(unit_step_is_exact, |device| {
+    let cases = unit_cases();
+    let level = ALPHA / cases.len() as f64;
+    for (i, (name, p, q)) in cases.iter().enumerate() {
+        let counts = unit_counts(
+            device,
+            p,
+            q.as_deref(),
+            ResidualRule::Exact,
+            100_000,
+            100 + i as u64,
+        );
+        let t = chi_square_gof(&counts, p).unwrap();
+        assert!(
+            t.p_value > level,
+            "{name}: p-value {} (chi2 {}, dof {})",
+            t.p_value,
+            t.statistic,
+            t.dof
+        );
+    }
+});
+
+backend_test!(unit_negative_control_is_rejected, |device| {
+    // Resampling from q after a rejection is biased whenever p ≠ q: the same test must see it.
+    let cases = unit_cases();
+    let level = ALPHA / cases.len() as f64;
+    for (i, (name, p, q)) in cases.iter().enumerate().filter(|(_, c)| c.0 != "p = q") {
+        let counts = unit_counts(
+            device,
+            p,
+            q.as_deref(),
+            ResidualRule::DraftDistribution,
+            100_000,
+            100 + i as u64,
+        );
+        let t = chi_square_gof(&counts, p).unwrap();
+        assert!(
+            t.p_value < level,
+            "{name}: biased sampler passed, p-value {}",
+            t.p_value
+        );
+    }
+});
+
+backend_test!(greedy_verification_matches_argmax, |device| {
+    let p = Tensor::<3>::from_floats(
+        [[[0.1, 0.6, 0.3], [0.5, 0.2, 0.3], [0.2, 0.2, 0.6]]],
+        device,
+    );
+    let mut rng = StdRng::seed_from_u64(0);
+    let v = verify_unchecked(
+        p.clone(),
+        None,
+        &[vec![1, 0]],
+        true,
+        ResidualRule::Exact,
+        &mut rng,
+    )
+    .unwrap();
+    assert_eq!(
+        v[0],
+        Verdict {
+            accepted: 2,
+            token: 2
+        }
+    );
+    let v = verify_unchecked(p, None, &[vec![1, 2]], true, ResidualRule::Exact, &mut rng).unwrap();
+    assert_eq!(
+        v[0],
+        Verdict {
+            accepted: 1,
+            token: 0
+        }
+    );
+});
+
+// ---------------------------------------------------------------------------
+// Sequence level: joint law of the first three tokens under every policy.
+
+// The reference sampler itself passes (sanity check of the harness).
+backend_test!(autoregressive_matches_enumeration, |device| {
+    let target = NGramLm::target(device);
+    let params = SamplingParams::new(1.0).unwrap();
+    let config = GenerationConfig::new(params, 3).unwrap();
+    let prompts = vec![PROMPT.to_vec(); 20_000];
+    let out =
+        generate_autoregressive(&target, &prompts, &config, &mut StdRng::seed_from_u64(5)).unwrap();
+    let expected = exact_joint(&target, &PROMPT, 3, &params);
+    let t = chi_square_gof(&joint_counts(&out.tokens, 5, 3), &expected).unwrap();
+    assert!(t.p_value > ALPHA, "p-value {}", t.p_value);
+});
+
+backend_test!(
+    sequences_are_exact_for_every_policy_and_temperature,
+    |device| {
+        let temps = [0.5, 1.0, 1.5];
+        let n_cases = temps.len() * (policies().len() + 1);
+        let level = ALPHA / n_cases as f64;
+        let mut seed = 1000;
+        for &t in &temps {
+            for policy in policies() {
+                seed += 1;
+                let name = policy.name();
+                let p =
+                    sequence_p_value(device, policy, false, t, ResidualRule::Exact, 20_000, seed);
+                eprintln!("draft model, {name}, T = {t}: p-value {p:.4}");
+                assert!(p > level, "draft model, {name}, T = {t}: p-value {p}");
+            }
+            seed += 1;
+            let policy = Box::new(HeuristicSchedule::new(2, 6).unwrap());
+            let p = sequence_p_value(device, policy, true, t, ResidualRule::Exact, 20_000, seed);
+            assert!(p > level, "prompt lookup, T = {t}: p-value {p}");
+        }
+    }
+);
+
+backend_test!(sequence_negative_control_is_rejected, |device| {
+    let temps = [0.5, 1.0, 1.5];
+    let level = ALPHA / (temps.len() * 6) as f64;
+    for (i, &t) in temps.iter().enumerate() {
+        let policy = Box::new(StaticLength::new(3).unwrap());
+        let p = sequence_p_value(
+            device,
+            policy,
+            false,
+            t,
+            ResidualRule::DraftDistribution,
+            20_000,
+            77 + i as u64,
+        );
+        assert!(p < level, "biased sampler passed at T = {t}: p-value {p}");
+    }
+});
+
+// ---------------------------------------------------------------------------
+// Greedy: token-for-token equal to target-only greedy decoding.
+
+fn random_prompts(n: usize, seed: u64) -> Vec<Vec<usize>> {
+    (0..n as u64)
+        .map(|i| {
+            let len = 1 + (splitmix(seed ^ i) % 9) as usize;
+            (0..len as u64)
+                .map(|j| (splitmix(seed ^ (i << 8) ^ j) % 5) as usize)
+                .collect()
+        })
+        .collect()
+}
+
+backend_test!(greedy_equals_target_greedy_for_every_policy, |device| {
+    let target = NGramLm::target(device);
+    let draft = NGramLm::draft(device);
+    let prompts = random_prompts(120, 9);
+    let config = GenerationConfig::new(SamplingParams::greedy(), 24).unwrap();
+    let mut rng = StdRng::seed_from_u64(3);
+    let reference = generate_autoregressive(&target, &prompts, &config, &mut rng).unwrap();
+    for policy in policies() {
+        let name = policy.name();
+        let mut dec =
+            SpeculativeDecoder::new(&target, ModelDrafter::new(&draft), policy.clone()).unwrap();
+        let out = dec.generate(&prompts, &config, &mut rng).unwrap();
+        assert_eq!(out.tokens, reference.tokens, "draft model, {name}");
+        assert!(out.metrics.accepted > 0, "{name}: nothing accepted");
+        let mut dec =
+            SpeculativeDecoder::new(&target, PromptLookup::new(1, 3, 8).unwrap(), policy).unwrap();
+        let out = dec.generate(&prompts, &config, &mut rng).unwrap();
+        assert_eq!(out.tokens, reference.tokens, "prompt lookup, {name}");
+    }
+    // One sequence at a time gives the same as the batch.
+    let mut dec =
+        SpeculativeDecoder::new(&target, ModelDrafter::new(&draft), policies().remove(3)).unwrap();
+    for (p, expected) in prompts.iter().zip(&reference.tokens).take(10) {
+        let out = dec
+            .generate(std::slice::from_ref(p), &config, &mut rng)
+            .unwrap();
+        assert_eq!(&out.tokens[0], expected);
+    }
+});
+
+backend_test!(metrics_are_consistent, |device| {
+    let target = NGramLm::target(device);
+    let draft = NGramLm::draft(device);
+    let prompts = random_prompts(16, 4);
+    let config = GenerationConfig::new(SamplingParams::new(1.0).unwrap(), 20).unwrap();
+    let mut dec = SpeculativeDecoder::new(
+        &target,
+        ModelDrafter::new(&draft),
+        Box::new(StaticLength::new(4).unwrap()),
+    )
+    .unwrap();
+    let out = dec
+        .generate(&prompts, &config, &mut StdRng::seed_from_u64(1))
+        .unwrap();
+    let m = &out.metrics;
+    assert_eq!(m.generated_tokens, 16 * 20);
+    assert!(out.tokens.iter().all(|t| t.len() == 20));
+    assert_eq!(m.target_calls, m.rounds);
+    assert!(m.accepted <= m.drafted && m.acceptance_rate() > 0.0);
+    // Counts per position can only fall: position i + 1 is accepted only after i is.
+    assert!(m.drafted_at.windows(2).all(|w| w[0] >= w[1]));
+    assert!(m.accepted_at.windows(2).all(|w| w[0] >= w[1]));
+    assert_eq!(m.accepted_at.iter().sum::<u64>(), m.accepted);
+    assert_eq!(m.drafted_at.iter().sum::<u64>(), m.drafted);
+    assert!(m.per_position_acceptance().len() <= 4);
+    assert!(m.target_calls_per_token() < 1.0);
+    // Static-4 drafts 4 tokens unless the length limit is near: about 4 draft calls per round.
+    assert!(m.draft_calls as f64 <= 4.0 * m.rounds as f64);
+});

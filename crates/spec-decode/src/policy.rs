@@ -1,0 +1,484 @@
+//! Draft-length policies: how many tokens to draft each round.
+//!
+//! Every policy looks only at the draft's own distributions and at past
+//! rounds' acceptance counts, never at the target's distribution for the
+//! current round, so any of them keeps speculative sampling exact.
+
+use std::fmt::Debug;
+
+use crate::error::{Result, SpecDecodeError};
+
+/// What the drafter knows about the next draft position before sampling it.
+///
+/// Computed from the drafter's processed distribution `q` when sampling, and
+/// from the *untempered* softmax of the draft logits in greedy mode (where
+/// `q` is one-hot and carries no confidence information). Deterministic
+/// drafters (prompt lookup) report a point mass: entropy 0, top probability 1.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct DraftStepInfo {
+    /// Shannon entropy of the draft distribution, in nats.
+    pub entropy: f64,
+    /// Largest probability of the draft distribution.
+    pub top_prob: f64,
+}
+
+/// Result of one verification round, reported back to the policy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RoundOutcome {
+    /// Tokens drafted this round.
+    pub drafted: usize,
+    /// Leading draft tokens the target accepted.
+    pub accepted: usize,
+}
+
+/// Decides the draft length, per sequence.
+///
+/// Per round the decoder calls [`round_limit`](DraftPolicy::round_limit)
+/// once, drafts one token unconditionally, then asks
+/// [`continue_drafting`](DraftPolicy::continue_drafting) before each further
+/// token (up to the limit), and finally reports the round through
+/// [`observe`](DraftPolicy::observe). The decoder keeps one clone per sequence.
+///
+/// # Examples
+/// ```
+/// use lastmile_spec_decode::{DraftPolicy, RoundOutcome, StaticLength};
+/// let mut p = StaticLength::new(4).unwrap();
+/// assert_eq!(p.round_limit(), 4);
+/// p.observe(RoundOutcome { drafted: 4, accepted: 1 });
+/// assert_eq!(p.round_limit(), 4);
+/// ```
+pub trait DraftPolicy: Debug + Send {
+    /// Short name for reports, e.g. `"static-4"`.
+    fn name(&self) -> String;
+
+    /// Most tokens to draft this round (at least 1).
+    fn round_limit(&mut self) -> usize;
+
+    /// Whether to draft token number `drafted + 1`, given the draft
+    /// distribution for that position. Called only for `drafted ≥ 1`.
+    fn continue_drafting(&mut self, drafted: usize, next: &DraftStepInfo) -> bool {
+        let _ = (drafted, next);
+        true
+    }
+
+    /// Feedback after the target verified the round.
+    fn observe(&mut self, outcome: RoundOutcome) {
+        let _ = outcome;
+    }
+
+    /// A boxed copy (the decoder clones the prototype once per sequence).
+    fn clone_box(&self) -> Box<dyn DraftPolicy>;
+}
+
+impl Clone for Box<dyn DraftPolicy> {
+    fn clone(&self) -> Self {
+        self.clone_box()
+    }
+}
+
+fn check_len(name: &str, value: usize) -> Result<usize> {
+    if value == 0 {
+        Err(SpecDecodeError::param(name, 0.0, "an integer >= 1"))
+    } else {
+        Ok(value)
+    }
+}
+
+fn check_unit(name: &str, value: f64, open_low: bool, open_high: bool) -> Result<f64> {
+    let lo_ok = if open_low { value > 0.0 } else { value >= 0.0 };
+    let hi_ok = if open_high { value < 1.0 } else { value <= 1.0 };
+    if value.is_finite() && lo_ok && hi_ok {
+        Ok(value)
+    } else {
+        let range = format!(
+            "a value in {}0, 1{}",
+            if open_low { "(" } else { "[" },
+            if open_high { ")" } else { "]" }
+        );
+        Err(SpecDecodeError::param(name, value, &range))
+    }
+}
+
+/// A fixed draft length `γ` every round (Leviathan et al. 2023).
+///
+/// ```
+/// use lastmile_spec_decode::{DraftPolicy, StaticLength};
+/// assert_eq!(StaticLength::new(3).unwrap().name(), "static-3");
+/// assert!(StaticLength::new(0).is_err());
+/// ```
+#[derive(Clone, Debug)]
+pub struct StaticLength {
+    pub(crate) gamma: usize,
+}
+
+impl StaticLength {
+    /// Drafts exactly `gamma` tokens per round.
+    ///
+    /// # Errors
+    /// `gamma = 0`.
+    pub fn new(gamma: usize) -> Result<Self> {
+        Ok(Self {
+            gamma: check_len("gamma", gamma)?,
+        })
+    }
+}
+
+impl DraftPolicy for StaticLength {
+    fn name(&self) -> String {
+        format!("static-{}", self.gamma)
+    }
+    fn round_limit(&mut self) -> usize {
+        self.gamma
+    }
+    fn clone_box(&self) -> Box<dyn DraftPolicy> {
+        Box::new(self.clone())
+    }
+}
+
+/// Hugging Face's "heuristic" schedule: `g ← g + 2` after a fully accepted
+/// round, `g ← max(1, g − 1)` otherwise, capped at `max_len`.
+///
+/// ```
+/// use lastmile_spec_decode::{DraftPolicy, HeuristicSchedule, RoundOutcome};
+/// let mut p = HeuristicSchedule::new(5, 16).unwrap();
+/// p.observe(RoundOutcome { drafted: 5, accepted: 5 });
+/// assert_eq!(p.round_limit(), 7);
+/// p.observe(RoundOutcome { drafted: 7, accepted: 2 });
+/// assert_eq!(p.round_limit(), 6);
+/// ```
+#[derive(Clone, Debug)]
+pub struct HeuristicSchedule {
+    current: usize,
+    max_len: usize,
+}
+
+impl HeuristicSchedule {
+    /// Starts at `initial` tokens (HF uses 5), never exceeds `max_len`.
+    ///
+    /// # Errors
+    /// `initial = 0`, `max_len = 0`.
+    pub fn new(initial: usize, max_len: usize) -> Result<Self> {
+        let max_len = check_len("max_len", max_len)?;
+        Ok(Self {
+            current: check_len("initial", initial)?.min(max_len),
+            max_len,
+        })
+    }
+}
+
+impl DraftPolicy for HeuristicSchedule {
+    fn name(&self) -> String {
+        "heuristic".to_owned()
+    }
+    fn round_limit(&mut self) -> usize {
+        self.current
+    }
+    fn observe(&mut self, outcome: RoundOutcome) {
+        if outcome.drafted == 0 {
+            return;
+        }
+        self.current = if outcome.accepted == outcome.drafted {
+            (self.current + 2).min(self.max_len)
+        } else {
+            self.current.saturating_sub(1).max(1)
+        };
+    }
+    fn clone_box(&self) -> Box<dyn DraftPolicy> {
+        Box::new(self.clone())
+    }
+}
+
+/// Stops drafting when the draft's top-token probability falls below `τ`
+/// (llama.cpp `p_min` = 0.75 for greedy, HF `assistant_confidence_threshold`
+/// = 0.4), with at most `max_len` tokens.
+///
+/// ```
+/// use lastmile_spec_decode::{DraftPolicy, DraftStepInfo, MaxConfidence};
+/// let mut p = MaxConfidence::new(0.5, 8).unwrap();
+/// assert!(p.continue_drafting(1, &DraftStepInfo { entropy: 0.1, top_prob: 0.9 }));
+/// assert!(!p.continue_drafting(1, &DraftStepInfo { entropy: 1.0, top_prob: 0.3 }));
+/// ```
+#[derive(Clone, Debug)]
+pub struct MaxConfidence {
+    threshold: f64,
+    max_len: usize,
+}
+
+impl MaxConfidence {
+    /// Threshold `τ ∈ [0, 1]`, cap `max_len ≥ 1`.
+    ///
+    /// # Errors
+    /// `τ` outside `[0, 1]`, `max_len = 0`.
+    pub fn new(threshold: f64, max_len: usize) -> Result<Self> {
+        Ok(Self {
+            threshold: check_unit("threshold", threshold, false, false)?,
+            max_len: check_len("max_len", max_len)?,
+        })
+    }
+}
+
+impl DraftPolicy for MaxConfidence {
+    fn name(&self) -> String {
+        format!("max-conf-{}", self.threshold)
+    }
+    fn round_limit(&mut self) -> usize {
+        self.max_len
+    }
+    fn continue_drafting(&mut self, _drafted: usize, next: &DraftStepInfo) -> bool {
+        next.top_prob >= self.threshold
+    }
+    fn clone_box(&self) -> Box<dyn DraftPolicy> {
+        Box::new(self.clone())
+    }
+}
+
+/// AdaEDL hyper-parameters (Agrawal, Jeon, Lee 2024, arXiv 2410.18351).
+///
+/// ```
+/// let c = lastmile_spec_decode::AdaEdlConfig::default();
+/// assert_eq!((c.gamma, c.lambda0, c.max_len), (0.2, 0.7, 8));
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AdaEdlConfig {
+    /// Scale `γ` of the entropy in the lower bound `1 − sqrt(γ·H)`.
+    pub gamma: f64,
+    /// Initial stopping threshold `λ₀`.
+    pub lambda0: f64,
+    /// EMA factor `β₁` of the acceptance rate.
+    pub beta1: f64,
+    /// EMA factor `β₂` of the threshold.
+    pub beta2: f64,
+    /// Step `ε` of the threshold update.
+    pub epsilon: f64,
+    /// Target acceptance rate `α`.
+    pub alpha: f64,
+    /// Longest draft `L_max`.
+    pub max_len: usize,
+}
+
+impl Default for AdaEdlConfig {
+    /// The paper's defaults: `γ = 0.2, λ₀ = 0.7, β₁ = 0.5, β₂ = 0.9, ε = 0.01,
+    /// α = 0.9`, with `L_max = 8`.
+    fn default() -> Self {
+        Self {
+            gamma: 0.2,
+            lambda0: 0.7,
+            beta1: 0.5,
+            beta2: 0.9,
+            epsilon: 0.01,
+            alpha: 0.9,
+            max_len: 8,
+        }
+    }
+}
+
+/// AdaEDL: entropy-based early draft stopping with an adaptive threshold.
+///
+/// Before drafting the next token, with `H` the entropy (nats) of the draft
+/// distribution, `1 − sqrt(γ·H)` lower-bounds the probability that the token
+/// is accepted; drafting stops when that bound is below `λ`. After each round
+/// with `n_acc` of `n_drafted` accepted:
+///
+/// ```text
+/// AR ← β₁·AR + (1 − β₁)·n_acc / n_drafted
+/// λ' = λ + ε   if AR < α
+///      λ − ε   else if n_acc ≠ L_max
+///      λ       otherwise
+/// λ  ← β₂·λ + (1 − β₂)·λ'
+/// ```
+///
+/// At least one token is always drafted, at most `L_max`.
+///
+/// ```
+/// use lastmile_spec_decode::{AdaEdl, AdaEdlConfig, DraftPolicy, DraftStepInfo, RoundOutcome};
+/// let mut p = AdaEdl::new(AdaEdlConfig::default()).unwrap();
+/// // bound 1 - sqrt(0.2 * 0.05) = 0.9 > 0.7: keep drafting
+/// assert!(p.continue_drafting(1, &DraftStepInfo { entropy: 0.05, top_prob: 0.99 }));
+/// // bound 1 - sqrt(0.2 * 2.0) = 0.37 < 0.7: stop
+/// assert!(!p.continue_drafting(1, &DraftStepInfo { entropy: 2.0, top_prob: 0.3 }));
+/// p.observe(RoundOutcome { drafted: 4, accepted: 0 });
+/// assert!(p.lambda() > 0.7); // low acceptance raises the threshold
+/// ```
+#[derive(Clone, Debug)]
+pub struct AdaEdl {
+    config: AdaEdlConfig,
+    lambda: f64,
+    acceptance: f64,
+}
+
+impl AdaEdl {
+    /// A policy with the given hyper-parameters; the acceptance EMA starts at `α`.
+    ///
+    /// # Errors
+    /// `γ ≤ 0`, `λ₀`, `β₁`, `β₂`, `α` outside `[0, 1]`, `ε < 0`, `L_max = 0`.
+    pub fn new(config: AdaEdlConfig) -> Result<Self> {
+        if !(config.gamma.is_finite() && config.gamma > 0.0) {
+            return Err(SpecDecodeError::param(
+                "gamma",
+                config.gamma,
+                "a finite value > 0",
+            ));
+        }
+        check_unit("lambda0", config.lambda0, false, false)?;
+        check_unit("beta1", config.beta1, false, false)?;
+        check_unit("beta2", config.beta2, false, false)?;
+        check_unit("alpha", config.alpha, false, false)?;
+        if !(config.epsilon.is_finite() && config.epsilon >= 0.0) {
+            return Err(SpecDecodeError::param(
+                "epsilon",
+                config.epsilon,
+                "a finite value >= 0",
+            ));
+        }
+        check_len("max_len", config.max_len)?;
+        Ok(Self {
+            lambda: config.lambda0,
+            acceptance: config.alpha,
+            config,
+        })
+    }
+
+    /// The current stopping threshold `λ`.
+    pub fn lambda(&self) -> f64 {
+        self.lambda
+    }
+
+    /// The acceptance-rate EMA `AR`.
+    pub fn acceptance_ema(&self) -> f64 {
+        self.acceptance
+    }
+
+    /// The entropy lower bound `1 − sqrt(γ·H)` on the acceptance probability.
+    pub fn acceptance_lower_bound(&self, entropy: f64) -> f64 {
+        1.0 - (self.config.gamma * entropy.max(0.0)).sqrt()
+    }
+}
+
+impl DraftPolicy for AdaEdl {
+    fn name(&self) -> String {
+        "adaedl".to_owned()
+    }
+    fn round_limit(&mut self) -> usize {
+        self.config.max_len
+    }
+    fn continue_drafting(&mut self, _drafted: usize, next: &DraftStepInfo) -> bool {
+        self.acceptance_lower_bound(next.entropy) >= self.lambda
+    }
+    fn observe(&mut self, outcome: RoundOutcome) {
+        if outcome.drafted == 0 {
+            return;
+        }
+        let c = &self.config;
+        let rate = outcome.accepted as f64 / outcome.drafted as f64;
+        self.acceptance = c.beta1 * self.acceptance + (1.0 - c.beta1) * rate;
+        let proposed = if self.acceptance < c.alpha {
+            self.lambda + c.epsilon
+        } else if outcome.accepted != c.max_len {
+            self.lambda - c.epsilon
+        } else {
+            self.lambda
+        };
+        self.lambda = c.beta2 * self.lambda + (1.0 - c.beta2) * proposed;
+    }
+    fn clone_box(&self) -> Box<dyn DraftPolicy> {
+        Box::new(self.clone())
+    }
+}
+
+/// Chooses `g` each round to maximise the expected tokens per unit cost,
+/// `E(â, g) / (g·c + 1)` with `E(â, g) = (1 − â^{g+1}) / (1 − â)` (Leviathan
+/// et al. 2023, Eq. 1 and Theorem 3.8), from an EMA `â` of the per-token
+/// acceptance probability and the draft/target cost ratio `c`.
+///
+/// Under the i.i.d. model a round with `n` of `g` accepted made `n + 1`
+/// acceptance trials (`n` if all were accepted) with `n` successes; the EMA
+/// tracks `successes / trials`.
+///
+/// ```
+/// use lastmile_spec_decode::{CostModel, DraftPolicy, RoundOutcome};
+/// let mut p = CostModel::new(0.1, 0.8, 0.5, 8).unwrap();
+/// let g_high = p.round_limit();
+/// for _ in 0..20 { p.observe(RoundOutcome { drafted: 4, accepted: 0 }); }
+/// assert!(p.round_limit() < g_high);
+/// ```
+#[derive(Clone, Debug)]
+pub struct CostModel {
+    cost_ratio: f64,
+    acceptance: f64,
+    beta: f64,
+    max_len: usize,
+}
+
+impl CostModel {
+    /// Cost ratio `c > 0` (draft step time / target step time), initial
+    /// acceptance `â₀ ∈ [0, 1]`, EMA factor `β ∈ [0, 1)`, cap `max_len ≥ 1`.
+    ///
+    /// # Errors
+    /// Any argument out of range.
+    pub fn new(
+        cost_ratio: f64,
+        initial_acceptance: f64,
+        beta: f64,
+        max_len: usize,
+    ) -> Result<Self> {
+        if !(cost_ratio.is_finite() && cost_ratio > 0.0) {
+            return Err(SpecDecodeError::param(
+                "cost_ratio",
+                cost_ratio,
+                "a finite value > 0",
+            ));
+        }
+        Ok(Self {
+            cost_ratio,
+            acceptance: check_unit("initial_acceptance", initial_acceptance, false, false)?,
+            beta: check_unit("beta", beta, false, true)?,
+            max_len: check_len("max_len", max_len)?,
+        })
+    }
+
+    /// Expected tokens per round `E(a, g) = (1 − a^{g+1}) / (1 − a)` (`g + 1` at `a = 1`).
+    ///
+    /// ```
+    /// assert!((lastmile_spec_decode::CostModel::expected_tokens(0.5, 2) - 1.75).abs() < 1e-12);
+    /// ```
+    pub fn expected_tokens(a: f64, g: usize) -> f64 {
+        if a >= 1.0 {
+            (g + 1) as f64
+        } else {
+            (1.0 - a.powi(g as i32 + 1)) / (1.0 - a)
+        }
+    }
+
+    /// The current acceptance estimate `â`.
+    pub fn acceptance(&self) -> f64 {
+        self.acceptance
+    }
+}
+
+impl DraftPolicy for CostModel {
+    fn name(&self) -> String {
+        "cost-model".to_owned()
+    }
+    fn round_limit(&mut self) -> usize {
+        let score = |g: usize| {
+            Self::expected_tokens(self.acceptance, g) / (g as f64 * self.cost_ratio + 1.0)
+        };
+        (1..=self.max_len)
+            .fold((1, f64::NEG_INFINITY), |best, g| {
+                let s = score(g);
+                if s > best.1 { (g, s) } else { best }
+            })
+            .0
+    }
+    fn observe(&mut self, outcome: RoundOutcome) {
+        if outcome.drafted == 0 {
+            return;
+        }
+        let trials = outcome.accepted + usize::from(outcome.accepted < outcome.drafted);
+        let rate = outcome.accepted as f64 / trials as f64;
+        self.acceptance = self.beta * self.acceptance + (1.0 - self.beta) * rate;
+    }
+    fn clone_box(&self) -> Box<dyn DraftPolicy> {
+        Box::new(self.clone())
+    }
+}
