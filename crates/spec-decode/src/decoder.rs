@@ -234,13 +234,13 @@ impl<'t, T: LanguageModel, D: Drafter> SpeculativeDecoder<'t, T, D> {
     /// # Errors
     /// [`SpecDecodeError::VocabMismatch`] when the drafter's vocabulary differs.
     pub fn new(target: &'t T, drafter: D, policy: Box<dyn DraftPolicy>) -> Result<Self> {
-        if let Some(v) = drafter.vocab_size() {
-            if v != target.vocab_size() {
-                return Err(SpecDecodeError::VocabMismatch {
-                    target: target.vocab_size(),
-                    draft: v,
-                });
-            }
+        if let Some(v) = drafter.vocab_size()
+            && v != target.vocab_size()
+        {
+            return Err(SpecDecodeError::VocabMismatch {
+                target: target.vocab_size(),
+                draft: v,
+            });
         }
         Ok(Self {
             target,

@@ -260,7 +260,10 @@ fn normalise(w: &[f64]) -> Vec<f64> {
 
 /// `(name, p, q)` over V = 12; `q = None` is a deterministic drafter whose
 /// proposal is fixed at token 2.
-fn unit_cases() -> Vec<(&'static str, Vec<f64>, Option<Vec<f64>>)> {
+/// `(name, p, q)`.
+type UnitCase = (&'static str, Vec<f64>, Option<Vec<f64>>);
+
+fn unit_cases() -> Vec<UnitCase> {
     let v = 12;
     let ramp: Vec<f64> = normalise(&(1..=v).map(|i| i as f64).collect::<Vec<_>>());
     let bumpy = normalise(&[5.0, 1.0, 3.0, 0.5, 2.0, 4.0, 1.0, 0.2, 2.5, 1.5, 3.0, 1.0]);

@@ -1,0 +1,197 @@
+//! Incremental decoding: a per-layer key/value cache over a ragged batch.
+
+use burn::tensor::{Bool, Int, Tensor, TensorData};
+
+use crate::error::{ModelError, Result};
+use crate::transformer::Transformer;
+
+/// Keys and values of every layer for a batch of sequences of different lengths.
+///
+/// Row `b` holds `len(b)` valid positions; entries past that are stale and
+/// masked out, so [`truncate`](KvCache::truncate) (rollback) is free.
+#[derive(Clone, Debug)]
+pub struct KvCache {
+    keys: Vec<Option<Tensor<4>>>,
+    values: Vec<Option<Tensor<4>>>,
+    lens: Vec<usize>,
+}
+
+impl KvCache {
+    /// An empty cache for `batch` rows of a model with `n_layers` blocks.
+    ///
+    /// ```
+    /// let c = lastmile_models::KvCache::new(2, 3);
+    /// assert_eq!((c.batch(), c.len(1)), (2, 0));
+    /// ```
+    pub fn new(batch: usize, n_layers: usize) -> Self {
+        Self {
+            keys: vec![None; n_layers],
+            values: vec![None; n_layers],
+            lens: vec![0; batch],
+        }
+    }
+
+    /// Number of rows.
+    pub fn batch(&self) -> usize {
+        self.lens.len()
+    }
+
+    /// Valid positions of `row` (0 for an unknown row).
+    pub fn len(&self, row: usize) -> usize {
+        self.lens.get(row).copied().unwrap_or(0)
+    }
+
+    /// Whether every row is empty.
+    pub fn is_empty(&self) -> bool {
+        self.lens.iter().all(|l| *l == 0)
+    }
+
+    /// Keeps only the first `len` positions of `row`.
+    ///
+    /// # Errors
+    /// [`ModelError::Batch`] for a row out of range.
+    pub fn truncate(&mut self, row: usize, len: usize) -> Result<()> {
+        let n = self.lens.len();
+        let slot = self
+            .lens
+            .get_mut(row)
+            .ok_or_else(|| ModelError::Batch(format!("row {row} of a cache with {n} rows")))?;
+        *slot = (*slot).min(len);
+        Ok(())
+    }
+}
+
+/// Writes `new` `[B, H, n, dh]` at each row's offset into `cache`, growing it to hold `total` positions.
+fn write(
+    cache: Option<Tensor<4>>,
+    new: Tensor<4>,
+    offsets: &[usize],
+    total: usize,
+    capacity: usize,
+) -> Tensor<4> {
+    let [b, h, n, dh] = new.dims();
+    let device = new.device();
+    let mut cache = match cache {
+        Some(c) if c.dims()[2] >= total => c,
+        Some(c) => {
+            let have = c.dims()[2];
+            Tensor::cat(
+                vec![
+                    c,
+                    Tensor::zeros([b, h, capacity.max(total) - have, dh], &device),
+                ],
+                2,
+            )
+        }
+        // Reserve the whole context at once so decoding does not re-allocate every step.
+        None => Tensor::zeros([b, h, capacity.max(total), dh], &device),
+    };
+    if offsets.iter().all(|o| *o == offsets[0]) {
+        let o = offsets[0];
+        return cache.slice_assign([0..b, 0..h, o..o + n, 0..dh], new);
+    }
+    for (row, &o) in offsets.iter().enumerate() {
+        let part = new.clone().slice([row..row + 1, 0..h, 0..n, 0..dh]);
+        cache = cache.slice_assign([row..row + 1, 0..h, o..o + n, 0..dh], part);
+    }
+    cache
+}
+
+impl Transformer {
+    /// An empty cache for `batch` sequences.
+    pub fn new_cache(&self, batch: usize) -> KvCache {
+        KvCache::new(batch, self.blocks.len())
+    }
+
+    /// Appends `tokens[b]` to row `b` of `cache` and returns logits at the new positions.
+    ///
+    /// One forward pass whatever the number of tokens; rows may receive
+    /// different numbers of tokens (none at all, too). Equal to the
+    /// corresponding positions of [`forward`](Transformer::forward) over the
+    /// whole sequence.
+    ///
+    /// # Shapes
+    /// Returns `[B, max(1, n_max), vocab]`; positions past a row's own count are padding.
+    ///
+    /// # Errors
+    /// [`ModelError::Batch`] when `tokens.len()` differs from the cache's batch,
+    /// [`ModelError::TokenOutOfRange`], [`ModelError::ContextOverflow`].
+    ///
+    /// ```
+    /// # #[cfg(feature = "flex")] {
+    /// use burn::tensor::Device;
+    /// let d = Device::flex();
+    /// let m = lastmile_models::TransformerConfig::byte_level(16, 1, 2, 8).init(&d).unwrap();
+    /// let mut cache = m.new_cache(2);
+    /// let out = m.forward_cached(&mut cache, &[vec![1, 2, 3], vec![4]]).unwrap();
+    /// assert_eq!(out.dims(), [2, 3, 256]);
+    /// assert_eq!((cache.len(0), cache.len(1)), (3, 1));
+    /// # }
+    /// ```
+    pub fn forward_cached(&self, cache: &mut KvCache, tokens: &[Vec<usize>]) -> Result<Tensor<3>> {
+        let b = cache.batch();
+        if tokens.len() != b {
+            return Err(ModelError::Batch(format!(
+                "{} token rows for a cache of {b} rows",
+                tokens.len()
+            )));
+        }
+        for (row, t) in tokens.iter().enumerate() {
+            if let Some(&token) = t.iter().find(|t| **t >= self.vocab) {
+                return Err(ModelError::TokenOutOfRange {
+                    row,
+                    token,
+                    vocab: self.vocab,
+                });
+            }
+            let needed = cache.lens[row] + t.len();
+            if needed > self.max_len {
+                return Err(ModelError::ContextOverflow {
+                    row,
+                    needed,
+                    max: self.max_len,
+                });
+            }
+        }
+        let n = tokens.iter().map(Vec::len).max().unwrap_or(0).max(1);
+        let device = self.head.weight.device();
+        let offsets = cache.lens.clone();
+        let total = offsets.iter().map(|o| o + n).max().unwrap_or(n);
+        let mut ids = vec![0i64; b * n];
+        let mut pos = vec![0i64; b * n];
+        for row in 0..b {
+            for i in 0..n {
+                ids[row * n + i] = tokens[row].get(i).copied().unwrap_or(0) as i64;
+                pos[row * n + i] = (offsets[row] + i).min(self.max_len - 1) as i64;
+            }
+        }
+        let ids = Tensor::<2, Int>::from_data(TensorData::new(ids, [b, n]), &device);
+        let pos = Tensor::<2, Int>::from_data(TensorData::new(pos, [b, n]), &device);
+        // Key j is visible to new token i of row r iff j <= offset_r + i.
+        let mask: Vec<bool> = (0..b * n * total)
+            .map(|k| {
+                let (row, rest) = (k / (n * total), k % (n * total));
+                rest % total > offsets[row] + rest / total
+            })
+            .collect();
+        let heads = self.n_heads;
+        let mask = Tensor::<4, Bool>::from_data(TensorData::new(mask, [b, 1, n, total]), &device)
+            .expand([b, heads, n, total]);
+        let mut x = self.tokens.forward(ids) + self.positions.forward(pos);
+        for (layer, block) in self.blocks.iter().enumerate() {
+            let (q, k, v) = block.qkv(block.norm1.forward(x.clone()), heads);
+            let keys = write(cache.keys[layer].take(), k, &offsets, total, self.max_len);
+            let values = write(cache.values[layer].take(), v, &offsets, total, self.max_len);
+            let dh = keys.dims()[3];
+            let k_all = keys.clone().slice([0..b, 0..heads, 0..total, 0..dh]);
+            let v_all = values.clone().slice([0..b, 0..heads, 0..total, 0..dh]);
+            cache.keys[layer] = Some(keys);
+            cache.values[layer] = Some(values);
+            x = block.finish(x, q, k_all, v_all, mask.clone());
+        }
+        for (len, t) in cache.lens.iter_mut().zip(tokens) {
+            *len += t.len();
+        }
+        Ok(self.head.forward(self.norm.forward(x)))
+    }
+}

@@ -1,0 +1,40 @@
+//! # lastmile-models
+//!
+//! Small byte-level decoder-only transformers for lastmile's examples and
+//! benchmarks (speculative decoding, mixture-of-experts work): a GPT-2
+//! layout model in burn with
+//!
+//! - a full causal forward for training ([`Transformer::forward`]),
+//! - an incremental forward over a ragged batch with a rollback-able
+//!   [`KvCache`] ([`Transformer::forward_cached`]), equal to the full forward,
+//! - a next-byte training loop ([`train`]) and held-out loss ([`evaluate`]),
+//! - checkpoints in burn's native format ([`Transformer::save`] / [`Transformer::load`]).
+//!
+//! Not published: it exists to give the method crates real models to run on.
+//!
+//! ```
+//! # #[cfg(feature = "flex")] {
+//! use burn::tensor::{Device, Int, Tensor};
+//! use lastmile_models::TransformerConfig;
+//! let d = Device::flex();
+//! let model = TransformerConfig::byte_level(32, 2, 4, 64).init(&d)?;
+//! let mut cache = model.new_cache(1);
+//! let step = model.forward_cached(&mut cache, &[b"hello".iter().map(|b| *b as usize).collect()])?;
+//! assert_eq!(step.dims(), [1, 5, 256]);
+//! cache.truncate(0, 3)?; // roll back two positions
+//! assert_eq!(cache.len(0), 3);
+//! # }
+//! # Ok::<(), lastmile_models::ModelError>(())
+//! ```
+
+mod cache;
+mod checkpoint;
+mod error;
+mod train;
+mod transformer;
+
+pub use cache::KvCache;
+pub use checkpoint::MAX_CHECKPOINT_BYTES;
+pub use error::{ModelError, Result};
+pub use train::{TrainConfig, evaluate, train};
+pub use transformer::{Block, Transformer, TransformerConfig};

@@ -1,0 +1,208 @@
+//! Next-byte training on a text corpus.
+
+use burn::grad_clipping::GradientClippingConfig;
+use burn::module::Module;
+use burn::nn::loss::CrossEntropyLossConfig;
+use burn::optim::{AdamWConfig, GradientsParams};
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+
+use crate::error::{ModelError, Result};
+use crate::transformer::Transformer;
+
+/// Training hyper-parameters.
+///
+/// ```
+/// let c = lastmile_models::TrainConfig::new(100, 8, 64);
+/// assert!(c.check().is_ok());
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct TrainConfig {
+    /// Optimiser steps.
+    pub steps: usize,
+    /// Windows per step.
+    pub batch: usize,
+    /// Bytes per window.
+    pub context: usize,
+    /// Peak learning rate (AdamW).
+    pub lr: f64,
+    /// Linear warm-up steps, then cosine decay to 10% of the peak.
+    pub warmup: usize,
+    /// Seed of the window sampler.
+    pub seed: u64,
+}
+
+impl TrainConfig {
+    /// `steps` steps of `batch` windows of `context` bytes, lr 3e-3, 5% warm-up, seed 0.
+    pub fn new(steps: usize, batch: usize, context: usize) -> Self {
+        Self {
+            steps,
+            batch,
+            context,
+            lr: 3e-3,
+            warmup: steps / 20,
+            seed: 0,
+        }
+    }
+
+    /// Checks the sizes and learning rate.
+    ///
+    /// # Errors
+    /// [`ModelError::Config`].
+    pub fn check(&self) -> Result<()> {
+        if self.steps == 0 || self.batch == 0 || self.context == 0 {
+            return Err(ModelError::Config(
+                "steps, batch and context must be >= 1".to_owned(),
+            ));
+        }
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            return Err(ModelError::Config(format!(
+                "lr = {}; expected a finite value > 0",
+                self.lr
+            )));
+        }
+        Ok(())
+    }
+
+    /// Learning rate at `step`.
+    pub fn lr_at(&self, step: usize) -> f64 {
+        if step < self.warmup {
+            return self.lr * (step + 1) as f64 / self.warmup as f64;
+        }
+        let span = (self.steps - self.warmup).max(1) as f64;
+        let t = (step - self.warmup) as f64 / span;
+        self.lr * (0.1 + 0.9 * 0.5 * (1.0 + (std::f64::consts::PI * t).cos()))
+    }
+}
+
+/// Random `[batch, context]` inputs and next-byte targets drawn from `data`.
+fn windows(
+    data: &[u8],
+    batch: usize,
+    context: usize,
+    rng: &mut StdRng,
+    device: &Device,
+) -> (Tensor<2, Int>, Tensor<2, Int>) {
+    let mut x = Vec::with_capacity(batch * context);
+    let mut y = Vec::with_capacity(batch * context);
+    for _ in 0..batch {
+        let start = rng.random_range(0..data.len() - context);
+        x.extend(data[start..start + context].iter().map(|b| i64::from(*b)));
+        y.extend(
+            data[start + 1..start + context + 1]
+                .iter()
+                .map(|b| i64::from(*b)),
+        );
+    }
+    (
+        Tensor::from_data(TensorData::new(x, [batch, context]), device),
+        Tensor::from_data(TensorData::new(y, [batch, context]), device),
+    )
+}
+
+fn check_data(data: &[u8], context: usize, model: &Transformer) -> Result<()> {
+    if data.len() <= context + 1 {
+        return Err(ModelError::Data(format!(
+            "{} bytes; expected more than context + 1 = {}",
+            data.len(),
+            context + 1
+        )));
+    }
+    if context > model.max_len() {
+        return Err(ModelError::ContextOverflow {
+            row: 0,
+            needed: context,
+            max: model.max_len(),
+        });
+    }
+    if model.vocab() < 256 {
+        return Err(ModelError::Config(format!(
+            "vocab {} < 256 cannot hold bytes",
+            model.vocab()
+        )));
+    }
+    Ok(())
+}
+
+/// Trains `model` (whose parameters live on an autodiff device) to predict
+/// the next byte of `data`, calling `on_step(step, loss)` after every step,
+/// and returns the trained model in evaluation mode on the plain device.
+///
+/// Cross-entropy over every position of random windows; AdamW with
+/// gradient-norm clipping at 1.
+///
+/// # Errors
+/// [`ModelError::Config`] / [`ModelError::Data`] for bad settings or too little data.
+///
+/// ```
+/// # #[cfg(feature = "flex")] {
+/// use burn::tensor::Device;
+/// use lastmile_models::{TrainConfig, TransformerConfig, train};
+/// let ad = Device::flex().autodiff();
+/// let m = TransformerConfig::byte_level(16, 1, 2, 16).init(&ad).unwrap();
+/// let text = b"abcabcabcabcabcabcabcabcabcabcabcabcabcabc".repeat(4);
+/// let mut losses = Vec::new();
+/// let m = train(m, &text, &TrainConfig::new(30, 4, 16), |_, l| losses.push(l)).unwrap();
+/// assert!(losses[29] < losses[0]);
+/// # }
+/// ```
+pub fn train(
+    mut model: Transformer,
+    data: &[u8],
+    config: &TrainConfig,
+    mut on_step: impl FnMut(usize, f32),
+) -> Result<Transformer> {
+    config.check()?;
+    check_data(data, config.context, &model)?;
+    let device = model.head.weight.device();
+    let loss_fn = CrossEntropyLossConfig::new().init(&device);
+    let mut optim = AdamWConfig::new()
+        .with_weight_decay(0.01)
+        .with_grad_clipping(Some(GradientClippingConfig::Norm(1.0)))
+        .init();
+    let mut rng = StdRng::seed_from_u64(config.seed);
+    let (b, l) = (config.batch, config.context);
+    for step in 0..config.steps {
+        let (x, y) = windows(data, b, l, &mut rng, &device);
+        let logits = model.forward(x)?.reshape([b * l, model.vocab()]);
+        let loss = loss_fn.forward(logits, y.reshape([b * l]));
+        let value = loss.clone().into_scalar::<f32>();
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        model = optim.step(config.lr_at(step), model, grads);
+        on_step(step, value);
+    }
+    Ok(model.valid())
+}
+
+/// Mean next-byte cross-entropy (nats) of `model` over `windows` random
+/// windows of `context` bytes of `data`.
+///
+/// # Errors
+/// As [`train`].
+pub fn evaluate(
+    model: &Transformer,
+    data: &[u8],
+    context: usize,
+    windows_n: usize,
+    seed: u64,
+) -> Result<f32> {
+    check_data(data, context, model)?;
+    let device = model.head.weight.device();
+    let loss_fn = CrossEntropyLossConfig::new().init(&device);
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut total = 0.0;
+    let chunk = 8;
+    let mut done = 0;
+    while done < windows_n.max(1) {
+        let b = chunk.min(windows_n.max(1) - done);
+        let (x, y) = windows(data, b, context, &mut rng, &device);
+        let logits = model.forward(x)?.reshape([b * context, model.vocab()]);
+        total += loss_fn
+            .forward(logits, y.reshape([b * context]))
+            .into_scalar::<f32>()
+            * b as f32;
+        done += b;
+    }
+    Ok(total / done as f32)
+}

@@ -1,0 +1,242 @@
+//! A pre-norm decoder-only transformer with learned positions.
+
+use burn::module::Module;
+use burn::nn::{Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig, Linear, LinearConfig};
+use burn::tensor::activation::{gelu, softmax};
+use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
+
+use crate::error::{ModelError, Result};
+
+/// Shape of a [`Transformer`].
+///
+/// ```
+/// let c = lastmile_models::TransformerConfig::byte_level(64, 1, 2, 128);
+/// assert_eq!((c.vocab, c.d_ff), (256, 256));
+/// assert!(c.check().is_ok());
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TransformerConfig {
+    /// Vocabulary size.
+    pub vocab: usize,
+    /// Model width.
+    pub d_model: usize,
+    /// Number of blocks.
+    pub n_layers: usize,
+    /// Attention heads (must divide `d_model`).
+    pub n_heads: usize,
+    /// Hidden width of the MLP.
+    pub d_ff: usize,
+    /// Context window (number of learned positions).
+    pub max_len: usize,
+}
+
+impl TransformerConfig {
+    /// A byte-level (256-token) model with `d_ff = 4·d_model`.
+    pub fn byte_level(d_model: usize, n_layers: usize, n_heads: usize, max_len: usize) -> Self {
+        Self {
+            vocab: 256,
+            d_model,
+            n_layers,
+            n_heads,
+            d_ff: 4 * d_model,
+            max_len,
+        }
+    }
+
+    /// Checks that every size is positive and heads divide the width.
+    ///
+    /// # Errors
+    /// [`ModelError::Config`] naming the bad field.
+    pub fn check(&self) -> Result<()> {
+        for (name, v) in [
+            ("vocab", self.vocab),
+            ("d_model", self.d_model),
+            ("n_layers", self.n_layers),
+            ("n_heads", self.n_heads),
+            ("d_ff", self.d_ff),
+            ("max_len", self.max_len),
+        ] {
+            if v == 0 {
+                return Err(ModelError::Config(format!("{name} = 0; expected >= 1")));
+            }
+        }
+        if !self.d_model.is_multiple_of(self.n_heads) {
+            return Err(ModelError::Config(format!(
+                "n_heads = {} does not divide d_model = {}",
+                self.n_heads, self.d_model
+            )));
+        }
+        Ok(())
+    }
+
+    /// Randomly initialised weights on `device`.
+    ///
+    /// # Errors
+    /// As [`check`](Self::check).
+    pub fn init(&self, device: &Device) -> Result<Transformer> {
+        self.check()?;
+        let d = self.d_model;
+        Ok(Transformer {
+            tokens: EmbeddingConfig::new(self.vocab, d).init(device),
+            positions: EmbeddingConfig::new(self.max_len, d).init(device),
+            blocks: (0..self.n_layers)
+                .map(|_| Block {
+                    norm1: LayerNormConfig::new(d).init(device),
+                    qkv: LinearConfig::new(d, 3 * d).init(device),
+                    proj: LinearConfig::new(d, d).init(device),
+                    norm2: LayerNormConfig::new(d).init(device),
+                    fc1: LinearConfig::new(d, self.d_ff).init(device),
+                    fc2: LinearConfig::new(self.d_ff, d).init(device),
+                })
+                .collect(),
+            norm: LayerNormConfig::new(d).init(device),
+            head: LinearConfig::new(d, self.vocab).init(device),
+            n_heads: self.n_heads,
+            max_len: self.max_len,
+            vocab: self.vocab,
+        })
+    }
+
+    /// Number of trainable parameters.
+    pub fn n_params(&self) -> usize {
+        let d = self.d_model;
+        let block = 2 * 2 * d
+            + (d * 3 * d + 3 * d)
+            + (d * d + d)
+            + (d * self.d_ff + self.d_ff)
+            + (self.d_ff * d + d);
+        self.vocab * d
+            + self.max_len * d
+            + self.n_layers * block
+            + 2 * d
+            + d * self.vocab
+            + self.vocab
+    }
+}
+
+/// One pre-norm block: `x + attn(ln(x))`, then `x + mlp(ln(x))`.
+#[derive(Module, Debug)]
+pub struct Block {
+    pub(crate) norm1: LayerNorm,
+    pub(crate) qkv: Linear,
+    pub(crate) proj: Linear,
+    pub(crate) norm2: LayerNorm,
+    pub(crate) fc1: Linear,
+    pub(crate) fc2: Linear,
+}
+
+/// A decoder-only transformer language model (GPT-2 layout: learned
+/// positions, pre-norm, GELU MLP, causal multi-head attention).
+///
+/// [`forward`](Transformer::forward) scores whole windows (training);
+/// [`forward_cached`](Transformer::forward_cached) appends tokens to a
+/// [`KvCache`](crate::KvCache) and scores only the new positions (decoding).
+#[derive(Module, Debug)]
+pub struct Transformer {
+    pub(crate) tokens: Embedding,
+    pub(crate) positions: Embedding,
+    pub(crate) blocks: Vec<Block>,
+    pub(crate) norm: LayerNorm,
+    pub(crate) head: Linear,
+    pub(crate) n_heads: usize,
+    pub(crate) max_len: usize,
+    pub(crate) vocab: usize,
+}
+
+impl Block {
+    /// Splits `[B, L, 3d]` into q, k, v of shape `[B, H, L, d/H]`.
+    pub(crate) fn qkv(&self, h: Tensor<3>, n_heads: usize) -> (Tensor<4>, Tensor<4>, Tensor<4>) {
+        let [b, l, d] = h.dims();
+        let x = self.qkv.forward(h).reshape([b, l, 3, n_heads, d / n_heads]);
+        let part = |i: usize| {
+            x.clone()
+                .slice([0..b, 0..l, i..i + 1, 0..n_heads, 0..d / n_heads])
+                .reshape([b, l, n_heads, d / n_heads])
+                .swap_dims(1, 2)
+        };
+        (part(0), part(1), part(2))
+    }
+
+    /// Attention of `q` `[B, H, n, dh]` over `k`, `v` `[B, H, T, dh]`; `mask` is
+    /// `true` where a key must be ignored. Returns the block output.
+    pub(crate) fn finish(
+        &self,
+        x: Tensor<3>,
+        q: Tensor<4>,
+        k: Tensor<4>,
+        v: Tensor<4>,
+        mask: Tensor<4, Bool>,
+    ) -> Tensor<3> {
+        let [b, h, n, dh] = q.dims();
+        let scores = q.matmul(k.swap_dims(2, 3)).div_scalar((dh as f32).sqrt());
+        let scores = scores.mask_fill(mask, f32::NEG_INFINITY);
+        let att = softmax(scores, 3)
+            .matmul(v)
+            .swap_dims(1, 2)
+            .reshape([b, n, h * dh]);
+        let x = x + self.proj.forward(att);
+        let m = self
+            .fc2
+            .forward(gelu(self.fc1.forward(self.norm2.forward(x.clone()))));
+        x + m
+    }
+}
+
+impl Transformer {
+    /// Vocabulary size.
+    pub fn vocab(&self) -> usize {
+        self.vocab
+    }
+
+    /// Context window.
+    pub fn max_len(&self) -> usize {
+        self.max_len
+    }
+
+    /// Logits for every position of `tokens`, with causal attention.
+    ///
+    /// # Shapes
+    /// `tokens`: `[B, L]` with `L ≤ max_len` → `[B, L, vocab]`.
+    ///
+    /// # Errors
+    /// [`ModelError::ContextOverflow`] when `L > max_len`.
+    ///
+    /// ```
+    /// # #[cfg(feature = "flex")] {
+    /// use burn::tensor::{Device, Int, Tensor};
+    /// let d = Device::flex();
+    /// let m = lastmile_models::TransformerConfig::byte_level(16, 1, 2, 8).init(&d).unwrap();
+    /// let t = Tensor::<2, Int>::from_ints([[1, 2, 3]], &d);
+    /// assert_eq!(m.forward(t).unwrap().dims(), [1, 3, 256]);
+    /// # }
+    /// ```
+    pub fn forward(&self, tokens: Tensor<2, Int>) -> Result<Tensor<3>> {
+        let [b, l] = tokens.dims();
+        if l > self.max_len {
+            return Err(ModelError::ContextOverflow {
+                row: 0,
+                needed: l,
+                max: self.max_len,
+            });
+        }
+        let device = tokens.device();
+        let pos = Tensor::<1, Int>::arange(0..l as i64, &device)
+            .reshape([1, l])
+            .expand([b, l]);
+        let mut x = self.tokens.forward(tokens) + self.positions.forward(pos);
+        let causal = Tensor::<2, Bool>::from_data(
+            TensorData::new(
+                (0..l * l).map(|i| i % l > i / l).collect::<Vec<_>>(),
+                [l, l],
+            ),
+            &device,
+        )
+        .reshape([1, 1, l, l])
+        .expand([b, self.n_heads, l, l]);
+        for block in &self.blocks {
+            let (q, k, v) = block.qkv(block.norm1.forward(x.clone()), self.n_heads);
+            x = block.finish(x, q, k, v, causal.clone());
+        }
+        Ok(self.head.forward(self.norm.forward(x)))
+    }
+}

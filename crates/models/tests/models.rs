@@ -1,0 +1,173 @@
+#![allow(clippy::unwrap_used)]
+//! The cached forward equals the full forward; checkpoints round-trip and
+//! reject bad files with typed errors.
+
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use lastmile_core::backend_test;
+use lastmile_core::convert::tensor_to_vec;
+use lastmile_core::testing::assert_close;
+use lastmile_models::{ModelError, Transformer, TransformerConfig};
+
+fn tiny(device: &Device) -> Transformer {
+    device.seed(7);
+    TransformerConfig {
+        vocab: 256,
+        d_model: 16,
+        n_layers: 2,
+        n_heads: 2,
+        d_ff: 32,
+        max_len: 24,
+    }
+    .init(device)
+    .unwrap()
+}
+
+fn full_logits(model: &Transformer, seq: &[usize], device: &Device) -> Vec<f32> {
+    let ids: Vec<i64> = seq.iter().map(|t| *t as i64).collect();
+    let t = Tensor::<2, Int>::from_data(TensorData::new(ids, [1, seq.len()]), device);
+    tensor_to_vec(model.forward(t).unwrap()).unwrap()
+}
+
+/// Rows of `out` `[B, n, V]` for `row`, positions `0..count`.
+fn row_slice(out: &[f32], n: usize, row: usize, count: usize) -> Vec<f32> {
+    out[row * n * 256..(row * n + count) * 256].to_vec()
+}
+
+backend_test!(cached_forward_equals_full_forward, |device| {
+    let model = tiny(device);
+    let seqs: Vec<Vec<usize>> = vec![
+        (0..20).map(|i| (i * 37 + 5) % 256).collect(),
+        (0..17).map(|i| (i * 11 + 200) % 256).collect(),
+        (0..9).map(|i| (i * 3) % 256).collect(),
+    ];
+    let reference: Vec<Vec<f32>> = seqs
+        .iter()
+        .map(|s| full_logits(&model, s, device))
+        .collect();
+    // Ragged chunks: rows advance by different amounts, some not at all.
+    let chunks: [[usize; 3]; 5] = [[3, 1, 0], [1, 5, 4], [7, 0, 1], [4, 6, 4], [5, 5, 0]];
+    let mut cache = model.new_cache(3);
+    let mut pos = [0usize; 3];
+    for chunk in chunks {
+        let feed: Vec<Vec<usize>> = (0..3)
+            .map(|r| seqs[r][pos[r]..pos[r] + chunk[r]].to_vec())
+            .collect();
+        let out = model.forward_cached(&mut cache, &feed).unwrap();
+        let n = out.dims()[1];
+        let out = tensor_to_vec(out).unwrap();
+        for r in 0..3 {
+            let got = row_slice(&out, n, r, chunk[r]);
+            let want: Vec<f64> = reference[r][pos[r] * 256..(pos[r] + chunk[r]) * 256]
+                .iter()
+                .map(|x| f64::from(*x))
+                .collect();
+            assert_close(&got, &want, 1e-3, 1e-4);
+            pos[r] += chunk[r];
+            assert_eq!(cache.len(r), pos[r]);
+        }
+    }
+});
+
+backend_test!(rollback_then_refeed_matches_full_forward, |device| {
+    let model = tiny(device);
+    let seq: Vec<usize> = (0..16).map(|i| (i * 29 + 1) % 256).collect();
+    let other: Vec<usize> = (0..6).map(|i| (i * 53 + 9) % 256).collect();
+    let reference = full_logits(&model, &seq, device);
+    let mut cache = model.new_cache(1);
+    // Feed 8 true tokens plus 6 wrong "draft" tokens, roll back, then continue correctly.
+    let mut first = seq[..8].to_vec();
+    first.extend_from_slice(&other);
+    model.forward_cached(&mut cache, &[first]).unwrap();
+    cache.truncate(0, 8).unwrap();
+    let out = model
+        .forward_cached(&mut cache, &[seq[8..].to_vec()])
+        .unwrap();
+    let got = tensor_to_vec(out).unwrap();
+    let want: Vec<f64> = reference[8 * 256..].iter().map(|x| f64::from(*x)).collect();
+    assert_close(&got, &want, 1e-3, 1e-4);
+});
+
+backend_test!(cached_forward_rejects_bad_input, |device| {
+    let model = tiny(device);
+    let mut cache = model.new_cache(2);
+    assert!(matches!(
+        model.forward_cached(&mut cache, &[vec![1]]),
+        Err(ModelError::Batch(_))
+    ));
+    assert!(matches!(
+        model.forward_cached(&mut cache, &[vec![1], vec![300]]),
+        Err(ModelError::TokenOutOfRange { token: 300, .. })
+    ));
+    assert!(matches!(
+        model.forward_cached(&mut cache, &[vec![1; 25], vec![]]),
+        Err(ModelError::ContextOverflow {
+            needed: 25,
+            max: 24,
+            ..
+        })
+    ));
+    assert!(cache.truncate(5, 0).is_err());
+    let bad = TransformerConfig {
+        n_heads: 3,
+        ..TransformerConfig::byte_level(16, 1, 2, 8)
+    };
+    assert!(matches!(bad.init(device), Err(ModelError::Config(_))));
+});
+
+backend_test!(checkpoint_round_trip_and_bad_files, |device| {
+    let model = tiny(device);
+    let dir = std::env::temp_dir().join(format!("lastmile-models-test-{}", std::process::id()));
+    let path = dir.join("tiny.bpk");
+    model.save(&path).unwrap();
+    let config = TransformerConfig {
+        vocab: 256,
+        d_model: 16,
+        n_layers: 2,
+        n_heads: 2,
+        d_ff: 32,
+        max_len: 24,
+    };
+    let loaded = Transformer::load(config, &path, device).unwrap();
+    let seq: Vec<usize> = (0..10).collect();
+    let a = full_logits(&model, &seq, device);
+    let b: Vec<f64> = full_logits(&loaded, &seq, device)
+        .iter()
+        .map(|x| f64::from(*x))
+        .collect();
+    assert_close(&a, &b, 0.0, 0.0);
+
+    // Wrong shape, missing file, garbage, truncated file: typed errors, no panic.
+    let wrong = TransformerConfig {
+        d_model: 32,
+        d_ff: 64,
+        ..config
+    };
+    assert!(matches!(
+        Transformer::load(wrong, &path, device),
+        Err(ModelError::Checkpoint { .. })
+    ));
+    assert!(matches!(
+        Transformer::load(config, dir.join("missing.bpk"), device),
+        Err(ModelError::Checkpoint { .. })
+    ));
+    let garbage = dir.join("garbage.bpk");
+    std::fs::write(&garbage, b"not a checkpoint at all, just bytes").unwrap();
+    assert!(matches!(
+        Transformer::load(config, &garbage, device),
+        Err(ModelError::Checkpoint { .. })
+    ));
+    let bytes = std::fs::read(&path).unwrap();
+    let truncated = dir.join("truncated.bpk");
+    std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
+    assert!(matches!(
+        Transformer::load(config, &truncated, device),
+        Err(ModelError::Checkpoint { .. })
+    ));
+    let empty = dir.join("empty.bpk");
+    std::fs::write(&empty, b"").unwrap();
+    assert!(matches!(
+        Transformer::load(config, &empty, device),
+        Err(ModelError::Checkpoint { .. })
+    ));
+    std::fs::remove_dir_all(&dir).ok();
+});
