@@ -1,0 +1,260 @@
+//! Every bad input in the specification returns a typed error.
+#![allow(clippy::unwrap_used)]
+
+use lastmile_conformal::{
+    AdaptiveConformal, ConformalError, ConformalRegressor, Mondrian, RegressionPredictions,
+    ScoreFunction, SplitConformal, bounds, conformal_quantile, conformal_risk_control,
+    training::{ConformalTraining, Objective},
+};
+use lastmile_core::CoreError;
+use rand::{SeedableRng, rngs::StdRng};
+
+fn rng() -> StdRng {
+    StdRng::seed_from_u64(0)
+}
+
+const P: [f32; 4] = [0.6, 0.4, 0.3, 0.7];
+
+#[test]
+fn alpha_outside_open_unit_interval() {
+    for alpha in [0.0, 1.0, -0.1, 1.5, f64::NAN, f64::INFINITY] {
+        for r in [
+            SplitConformal::new(ScoreFunction::Lac, alpha).err(),
+            Mondrian::class_conditional(ScoreFunction::Lac, alpha).err(),
+            conformal_quantile(&[0.1, 0.2], alpha).err(),
+            ConformalRegressor::calibrate(alpha, RegressionPredictions::Point(&[1.0]), &[1.0])
+                .err(),
+            AdaptiveConformal::new(alpha, 0.01).err(),
+            conformal_risk_control(&[0.0], &[0.0], alpha, 1.0).err(),
+            ConformalTraining::new(Objective::CrossEntropy, ScoreFunction::Lac, alpha).err(),
+        ] {
+            assert!(
+                matches!(r, Some(ConformalError::Core(CoreError::OutOfRange { .. }))),
+                "alpha={alpha}: {r:?}"
+            );
+        }
+    }
+    // the bounds need α ≤ 1/2
+    let r = bounds::simple_fano_bound(&[1.0f32, 0.0], 2, &[0], 0.7, 10);
+    assert!(matches!(
+        r,
+        Err(ConformalError::Core(CoreError::OutOfRange { .. }))
+    ));
+}
+
+#[test]
+fn empty_calibration_set() {
+    let cp = SplitConformal::new(ScoreFunction::aps(), 0.1).unwrap();
+    let r = cp.calibrate_slice::<f32, _>(&[], 2, &[], &mut rng());
+    assert!(
+        matches!(r, Err(ConformalError::Core(CoreError::Empty { .. }))),
+        "{r:?}"
+    );
+    assert!(matches!(
+        conformal_quantile(&[], 0.1),
+        Err(ConformalError::Core(CoreError::Empty { .. }))
+    ));
+    assert!(matches!(
+        ConformalRegressor::calibrate(0.1, RegressionPredictions::Point(&[]), &[]),
+        Err(ConformalError::Core(CoreError::Empty { .. }))
+    ));
+}
+
+#[test]
+fn non_finite_or_negative_probabilities() {
+    let cp = SplitConformal::new(ScoreFunction::aps(), 0.1).unwrap();
+    for (bad, nonfinite) in [
+        ([0.6f32, 0.4, f32::NAN, 0.7], true),
+        ([0.6, 0.4, f32::INFINITY, 0.7], true),
+        ([1.2, -0.2, 0.3, 0.7], false),
+    ] {
+        let r = cp.calibrate_slice(&bad, 2, &[0, 1], &mut rng());
+        match r {
+            Err(ConformalError::Core(CoreError::NonFinite { .. })) => assert!(nonfinite),
+            Err(ConformalError::Core(CoreError::NotAProbability { .. })) => assert!(!nonfinite),
+            other => panic!("unexpected {other:?}"),
+        }
+        let fitted = cp.calibrate_slice(&P, 2, &[0, 1], &mut rng()).unwrap();
+        assert!(fitted.predict_slice(&bad, 2, &mut rng()).is_err());
+    }
+}
+
+#[test]
+fn rows_not_summing_to_one() {
+    let cp = SplitConformal::new(ScoreFunction::Lac, 0.1).unwrap();
+    let r = cp.calibrate_slice(&[0.5f32, 0.4, 0.3, 0.7], 2, &[0, 1], &mut rng());
+    assert!(
+        matches!(
+            r,
+            Err(ConformalError::Core(CoreError::NotAProbability {
+                row: 0,
+                ..
+            }))
+        ),
+        "{r:?}"
+    );
+    // within the tolerance is fine; a custom tolerance tightens it
+    assert!(
+        cp.calibrate_slice(&[0.5f32, 0.4999, 0.3, 0.7], 2, &[0, 1], &mut rng())
+            .is_ok()
+    );
+    let strict = cp.with_sum_tolerance(1e-6).unwrap();
+    assert!(
+        strict
+            .calibrate_slice(&[0.5f32, 0.4999, 0.3, 0.7], 2, &[0, 1], &mut rng())
+            .is_err()
+    );
+}
+
+#[test]
+fn labels_out_of_range() {
+    let cp = SplitConformal::new(ScoreFunction::Lac, 0.1).unwrap();
+    let r = cp.calibrate_slice(&P, 2, &[0, 2], &mut rng());
+    assert!(matches!(
+        r,
+        Err(ConformalError::Core(CoreError::IndexOutOfRange {
+            index: 2,
+            bound: 2,
+            ..
+        }))
+    ));
+    let m = Mondrian::by_group(ScoreFunction::Lac, 0.1, 2).unwrap();
+    let r = m.calibrate_slice(&P, 2, &[0, 1], Some(&[0, 5]), &mut rng());
+    assert!(matches!(
+        r,
+        Err(ConformalError::Core(CoreError::IndexOutOfRange { .. }))
+    ));
+    let r = bounds::simple_fano_bound(&[1.0f32, 0.0], 2, &[3], 0.1, 10);
+    assert!(matches!(
+        r,
+        Err(ConformalError::Core(CoreError::IndexOutOfRange { .. }))
+    ));
+}
+
+#[test]
+fn mismatched_lengths_and_shapes() {
+    let cp = SplitConformal::new(ScoreFunction::Lac, 0.1).unwrap();
+    assert!(matches!(
+        cp.calibrate_slice(&P, 2, &[0], &mut rng()),
+        Err(ConformalError::LengthMismatch { .. })
+    ));
+    assert!(matches!(
+        cp.calibrate_slice(&P, 3, &[0], &mut rng()),
+        Err(ConformalError::Core(CoreError::ShapeMismatch { .. }))
+    ));
+    let fitted = cp.calibrate_slice(&P, 2, &[0, 1], &mut rng()).unwrap();
+    // class count differs from calibration
+    assert!(matches!(
+        fitted.predict_slice(&[0.2f32, 0.3, 0.5], 3, &mut rng()),
+        Err(ConformalError::Core(CoreError::ShapeMismatch { .. }))
+    ));
+    assert!(matches!(
+        cp.calibrate_slice_with_uniforms(&P, 2, &[0, 1], &[0.5]),
+        Err(ConformalError::LengthMismatch { .. })
+    ));
+    assert!(matches!(
+        cp.calibrate_slice_with_uniforms(&P, 2, &[0, 1], &[0.5, 1.5]),
+        Err(ConformalError::Core(CoreError::OutOfRange { .. }))
+    ));
+    assert!(matches!(
+        ConformalRegressor::calibrate(0.1, RegressionPredictions::Point(&[1.0, 2.0]), &[1.0]),
+        Err(ConformalError::LengthMismatch { .. })
+    ));
+    // predicting with another kind of model output
+    let reg =
+        ConformalRegressor::calibrate(0.1, RegressionPredictions::Point(&[1.0]), &[1.0]).unwrap();
+    assert!(matches!(
+        reg.predict(RegressionPredictions::Quantiles {
+            lower: &[0.0],
+            upper: &[1.0]
+        }),
+        Err(ConformalError::KindMismatch { .. })
+    ));
+    // Mondrian group ids missing / unexpected
+    let m = Mondrian::by_group(ScoreFunction::Lac, 0.1, 2).unwrap();
+    assert!(matches!(
+        m.calibrate_slice(&P, 2, &[0, 1], None, &mut rng()),
+        Err(ConformalError::KindMismatch { .. })
+    ));
+    let c = Mondrian::class_conditional(ScoreFunction::Lac, 0.1).unwrap();
+    assert!(matches!(
+        c.calibrate_slice(&P, 2, &[0, 1], Some(&[0, 0]), &mut rng()),
+        Err(ConformalError::KindMismatch { .. })
+    ));
+}
+
+#[test]
+fn invalid_parameters_and_values() {
+    assert!(SplitConformal::new(ScoreFunction::raps(-1.0, 1), 0.1).is_err());
+    assert!(SplitConformal::new(ScoreFunction::saps(0.0), 0.1).is_err());
+    assert!(AdaptiveConformal::new(0.1, 0.0).is_err());
+    assert!(matches!(
+        conformal_quantile(&[0.1, f64::NAN], 0.1),
+        Err(ConformalError::Core(CoreError::NonFinite { .. }))
+    ));
+    assert!(
+        ConformalRegressor::calibrate(
+            0.1,
+            RegressionPredictions::Normalized {
+                mean: &[1.0],
+                scale: &[0.0]
+            },
+            &[1.0]
+        )
+        .is_err()
+    );
+    assert!(
+        ConformalRegressor::calibrate(0.1, RegressionPredictions::Point(&[f64::NAN]), &[1.0])
+            .is_err()
+    );
+    // risk control: loss above B, increasing loss, unsorted grid, infeasible level
+    assert!(conformal_risk_control(&[2.0], &[0.0], 0.5, 1.0).is_err());
+    assert!(matches!(
+        conformal_risk_control(&[0.0, 1.0], &[0.0, 1.0], 0.5, 1.0),
+        Err(ConformalError::NotMonotone { .. })
+    ));
+    assert!(conformal_risk_control(&[1.0, 0.0], &[1.0, 0.0], 0.5, 1.0).is_err());
+    assert!(matches!(
+        conformal_risk_control(&[1.0, 1.0], &[0.0, 1.0], 0.1, 1.0),
+        Err(ConformalError::Infeasible { .. })
+    ));
+    // bounds: memberships outside [0, 1]
+    assert!(bounds::simple_fano_bound(&[1.5f32, 0.0], 2, &[0], 0.1, 10).is_err());
+}
+
+#[test]
+fn tensor_entry_points_reject_bad_tensors() {
+    lastmile_core::testing::run_on(lastmile_core::Backend::Flex, |device| {
+        use burn::tensor::{Int, Tensor};
+        let cp = SplitConformal::new(ScoreFunction::Lac, 0.1).unwrap();
+        let labels = Tensor::<1, Int>::from_ints([0, 1], device);
+        let nan = Tensor::<2>::from_floats([[f32::NAN, 0.0], [0.0, 1.0]], device);
+        assert!(
+            cp.calibrate_logits(nan.clone(), labels.clone(), &mut rng())
+                .is_err()
+        );
+        assert!(cp.calibrate(nan, labels.clone(), &mut rng()).is_err());
+        let empty = Tensor::<2>::zeros([0, 2], device);
+        assert!(matches!(
+            cp.calibrate(empty, Tensor::<1, Int>::zeros([0], device), &mut rng()),
+            Err(ConformalError::Core(CoreError::ShapeMismatch { .. }))
+        ));
+        let ad = device.clone().autodiff();
+        let cfg = ConformalTraining::new(Objective::Dpi, ScoreFunction::Lac, 0.1).unwrap();
+        let tiny = Tensor::<2>::from_floats([[0.0, 1.0], [1.0, 0.0]], &ad);
+        // a batch of 2 cannot be split into two halves of ≥ 2 rows
+        assert!(
+            cfg.loss(
+                tiny.clone(),
+                Tensor::<1, Int>::from_ints([0, 1], &ad),
+                &mut rng()
+            )
+            .is_err()
+        );
+        // labels out of range
+        assert!(
+            cfg.loss(tiny, Tensor::<1, Int>::from_ints([0, 7], &ad), &mut rng())
+                .is_err()
+        );
+    });
+}

@@ -1,0 +1,226 @@
+//! Conformal training: the relaxations converge to the exact quantities,
+//! the tensor losses equal the host bounds, and gradients are finite and
+//! match central finite differences.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use common::*;
+use lastmile_conformal::{
+    ScoreFunction,
+    bounds::{dpi_bound, model_fano_bound, simple_fano_bound},
+    training::{
+        ConformalTraining, Objective, differentiable_scores, dpi_loss, model_fano_loss,
+        simple_fano_loss, soft_quantile, soft_sort,
+    },
+};
+use lastmile_core::backend_test;
+use rand::{SeedableRng, rngs::StdRng};
+
+fn floats<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    t.into_data().try_to_vec::<f32>().unwrap()
+}
+
+fn tensor2(data: Vec<f32>, shape: [usize; 2], device: &Device) -> Tensor<2> {
+    Tensor::from_data(TensorData::new(data, shape), device)
+}
+
+fn labels_tensor(labels: &[usize], device: &Device) -> Tensor<1, Int> {
+    let v: Vec<i64> = labels.iter().map(|&y| y as i64).collect();
+    Tensor::from_data(TensorData::new(v, [labels.len()]), device)
+}
+
+backend_test!(soft_sort_and_quantile_converge_to_exact, |device| {
+    let mut rng = StdRng::seed_from_u64(41);
+    // well-separated values: gaps ≥ 0.01
+    let mut v: Vec<f32> = (0..30)
+        .map(|i| i as f32 * 0.01 + 0.003 * (i % 3) as f32)
+        .collect();
+    use rand::seq::SliceRandom;
+    v.shuffle(&mut rng);
+    let mut sorted = v.clone();
+    sorted.sort_by(f32::total_cmp);
+    let t = Tensor::<1>::from_data(TensorData::new(v.clone(), [30]), device);
+    let soft = floats(soft_sort(t.clone(), 1e-4).unwrap());
+    for (a, b) in soft.iter().zip(&sorted) {
+        assert!((a - b).abs() < 1e-4, "{a} vs {b}");
+    }
+    // quantile at position (n+1)(1−α) = 31·0.9 = 27.9 (1-based)
+    let q = floats(soft_quantile(t, 0.1, 1e-4).unwrap())[0];
+    let expected = 0.1 * sorted[26] + 0.9 * sorted[27];
+    assert!((q - expected).abs() < 1e-4, "{q} vs {expected}");
+});
+
+backend_test!(differentiable_scores_match_host_scores, |device| {
+    let mut rng = StdRng::seed_from_u64(42);
+    let (b, k) = (12, 6);
+    let (_, probs, _) = synthetic(b, k, &mut rng);
+    let t = tensor2(probs.clone(), [b, k], device);
+    for score in [
+        ScoreFunction::Lac,
+        ScoreFunction::aps(),
+        ScoreFunction::raps(0.05, 2),
+        ScoreFunction::saps(0.1),
+    ] {
+        let s = floats(differentiable_scores(t.clone(), score, None).unwrap());
+        for (i, row) in probs.chunks(k).enumerate() {
+            for y in 0..k {
+                let host = score.score(row, y, 1.0);
+                assert!(
+                    (s[i * k + y] as f64 - host).abs() < 1e-5,
+                    "{score:?} {i} {y}"
+                );
+            }
+        }
+    }
+});
+
+backend_test!(tensor_bounds_equal_host_bounds, |device| {
+    let mut rng = StdRng::seed_from_u64(43);
+    let (b, k) = (40, 5);
+    let (_, probs, labels) = synthetic(b, k, &mut rng);
+    // soft sets in (0, 1), away from the clamps
+    let sets: Vec<f32> = (0..b * k)
+        .map(|i| 0.05 + 0.9 * ((i * 7919 % 101) as f32 / 100.0))
+        .collect();
+    let p = tensor2(probs.clone(), [b, k], device);
+    let c = tensor2(sets.clone(), [b, k], device);
+    let y = labels_tensor(&labels, device);
+    let (alpha, n) = (0.1, 50);
+    let pairs = [
+        (
+            floats(dpi_loss(p.clone().log(), c.clone(), y.clone(), alpha, n).unwrap())[0],
+            dpi_bound(&probs, &sets, k, &labels, alpha, n).unwrap(),
+        ),
+        (
+            floats(model_fano_loss(p.log(), c.clone(), y.clone(), alpha, n).unwrap())[0],
+            model_fano_bound(&probs, &sets, k, &labels, alpha, n).unwrap(),
+        ),
+        (
+            floats(simple_fano_loss(c, y, alpha, n).unwrap())[0],
+            simple_fano_bound(&sets, k, &labels, alpha, n).unwrap(),
+        ),
+    ];
+    for (tensor, host) in pairs {
+        assert!(
+            (tensor as f64 - host).abs() < 1e-4 * host.abs().max(1.0),
+            "tensor {tensor} vs host {host}"
+        );
+    }
+});
+
+fn objectives() -> Vec<Objective> {
+    vec![
+        Objective::CrossEntropy,
+        Objective::ConfTr {
+            target_size: 1.0,
+            size_weight: 1.0,
+            coverage_weight: 0.5,
+        },
+        Objective::Dpi,
+        Objective::ModelFano,
+        Objective::SimpleFano,
+    ]
+}
+
+// Central finite differences of every loss w.r.t. the logits, against
+// autodiff. Temperatures are moderate (T = τ = 0.5) and logits well
+// separated so that a step of 1e-2 crosses no rank change or hinge kink.
+// Tolerance: |g − fd| ≤ 2e-3 + 5%·|g| (f32 losses, step 1e-2).
+backend_test!(training_gradients_match_finite_differences, |device| {
+    let ad = device.clone().autodiff();
+    let (b, k) = (10, 4);
+    let mut rng = StdRng::seed_from_u64(44);
+    let logits: Vec<f32> = (0..b)
+        .flat_map(|i| {
+            let mut row: Vec<f32> = (0..k).map(|j| 0.9 * j as f32 - 1.2).collect();
+            row.rotate_left(i % k);
+            row.iter_mut()
+                .for_each(|v| *v += 0.05 * normal(&mut rng) as f32);
+            row
+        })
+        .collect();
+    let labels: Vec<usize> = (0..b).map(|i| (i * 3) % k).collect();
+    for score in [ScoreFunction::Lac, ScoreFunction::aps()] {
+        for objective in objectives() {
+            let cfg = ConformalTraining::new(objective, score, 0.1)
+                .unwrap()
+                .with_temperature(0.5)
+                .unwrap()
+                .with_sort_temperature(0.5)
+                .unwrap()
+                .with_ce_weight(0.3)
+                .unwrap();
+            let eval = |x: Vec<f32>| -> f64 {
+                let t = tensor2(x, [b, k], &ad);
+                let l = cfg
+                    .loss(
+                        t,
+                        labels_tensor(&labels, &ad),
+                        &mut StdRng::seed_from_u64(0),
+                    )
+                    .unwrap();
+                floats(l)[0] as f64
+            };
+            let x = tensor2(logits.clone(), [b, k], &ad).require_grad();
+            let loss = cfg
+                .loss(
+                    x.clone(),
+                    labels_tensor(&labels, &ad),
+                    &mut StdRng::seed_from_u64(0),
+                )
+                .unwrap();
+            let grads = loss.backward();
+            let g = floats(x.grad(&grads).unwrap());
+            assert!(
+                g.iter().all(|v| v.is_finite()),
+                "{objective:?}: non-finite gradient"
+            );
+            assert!(
+                g.iter().any(|v| v.abs() > 1e-6),
+                "{objective:?}: zero gradient"
+            );
+            let h = 1e-2f32;
+            for idx in (0..b * k).step_by(3) {
+                let mut plus = logits.clone();
+                plus[idx] += h;
+                let mut minus = logits.clone();
+                minus[idx] -= h;
+                let fd = (eval(plus) - eval(minus)) / (2.0 * h as f64);
+                let gi = g[idx] as f64;
+                assert!(
+                    (gi - fd).abs() <= 2e-3 + 0.05 * gi.abs(),
+                    "{} {objective:?} d/dx[{idx}]: autodiff {gi:.5} vs finite difference {fd:.5}",
+                    score.name()
+                );
+            }
+        }
+    }
+});
+
+backend_test!(randomized_training_loss_is_seeded, |device| {
+    let ad = device.clone().autodiff();
+    let mut rng = StdRng::seed_from_u64(45);
+    let (b, k) = (16, 5);
+    let logits: Vec<f32> = (0..b * k).map(|_| normal(&mut rng) as f32).collect();
+    let labels: Vec<usize> = (0..b).map(|i| i % k).collect();
+    let cfg = ConformalTraining::new(
+        Objective::ModelFano,
+        ScoreFunction::Aps { randomized: true },
+        0.1,
+    )
+    .unwrap();
+    let run = |seed| {
+        floats(
+            cfg.loss(
+                tensor2(logits.clone(), [b, k], &ad),
+                labels_tensor(&labels, &ad),
+                &mut StdRng::seed_from_u64(seed),
+            )
+            .unwrap(),
+        )[0]
+    };
+    assert_eq!(run(1), run(1));
+    assert_ne!(run(1), run(2));
+});
