@@ -1,0 +1,279 @@
+//! One type over every adapter kind, and a wrapper that adapts a
+//! `burn::nn::Linear`.
+
+use burn::module::Module;
+use burn::nn::Linear;
+use burn::tensor::Tensor;
+
+use crate::error::{AdapterError, Result};
+use crate::foura::{Foura, GateMode};
+use crate::lora::Lora;
+use crate::shira::{Shira, WeightLayout};
+
+/// The family an adapter belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
+pub enum AdapterKind {
+    /// Low-rank ([`Lora`]).
+    Lora,
+    /// Low-rank in the frequency domain with a rank gate ([`Foura`]).
+    Foura,
+    /// Sparse high-rank ([`Shira`]).
+    Shira,
+}
+
+impl AdapterKind {
+    /// Display name (`"LoRA"`, `"FouRA"`, `"SHiRA"`).
+    ///
+    /// ```
+    /// assert_eq!(lastmile_adapters::AdapterKind::Shira.name(), "SHiRA");
+    /// ```
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Lora => "LoRA",
+            Self::Foura => "FouRA",
+            Self::Shira => "SHiRA",
+        }
+    }
+}
+
+/// An adapter of any kind for one `[out, in]` linear map.
+///
+/// # Examples
+/// ```
+/// # #[cfg(feature = "flex")] {
+/// use burn::tensor::{Device, Tensor};
+/// use lastmile_adapters::{Adapter, LoraConfig};
+/// let device = Device::flex();
+/// let adapter = Adapter::Lora(LoraConfig::new(2, 2.0).init(3, 4, &device).unwrap());
+/// assert_eq!(adapter.trainable_params(), 2 * (3 + 4));
+/// assert_eq!(adapter.delta_weight().unwrap().dims(), [3, 4]);
+/// # }
+/// ```
+#[derive(Module, Debug)]
+#[allow(clippy::large_enum_variant)]
+pub enum Adapter {
+    /// A LoRA adapter.
+    Lora(Lora),
+    /// A FouRA adapter.
+    Foura(Foura),
+    /// A SHiRA adapter.
+    Shira(Shira),
+}
+
+impl From<Lora> for Adapter {
+    fn from(a: Lora) -> Self {
+        Self::Lora(a)
+    }
+}
+
+impl From<Foura> for Adapter {
+    fn from(a: Foura) -> Self {
+        Self::Foura(a)
+    }
+}
+
+impl From<Shira> for Adapter {
+    fn from(a: Shira) -> Self {
+        Self::Shira(a)
+    }
+}
+
+impl Adapter {
+    /// The adapter's family.
+    pub fn kind(&self) -> AdapterKind {
+        match self {
+            Self::Lora(_) => AdapterKind::Lora,
+            Self::Foura(_) => AdapterKind::Foura,
+            Self::Shira(_) => AdapterKind::Shira,
+        }
+    }
+
+    /// A short description, e.g. `"LoRA r=8"`, `"SHiRA 1.00%"`.
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Lora(a) => format!("LoRA r={}", a.rank()),
+            Self::Foura(a) => format!("FouRA r={} {} gate={}", a.rank(), a.transform().name(), a.gate_mode().name()),
+            Self::Shira(a) => format!("SHiRA {:.2}%", 100.0 * a.density()),
+        }
+    }
+
+    /// Input width.
+    pub fn d_in(&self) -> usize {
+        match self {
+            Self::Lora(a) => a.d_in(),
+            Self::Foura(a) => a.d_in(),
+            Self::Shira(a) => a.d_in(),
+        }
+    }
+
+    /// Output width.
+    pub fn d_out(&self) -> usize {
+        match self {
+            Self::Lora(a) => a.d_out(),
+            Self::Foura(a) => a.d_out(),
+            Self::Shira(a) => a.d_out(),
+        }
+    }
+
+    /// Whether `ΔW` is a fixed matrix (false only for FouRA with an adaptive gate).
+    pub fn is_mergeable(&self) -> bool {
+        !matches!(self, Self::Foura(f) if f.gate_mode() == GateMode::Adaptive)
+    }
+
+    /// `ΔW`, `[out, in]`.
+    ///
+    /// # Errors
+    /// [`AdapterError::Unsupported`] for FouRA with an adaptive gate.
+    pub fn delta_weight(&self) -> Result<Tensor<2>> {
+        match self {
+            Self::Lora(a) => Ok(a.delta_weight()),
+            Self::Foura(a) => a.delta_weight(),
+            Self::Shira(a) => Ok(a.delta_weight()),
+        }
+    }
+
+    /// `ΔW` in the storage layout of a deployed weight.
+    ///
+    /// # Errors
+    /// As [`Adapter::delta_weight`].
+    pub fn delta_in_layout(&self, layout: WeightLayout) -> Result<Tensor<2>> {
+        let d = self.delta_weight()?;
+        Ok(match layout {
+            WeightLayout::OutIn => d,
+            WeightLayout::InOut => d.transpose(),
+        })
+    }
+
+    /// The adapter's contribution to `y` for `x: [..., in]` (unmerged path).
+    pub fn forward_delta<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        match self {
+            Self::Lora(a) => a.forward_delta(x),
+            Self::Foura(a) => a.forward_delta(x),
+            Self::Shira(a) => a.forward_delta(x),
+        }
+    }
+
+    /// Number of trainable values.
+    pub fn trainable_params(&self) -> usize {
+        match self {
+            Self::Lora(a) => a.trainable_params(),
+            Self::Foura(a) => a.trainable_params(),
+            Self::Shira(a) => a.trainable_params(),
+        }
+    }
+}
+
+/// A frozen `burn::nn::Linear` plus an adapter.
+///
+/// `forward` computes `base(x) + adapter(x)` (unmerged) or, after
+/// [`AdaptedLinear::merge`], `base'(x)` with `W' = W0 + ΔW`. Only the
+/// adapter's parameters require gradients.
+///
+/// # Examples
+/// ```
+/// # #[cfg(feature = "flex")] {
+/// use burn::nn::LinearConfig;
+/// use burn::tensor::{Device, Distribution, Tensor};
+/// use lastmile_adapters::{AdaptedLinear, LoraConfig};
+/// let device = Device::flex();
+/// let base = LinearConfig::new(6, 4).init(&device);
+/// let lora = LoraConfig::new(2, 4.0).init(4, 6, &device).unwrap();
+/// let layer = AdaptedLinear::new(base.clone(), lora.into()).unwrap();
+/// let x = Tensor::<2>::random([3, 6], Distribution::Normal(0.0, 1.0), &device);
+/// // B = 0 at init: exactly the base output
+/// let diff = (layer.forward(x.clone()) - base.forward(x)).abs().max().into_scalar::<f32>();
+/// assert_eq!(diff, 0.0);
+/// # }
+/// ```
+#[derive(Module, Debug)]
+pub struct AdaptedLinear {
+    /// The frozen base layer (`weight: [in, out]`, burn's layout).
+    pub base: Linear,
+    /// The adapter.
+    pub adapter: Adapter,
+    merged: bool,
+}
+
+impl AdaptedLinear {
+    /// Wraps `base`, freezing its parameters.
+    ///
+    /// # Errors
+    /// [`AdapterError::Shape`] if the adapter's `[out, in]` does not match the layer.
+    pub fn new(base: Linear, adapter: Adapter) -> Result<Self> {
+        let [d_in, d_out] = base.weight.dims();
+        if adapter.d_in() != d_in || adapter.d_out() != d_out {
+            return Err(AdapterError::shape(
+                "adapter for Linear",
+                format!("[out, in] = [{d_out}, {d_in}]"),
+                &[adapter.d_out(), adapter.d_in()],
+            ));
+        }
+        Ok(Self {
+            base: base.no_grad(),
+            adapter,
+            merged: false,
+        })
+    }
+
+    /// `base(x) + adapter(x)`, or `base(x)` once merged; `x: [..., in]`.
+    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        if self.merged {
+            return self.base.forward(x);
+        }
+        self.base.forward(x.clone()) + self.adapter.forward_delta(x)
+    }
+
+    /// Whether `ΔW` is currently folded into the base weight.
+    pub fn is_merged(&self) -> bool {
+        self.merged
+    }
+
+    /// `ΔW`, `[out, in]`.
+    ///
+    /// # Errors
+    /// As [`Adapter::delta_weight`].
+    pub fn delta_weight(&self) -> Result<Tensor<2>> {
+        self.adapter.delta_weight()
+    }
+
+    /// Folds `ΔW` into the base weight (`W ← W0 + ΔW`); a no-op if merged.
+    /// The merged layer no longer trains the adapter.
+    ///
+    /// # Errors
+    /// As [`Adapter::delta_weight`].
+    pub fn merge(mut self) -> Result<Self> {
+        if self.merged {
+            return Ok(self);
+        }
+        let delta = self.adapter.delta_in_layout(WeightLayout::InOut)?.detach();
+        self.base.weight = self.base.weight.map(|w| w + delta);
+        self.merged = true;
+        Ok(self)
+    }
+
+    /// Subtracts `ΔW` again (`W ← W − ΔW`, exact up to f32 rounding); a no-op
+    /// if not merged.
+    ///
+    /// # Errors
+    /// As [`Adapter::delta_weight`].
+    pub fn unmerge(mut self) -> Result<Self> {
+        if !self.merged {
+            return Ok(self);
+        }
+        let delta = self.adapter.delta_in_layout(WeightLayout::InOut)?.detach();
+        self.base.weight = self.base.weight.map(|w| w - delta);
+        self.merged = false;
+        Ok(self)
+    }
+
+    /// Trainable values of the adapter.
+    pub fn trainable_params(&self) -> usize {
+        self.adapter.trainable_params()
+    }
+
+    /// Values of the base layer (weight and bias).
+    pub fn base_params(&self) -> usize {
+        self.base.num_params()
+    }
+}

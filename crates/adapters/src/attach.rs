@@ -1,0 +1,346 @@
+//! Attaching adapters to the linear layers of an existing burn module,
+//! selected by name, without changing the module's code.
+//!
+//! Built on burn's parameter reparameterization: each selected
+//! `<name>.weight` parameter gets a [`WeightAdapter`] and its effective
+//! value becomes `W0 + ΔW` (in burn's `[in, out]` layout), so `Linear::forward`
+//! picks the adapter up. Every other float parameter of the module (biases,
+//! norms, unselected layers) is frozen: only adapter parameters receive
+//! gradients.
+//!
+//! This path materialises `W0 + ΔW` on each forward (as burn's own LoRA
+//! does). When the unmerged low-rank or sparse forward, adapter dropout or an
+//! input-dependent FouRA gate is wanted, build the model with
+//! [`crate::AdaptedLinear`] instead.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, Reparameterization, Reparameterizer};
+use burn::tensor::Tensor;
+
+use crate::adapter::Adapter;
+use crate::error::{AdapterError, Result};
+use crate::foura::{FouraConfig, GateMode};
+use crate::lora::{LoraConfig, LoraInit};
+use crate::shira::{ShiraConfig, WeightLayout};
+
+/// The reparameterization attached to an adapted weight parameter.
+#[derive(Module, Debug)]
+pub struct WeightAdapter {
+    /// The adapter (in `[out, in]` orientation).
+    pub inner: Adapter,
+    #[module(skip)]
+    layout: WeightLayout,
+}
+
+impl WeightAdapter {
+    /// Wraps `adapter` for a parameter stored as `layout`.
+    ///
+    /// # Errors
+    /// [`AdapterError::Unsupported`] for FouRA with an adaptive gate, which is
+    /// not a fixed weight update.
+    pub fn new(adapter: Adapter, layout: WeightLayout) -> Result<Self> {
+        if !adapter.is_mergeable() {
+            return Err(AdapterError::unsupported(
+                "attach as a weight reparameterization",
+                "FouRA (adaptive gate)",
+                "an input-dependent gate is not a weight update: use AdaptedLinear, or GateMode::Frozen/Off",
+            ));
+        }
+        Ok(Self { inner: adapter, layout })
+    }
+
+    /// The storage layout of the adapted parameter.
+    pub fn layout(&self) -> WeightLayout {
+        self.layout
+    }
+}
+
+impl Reparameterization for WeightAdapter {
+    const NAME: &'static str = "adapter";
+
+    fn apply<const D: usize>(&self, base: Tensor<D>) -> Tensor<D> {
+        // `new` rejects the only kind without a delta weight, so this always applies.
+        match self.inner.delta_in_layout(self.layout) {
+            Ok(delta) => {
+                let shape = base.shape();
+                base + delta.reshape(shape)
+            }
+            Err(_) => base,
+        }
+    }
+}
+
+/// What to attach to each selected layer.
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub enum AdapterSpec {
+    /// LoRA (Kaiming-uniform or gaussian init; PiSSA needs to rewrite the
+    /// base weight: use [`LoraConfig::init_pissa`] with [`crate::AdaptedLinear`]).
+    Lora(LoraConfig),
+    /// FouRA with a frozen or disabled gate.
+    Foura(FouraConfig),
+    /// SHiRA with a mask that needs no gradient (use [`attach_with`] and
+    /// [`crate::shira::weight_gradient`] for Gradient/SNIP masks).
+    Shira(ShiraConfig),
+}
+
+impl AdapterSpec {
+    /// Builds the adapter for a base weight `w0: [out, in]`; `grad` (same
+    /// shape) feeds gradient-based SHiRA masks.
+    ///
+    /// # Errors
+    /// Invalid configuration, PiSSA (see the variant docs), a missing gradient.
+    pub fn build(&self, w0: &Tensor<2>, grad: Option<&Tensor<2>>) -> Result<Adapter> {
+        let [d_out, d_in] = w0.dims();
+        let device = w0.device();
+        Ok(match self {
+            Self::Lora(c) if c.init == LoraInit::Pissa => {
+                return Err(AdapterError::unsupported(
+                    "attach",
+                    "LoRA (PiSSA)",
+                    "PiSSA replaces the base weight by its residual: use `init_pissa` with AdaptedLinear",
+                ));
+            }
+            Self::Lora(c) => Adapter::Lora(c.init(d_out, d_in, &device)?),
+            Self::Foura(c) => Adapter::Foura(c.init(d_out, d_in, &device)?),
+            Self::Shira(c) => Adapter::Shira(c.init(w0, grad)?),
+        })
+    }
+}
+
+/// A record of what [`attach_adapters`] / [`attach_with`] attached, used to
+/// read the trained adapters back out of the module.
+#[derive(Debug, Clone)]
+pub struct Attached {
+    templates: BTreeMap<String, Adapter>,
+}
+
+impl Attached {
+    /// The adapted layer names.
+    pub fn targets(&self) -> Vec<&str> {
+        self.templates.keys().map(String::as_str).collect()
+    }
+
+    /// Reads the current (e.g. trained) adapters out of `module`, by layer name.
+    ///
+    /// # Errors
+    /// [`AdapterError::NotFound`] if a layer has lost its adapter (e.g. the
+    /// module was materialised) or a parameter is missing.
+    pub fn extract<M: Module>(&self, module: &M) -> Result<BTreeMap<String, Adapter>> {
+        let mut reader = Reader { path: Vec::new(), values: BTreeMap::new() };
+        module.visit(&mut reader);
+        let mut out = BTreeMap::new();
+        for (target, template) in &self.templates {
+            let prefix = format!("{target}.weight.{}.inner.", WeightAdapter::NAME);
+            let values: BTreeMap<String, Tensor<1>> = reader
+                .values
+                .iter()
+                .filter_map(|(k, v)| k.strip_prefix(&prefix).map(|rel| (rel.to_owned(), v.clone())))
+                .collect();
+            if values.is_empty() {
+                return Err(AdapterError::NotFound {
+                    what: "adapter",
+                    name: format!("{target}.weight"),
+                    available: reader.values.keys().cloned().collect(),
+                });
+            }
+            let mut loader = Loader { path: Vec::new(), values, missing: Vec::new() };
+            let adapter = template.clone().map(&mut loader);
+            if let Some(m) = loader.missing.first() {
+                return Err(AdapterError::NotFound {
+                    what: "adapter parameter",
+                    name: format!("{prefix}{m}"),
+                    available: reader.values.keys().cloned().collect(),
+                });
+            }
+            out.insert(target.clone(), adapter);
+        }
+        Ok(out)
+    }
+}
+
+struct Attacher<F> {
+    targets: BTreeSet<String>,
+    factory: F,
+    templates: BTreeMap<String, Adapter>,
+    error: Option<AdapterError>,
+}
+
+impl<F: FnMut(&str, Tensor<2>) -> Result<Adapter>> Reparameterizer for Attacher<F> {
+    type Reparam = WeightAdapter;
+
+    fn reparameterize<const D: usize>(&mut self, path: &str, param: Param<Tensor<D>>) -> (Param<Tensor<D>>, Option<WeightAdapter>) {
+        let param = param.set_require_grad(false);
+        let Some(target) = path.strip_suffix(".weight").filter(|t| self.targets.contains(*t)) else {
+            return (param, None);
+        };
+        if D != 2 || self.error.is_some() {
+            return (param, None);
+        }
+        let w = param.base();
+        let dims = w.dims();
+        // burn's Linear stores [in, out]; adapters work on [out, in].
+        let w_oi = w.reshape([dims[0], dims[1]]).transpose().detach();
+        let built = (self.factory)(target, w_oi).and_then(|adapter| {
+            if adapter.d_in() != dims[0] || adapter.d_out() != dims[1] {
+                return Err(AdapterError::shape(
+                    format!("adapter for `{target}`"),
+                    format!("[out, in] = [{}, {}]", dims[1], dims[0]),
+                    &[adapter.d_out(), adapter.d_in()],
+                ));
+            }
+            WeightAdapter::new(adapter, WeightLayout::InOut)
+        });
+        match built {
+            Ok(wa) => {
+                self.templates.insert(target.to_owned(), wa.inner.clone());
+                (param, Some(wa))
+            }
+            Err(e) => {
+                self.error = Some(e);
+                (param, None)
+            }
+        }
+    }
+}
+
+/// Attaches an adapter built by `factory(layer_name, W0: [out, in])` to the
+/// `weight` of every layer in `targets` (module paths such as `"fc1"` or
+/// `"encoder.layers.0.proj"`), and freezes every other parameter.
+///
+/// # Errors
+/// The first factory error, or [`AdapterError::NotFound`] for a target
+/// without a 2-D `weight` parameter.
+pub fn attach_with<M, F>(module: M, targets: &[&str], factory: F) -> Result<(M, Attached)>
+where
+    M: Module,
+    F: FnMut(&str, Tensor<2>) -> Result<Adapter>,
+{
+    let attacher = Attacher {
+        targets: targets.iter().map(|t| (*t).to_owned()).collect(),
+        factory,
+        templates: BTreeMap::new(),
+        error: None,
+    };
+    let mut state = Shared(Some(attacher));
+    let module = module.apply_reparameterization(&mut state);
+    let attacher = state.0.ok_or_else(|| AdapterError::config("attach", "internal state lost", "a completed traversal"))?;
+    if let Some(e) = attacher.error {
+        return Err(e);
+    }
+    if let Some(missing) = targets.iter().find(|t| !attacher.templates.contains_key(**t)) {
+        return Err(AdapterError::NotFound {
+            what: "target",
+            name: format!("{missing}.weight (a 2-D parameter)"),
+            available: Vec::new(),
+        });
+    }
+    Ok((module, Attached { templates: attacher.templates }))
+}
+
+/// [`attach_with`] building every adapter from one [`AdapterSpec`].
+///
+/// # Errors
+/// As [`attach_with`] and [`AdapterSpec::build`].
+///
+/// # Examples
+/// ```
+/// # #[cfg(feature = "flex")] {
+/// use burn::module::Module;
+/// use burn::nn::{Linear, LinearConfig};
+/// use burn::tensor::{Device, Tensor};
+/// use lastmile_adapters::{LoraConfig, attach::{AdapterSpec, attach_adapters}};
+///
+/// #[derive(Module, Debug)]
+/// struct Mlp { fc1: Linear, fc2: Linear }
+///
+/// let device = Device::flex().autodiff();
+/// let mlp = Mlp { fc1: LinearConfig::new(4, 8).init(&device), fc2: LinearConfig::new(8, 2).init(&device) };
+/// let (mlp, attached) = attach_adapters(mlp, &["fc1"], &AdapterSpec::Lora(LoraConfig::new(2, 4.0))).unwrap();
+/// let y = mlp.fc2.forward(mlp.fc1.forward(Tensor::<2>::ones([1, 4], &device)));
+/// let grads = y.sum().backward();
+/// assert!(mlp.fc1.weight.grad(&grads).is_none()); // base frozen
+/// assert!(mlp.fc2.weight.grad(&grads).is_none()); // not selected: frozen
+/// assert_eq!(attached.extract(&mlp).unwrap()["fc1"].trainable_params(), 2 * (4 + 8));
+/// # }
+/// ```
+pub fn attach_adapters<M: Module>(module: M, targets: &[&str], spec: &AdapterSpec) -> Result<(M, Attached)> {
+    if let AdapterSpec::Foura(c) = spec
+        && c.gate == GateMode::Adaptive
+    {
+        return Err(AdapterError::unsupported(
+            "attach",
+            "FouRA (adaptive gate)",
+            "use GateMode::Frozen/Off here, or AdaptedLinear for the adaptive gate",
+        ));
+    }
+    attach_with(module, targets, |_, w0| spec.build(&w0, None))
+}
+
+/// Lets `apply_reparameterization` (which takes the reparameterizer by
+/// value) hand the attacher's state back.
+struct Shared<F>(Option<Attacher<F>>);
+
+impl<F: FnMut(&str, Tensor<2>) -> Result<Adapter>> Reparameterizer for &mut Shared<F> {
+    type Reparam = WeightAdapter;
+
+    fn reparameterize<const D: usize>(&mut self, path: &str, param: Param<Tensor<D>>) -> (Param<Tensor<D>>, Option<WeightAdapter>) {
+        match self.0.as_mut() {
+            Some(a) => a.reparameterize(path, param),
+            None => (param, None),
+        }
+    }
+}
+
+struct Reader {
+    path: Vec<String>,
+    values: BTreeMap<String, Tensor<1>>,
+}
+
+impl ModuleVisitor for Reader {
+    fn enter_module(&mut self, name: &str, _container_type: &str) {
+        self.path.push(name.to_owned());
+    }
+
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.path.pop();
+    }
+
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        let v = param.val();
+        let n = v.dims().iter().product::<usize>();
+        self.values.insert(self.path.join("."), v.reshape([n]));
+    }
+}
+
+struct Loader {
+    path: Vec<String>,
+    values: BTreeMap<String, Tensor<1>>,
+    missing: Vec<String>,
+}
+
+impl ModuleMapper for Loader {
+    fn enter_module(&mut self, name: &str, _container_type: &str) {
+        self.path.push(name.to_owned());
+    }
+
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.path.pop();
+    }
+
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        let path = self.path.join(".");
+        match self.values.get(&path) {
+            Some(v) if v.dims()[0] == param.dims().iter().product::<usize>() => {
+                let shape = param.dims();
+                let v = v.clone();
+                param.map(|_| v.reshape(shape))
+            }
+            _ => {
+                self.missing.push(path);
+                param
+            }
+        }
+    }
+}

@@ -1,0 +1,449 @@
+//! Many named adapters for one base model, switched with the cheapest exact
+//! path for each kind.
+//!
+//! The set holds, for each target weight, the pristine base `W0` and the
+//! deployed weight `W` (flattened, in the model's storage layout). Switching:
+//!
+//! - SHiRA: gather the originals `W[M]`, scatter `W[M] + α·values` (`O(|M|)`,
+//!   in place when `W` is uniquely owned); switching back scatters the saved
+//!   originals, so `W` returns to `W0` bit for bit.
+//! - LoRA / FouRA (frozen or no gate): the dense fuse `W = W0 + Σ wᵢ ΔWᵢ`
+//!   (one matmul per adapter); switching back re-uses `W0`.
+
+use std::collections::BTreeMap;
+
+use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
+use burn::tensor::{Int, Tensor};
+
+use crate::adapter::Adapter;
+use crate::combine::{CombineMethod, awom, awor, combine_adapters};
+use crate::error::{AdapterError, Result};
+use crate::shira::{WeightLayout, restore_into};
+
+struct Target {
+    base: Tensor<1>,
+    current: Tensor<1>,
+    layout: WeightLayout,
+    d_out: usize,
+    d_in: usize,
+}
+
+struct Entry {
+    adapter: Adapter,
+    /// Flat positions in the deployed layout (SHiRA only), computed once.
+    positions: Option<Tensor<1, Int>>,
+}
+
+enum Undo {
+    /// Saved originals, in the order they were scattered.
+    Scatter(Vec<(Tensor<1, Int>, Tensor<1>)>),
+    /// The weight was fused densely: restore from `W0`.
+    Dense,
+}
+
+/// Interference between two adapters on one target (SHiRA paper §4.3).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Interference {
+    /// `‖S₁ᵀ S₂‖₂` (smaller: less interference).
+    pub awom: f64,
+    /// `1 − ‖S₁ᵀ S₂‖₀ / in²` (larger: more orthogonal).
+    pub awor: f64,
+}
+
+/// Named adapters for one base model and the weights they are switched into.
+///
+/// # Examples
+/// ```
+/// # #[cfg(feature = "flex")] {
+/// use std::collections::BTreeMap;
+/// use burn::tensor::{Device, Distribution, Tensor};
+/// use lastmile_adapters::{AdapterSet, Shira, WeightLayout};
+/// let device = Device::flex();
+/// let w0 = Tensor::<2>::random([4, 4], Distribution::Normal(0.0, 1.0), &device);
+/// let mut set = AdapterSet::new();
+/// set.add_target("fc", w0.clone(), WeightLayout::OutIn).unwrap();
+/// let s = Shira::from_parts(vec![5], Tensor::from_floats([1.0], &device), 4, 4).unwrap();
+/// set.add_adapter("task", BTreeMap::from([("fc".to_string(), s.into())])).unwrap();
+/// set.activate("task").unwrap();
+/// set.deactivate().unwrap();
+/// let back = set.weight("fc").unwrap().into_data();
+/// assert_eq!(back, w0.into_data()); // bit-identical
+/// # }
+/// ```
+#[derive(Default)]
+pub struct AdapterSet {
+    targets: BTreeMap<String, Target>,
+    adapters: BTreeMap<String, BTreeMap<String, Entry>>,
+    active: Vec<(String, f32)>,
+    undo: BTreeMap<String, Undo>,
+}
+
+impl std::fmt::Debug for AdapterSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdapterSet")
+            .field("targets", &self.targets.keys().collect::<Vec<_>>())
+            .field("adapters", &self.adapters.keys().collect::<Vec<_>>())
+            .field("active", &self.active)
+            .finish()
+    }
+}
+
+impl AdapterSet {
+    /// An empty set.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Registers a base weight stored as `layout` (`[out, in]` for
+    /// [`WeightLayout::OutIn`], `[in, out]` for [`WeightLayout::InOut`]).
+    ///
+    /// # Errors
+    /// [`AdapterError::Duplicate`] for a known name, [`AdapterError::Shape`] for an empty weight.
+    pub fn add_target(&mut self, name: &str, weight: Tensor<2>, layout: WeightLayout) -> Result<()> {
+        if self.targets.contains_key(name) {
+            return Err(AdapterError::Duplicate { what: "target", name: name.to_owned() });
+        }
+        let dims = weight.dims();
+        if dims.contains(&0) {
+            return Err(AdapterError::shape(format!("target `{name}`"), "a non-empty matrix", &dims));
+        }
+        let (d_out, d_in) = match layout {
+            WeightLayout::OutIn => (dims[0], dims[1]),
+            WeightLayout::InOut => (dims[1], dims[0]),
+        };
+        let base = weight.inner().reshape([d_out * d_in]);
+        // The deployed copy must own its buffer so that scatters can run in place.
+        let current = base.clone().mul_scalar(1.0);
+        self.targets.insert(name.to_owned(), Target { base, current, layout, d_out, d_in });
+        // Already-registered adapters cannot refer to a target that did not exist.
+        Ok(())
+    }
+
+    /// Registers the `[in, out]` weights `<target>.weight` of a burn module
+    /// (e.g. `burn::nn::Linear` layers named `fc1`, `fc2`).
+    ///
+    /// # Errors
+    /// [`AdapterError::NotFound`] if a target has no 2-D `weight` parameter.
+    pub fn from_module<M: Module>(module: &M, targets: &[&str]) -> Result<Self> {
+        let mut collector = Collector { path: Vec::new(), wanted: targets.iter().map(|t| format!("{t}.weight")).collect(), found: BTreeMap::new() };
+        module.visit(&mut collector);
+        let mut set = Self::new();
+        for t in targets {
+            let w = collector.found.remove(&format!("{t}.weight")).ok_or_else(|| AdapterError::NotFound {
+                what: "target",
+                name: format!("{t}.weight (a 2-D parameter)"),
+                available: collector.wanted.clone(),
+            })?;
+            set.add_target(t, w, WeightLayout::InOut)?;
+        }
+        Ok(set)
+    }
+
+    /// Registers a named adapter: one per target layer it adapts.
+    ///
+    /// # Errors
+    /// Duplicate name, unknown target, or an adapter whose `[out, in]` does
+    /// not fit its target.
+    pub fn add_adapter(&mut self, name: &str, layers: BTreeMap<String, Adapter>) -> Result<()> {
+        if self.adapters.contains_key(name) {
+            return Err(AdapterError::Duplicate { what: "adapter", name: name.to_owned() });
+        }
+        if layers.is_empty() {
+            return Err(AdapterError::config("adapter layers", "none", "at least one (target, adapter) pair"));
+        }
+        let mut entries = BTreeMap::new();
+        for (target, adapter) in layers {
+            let t = self.target(&target)?;
+            if adapter.d_out() != t.d_out || adapter.d_in() != t.d_in {
+                return Err(AdapterError::shape(
+                    format!("adapter `{name}` on `{target}`"),
+                    format!("[out, in] = [{}, {}]", t.d_out, t.d_in),
+                    &[adapter.d_out(), adapter.d_in()],
+                ));
+            }
+            let adapter = adapter.valid();
+            let positions = match &adapter {
+                Adapter::Shira(s) => Some(s.positions_tensor(t.layout, &t.base.device())?),
+                _ => None,
+            };
+            entries.insert(target, Entry { adapter, positions });
+        }
+        self.adapters.insert(name.to_owned(), entries);
+        Ok(())
+    }
+
+    /// Removes an adapter (deactivating everything first if it is active).
+    ///
+    /// # Errors
+    /// [`AdapterError::NotFound`] for an unknown name.
+    pub fn remove_adapter(&mut self, name: &str) -> Result<BTreeMap<String, Adapter>> {
+        if !self.adapters.contains_key(name) {
+            return Err(self.not_found(name));
+        }
+        if self.active.iter().any(|(n, _)| n == name) {
+            self.deactivate()?;
+        }
+        let entries = self.adapters.remove(name).ok_or_else(|| self.not_found(name))?;
+        Ok(entries.into_iter().map(|(k, e)| (k, e.adapter)).collect())
+    }
+
+    /// Registered adapter names.
+    pub fn adapter_names(&self) -> Vec<&str> {
+        self.adapters.keys().map(String::as_str).collect()
+    }
+
+    /// Registered target names.
+    pub fn target_names(&self) -> Vec<&str> {
+        self.targets.keys().map(String::as_str).collect()
+    }
+
+    /// The adapters of one name, by target.
+    ///
+    /// # Errors
+    /// [`AdapterError::NotFound`] for an unknown name.
+    pub fn adapter(&self, name: &str) -> Result<BTreeMap<&str, &Adapter>> {
+        let e = self.adapters.get(name).ok_or_else(|| self.not_found(name))?;
+        Ok(e.iter().map(|(k, e)| (k.as_str(), &e.adapter)).collect())
+    }
+
+    /// The currently active adapters and their weights.
+    pub fn active(&self) -> &[(String, f32)] {
+        &self.active
+    }
+
+    fn not_found(&self, name: &str) -> AdapterError {
+        AdapterError::NotFound { what: "adapter", name: name.to_owned(), available: self.adapters.keys().cloned().collect() }
+    }
+
+    fn target(&self, name: &str) -> Result<&Target> {
+        self.targets.get(name).ok_or_else(|| AdapterError::NotFound {
+            what: "target",
+            name: name.to_owned(),
+            available: self.targets.keys().cloned().collect(),
+        })
+    }
+
+    /// Switches to adapter `name` alone (weight 1).
+    ///
+    /// # Errors
+    /// As [`AdapterSet::activate_weighted`].
+    pub fn activate(&mut self, name: &str) -> Result<()> {
+        self.activate_weighted(&[(name, 1.0)])
+    }
+
+    /// Deactivates the current adapters and activates `W = W0 + Σ wᵢ ΔWᵢ`.
+    /// Targets where every adapter is SHiRA are switched by scatter;
+    /// others are fused densely.
+    ///
+    /// # Errors
+    /// Unknown names, non-finite weights, FouRA with an adaptive gate (not a
+    /// fixed matrix). On error every target is back at `W0` and nothing is active.
+    pub fn activate_weighted(&mut self, parts: &[(&str, f32)]) -> Result<()> {
+        self.deactivate()?;
+        for (name, w) in parts {
+            if !self.adapters.contains_key(*name) {
+                return Err(self.not_found(name));
+            }
+            if !w.is_finite() {
+                return Err(AdapterError::config("adapter weight", w, "a finite value"));
+            }
+        }
+        self.active = parts.iter().map(|(n, w)| ((*n).to_owned(), *w)).collect();
+        let names: Vec<String> = self.targets.keys().cloned().collect();
+        for target in names {
+            if let Err(e) = self.activate_target(&target, parts) {
+                self.deactivate()?;
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    fn activate_target(&mut self, target: &str, parts: &[(&str, f32)]) -> Result<()> {
+        let entries: Vec<(&Entry, f32)> = parts
+            .iter()
+            .filter_map(|(n, w)| self.adapters.get(*n).and_then(|m| m.get(target)).map(|e| (e, *w)))
+            .collect();
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let t = self.targets.get_mut(target).ok_or_else(|| AdapterError::NotFound {
+            what: "target",
+            name: target.to_owned(),
+            available: Vec::new(),
+        })?;
+        if entries.iter().all(|(e, _)| e.positions.is_some()) {
+            let mut saved = Vec::with_capacity(entries.len());
+            for (e, w) in entries {
+                let (Adapter::Shira(s), Some(pos)) = (&e.adapter, &e.positions) else { continue };
+                // Move the deployed weight out so the scatter owns it (in place on CPU).
+                let placeholder = Tensor::empty([0], &t.base.device());
+                let current = std::mem::replace(&mut t.current, placeholder);
+                match s.scatter_into(current, pos.clone(), w) {
+                    Ok((next, orig)) => {
+                        t.current = next;
+                        saved.push((pos.clone(), orig));
+                    }
+                    Err(err) => {
+                        t.current = t.base.clone().mul_scalar(1.0);
+                        return Err(err);
+                    }
+                }
+            }
+            self.undo.insert(target.to_owned(), Undo::Scatter(saved));
+        } else {
+            let mut w = t.base.clone();
+            for (e, weight) in entries {
+                let delta = e.adapter.delta_in_layout(t.layout)?.reshape([t.d_out * t.d_in]);
+                w = w + if weight == 1.0 { delta } else { delta.mul_scalar(weight) };
+            }
+            t.current = w;
+            self.undo.insert(target.to_owned(), Undo::Dense);
+        }
+        Ok(())
+    }
+
+    /// Restores every target to `W0` (bit-identical).
+    ///
+    /// # Errors
+    /// Only on internal shape inconsistencies.
+    pub fn deactivate(&mut self) -> Result<()> {
+        let undo = std::mem::take(&mut self.undo);
+        for (target, u) in undo {
+            let Some(t) = self.targets.get_mut(&target) else { continue };
+            match u {
+                Undo::Scatter(saved) => {
+                    for (pos, orig) in saved.into_iter().rev() {
+                        let placeholder = Tensor::empty([0], &t.base.device());
+                        let current = std::mem::replace(&mut t.current, placeholder);
+                        t.current = restore_into(current, pos, orig)?;
+                    }
+                }
+                Undo::Dense => t.current = t.base.clone().mul_scalar(1.0),
+            }
+        }
+        self.active.clear();
+        Ok(())
+    }
+
+    /// The deployed weight of `target` in its storage layout.
+    ///
+    /// # Errors
+    /// [`AdapterError::NotFound`] for an unknown target.
+    pub fn weight(&self, target: &str) -> Result<Tensor<2>> {
+        let t = self.target(target)?;
+        Ok(t.current.clone().reshape(t.layout.shape(t.d_out, t.d_in)))
+    }
+
+    /// The pristine base weight of `target` in its storage layout.
+    ///
+    /// # Errors
+    /// [`AdapterError::NotFound`] for an unknown target.
+    pub fn base_weight(&self, target: &str) -> Result<Tensor<2>> {
+        let t = self.target(target)?;
+        Ok(t.base.clone().reshape(t.layout.shape(t.d_out, t.d_in)))
+    }
+
+    /// Writes the deployed weights into `module`'s `<target>.weight`
+    /// parameters (ids and training state preserved).
+    pub fn apply_to<M: Module>(&self, module: M) -> M {
+        let mut writer = Writer { path: Vec::new(), set: self };
+        module.map(&mut writer)
+    }
+
+    /// Combines registered adapters into a new adapter per target
+    /// (see [`combine_adapters`]); register it with [`AdapterSet::add_adapter`].
+    ///
+    /// # Errors
+    /// As [`combine_adapters`]; unknown names.
+    pub fn combine(&self, parts: &[(&str, f64)], method: CombineMethod) -> Result<BTreeMap<String, Adapter>> {
+        let mut by_target: BTreeMap<&str, Vec<(&Adapter, f64)>> = BTreeMap::new();
+        for (name, w) in parts {
+            let entries = self.adapters.get(*name).ok_or_else(|| self.not_found(name))?;
+            for (t, e) in entries {
+                by_target.entry(t.as_str()).or_default().push((&e.adapter, *w));
+            }
+        }
+        by_target
+            .into_iter()
+            .map(|(t, list)| Ok((t.to_owned(), combine_adapters(&list, method)?)))
+            .collect()
+    }
+
+    /// AWOM and AWOR between two adapters on every target they share.
+    ///
+    /// # Errors
+    /// Unknown names; FouRA with an adaptive gate.
+    pub fn interference(&self, first: &str, second: &str) -> Result<BTreeMap<String, Interference>> {
+        let a = self.adapters.get(first).ok_or_else(|| self.not_found(first))?;
+        let b = self.adapters.get(second).ok_or_else(|| self.not_found(second))?;
+        let mut out = BTreeMap::new();
+        for (t, ea) in a {
+            if let Some(eb) = b.get(t) {
+                let (s1, s2) = (ea.adapter.delta_weight()?, eb.adapter.delta_weight()?);
+                out.insert(t.clone(), Interference { awom: awom(&s1, &s2)?, awor: awor(&s1, &s2)? });
+            }
+        }
+        Ok(out)
+    }
+}
+
+struct Collector {
+    path: Vec<String>,
+    wanted: Vec<String>,
+    found: BTreeMap<String, Tensor<2>>,
+}
+
+impl ModuleVisitor for Collector {
+    fn enter_module(&mut self, name: &str, _container_type: &str) {
+        self.path.push(name.to_owned());
+    }
+
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.path.pop();
+    }
+
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        let path = self.path.join(".");
+        if D == 2 && self.wanted.contains(&path) {
+            let v = param.val();
+            let dims = v.dims();
+            self.found.insert(path, v.reshape([dims[0], dims[1]]));
+        }
+    }
+}
+
+struct Writer<'a> {
+    path: Vec<String>,
+    set: &'a AdapterSet,
+}
+
+impl ModuleMapper for Writer<'_> {
+    fn enter_module(&mut self, name: &str, _container_type: &str) {
+        self.path.push(name.to_owned());
+    }
+
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.path.pop();
+    }
+
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        let path = self.path.join(".");
+        let Some(target) = path.strip_suffix(".weight") else { return param };
+        let Some(t) = self.set.targets.get(target) else { return param };
+        if D != 2 {
+            return param;
+        }
+        let shape = param.dims();
+        let current = t.current.clone();
+        if current.dims()[0] != shape.iter().product::<usize>() {
+            return param;
+        }
+        param.map(|old| {
+            let device = old.device();
+            let w = current.reshape(shape);
+            // Keep the parameter on its own (possibly autodiff) device.
+            if device.is_autodiff() { w.autodiff() } else { w }
+        })
+    }
+}
