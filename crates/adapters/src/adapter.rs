@@ -93,7 +93,12 @@ impl Adapter {
     pub fn describe(&self) -> String {
         match self {
             Self::Lora(a) => format!("LoRA r={}", a.rank()),
-            Self::Foura(a) => format!("FouRA r={} {} gate={}", a.rank(), a.transform().name(), a.gate_mode().name()),
+            Self::Foura(a) => format!(
+                "FouRA r={} {} gate={}",
+                a.rank(),
+                a.transform().name(),
+                a.gate_mode().name()
+            ),
             Self::Shira(a) => format!("SHiRA {:.2}%", 100.0 * a.density()),
         }
     }

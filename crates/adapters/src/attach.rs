@@ -15,7 +15,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, Reparameterization, Reparameterizer};
+use burn::module::{
+    Module, ModuleMapper, ModuleVisitor, Param, Reparameterization, Reparameterizer,
+};
 use burn::tensor::Tensor;
 
 use crate::adapter::Adapter;
@@ -47,7 +49,10 @@ impl WeightAdapter {
                 "an input-dependent gate is not a weight update: use AdaptedLinear, or GateMode::Frozen/Off",
             ));
         }
-        Ok(Self { inner: adapter, layout })
+        Ok(Self {
+            inner: adapter,
+            layout,
+        })
     }
 
     /// The storage layout of the adapted parameter.
@@ -128,7 +133,10 @@ impl Attached {
     /// [`AdapterError::NotFound`] if a layer has lost its adapter (e.g. the
     /// module was materialised) or a parameter is missing.
     pub fn extract<M: Module>(&self, module: &M) -> Result<BTreeMap<String, Adapter>> {
-        let mut reader = Reader { path: Vec::new(), values: BTreeMap::new() };
+        let mut reader = Reader {
+            path: Vec::new(),
+            values: BTreeMap::new(),
+        };
         module.visit(&mut reader);
         let mut out = BTreeMap::new();
         for (target, template) in &self.templates {
@@ -136,7 +144,10 @@ impl Attached {
             let values: BTreeMap<String, Tensor<1>> = reader
                 .values
                 .iter()
-                .filter_map(|(k, v)| k.strip_prefix(&prefix).map(|rel| (rel.to_owned(), v.clone())))
+                .filter_map(|(k, v)| {
+                    k.strip_prefix(&prefix)
+                        .map(|rel| (rel.to_owned(), v.clone()))
+                })
                 .collect();
             if values.is_empty() {
                 return Err(AdapterError::NotFound {
@@ -145,7 +156,11 @@ impl Attached {
                     available: reader.values.keys().cloned().collect(),
                 });
             }
-            let mut loader = Loader { path: Vec::new(), values, missing: Vec::new() };
+            let mut loader = Loader {
+                path: Vec::new(),
+                values,
+                missing: Vec::new(),
+            };
             let adapter = template.clone().map(&mut loader);
             if let Some(m) = loader.missing.first() {
                 return Err(AdapterError::NotFound {
@@ -170,9 +185,16 @@ struct Attacher<F> {
 impl<F: FnMut(&str, Tensor<2>) -> Result<Adapter>> Reparameterizer for Attacher<F> {
     type Reparam = WeightAdapter;
 
-    fn reparameterize<const D: usize>(&mut self, path: &str, param: Param<Tensor<D>>) -> (Param<Tensor<D>>, Option<WeightAdapter>) {
+    fn reparameterize<const D: usize>(
+        &mut self,
+        path: &str,
+        param: Param<Tensor<D>>,
+    ) -> (Param<Tensor<D>>, Option<WeightAdapter>) {
         let param = param.set_require_grad(false);
-        let Some(target) = path.strip_suffix(".weight").filter(|t| self.targets.contains(*t)) else {
+        let Some(target) = path
+            .strip_suffix(".weight")
+            .filter(|t| self.targets.contains(*t))
+        else {
             return (param, None);
         };
         if D != 2 || self.error.is_some() {
@@ -225,18 +247,28 @@ where
     };
     let mut state = Shared(Some(attacher));
     let module = module.apply_reparameterization(&mut state);
-    let attacher = state.0.ok_or_else(|| AdapterError::config("attach", "internal state lost", "a completed traversal"))?;
+    let attacher = state.0.ok_or_else(|| {
+        AdapterError::config("attach", "internal state lost", "a completed traversal")
+    })?;
     if let Some(e) = attacher.error {
         return Err(e);
     }
-    if let Some(missing) = targets.iter().find(|t| !attacher.templates.contains_key(**t)) {
+    if let Some(missing) = targets
+        .iter()
+        .find(|t| !attacher.templates.contains_key(**t))
+    {
         return Err(AdapterError::NotFound {
             what: "target",
             name: format!("{missing}.weight (a 2-D parameter)"),
             available: Vec::new(),
         });
     }
-    Ok((module, Attached { templates: attacher.templates }))
+    Ok((
+        module,
+        Attached {
+            templates: attacher.templates,
+        },
+    ))
 }
 
 /// [`attach_with`] building every adapter from one [`AdapterSpec`].
@@ -265,7 +297,11 @@ where
 /// assert_eq!(attached.extract(&mlp).unwrap()["fc1"].trainable_params(), 2 * (4 + 8));
 /// # }
 /// ```
-pub fn attach_adapters<M: Module>(module: M, targets: &[&str], spec: &AdapterSpec) -> Result<(M, Attached)> {
+pub fn attach_adapters<M: Module>(
+    module: M,
+    targets: &[&str],
+    spec: &AdapterSpec,
+) -> Result<(M, Attached)> {
     if let AdapterSpec::Foura(c) = spec
         && c.gate == GateMode::Adaptive
     {
@@ -285,7 +321,11 @@ struct Shared<F>(Option<Attacher<F>>);
 impl<F: FnMut(&str, Tensor<2>) -> Result<Adapter>> Reparameterizer for &mut Shared<F> {
     type Reparam = WeightAdapter;
 
-    fn reparameterize<const D: usize>(&mut self, path: &str, param: Param<Tensor<D>>) -> (Param<Tensor<D>>, Option<WeightAdapter>) {
+    fn reparameterize<const D: usize>(
+        &mut self,
+        path: &str,
+        param: Param<Tensor<D>>,
+    ) -> (Param<Tensor<D>>, Option<WeightAdapter>) {
         match self.0.as_mut() {
             Some(a) => a.reparameterize(path, param),
             None => (param, None),

@@ -27,10 +27,18 @@ pub enum CombineMethod {
 
 fn check_weights<T>(parts: &[(T, f64)]) -> Result<()> {
     if parts.is_empty() {
-        return Err(AdapterError::config("adapters to combine", "none", "at least one (adapter, weight) pair"));
+        return Err(AdapterError::config(
+            "adapters to combine",
+            "none",
+            "at least one (adapter, weight) pair",
+        ));
     }
     if let Some((_, w)) = parts.iter().find(|(_, w)| !w.is_finite()) {
-        return Err(AdapterError::config("combination weight", w, "a finite value"));
+        return Err(AdapterError::config(
+            "combination weight",
+            w,
+            "a finite value",
+        ));
     }
     Ok(())
 }
@@ -41,7 +49,11 @@ fn check_same_shape(shapes: impl Iterator<Item = (usize, usize)>) -> Result<(usi
         match first {
             None => first = Some(s),
             Some(f) if f != s => {
-                return Err(AdapterError::shape("combined adapter", format!("[out, in] = [{}, {}] like the first", f.0, f.1), &[s.0, s.1]));
+                return Err(AdapterError::shape(
+                    "combined adapter",
+                    format!("[out, in] = [{}, {}] like the first", f.0, f.1),
+                    &[s.0, s.1],
+                ));
             }
             _ => {}
         }
@@ -74,28 +86,43 @@ pub fn combine_lora(parts: &[(&Lora, f64)], method: CombineMethod) -> Result<Lor
     match method {
         CombineMethod::Concat => {
             let a = Tensor::cat(parts.iter().map(|(l, _)| l.a.val().detach()).collect(), 0);
-            let b = Tensor::cat(parts.iter().map(|(l, w)| l.b.val().detach().mul_scalar(w * l.scaling())).collect(), 1);
+            let b = Tensor::cat(
+                parts
+                    .iter()
+                    .map(|(l, w)| l.b.val().detach().mul_scalar(w * l.scaling()))
+                    .collect(),
+                1,
+            );
             let r = a.dims()[0];
             if r > d_out.min(d_in) {
                 return Err(AdapterError::config(
                     "combined rank",
                     r,
-                    &format!("at most min(out, in) = {}; use CombineMethod::Svd", d_out.min(d_in)),
+                    &format!(
+                        "at most min(out, in) = {}; use CombineMethod::Svd",
+                        d_out.min(d_in)
+                    ),
                 ));
             }
             Lora::from_factors(a, b, r as f64, false)
         }
         CombineMethod::Svd { rank } => {
             if rank == 0 || rank > d_out.min(d_in) {
-                return Err(AdapterError::config("svd rank", rank, &format!("an integer in [1, {}]", d_out.min(d_in))));
+                return Err(AdapterError::config(
+                    "svd rank",
+                    rank,
+                    &format!("an integer in [1, {}]", d_out.min(d_in)),
+                ));
             }
             let sum = parts
                 .iter()
                 .map(|(l, w)| l.delta_weight().detach().mul_scalar(*w))
                 .reduce(|x, y| x + y)
-                .ok_or_else(|| AdapterError::config("adapters to combine", "none", "at least one"))?;
+                .ok_or_else(|| {
+                    AdapterError::config("adapters to combine", "none", "at least one")
+                })?;
             let dec = svd(sum)?;
-            let root = dec.s.slice([0..rank]).sqrt();
+            let root = dec.s.slice(0..rank).sqrt();
             let a = dec.vt.slice([0..rank, 0..d_in]) * root.clone().unsqueeze_dim::<2>(1);
             let b = dec.u.slice([0..d_out, 0..rank]) * root.unsqueeze_dim::<2>(0);
             Lora::from_factors(a, b, rank as f64, false)
@@ -128,7 +155,12 @@ pub fn combine_shira(parts: &[(&Shira, f64)]) -> Result<Shira> {
     let mut entries: Vec<(usize, f64)> = Vec::new();
     for (s, w) in parts {
         let vals = s.values_vec()?;
-        entries.extend(s.indices().iter().zip(vals).map(|(&i, v)| (i, w * f64::from(v))));
+        entries.extend(
+            s.indices()
+                .iter()
+                .zip(vals)
+                .map(|(&i, v)| (i, w * f64::from(v))),
+        );
     }
     entries.sort_by_key(|e| e.0);
     let mut idx: Vec<usize> = Vec::with_capacity(entries.len());
@@ -190,7 +222,11 @@ pub fn combine_adapters(parts: &[(&Adapter, f64)], method: CombineMethod) -> Res
 
 fn check_pair(s1: &Tensor<2>, s2: &Tensor<2>) -> Result<()> {
     if s1.dims() != s2.dims() {
-        return Err(AdapterError::shape("second update", format!("{:?} like the first", s1.dims()), &s2.dims()));
+        return Err(AdapterError::shape(
+            "second update",
+            format!("{:?} like the first", s1.dims()),
+            &s2.dims(),
+        ));
     }
     Ok(())
 }
@@ -214,7 +250,7 @@ pub fn awom(s1: &Tensor<2>, s2: &Tensor<2>) -> Result<f64> {
     check_pair(s1, s2)?;
     let p = s1.clone().transpose().matmul(s2.clone());
     let dec = svd(p)?;
-    Ok(f64::from(tensor_to_vec(dec.s.slice([0..1]))?[0]))
+    Ok(f64::from(tensor_to_vec(dec.s.slice(0..1))?[0]))
 }
 
 /// AWOR, adapter weight orthogonality ratio: `1 − ‖S₁ᵀ S₂‖₀ / in²`, the

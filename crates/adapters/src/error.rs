@@ -91,7 +91,11 @@ impl AdapterError {
         }
     }
 
-    pub(crate) fn shape(what: impl Into<String>, expected: impl Into<String>, found: &[usize]) -> Self {
+    pub(crate) fn shape(
+        what: impl Into<String>,
+        expected: impl Into<String>,
+        found: &[usize],
+    ) -> Self {
         Self::Shape {
             what: what.into(),
             expected: expected.into(),
@@ -99,7 +103,11 @@ impl AdapterError {
         }
     }
 
-    pub(crate) fn unsupported(op: &'static str, kind: impl Into<String>, reason: impl Into<String>) -> Self {
+    pub(crate) fn unsupported(
+        op: &'static str,
+        kind: impl Into<String>,
+        reason: impl Into<String>,
+    ) -> Self {
         Self::Unsupported {
             op,
             kind: kind.into(),

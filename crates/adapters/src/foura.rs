@@ -185,7 +185,11 @@ impl FouraConfig {
     pub fn validate(&self, d_out: usize, d_in: usize) -> Result<()> {
         validate_rank_alpha(self.rank, self.alpha, d_out, d_in)?;
         if !(self.threshold.is_finite() && self.threshold > 0.0 && self.threshold < 1.0) {
-            return Err(AdapterError::config("threshold", self.threshold, "a value in (0, 1)"));
+            return Err(AdapterError::config(
+                "threshold",
+                self.threshold,
+                "a value in (0, 1)",
+            ));
         }
         let max = crate::transform::MAX_TRANSFORM_SIZE;
         if self.transform != SpectralTransform::Identity && d_in.max(d_out) > max {
@@ -219,7 +223,11 @@ impl FouraConfig {
     pub fn init(&self, d_out: usize, d_in: usize, device: &Device) -> Result<Foura> {
         self.validate(d_out, d_in)?;
         let bound = 1.0 / (d_in as f64).sqrt();
-        let a = Tensor::random([self.rank, d_in], Distribution::Uniform(-bound, bound), device);
+        let a = Tensor::random(
+            [self.rank, d_in],
+            Distribution::Uniform(-bound, bound),
+            device,
+        );
         let b = Tensor::zeros([d_out, self.rank], device);
         Foura::build(a, b, self, device)
     }
@@ -329,7 +337,10 @@ impl Foura {
         if rb != r || r != config.rank {
             return Err(AdapterError::shape(
                 "FouRA B",
-                format!("[out, r] with r = {} (config) = rows of A ({r})", config.rank),
+                format!(
+                    "[out, r] with r = {} (config) = rows of A ({r})",
+                    config.rank
+                ),
                 &[d_out, rb],
             ));
         }
@@ -396,11 +407,23 @@ impl Foura {
     pub fn with_frozen_mask(mut self, mask: Tensor<1>) -> Result<Self> {
         let [r] = mask.dims();
         if r != self.rank() {
-            return Err(AdapterError::shape("frozen mask", format!("[{}]", self.rank()), &[r]));
+            return Err(AdapterError::shape(
+                "frozen mask",
+                format!("[{}]", self.rank()),
+                &[r],
+            ));
         }
-        let binary = mask.clone().equal_elem(0.0).bool_or(mask.clone().equal_elem(1.0)).all();
+        let binary = mask
+            .clone()
+            .equal_elem(0.0)
+            .bool_or(mask.clone().equal_elem(1.0))
+            .all();
         if !binary.into_scalar::<bool>() {
-            return Err(AdapterError::config("frozen mask", "non-binary values", "entries in {0, 1}"));
+            return Err(AdapterError::config(
+                "frozen mask",
+                "non-binary values",
+                "entries in {0, 1}",
+            ));
         }
         self.frozen_mask = mask.to_device(&self.a.device());
         self.mode = GateMode::Frozen;
@@ -415,11 +438,20 @@ impl Foura {
     pub fn freeze_gate(self, calibration: Tensor<2>) -> Result<Self> {
         let [n, d] = calibration.dims();
         if n == 0 || d != self.d_in() {
-            return Err(AdapterError::shape("calibration batch", format!("[N > 0, {}]", self.d_in()), &[n, d]));
+            return Err(AdapterError::shape(
+                "calibration batch",
+                format!("[N > 0, {}]", self.d_in()),
+                &[n, d],
+            ));
         }
         let (a, _) = self.effective_factors();
         let z = calibration.matmul(a.transpose()).detach();
-        let on = self.gate.mask(z, self.threshold).detach().mean_dim(0).squeeze_dim::<1>(0);
+        let on = self
+            .gate
+            .mask(z, self.threshold)
+            .detach()
+            .mean_dim(0)
+            .squeeze_dim::<1>(0);
         let mask = on.greater_equal_elem(0.5).float();
         self.with_frozen_mask(mask)
     }
@@ -463,7 +495,10 @@ impl Foura {
             GateMode::Adaptive => {
                 let (a, _) = self.effective_factors();
                 let z = x.matmul(a.transpose());
-                self.gate.mask(z, self.threshold).mean().into_scalar::<f32>()
+                self.gate
+                    .mask(z, self.threshold)
+                    .mean()
+                    .into_scalar::<f32>()
             }
         }
     }
@@ -504,7 +539,12 @@ impl Foura {
     /// Trainable values: `r·(in + out)`, plus the gate's `3r` when adaptive.
     pub fn trainable_params(&self) -> usize {
         let r = self.rank();
-        r * (self.d_in() + self.d_out()) + if self.mode == GateMode::Adaptive { 3 * r } else { 0 }
+        r * (self.d_in() + self.d_out())
+            + if self.mode == GateMode::Adaptive {
+                3 * r
+            } else {
+                0
+            }
     }
 
     /// The transform.

@@ -1,20 +1,72 @@
-//! LoRA, FouRA and SHiRA adapters (under construction).
+//! # lastmile-adapters
+//!
+//! Parameter-efficient fine-tuning adapters for burn: train a small adapter
+//! on a frozen base model, run it unmerged, merge it, switch between many
+//! adapters fast, combine them, and exchange them with the Python ecosystem
+//! in Hugging Face PEFT's file layout.
+//!
+//! | kind | update of `W0: [out, in]` | paper |
+//! |---|---|---|
+//! | [`Lora`] | `s·B A` (rank r), rsLoRA, PiSSA init | Hu et al. 2021; Kalajdzievski 2023; Meng et al. 2024 |
+//! | [`Foura`] | `F_out⁻¹ · s·B · diag(G(z)) · A · F_in` (DCT-II / real DFT, adaptive rank gate) | Borse et al., NeurIPS 2024 |
+//! | [`Shira`] | `S`, nonzero on a fixed 1–2 % mask (struct, random, weight magnitude, gradient, SNIP) | Bhardwaj et al., NeurIPS 2024 |
+//!
+//! - [`AdaptedLinear`]: a frozen `burn::nn::Linear` plus any [`Adapter`]
+//!   (unmerged forward, `merge`, `unmerge`, `delta_weight`).
+//! - [`attach`]: attach adapters to the linear layers of an existing burn
+//!   module by name; everything else is frozen.
+//! - [`AdapterSet`]: many named adapters for one base model; switches SHiRA
+//!   by scatter and low-rank kinds by a dense fuse; weighted combinations;
+//!   interference metrics AWOM / AWOR ([`combine`]).
+//! - [`peft`]: `adapter_model.safetensors` + `adapter_config.json`, checked
+//!   against hostile files.
+//!
+//! All adapters use PEFT's orientation (`A: [r, in]`, `B: [out, r]`, SHiRA
+//! indices into `[out, in]`); burn's `Linear` stores `[in, out]`, which
+//! [`WeightLayout`] accounts for when deploying.
+//!
+//! ## Example
+//! ```
+//! # #[cfg(feature = "flex")] {
+//! use burn::nn::LinearConfig;
+//! use burn::tensor::{Device, Distribution, Tensor};
+//! use lastmile_adapters::{AdaptedLinear, LoraConfig};
+//!
+//! let device = Device::flex();
+//! let base = LinearConfig::new(16, 8).init(&device);
+//! let lora = LoraConfig::new(4, 8.0).init(8, 16, &device)?;
+//! let layer = AdaptedLinear::new(base, lora.into())?;
+//! let x = Tensor::<2>::random([2, 16], Distribution::Normal(0.0, 1.0), &device);
+//! let unmerged = layer.forward(x.clone());
+//! let merged = layer.merge()?.forward(x);
+//! assert!((unmerged - merged).abs().max().into_scalar::<f32>() < 1e-5);
+//! # }
+//! # Ok::<(), lastmile_adapters::AdapterError>(())
+//! ```
+//!
+//! ## Dependencies
+//! Beyond `lastmile-core` and burn: [rustfft](https://docs.rs/rustfft) for
+//! FouRA's `O(n log n)` transform path (the fastest pure-Rust FFT, with
+//! reusable plans and caller-owned scratch), and `serde` / `serde_json` to
+//! read and write PEFT's `adapter_config.json` — JSON parsing is not
+//! something to hand-roll on untrusted input, and serde_json is the
+//! ecosystem's audited standard.
 
+pub mod adapter;
+pub mod attach;
+pub mod combine;
 pub mod error;
 pub mod foura;
 pub mod lora;
+pub mod peft;
+pub mod set;
 pub mod shira;
 pub mod transform;
 
+pub use adapter::{AdaptedLinear, Adapter, AdapterKind};
 pub use error::{AdapterError, Result};
 pub use foura::{Foura, FouraConfig, GateMode, RankGate};
 pub use lora::{Lora, LoraConfig, LoraInit};
+pub use set::{AdapterSet, Interference};
 pub use shira::{Shira, ShiraBudget, ShiraConfig, ShiraMask, WeightLayout};
 pub use transform::{SpectralTransform, TransformPlan};
-pub mod adapter;
-pub mod combine;
-pub mod set;
-pub use adapter::{AdaptedLinear, Adapter, AdapterKind};
-pub use set::{AdapterSet, Interference};
-pub mod attach;
-pub mod peft;

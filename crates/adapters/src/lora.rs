@@ -129,7 +129,11 @@ impl LoraConfig {
     pub fn validate(&self, d_out: usize, d_in: usize) -> Result<()> {
         validate_rank_alpha(self.rank, self.alpha, d_out, d_in)?;
         if !(self.dropout.is_finite() && (0.0..1.0).contains(&self.dropout)) {
-            return Err(AdapterError::config("dropout", self.dropout, "a probability in [0, 1)"));
+            return Err(AdapterError::config(
+                "dropout",
+                self.dropout,
+                "a probability in [0, 1)",
+            ));
         }
         Ok(())
     }
@@ -204,7 +208,7 @@ impl LoraConfig {
         let r = self.rank;
         let s = self.scaling();
         let dec = svd(w0.clone())?;
-        let root = dec.s.slice([0..r]).div_scalar(s).sqrt();
+        let root = dec.s.slice(0..r).div_scalar(s).sqrt();
         let a = dec.vt.slice([0..r, 0..d_in]) * root.clone().unsqueeze_dim::<2>(1);
         let b = dec.u.slice([0..d_out, 0..r]) * root.unsqueeze_dim::<2>(0);
         let lora = Lora::build(a, b, self.alpha, self.use_rslora, self.dropout)?;
@@ -221,9 +225,18 @@ pub(crate) fn scaling(alpha: f64, rank: usize, use_rslora: bool) -> f64 {
     }
 }
 
-pub(crate) fn validate_rank_alpha(rank: usize, alpha: f64, d_out: usize, d_in: usize) -> Result<()> {
+pub(crate) fn validate_rank_alpha(
+    rank: usize,
+    alpha: f64,
+    d_out: usize,
+    d_in: usize,
+) -> Result<()> {
     if d_out == 0 || d_in == 0 {
-        return Err(AdapterError::shape("base weight", "[out, in] with out, in > 0", &[d_out, d_in]));
+        return Err(AdapterError::shape(
+            "base weight",
+            "[out, in] with out, in > 0",
+            &[d_out, d_in],
+        ));
     }
     if rank == 0 || rank > d_out.min(d_in) {
         return Err(AdapterError::config(
@@ -240,7 +253,12 @@ pub(crate) fn validate_rank_alpha(rank: usize, alpha: f64, d_out: usize, d_in: u
 
 /// `s · (x Aᵀ) Bᵀ` on the last axis of `x` — the shared low-rank path of LoRA
 /// and FouRA (which passes its transform-folded factors).
-pub(crate) fn low_rank_apply<const D: usize>(x: Tensor<D>, a: Tensor<2>, b: Tensor<2>, s: f64) -> Tensor<D> {
+pub(crate) fn low_rank_apply<const D: usize>(
+    x: Tensor<D>,
+    a: Tensor<2>,
+    b: Tensor<2>,
+    s: f64,
+) -> Tensor<D> {
     let (x2, lead) = flatten(x);
     let out = x2.matmul(a.transpose()).matmul(b.transpose()).mul_scalar(s);
     unflatten(out, &lead)
@@ -293,7 +311,13 @@ pub struct Lora {
 }
 
 impl Lora {
-    fn build(a: Tensor<2>, b: Tensor<2>, alpha: f64, use_rslora: bool, dropout: f64) -> Result<Self> {
+    fn build(
+        a: Tensor<2>,
+        b: Tensor<2>,
+        alpha: f64,
+        use_rslora: bool,
+        dropout: f64,
+    ) -> Result<Self> {
         Ok(Self {
             a: Param::from_tensor(a),
             b: Param::from_tensor(b),
@@ -312,7 +336,11 @@ impl Lora {
         let [r, d_in] = a.dims();
         let [d_out, rb] = b.dims();
         if rb != r {
-            return Err(AdapterError::shape("lora B", format!("[out, r] with r = {r} (rows of A)"), &[d_out, rb]));
+            return Err(AdapterError::shape(
+                "lora B",
+                format!("[out, r] with r = {r} (rows of A)"),
+                &[d_out, rb],
+            ));
         }
         validate_rank_alpha(r, alpha, d_out, d_in)?;
         check_finite("lora A", &a)?;

@@ -51,14 +51,17 @@ const MAX_RANK: u64 = 1 << 16;
 pub type LayerShapes = BTreeMap<String, (usize, usize)>;
 
 fn bad(path: &str, reason: impl Into<String>) -> AdapterError {
-    AdapterError::InvalidFile { path: path.to_owned(), reason: reason.into() }
+    AdapterError::InvalidFile {
+        path: path.to_owned(),
+        reason: reason.into(),
+    }
 }
 
 fn kind_of(layers: &BTreeMap<String, Adapter>) -> Result<AdapterKind> {
     let mut kinds = layers.values().map(Adapter::kind);
-    let first = kinds
-        .next()
-        .ok_or_else(|| AdapterError::config("adapter layers", "none", "at least one module to save"))?;
+    let first = kinds.next().ok_or_else(|| {
+        AdapterError::config("adapter layers", "none", "at least one module to save")
+    })?;
     if kinds.any(|k| k != first) {
         return Err(AdapterError::unsupported(
             "save",
@@ -111,15 +114,25 @@ pub fn to_peft(layers: &BTreeMap<String, Adapter>) -> Result<(TensorFile, String
                         ranks.insert(m.clone(), l.rank());
                         alphas.insert(m.clone(), l.alpha());
                         if *rslora.get_or_insert(l.use_rslora()) != l.use_rslora() {
-                            return Err(AdapterError::unsupported("save", "LoRA", "adapters mixing rsLoRA and classic scaling"));
+                            return Err(AdapterError::unsupported(
+                                "save",
+                                "LoRA",
+                                "adapters mixing rsLoRA and classic scaling",
+                            ));
                         }
                     }
                     Adapter::Foura(f) => {
                         let c = f.config();
                         if let Some(prev) = &foura_cfg
-                            && (prev.transform != c.transform || prev.gate != c.gate || prev.threshold != c.threshold)
+                            && (prev.transform != c.transform
+                                || prev.gate != c.gate
+                                || prev.threshold != c.threshold)
                         {
-                            return Err(AdapterError::unsupported("save", "FouRA", "modules with different transform, gate or threshold"));
+                            return Err(AdapterError::unsupported(
+                                "save",
+                                "FouRA",
+                                "modules with different transform, gate or threshold",
+                            ));
                         }
                         foura_cfg = Some(c);
                         file.insert_float(&key(m, "foura_A.weight"), f.a.val())?;
@@ -138,8 +151,16 @@ pub fn to_peft(layers: &BTreeMap<String, Adapter>) -> Result<(TensorFile, String
             let alpha_list: Vec<f64> = alphas.values().copied().collect();
             let r = mode(&rank_list).unwrap_or(1);
             let alpha = mode(&alpha_list).unwrap_or(1.0);
-            let rank_pattern: Map<String, Value> = ranks.iter().filter(|(_, v)| **v != r).map(|(k, v)| (k.clone(), json!(v))).collect();
-            let alpha_pattern: Map<String, Value> = alphas.iter().filter(|(_, v)| **v != alpha).map(|(k, v)| (k.clone(), json!(v))).collect();
+            let rank_pattern: Map<String, Value> = ranks
+                .iter()
+                .filter(|(_, v)| **v != r)
+                .map(|(k, v)| (k.clone(), json!(v)))
+                .collect();
+            let alpha_pattern: Map<String, Value> = alphas
+                .iter()
+                .filter(|(_, v)| **v != alpha)
+                .map(|(k, v)| (k.clone(), json!(v)))
+                .collect();
             config.insert("r".into(), json!(r));
             config.insert("rank_pattern".into(), Value::Object(rank_pattern));
             config.insert("alpha_pattern".into(), Value::Object(alpha_pattern));
@@ -170,14 +191,20 @@ pub fn to_peft(layers: &BTreeMap<String, Adapter>) -> Result<(TensorFile, String
                     idx.extend(cols.iter().map(|&v| v as i64));
                     file.insert_float(&key(m, "shira_weight"), s.values.val())?;
                     file.insert_indices(&key(m, "shira_indices"), vec![2, n], idx)?;
-                    file.set_metadata(&format!("lastmile.shape.{m}"), &format!("{},{}", s.d_out(), s.d_in()));
+                    file.set_metadata(
+                        &format!("lastmile.shape.{m}"),
+                        &format!("{},{}", s.d_out(), s.d_in()),
+                    );
                     mask = mask.or(s.mask_kind());
                     r = (n / (s.d_out() + s.d_in())).max(1);
                 }
             }
             config.insert("peft_type".into(), json!("SHIRA"));
             config.insert("r".into(), json!(r));
-            config.insert("mask_type".into(), json!(mask.map_or("custom", ShiraMask::name)));
+            config.insert(
+                "mask_type".into(),
+                json!(mask.map_or("custom", ShiraMask::name)),
+            );
             config.insert("random_seed".into(), Value::Null);
         }
     }
@@ -209,7 +236,10 @@ pub fn to_peft(layers: &BTreeMap<String, Adapter>) -> Result<(TensorFile, String
 pub fn save(dir: impl AsRef<Path>, layers: &BTreeMap<String, Adapter>) -> Result<()> {
     let dir = dir.as_ref();
     let (file, config) = to_peft(layers)?;
-    let io = |source, path: &Path| lastmile_core::CoreError::Io { path: path.display().to_string(), source };
+    let io = |source, path: &Path| lastmile_core::CoreError::Io {
+        path: path.display().to_string(),
+        source,
+    };
     std::fs::create_dir_all(dir).map_err(|e| io(e, dir))?;
     file.save(dir.join(WEIGHTS_FILE))?;
     let cfg_path = dir.join(CONFIG_FILE);
@@ -226,15 +256,25 @@ pub fn save(dir: impl AsRef<Path>, layers: &BTreeMap<String, Adapter>) -> Result
 /// # Errors
 /// [`AdapterError::InvalidFile`] for anything malformed or inconsistent;
 /// I/O failures.
-pub fn load(dir: impl AsRef<Path>, device: &Device, shapes: &LayerShapes) -> Result<BTreeMap<String, Adapter>> {
+pub fn load(
+    dir: impl AsRef<Path>,
+    device: &Device,
+    shapes: &LayerShapes,
+) -> Result<BTreeMap<String, Adapter>> {
     let dir = dir.as_ref();
     let cfg_path = dir.join(CONFIG_FILE);
     let cfg_name = cfg_path.display().to_string();
-    let io = |source| lastmile_core::CoreError::Io { path: cfg_name.clone(), source };
+    let io = |source| lastmile_core::CoreError::Io {
+        path: cfg_name.clone(),
+        source,
+    };
     let f = std::fs::File::open(&cfg_path).map_err(io)?;
     let len = f.metadata().map_err(io)?.len();
     if len > MAX_CONFIG_BYTES {
-        return Err(bad(&cfg_name, format!("{len} bytes, over the {MAX_CONFIG_BYTES}-byte limit for a config")));
+        return Err(bad(
+            &cfg_name,
+            format!("{len} bytes, over the {MAX_CONFIG_BYTES}-byte limit for a config"),
+        ));
     }
     let mut text = String::new();
     f.take(MAX_CONFIG_BYTES + 1)
@@ -244,12 +284,15 @@ pub fn load(dir: impl AsRef<Path>, device: &Device, shapes: &LayerShapes) -> Res
         return Err(bad(&cfg_name, "grew past the size limit while being read"));
     }
     let weights_path = dir.join(WEIGHTS_FILE);
-    let file = TensorFile::load_with_limit(&weights_path, MAX_WEIGHTS_BYTES).map_err(|e| match e {
-        lastmile_core::CoreError::InvalidFile(r) => bad(&weights_path.display().to_string(), r),
-        other => other.into(),
-    })?;
+    let file =
+        TensorFile::load_with_limit(&weights_path, MAX_WEIGHTS_BYTES).map_err(|e| match e {
+            lastmile_core::CoreError::InvalidFile(r) => bad(&weights_path.display().to_string(), r),
+            other => other.into(),
+        })?;
     from_peft(&file, &text, device, shapes).map_err(|e| match e {
-        AdapterError::InvalidFile { path, reason } if path.is_empty() => bad(&dir.display().to_string(), reason),
+        AdapterError::InvalidFile { path, reason } if path.is_empty() => {
+            bad(&dir.display().to_string(), reason)
+        }
         other => other,
     })
 }
@@ -269,29 +312,50 @@ struct Config {
 fn parse_rank(v: &Value, what: &str) -> Result<usize> {
     match v.as_u64() {
         Some(r) if r > 0 && r <= MAX_RANK => Ok(r as usize),
-        _ => Err(bad("", format!("`{what}` = {v}; expected an integer in [1, {MAX_RANK}]"))),
+        _ => Err(bad(
+            "",
+            format!("`{what}` = {v}; expected an integer in [1, {MAX_RANK}]"),
+        )),
     }
 }
 
 fn parse_alpha(v: &Value, what: &str) -> Result<f64> {
     match v.as_f64() {
         Some(a) if a.is_finite() && a > 0.0 => Ok(a),
-        _ => Err(bad("", format!("`{what}` = {v}; expected a finite number > 0"))),
+        _ => Err(bad(
+            "",
+            format!("`{what}` = {v}; expected a finite number > 0"),
+        )),
     }
 }
 
 fn parse_config(text: &str) -> Result<Config> {
-    let v: Value = serde_json::from_str(text).map_err(|e| bad("", format!("config is not valid JSON: {e}")))?;
-    let obj = v.as_object().ok_or_else(|| bad("", "config must be a JSON object"))?;
-    let peft_type = obj.get("peft_type").and_then(Value::as_str).ok_or_else(|| bad("", "config lacks a string `peft_type`"))?;
+    let v: Value = serde_json::from_str(text)
+        .map_err(|e| bad("", format!("config is not valid JSON: {e}")))?;
+    let obj = v
+        .as_object()
+        .ok_or_else(|| bad("", "config must be a JSON object"))?;
+    let peft_type = obj
+        .get("peft_type")
+        .and_then(Value::as_str)
+        .ok_or_else(|| bad("", "config lacks a string `peft_type`"))?;
     let kind = match peft_type {
         "LORA" => AdapterKind::Lora,
         "SHIRA" => AdapterKind::Shira,
         "FOURA" => AdapterKind::Foura,
-        other => return Err(bad("", format!("`peft_type` = {other:?}; expected \"LORA\", \"SHIRA\" or \"FOURA\""))),
+        other => {
+            return Err(bad(
+                "",
+                format!("`peft_type` = {other:?}; expected \"LORA\", \"SHIRA\" or \"FOURA\""),
+            ));
+        }
     };
     let r = parse_rank(obj.get("r").unwrap_or(&Value::Null), "r")?;
-    let alpha_key = if kind == AdapterKind::Foura { "foura_alpha" } else { "lora_alpha" };
+    let alpha_key = if kind == AdapterKind::Foura {
+        "foura_alpha"
+    } else {
+        "lora_alpha"
+    };
     let alpha = match obj.get(alpha_key) {
         Some(a) => parse_alpha(a, alpha_key)?,
         // PEFT's default lora_alpha is 8; SHiRA has none.
@@ -302,7 +366,10 @@ fn parse_config(text: &str) -> Result<Config> {
         match obj.get(key) {
             None | Some(Value::Null) => Ok(Map::new()),
             Some(Value::Object(m)) => Ok(m.clone()),
-            Some(other) => Err(bad("", format!("`{key}` = {other}; expected an object of module → value"))),
+            Some(other) => Err(bad(
+                "",
+                format!("`{key}` = {other}; expected an object of module → value"),
+            )),
         }
     };
     let rank_pattern = pattern("rank_pattern")?
@@ -316,51 +383,100 @@ fn parse_config(text: &str) -> Result<Config> {
     let use_rslora = match obj.get("use_rslora") {
         None | Some(Value::Null) => false,
         Some(Value::Bool(b)) => *b,
-        Some(other) => return Err(bad("", format!("`use_rslora` = {other}; expected true or false"))),
+        Some(other) => {
+            return Err(bad(
+                "",
+                format!("`use_rslora` = {other}; expected true or false"),
+            ));
+        }
     };
     let targets = match obj.get("target_modules") {
         Some(Value::Array(list)) => Some(
             list.iter()
-                .map(|t| t.as_str().map(str::to_owned).ok_or_else(|| bad("", format!("`target_modules` entry {t} is not a string"))))
+                .map(|t| {
+                    t.as_str().map(str::to_owned).ok_or_else(|| {
+                        bad("", format!("`target_modules` entry {t} is not a string"))
+                    })
+                })
                 .collect::<Result<Vec<_>>>()?,
         ),
         // A string is a regular expression in PEFT: accepted, not checked.
         Some(Value::String(_)) | None | Some(Value::Null) => None,
-        Some(other) => return Err(bad("", format!("`target_modules` = {other}; expected a list of names or a string"))),
+        Some(other) => {
+            return Err(bad(
+                "",
+                format!("`target_modules` = {other}; expected a list of names or a string"),
+            ));
+        }
     };
     let foura = if kind == AdapterKind::Foura {
-        let s = |k: &str| obj.get(k).and_then(Value::as_str).ok_or_else(|| bad("", format!("FouRA config lacks a string `{k}`")));
-        let transform = SpectralTransform::from_name(s("transform")?).ok_or_else(|| bad("", "`transform` must be \"identity\", \"dct\" or \"rfft\""))?;
-        let gate = GateMode::from_name(s("gate")?).ok_or_else(|| bad("", "`gate` must be \"adaptive\", \"frozen\" or \"off\""))?;
+        let s = |k: &str| {
+            obj.get(k)
+                .and_then(Value::as_str)
+                .ok_or_else(|| bad("", format!("FouRA config lacks a string `{k}`")))
+        };
+        let transform = SpectralTransform::from_name(s("transform")?)
+            .ok_or_else(|| bad("", "`transform` must be \"identity\", \"dct\" or \"rfft\""))?;
+        let gate = GateMode::from_name(s("gate")?)
+            .ok_or_else(|| bad("", "`gate` must be \"adaptive\", \"frozen\" or \"off\""))?;
         let threshold = obj
             .get("threshold")
             .and_then(Value::as_f64)
             .filter(|t| t.is_finite() && *t > 0.0 && *t < 1.0)
             .ok_or_else(|| bad("", "`threshold` must be a number in (0, 1)"))?;
-        Some(FouraConfig { rank: r, alpha, transform, gate, threshold })
+        Some(FouraConfig {
+            rank: r,
+            alpha,
+            transform,
+            gate,
+            threshold,
+        })
     } else {
         None
     };
-    let mask = obj.get("mask_type").and_then(Value::as_str).and_then(ShiraMask::from_name);
-    Ok(Config { kind, r, alpha, rank_pattern, alpha_pattern, use_rslora, targets, foura, mask })
+    let mask = obj
+        .get("mask_type")
+        .and_then(Value::as_str)
+        .and_then(ShiraMask::from_name);
+    Ok(Config {
+        kind,
+        r,
+        alpha,
+        rank_pattern,
+        alpha_pattern,
+        use_rslora,
+        targets,
+        foura,
+        mask,
+    })
 }
 
 /// Matches PEFT's rule: a module is targeted if its path equals a target or
 /// ends with `.<target>`.
 fn is_targeted(module: &str, targets: &[String]) -> bool {
-    targets.iter().any(|t| module == t || module.ends_with(&format!(".{t}")))
+    targets
+        .iter()
+        .any(|t| module == t || module.ends_with(&format!(".{t}")))
 }
 
 fn split_key<'a>(key: &'a str, suffixes: &[&'a str]) -> Option<(&'a str, &'a str)> {
     let key = key.strip_prefix(PEFT_PREFIX).unwrap_or(key);
-    suffixes.iter().find_map(|s| key.strip_suffix(s).and_then(|m| m.strip_suffix('.')).filter(|m| !m.is_empty()).map(|m| (m, *s)))
+    suffixes.iter().find_map(|s| {
+        key.strip_suffix(s)
+            .and_then(|m| m.strip_suffix('.'))
+            .filter(|m| !m.is_empty())
+            .map(|m| (m, *s))
+    })
 }
 
 fn float_of<'a>(t: &'a StoredTensor, key: &str) -> Result<&'a [f32]> {
     match &t.values {
         TensorValues::F32(v) => {
             if let Some(i) = v.iter().position(|x| !x.is_finite()) {
-                return Err(bad("", format!("tensor `{key}` has a non-finite value at {i}")));
+                return Err(bad(
+                    "",
+                    format!("tensor `{key}` has a non-finite value at {i}"),
+                ));
             }
             Ok(v)
         }
@@ -368,9 +484,17 @@ fn float_of<'a>(t: &'a StoredTensor, key: &str) -> Result<&'a [f32]> {
     }
 }
 
-fn float_tensor<const D: usize>(t: &StoredTensor, key: &str, shape: [usize; D], device: &Device) -> Result<Tensor<D>> {
+fn float_tensor<const D: usize>(
+    t: &StoredTensor,
+    key: &str,
+    shape: [usize; D],
+    device: &Device,
+) -> Result<Tensor<D>> {
     if t.shape != shape {
-        return Err(bad("", format!("tensor `{key}` has shape {:?}, expected {shape:?}", t.shape)));
+        return Err(bad(
+            "",
+            format!("tensor `{key}` has shape {:?}, expected {shape:?}", t.shape),
+        ));
     }
     Ok(tensor_from_vec(float_of(t, key)?.to_vec(), shape, device)?)
 }
@@ -380,20 +504,42 @@ fn float_tensor<const D: usize>(t: &StoredTensor, key: &str, shape: [usize; D], 
 /// # Errors
 /// [`AdapterError::InvalidFile`] (with an empty path) for anything
 /// malformed or inconsistent.
-pub fn from_peft(file: &TensorFile, config: &str, device: &Device, shapes: &LayerShapes) -> Result<BTreeMap<String, Adapter>> {
+pub fn from_peft(
+    file: &TensorFile,
+    config: &str,
+    device: &Device,
+    shapes: &LayerShapes,
+) -> Result<BTreeMap<String, Adapter>> {
     let cfg = parse_config(config)?;
     let suffixes: &[&str] = match cfg.kind {
         AdapterKind::Lora => &["lora_A.weight", "lora_B.weight"],
         AdapterKind::Shira => &["shira_weight", "shira_indices"],
-        AdapterKind::Foura => &["foura_A.weight", "foura_B.weight", "foura_gate.energy", "foura_gate.entropy", "foura_gate.bias", "foura_mask"],
+        AdapterKind::Foura => &[
+            "foura_A.weight",
+            "foura_B.weight",
+            "foura_gate.energy",
+            "foura_gate.entropy",
+            "foura_gate.bias",
+            "foura_mask",
+        ],
     };
     let mut modules: BTreeMap<String, BTreeMap<&str, (&str, &StoredTensor)>> = BTreeMap::new();
     for name in file.names() {
         let (m, s) = split_key(name, suffixes)
             .ok_or_else(|| bad("", format!("unexpected tensor `{name}` for a {} adapter; expected keys ending in {suffixes:?}", cfg.kind.name())))?;
-        let t = file.get(name).ok_or_else(|| bad("", format!("tensor `{name}` vanished")))?;
-        if modules.entry(m.to_owned()).or_default().insert(s, (name, t)).is_some() {
-            return Err(bad("", format!("module `{m}` has `{s}` twice (with and without the PEFT prefix)")));
+        let t = file
+            .get(name)
+            .ok_or_else(|| bad("", format!("tensor `{name}` vanished")))?;
+        if modules
+            .entry(m.to_owned())
+            .or_default()
+            .insert(s, (name, t))
+            .is_some()
+        {
+            return Err(bad(
+                "",
+                format!("module `{m}` has `{s}` twice (with and without the PEFT prefix)"),
+            ));
         }
     }
     if modules.is_empty() {
@@ -404,38 +550,72 @@ pub fn from_peft(file: &TensorFile, config: &str, device: &Device, shapes: &Laye
         if let Some(targets) = &cfg.targets
             && !is_targeted(m, targets)
         {
-            return Err(bad("", format!("module `{m}` is not in target_modules {targets:?}")));
+            return Err(bad(
+                "",
+                format!("module `{m}` is not in target_modules {targets:?}"),
+            ));
         }
-        let get = |s: &str| parts.get(s).copied().ok_or_else(|| bad("", format!("module `{m}` lacks `{s}`")));
+        let get = |s: &str| {
+            parts
+                .get(s)
+                .copied()
+                .ok_or_else(|| bad("", format!("module `{m}` lacks `{s}`")))
+        };
         let r = cfg.rank_pattern.get(m).copied().unwrap_or(cfg.r);
         let alpha = cfg.alpha_pattern.get(m).copied().unwrap_or(cfg.alpha);
         let expected_shape = shapes.get(m).copied();
         let check_shape = |d_out: usize, d_in: usize| -> Result<()> {
             match expected_shape {
-                Some(s) if s != (d_out, d_in) => Err(bad("", format!("module `{m}` is [{d_out}, {d_in}], expected {s:?}"))),
+                Some(s) if s != (d_out, d_in) => Err(bad(
+                    "",
+                    format!("module `{m}` is [{d_out}, {d_in}], expected {s:?}"),
+                )),
                 _ => Ok(()),
             }
         };
         let adapter = match cfg.kind {
             AdapterKind::Lora | AdapterKind::Foura => {
-                let (ka, kb) = if cfg.kind == AdapterKind::Lora { ("lora_A.weight", "lora_B.weight") } else { ("foura_A.weight", "foura_B.weight") };
+                let (ka, kb) = if cfg.kind == AdapterKind::Lora {
+                    ("lora_A.weight", "lora_B.weight")
+                } else {
+                    ("foura_A.weight", "foura_B.weight")
+                };
                 let (na, ta) = get(ka)?;
                 let (nb, tb) = get(kb)?;
                 let (&[ra, d_in], &[d_out, rb]) = (ta.shape.as_slice(), tb.shape.as_slice()) else {
-                    return Err(bad("", format!("`{na}` and `{nb}` must be 2-D, found {:?} and {:?}", ta.shape, tb.shape)));
+                    return Err(bad(
+                        "",
+                        format!(
+                            "`{na}` and `{nb}` must be 2-D, found {:?} and {:?}",
+                            ta.shape, tb.shape
+                        ),
+                    ));
                 };
                 if ra != r || rb != r {
-                    return Err(bad("", format!("module `{m}`: A is {:?}, B is {:?}; expected rank {r} ([r, in] and [out, r])", ta.shape, tb.shape)));
+                    return Err(bad(
+                        "",
+                        format!(
+                            "module `{m}`: A is {:?}, B is {:?}; expected rank {r} ([r, in] and [out, r])",
+                            ta.shape, tb.shape
+                        ),
+                    ));
                 }
                 if d_in == 0 || d_out == 0 || r > d_in.min(d_out) {
-                    return Err(bad("", format!("module `{m}`: rank {r} does not fit [{d_out}, {d_in}]")));
+                    return Err(bad(
+                        "",
+                        format!("module `{m}`: rank {r} does not fit [{d_out}, {d_in}]"),
+                    ));
                 }
                 check_shape(d_out, d_in)?;
                 let a = float_tensor(ta, na, [r, d_in], device)?;
                 let b = float_tensor(tb, nb, [d_out, r], device)?;
                 match (&cfg.foura, cfg.kind) {
                     (Some(fc), AdapterKind::Foura) => {
-                        let fc = FouraConfig { rank: r, alpha, ..fc.clone() };
+                        let fc = FouraConfig {
+                            rank: r,
+                            alpha,
+                            ..fc.clone()
+                        };
                         let mut f = Foura::from_factors(a, b, &fc)?;
                         let vec = |s: &str| -> Result<Tensor<1>> {
                             let (n, t) = get(s)?;
@@ -449,7 +629,10 @@ pub fn from_peft(file: &TensorFile, config: &str, device: &Device, shapes: &Laye
                         f.gate.bias = f.gate.bias.map(|_| bias);
                         let mask = vec("foura_mask")?;
                         let mode = f.gate_mode();
-                        f = f.with_frozen_mask(mask).map_err(|e| bad("", format!("module `{m}`: {e}")))?.with_gate_mode(mode);
+                        f = f
+                            .with_frozen_mask(mask)
+                            .map_err(|e| bad("", format!("module `{m}`: {e}")))?
+                            .with_gate_mode(mode);
                         Adapter::Foura(f)
                     }
                     _ => Adapter::Lora(Lora::from_factors(a, b, alpha, cfg.use_rslora)?),
@@ -460,10 +643,18 @@ pub fn from_peft(file: &TensorFile, config: &str, device: &Device, shapes: &Laye
                 let (ni, ti) = get("shira_indices")?;
                 let n = match tw.shape.as_slice() {
                     [n] if *n > 0 => *n,
-                    s => return Err(bad("", format!("`{nw}` must be [N] with N > 0, found {s:?}"))),
+                    s => {
+                        return Err(bad(
+                            "",
+                            format!("`{nw}` must be [N] with N > 0, found {s:?}"),
+                        ));
+                    }
                 };
                 if ti.shape != [2, n] {
-                    return Err(bad("", format!("`{ni}` must be [2, {n}], found {:?}", ti.shape)));
+                    return Err(bad(
+                        "",
+                        format!("`{ni}` must be [2, {n}], found {:?}", ti.shape),
+                    ));
                 }
                 let TensorValues::I64(idx) = &ti.values else {
                     return Err(bad("", format!("`{ni}` must hold integers")));
@@ -474,12 +665,27 @@ pub fn from_peft(file: &TensorFile, config: &str, device: &Device, shapes: &Laye
                         .ok_or_else(|| bad("", format!("module `{m}`: the file does not record its [out, in]; pass it in `shapes`")))?,
                 };
                 let to_index = |v: i64, bound: usize, what: &str| -> Result<usize> {
-                    usize::try_from(v).ok().filter(|&u| u < bound).ok_or_else(|| bad("", format!("module `{m}`: {what} index {v} outside [0, {bound})")))
+                    usize::try_from(v)
+                        .ok()
+                        .filter(|&u| u < bound)
+                        .ok_or_else(|| {
+                            bad(
+                                "",
+                                format!("module `{m}`: {what} index {v} outside [0, {bound})"),
+                            )
+                        })
                 };
-                let rows = idx[..n].iter().map(|&v| to_index(v, d_out, "row")).collect::<Result<Vec<_>>>()?;
-                let cols = idx[n..].iter().map(|&v| to_index(v, d_in, "column")).collect::<Result<Vec<_>>>()?;
+                let rows = idx[..n]
+                    .iter()
+                    .map(|&v| to_index(v, d_out, "row"))
+                    .collect::<Result<Vec<_>>>()?;
+                let cols = idx[n..]
+                    .iter()
+                    .map(|&v| to_index(v, d_in, "column"))
+                    .collect::<Result<Vec<_>>>()?;
                 let values = float_of(tw, nw)?;
-                let s = Shira::from_coo(&rows, &cols, values, d_out, d_in, device).map_err(|e| bad("", format!("module `{m}`: {e}")))?;
+                let s = Shira::from_coo(&rows, &cols, values, d_out, d_in, device)
+                    .map_err(|e| bad("", format!("module `{m}`: {e}")))?;
                 Adapter::Shira(match cfg.mask {
                     Some(k) => s.with_mask_kind(k),
                     None => s,

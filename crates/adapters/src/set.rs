@@ -99,13 +99,25 @@ impl AdapterSet {
     ///
     /// # Errors
     /// [`AdapterError::Duplicate`] for a known name, [`AdapterError::Shape`] for an empty weight.
-    pub fn add_target(&mut self, name: &str, weight: Tensor<2>, layout: WeightLayout) -> Result<()> {
+    pub fn add_target(
+        &mut self,
+        name: &str,
+        weight: Tensor<2>,
+        layout: WeightLayout,
+    ) -> Result<()> {
         if self.targets.contains_key(name) {
-            return Err(AdapterError::Duplicate { what: "target", name: name.to_owned() });
+            return Err(AdapterError::Duplicate {
+                what: "target",
+                name: name.to_owned(),
+            });
         }
         let dims = weight.dims();
         if dims.contains(&0) {
-            return Err(AdapterError::shape(format!("target `{name}`"), "a non-empty matrix", &dims));
+            return Err(AdapterError::shape(
+                format!("target `{name}`"),
+                "a non-empty matrix",
+                &dims,
+            ));
         }
         let (d_out, d_in) = match layout {
             WeightLayout::OutIn => (dims[0], dims[1]),
@@ -114,7 +126,16 @@ impl AdapterSet {
         let base = weight.inner().reshape([d_out * d_in]);
         // The deployed copy must own its buffer so that scatters can run in place.
         let current = base.clone().mul_scalar(1.0);
-        self.targets.insert(name.to_owned(), Target { base, current, layout, d_out, d_in });
+        self.targets.insert(
+            name.to_owned(),
+            Target {
+                base,
+                current,
+                layout,
+                d_out,
+                d_in,
+            },
+        );
         // Already-registered adapters cannot refer to a target that did not exist.
         Ok(())
     }
@@ -125,15 +146,22 @@ impl AdapterSet {
     /// # Errors
     /// [`AdapterError::NotFound`] if a target has no 2-D `weight` parameter.
     pub fn from_module<M: Module>(module: &M, targets: &[&str]) -> Result<Self> {
-        let mut collector = Collector { path: Vec::new(), wanted: targets.iter().map(|t| format!("{t}.weight")).collect(), found: BTreeMap::new() };
+        let mut collector = Collector {
+            path: Vec::new(),
+            wanted: targets.iter().map(|t| format!("{t}.weight")).collect(),
+            found: BTreeMap::new(),
+        };
         module.visit(&mut collector);
         let mut set = Self::new();
         for t in targets {
-            let w = collector.found.remove(&format!("{t}.weight")).ok_or_else(|| AdapterError::NotFound {
-                what: "target",
-                name: format!("{t}.weight (a 2-D parameter)"),
-                available: collector.wanted.clone(),
-            })?;
+            let w = collector
+                .found
+                .remove(&format!("{t}.weight"))
+                .ok_or_else(|| AdapterError::NotFound {
+                    what: "target",
+                    name: format!("{t}.weight (a 2-D parameter)"),
+                    available: collector.wanted.clone(),
+                })?;
             set.add_target(t, w, WeightLayout::InOut)?;
         }
         Ok(set)
@@ -146,10 +174,17 @@ impl AdapterSet {
     /// not fit its target.
     pub fn add_adapter(&mut self, name: &str, layers: BTreeMap<String, Adapter>) -> Result<()> {
         if self.adapters.contains_key(name) {
-            return Err(AdapterError::Duplicate { what: "adapter", name: name.to_owned() });
+            return Err(AdapterError::Duplicate {
+                what: "adapter",
+                name: name.to_owned(),
+            });
         }
         if layers.is_empty() {
-            return Err(AdapterError::config("adapter layers", "none", "at least one (target, adapter) pair"));
+            return Err(AdapterError::config(
+                "adapter layers",
+                "none",
+                "at least one (target, adapter) pair",
+            ));
         }
         let mut entries = BTreeMap::new();
         for (target, adapter) in layers {
@@ -183,7 +218,10 @@ impl AdapterSet {
         if self.active.iter().any(|(n, _)| n == name) {
             self.deactivate()?;
         }
-        let entries = self.adapters.remove(name).ok_or_else(|| self.not_found(name))?;
+        let entries = self
+            .adapters
+            .remove(name)
+            .ok_or_else(|| self.not_found(name))?;
         Ok(entries.into_iter().map(|(k, e)| (k, e.adapter)).collect())
     }
 
@@ -202,7 +240,10 @@ impl AdapterSet {
     /// # Errors
     /// [`AdapterError::NotFound`] for an unknown name.
     pub fn adapter(&self, name: &str) -> Result<BTreeMap<&str, &Adapter>> {
-        let e = self.adapters.get(name).ok_or_else(|| self.not_found(name))?;
+        let e = self
+            .adapters
+            .get(name)
+            .ok_or_else(|| self.not_found(name))?;
         Ok(e.iter().map(|(k, e)| (k.as_str(), &e.adapter)).collect())
     }
 
@@ -212,15 +253,21 @@ impl AdapterSet {
     }
 
     fn not_found(&self, name: &str) -> AdapterError {
-        AdapterError::NotFound { what: "adapter", name: name.to_owned(), available: self.adapters.keys().cloned().collect() }
+        AdapterError::NotFound {
+            what: "adapter",
+            name: name.to_owned(),
+            available: self.adapters.keys().cloned().collect(),
+        }
     }
 
     fn target(&self, name: &str) -> Result<&Target> {
-        self.targets.get(name).ok_or_else(|| AdapterError::NotFound {
-            what: "target",
-            name: name.to_owned(),
-            available: self.targets.keys().cloned().collect(),
-        })
+        self.targets
+            .get(name)
+            .ok_or_else(|| AdapterError::NotFound {
+                what: "target",
+                name: name.to_owned(),
+                available: self.targets.keys().cloned().collect(),
+            })
     }
 
     /// Switches to adapter `name` alone (weight 1).
@@ -262,20 +309,30 @@ impl AdapterSet {
     fn activate_target(&mut self, target: &str, parts: &[(&str, f32)]) -> Result<()> {
         let entries: Vec<(&Entry, f32)> = parts
             .iter()
-            .filter_map(|(n, w)| self.adapters.get(*n).and_then(|m| m.get(target)).map(|e| (e, *w)))
+            .filter_map(|(n, w)| {
+                self.adapters
+                    .get(*n)
+                    .and_then(|m| m.get(target))
+                    .map(|e| (e, *w))
+            })
             .collect();
         if entries.is_empty() {
             return Ok(());
         }
-        let t = self.targets.get_mut(target).ok_or_else(|| AdapterError::NotFound {
-            what: "target",
-            name: target.to_owned(),
-            available: Vec::new(),
-        })?;
+        let t = self
+            .targets
+            .get_mut(target)
+            .ok_or_else(|| AdapterError::NotFound {
+                what: "target",
+                name: target.to_owned(),
+                available: Vec::new(),
+            })?;
         if entries.iter().all(|(e, _)| e.positions.is_some()) {
             let mut saved = Vec::with_capacity(entries.len());
             for (e, w) in entries {
-                let (Adapter::Shira(s), Some(pos)) = (&e.adapter, &e.positions) else { continue };
+                let (Adapter::Shira(s), Some(pos)) = (&e.adapter, &e.positions) else {
+                    continue;
+                };
                 // Move the deployed weight out so the scatter owns it (in place on CPU).
                 let placeholder = Tensor::empty([0], &t.base.device());
                 let current = std::mem::replace(&mut t.current, placeholder);
@@ -294,8 +351,15 @@ impl AdapterSet {
         } else {
             let mut w = t.base.clone();
             for (e, weight) in entries {
-                let delta = e.adapter.delta_in_layout(t.layout)?.reshape([t.d_out * t.d_in]);
-                w = w + if weight == 1.0 { delta } else { delta.mul_scalar(weight) };
+                let delta = e
+                    .adapter
+                    .delta_in_layout(t.layout)?
+                    .reshape([t.d_out * t.d_in]);
+                w = w + if weight == 1.0 {
+                    delta
+                } else {
+                    delta.mul_scalar(weight)
+                };
             }
             t.current = w;
             self.undo.insert(target.to_owned(), Undo::Dense);
@@ -310,7 +374,9 @@ impl AdapterSet {
     pub fn deactivate(&mut self) -> Result<()> {
         let undo = std::mem::take(&mut self.undo);
         for (target, u) in undo {
-            let Some(t) = self.targets.get_mut(&target) else { continue };
+            let Some(t) = self.targets.get_mut(&target) else {
+                continue;
+            };
             match u {
                 Undo::Scatter(saved) => {
                     for (pos, orig) in saved.into_iter().rev() {
@@ -347,7 +413,10 @@ impl AdapterSet {
     /// Writes the deployed weights into `module`'s `<target>.weight`
     /// parameters (ids and training state preserved).
     pub fn apply_to<M: Module>(&self, module: M) -> M {
-        let mut writer = Writer { path: Vec::new(), set: self };
+        let mut writer = Writer {
+            path: Vec::new(),
+            set: self,
+        };
         module.map(&mut writer)
     }
 
@@ -356,12 +425,22 @@ impl AdapterSet {
     ///
     /// # Errors
     /// As [`combine_adapters`]; unknown names.
-    pub fn combine(&self, parts: &[(&str, f64)], method: CombineMethod) -> Result<BTreeMap<String, Adapter>> {
+    pub fn combine(
+        &self,
+        parts: &[(&str, f64)],
+        method: CombineMethod,
+    ) -> Result<BTreeMap<String, Adapter>> {
         let mut by_target: BTreeMap<&str, Vec<(&Adapter, f64)>> = BTreeMap::new();
         for (name, w) in parts {
-            let entries = self.adapters.get(*name).ok_or_else(|| self.not_found(name))?;
+            let entries = self
+                .adapters
+                .get(*name)
+                .ok_or_else(|| self.not_found(name))?;
             for (t, e) in entries {
-                by_target.entry(t.as_str()).or_default().push((&e.adapter, *w));
+                by_target
+                    .entry(t.as_str())
+                    .or_default()
+                    .push((&e.adapter, *w));
             }
         }
         by_target
@@ -374,14 +453,30 @@ impl AdapterSet {
     ///
     /// # Errors
     /// Unknown names; FouRA with an adaptive gate.
-    pub fn interference(&self, first: &str, second: &str) -> Result<BTreeMap<String, Interference>> {
-        let a = self.adapters.get(first).ok_or_else(|| self.not_found(first))?;
-        let b = self.adapters.get(second).ok_or_else(|| self.not_found(second))?;
+    pub fn interference(
+        &self,
+        first: &str,
+        second: &str,
+    ) -> Result<BTreeMap<String, Interference>> {
+        let a = self
+            .adapters
+            .get(first)
+            .ok_or_else(|| self.not_found(first))?;
+        let b = self
+            .adapters
+            .get(second)
+            .ok_or_else(|| self.not_found(second))?;
         let mut out = BTreeMap::new();
         for (t, ea) in a {
             if let Some(eb) = b.get(t) {
                 let (s1, s2) = (ea.adapter.delta_weight()?, eb.adapter.delta_weight()?);
-                out.insert(t.clone(), Interference { awom: awom(&s1, &s2)?, awor: awor(&s1, &s2)? });
+                out.insert(
+                    t.clone(),
+                    Interference {
+                        awom: awom(&s1, &s2)?,
+                        awor: awor(&s1, &s2)?,
+                    },
+                );
             }
         }
         Ok(out)
@@ -429,8 +524,12 @@ impl ModuleMapper for Writer<'_> {
 
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
         let path = self.path.join(".");
-        let Some(target) = path.strip_suffix(".weight") else { return param };
-        let Some(t) = self.set.targets.get(target) else { return param };
+        let Some(target) = path.strip_suffix(".weight") else {
+            return param;
+        };
+        let Some(t) = self.set.targets.get(target) else {
+            return param;
+        };
         if D != 2 {
             return param;
         }
@@ -443,7 +542,11 @@ impl ModuleMapper for Writer<'_> {
             let device = old.device();
             let w = current.reshape(shape);
             // Keep the parameter on its own (possibly autodiff) device.
-            if device.is_autodiff() { w.autodiff() } else { w }
+            if device.is_autodiff() {
+                w.autodiff()
+            } else {
+                w
+            }
         })
     }
 }

@@ -153,7 +153,11 @@ pub struct ShiraConfig {
 impl ShiraConfig {
     /// A config with seed 0.
     pub fn new(mask: ShiraMask, budget: ShiraBudget) -> Self {
-        Self { mask, budget, seed: 0 }
+        Self {
+            mask,
+            budget,
+            seed: 0,
+        }
     }
 
     /// Sets the random mask's seed.
@@ -173,7 +177,9 @@ impl ShiraConfig {
     /// # Errors
     /// [`AdapterError::InvalidConfig`] when the budget is 0 or exceeds `out·in`.
     pub fn count(&self, d_out: usize, d_in: usize) -> Result<usize> {
-        let total = d_out.checked_mul(d_in).ok_or_else(|| AdapterError::shape("weight", "a size that fits usize", &[d_out, d_in]))?;
+        let total = d_out.checked_mul(d_in).ok_or_else(|| {
+            AdapterError::shape("weight", "a size that fits usize", &[d_out, d_in])
+        })?;
         let k = match self.budget {
             ShiraBudget::Density(d) => {
                 if !(d.is_finite() && d > 0.0 && d <= 1.0) {
@@ -185,7 +191,11 @@ impl ShiraConfig {
             ShiraBudget::LoraRank(r) => r.saturating_mul(d_out.saturating_add(d_in)),
         };
         if k == 0 || k > total {
-            return Err(AdapterError::config("mask size", k, &format!("an integer in [1, out·in = {total}]")));
+            return Err(AdapterError::config(
+                "mask size",
+                k,
+                &format!("an integer in [1, out·in = {total}]"),
+            ));
         }
         Ok(k)
     }
@@ -204,13 +214,25 @@ impl ShiraConfig {
         let k = self.count(d_out, d_in)?;
         let total = d_out * d_in;
         let scores = |w: bool, g: bool| -> Result<Vec<f32>> {
-            let wv = if w { Some(tensor_to_vec(w0.clone())?) } else { None };
+            let wv = if w {
+                Some(tensor_to_vec(w0.clone())?)
+            } else {
+                None
+            };
             let gv = if g {
                 let g = grad.ok_or_else(|| {
-                    AdapterError::config("gradient", "missing", "a calibration gradient of the weight's shape for Gradient/SNIP masks")
+                    AdapterError::config(
+                        "gradient",
+                        "missing",
+                        "a calibration gradient of the weight's shape for Gradient/SNIP masks",
+                    )
                 })?;
                 if g.dims() != [d_out, d_in] {
-                    return Err(AdapterError::shape("calibration gradient", format!("[{d_out}, {d_in}]"), &g.dims()));
+                    return Err(AdapterError::shape(
+                        "calibration gradient",
+                        format!("[{d_out}, {d_in}]"),
+                        &g.dims(),
+                    ));
                 }
                 Some(tensor_to_vec(g.clone())?)
             } else {
@@ -292,7 +314,9 @@ fn struct_mask(d_out: usize, d_in: usize, k: usize) -> Result<Vec<usize>> {
     let build = |f: usize, on: &mut Vec<bool>| {
         on.iter_mut().for_each(|b| *b = false);
         for r in (0..d_out).step_by(f) {
-            on[r * d_in..(r + 1) * d_in].iter_mut().for_each(|b| *b = true);
+            on[r * d_in..(r + 1) * d_in]
+                .iter_mut()
+                .for_each(|b| *b = true);
         }
         for c in (0..d_in).step_by(f) {
             (0..d_out).for_each(|r| on[r * d_in + c] = true);
@@ -308,10 +332,17 @@ fn struct_mask(d_out: usize, d_in: usize, k: usize) -> Result<Vec<usize>> {
         return Err(AdapterError::config(
             "mask size",
             k,
-            &format!("at least {} entries for a structured mask (row 0, column 0 and the diagonal)", build(max_f, &mut on)),
+            &format!(
+                "at least {} entries for a structured mask (row 0, column 0 and the diagonal)",
+                build(max_f, &mut on)
+            ),
         ));
     }
-    Ok(on.iter().enumerate().filter_map(|(i, b)| b.then_some(i)).collect())
+    Ok(on
+        .iter()
+        .enumerate()
+        .filter_map(|(i, b)| b.then_some(i))
+        .collect())
 }
 
 /// `∇L` with respect to `weight`, for gradient-based masks: `loss` maps a
@@ -332,7 +363,10 @@ fn struct_mask(d_out: usize, d_in: usize, k: usize) -> Result<Vec<usize>> {
 /// assert_eq!(g.into_data().try_to_vec::<f32>().unwrap(), vec![2.0, 4.0]);
 /// # }
 /// ```
-pub fn weight_gradient(weight: Tensor<2>, loss: impl FnOnce(Tensor<2>) -> Tensor<1>) -> Result<Tensor<2>> {
+pub fn weight_gradient(
+    weight: Tensor<2>,
+    loss: impl FnOnce(Tensor<2>) -> Tensor<1>,
+) -> Result<Tensor<2>> {
     if !weight.device().is_autodiff() {
         return Err(AdapterError::unsupported(
             "compute a calibration gradient for",
@@ -344,7 +378,11 @@ pub fn weight_gradient(weight: Tensor<2>, loss: impl FnOnce(Tensor<2>) -> Tensor
     let l = loss(w.clone());
     let grads = l.backward();
     w.grad(&grads).ok_or_else(|| {
-        AdapterError::unsupported("compute a calibration gradient for", "SHiRA", "the loss does not depend on the weight")
+        AdapterError::unsupported(
+            "compute a calibration gradient for",
+            "SHiRA",
+            "the loss does not depend on the weight",
+        )
     })
 }
 
@@ -383,7 +421,12 @@ impl Shira {
     /// # Errors
     /// [`AdapterError::Shape`] on a length mismatch, [`AdapterError::InvalidConfig`]
     /// for unsorted, repeated or out-of-range indices, non-finite values.
-    pub fn from_parts(indices: Vec<usize>, values: Tensor<1>, d_out: usize, d_in: usize) -> Result<Self> {
+    pub fn from_parts(
+        indices: Vec<usize>,
+        values: Tensor<1>,
+        d_out: usize,
+        d_in: usize,
+    ) -> Result<Self> {
         let total = d_out.checked_mul(d_in).filter(|t| *t > 0).ok_or_else(|| {
             AdapterError::shape("SHiRA weight", "[out, in] with out, in > 0", &[d_out, d_in])
         })?;
@@ -396,10 +439,18 @@ impl Shira {
             ));
         }
         if let Some(w) = indices.windows(2).find(|w| w[0] >= w[1]) {
-            return Err(AdapterError::config("SHiRA indices", format!("{} then {}", w[0], w[1]), "strictly increasing flat indices"));
+            return Err(AdapterError::config(
+                "SHiRA indices",
+                format!("{} then {}", w[0], w[1]),
+                "strictly increasing flat indices",
+            ));
         }
         if let Some(&last) = indices.last().filter(|&&i| i >= total) {
-            return Err(AdapterError::config("SHiRA index", last, &format!("an index < out·in = {total}")));
+            return Err(AdapterError::config(
+                "SHiRA index",
+                last,
+                &format!("an index < out·in = {total}"),
+            ));
         }
         check_finite("SHiRA values", &values)?;
         let device = values.device();
@@ -422,7 +473,14 @@ impl Shira {
     ///
     /// # Errors
     /// As [`Shira::from_parts`].
-    pub fn from_coo(rows: &[usize], cols: &[usize], values: &[f32], d_out: usize, d_in: usize, device: &Device) -> Result<Self> {
+    pub fn from_coo(
+        rows: &[usize],
+        cols: &[usize],
+        values: &[f32],
+        d_out: usize,
+        d_in: usize,
+        device: &Device,
+    ) -> Result<Self> {
         if rows.len() != cols.len() || rows.len() != values.len() {
             return Err(AdapterError::shape(
                 "SHiRA COO",
@@ -433,7 +491,11 @@ impl Shira {
         let mut entries = Vec::with_capacity(rows.len());
         for ((&r, &c), &v) in rows.iter().zip(cols).zip(values) {
             if r >= d_out || c >= d_in {
-                return Err(AdapterError::config("SHiRA index", format!("({r}, {c})"), &format!("a position inside [{d_out}, {d_in}]")));
+                return Err(AdapterError::config(
+                    "SHiRA index",
+                    format!("({r}, {c})"),
+                    &format!("a position inside [{d_out}, {d_in}]"),
+                ));
             }
             entries.push((r * d_in + c, v));
         }
@@ -461,7 +523,10 @@ impl Shira {
 
     /// Row and column of every entry (PEFT's 2×N `shira_indices`).
     pub fn coo(&self) -> (Vec<usize>, Vec<usize>) {
-        self.indices.iter().map(|i| (i / self.d_in, i % self.d_in)).unzip()
+        self.indices
+            .iter()
+            .map(|i| (i / self.d_in, i % self.d_in))
+            .unzip()
     }
 
     /// Number of entries `N = |M|`.
@@ -488,7 +553,12 @@ impl Shira {
     pub fn delta_weight(&self) -> Tensor<2> {
         let device = self.values.device();
         Tensor::<1>::zeros([self.d_out * self.d_in], &device)
-            .select_assign(0, self.flat.clone(), self.values.val(), IndexingUpdateOp::Add)
+            .select_assign(
+                0,
+                self.flat.clone(),
+                self.values.val(),
+                IndexingUpdateOp::Add,
+            )
             .reshape([self.d_out, self.d_in])
     }
 
@@ -498,8 +568,12 @@ impl Shira {
         let (x2, lead) = flatten(x);
         let [n, _] = x2.dims();
         let contrib = x2.select(1, self.cols.clone()) * self.values.val().unsqueeze_dim::<2>(0);
-        let out = Tensor::<2>::zeros([n, self.d_out], &contrib.device())
-            .select_assign(1, self.rows.clone(), contrib, IndexingUpdateOp::Add);
+        let out = Tensor::<2>::zeros([n, self.d_out], &contrib.device()).select_assign(
+            1,
+            self.rows.clone(),
+            contrib,
+            IndexingUpdateOp::Add,
+        );
         unflatten(out, &lead)
     }
 
@@ -529,8 +603,16 @@ impl Shira {
     ///
     /// # Errors
     /// [`AdapterError::Core`] if an index does not fit the device's int type.
-    pub fn positions_tensor(&self, layout: WeightLayout, device: &Device) -> Result<Tensor<1, Int>> {
-        Ok(int_tensor_from_indices(&self.positions(layout), [self.nnz()], device)?)
+    pub fn positions_tensor(
+        &self,
+        layout: WeightLayout,
+        device: &Device,
+    ) -> Result<Tensor<1, Int>> {
+        Ok(int_tensor_from_indices(
+            &self.positions(layout),
+            [self.nnz()],
+            device,
+        )?)
     }
 
     /// Switches the adapter into a flattened deployed weight on the device:
@@ -541,12 +623,22 @@ impl Shira {
     /// # Errors
     /// [`AdapterError::Shape`] if `weight` does not have `out·in` entries or
     /// `positions` does not have `N`.
-    pub fn scatter_into(&self, weight: Tensor<1>, positions: Tensor<1, Int>, alpha: f32) -> Result<(Tensor<1>, Tensor<1>)> {
+    pub fn scatter_into(
+        &self,
+        weight: Tensor<1>,
+        positions: Tensor<1, Int>,
+        alpha: f32,
+    ) -> Result<(Tensor<1>, Tensor<1>)> {
         self.check_flat(weight.dims()[0], positions.dims()[0])?;
         let saved = weight.clone().select(0, positions.clone());
         let vals = self.values.val().detach();
-        let vals = if alpha == 1.0 { vals } else { vals.mul_scalar(alpha) };
-        let weight = weight.select_assign(0, positions, saved.clone() + vals, IndexingUpdateOp::Assign);
+        let vals = if alpha == 1.0 {
+            vals
+        } else {
+            vals.mul_scalar(alpha)
+        };
+        let weight =
+            weight.select_assign(0, positions, saved.clone() + vals, IndexingUpdateOp::Assign);
         Ok((weight, saved))
     }
 
@@ -555,7 +647,12 @@ impl Shira {
     ///
     /// # Errors
     /// [`AdapterError::Shape`] if `weight.len() != out·in`.
-    pub fn scatter_host(&self, weight: &mut [f32], layout: WeightLayout, alpha: f32) -> Result<Vec<f32>> {
+    pub fn scatter_host(
+        &self,
+        weight: &mut [f32],
+        layout: WeightLayout,
+        alpha: f32,
+    ) -> Result<Vec<f32>> {
         self.check_flat(weight.len(), self.nnz())?;
         let values = self.values_vec()?;
         let mut saved = Vec::with_capacity(values.len());
@@ -572,7 +669,12 @@ impl Shira {
     ///
     /// # Errors
     /// [`AdapterError::Shape`] on a length mismatch.
-    pub fn restore_host(&self, weight: &mut [f32], layout: WeightLayout, saved: &[f32]) -> Result<()> {
+    pub fn restore_host(
+        &self,
+        weight: &mut [f32],
+        layout: WeightLayout,
+        saved: &[f32],
+    ) -> Result<()> {
         self.check_flat(weight.len(), saved.len())?;
         for (&i, &v) in self.indices.iter().zip(saved) {
             weight[layout.flat(i / self.d_in, i % self.d_in, self.d_out, self.d_in)] = v;
@@ -584,7 +686,11 @@ impl Shira {
         if weight_len != self.d_out * self.d_in || n != self.nnz() {
             return Err(AdapterError::shape(
                 "deployed weight / positions",
-                format!("{} weight entries and {} positions", self.d_out * self.d_in, self.nnz()),
+                format!(
+                    "{} weight entries and {} positions",
+                    self.d_out * self.d_in,
+                    self.nnz()
+                ),
                 &[weight_len, n],
             ));
         }
@@ -596,9 +702,17 @@ impl Shira {
 ///
 /// # Errors
 /// [`AdapterError::Shape`] if `saved` and `positions` differ in length.
-pub fn restore_into(weight: Tensor<1>, positions: Tensor<1, Int>, saved: Tensor<1>) -> Result<Tensor<1>> {
+pub fn restore_into(
+    weight: Tensor<1>,
+    positions: Tensor<1, Int>,
+    saved: Tensor<1>,
+) -> Result<Tensor<1>> {
     if positions.dims() != saved.dims() {
-        return Err(AdapterError::shape("saved originals", format!("{:?} (one per position)", positions.dims()), &saved.dims()));
+        return Err(AdapterError::shape(
+            "saved originals",
+            format!("{:?} (one per position)", positions.dims()),
+            &saved.dims(),
+        ));
     }
     Ok(weight.select_assign(0, positions, saved, IndexingUpdateOp::Assign))
 }

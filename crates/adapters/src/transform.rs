@@ -105,15 +105,23 @@ impl SpectralTransform {
                 let v = match self {
                     Self::Identity => f64::from(u8::from(j == k)),
                     Self::Dct => {
-                        let c = if k == 0 { (1.0 / nf).sqrt() } else { (2.0 / nf).sqrt() };
+                        let c = if k == 0 {
+                            (1.0 / nf).sqrt()
+                        } else {
+                            (2.0 / nf).sqrt()
+                        };
                         c * (PI * (j as f64 + 0.5) * k as f64 / nf).cos()
                     }
                     Self::Rfft => {
                         let angle = |f: usize| 2.0 * PI * (j * f % n) as f64 / nf;
                         if k == 0 {
                             1.0 / nf.sqrt()
-                        } else if n % 2 == 0 && k == n - 1 {
-                            if j % 2 == 0 { 1.0 / nf.sqrt() } else { -1.0 / nf.sqrt() }
+                        } else if n.is_multiple_of(2) && k == n - 1 {
+                            if j % 2 == 0 {
+                                1.0 / nf.sqrt()
+                            } else {
+                                -1.0 / nf.sqrt()
+                            }
                         } else if k % 2 == 1 {
                             (2.0 / nf).sqrt() * angle(k.div_ceil(2)).cos()
                         } else {
@@ -158,7 +166,9 @@ impl SpectralTransform {
         };
         let fwd = planner.plan_fft_forward(len);
         let inv = planner.plan_fft_inverse(len);
-        let scratch_len = fwd.get_inplace_scratch_len().max(inv.get_inplace_scratch_len());
+        let scratch_len = fwd
+            .get_inplace_scratch_len()
+            .max(inv.get_inplace_scratch_len());
         let twiddle = (0..n)
             .map(|k| {
                 let theta = -PI * k as f64 / (2.0 * n as f64);
@@ -210,7 +220,7 @@ impl TransformPlan {
     }
 
     fn check_rows(&self, rows: &[f32]) -> Result<()> {
-        if rows.len() % self.n != 0 {
+        if !rows.len().is_multiple_of(self.n) {
             return Err(AdapterError::shape(
                 "transform input",
                 format!("a multiple of n = {} values (row-major [batch, n])", self.n),
@@ -237,7 +247,8 @@ impl TransformPlan {
                         self.buf[j] = Complex::new(x, 0.0);
                         self.buf[2 * n - 1 - j] = Complex::new(x, 0.0);
                     }
-                    self.fwd.process_with_scratch(&mut self.buf, &mut self.scratch);
+                    self.fwd
+                        .process_with_scratch(&mut self.buf, &mut self.scratch);
                     let c0 = (1.0 / nf).sqrt() * 0.5;
                     let ck = (2.0 / nf).sqrt() * 0.5;
                     for (k, out) in row.iter_mut().enumerate() {
@@ -249,7 +260,8 @@ impl TransformPlan {
                     for (j, &x) in row.iter().enumerate() {
                         self.buf[j] = Complex::new(x, 0.0);
                     }
-                    self.fwd.process_with_scratch(&mut self.buf, &mut self.scratch);
+                    self.fwd
+                        .process_with_scratch(&mut self.buf, &mut self.scratch);
                     let inv_sqrt_n = 1.0 / nf.sqrt();
                     let s = std::f32::consts::SQRT_2 * inv_sqrt_n;
                     row[0] = self.buf[0].re * inv_sqrt_n;
@@ -257,7 +269,7 @@ impl TransformPlan {
                         row[2 * k - 1] = s * self.buf[k].re;
                         row[2 * k] = s * self.buf[k].im;
                     }
-                    if n % 2 == 0 && n > 1 {
+                    if n.is_multiple_of(2) && n > 1 {
                         row[n - 1] = self.buf[n / 2].re * inv_sqrt_n;
                     }
                 }
@@ -281,16 +293,16 @@ impl TransformPlan {
                     // Rebuild the spectrum of the even extension and invert it.
                     let c0 = (1.0 / nf).sqrt();
                     let ck = (2.0 / nf).sqrt();
-                    for k in 0..n {
+                    for (k, (&x, tw)) in row.iter().zip(&self.twiddle).enumerate() {
                         let c = if k == 0 { c0 } else { ck };
-                        let sum = row[k] / c;
-                        self.buf[k] = self.twiddle[k].conj() * (2.0 * sum);
+                        self.buf[k] = tw.conj() * (2.0 * x / c);
                     }
                     self.buf[n] = Complex::default();
                     for k in 1..n {
                         self.buf[2 * n - k] = self.buf[k].conj();
                     }
-                    self.inv.process_with_scratch(&mut self.buf, &mut self.scratch);
+                    self.inv
+                        .process_with_scratch(&mut self.buf, &mut self.scratch);
                     let scale = 1.0 / (2.0 * nf);
                     for (j, out) in row.iter_mut().enumerate() {
                         *out = self.buf[j].re * scale;
@@ -304,10 +316,11 @@ impl TransformPlan {
                         self.buf[k] = Complex::new(row[2 * k - 1] * s, row[2 * k] * s);
                         self.buf[n - k] = self.buf[k].conj();
                     }
-                    if n % 2 == 0 && n > 1 {
+                    if n.is_multiple_of(2) && n > 1 {
                         self.buf[n / 2] = Complex::new(row[n - 1] * sqrt_n, 0.0);
                     }
-                    self.inv.process_with_scratch(&mut self.buf, &mut self.scratch);
+                    self.inv
+                        .process_with_scratch(&mut self.buf, &mut self.scratch);
                     for (j, out) in row.iter_mut().enumerate() {
                         *out = self.buf[j].re / nf;
                     }

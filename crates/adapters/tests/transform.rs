@@ -6,7 +6,11 @@ use common::*;
 use lastmile_adapters::SpectralTransform;
 
 const SIZES: [usize; 8] = [1, 2, 3, 7, 8, 31, 64, 100];
-const KINDS: [SpectralTransform; 3] = [SpectralTransform::Identity, SpectralTransform::Dct, SpectralTransform::Rfft];
+const KINDS: [SpectralTransform; 3] = [
+    SpectralTransform::Identity,
+    SpectralTransform::Dct,
+    SpectralTransform::Rfft,
+];
 
 /// Naive DFT-based reference for the packed real DFT and the DCT-II sum.
 fn naive(kind: SpectralTransform, x: &[f32]) -> Vec<f64> {
@@ -17,19 +21,33 @@ fn naive(kind: SpectralTransform, x: &[f32]) -> Vec<f64> {
     match kind {
         SpectralTransform::Dct => (0..n)
             .map(|k| {
-                let c = if k == 0 { (1.0 / nf).sqrt() } else { (2.0 / nf).sqrt() };
-                c * (0..n).map(|j| xs[j] * (PI * (j as f64 + 0.5) * k as f64 / nf).cos()).sum::<f64>()
+                let c = if k == 0 {
+                    (1.0 / nf).sqrt()
+                } else {
+                    (2.0 / nf).sqrt()
+                };
+                c * (0..n)
+                    .map(|j| xs[j] * (PI * (j as f64 + 0.5) * k as f64 / nf).cos())
+                    .sum::<f64>()
             })
             .collect(),
         SpectralTransform::Rfft => {
-            let re = |k: usize| (0..n).map(|j| xs[j] * (2.0 * PI * (j * k) as f64 / nf).cos()).sum::<f64>();
-            let im = |k: usize| -(0..n).map(|j| xs[j] * (2.0 * PI * (j * k) as f64 / nf).sin()).sum::<f64>();
+            let re = |k: usize| {
+                (0..n)
+                    .map(|j| xs[j] * (2.0 * PI * (j * k) as f64 / nf).cos())
+                    .sum::<f64>()
+            };
+            let im = |k: usize| {
+                -(0..n)
+                    .map(|j| xs[j] * (2.0 * PI * (j * k) as f64 / nf).sin())
+                    .sum::<f64>()
+            };
             let mut out = vec![re(0) / nf.sqrt()];
             for k in 1..n.div_ceil(2) {
                 out.push(2f64.sqrt() * re(k) / nf.sqrt());
                 out.push(2f64.sqrt() * im(k) / nf.sqrt());
             }
-            if n % 2 == 0 && n > 1 {
+            if n.is_multiple_of(2) && n > 1 {
                 out.push(re(n / 2) / nf.sqrt());
             }
             out
@@ -39,7 +57,9 @@ fn naive(kind: SpectralTransform, x: &[f32]) -> Vec<f64> {
 }
 
 fn signal(n: usize, seed: u32) -> Vec<f32> {
-    (0..n).map(|i| (i as f32 * 0.37 + seed as f32).sin() * 2.0 + (i % 5) as f32 * 0.1).collect()
+    (0..n)
+        .map(|i| (i as f32 * 0.37 + seed as f32).sin() * 2.0 + (i % 5) as f32 * 0.1)
+        .collect()
 }
 
 #[test]
@@ -51,14 +71,21 @@ fn matrices_are_orthonormal_and_match_naive_reference() {
             for i in 0..n {
                 for j in 0..n {
                     let e = if i == j { 1.0 } else { 0.0 };
-                    assert!((ttt[i * n + j] - e).abs() < 1e-5, "{kind:?} n={n} ({i},{j}) = {}", ttt[i * n + j]);
+                    assert!(
+                        (ttt[i * n + j] - e).abs() < 1e-5,
+                        "{kind:?} n={n} ({i},{j}) = {}",
+                        ttt[i * n + j]
+                    );
                 }
             }
             let x = signal(n, 1);
             let tx = matmul(&t, &x, n, n, 1);
             let reference = naive(kind, &x);
             for (a, b) in tx.iter().zip(&reference) {
-                assert!((a - b).abs() < 1e-5 * (1.0 + b.abs()), "{kind:?} n={n}: {a} vs {b}");
+                assert!(
+                    (a - b).abs() < 1e-5 * (1.0 + b.abs()),
+                    "{kind:?} n={n}: {a} vs {b}"
+                );
             }
         }
     }
@@ -76,7 +103,10 @@ fn fft_plans_match_matrix_and_round_trip() {
             for b in 0..batch {
                 let reference = naive(kind, &x[b * n..(b + 1) * n]);
                 for (a, r) in y[b * n..(b + 1) * n].iter().zip(&reference) {
-                    assert!((f64::from(*a) - r).abs() < 2e-5 * (1.0 + r.abs()), "{kind:?} n={n}: {a} vs {r}");
+                    assert!(
+                        (f64::from(*a) - r).abs() < 2e-5 * (1.0 + r.abs()),
+                        "{kind:?} n={n}: {a} vs {r}"
+                    );
                 }
             }
             plan.inverse(&mut y).unwrap();

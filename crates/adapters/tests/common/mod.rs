@@ -18,7 +18,10 @@ pub fn randn(shape: [usize; 2], device: &Device) -> Tensor<2> {
 
 pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 /// Naive f64 `[m, k] × [k, n]` on row-major slices.
@@ -26,7 +29,9 @@ pub fn matmul(a: &[f32], b: &[f32], m: usize, k: usize, n: usize) -> Vec<f64> {
     let mut out = vec![0.0; m * n];
     for i in 0..m {
         for j in 0..n {
-            out[i * n + j] = (0..k).map(|t| f64::from(a[i * k + t]) * f64::from(b[t * n + j])).sum();
+            out[i * n + j] = (0..k)
+                .map(|t| f64::from(a[i * k + t]) * f64::from(b[t * n + j]))
+                .sum();
         }
     }
     out
