@@ -58,7 +58,7 @@ impl Svd {
             ));
         }
         let u = self.u.clone().slice([0..m, 0..r]);
-        let s = self.s.clone().slice([0..r]).unsqueeze_dim::<2>(0);
+        let s = self.s.clone().slice(0..r).unsqueeze_dim::<2>(0);
         let vt = self.vt.clone().slice([0..r, 0..n]);
         Ok((u * s).matmul(vt))
     }

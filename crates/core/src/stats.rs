@@ -49,7 +49,7 @@ pub fn ln_gamma(x: f64) -> f64 {
 /// assert!((q - (-2f64).exp()).abs() < 1e-12);
 /// ```
 pub fn gamma_q(a: f64, x: f64) -> f64 {
-    if !(a > 0.0) || !(x >= 0.0) {
+    if a.is_nan() || x.is_nan() || a <= 0.0 || x < 0.0 {
         return f64::NAN;
     }
     if x == 0.0 {
@@ -233,6 +233,7 @@ pub fn chi_square_gof(observed: &[u64], expected: &[f64]) -> Result<ChiSquare> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -129,7 +129,7 @@ backend_test!(svd_handles_ill_conditioned_and_rank_deficient, |device| {
         "rank not revealed: {s:?}"
     );
     // zero matrix
-    check_svd(&vec![0.0; 12], 3, 4, device);
+    check_svd(&[0.0; 12], 3, 4, device);
 });
 
 backend_test!(qr_reconstructs_and_is_triangular, |device| {
