@@ -30,14 +30,18 @@ fn bench_matmul(c: &mut Criterion) {
     let mut group = c.benchmark_group("matmul");
     group.sample_size(20);
     for backend in Backend::available() {
-        let Ok(device) = backend.device() else { continue };
+        let Ok(device) = backend.device() else {
+            continue;
+        };
         for n in [256usize, 1024] {
             let a = random_tensor([n, n], 1.0, 1, &device);
             let b = random_tensor([n, n], 1.0, 2, &device);
             group.throughput(Throughput::Elements(2 * (n as u64).pow(3)));
-            group.bench_with_input(BenchmarkId::new(backend.name(), n), &(a, b), |bench, (a, b)| {
-                bench.iter(|| a.clone().matmul(b.clone()).into_data())
-            });
+            group.bench_with_input(
+                BenchmarkId::new(backend.name(), n),
+                &(a, b),
+                |bench, (a, b)| bench.iter(|| a.clone().matmul(b.clone()).into_data()),
+            );
         }
     }
     group.finish();
@@ -47,7 +51,9 @@ fn bench_train_step(c: &mut Criterion) {
     let mut group = c.benchmark_group("mlp_train_step");
     group.sample_size(30);
     for backend in cpu_backends() {
-        let Ok(device) = backend.device() else { continue };
+        let Ok(device) = backend.device() else {
+            continue;
+        };
         let device = device.autodiff();
         device.seed(0);
         let mut model = Mlp {
@@ -58,18 +64,21 @@ fn bench_train_step(c: &mut Criterion) {
         let x = random_tensor([256, 256], 1.0, 3, &device);
         let labels: Vec<i64> = (0..256).map(|i| i % 10).collect();
         let y = Tensor::<1, Int>::from_data(TensorData::new(labels, [256]), &device);
-        group.bench_function(BenchmarkId::new(backend.name(), "256-512-10/b256"), |bench| {
-            bench.iter(|| {
-                let logits = model.forward(x.clone());
-                let loss = log_softmax(logits, 1.0)
-                    .expect("valid temperature")
-                    .gather(1, y.clone().unsqueeze_dim::<2>(1))
-                    .mean()
-                    .neg();
-                let grads = GradientsParams::from_grads(loss.backward(), &model);
-                model = optim.step(1e-3, model.clone(), grads);
-            })
-        });
+        group.bench_function(
+            BenchmarkId::new(backend.name(), "256-512-10/b256"),
+            |bench| {
+                bench.iter(|| {
+                    let logits = model.forward(x.clone());
+                    let loss = log_softmax(logits, 1.0)
+                        .expect("valid temperature")
+                        .gather(1, y.clone().unsqueeze_dim::<2>(1))
+                        .mean()
+                        .neg();
+                    let grads = GradientsParams::from_grads(loss.backward(), &model);
+                    model = optim.step(1e-3, model.clone(), grads);
+                })
+            },
+        );
     }
     group.finish();
 }

@@ -145,7 +145,9 @@ backend_test!(top_p_keeps_minimal_nucleus, |device| {
         (0.86, vec![1, 2, 3, 4]),
         (0.999, vec![0, 1, 2, 3, 4]),
     ] {
-        let out = tensor_to_vec(top_p_filter(t2(std::slice::from_ref(&logits), device), p).unwrap()).unwrap();
+        let out =
+            tensor_to_vec(top_p_filter(t2(std::slice::from_ref(&logits), device), p).unwrap())
+                .unwrap();
         let got: Vec<usize> = (0..5).filter(|&i| out[i].is_finite()).collect();
         assert_eq!(got, kept, "p = {p}");
     }
