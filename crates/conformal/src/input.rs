@@ -73,14 +73,24 @@ pub(crate) fn check_row<T: Probability>(
     index: usize,
     tolerance: f64,
 ) -> Result<()> {
-    let mut sum = 0.0f64;
+    // Four partial sums break the add-latency chain; +inf makes a sum infinite.
+    let mut acc = [0.0f64; 4];
     let mut bad = false;
-    for &p in row {
-        let p: f64 = p.into();
-        // +inf makes the sum infinite.
-        bad |= p.is_nan() || p < 0.0;
-        sum += p;
+    let chunks = row.chunks_exact(4);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for (a, &p) in acc.iter_mut().zip(c) {
+            let p: f64 = p.into();
+            bad |= p.is_nan() || p < 0.0;
+            *a += p;
+        }
     }
+    for &p in rest {
+        let p: f64 = p.into();
+        bad |= p.is_nan() || p < 0.0;
+        acc[0] += p;
+    }
+    let sum = (acc[0] + acc[1]) + (acc[2] + acc[3]);
     if bad || !sum.is_finite() || (sum - 1.0).abs() > tolerance {
         return Err(row_error(what, row, index, sum, tolerance));
     }

@@ -233,10 +233,10 @@ fn above<T: Probability>(row: &[T], y: usize) -> (f64, usize) {
     let mut count = 0usize;
     for (j, &p) in row.iter().enumerate() {
         let p: f64 = p.into();
-        if p > py || (p == py && j < y) {
-            mass += p;
-            count += 1;
-        }
+        // branch-free: the comparison outcome is unpredictable
+        let is_above = p > py || (p == py && j < y);
+        mass += if is_above { p } else { 0.0 };
+        count += usize::from(is_above);
     }
     (mass, count)
 }
