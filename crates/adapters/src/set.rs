@@ -13,7 +13,7 @@
 use std::collections::BTreeMap;
 
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
-use burn::tensor::{Int, Tensor};
+use burn::tensor::{IndexingUpdateOp, Int, Tensor};
 
 use crate::adapter::Adapter;
 use crate::combine::{CombineMethod, awom, awor, combine_adapters};
@@ -32,6 +32,9 @@ struct Entry {
     adapter: Adapter,
     /// Flat positions in the deployed layout (SHiRA only), computed once.
     positions: Option<Tensor<1, Int>>,
+    /// SHiRA only: `(W0[M], W0[M] + values)`, so that switching this adapter
+    /// in alone is one scatter and switching it out another (no gather, no add).
+    prepared: Option<(Tensor<1>, Tensor<1>)>,
 }
 
 enum Undo {
@@ -197,11 +200,23 @@ impl AdapterSet {
                 ));
             }
             let adapter = adapter.valid();
-            let positions = match &adapter {
-                Adapter::Shira(s) => Some(s.positions_tensor(t.layout, &t.base.device())?),
-                _ => None,
+            let (positions, prepared) = match &adapter {
+                Adapter::Shira(s) => {
+                    let pos = s.positions_tensor(t.layout, &t.base.device())?;
+                    let originals = t.base.clone().select(0, pos.clone());
+                    let switched = originals.clone() + s.values.val();
+                    (Some(pos), Some((originals, switched)))
+                }
+                _ => (None, None),
             };
-            entries.insert(target, Entry { adapter, positions });
+            entries.insert(
+                target,
+                Entry {
+                    adapter,
+                    positions,
+                    prepared,
+                },
+            );
         }
         self.adapters.insert(name.to_owned(), entries);
         Ok(())
@@ -327,7 +342,20 @@ impl AdapterSet {
                 name: target.to_owned(),
                 available: Vec::new(),
             })?;
-        if entries.iter().all(|(e, _)| e.positions.is_some()) {
+        if let [(e, w)] = entries.as_slice()
+            && *w == 1.0
+            && let (Some(pos), Some((originals, switched))) = (&e.positions, &e.prepared)
+        {
+            // The cheapest exact path: one scatter of prepared values (in place on CPU).
+            let placeholder = Tensor::empty([0], &t.base.device());
+            let current = std::mem::replace(&mut t.current, placeholder);
+            t.current =
+                current.select_assign(0, pos.clone(), switched.clone(), IndexingUpdateOp::Assign);
+            self.undo.insert(
+                target.to_owned(),
+                Undo::Scatter(vec![(pos.clone(), originals.clone())]),
+            );
+        } else if entries.iter().all(|(e, _)| e.positions.is_some()) {
             let mut saved = Vec::with_capacity(entries.len());
             for (e, w) in entries {
                 let (Adapter::Shira(s), Some(pos)) = (&e.adapter, &e.positions) else {
@@ -385,7 +413,8 @@ impl AdapterSet {
                         t.current = restore_into(current, pos, orig)?;
                     }
                 }
-                Undo::Dense => t.current = t.base.clone().mul_scalar(1.0),
+                // Shares W0's buffer: free now; a later in-place scatter copies it once.
+                Undo::Dense => t.current = t.base.clone(),
             }
         }
         self.active.clear();

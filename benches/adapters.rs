@@ -1,0 +1,209 @@
+//! Adapter switching, unmerged forward overhead and FouRA's transform cost.
+//!
+//! - `adapter_switch/<kind>/<n>`: one switch between two adapters of the
+//!   same kind inside an `AdapterSet` holding an `n × n` f32 weight (SHiRA at
+//!   1 % density: scatter the saved originals back, gather, scatter the new
+//!   values; LoRA rank 16: dense fuse `W0 + s·BA`). Also the raw host-slice
+//!   scatter (in + out) as a floor.
+//! - `adapter_forward/<kind>/b<batch>`: unmerged forward of a 1024 × 1024
+//!   layer vs the base `Linear`.
+//! - `foura_transform/<way>/1024`: DCT of a [64, 1024] activation batch by
+//!   dense matmul and by the rustfft plan, the per-call fold `A·T` FouRA
+//!   uses instead, and the rank-16 low-rank matmul it wraps.
+
+use std::collections::BTreeMap;
+use std::hint::black_box;
+use std::time::Duration;
+
+use burn::nn::LinearConfig;
+use burn::tensor::{Device, Tensor};
+use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use lastmile_adapters::{
+    AdaptedLinear, Adapter, AdapterSet, FouraConfig, Lora, Shira, ShiraBudget, ShiraConfig,
+    ShiraMask, SpectralTransform, WeightLayout,
+};
+use lastmile_benches::random_tensor;
+use lastmile_core::Backend;
+
+fn flex() -> Option<Device> {
+    Backend::Flex
+        .device()
+        .or_else(|_| lastmile_core::default_device())
+        .ok()
+}
+
+fn shira(w0: &Tensor<2>, seed: u64, device: &Device) -> Shira {
+    let s = ShiraConfig::new(ShiraMask::Random, ShiraBudget::Density(0.01))
+        .with_seed(seed)
+        .init(w0, None)
+        .expect("mask");
+    let n = s.nnz();
+    let values = random_tensor([1, n], 0.01, seed, device).reshape([n]);
+    Shira::from_parts(s.indices().to_vec(), values, s.d_out(), s.d_in()).expect("shira")
+}
+
+fn lora(n: usize, r: usize, seed: u64, device: &Device) -> Lora {
+    let a = random_tensor([r, n], 0.05, seed, device);
+    let b = random_tensor([n, r], 0.05, seed + 1, device);
+    Lora::from_factors(a, b, 2.0 * r as f64, false).expect("lora")
+}
+
+fn sync(t: Tensor<2>) -> f32 {
+    t.slice([0..1, 0..1]).into_scalar::<f32>()
+}
+
+fn bench_switch(c: &mut Criterion) {
+    let Some(device) = flex() else { return };
+    let mut group = c.benchmark_group("adapter_switch");
+    group
+        .sample_size(10)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3));
+    for n in [1024usize, 4096] {
+        let w0 = random_tensor([n, n], 0.05, 1, &device);
+        let mut set = AdapterSet::new();
+        set.add_target("w", w0.clone(), WeightLayout::OutIn)
+            .expect("target");
+        let one = |a: Adapter| BTreeMap::from([("w".to_string(), a)]);
+        set.add_adapter("s1", one(shira(&w0, 1, &device).into()))
+            .expect("s1");
+        set.add_adapter("s2", one(shira(&w0, 2, &device).into()))
+            .expect("s2");
+        set.add_adapter("l1", one(lora(n, 16, 3, &device).into()))
+            .expect("l1");
+        set.add_adapter("l2", one(lora(n, 16, 5, &device).into()))
+            .expect("l2");
+        let mut flip = false;
+        group.bench_function(BenchmarkId::new("shira_1pct_set", n), |b| {
+            b.iter(|| {
+                flip = !flip;
+                set.activate(if flip { "s1" } else { "s2" })
+                    .expect("switch");
+                sync(set.weight("w").expect("w"))
+            })
+        });
+        group.bench_function(BenchmarkId::new("lora_r16_set", n), |b| {
+            b.iter(|| {
+                flip = !flip;
+                set.activate(if flip { "l1" } else { "l2" })
+                    .expect("switch");
+                sync(set.weight("w").expect("w"))
+            })
+        });
+        set.deactivate().expect("deactivate");
+        let s = shira(&w0, 1, &device);
+        let mut host = w0.clone().into_data().try_to_vec::<f32>().expect("host");
+        group.bench_function(BenchmarkId::new("shira_1pct_host_in_out", n), |b| {
+            b.iter(|| {
+                let saved = s
+                    .scatter_host(&mut host, WeightLayout::OutIn, 1.0)
+                    .expect("scatter");
+                s.restore_host(&mut host, WeightLayout::OutIn, &saved)
+                    .expect("restore");
+                black_box(host[0])
+            })
+        });
+        let l = lora(n, 16, 3, &device);
+        group.bench_function(BenchmarkId::new("lora_r16_fuse", n), |b| {
+            b.iter(|| sync(w0.clone() + l.delta_weight()))
+        });
+    }
+    group.finish();
+}
+
+fn bench_forward(c: &mut Criterion) {
+    let Some(device) = flex() else { return };
+    let mut group = c.benchmark_group("adapter_forward");
+    group
+        .sample_size(20)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(2));
+    let n = 1024;
+    let base = LinearConfig::new(n, n).init(&device);
+    let w0 = base.weight.val().transpose();
+    let kinds: Vec<(&str, Adapter)> = vec![
+        ("lora_r16", lora(n, 16, 3, &device).into()),
+        (
+            "foura_r16_dct_adaptive",
+            FouraConfig::new(16, 32.0)
+                .init(n, n, &device)
+                .expect("foura")
+                .into(),
+        ),
+        (
+            "foura_r16_dct_frozen",
+            FouraConfig::new(16, 32.0)
+                .with_gate(lastmile_adapters::GateMode::Frozen)
+                .init(n, n, &device)
+                .expect("foura")
+                .into(),
+        ),
+        ("shira_1pct", shira(&w0, 1, &device).into()),
+    ];
+    for batch in [1usize, 64] {
+        let x = random_tensor([batch, n], 1.0, 9, &device);
+        group.bench_function(BenchmarkId::new("base_linear", format!("b{batch}")), |b| {
+            b.iter(|| sync(base.forward(x.clone())))
+        });
+        for (name, adapter) in &kinds {
+            let layer = AdaptedLinear::new(base.clone(), adapter.clone()).expect("layer");
+            group.bench_function(BenchmarkId::new(*name, format!("b{batch}")), |b| {
+                b.iter(|| sync(layer.forward(x.clone())))
+            });
+        }
+    }
+    group.finish();
+}
+
+fn bench_transform(c: &mut Criterion) {
+    let Some(device) = flex() else { return };
+    let mut group = c.benchmark_group("foura_transform");
+    group
+        .sample_size(20)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(2));
+    let (n, batch, r) = (1024usize, 64usize, 16usize);
+    let x = random_tensor([batch, n], 1.0, 4, &device);
+    let t = SpectralTransform::Dct
+        .matrix_tensor(n, &device)
+        .expect("matrix");
+    let a = random_tensor([r, n], 0.05, 5, &device);
+    let bm = random_tensor([n, r], 0.05, 6, &device);
+    group.bench_function(BenchmarkId::new("dct_dense_matmul_b64", n), |b| {
+        b.iter(|| sync(x.clone().matmul(t.clone().transpose())))
+    });
+    let mut plan = SpectralTransform::Dct.plan(n).expect("plan");
+    let host = x.clone().into_data().try_to_vec::<f32>().expect("host");
+    let mut buf = host.clone();
+    group.bench_function(BenchmarkId::new("dct_rustfft_b64", n), |b| {
+        b.iter(|| {
+            buf.copy_from_slice(&host);
+            plan.forward(&mut buf).expect("fft");
+            black_box(buf[0])
+        })
+    });
+    let mut rplan = SpectralTransform::Rfft.plan(n).expect("plan");
+    group.bench_function(BenchmarkId::new("rfft_rustfft_b64", n), |b| {
+        b.iter(|| {
+            buf.copy_from_slice(&host);
+            rplan.forward(&mut buf).expect("fft");
+            black_box(buf[0])
+        })
+    });
+    group.bench_function(BenchmarkId::new("fold_A_T_r16", n), |b| {
+        b.iter(|| sync(a.clone().matmul(t.clone())))
+    });
+    group.bench_function(BenchmarkId::new("low_rank_matmul_b64_r16", n), |b| {
+        b.iter(|| {
+            sync(
+                x.clone()
+                    .matmul(a.clone().transpose())
+                    .matmul(bm.clone().transpose()),
+            )
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, bench_switch, bench_forward, bench_transform);
+criterion_main!(benches);
