@@ -188,6 +188,11 @@ impl Transformer {
         self.vocab
     }
 
+    /// The device holding the weights.
+    pub fn device(&self) -> Device {
+        self.head.weight.device()
+    }
+
     /// Context window.
     pub fn max_len(&self) -> usize {
         self.max_len

@@ -390,6 +390,11 @@ impl DraftPolicy for AdaEdl {
 /// et al. 2023, Eq. 1 and Theorem 3.8), from an EMA `â` of the per-token
 /// acceptance probability and the draft/target cost ratio `c`.
 ///
+/// Leviathan et al. assume that scoring `g + 1` tokens costs the target as
+/// much as scoring one. On a CPU it does not; [`CostModel::with_verify_cost`]
+/// adds a measured marginal cost `c_v` per extra verified token, giving the
+/// denominator `g·c + 1 + g·c_v`.
+///
 /// Under the i.i.d. model a round with `n` of `g` accepted made `n + 1`
 /// acceptance trials (`n` if all were accepted) with `n` successes; the EMA
 /// tracks `successes / trials`.
@@ -404,6 +409,7 @@ impl DraftPolicy for AdaEdl {
 #[derive(Clone, Debug)]
 pub struct CostModel {
     cost_ratio: f64,
+    verify_cost: f64,
     acceptance: f64,
     beta: f64,
     max_len: usize,
@@ -430,6 +436,7 @@ impl CostModel {
         }
         Ok(Self {
             cost_ratio,
+            verify_cost: 0.0,
             acceptance: check_unit("initial_acceptance", initial_acceptance, false, false)?,
             beta: check_unit("beta", beta, false, true)?,
             max_len: check_len("max_len", max_len)?,
@@ -449,6 +456,30 @@ impl CostModel {
         }
     }
 
+    /// Sets the marginal cost `c_v ≥ 0` of each extra token in the target's
+    /// verification pass, relative to a one-token target step.
+    ///
+    /// # Errors
+    /// `c_v` negative or not finite.
+    ///
+    /// ```
+    /// use lastmile_spec_decode::{CostModel, DraftPolicy};
+    /// let mut free = CostModel::new(0.05, 0.8, 0.5, 8).unwrap();
+    /// let mut costly = CostModel::new(0.05, 0.8, 0.5, 8).unwrap().with_verify_cost(0.5).unwrap();
+    /// assert!(costly.round_limit() < free.round_limit());
+    /// ```
+    pub fn with_verify_cost(mut self, verify_cost: f64) -> Result<Self> {
+        if !(verify_cost.is_finite() && verify_cost >= 0.0) {
+            return Err(SpecDecodeError::param(
+                "verify_cost",
+                verify_cost,
+                "a finite value >= 0",
+            ));
+        }
+        self.verify_cost = verify_cost;
+        Ok(self)
+    }
+
     /// The current acceptance estimate `â`.
     pub fn acceptance(&self) -> f64 {
         self.acceptance
@@ -461,7 +492,8 @@ impl DraftPolicy for CostModel {
     }
     fn round_limit(&mut self) -> usize {
         let score = |g: usize| {
-            Self::expected_tokens(self.acceptance, g) / (g as f64 * self.cost_ratio + 1.0)
+            Self::expected_tokens(self.acceptance, g)
+                / (g as f64 * (self.cost_ratio + self.verify_cost) + 1.0)
         };
         (1..=self.max_len)
             .fold((1, f64::NEG_INFINITY), |best, g| {

@@ -1,0 +1,111 @@
+//! Overhead of each draft-length policy per draft step, against the cost of
+//! the draft step itself (one cached forward of the 1-layer d = 64 draft
+//! transformer plus reading its distribution back), measured in the same run.
+
+use std::hint::black_box;
+
+use burn::tensor::Device;
+use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use lastmile_core::numerics::SamplingParams;
+use lastmile_models::TransformerConfig;
+use lastmile_spec_decode::{
+    AdaEdl, AdaEdlConfig, CostModel, DraftPolicy, DraftStepInfo, HeuristicSchedule, MaxConfidence,
+    RoundOutcome, StaticLength,
+};
+
+fn policies() -> Vec<Box<dyn DraftPolicy>> {
+    vec![
+        Box::new(StaticLength::new(4).expect("valid")),
+        Box::new(HeuristicSchedule::new(5, 8).expect("valid")),
+        Box::new(MaxConfidence::new(0.4, 8).expect("valid")),
+        Box::new(AdaEdl::new(AdaEdlConfig::default()).expect("valid")),
+        Box::new(CostModel::new(0.3, 0.7, 0.5, 8).expect("valid")),
+    ]
+}
+
+fn bench_policies(c: &mut Criterion) {
+    let mut group = c.benchmark_group("spec_decode_policy_per_draft_step");
+    // A round of 8 draft steps: round_limit + 7 stopping decisions + observe, divided by 8 in the docs.
+    let infos: Vec<DraftStepInfo> = (0..8)
+        .map(|i| DraftStepInfo {
+            entropy: 0.05 * i as f64,
+            top_prob: 1.0 - 0.05 * i as f64,
+        })
+        .collect();
+    for policy in policies() {
+        let name = policy.name();
+        let mut p = policy.clone();
+        group.bench_function(BenchmarkId::new("round_of_8", name), |b| {
+            b.iter(|| {
+                let limit = p.round_limit();
+                let mut drafted = 1;
+                while drafted < limit && p.continue_drafting(drafted, black_box(&infos[drafted])) {
+                    drafted += 1;
+                }
+                p.observe(RoundOutcome {
+                    drafted,
+                    accepted: drafted / 2,
+                });
+                drafted
+            })
+        });
+    }
+
+    // Baseline: one draft step of the example's draft model at context 80.
+    let device = Device::flex();
+    device.seed(0);
+    let draft = TransformerConfig::byte_level(64, 1, 2, 128)
+        .init(&device)
+        .expect("valid config");
+    let params = SamplingParams::new(1.0).expect("valid");
+    group.bench_function(BenchmarkId::new("baseline", "draft_step_d64"), |b| {
+        b.iter_batched(
+            || {
+                let mut cache = draft.new_cache(1);
+                draft
+                    .forward_cached(&mut cache, &[vec![32; 80]])
+                    .expect("forward");
+                cache
+            },
+            |mut cache| {
+                let logits = draft
+                    .forward_cached(&mut cache, &[vec![101]])
+                    .expect("forward")
+                    .reshape([1, 256]);
+                let q = params.probabilities(logits).expect("probabilities");
+                lastmile_core::convert::tensor_to_vec(q).expect("read back")
+            },
+            criterion::BatchSize::SmallInput,
+        )
+    });
+    // What AdaEDL / max-confidence add to a draft step: entropy and top
+    // probability of q, read back to the host.
+    let q = params
+        .probabilities(burn::tensor::Tensor::<2>::random(
+            [1, 256],
+            burn::tensor::Distribution::Normal(0.0, 2.0),
+            &device,
+        ))
+        .expect("probabilities");
+    group.bench_function(BenchmarkId::new("signals", "entropy_and_top_prob"), |b| {
+        b.iter(|| {
+            let h = lastmile_core::numerics::entropy(q.clone()).expect("entropy");
+            let top = q.clone().max_dim(1);
+            (
+                lastmile_core::convert::tensor_to_vec(h).expect("read back"),
+                lastmile_core::convert::tensor_to_vec(top).expect("read back"),
+            )
+        })
+    });
+    group.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default()
+        .sample_size(20)
+        .warm_up_time(std::time::Duration::from_secs(1))
+        .measurement_time(std::time::Duration::from_secs(3));
+    targets = bench_policies
+}
+criterion_main!(benches);

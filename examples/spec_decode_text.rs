@@ -1,0 +1,214 @@
+//! Speculative decoding of a byte-level transformer trained on the Rust book.
+//!
+//! ```text
+//! cargo build --release -p lastmile-examples --example spec_decode_text
+//! target/release/examples/spec_decode_text [--steps N] [--retrain] [--prompts N] [--new-tokens N]
+//! ```
+//!
+//! Trains (or loads from `target/lastmile-models/`) a 4-layer d = 256 target
+//! and a 1-layer d = 64 draft on the text corpus, then generates from
+//! held-out prompts with autoregressive decoding, static γ ∈ 1..8, the HF
+//! heuristic, max-confidence, AdaEDL, the cost-model controller and prompt
+//! lookup at T ∈ {0, 0.7, 1.0, 1.5} — same prompts and seeds for every
+//! method — and prints tokens/s, speed-up over autoregressive decoding, mean
+//! acceptance length and target calls per token (CSV in `target/lastmile-out`).
+//! `LASTMILE_SD_STEPS` sets the training steps too.
+
+use anyhow::{Context, Result, bail};
+use lastmile_core::default_device;
+use lastmile_core::numerics::SamplingParams;
+use lastmile_datasets::TextCorpus;
+use lastmile_examples::report::{output_dir, progress_bar, table, write_csv};
+use lastmile_examples::spec_decode::{
+    corpus_bytes, default_steps, draft_config, held_out_loss, held_out_prompts, load_or_train,
+    methods, step_time, sweep, target_config, train_configs,
+};
+use lastmile_spec_decode::GenerationConfig;
+
+struct Args {
+    steps: usize,
+    retrain: bool,
+    prompts: usize,
+    new_tokens: usize,
+}
+
+fn parse_args() -> Result<Args> {
+    let mut args = Args {
+        steps: default_steps(),
+        retrain: false,
+        prompts: 8,
+        new_tokens: 64,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(a) = it.next() {
+        let mut value = |name: &str| -> Result<usize> {
+            it.next()
+                .with_context(|| format!("{name} needs a value"))?
+                .parse()
+                .with_context(|| format!("{name} needs an integer"))
+        };
+        match a.as_str() {
+            "--steps" => args.steps = value("--steps")?,
+            "--prompts" => args.prompts = value("--prompts")?,
+            "--new-tokens" => args.new_tokens = value("--new-tokens")?,
+            "--retrain" => args.retrain = true,
+            other => bail!(
+                "unknown argument {other}; expected --steps N, --prompts N, --new-tokens N, --retrain"
+            ),
+        }
+    }
+    Ok(args)
+}
+
+fn main() -> Result<()> {
+    let args = parse_args()?;
+    let device = default_device()?;
+    let corpus = TextCorpus::rust_book(0.05)?;
+    let (train_bytes, validation) = corpus_bytes(&corpus);
+    println!(
+        "corpus: {} training bytes, {} held-out bytes",
+        train_bytes.len(),
+        validation.len()
+    );
+
+    // 1. The model pair.
+    let (target_train, draft_train) = train_configs(args.steps);
+    let (target, how_t) = load_or_train(
+        "target",
+        target_config(),
+        &target_train,
+        &train_bytes,
+        &device,
+        args.retrain,
+    )?;
+    let (draft, how_d) = load_or_train(
+        "draft",
+        draft_config(),
+        &draft_train,
+        &train_bytes,
+        &device,
+        args.retrain,
+    )?;
+    println!(
+        "target: {} params, held-out loss {:.3} nats/byte ({how_t})",
+        target_config().n_params(),
+        held_out_loss(&target, &validation)?
+    );
+    println!(
+        "draft:  {} params, held-out loss {:.3} nats/byte ({how_d})",
+        draft_config().n_params(),
+        held_out_loss(&draft, &validation)?
+    );
+
+    // 2. Cost of one decoding step of each model (the cost-model policy's c).
+    let prompt_len = 48;
+    let t_target = step_time(&target, prompt_len + 32, 1, 21)?;
+    let t_draft = step_time(&draft, prompt_len + 32, 1, 21)?;
+    let cost_ratio = t_draft / t_target;
+    println!(
+        "one-token step: target {:.2} ms, draft {:.3} ms (c = {cost_ratio:.3})",
+        t_target * 1e3,
+        t_draft * 1e3
+    );
+    // On a CPU, scoring k tokens in one forward is not free: measure it.
+    let mut verify = Vec::new();
+    for k in [2, 3, 5, 9] {
+        verify.push((k, step_time(&target, prompt_len + 32, k, 11)?));
+    }
+    let shown: Vec<String> = verify
+        .iter()
+        .map(|(k, t)| format!("{k}: {:.2} ms", t * 1e3))
+        .collect();
+    println!("target forward over k new tokens: {}", shown.join(", "));
+    // Marginal cost of one more verified token, relative to a one-token step.
+    let verify_cost = ((verify[3].1 - t_target) / 8.0 / t_target).max(0.0);
+    println!("marginal verify cost per extra token: c_v = {verify_cost:.2} target steps");
+
+    // 3. The sweep.
+    let prompts = held_out_prompts(&validation, args.prompts, prompt_len, 2024);
+    let temperatures = [0.0, 0.7, 1.0, 1.5];
+    let n_methods = methods(0.0, cost_ratio, verify_cost)?.len();
+    let bar = progress_bar(
+        (temperatures.len() * n_methods * prompts.len()) as u64,
+        "decoding",
+    );
+    let mut csv_rows = Vec::new();
+    let mut summary = Vec::new();
+    let mut tables = Vec::new();
+    for (ti, &temperature) in temperatures.iter().enumerate() {
+        let config = GenerationConfig::new(SamplingParams::new(temperature)?, args.new_tokens)?;
+        let list = methods(temperature, cost_ratio, verify_cost)?;
+        bar.set_message(format!("T = {temperature}"));
+        let seed = 1000 * (ti as u64 + 1);
+        let results = sweep(&list, &target, &draft, &prompts, &config, seed, || {
+            bar.inc(1)
+        })?;
+        let (ar_out, ar) = &results[0];
+        let ar_tps = ar.tokens_per_second();
+        let mut best_static = (0usize, 0.0f64);
+        let mut adaedl_tps = 0.0;
+        let mut rows = Vec::new();
+        for (method, (out, m)) in list.iter().zip(&results) {
+            let tps = m.tokens_per_second();
+            let name = method.name();
+            if let Some(g) = name.strip_prefix("static-").and_then(|g| g.parse().ok())
+                && tps > best_static.1
+            {
+                best_static = (g, tps);
+            }
+            if name == "adaedl" {
+                adaedl_tps = tps;
+            }
+            if temperature == 0.0 && out != ar_out {
+                bail!("greedy output of {name} differs from target-only greedy decoding");
+            }
+            let row = vec![
+                name,
+                format!("{tps:.0}"),
+                format!("{:.2}x", tps / ar_tps),
+                format!("{:.2}", m.mean_acceptance_length()),
+                format!("{:.2}", m.acceptance_rate()),
+                format!("{:.3}", m.target_calls_per_token()),
+                format!("{:.2}", m.draft_calls_per_token()),
+            ];
+            let mut csv = vec![format!("{temperature}")];
+            csv.extend(row.iter().map(|c| c.trim_end_matches('x').to_owned()));
+            csv_rows.push(csv);
+            rows.push(row);
+        }
+        tables.push((temperature, rows));
+        summary.push((temperature, ar_tps, best_static, adaedl_tps));
+    }
+    bar.finish_and_clear();
+    let header = [
+        "method",
+        "tok/s",
+        "speed-up",
+        "mean acc. len",
+        "acc. rate",
+        "target calls/tok",
+        "draft calls/tok",
+    ];
+    for (temperature, rows) in &tables {
+        println!(
+            "\nT = {temperature} ({} prompts x {} new tokens, batch 1)",
+            prompts.len(),
+            args.new_tokens
+        );
+        print!("{}", table(&header, rows));
+    }
+    println!("\ngreedy (T = 0): every method's output is identical to target-only greedy decoding");
+    println!("\nAdaEDL vs the best static γ (chosen with hindsight per temperature):");
+    for (temperature, ar, (g, best), ada) in summary {
+        println!(
+            "  T = {temperature}: AR {ar:.0} tok/s, best static γ = {g} {best:.0} tok/s, AdaEDL {ada:.0} tok/s ({:.2}x best static)",
+            ada / best
+        );
+    }
+    let path = output_dir()?.join("spec_decode_text.csv");
+    let mut csv_header = vec!["temperature"];
+    csv_header.extend(header);
+    write_csv(&path, &csv_header, &csv_rows)?;
+    println!("CSV: {}", path.display());
+    Ok(())
+}

@@ -1,0 +1,397 @@
+//! Speculative decoding on real byte-level transformers: the model adapter,
+//! training/checkpointing of the target/draft pair, the method sweep used by
+//! the `spec_decode_text` example, and the tour section.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use burn::tensor::{Device, Tensor};
+use lastmile_core::numerics::SamplingParams;
+use lastmile_datasets::TextCorpus;
+use lastmile_models::{KvCache, TrainConfig, Transformer, TransformerConfig, evaluate, train};
+use lastmile_spec_decode::{
+    AdaEdl, AdaEdlConfig, CostModel, DraftPolicy, Generation, GenerationConfig, HeuristicSchedule,
+    LanguageModel, MaxConfidence, Metrics, ModelDrafter, PromptLookup, SpecDecodeError,
+    SpeculativeDecoder, StaticLength, generate_autoregressive,
+};
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+
+use crate::report::{output_dir, progress_bar, table, write_csv};
+
+/// A [`Transformer`] seen through the decoder's [`LanguageModel`] interface.
+#[derive(Debug)]
+pub struct TransformerLm<'a>(pub &'a Transformer);
+
+impl LanguageModel for TransformerLm<'_> {
+    type Cache = KvCache;
+    fn vocab_size(&self) -> usize {
+        self.0.vocab()
+    }
+    fn device(&self) -> Device {
+        self.0.device()
+    }
+    fn max_context(&self) -> usize {
+        self.0.max_len()
+    }
+    fn new_cache(&self, batch: usize) -> lastmile_spec_decode::Result<KvCache> {
+        Ok(self.0.new_cache(batch))
+    }
+    fn cached_len(&self, cache: &KvCache, row: usize) -> usize {
+        cache.len(row)
+    }
+    fn truncate(
+        &self,
+        cache: &mut KvCache,
+        row: usize,
+        len: usize,
+    ) -> lastmile_spec_decode::Result<()> {
+        cache
+            .truncate(row, len)
+            .map_err(|e| SpecDecodeError::Model(Box::new(e)))
+    }
+    fn forward(
+        &self,
+        cache: &mut KvCache,
+        tokens: &[Vec<usize>],
+    ) -> lastmile_spec_decode::Result<Tensor<3>> {
+        self.0
+            .forward_cached(cache, tokens)
+            .map_err(|e| SpecDecodeError::Model(Box::new(e)))
+    }
+}
+
+/// Context window of both models (bytes).
+pub const CONTEXT: usize = 128;
+
+/// The target: 4 blocks, width 256 (the smallest of the sizes asked for).
+pub fn target_config() -> TransformerConfig {
+    TransformerConfig::byte_level(256, 4, 4, CONTEXT)
+}
+
+/// The draft: 1 block, width 64.
+pub fn draft_config() -> TransformerConfig {
+    TransformerConfig::byte_level(64, 1, 2, CONTEXT)
+}
+
+/// Where checkpoints live: `$LASTMILE_MODELS` or `target/lastmile-models`.
+pub fn checkpoint_dir() -> PathBuf {
+    std::env::var_os("LASTMILE_MODELS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("target/lastmile-models"))
+}
+
+fn checkpoint_path(dir: &Path, name: &str, c: &TransformerConfig, steps: usize) -> PathBuf {
+    dir.join(format!(
+        "{name}-l{}-d{}-h{}-ctx{}-steps{steps}.bpk",
+        c.n_layers, c.d_model, c.n_heads, c.max_len
+    ))
+}
+
+/// Loads the model from its checkpoint, or trains it (progress bar, loss
+/// curve to CSV) and saves it. Returns the model and where it came from.
+pub fn load_or_train(
+    name: &str,
+    config: TransformerConfig,
+    train_cfg: &TrainConfig,
+    corpus: &[u8],
+    device: &Device,
+    retrain: bool,
+) -> Result<(Transformer, String)> {
+    let dir = checkpoint_dir();
+    let path = checkpoint_path(&dir, name, &config, train_cfg.steps);
+    if !retrain && path.exists() {
+        let model = Transformer::load(config, &path, device)
+            .with_context(|| format!("loading {}", path.display()))?;
+        return Ok((model, format!("loaded {}", path.display())));
+    }
+    let ad = device.clone().autodiff();
+    ad.seed(train_cfg.seed);
+    let model = config.init(&ad)?;
+    let bar = progress_bar(train_cfg.steps as u64, name);
+    let mut losses = Vec::with_capacity(train_cfg.steps);
+    let start = Instant::now();
+    let trained = train(model, corpus, train_cfg, |step, loss| {
+        losses.push(loss);
+        let recent = &losses[losses.len().saturating_sub(20)..];
+        bar.set_message(format!(
+            "loss {:.3}",
+            recent.iter().sum::<f32>() / recent.len() as f32
+        ));
+        bar.set_position(step as u64 + 1);
+    })?;
+    bar.finish_and_clear();
+    let secs = start.elapsed().as_secs_f64();
+    // Reload on the plain device through the checkpoint: exercises save/load too.
+    trained.save(&path)?;
+    let model = Transformer::load(config, &path, device)?;
+    let csv = output_dir()?.join(format!("spec_decode_{name}_loss.csv"));
+    let rows: Vec<Vec<String>> = losses
+        .iter()
+        .enumerate()
+        .map(|(i, l)| vec![i.to_string(), format!("{l:.4}")])
+        .collect();
+    write_csv(&csv, &["step", "loss"], &rows)?;
+    println!(
+        "  {name}: trained {} steps in {secs:.0} s; loss curve (mean over each tenth):",
+        train_cfg.steps
+    );
+    let tenth = (losses.len() / 10).max(1);
+    let curve: Vec<String> = losses
+        .chunks(tenth)
+        .map(|c| format!("{:.2}", c.iter().sum::<f32>() / c.len() as f32))
+        .collect();
+    println!("    {}  (CSV: {})", curve.join(" → "), csv.display());
+    Ok((model, format!("trained, saved to {}", path.display())))
+}
+
+/// Held-out prompts: `n` windows of `len` bytes from the validation text, as tokens.
+pub fn held_out_prompts(validation: &[u8], n: usize, len: usize, seed: u64) -> Vec<Vec<usize>> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    (0..n)
+        .map(|_| {
+            let start = rand::RngExt::random_range(&mut rng, 0..validation.len() - len);
+            validation[start..start + len]
+                .iter()
+                .map(|b| usize::from(*b))
+                .collect()
+        })
+        .collect()
+}
+
+/// A decoding method of the sweep.
+#[derive(Clone, Debug)]
+pub enum Method {
+    /// Target alone, one token per forward.
+    Autoregressive,
+    /// The draft model under a draft-length policy.
+    Draft(Box<dyn DraftPolicy>),
+    /// Prompt lookup under a policy (no draft model).
+    Lookup(Box<dyn DraftPolicy>),
+}
+
+impl Method {
+    /// Display name.
+    pub fn name(&self) -> String {
+        match self {
+            Method::Autoregressive => "autoregressive".to_owned(),
+            Method::Draft(p) => p.name(),
+            Method::Lookup(p) => format!("prompt-lookup ({})", p.name()),
+        }
+    }
+}
+
+/// The methods compared: AR, static 1..=8, HF heuristic, max-confidence,
+/// AdaEDL, the cost-model controller and prompt lookup.
+pub fn methods(temperature: f64, cost_ratio: f64, verify_cost: f64) -> Result<Vec<Method>> {
+    let mut m = vec![Method::Autoregressive];
+    for g in 1..=8 {
+        m.push(Method::Draft(Box::new(StaticLength::new(g)?)));
+    }
+    m.push(Method::Draft(Box::new(HeuristicSchedule::new(5, 8)?)));
+    // llama.cpp's p_min for greedy decoding, HF's confidence threshold when sampling.
+    let tau = if temperature == 0.0 { 0.75 } else { 0.4 };
+    m.push(Method::Draft(Box::new(MaxConfidence::new(tau, 8)?)));
+    m.push(Method::Draft(Box::new(AdaEdl::new(
+        AdaEdlConfig::default(),
+    )?)));
+    m.push(Method::Draft(Box::new(
+        CostModel::new(cost_ratio, 0.7, 0.5, 8)?.with_verify_cost(verify_cost)?,
+    )));
+    m.push(Method::Lookup(Box::new(StaticLength::new(8)?)));
+    Ok(m)
+}
+
+/// Runs `method` on one prompt (batch 1, the latency setting) with a fixed seed.
+pub fn run_method(
+    method: &Method,
+    target: &Transformer,
+    draft: &Transformer,
+    prompt: &[usize],
+    config: &GenerationConfig,
+    seed: u64,
+) -> Result<Generation> {
+    let t = TransformerLm(target);
+    let d = TransformerLm(draft);
+    let mut rng = StdRng::seed_from_u64(seed);
+    let batch = [prompt.to_vec()];
+    Ok(match method {
+        Method::Autoregressive => generate_autoregressive(&t, &batch, config, &mut rng)?,
+        Method::Draft(p) => SpeculativeDecoder::new(&t, ModelDrafter::new(&d), p.clone())?
+            .generate(&batch, config, &mut rng)?,
+        Method::Lookup(p) => SpeculativeDecoder::new(&t, PromptLookup::new(1, 3, 10)?, p.clone())?
+            .generate(&batch, config, &mut rng)?,
+    })
+}
+
+/// Outputs of every prompt and the summed metrics of one method.
+pub type MethodResult = (Vec<Vec<usize>>, Metrics);
+
+/// Runs every method on every prompt, interleaving methods within each
+/// prompt so that background load on the machine hits all methods alike.
+/// Prompt `i` uses seed `seed + i` for every method.
+pub fn sweep(
+    methods: &[Method],
+    target: &Transformer,
+    draft: &Transformer,
+    prompts: &[Vec<usize>],
+    config: &GenerationConfig,
+    seed: u64,
+    mut on_run: impl FnMut(),
+) -> Result<Vec<MethodResult>> {
+    let mut results: Vec<MethodResult> = vec![(Vec::new(), Metrics::default()); methods.len()];
+    for (i, prompt) in prompts.iter().enumerate() {
+        for (method, slot) in methods.iter().zip(results.iter_mut()) {
+            let out = run_method(method, target, draft, prompt, config, seed + i as u64)?;
+            slot.1.merge(&out.metrics);
+            slot.0.extend(out.tokens);
+            on_run();
+        }
+    }
+    Ok(results)
+}
+
+/// Seconds per cached forward of `k` new tokens after a `prefix`-token prompt (median of `reps`).
+pub fn step_time(model: &Transformer, prefix: usize, k: usize, reps: usize) -> Result<f64> {
+    let mut times = Vec::with_capacity(reps);
+    for _ in 0..reps {
+        let mut cache = model.new_cache(1);
+        let _ = lastmile_core::convert::tensor_to_vec(
+            model.forward_cached(&mut cache, &[vec![32; prefix]])?,
+        )?;
+        let start = Instant::now();
+        let out = model.forward_cached(&mut cache, &[vec![101; k]])?;
+        let _ = lastmile_core::convert::tensor_to_vec(out)?;
+        times.push(start.elapsed().as_secs_f64());
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(times[times.len() / 2])
+}
+
+/// Training data as bytes.
+pub fn corpus_bytes(corpus: &TextCorpus) -> (Vec<u8>, Vec<u8>) {
+    let to_bytes = |t: &[u32]| t.iter().map(|x| *x as u8).collect::<Vec<u8>>();
+    (to_bytes(corpus.train()), to_bytes(corpus.validation()))
+}
+
+/// Tour section: speculative decoding with the trained pair if its
+/// checkpoints exist (run `spec_decode_text` once), else with a pair
+/// trained here for a few seconds. Checks greedy exactness and compares
+/// AR, static γ = 4 and AdaEDL.
+pub fn tour_section(device: &Device) -> Result<()> {
+    println!("== spec-decode: exact speculative decoding with AdaEDL ==");
+    let corpus = TextCorpus::rust_book(0.05)?;
+    let (train_bytes, validation) = corpus_bytes(&corpus);
+    let full_steps = TrainConfig::new(default_steps(), 16, CONTEXT);
+    let dir = checkpoint_dir();
+    let have_full = checkpoint_path(&dir, "target", &target_config(), full_steps.steps).exists()
+        && checkpoint_path(&dir, "draft", &draft_config(), full_steps.steps).exists();
+    let (target, draft) = if have_full {
+        let (t, _) = load_or_train(
+            "target",
+            target_config(),
+            &full_steps,
+            &train_bytes,
+            device,
+            false,
+        )?;
+        let (d, _) = load_or_train(
+            "draft",
+            draft_config(),
+            &full_steps,
+            &train_bytes,
+            device,
+            false,
+        )?;
+        println!("  models: trained pair from {}", dir.display());
+        (t, d)
+    } else {
+        // A small pair that trains in seconds; the example trains the real one.
+        let quick = TrainConfig::new(150, 8, 64);
+        let tc = TransformerConfig::byte_level(64, 2, 2, CONTEXT);
+        let (t, _) = load_or_train("tour-target", tc, &quick, &train_bytes, device, false)?;
+        let (d, _) = load_or_train(
+            "tour-draft",
+            TransformerConfig::byte_level(32, 1, 2, CONTEXT),
+            &quick,
+            &train_bytes,
+            device,
+            false,
+        )?;
+        println!("  models: quick tour pair (run the spec_decode_text example for the full one)");
+        (t, d)
+    };
+    let prompts = held_out_prompts(&validation, 4, 48, 7);
+    let mut rows = Vec::new();
+    for temperature in [0.0, 1.0] {
+        let config = GenerationConfig::new(SamplingParams::new(temperature)?, 48)?;
+        let methods = [
+            Method::Autoregressive,
+            Method::Draft(Box::new(StaticLength::new(4)?)),
+            Method::Draft(Box::new(AdaEdl::new(AdaEdlConfig::default())?)),
+        ];
+        let results = sweep(&methods, &target, &draft, &prompts, &config, 1, || {})?;
+        let (ar_out, ar) = &results[0];
+        for (method, (out, m)) in methods.iter().zip(&results) {
+            if temperature == 0.0 {
+                anyhow::ensure!(
+                    out == ar_out,
+                    "greedy output of {} differs from the target's",
+                    method.name()
+                );
+            }
+            rows.push(vec![
+                format!("{temperature}"),
+                method.name(),
+                format!("{:.0}", m.tokens_per_second()),
+                format!("{:.2}x", m.tokens_per_second() / ar.tokens_per_second()),
+                format!("{:.2}", m.mean_acceptance_length()),
+                format!("{:.2}", m.target_calls_per_token()),
+            ]);
+        }
+    }
+    print!(
+        "{}",
+        table(
+            &[
+                "T",
+                "method",
+                "tok/s",
+                "speed-up",
+                "mean acc. len",
+                "target calls/tok"
+            ],
+            &rows
+        )
+    );
+    println!("  greedy (T = 0) outputs identical to target-only decoding: yes");
+    let sample: Vec<u8> = prompts[0].iter().map(|t| *t as u8).collect();
+    println!("  prompt: {:?}", String::from_utf8_lossy(&sample));
+    println!();
+    Ok(())
+}
+
+/// Training steps of the target: `$LASTMILE_SD_STEPS` or 1000.
+pub fn default_steps() -> usize {
+    std::env::var("LASTMILE_SD_STEPS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1000)
+}
+
+/// Training settings of the target and the draft for `steps` target steps:
+/// windows of 8 × 128 bytes; the draft is ~35x cheaper per step and gets
+/// twice the steps.
+pub fn train_configs(steps: usize) -> (TrainConfig, TrainConfig) {
+    let mut target = TrainConfig::new(steps, 8, CONTEXT);
+    target.lr = 2e-3;
+    let mut draft = TrainConfig::new(2 * steps, 8, CONTEXT);
+    draft.seed = 1;
+    (target, draft)
+}
+
+/// Held-out loss (nats/byte) of a model on the validation text.
+pub fn held_out_loss(model: &Transformer, validation: &[u8]) -> Result<f32> {
+    Ok(evaluate(model, validation, CONTEXT, 32, 99)?)
+}
