@@ -239,26 +239,48 @@ impl<M: LanguageModel> Drafter for ModelDrafter<'_, M> {
             } else {
                 Vec::new()
             };
+            // Ask the policies first, so that rows that stop cost no sampling.
+            let keep: Vec<usize> = (0..active.len())
+                .filter(|&i| {
+                    let r = active[i];
+                    match requests[r].as_mut() {
+                        Some(req) => {
+                            drafts[r].tokens.is_empty()
+                                || req
+                                    .policy
+                                    .continue_drafting(drafts[r].tokens.len(), &info[i])
+                        }
+                        None => false,
+                    }
+                })
+                .collect();
+            for &r in &active {
+                feed[r].clear();
+            }
+            if keep.is_empty() {
+                break;
+            }
+            let (rows, q) = if keep.len() == active.len() {
+                (rows, q)
+            } else {
+                let idx = index_tensor(&keep, &self.model.device())?;
+                (rows.select(0, idx.clone()), q.select(0, idx))
+            };
             let (tokens, q_host) = if greedy {
                 (argmax(rows)?, Vec::new())
             } else {
                 (sample_categorical(q.clone(), rng)?, tensor_to_vec(q)?)
             };
-            for (i, &r) in active.iter().enumerate() {
-                feed[r].clear();
-                let Some(req) = requests[r].as_mut() else {
-                    continue;
-                };
+            for (k, &i) in keep.iter().enumerate() {
+                let r = active[i];
                 let d = &mut drafts[r];
-                if !d.tokens.is_empty() && !req.policy.continue_drafting(d.tokens.len(), &info[i]) {
-                    continue;
-                }
-                d.tokens.push(tokens[i]);
+                d.tokens.push(tokens[k]);
                 if let Some(p) = d.probs.as_mut() {
-                    p.extend_from_slice(&q_host[i * vocab..(i + 1) * vocab]);
+                    p.extend_from_slice(&q_host[k * vocab..(k + 1) * vocab]);
                 }
-                if d.tokens.len() < req.limit {
-                    feed[r].push(tokens[i]);
+                let limit = requests[r].as_ref().map_or(0, |req| req.limit);
+                if d.tokens.len() < limit {
+                    feed[r].push(tokens[k]);
                 }
             }
         }
