@@ -139,7 +139,6 @@ impl AdapterSet {
                 d_in,
             },
         );
-        // Already-registered adapters cannot refer to a target that did not exist.
         Ok(())
     }
 

@@ -16,7 +16,13 @@ use lastmile_core::backend_test;
 use lastmile_core::tensor_file::TensorFile;
 
 fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("lastmile_adapters_{name}_{}", std::process::id()));
+    // Backend variants of one test run in parallel threads: keep their directories apart.
+    let thread = format!("{:?}", std::thread::current().id())
+        .replace(|c: char| !c.is_ascii_alphanumeric(), "");
+    let d = std::env::temp_dir().join(format!(
+        "lastmile_adapters_{name}_{}_{thread}",
+        std::process::id()
+    ));
     let _ = std::fs::remove_dir_all(&d);
     d
 }
