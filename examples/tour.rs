@@ -4,9 +4,10 @@
 //! cargo run --release --example tour
 //! ```
 //!
-//! Section 1 (core): load the digits data set, train a small MLP with burn
-//! autodiff, report test accuracy, time per epoch and the backend. Each method
-//! crate adds its own section after it. `LASTMILE_BACKEND=ndarray|wgpu`
+//! Sections: (1) core — load the digits data set, train a small MLP with burn
+//! autodiff, report test accuracy, time per epoch and the backend; then one
+//! section per method crate: conformal prediction sets on digits, LoRA / FouRA
+//! / SHiRA adapters, and exact speculative decoding with AdaEDL. `LASTMILE_BACKEND=ndarray|wgpu`
 //! switches backend (when compiled in); `LASTMILE_OUT` sets where CSV files go.
 
 use std::time::Instant;
@@ -29,6 +30,12 @@ fn main() -> Result<()> {
     );
     println!();
     core_section(&device)?;
+    lastmile_examples::conformal::tour_section(&device)?;
+    println!();
+    lastmile_examples::adapters::tour_section(&device)?;
+    println!();
+    lastmile_examples::spec_decode::tour_section(&device)?;
+    println!();
     println!("tour finished in {:.1} s", start.elapsed().as_secs_f64());
     Ok(())
 }

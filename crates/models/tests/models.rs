@@ -116,7 +116,11 @@ backend_test!(cached_forward_rejects_bad_input, |device| {
 
 backend_test!(checkpoint_round_trip_and_bad_files, |device| {
     let model = tiny(device);
-    let dir = std::env::temp_dir().join(format!("lastmile-models-test-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!(
+        "lastmile-models-test-{}-{:?}",
+        std::process::id(),
+        lastmile_core::Backend::of(device)
+    ));
     let path = dir.join("tiny.bpk");
     model.save(&path).unwrap();
     let config = TransformerConfig {
