@@ -319,15 +319,7 @@ impl CalibratedClassifier {
     }
 
     fn test_rows<'a, T: Probability>(&self, probs: &'a [T], classes: usize) -> Result<Rows<'a, T>> {
-        if classes != self.classes {
-            return Err(CoreError::shape(
-                "test probabilities",
-                format!("{} classes, as at calibration", self.classes),
-                &[probs.len() / classes.max(1), classes],
-            )
-            .into());
-        }
-        Rows::new("test probabilities", probs, classes)
+        Rows::for_test(probs, classes, self.classes)
     }
 
     fn predict_rows<T: Probability>(

@@ -55,6 +55,19 @@ impl<'a, T: Probability> Rows<'a, T> {
         Ok(Self { data, classes })
     }
 
+    /// Test-time rows, which must have the class count seen at calibration.
+    pub fn for_test(data: &'a [T], classes: usize, calibrated: usize) -> Result<Self> {
+        if classes != calibrated {
+            return Err(CoreError::shape(
+                "test probabilities",
+                format!("{calibrated} classes, as at calibration"),
+                &[data.len() / classes.max(1), classes],
+            )
+            .into());
+        }
+        Self::new("test probabilities", data, classes)
+    }
+
     pub fn len(&self) -> usize {
         self.data.len() / self.classes
     }
