@@ -38,16 +38,29 @@ fn normal(rng: &mut StdRng) -> f64 {
     (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
 }
 
+/// Smallest gap kept between neighbouring probabilities of a row, before the
+/// f32 cast. MAPIE decides membership with a 1e-8 tolerance (it keeps every
+/// label with `p ≥ p_last − 1e-8`), so two labels closer than that are a tie
+/// for it but not for an exact comparison; rows without such near-ties make
+/// both rules define the same sets.
+const SPREAD: f64 = 5e-8;
+/// Gap every row must still have after the f32 cast.
+const MIN_GAP: f64 = 2e-8;
+
 /// A 1000-class "classifier": standard normal logits plus a signal of random
 /// strength in [3, 8] on the true label (an ImageNet-like regime: most rows
-/// confident, some hard). Rows are redrawn until
-/// their f32 probabilities have no exact ties, so that the ranking — and
-/// hence the APS sets — does not depend on how a library breaks ties.
+/// confident, some hard). Probabilities closer than [`SPREAD`] are pushed
+/// apart (each row changes by at most ~10⁻⁵ in total, then is renormalised)
+/// and a row is redrawn if its f32 probabilities still have a gap below
+/// [`MIN_GAP`], so that the ranking — and hence the APS/RAPS sets — does not
+/// depend on how a library breaks ties or near-ties.
 fn generate() -> Data {
     let mut rng = StdRng::seed_from_u64(2024);
     let mut probs = Vec::with_capacity(ROWS * CLASSES);
     let mut labels = Vec::with_capacity(ROWS);
     let mut logits = vec![0.0f64; CLASSES];
+    let mut exact = vec![0.0f64; CLASSES];
+    let mut order: Vec<usize> = (0..CLASSES).collect();
     let mut row = vec![0.0f32; CLASSES];
     let mut sorted = vec![0.0f32; CLASSES];
     for _ in 0..ROWS {
@@ -58,13 +71,28 @@ fn generate() -> Data {
                 *l = normal(&mut rng) + if j == y { signal } else { 0.0 };
             }
             let m = logits.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-            let z: f64 = logits.iter().map(|l| (l - m).exp()).sum();
-            for (r, l) in row.iter_mut().zip(&logits) {
-                *r = ((l - m).exp() / z) as f32;
+            for (p, l) in exact.iter_mut().zip(&logits) {
+                *p = (l - m).exp();
+            }
+            let z: f64 = exact.iter().sum();
+            exact.iter_mut().for_each(|p| *p /= z);
+            order.sort_unstable_by(|&a, &b| exact[a].total_cmp(&exact[b]));
+            for i in 1..CLASSES {
+                let floor = exact[order[i - 1]] + SPREAD;
+                if exact[order[i]] < floor {
+                    exact[order[i]] = floor;
+                }
+            }
+            let z: f64 = exact.iter().sum();
+            for (r, p) in row.iter_mut().zip(&exact) {
+                *r = (p / z) as f32;
             }
             sorted.copy_from_slice(&row);
             sorted.sort_unstable_by(f32::total_cmp);
-            if sorted.windows(2).all(|w| w[0] != w[1]) {
+            if sorted
+                .windows(2)
+                .all(|w| f64::from(w[1]) - f64::from(w[0]) >= MIN_GAP)
+            {
                 break;
             }
         }
@@ -88,6 +116,10 @@ fn scores() -> Vec<(&'static str, ScoreFunction)> {
         ("aps", ScoreFunction::aps()),
         ("aps_randomized", ScoreFunction::Aps { randomized: true }),
         ("raps", ScoreFunction::raps(0.01, 1)),
+        (
+            "raps_randomized",
+            ScoreFunction::raps(0.01, 1).randomized(true),
+        ),
         ("saps", ScoreFunction::saps(0.05)),
     ]
 }
