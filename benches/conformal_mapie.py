@@ -27,6 +27,11 @@ classes):
   MAPIE calibrated with, so sets differ there. The script checks that a
   numpy reproduction of MAPIE's rule explains every differing row, and that
   lastmile's sets equal a direct numpy evaluation of {y : s(y) <= q}.
+- Non-randomised APS and RAPS: MAPIE with u = 0 (so its calibration score is
+  the cumulative mass including y, lastmile's U = 1) and
+  `include_last_label=False`. The sets agree except where lastmile's set
+  {y : s(y) <= q} is empty: MAPIE then keeps the top label, which is what
+  lastmile's `with_non_empty_sets(true)` does (the `*_non_empty` cases).
 - RAPS with MAPIE's own k*/lambda* search: timed only (different parameters).
 """
 
@@ -183,21 +188,28 @@ def main():
 
     print(f"{rows} rows x {classes} classes, alpha = {alpha}: "
           f"{half} calibration + {rows - half} test")
-    print(f"{'score':<16}{'MAPIE s':>10}{'lastmile 1t s':>15}{'lastmile 2t s':>15}"
+    print(f"{'score':<18}{'MAPIE s':>10}{'lastmile 1t s':>15}{'lastmile 2t s':>15}"
           f"{'ratio 1t':>10}{'ratio 2t':>10}  sets")
     randomized = {"include_last_label": "randomized"}
+    deterministic = {"include_last_label": False}
+    shared = lambda: Uniforms([1.0 - u_cal, 1.0 - u_test])  # noqa: E731
+    zeros = lambda: Uniforms([np.zeros(half)])  # noqa: E731 (u = 0: U = 1, no randomisation)
+    # (label, lastmile's case, MAPIE score, MAPIE random state, predict params)
     cases = [
-        ("lac", "lac", None, None),
-        ("aps_randomized", "aps", lambda: Uniforms([1.0 - u_cal, 1.0 - u_test]), randomized),
-        ("raps_randomized", FixedRAPS(), lambda: Uniforms([1.0 - u_cal, 1.0 - u_test]),
-         randomized),
-        ("raps", "raps", None, None),
+        ("lac", "lac", "lac", None, None),
+        ("aps_randomized", "aps_randomized", "aps", shared, randomized),
+        ("aps", "aps", "aps", zeros, deterministic),
+        ("aps_non_empty", "aps_non_empty", "aps", zeros, deterministic),
+        ("raps_randomized", "raps_randomized", FixedRAPS(), shared, randomized),
+        ("raps", "raps", FixedRAPS(), zeros, deterministic),
+        ("raps_non_empty", "raps_non_empty", FixedRAPS(), zeros, deterministic),
+        ("raps_mapie_search", "raps", "raps", None, None),
     ]
     notes = []
-    for name, score, rs, params in cases:
+    for label, name, score, rs, params in cases:
         seconds, mapie_sets, clf = run_mapie(score, rs() if rs else None, params)
         t1, t2 = ours[(name, "threads=1")], ours[(name, "threads=2")]
-        if name == "raps":
+        if label == "raps_mapie_search":
             fitted = clf._mapie_classifier.conformity_score_function_
             verdict = (f"not compared: MAPIE chose k* = {int(np.ravel(fitted.k_star)[0])}, "
                        f"lambda* = {float(np.ravel(fitted.lambda_star)[0])} on a held-out 20%; "
@@ -209,23 +221,33 @@ def main():
             verdict = ("identical" if differ == 0 else
                        f"{differ} memberships differ in {int(diff_rows.sum())} rows")
             verdict += f" (mean size {mine.sum(axis=1).mean():.3f})"
+            if params is deterministic and diff_rows.any():
+                empty = int((mine.sum(axis=1)[diff_rows] == 0).sum())
+                notes.append(f"{label}: {empty} of {int(diff_rows.sum())} differing rows are rows "
+                             "where lastmile's set {s <= q} is empty and MAPIE "
+                             "(include_last_label=False) keeps the top label")
             if name != "lac":
                 lam, k = (RAPS_LAMBDA, RAPS_K) if name.startswith("raps") else (0.0, 1)
+                u_c = u_cal if params is randomized else np.ones(half)
+                u_t = u_test if params is randomized else np.ones(rows - half)
                 direct, q = direct_sets(probs[:half], labels[:half], probs[half:],
-                                        u_cal, u_test, alpha, lam, k)
+                                        u_c, u_t, alpha, lam, k)
+                if name.endswith("non_empty"):
+                    empty = ~direct.any(axis=1)
+                    direct[np.flatnonzero(empty), probs[half:][empty].argmax(axis=1)] = True
                 mismatch = int((direct != mine).any(axis=1).sum())
-                notes.append(f"{name}: lastmile vs direct numpy {{s <= q}} (q = {q:.6f}): "
+                notes.append(f"{label}: lastmile vs direct numpy {{s <= q}} (q = {q:.6f}): "
                              f"{mismatch} rows differ")
-                if name.startswith("raps") and diff_rows.any():
+                if params is randomized and name.startswith("raps") and diff_rows.any():
                     sizes, big_l = mapie_raps_rule_sizes(probs[half:], u_test, q, lam, k)
                     unexplained = int((sizes != mapie_sets.sum(axis=1)).sum())
                     beyond = int((big_l[diff_rows] >= k + 2).sum())
                     notes.append(
-                        f"{name}: MAPIE's prediction rule reproduced in numpy matches MAPIE's "
+                        f"{label}: MAPIE's prediction rule reproduced in numpy matches MAPIE's "
                         f"set sizes in all but {unexplained} of {rows - half} rows; "
                         f"{beyond} of {int(diff_rows.sum())} differing rows have a boundary "
                         f"rank >= k + 2, where MAPIE's denominator is not p_L")
-        print(f"{name:<16}{seconds:>10.3f}{t1:>15.4f}{t2:>15.4f}"
+        print(f"{label:<18}{seconds:>10.3f}{t1:>15.4f}{t2:>15.4f}"
               f"{seconds / t1:>9.1f}x{seconds / t2:>9.1f}x  {verdict}")
     print(f"(naive full-sort Rust APS, 1 thread: {ours[('naive_full_sort_aps', 'threads=1')]:.3f} s)")
     for note in notes:

@@ -110,26 +110,35 @@ fn generate() -> Data {
     }
 }
 
-fn scores() -> Vec<(&'static str, ScoreFunction)> {
+/// The cases: name, score, and whether empty sets get the top label.
+fn scores() -> Vec<(&'static str, ScoreFunction, bool)> {
     vec![
-        ("lac", ScoreFunction::Lac),
-        ("aps", ScoreFunction::aps()),
-        ("aps_randomized", ScoreFunction::Aps { randomized: true }),
-        ("raps", ScoreFunction::raps(0.01, 1)),
+        ("lac", ScoreFunction::Lac, false),
+        ("aps", ScoreFunction::aps(), false),
+        ("aps_non_empty", ScoreFunction::aps(), true),
+        (
+            "aps_randomized",
+            ScoreFunction::Aps { randomized: true },
+            false,
+        ),
+        ("raps", ScoreFunction::raps(0.01, 1), false),
+        ("raps_non_empty", ScoreFunction::raps(0.01, 1), true),
         (
             "raps_randomized",
             ScoreFunction::raps(0.01, 1).randomized(true),
+            false,
         ),
-        ("saps", ScoreFunction::saps(0.05)),
+        ("saps", ScoreFunction::saps(0.05), false),
     ]
 }
 
-fn run(data: &Data, score: ScoreFunction, threads: usize) -> PredictionSets {
+fn run(data: &Data, score: ScoreFunction, non_empty: bool, threads: usize) -> PredictionSets {
     let half = ROWS / 2;
     let (cal, test) = data.probs.split_at(half * CLASSES);
     let cp = SplitConformal::new(score, ALPHA)
         .expect("valid settings")
-        .with_threads(threads);
+        .with_threads(threads)
+        .with_non_empty_sets(non_empty);
     cp.calibrate_slice_with_uniforms(cal, CLASSES, &data.labels[..half], &data.u_cal)
         .expect("valid calibration data")
         .predict_slice_with_uniforms(test, CLASSES, &data.u_test)
@@ -208,13 +217,13 @@ fn export(data: &Data) {
     write_bytes(dir.join("u_test.f64"), &le_f64(&data.u_test));
     let mut times = std::fs::File::create(dir.join("lastmile_times.txt")).expect("times file");
     writeln!(times, "rows {ROWS} classes {CLASSES} alpha {ALPHA}").expect("write");
-    for (name, score) in scores() {
+    for (name, score, non_empty) in scores() {
         for threads in [1, 2] {
             let mut best = f64::INFINITY;
             let mut sets = None;
             for _ in 0..3 {
                 let start = Instant::now();
-                let s = run(data, score, threads);
+                let s = run(data, score, non_empty, threads);
                 best = best.min(start.elapsed().as_secs_f64());
                 sets = Some(s);
             }
@@ -249,10 +258,10 @@ fn bench(c: &mut Criterion) {
     export(&data);
     let mut group = c.benchmark_group("conformal_1e5x1000");
     group.sample_size(10);
-    for (name, score) in scores() {
+    for (name, score, non_empty) in scores() {
         for threads in [1, 2] {
             group.bench_function(format!("lastmile/{name}/threads={threads}"), |b| {
-                b.iter(|| black_box(run(&data, score, threads)))
+                b.iter(|| black_box(run(&data, score, non_empty, threads)))
             });
         }
     }

@@ -46,6 +46,7 @@ pub struct SplitConformal {
     alpha: f64,
     threads: usize,
     sum_tolerance: f64,
+    non_empty: bool,
 }
 
 impl SplitConformal {
@@ -62,6 +63,7 @@ impl SplitConformal {
             alpha,
             threads: 1,
             sum_tolerance: DEFAULT_SUM_TOLERANCE,
+            non_empty: false,
         })
     }
 
@@ -70,6 +72,41 @@ impl SplitConformal {
     pub fn with_threads(mut self, threads: usize) -> Self {
         self.threads = threads.max(1);
         self
+    }
+
+    /// Never predict an empty set: when no label has `s(x, y) ≤ q̂`, keep the
+    /// most probable one (the lowest index among equals). Off by default.
+    ///
+    /// An empty set is an honest answer ("no label conforms") and the set
+    /// `{y : s ≤ q̂}` is what the guarantee is about; adding a label can only
+    /// raise coverage, so `P(Y ∈ C(X)) ≥ 1 − α` still holds, but the upper
+    /// bound `1 − α + 1/(n+1)` no longer does. This is the convention of
+    /// MAPIE's `include_last_label=False` for APS/RAPS (non-randomised scores
+    /// with confident rows, e.g. `p_max > q̂`, give empty sets otherwise).
+    ///
+    /// ```
+    /// use lastmile_conformal::{ScoreFunction, SplitConformal};
+    /// let cp = SplitConformal::new(ScoreFunction::aps(), 0.5)?;
+    /// // APS scores (mass up to and including y): 0.9, 0.1 + 0.9 = 1.0, 0.9
+    /// let cal = [0.9f32, 0.1, 0.1, 0.9, 0.1, 0.9];
+    /// let fitted = cp.calibrate_slice_with_uniforms(&cal, 2, &[0, 0, 1], &[1.0; 3])?;
+    /// assert!((fitted.threshold() - 0.9).abs() < 1e-6);
+    /// let confident = [0.95f32, 0.05];
+    /// assert_eq!(fitted.predict_slice_with_uniforms(&confident, 2, &[1.0])?.size(0), 0);
+    /// let fitted = cp
+    ///     .with_non_empty_sets(true)
+    ///     .calibrate_slice_with_uniforms(&cal, 2, &[0, 0, 1], &[1.0; 3])?;
+    /// assert_eq!(fitted.predict_slice_with_uniforms(&confident, 2, &[1.0])?.set(0), &[0]);
+    /// # Ok::<(), lastmile_conformal::ConformalError>(())
+    /// ```
+    pub fn with_non_empty_sets(mut self, on: bool) -> Self {
+        self.non_empty = on;
+        self
+    }
+
+    /// Whether empty sets are replaced by the most probable label.
+    pub fn non_empty_sets(&self) -> bool {
+        self.non_empty
     }
 
     /// Sets the tolerance on probability row sums (default `1e-3`).
@@ -197,6 +234,17 @@ impl SplitConformal {
 }
 
 /// Draws one uniform per row when the score is randomised.
+/// Index of the largest probability (the first among equals).
+fn most_probable<T: Probability>(row: &[T]) -> u32 {
+    let mut best = 0;
+    for (j, &p) in row.iter().enumerate() {
+        if p.into() > row[best].into() {
+            best = j;
+        }
+    }
+    best as u32
+}
+
 pub(crate) fn draw_uniforms<R: Rng + ?Sized>(
     score: &ScoreFunction,
     rows: usize,
@@ -330,6 +378,7 @@ impl CalibratedClassifier {
         let score = self.config.score;
         let qhat = self.qhat;
         let tol = self.config.sum_tolerance;
+        let non_empty = self.config.non_empty;
         let classes = rows.classes;
         let parts = map_ranges(rows.len(), self.config.threads, |range| {
             let mut offsets = Vec::with_capacity(range.len() + 1);
@@ -351,6 +400,9 @@ impl CalibratedClassifier {
                 } else {
                     let u = uniforms.map_or(1.0, |u| u[i]);
                     prefix_set(&score, row, u, qhat, &mut labels, &mut order);
+                }
+                if non_empty && labels.len() == offsets[offsets.len() - 1] {
+                    labels.push(most_probable(row));
                 }
                 offsets.push(labels.len());
             }

@@ -206,6 +206,62 @@ fn raps_with_zero_lambda_equals_aps() {
     }
 }
 
+/// `with_non_empty_sets` changes exactly the empty sets, each into the most
+/// probable label (first among equals), and leaves q̂ alone.
+#[test]
+fn non_empty_option_only_fills_empty_sets_with_the_top_label() {
+    let mut rng = StdRng::seed_from_u64(13);
+    let k = 30;
+    let rows = test_rows(&mut rng, 400, k);
+    // labels drawn from each row's own distribution: a calibrated model,
+    // whose confident rows get empty sets under APS/RAPS/SAPS with U = 1
+    let labels: Vec<usize> = rows
+        .chunks(k)
+        .map(|row| {
+            let u = rng.random::<f64>();
+            let mut acc = 0.0;
+            row.iter()
+                .position(|&p| {
+                    acc += f64::from(p);
+                    acc > u
+                })
+                .unwrap_or(k - 1)
+        })
+        .collect();
+    let uniforms: Vec<f64> = (0..400).map(|_| rng.random::<f64>()).collect();
+    let mut filled = 0;
+    for score in all_scores() {
+        for alpha in [0.1, 0.3, 0.6] {
+            let cp = SplitConformal::new(score, alpha).unwrap();
+            let plain = cp
+                .calibrate_slice_with_uniforms(&rows, k, &labels, &uniforms)
+                .unwrap();
+            let full = cp
+                .with_non_empty_sets(true)
+                .calibrate_slice_with_uniforms(&rows, k, &labels, &uniforms)
+                .unwrap();
+            assert_eq!(plain.threshold(), full.threshold());
+            let a = plain
+                .predict_slice_with_uniforms(&rows, k, &uniforms)
+                .unwrap();
+            let b = full
+                .predict_slice_with_uniforms(&rows, k, &uniforms)
+                .unwrap();
+            for (i, row) in rows.chunks(k).enumerate() {
+                if a.size(i) > 0 {
+                    assert_eq!(a.set(i), b.set(i), "{score:?} alpha={alpha} row {i}");
+                } else {
+                    let top = (0..k).fold(0, |best, j| if row[j] > row[best] { j } else { best });
+                    assert_eq!(b.set(i), &[top as u32], "{score:?} alpha={alpha} row {i}");
+                    filled += 1;
+                }
+            }
+        }
+    }
+    // the case must actually occur, or the test proves nothing
+    assert!(filled > 100, "only {filled} empty sets were exercised");
+}
+
 #[test]
 fn tensor_and_logit_entry_points_agree_with_slices() {
     lastmile_core::testing::run_on(lastmile_core::Backend::Flex, |device| {
