@@ -11,7 +11,8 @@
 //!   smoothed p-values.
 //! - [`Mondrian`]: class- or group-conditional calibration.
 //! - [`ConformalRegressor`]: absolute residual, normalised residual and CQR
-//!   intervals; [`AdaptiveConformal`] for online data under drift;
+//!   intervals; [`CvPlus`] for jackknife+ / CV+ (every training point
+//!   calibrates); [`AdaptiveConformal`] for online data under drift;
 //!   [`conformal_risk_control`] for bounded monotone losses.
 //! - [`bounds`]: the three upper bounds on `H(Y|X)` of Correia et al.
 //!   (NeurIPS 2024): DPI, model-based Fano and simple Fano.
@@ -62,6 +63,7 @@
 
 pub mod bounds;
 mod classification;
+mod cv_plus;
 mod error;
 mod input;
 mod metrics;
@@ -76,6 +78,7 @@ mod sets;
 pub mod training;
 
 pub use classification::{CalibratedClassifier, SplitConformal};
+pub use cv_plus::CvPlus;
 pub use error::{ConformalError, Result};
 pub use input::{
     DEFAULT_SUM_TOLERANCE, Probability, labels_to_host, logits_to_host_probabilities,

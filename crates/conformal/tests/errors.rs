@@ -2,7 +2,7 @@
 #![allow(clippy::unwrap_used)]
 
 use lastmile_conformal::{
-    AdaptiveConformal, ConformalError, ConformalRegressor, Mondrian, RegressionPredictions,
+    AdaptiveConformal, ConformalError, ConformalRegressor, CvPlus, Mondrian, RegressionPredictions,
     ScoreFunction, SplitConformal, bounds, conformal_quantile, conformal_risk_control,
     training::{ConformalTraining, Objective},
 };
@@ -257,4 +257,55 @@ fn tensor_entry_points_reject_bad_tensors() {
                 .is_err()
         );
     });
+}
+
+#[test]
+fn cv_plus_rejects_bad_inputs() {
+    let (p, y, f) = ([1.0, 2.0, 3.0], [1.5, 2.0, 2.5], [0, 1, 1]);
+    for alpha in [0.0, 1.0, f64::NAN] {
+        assert!(matches!(
+            CvPlus::calibrate(alpha, &p, &y, &f, 2),
+            Err(ConformalError::Core(CoreError::OutOfRange { .. }))
+        ));
+    }
+    assert!(matches!(
+        CvPlus::calibrate(0.1, &[], &[], &[], 2),
+        Err(ConformalError::Core(CoreError::Empty { .. }))
+    ));
+    assert!(matches!(
+        CvPlus::calibrate(0.1, &p, &y[..2], &f, 2),
+        Err(ConformalError::LengthMismatch { .. })
+    ));
+    assert!(matches!(
+        CvPlus::calibrate(0.1, &p, &y, &f[..2], 2),
+        Err(ConformalError::LengthMismatch { .. })
+    ));
+    assert!(matches!(
+        CvPlus::calibrate(0.1, &[1.0, f64::NAN, 3.0], &y, &f, 2),
+        Err(ConformalError::Core(CoreError::NonFinite { .. }))
+    ));
+    assert!(matches!(
+        CvPlus::calibrate(0.1, &p, &[1.0, 2.0, f64::INFINITY], &f, 2),
+        Err(ConformalError::Core(CoreError::NonFinite { .. }))
+    ));
+    // fold index out of range, and no folds at all
+    assert!(matches!(
+        CvPlus::calibrate(0.1, &p, &y, &[0, 2, 1], 2),
+        Err(ConformalError::Core(CoreError::OutOfRange { .. }))
+    ));
+    assert!(matches!(
+        CvPlus::calibrate(0.1, &p, &y, &f, 0),
+        Err(ConformalError::Core(CoreError::OutOfRange { .. }))
+    ));
+    let cv = CvPlus::calibrate(0.5, &p, &y, &f, 2).unwrap();
+    // predictions must be [m, K]
+    assert!(matches!(
+        cv.predict(&[1.0, 2.0, 3.0]),
+        Err(ConformalError::LengthMismatch { .. })
+    ));
+    assert!(matches!(
+        cv.predict(&[1.0, f64::NAN]),
+        Err(ConformalError::Core(CoreError::NonFinite { .. }))
+    ));
+    assert_eq!(cv.predict(&[]).unwrap().len(), 0);
 }
