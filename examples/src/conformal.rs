@@ -6,9 +6,11 @@
 
 use anyhow::{Context, Result};
 use burn::module::Module;
-use burn::optim::{AdamConfig, GradientsParams};
+use burn::optim::decay::WeightDecayConfig;
+use burn::optim::momentum::MomentumConfig;
+use burn::optim::{GradientsParams, SgdConfig};
 use burn::tensor::Device;
-use lastmile_conformal::training::{ConformalTraining, Objective};
+use lastmile_conformal::training::{ConformalTraining, Objective, TrainingScore};
 use lastmile_conformal::{ScoreFunction, SplitConformal, coverage};
 use lastmile_core::convert::tensor_to_vec;
 use lastmile_core::numerics::softmax;
@@ -18,25 +20,44 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 
 use crate::mlp::{Labelled, Mlp};
-use crate::report::{progress_bar, table};
+use crate::report::table;
 
-/// Digits split into a training part and an evaluation part (the latter is
-/// re-split into calibration and test halves), standardised with training
-/// statistics.
-pub fn digits_data(train_fraction: f64, seed: u64) -> Result<(Labelled, Labelled)> {
+/// Digits split into a training part, a model-selection part and an
+/// evaluation part (the latter is re-split into calibration and test
+/// halves), standardised with training statistics.
+#[derive(Clone, Debug)]
+pub struct DigitsSplit {
+    /// Rows the model is trained on.
+    pub train: Labelled,
+    /// Held-out rows used only to pick the training epoch (lowest
+    /// cross-entropy), as Correia et al. select their models.
+    pub select: Labelled,
+    /// Rows re-split into calibration and test sets for evaluation.
+    pub eval: Labelled,
+}
+
+/// Stratified `train / select / eval` split of digits with the given
+/// fractions (`eval` gets the rest).
+pub fn digits_data(train_fraction: f64, select_fraction: f64, seed: u64) -> Result<DigitsSplit> {
     let ds = lastmile_datasets::digits()?;
     let labels = ds.labels().context("digits has labels")?.to_vec();
     let split = stratified_split(
         &labels,
         10,
-        SplitFractions::new(train_fraction, 1.0 - train_fraction, 0.0),
+        SplitFractions::new(
+            train_fraction,
+            select_fraction,
+            1.0 - train_fraction - select_fraction,
+        ),
         seed,
     )?;
     let mut train = ds.subset(&split.train)?;
-    let mut eval = ds.subset(&split.calibration)?;
+    let mut select = ds.subset(&split.calibration)?;
+    let mut eval = ds.subset(&split.test)?;
     let scaler = Standardizer::fit(&train)?;
-    scaler.transform(&mut train)?;
-    scaler.transform(&mut eval)?;
+    for d in [&mut train, &mut select, &mut eval] {
+        scaler.transform(d)?;
+    }
     let to_labelled = |d: &lastmile_datasets::Dataset| -> Result<Labelled> {
         Ok(Labelled {
             x: d.features().to_vec(),
@@ -44,73 +65,194 @@ pub fn digits_data(train_fraction: f64, seed: u64) -> Result<(Labelled, Labelled
             dim: d.n_features(),
         })
     };
-    Ok((to_labelled(&train)?, to_labelled(&eval)?))
+    Ok(DigitsSplit {
+        train: to_labelled(&train)?,
+        select: to_labelled(&select)?,
+        eval: to_labelled(&eval)?,
+    })
 }
 
-/// Training settings for one objective.
+/// Settings shared by every objective (the training recipe of Correia et
+/// al.'s reference configurations, scaled to digits).
 #[derive(Clone, Debug)]
 pub struct TrainSettings {
-    /// Passes over the training set.
+    /// Passes over the training set; the learning rate drops 10× at 2/5,
+    /// 3/5 and 4/5 of them.
     pub epochs: usize,
-    /// Rows per step (half calibrate, half predict for conformal objectives).
-    pub batch_size: usize,
-    /// Adam learning rate.
-    pub learning_rate: f64,
-    /// Hidden width of the MLP.
+    /// Hidden width of the MLP; 0 gives a linear (softmax regression)
+    /// model, the paper's MNIST model.
     pub hidden: usize,
+    /// SGD (Nesterov) momentum.
+    pub momentum: f64,
+    /// L2 weight decay.
+    pub weight_decay: f64,
+    /// Miscoverage level the conformal objectives are trained at.
+    pub alpha: f64,
+    /// NeuralSort temperature of the differentiable quantile.
+    pub sort_temperature: f64,
+    /// Whether the DPI objective uses the empirical-Bernstein corrected
+    /// estimate (as the paper trains).
+    pub dpi_concentration: bool,
+    /// Epochs trained with cross-entropy before switching to the objective
+    /// (0: the objective from scratch, as in the paper).
+    pub warm_start_epochs: usize,
     /// Seed for initialisation, shuffling and randomised scores.
     pub seed: u64,
 }
 
-/// The conformal training configuration used for an objective (THR score,
-/// α = 0.01 as in the paper, T = 0.1, cross-entropy weight tuned by hand).
-pub fn training_config(objective: Objective) -> Result<ConformalTraining> {
-    let ce_weight = match objective {
-        Objective::Dpi | Objective::CrossEntropy => 0.0,
-        _ => 0.5,
-    };
-    Ok(ConformalTraining::new(objective, ScoreFunction::Lac, 0.01)?
-        .with_temperature(0.1)?
-        .with_sort_temperature(0.1)?
-        .with_ce_weight(ce_weight)?)
+impl Default for TrainSettings {
+    fn default() -> Self {
+        Self {
+            epochs: 100,
+            hidden: 64,
+            momentum: 0.9,
+            weight_decay: 5e-4,
+            alpha: 0.01,
+            sort_temperature: 0.1,
+            dpi_concentration: true,
+            warm_start_epochs: 0,
+            seed: 1,
+        }
+    }
 }
 
-/// Trains an MLP on `data` with `objective`; returns the model (inner,
-/// non-autodiff) device copy.
+/// Per-objective hyperparameters, fixed before any evaluation.
+#[derive(Clone, Copy, Debug)]
+pub struct Recipe {
+    /// The training objective (used alone: no added cross-entropy).
+    pub objective: Objective,
+    /// Rows per step; half calibrate, half predict for conformal objectives.
+    pub batch_size: usize,
+    /// Initial SGD learning rate.
+    pub learning_rate: f64,
+    /// Set-membership temperature `T` (unused by cross-entropy).
+    pub temperature: f64,
+    /// Weight of the cross-entropy added to a conformal objective (the
+    /// paper uses 0).
+    pub ce_weight: f64,
+}
+
+/// The five objectives with the temperatures of the reference THR
+/// configurations (DPI 0.01, model-based Fano 0.5, simple Fano and ConfTr
+/// 0.1), batch 100 and learning rate 0.05 for all.
+pub fn default_recipes() -> Vec<Recipe> {
+    let r = |objective, temperature| Recipe {
+        objective,
+        batch_size: 100,
+        learning_rate: 0.05,
+        temperature,
+        ce_weight: 0.0,
+    };
+    vec![
+        r(Objective::CrossEntropy, 1.0),
+        r(Objective::conftr(), 0.1),
+        r(Objective::Dpi, 0.01),
+        r(Objective::ModelFano, 0.5),
+        r(Objective::SimpleFano, 0.1),
+    ]
+}
+
+/// The conformal training configuration of a recipe: thresholding on
+/// log-probabilities, objective alone (cross-entropy weight 0).
+pub fn training_config(recipe: &Recipe, settings: &TrainSettings) -> Result<ConformalTraining> {
+    Ok(
+        ConformalTraining::new(recipe.objective, ScoreFunction::Lac, settings.alpha)?
+            .with_training_score(TrainingScore::LogProbability)?
+            .with_temperature(recipe.temperature)?
+            .with_sort_temperature(settings.sort_temperature)?
+            .with_ce_weight(recipe.ce_weight)?
+            .with_dpi_concentration(settings.dpi_concentration),
+    )
+}
+
+fn mean_cross_entropy(model: &Mlp, data: &Labelled, device: &Device) -> Result<f64> {
+    let probs = probabilities(model, data, device)?;
+    let k = probs.len() / data.len().max(1);
+    let total: f64 = data
+        .y
+        .iter()
+        .enumerate()
+        .map(|(i, &y)| -f64::from(probs[i * k + y].max(1e-12)).ln())
+        .sum();
+    Ok(total / data.len().max(1) as f64)
+}
+
+/// Trains an MLP on `data.train` with the recipe (SGD with Nesterov
+/// momentum, weight decay, step decay) and returns the epoch with the
+/// lowest cross-entropy on `data.select`, as a non-autodiff model.
 pub fn train(
-    objective: Objective,
-    data: &Labelled,
+    recipe: &Recipe,
+    data: &DigitsSplit,
     settings: &TrainSettings,
     device: &Device,
-    show_progress: bool,
+    bar: Option<&indicatif::ProgressBar>,
 ) -> Result<Mlp> {
     let ad = device.clone().autodiff();
     ad.seed(settings.seed);
-    let mut model = Mlp::new(&[data.dim, settings.hidden, 10], &ad)?;
-    let cfg = training_config(objective)?;
-    let mut optim = AdamConfig::new().init();
+    let train = &data.train;
+    let widths = if settings.hidden == 0 {
+        vec![train.dim, 10]
+    } else {
+        vec![train.dim, settings.hidden, 10]
+    };
+    let mut model = Mlp::new(&widths, &ad)?;
+    let cfg = training_config(recipe, settings)?;
+    let warm = training_config(
+        &Recipe {
+            objective: Objective::CrossEntropy,
+            ..*recipe
+        },
+        settings,
+    )?;
+    let mut optim = SgdConfig::new()
+        .with_momentum(Some(MomentumConfig {
+            momentum: settings.momentum,
+            dampening: 0.0,
+            nesterov: true,
+        }))
+        .with_weight_decay(Some(WeightDecayConfig {
+            penalty: settings.weight_decay as f32,
+        }))
+        .init();
     let mut rng = StdRng::seed_from_u64(settings.seed);
-    let mut order: Vec<usize> = (0..data.len()).collect();
-    let steps = settings.epochs * data.len().div_ceil(settings.batch_size);
-    let bar = progress_bar(steps as u64, objective.name());
-    if !show_progress {
-        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
-    }
-    for _ in 0..settings.epochs {
+    let mut order: Vec<usize> = (0..train.len()).collect();
+    let mut best = (
+        mean_cross_entropy(&model.valid(), &data.select, device)?,
+        model.valid(),
+    );
+    for epoch in 0..settings.epochs {
+        let decays = [2, 3, 4]
+            .iter()
+            .filter(|&&m| epoch >= m * settings.epochs / 5)
+            .count();
+        let lr = recipe.learning_rate * 0.1f64.powi(decays as i32);
         order.shuffle(&mut rng);
-        for chunk in order.chunks(settings.batch_size) {
-            if chunk.len() < 8 {
-                continue;
+        for chunk in order.chunks(recipe.batch_size) {
+            if chunk.len() < recipe.batch_size {
+                continue; // drop the last partial batch, as the reference loaders do
             }
-            let (x, y) = data.batch(chunk, &ad)?;
-            let loss = cfg.loss(model.forward(x), y, &mut rng)?;
+            let (x, y) = train.batch(chunk, &ad)?;
+            let active = if epoch < settings.warm_start_epochs {
+                &warm
+            } else {
+                &cfg
+            };
+            let loss = active.loss(model.forward(x), y, &mut rng)?;
             let grads = GradientsParams::from_grads(loss.backward(), &model);
-            model = optim.step(settings.learning_rate, model, grads);
+            model = optim.step(lr, model, grads);
+        }
+        let valid = model.valid();
+        let ce = mean_cross_entropy(&valid, &data.select, device)?;
+        // after a warm start, only fine-tuned epochs are candidates
+        let fresh = settings.warm_start_epochs > 0 && epoch == settings.warm_start_epochs;
+        if ce.is_finite() && (ce <= best.0 || fresh) {
+            best = (ce, valid);
+        }
+        if let Some(bar) = bar {
             bar.inc(1);
         }
     }
-    bar.finish_and_clear();
-    Ok(model.valid())
+    Ok(best.1)
 }
 
 /// Softmax probabilities of `model` on every row of `data`, row-major.
@@ -124,20 +266,40 @@ pub fn probabilities(model: &Mlp, data: &Labelled, device: &Device) -> Result<Ve
     Ok(out)
 }
 
-/// Mean ± std of coverage and set size over re-splits for one score and α.
+/// Coverage and mean set size of every calibration/test re-split for one
+/// score and α.
 #[derive(Clone, Debug)]
 pub struct Evaluation {
     /// Score name.
     pub score: &'static str,
     /// Miscoverage level.
     pub alpha: f64,
-    /// Mean and std of empirical coverage.
-    pub coverage: (f64, f64),
-    /// Mean and std of the mean set size.
-    pub size: (f64, f64),
+    /// Empirical coverage of each re-split.
+    pub coverages: Vec<f64>,
+    /// Mean set size of each re-split.
+    pub sizes: Vec<f64>,
 }
 
-fn mean_std(v: &[f64]) -> (f64, f64) {
+impl Evaluation {
+    /// Mean and sample std of the coverages.
+    pub fn coverage(&self) -> (f64, f64) {
+        mean_std(&self.coverages)
+    }
+
+    /// Mean and sample std of the mean set sizes.
+    pub fn size(&self) -> (f64, f64) {
+        mean_std(&self.sizes)
+    }
+
+    /// Appends another run's re-splits (same score and α).
+    pub fn absorb(&mut self, other: &Evaluation) {
+        self.coverages.extend(&other.coverages);
+        self.sizes.extend(&other.sizes);
+    }
+}
+
+/// Mean and sample standard deviation.
+pub fn mean_std(v: &[f64]) -> (f64, f64) {
     let n = v.len() as f64;
     let m = v.iter().sum::<f64>() / n;
     let var = v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (n - 1.0).max(1.0);
@@ -163,7 +325,7 @@ pub fn evaluate(
         for &alpha in alphas {
             let cp = SplitConformal::new(score, alpha)?;
             let mut rng = StdRng::seed_from_u64(seed);
-            let (mut covs, mut sizes) = (Vec::new(), Vec::new());
+            let (mut coverages, mut sizes) = (Vec::new(), Vec::new());
             for _ in 0..resplits {
                 let mut idx: Vec<usize> = (0..n).collect();
                 idx.shuffle(&mut rng);
@@ -176,18 +338,113 @@ pub fn evaluate(
                 let ys = |ix: &[usize]| -> Vec<usize> { ix.iter().map(|&i| labels[i]).collect() };
                 let fitted = cp.calibrate_slice(&rows(cal), k, &ys(cal), &mut rng)?;
                 let sets = fitted.predict_slice(&rows(test), k, &mut rng)?;
-                covs.push(coverage(&sets, &ys(test))?);
+                coverages.push(coverage(&sets, &ys(test))?);
                 sizes.push(sets.mean_size());
             }
             out.push(Evaluation {
                 score: name,
                 alpha,
-                coverage: mean_std(&covs),
-                size: mean_std(&sizes),
+                coverages,
+                sizes,
             });
         }
     }
     Ok(out)
+}
+
+/// Top-1 accuracy of row-major probabilities.
+pub fn accuracy(probs: &[f32], labels: &[usize]) -> f64 {
+    let k = probs.len() / labels.len().max(1);
+    let hits = labels
+        .iter()
+        .enumerate()
+        .filter(|&(i, &y)| {
+            let row = &probs[i * k..(i + 1) * k];
+            row.iter().all(|&p| p <= row[y])
+        })
+        .count();
+    hits as f64 / labels.len().max(1) as f64
+}
+
+/// Results of one objective pooled over training runs.
+#[derive(Clone, Debug)]
+pub struct ObjectiveResult {
+    /// The recipe trained.
+    pub recipe: Recipe,
+    /// Test accuracy of each training run.
+    pub accuracies: Vec<f64>,
+    /// Per score and α, the re-splits of every run.
+    pub evaluations: Vec<Evaluation>,
+}
+
+/// Trains every recipe on `runs` independent data splits / seeds and
+/// evaluates each model with `resplits` calibration/test re-splits at each
+/// α. One progress-bar tick per epoch.
+pub fn compare(
+    recipes: &[Recipe],
+    settings: &TrainSettings,
+    runs: usize,
+    resplits: usize,
+    alphas: &[f64],
+    device: &Device,
+    bar: Option<&indicatif::ProgressBar>,
+) -> Result<Vec<ObjectiveResult>> {
+    let mut results: Vec<ObjectiveResult> = recipes
+        .iter()
+        .map(|&recipe| ObjectiveResult {
+            recipe,
+            accuracies: Vec::new(),
+            evaluations: Vec::new(),
+        })
+        .collect();
+    for run in 0..runs {
+        let seed = settings.seed + run as u64;
+        let data = digits_data(0.5, 0.1, seed)?;
+        let run_settings = TrainSettings {
+            seed,
+            ..settings.clone()
+        };
+        for result in &mut results {
+            if let Some(bar) = bar {
+                bar.set_message(format!(
+                    "{} (run {}/{runs})",
+                    result.recipe.objective.name(),
+                    run + 1
+                ));
+            }
+            let model = train(&result.recipe, &data, &run_settings, device, bar)?;
+            let probs = probabilities(&model, &data.eval, device)?;
+            result.accuracies.push(accuracy(&probs, &data.eval.y));
+            let evals = evaluate(&probs, &data.eval.y, alphas, resplits, 1000 + seed)?;
+            if result.evaluations.is_empty() {
+                result.evaluations = evals;
+            } else {
+                for (acc, e) in result.evaluations.iter_mut().zip(&evals) {
+                    acc.absorb(e);
+                }
+            }
+        }
+    }
+    Ok(results)
+}
+
+/// Paired difference of mean set size against a baseline trained on the
+/// same runs: per run, the mean over its re-splits of `size − baseline size`
+/// (same data split and calibration/test re-splits); returns the mean over
+/// runs and its standard error.
+pub fn paired_size_difference(
+    e: &Evaluation,
+    baseline: &Evaluation,
+    resplits: usize,
+) -> (f64, f64) {
+    let per_run: Vec<f64> = e
+        .sizes
+        .chunks(resplits)
+        .zip(baseline.sizes.chunks(resplits))
+        .map(|(a, b)| a.iter().zip(b).map(|(x, y)| x - y).sum::<f64>() / a.len() as f64)
+        .collect();
+    let (m, sd) = mean_std(&per_run);
+    (m, sd / (per_run.len() as f64).sqrt())
 }
 
 /// Table rows `[objective, score, α, coverage, size]`.
@@ -195,40 +452,42 @@ pub fn rows(objective: &str, evals: &[Evaluation]) -> Vec<Vec<String>> {
     evals
         .iter()
         .map(|e| {
+            let (c, cs) = e.coverage();
+            let (m, ms) = e.size();
             vec![
                 objective.to_owned(),
                 e.score.to_owned(),
                 format!("{}", e.alpha),
-                format!("{:.4} ± {:.4}", e.coverage.0, e.coverage.1),
-                format!("{:.3} ± {:.3}", e.size.0, e.size.1),
+                format!("{c:.4} ± {cs:.4}"),
+                format!("{m:.3} ± {ms:.3}"),
             ]
         })
         .collect()
 }
 
-/// The tour's conformal section: cross-entropy vs the simple Fano bound on
-/// digits (short training), THR and APS sets at α = 0.1 over 5 re-splits.
+/// The tour's conformal section: cross-entropy vs the DPI bound as training
+/// objective on digits (short training, one run), THR and APS sets at
+/// α = 0.1 over 5 re-splits.
 pub fn tour_section(device: &Device) -> Result<()> {
     println!("== conformal prediction (lastmile-conformal) ==");
-    let (train_set, eval_set) = digits_data(0.6, 0)?;
     let settings = TrainSettings {
-        epochs: 15,
-        batch_size: 200,
-        learning_rate: 3e-3,
-        hidden: 64,
-        seed: 1,
+        epochs: 30,
+        ..TrainSettings::default()
     };
+    let recipes: Vec<Recipe> = default_recipes()
+        .into_iter()
+        .filter(|r| matches!(r.objective, Objective::CrossEntropy | Objective::Dpi))
+        .collect();
+    let results = compare(&recipes, &settings, 1, 5, &[0.1], device, None)?;
     let mut all = Vec::new();
-    for objective in [Objective::CrossEntropy, Objective::SimpleFano] {
-        let model = train(objective, &train_set, &settings, device, false)?;
-        let probs = probabilities(&model, &eval_set, device)?;
-        let evals = evaluate(&probs, &eval_set.y, &[0.1], 5, 2)?;
-        all.extend(rows(objective.name(), &evals));
+    for r in &results {
+        all.extend(rows(r.recipe.objective.name(), &r.evaluations));
     }
+    let data = digits_data(0.5, 0.1, settings.seed)?;
     println!(
         "digits, split conformal at α = 0.1 ({} calibration / {} test rows, 5 re-splits):",
-        eval_set.len() / 2,
-        eval_set.len() - eval_set.len() / 2
+        data.eval.len() / 2,
+        data.eval.len() - data.eval.len() / 2
     );
     print!(
         "{}",

@@ -305,6 +305,70 @@ pub fn dpi_loss(
     Ok(scalar(bound.add_scalar(binary_entropy(alpha) as f32)))
 }
 
+/// Differentiable DPI bound with the finite-sample correction used for
+/// training by Correia et al.: `Q̂(E=1)` and `Q̂(E=0)` are batch means, so
+/// each is replaced by the empirical-Bernstein upper confidence value
+/// (Maurer & Pontil 2009, Thm. 4) `mean + √(2 V ln(2/α)/m) + 7 ln(2/α)/(3(m−1))`,
+/// `V` the sample variance of the per-example `Σ_y c(x,y) Q(y|x)` over the
+/// `m` rows; each side holds with probability `≥ 1 − α`. Since the
+/// logarithms increase, this keeps the bound an upper bound with high
+/// probability, and it keeps both logarithms bounded away from `−∞`, so the
+/// objective cannot be driven down by pushing `Q̂(E=e)` to 0. The
+/// correction is treated as a constant in the gradient (it only widens).
+/// Coefficients are those of [`dpi_loss`].
+///
+/// # Shapes
+/// `log_probs`, `sets`: `[batch, classes]`; `labels`: `[batch]` → `[1]`.
+///
+/// # Errors
+/// As [`dpi_loss`], and a batch of fewer than 2 rows.
+///
+/// # Examples
+/// ```
+/// # #[cfg(feature = "flex")] {
+/// use burn::tensor::{Device, Int, Tensor};
+/// use lastmile_conformal::training::{dpi_loss, dpi_loss_bernstein};
+/// let d = Device::flex();
+/// let lp = Tensor::<2>::from_floats([[0.9f32, 0.1], [0.2, 0.8], [0.6, 0.4]], &d).log();
+/// let c = Tensor::<2>::from_floats([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]], &d);
+/// let y = Tensor::<1, Int>::from_ints([0, 1, 0], &d);
+/// let plain = dpi_loss(lp.clone(), c.clone(), y.clone(), 0.1, 100).unwrap().into_scalar::<f32>();
+/// let corrected = dpi_loss_bernstein(lp, c, y, 0.1, 100).unwrap().into_scalar::<f32>();
+/// assert!(corrected > plain); // larger Q̂(E=e) inside the logs
+/// # }
+/// ```
+pub fn dpi_loss_bernstein(
+    log_probs: Tensor<2>,
+    sets: Tensor<2>,
+    labels: Tensor<1, Int>,
+    alpha: f64,
+    n_calibration: usize,
+) -> Result<Tensor<1>> {
+    check_bound_alpha(alpha)?;
+    check_n(n_calibration)?;
+    let [m, k] = check_sets_labels(&sets, &labels)?;
+    if m < 2 {
+        return Err(CoreError::shape("sets", "[batch >= 2, classes]", &[m, k]).into());
+    }
+    let ce = label_column(log_probs.clone(), labels).mean().neg();
+    let per_example = (sets * log_probs.exp()).sum_dim(1).reshape([m]);
+    let l = (2.0 / alpha).ln();
+    let delta = per_example
+        .clone()
+        .detach()
+        .var(0)
+        .mul_scalar((2.0 * l / m as f64) as f32)
+        .sqrt()
+        .add_scalar((7.0 * l / (3.0 * (m as f64 - 1.0))) as f32);
+    let q1 = per_example.mean();
+    let q0 = q1.clone().neg().add_scalar(1.0);
+    let bound = ce
+        + log_clamped(q1 + delta.clone(), MIN_EVENT_PROBABILITY).mul_scalar((1.0 - alpha) as f32)
+        + log_clamped(q0 + delta, MIN_EVENT_PROBABILITY)
+            .mul_scalar(alpha_n(alpha, n_calibration) as f32);
+    Ok(scalar(bound.add_scalar(binary_entropy(alpha) as f32)))
+}
+
 fn check_n(n: usize) -> Result<()> {
     if n == 0 {
         return Err(CoreError::out_of_range("n_calibration", 0.0, "an integer >= 1").into());
@@ -386,6 +450,20 @@ pub fn simple_fano_loss(
     ))
 }
 
+/// The nonconformity score conformal training calibrates and thresholds.
+#[derive(Clone, Copy, Debug, PartialEq)]
+#[non_exhaustive]
+pub enum TrainingScore {
+    /// A probability-based score (see [`differentiable_scores`]).
+    Probability(ScoreFunction),
+    /// Thresholding on log-probabilities, `s = −log Q(y|x)`. Correia et al.
+    /// train every objective with this score (their reference
+    /// configuration), whatever score is used at test time: on the log
+    /// scale, labels with small probability still get set-membership
+    /// gradients, where `1 − p` saturates near 1.
+    LogProbability,
+}
+
 /// A conformal training objective.
 #[derive(Clone, Copy, Debug, PartialEq)]
 #[non_exhaustive]
@@ -401,7 +479,8 @@ pub enum Objective {
         /// Weight of the coverage loss.
         coverage_weight: f64,
     },
-    /// The DPI bound: see [`dpi_loss`].
+    /// The DPI bound: see [`dpi_loss`] ([`dpi_loss_bernstein`] when the
+    /// concentration correction is on, the default).
     Dpi,
     /// The model-based Fano bound: see [`model_fano_loss`].
     ModelFano,
@@ -455,18 +534,20 @@ impl Objective {
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct ConformalTraining {
     objective: Objective,
-    score: ScoreFunction,
+    score: TrainingScore,
     alpha: f64,
     temperature: f64,
     sort_temperature: f64,
     ce_weight: f64,
     calibration_fraction: f64,
+    dpi_concentration: bool,
 }
 
 impl ConformalTraining {
     /// Defaults: set temperature `T = 0.1`, sort temperature `0.1`,
     /// cross-entropy weight `1` (0 has no effect for [`Objective::CrossEntropy`],
-    /// which always uses weight 1), calibration fraction `0.5`.
+    /// which always uses weight 1), calibration fraction `0.5`, DPI
+    /// concentration correction on.
     ///
     /// # Errors
     /// `α ∉ (0, 1)` (`(0, 0.5]` for the bound objectives); invalid score parameters.
@@ -481,13 +562,35 @@ impl ConformalTraining {
         score.validate()?;
         Ok(Self {
             objective,
-            score,
+            score: TrainingScore::Probability(score),
             alpha,
             temperature: 0.1,
             sort_temperature: 0.1,
             ce_weight: 1.0,
             calibration_fraction: 0.5,
+            dpi_concentration: true,
         })
+    }
+
+    /// Sets the training score (default: the [`ScoreFunction`] given to
+    /// [`new`](Self::new)).
+    ///
+    /// # Errors
+    /// Invalid score parameters.
+    pub fn with_training_score(mut self, score: TrainingScore) -> Result<Self> {
+        if let TrainingScore::Probability(f) = score {
+            f.validate()?;
+        }
+        self.score = score;
+        Ok(self)
+    }
+
+    /// Whether [`Objective::Dpi`] uses the empirical-Bernstein corrected
+    /// estimate [`dpi_loss_bernstein`] (default, as Correia et al. train)
+    /// or the plain batch means of [`dpi_loss`].
+    pub fn with_dpi_concentration(mut self, on: bool) -> Self {
+        self.dpi_concentration = on;
+        self
     }
 
     /// Sets the membership temperature `T > 0`.
@@ -562,13 +665,17 @@ impl ConformalTraining {
             .into());
         }
         let device = logits.device();
-        let uniforms = self.score.is_randomized().then(|| {
-            let u: Vec<f32> = (0..b).map(|_| rng.random::<f32>()).collect();
-            Tensor::<2>::from_data(TensorData::new(u, [b, 1]), &device)
-        });
         let log_probs = activation::log_softmax(logits, 1);
-        let probs = log_probs.clone().exp();
-        let scores = differentiable_scores(probs, self.score, uniforms)?;
+        let scores = match self.score {
+            TrainingScore::LogProbability => log_probs.clone().neg(),
+            TrainingScore::Probability(score) => {
+                let uniforms = score.is_randomized().then(|| {
+                    let u: Vec<f32> = (0..b).map(|_| rng.random::<f32>()).collect();
+                    Tensor::<2>::from_data(TensorData::new(u, [b, 1]), &device)
+                });
+                differentiable_scores(log_probs.clone().exp(), score, uniforms)?
+            }
+        };
         let cal_scores = label_column(
             scores.clone().slice([0..n_cal, 0..k]),
             labels.clone().narrow(0, 0, n_cal),
@@ -585,6 +692,9 @@ impl ConformalTraining {
                 size_weight,
                 coverage_weight,
             } => conftr_loss(sets, test_labels, target_size, size_weight, coverage_weight)?,
+            Objective::Dpi if self.dpi_concentration => {
+                dpi_loss_bernstein(test_log_probs, sets, test_labels, self.alpha, n_cal)?
+            }
             Objective::Dpi => dpi_loss(test_log_probs, sets, test_labels, self.alpha, n_cal)?,
             Objective::ModelFano => {
                 model_fano_loss(test_log_probs, sets, test_labels, self.alpha, n_cal)?

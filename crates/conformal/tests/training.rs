@@ -11,8 +11,8 @@ use lastmile_conformal::{
     ScoreFunction,
     bounds::{dpi_bound, model_fano_bound, simple_fano_bound},
     training::{
-        ConformalTraining, Objective, differentiable_scores, dpi_loss, model_fano_loss,
-        simple_fano_loss, soft_quantile, soft_sort,
+        ConformalTraining, Objective, TrainingScore, differentiable_scores, dpi_loss,
+        dpi_loss_bernstein, model_fano_loss, simple_fano_loss, soft_quantile, soft_sort,
     },
 };
 use lastmile_core::backend_test;
@@ -142,10 +142,19 @@ backend_test!(training_gradients_match_finite_differences, |device| {
         })
         .collect();
     let labels: Vec<usize> = (0..b).map(|i| (i * 3) % k).collect();
-    for score in [ScoreFunction::Lac, ScoreFunction::aps()] {
+    // (the DPI concentration correction is a detached constant, so it is
+    // switched off here: finite differences would see it move)
+    for score in [
+        TrainingScore::Probability(ScoreFunction::Lac),
+        TrainingScore::Probability(ScoreFunction::aps()),
+        TrainingScore::LogProbability,
+    ] {
         for objective in objectives() {
-            let cfg = ConformalTraining::new(objective, score, 0.1)
+            let cfg = ConformalTraining::new(objective, ScoreFunction::Lac, 0.1)
                 .unwrap()
+                .with_training_score(score)
+                .unwrap()
+                .with_dpi_concentration(false)
                 .with_temperature(0.5)
                 .unwrap()
                 .with_sort_temperature(0.5)
@@ -191,8 +200,7 @@ backend_test!(training_gradients_match_finite_differences, |device| {
                 let gi = g[idx] as f64;
                 assert!(
                     (gi - fd).abs() <= 2e-3 + 0.05 * gi.abs(),
-                    "{} {objective:?} d/dx[{idx}]: autodiff {gi:.5} vs finite difference {fd:.5}",
-                    score.name()
+                    "{score:?} {objective:?} d/dx[{idx}]: autodiff {gi:.5} vs finite difference {fd:.5}"
                 );
             }
         }
@@ -223,4 +231,104 @@ backend_test!(randomized_training_loss_is_seeded, |device| {
     };
     assert_eq!(run(1), run(1));
     assert_ne!(run(1), run(2));
+});
+
+// The corrected DPI loss against a naive f64 evaluation of its formula, and
+// never below the plain loss (the correction only enlarges Q̂(E=e)).
+backend_test!(bernstein_dpi_loss_matches_naive_formula, |device| {
+    let mut rng = StdRng::seed_from_u64(46);
+    let (b, k) = (30, 4);
+    let (_, probs, labels) = synthetic(b, k, &mut rng);
+    let sets: Vec<f32> = (0..b * k)
+        .map(|i| 0.05 + 0.9 * ((i * 7919 % 101) as f32 / 100.0))
+        .collect();
+    for (alpha, n) in [(0.1, 50usize), (0.01, 50), (0.05, 1000)] {
+        let p = tensor2(probs.clone(), [b, k], device);
+        let c = tensor2(sets.clone(), [b, k], device);
+        let y = labels_tensor(&labels, device);
+        let got =
+            floats(dpi_loss_bernstein(p.clone().log(), c.clone(), y.clone(), alpha, n).unwrap())[0]
+                as f64;
+        let plain = floats(dpi_loss(p.log(), c, y, alpha, n).unwrap())[0] as f64;
+        let per: Vec<f64> = (0..b)
+            .map(|i| {
+                (0..k)
+                    .map(|j| probs[i * k + j] as f64 * sets[i * k + j] as f64)
+                    .sum()
+            })
+            .collect();
+        let m = b as f64;
+        let mean = per.iter().sum::<f64>() / m;
+        let var = per.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (m - 1.0);
+        let l = (2.0 / alpha).ln();
+        let delta = (2.0 * var * l / m).sqrt() + 7.0 * l / (3.0 * (m - 1.0));
+        let ce = -labels
+            .iter()
+            .enumerate()
+            .map(|(i, &y)| (probs[i * k + y] as f64).ln())
+            .sum::<f64>()
+            / m;
+        let alpha_n = (alpha - 1.0 / (n as f64 + 1.0)).max(0.0);
+        let expected = ce
+            + lastmile_conformal::bounds::binary_entropy(alpha)
+            + (1.0 - alpha) * (mean + delta).ln()
+            + alpha_n * (1.0 - mean + delta).ln();
+        assert!(
+            (got - expected).abs() < 1e-4,
+            "α {alpha} n {n}: {got} vs {expected}"
+        );
+        assert!(
+            got >= plain - 1e-6,
+            "α {alpha} n {n}: corrected {got} < plain {plain}"
+        );
+    }
+    let one = tensor2(vec![0.5, 0.5], [1, 2], device);
+    assert!(
+        dpi_loss_bernstein(one.clone().log(), one, labels_tensor(&[0], device), 0.1, 10).is_err()
+    );
+});
+
+// Thresholding on log-probabilities: calibration at −log p of the label, so
+// a confident model gets small sets; the loss is finite and differentiable.
+backend_test!(log_probability_training_score_trains, |device| {
+    let ad = device.clone().autodiff();
+    let (b, k) = (40, 5);
+    let labels: Vec<usize> = (0..b).map(|i| i % k).collect();
+    let logits: Vec<f32> = (0..b)
+        .flat_map(|i| (0..k).map(move |j| if j == i % k { 4.0 } else { 0.0 }))
+        .collect();
+    for objective in objectives() {
+        let cfg = ConformalTraining::new(objective, ScoreFunction::Lac, 0.1)
+            .unwrap()
+            .with_training_score(TrainingScore::LogProbability)
+            .unwrap();
+        let x = tensor2(logits.clone(), [b, k], &ad).require_grad();
+        let loss = cfg
+            .loss(
+                x.clone(),
+                labels_tensor(&labels, &ad),
+                &mut StdRng::seed_from_u64(0),
+            )
+            .unwrap();
+        assert!(floats(loss.clone())[0].is_finite(), "{objective:?}");
+        let g = floats(x.grad(&loss.backward()).unwrap());
+        assert!(g.iter().all(|v| v.is_finite()), "{objective:?}");
+    }
+    // soft sets at a tiny temperature equal the hard sets {y : −log p_y ≤ q̂}
+    let p: Vec<f32> = vec![0.7, 0.2, 0.1];
+    let s = Tensor::<2>::from_data(TensorData::new(p.clone(), [1, 3]), device)
+        .log()
+        .neg();
+    let c = floats(
+        lastmile_conformal::training::soft_sets(
+            s,
+            Tensor::<1>::from_floats([-(0.15f32.ln())], device),
+            1e-3,
+        )
+        .unwrap(),
+    );
+    assert_eq!(
+        c.iter().map(|v| v.round() as i32).collect::<Vec<_>>(),
+        vec![1, 1, 0]
+    );
 });
