@@ -21,7 +21,11 @@
 //! `--temperature-dpi X`, `--temperature-model-fano X`,
 //! `--temperature-simple-fano X`, `--temperature-conftr X`, `--hidden N`
 //! (0: linear model), `--ce-weight X` (added cross-entropy, default 0),
-//! `--dpi-plain 1` (DPI without the concentration correction).
+//! `--dpi-plain 1` (DPI without the concentration correction),
+//! `--warm-start N` (N cross-entropy epochs, then fine-tune with the
+//! objective from a 10× lower learning rate), `--ce-half 1` (diagnostic:
+//! the cross-entropy baseline sees only the prediction half of each batch),
+//! `--sort-temperature X`.
 
 use anyhow::{Context, Result, bail};
 use lastmile_conformal::training::Objective;
@@ -61,6 +65,7 @@ fn main() -> Result<()> {
             "--dpi-plain" => settings.dpi_concentration = num()? == 0.0,
             "--sort-temperature" => settings.sort_temperature = num()?,
             "--warm-start" => settings.warm_start_epochs = num()? as usize,
+            "--ce-half" => settings.ce_on_prediction_half = num()? != 0.0,
             "--ce-weight" => {
                 let w = num()?;
                 recipes.iter_mut().for_each(|r| r.ce_weight = w);

@@ -93,6 +93,9 @@ pub struct TrainSettings {
     /// Whether the DPI objective uses the empirical-Bernstein corrected
     /// estimate (as the paper trains).
     pub dpi_concentration: bool,
+    /// Diagnostic: train the cross-entropy baseline on the prediction half
+    /// of each batch only (the rows the DPI bound's cross-entropy term sees).
+    pub ce_on_prediction_half: bool,
     /// Epochs trained with cross-entropy before switching to the objective
     /// (0: the objective from scratch, as in the paper).
     pub warm_start_epochs: usize,
@@ -110,6 +113,7 @@ impl Default for TrainSettings {
             alpha: 0.01,
             sort_temperature: 0.1,
             dpi_concentration: true,
+            ce_on_prediction_half: false,
             warm_start_epochs: 0,
             seed: 1,
         }
@@ -221,11 +225,24 @@ pub fn train(
         model.valid(),
     );
     for epoch in 0..settings.epochs {
+        // step decay within each phase; a fine-tuning phase starts 10× lower
+        let warm_epochs = settings.warm_start_epochs.min(settings.epochs);
+        let (phase_epoch, phase_len, base_lr) = if epoch < warm_epochs {
+            (epoch, warm_epochs, recipe.learning_rate)
+        } else if warm_epochs > 0 {
+            (
+                epoch - warm_epochs,
+                settings.epochs - warm_epochs,
+                0.1 * recipe.learning_rate,
+            )
+        } else {
+            (epoch, settings.epochs, recipe.learning_rate)
+        };
         let decays = [2, 3, 4]
             .iter()
-            .filter(|&&m| epoch >= m * settings.epochs / 5)
+            .filter(|&&m| phase_epoch >= m * phase_len / 5)
             .count();
-        let lr = recipe.learning_rate * 0.1f64.powi(decays as i32);
+        let lr = base_lr * 0.1f64.powi(decays as i32);
         order.shuffle(&mut rng);
         for chunk in order.chunks(recipe.batch_size) {
             if chunk.len() < recipe.batch_size {
@@ -236,6 +253,18 @@ pub fn train(
                 &warm
             } else {
                 &cfg
+            };
+            let (x, y) = if settings.ce_on_prediction_half
+                && matches!(recipe.objective, Objective::CrossEntropy)
+            {
+                // diagnostic baseline: the rows a bound's CE term sees
+                let half = chunk.len() / 2;
+                (
+                    x.narrow(0, half, chunk.len() - half),
+                    y.narrow(0, half, chunk.len() - half),
+                )
+            } else {
+                (x, y)
             };
             let loss = active.loss(model.forward(x), y, &mut rng)?;
             let grads = GradientsParams::from_grads(loss.backward(), &model);
