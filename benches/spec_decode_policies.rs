@@ -1,6 +1,8 @@
 //! Overhead of each draft-length policy per draft step, against the cost of
 //! the draft step itself (one cached forward of the 1-layer d = 64 draft
-//! transformer plus reading its distribution back), measured in the same run.
+//! transformer plus reading its distribution back), measured in the same run;
+//! and the cost of the target's verify pass over `k` tokens against its
+//! one-token step.
 
 use std::hint::black_box;
 
@@ -100,12 +102,43 @@ fn bench_policies(c: &mut Criterion) {
     group.finish();
 }
 
+/// Cost of one cached target forward over `k` new tokens after an 80-token
+/// prefix (the verify pass of a round with `k - 1` drafted tokens), for the
+/// example's 4-layer d = 256 target shape. `k = 1` is the autoregressive
+/// step, the baseline of the ratios in the docs.
+fn bench_verify_cost(c: &mut Criterion) {
+    let mut group = c.benchmark_group("spec_decode_verify_cost");
+    let device = Device::flex();
+    device.seed(0);
+    let target = TransformerConfig::byte_level(256, 4, 4, 128)
+        .init(&device)
+        .expect("valid config");
+    // An 80-token context; each iteration scores k new tokens and rolls them
+    // back, as a verify pass of a decoding round does.
+    let mut cache = target.new_cache(1);
+    target
+        .forward_cached(&mut cache, &[vec![32; 80]])
+        .expect("forward");
+    for k in [1usize, 2, 3, 5, 9] {
+        group.bench_function(BenchmarkId::new("target_d256_l4", k), |b| {
+            b.iter(|| {
+                let logits = target
+                    .forward_cached(&mut cache, &[vec![101; k]])
+                    .expect("forward");
+                cache.truncate(0, 80).expect("rollback");
+                lastmile_core::convert::tensor_to_vec(logits).expect("read back")
+            })
+        });
+    }
+    group.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default()
         .sample_size(20)
         .warm_up_time(std::time::Duration::from_secs(1))
         .measurement_time(std::time::Duration::from_secs(3));
-    targets = bench_policies
+    targets = bench_policies, bench_verify_cost
 }
 criterion_main!(benches);

@@ -8,7 +8,7 @@
 //! Trains (or loads from `target/lastmile-models/`) a 4-layer d = 256 target
 //! and a 1-layer d = 64 draft on the text corpus, then generates from
 //! held-out prompts with autoregressive decoding, static γ ∈ 1..8, the HF
-//! heuristic, max-confidence, AdaEDL, the cost-model controller and prompt
+//! heuristic, max-confidence, AdaEDL (also with `min_len = 0`), the cost-model controller and prompt
 //! lookup at T ∈ {0, 0.7, 1.0, 1.5} — same prompts and seeds for every
 //! method — and prints tokens/s, speed-up over autoregressive decoding, mean
 //! acceptance length and target calls per token (CSV in `target/lastmile-out`).
@@ -147,6 +147,8 @@ fn main() -> Result<()> {
         let ar_tps = ar.tokens_per_second();
         let mut best_static = (0usize, 0.0f64);
         let mut adaedl_tps = 0.0;
+        let mut adaedl0_tps = 0.0;
+        let mut static4_tps = 0.0;
         let mut rows = Vec::new();
         for (method, (out, m)) in list.iter().zip(&results) {
             let tps = m.tokens_per_second();
@@ -156,8 +158,11 @@ fn main() -> Result<()> {
             {
                 best_static = (g, tps);
             }
-            if name == "adaedl" {
-                adaedl_tps = tps;
+            match name.as_str() {
+                "adaedl" => adaedl_tps = tps,
+                "adaedl-min0" => adaedl0_tps = tps,
+                "static-4" => static4_tps = tps,
+                _ => {}
             }
             if temperature == 0.0 && out != ar_out {
                 bail!("greedy output of {name} differs from target-only greedy decoding");
@@ -177,7 +182,14 @@ fn main() -> Result<()> {
             rows.push(row);
         }
         tables.push((temperature, rows));
-        summary.push((temperature, ar_tps, best_static, adaedl_tps));
+        summary.push((
+            temperature,
+            ar_tps,
+            best_static,
+            static4_tps,
+            adaedl_tps,
+            adaedl0_tps,
+        ));
     }
     bar.finish_and_clear();
     let header = [
@@ -198,11 +210,19 @@ fn main() -> Result<()> {
         print!("{}", table(&header, rows));
     }
     println!("\ngreedy (T = 0): every method's output is identical to target-only greedy decoding");
-    println!("\nAdaEDL vs the best static γ (chosen with hindsight per temperature):");
-    for (temperature, ar, (g, best), ada) in summary {
+    println!(
+        "\nAdaEDL vs the best static γ (chosen with hindsight per temperature) and static γ = 4:"
+    );
+    for (temperature, ar, (g, best), s4, ada, ada0) in summary {
         println!(
-            "  T = {temperature}: AR {ar:.0} tok/s, best static γ = {g} {best:.0} tok/s, AdaEDL {ada:.0} tok/s ({:.2}x best static)",
-            ada / best
+            "  T = {temperature}: AR {ar:.0} tok/s, best static γ = {g} {best:.0} tok/s; \
+             AdaEDL {ada:.0} tok/s ({:.2}x best static, {:.2}x γ = 4); \
+             AdaEDL min_len 0 {ada0:.0} tok/s ({:.2}x best static, {:.2}x γ = 4, {:.2}x AR)",
+            ada / best,
+            ada / s4,
+            ada0 / best,
+            ada0 / s4,
+            ada0 / ar
         );
     }
     let path = output_dir()?.join("spec_decode_text.csv");

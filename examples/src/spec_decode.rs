@@ -183,7 +183,8 @@ impl Method {
 }
 
 /// The methods compared: AR, static 1..=8, HF heuristic, max-confidence,
-/// AdaEDL, the cost-model controller and prompt lookup.
+/// AdaEDL (default `min_len = 1`, and `min_len = 0`), the cost-model
+/// controller and prompt lookup.
 pub fn methods(temperature: f64, cost_ratio: f64, verify_cost: f64) -> Result<Vec<Method>> {
     let mut m = vec![Method::Autoregressive];
     for g in 1..=8 {
@@ -196,6 +197,11 @@ pub fn methods(temperature: f64, cost_ratio: f64, verify_cost: f64) -> Result<Ve
     m.push(Method::Draft(Box::new(AdaEdl::new(
         AdaEdlConfig::default(),
     )?)));
+    // The same rule allowed to skip drafting when even the first token's bound is low.
+    m.push(Method::Draft(Box::new(AdaEdl::new(AdaEdlConfig {
+        min_len: 0,
+        ..AdaEdlConfig::default()
+    })?)));
     m.push(Method::Draft(Box::new(
         CostModel::new(cost_ratio, 0.7, 0.5, 8)?.with_verify_cost(verify_cost)?,
     )));

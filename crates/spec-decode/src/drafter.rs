@@ -225,7 +225,13 @@ impl<M: LanguageModel> Drafter for ModelDrafter<'_, M> {
             } else {
                 q.clone()
             };
-            let needs_info = active.iter().any(|&r| !drafts[r].tokens.is_empty());
+            // Rows past their policy's unconditional prefix need the signal.
+            let consult = |r: usize, drafts: &[Draft]| {
+                requests[r]
+                    .as_ref()
+                    .is_some_and(|req| drafts[r].tokens.len() >= req.policy.min_len())
+            };
+            let needs_info = active.iter().any(|&r| consult(r, &drafts));
             let info: Vec<DraftStepInfo> = if needs_info {
                 let h = tensor_to_vec(entropy(conf.clone())?)?;
                 let top = tensor_to_vec(conf.max_dim(1))?;
@@ -243,12 +249,11 @@ impl<M: LanguageModel> Drafter for ModelDrafter<'_, M> {
             let keep: Vec<usize> = (0..active.len())
                 .filter(|&i| {
                     let r = active[i];
+                    let drafted = drafts[r].tokens.len();
                     match requests[r].as_mut() {
                         Some(req) => {
-                            drafts[r].tokens.is_empty()
-                                || req
-                                    .policy
-                                    .continue_drafting(drafts[r].tokens.len(), &info[i])
+                            drafted < req.policy.min_len()
+                                || req.policy.continue_drafting(drafted, &info[i])
                         }
                         None => false,
                     }
@@ -384,7 +389,7 @@ impl Drafter for PromptLookup {
                     return Draft::default();
                 };
                 let mut tokens = self.lookup(req.context, req.limit);
-                let keep = (1..tokens.len())
+                let keep = (req.policy.min_len()..tokens.len())
                     .find(|&i| !req.policy.continue_drafting(i, &point_mass))
                     .unwrap_or(tokens.len());
                 tokens.truncate(keep);

@@ -198,6 +198,16 @@ fn policies() -> Vec<Box<dyn DraftPolicy>> {
             .unwrap(),
         ),
         Box::new(CostModel::new(0.3, 0.6, 0.5, 6).unwrap()),
+        // May skip a round's drafting altogether (bound 0.45 <=> H <= 1.51 nats).
+        Box::new(
+            AdaEdl::new(AdaEdlConfig {
+                max_len: 6,
+                min_len: 0,
+                lambda0: 0.45,
+                ..AdaEdlConfig::default()
+            })
+            .unwrap(),
+        ),
     ]
 }
 
@@ -240,9 +250,10 @@ fn sequence_p_value(
         "no rejections: the test would not exercise resampling"
     );
     eprintln!(
-        "mean draft length {:.2}, acceptance {:.2}",
+        "mean draft length {:.2}, acceptance {:.2}, rounds without a draft {}",
         m.mean_draft_length(),
-        m.acceptance_rate()
+        m.acceptance_rate(),
+        m.rounds - m.drafted_at.first().copied().unwrap_or(0)
     );
     let expected = exact_joint(&target, &PROMPT, 3, &params);
     chi_square_gof(&joint_counts(&out.tokens, 5, 3), &expected)
@@ -510,6 +521,40 @@ backend_test!(greedy_equals_target_greedy_for_every_policy, |device| {
             .unwrap();
         assert_eq!(&out.tokens[0], expected);
     }
+});
+
+backend_test!(adaedl_min0_skips_uncertain_rounds, |device| {
+    let target = NGramLm::target(device);
+    let draft = NGramLm::draft(device);
+    let prompts = random_prompts(16, 5);
+    let config = GenerationConfig::new(SamplingParams::new(1.0).unwrap(), 20).unwrap();
+    let run = |lambda0: f64, min_len: usize| {
+        let policy = AdaEdl::new(AdaEdlConfig {
+            lambda0,
+            min_len,
+            ..AdaEdlConfig::default()
+        })
+        .unwrap();
+        let mut dec =
+            SpeculativeDecoder::new(&target, ModelDrafter::new(&draft), Box::new(policy)).unwrap();
+        dec.generate(&prompts, &config, &mut StdRng::seed_from_u64(2))
+            .unwrap()
+            .metrics
+    };
+    // Bound 1 - sqrt(0.2 H) never reaches 0.999 here: min_len 1 still drafts
+    // one token per round, min_len 0 never drafts (plain target steps).
+    let one = run(0.999, 1);
+    assert!(one.drafted > 0 && one.drafted_at.len() == 1);
+    let zero = run(0.999, 0);
+    assert_eq!(zero.drafted, 0);
+    assert_eq!(zero.rounds, 16 * 20);
+    // In between, some rounds are skipped and some drafted.
+    // In between, some rounds are skipped (beyond the undrafted rounds at the
+    // length limit, which min_len 1 has too) and some drafted.
+    let undrafted = |m: &Metrics| m.rounds - m.drafted_at.first().copied().unwrap_or(0);
+    let (some, base) = (run(0.5, 0), run(0.5, 1));
+    assert!(some.drafted > 0 && undrafted(&some) > undrafted(&base) + 20);
+    assert_eq!(some.generated_tokens, 16 * 20);
 });
 
 backend_test!(metrics_are_consistent, |device| {

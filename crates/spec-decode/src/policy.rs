@@ -34,7 +34,8 @@ pub struct RoundOutcome {
 /// Decides the draft length, per sequence.
 ///
 /// Per round the decoder calls [`round_limit`](DraftPolicy::round_limit)
-/// once, drafts one token unconditionally, then asks
+/// once, drafts [`min_len`](DraftPolicy::min_len) tokens (one by default)
+/// unconditionally, then asks
 /// [`continue_drafting`](DraftPolicy::continue_drafting) before each further
 /// token (up to the limit), and finally reports the round through
 /// [`observe`](DraftPolicy::observe). The decoder keeps one clone per sequence.
@@ -54,8 +55,16 @@ pub trait DraftPolicy: Debug + Send {
     /// Most tokens to draft this round (at least 1).
     fn round_limit(&mut self) -> usize;
 
+    /// Tokens drafted before the policy is consulted: 1 (the default), or 0
+    /// to let [`continue_drafting`](DraftPolicy::continue_drafting) skip
+    /// speculation for a round (the target then takes one plain step, as
+    /// llama.cpp does when a draft is shorter than its `n_min`).
+    fn min_len(&self) -> usize {
+        1
+    }
+
     /// Whether to draft token number `drafted + 1`, given the draft
-    /// distribution for that position. Called only for `drafted ≥ 1`.
+    /// distribution for that position. Called only for `drafted ≥ min_len()`.
     fn continue_drafting(&mut self, drafted: usize, next: &DraftStepInfo) -> bool {
         let _ = (drafted, next);
         true
@@ -254,11 +263,16 @@ pub struct AdaEdlConfig {
     pub alpha: f64,
     /// Longest draft `L_max`.
     pub max_len: usize,
+    /// Tokens drafted before the stopping rule applies: 1 as in the published
+    /// re-implementations, or 0 to let the rule skip speculation for a round
+    /// when even the first draft token's bound is below `λ` (worth it where
+    /// verifying is expensive, as on a CPU).
+    pub min_len: usize,
 }
 
 impl Default for AdaEdlConfig {
-    /// The paper's defaults: `γ = 0.2, λ₀ = 0.7, β₁ = 0.5, β₂ = 0.9, ε = 0.01,
-    /// α = 0.9`, with `L_max = 8`.
+    /// The defaults of the published re-implementations: `γ = 0.2, λ₀ = 0.7,
+    /// β₁ = 0.5, β₂ = 0.9, ε = 0.01, α = 0.9`, with `L_max = 8`, `min_len = 1`.
     fn default() -> Self {
         Self {
             gamma: 0.2,
@@ -268,6 +282,7 @@ impl Default for AdaEdlConfig {
             epsilon: 0.01,
             alpha: 0.9,
             max_len: 8,
+            min_len: 1,
         }
     }
 }
@@ -287,7 +302,7 @@ impl Default for AdaEdlConfig {
 /// λ  ← β₂·λ + (1 − β₂)·λ'
 /// ```
 ///
-/// At least one token is always drafted, at most `L_max`.
+/// At least `min_len` tokens (default 1) are drafted, at most `L_max`.
 ///
 /// ```
 /// use lastmile_spec_decode::{AdaEdl, AdaEdlConfig, DraftPolicy, DraftStepInfo, RoundOutcome};
@@ -310,7 +325,8 @@ impl AdaEdl {
     /// A policy with the given hyper-parameters; the acceptance EMA starts at `α`.
     ///
     /// # Errors
-    /// `γ ≤ 0`, `λ₀`, `β₁`, `β₂`, `α` outside `[0, 1]`, `ε < 0`, `L_max = 0`.
+    /// `γ ≤ 0`, `λ₀`, `β₁`, `β₂`, `α` outside `[0, 1]`, `ε < 0`, `L_max = 0`,
+    /// `min_len` not 0 or 1.
     pub fn new(config: AdaEdlConfig) -> Result<Self> {
         if !(config.gamma.is_finite() && config.gamma > 0.0) {
             return Err(SpecDecodeError::param(
@@ -331,6 +347,13 @@ impl AdaEdl {
             ));
         }
         check_len("max_len", config.max_len)?;
+        if config.min_len > 1 {
+            return Err(SpecDecodeError::param(
+                "min_len",
+                config.min_len as f64,
+                "0 or 1",
+            ));
+        }
         Ok(Self {
             lambda: config.lambda0,
             acceptance: config.alpha,
@@ -356,10 +379,17 @@ impl AdaEdl {
 
 impl DraftPolicy for AdaEdl {
     fn name(&self) -> String {
-        "adaedl".to_owned()
+        if self.config.min_len == 0 {
+            "adaedl-min0".to_owned()
+        } else {
+            "adaedl".to_owned()
+        }
     }
     fn round_limit(&mut self) -> usize {
         self.config.max_len
+    }
+    fn min_len(&self) -> usize {
+        self.config.min_len
     }
     fn continue_drafting(&mut self, _drafted: usize, next: &DraftStepInfo) -> bool {
         self.acceptance_lower_bound(next.entropy) >= self.lambda

@@ -165,6 +165,13 @@ fn bad_parameters() {
         })
         .is_err()
     );
+    assert!(
+        AdaEdl::new(AdaEdlConfig {
+            min_len: 2,
+            ..AdaEdlConfig::default()
+        })
+        .is_err()
+    );
     assert!(CostModel::new(0.0, 0.5, 0.5, 4).is_err());
     assert!(CostModel::new(0.1, 0.5, 1.0, 4).is_err());
     assert!(PromptLookup::new(0, 2, 4).is_err());
