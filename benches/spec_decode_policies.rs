@@ -2,14 +2,14 @@
 //! the draft step itself (one cached forward of the 1-layer d = 64 draft
 //! transformer plus reading its distribution back), measured in the same run;
 //! and the cost of the target's verify pass over `k` tokens against its
-//! one-token step.
+//! one-token step, with plain weights and with the panel layout.
 
 use std::hint::black_box;
 
 use burn::tensor::Device;
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use lastmile_core::numerics::SamplingParams;
-use lastmile_models::TransformerConfig;
+use lastmile_models::{PackedTransformer, TransformerConfig};
 use lastmile_spec_decode::{
     AdaEdl, AdaEdlConfig, CostModel, DraftPolicy, DraftStepInfo, HeuristicSchedule, MaxConfidence,
     RoundOutcome, StaticLength,
@@ -113,16 +113,32 @@ fn bench_verify_cost(c: &mut Criterion) {
     let target = TransformerConfig::byte_level(256, 4, 4, 128)
         .init(&device)
         .expect("valid config");
-    // An 80-token context; each iteration scores k new tokens and rolls them
-    // back, as a verify pass of a decoding round does.
-    let mut cache = target.new_cache(1);
-    target
-        .forward_cached(&mut cache, &[vec![32; 80]])
-        .expect("forward");
+    let packed = PackedTransformer::new(target.clone()).expect("packable");
     for k in [1usize, 2, 3, 5, 9] {
-        group.bench_function(BenchmarkId::new("target_d256_l4", k), |b| {
+        // An 80-token context; each iteration scores k new tokens and rolls
+        // them back, as a verify pass of a decoding round does. "plain" is
+        // `Transformer::forward_cached` (the baseline), "panels" the
+        // `PackedTransformer` the decoder uses.
+        let mut cache = target.new_cache(1);
+        target
+            .forward_cached(&mut cache, &[vec![32; 80]])
+            .expect("forward");
+        group.bench_function(BenchmarkId::new("plain", k), |b| {
             b.iter(|| {
                 let logits = target
+                    .forward_cached(&mut cache, &[vec![101; k]])
+                    .expect("forward");
+                cache.truncate(0, 80).expect("rollback");
+                lastmile_core::convert::tensor_to_vec(logits).expect("read back")
+            })
+        });
+        let mut cache = packed.new_cache(1);
+        packed
+            .forward_cached(&mut cache, &[vec![32; 80]])
+            .expect("forward");
+        group.bench_function(BenchmarkId::new("panels", k), |b| {
+            b.iter(|| {
+                let logits = packed
                     .forward_cached(&mut cache, &[vec![101; k]])
                     .expect("forward");
                 cache.truncate(0, 80).expect("rollback");

@@ -3,7 +3,7 @@
 use burn::tensor::{Bool, Int, Tensor, TensorData};
 
 use crate::error::{ModelError, Result};
-use crate::transformer::Transformer;
+use crate::transformer::{BlockPanels, Panels, Transformer};
 
 /// Keys and values of every layer for a batch of sequences of different lengths.
 ///
@@ -129,6 +129,17 @@ impl Transformer {
     /// # }
     /// ```
     pub fn forward_cached(&self, cache: &mut KvCache, tokens: &[Vec<usize>]) -> Result<Tensor<3>> {
+        self.forward_cached_with(cache, tokens, None)
+    }
+
+    /// [`forward_cached`](Transformer::forward_cached) computing the linear
+    /// layers from `panels` (those of every block, then the head's) when given.
+    pub(crate) fn forward_cached_with(
+        &self,
+        cache: &mut KvCache,
+        tokens: &[Vec<usize>],
+        panels: Option<(&[BlockPanels], &Panels)>,
+    ) -> Result<Tensor<3>> {
         let b = cache.batch();
         if tokens.len() != b {
             return Err(ModelError::Batch(format!(
@@ -179,7 +190,8 @@ impl Transformer {
             .expand([b, heads, n, total]);
         let mut x = self.tokens.forward(ids) + self.positions.forward(pos);
         for (layer, block) in self.blocks.iter().enumerate() {
-            let (q, k, v) = block.qkv(block.norm1.forward(x.clone()), heads);
+            let bp = panels.and_then(|(p, _)| p.get(layer));
+            let (q, k, v) = block.qkv(block.norm1.forward(x.clone()), heads, bp);
             let keys = write(cache.keys[layer].take(), k, &offsets, total, self.max_len);
             let values = write(cache.values[layer].take(), v, &offsets, total, self.max_len);
             let dh = keys.dims()[3];
@@ -187,11 +199,15 @@ impl Transformer {
             let v_all = values.clone().slice([0..b, 0..heads, 0..total, 0..dh]);
             cache.keys[layer] = Some(keys);
             cache.values[layer] = Some(values);
-            x = block.finish(x, q, k_all, v_all, mask.clone());
+            x = block.finish(x, (q, k_all, v_all), mask.clone(), bp);
         }
         for (len, t) in cache.lens.iter_mut().zip(tokens) {
             *len += t.len();
         }
-        Ok(self.head.forward(self.norm.forward(x)))
+        let h = self.norm.forward(x);
+        Ok(match panels {
+            Some((_, head)) => head.forward(h),
+            None => self.head.forward(h),
+        })
     }
 }

@@ -30,11 +30,13 @@
 mod cache;
 mod checkpoint;
 mod error;
+mod packed;
 mod train;
 mod transformer;
 
 pub use cache::KvCache;
 pub use checkpoint::MAX_CHECKPOINT_BYTES;
 pub use error::{ModelError, Result};
+pub use packed::{PANEL_MAX_ROWS, PackedTransformer};
 pub use train::{TrainConfig, evaluate, train};
 pub use transformer::{Block, Transformer, TransformerConfig};

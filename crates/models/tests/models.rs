@@ -6,7 +6,9 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 use lastmile_core::backend_test;
 use lastmile_core::convert::tensor_to_vec;
 use lastmile_core::testing::assert_close;
-use lastmile_models::{ModelError, Transformer, TransformerConfig};
+use lastmile_models::{
+    ModelError, PANEL_MAX_ROWS, PackedTransformer, Transformer, TransformerConfig,
+};
 
 fn tiny(device: &Device) -> Transformer {
     device.seed(7);
@@ -85,6 +87,53 @@ backend_test!(rollback_then_refeed_matches_full_forward, |device| {
     let got = tensor_to_vec(out).unwrap();
     let want: Vec<f64> = reference[8 * 256..].iter().map(|x| f64::from(*x)).collect();
     assert_close(&got, &want, 1e-3, 1e-4);
+});
+
+backend_test!(packed_forward_equals_full_forward, |device| {
+    device.seed(5);
+    let model = TransformerConfig::byte_level(32, 2, 2, 40)
+        .init(device)
+        .unwrap();
+    let seqs: Vec<Vec<usize>> = vec![
+        (0..38).map(|i| (i * 37 + 5) % 256).collect(),
+        (0..38).map(|i| (i * 11 + 200) % 256).collect(),
+    ];
+    let reference: Vec<Vec<f32>> = seqs
+        .iter()
+        .map(|s| full_logits(&model, s, device))
+        .collect();
+    let packed = PackedTransformer::new(model).unwrap();
+    let mut cache = packed.new_cache(2);
+    // Chunks below, at and above the panel range: 20 rows (plain), 1 row,
+    // 2 x 1, 2 x 3, ragged 4 + 2 (8 rows), 2 x 8 = 16 rows (panels).
+    let chunks: [[usize; 2]; 6] = [[10, 10], [1, 0], [1, 1], [3, 3], [4, 2], [8, 8]];
+    assert_eq!(2 * 8, PANEL_MAX_ROWS);
+    let mut pos = [0usize; 2];
+    for chunk in chunks {
+        let feed: Vec<Vec<usize>> = (0..2)
+            .map(|r| seqs[r][pos[r]..pos[r] + chunk[r]].to_vec())
+            .collect();
+        let out = packed.forward_cached(&mut cache, &feed).unwrap();
+        let n = out.dims()[1];
+        let out = tensor_to_vec(out).unwrap();
+        for r in 0..2 {
+            let got = row_slice(&out, n, r, chunk[r]);
+            let want: Vec<f64> = reference[r][pos[r] * 256..(pos[r] + chunk[r]) * 256]
+                .iter()
+                .map(|x| f64::from(*x))
+                .collect();
+            assert_close(&got, &want, 1e-3, 1e-4);
+            pos[r] += chunk[r];
+        }
+    }
+    // Widths that are not multiples of 16 cannot be packed.
+    let odd = TransformerConfig::byte_level(24, 1, 2, 8)
+        .init(device)
+        .unwrap();
+    assert!(matches!(
+        PackedTransformer::new(odd),
+        Err(ModelError::Config(_))
+    ));
 });
 
 backend_test!(cached_forward_rejects_bad_input, |device| {
