@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! cargo build --release -p lastmile-examples --example spec_decode_text
-//! target/release/examples/spec_decode_text [--steps N] [--retrain] [--prompts N] [--new-tokens N]
+//! target/release/examples/spec_decode_text [--steps N] [--retrain] [--prompts N] [--new-tokens N] [--draft-width 64..128]
 //! ```
 //!
 //! Trains (or loads from `target/lastmile-models/`) a 4-layer d = 256 target
@@ -20,9 +20,10 @@ use lastmile_core::numerics::SamplingParams;
 use lastmile_datasets::TextCorpus;
 use lastmile_examples::report::{output_dir, progress_bar, table, write_csv};
 use lastmile_examples::spec_decode::{
-    corpus_bytes, default_steps, draft_config, held_out_loss, held_out_prompts, load_or_train,
-    methods, step_time, sweep, target_config, train_configs,
+    corpus_bytes, default_steps, draft_config_with_width, held_out_loss, held_out_prompts,
+    load_or_train, methods, step_time, sweep, target_config, train_configs,
 };
+use lastmile_models::PackedTransformer;
 use lastmile_spec_decode::GenerationConfig;
 
 struct Args {
@@ -30,6 +31,7 @@ struct Args {
     retrain: bool,
     prompts: usize,
     new_tokens: usize,
+    draft_width: usize,
 }
 
 fn parse_args() -> Result<Args> {
@@ -38,6 +40,7 @@ fn parse_args() -> Result<Args> {
         retrain: false,
         prompts: 8,
         new_tokens: 64,
+        draft_width: 64,
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -51,11 +54,19 @@ fn parse_args() -> Result<Args> {
             "--steps" => args.steps = value("--steps")?,
             "--prompts" => args.prompts = value("--prompts")?,
             "--new-tokens" => args.new_tokens = value("--new-tokens")?,
+            "--draft-width" => args.draft_width = value("--draft-width")?,
             "--retrain" => args.retrain = true,
             other => bail!(
-                "unknown argument {other}; expected --steps N, --prompts N, --new-tokens N, --retrain"
+                "unknown argument {other}; expected --steps N, --prompts N, --new-tokens N, \
+                 --draft-width N, --retrain"
             ),
         }
+    }
+    if !(64..=128).contains(&args.draft_width) || !args.draft_width.is_multiple_of(16) {
+        bail!(
+            "--draft-width {} not supported; expected a multiple of 16 in 64..=128",
+            args.draft_width
+        );
     }
     Ok(args)
 }
@@ -83,43 +94,57 @@ fn main() -> Result<()> {
     )?;
     let (draft, how_d) = load_or_train(
         "draft",
-        draft_config(),
+        draft_config_with_width(args.draft_width),
         &draft_train,
         &train_bytes,
         &device,
         args.retrain,
     )?;
+    // Few-token forwards (verification) read the weights as column panels.
+    let (target, draft) = (
+        PackedTransformer::new(target)?,
+        PackedTransformer::new(draft)?,
+    );
     println!(
         "target: {} params, held-out loss {:.3} nats/byte ({how_t})",
         target_config().n_params(),
-        held_out_loss(&target, &validation)?
+        held_out_loss(target.model(), &validation)?
     );
     println!(
         "draft:  {} params, held-out loss {:.3} nats/byte ({how_d})",
-        draft_config().n_params(),
-        held_out_loss(&draft, &validation)?
+        draft_config_with_width(args.draft_width).n_params(),
+        held_out_loss(draft.model(), &validation)?
     );
 
     // 2. Cost of one decoding step of each model (the cost-model policy's c).
     let prompt_len = 48;
-    let t_target = step_time(&target, prompt_len + 32, 1, 21)?;
-    let t_draft = step_time(&draft, prompt_len + 32, 1, 21)?;
+    let t_target = step_time(&target, true, prompt_len + 32, 1, 41)?;
+    let t_draft = step_time(&draft, true, prompt_len + 32, 1, 41)?;
     let cost_ratio = t_draft / t_target;
     println!(
         "one-token step: target {:.2} ms, draft {:.3} ms (c = {cost_ratio:.3})",
         t_target * 1e3,
         t_draft * 1e3
     );
-    // On a CPU, scoring k tokens in one forward is not free: measure it.
+    // On a CPU, scoring k tokens in one forward is not free: measure it,
+    // with the plain weight layout and with the panels the decoder uses.
     let mut verify = Vec::new();
     for k in [2, 3, 5, 9] {
-        verify.push((k, step_time(&target, prompt_len + 32, k, 11)?));
+        verify.push((k, step_time(&target, true, prompt_len + 32, k, 21)?));
     }
-    let shown: Vec<String> = verify
-        .iter()
-        .map(|(k, t)| format!("{k}: {:.2} ms", t * 1e3))
-        .collect();
-    println!("target forward over k new tokens: {}", shown.join(", "));
+    for (name, packed) in [("plain weights", false), ("panels", true)] {
+        let base = step_time(&target, packed, prompt_len + 32, 1, 41)?;
+        let mut shown = Vec::new();
+        for k in [2, 3, 5, 9] {
+            let t = step_time(&target, packed, prompt_len + 32, k, 21)?;
+            shown.push(format!("{k}: {:.2} ms ({:.2}x)", t * 1e3, t / base));
+        }
+        println!(
+            "target forward over k new tokens, {name}: 1: {:.2} ms, {}",
+            base * 1e3,
+            shown.join(", ")
+        );
+    }
     // Marginal cost of one more verified token, relative to a one-token step.
     let verify_cost = ((verify[3].1 - t_target) / 8.0 / t_target).max(0.0);
     println!("marginal verify cost per extra token: c_v = {verify_cost:.2} target steps");

@@ -9,7 +9,9 @@ use anyhow::{Context, Result};
 use burn::tensor::{Device, Tensor};
 use lastmile_core::numerics::SamplingParams;
 use lastmile_datasets::TextCorpus;
-use lastmile_models::{KvCache, TrainConfig, Transformer, TransformerConfig, evaluate, train};
+use lastmile_models::{
+    KvCache, PackedTransformer, TrainConfig, Transformer, TransformerConfig, evaluate, train,
+};
 use lastmile_spec_decode::{
     AdaEdl, AdaEdlConfig, CostModel, DraftPolicy, Generation, GenerationConfig, HeuristicSchedule,
     LanguageModel, MaxConfidence, Metrics, ModelDrafter, PromptLookup, SpecDecodeError,
@@ -20,20 +22,20 @@ use rand::rngs::StdRng;
 
 use crate::report::{output_dir, progress_bar, table, write_csv};
 
-/// A [`Transformer`] seen through the decoder's [`LanguageModel`] interface.
+/// A packed [`Transformer`] seen through the decoder's [`LanguageModel`] interface.
 #[derive(Debug)]
-pub struct TransformerLm<'a>(pub &'a Transformer);
+pub struct TransformerLm<'a>(pub &'a PackedTransformer);
 
 impl LanguageModel for TransformerLm<'_> {
     type Cache = KvCache;
     fn vocab_size(&self) -> usize {
-        self.0.vocab()
+        self.0.model().vocab()
     }
     fn device(&self) -> Device {
-        self.0.device()
+        self.0.model().device()
     }
     fn max_context(&self) -> usize {
-        self.0.max_len()
+        self.0.model().max_len()
     }
     fn new_cache(&self, batch: usize) -> lastmile_spec_decode::Result<KvCache> {
         Ok(self.0.new_cache(batch))
@@ -72,7 +74,12 @@ pub fn target_config() -> TransformerConfig {
 
 /// The draft: 1 block, width 64.
 pub fn draft_config() -> TransformerConfig {
-    TransformerConfig::byte_level(64, 1, 2, CONTEXT)
+    draft_config_with_width(64)
+}
+
+/// A 1-block draft of width `d_model` (2 heads).
+pub fn draft_config_with_width(d_model: usize) -> TransformerConfig {
+    TransformerConfig::byte_level(d_model, 1, 2, CONTEXT)
 }
 
 /// Where checkpoints live: `$LASTMILE_MODELS` or `target/lastmile-models`.
@@ -212,8 +219,8 @@ pub fn methods(temperature: f64, cost_ratio: f64, verify_cost: f64) -> Result<Ve
 /// Runs `method` on one prompt (batch 1, the latency setting) with a fixed seed.
 pub fn run_method(
     method: &Method,
-    target: &Transformer,
-    draft: &Transformer,
+    target: &PackedTransformer,
+    draft: &PackedTransformer,
     prompt: &[usize],
     config: &GenerationConfig,
     seed: u64,
@@ -239,8 +246,8 @@ pub type MethodResult = (Vec<Vec<usize>>, Metrics);
 /// Prompt `i` uses seed `seed + i` for every method.
 pub fn sweep(
     methods: &[Method],
-    target: &Transformer,
-    draft: &Transformer,
+    target: &PackedTransformer,
+    draft: &PackedTransformer,
     prompts: &[Vec<usize>],
     config: &GenerationConfig,
     seed: u64,
@@ -258,18 +265,32 @@ pub fn sweep(
     Ok(results)
 }
 
-/// Seconds per cached forward of `k` new tokens after a `prefix`-token prompt (median of `reps`).
-pub fn step_time(model: &Transformer, prefix: usize, k: usize, reps: usize) -> Result<f64> {
+/// Seconds per cached forward of `k` new tokens after a `prefix`-token
+/// prompt, rolled back after each repetition as a verify pass is (median of
+/// `reps`); through the panels (`packed`) or the plain weights.
+pub fn step_time(
+    model: &PackedTransformer,
+    packed: bool,
+    prefix: usize,
+    k: usize,
+    reps: usize,
+) -> Result<f64> {
+    let forward = |cache: &mut KvCache, tokens: &[Vec<usize>]| {
+        if packed {
+            model.forward_cached(cache, tokens)
+        } else {
+            model.model().forward_cached(cache, tokens)
+        }
+    };
+    let mut cache = model.new_cache(1);
+    let _ = lastmile_core::convert::tensor_to_vec(forward(&mut cache, &[vec![32; prefix]])?)?;
     let mut times = Vec::with_capacity(reps);
     for _ in 0..reps {
-        let mut cache = model.new_cache(1);
-        let _ = lastmile_core::convert::tensor_to_vec(
-            model.forward_cached(&mut cache, &[vec![32; prefix]])?,
-        )?;
         let start = Instant::now();
-        let out = model.forward_cached(&mut cache, &[vec![101; k]])?;
+        let out = forward(&mut cache, &[vec![101; k]])?;
         let _ = lastmile_core::convert::tensor_to_vec(out)?;
         times.push(start.elapsed().as_secs_f64());
+        cache.truncate(0, prefix)?;
     }
     times.sort_by(f64::total_cmp);
     Ok(times[times.len() / 2])
@@ -289,15 +310,16 @@ pub fn tour_section(device: &Device) -> Result<()> {
     println!("== spec-decode: exact speculative decoding with AdaEDL ==");
     let corpus = TextCorpus::rust_book(0.05)?;
     let (train_bytes, validation) = corpus_bytes(&corpus);
-    let full_steps = TrainConfig::new(default_steps(), 16, CONTEXT);
+    // The example's training settings name the checkpoints (the draft gets twice the steps).
+    let (target_steps, draft_steps) = train_configs(default_steps());
     let dir = checkpoint_dir();
-    let have_full = checkpoint_path(&dir, "target", &target_config(), full_steps.steps).exists()
-        && checkpoint_path(&dir, "draft", &draft_config(), full_steps.steps).exists();
+    let have_full = checkpoint_path(&dir, "target", &target_config(), target_steps.steps).exists()
+        && checkpoint_path(&dir, "draft", &draft_config(), draft_steps.steps).exists();
     let (target, draft) = if have_full {
         let (t, _) = load_or_train(
             "target",
             target_config(),
-            &full_steps,
+            &target_steps,
             &train_bytes,
             device,
             false,
@@ -305,7 +327,7 @@ pub fn tour_section(device: &Device) -> Result<()> {
         let (d, _) = load_or_train(
             "draft",
             draft_config(),
-            &full_steps,
+            &draft_steps,
             &train_bytes,
             device,
             false,
@@ -328,6 +350,10 @@ pub fn tour_section(device: &Device) -> Result<()> {
         println!("  models: quick tour pair (run the spec_decode_text example for the full one)");
         (t, d)
     };
+    let (target, draft) = (
+        PackedTransformer::new(target)?,
+        PackedTransformer::new(draft)?,
+    );
     let prompts = held_out_prompts(&validation, 4, 48, 7);
     let mut rows = Vec::new();
     for temperature in [0.0, 1.0] {
