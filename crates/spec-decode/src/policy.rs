@@ -304,6 +304,13 @@ impl Default for AdaEdlConfig {
 ///
 /// At least `min_len` tokens (default 1) are drafted, at most `L_max`.
 ///
+/// The bound, the stopping rule and the update above are those of the
+/// published re-implementations (their defaults agree); they are consistent
+/// with the paper's abstract, but have not been checked line by line against
+/// its Algorithm 1. The stop is decided on the distribution of the token
+/// about to be drafted, so a declined position costs one draft forward but no
+/// verification.
+///
 /// ```
 /// use lastmile_spec_decode::{AdaEdl, AdaEdlConfig, DraftPolicy, DraftStepInfo, RoundOutcome};
 /// let mut p = AdaEdl::new(AdaEdlConfig::default()).unwrap();
