@@ -6,13 +6,16 @@
 //! ```
 //!
 //! Trains (or loads from `target/lastmile-models/`) a 4-layer d = 256 target
-//! and a 1-layer d = 64 draft on the text corpus, then generates from
-//! held-out prompts with autoregressive decoding, static γ ∈ 1..8, the HF
-//! heuristic, max-confidence, AdaEDL (also with `min_len = 0`), the cost-model controller and prompt
-//! lookup at T ∈ {0, 0.7, 1.0, 1.5} — same prompts and seeds for every
-//! method — and prints tokens/s, speed-up over autoregressive decoding, mean
-//! acceptance length and target calls per token (CSV in `target/lastmile-out`).
-//! `LASTMILE_SD_STEPS` sets the training steps too.
+//! and a 1-layer draft (d = 64, or `--draft-width`) on the text corpus,
+//! measures the target's verify cost over k tokens with plain and packed
+//! weights, then decodes held-out prompts (both models as
+//! `PackedTransformer`) with autoregressive decoding, static γ ∈ 1..8, the
+//! HF heuristic, max-confidence, AdaEDL (also with `min_len = 0`), the
+//! cost-model controller and prompt lookup at T ∈ {0, 0.7, 1.0, 1.5} — same
+//! prompts and seeds for every method — and prints tokens/s, speed-up over
+//! autoregressive decoding, mean acceptance length and target calls per
+//! token (CSV in `target/lastmile-out`). `LASTMILE_SD_STEPS` sets the
+//! training steps too.
 
 use anyhow::{Context, Result, bail};
 use lastmile_core::default_device;
