@@ -307,7 +307,13 @@ impl Default for AdaEdlConfig {
 /// The bound, the stopping rule and the update above are those of the
 /// published re-implementations (their defaults agree); they are consistent
 /// with the paper's abstract, but have not been checked line by line against
-/// its Algorithm 1. The stop is decided on the distribution of the token
+/// its Algorithm 1. The threshold update is the adaptive draft-exiting
+/// controller of self-speculative decoding (Zhang et al. 2024, "Draft &
+/// Verify", same defaults β₁ = 0.5, β₂ = 0.9, ε = 0.01, α = 0.9, L_max = 8),
+/// whose public code orders the cases differently: it keeps λ whenever the
+/// round drafted `L_max` tokens, and otherwise applies `+ε` if `AR ≤ α`,
+/// `−ε` if not. The two rules differ only in rounds that reach the cap or
+/// have `AR = α` exactly. The stop is decided on the distribution of the token
 /// about to be drafted, so a declined position costs one draft forward but no
 /// verification.
 ///
