@@ -8,16 +8,16 @@ use anyhow::{Context, Result};
 use burn::module::Module;
 use burn::optim::decay::WeightDecayConfig;
 use burn::optim::momentum::MomentumConfig;
-use burn::optim::{GradientsParams, SgdConfig};
+use burn::optim::{GradientsParams, ModuleOptimizer, SgdConfig};
 use burn::tensor::Device;
 use lastmile_conformal::training::{ConformalTraining, Objective, TrainingScore};
 use lastmile_conformal::{ScoreFunction, SplitConformal, coverage};
 use lastmile_core::convert::tensor_to_vec;
 use lastmile_core::numerics::softmax;
 use lastmile_datasets::{SplitFractions, Standardizer, stratified_split};
-use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
+use rand::{RngExt, SeedableRng};
 
 use crate::mlp::{Labelled, Mlp};
 use crate::report::table;
@@ -181,9 +181,191 @@ fn mean_cross_entropy(model: &Mlp, data: &Labelled, device: &Device) -> Result<f
     Ok(total / data.len().max(1) as f64)
 }
 
+/// Model, optimiser (momentum buffers) and shuffling RNG during training.
+struct TrainState {
+    model: Mlp,
+    optim: ModuleOptimizer,
+    rng: StdRng,
+}
+
+impl TrainState {
+    /// A freshly initialised MLP (seeded by `settings.seed`), SGD with
+    /// Nesterov momentum and weight decay, and the shuffling RNG.
+    fn new(data: &DigitsSplit, settings: &TrainSettings, device: &Device) -> Result<Self> {
+        let ad = device.clone().autodiff();
+        ad.seed(settings.seed);
+        let dim = data.train.dim;
+        let widths = if settings.hidden == 0 {
+            vec![dim, 10]
+        } else {
+            vec![dim, settings.hidden, 10]
+        };
+        let optim = SgdConfig::new()
+            .with_momentum(Some(MomentumConfig {
+                momentum: settings.momentum,
+                dampening: 0.0,
+                nesterov: true,
+            }))
+            .with_weight_decay(Some(WeightDecayConfig {
+                penalty: settings.weight_decay as f32,
+            }))
+            .init();
+        Ok(Self {
+            model: Mlp::new(&widths, &ad)?,
+            optim,
+            rng: StdRng::seed_from_u64(settings.seed),
+        })
+    }
+
+    /// Trains `epochs` epochs with `recipe`'s objective, batch size and the
+    /// step-decayed learning rate (`base_lr`, ×0.1 at 2/5, 3/5 and 4/5 of
+    /// the phase). With `best = Some(..)` the epoch with the lowest
+    /// cross-entropy on `data.select` (starting from the given candidate)
+    /// is tracked and returned; `None` selects among this phase's epochs only.
+    #[allow(clippy::too_many_arguments)]
+    fn run_phase(
+        &mut self,
+        recipe: &Recipe,
+        settings: &TrainSettings,
+        data: &DigitsSplit,
+        epochs: usize,
+        base_lr: f64,
+        mut best: Option<(f64, Mlp)>,
+        device: &Device,
+        bar: Option<&indicatif::ProgressBar>,
+    ) -> Result<Option<(f64, Mlp)>> {
+        let cfg = training_config(recipe, settings)?;
+        let ad = device.clone().autodiff();
+        let train = &data.train;
+        let mut order: Vec<usize> = (0..train.len()).collect();
+        for epoch in 0..epochs {
+            let decays = [2, 3, 4]
+                .iter()
+                .filter(|&&m| epoch >= m * epochs / 5)
+                .count();
+            let lr = base_lr * 0.1f64.powi(decays as i32);
+            order.shuffle(&mut self.rng);
+            for chunk in order.chunks(recipe.batch_size) {
+                if chunk.len() < recipe.batch_size {
+                    continue; // drop the last partial batch, as the reference loaders do
+                }
+                let (x, y) = train.batch(chunk, &ad)?;
+                let (x, y) = if settings.ce_on_prediction_half
+                    && matches!(recipe.objective, Objective::CrossEntropy)
+                {
+                    // diagnostic baseline: the rows a bound's CE term sees
+                    let half = chunk.len() / 2;
+                    (
+                        x.narrow(0, half, chunk.len() - half),
+                        y.narrow(0, half, chunk.len() - half),
+                    )
+                } else {
+                    (x, y)
+                };
+                let loss = cfg.loss(self.model.forward(x), y, &mut self.rng)?;
+                let grads = GradientsParams::from_grads(loss.backward(), &self.model);
+                self.model = self.optim.step(lr, self.model.clone(), grads);
+            }
+            let valid = self.model.valid();
+            let ce = mean_cross_entropy(&valid, &data.select, device)?;
+            let better = best.as_ref().is_none_or(|(b, _)| ce <= *b);
+            if ce.is_finite() && better {
+                best = Some((ce, valid));
+            }
+            if let Some(bar) = bar {
+                bar.inc(1);
+            }
+        }
+        Ok(best)
+    }
+}
+
+/// A trained cross-entropy warm start: model, optimiser state (momentum
+/// buffers) and the seed of the fine-tuning phase's shuffling RNG, drawn
+/// from the warm start's RNG. Trained once per run and cloned for every
+/// objective fine-tuned from it.
+#[derive(Clone)]
+pub struct WarmStart {
+    model: Mlp,
+    optim: ModuleOptimizer,
+    seed: u64,
+}
+
+/// The cross-entropy warm start of the fine-tuning recipe:
+/// `settings.warm_start_epochs` (at most `settings.epochs`) epochs of cross-entropy with `recipe`'s
+/// batch size and learning rate. The state does not depend on `recipe`'s
+/// objective, so one warm start serves every objective of a run.
+pub fn warm_start(
+    recipe: &Recipe,
+    data: &DigitsSplit,
+    settings: &TrainSettings,
+    device: &Device,
+    bar: Option<&indicatif::ProgressBar>,
+) -> Result<WarmStart> {
+    let mut state = TrainState::new(data, settings, device)?;
+    let ce = Recipe {
+        objective: Objective::CrossEntropy,
+        ..*recipe
+    };
+    // full batches in the shared phase, whatever the CE-half diagnostic says
+    let shared = TrainSettings {
+        ce_on_prediction_half: false,
+        ..settings.clone()
+    };
+    state.run_phase(
+        &ce,
+        &shared,
+        data,
+        settings.warm_start_epochs.min(settings.epochs),
+        recipe.learning_rate,
+        None,
+        device,
+        bar,
+    )?;
+    Ok(WarmStart {
+        seed: state.rng.random::<u64>(),
+        model: state.model,
+        optim: state.optim,
+    })
+}
+
+/// Fine-tunes a warm start with `recipe`'s objective for the remaining
+/// `settings.epochs − settings.warm_start_epochs` epochs from a 10× lower
+/// learning rate (same step decay), keeping the momentum buffers, and
+/// returns the fine-tuned epoch with the lowest cross-entropy on
+/// `data.select` (the warm start itself is not a candidate).
+pub fn fine_tune(
+    warm: WarmStart,
+    recipe: &Recipe,
+    data: &DigitsSplit,
+    settings: &TrainSettings,
+    device: &Device,
+    bar: Option<&indicatif::ProgressBar>,
+) -> Result<Mlp> {
+    let epochs = settings.epochs.saturating_sub(settings.warm_start_epochs);
+    let mut state = TrainState {
+        model: warm.model,
+        optim: warm.optim,
+        rng: StdRng::seed_from_u64(warm.seed),
+    };
+    let best = state.run_phase(
+        recipe,
+        settings,
+        data,
+        epochs,
+        0.1 * recipe.learning_rate,
+        None,
+        device,
+        bar,
+    )?;
+    Ok(best.map_or_else(|| state.model.valid(), |(_, m)| m))
+}
+
 /// Trains an MLP on `data.train` with the recipe (SGD with Nesterov
 /// momentum, weight decay, step decay) and returns the epoch with the
-/// lowest cross-entropy on `data.select`, as a non-autodiff model.
+/// lowest cross-entropy on `data.select`, as a non-autodiff model. With
+/// `settings.warm_start_epochs > 0` this is [`warm_start`] followed by
+/// [`fine_tune`].
 pub fn train(
     recipe: &Recipe,
     data: &DigitsSplit,
@@ -191,97 +373,23 @@ pub fn train(
     device: &Device,
     bar: Option<&indicatif::ProgressBar>,
 ) -> Result<Mlp> {
-    let ad = device.clone().autodiff();
-    ad.seed(settings.seed);
-    let train = &data.train;
-    let widths = if settings.hidden == 0 {
-        vec![train.dim, 10]
-    } else {
-        vec![train.dim, settings.hidden, 10]
-    };
-    let mut model = Mlp::new(&widths, &ad)?;
-    let cfg = training_config(recipe, settings)?;
-    let warm = training_config(
-        &Recipe {
-            objective: Objective::CrossEntropy,
-            ..*recipe
-        },
-        settings,
-    )?;
-    let mut optim = SgdConfig::new()
-        .with_momentum(Some(MomentumConfig {
-            momentum: settings.momentum,
-            dampening: 0.0,
-            nesterov: true,
-        }))
-        .with_weight_decay(Some(WeightDecayConfig {
-            penalty: settings.weight_decay as f32,
-        }))
-        .init();
-    let mut rng = StdRng::seed_from_u64(settings.seed);
-    let mut order: Vec<usize> = (0..train.len()).collect();
-    let mut best = (
-        mean_cross_entropy(&model.valid(), &data.select, device)?,
-        model.valid(),
-    );
-    for epoch in 0..settings.epochs {
-        // step decay within each phase; a fine-tuning phase starts 10× lower
-        let warm_epochs = settings.warm_start_epochs.min(settings.epochs);
-        let (phase_epoch, phase_len, base_lr) = if epoch < warm_epochs {
-            (epoch, warm_epochs, recipe.learning_rate)
-        } else if warm_epochs > 0 {
-            (
-                epoch - warm_epochs,
-                settings.epochs - warm_epochs,
-                0.1 * recipe.learning_rate,
-            )
-        } else {
-            (epoch, settings.epochs, recipe.learning_rate)
-        };
-        let decays = [2, 3, 4]
-            .iter()
-            .filter(|&&m| phase_epoch >= m * phase_len / 5)
-            .count();
-        let lr = base_lr * 0.1f64.powi(decays as i32);
-        order.shuffle(&mut rng);
-        for chunk in order.chunks(recipe.batch_size) {
-            if chunk.len() < recipe.batch_size {
-                continue; // drop the last partial batch, as the reference loaders do
-            }
-            let (x, y) = train.batch(chunk, &ad)?;
-            let active = if epoch < settings.warm_start_epochs {
-                &warm
-            } else {
-                &cfg
-            };
-            let (x, y) = if settings.ce_on_prediction_half
-                && matches!(recipe.objective, Objective::CrossEntropy)
-            {
-                // diagnostic baseline: the rows a bound's CE term sees
-                let half = chunk.len() / 2;
-                (
-                    x.narrow(0, half, chunk.len() - half),
-                    y.narrow(0, half, chunk.len() - half),
-                )
-            } else {
-                (x, y)
-            };
-            let loss = active.loss(model.forward(x), y, &mut rng)?;
-            let grads = GradientsParams::from_grads(loss.backward(), &model);
-            model = optim.step(lr, model, grads);
-        }
-        let valid = model.valid();
-        let ce = mean_cross_entropy(&valid, &data.select, device)?;
-        // after a warm start, only fine-tuned epochs are candidates
-        let fresh = settings.warm_start_epochs > 0 && epoch == settings.warm_start_epochs;
-        if ce.is_finite() && (ce <= best.0 || fresh) {
-            best = (ce, valid);
-        }
-        if let Some(bar) = bar {
-            bar.inc(1);
-        }
+    if settings.warm_start_epochs > 0 {
+        let state = warm_start(recipe, data, settings, device, bar)?;
+        return fine_tune(state, recipe, data, settings, device, bar);
     }
-    Ok(best.1)
+    let mut state = TrainState::new(data, settings, device)?;
+    let init = state.model.valid();
+    let best = state.run_phase(
+        recipe,
+        settings,
+        data,
+        settings.epochs,
+        recipe.learning_rate,
+        Some((mean_cross_entropy(&init, &data.select, device)?, init)),
+        device,
+        bar,
+    )?;
+    Ok(best.map_or_else(|| state.model.valid(), |(_, m)| m))
 }
 
 /// Softmax probabilities of `model` on every row of `data`, row-major.
@@ -408,7 +516,9 @@ pub struct ObjectiveResult {
 
 /// Trains every recipe on `runs` independent data splits / seeds and
 /// evaluates each model with `resplits` calibration/test re-splits at each
-/// α. One progress-bar tick per epoch.
+/// α. With `settings.warm_start_epochs > 0` the cross-entropy warm start is
+/// trained once per run and fine-tuned by every recipe (see
+/// [`compare_ticks`]). One progress-bar tick per epoch.
 pub fn compare(
     recipes: &[Recipe],
     settings: &TrainSettings,
@@ -433,15 +543,42 @@ pub fn compare(
             seed,
             ..settings.clone()
         };
+        // one cross-entropy warm start per (batch size, learning rate),
+        // shared by every objective fine-tuned from it in this run
+        let mut warm: Vec<((usize, u64), WarmStart)> = Vec::new();
         for result in &mut results {
-            if let Some(bar) = bar {
-                bar.set_message(format!(
-                    "{} (run {}/{runs})",
-                    result.recipe.objective.name(),
-                    run + 1
-                ));
-            }
-            let model = train(&result.recipe, &data, &run_settings, device, bar)?;
+            let recipe = result.recipe;
+            let model = if run_settings.warm_start_epochs > 0 {
+                let key = (recipe.batch_size, recipe.learning_rate.to_bits());
+                let state = match warm.iter().find(|(k, _)| *k == key) {
+                    Some((_, state)) => state.clone(),
+                    None => {
+                        if let Some(bar) = bar {
+                            bar.set_message(format!("CE warm start (run {}/{runs})", run + 1));
+                        }
+                        let state = warm_start(&recipe, &data, &run_settings, device, bar)?;
+                        warm.push((key, state.clone()));
+                        state
+                    }
+                };
+                if let Some(bar) = bar {
+                    bar.set_message(format!(
+                        "fine-tune {} (run {}/{runs})",
+                        recipe.objective.name(),
+                        run + 1
+                    ));
+                }
+                fine_tune(state, &recipe, &data, &run_settings, device, bar)?
+            } else {
+                if let Some(bar) = bar {
+                    bar.set_message(format!(
+                        "{} (run {}/{runs})",
+                        recipe.objective.name(),
+                        run + 1
+                    ));
+                }
+                train(&recipe, &data, &run_settings, device, bar)?
+            };
             let probs = probabilities(&model, &data.eval, device)?;
             result.accuracies.push(accuracy(&probs, &data.eval.y));
             let evals = evaluate(&probs, &data.eval.y, alphas, resplits, 1000 + seed)?;
@@ -455,6 +592,24 @@ pub fn compare(
         }
     }
     Ok(results)
+}
+
+/// Progress-bar ticks (epochs) of [`compare`]: a shared warm start counts
+/// once per run and distinct (batch size, learning rate).
+pub fn compare_ticks(recipes: &[Recipe], settings: &TrainSettings, runs: usize) -> u64 {
+    let warm = settings.warm_start_epochs.min(settings.epochs);
+    let mut keys: Vec<(usize, u64)> = recipes
+        .iter()
+        .map(|r| (r.batch_size, r.learning_rate.to_bits()))
+        .collect();
+    keys.sort_unstable();
+    keys.dedup();
+    let per_run = if warm > 0 {
+        keys.len() * warm + recipes.len() * (settings.epochs - warm)
+    } else {
+        recipes.len() * settings.epochs
+    };
+    (runs * per_run) as u64
 }
 
 /// Paired difference of mean set size against a baseline trained on the
