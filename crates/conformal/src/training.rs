@@ -290,19 +290,49 @@ pub fn dpi_loss(
     alpha: f64,
     n_calibration: usize,
 ) -> Result<Tensor<1>> {
-    check_bound_alpha(alpha)?;
-    check_n(n_calibration)?;
-    check_sets_labels(&sets, &labels)?;
-    let ce = label_column(log_probs.clone(), labels).mean().neg();
-    let q1 = (sets * log_probs.exp())
-        .sum_dim(1)
+    let t = DpiTerms::new(log_probs, sets, labels, alpha, n_calibration)?;
+    let q1 = t
+        .in_set
+        .clone()
         .mean()
         .clamp(MIN_EVENT_PROBABILITY as f32, 1.0);
     let q0 = q1.clone().neg().add_scalar(1.0);
-    let bound = ce
-        + q1.log().mul_scalar((1.0 - alpha) as f32)
-        + log_clamped(q0, MIN_EVENT_PROBABILITY).mul_scalar(alpha_n(alpha, n_calibration) as f32);
-    Ok(scalar(bound.add_scalar(binary_entropy(alpha) as f32)))
+    Ok(t.bound(q1, q0, alpha, n_calibration))
+}
+
+/// What both DPI losses share: validated inputs, the cross-entropy
+/// `E[−log Q(Y|X)]` and the per-example in-set mass `Σ_y c(x,y) Q(y|x)`.
+struct DpiTerms {
+    ce: Tensor<1>,
+    in_set: Tensor<1>,
+    dims: [usize; 2],
+}
+
+impl DpiTerms {
+    fn new(
+        log_probs: Tensor<2>,
+        sets: Tensor<2>,
+        labels: Tensor<1, Int>,
+        alpha: f64,
+        n_calibration: usize,
+    ) -> Result<Self> {
+        check_bound_alpha(alpha)?;
+        check_n(n_calibration)?;
+        let dims = check_sets_labels(&sets, &labels)?;
+        let ce = label_column(log_probs.clone(), labels).mean().neg();
+        let in_set = (sets * log_probs.exp()).sum_dim(1).reshape([dims[0]]);
+        Ok(Self { ce, in_set, dims })
+    }
+
+    /// `CE + h_b(α) + (1−α) log Q̂(E=1) + α_n log Q̂(E=0)` for the given
+    /// estimates of `Q̂(E=1)` and `Q̂(E=0)`.
+    fn bound(self, q1: Tensor<1>, q0: Tensor<1>, alpha: f64, n_calibration: usize) -> Tensor<1> {
+        let bound = self.ce
+            + log_clamped(q1, MIN_EVENT_PROBABILITY).mul_scalar((1.0 - alpha) as f32)
+            + log_clamped(q0, MIN_EVENT_PROBABILITY)
+                .mul_scalar(alpha_n(alpha, n_calibration) as f32);
+        scalar(bound.add_scalar(binary_entropy(alpha) as f32))
+    }
 }
 
 /// Differentiable DPI bound with the finite-sample correction used for
@@ -344,29 +374,23 @@ pub fn dpi_loss_bernstein(
     alpha: f64,
     n_calibration: usize,
 ) -> Result<Tensor<1>> {
-    check_bound_alpha(alpha)?;
-    check_n(n_calibration)?;
-    let [m, k] = check_sets_labels(&sets, &labels)?;
+    let t = DpiTerms::new(log_probs, sets, labels, alpha, n_calibration)?;
+    let [m, k] = t.dims;
     if m < 2 {
         return Err(CoreError::shape("sets", "[batch >= 2, classes]", &[m, k]).into());
     }
-    let ce = label_column(log_probs.clone(), labels).mean().neg();
-    let per_example = (sets * log_probs.exp()).sum_dim(1).reshape([m]);
     let l = (2.0 / alpha).ln();
-    let delta = per_example
+    let delta = t
+        .in_set
         .clone()
         .detach()
         .var(0)
         .mul_scalar((2.0 * l / m as f64) as f32)
         .sqrt()
         .add_scalar((7.0 * l / (3.0 * (m as f64 - 1.0))) as f32);
-    let q1 = per_example.mean();
+    let q1 = t.in_set.clone().mean();
     let q0 = q1.clone().neg().add_scalar(1.0);
-    let bound = ce
-        + log_clamped(q1 + delta.clone(), MIN_EVENT_PROBABILITY).mul_scalar((1.0 - alpha) as f32)
-        + log_clamped(q0 + delta, MIN_EVENT_PROBABILITY)
-            .mul_scalar(alpha_n(alpha, n_calibration) as f32);
-    Ok(scalar(bound.add_scalar(binary_entropy(alpha) as f32)))
+    Ok(t.bound(q1 + delta.clone(), q0 + delta, alpha, n_calibration))
 }
 
 fn check_n(n: usize) -> Result<()> {
