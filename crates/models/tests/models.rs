@@ -35,6 +35,37 @@ fn row_slice(out: &[f32], n: usize, row: usize, count: usize) -> Vec<f32> {
     out[row * n * 256..(row * n + count) * 256].to_vec()
 }
 
+/// Feeds `seqs` in ragged `chunks` (tokens per row per call) through
+/// `forward` and checks every returned row against the full-forward
+/// `reference` logits; `after` sees each row's new length.
+fn check_chunked<const B: usize>(
+    seqs: &[Vec<usize>],
+    reference: &[Vec<f32>],
+    chunks: &[[usize; B]],
+    mut forward: impl FnMut(&[Vec<usize>]) -> Tensor<3>,
+    mut after: impl FnMut(usize, usize),
+) {
+    let mut pos = [0usize; B];
+    for chunk in chunks {
+        let feed: Vec<Vec<usize>> = (0..B)
+            .map(|r| seqs[r][pos[r]..pos[r] + chunk[r]].to_vec())
+            .collect();
+        let out = forward(&feed);
+        let n = out.dims()[1];
+        let out = tensor_to_vec(out).unwrap();
+        for r in 0..B {
+            let got = row_slice(&out, n, r, chunk[r]);
+            let want: Vec<f64> = reference[r][pos[r] * 256..(pos[r] + chunk[r]) * 256]
+                .iter()
+                .map(|x| f64::from(*x))
+                .collect();
+            assert_close(&got, &want, 1e-3, 1e-4);
+            pos[r] += chunk[r];
+            after(r, pos[r]);
+        }
+    }
+}
+
 backend_test!(cached_forward_equals_full_forward, |device| {
     let model = tiny(device);
     let seqs: Vec<Vec<usize>> = vec![
@@ -48,26 +79,14 @@ backend_test!(cached_forward_equals_full_forward, |device| {
         .collect();
     // Ragged chunks: rows advance by different amounts, some not at all.
     let chunks: [[usize; 3]; 5] = [[3, 1, 0], [1, 5, 4], [7, 0, 1], [4, 6, 4], [5, 5, 0]];
-    let mut cache = model.new_cache(3);
-    let mut pos = [0usize; 3];
-    for chunk in chunks {
-        let feed: Vec<Vec<usize>> = (0..3)
-            .map(|r| seqs[r][pos[r]..pos[r] + chunk[r]].to_vec())
-            .collect();
-        let out = model.forward_cached(&mut cache, &feed).unwrap();
-        let n = out.dims()[1];
-        let out = tensor_to_vec(out).unwrap();
-        for r in 0..3 {
-            let got = row_slice(&out, n, r, chunk[r]);
-            let want: Vec<f64> = reference[r][pos[r] * 256..(pos[r] + chunk[r]) * 256]
-                .iter()
-                .map(|x| f64::from(*x))
-                .collect();
-            assert_close(&got, &want, 1e-3, 1e-4);
-            pos[r] += chunk[r];
-            assert_eq!(cache.len(r), pos[r]);
-        }
-    }
+    let cache = std::cell::RefCell::new(model.new_cache(3));
+    check_chunked(
+        &seqs,
+        &reference,
+        &chunks,
+        |feed| model.forward_cached(&mut cache.borrow_mut(), feed).unwrap(),
+        |r, len| assert_eq!(cache.borrow().len(r), len),
+    );
 });
 
 backend_test!(rollback_then_refeed_matches_full_forward, |device| {
@@ -108,24 +127,13 @@ backend_test!(packed_forward_equals_full_forward, |device| {
     // 2 x 1, 2 x 3, ragged 4 + 2 (8 rows), 2 x 8 = 16 rows (panels).
     let chunks: [[usize; 2]; 6] = [[10, 10], [1, 0], [1, 1], [3, 3], [4, 2], [8, 8]];
     assert_eq!(2 * 8, PANEL_MAX_ROWS);
-    let mut pos = [0usize; 2];
-    for chunk in chunks {
-        let feed: Vec<Vec<usize>> = (0..2)
-            .map(|r| seqs[r][pos[r]..pos[r] + chunk[r]].to_vec())
-            .collect();
-        let out = packed.forward_cached(&mut cache, &feed).unwrap();
-        let n = out.dims()[1];
-        let out = tensor_to_vec(out).unwrap();
-        for r in 0..2 {
-            let got = row_slice(&out, n, r, chunk[r]);
-            let want: Vec<f64> = reference[r][pos[r] * 256..(pos[r] + chunk[r]) * 256]
-                .iter()
-                .map(|x| f64::from(*x))
-                .collect();
-            assert_close(&got, &want, 1e-3, 1e-4);
-            pos[r] += chunk[r];
-        }
-    }
+    check_chunked(
+        &seqs,
+        &reference,
+        &chunks,
+        |feed| packed.forward_cached(&mut cache, feed).unwrap(),
+        |_, _| {},
+    );
     // Widths that are not multiples of 16 cannot be packed.
     let odd = TransformerConfig::byte_level(24, 1, 2, 8)
         .init(device)
