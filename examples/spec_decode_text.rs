@@ -23,8 +23,9 @@ use lastmile_core::numerics::SamplingParams;
 use lastmile_datasets::TextCorpus;
 use lastmile_examples::report::{output_dir, progress_bar, table, write_csv};
 use lastmile_examples::spec_decode::{
-    corpus_bytes, default_steps, draft_config_with_width, held_out_loss, held_out_prompts,
-    load_or_train, methods, step_time, sweep, target_config, train_configs,
+    Objective, acceptance_by_entropy, corpus_bytes, default_steps, distill_config,
+    draft_config_with_width, held_out_loss, held_out_prompts, load_or_train, methods, step_time,
+    sweep, target_config, train_configs,
 };
 use lastmile_models::PackedTransformer;
 use lastmile_spec_decode::GenerationConfig;
@@ -35,6 +36,7 @@ struct Args {
     prompts: usize,
     new_tokens: usize,
     draft_width: usize,
+    distill: bool,
 }
 
 fn parse_args() -> Result<Args> {
@@ -44,6 +46,7 @@ fn parse_args() -> Result<Args> {
         prompts: 8,
         new_tokens: 64,
         draft_width: 64,
+        distill: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -59,9 +62,10 @@ fn parse_args() -> Result<Args> {
             "--new-tokens" => args.new_tokens = value("--new-tokens")?,
             "--draft-width" => args.draft_width = value("--draft-width")?,
             "--retrain" => args.retrain = true,
+            "--distill" => args.distill = true,
             other => bail!(
                 "unknown argument {other}; expected --steps N, --prompts N, --new-tokens N, \
-                 --draft-width N, --retrain"
+                 --draft-width N, --distill, --retrain"
             ),
         }
     }
@@ -91,18 +95,32 @@ fn main() -> Result<()> {
         "target",
         target_config(),
         &target_train,
+        Objective::NextByte,
         &train_bytes,
         &device,
         args.retrain,
     )?;
-    let (draft, how_d) = load_or_train(
-        "draft",
-        draft_config_with_width(args.draft_width),
-        &draft_train,
-        &train_bytes,
-        &device,
-        args.retrain,
-    )?;
+    let (draft, how_d) = if args.distill {
+        load_or_train(
+            "draft-kd",
+            draft_config_with_width(args.draft_width),
+            &distill_config(args.steps),
+            Objective::Distill(&target),
+            &train_bytes,
+            &device,
+            args.retrain,
+        )?
+    } else {
+        load_or_train(
+            "draft",
+            draft_config_with_width(args.draft_width),
+            &draft_train,
+            Objective::NextByte,
+            &train_bytes,
+            &device,
+            args.retrain,
+        )?
+    };
     // Few-token forwards (verification) read the weights as column panels.
     let (target, draft) = (
         PackedTransformer::new(target)?,
@@ -118,6 +136,34 @@ fn main() -> Result<()> {
         draft_config_with_width(args.draft_width).n_params(),
         held_out_loss(draft.model(), &validation)?
     );
+
+    // Does the draft's entropy say when its tokens will be accepted?
+    let bins = acceptance_by_entropy(target.model(), draft.model(), &validation, 64, 1.0)?;
+    let rows: Vec<Vec<String>> = bins
+        .iter()
+        .enumerate()
+        .map(|(i, b)| {
+            vec![
+                format!("{:.2}", i as f64 * 0.25),
+                format!("{:.3}", b.share),
+                format!("{:.3}", b.acceptance),
+                format!("{:.3}", b.bound),
+            ]
+        })
+        .collect();
+    let header = [
+        "draft entropy from (nats)",
+        "share",
+        "acceptance 1-TV",
+        "AdaEDL bound",
+    ];
+    println!("\nacceptance by draft entropy at T = 1 (held-out text):");
+    print!("{}", table(&header, &rows));
+    write_csv(
+        &output_dir()?.join("spec_decode_entropy_acceptance.csv"),
+        &header,
+        &rows,
+    )?;
 
     // 2. Cost of one decoding step of each model (the cost-model policy's c).
     let prompt_len = 48;

@@ -6,11 +6,12 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use burn::tensor::{Device, Tensor};
+use burn::tensor::{Device, Int, Tensor, TensorData};
 use lastmile_core::numerics::SamplingParams;
 use lastmile_datasets::TextCorpus;
 use lastmile_models::{
-    KvCache, PackedTransformer, TrainConfig, Transformer, TransformerConfig, evaluate, train,
+    KvCache, PackedTransformer, TrainConfig, Transformer, TransformerConfig, distill, evaluate,
+    train,
 };
 use lastmile_spec_decode::{
     AdaEdl, AdaEdlConfig, CostModel, DraftPolicy, Generation, GenerationConfig, HeuristicSchedule,
@@ -96,12 +97,23 @@ fn checkpoint_path(dir: &Path, name: &str, c: &TransformerConfig, steps: usize) 
     ))
 }
 
+/// What a model is trained to do.
+#[derive(Clone, Copy, Debug)]
+pub enum Objective<'a> {
+    /// Next-byte cross-entropy on the text.
+    NextByte,
+    /// The forward KL to a teacher's next-byte distributions
+    /// ([`lastmile_models::distill`]): a draft aligned with its target.
+    Distill(&'a Transformer),
+}
+
 /// Loads the model from its checkpoint, or trains it (progress bar, loss
 /// curve to CSV) and saves it. Returns the model and where it came from.
 pub fn load_or_train(
     name: &str,
     config: TransformerConfig,
     train_cfg: &TrainConfig,
+    objective: Objective<'_>,
     corpus: &[u8],
     device: &Device,
     retrain: bool,
@@ -119,7 +131,7 @@ pub fn load_or_train(
     let bar = progress_bar(train_cfg.steps as u64, name);
     let mut losses = Vec::with_capacity(train_cfg.steps);
     let start = Instant::now();
-    let trained = train(model, corpus, train_cfg, |step, loss| {
+    let on_step = |step: usize, loss: f32| {
         losses.push(loss);
         let recent = &losses[losses.len().saturating_sub(20)..];
         bar.set_message(format!(
@@ -127,7 +139,11 @@ pub fn load_or_train(
             recent.iter().sum::<f32>() / recent.len() as f32
         ));
         bar.set_position(step as u64 + 1);
-    })?;
+    };
+    let trained = match objective {
+        Objective::NextByte => train(model, corpus, train_cfg, on_step)?,
+        Objective::Distill(teacher) => distill(model, teacher, corpus, train_cfg, on_step)?,
+    };
     bar.finish_and_clear();
     let secs = start.elapsed().as_secs_f64();
     // Reload on the plain device through the checkpoint: exercises save/load too.
@@ -320,6 +336,7 @@ pub fn tour_section(device: &Device) -> Result<()> {
             "target",
             target_config(),
             &target_steps,
+            Objective::NextByte,
             &train_bytes,
             device,
             false,
@@ -328,6 +345,7 @@ pub fn tour_section(device: &Device) -> Result<()> {
             "draft",
             draft_config(),
             &draft_steps,
+            Objective::NextByte,
             &train_bytes,
             device,
             false,
@@ -338,11 +356,20 @@ pub fn tour_section(device: &Device) -> Result<()> {
         // A small pair that trains in seconds; the example trains the real one.
         let quick = TrainConfig::new(150, 8, 64);
         let tc = TransformerConfig::byte_level(64, 2, 2, CONTEXT);
-        let (t, _) = load_or_train("tour-target", tc, &quick, &train_bytes, device, false)?;
+        let (t, _) = load_or_train(
+            "tour-target",
+            tc,
+            &quick,
+            Objective::NextByte,
+            &train_bytes,
+            device,
+            false,
+        )?;
         let (d, _) = load_or_train(
             "tour-draft",
             TransformerConfig::byte_level(32, 1, 2, CONTEXT),
             &quick,
+            Objective::NextByte,
             &train_bytes,
             device,
             false,
@@ -421,6 +448,89 @@ pub fn train_configs(steps: usize) -> (TrainConfig, TrainConfig) {
     let mut draft = TrainConfig::new(2 * steps, 8, CONTEXT);
     draft.seed = 1;
     (target, draft)
+}
+
+/// Distillation settings of the draft for `steps` target steps: half the
+/// steps (each also runs the target forward), windows of 8 × 128 bytes.
+pub fn distill_config(steps: usize) -> TrainConfig {
+    let mut c = TrainConfig::new((steps / 2).max(1), 8, CONTEXT);
+    c.seed = 1;
+    c
+}
+
+/// One bin of [`acceptance_by_entropy`].
+#[derive(Clone, Copy, Debug, Default)]
+pub struct EntropyBin {
+    /// Share of the positions whose draft entropy falls in the bin.
+    pub share: f64,
+    /// Mean acceptance probability `1 − TV(p, q)` of a drafted token there.
+    pub acceptance: f64,
+    /// AdaEDL's lower bound `1 − sqrt(0.2·H)` at the bin's centre.
+    pub bound: f64,
+}
+
+/// How well the draft's entropy predicts acceptance on held-out text: for
+/// `windows` windows of `CONTEXT` bytes and every position after the 16th,
+/// the draft entropy `H(q)` and the acceptance probability of a drafted
+/// token, `1 − TV(p, q)` (Leviathan et al. 2023, Eq. 3), both at
+/// `temperature`, binned by `H` in steps of 0.25 nats (the last bin holds
+/// everything ≥ 2.75). AdaEDL can only beat a fixed draft length when
+/// acceptance varies with `H`.
+pub fn acceptance_by_entropy(
+    target: &Transformer,
+    draft: &Transformer,
+    validation: &[u8],
+    windows: usize,
+    temperature: f64,
+) -> Result<Vec<EntropyBin>> {
+    let device = target.device();
+    let sampling = SamplingParams::new(temperature)?;
+    let (vocab, skip) = (target.vocab(), 16);
+    let stride = (validation.len() - CONTEXT) / windows.max(1);
+    let mut sums = [(0usize, 0.0f64); 12];
+    let mut total = 0usize;
+    for w in 0..windows.max(1) {
+        let bytes = &validation[w * stride..w * stride + CONTEXT];
+        let ids: Vec<i64> = bytes.iter().map(|b| i64::from(*b)).collect();
+        let x = Tensor::<2, Int>::from_data(TensorData::new(ids, [1, CONTEXT]), &device);
+        let probs = |m: &Transformer| -> Result<Vec<f32>> {
+            let logits = m.forward(x.clone())?.reshape([CONTEXT, vocab]);
+            Ok(lastmile_core::convert::tensor_to_vec(
+                sampling.probabilities(logits)?,
+            )?)
+        };
+        let (p, q) = (probs(target)?, probs(draft)?);
+        for pos in skip..CONTEXT {
+            let (p, q) = (
+                &p[pos * vocab..(pos + 1) * vocab],
+                &q[pos * vocab..(pos + 1) * vocab],
+            );
+            let tv: f64 = p
+                .iter()
+                .zip(q)
+                .map(|(a, b)| f64::from((a - b).abs()))
+                .sum::<f64>()
+                / 2.0;
+            let h: f64 = q
+                .iter()
+                .filter(|v| **v > 0.0)
+                .map(|v| -f64::from(*v) * f64::from(v.ln()))
+                .sum();
+            let bin = ((h / 0.25) as usize).min(sums.len() - 1);
+            sums[bin].0 += 1;
+            sums[bin].1 += 1.0 - tv;
+            total += 1;
+        }
+    }
+    Ok(sums
+        .iter()
+        .enumerate()
+        .map(|(i, (n, acc))| EntropyBin {
+            share: *n as f64 / total.max(1) as f64,
+            acceptance: if *n > 0 { acc / *n as f64 } else { f64::NAN },
+            bound: 1.0 - (0.2 * (i as f64 * 0.25 + 0.125)).sqrt(),
+        })
+        .collect())
 }
 
 /// Held-out loss (nats/byte) of a model on the validation text.

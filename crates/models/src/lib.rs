@@ -8,6 +8,8 @@
 //! - an incremental forward over a ragged batch with a rollback-able
 //!   [`KvCache`] ([`Transformer::forward_cached`]), equal to the full forward,
 //! - a next-byte training loop ([`train`]) and held-out loss ([`evaluate`]),
+//! - knowledge distillation of a draft from its target ([`distill`], the
+//!   forward KL that DistillSpec uses to raise speculative acceptance),
 //! - checkpoints in burn's native format ([`Transformer::save`] / [`Transformer::load`]).
 //!
 //! Not published: it exists to give the method crates real models to run on.
@@ -38,5 +40,5 @@ pub use cache::KvCache;
 pub use checkpoint::MAX_CHECKPOINT_BYTES;
 pub use error::{ModelError, Result};
 pub use packed::{PANEL_MAX_ROWS, PackedTransformer};
-pub use train::{TrainConfig, evaluate, train};
+pub use train::{TrainConfig, distill, evaluate, train};
 pub use transformer::{Block, Transformer, TransformerConfig};

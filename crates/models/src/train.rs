@@ -4,6 +4,7 @@ use burn::grad_clipping::GradientClippingConfig;
 use burn::module::Module;
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::{AdamWConfig, GradientsParams};
+use burn::tensor::activation::log_softmax;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
@@ -101,6 +102,15 @@ fn windows(
     )
 }
 
+/// The error for a model whose parameters autodiff does not track.
+fn untracked() -> ModelError {
+    ModelError::Config(
+        "the model's parameters are not tracked by autodiff; expected a model created on \
+         `device.autodiff()` with trainable parameters"
+            .to_owned(),
+    )
+}
+
 fn check_data(data: &[u8], context: usize, model: &Transformer) -> Result<()> {
     if data.len() <= context + 1 {
         return Err(ModelError::Data(format!(
@@ -167,12 +177,93 @@ pub fn train(
         let (x, y) = windows(data, b, l, &mut rng, &device);
         let logits = model.forward(x)?.reshape([b * l, model.vocab()]);
         let loss = loss_fn.forward(logits, y.reshape([b * l]));
+        if !loss.is_tracked() {
+            return Err(untracked());
+        }
         let value = loss.clone().into_scalar::<f32>();
         let grads = GradientsParams::from_grads(loss.backward(), &model);
         model = optim.step(config.lr_at(step), model, grads);
         on_step(step, value);
     }
     Ok(model.valid())
+}
+
+/// Trains `student` (parameters on an autodiff device) to match the
+/// next-byte distributions of `teacher` on windows of `data`: knowledge
+/// distillation with the forward KL divergence, as DistillSpec (Zhou et al.
+/// 2024, "DistillSpec: Improving Speculative Decoding via Knowledge
+/// Distillation", ICLR) uses to align a draft with its target.
+///
+/// Per position the loss is `KL(p‖q) = Σ_v p(v) (log p(v) − log q(v))`,
+/// with `p` the teacher's softmax and `q` the student's; the mean over
+/// positions is reported to `on_step(step, kl)` (nats). Why it is the right
+/// objective for a draft: speculative sampling accepts a drafted token with
+/// probability `1 − TV(p, q)` (Leviathan et al. 2023, Eq. (1)–(3)), and
+/// Pinsker's inequality bounds `TV(p, q) ≤ sqrt(KL(p‖q) / 2)`, so lowering
+/// the KL to the target raises the acceptance rate, whereas cross-entropy on
+/// the data matches the data, not the target. Optimiser and schedule as
+/// [`train`]. The teacher runs on its own (plain) device; its probabilities
+/// are moved to the student's device as constants.
+///
+/// # Errors
+/// As [`train`]; [`ModelError::Config`] when the vocabularies differ or the
+/// teacher's context is shorter than `config.context`.
+///
+/// ```
+/// # #[cfg(feature = "flex")] {
+/// use burn::tensor::Device;
+/// use lastmile_models::{TrainConfig, TransformerConfig, distill};
+/// let teacher = TransformerConfig::byte_level(16, 1, 2, 16).init(&Device::flex()).unwrap();
+/// let ad = Device::flex().autodiff();
+/// let student = TransformerConfig::byte_level(16, 1, 2, 16).init(&ad).unwrap();
+/// let text = b"abcabcabcabcabcabcabcabcabcabcabcabcabcabc".repeat(4);
+/// let mut kl = Vec::new();
+/// distill(student, &teacher, &text, &TrainConfig::new(30, 4, 16), |_, l| kl.push(l)).unwrap();
+/// assert!(kl[29] < kl[0]);
+/// # }
+/// ```
+pub fn distill(
+    mut student: Transformer,
+    teacher: &Transformer,
+    data: &[u8],
+    config: &TrainConfig,
+    mut on_step: impl FnMut(usize, f32),
+) -> Result<Transformer> {
+    config.check()?;
+    check_data(data, config.context, &student)?;
+    check_data(data, config.context, teacher)?;
+    if teacher.vocab() != student.vocab() {
+        return Err(ModelError::Config(format!(
+            "teacher vocab {} != student vocab {}; expected the same vocabulary",
+            teacher.vocab(),
+            student.vocab()
+        )));
+    }
+    let device = student.head.weight.device();
+    let teacher_device = teacher.device();
+    let mut optim = AdamWConfig::new()
+        .with_weight_decay(0.01)
+        .with_grad_clipping(Some(GradientClippingConfig::Norm(1.0)))
+        .init();
+    let mut rng = StdRng::seed_from_u64(config.seed);
+    let (b, l, v) = (config.batch, config.context, student.vocab());
+    for step in 0..config.steps {
+        let (x_t, _) = windows(data, b, l, &mut rng, &teacher_device);
+        let x = Tensor::<2, Int>::from_data(x_t.to_data(), &device);
+        let log_p = log_softmax(teacher.forward(x_t)?.reshape([b * l, v]), 1);
+        let log_p = Tensor::<2>::from_data(log_p.into_data(), &device);
+        let p = log_p.clone().exp();
+        let log_q = log_softmax(student.forward(x)?.reshape([b * l, v]), 1);
+        let kl = (p * (log_p - log_q)).sum_dim(1).mean();
+        if !kl.is_tracked() {
+            return Err(untracked());
+        }
+        let value = kl.clone().into_scalar::<f32>();
+        let grads = GradientsParams::from_grads(kl.backward(), &student);
+        student = optim.step(config.lr_at(step), student, grads);
+        on_step(step, value);
+    }
+    Ok(student.valid())
 }
 
 /// Mean next-byte cross-entropy (nats) of `model` over `windows` random
