@@ -2,11 +2,16 @@
 //!
 //! ```text
 //! cargo build --release -p lastmile-examples --example spec_decode_text
-//! target/release/examples/spec_decode_text [--steps N] [--retrain] [--prompts N] [--new-tokens N] [--draft-width 64..128]
+//! target/release/examples/spec_decode_text [--steps N] [--retrain] [--prompts N] [--new-tokens N] [--draft-width 64..128] [--distill]
 //! ```
 //!
 //! Trains (or loads from `target/lastmile-models/`) a 4-layer d = 256 target
-//! and a 1-layer draft (d = 64, or `--draft-width`) on the text corpus,
+//! (`--steps`, default 1000 — about 7 minutes; `--steps 6000`, about an hour
+//! on one core, gives the pair measured in `docs/benchmarks.md`) and a
+//! 1-layer draft (d = 64, or `--draft-width`; next-byte training for twice
+//! the steps, or with `--distill` distilled from the target for half the
+//! steps) on the text corpus, prints how the draft's entropy predicts
+//! acceptance (the signal AdaEDL reads),
 //! measures the target's verify cost over k tokens with plain and packed
 //! weights, then decodes held-out prompts (both models as
 //! `PackedTransformer`) with autoregressive decoding, static γ ∈ 1..8, the
