@@ -102,15 +102,6 @@ fn windows(
     )
 }
 
-/// The error for a model whose parameters autodiff does not track.
-fn untracked() -> ModelError {
-    ModelError::Config(
-        "the model's parameters are not tracked by autodiff; expected a model created on \
-         `device.autodiff()` with trainable parameters"
-            .to_owned(),
-    )
-}
-
 fn check_data(data: &[u8], context: usize, model: &Transformer) -> Result<()> {
     if data.len() <= context + 1 {
         return Err(ModelError::Data(format!(
@@ -143,7 +134,9 @@ fn check_data(data: &[u8], context: usize, model: &Transformer) -> Result<()> {
 /// gradient-norm clipping at 1.
 ///
 /// # Errors
-/// [`ModelError::Config`] / [`ModelError::Data`] for bad settings or too little data.
+/// [`ModelError::Config`] / [`ModelError::Data`] for bad settings or too little data,
+/// [`ModelError::ContextOverflow`] when `config.context` exceeds the model's,
+/// [`ModelError::Config`] when autodiff does not track the model's parameters.
 ///
 /// ```
 /// # #[cfg(feature = "flex")] {
@@ -158,27 +151,45 @@ fn check_data(data: &[u8], context: usize, model: &Transformer) -> Result<()> {
 /// # }
 /// ```
 pub fn train(
-    mut model: Transformer,
+    model: Transformer,
     data: &[u8],
     config: &TrainConfig,
-    mut on_step: impl FnMut(usize, f32),
+    on_step: impl FnMut(usize, f32),
 ) -> Result<Transformer> {
     config.check()?;
     check_data(data, config.context, &model)?;
     let device = model.head.weight.device();
     let loss_fn = CrossEntropyLossConfig::new().init(&device);
+    let (b, l) = (config.batch, config.context);
+    fit(model, config, on_step, |model, rng| {
+        let (x, y) = windows(data, b, l, rng, &device);
+        let logits = model.forward(x)?.reshape([b * l, model.vocab()]);
+        Ok(loss_fn.forward(logits, y.reshape([b * l])))
+    })
+}
+
+/// The optimisation loop shared by [`train`] and [`distill`]: AdamW with
+/// weight decay 0.01 and gradient-norm clipping at 1, the schedule of
+/// `config`, one `loss(model, rng)` per step.
+fn fit(
+    mut model: Transformer,
+    config: &TrainConfig,
+    mut on_step: impl FnMut(usize, f32),
+    mut loss: impl FnMut(&Transformer, &mut StdRng) -> Result<Tensor<1>>,
+) -> Result<Transformer> {
     let mut optim = AdamWConfig::new()
         .with_weight_decay(0.01)
         .with_grad_clipping(Some(GradientClippingConfig::Norm(1.0)))
         .init();
     let mut rng = StdRng::seed_from_u64(config.seed);
-    let (b, l) = (config.batch, config.context);
     for step in 0..config.steps {
-        let (x, y) = windows(data, b, l, &mut rng, &device);
-        let logits = model.forward(x)?.reshape([b * l, model.vocab()]);
-        let loss = loss_fn.forward(logits, y.reshape([b * l]));
+        let loss = loss(&model, &mut rng)?;
         if !loss.is_tracked() {
-            return Err(untracked());
+            return Err(ModelError::Config(
+                "the model's parameters are not tracked by autodiff; expected a model created \
+                 on `device.autodiff()` with trainable parameters"
+                    .to_owned(),
+            ));
         }
         let value = loss.clone().into_scalar::<f32>();
         let grads = GradientsParams::from_grads(loss.backward(), &model);
@@ -206,8 +217,8 @@ pub fn train(
 /// are moved to the student's device as constants.
 ///
 /// # Errors
-/// As [`train`]; [`ModelError::Config`] when the vocabularies differ or the
-/// teacher's context is shorter than `config.context`.
+/// As [`train`] (for the student and the teacher); [`ModelError::Config`]
+/// when the vocabularies differ.
 ///
 /// ```
 /// # #[cfg(feature = "flex")] {
@@ -223,11 +234,11 @@ pub fn train(
 /// # }
 /// ```
 pub fn distill(
-    mut student: Transformer,
+    student: Transformer,
     teacher: &Transformer,
     data: &[u8],
     config: &TrainConfig,
-    mut on_step: impl FnMut(usize, f32),
+    on_step: impl FnMut(usize, f32),
 ) -> Result<Transformer> {
     config.check()?;
     check_data(data, config.context, &student)?;
@@ -241,29 +252,16 @@ pub fn distill(
     }
     let device = student.head.weight.device();
     let teacher_device = teacher.device();
-    let mut optim = AdamWConfig::new()
-        .with_weight_decay(0.01)
-        .with_grad_clipping(Some(GradientClippingConfig::Norm(1.0)))
-        .init();
-    let mut rng = StdRng::seed_from_u64(config.seed);
     let (b, l, v) = (config.batch, config.context, student.vocab());
-    for step in 0..config.steps {
-        let (x_t, _) = windows(data, b, l, &mut rng, &teacher_device);
+    fit(student, config, on_step, |student, rng| {
+        let (x_t, _) = windows(data, b, l, rng, &teacher_device);
         let x = Tensor::<2, Int>::from_data(x_t.to_data(), &device);
         let log_p = log_softmax(teacher.forward(x_t)?.reshape([b * l, v]), 1);
         let log_p = Tensor::<2>::from_data(log_p.into_data(), &device);
         let p = log_p.clone().exp();
         let log_q = log_softmax(student.forward(x)?.reshape([b * l, v]), 1);
-        let kl = (p * (log_p - log_q)).sum_dim(1).mean();
-        if !kl.is_tracked() {
-            return Err(untracked());
-        }
-        let value = kl.clone().into_scalar::<f32>();
-        let grads = GradientsParams::from_grads(kl.backward(), &student);
-        student = optim.step(config.lr_at(step), student, grads);
-        on_step(step, value);
-    }
-    Ok(student.valid())
+        Ok((p * (log_p - log_q)).sum_dim(1).mean())
+    })
 }
 
 /// Mean next-byte cross-entropy (nats) of `model` over `windows` random
