@@ -98,6 +98,11 @@ fn checkpoint_path(dir: &Path, name: &str, c: &TransformerConfig, steps: usize) 
 }
 
 /// What a model is trained to do.
+///
+/// ```
+/// use lastmile_examples::spec_decode::Objective;
+/// assert!(matches!(Objective::NextByte, Objective::NextByte));
+/// ```
 #[derive(Clone, Copy, Debug)]
 pub enum Objective<'a> {
     /// Next-byte cross-entropy on the text.
@@ -331,48 +336,35 @@ pub fn tour_section(device: &Device) -> Result<()> {
     let dir = checkpoint_dir();
     let have_full = checkpoint_path(&dir, "target", &target_config(), target_steps.steps).exists()
         && checkpoint_path(&dir, "draft", &draft_config(), draft_steps.steps).exists();
+    let load = |name: &str, config: TransformerConfig, steps: &TrainConfig| {
+        load_or_train(
+            name,
+            config,
+            steps,
+            Objective::NextByte,
+            &train_bytes,
+            device,
+            false,
+        )
+        .map(|(model, _)| model)
+    };
     let (target, draft) = if have_full {
-        let (t, _) = load_or_train(
-            "target",
-            target_config(),
-            &target_steps,
-            Objective::NextByte,
-            &train_bytes,
-            device,
-            false,
-        )?;
-        let (d, _) = load_or_train(
-            "draft",
-            draft_config(),
-            &draft_steps,
-            Objective::NextByte,
-            &train_bytes,
-            device,
-            false,
-        )?;
+        let t = load("target", target_config(), &target_steps)?;
+        let d = load("draft", draft_config(), &draft_steps)?;
         println!("  models: trained pair from {}", dir.display());
         (t, d)
     } else {
         // A small pair that trains in seconds; the example trains the real one.
         let quick = TrainConfig::new(150, 8, 64);
-        let tc = TransformerConfig::byte_level(64, 2, 2, CONTEXT);
-        let (t, _) = load_or_train(
+        let t = load(
             "tour-target",
-            tc,
+            TransformerConfig::byte_level(64, 2, 2, CONTEXT),
             &quick,
-            Objective::NextByte,
-            &train_bytes,
-            device,
-            false,
         )?;
-        let (d, _) = load_or_train(
+        let d = load(
             "tour-draft",
             TransformerConfig::byte_level(32, 1, 2, CONTEXT),
             &quick,
-            Objective::NextByte,
-            &train_bytes,
-            device,
-            false,
         )?;
         println!("  models: quick tour pair (run the spec_decode_text example for the full one)");
         (t, d)
@@ -452,6 +444,11 @@ pub fn train_configs(steps: usize) -> (TrainConfig, TrainConfig) {
 
 /// Distillation settings of the draft for `steps` target steps: half the
 /// steps (each also runs the target forward), windows of 8 × 128 bytes.
+///
+/// ```
+/// let c = lastmile_examples::spec_decode::distill_config(6000);
+/// assert_eq!((c.steps, c.batch, c.context), (3000, 8, 128));
+/// ```
 pub fn distill_config(steps: usize) -> TrainConfig {
     let mut c = TrainConfig::new((steps / 2).max(1), 8, CONTEXT);
     c.seed = 1;
@@ -476,6 +473,27 @@ pub struct EntropyBin {
 /// `temperature`, binned by `H` in steps of 0.25 nats (the last bin holds
 /// everything ≥ 2.75). AdaEDL can only beat a fixed draft length when
 /// acceptance varies with `H`.
+///
+/// # Errors
+/// When the models' vocabularies differ, `validation` is shorter than
+/// `CONTEXT` bytes, `temperature` is invalid, or a forward fails.
+///
+/// ```
+/// # #[cfg(feature = "flex")] {
+/// use burn::tensor::Device;
+/// use lastmile_examples::spec_decode::{CONTEXT, acceptance_by_entropy};
+/// use lastmile_models::TransformerConfig;
+/// let d = Device::flex();
+/// let target = TransformerConfig::byte_level(16, 1, 2, CONTEXT).init(&d)?;
+/// let draft = TransformerConfig::byte_level(16, 1, 2, CONTEXT).init(&d)?;
+/// let text = b"fn main() { println!(\"hello\"); } ".repeat(8);
+/// let bins = acceptance_by_entropy(&target, &draft, &text, 2, 1.0)?;
+/// let share: f64 = bins.iter().map(|b| b.share).sum();
+/// assert!((share - 1.0).abs() < 1e-9);
+/// assert!(acceptance_by_entropy(&target, &draft, b"short", 2, 1.0).is_err());
+/// # }
+/// # Ok::<(), anyhow::Error>(())
+/// ```
 pub fn acceptance_by_entropy(
     target: &Transformer,
     draft: &Transformer,
@@ -486,6 +504,16 @@ pub fn acceptance_by_entropy(
     let device = target.device();
     let sampling = SamplingParams::new(temperature)?;
     let (vocab, skip) = (target.vocab(), 16);
+    anyhow::ensure!(
+        draft.vocab() == vocab,
+        "draft vocab {} != target vocab {vocab}; expected the same vocabulary",
+        draft.vocab()
+    );
+    anyhow::ensure!(
+        validation.len() >= CONTEXT,
+        "{} validation bytes; expected at least CONTEXT = {CONTEXT}",
+        validation.len()
+    );
     let stride = (validation.len() - CONTEXT) / windows.max(1);
     let mut sums = [(0usize, 0.0f64); 12];
     let mut total = 0usize;
