@@ -286,6 +286,36 @@ pub fn sweep(
     Ok(results)
 }
 
+/// Speed-up over autoregressive decoding that `m`'s counts would give on a
+/// machine where a draft call costs `c` target steps and a target forward
+/// over `k` tokens costs `1 + c_v·(k − 1)` steps (the cost model of Leviathan
+/// et al. §3.4, extended with a per-token verify cost). A count-only replay:
+/// the same decoded tokens, re-priced, so that the draft-length policies can
+/// be compared for hardware other than this one (`c_v = 0` is a
+/// memory-bound accelerator, where verifying a few extra tokens is free).
+///
+/// Autoregressive decoding costs one step per target call; `m` costs
+/// `target_calls + c_v·drafted + c·draft_calls`. Returns `None` for a
+/// run that generated nothing or cost nothing.
+///
+/// ```
+/// use lastmile_examples::spec_decode::modelled_speedup;
+/// use lastmile_spec_decode::Metrics;
+/// let mut m = Metrics::default();
+/// m.record_round(4, 3); // 4 drafted, 3 accepted: 4 tokens from one target call
+/// m.generated_tokens = 4;
+/// m.target_calls = 1;
+/// m.draft_calls = 4;
+/// // Free verification and free drafting: 4 tokens per step.
+/// assert_eq!(modelled_speedup(&m, 0.0, 0.0), Some(4.0));
+/// // Each extra verified token costing a whole step: 4 tokens for 5 steps.
+/// assert_eq!(modelled_speedup(&m, 0.0, 1.0), Some(0.8));
+/// ```
+pub fn modelled_speedup(m: &Metrics, c: f64, c_v: f64) -> Option<f64> {
+    let cost = m.target_calls as f64 + c_v * m.drafted as f64 + c * m.draft_calls as f64;
+    (m.generated_tokens > 0 && cost > 0.0).then(|| m.generated_tokens as f64 / cost)
+}
+
 /// Seconds per cached forward of `k` new tokens after a `prefix`-token
 /// prompt, rolled back after each repetition as a verify pass is (median of
 /// `reps`); through the panels (`packed`) or the plain weights.

@@ -199,7 +199,7 @@ impl Transformer {
             let v_all = values.clone().slice([0..b, 0..heads, 0..total, 0..dh]);
             cache.keys[layer] = Some(keys);
             cache.values[layer] = Some(values);
-            x = block.finish(x, (q, k_all, v_all), mask.clone(), bp);
+            x = block.finish(x, (q, k_all, v_all), mask.clone(), bp, true);
         }
         for (len, t) in cache.lens.iter_mut().zip(tokens) {
             *len += t.len();

@@ -29,6 +29,7 @@
 //! # Ok::<(), lastmile_models::ModelError>(())
 //! ```
 
+mod activation;
 mod cache;
 mod checkpoint;
 mod error;
@@ -36,6 +37,7 @@ mod packed;
 mod train;
 mod transformer;
 
+pub use activation::gelu_decode;
 pub use cache::KvCache;
 pub use checkpoint::MAX_CHECKPOINT_BYTES;
 pub use error::{ModelError, Result};

@@ -7,7 +7,7 @@ use lastmile_core::backend_test;
 use lastmile_core::convert::tensor_to_vec;
 use lastmile_core::testing::assert_close;
 use lastmile_models::{
-    ModelError, PANEL_MAX_ROWS, PackedTransformer, Transformer, TransformerConfig,
+    ModelError, PANEL_MAX_ROWS, PackedTransformer, Transformer, TransformerConfig, gelu_decode,
 };
 
 fn tiny(device: &Device) -> Transformer {
@@ -65,6 +65,32 @@ fn check_chunked<const B: usize>(
         }
     }
 }
+
+backend_test!(decoding_gelu_matches_exact_gelu, |device| {
+    // x·Φ(x) from tabulated values of the normal CDF.
+    let table: [(f32, f64); 8] = [
+        (-3.0, -0.004_049_694_094_890_3),
+        (-1.0, -0.158_655_253_931_457_07),
+        (-0.5, -0.154_268_769_362_993_45),
+        (0.0, 0.0),
+        (0.5, 0.345_731_230_637_006_55),
+        (1.0, 0.841_344_746_068_542_9),
+        (2.0, 1.954_499_736_103_641_6),
+        (3.0, 2.995_950_305_905_109_7),
+    ];
+    let x = Tensor::<1>::from_floats(table.map(|(x, _)| x), device);
+    let expected = table.map(|(_, g)| g);
+    assert_close(&tensor_to_vec(gelu_decode(x)).unwrap(), &expected, 0.0, 1e-6);
+    // Against burn's erf GELU on a dense grid, tails included.
+    let grid: Vec<f32> = (0..=4000).map(|i| -20.0 + i as f32 * 0.01).collect();
+    let x = Tensor::<1>::from_floats(grid.as_slice(), device);
+    let exact: Vec<f64> = tensor_to_vec(burn::tensor::activation::gelu(x.clone()))
+        .unwrap()
+        .iter()
+        .map(|v| f64::from(*v))
+        .collect();
+    assert_close(&tensor_to_vec(gelu_decode(x)).unwrap(), &exact, 0.0, 2e-6);
+});
 
 backend_test!(cached_forward_equals_full_forward, |device| {
     let model = tiny(device);
