@@ -2,14 +2,16 @@
 //! the draft step itself (one cached forward of the 1-layer d = 64 draft
 //! transformer plus reading its distribution back), measured in the same run;
 //! and the cost of the target's verify pass over `k` tokens against its
-//! one-token step, with plain weights and with the panel layout.
+//! one-token step, with plain weights and with the panel layout; and the
+//! decoding GELU (`gelu_decode`) against burn's `gelu` on MLP activations.
 
 use std::hint::black_box;
 
-use burn::tensor::Device;
+use burn::tensor::activation::gelu;
+use burn::tensor::{Device, Distribution, Tensor};
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use lastmile_core::numerics::SamplingParams;
-use lastmile_models::{PackedTransformer, TransformerConfig};
+use lastmile_models::{PackedTransformer, TransformerConfig, gelu_decode};
 use lastmile_spec_decode::{
     AdaEdl, AdaEdlConfig, CostModel, DraftPolicy, DraftStepInfo, HeuristicSchedule, MaxConfidence,
     RoundOutcome, StaticLength,
@@ -149,12 +151,34 @@ fn bench_verify_cost(c: &mut Criterion) {
     group.finish();
 }
 
+/// The MLP activation of `rows` tokens of the target (`d_ff = 1024`):
+/// burn's `gelu` (the baseline) against [`gelu_decode`]. 1 row is a decoding
+/// step, 5 a verify pass, 64 a short prefill. Inputs ~ N(0, 3²): a trained
+/// model's pre-activations spread over several units, and the scalar erf
+/// takes its slower branch for |x| > 0.84 (untrained weights give smaller
+/// inputs and flatter the baseline).
+fn bench_gelu(c: &mut Criterion) {
+    let mut group = c.benchmark_group("decode_gelu");
+    let device = Device::flex();
+    device.seed(0);
+    for rows in [1usize, 5, 64] {
+        let x = Tensor::<3>::random([1, rows, 1024], Distribution::Normal(0.0, 3.0), &device);
+        group.bench_function(BenchmarkId::new("burn_gelu", rows), |b| {
+            b.iter(|| lastmile_core::convert::tensor_to_vec(gelu(black_box(x.clone()))))
+        });
+        group.bench_function(BenchmarkId::new("gelu_decode", rows), |b| {
+            b.iter(|| lastmile_core::convert::tensor_to_vec(gelu_decode(black_box(x.clone()))))
+        });
+    }
+    group.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default()
         .sample_size(20)
         .warm_up_time(std::time::Duration::from_secs(1))
         .measurement_time(std::time::Duration::from_secs(3));
-    targets = bench_policies, bench_verify_cost
+    targets = bench_policies, bench_verify_cost, bench_gelu
 }
 criterion_main!(benches);

@@ -29,8 +29,8 @@ use lastmile_datasets::TextCorpus;
 use lastmile_examples::report::{output_dir, progress_bar, table, write_csv};
 use lastmile_examples::spec_decode::{
     Objective, acceptance_by_entropy, corpus_bytes, default_steps, distill_config,
-    draft_config_with_width, held_out_loss, modelled_speedup, held_out_prompts, load_or_train, methods, step_time,
-    sweep, target_config, train_configs,
+    draft_config_with_width, held_out_loss, held_out_prompts, load_or_train, methods,
+    modelled_speedup, step_time, sweep, target_config, train_configs,
 };
 use lastmile_models::PackedTransformer;
 use lastmile_spec_decode::{GenerationConfig, Metrics};

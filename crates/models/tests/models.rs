@@ -80,7 +80,12 @@ backend_test!(decoding_gelu_matches_exact_gelu, |device| {
     ];
     let x = Tensor::<1>::from_floats(table.map(|(x, _)| x), device);
     let expected = table.map(|(_, g)| g);
-    assert_close(&tensor_to_vec(gelu_decode(x)).unwrap(), &expected, 0.0, 1e-6);
+    assert_close(
+        &tensor_to_vec(gelu_decode(x)).unwrap(),
+        &expected,
+        0.0,
+        1e-6,
+    );
     // Against burn's erf GELU on a dense grid, tails included.
     let grid: Vec<f32> = (0..=4000).map(|i| -20.0 + i as f32 * 0.01).collect();
     let x = Tensor::<1>::from_floats(grid.as_slice(), device);
