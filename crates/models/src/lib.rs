@@ -10,7 +10,9 @@
 //! - a next-byte training loop ([`train`]) and held-out loss ([`evaluate`]),
 //! - knowledge distillation of a draft from its target ([`distill`], the
 //!   forward KL that DistillSpec uses to raise speculative acceptance),
-//! - checkpoints in burn's native format ([`Transformer::save`] / [`Transformer::load`]).
+//! - checkpoints in burn's native format ([`Transformer::save`] / [`Transformer::load`]),
+//! - a packed weight layout for few-token verify passes ([`PackedTransformer`])
+//!   and an arithmetic erf-GELU for decoding ([`gelu_decode`]).
 //!
 //! Not published: it exists to give the method crates real models to run on.
 //!
