@@ -251,7 +251,12 @@ impl DraftPolicy for MaxConfidence {
 pub struct AdaEdlConfig {
     /// Scale `γ` of the entropy in the lower bound `1 − sqrt(γ·H)`.
     pub gamma: f64,
-    /// Initial stopping threshold `λ₀`.
+    /// Initial stopping threshold `λ₀`. Drafting goes on while
+    /// `H ≤ (1 − λ)²/γ` (0.45 nats with the defaults). Each round moves `λ`
+    /// by at most `(1 − β₂)·ε` (0.001 with the defaults), so over a
+    /// generation of a few dozen rounds the threshold is essentially `λ₀`:
+    /// lower it where verifying extra tokens is cheap (an accelerator), keep
+    /// it high where it is not (a CPU; see `docs/benchmarks.md`).
     pub lambda0: f64,
     /// EMA factor `β₁` of the acceptance rate.
     pub beta1: f64,
