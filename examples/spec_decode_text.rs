@@ -347,7 +347,10 @@ fn modelled_table(
                     .iter()
                     .find(|(n, _)| n == name)
                     .with_context(|| format!("no results for {name}"))?;
-                let ar = &methods[0].1;
+                let (_, ar) = methods
+                    .iter()
+                    .find(|(n, _)| n == "autoregressive")
+                    .context("no autoregressive run")?;
                 let base = modelled_speedup(ar, 0.0, 0.0).context("empty AR run")?;
                 Ok(modelled_speedup(m, cost_ratio, c_v).context("empty run")? / base)
             };
