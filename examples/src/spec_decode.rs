@@ -296,7 +296,8 @@ pub fn sweep(
 ///
 /// Autoregressive decoding costs one step per target call; `m` costs
 /// `target_calls + c_v·drafted + c·draft_calls`. Returns `None` for a
-/// run that generated nothing or cost nothing.
+/// run that generated nothing or cost nothing, and for a `c` or `c_v` that
+/// is negative or not finite.
 ///
 /// ```
 /// use lastmile_examples::spec_decode::modelled_speedup;
@@ -310,8 +311,14 @@ pub fn sweep(
 /// assert_eq!(modelled_speedup(&m, 0.0, 0.0), Some(4.0));
 /// // Each extra verified token costing a whole step: 4 tokens for 5 steps.
 /// assert_eq!(modelled_speedup(&m, 0.0, 1.0), Some(0.8));
+/// // Costs must be finite and non-negative.
+/// assert_eq!(modelled_speedup(&m, -0.1, 0.0), None);
+/// assert_eq!(modelled_speedup(&m, 0.0, f64::NAN), None);
 /// ```
 pub fn modelled_speedup(m: &Metrics, c: f64, c_v: f64) -> Option<f64> {
+    if !(c.is_finite() && c_v.is_finite() && c >= 0.0 && c_v >= 0.0) {
+        return None;
+    }
     let cost = m.target_calls as f64 + c_v * m.drafted as f64 + c * m.draft_calls as f64;
     (m.generated_tokens > 0 && cost > 0.0).then(|| m.generated_tokens as f64 / cost)
 }

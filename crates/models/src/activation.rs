@@ -21,11 +21,13 @@ const A: [f32; 5] = [
 /// using `x·erf(x/√2) = |x|·erf(|x|/√2)`, so GELU is `½·(x + |x|·erf(|x|/√2))`.
 ///
 /// Why: a CPU backend computes burn's `gelu` one scalar `erf` call per
-/// element (~19 ns each here); this form is ~20 whole-tensor multiply–adds
-/// and one `exp`, 2–3× faster for the few rows a decoding step or a
-/// speculative verify pass scores, and within 5·10⁻⁷ of the exact GELU. It
-/// is what [`Transformer::forward_cached`](crate::Transformer::forward_cached)
-/// uses; training keeps burn's `gelu`, whose backward pass is fused.
+/// element; this form is ~20 whole-tensor multiply–adds and one `exp`:
+/// 1.9–2.8× faster for the 1–5 rows of a decoding step or a speculative
+/// verify pass, 4.3× at 64 rows (`cargo bench -p lastmile-benches --bench
+/// spec_decode_policies -- decode_gelu`), within 5·10⁻⁷ of the exact GELU.
+/// It is what [`Transformer::forward_cached`](crate::Transformer::forward_cached)
+/// uses; training keeps burn's `gelu` (a training step took the same time
+/// with either).
 ///
 /// ```
 /// # #[cfg(feature = "flex")] {
