@@ -2,8 +2,13 @@
 //!
 //! burn's integer dtype differs by backend (I32 on flex and wgpu, I64 on
 //! ndarray); these helpers read indices whatever the dtype.
+//!
+//! Every device → host read of lastmile-core goes through this module and
+//! is counted per thread ([`host_reads`]).
 
-use burn::tensor::{Device, Int, Tensor, TensorData};
+use std::cell::Cell;
+
+use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 
 use crate::error::{CoreError, Result};
 
@@ -93,6 +98,7 @@ pub fn int_tensor_from_indices<const D: usize>(
 /// # }
 /// ```
 pub fn tensor_to_vec<const D: usize>(tensor: Tensor<D>) -> Result<Vec<f32>> {
+    count_host_read();
     tensor
         .into_data()
         .try_to_vec_as::<f32>()
@@ -113,6 +119,7 @@ pub fn tensor_to_vec<const D: usize>(tensor: Tensor<D>) -> Result<Vec<f32>> {
 /// # }
 /// ```
 pub fn indices_to_vec<const D: usize>(tensor: Tensor<D, Int>) -> Result<Vec<usize>> {
+    count_host_read();
     let values = tensor
         .into_data()
         .try_to_vec_as::<i64>()
@@ -125,6 +132,62 @@ pub fn indices_to_vec<const D: usize>(tensor: Tensor<D, Int>) -> Result<Vec<usiz
             })
         })
         .collect()
+}
+
+/// Reads a boolean tensor back to the host (one device synchronisation).
+///
+/// # Errors
+/// [`CoreError::TensorData`] if the data cannot be read as booleans.
+///
+/// # Examples
+/// ```
+/// # #[cfg(feature = "flex")] {
+/// use burn::tensor::{Device, Tensor};
+/// let t = Tensor::<1>::from_floats([1.0, -1.0], &Device::flex()).greater_elem(0.0);
+/// assert_eq!(lastmile_core::convert::bools_to_vec(t).unwrap(), vec![true, false]);
+/// # }
+/// ```
+pub fn bools_to_vec<const D: usize>(tensor: Tensor<D, Bool>) -> Result<Vec<bool>> {
+    count_host_read();
+    let data = tensor.into_data();
+    let n = data.num_elements();
+    let values: Vec<bool> = data.iter::<bool>().collect();
+    if values.len() != n {
+        return Err(CoreError::TensorData(format!(
+            "read {} booleans from a tensor of {n} elements",
+            values.len()
+        )));
+    }
+    Ok(values)
+}
+
+thread_local! {
+    static HOST_READS: Cell<u64> = const { Cell::new(0) };
+}
+
+fn count_host_read() {
+    HOST_READS.with(|c| c.set(c.get() + 1));
+}
+
+/// How many device → host reads lastmile-core has made on this thread.
+///
+/// Every read-back in lastmile-core goes through [`tensor_to_vec`],
+/// [`indices_to_vec`] or [`bools_to_vec`], and each is one device
+/// synchronisation on an asynchronous backend (wgpu). The counter lets tests
+/// check the synchronisation counts the docs state, and lets a user measure
+/// where a loop waits on the device.
+///
+/// ```
+/// # #[cfg(feature = "flex")] {
+/// use burn::tensor::{Device, Tensor};
+/// use lastmile_core::convert::{host_reads, tensor_to_vec};
+/// let before = host_reads();
+/// tensor_to_vec(Tensor::<1>::ones([3], &Device::flex())).unwrap();
+/// assert_eq!(host_reads() - before, 1);
+/// # }
+/// ```
+pub fn host_reads() -> u64 {
+    HOST_READS.with(Cell::get)
 }
 
 /// Product of `shape`, or an error if it overflows `usize`.

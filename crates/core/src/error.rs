@@ -114,6 +114,26 @@ pub enum CoreError {
         available: Vec<String>,
     },
 
+    /// Two lengths that must agree did not.
+    #[error("{what} has length {found}; expected {expected}")]
+    LengthMismatch {
+        /// The argument being checked.
+        what: String,
+        /// The length required.
+        expected: usize,
+        /// The length supplied.
+        found: usize,
+    },
+
+    /// A parameter selector (exact name or pattern) matched no parameter of a module.
+    #[error("`{pattern}` matches no parameter of the module; available: {available:?}")]
+    NoMatch {
+        /// The name or pattern that matched nothing.
+        pattern: String,
+        /// The parameter paths that exist.
+        available: Vec<String>,
+    },
+
     /// An I/O error while reading or writing a file.
     #[error("I/O error on {path}: {source}")]
     Io {

@@ -8,11 +8,17 @@
 //!   log-sum-exp, entropy, top-k / top-p filtering, argmax, seeded
 //!   categorical sampling.
 //! - [`linalg`]: thin SVD and QR of `f32` matrices.
-//! - [`validate`] and [`error`]: input checks and the [`CoreError`] type.
+//! - [`lm`]: the incremental causal language-model trait ([`lm::LanguageModel`])
+//!   every decoder, drafter and model in lastmile speaks, with a conformance
+//!   kit for implementations (`testing` feature).
+//! - [`module`]: visit and rewrite the named parameters of any burn module,
+//!   selected by name or pattern, with the weight layout explicit.
+//! - [`validate`] and [`error`]: input checks in two tiers (host checks, and
+//!   tensor checks that cost one device synchronisation) and the [`CoreError`] type.
 //! - [`convert`] and [`tensor_file`]: tensor ⇄ `Vec` conversion and
 //!   safetensors files of named tensors, safe on hostile input.
-//! - [`stats`] and [`testing`]: chi-square / normal tests and a harness that
-//!   runs one test body on every enabled backend.
+//! - `stats` and `testing` (feature `testing`, for tests only): chi-square /
+//!   normal tests and a harness that runs one test body on every compiled backend.
 //!
 //! Code is written against burn's runtime-dispatched `Tensor<D>` and a
 //! [`Device`](burn::tensor::Device) value; nothing here hard-wires a backend.
@@ -37,9 +43,13 @@ pub mod convert;
 pub mod device;
 pub mod error;
 pub mod linalg;
+pub mod lm;
+pub mod module;
 pub mod numerics;
+#[cfg(feature = "testing")]
 pub mod stats;
 pub mod tensor_file;
+#[cfg(feature = "testing")]
 pub mod testing;
 pub mod validate;
 

@@ -278,6 +278,8 @@ pub fn top_p_filter(logits: Tensor<2>, p: f64) -> Result<Tensor<2>> {
 
 /// Index of the largest entry of each row (the first one on ties).
 ///
+/// Device synchronisations: 1 (the indices).
+///
 /// # Errors
 /// [`CoreError::ShapeMismatch`] for an empty tensor; [`CoreError::TensorData`]
 /// if the indices cannot be read back.
@@ -312,6 +314,8 @@ pub const PROBABILITY_SUM_TOLERANCE: f64 = 1e-3;
 /// `probs`: `[batch, classes]`, rows summing to 1 within
 /// [`PROBABILITY_SUM_TOLERANCE`].
 ///
+/// Device synchronisations: 2 (the rows' check, the indices).
+///
 /// # Errors
 /// [`CoreError::NotAProbability`] or [`CoreError::NonFinite`] for rows that are
 /// not distributions; [`CoreError::ShapeMismatch`] for an empty tensor.
@@ -332,7 +336,61 @@ pub const PROBABILITY_SUM_TOLERANCE: f64 = 1e-3;
 /// ```
 pub fn sample_categorical<R: Rng + ?Sized>(probs: Tensor<2>, rng: &mut R) -> Result<Vec<usize>> {
     check_probabilities("probs", &probs, PROBABILITY_SUM_TOLERANCE)?;
-    let [batch, classes] = probs.dims();
+    sample_categorical_unchecked(probs, rng)
+}
+
+/// [`sample_categorical`] without validating the rows: the kernel for inner
+/// loops whose distributions come from
+/// [`SamplingParams::probabilities_unchecked`] on logits checked once.
+///
+/// Device synchronisations: 1 (the sampled indices). A row that is not a
+/// distribution gives an unspecified class in range, never a panic.
+///
+/// # Errors
+/// [`CoreError::ShapeMismatch`] for an empty tensor; [`CoreError::TensorData`]
+/// if the indices cannot be read back.
+///
+/// ```
+/// # #[cfg(feature = "flex")] {
+/// use burn::tensor::{Tensor, Device};
+/// use rand::{SeedableRng, rngs::StdRng};
+/// use lastmile_core::numerics::sample_categorical_unchecked;
+/// let p = Tensor::<2>::from_floats([[0.0, 1.0]], &Device::flex());
+/// assert_eq!(sample_categorical_unchecked(p, &mut StdRng::seed_from_u64(1)).unwrap(), vec![1]);
+/// # }
+/// ```
+pub fn sample_categorical_unchecked<R: Rng + ?Sized>(
+    probs: Tensor<2>,
+    rng: &mut R,
+) -> Result<Vec<usize>> {
+    crate::convert::indices_to_vec(sample_categorical_on_device(probs, rng)?)
+}
+
+/// The sampling kernel of [`sample_categorical`], leaving the indices on the
+/// device: no synchronisation, so a caller can read them back together with
+/// other values in one transfer. Consumes one uniform per row from `rng`.
+///
+/// # Shapes
+/// `probs`: `[batch, classes]` → `[batch]`.
+///
+/// # Errors
+/// [`CoreError::ShapeMismatch`] for an empty tensor.
+///
+/// ```
+/// # #[cfg(feature = "flex")] {
+/// use burn::tensor::{Tensor, Device};
+/// use rand::{SeedableRng, rngs::StdRng};
+/// use lastmile_core::{convert::indices_to_vec, numerics::sample_categorical_on_device};
+/// let p = Tensor::<2>::from_floats([[0.0, 0.0, 1.0]], &Device::flex());
+/// let idx = sample_categorical_on_device(p, &mut StdRng::seed_from_u64(1)).unwrap();
+/// assert_eq!(indices_to_vec(idx).unwrap(), vec![2]);
+/// # }
+/// ```
+pub fn sample_categorical_on_device<R: Rng + ?Sized>(
+    probs: Tensor<2>,
+    rng: &mut R,
+) -> Result<Tensor<1, Int>> {
+    let [batch, classes] = check_non_empty("probs", &probs)?;
     let device = probs.device();
     // 1 - U[0,1) lies in (0, 1]: u = 0 could select a leading zero-probability class.
     let uniforms: Vec<f32> = (0..batch).map(|_| 1.0 - rng.random::<f32>()).collect();
@@ -340,12 +398,12 @@ pub fn sample_categorical<R: Rng + ?Sized>(probs: Tensor<2>, rng: &mut R) -> Res
     let cdf = probs.cumsum(1);
     let total = cdf.clone().slice([0..batch, classes - 1..classes]);
     let target = (u * total).expand([batch, classes]);
-    let index: Tensor<2, Int> = cdf
+    Ok(cdf
         .lower(target)
         .int()
         .sum_dim(1)
-        .clamp(0, classes as i64 - 1);
-    crate::convert::indices_to_vec(index)
+        .clamp(0, classes as i64 - 1)
+        .reshape([batch]))
 }
 
 /// Temperature, top-k and top-p settings applied to logits before sampling,
@@ -439,6 +497,8 @@ impl SamplingParams {
 
     /// The distribution to sample from: `softmax(filter(logits / T))`.
     ///
+    /// Device synchronisations: 1 (the [`check_logits`] of the input).
+    ///
     /// # Shapes
     /// `[batch, classes]` → `[batch, classes]`.
     ///
@@ -447,6 +507,30 @@ impl SamplingParams {
     /// or fully masked rows (see [`check_logits`]).
     pub fn probabilities(&self, logits: Tensor<2>) -> Result<Tensor<2>> {
         check_logits("logits", &logits)?;
+        self.probabilities_unchecked(logits)
+    }
+
+    /// [`probabilities`](Self::probabilities) without reading the logits
+    /// back: no device synchronisation (NaN propagates, a fully masked row
+    /// gives NaN). For inner loops whose logits were checked at the edge,
+    /// or whose result is checked later in one combined read-back.
+    ///
+    /// # Errors
+    /// [`CoreError::ShapeMismatch`] for an empty tensor.
+    ///
+    /// ```
+    /// # #[cfg(feature = "flex")] {
+    /// use burn::tensor::{Tensor, Device};
+    /// use lastmile_core::{convert::host_reads, numerics::SamplingParams};
+    /// let before = host_reads();
+    /// let p = SamplingParams::new(1.0).unwrap()
+    ///     .probabilities_unchecked(Tensor::<2>::from_floats([[0.0, 0.0]], &Device::flex()))
+    ///     .unwrap();
+    /// assert_eq!(host_reads(), before);
+    /// assert_eq!(p.dims(), [1, 2]);
+    /// # }
+    /// ```
+    pub fn probabilities_unchecked(&self, logits: Tensor<2>) -> Result<Tensor<2>> {
         if self.is_greedy() {
             return softmax(logits, 0.0);
         }

@@ -2,47 +2,55 @@
 //! results against naive `f64` references with explicit tolerances.
 //!
 //! These helpers panic on failure, like `assert!`: they are meant for tests,
-//! examples' self-checks and benches, never for library code paths.
+//! never for library code paths. The module exists only with the `testing`
+//! feature, which lastmile's crates enable in their `[dev-dependencies]`:
+//!
+//! ```toml
+//! [dev-dependencies]
+//! lastmile-core = { version = "0.1", features = ["testing"] }
+//! ```
 
 use burn::tensor::Device;
 
 use crate::device::Backend;
 
-/// Runs `body` on a device of `backend`.
+/// Runs `body` on a device of `backend`, seeded with 0.
 ///
-/// A backend whose cargo feature is off is skipped (with a note on stderr),
-/// so one test file serves every feature combination. A backend that is
-/// compiled in but unusable (wgpu with no adapter) **fails** the test: a
-/// build that asked for the GPU path must be able to exercise it.
+/// Only for backends compiled into this build: [`backend_test!`](crate::backend_test)
+/// generates a test per compiled backend, so a backend that is not built in
+/// never shows up as a passed test. A backend that is compiled in but unusable
+/// (wgpu with no adapter) **fails**: a build that asked for the GPU path must
+/// be able to exercise it.
 ///
 /// # Panics
-/// When the backend is compiled but no device can be created, or when `body` panics.
+/// When `backend` is not compiled in, when no device can be created, or when
+/// `body` panics.
 ///
 /// ```
 /// use lastmile_core::{Backend, testing::run_on};
+/// # #[cfg(feature = "flex")]
 /// run_on(Backend::Flex, |device| {
 ///     let t = burn::tensor::Tensor::<1>::ones([3], device);
 ///     assert_eq!(t.sum().into_scalar::<f32>(), 3.0);
 /// });
 /// ```
 pub fn run_on(backend: Backend, body: impl FnOnce(&Device)) {
-    if !backend.is_compiled() {
-        eprintln!("skipped on {backend}: feature not enabled in this build");
-        return;
-    }
     let device = match backend.device() {
         Ok(device) => device,
-        Err(e) => panic!("backend {backend} is compiled in but unusable: {e}"),
+        Err(e) => panic!("backend {backend} cannot run this test: {e}"),
     };
     device.seed(0);
     body(&device);
 }
 
-/// Defines one `#[test]` per backend (`flex`, `ndarray`, `wgpu`) running the
-/// same body, in a module named after the test.
+/// Defines one `#[test]` per backend compiled into `lastmile-core` (`flex`,
+/// `ndarray`, `wgpu`), each running the same body, in a module named after
+/// the test.
 ///
-/// The body receives `&Device`. Backends not compiled in are skipped at run
-/// time (see [`run_on`]).
+/// The body receives `&Device`. Variants exist only for compiled backends
+/// (the choice is made where lastmile-core is compiled, so it follows the
+/// features the build actually unified), which keeps the count `cargo test`
+/// prints equal to the count that ran.
 ///
 /// ```
 /// use lastmile_core::backend_test;
@@ -60,24 +68,74 @@ macro_rules! backend_test {
             #[allow(unused_imports)]
             use super::*;
 
+            #[allow(dead_code)]
             fn body($device: &$crate::burn::tensor::Device) $body
 
-            #[test]
-            fn flex() {
-                $crate::testing::run_on($crate::Backend::Flex, body);
+            $crate::__if_flex! {
+                #[test]
+                fn flex() {
+                    $crate::testing::run_on($crate::Backend::Flex, body);
+                }
             }
 
-            #[test]
-            fn ndarray() {
-                $crate::testing::run_on($crate::Backend::NdArray, body);
+            $crate::__if_ndarray! {
+                #[test]
+                fn ndarray() {
+                    $crate::testing::run_on($crate::Backend::NdArray, body);
+                }
             }
 
-            #[test]
-            fn wgpu() {
-                $crate::testing::run_on($crate::Backend::Wgpu, body);
+            $crate::__if_wgpu! {
+                #[test]
+                fn wgpu() {
+                    $crate::testing::run_on($crate::Backend::Wgpu, body);
+                }
             }
         }
     };
+}
+
+// `cfg` inside a `macro_rules!` expansion is evaluated in the *calling* crate,
+// whose features say nothing about which backends lastmile-core was built
+// with. These helpers are defined per core feature, so the choice is made here.
+
+/// Expands its input when lastmile-core has the `flex` backend.
+#[cfg(feature = "flex")]
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __if_flex { ($($t:tt)*) => { $($t)* }; }
+/// Expands its input when lastmile-core has the `flex` backend.
+#[cfg(not(feature = "flex"))]
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __if_flex {
+    ($($t:tt)*) => {};
+}
+
+/// Expands its input when lastmile-core has the `ndarray` backend.
+#[cfg(feature = "ndarray")]
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __if_ndarray { ($($t:tt)*) => { $($t)* }; }
+/// Expands its input when lastmile-core has the `ndarray` backend.
+#[cfg(not(feature = "ndarray"))]
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __if_ndarray {
+    ($($t:tt)*) => {};
+}
+
+/// Expands its input when lastmile-core has the `wgpu` backend.
+#[cfg(feature = "wgpu")]
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __if_wgpu { ($($t:tt)*) => { $($t)* }; }
+/// Expands its input when lastmile-core has the `wgpu` backend.
+#[cfg(not(feature = "wgpu"))]
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __if_wgpu {
+    ($($t:tt)*) => {};
 }
 
 /// Asserts that `actual` matches `expected` elementwise within

@@ -1,0 +1,210 @@
+//! The incremental causal language-model interface: what a decoder, a
+//! drafter, an evaluation loop or an expert cache needs from a model, and
+//! nothing tied to any one method.
+//!
+//! A [`LanguageModel`] keeps a per-row cache (for a transformer: keys and
+//! values of every layer). Callers only ever **append** tokens to a row and
+//! **truncate** a row back to an earlier length; feeding `n` new tokens to a
+//! row costs one forward pass whatever `n` is, and rows are ragged (each row
+//! may receive a different number of tokens, possibly none).
+//!
+//! With the `testing` feature, [`conformance`] checks any implementation
+//! against the properties the interface promises.
+//!
+//! # Examples
+//! A unigram model that ignores its context (the simplest valid implementation):
+//! ```
+//! # #[cfg(feature = "flex")] {
+//! use burn::tensor::{Device, Tensor, TensorData};
+//! use lastmile_core::lm::{LanguageModel, LmResult};
+//!
+//! struct Unigram { logits: Vec<f32>, device: Device }
+//! impl LanguageModel for Unigram {
+//!     type Cache = Vec<usize>; // cached length per row
+//!     fn vocab_size(&self) -> usize { self.logits.len() }
+//!     fn device(&self) -> Device { self.device.clone() }
+//!     fn new_cache(&self, batch: usize) -> LmResult<Vec<usize>> { Ok(vec![0; batch]) }
+//!     fn cached_len(&self, cache: &Vec<usize>, row: usize) -> usize { cache[row] }
+//!     fn truncate(&self, cache: &mut Vec<usize>, row: usize, len: usize) -> LmResult<()> {
+//!         cache[row] = cache[row].min(len);
+//!         Ok(())
+//!     }
+//!     fn forward(&self, cache: &mut Vec<usize>, tokens: &[Vec<usize>]) -> LmResult<Tensor<3>> {
+//!         let n = tokens.iter().map(Vec::len).max().unwrap_or(0);
+//!         for (len, t) in cache.iter_mut().zip(tokens) { *len += t.len(); }
+//!         let data: Vec<f32> = (0..tokens.len() * n).flat_map(|_| self.logits.clone()).collect();
+//!         Ok(Tensor::from_data(TensorData::new(data, [tokens.len(), n, self.logits.len()]), &self.device))
+//!     }
+//! }
+//! let lm = Unigram { logits: vec![0.0, 1.0, 2.0], device: Device::flex() };
+//! let mut cache = lm.new_cache(2)?;
+//! let out = lm.forward(&mut cache, &[vec![1, 2], vec![0]])?;
+//! assert_eq!(out.dims(), [2, 2, 3]);
+//! assert_eq!(lm.cached_len(&cache, 1), 1);
+//! # }
+//! # Ok::<(), lastmile_core::lm::LmError>(())
+//! ```
+
+#[cfg(feature = "testing")]
+pub mod conformance;
+
+use burn::tensor::{Device, Tensor};
+use thiserror::Error;
+
+use crate::error::CoreError;
+
+/// Errors of a [`LanguageModel`] call.
+///
+/// The common failures have their own variants so that callers (decoders,
+/// evaluation loops) can react to them whatever the model; anything specific
+/// to one implementation travels in [`LmError::Model`] with its own type.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum LmError {
+    /// A lower-level check failed (shapes, NaN, ...).
+    #[error(transparent)]
+    Core(#[from] CoreError),
+
+    /// A token id was outside the vocabulary.
+    #[error(
+        "row {row}: token {token} at position {position} is out of range; expected an id < {vocab}"
+    )]
+    TokenOutOfRange {
+        /// Batch row.
+        row: usize,
+        /// Position of the token in the list fed to that row.
+        position: usize,
+        /// The offending id.
+        token: usize,
+        /// The vocabulary size.
+        vocab: usize,
+    },
+
+    /// A row would outgrow the model's context window.
+    #[error("row {row} would hold {needed} positions; the model's context holds {max}")]
+    ContextOverflow {
+        /// Batch row.
+        row: usize,
+        /// Positions the row would need.
+        needed: usize,
+        /// The model's context size.
+        max: usize,
+    },
+
+    /// The request and the cache disagree on the batch, or a row index is out of range.
+    #[error("batch mismatch: {what} is {found}; expected {expected}")]
+    Batch {
+        /// What was counted (e.g. `"token lists"`, `"row index"`).
+        what: String,
+        /// What the cache holds.
+        expected: String,
+        /// What was given.
+        found: usize,
+    },
+
+    /// A model returned logits of the wrong shape.
+    #[error("model returned logits of shape {found:?}; expected {expected}")]
+    BadLogits {
+        /// What was expected.
+        expected: String,
+        /// What was returned.
+        found: Vec<usize>,
+    },
+
+    /// An implementation broke a property of the interface (found by [`conformance`](self)).
+    #[error("conformance check `{check}` failed: {detail}")]
+    Conformance {
+        /// The check's name.
+        check: &'static str,
+        /// What differed, by how much, and the tolerance.
+        detail: String,
+    },
+
+    /// A failure specific to one implementation (I/O, its own configuration, ...).
+    #[error("language model: {0}")]
+    Model(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+/// Result alias of [`LanguageModel`] calls.
+pub type LmResult<T> = std::result::Result<T, LmError>;
+
+/// A causal language model with an incremental (KV) cache over a batch of
+/// sequences. See the [module docs](self) for the contract.
+pub trait LanguageModel {
+    /// Per-batch incremental state (for a transformer: keys and values of every layer).
+    type Cache;
+
+    /// Number of token ids.
+    fn vocab_size(&self) -> usize;
+
+    /// The device the model computes on.
+    fn device(&self) -> Device;
+
+    /// Longest sequence (prompt plus generated tokens) the model can attend over.
+    fn max_context(&self) -> usize {
+        usize::MAX
+    }
+
+    /// An empty cache for `batch` sequences.
+    ///
+    /// # Errors
+    /// Implementation-defined (e.g. [`LmError::Batch`] for `batch = 0`).
+    fn new_cache(&self, batch: usize) -> LmResult<Self::Cache>;
+
+    /// Number of tokens currently cached for `row`.
+    fn cached_len(&self, cache: &Self::Cache, row: usize) -> usize;
+
+    /// Forgets every cached position of `row` at or after `len` (no-op if the
+    /// row is already shorter).
+    ///
+    /// # Errors
+    /// [`LmError::Batch`] for a row out of range.
+    fn truncate(&self, cache: &mut Self::Cache, row: usize, len: usize) -> LmResult<()>;
+
+    /// Appends `tokens[row]` to each row and returns next-token logits at
+    /// every new position, in **one** forward pass.
+    ///
+    /// # Shapes
+    /// `tokens`: one (possibly empty) list per cached row. Returns
+    /// `[batch, n_max, vocab]` where `n_max` is the longest list; entry
+    /// `[b, i]` are the logits for the token that follows `tokens[b][i]`.
+    /// Entries past a row's own length are padding and are never read.
+    ///
+    /// # Errors
+    /// [`LmError::TokenOutOfRange`], [`LmError::ContextOverflow`],
+    /// [`LmError::Batch`], or an implementation's own [`LmError::Model`].
+    fn forward(&self, cache: &mut Self::Cache, tokens: &[Vec<usize>]) -> LmResult<Tensor<3>>;
+}
+
+/// Checks that a model's logits have the shape [`LanguageModel::forward`]
+/// promises for a request of `batch` rows whose longest list has `n` tokens,
+/// and returns the padded length the model chose (`≥ n`). Shape only: no
+/// device synchronisation.
+///
+/// # Errors
+/// [`LmError::BadLogits`].
+///
+/// ```
+/// # #[cfg(feature = "flex")] {
+/// use burn::tensor::{Device, Tensor};
+/// use lastmile_core::lm::check_logits_shape;
+/// let logits = Tensor::<3>::zeros([2, 4, 10], &Device::flex());
+/// assert_eq!(check_logits_shape(&logits, 2, 3, 10).unwrap(), 4);
+/// assert!(check_logits_shape(&logits, 2, 5, 10).is_err());
+/// # }
+/// ```
+pub fn check_logits_shape(
+    logits: &Tensor<3>,
+    batch: usize,
+    n: usize,
+    vocab: usize,
+) -> LmResult<usize> {
+    let [b, m, v] = logits.dims();
+    if b != batch || v != vocab || m < n {
+        return Err(LmError::BadLogits {
+            expected: format!("[{batch}, >= {n}, {vocab}]"),
+            found: vec![b, m, v],
+        });
+    }
+    Ok(m)
+}
