@@ -401,7 +401,7 @@ pub fn run(settings: &Settings, device: &Device) -> Result<(f64, f64, Vec<KindRe
             .get("l1")
             .map(|i| i.awor);
         set.activate_weighted(&[("mirrored", 1.0), ("transposed", 1.0)])?;
-        let fused = set.apply_to(base.clone());
+        let fused = set.apply_to(base.clone())?;
         let combined = (
             accuracy_of(|x| fused.forward(x), mir_test, device)?,
             accuracy_of(|x| fused.forward(x), tr_test, device)?,

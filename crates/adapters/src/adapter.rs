@@ -143,11 +143,23 @@ impl Adapter {
     /// # Errors
     /// As [`Adapter::delta_weight`].
     pub fn delta_in_layout(&self, layout: WeightLayout) -> Result<Tensor<2>> {
-        let d = self.delta_weight()?;
-        Ok(match layout {
-            WeightLayout::OutIn => d,
-            WeightLayout::InOut => d.transpose(),
-        })
+        Ok(orient(self.delta_weight()?, layout))
+    }
+
+    /// `ΔW` in `layout` for an adapter whose `ΔW` is a fixed matrix.
+    ///
+    /// Infallible by contract: the only error of [`Adapter::delta_in_layout`]
+    /// is FouRA's adaptive gate, and callers hold an adapter for which
+    /// [`Adapter::is_mergeable`] was checked and which cannot change since
+    /// (the gate mode is a module constant; [`crate::attach::WeightAdapter`]
+    /// checks it in `new` and keeps its adapter private).
+    pub(crate) fn fixed_delta_in_layout(&self, layout: WeightLayout) -> Tensor<2> {
+        let d = match self {
+            Self::Lora(a) => a.delta_weight(),
+            Self::Foura(a) => a.fixed_gate_delta_weight(),
+            Self::Shira(a) => a.delta_weight(),
+        };
+        orient(d, layout)
     }
 
     /// The adapter's contribution to `y` for `x: [..., in]` (unmerged path).
@@ -166,6 +178,14 @@ impl Adapter {
             Self::Foura(a) => a.trainable_params(),
             Self::Shira(a) => a.trainable_params(),
         }
+    }
+}
+
+/// `ΔW: [out, in]` in the storage layout of a deployed weight.
+fn orient(delta: Tensor<2>, layout: WeightLayout) -> Tensor<2> {
+    match layout {
+        WeightLayout::OutIn => delta,
+        WeightLayout::InOut => delta.transpose(),
     }
 }
 

@@ -15,10 +15,11 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use burn::module::{
-    Module, ModuleMapper, ModuleVisitor, Param, Reparameterization, Reparameterizer,
-};
+use burn::module::{Module, Param, Reparameterization, Reparameterizer};
 use burn::tensor::Tensor;
+use lastmile_core::module::{
+    NamedParam, ParamValue, Selector, collect_params, list_params, map_params,
+};
 
 use crate::adapter::Adapter;
 use crate::error::{AdapterError, Result};
@@ -27,10 +28,13 @@ use crate::lora::{LoraConfig, LoraInit};
 use crate::shira::{ShiraConfig, WeightLayout};
 
 /// The reparameterization attached to an adapted weight parameter.
+///
+/// Its adapter's parameters are named `<param>.adapter.inner.<…>` (e.g.
+/// `fc1.weight.adapter.inner.a`); the adapter is private so that it stays the
+/// mergeable one [`WeightAdapter::new`] checked.
 #[derive(Module, Debug)]
 pub struct WeightAdapter {
-    /// The adapter (in `[out, in]` orientation).
-    pub inner: Adapter,
+    inner: Adapter,
     #[module(skip)]
     layout: WeightLayout,
 }
@@ -55,6 +59,22 @@ impl WeightAdapter {
         })
     }
 
+    /// The adapter (in `[out, in]` orientation).
+    ///
+    /// ```
+    /// # #[cfg(feature = "flex")] {
+    /// use burn::tensor::Device;
+    /// use lastmile_adapters::{LoraConfig, WeightLayout, attach::WeightAdapter};
+    /// let lora = LoraConfig::new(2, 4.0).init(3, 5, &Device::flex())?;
+    /// let wa = WeightAdapter::new(lora.into(), WeightLayout::InOut)?;
+    /// assert_eq!((wa.adapter().d_out(), wa.adapter().d_in()), (3, 5));
+    /// # }
+    /// # Ok::<(), lastmile_adapters::AdapterError>(())
+    /// ```
+    pub fn adapter(&self) -> &Adapter {
+        &self.inner
+    }
+
     /// The storage layout of the adapted parameter.
     pub fn layout(&self) -> WeightLayout {
         self.layout
@@ -64,15 +84,13 @@ impl WeightAdapter {
 impl Reparameterization for WeightAdapter {
     const NAME: &'static str = "adapter";
 
+    /// `W0 + ΔW`, with `ΔW` in the parameter's storage layout.
     fn apply<const D: usize>(&self, base: Tensor<D>) -> Tensor<D> {
-        // `new` rejects the only kind without a delta weight, so this always applies.
-        match self.inner.delta_in_layout(self.layout) {
-            Ok(delta) => {
-                let shape = base.shape();
-                base + delta.reshape(shape)
-            }
-            Err(_) => base,
-        }
+        // Cannot fail: `new` admits only mergeable adapters, and `inner` is
+        // private and its gate mode a module constant, so it stays mergeable.
+        let delta = self.inner.fixed_delta_in_layout(self.layout);
+        let shape = base.shape();
+        base + delta.reshape(shape)
     }
 }
 
@@ -129,46 +147,40 @@ impl Attached {
 
     /// Reads the current (e.g. trained) adapters out of `module`, by layer name.
     ///
+    /// The stored values of the parameters under
+    /// `<target>.weight.adapter.inner.` are loaded into a copy of the adapter
+    /// attached to `<target>`.
+    ///
     /// # Errors
     /// [`AdapterError::NotFound`] if a layer has lost its adapter (e.g. the
-    /// module was materialised) or a parameter is missing.
+    /// module was materialised) or an adapter parameter is missing;
+    /// [`AdapterError::Core`] if a parameter's element count changed.
     pub fn extract<M: Module>(&self, module: &M) -> Result<BTreeMap<String, Adapter>> {
-        let mut reader = Reader {
-            path: Vec::new(),
-            values: BTreeMap::new(),
-        };
-        module.visit(&mut reader);
+        if self.templates.is_empty() {
+            return Ok(BTreeMap::new());
+        }
+        let prefix = |target: &str| format!("{target}.weight.{}.inner.", WeightAdapter::NAME);
+        let found = Selector::new(self.templates.keys().map(|t| format!("{}**", prefix(t))))
+            .and_then(|selector| collect_params(module, &selector, ParamValue::Stored))
+            .map_err(|e| AdapterError::from(e).named("adapter"))?;
+        let available: Vec<String> = found.iter().map(|p| p.path.clone()).collect();
         let mut out = BTreeMap::new();
         for (target, template) in &self.templates {
-            let prefix = format!("{target}.weight.{}.inner.", WeightAdapter::NAME);
-            let values: BTreeMap<String, Tensor<1>> = reader
-                .values
+            let prefix = prefix(target);
+            let values: BTreeMap<&str, &Tensor<1>> = found
                 .iter()
-                .filter_map(|(k, v)| {
-                    k.strip_prefix(&prefix)
-                        .map(|rel| (rel.to_owned(), v.clone()))
-                })
+                .filter_map(|p| p.path.strip_prefix(&prefix).map(|rel| (rel, &p.value)))
                 .collect();
-            if values.is_empty() {
-                return Err(AdapterError::NotFound {
-                    what: "adapter",
-                    name: format!("{target}.weight"),
-                    available: reader.values.keys().cloned().collect(),
-                });
-            }
-            let mut loader = Loader {
-                path: Vec::new(),
-                values,
-                missing: Vec::new(),
-            };
-            let adapter = template.clone().map(&mut loader);
-            if let Some(m) = loader.missing.first() {
-                return Err(AdapterError::NotFound {
-                    what: "adapter parameter",
-                    name: format!("{prefix}{m}"),
-                    available: reader.values.keys().cloned().collect(),
-                });
-            }
+            let adapter = map_params(template.clone(), &Selector::all(), |p: &NamedParam| {
+                values
+                    .get(p.path.as_str())
+                    .map(|v| (*v).clone())
+                    .ok_or_else(|| AdapterError::NotFound {
+                        what: "adapter parameter",
+                        name: format!("{prefix}{}", p.path),
+                        available: available.clone(),
+                    })
+            })?;
             out.insert(target.clone(), adapter);
         }
         Ok(out)
@@ -182,7 +194,9 @@ struct Attacher<F> {
     error: Option<AdapterError>,
 }
 
-impl<F: FnMut(&str, Tensor<2>) -> Result<Adapter>> Reparameterizer for Attacher<F> {
+// On `&mut` so that the state is still ours after `apply_reparameterization`
+// (which takes the reparameterizer by value).
+impl<F: FnMut(&str, Tensor<2>) -> Result<Adapter>> Reparameterizer for &mut Attacher<F> {
     type Reparam = WeightAdapter;
 
     fn reparameterize<const D: usize>(
@@ -239,17 +253,13 @@ where
     M: Module,
     F: FnMut(&str, Tensor<2>) -> Result<Adapter>,
 {
-    let attacher = Attacher {
+    let mut attacher = Attacher {
         targets: targets.iter().map(|t| (*t).to_owned()).collect(),
         factory,
         templates: BTreeMap::new(),
         error: None,
     };
-    let mut state = Shared(Some(attacher));
-    let module = module.apply_reparameterization(&mut state);
-    let attacher = state.0.ok_or_else(|| {
-        AdapterError::config("attach", "internal state lost", "a completed traversal")
-    })?;
+    let module = module.apply_reparameterization(&mut attacher);
     if let Some(e) = attacher.error {
         return Err(e);
     }
@@ -260,7 +270,11 @@ where
         return Err(AdapterError::NotFound {
             what: "target",
             name: format!("{missing}.weight (a 2-D parameter)"),
-            available: Vec::new(),
+            available: list_params(&module)
+                .into_iter()
+                .filter(|(path, shape)| shape.len() == 2 && path.ends_with(".weight"))
+                .map(|(path, _)| path)
+                .collect(),
         });
     }
     Ok((
@@ -312,75 +326,4 @@ pub fn attach_adapters<M: Module>(
         ));
     }
     attach_with(module, targets, |_, w0| spec.build(&w0, None))
-}
-
-/// Lets `apply_reparameterization` (which takes the reparameterizer by
-/// value) hand the attacher's state back.
-struct Shared<F>(Option<Attacher<F>>);
-
-impl<F: FnMut(&str, Tensor<2>) -> Result<Adapter>> Reparameterizer for &mut Shared<F> {
-    type Reparam = WeightAdapter;
-
-    fn reparameterize<const D: usize>(
-        &mut self,
-        path: &str,
-        param: Param<Tensor<D>>,
-    ) -> (Param<Tensor<D>>, Option<WeightAdapter>) {
-        match self.0.as_mut() {
-            Some(a) => a.reparameterize(path, param),
-            None => (param, None),
-        }
-    }
-}
-
-struct Reader {
-    path: Vec<String>,
-    values: BTreeMap<String, Tensor<1>>,
-}
-
-impl ModuleVisitor for Reader {
-    fn enter_module(&mut self, name: &str, _container_type: &str) {
-        self.path.push(name.to_owned());
-    }
-
-    fn exit_module(&mut self, _name: &str, _container_type: &str) {
-        self.path.pop();
-    }
-
-    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-        let v = param.val();
-        let n = v.dims().iter().product::<usize>();
-        self.values.insert(self.path.join("."), v.reshape([n]));
-    }
-}
-
-struct Loader {
-    path: Vec<String>,
-    values: BTreeMap<String, Tensor<1>>,
-    missing: Vec<String>,
-}
-
-impl ModuleMapper for Loader {
-    fn enter_module(&mut self, name: &str, _container_type: &str) {
-        self.path.push(name.to_owned());
-    }
-
-    fn exit_module(&mut self, _name: &str, _container_type: &str) {
-        self.path.pop();
-    }
-
-    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
-        let path = self.path.join(".");
-        match self.values.get(&path) {
-            Some(v) if v.dims()[0] == param.dims().iter().product::<usize>() => {
-                let shape = param.dims();
-                let v = v.clone();
-                param.map(|_| v.reshape(shape))
-            }
-            _ => {
-                self.missing.push(path);
-                param
-            }
-        }
-    }
 }

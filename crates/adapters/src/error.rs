@@ -7,6 +7,11 @@ use thiserror::Error;
 ///
 /// Messages say what was wrong and what was expected, so a caller can fix the
 /// input (or the file) without reading the source.
+///
+/// Layer and parameter names are looked up with `lastmile_core::module`'s
+/// walker; a name that matches nothing (core's `CoreError::NoMatch`) is always
+/// reported as [`AdapterError::NotFound`], with the module's parameter paths
+/// as `available`, never as [`AdapterError::Core`].
 #[derive(Debug, Error)]
 #[non_exhaustive]
 pub enum AdapterError {
@@ -36,14 +41,16 @@ pub enum AdapterError {
         found: Vec<usize>,
     },
 
-    /// A named adapter or target layer was not registered.
+    /// A named adapter or target layer was not registered, or a module has
+    /// no parameter of the requested name.
     #[error("{what} `{name}` not found; available: {available:?}")]
     NotFound {
-        /// `"adapter"` or `"target"`.
+        /// `"adapter"`, `"adapter parameter"` or `"target"`.
         what: &'static str,
-        /// The requested name.
+        /// The requested name (a parameter path such as `fc1.weight`, or the
+        /// pattern that matched nothing).
         name: String,
-        /// The registered names.
+        /// The registered names, or the module's parameter paths.
         available: Vec<String>,
     },
 
@@ -100,6 +107,19 @@ impl AdapterError {
             what: what.into(),
             expected: expected.into(),
             found: found.to_vec(),
+        }
+    }
+
+    /// Turns the core walker's "matches nothing" into [`AdapterError::NotFound`]
+    /// for `what` (the crate's one convention); any other error is unchanged.
+    pub(crate) fn named(self, what: &'static str) -> Self {
+        match self {
+            Self::Core(CoreError::NoMatch { pattern, available }) => Self::NotFound {
+                what,
+                name: pattern,
+                available,
+            },
+            other => other,
         }
     }
 

@@ -509,20 +509,46 @@ impl Foura {
     /// [`AdapterError::Unsupported`] for [`GateMode::Adaptive`]: an
     /// input-dependent gate is not a fixed linear map (freeze it first).
     pub fn delta_weight(&self) -> Result<Tensor<2>> {
-        let (a, b) = self.mergeable_factors()?;
-        Ok(b.matmul(a).mul_scalar(self.scaling()))
+        self.check_fixed_gate()?;
+        Ok(self.fixed_gate_delta_weight())
     }
 
-    fn mergeable_factors(&self) -> Result<(Tensor<2>, Tensor<2>)> {
-        let (a, b) = self.effective_factors();
-        match self.mode {
-            GateMode::Off => Ok((a, b)),
-            GateMode::Frozen => Ok((a, b * self.frozen_mask.clone().unsqueeze_dim::<2>(0))),
-            GateMode::Adaptive => Err(AdapterError::unsupported(
+    fn check_fixed_gate(&self) -> Result<()> {
+        if self.mode == GateMode::Adaptive {
+            return Err(AdapterError::unsupported(
                 "merge",
                 "FouRA (adaptive gate)",
                 "the gate depends on the input; call `freeze_gate` or set GateMode::Off first",
-            )),
+            ));
+        }
+        Ok(())
+    }
+
+    fn mergeable_factors(&self) -> Result<(Tensor<2>, Tensor<2>)> {
+        self.check_fixed_gate()?;
+        Ok(self.fixed_gate_factors())
+    }
+
+    /// `ΔW` of a gate that is not [`GateMode::Adaptive`] (the caller has
+    /// checked, e.g. through [`crate::Adapter::is_mergeable`]); equal to
+    /// [`Foura::delta_weight`] whenever that succeeds.
+    pub(crate) fn fixed_gate_delta_weight(&self) -> Tensor<2> {
+        let (a, b) = self.fixed_gate_factors();
+        b.matmul(a).mul_scalar(self.scaling())
+    }
+
+    /// The factors `(A·T_in, T_outᵀ·B·diag(m))` of `ΔW = s·T_outᵀ B diag(m) A T_in`
+    /// (module docs) with the fixed mask `m`: all ones for [`GateMode::Off`],
+    /// the frozen mask for [`GateMode::Frozen`].
+    fn fixed_gate_factors(&self) -> (Tensor<2>, Tensor<2>) {
+        let (a, b) = self.effective_factors();
+        match self.mode {
+            GateMode::Off => (a, b),
+            // `Adaptive` never reaches here (every caller excludes it); it is
+            // listed with `Frozen` only to keep the match exhaustive.
+            GateMode::Frozen | GateMode::Adaptive => {
+                (a, b * self.frozen_mask.clone().unsqueeze_dim::<2>(0))
+            }
         }
     }
 

@@ -12,8 +12,9 @@
 
 use std::collections::BTreeMap;
 
-use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
+use burn::module::Module;
 use burn::tensor::{IndexingUpdateOp, Int, Tensor};
+use lastmile_core::module::{NamedParam, ParamValue, Selector, collect_params, map_params};
 
 use crate::adapter::Adapter;
 use crate::combine::{CombineMethod, awom, awor, combine_adapters};
@@ -145,26 +146,55 @@ impl AdapterSet {
     /// Registers the `[in, out]` weights `<target>.weight` of a burn module
     /// (e.g. `burn::nn::Linear` layers named `fc1`, `fc2`).
     ///
+    /// The **stored** value of each weight is its base `W0`
+    /// ([`ParamValue::Stored`]): on a module with attached adapters (see
+    /// [`crate::attach`]) that is the pristine weight, not `W0 + ΔW`.
+    /// `targets` are module paths; `lastmile_core::module::Selector` patterns
+    /// (`layers.*.proj`) also work and register every layer they match.
+    ///
     /// # Errors
-    /// [`AdapterError::NotFound`] if a target has no 2-D `weight` parameter.
+    /// [`AdapterError::NotFound`] if a target has no `weight` parameter,
+    /// [`AdapterError::Shape`] if it is not 2-D, [`AdapterError::Core`]
+    /// ([`lastmile_core::CoreError::Empty`]) for no targets.
+    ///
+    /// # Examples
+    /// ```
+    /// # #[cfg(feature = "flex")] {
+    /// use burn::module::Module;
+    /// use burn::nn::{Linear, LinearConfig};
+    /// use burn::tensor::Device;
+    /// use lastmile_adapters::{AdapterError, AdapterSet};
+    ///
+    /// #[derive(Module, Debug)]
+    /// struct Mlp { fc1: Linear, fc2: Linear }
+    ///
+    /// let d = Device::flex();
+    /// let mlp = Mlp { fc1: LinearConfig::new(4, 8).init(&d), fc2: LinearConfig::new(8, 2).init(&d) };
+    /// let set = AdapterSet::from_module(&mlp, &["fc1", "fc2"])?;
+    /// assert_eq!(set.base_weight("fc1")?.dims(), [4, 8]); // [in, out], as stored
+    /// assert!(matches!(
+    ///     AdapterSet::from_module(&mlp, &["fc3"]),
+    ///     Err(AdapterError::NotFound { what: "target", .. })
+    /// ));
+    /// # }
+    /// # Ok::<(), lastmile_adapters::AdapterError>(())
+    /// ```
     pub fn from_module<M: Module>(module: &M, targets: &[&str]) -> Result<Self> {
-        let mut collector = Collector {
-            path: Vec::new(),
-            wanted: targets.iter().map(|t| format!("{t}.weight")).collect(),
-            found: BTreeMap::new(),
-        };
-        module.visit(&mut collector);
+        let found = Selector::new(targets.iter().map(|t| format!("{t}.weight")))
+            .and_then(|selector| collect_params(module, &selector, ParamValue::Stored))
+            .map_err(|e| AdapterError::from(e).named("target"))?;
         let mut set = Self::new();
-        for t in targets {
-            let w = collector
-                .found
-                .remove(&format!("{t}.weight"))
-                .ok_or_else(|| AdapterError::NotFound {
-                    what: "target",
-                    name: format!("{t}.weight (a 2-D parameter)"),
-                    available: collector.wanted.clone(),
-                })?;
-            set.add_target(t, w, WeightLayout::InOut)?;
+        for p in found {
+            // Every selected path ends in `.weight` (the patterns' last segment).
+            let name = p.path.strip_suffix(".weight").unwrap_or(&p.path);
+            let [d_in, d_out] = p.shape[..] else {
+                return Err(AdapterError::shape(
+                    format!("parameter `{}`", p.path),
+                    "a 2-D [in, out] weight",
+                    &p.shape,
+                ));
+            };
+            set.add_target(name, p.value.reshape([d_in, d_out]), WeightLayout::InOut)?;
         }
         Ok(set)
     }
@@ -440,12 +470,66 @@ impl AdapterSet {
 
     /// Writes the deployed weights into `module`'s `<target>.weight`
     /// parameters (ids and training state preserved).
-    pub fn apply_to<M: Module>(&self, module: M) -> M {
-        let mut writer = Writer {
-            path: Vec::new(),
-            set: self,
-        };
-        module.map(&mut writer)
+    ///
+    /// The stored value is replaced; an adapter attached to the parameter
+    /// (see [`crate::attach`]) stays attached and applies on top. An empty set
+    /// returns `module` unchanged.
+    ///
+    /// # Errors
+    /// [`AdapterError::NotFound`] for a target the module lacks,
+    /// [`AdapterError::Shape`] for a parameter whose shape differs from the
+    /// target's stored shape. On error the module is dropped: nothing is
+    /// half-applied.
+    ///
+    /// # Examples
+    /// ```
+    /// # #[cfg(feature = "flex")] {
+    /// use burn::nn::LinearConfig;
+    /// use burn::module::Module;
+    /// use burn::tensor::{Device, Tensor};
+    /// use lastmile_adapters::{AdapterError, AdapterSet, WeightLayout};
+    ///
+    /// #[derive(Module, Debug)]
+    /// struct Net { fc: burn::nn::Linear }
+    ///
+    /// let d = Device::flex();
+    /// let net = Net { fc: LinearConfig::new(3, 2).init(&d) };
+    /// let mut set = AdapterSet::new();
+    /// set.add_target("fc", Tensor::<2>::ones([3, 2], &d), WeightLayout::InOut)?;
+    /// let net = set.apply_to(net)?;
+    /// assert_eq!(net.fc.weight.val().sum().into_scalar::<f32>(), 6.0);
+    ///
+    /// set.add_target("head", Tensor::<2>::ones([2, 2], &d), WeightLayout::InOut)?;
+    /// assert!(matches!(set.apply_to(net), Err(AdapterError::NotFound { what: "target", .. })));
+    /// # }
+    /// # Ok::<(), lastmile_adapters::AdapterError>(())
+    /// ```
+    pub fn apply_to<M: Module>(&self, module: M) -> Result<M> {
+        if self.targets.is_empty() {
+            return Ok(module);
+        }
+        let selector = Selector::new(self.targets.keys().map(|t| format!("{t}.weight")))
+            .map_err(|e| AdapterError::from(e).named("target"))?;
+        map_params(module, &selector, |p: &NamedParam| {
+            // Every selected path ends in `.weight` (the patterns' last segment).
+            let t = self.target(p.path.strip_suffix(".weight").unwrap_or(&p.path))?;
+            let stored = t.layout.shape(t.d_out, t.d_in);
+            if p.shape[..] != stored[..] {
+                return Err(AdapterError::shape(
+                    format!("parameter `{}`", p.path),
+                    format!("{stored:?}, the target's {:?} layout", t.layout),
+                    &p.shape,
+                ));
+            }
+            let w = t.current.clone();
+            // Keep the parameter on its own (possibly autodiff) device.
+            Ok(if p.value.device().is_autodiff() {
+                w.autodiff()
+            } else {
+                w
+            })
+        })
+        .map_err(|e| e.named("target"))
     }
 
     /// Combines registered adapters into a new adapter per target
@@ -508,73 +592,5 @@ impl AdapterSet {
             }
         }
         Ok(out)
-    }
-}
-
-struct Collector {
-    path: Vec<String>,
-    wanted: Vec<String>,
-    found: BTreeMap<String, Tensor<2>>,
-}
-
-impl ModuleVisitor for Collector {
-    fn enter_module(&mut self, name: &str, _container_type: &str) {
-        self.path.push(name.to_owned());
-    }
-
-    fn exit_module(&mut self, _name: &str, _container_type: &str) {
-        self.path.pop();
-    }
-
-    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-        let path = self.path.join(".");
-        if D == 2 && self.wanted.contains(&path) {
-            let v = param.val();
-            let dims = v.dims();
-            self.found.insert(path, v.reshape([dims[0], dims[1]]));
-        }
-    }
-}
-
-struct Writer<'a> {
-    path: Vec<String>,
-    set: &'a AdapterSet,
-}
-
-impl ModuleMapper for Writer<'_> {
-    fn enter_module(&mut self, name: &str, _container_type: &str) {
-        self.path.push(name.to_owned());
-    }
-
-    fn exit_module(&mut self, _name: &str, _container_type: &str) {
-        self.path.pop();
-    }
-
-    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
-        let path = self.path.join(".");
-        let Some(target) = path.strip_suffix(".weight") else {
-            return param;
-        };
-        let Some(t) = self.set.targets.get(target) else {
-            return param;
-        };
-        if D != 2 {
-            return param;
-        }
-        let shape = param.dims();
-        let current = t.current.clone();
-        if current.dims()[0] != shape.iter().product::<usize>() {
-            return param;
-        }
-        param.map(|old| {
-            let device = old.device();
-            let w = current.reshape(shape);
-            // Keep the parameter on its own (possibly autodiff) device.
-            if device.is_autodiff() {
-                w.autodiff()
-            } else {
-                w
-            }
-        })
     }
 }

@@ -4,18 +4,18 @@ mod common;
 
 use std::collections::BTreeMap;
 
-use burn::module::Module;
+use burn::module::{Module, Param};
 use burn::nn::{Linear, LinearConfig};
 use burn::optim::{AdamConfig, GradientsParams};
 use burn::tensor::Tensor;
 use common::*;
-use lastmile_adapters::attach::{AdapterSpec, attach_adapters};
+use lastmile_adapters::attach::{AdapterSpec, Attached, attach_adapters, attach_with};
 use lastmile_adapters::combine::{CombineMethod, awom, awor, combine_lora};
 use lastmile_adapters::{
-    Adapter, AdapterSet, FouraConfig, GateMode, Lora, Shira, ShiraBudget, ShiraConfig, ShiraMask,
-    WeightLayout,
+    Adapter, AdapterError, AdapterSet, Foura, FouraConfig, GateMode, Lora, Shira, ShiraBudget,
+    ShiraConfig, ShiraMask, WeightLayout,
 };
-use lastmile_core::backend_test;
+use lastmile_core::{CoreError, backend_test};
 
 fn lora(d_out: usize, d_in: usize, r: usize, device: &burn::tensor::Device) -> Lora {
     Lora::from_factors(
@@ -227,21 +227,197 @@ backend_test!(attach_trains_only_adapters_and_set_deploys_them, |device| {
         let mut set = AdapterSet::from_module(&mlp, &["fc1", "fc2"]).unwrap();
         set.add_adapter("task", adapters).unwrap();
         set.activate("task").unwrap();
-        let deployed = set.apply_to(mlp.clone());
+        let deployed = set.apply_to(mlp.clone()).unwrap();
         assert!(
             max_abs_diff(&vec2(deployed.forward(x.clone())), &trained_out) < 1e-4,
             "{spec:?}"
         );
         set.deactivate().unwrap();
-        assert_eq!(vec2(set.apply_to(mlp.clone()).forward(x.clone())), base_out);
+        assert_eq!(
+            vec2(set.apply_to(mlp.clone()).unwrap().forward(x.clone())),
+            base_out
+        );
     }
-    assert!(
-        attach_adapters(
-            mlp.clone(),
-            &["fc3"],
-            &AdapterSpec::Lora(lastmile_adapters::LoraConfig::new(2, 4.0))
-        )
-        .is_err()
+    match attach_adapters(
+        mlp.clone(),
+        &["fc3"],
+        &AdapterSpec::Lora(lastmile_adapters::LoraConfig::new(2, 4.0)),
+    ) {
+        Err(AdapterError::NotFound {
+            what: "target",
+            available,
+            ..
+        }) => assert_eq!(available, ["fc1.weight", "fc2.weight"]),
+        other => panic!("expected NotFound, got {other:?}"),
+    }
+    assert!(matches!(
+        attach_adapters(mlp, &["fc1"], &AdapterSpec::Foura(FouraConfig::new(2, 4.0))),
+        Err(AdapterError::Unsupported { .. })
+    ));
+});
+
+/// An adapter with a non-zero `ΔW` on `fc1` (LoRA) and `fc2` (FouRA with a
+/// frozen gate that switches one rank component off).
+fn attach_nonzero(mlp: Mlp, device: &burn::tensor::Device) -> (Mlp, Attached) {
+    attach_with(mlp, &["fc1", "fc2"], |name, w0| {
+        let [d_out, d_in] = w0.dims();
+        let (a, b) = (randn([2, d_in], device), randn([d_out, 2], device));
+        Ok(if name == "fc1" {
+            Lora::from_factors(a, b, 4.0, false)?.into()
+        } else {
+            let config = FouraConfig::new(2, 4.0).with_gate(GateMode::Frozen);
+            Foura::from_factors(a, b, &config)?
+                .with_frozen_mask(Tensor::from_floats([1.0, 0.0], device))?
+                .into()
+        })
+    })
+    .unwrap()
+}
+
+backend_test!(set_from_attached_module_reads_the_stored_base, |device| {
+    let ad = device.clone().autodiff();
+    let mlp = Mlp {
+        fc1: LinearConfig::new(6, 10).init(&ad),
+        fc2: LinearConfig::new(10, 3).init(&ad),
+    };
+    let (model, attached) = attach_nonzero(mlp.clone(), &ad);
+    let adapters = attached.extract(&model).unwrap();
+    for (name, w0, effective) in [
+        ("fc1", &mlp.fc1.weight, &model.fc1.weight),
+        ("fc2", &mlp.fc2.weight, &model.fc2.weight),
+    ] {
+        // The effective weight is W0 + ΔW (ΔW in burn's [in, out] layout) ...
+        let delta = adapters[name].delta_in_layout(WeightLayout::InOut).unwrap();
+        assert!(vec2(delta.clone()).iter().any(|v| v.abs() > 1e-3), "{name}");
+        let want = vec2(w0.val() + delta);
+        assert!(max_abs_diff(&vec2(effective.val()), &want) < 1e-5, "{name}");
+    }
+    // ... but the set's base is the stored W0, bit for bit.
+    let mut set = AdapterSet::from_module(&model, &["fc1", "fc2"]).unwrap();
+    assert_eq!(
+        vec2(set.base_weight("fc1").unwrap()),
+        vec2(mlp.fc1.weight.val())
     );
-    assert!(attach_adapters(mlp, &["fc1"], &AdapterSpec::Foura(FouraConfig::new(2, 4.0))).is_err());
+    assert_eq!(
+        vec2(set.base_weight("fc2").unwrap()),
+        vec2(mlp.fc2.weight.val())
+    );
+
+    // Writing into the attached module replaces the stored base; the adapter
+    // stays attached and still applies on top.
+    set.add_adapter("task", adapters.clone()).unwrap();
+    set.activate("task").unwrap();
+    let deployed = set.apply_to(model).unwrap();
+    assert_eq!(
+        vec2(deployed.fc1.weight.base()),
+        vec2(set.weight("fc1").unwrap())
+    );
+    let again = attached.extract(&deployed).unwrap();
+    assert_eq!(
+        vec2(again["fc1"].delta_weight().unwrap()),
+        vec2(adapters["fc1"].delta_weight().unwrap())
+    );
+    let twice = vec2(
+        set.weight("fc1").unwrap()
+            + adapters["fc1"]
+                .delta_in_layout(WeightLayout::InOut)
+                .unwrap(),
+    );
+    assert!(max_abs_diff(&vec2(deployed.fc1.weight.val()), &twice) < 1e-5);
+
+    // A materialised module has lost its adapters.
+    match attached.extract(&deployed.materialize()) {
+        Err(AdapterError::NotFound {
+            what: "adapter",
+            name,
+            ..
+        }) => {
+            assert_eq!(name, "fc1.weight.adapter.inner.**")
+        }
+        other => panic!("expected NotFound, got {other:?}"),
+    }
+});
+
+#[derive(Module, Debug)]
+struct Gain {
+    weight: Param<Tensor<1>>,
+}
+
+#[derive(Module, Debug)]
+struct WithGain {
+    fc1: Linear,
+    gain: Gain,
+}
+
+backend_test!(set_and_module_that_do_not_fit_are_typed_errors, |device| {
+    let mlp = Mlp {
+        fc1: LinearConfig::new(6, 10).init(device),
+        fc2: LinearConfig::new(10, 3).init(device),
+    };
+    match AdapterSet::from_module(&mlp, &["fc1", "fc3"]) {
+        Err(AdapterError::NotFound {
+            what: "target",
+            name,
+            available,
+        }) => {
+            assert_eq!(name, "fc3.weight");
+            assert!(available.contains(&"fc2.bias".to_string()));
+        }
+        other => panic!("expected NotFound, got {other:?}"),
+    }
+    assert!(matches!(
+        AdapterSet::from_module(&mlp, &[]),
+        Err(AdapterError::Core(CoreError::Empty { .. }))
+    ));
+    let with_gain = WithGain {
+        fc1: LinearConfig::new(6, 10).init(device),
+        gain: Gain {
+            weight: Param::from_tensor(Tensor::ones([4], device)),
+        },
+    };
+    match AdapterSet::from_module(&with_gain, &["gain"]) {
+        Err(AdapterError::Shape { found, .. }) => assert_eq!(found, [4]),
+        other => panic!("expected Shape, got {other:?}"),
+    }
+
+    // A target the module lacks.
+    let set = AdapterSet::from_module(&mlp, &["fc1", "fc2"]).unwrap();
+    match set.apply_to(with_gain) {
+        Err(AdapterError::NotFound {
+            what: "target",
+            name,
+            ..
+        }) => assert_eq!(name, "fc2.weight"),
+        other => panic!("expected NotFound, got {other:?}"),
+    }
+    // A target whose shape does not fit: [5, 10] stored, set holds [6, 10].
+    let other = Mlp {
+        fc1: LinearConfig::new(5, 10).init(device),
+        fc2: LinearConfig::new(10, 3).init(device),
+    };
+    match set.apply_to(other) {
+        Err(AdapterError::Shape { what, found, .. }) => {
+            assert_eq!(what, "parameter `fc1.weight`");
+            assert_eq!(found, [5, 10]);
+        }
+        other => panic!("expected Shape, got {other:?}"),
+    }
+    // Same element count, other layout: still a mismatch, not a silent reshape.
+    let fresh = WithGain {
+        fc1: LinearConfig::new(6, 10).init(device),
+        gain: Gain {
+            weight: Param::from_tensor(Tensor::ones([4], device)),
+        },
+    };
+    let mut only_t = AdapterSet::new();
+    only_t
+        .add_target("fc1", randn([10, 6], device), WeightLayout::OutIn)
+        .unwrap();
+    assert!(matches!(
+        only_t.apply_to(fresh),
+        Err(AdapterError::Shape { .. })
+    ));
+    // An empty set changes nothing.
+    let same = AdapterSet::new().apply_to(mlp.clone()).unwrap();
+    assert_eq!(vec2(same.fc1.weight.val()), vec2(mlp.fc1.weight.val()));
 });
