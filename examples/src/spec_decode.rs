@@ -1,6 +1,8 @@
-//! Speculative decoding on real byte-level transformers: the model adapter,
-//! training/checkpointing of the target/draft pair, the method sweep used by
-//! the `spec_decode_text` example, and the tour section.
+//! Speculative decoding on real byte-level transformers: training and
+//! checkpointing of the target/draft pair, the method sweep used by the
+//! `spec_decode_text` example, and the tour section. The transformers are
+//! `LanguageModel`s themselves (`lastmile-models` implements lastmile-core's
+//! interface), so the decoder takes them as they are.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -15,55 +17,13 @@ use lastmile_models::{
 };
 use lastmile_spec_decode::{
     AdaEdl, AdaEdlConfig, CostModel, DraftPolicy, Generation, GenerationConfig, HeuristicSchedule,
-    LanguageModel, MaxConfidence, Metrics, ModelDrafter, PromptLookup, SpecDecodeError,
-    SpeculativeDecoder, StaticLength, generate_autoregressive,
+    MaxConfidence, Metrics, ModelDrafter, PromptLookup, SpeculativeDecoder, StaticLength,
+    generate_autoregressive,
 };
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 
 use crate::report::{output_dir, progress_bar, table, write_csv};
-
-/// A packed [`Transformer`] seen through the decoder's [`LanguageModel`] interface.
-#[derive(Debug)]
-pub struct TransformerLm<'a>(pub &'a PackedTransformer);
-
-impl LanguageModel for TransformerLm<'_> {
-    type Cache = KvCache;
-    fn vocab_size(&self) -> usize {
-        self.0.model().vocab()
-    }
-    fn device(&self) -> Device {
-        self.0.model().device()
-    }
-    fn max_context(&self) -> usize {
-        self.0.model().max_len()
-    }
-    fn new_cache(&self, batch: usize) -> lastmile_spec_decode::Result<KvCache> {
-        Ok(self.0.new_cache(batch))
-    }
-    fn cached_len(&self, cache: &KvCache, row: usize) -> usize {
-        cache.len(row)
-    }
-    fn truncate(
-        &self,
-        cache: &mut KvCache,
-        row: usize,
-        len: usize,
-    ) -> lastmile_spec_decode::Result<()> {
-        cache
-            .truncate(row, len)
-            .map_err(|e| SpecDecodeError::Model(Box::new(e)))
-    }
-    fn forward(
-        &self,
-        cache: &mut KvCache,
-        tokens: &[Vec<usize>],
-    ) -> lastmile_spec_decode::Result<Tensor<3>> {
-        self.0
-            .forward_cached(cache, tokens)
-            .map_err(|e| SpecDecodeError::Model(Box::new(e)))
-    }
-}
 
 /// Context window of both models (bytes).
 pub const CONTEXT: usize = 128;
@@ -246,16 +206,16 @@ pub fn run_method(
     config: &GenerationConfig,
     seed: u64,
 ) -> Result<Generation> {
-    let t = TransformerLm(target);
-    let d = TransformerLm(draft);
     let mut rng = StdRng::seed_from_u64(seed);
     let batch = [prompt.to_vec()];
     Ok(match method {
-        Method::Autoregressive => generate_autoregressive(&t, &batch, config, &mut rng)?,
-        Method::Draft(p) => SpeculativeDecoder::new(&t, ModelDrafter::new(&d), p.clone())?
+        Method::Autoregressive => generate_autoregressive(target, &batch, config, &mut rng)?,
+        Method::Draft(p) => SpeculativeDecoder::new(target, ModelDrafter::new(draft), p.clone())?
             .generate(&batch, config, &mut rng)?,
-        Method::Lookup(p) => SpeculativeDecoder::new(&t, PromptLookup::new(1, 3, 10)?, p.clone())?
-            .generate(&batch, config, &mut rng)?,
+        Method::Lookup(p) => {
+            SpeculativeDecoder::new(target, PromptLookup::new(1, 3, 10)?, p.clone())?
+                .generate(&batch, config, &mut rng)?
+        }
     })
 }
 

@@ -52,10 +52,11 @@ impl KvCache {
     /// [`ModelError::Batch`] for a row out of range.
     pub fn truncate(&mut self, row: usize, len: usize) -> Result<()> {
         let n = self.lens.len();
-        let slot = self
-            .lens
-            .get_mut(row)
-            .ok_or_else(|| ModelError::Batch(format!("row {row} of a cache with {n} rows")))?;
+        let slot = self.lens.get_mut(row).ok_or_else(|| ModelError::Batch {
+            what: "row index".to_owned(),
+            expected: format!("< {n} (the cache's rows)"),
+            found: row,
+        })?;
         *slot = (*slot).min(len);
         Ok(())
     }
@@ -142,15 +143,18 @@ impl Transformer {
     ) -> Result<Tensor<3>> {
         let b = cache.batch();
         if tokens.len() != b {
-            return Err(ModelError::Batch(format!(
-                "{} token rows for a cache of {b} rows",
-                tokens.len()
-            )));
+            return Err(ModelError::Batch {
+                what: "token lists".to_owned(),
+                expected: format!("{b} (the cache's rows)"),
+                found: tokens.len(),
+            });
         }
         for (row, t) in tokens.iter().enumerate() {
-            if let Some(&token) = t.iter().find(|t| **t >= self.vocab) {
+            if let Some((position, &token)) = t.iter().enumerate().find(|(_, t)| **t >= self.vocab)
+            {
                 return Err(ModelError::TokenOutOfRange {
                     row,
+                    position,
                     token,
                     vocab: self.vocab,
                 });

@@ -16,10 +16,14 @@ pub enum ModelError {
     Config(String),
 
     /// A token id was outside the vocabulary.
-    #[error("token {token} (row {row}) is out of range; expected an id < {vocab}")]
+    #[error(
+        "token {token} (row {row}, position {position}) is out of range; expected an id < {vocab}"
+    )]
     TokenOutOfRange {
         /// Batch row.
         row: usize,
+        /// Position of the token in the list fed to that row.
+        position: usize,
         /// The offending id.
         token: usize,
         /// Vocabulary size.
@@ -38,8 +42,15 @@ pub enum ModelError {
     },
 
     /// The cache and the request disagree on the batch (or a row index is out of range).
-    #[error("batch mismatch: {0}")]
-    Batch(String),
+    #[error("batch mismatch: {what} is {found}; expected {expected}")]
+    Batch {
+        /// What was counted (e.g. `"token lists"`, `"row index"`).
+        what: String,
+        /// What the cache holds.
+        expected: String,
+        /// What was given.
+        found: usize,
+    },
 
     /// A checkpoint could not be written or read back.
     #[error("checkpoint {path}: {reason}")]

@@ -12,7 +12,11 @@
 //!   forward KL that DistillSpec uses to raise speculative acceptance),
 //! - checkpoints in burn's native format ([`Transformer::save`] / [`Transformer::load`]),
 //! - a packed weight layout for few-token verify passes ([`PackedTransformer`])
-//!   and an arithmetic erf-GELU for decoding ([`gelu_decode`]).
+//!   and an arithmetic erf-GELU for decoding ([`gelu_decode`]),
+//! - lastmile-core's [`LanguageModel`](lastmile_core::lm::LanguageModel)
+//!   interface on [`Transformer`] and [`PackedTransformer`], so that decoders
+//!   and drafters (e.g. `lastmile-spec-decode`) take them as they are;
+//!   [`ModelError`] converts into [`LmError`](lastmile_core::lm::LmError).
 //!
 //! Not published: it exists to give the method crates real models to run on.
 //!
@@ -35,6 +39,7 @@ mod activation;
 mod cache;
 mod checkpoint;
 mod error;
+mod lm;
 mod packed;
 mod train;
 mod transformer;

@@ -180,7 +180,7 @@ backend_test!(cached_forward_rejects_bad_input, |device| {
     let mut cache = model.new_cache(2);
     assert!(matches!(
         model.forward_cached(&mut cache, &[vec![1]]),
-        Err(ModelError::Batch(_))
+        Err(ModelError::Batch { .. })
     ));
     assert!(matches!(
         model.forward_cached(&mut cache, &[vec![1], vec![300]]),

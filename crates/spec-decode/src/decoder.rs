@@ -2,17 +2,21 @@
 
 use std::time::Instant;
 
-use burn::tensor::{Tensor, TensorData};
-use lastmile_core::numerics::{SamplingParams, argmax, sample_categorical};
-
+use burn::tensor::{Device, Tensor};
+use lastmile_core::CoreError;
+use lastmile_core::lm::{LanguageModel, check_logits_shape};
+use lastmile_core::numerics::{SamplingParams, sample_categorical_on_device};
+use lastmile_core::validate::{check_at_least, check_finite, check_len};
 use rand::Rng;
 
 use crate::drafter::{Draft, DraftRequest, Drafter, common_prefix};
 use crate::error::{Result, SpecDecodeError};
-use crate::lm::LanguageModel;
 use crate::metrics::Metrics;
 use crate::policy::{DraftPolicy, RoundOutcome};
-use crate::verify::{ResidualRule, index_tensor, verify_unchecked};
+use crate::verify::{
+    Checked, ResidualRule, index_tensor, locate_logits_fault, located, logits_fault,
+    non_finite_flag, read_ints, verify_kernel,
+};
 
 /// What to generate: sampling parameters, length, optional stop token.
 ///
@@ -34,18 +38,11 @@ impl GenerationConfig {
     /// Generates up to `max_new_tokens` per sequence with `sampling`.
     ///
     /// # Errors
-    /// `max_new_tokens = 0`.
+    /// [`SpecDecodeError::Core`] ([`CoreError::OutOfRange`]) for `max_new_tokens = 0`.
     pub fn new(sampling: SamplingParams, max_new_tokens: usize) -> Result<Self> {
-        if max_new_tokens == 0 {
-            return Err(SpecDecodeError::param(
-                "max_new_tokens",
-                0.0,
-                "an integer >= 1",
-            ));
-        }
         Ok(Self {
             sampling,
-            max_new_tokens,
+            max_new_tokens: check_at_least("max_new_tokens", max_new_tokens, 1)?,
             stop_token: None,
         })
     }
@@ -158,15 +155,41 @@ fn sync_row<M: LanguageModel>(
     Ok(row.seq[keep..].to_vec())
 }
 
-fn check_logits_shape(logits: &Tensor<3>, batch: usize, n: usize, vocab: usize) -> Result<usize> {
-    let [b, m, v] = logits.dims();
-    if b != batch || v != vocab || m < n {
-        return Err(SpecDecodeError::BadLogits {
-            expected: format!("[{batch}, >= {n}, {vocab}]"),
-            found: vec![b, m, v],
-        });
-    }
-    Ok(m)
+/// Stacks the active rows' draft distributions `[g, V]` into `[A, G, V]`
+/// on the device, zero rows past each row's own `g`.
+fn stack_draft_q(
+    drafts: &[&Draft],
+    g_max: usize,
+    vocab: usize,
+    device: &Device,
+) -> Result<Tensor<3>> {
+    let rows = drafts
+        .iter()
+        .enumerate()
+        .map(|(a, d)| {
+            let g = d.tokens.len();
+            let q = match (&d.q, g) {
+                (_, 0) => return Ok(Tensor::<2>::zeros([g_max, vocab], device)),
+                (Some(q), _) if q.dims() == [g, vocab] => q.clone(),
+                (q, _) => {
+                    return Err(CoreError::shape(
+                        "draft distributions q from the drafter",
+                        format!(
+                            "[{g}, {vocab}] for the {g} tokens of active row {a} (a drafter that is not deterministic must give q)"
+                        ),
+                        &q.as_ref().map_or(Vec::new(), |q| q.dims().to_vec()),
+                    )
+                    .into());
+                }
+            };
+            Ok(if g < g_max {
+                Tensor::cat(vec![q, Tensor::zeros([g_max - g, vocab], device)], 0)
+            } else {
+                q
+            })
+        })
+        .collect::<Result<Vec<Tensor<2>>>>()?;
+    Ok(Tensor::stack(rows, 0))
 }
 
 /// Speculative decoding of a target model with a drafter and a draft-length policy.
@@ -179,19 +202,29 @@ fn check_logits_shape(logits: &Tensor<3>, batch: usize, n: usize, vocab: usize) 
 /// the target's processed distribution exactly (greedy: equals target-only
 /// greedy decoding).
 ///
+/// The device/host boundary is crossed one way: the draft distributions
+/// stay on the device (the drafter's `q` rows are stacked there, zero-padded
+/// to the round's longest draft), and each round costs one device
+/// synchronisation per draft step of a [`ModelDrafter`](crate::ModelDrafter)
+/// (none for [`PromptLookup`](crate::PromptLookup)) plus **one** for the
+/// verification, whatever the batch size and draft lengths. Randomness
+/// comes only from the caller's `rng`: per round, the drafter's uniforms
+/// (one per active row per draft step when sampling), then the
+/// verification's (see [`verify_drafts`](crate::verify_drafts)).
+///
 /// ```
 /// # #[cfg(feature = "flex")] {
 /// # use burn::tensor::{Device, Tensor, TensorData};
-/// # use lastmile_spec_decode::{LanguageModel, Result};
+/// # use lastmile_spec_decode::{LanguageModel, LmResult};
 /// # struct Unigram { logits: Vec<f32>, device: Device }
 /// # impl LanguageModel for Unigram {
 /// #     type Cache = Vec<usize>;
 /// #     fn vocab_size(&self) -> usize { self.logits.len() }
 /// #     fn device(&self) -> Device { self.device.clone() }
-/// #     fn new_cache(&self, batch: usize) -> Result<Vec<usize>> { Ok(vec![0; batch]) }
+/// #     fn new_cache(&self, batch: usize) -> LmResult<Vec<usize>> { Ok(vec![0; batch]) }
 /// #     fn cached_len(&self, c: &Vec<usize>, row: usize) -> usize { c[row] }
-/// #     fn truncate(&self, c: &mut Vec<usize>, row: usize, len: usize) -> Result<()> { c[row] = c[row].min(len); Ok(()) }
-/// #     fn forward(&self, c: &mut Vec<usize>, tokens: &[Vec<usize>]) -> Result<Tensor<3>> {
+/// #     fn truncate(&self, c: &mut Vec<usize>, row: usize, len: usize) -> LmResult<()> { c[row] = c[row].min(len); Ok(()) }
+/// #     fn forward(&self, c: &mut Vec<usize>, tokens: &[Vec<usize>]) -> LmResult<Tensor<3>> {
 /// #         let n = tokens.iter().map(Vec::len).max().unwrap_or(0);
 /// #         for (l, t) in c.iter_mut().zip(tokens) { *l += t.len(); }
 /// #         let data: Vec<f32> = (0..tokens.len() * n).flat_map(|_| self.logits.clone()).collect();
@@ -266,7 +299,11 @@ impl<'t, T: LanguageModel, D: Drafter> SpeculativeDecoder<'t, T, D> {
     /// # Errors
     /// [`SpecDecodeError::NoPrompts`], [`SpecDecodeError::EmptyPrompt`],
     /// [`SpecDecodeError::TokenOutOfRange`], [`SpecDecodeError::ContextOverflow`]
-    /// for bad prompts; [`SpecDecodeError::Core`] for NaN logits; any model error.
+    /// for bad prompts; [`SpecDecodeError::Core`] for NaN / `+inf` logits
+    /// ([`CoreError::NonFinite`]) or fully masked rows
+    /// ([`CoreError::NotAProbability`]) of either model, and for a drafter
+    /// that breaks its contract (wrong number of drafts, missing or mis-shaped
+    /// `q`); [`SpecDecodeError::Lm`] for any model failure.
     pub fn generate<R: Rng + ?Sized>(
         &mut self,
         prompts: &[Vec<usize>],
@@ -316,9 +353,11 @@ impl<'t, T: LanguageModel, D: Drafter> SpeculativeDecoder<'t, T, D> {
                 .collect();
             let mut drafts: Vec<Draft> = self.drafter.propose(&mut requests, &sampling, rng)?;
             drop(requests);
+            check_len("drafts returned by the drafter", drafts.len(), batch)?;
             for (row, d) in rows.iter().zip(drafts.iter_mut()) {
                 if row.done {
                     d.tokens.clear();
+                    d.q = None;
                 }
             }
 
@@ -353,34 +392,45 @@ impl<'t, T: LanguageModel, D: Drafter> SpeculativeDecoder<'t, T, D> {
             let selected = logits
                 .reshape([batch * n, vocab])
                 .select(0, index_tensor(&pick, &device)?);
+            // 3. Verify on the device; the kernel's one read also flags NaN.
+            let fault = logits_fault(&selected);
             let p = sampling
-                .probabilities(selected)?
+                .probabilities_unchecked(selected.clone())?
                 .reshape([active.len(), g_max + 1, vocab]);
             let q = if greedy || g_max == 0 || self.drafter.is_deterministic() {
                 None
             } else {
-                let mut host = vec![0.0f32; active.len() * g_max * vocab];
-                for (a, &i) in active.iter().enumerate() {
-                    let g = drafts[i].tokens.len();
-                    let probs = drafts[i].probs.as_deref().unwrap_or(&[]);
-                    if probs.len() != g * vocab {
-                        return Err(SpecDecodeError::BadLogits {
-                            expected: format!("{g} x {vocab} draft probabilities from the drafter"),
-                            found: vec![probs.len()],
-                        });
-                    }
-                    host[a * g_max * vocab..a * g_max * vocab + g * vocab].copy_from_slice(probs);
-                }
-                Some(Tensor::<3>::from_data(
-                    TensorData::new(host, [active.len(), g_max, vocab]),
-                    &device,
-                ))
+                let active_drafts: Vec<&Draft> = active.iter().map(|&i| &drafts[i]).collect();
+                Some(stack_draft_q(&active_drafts, g_max, vocab, &device)?)
             };
-            let active_drafts: Vec<Vec<usize>> =
-                active.iter().map(|&i| drafts[i].tokens.clone()).collect();
-            let verdicts = verify_unchecked(p, q, &active_drafts, greedy, self.rule, rng)?;
+            let active_drafts: Vec<Vec<usize>> = active
+                .iter()
+                .map(|&i| std::mem::take(&mut drafts[i].tokens))
+                .collect();
+            let verdicts = match verify_kernel(
+                p.clone(),
+                q.clone(),
+                &active_drafts,
+                greedy,
+                self.rule,
+                Some(fault),
+                rng,
+            )? {
+                Checked::Verdicts(v) => v,
+                // Error paths: locate the fault (further reads).
+                Checked::NonFiniteTarget => {
+                    return Err(locate_logits_fault("target", &selected, p));
+                }
+                Checked::NonFiniteDraft => {
+                    let check = match &q {
+                        Some(q) => check_finite("draft distributions", q),
+                        None => Ok(()),
+                    };
+                    return Err(located("draft distributions", check));
+                }
+            };
 
-            // 3. Commit accepted drafts and the emitted token; feed back the policy.
+            // 4. Commit accepted drafts and the emitted token; feed back the policy.
             for (a, &i) in active.iter().enumerate() {
                 let row = &mut rows[i];
                 row.target_fed.extend_from_slice(&feed[i]);
@@ -413,8 +463,10 @@ impl<'t, T: LanguageModel, D: Drafter> SpeculativeDecoder<'t, T, D> {
 /// the reference for exactness tests.
 ///
 /// One forward per token (the whole prompt in the first). Greedy picks the
-/// first maximum; sampling draws from `config.sampling().probabilities(..)`
-/// with one categorical draw per sequence per step.
+/// argmax; sampling draws from `config.sampling().probabilities(..)`
+/// with one categorical draw per sequence per step (one uniform each, in
+/// row order). Device synchronisations: one per step (the tokens, read back
+/// with a flag for NaN or fully masked logits).
 ///
 /// # Errors
 /// As [`SpeculativeDecoder::generate`].
@@ -422,16 +474,16 @@ impl<'t, T: LanguageModel, D: Drafter> SpeculativeDecoder<'t, T, D> {
 /// ```
 /// # #[cfg(feature = "flex")] {
 /// # use burn::tensor::{Device, Tensor, TensorData};
-/// # use lastmile_spec_decode::{LanguageModel, Result};
+/// # use lastmile_spec_decode::{LanguageModel, LmResult};
 /// # struct Unigram { logits: Vec<f32>, device: Device }
 /// # impl LanguageModel for Unigram {
 /// #     type Cache = Vec<usize>;
 /// #     fn vocab_size(&self) -> usize { self.logits.len() }
 /// #     fn device(&self) -> Device { self.device.clone() }
-/// #     fn new_cache(&self, batch: usize) -> Result<Vec<usize>> { Ok(vec![0; batch]) }
+/// #     fn new_cache(&self, batch: usize) -> LmResult<Vec<usize>> { Ok(vec![0; batch]) }
 /// #     fn cached_len(&self, c: &Vec<usize>, row: usize) -> usize { c[row] }
-/// #     fn truncate(&self, c: &mut Vec<usize>, row: usize, len: usize) -> Result<()> { c[row] = c[row].min(len); Ok(()) }
-/// #     fn forward(&self, c: &mut Vec<usize>, tokens: &[Vec<usize>]) -> Result<Tensor<3>> {
+/// #     fn truncate(&self, c: &mut Vec<usize>, row: usize, len: usize) -> LmResult<()> { c[row] = c[row].min(len); Ok(()) }
+/// #     fn forward(&self, c: &mut Vec<usize>, tokens: &[Vec<usize>]) -> LmResult<Tensor<3>> {
 /// #         let n = tokens.iter().map(Vec::len).max().unwrap_or(0);
 /// #         for (l, t) in c.iter_mut().zip(tokens) { *l += t.len(); }
 /// #         let data: Vec<f32> = (0..tokens.len() * n).flat_map(|_| self.logits.clone()).collect();
@@ -486,12 +538,19 @@ pub fn generate_autoregressive<M: LanguageModel, R: Rng + ?Sized>(
         let last = logits
             .reshape([batch * n, vocab])
             .select(0, index_tensor(&pick, &device)?);
-        let probs = config.sampling.probabilities(last)?;
+        // One read: the tokens with a flag for NaN / fully masked logits.
+        let probs = config.sampling.probabilities_unchecked(last.clone())?;
         let tokens = if config.sampling.is_greedy() {
-            argmax(probs)?
+            probs.clone().argmax(1).reshape([active.len()])
         } else {
-            sample_categorical(probs, rng)?
+            sample_categorical_on_device(probs.clone(), rng)?
         };
+        let fault = non_finite_flag(probs.clone()) + logits_fault(&last);
+        let host = read_ints(vec![tokens, fault], active.len() + 1)?;
+        if host[active.len()] != 0 {
+            return Err(locate_logits_fault("target", &last, probs));
+        }
+        let tokens = &host[..active.len()];
         for (a, &i) in active.iter().enumerate() {
             let row = &mut rows[i];
             row.target_fed.extend_from_slice(&feed[i]);

@@ -1,35 +1,87 @@
 //! Drafters: where the proposed tokens come from.
 
 use burn::tensor::Tensor;
+use lastmile_core::CoreError;
 use lastmile_core::convert::tensor_to_vec;
-use lastmile_core::numerics::{SamplingParams, argmax, entropy, sample_categorical, softmax};
+use lastmile_core::lm::{LmError, check_logits_shape};
+use lastmile_core::numerics::{SamplingParams, entropy, sample_categorical_on_device, softmax};
+use lastmile_core::validate::check_at_least;
 use rand::Rng;
 
-use crate::error::{Result, SpecDecodeError};
-use crate::lm::LanguageModel;
+use crate::error::Result;
 use crate::policy::{DraftPolicy, DraftStepInfo};
-use crate::verify::index_tensor;
+use crate::verify::{index_tensor, locate_logits_fault, logits_fault, non_finite_flag};
+use lastmile_core::lm::LanguageModel;
 
 /// One sequence's drafting request for this round.
+///
+/// The decoder fills it once per round (with the policy's
+/// [`round_limit`](DraftPolicy::round_limit), capped by the length and
+/// context budgets); every drafter then decides each further token with
+/// [`wants_more`](DraftRequest::wants_more), the one place where the limit,
+/// the policy's [`min_len`](DraftPolicy::min_len) and its
+/// [`continue_drafting`](DraftPolicy::continue_drafting) are combined.
 #[derive(Debug)]
 pub struct DraftRequest<'a> {
     /// The committed sequence so far (prompt and generated tokens).
     pub context: &'a [usize],
     /// Most tokens to propose (may be 0: propose nothing).
     pub limit: usize,
-    /// The sequence's policy, consulted before each token after the first.
+    /// The sequence's policy, consulted before each token past its `min_len`.
     pub policy: &'a mut dyn DraftPolicy,
 }
 
+impl DraftRequest<'_> {
+    /// Whether the limit leaves room for token number `drafted + 1`. Does not
+    /// consult the policy: a drafter uses it to decide whether to prepare the
+    /// next position at all (e.g. run one more draft forward).
+    ///
+    /// ```
+    /// use lastmile_spec_decode::{DraftRequest, StaticLength};
+    /// let mut policy = StaticLength::new(4).unwrap();
+    /// let req = DraftRequest { context: &[1, 2], limit: 2, policy: &mut policy };
+    /// assert!(req.has_room(1));
+    /// assert!(!req.has_room(2));
+    /// ```
+    pub fn has_room(&self, drafted: usize) -> bool {
+        drafted < self.limit
+    }
+
+    /// Whether to draft token number `drafted + 1`, whose draft distribution
+    /// is summarised by `next`: there is [room](Self::has_room) for it, and
+    /// either `drafted` is below the policy's [`min_len`](DraftPolicy::min_len)
+    /// or the policy's [`continue_drafting`](DraftPolicy::continue_drafting)
+    /// says yes (consulted only then, so stateful policies see exactly the
+    /// positions they decide). A drafter stops at the first `false`.
+    ///
+    /// ```
+    /// use lastmile_spec_decode::{DraftRequest, DraftStepInfo, MaxConfidence};
+    /// let mut policy = MaxConfidence::new(0.5, 8).unwrap();
+    /// let mut req = DraftRequest { context: &[1, 2], limit: 3, policy: &mut policy };
+    /// let unsure = DraftStepInfo { entropy: 2.0, top_prob: 0.2 };
+    /// assert!(req.wants_more(0, &unsure)); // below min_len = 1: unconditional
+    /// assert!(!req.wants_more(1, &unsure)); // the policy stops
+    /// let sure = DraftStepInfo { entropy: 0.1, top_prob: 0.9 };
+    /// assert!(req.wants_more(2, &sure));
+    /// assert!(!req.wants_more(3, &sure)); // the limit
+    /// ```
+    pub fn wants_more(&mut self, drafted: usize, next: &DraftStepInfo) -> bool {
+        self.has_room(drafted)
+            && (drafted < self.policy.min_len() || self.policy.continue_drafting(drafted, next))
+    }
+}
+
 /// Proposed tokens for one sequence.
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default)]
 pub struct Draft {
     /// The proposed tokens `x_1..x_g`.
     pub tokens: Vec<usize>,
-    /// Row-major `[g, vocab]` draft distributions `q_1..q_g` (processed by
-    /// the sampling parameters); `None` for deterministic drafters, whose `q`
-    /// is one-hot at the proposed token, and in greedy mode.
-    pub probs: Option<Vec<f32>>,
+    /// The draft distributions `q_1..q_g` (processed by the sampling
+    /// parameters), `[g, vocab]`, left on the device: the decoder stacks them
+    /// for verification without reading them back. `None` for deterministic
+    /// drafters (whose `q` is one-hot at the proposed token), in greedy mode,
+    /// and for an empty draft.
+    pub q: Option<Tensor<2>>,
     /// Draft-model forward passes spent on this sequence.
     pub model_calls: usize,
 }
@@ -38,7 +90,8 @@ pub struct Draft {
 ///
 /// Rows keep their index across calls (row `b` of every call is the same
 /// sequence), so stateful drafters may cache per row; `None` requests are
-/// finished sequences.
+/// finished sequences. A drafter decides each token with
+/// [`DraftRequest::wants_more`].
 pub trait Drafter {
     /// The vocabulary size, if the drafter has one (checked against the target's).
     fn vocab_size(&self) -> Option<usize>;
@@ -57,7 +110,10 @@ pub trait Drafter {
     /// Implementation-defined.
     fn reset(&mut self, batch: usize) -> Result<()>;
 
-    /// Proposes a draft for every `Some` request (an empty [`Draft`] for `None`).
+    /// Proposes a draft for every `Some` request (an empty [`Draft`] for
+    /// `None`), one [`Draft`] per request, at most `limit` tokens each; a
+    /// drafter that is not [deterministic](Drafter::is_deterministic) must
+    /// give `q` (`[g, vocab]`) for every non-empty draft when sampling.
     ///
     /// # Errors
     /// Implementation-defined (model failure, NaN logits, ...).
@@ -83,16 +139,16 @@ pub(crate) fn common_prefix(a: &[usize], b: &[usize]) -> usize {
 /// ```
 /// # #[cfg(feature = "flex")] {
 /// # use burn::tensor::{Device, Tensor, TensorData};
-/// # use lastmile_spec_decode::{LanguageModel, Result};
+/// # use lastmile_spec_decode::{LanguageModel, LmResult};
 /// # struct Unigram { logits: Vec<f32>, device: Device }
 /// # impl LanguageModel for Unigram {
 /// #     type Cache = Vec<usize>;
 /// #     fn vocab_size(&self) -> usize { self.logits.len() }
 /// #     fn device(&self) -> Device { self.device.clone() }
-/// #     fn new_cache(&self, batch: usize) -> Result<Vec<usize>> { Ok(vec![0; batch]) }
+/// #     fn new_cache(&self, batch: usize) -> LmResult<Vec<usize>> { Ok(vec![0; batch]) }
 /// #     fn cached_len(&self, c: &Vec<usize>, row: usize) -> usize { c[row] }
-/// #     fn truncate(&self, c: &mut Vec<usize>, row: usize, len: usize) -> Result<()> { c[row] = c[row].min(len); Ok(()) }
-/// #     fn forward(&self, c: &mut Vec<usize>, tokens: &[Vec<usize>]) -> Result<Tensor<3>> {
+/// #     fn truncate(&self, c: &mut Vec<usize>, row: usize, len: usize) -> LmResult<()> { c[row] = c[row].min(len); Ok(()) }
+/// #     fn forward(&self, c: &mut Vec<usize>, tokens: &[Vec<usize>]) -> LmResult<Tensor<3>> {
 /// #         let n = tokens.iter().map(Vec::len).max().unwrap_or(0);
 /// #         for (l, t) in c.iter_mut().zip(tokens) { *l += t.len(); }
 /// #         let data: Vec<f32> = (0..tokens.len() * n).flat_map(|_| self.logits.clone()).collect();
@@ -164,133 +220,166 @@ impl<M: LanguageModel> Drafter for ModelDrafter<'_, M> {
         rng: &mut R,
     ) -> Result<Vec<Draft>> {
         let batch = requests.len();
-        let Some(cache) = self.cache.as_mut() else {
-            return Err(SpecDecodeError::Model(
-                "ModelDrafter::propose called before reset".into(),
-            ));
-        };
         if self.fed.len() != batch {
-            return Err(SpecDecodeError::BadLogits {
+            return Err(LmError::Batch {
+                what: "draft requests".to_owned(),
                 expected: format!(
-                    "{} draft requests, as many as rows given to reset",
+                    "{} (the rows given to Drafter::reset, which must be called first)",
                     self.fed.len()
                 ),
-                found: vec![batch],
-            });
+                found: batch,
+            }
+            .into());
         }
-        let vocab = self.model.vocab_size();
-        let greedy = sampling.is_greedy();
         let mut drafts = vec![Draft::default(); batch];
+        let Some(cache) = self.cache.as_mut() else {
+            return Ok(drafts); // never reset and no requests: nothing to do
+        };
+        let vocab = self.model.vocab_size();
+        if vocab > MAX_EXACT_TOKEN {
+            return Err(CoreError::out_of_range(
+                "draft vocabulary size",
+                vocab as f64,
+                "at most 2^24 tokens (sampled ids are read back as f32 with the policy signals)",
+            )
+            .into());
+        }
+        let device = self.model.device();
         let mut feed: Vec<Vec<usize>> = vec![Vec::new(); batch];
         // Roll each row back to what it shares with the committed context, keeping
         // at least the last context token to feed (its logits give q_1).
         for (row, req) in requests.iter().enumerate() {
             let Some(req) = req else { continue };
-            if req.limit == 0 || req.context.is_empty() {
+            if !req.has_room(0) || req.context.is_empty() {
                 continue;
             }
             let keep = common_prefix(&self.fed[row], req.context).min(req.context.len() - 1);
             self.model.truncate(cache, row, keep)?;
             self.fed[row].truncate(keep);
             feed[row] = req.context[keep..].to_vec();
-            if !greedy {
-                drafts[row].probs = Some(Vec::new());
-            }
         }
+        // Per row, the q rows of its drafted tokens (device slices, stacked at the end).
+        let mut q_rows: Vec<Vec<Tensor<2>>> = vec![Vec::new(); batch];
         loop {
             let active: Vec<usize> = (0..batch).filter(|r| !feed[*r].is_empty()).collect();
             if active.is_empty() {
                 break;
             }
+            let longest = feed.iter().map(Vec::len).max().unwrap_or(0);
             let logits = self.model.forward(cache, &feed)?;
-            let [lb, n, lv] = logits.dims();
-            if lb != batch || lv != vocab || n < feed.iter().map(Vec::len).max().unwrap_or(0) {
-                return Err(SpecDecodeError::BadLogits {
-                    expected: format!("[{batch}, >= longest fed row, {vocab}]"),
-                    found: vec![lb, n, lv],
-                });
-            }
+            let n = check_logits_shape(&logits, batch, longest, vocab)?;
             let last: Vec<usize> = active.iter().map(|&r| r * n + feed[r].len() - 1).collect();
             for &r in &active {
-                self.fed[r].extend_from_slice(&feed[r]);
+                self.fed[r].append(&mut feed[r]);
                 drafts[r].model_calls += 1;
             }
             let rows: Tensor<2> = logits
                 .reshape([batch * n, vocab])
-                .select(0, index_tensor(&last, &self.model.device())?);
-            let q = sampling.probabilities(rows.clone())?;
-            // Confidence signal: q itself, or the untempered softmax in greedy mode.
-            let conf = if greedy {
-                softmax(rows.clone(), 1.0)?
-            } else {
-                q.clone()
-            };
-            // Rows past their policy's unconditional prefix need the signal.
-            let consult = |r: usize, drafts: &[Draft]| {
-                requests[r]
-                    .as_ref()
-                    .is_some_and(|req| drafts[r].tokens.len() >= req.policy.min_len())
-            };
-            let needs_info = active.iter().any(|&r| consult(r, &drafts));
-            let info: Vec<DraftStepInfo> = if needs_info {
-                let h = tensor_to_vec(entropy(conf.clone())?)?;
-                let top = tensor_to_vec(conf.max_dim(1))?;
-                h.iter()
-                    .zip(&top)
-                    .map(|(h, t)| DraftStepInfo {
-                        entropy: f64::from(*h),
-                        top_prob: f64::from(*t),
-                    })
-                    .collect()
-            } else {
-                Vec::new()
-            };
-            // Ask the policies first, so that rows that stop cost no sampling.
-            let keep: Vec<usize> = (0..active.len())
-                .filter(|&i| {
-                    let r = active[i];
-                    let drafted = drafts[r].tokens.len();
-                    match requests[r].as_mut() {
-                        Some(req) => {
-                            drafted < req.policy.min_len()
-                                || req.policy.continue_drafting(drafted, &info[i])
-                        }
-                        None => false,
-                    }
-                })
-                .collect();
-            for &r in &active {
-                feed[r].clear();
-            }
-            if keep.is_empty() {
-                break;
-            }
-            let (rows, q) = if keep.len() == active.len() {
-                (rows, q)
-            } else {
-                let idx = index_tensor(&keep, &self.model.device())?;
-                (rows.select(0, idx.clone()), q.select(0, idx))
-            };
-            let (tokens, q_host) = if greedy {
-                (argmax(rows)?, Vec::new())
-            } else {
-                (sample_categorical(q.clone(), rng)?, tensor_to_vec(q)?)
-            };
-            for (k, &i) in keep.iter().enumerate() {
-                let r = active[i];
+                .select(0, index_tensor(&last, &device)?);
+            let step = draft_step(rows, sampling, vocab, rng)?;
+            // The policies decide on the signals only; a row that stops
+            // discards its sample (below).
+            for (k, &r) in active.iter().enumerate() {
+                let Some(req) = requests[r].as_mut() else {
+                    continue;
+                };
                 let d = &mut drafts[r];
-                d.tokens.push(tokens[k]);
-                if let Some(p) = d.probs.as_mut() {
-                    p.extend_from_slice(&q_host[k * vocab..(k + 1) * vocab]);
+                if !req.wants_more(d.tokens.len(), &step.info[k]) {
+                    continue;
                 }
-                let limit = requests[r].as_ref().map_or(0, |req| req.limit);
-                if d.tokens.len() < limit {
-                    feed[r].push(tokens[k]);
+                d.tokens.push(step.tokens[k]);
+                if let Some(q) = &step.q {
+                    q_rows[r].push(q.clone().slice([k..k + 1, 0..vocab]));
                 }
+                if req.has_room(d.tokens.len()) {
+                    feed[r].push(step.tokens[k]);
+                }
+            }
+        }
+        for (d, rows) in drafts.iter_mut().zip(q_rows) {
+            if !rows.is_empty() {
+                d.q = Some(Tensor::cat(rows, 0));
             }
         }
         Ok(drafts)
     }
+}
+
+/// Largest vocabulary whose ids survive the trip through `f32` exactly.
+const MAX_EXACT_TOKEN: usize = 1 << 24;
+
+/// What one draft step brings back from the device.
+struct DraftStep {
+    /// A proposal per active row.
+    tokens: Vec<usize>,
+    /// The policy signals per active row.
+    info: Vec<DraftStepInfo>,
+    /// The processed draft distributions `[active, vocab]` (sampling only).
+    q: Option<Tensor<2>>,
+}
+
+/// One draft step for the active rows' last logits `[A, vocab]`, with
+/// **one** read-back: the proposals, the policy signals (entropy and top
+/// probability) and a validity flag travel together as `f32`.
+///
+/// Sampling draws a token for every active row (one uniform each, in row
+/// order) before the policies decide: a row whose policy then stops discards
+/// its sample. That keeps drafting exact: the decision depends on `q` only,
+/// never on the sample, so a kept token is still a draw from `q`, and the
+/// verifier receives exactly the `q` it was drawn from. Greedy drafting
+/// takes the argmax of the logits and computes the signals from the
+/// untempered softmax (greedy `q` is one-hot and says nothing).
+fn draft_step<R: Rng + ?Sized>(
+    rows: Tensor<2>,
+    sampling: &SamplingParams,
+    vocab: usize,
+    rng: &mut R,
+) -> Result<DraftStep> {
+    let a = rows.dims()[0];
+    let (q, conf, tokens) = if sampling.is_greedy() {
+        let conf = softmax(rows.clone(), 1.0)?;
+        (None, conf, rows.clone().argmax(1).reshape([a]))
+    } else {
+        let q = sampling.probabilities_unchecked(rows.clone())?;
+        let tokens = sample_categorical_on_device(q.clone(), rng)?;
+        (Some(q.clone()), q, tokens)
+    };
+    // NaN / +inf logits, fully masked rows, or an overflow of logits / T.
+    let bad = (logits_fault(&rows) + non_finite_flag(conf.clone())).float();
+    let h = entropy(conf.clone())?;
+    let top = conf.clone().max_dim(1).reshape([a]);
+    let host = tensor_to_vec(Tensor::cat(vec![tokens.float(), h, top, bad], 0))?;
+    if host.len() != 3 * a + 1 {
+        return Err(CoreError::TensorData(format!(
+            "read {} values of a draft step; expected {}",
+            host.len(),
+            3 * a + 1
+        ))
+        .into());
+    }
+    if host[3 * a] != 0.0 {
+        return Err(locate_logits_fault("draft", &rows, conf));
+    }
+    let tokens = host[..a]
+        .iter()
+        .map(|&t| {
+            let id = t as usize;
+            if t >= 0.0 && id as f32 == t && id < vocab {
+                Ok(id)
+            } else {
+                Err(CoreError::TensorData(format!(
+                    "draft step read token {t}; expected an id < {vocab}"
+                )))
+            }
+        })
+        .collect::<std::result::Result<Vec<usize>, CoreError>>()?;
+    let info = (0..a)
+        .map(|k| DraftStepInfo {
+            entropy: f64::from(host[a + k]),
+            top_prob: f64::from(host[2 * a + k]),
+        })
+        .collect();
+    Ok(DraftStep { tokens, info, q })
 }
 
 /// Prompt lookup (n-gram) drafting: no model at all.
@@ -319,22 +408,13 @@ impl PromptLookup {
     /// `max_tokens` tokens (HF defaults: n = 2, 10 tokens).
     ///
     /// # Errors
-    /// `min_ngram = 0`, `max_ngram < min_ngram`, `max_tokens = 0`.
+    /// [`SpecDecodeError::Core`](crate::SpecDecodeError::Core) ([`CoreError::OutOfRange`]) for
+    /// `min_ngram = 0`, `max_ngram < min_ngram` or `max_tokens = 0`.
     pub fn new(min_ngram: usize, max_ngram: usize, max_tokens: usize) -> Result<Self> {
-        if min_ngram == 0 || max_ngram < min_ngram {
-            return Err(SpecDecodeError::param(
-                "max_ngram",
-                max_ngram as f64,
-                "1 <= min_ngram <= max_ngram",
-            ));
-        }
-        if max_tokens == 0 {
-            return Err(SpecDecodeError::param("max_tokens", 0.0, "an integer >= 1"));
-        }
         Ok(Self {
-            min_ngram,
-            max_ngram,
-            max_tokens,
+            min_ngram: check_at_least("min_ngram", min_ngram, 1)?,
+            max_ngram: check_at_least("max_ngram", max_ngram, min_ngram)?,
+            max_tokens: check_at_least("max_tokens", max_tokens, 1)?,
         })
     }
 
@@ -389,13 +469,13 @@ impl Drafter for PromptLookup {
                     return Draft::default();
                 };
                 let mut tokens = self.lookup(req.context, req.limit);
-                let keep = (req.policy.min_len()..tokens.len())
-                    .find(|&i| !req.policy.continue_drafting(i, &point_mass))
+                let keep = (0..tokens.len())
+                    .find(|&i| !req.wants_more(i, &point_mass))
                     .unwrap_or(tokens.len());
                 tokens.truncate(keep);
                 Draft {
                     tokens,
-                    probs: None,
+                    q: None,
                     model_calls: 0,
                 }
             })

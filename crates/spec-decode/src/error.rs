@@ -1,18 +1,27 @@
 //! The error type of `lastmile-spec-decode`.
 
 use lastmile_core::CoreError;
+use lastmile_core::lm::LmError;
 use thiserror::Error;
 
 /// Errors returned by speculative decoding.
 ///
 /// Numeric checks shared with the rest of lastmile (temperature, top-p, NaN
-/// logits, probability rows) surface as [`SpecDecodeError::Core`].
+/// logits, probability rows, parameter ranges) surface as
+/// [`SpecDecodeError::Core`]; failures of a model (token out of range, context
+/// overflow, logits of the wrong shape, the model's own errors) and misuse of
+/// a drafter's batch surface as [`SpecDecodeError::Lm`]. The remaining
+/// variants reject the prompts and the drafter before any model runs.
 #[derive(Debug, Error)]
 #[non_exhaustive]
 pub enum SpecDecodeError {
     /// A lower-level check failed (NaN logits, negative temperature, bad shapes, ...).
     #[error(transparent)]
     Core(#[from] CoreError),
+
+    /// A language model (target or draft) failed, or returned logits of the wrong shape.
+    #[error(transparent)]
+    Lm(#[from] LmError),
 
     /// No sequences were given.
     #[error("no prompts were given; expected at least one sequence")]
@@ -25,7 +34,7 @@ pub enum SpecDecodeError {
         row: usize,
     },
 
-    /// A token id was outside the vocabulary.
+    /// A prompt or draft token id was outside the vocabulary.
     #[error(
         "{what}: token {token} at position {position} is out of range; expected an id < {vocab}"
     )]
@@ -51,7 +60,7 @@ pub enum SpecDecodeError {
         draft: usize,
     },
 
-    /// A sequence would outgrow the model's context window.
+    /// A prompt plus its generation budget would outgrow the models' context window.
     #[error(
         "sequence {row} needs {needed} positions but the model's context holds {max}; shorten the prompt or max_new_tokens"
     )]
@@ -63,19 +72,6 @@ pub enum SpecDecodeError {
         /// Context size of the model.
         max: usize,
     },
-
-    /// A language model returned logits of the wrong shape.
-    #[error("model returned logits of shape {found:?}; expected {expected}")]
-    BadLogits {
-        /// What was expected.
-        expected: String,
-        /// What was returned.
-        found: Vec<usize>,
-    },
-
-    /// A language-model implementation failed.
-    #[error("language model error: {0}")]
-    Model(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
 /// Result alias of this crate.

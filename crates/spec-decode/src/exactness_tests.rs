@@ -108,17 +108,17 @@ impl LanguageModel for NGramLm {
     fn device(&self) -> Device {
         self.device.clone()
     }
-    fn new_cache(&self, batch: usize) -> Result<Self::Cache> {
+    fn new_cache(&self, batch: usize) -> LmResult<Self::Cache> {
         Ok(vec![Vec::new(); batch])
     }
     fn cached_len(&self, cache: &Self::Cache, row: usize) -> usize {
         cache[row].len()
     }
-    fn truncate(&self, cache: &mut Self::Cache, row: usize, len: usize) -> Result<()> {
+    fn truncate(&self, cache: &mut Self::Cache, row: usize, len: usize) -> LmResult<()> {
         cache[row].truncate(len);
         Ok(())
     }
-    fn forward(&self, cache: &mut Self::Cache, tokens: &[Vec<usize>]) -> Result<Tensor<3>> {
+    fn forward(&self, cache: &mut Self::Cache, tokens: &[Vec<usize>]) -> LmResult<Tensor<3>> {
         let n = tokens.iter().map(Vec::len).max().unwrap_or(0).max(1);
         let v = self.vocab;
         let mut data = vec![0.0f32; tokens.len() * n * v];

@@ -6,7 +6,10 @@
 //! the next token is unlikely to be accepted.
 //!
 //! - [`LanguageModel`]: the model interface (logits for new tokens given a KV
-//!   cache, rollback, ragged batches).
+//!   cache, rollback, ragged batches), defined in `lastmile-core`
+//!   ([`lastmile_core::lm`]) and re-exported here with [`LmError`] and
+//!   [`LmResult`], so one import path serves. `lastmile-models` implements it
+//!   for its transformers.
 //! - [`verify_drafts`]: exact speculative sampling (Leviathan et al. 2023;
 //!   Chen et al. 2023) — accept `min(1, p/q)`, resample `norm(max(0, p − q))`,
 //!   bonus token — plus greedy verification and one-hot (deterministic) drafts.
@@ -16,8 +19,15 @@
 //! - [`SpeculativeDecoder`] and the [`generate_autoregressive`] baseline,
 //!   both reporting [`Metrics`] (vLLM definitions).
 //!
-//! Dependencies: `lastmile-core` (sampling numerics, validation) and burn
-//! only; `rand` for the caller-supplied RNG, `thiserror` for the error type.
+//! Device synchronisations: a round reads back **one** small tensor per
+//! draft step (the proposals with the policy signals) and **one** per
+//! verification (acceptance flags with the emitted tokens), whatever the
+//! batch size and draft length; the draft distributions never leave the
+//! device. [`lastmile_core::convert::host_reads`] counts them.
+//!
+//! Dependencies: `lastmile-core` (the model interface, sampling numerics,
+//! validation) and burn only; `rand` for the caller-supplied RNG,
+//! `thiserror` for the error type.
 //!
 //! ```
 //! # #[cfg(feature = "flex")] {
@@ -32,13 +42,13 @@
 //!     type Cache = Vec<Vec<usize>>;
 //!     fn vocab_size(&self) -> usize { self.vocab }
 //!     fn device(&self) -> Device { self.device.clone() }
-//!     fn new_cache(&self, batch: usize) -> Result<Self::Cache> { Ok(vec![Vec::new(); batch]) }
+//!     fn new_cache(&self, batch: usize) -> LmResult<Self::Cache> { Ok(vec![Vec::new(); batch]) }
 //!     fn cached_len(&self, c: &Self::Cache, row: usize) -> usize { c[row].len() }
-//!     fn truncate(&self, c: &mut Self::Cache, row: usize, len: usize) -> Result<()> {
+//!     fn truncate(&self, c: &mut Self::Cache, row: usize, len: usize) -> LmResult<()> {
 //!         c[row].truncate(len);
 //!         Ok(())
 //!     }
-//!     fn forward(&self, c: &mut Self::Cache, tokens: &[Vec<usize>]) -> Result<Tensor<3>> {
+//!     fn forward(&self, c: &mut Self::Cache, tokens: &[Vec<usize>]) -> LmResult<Tensor<3>> {
 //!         let n = tokens.iter().map(Vec::len).max().unwrap_or(0);
 //!         let mut data = vec![0.0; tokens.len() * n * self.vocab];
 //!         for (b, row) in tokens.iter().enumerate() {
@@ -72,7 +82,6 @@
 pub mod decoder;
 pub mod drafter;
 pub mod error;
-pub mod lm;
 pub mod metrics;
 pub mod policy;
 pub mod verify;
@@ -80,7 +89,7 @@ pub mod verify;
 pub use decoder::{Generation, GenerationConfig, SpeculativeDecoder, generate_autoregressive};
 pub use drafter::{Draft, DraftRequest, Drafter, ModelDrafter, PromptLookup};
 pub use error::{Result, SpecDecodeError};
-pub use lm::LanguageModel;
+pub use lastmile_core::lm::{LanguageModel, LmError, LmResult};
 pub use metrics::Metrics;
 pub use policy::{
     AdaEdl, AdaEdlConfig, CostModel, DraftPolicy, DraftStepInfo, HeuristicSchedule, MaxConfidence,
@@ -90,3 +99,5 @@ pub use verify::{Verdict, verify_drafts};
 
 #[cfg(test)]
 mod exactness_tests;
+#[cfg(test)]
+mod sync_tests;

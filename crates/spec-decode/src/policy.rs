@@ -5,6 +5,9 @@
 //! current round, so any of them keeps speculative sampling exact.
 
 use std::fmt::Debug;
+use std::ops::Bound::{Excluded, Included, Unbounded};
+
+use lastmile_core::validate::{check_at_least, check_in_range, check_interval, check_positive};
 
 use crate::error::{Result, SpecDecodeError};
 
@@ -85,29 +88,6 @@ impl Clone for Box<dyn DraftPolicy> {
     }
 }
 
-fn check_len(name: &str, value: usize) -> Result<usize> {
-    if value == 0 {
-        Err(SpecDecodeError::param(name, 0.0, "an integer >= 1"))
-    } else {
-        Ok(value)
-    }
-}
-
-fn check_unit(name: &str, value: f64, open_low: bool, open_high: bool) -> Result<f64> {
-    let lo_ok = if open_low { value > 0.0 } else { value >= 0.0 };
-    let hi_ok = if open_high { value < 1.0 } else { value <= 1.0 };
-    if value.is_finite() && lo_ok && hi_ok {
-        Ok(value)
-    } else {
-        let range = format!(
-            "a value in {}0, 1{}",
-            if open_low { "(" } else { "[" },
-            if open_high { ")" } else { "]" }
-        );
-        Err(SpecDecodeError::param(name, value, &range))
-    }
-}
-
 /// A fixed draft length `γ` every round (Leviathan et al. 2023).
 ///
 /// ```
@@ -127,7 +107,7 @@ impl StaticLength {
     /// `gamma = 0`.
     pub fn new(gamma: usize) -> Result<Self> {
         Ok(Self {
-            gamma: check_len("gamma", gamma)?,
+            gamma: check_at_least("gamma", gamma, 1)?,
         })
     }
 }
@@ -167,9 +147,9 @@ impl HeuristicSchedule {
     /// # Errors
     /// `initial = 0`, `max_len = 0`.
     pub fn new(initial: usize, max_len: usize) -> Result<Self> {
-        let max_len = check_len("max_len", max_len)?;
+        let max_len = check_at_least("max_len", max_len, 1)?;
         Ok(Self {
-            current: check_len("initial", initial)?.min(max_len),
+            current: check_at_least("initial", initial, 1)?.min(max_len),
             max_len,
         })
     }
@@ -220,8 +200,8 @@ impl MaxConfidence {
     /// `τ` outside `[0, 1]`, `max_len = 0`.
     pub fn new(threshold: f64, max_len: usize) -> Result<Self> {
         Ok(Self {
-            threshold: check_unit("threshold", threshold, false, false)?,
-            max_len: check_len("max_len", max_len)?,
+            threshold: check_in_range("threshold", threshold, 0.0, 1.0)?,
+            max_len: check_at_least("max_len", max_len, 1)?,
         })
     }
 }
@@ -346,25 +326,13 @@ impl AdaEdl {
     /// `γ ≤ 0`, `λ₀`, `β₁`, `β₂`, `α` outside `[0, 1]`, `ε < 0`, `L_max = 0`,
     /// `min_len` not 0 or 1.
     pub fn new(config: AdaEdlConfig) -> Result<Self> {
-        if !(config.gamma.is_finite() && config.gamma > 0.0) {
-            return Err(SpecDecodeError::param(
-                "gamma",
-                config.gamma,
-                "a finite value > 0",
-            ));
-        }
-        check_unit("lambda0", config.lambda0, false, false)?;
-        check_unit("beta1", config.beta1, false, false)?;
-        check_unit("beta2", config.beta2, false, false)?;
-        check_unit("alpha", config.alpha, false, false)?;
-        if !(config.epsilon.is_finite() && config.epsilon >= 0.0) {
-            return Err(SpecDecodeError::param(
-                "epsilon",
-                config.epsilon,
-                "a finite value >= 0",
-            ));
-        }
-        check_len("max_len", config.max_len)?;
+        check_positive("gamma", config.gamma)?;
+        check_in_range("lambda0", config.lambda0, 0.0, 1.0)?;
+        check_in_range("beta1", config.beta1, 0.0, 1.0)?;
+        check_in_range("beta2", config.beta2, 0.0, 1.0)?;
+        check_in_range("alpha", config.alpha, 0.0, 1.0)?;
+        check_interval("epsilon", config.epsilon, Included(0.0), Unbounded)?;
+        check_at_least("max_len", config.max_len, 1)?;
         if config.min_len > 1 {
             return Err(SpecDecodeError::param(
                 "min_len",
@@ -475,19 +443,12 @@ impl CostModel {
         beta: f64,
         max_len: usize,
     ) -> Result<Self> {
-        if !(cost_ratio.is_finite() && cost_ratio > 0.0) {
-            return Err(SpecDecodeError::param(
-                "cost_ratio",
-                cost_ratio,
-                "a finite value > 0",
-            ));
-        }
         Ok(Self {
-            cost_ratio,
+            cost_ratio: check_positive("cost_ratio", cost_ratio)?,
             verify_cost: 0.0,
-            acceptance: check_unit("initial_acceptance", initial_acceptance, false, false)?,
-            beta: check_unit("beta", beta, false, true)?,
-            max_len: check_len("max_len", max_len)?,
+            acceptance: check_in_range("initial_acceptance", initial_acceptance, 0.0, 1.0)?,
+            beta: check_interval("beta", beta, Included(0.0), Excluded(1.0))?,
+            max_len: check_at_least("max_len", max_len, 1)?,
         })
     }
 
@@ -517,14 +478,7 @@ impl CostModel {
     /// assert!(costly.round_limit() < free.round_limit());
     /// ```
     pub fn with_verify_cost(mut self, verify_cost: f64) -> Result<Self> {
-        if !(verify_cost.is_finite() && verify_cost >= 0.0) {
-            return Err(SpecDecodeError::param(
-                "verify_cost",
-                verify_cost,
-                "a finite value >= 0",
-            ));
-        }
-        self.verify_cost = verify_cost;
+        self.verify_cost = check_interval("verify_cost", verify_cost, Included(0.0), Unbounded)?;
         Ok(self)
     }
 
