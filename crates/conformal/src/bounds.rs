@@ -15,10 +15,15 @@
 //! The bounds need `α ≤ 1/2` (they use `h_b(P(E=1)) ≤ h_b(α)` for
 //! `P(E=1) ≥ 1 − α ≥ 1/2`).
 
-use lastmile_core::CoreError;
+use std::ops::Bound;
 
-use crate::error::{Result, check_len};
-use crate::input::{DEFAULT_SUM_TOLERANCE, Probability, Rows, check_labels, check_row};
+use lastmile_core::{
+    CoreError,
+    validate::{check_at_least, check_interval, check_len, check_probability_row},
+};
+
+use crate::error::Result;
+use crate::input::{DEFAULT_SUM_TOLERANCE, Probability, Rows, check_each_in, check_labels};
 
 /// Binary entropy `h_b(p) = −p log p − (1−p) log(1−p)` in nats (`h_b(0) = h_b(1) = 0`).
 ///
@@ -35,17 +40,23 @@ pub fn binary_entropy(p: f64) -> f64 {
 /// finite sample puts all model mass inside or outside the sets).
 pub const MIN_EVENT_PROBABILITY: f64 = 1e-12;
 
+/// Checks α ∈ (0, 1/2], the range the bounds hold on; the error says why.
 pub(crate) fn check_bound_alpha(alpha: f64) -> Result<()> {
-    if alpha.is_finite() && alpha > 0.0 && alpha <= 0.5 {
-        Ok(())
-    } else {
-        Err(CoreError::out_of_range(
-            "alpha",
-            alpha,
-            "a value in (0, 0.5] (the bounds use h_b(P(E=1)) <= h_b(alpha))",
-        )
-        .into())
-    }
+    check_interval("alpha", alpha, Bound::Excluded(0.0), Bound::Included(0.5)).map_err(
+        |e| match e {
+            CoreError::OutOfRange {
+                name,
+                value,
+                expected,
+            } => CoreError::OutOfRange {
+                name,
+                value,
+                expected: format!("{expected} (the bounds use h_b(P(E=1)) <= h_b(alpha))"),
+            },
+            other => other,
+        },
+    )?;
+    Ok(())
 }
 
 /// `α_n = max(α − 1/(n+1), 0)`: the smallest `P(E = 0)` split conformal allows.
@@ -53,48 +64,40 @@ pub fn alpha_n(alpha: f64, n_calibration: usize) -> f64 {
     (alpha - 1.0 / (n_calibration as f64 + 1.0)).max(0.0)
 }
 
-struct Checked<'a, T, S> {
-    probs: Option<Rows<'a, T>>,
-    sets: Rows<'a, S>,
-}
-
-fn check_inputs<'a, T: Probability, S: Probability>(
-    probs: Option<&'a [T]>,
+/// Checks what every bound takes: α, `n`, `[m, classes]` sets with
+/// memberships in `[0, 1]` and `m` labels `< classes`.
+fn check_sets<'a, S: Probability>(
     sets: &'a [S],
     classes: usize,
     labels: &[usize],
     alpha: f64,
     n_calibration: usize,
-) -> Result<Checked<'a, T, S>> {
+) -> Result<Rows<'a, S>> {
     check_bound_alpha(alpha)?;
-    if n_calibration == 0 {
-        return Err(CoreError::out_of_range("n_calibration", 0.0, "an integer >= 1").into());
-    }
+    check_at_least("n_calibration", n_calibration, 1)?;
     let sets = Rows::new("sets", sets, classes)?;
     check_labels(labels, sets.len(), classes)?;
-    if let Some(i) = sets.data.iter().position(|&c| {
-        let c: f64 = c.into();
-        !(0.0..=1.0).contains(&c)
-    }) {
-        return Err(CoreError::out_of_range(
-            &format!("sets[{i}]"),
-            sets.data[i].into(),
-            "a membership value in [0, 1]",
-        )
-        .into());
+    check_each_in(
+        "sets",
+        sets.data,
+        Bound::Included(0.0),
+        Bound::Included(1.0),
+    )?;
+    Ok(sets)
+}
+
+/// Checks the model's probability rows: as many as the sets, each a distribution.
+fn check_probs<'a, T: Probability>(
+    probs: &'a [T],
+    classes: usize,
+    rows: usize,
+) -> Result<Rows<'a, T>> {
+    let probs = Rows::new("probabilities", probs, classes)?;
+    check_len("probability rows", probs.len(), rows)?;
+    for i in 0..probs.len() {
+        check_probability_row("probabilities", probs.row(i), i, DEFAULT_SUM_TOLERANCE)?;
     }
-    let probs = match probs {
-        None => None,
-        Some(p) => {
-            let rows = Rows::new("probabilities", p, classes)?;
-            check_len("probability rows", rows.len(), sets.len())?;
-            for i in 0..rows.len() {
-                check_row("probabilities", rows.row(i), i, DEFAULT_SUM_TOLERANCE)?;
-            }
-            Some(rows)
-        }
-    };
-    Ok(Checked { probs, sets })
+    Ok(probs)
 }
 
 /// Weighted mean `Σ w_i f_i / Σ w_i` skipping zero weights (0 when all are 0).
@@ -143,14 +146,8 @@ pub fn dpi_bound<T: Probability, S: Probability>(
     alpha: f64,
     n_calibration: usize,
 ) -> Result<f64> {
-    let c = check_inputs(Some(probs), sets, classes, labels, alpha, n_calibration)?;
-    let Some(p) = c.probs else {
-        return Err(CoreError::Empty {
-            what: "probabilities".to_owned(),
-            min: 1,
-        }
-        .into());
-    };
+    let sets = check_sets(sets, classes, labels, alpha, n_calibration)?;
+    let p = check_probs(probs, classes, sets.len())?;
     let m = labels.len() as f64;
     let mut ce = 0.0;
     let mut q1 = 0.0;
@@ -160,7 +157,7 @@ pub fn dpi_bound<T: Probability, S: Probability>(
         ce -= py.ln();
         q1 += row
             .iter()
-            .zip(c.sets.row(i))
+            .zip(sets.row(i))
             .map(|(&q, &s)| q.into() * s.into())
             .sum::<f64>();
     }
@@ -199,19 +196,13 @@ pub fn model_fano_bound<T: Probability, S: Probability>(
     alpha: f64,
     n_calibration: usize,
 ) -> Result<f64> {
-    let c = check_inputs(Some(probs), sets, classes, labels, alpha, n_calibration)?;
-    let Some(p) = c.probs else {
-        return Err(CoreError::Empty {
-            what: "probabilities".to_owned(),
-            min: 1,
-        }
-        .into());
-    };
+    let sets = check_sets(sets, classes, labels, alpha, n_calibration)?;
+    let p = check_probs(probs, classes, sets.len())?;
     let mut inside = Vec::with_capacity(labels.len());
     let mut outside = Vec::with_capacity(labels.len());
     for (i, &y) in labels.iter().enumerate() {
         let row = p.row(i);
-        let set = c.sets.row(i);
+        let set = sets.row(i);
         let (mut z_in, mut z_out) = (0.0f64, 0.0f64);
         for (&q, &s) in row.iter().zip(set) {
             let (q, s): (f64, f64) = (q.into(), s.into());
@@ -255,12 +246,12 @@ pub fn simple_fano_bound<S: Probability>(
     alpha: f64,
     n_calibration: usize,
 ) -> Result<f64> {
-    let c = check_inputs::<f32, S>(None, sets, classes, labels, alpha, n_calibration)?;
+    let sets = check_sets(sets, classes, labels, alpha, n_calibration)?;
     let k = classes as f64;
     let mut inside = Vec::with_capacity(labels.len());
     let mut outside = Vec::with_capacity(labels.len());
     for (i, &y) in labels.iter().enumerate() {
-        let set = c.sets.row(i);
+        let set = sets.row(i);
         let size: f64 = set.iter().map(|&s| s.into()).sum();
         let cy: f64 = set[y].into();
         inside.push((cy, size.ln()));

@@ -1,13 +1,18 @@
 //! Split conformal classification: calibrate a threshold on held-out data,
 //! then predict sets `{y : s(x, y) ≤ q̂}` with `P(Y ∈ C(X)) ≥ 1 − α`.
 
+use std::ops::Bound;
+
 use burn::tensor::{Int, Tensor};
-use lastmile_core::{CoreError, validate::check_open_unit};
+// Named in the `# Errors` sections.
+#[cfg(doc)]
+use lastmile_core::CoreError;
+use lastmile_core::validate::{check_in_range, check_len, check_open_unit, check_probability_row};
 use rand::{Rng, RngExt};
 
-use crate::error::{Result, check_len};
+use crate::error::Result;
 use crate::input::{
-    DEFAULT_SUM_TOLERANCE, Probability, Rows, check_labels, check_row, labels_to_host,
+    DEFAULT_SUM_TOLERANCE, Probability, Rows, check_each_in, check_labels, labels_to_host,
     logits_to_host_probabilities, probabilities_to_host,
 };
 use crate::parallel::map_ranges;
@@ -114,12 +119,7 @@ impl SplitConformal {
     /// # Errors
     /// [`CoreError::OutOfRange`] unless `0 ≤ tolerance ≤ 1`.
     pub fn with_sum_tolerance(mut self, tolerance: f64) -> Result<Self> {
-        self.sum_tolerance = lastmile_core::validate::check_in_range(
-            "probability sum tolerance",
-            tolerance,
-            0.0,
-            1.0,
-        )?;
+        self.sum_tolerance = check_in_range("probability sum tolerance", tolerance, 0.0, 1.0)?;
         Ok(self)
     }
 
@@ -167,11 +167,11 @@ impl SplitConformal {
     ///
     /// # Errors
     /// [`CoreError::Empty`] for no rows; [`CoreError::ShapeMismatch`] when the
-    /// length is not a multiple of `classes`; [`crate::ConformalError::LengthMismatch`]
-    /// when `labels` has not one entry per row; [`CoreError::IndexOutOfRange`]
-    /// for a label `≥ classes`; [`CoreError::NonFinite`] /
-    /// [`CoreError::NotAProbability`] for NaN, ±∞, negative entries or rows not
-    /// summing to 1.
+    /// length is not a multiple of `classes` (or `classes = 0`);
+    /// [`CoreError::LengthMismatch`] when `labels` has not one entry per row;
+    /// [`CoreError::IndexOutOfRange`] for a label `≥ classes`;
+    /// [`CoreError::NonFinite`] / [`CoreError::NotAProbability`] for NaN, ±∞,
+    /// negative entries or rows not summing to 1.
     pub fn calibrate_slice<T: Probability, R: Rng + ?Sized>(
         &self,
         probs: &[T],
@@ -216,7 +216,7 @@ impl SplitConformal {
             let mut out = Vec::with_capacity(range.len());
             for i in range {
                 let row = rows.row(i);
-                check_row("calibration probabilities", row, i, tol)?;
+                check_probability_row("calibration probabilities", row, i, tol)?;
                 let u = uniforms.map_or(1.0, |u| u[i]);
                 out.push(score.score(row, labels[i], u));
             }
@@ -257,15 +257,12 @@ pub(crate) fn draw_uniforms<R: Rng + ?Sized>(
 
 pub(crate) fn check_uniforms(uniforms: &[f64], rows: usize) -> Result<()> {
     check_len("uniforms", uniforms.len(), rows)?;
-    match uniforms.iter().position(|u| !(0.0..=1.0).contains(u)) {
-        None => Ok(()),
-        Some(i) => Err(CoreError::out_of_range(
-            &format!("uniforms[{i}]"),
-            uniforms[i],
-            "a value in [0, 1]",
-        )
-        .into()),
-    }
+    Ok(check_each_in(
+        "uniforms",
+        uniforms,
+        Bound::Included(0.0),
+        Bound::Included(1.0),
+    )?)
 }
 
 /// A calibrated split-conformal classifier: the threshold `q̂` and the
@@ -387,7 +384,7 @@ impl CalibratedClassifier {
             let mut order = Vec::new();
             for i in range {
                 let row = rows.row(i);
-                check_row("test probabilities", row, i, tol)?;
+                check_probability_row("test probabilities", row, i, tol)?;
                 if qhat == f64::INFINITY {
                     labels.extend(0..classes as u32);
                 } else if let ScoreFunction::Lac = score {
@@ -453,7 +450,7 @@ impl CalibratedClassifier {
         let mut order = Vec::new();
         for i in 0..rows.len() {
             let row = rows.row(i);
-            check_row("test probabilities", row, i, self.config.sum_tolerance)?;
+            check_probability_row("test probabilities", row, i, self.config.sum_tolerance)?;
             let u = uniforms.as_ref().map_or(1.0, |u| u[i]);
             let theta = thetas.as_ref().map_or(1.0, |t| t[i]);
             let dst = &mut out[i * classes..(i + 1) * classes];

@@ -18,9 +18,15 @@
 //! `1 − 2α − O(√(1/n))` for CV+ (thm 4) on exchangeable data; in practice it
 //! is close to `1 − α`.
 
-use lastmile_core::{CoreError, validate::check_open_unit};
+// Named in the `# Errors` sections.
+#[cfg(doc)]
+use lastmile_core::CoreError;
+use lastmile_core::validate::{
+    check_at_least, check_finite_slice, check_indices, check_len, check_matrix_len, check_open_unit,
+};
 
-use crate::error::{Result, check_len};
+use crate::error::Result;
+use crate::input::check_not_empty;
 use crate::quantile::{check_not_nan, conformal_rank};
 use crate::regression::Intervals;
 
@@ -56,10 +62,11 @@ impl CvPlus {
     /// `yᵢ` and the fold `k(i) ∈ [0, n_folds)` of each training point.
     ///
     /// # Errors
-    /// [`CoreError::OutOfRange`] for α ∉ (0, 1), `n_folds = 0` or a fold
-    /// index `≥ n_folds`; [`CoreError::Empty`] for no training points;
-    /// [`ConformalError::LengthMismatch`](crate::ConformalError::LengthMismatch);
-    /// [`CoreError::NonFinite`] for NaN/∞ predictions or targets.
+    /// [`CoreError::OutOfRange`] for α ∉ (0, 1) or `n_folds = 0`;
+    /// [`CoreError::IndexOutOfRange`] for a fold index `≥ n_folds`;
+    /// [`CoreError::Empty`] for no training points;
+    /// [`CoreError::LengthMismatch`] when `y` or `folds` has not one entry per
+    /// point; [`CoreError::NonFinite`] for NaN/∞ predictions or targets.
     pub fn calibrate(
         alpha: f64,
         out_of_fold: &[f64],
@@ -69,28 +76,13 @@ impl CvPlus {
     ) -> Result<Self> {
         check_open_unit("alpha", alpha)?;
         let n = out_of_fold.len();
-        if n == 0 {
-            return Err(CoreError::Empty {
-                what: "out-of-fold predictions".to_owned(),
-                min: 1,
-            }
-            .into());
-        }
+        check_not_empty("out-of-fold predictions", n)?;
         check_len("targets", y.len(), n)?;
         check_len("fold indices", folds.len(), n)?;
-        lastmile_core::validate::check_finite_slice("out-of-fold predictions", out_of_fold)?;
-        lastmile_core::validate::check_finite_slice("targets", y)?;
-        if n_folds == 0 {
-            return Err(CoreError::out_of_range("n_folds", 0.0, "at least 1 fold").into());
-        }
-        if let Some(i) = folds.iter().position(|&k| k >= n_folds) {
-            return Err(CoreError::out_of_range(
-                &format!("folds[{i}]"),
-                folds[i] as f64,
-                &format!("a fold index in [0, {n_folds})"),
-            )
-            .into());
-        }
+        check_finite_slice("out-of-fold predictions", out_of_fold)?;
+        check_finite_slice("targets", y)?;
+        check_at_least("n_folds", n_folds, 1)?;
+        check_indices("folds", folds, n_folds)?;
         let residuals = out_of_fold
             .iter()
             .zip(y)
@@ -134,17 +126,20 @@ impl CvPlus {
     /// Intervals for `m` test points from the predictions of every fold
     /// model: row-major `[m, K]`, entry `(j, k)` = `μ̂₋ₖ(x_j)`.
     ///
-    /// Each interval takes two `O(n)` selections.
+    /// Each interval takes two `O(n)` selections. No predictions (`m = 0`)
+    /// give no intervals.
     ///
     /// # Errors
-    /// [`ConformalError::LengthMismatch`](crate::ConformalError::LengthMismatch)
-    /// unless the length is a multiple of `K`; [`CoreError::NonFinite`] for
-    /// NaN/∞ predictions.
+    /// [`CoreError::ShapeMismatch`] unless the length is a multiple of `K`;
+    /// [`CoreError::NonFinite`] for NaN/∞ predictions.
     pub fn predict(&self, fold_predictions: &[f64]) -> Result<Intervals> {
         let k = self.n_folds;
-        let m = fold_predictions.len() / k;
-        check_len("fold predictions", fold_predictions.len(), m * k)?;
-        lastmile_core::validate::check_finite_slice("fold predictions", fold_predictions)?;
+        let m = if fold_predictions.is_empty() {
+            0
+        } else {
+            check_matrix_len("fold predictions", fold_predictions.len(), k)?
+        };
+        check_finite_slice("fold predictions", fold_predictions)?;
         let n = self.residuals.len();
         let mut lower = Vec::with_capacity(m);
         let mut upper = Vec::with_capacity(m);

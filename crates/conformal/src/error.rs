@@ -5,27 +5,22 @@ use thiserror::Error;
 
 /// Errors returned by `lastmile-conformal`.
 ///
-/// Input errors shared with the rest of lastmile (α outside (0, 1), NaN,
-/// rows that are not distributions, labels out of range, empty inputs) come
-/// through [`ConformalError::Core`]; the variants below are specific to
-/// conformal prediction. Every message says what was expected.
+/// Input errors shared with the rest of lastmile come through
+/// [`ConformalError::Core`], raised by the checks of
+/// [`lastmile_core::validate`]: α outside (0, 1) and other parameters out of
+/// range ([`CoreError::OutOfRange`]), NaN or ±∞ ([`CoreError::NonFinite`]),
+/// rows that are not distributions ([`CoreError::NotAProbability`]), labels,
+/// groups or folds out of range ([`CoreError::IndexOutOfRange`]), inputs
+/// whose lengths disagree ([`CoreError::LengthMismatch`]), buffers that are
+/// not `[rows, classes]` ([`CoreError::ShapeMismatch`]) and empty inputs
+/// ([`CoreError::Empty`]). The variants below are specific to conformal
+/// prediction. Every message says what was expected and what was found.
 #[derive(Debug, Error)]
 #[non_exhaustive]
 pub enum ConformalError {
     /// A shared input check failed (shape, range, finiteness, probability rows, ...).
     #[error(transparent)]
     Core(#[from] CoreError),
-
-    /// Two inputs that must have matching lengths did not.
-    #[error("length mismatch: {what} has {found} entries; expected {expected}")]
-    LengthMismatch {
-        /// The argument being checked.
-        what: String,
-        /// The expected length.
-        expected: usize,
-        /// The supplied length.
-        found: usize,
-    },
 
     /// Predictions of a different kind than the calibration used (e.g.
     /// point predictions given to a CQR calibrator).
@@ -70,15 +65,3 @@ pub enum ConformalError {
 
 /// Result alias used throughout `lastmile-conformal`.
 pub type Result<T, E = ConformalError> = std::result::Result<T, E>;
-
-pub(crate) fn check_len(what: &str, found: usize, expected: usize) -> Result<()> {
-    if found == expected {
-        Ok(())
-    } else {
-        Err(ConformalError::LengthMismatch {
-            what: what.to_owned(),
-            expected,
-            found,
-        })
-    }
-}

@@ -3,17 +3,22 @@
 //!
 //! Calibration and prediction are bookkeeping over host memory (sums,
 //! selections, comparisons), so they run on host slices; tensors are read
-//! back once at the boundary.
+//! back once at the boundary. Every check is one of
+//! [`lastmile_core::validate`]'s; the helpers here only combine them.
+
+use std::ops::Bound;
 
 use burn::tensor::{Int, Tensor};
 use lastmile_core::{
     CoreError,
     convert::{indices_to_vec, tensor_to_vec},
     numerics::softmax,
-    validate::{check_logits, check_non_empty},
+    validate::{
+        check_indices, check_interval, check_len, check_logits, check_matrix_len, check_non_empty,
+    },
 };
 
-use crate::error::{Result, check_len};
+use crate::error::Result;
 
 /// Default tolerance on probability row sums (`|Σ_j p_j − 1| ≤ 1e-3`), as in
 /// [`lastmile_core::numerics::PROBABILITY_SUM_TOLERANCE`].
@@ -33,25 +38,10 @@ pub(crate) struct Rows<'a, T> {
 }
 
 impl<'a, T: Probability> Rows<'a, T> {
+    /// Checks a row-major `[rows, classes]` buffer: `classes ≥ 1`, at least
+    /// one row, a length divisible by `classes` ([`check_matrix_len`]).
     pub fn new(what: &str, data: &'a [T], classes: usize) -> Result<Self> {
-        if classes == 0 {
-            return Err(CoreError::shape(what, "n_classes >= 1", &[data.len(), 0]).into());
-        }
-        if data.is_empty() {
-            return Err(CoreError::Empty {
-                what: what.to_owned(),
-                min: 1,
-            }
-            .into());
-        }
-        if !data.len().is_multiple_of(classes) {
-            return Err(CoreError::shape(
-                what,
-                format!("a length divisible by n_classes = {classes}"),
-                &[data.len()],
-            )
-            .into());
-        }
+        check_matrix_len(what, data.len(), classes)?;
         Ok(Self { data, classes })
     }
 
@@ -77,80 +67,43 @@ impl<'a, T: Probability> Rows<'a, T> {
     }
 }
 
-/// Checks one probability row: finite, non-negative, summing to 1 within
-/// `tolerance`. Returns the row sum.
-#[inline]
-pub(crate) fn check_row<T: Probability>(
-    what: &str,
-    row: &[T],
-    index: usize,
-    tolerance: f64,
-) -> Result<()> {
-    // Four partial sums break the add-latency chain; +inf makes a sum infinite.
-    let mut acc = [0.0f64; 4];
-    let mut bad = false;
-    let chunks = row.chunks_exact(4);
-    let rest = chunks.remainder();
-    for c in chunks {
-        for (a, &p) in acc.iter_mut().zip(c) {
-            let p: f64 = p.into();
-            bad |= p.is_nan() || p < 0.0;
-            *a += p;
-        }
-    }
-    for &p in rest {
-        let p: f64 = p.into();
-        bad |= p.is_nan() || p < 0.0;
-        acc[0] += p;
-    }
-    let sum = (acc[0] + acc[1]) + (acc[2] + acc[3]);
-    if bad || !sum.is_finite() || (sum - 1.0).abs() > tolerance {
-        return Err(row_error(what, row, index, sum, tolerance));
+/// Checks labels against the number of rows and classes: one label per row
+/// ([`CoreError::LengthMismatch`]), each `< classes`
+/// ([`CoreError::IndexOutOfRange`] naming `labels[i]`).
+pub(crate) fn check_labels(labels: &[usize], rows: usize, classes: usize) -> Result<(), CoreError> {
+    check_len("labels", labels.len(), rows)?;
+    check_indices("labels", labels, classes)
+}
+
+/// Rejects an empty input with [`CoreError::Empty`] (core has this check only
+/// inside [`check_matrix_len`], for buffers with a column count).
+pub(crate) fn check_not_empty(what: &str, len: usize) -> Result<(), CoreError> {
+    if len == 0 {
+        return Err(CoreError::Empty {
+            what: what.to_owned(),
+            min: 1,
+        });
     }
     Ok(())
 }
 
-#[cold]
-fn row_error<T: Probability>(
+/// Checks every element with [`check_interval`] (finite, between `lo` and
+/// `hi`); the error names the first offending element as `what[i]`.
+///
+/// The happy path formats nothing: the element name is built only for the
+/// error.
+pub(crate) fn check_each_in<T: Copy + Into<f64>>(
     what: &str,
-    row: &[T],
-    index: usize,
-    sum: f64,
-    tolerance: f64,
-) -> crate::ConformalError {
-    let classes = row.len();
-    if let Some(j) = row.iter().position(|&p| !p.into().is_finite()) {
-        return CoreError::NonFinite {
-            what: what.to_owned(),
-            index: index * classes + j,
-            value: row[j].into(),
-        }
-        .into();
-    }
-    let reason = match row.iter().position(|&p| p.into() < 0.0) {
-        Some(j) => format!("entry {j} is negative ({})", row[j].into()),
-        None => format!("sums to {sum}"),
-    };
-    CoreError::NotAProbability {
-        what: what.to_owned(),
-        row: index,
-        reason,
-        tolerance,
-    }
-    .into()
-}
-
-/// Checks labels against the number of rows and classes.
-pub(crate) fn check_labels(labels: &[usize], rows: usize, classes: usize) -> Result<()> {
-    check_len("labels", labels.len(), rows)?;
-    match labels.iter().position(|&y| y >= classes) {
+    values: &[T],
+    lo: Bound<f64>,
+    hi: Bound<f64>,
+) -> Result<(), CoreError> {
+    match values
+        .iter()
+        .position(|&v| check_interval(what, v.into(), lo, hi).is_err())
+    {
         None => Ok(()),
-        Some(i) => Err(CoreError::IndexOutOfRange {
-            what: format!("labels[{i}]"),
-            index: labels[i],
-            bound: classes,
-        }
-        .into()),
+        Some(i) => check_interval(&format!("{what}[{i}]"), values[i].into(), lo, hi).map(drop),
     }
 }
 

@@ -1,27 +1,23 @@
 //! Evaluation metrics: coverage (overall, per class, per set size) and
 //! inefficiency.
 
-use lastmile_core::CoreError;
-
 use crate::error::Result;
-use crate::input::check_labels;
+use crate::input::{check_labels, check_not_empty};
 use crate::sets::PredictionSets;
 
 fn check(sets: &PredictionSets, labels: &[usize]) -> Result<()> {
-    if sets.is_empty() {
-        return Err(CoreError::Empty {
-            what: "prediction sets".to_owned(),
-            min: 1,
-        }
-        .into());
-    }
-    check_labels(labels, sets.len(), sets.n_classes())
+    check_not_empty("prediction sets", sets.len())?;
+    Ok(check_labels(labels, sets.len(), sets.n_classes())?)
 }
 
 /// Empirical coverage: the fraction of examples whose label is in its set.
 ///
 /// # Errors
-/// [`CoreError::Empty`] for no sets; length / label-range errors.
+/// [`CoreError::Empty`](lastmile_core::CoreError::Empty) for no sets;
+/// [`CoreError::LengthMismatch`](lastmile_core::CoreError::LengthMismatch)
+/// unless there is one label per set;
+/// [`CoreError::IndexOutOfRange`](lastmile_core::CoreError::IndexOutOfRange)
+/// for a label `≥ n_classes`.
 ///
 /// # Examples
 /// ```

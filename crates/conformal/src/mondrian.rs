@@ -8,14 +8,18 @@
 //! A category with fewer than `⌈1/α⌉ − 1` calibration points gets `q̂ = +∞`.
 
 use burn::tensor::{Int, Tensor};
-use lastmile_core::{CoreError, validate::check_open_unit};
+// Named in the `# Errors` sections.
+#[cfg(doc)]
+use lastmile_core::CoreError;
+use lastmile_core::validate::{
+    check_at_least, check_indices, check_len, check_open_unit, check_probability_row,
+};
 use rand::Rng;
 
 use crate::classification::{check_uniforms, draw_uniforms};
-use crate::error::{ConformalError, Result, check_len};
+use crate::error::{ConformalError, Result};
 use crate::input::{
-    DEFAULT_SUM_TOLERANCE, Probability, Rows, check_labels, check_row, labels_to_host,
-    probabilities_to_host,
+    DEFAULT_SUM_TOLERANCE, Probability, Rows, check_labels, labels_to_host, probabilities_to_host,
 };
 use crate::quantile::conformal_quantile;
 use crate::scores::ScoreFunction;
@@ -80,9 +84,7 @@ impl Mondrian {
     /// # Errors
     /// As [`class_conditional`](Self::class_conditional), and `n_groups = 0`.
     pub fn by_group(score: ScoreFunction, alpha: f64, n_groups: usize) -> Result<Self> {
-        if n_groups == 0 {
-            return Err(CoreError::out_of_range("n_groups", 0.0, "an integer >= 1").into());
-        }
+        check_at_least("n_groups", n_groups, 1)?;
         Self::new(score, alpha, Taxonomy::Groups { n_groups })
     }
 
@@ -144,7 +146,7 @@ impl Mondrian {
         let mut per_category: Vec<Vec<f64>> = vec![Vec::new(); n_categories];
         for i in 0..rows.len() {
             let row = rows.row(i);
-            check_row("calibration probabilities", row, i, self.sum_tolerance)?;
+            check_probability_row("calibration probabilities", row, i, self.sum_tolerance)?;
             let u = uniforms.as_ref().map_or(1.0, |u| u[i]);
             let c = categories.map_or(labels[i], |g| g[i]);
             per_category[c].push(self.score.score(row, labels[i], u));
@@ -185,14 +187,7 @@ impl Mondrian {
             (Taxonomy::ClassConditional, None) => Ok(None),
             (Taxonomy::Groups { n_groups }, Some(g)) => {
                 check_len("groups", g.len(), rows)?;
-                if let Some(i) = g.iter().position(|&v| v >= n_groups) {
-                    return Err(CoreError::IndexOutOfRange {
-                        what: format!("groups[{i}]"),
-                        index: g[i],
-                        bound: n_groups,
-                    }
-                    .into());
-                }
+                check_indices("groups", g, n_groups)?;
                 Ok(Some(g))
             }
             (t, g) => Err(ConformalError::KindMismatch {
@@ -277,7 +272,7 @@ impl CalibratedMondrian {
         let mut order = Vec::new();
         for i in 0..rows.len() {
             let row = rows.row(i);
-            check_row("test probabilities", row, i, self.config.sum_tolerance)?;
+            check_probability_row("test probabilities", row, i, self.config.sum_tolerance)?;
             let u = uniforms.map_or(1.0, |u| u[i]);
             self.config.score.score_row(row, u, &mut scores, &mut order);
             for (y, &s) in scores.iter().enumerate() {

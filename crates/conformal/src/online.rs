@@ -5,7 +5,7 @@ use std::collections::VecDeque;
 
 use lastmile_core::{
     CoreError,
-    validate::{check_open_unit, check_positive},
+    validate::{check_at_least, check_open_unit, check_positive},
 };
 
 use crate::error::Result;
@@ -69,10 +69,7 @@ impl AdaptiveConformal {
     /// # Errors
     /// [`CoreError::OutOfRange`] for `window = 0`.
     pub fn with_window(mut self, window: usize) -> Result<Self> {
-        if window == 0 {
-            return Err(CoreError::out_of_range("window", 0.0, "an integer >= 1").into());
-        }
-        self.window = Some(window);
+        self.window = Some(check_at_least("window", window, 1)?);
         Ok(self)
     }
 

@@ -10,6 +10,7 @@
 use lastmile_core::{CoreError, validate::check_open_unit};
 
 use crate::error::Result;
+use crate::input::check_not_empty;
 
 /// Relative tolerance on `(n+1)(1−α)` being an integer: `α = 0.1, n = 9`
 /// must give `k = 9`, not `10`, although `10·(1 − 0.1)` may round up.
@@ -34,13 +35,7 @@ const INTEGER_TOLERANCE: f64 = 1e-12;
 /// ```
 pub fn conformal_rank(n: usize, alpha: f64) -> Result<Option<usize>> {
     check_open_unit("alpha", alpha)?;
-    if n == 0 {
-        return Err(CoreError::Empty {
-            what: "calibration scores".to_owned(),
-            min: 1,
-        }
-        .into());
-    }
+    check_not_empty("calibration scores", n)?;
     let x = (n as f64 + 1.0) * (1.0 - alpha);
     let nearest = x.round();
     let k = if (x - nearest).abs() <= INTEGER_TOLERANCE * x.max(1.0) {
@@ -113,13 +108,7 @@ impl CalibrationScores {
     /// # Errors
     /// [`CoreError::Empty`] for no scores, [`CoreError::NonFinite`] for NaN.
     pub fn new(mut scores: Vec<f64>) -> Result<Self> {
-        if scores.is_empty() {
-            return Err(CoreError::Empty {
-                what: "calibration scores".to_owned(),
-                min: 1,
-            }
-            .into());
-        }
+        check_not_empty("calibration scores", scores.len())?;
         check_not_nan("calibration scores", &scores)?;
         scores.sort_unstable_by(f64::total_cmp);
         Ok(Self { sorted: scores })

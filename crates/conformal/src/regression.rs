@@ -1,9 +1,15 @@
 //! Split conformal regression: absolute residual, normalised residual and
 //! conformalised quantile regression (CQR).
 
-use lastmile_core::{CoreError, validate::check_open_unit};
+use std::ops::Bound;
 
-use crate::error::{ConformalError, Result, check_len};
+// Named in the `# Errors` sections.
+#[cfg(doc)]
+use lastmile_core::CoreError;
+use lastmile_core::validate::{check_finite_slice, check_len, check_open_unit};
+
+use crate::error::{ConformalError, Result};
+use crate::input::{check_each_in, check_not_empty};
 use crate::quantile::conformal_quantile;
 
 /// Model outputs a conformal regressor calibrates and predicts from.
@@ -54,30 +60,17 @@ impl RegressionPredictions<'_> {
 
     fn validate(&self) -> Result<usize> {
         let n = self.len();
-        if n == 0 {
-            return Err(CoreError::Empty {
-                what: self.name().to_owned(),
-                min: 1,
-            }
-            .into());
-        }
+        check_not_empty(self.name(), n)?;
         let finite = |what: &str, v: &[f64]| -> Result<()> {
             check_len(what, v.len(), n)?;
-            Ok(lastmile_core::validate::check_finite_slice(what, v)?)
+            Ok(check_finite_slice(what, v)?)
         };
         match self {
             Self::Point(m) => finite("predictions", m)?,
             Self::Normalized { mean, scale } => {
                 finite("mean predictions", mean)?;
                 finite("scale predictions", scale)?;
-                if let Some(i) = scale.iter().position(|&s| s <= 0.0) {
-                    return Err(CoreError::out_of_range(
-                        &format!("scale[{i}]"),
-                        scale[i],
-                        "a finite value > 0",
-                    )
-                    .into());
-                }
+                check_each_in("scale", scale, Bound::Excluded(0.0), Bound::Unbounded)?;
             }
             Self::Quantiles { lower, upper } => {
                 finite("lower quantiles", lower)?;
@@ -131,8 +124,9 @@ impl ConformalRegressor {
     ///
     /// # Errors
     /// [`CoreError::OutOfRange`] for α ∉ (0, 1) or a scale ≤ 0;
-    /// [`CoreError::Empty`]; [`ConformalError::LengthMismatch`];
-    /// [`CoreError::NonFinite`] for NaN/∞ inputs.
+    /// [`CoreError::Empty`] for no predictions; [`CoreError::LengthMismatch`]
+    /// when the inputs have different lengths; [`CoreError::NonFinite`] for
+    /// NaN/∞ inputs.
     pub fn calibrate(
         alpha: f64,
         predictions: RegressionPredictions<'_>,
@@ -141,7 +135,7 @@ impl ConformalRegressor {
         check_open_unit("alpha", alpha)?;
         let n = predictions.validate()?;
         check_len("targets", y.len(), n)?;
-        lastmile_core::validate::check_finite_slice("targets", y)?;
+        check_finite_slice("targets", y)?;
         let scores: Vec<f64> = (0..n).map(|i| predictions.score(i, y[i])).collect();
         let qhat = conformal_quantile(&scores, alpha)?;
         Ok(Self {
@@ -222,17 +216,11 @@ impl Intervals {
     /// Fraction of targets inside their interval.
     ///
     /// # Errors
-    /// [`ConformalError::LengthMismatch`] when `y` has another length;
+    /// [`CoreError::LengthMismatch`] when `y` has another length;
     /// [`CoreError::Empty`] for no intervals.
     pub fn coverage(&self, y: &[f64]) -> Result<f64> {
         check_len("targets", y.len(), self.len())?;
-        if self.is_empty() {
-            return Err(CoreError::Empty {
-                what: "intervals".to_owned(),
-                min: 1,
-            }
-            .into());
-        }
+        check_not_empty("intervals", self.len())?;
         let hits = (0..self.len()).filter(|&i| self.contains(i, y[i])).count();
         Ok(hits as f64 / self.len() as f64)
     }

@@ -1,11 +1,14 @@
 //! Conformal risk control (Angelopoulos, Bates, Fisch, Lei & Schuster, ICLR 2024).
 
+use std::ops::Bound;
+
 use lastmile_core::{
     CoreError,
-    validate::{check_finite_slice, check_open_unit, check_positive},
+    validate::{check_finite_slice, check_matrix_len, check_open_unit, check_positive},
 };
 
 use crate::error::{ConformalError, Result};
+use crate::input::{check_each_in, check_not_empty};
 
 /// The result of [`conformal_risk_control`].
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -26,10 +29,12 @@ pub struct RiskControl {
 /// value `lambdas[j]`; `lambdas` must be strictly increasing.
 ///
 /// # Errors
-/// [`CoreError::OutOfRange`] for `α ∉ (0, 1)`, `B ≤ 0` or a loss outside
-/// `[0, B]`; [`CoreError::Empty`] / shape errors; [`ConformalError::NotMonotone`]
-/// when a loss row increases with λ; [`ConformalError::Infeasible`] when no
-/// grid value reaches α.
+/// [`CoreError::OutOfRange`] for `α ∉ (0, 1)`, `B ≤ 0`, a grid not strictly
+/// increasing or a loss outside `[0, B]`; [`CoreError::NonFinite`] for a
+/// NaN/∞ λ; [`CoreError::Empty`] for no λ or no loss;
+/// [`CoreError::ShapeMismatch`] unless there are `m` losses per calibration
+/// point; [`ConformalError::NotMonotone`] when a loss row increases with λ;
+/// [`ConformalError::Infeasible`] when no grid value reaches α.
 ///
 /// # Examples
 /// ```
@@ -50,13 +55,7 @@ pub fn conformal_risk_control(
     check_open_unit("alpha", alpha)?;
     check_positive("loss bound B", bound)?;
     let m = lambdas.len();
-    if m == 0 {
-        return Err(CoreError::Empty {
-            what: "lambda grid".to_owned(),
-            min: 1,
-        }
-        .into());
-    }
+    check_not_empty("lambda grid", m)?;
     check_finite_slice("lambdas", lambdas)?;
     if let Some(j) = lambdas.windows(2).position(|w| w[1] <= w[0]) {
         return Err(CoreError::out_of_range(
@@ -66,30 +65,17 @@ pub fn conformal_risk_control(
         )
         .into());
     }
-    if losses.is_empty() {
-        return Err(CoreError::Empty {
-            what: "calibration losses".to_owned(),
-            min: 1,
-        }
-        .into());
-    }
-    if !losses.len().is_multiple_of(m) {
-        return Err(CoreError::shape(
-            "losses",
-            format!("n × {m} values (one per calibration point and grid value)"),
-            &[losses.len()],
-        )
-        .into());
-    }
-    let n = losses.len() / m;
-    if let Some(i) = losses.iter().position(|l| !(0.0..=bound).contains(l)) {
-        return Err(CoreError::out_of_range(
-            &format!("losses[{i}]"),
-            losses[i],
-            &format!("a loss in [0, B = {bound}]"),
-        )
-        .into());
-    }
+    let n = check_matrix_len(
+        "calibration losses ([n, m] row-major: a row per calibration point, a column per λ)",
+        losses.len(),
+        m,
+    )?;
+    check_each_in(
+        "losses",
+        losses,
+        Bound::Included(0.0),
+        Bound::Included(bound),
+    )?;
     let mut risk = vec![0.0f64; m];
     for (row_index, row) in losses.chunks(m).enumerate() {
         if let Some(j) = row.windows(2).position(|w| w[1] > w[0]) {

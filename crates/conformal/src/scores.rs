@@ -5,8 +5,9 @@
 //! function of the row and of the row's uniform `U`.
 
 use std::cmp::Ordering;
+use std::ops::Bound;
 
-use lastmile_core::{CoreError, validate::check_in_range};
+use lastmile_core::validate::{check_interval, check_positive};
 
 use crate::error::Result;
 use crate::input::Probability;
@@ -131,22 +132,21 @@ impl ScoreFunction {
     /// Checks the hyper-parameters (`λ ≥ 0` finite for RAPS, `λ > 0` for SAPS).
     ///
     /// # Errors
-    /// [`CoreError::OutOfRange`] naming the parameter.
+    /// [`CoreError::OutOfRange`](lastmile_core::CoreError::OutOfRange) naming
+    /// the parameter.
     pub fn validate(&self) -> Result<()> {
         match *self {
             Self::Lac | Self::Aps { .. } => {}
             Self::Raps { lambda, .. } => {
-                check_in_range("raps lambda", lambda, 0.0, f64::MAX)?;
+                check_interval(
+                    "raps lambda",
+                    lambda,
+                    Bound::Included(0.0),
+                    Bound::Unbounded,
+                )?;
             }
             Self::Saps { lambda, .. } => {
-                if !(lambda.is_finite() && lambda > 0.0) {
-                    return Err(CoreError::out_of_range(
-                        "saps lambda",
-                        lambda,
-                        "a finite value > 0",
-                    )
-                    .into());
-                }
+                check_positive("saps lambda", lambda)?;
             }
         }
         Ok(())

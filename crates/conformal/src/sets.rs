@@ -1,6 +1,7 @@
 //! Prediction sets stored compactly (one flat label list plus offsets).
 
 use burn::tensor::{Device, Tensor, TensorData};
+use lastmile_core::validate::{check_indices, check_matrix_len};
 
 /// A batch of classification prediction sets.
 ///
@@ -46,17 +47,11 @@ impl PredictionSets {
             let mut set = set;
             set.sort_unstable();
             set.dedup();
-            for y in set {
-                if y >= n_classes {
-                    return Err(lastmile_core::CoreError::IndexOutOfRange {
-                        what: format!("set {i}"),
-                        index: y,
-                        bound: n_classes,
-                    }
-                    .into());
-                }
-                labels.push(y as u32);
+            if check_indices("set", &set, n_classes).is_err() {
+                // Rerun with the set's name, built only on the error path.
+                check_indices(&format!("sets[{i}]"), &set, n_classes)?;
             }
+            labels.extend(set.iter().map(|&y| y as u32));
             offsets.push(labels.len());
         }
         Ok(Self {
@@ -69,15 +64,12 @@ impl PredictionSets {
     /// Builds sets from a row-major `[rows, n_classes]` membership mask.
     ///
     /// # Errors
-    /// A shape error when the mask length is not a multiple of `n_classes`.
+    /// [`CoreError::ShapeMismatch`](lastmile_core::CoreError::ShapeMismatch)
+    /// when `n_classes = 0` or the mask length is not a multiple of it.
     pub fn from_mask(n_classes: usize, mask: &[bool]) -> crate::Result<Self> {
-        if n_classes == 0 || !mask.len().is_multiple_of(n_classes) {
-            return Err(lastmile_core::CoreError::shape(
-                "set mask",
-                format!("a length divisible by n_classes = {n_classes}"),
-                &[mask.len()],
-            )
-            .into());
+        // An empty mask is zero sets; anything else must be `[rows, n_classes]`.
+        if n_classes == 0 || !mask.is_empty() {
+            check_matrix_len("set mask", mask.len(), n_classes)?;
         }
         let mut offsets = vec![0];
         let mut labels = Vec::new();

@@ -11,16 +11,21 @@
 //! on the whole batch. Every function here is built from burn tensor ops, so
 //! gradients flow through `loss.backward()` on an autodiff device.
 
+use std::ops::Bound;
+
 use burn::tensor::{Int, Tensor, TensorData, activation};
 use lastmile_core::{
     CoreError,
     convert::indices_to_vec,
-    validate::{check_non_empty, check_open_unit, check_positive},
+    validate::{
+        check_at_least, check_interval, check_len, check_non_empty, check_open_unit, check_positive,
+    },
 };
 use rand::{Rng, RngExt};
 
 use crate::bounds::{MIN_EVENT_PROBABILITY, alpha_n, binary_entropy, check_bound_alpha};
-use crate::error::{Result, check_len};
+use crate::error::Result;
+use crate::input::check_labels;
 use crate::scores::ScoreFunction;
 
 /// Floor for set sizes and memberships inside logarithms.
@@ -254,7 +259,7 @@ pub fn conftr_loss(
         ("size_weight", size_weight),
         ("coverage_weight", coverage_weight),
     ] {
-        lastmile_core::validate::check_in_range(name, v, 0.0, f64::MAX)?;
+        check_interval(name, v, Bound::Included(0.0), Bound::Unbounded)?;
     }
     let size = sets
         .clone()
@@ -317,7 +322,7 @@ impl DpiTerms {
         n_calibration: usize,
     ) -> Result<Self> {
         check_bound_alpha(alpha)?;
-        check_n(n_calibration)?;
+        check_at_least("n_calibration", n_calibration, 1)?;
         let dims = check_sets_labels(&sets, &labels)?;
         let ce = label_column(log_probs.clone(), labels).mean().neg();
         let in_set = (sets * log_probs.exp()).sum_dim(1).reshape([dims[0]]);
@@ -393,13 +398,6 @@ pub fn dpi_loss_bernstein(
     Ok(t.bound(q1 + delta.clone(), q0 + delta, alpha, n_calibration))
 }
 
-fn check_n(n: usize) -> Result<()> {
-    if n == 0 {
-        return Err(CoreError::out_of_range("n_calibration", 0.0, "an integer >= 1").into());
-    }
-    Ok(())
-}
-
 /// `Σ w f / Σ w` (0 when every weight is 0).
 fn weighted_mean(w: Tensor<1>, f: Tensor<1>) -> Tensor<1> {
     let den = w.clone().sum();
@@ -423,7 +421,7 @@ pub fn model_fano_loss(
     n_calibration: usize,
 ) -> Result<Tensor<1>> {
     check_bound_alpha(alpha)?;
-    check_n(n_calibration)?;
+    check_at_least("n_calibration", n_calibration, 1)?;
     check_sets_labels(&sets, &labels)?;
     let c = sets.clamp(LOG_FLOOR as f32, (1.0 - LOG_FLOOR) as f32);
     let not_c = c.clone().neg().add_scalar(1.0);
@@ -458,7 +456,7 @@ pub fn simple_fano_loss(
     n_calibration: usize,
 ) -> Result<Tensor<1>> {
     check_bound_alpha(alpha)?;
-    check_n(n_calibration)?;
+    check_at_least("n_calibration", n_calibration, 1)?;
     let [b, k] = check_sets_labels(&sets, &labels)?;
     let size = sets.clone().sum_dim(1).reshape([b]);
     let w_in = label_column(sets, labels);
@@ -640,7 +638,7 @@ impl ConformalTraining {
     /// # Errors
     /// [`CoreError::OutOfRange`] for a negative or non-finite weight.
     pub fn with_ce_weight(mut self, w: f64) -> Result<Self> {
-        self.ce_weight = lastmile_core::validate::check_in_range("ce_weight", w, 0.0, f64::MAX)?;
+        self.ce_weight = check_interval("ce_weight", w, Bound::Included(0.0), Bound::Unbounded)?;
         Ok(self)
     }
 
@@ -674,7 +672,7 @@ impl ConformalTraining {
     ) -> Result<Tensor<1>> {
         let [b, k] = check_sets_labels(&logits, &labels)?;
         let host_labels = indices_to_vec(labels.clone())?;
-        crate::input::check_labels(&host_labels, b, k)?;
+        check_labels(&host_labels, b, k)?;
         let ce = cross_entropy(logits.clone(), labels.clone())?;
         if let Objective::CrossEntropy = self.objective {
             return Ok(ce);

@@ -15,6 +15,35 @@ fn rng() -> StdRng {
 
 const P: [f32; 4] = [0.6, 0.4, 0.3, 0.7];
 
+/// The shared input error inside `r`; panics on success or another error.
+fn core<T: std::fmt::Debug>(r: Result<T, ConformalError>) -> CoreError {
+    match r {
+        Err(ConformalError::Core(e)) => e,
+        other => panic!("expected a CoreError, got {other:?}"),
+    }
+}
+
+/// The parameter named by an `OutOfRange` error.
+fn out_of_range_name<T: std::fmt::Debug>(r: Result<T, ConformalError>) -> String {
+    match core(r) {
+        CoreError::OutOfRange { name, .. } => name,
+        other => panic!("expected OutOfRange, got {other:?}"),
+    }
+}
+
+/// The `what` of an `IndexOutOfRange` / `LengthMismatch` error with its numbers.
+fn what_of(e: CoreError) -> (String, usize, usize) {
+    match e {
+        CoreError::IndexOutOfRange { what, index, bound } => (what, index, bound),
+        CoreError::LengthMismatch {
+            what,
+            expected,
+            found,
+        } => (what, found, expected),
+        other => panic!("expected IndexOutOfRange or LengthMismatch, got {other:?}"),
+    }
+}
+
 #[test]
 fn alpha_outside_open_unit_interval() {
     for alpha in [0.0, 1.0, -0.1, 1.5, f64::NAN, f64::INFINITY] {
@@ -134,12 +163,16 @@ fn labels_out_of_range() {
 #[test]
 fn mismatched_lengths_and_shapes() {
     let cp = SplitConformal::new(ScoreFunction::Lac, 0.1).unwrap();
-    assert!(matches!(
-        cp.calibrate_slice(&P, 2, &[0], &mut rng()),
-        Err(ConformalError::LengthMismatch { .. })
-    ));
+    let e = core(cp.calibrate_slice(&P, 2, &[0], &mut rng()));
+    assert!(matches!(e, CoreError::LengthMismatch { .. }));
+    assert_eq!(what_of(e), ("labels".to_owned(), 1, 2));
     assert!(matches!(
         cp.calibrate_slice(&P, 3, &[0], &mut rng()),
+        Err(ConformalError::Core(CoreError::ShapeMismatch { .. }))
+    ));
+    // no classes at all
+    assert!(matches!(
+        cp.calibrate_slice(&P, 0, &[0], &mut rng()),
         Err(ConformalError::Core(CoreError::ShapeMismatch { .. }))
     ));
     let fitted = cp.calibrate_slice(&P, 2, &[0, 1], &mut rng()).unwrap();
@@ -150,15 +183,28 @@ fn mismatched_lengths_and_shapes() {
     ));
     assert!(matches!(
         cp.calibrate_slice_with_uniforms(&P, 2, &[0, 1], &[0.5]),
-        Err(ConformalError::LengthMismatch { .. })
+        Err(ConformalError::Core(CoreError::LengthMismatch {
+            expected: 2,
+            found: 1,
+            ..
+        }))
     ));
-    assert!(matches!(
-        cp.calibrate_slice_with_uniforms(&P, 2, &[0, 1], &[0.5, 1.5]),
-        Err(ConformalError::Core(CoreError::OutOfRange { .. }))
-    ));
+    let r = cp.calibrate_slice_with_uniforms(&P, 2, &[0, 1], &[0.5, 1.5]);
+    assert!(
+        matches!(
+            &r,
+            Err(ConformalError::Core(CoreError::OutOfRange { name, value, .. }))
+                if name == "uniforms[1]" && *value == 1.5
+        ),
+        "{r:?}"
+    );
     assert!(matches!(
         ConformalRegressor::calibrate(0.1, RegressionPredictions::Point(&[1.0, 2.0]), &[1.0]),
-        Err(ConformalError::LengthMismatch { .. })
+        Err(ConformalError::Core(CoreError::LengthMismatch {
+            expected: 2,
+            found: 1,
+            ..
+        }))
     ));
     // predicting with another kind of model output
     let reg =
@@ -185,41 +231,157 @@ fn mismatched_lengths_and_shapes() {
 
 #[test]
 fn invalid_parameters_and_values() {
-    assert!(SplitConformal::new(ScoreFunction::raps(-1.0, 1), 0.1).is_err());
-    assert!(SplitConformal::new(ScoreFunction::saps(0.0), 0.1).is_err());
-    assert!(AdaptiveConformal::new(0.1, 0.0).is_err());
+    assert_eq!(
+        out_of_range_name(SplitConformal::new(ScoreFunction::raps(-1.0, 1), 0.1)),
+        "raps lambda"
+    );
+    assert_eq!(
+        out_of_range_name(SplitConformal::new(ScoreFunction::saps(0.0), 0.1)),
+        "saps lambda"
+    );
+    assert_eq!(out_of_range_name(AdaptiveConformal::new(0.1, 0.0)), "gamma");
+    assert_eq!(
+        out_of_range_name(AdaptiveConformal::new(0.1, 0.01).unwrap().with_window(0)),
+        "window"
+    );
+    assert_eq!(
+        out_of_range_name(Mondrian::by_group(ScoreFunction::Lac, 0.1, 0)),
+        "n_groups"
+    );
     assert!(matches!(
         conformal_quantile(&[0.1, f64::NAN], 0.1),
-        Err(ConformalError::Core(CoreError::NonFinite { .. }))
+        Err(ConformalError::Core(CoreError::NonFinite { index: 1, .. }))
     ));
-    assert!(
-        ConformalRegressor::calibrate(
+    assert_eq!(
+        out_of_range_name(ConformalRegressor::calibrate(
             0.1,
             RegressionPredictions::Normalized {
-                mean: &[1.0],
-                scale: &[0.0]
+                mean: &[1.0, 2.0],
+                scale: &[1.0, 0.0]
             },
-            &[1.0]
-        )
-        .is_err()
+            &[1.0, 2.0]
+        )),
+        "scale[1]"
     );
-    assert!(
-        ConformalRegressor::calibrate(0.1, RegressionPredictions::Point(&[f64::NAN]), &[1.0])
-            .is_err()
-    );
+    assert!(matches!(
+        ConformalRegressor::calibrate(0.1, RegressionPredictions::Point(&[f64::NAN]), &[1.0]),
+        Err(ConformalError::Core(CoreError::NonFinite { index: 0, .. }))
+    ));
     // risk control: loss above B, increasing loss, unsorted grid, infeasible level
-    assert!(conformal_risk_control(&[2.0], &[0.0], 0.5, 1.0).is_err());
+    assert_eq!(
+        out_of_range_name(conformal_risk_control(&[0.5, 2.0], &[0.0], 0.5, 1.0)),
+        "losses[1]"
+    );
     assert!(matches!(
         conformal_risk_control(&[0.0, 1.0], &[0.0, 1.0], 0.5, 1.0),
         Err(ConformalError::NotMonotone { .. })
     ));
-    assert!(conformal_risk_control(&[1.0, 0.0], &[1.0, 0.0], 0.5, 1.0).is_err());
+    assert_eq!(
+        out_of_range_name(conformal_risk_control(&[1.0, 0.0], &[1.0, 0.0], 0.5, 1.0)),
+        "lambdas[1]"
+    );
     assert!(matches!(
         conformal_risk_control(&[1.0, 1.0], &[0.0, 1.0], 0.1, 1.0),
         Err(ConformalError::Infeasible { .. })
     ));
-    // bounds: memberships outside [0, 1]
-    assert!(bounds::simple_fano_bound(&[1.5f32, 0.0], 2, &[0], 0.1, 10).is_err());
+    // risk control: no grid, no losses, losses not [n, m]
+    assert!(matches!(
+        conformal_risk_control(&[0.0], &[], 0.5, 1.0),
+        Err(ConformalError::Core(CoreError::Empty { .. }))
+    ));
+    assert!(matches!(
+        conformal_risk_control(&[], &[0.0], 0.5, 1.0),
+        Err(ConformalError::Core(CoreError::Empty { .. }))
+    ));
+    assert!(matches!(
+        conformal_risk_control(&[0.0, 0.0, 0.0], &[0.0, 1.0], 0.5, 1.0),
+        Err(ConformalError::Core(CoreError::ShapeMismatch { .. }))
+    ));
+}
+
+#[test]
+fn bounds_reject_bad_inputs() {
+    // memberships outside [0, 1]
+    assert_eq!(
+        out_of_range_name(bounds::simple_fano_bound(&[1.0f32, 1.5], 2, &[0], 0.1, 10)),
+        "sets[1]"
+    );
+    assert_eq!(
+        out_of_range_name(bounds::simple_fano_bound(&[1.0f32, 0.0], 2, &[0], 0.1, 0)),
+        "n_calibration"
+    );
+    // α above 1/2: the message says why
+    let r = bounds::simple_fano_bound(&[1.0f32, 0.0], 2, &[0], 0.7, 10);
+    assert!(
+        matches!(
+            &r,
+            Err(ConformalError::Core(CoreError::OutOfRange { name, expected, .. }))
+                if name == "alpha" && expected.contains("h_b")
+        ),
+        "{r:?}"
+    );
+    // one probability row per set, each a distribution
+    let sets = [1.0f32, 0.0, 0.0, 1.0];
+    assert!(matches!(
+        bounds::dpi_bound(&[0.5f32, 0.5], &sets, 2, &[0, 1], 0.1, 10),
+        Err(ConformalError::Core(CoreError::LengthMismatch {
+            expected: 2,
+            found: 1,
+            ..
+        }))
+    ));
+    assert!(matches!(
+        bounds::model_fano_bound(&[0.5f32, 0.5, 0.5, 0.4], &sets, 2, &[0, 1], 0.1, 10),
+        Err(ConformalError::Core(CoreError::NotAProbability {
+            row: 1,
+            ..
+        }))
+    ));
+    // labels: one per set
+    assert!(matches!(
+        bounds::simple_fano_bound(&sets, 2, &[0], 0.1, 10),
+        Err(ConformalError::Core(CoreError::LengthMismatch {
+            expected: 2,
+            found: 1,
+            ..
+        }))
+    ));
+}
+
+#[test]
+fn sets_and_metrics_reject_bad_inputs() {
+    use lastmile_conformal::PredictionSets;
+    let e = core(PredictionSets::from_sets(3, vec![vec![0], vec![1, 3]]));
+    assert!(matches!(e, CoreError::IndexOutOfRange { .. }));
+    assert_eq!(what_of(e), ("sets[1][1]".to_owned(), 3, 3));
+    for (n_classes, mask) in [(2, &[true, false, true][..]), (0, &[][..])] {
+        assert!(matches!(
+            PredictionSets::from_mask(n_classes, mask),
+            Err(ConformalError::Core(CoreError::ShapeMismatch { .. }))
+        ));
+    }
+    assert_eq!(PredictionSets::from_mask(2, &[]).unwrap().len(), 0);
+    let sets = PredictionSets::from_sets(3, vec![vec![0], vec![1, 2]]).unwrap();
+    assert!(matches!(
+        lastmile_conformal::coverage(&sets, &[0]),
+        Err(ConformalError::Core(CoreError::LengthMismatch {
+            expected: 2,
+            found: 1,
+            ..
+        }))
+    ));
+    assert!(matches!(
+        lastmile_conformal::coverage(&sets, &[0, 3]),
+        Err(ConformalError::Core(CoreError::IndexOutOfRange {
+            index: 3,
+            ..
+        }))
+    ));
+    let none = PredictionSets::from_sets(3, vec![]).unwrap();
+    assert!(matches!(
+        lastmile_conformal::coverage(&none, &[]),
+        Err(ConformalError::Core(CoreError::Empty { .. }))
+    ));
 }
 
 #[test]
@@ -274,11 +436,19 @@ fn cv_plus_rejects_bad_inputs() {
     ));
     assert!(matches!(
         CvPlus::calibrate(0.1, &p, &y[..2], &f, 2),
-        Err(ConformalError::LengthMismatch { .. })
+        Err(ConformalError::Core(CoreError::LengthMismatch {
+            expected: 3,
+            found: 2,
+            ..
+        }))
     ));
     assert!(matches!(
         CvPlus::calibrate(0.1, &p, &y, &f[..2], 2),
-        Err(ConformalError::LengthMismatch { .. })
+        Err(ConformalError::Core(CoreError::LengthMismatch {
+            expected: 3,
+            found: 2,
+            ..
+        }))
     ));
     assert!(matches!(
         CvPlus::calibrate(0.1, &[1.0, f64::NAN, 3.0], &y, &f, 2),
@@ -289,10 +459,9 @@ fn cv_plus_rejects_bad_inputs() {
         Err(ConformalError::Core(CoreError::NonFinite { .. }))
     ));
     // fold index out of range, and no folds at all
-    assert!(matches!(
-        CvPlus::calibrate(0.1, &p, &y, &[0, 2, 1], 2),
-        Err(ConformalError::Core(CoreError::OutOfRange { .. }))
-    ));
+    let e = core(CvPlus::calibrate(0.1, &p, &y, &[0, 2, 1], 2));
+    assert!(matches!(e, CoreError::IndexOutOfRange { .. }));
+    assert_eq!(what_of(e), ("folds[1]".to_owned(), 2, 2));
     assert!(matches!(
         CvPlus::calibrate(0.1, &p, &y, &f, 0),
         Err(ConformalError::Core(CoreError::OutOfRange { .. }))
@@ -301,7 +470,7 @@ fn cv_plus_rejects_bad_inputs() {
     // predictions must be [m, K]
     assert!(matches!(
         cv.predict(&[1.0, 2.0, 3.0]),
-        Err(ConformalError::LengthMismatch { .. })
+        Err(ConformalError::Core(CoreError::ShapeMismatch { .. }))
     ));
     assert!(matches!(
         cv.predict(&[1.0, f64::NAN]),

@@ -2,6 +2,10 @@
 //! conversion to burn tensors.
 
 use burn::prelude::{Device, Int, Tensor, TensorData};
+use lastmile_core::{
+    CoreError,
+    validate::{check_at_least, check_finite_slice, check_indices, check_len, check_matrix_len},
+};
 
 use crate::error::{DatasetError, Location, Result};
 
@@ -123,12 +127,18 @@ impl Dataset {
     /// * `targets` - one target per sample.
     ///
     /// # Errors
-    /// * [`DatasetError::InvalidParameter`] if `n_features == 0`, or a
-    ///   classification target has `n_classes == 0` or a wrong number of class names.
-    /// * [`DatasetError::LengthMismatch`] if `features.len()` is not a multiple
-    ///   of `n_features` or there is not one target per sample.
-    /// * [`DatasetError::NonFinite`] if a feature or target value is NaN or infinite.
-    /// * [`DatasetError::LabelOutOfRange`] if a label is `>= n_classes`.
+    /// * [`CoreError::OutOfRange`] if `n_features == 0` or a classification
+    ///   target has `n_classes == 0`.
+    /// * [`CoreError::ShapeMismatch`] if `features.len()` is not a multiple
+    ///   of `n_features`.
+    /// * [`CoreError::LengthMismatch`] if there is not one target per sample
+    ///   or not one class name per class.
+    /// * [`DatasetError::NonFinite`] if a feature or target value is NaN or
+    ///   infinite (naming the sample and the feature).
+    /// * [`CoreError::IndexOutOfRange`] if a label is `>= n_classes` (naming
+    ///   it as `labels[i]`).
+    ///
+    /// All but `NonFinite` come through [`DatasetError::Core`].
     ///
     /// # Examples
     /// ```
@@ -144,24 +154,9 @@ impl Dataset {
         n_features: usize,
         targets: Targets,
     ) -> Result<Self> {
-        if n_features == 0 {
-            return Err(DatasetError::param("n_features", 0, "at least 1"));
-        }
-        if !features.len().is_multiple_of(n_features) {
-            return Err(DatasetError::LengthMismatch {
-                what: "features".to_owned(),
-                found: features.len(),
-                expected: format!("a multiple of n_features = {n_features}"),
-            });
-        }
-        let n_samples = features.len() / n_features;
-        if targets.len() != n_samples {
-            return Err(DatasetError::LengthMismatch {
-                what: "targets".to_owned(),
-                found: targets.len(),
-                expected: format!("one target per sample ({n_samples})"),
-            });
-        }
+        check_at_least("n_features", n_features, 1)?;
+        let n_samples = check_rows("features", features.len(), n_features)?;
+        check_len("targets (one per sample)", targets.len(), n_samples)?;
         check_finite("features", &features, n_features)?;
         match &targets {
             Targets::Classes {
@@ -169,17 +164,9 @@ impl Dataset {
                 n_classes,
                 class_names,
             } => {
-                if *n_classes == 0 {
-                    return Err(DatasetError::param("n_classes", 0, "at least 1"));
-                }
-                if class_names.len() != *n_classes {
-                    return Err(DatasetError::param(
-                        "class_names",
-                        format!("{} name(s)", class_names.len()),
-                        &format!("one name per class ({n_classes})"),
-                    ));
-                }
-                check_labels(labels, *n_classes)?;
+                check_at_least("n_classes", *n_classes, 1)?;
+                check_len("class_names (one per class)", class_names.len(), *n_classes)?;
+                check_indices("labels", labels, *n_classes)?;
             }
             Targets::Values(values) => check_finite("target values", values, 1)?,
         }
@@ -393,7 +380,8 @@ impl Dataset {
     /// (indices may repeat).
     ///
     /// # Errors
-    /// [`DatasetError::IndexOutOfRange`] if an index is `>= n_samples`.
+    /// [`CoreError::IndexOutOfRange`] (through [`DatasetError::Core`]) if an
+    /// index is `>= n_samples`, naming it as `indices[i]`.
     ///
     /// # Examples
     /// ```
@@ -405,12 +393,7 @@ impl Dataset {
     /// # Ok::<(), lastmile_datasets::DatasetError>(())
     /// ```
     pub fn subset(&self, indices: &[usize]) -> Result<Self> {
-        if let Some(&index) = indices.iter().find(|&&i| i >= self.n_samples) {
-            return Err(DatasetError::IndexOutOfRange {
-                index,
-                n_samples: self.n_samples,
-            });
-        }
+        check_indices("indices", indices, self.n_samples)?;
         let mut features = Vec::with_capacity(indices.len() * self.n_features);
         for &i in indices {
             features.extend_from_slice(self.row(i));
@@ -497,27 +480,133 @@ impl Dataset {
     }
 }
 
-/// Checks that every value of a row-major buffer is finite.
+/// The number of rows of a row-major buffer of `n_features` columns, by
+/// core's [`check_matrix_len`]; unlike there, an empty buffer is a valid
+/// matrix of 0 rows (subsets and split parts may be empty).
+///
+/// # Errors
+/// [`CoreError::ShapeMismatch`] if `n_features == 0` or `len` is not a
+/// multiple of it.
+pub(crate) fn check_rows(what: &str, len: usize, n_features: usize) -> Result<usize> {
+    if len == 0 && n_features > 0 {
+        return Ok(0);
+    }
+    Ok(check_matrix_len(what, len, n_features)?)
+}
+
+/// Core's [`check_finite_slice`] on a row-major buffer, with the flat index
+/// of the first NaN/±∞ turned into a sample and a feature.
 pub(crate) fn check_finite(what: &str, values: &[f32], n_features: usize) -> Result<()> {
-    match values.iter().position(|v| !v.is_finite()) {
-        None => Ok(()),
-        Some(pos) => Err(DatasetError::NonFinite {
-            what: what.to_owned(),
-            location: Location::Sample(pos / n_features),
-            feature: pos % n_features,
-            value: f64::from(values[pos]),
-        }),
+    match check_finite_slice(what, values) {
+        Ok(()) => Ok(()),
+        Err(CoreError::NonFinite { what, index, value }) => {
+            let n_features = n_features.max(1);
+            Err(DatasetError::NonFinite {
+                what,
+                location: Location::Sample(index / n_features),
+                feature: index % n_features,
+                value,
+            })
+        }
+        Err(other) => Err(other.into()),
     }
 }
 
-/// Checks that every label is `< n_classes`.
-pub(crate) fn check_labels(labels: &[usize], n_classes: usize) -> Result<()> {
-    match labels.iter().position(|&l| l >= n_classes) {
-        None => Ok(()),
-        Some(pos) => Err(DatasetError::LabelOutOfRange {
-            location: Location::Sample(pos),
-            label: labels[pos],
-            n_classes,
-        }),
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn core(r: Result<Dataset>) -> CoreError {
+        match r {
+            Err(DatasetError::Core(e)) => e,
+            other => panic!("expected a CoreError, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn new_rejects_each_bad_input_with_its_error() {
+        let classes = |labels: Vec<usize>| Targets::classes(labels, 2);
+        let e = core(Dataset::new("t", vec![1.0; 4], 0, classes(vec![0])));
+        assert!(matches!(e, CoreError::OutOfRange { ref name, .. } if name == "n_features"));
+        let e = core(Dataset::new("t", vec![1.0; 5], 2, classes(vec![0, 1])));
+        assert!(matches!(e, CoreError::ShapeMismatch { ref found, .. } if found == &[5]));
+        let e = core(Dataset::new("t", vec![1.0; 4], 2, classes(vec![0])));
+        assert!(matches!(
+            e,
+            CoreError::LengthMismatch {
+                expected: 2,
+                found: 1,
+                ..
+            }
+        ));
+        let e = core(Dataset::new("t", vec![1.0; 4], 2, classes(vec![0, 2])));
+        assert!(matches!(
+            e,
+            CoreError::IndexOutOfRange { ref what, index: 2, bound: 2 } if what == "labels[1]"
+        ));
+        let no_classes = Targets::classes(vec![0, 0], 0);
+        let e = core(Dataset::new("t", vec![1.0; 4], 2, no_classes));
+        assert!(matches!(e, CoreError::OutOfRange { ref name, .. } if name == "n_classes"));
+        let one_name = Targets::Classes {
+            labels: vec![0, 1],
+            n_classes: 2,
+            class_names: vec!["a".to_owned()],
+        };
+        let e = core(Dataset::new("t", vec![1.0; 4], 2, one_name));
+        assert!(matches!(
+            e,
+            CoreError::LengthMismatch {
+                expected: 2,
+                found: 1,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn non_finite_values_name_sample_and_feature() {
+        let mut features = vec![0.0f32; 12];
+        features[7] = f32::NAN;
+        let r = Dataset::new("t", features, 3, Targets::Values(vec![0.0; 4]));
+        assert!(
+            matches!(
+                r,
+                Err(DatasetError::NonFinite {
+                    location: Location::Sample(2),
+                    feature: 1,
+                    ..
+                })
+            ),
+            "{r:?}"
+        );
+        let r = Dataset::new(
+            "t",
+            vec![0.0; 2],
+            1,
+            Targets::Values(vec![0.0, f32::INFINITY]),
+        );
+        assert!(
+            matches!(
+                r,
+                Err(DatasetError::NonFinite {
+                    location: Location::Sample(1),
+                    feature: 0,
+                    value: f64::INFINITY,
+                    ..
+                })
+            ),
+            "{r:?}"
+        );
+    }
+
+    #[test]
+    fn empty_datasets_are_valid() {
+        let ds = Dataset::new("t", vec![], 3, Targets::Values(vec![])).expect("0 rows");
+        assert!(ds.is_empty());
+        assert_eq!(check_rows("rows", 0, 3).expect("0 rows"), 0);
+        assert!(matches!(
+            check_rows("rows", 0, 0),
+            Err(DatasetError::Core(CoreError::ShapeMismatch { .. }))
+        ));
     }
 }

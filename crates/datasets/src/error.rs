@@ -2,6 +2,7 @@
 
 use std::fmt;
 
+use lastmile_core::CoreError;
 use thiserror::Error;
 
 /// Where in the input a problem was found.
@@ -24,10 +25,24 @@ impl fmt::Display for Location {
 
 /// Errors returned by the loaders, parsers, splits and batchers of this crate.
 ///
-/// Every message states what was expected and what was found.
+/// Generic input checks are those of [`lastmile_core::validate`] and come
+/// through [`DatasetError::Core`]: a parameter out of range
+/// ([`CoreError::OutOfRange`], e.g. `n_features = 0` or a Dirichlet α ≤ 0),
+/// an empty input ([`CoreError::Empty`]), a buffer that is not row-major
+/// `[n_samples, n_features]` ([`CoreError::ShapeMismatch`]), lengths that
+/// disagree ([`CoreError::LengthMismatch`], e.g. not one target per sample)
+/// and an in-memory label or sample index out of range
+/// ([`CoreError::IndexOutOfRange`], naming the position, e.g. `labels[12]`).
+/// The variants below carry what is specific to datasets: file positions,
+/// and the sample and feature of a non-finite value. Every message states
+/// what was expected and what was found.
 #[derive(Debug, Error)]
 #[non_exhaustive]
 pub enum DatasetError {
+    /// A shared input check of [`lastmile_core::validate`] failed.
+    #[error(transparent)]
+    Core(#[from] CoreError),
+
     /// A field of a text file could not be read as the expected value.
     #[error("line {line}, column {column}: found {found:?}, expected {expected}")]
     Malformed {
@@ -72,7 +87,8 @@ pub enum DatasetError {
         expected: usize,
     },
 
-    /// A class label was not smaller than the number of classes.
+    /// A class label read from a file was not smaller than the number of
+    /// classes (labels given in memory fail with [`CoreError::IndexOutOfRange`]).
     #[error("{location}: label {label} is out of range; expected a class index < {n_classes}")]
     LabelOutOfRange {
         /// Where the label was found.
@@ -83,7 +99,9 @@ pub enum DatasetError {
         n_classes: usize,
     },
 
-    /// A value that must be finite was NaN or infinite.
+    /// A value that must be finite was NaN or infinite: the checks of
+    /// [`lastmile_core::validate`] with the flat index turned into a sample
+    /// and a feature.
     #[error("{what}: {location}, feature {feature} is {value}; expected a finite value")]
     NonFinite {
         /// The argument being checked.
@@ -115,26 +133,6 @@ pub enum DatasetError {
         expected: String,
     },
 
-    /// A parameter (α, number of clients, window length, ...) was outside its valid range.
-    #[error("invalid parameter `{name}`: found {found}, expected {expected}")]
-    InvalidParameter {
-        /// The parameter's name.
-        name: String,
-        /// The supplied value.
-        found: String,
-        /// The valid range.
-        expected: String,
-    },
-
-    /// An input that must hold data was empty.
-    #[error("{what} is empty; expected at least {min} item(s)")]
-    Empty {
-        /// The input being checked.
-        what: String,
-        /// Minimum number of items required.
-        min: usize,
-    },
-
     /// Data had a different number of features than expected.
     #[error("{what}: found {found} feature(s), expected {expected}")]
     FeatureMismatch {
@@ -146,7 +144,8 @@ pub enum DatasetError {
         expected: usize,
     },
 
-    /// A buffer's length is not consistent with the declared shape.
+    /// A sequence was shorter than the operation needs (e.g. fewer tokens
+    /// than one window and its shifted target).
     #[error("{what}: found length {found}, expected {expected}")]
     LengthMismatch {
         /// The buffer being checked.
@@ -164,15 +163,6 @@ pub enum DatasetError {
         found: &'static str,
         /// The kind the operation needs.
         expected: &'static str,
-    },
-
-    /// A sample index was outside the dataset.
-    #[error("sample index {index} is out of range; expected an index < {n_samples}")]
-    IndexOutOfRange {
-        /// The offending index.
-        index: usize,
-        /// Number of samples in the dataset.
-        n_samples: usize,
     },
 
     /// A token id was outside the vocabulary.
@@ -193,20 +183,11 @@ pub enum DatasetError {
 pub type Result<T, E = DatasetError> = std::result::Result<T, E>;
 
 impl DatasetError {
-    /// Shorthand for [`DatasetError::InvalidParameter`].
-    pub(crate) fn param(name: &str, found: impl fmt::Display, expected: &str) -> Self {
-        Self::InvalidParameter {
-            name: name.to_owned(),
-            found: found.to_string(),
-            expected: expected.to_owned(),
-        }
-    }
-
-    /// Shorthand for [`DatasetError::Empty`].
+    /// An empty input: [`CoreError::Empty`] through [`DatasetError::Core`].
     pub(crate) fn empty(what: &str, min: usize) -> Self {
-        Self::Empty {
+        Self::Core(CoreError::Empty {
             what: what.to_owned(),
             min,
-        }
+        })
     }
 }

@@ -26,7 +26,17 @@
 //! [`flate2`], the standard pure-Rust DEFLATE/gzip crate (its default backend,
 //! `miniz_oxide`, needs no C compiler or system zlib).
 //!
-//! The crate enables no burn backend itself: pass any [`burn::prelude::Device`].
+//! The crate enables no burn backend itself (it uses `lastmile-core` without
+//! default features): pass any [`burn::prelude::Device`].
+//!
+//! # Errors
+//! Every fallible function returns a [`DatasetError`]. Generic input checks
+//! (a parameter out of range, an empty input, a buffer that is not
+//! `[n_samples, n_features]`, lengths that disagree, a label or sample index
+//! out of range) are those of [`lastmile_core::validate`], shared by every
+//! lastmile crate, and arrive as [`DatasetError::Core`]; the other variants
+//! say where in a file a problem is (line, column), which sample and feature
+//! hold a NaN, or what a split, a sequence or a target kind should have been.
 //!
 //! # Example
 //! Load iris, split it, standardise with training statistics and make tensors:

@@ -7,8 +7,9 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, RngExt, SeedableRng};
 
-use crate::dataset::check_labels;
-use crate::error::{DatasetError, Result};
+use lastmile_core::validate::{check_at_least, check_indices, check_positive};
+
+use crate::error::Result;
 use crate::split::indices_by_class;
 
 /// Partitions sample indices across `n_clients` clients with label skew
@@ -38,9 +39,12 @@ use crate::split::indices_by_class;
 /// `n_clients` lists of sample indices.
 ///
 /// # Errors
-/// * [`DatasetError::InvalidParameter`] if `n_clients == 0`, `n_classes == 0`
-///   or `alpha` is not a finite positive number.
-/// * [`DatasetError::LabelOutOfRange`] if a label is `>= n_classes`.
+/// Through [`DatasetError::Core`](crate::DatasetError::Core):
+/// * [`CoreError::OutOfRange`](lastmile_core::CoreError::OutOfRange) if
+///   `n_clients == 0`, `n_classes == 0` or `alpha` is not a finite positive
+///   number.
+/// * [`CoreError::IndexOutOfRange`](lastmile_core::CoreError::IndexOutOfRange)
+///   if a label is `>= n_classes`.
 ///
 /// # Examples
 /// ```
@@ -60,16 +64,10 @@ pub fn dirichlet_partition(
     alpha: f64,
     seed: u64,
 ) -> Result<Vec<Vec<usize>>> {
-    if n_clients == 0 {
-        return Err(DatasetError::param("n_clients", 0, "at least 1"));
-    }
-    if n_classes == 0 {
-        return Err(DatasetError::param("n_classes", 0, "at least 1"));
-    }
-    if !(alpha.is_finite() && alpha > 0.0) {
-        return Err(DatasetError::param("alpha", alpha, "a finite number > 0"));
-    }
-    check_labels(labels, n_classes)?;
+    check_at_least("n_clients", n_clients, 1)?;
+    check_at_least("n_classes", n_classes, 1)?;
+    check_positive("alpha", alpha)?;
+    check_indices("labels", labels, n_classes)?;
     let mut rng = StdRng::seed_from_u64(seed);
     let mut clients = vec![Vec::new(); n_clients];
     for mut members in indices_by_class(labels, n_classes) {
@@ -147,7 +145,10 @@ pub(crate) fn sample_dirichlet<R: Rng + ?Sized>(rng: &mut R, alpha: f64, k: usiz
 
 #[cfg(test)]
 mod tests {
+    use lastmile_core::CoreError;
+
     use super::*;
+    use crate::DatasetError;
 
     fn mean_var(xs: &[f64]) -> (f64, f64) {
         let n = xs.len() as f64;
@@ -213,28 +214,46 @@ mod tests {
         }
     }
 
+    /// The parameter named by the `OutOfRange` error of `r`.
+    fn out_of_range_name(r: Result<Vec<Vec<usize>>>) -> String {
+        match r {
+            Err(DatasetError::Core(CoreError::OutOfRange { name, .. })) => name,
+            other => panic!("expected OutOfRange, got {other:?}"),
+        }
+    }
+
     #[test]
     fn parameter_errors() {
         let labels = [0, 1, 2];
-        for (n_clients, alpha) in [
-            (0, 1.0),
-            (2, 0.0),
-            (2, -1.0),
-            (2, f64::NAN),
-            (2, f64::INFINITY),
+        for (n_clients, alpha, name) in [
+            (0, 1.0, "n_clients"),
+            (2, 0.0, "alpha"),
+            (2, -1.0, "alpha"),
+            (2, f64::NAN, "alpha"),
+            (2, f64::INFINITY, "alpha"),
         ] {
-            let err = dirichlet_partition(&labels, 3, n_clients, alpha, 0).expect_err("invalid");
-            assert!(
-                matches!(err, DatasetError::InvalidParameter { .. }),
-                "{err}"
+            let r = dirichlet_partition(&labels, 3, n_clients, alpha, 0);
+            assert_eq!(
+                out_of_range_name(r),
+                name,
+                "n_clients={n_clients} alpha={alpha}"
             );
         }
-        let err = dirichlet_partition(&labels, 2, 2, 1.0, 0).expect_err("label 2");
+        let r = dirichlet_partition(&labels, 0, 2, 1.0, 0);
+        assert_eq!(out_of_range_name(r), "n_classes");
+        let err = dirichlet_partition(&labels, 2, 2, 1.0, 0).expect_err("label 2 of 2 classes");
         assert!(matches!(
             err,
-            DatasetError::LabelOutOfRange { label: 2, .. }
+            DatasetError::Core(CoreError::IndexOutOfRange {
+                index: 2,
+                bound: 2,
+                ..
+            })
         ));
-        assert!(dirichlet_partition(&labels, 0, 2, 1.0, 0).is_err());
+        assert_eq!(
+            err.to_string(),
+            "labels[2]: index 2 is out of range; expected an index < 2"
+        );
     }
 
     #[test]

@@ -52,7 +52,8 @@ pub fn gunzip(what: &str, bytes: &[u8]) -> Result<Vec<u8>> {
 /// [`Dataset::with_name`].
 ///
 /// # Errors
-/// * [`DatasetError::Empty`] if there is no header or no data row.
+/// * [`CoreError::Empty`](lastmile_core::CoreError::Empty) (through
+///   [`DatasetError::Core`]) if there is no header or no data row.
 /// * [`DatasetError::BadHeader`] if the header does not have the form above.
 /// * [`DatasetError::ColumnCount`] if a row does not have `n_features + 1` fields.
 /// * [`DatasetError::Malformed`] if a value is not a finite number or a label
@@ -126,7 +127,8 @@ pub fn parse_digits_csv(bytes: &[u8]) -> Result<Dataset> {
 /// [`Dataset::with_name`].
 ///
 /// # Errors
-/// * [`DatasetError::Empty`] if the features file has no rows.
+/// * [`CoreError::Empty`](lastmile_core::CoreError::Empty) (through
+///   [`DatasetError::Core`]) if the features file has no rows.
 /// * [`DatasetError::ColumnCount`] if a row has a different number of fields
 ///   than the first (or a target line more than one).
 /// * [`DatasetError::Malformed`] if a value is not a finite number.
@@ -332,6 +334,8 @@ fn parse_label(field: &str, line: usize, column: usize) -> Result<usize> {
 
 #[cfg(test)]
 mod tests {
+    use lastmile_core::CoreError;
+
     use super::*;
 
     fn iris_like(body: &str) -> Result<Dataset> {
@@ -357,7 +361,10 @@ mod tests {
             );
         }
         let err = parse_sklearn_csv(b"").expect_err("empty");
-        assert!(matches!(err, DatasetError::Empty { .. }), "{err}");
+        assert!(
+            matches!(err, DatasetError::Core(CoreError::Empty { ref what, .. }) if what == "CSV input"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -377,7 +384,10 @@ mod tests {
         let err = iris_like("1,2,0\n1,2,0\n1,2,0\n").expect_err("three rows");
         assert!(matches!(err, DatasetError::RowCount { found: 3, .. }));
         let err = parse_sklearn_csv(b"0,2,a\n").expect_err("no rows");
-        assert!(matches!(err, DatasetError::Empty { .. }), "{err}");
+        assert!(
+            matches!(err, DatasetError::Core(CoreError::Empty { ref what, .. }) if what == "data rows"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -486,7 +496,10 @@ mod tests {
         let err = parse_whitespace_regression(b"1 2\n", b"nan\n").expect_err("NaN target");
         assert!(matches!(err, DatasetError::Malformed { line: 1, .. }));
         let err = parse_whitespace_regression(b"\n", b"").expect_err("empty");
-        assert!(matches!(err, DatasetError::Empty { .. }));
+        assert!(matches!(
+            err,
+            DatasetError::Core(CoreError::Empty { ref what, .. }) if what == "features file"
+        ));
     }
 
     #[test]

@@ -3,12 +3,15 @@
 //! Conformal prediction and other post-hoc calibration methods need a third
 //! split, disjoint from the training and test data; hence three parts.
 
+use lastmile_core::validate::{check_at_least, check_indices, check_probability_row};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 
-use crate::dataset::check_labels;
 use crate::error::{DatasetError, Result};
+
+/// Tolerance on the sum of [`SplitFractions`]: `|Σ f − 1| ≤ 1e-9`.
+const FRACTION_SUM_TOLERANCE: f64 = 1e-9;
 
 /// Sample indices of a train / calibration / test split.
 ///
@@ -53,7 +56,7 @@ impl Split {
 /// Fractions of the samples that go to each part of a [`Split`].
 ///
 /// Each fraction must be finite and non-negative, and they must sum to 1
-/// (within `1e-9`).
+/// (within `1e-9`): the three form a probability distribution.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct SplitFractions {
     /// Fraction of samples for training.
@@ -95,18 +98,21 @@ impl SplitFractions {
     /// ```
     pub fn validate(&self) -> Result<()> {
         let parts = [self.train, self.calibration, self.test];
-        let sum: f64 = parts.iter().sum();
-        if parts.iter().all(|f| f.is_finite() && *f >= 0.0) && (sum - 1.0).abs() <= 1e-9 {
-            Ok(())
-        } else {
-            Err(DatasetError::InvalidSplit {
+        // Core's check names no part; the error lists all three.
+        check_probability_row("split fractions", &parts, 0, FRACTION_SUM_TOLERANCE).map_err(|_| {
+            DatasetError::InvalidSplit {
                 found: format!(
-                    "fractions (train {}, calibration {}, test {}) summing to {sum}",
-                    self.train, self.calibration, self.test
+                    "fractions (train {}, calibration {}, test {}) summing to {}",
+                    self.train,
+                    self.calibration,
+                    self.test,
+                    parts.iter().sum::<f64>()
                 ),
-                expected: "finite, non-negative fractions summing to 1".to_owned(),
-            })
-        }
+                expected: format!(
+                    "finite, non-negative fractions summing to 1 (within {FRACTION_SUM_TOLERANCE})"
+                ),
+            }
+        })
     }
 
     /// Number of samples per part `[train, calibration, test]` for `n`
@@ -208,8 +214,10 @@ pub fn split_counts(n: usize, counts: [usize; 3], seed: u64) -> Result<Split> {
 ///
 /// # Errors
 /// * [`DatasetError::InvalidSplit`] if the fractions are invalid.
-/// * [`DatasetError::InvalidParameter`] if `n_classes == 0`.
-/// * [`DatasetError::LabelOutOfRange`] if a label is `>= n_classes`.
+/// * [`CoreError::OutOfRange`](lastmile_core::CoreError::OutOfRange) (through
+///   [`DatasetError::Core`]) if `n_classes == 0`.
+/// * [`CoreError::IndexOutOfRange`](lastmile_core::CoreError::IndexOutOfRange)
+///   (through [`DatasetError::Core`]) if a label is `>= n_classes`.
 ///
 /// # Examples
 /// ```
@@ -228,10 +236,8 @@ pub fn stratified_split(
     seed: u64,
 ) -> Result<Split> {
     fractions.validate()?;
-    if n_classes == 0 {
-        return Err(DatasetError::param("n_classes", 0, "at least 1"));
-    }
-    check_labels(labels, n_classes)?;
+    check_at_least("n_classes", n_classes, 1)?;
+    check_indices("labels", labels, n_classes)?;
     let mut rng = StdRng::seed_from_u64(seed);
     let mut split = Split {
         train: Vec::new(),

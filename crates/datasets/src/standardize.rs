@@ -1,6 +1,8 @@
 //! Per-feature standardisation `(x − mean) / std`, fitted on training rows.
 
-use crate::dataset::{Dataset, check_finite};
+use lastmile_core::validate::{check_at_least, check_matrix_len};
+
+use crate::dataset::{Dataset, check_finite, check_rows};
 use crate::error::{DatasetError, Result};
 
 /// Per-feature mean and standard deviation, fitted on training data and
@@ -23,7 +25,8 @@ impl Standardizer {
     /// Fits the per-feature mean and scale on every row of `dataset`.
     ///
     /// # Errors
-    /// [`DatasetError::Empty`] if the dataset has no samples.
+    /// [`CoreError::Empty`](lastmile_core::CoreError::Empty) (through
+    /// [`DatasetError::Core`]) if the dataset has no samples.
     ///
     /// # Examples
     /// ```
@@ -42,10 +45,13 @@ impl Standardizer {
     /// Fits on row-major `rows` of `n_features` values each.
     ///
     /// # Errors
-    /// * [`DatasetError::InvalidParameter`] if `n_features == 0`.
-    /// * [`DatasetError::LengthMismatch`] if `rows.len()` is not a multiple of `n_features`.
-    /// * [`DatasetError::Empty`] if there are no rows.
-    /// * [`DatasetError::NonFinite`] if a value is NaN or infinite.
+    /// Through [`DatasetError::Core`]:
+    /// * [`CoreError::OutOfRange`](lastmile_core::CoreError::OutOfRange) if `n_features == 0`.
+    /// * [`CoreError::Empty`](lastmile_core::CoreError::Empty) if there are no rows.
+    /// * [`CoreError::ShapeMismatch`](lastmile_core::CoreError::ShapeMismatch)
+    ///   if `rows.len()` is not a multiple of `n_features`.
+    ///
+    /// And [`DatasetError::NonFinite`] if a value is NaN or infinite.
     ///
     /// # Examples
     /// ```
@@ -56,10 +62,8 @@ impl Standardizer {
     /// # Ok::<(), lastmile_datasets::DatasetError>(())
     /// ```
     pub fn fit_rows(rows: &[f32], n_features: usize) -> Result<Self> {
-        check_shape(rows, n_features)?;
-        if rows.is_empty() {
-            return Err(DatasetError::empty("rows to fit a Standardizer on", 1));
-        }
+        check_at_least("n_features", n_features, 1)?;
+        check_matrix_len("rows to fit a Standardizer on", rows.len(), n_features)?;
         check_finite("rows", rows, n_features)?;
         let n = (rows.len() / n_features) as f64;
         let mut sum = vec![0.0f64; n_features];
@@ -174,8 +178,9 @@ impl Standardizer {
     /// Standardises row-major `rows` in place.
     ///
     /// # Errors
-    /// [`DatasetError::LengthMismatch`] if `rows.len()` is not a multiple of
-    /// [`Standardizer::n_features`].
+    /// [`CoreError::ShapeMismatch`](lastmile_core::CoreError::ShapeMismatch)
+    /// (through [`DatasetError::Core`]) if `rows.len()` is not a multiple of
+    /// [`Standardizer::n_features`]. No rows is fine.
     ///
     /// # Examples
     /// ```
@@ -187,7 +192,7 @@ impl Standardizer {
     /// # Ok::<(), lastmile_datasets::DatasetError>(())
     /// ```
     pub fn transform_rows(&self, rows: &mut [f32]) -> Result<()> {
-        check_shape(rows, self.n_features())?;
+        check_rows("rows", rows.len(), self.n_features())?;
         for row in rows.chunks_exact_mut(self.n_features()) {
             for ((x, m), s) in row.iter_mut().zip(&self.mean).zip(&self.scale) {
                 *x = (*x - m) / s;
@@ -199,8 +204,9 @@ impl Standardizer {
     /// Undoes [`Standardizer::transform_rows`] in place: `x·std + mean`.
     ///
     /// # Errors
-    /// [`DatasetError::LengthMismatch`] if `rows.len()` is not a multiple of
-    /// [`Standardizer::n_features`].
+    /// [`CoreError::ShapeMismatch`](lastmile_core::CoreError::ShapeMismatch)
+    /// (through [`DatasetError::Core`]) if `rows.len()` is not a multiple of
+    /// [`Standardizer::n_features`]. No rows is fine.
     ///
     /// # Examples
     /// ```
@@ -212,7 +218,7 @@ impl Standardizer {
     /// # Ok::<(), lastmile_datasets::DatasetError>(())
     /// ```
     pub fn inverse_transform_rows(&self, rows: &mut [f32]) -> Result<()> {
-        check_shape(rows, self.n_features())?;
+        check_rows("rows", rows.len(), self.n_features())?;
         for row in rows.chunks_exact_mut(self.n_features()) {
             for ((x, m), s) in row.iter_mut().zip(&self.mean).zip(&self.scale) {
                 *x = *x * s + m;
@@ -234,41 +240,34 @@ impl Standardizer {
     }
 }
 
-fn check_shape(rows: &[f32], n_features: usize) -> Result<()> {
-    if n_features == 0 {
-        return Err(DatasetError::param("n_features", 0, "at least 1"));
-    }
-    if !rows.len().is_multiple_of(n_features) {
-        return Err(DatasetError::LengthMismatch {
-            what: "rows".to_owned(),
-            found: rows.len(),
-            expected: format!("a multiple of n_features = {n_features}"),
-        });
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
+    use lastmile_core::CoreError;
+
     use super::*;
+    use crate::Location;
 
     #[test]
     fn errors() {
         assert!(matches!(
             Standardizer::fit_rows(&[], 3),
-            Err(DatasetError::Empty { .. })
+            Err(DatasetError::Core(CoreError::Empty { .. }))
         ));
         assert!(matches!(
             Standardizer::fit_rows(&[1.0, 2.0, 3.0], 2),
-            Err(DatasetError::LengthMismatch { found: 3, .. })
+            Err(DatasetError::Core(CoreError::ShapeMismatch { .. }))
         ));
         assert!(matches!(
-            Standardizer::fit_rows(&[1.0, f32::NAN], 2),
-            Err(DatasetError::NonFinite { feature: 1, .. })
+            Standardizer::fit_rows(&[1.0, 2.0, 3.0, f32::NAN], 2),
+            Err(DatasetError::NonFinite {
+                location: Location::Sample(1),
+                feature: 1,
+                ..
+            })
         ));
         assert!(matches!(
             Standardizer::fit_rows(&[1.0], 0),
-            Err(DatasetError::InvalidParameter { .. })
+            Err(DatasetError::Core(CoreError::OutOfRange { ref name, .. })) if name == "n_features"
         ));
         let s = Standardizer::fit_rows(&[1.0, 2.0, 3.0, 4.0], 2).expect("valid");
         let mut iris = crate::iris().expect("iris");
@@ -281,7 +280,17 @@ mod tests {
             })
         ));
         let mut odd = [1.0f32; 3];
-        assert!(s.transform_rows(&mut odd).is_err());
+        assert!(matches!(
+            s.transform_rows(&mut odd),
+            Err(DatasetError::Core(CoreError::ShapeMismatch { .. }))
+        ));
+        assert!(matches!(
+            s.inverse_transform_rows(&mut odd),
+            Err(DatasetError::Core(CoreError::ShapeMismatch { .. }))
+        ));
+        // no rows: nothing to do, and no error
+        s.transform_rows(&mut []).expect("0 rows");
+        s.inverse_transform_rows(&mut []).expect("0 rows");
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! next-token prediction.
 
 use burn::prelude::{Device, Int, Tensor, TensorData};
+use lastmile_core::validate::{check_at_least, check_open_unit};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
@@ -111,8 +112,11 @@ impl TextCorpus {
     /// `round(len · validation_fraction)` tokens for validation.
     ///
     /// # Errors
-    /// * [`DatasetError::InvalidParameter`] if `validation_fraction` is not in (0, 1).
-    /// * [`DatasetError::Empty`] if either part would be empty.
+    /// Through [`DatasetError::Core`]:
+    /// * [`CoreError::OutOfRange`](lastmile_core::CoreError::OutOfRange) if
+    ///   `validation_fraction` is not in (0, 1).
+    /// * [`CoreError::Empty`](lastmile_core::CoreError::Empty) if either part
+    ///   would be empty.
     ///
     /// # Examples
     /// ```
@@ -122,13 +126,7 @@ impl TextCorpus {
     /// # Ok::<(), lastmile_datasets::DatasetError>(())
     /// ```
     pub fn from_bytes(bytes: &[u8], validation_fraction: f64) -> Result<Self> {
-        if !(validation_fraction > 0.0 && validation_fraction < 1.0) {
-            return Err(DatasetError::param(
-                "validation_fraction",
-                validation_fraction,
-                "a number in (0, 1)",
-            ));
-        }
+        check_open_unit("validation_fraction", validation_fraction)?;
         let n_validation = (bytes.len() as f64 * validation_fraction).round() as usize;
         if n_validation == 0 {
             return Err(DatasetError::empty("validation part of the corpus", 1));
@@ -313,7 +311,8 @@ impl WindowBatcher {
     /// A batcher over `tokens` producing `batch_size` windows of `seq_len` tokens.
     ///
     /// # Errors
-    /// * [`DatasetError::InvalidParameter`] if `seq_len == 0` or `batch_size == 0`.
+    /// * [`CoreError::OutOfRange`](lastmile_core::CoreError::OutOfRange)
+    ///   (through [`DatasetError::Core`]) if `seq_len == 0` or `batch_size == 0`.
     /// * [`DatasetError::LengthMismatch`] if `tokens.len() < seq_len + 1`
     ///   (a window needs one more token for its last target).
     ///
@@ -427,12 +426,8 @@ impl Iterator for WindowBatcher {
 }
 
 fn check_window(tokens: &[u32], seq_len: usize, batch_size: usize) -> Result<()> {
-    if seq_len == 0 {
-        return Err(DatasetError::param("seq_len", 0, "at least 1"));
-    }
-    if batch_size == 0 {
-        return Err(DatasetError::param("batch_size", 0, "at least 1"));
-    }
+    check_at_least("seq_len", seq_len, 1)?;
+    check_at_least("batch_size", batch_size, 1)?;
     if tokens.len() <= seq_len {
         return Err(DatasetError::LengthMismatch {
             what: "token sequence".to_owned(),
@@ -463,6 +458,8 @@ fn make_batch(tokens: &[u32], starts: &[usize], seq_len: usize) -> WindowBatch {
 
 #[cfg(test)]
 mod tests {
+    use lastmile_core::CoreError;
+
     use super::*;
 
     #[test]
@@ -510,18 +507,24 @@ mod tests {
         for bad in [0.0, 1.0, -0.5, f64::NAN] {
             assert!(matches!(
                 TextCorpus::from_bytes(b"abc", bad),
-                Err(DatasetError::InvalidParameter { .. })
+                Err(DatasetError::Core(CoreError::OutOfRange { ref name, .. }))
+                    if name == "validation_fraction"
             ));
         }
         assert!(matches!(
             TextCorpus::from_bytes(b"abc", 0.01),
-            Err(DatasetError::Empty { .. })
+            Err(DatasetError::Core(CoreError::Empty { ref what, .. }))
+                if what == "validation part of the corpus"
         ));
         assert!(matches!(
             TextCorpus::from_bytes(b"abc", 0.99),
-            Err(DatasetError::Empty { .. })
+            Err(DatasetError::Core(CoreError::Empty { ref what, .. }))
+                if what == "training part of the corpus"
         ));
-        assert!(TextCorpus::from_bytes(b"", 0.5).is_err());
+        assert!(matches!(
+            TextCorpus::from_bytes(b"", 0.5),
+            Err(DatasetError::Core(CoreError::Empty { .. }))
+        ));
     }
 
     #[test]
@@ -579,16 +582,19 @@ mod tests {
             .take(3)
             .collect();
         assert_ne!(a, b);
-        for (seq_len, batch_size) in [(0, 1), (1, 0)] {
+        for (seq_len, batch_size, name) in [(0, 1, "seq_len"), (1, 0, "batch_size")] {
             assert!(matches!(
                 WindowBatcher::new(tokens.clone(), seq_len, batch_size, 0),
-                Err(DatasetError::InvalidParameter { .. })
+                Err(DatasetError::Core(CoreError::OutOfRange { name: ref n, .. })) if n == name
             ));
         }
         assert!(matches!(
             WindowBatcher::new(vec![1, 2], 2, 1, 0),
             Err(DatasetError::LengthMismatch { found: 2, .. })
         ));
-        assert!(WindowBatcher::new(vec![1, 2], usize::MAX, 1, 0).is_err());
+        assert!(matches!(
+            WindowBatcher::new(vec![1, 2], usize::MAX, 1, 0),
+            Err(DatasetError::LengthMismatch { found: 2, .. })
+        ));
     }
 }

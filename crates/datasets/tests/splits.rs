@@ -1,6 +1,7 @@
 //! Splits are disjoint, cover their indices, are reproducible per seed and
 //! (stratified) keep class proportions.
 
+use lastmile_core::CoreError;
 use lastmile_datasets::{
     DatasetError, Split, SplitFractions, digits, split_counts, split_indices, stratified_split,
     wine,
@@ -110,12 +111,27 @@ fn stratified_split_keeps_class_proportions_within_one() {
 #[test]
 fn stratified_split_rejects_bad_labels() {
     let f = SplitFractions::new(0.6, 0.2, 0.2);
-    assert!(matches!(
-        stratified_split(&[0, 1, 3], 3, f, 0),
-        Err(DatasetError::LabelOutOfRange { label: 3, .. })
-    ));
-    assert!(matches!(
-        stratified_split(&[0], 0, f, 0),
-        Err(DatasetError::InvalidParameter { .. })
-    ));
+    let r = stratified_split(&[0, 1, 3], 3, f, 0);
+    assert!(
+        matches!(
+            &r,
+            Err(DatasetError::Core(CoreError::IndexOutOfRange { what, index: 3, bound: 3 }))
+                if what == "labels[2]"
+        ),
+        "{r:?}"
+    );
+    let r = stratified_split(&[0], 0, f, 0);
+    assert!(
+        matches!(
+            &r,
+            Err(DatasetError::Core(CoreError::OutOfRange { name, .. })) if name == "n_classes"
+        ),
+        "{r:?}"
+    );
+    // invalid fractions are reported with all three parts
+    let r = stratified_split(&[0], 1, SplitFractions::new(0.6, 0.6, -0.2), 0);
+    assert!(
+        matches!(&r, Err(DatasetError::InvalidSplit { found, .. }) if found.contains("test -0.2")),
+        "{r:?}"
+    );
 }
