@@ -6,16 +6,12 @@
 //! back once at the boundary. Every check is one of
 //! [`lastmile_core::validate`]'s; the helpers here only combine them.
 
-use std::ops::Bound;
-
 use burn::tensor::{Int, Tensor};
 use lastmile_core::{
     CoreError,
     convert::{indices_to_vec, tensor_to_vec},
     numerics::softmax,
-    validate::{
-        check_indices, check_interval, check_len, check_logits, check_matrix_len, check_non_empty,
-    },
+    validate::{check_indices, check_len, check_logits, check_matrix_len, check_non_empty},
 };
 
 use crate::error::Result;
@@ -75,37 +71,7 @@ pub(crate) fn check_labels(labels: &[usize], rows: usize, classes: usize) -> Res
     check_indices("labels", labels, classes)
 }
 
-/// Rejects an empty input with [`CoreError::Empty`] (core has this check only
-/// inside [`check_matrix_len`], for buffers with a column count).
-pub(crate) fn check_not_empty(what: &str, len: usize) -> Result<(), CoreError> {
-    if len == 0 {
-        return Err(CoreError::Empty {
-            what: what.to_owned(),
-            min: 1,
-        });
-    }
-    Ok(())
-}
-
-/// Checks every element with [`check_interval`] (finite, between `lo` and
-/// `hi`); the error names the first offending element as `what[i]`.
-///
-/// The happy path formats nothing: the element name is built only for the
-/// error.
-pub(crate) fn check_each_in<T: Copy + Into<f64>>(
-    what: &str,
-    values: &[T],
-    lo: Bound<f64>,
-    hi: Bound<f64>,
-) -> Result<(), CoreError> {
-    match values
-        .iter()
-        .position(|&v| check_interval(what, v.into(), lo, hi).is_err())
-    {
-        None => Ok(()),
-        Some(i) => check_interval(&format!("{what}[{i}]"), values[i].into(), lo, hi).map(drop),
-    }
-}
+pub(crate) use lastmile_core::validate::{check_each_in, check_not_empty};
 
 /// Reads a `[batch, classes]` probability tensor back to the host.
 ///

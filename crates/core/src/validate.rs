@@ -119,6 +119,48 @@ pub fn check_at_least(name: &str, value: usize, min: usize) -> Result<usize> {
     }
 }
 
+/// Checks that a collection of `len` elements is not empty. Host only.
+///
+/// ```
+/// use lastmile_core::validate::check_not_empty;
+/// assert!(check_not_empty("scores", 3).is_ok());
+/// assert!(check_not_empty("scores", 0).is_err());
+/// ```
+pub fn check_not_empty(what: &str, len: usize) -> Result<()> {
+    if len == 0 {
+        return Err(CoreError::Empty {
+            what: what.to_owned(),
+            min: 1,
+        });
+    }
+    Ok(())
+}
+
+/// Checks every element with [`check_interval`] (finite, between `lo` and
+/// `hi`); the error names the first offending element as `what[i]`. Host
+/// only; the happy path formats nothing.
+///
+/// ```
+/// use std::ops::Bound::{Included, Unbounded};
+/// use lastmile_core::validate::check_each_in;
+/// assert!(check_each_in("losses", &[0.0f32, 0.5, 1.0], Included(0.0), Included(1.0)).is_ok());
+/// assert!(check_each_in("scale", &[1.0f64, -2.0], Included(0.0), Unbounded).is_err());
+/// ```
+pub fn check_each_in<T: Copy + Into<f64>>(
+    what: &str,
+    values: &[T],
+    lo: Bound<f64>,
+    hi: Bound<f64>,
+) -> Result<()> {
+    match values
+        .iter()
+        .position(|&v| check_interval(what, v.into(), lo, hi).is_err())
+    {
+        None => Ok(()),
+        Some(i) => check_interval(&format!("{what}[{i}]"), values[i].into(), lo, hi).map(drop),
+    }
+}
+
 /// Checks that a length equals the one required. Host only.
 ///
 /// ```
