@@ -1,11 +1,15 @@
 //! Overhead of each draft-length policy per draft step, against the cost of
 //! the draft step itself (one cached forward of the 1-layer d = 64 draft
-//! transformer plus reading its distribution back), measured in the same run;
+//! transformer, its distribution q, a sample and the policy signals, read
+//! back in one transfer as `ModelDrafter` does; q stays on the device),
+//! measured in the same run;
 //! and the cost of the target's verify pass over `k` tokens against its
 //! one-token step, with plain weights and with the panel layout; and the
 //! decoding GELU (`gelu_decode`) against burn's `gelu` on MLP activations.
 
 use std::hint::black_box;
+
+use rand::SeedableRng;
 
 use burn::tensor::activation::gelu;
 use burn::tensor::{Device, Distribution, Tensor};
@@ -55,13 +59,16 @@ fn bench_policies(c: &mut Criterion) {
         });
     }
 
-    // Baseline: one draft step of the example's draft model at context 80.
+    // Baseline: one draft step of the example's draft model at context 80,
+    // as `ModelDrafter` takes it: forward, q on the device, a sample, the
+    // entropy and top probability, and one read-back of the three.
     let device = Device::flex();
     device.seed(0);
     let draft = TransformerConfig::byte_level(64, 1, 2, 128)
         .init(&device)
         .expect("valid config");
     let params = SamplingParams::new(1.0).expect("valid");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0);
     group.bench_function(BenchmarkId::new("baseline", "draft_step_d64"), |b| {
         b.iter_batched(
             || {
@@ -76,8 +83,20 @@ fn bench_policies(c: &mut Criterion) {
                     .forward_cached(&mut cache, &[vec![101]])
                     .expect("forward")
                     .reshape([1, 256]);
-                let q = params.probabilities(logits).expect("probabilities");
-                lastmile_core::convert::tensor_to_vec(q).expect("read back")
+                let q = params
+                    .probabilities_unchecked(logits)
+                    .expect("probabilities");
+                let token =
+                    lastmile_core::numerics::sample_categorical_on_device(q.clone(), &mut rng)
+                        .expect("sample")
+                        .float();
+                let h = lastmile_core::numerics::entropy(q.clone()).expect("entropy");
+                let top = q.max_dim(1).reshape([1]);
+                let signals = burn::tensor::Tensor::cat(vec![token, h, top], 0);
+                (
+                    lastmile_core::convert::tensor_to_vec(signals).expect("read back"),
+                    cache,
+                )
             },
             criterion::BatchSize::SmallInput,
         )
