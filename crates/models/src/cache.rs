@@ -2,6 +2,8 @@
 
 use burn::tensor::{Bool, Int, Tensor, TensorData};
 
+use lastmile_core::lm::LmError;
+
 use crate::error::{ModelError, Result};
 use crate::transformer::{BlockPanels, Panels, Transformer};
 
@@ -49,13 +51,15 @@ impl KvCache {
     /// Keeps only the first `len` positions of `row`.
     ///
     /// # Errors
-    /// [`ModelError::Batch`] for a row out of range.
+    /// [`LmError::Batch`] for a row out of range.
     pub fn truncate(&mut self, row: usize, len: usize) -> Result<()> {
         let n = self.lens.len();
-        let slot = self.lens.get_mut(row).ok_or_else(|| ModelError::Batch {
-            what: "row index".to_owned(),
-            expected: format!("< {n} (the cache's rows)"),
-            found: row,
+        let slot = self.lens.get_mut(row).ok_or_else(|| {
+            ModelError::Lm(LmError::Batch {
+                what: "row index".to_owned(),
+                expected: format!("< {n} (the cache's rows)"),
+                found: row,
+            })
         })?;
         *slot = (*slot).min(len);
         Ok(())
@@ -115,8 +119,8 @@ impl Transformer {
     /// Returns `[B, max(1, n_max), vocab]`; positions past a row's own count are padding.
     ///
     /// # Errors
-    /// [`ModelError::Batch`] when `tokens.len()` differs from the cache's batch,
-    /// [`ModelError::TokenOutOfRange`], [`ModelError::ContextOverflow`].
+    /// [`LmError::Batch`] when `tokens.len()` differs from the cache's batch,
+    /// [`LmError::TokenOutOfRange`], [`LmError::ContextOverflow`].
     ///
     /// ```
     /// # #[cfg(feature = "flex")] {
@@ -143,29 +147,29 @@ impl Transformer {
     ) -> Result<Tensor<3>> {
         let b = cache.batch();
         if tokens.len() != b {
-            return Err(ModelError::Batch {
+            return Err(ModelError::Lm(LmError::Batch {
                 what: "token lists".to_owned(),
                 expected: format!("{b} (the cache's rows)"),
                 found: tokens.len(),
-            });
+            }));
         }
         for (row, t) in tokens.iter().enumerate() {
             if let Some((position, &token)) = t.iter().enumerate().find(|(_, t)| **t >= self.vocab)
             {
-                return Err(ModelError::TokenOutOfRange {
+                return Err(ModelError::Lm(LmError::TokenOutOfRange {
                     row,
                     position,
                     token,
                     vocab: self.vocab,
-                });
+                }));
             }
             let needed = cache.lens[row] + t.len();
             if needed > self.max_len {
-                return Err(ModelError::ContextOverflow {
+                return Err(ModelError::Lm(LmError::ContextOverflow {
                     row,
                     needed,
                     max: self.max_len,
-                });
+                }));
             }
         }
         let n = tokens.iter().map(Vec::len).max().unwrap_or(0).max(1);

@@ -1,6 +1,7 @@
 //! The error type of `lastmile-models`.
 
 use lastmile_core::CoreError;
+use lastmile_core::lm::LmError;
 use thiserror::Error;
 
 /// Errors returned by the models.
@@ -15,42 +16,10 @@ pub enum ModelError {
     #[error("invalid model configuration: {0}")]
     Config(String),
 
-    /// A token id was outside the vocabulary.
-    #[error(
-        "token {token} (row {row}, position {position}) is out of range; expected an id < {vocab}"
-    )]
-    TokenOutOfRange {
-        /// Batch row.
-        row: usize,
-        /// Position of the token in the list fed to that row.
-        position: usize,
-        /// The offending id.
-        token: usize,
-        /// Vocabulary size.
-        vocab: usize,
-    },
-
-    /// A row would exceed the model's context window.
-    #[error("row {row} would hold {needed} positions; the model's context is {max}")]
-    ContextOverflow {
-        /// Batch row.
-        row: usize,
-        /// Positions needed.
-        needed: usize,
-        /// Context size.
-        max: usize,
-    },
-
-    /// The cache and the request disagree on the batch (or a row index is out of range).
-    #[error("batch mismatch: {what} is {found}; expected {expected}")]
-    Batch {
-        /// What was counted (e.g. `"token lists"`, `"row index"`).
-        what: String,
-        /// What the cache holds.
-        expected: String,
-        /// What was given.
-        found: usize,
-    },
+    /// A failure every language model shares (token out of range, context
+    /// overflow, batch mismatch), as [`LmError`] names it.
+    #[error(transparent)]
+    Lm(#[from] LmError),
 
     /// A checkpoint could not be written or read back.
     #[error("checkpoint {path}: {reason}")]

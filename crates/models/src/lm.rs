@@ -18,7 +18,7 @@ use crate::transformer::Transformer;
 /// ```
 /// use lastmile_core::lm::LmError;
 /// use lastmile_models::ModelError;
-/// let e = LmError::from(ModelError::ContextOverflow { row: 1, needed: 9, max: 8 });
+/// let e = LmError::from(ModelError::Lm(LmError::ContextOverflow { row: 1, needed: 9, max: 8 }));
 /// assert!(matches!(e, LmError::ContextOverflow { row: 1, needed: 9, max: 8 }));
 /// let e = LmError::from(ModelError::Config("n_heads = 0".into()));
 /// assert!(matches!(e, LmError::Model(_)));
@@ -26,30 +26,8 @@ use crate::transformer::Transformer;
 impl From<ModelError> for LmError {
     fn from(e: ModelError) -> Self {
         match e {
+            ModelError::Lm(e) => e,
             ModelError::Core(e) => LmError::Core(e),
-            ModelError::TokenOutOfRange {
-                row,
-                position,
-                token,
-                vocab,
-            } => LmError::TokenOutOfRange {
-                row,
-                position,
-                token,
-                vocab,
-            },
-            ModelError::ContextOverflow { row, needed, max } => {
-                LmError::ContextOverflow { row, needed, max }
-            }
-            ModelError::Batch {
-                what,
-                expected,
-                found,
-            } => LmError::Batch {
-                what,
-                expected,
-                found,
-            },
             other => LmError::Model(Box::new(other)),
         }
     }
@@ -67,6 +45,50 @@ fn check_batch(batch: usize) -> LmResult<()> {
     Ok(())
 }
 
+/// The interface over a model's cached forward: both transformers share the
+/// cache type and differ only in how they reach the underlying [`Transformer`].
+macro_rules! language_model {
+    ($(#[$doc:meta])* $ty:ty, |$s:ident| $base:expr) => {
+        $(#[$doc])*
+        impl LanguageModel for $ty {
+            type Cache = KvCache;
+
+            fn vocab_size(&self) -> usize {
+                let $s = self;
+                $base.vocab()
+            }
+
+            fn device(&self) -> Device {
+                let $s = self;
+                $base.device()
+            }
+
+            fn max_context(&self) -> usize {
+                let $s = self;
+                $base.max_len()
+            }
+
+            fn new_cache(&self, batch: usize) -> LmResult<KvCache> {
+                check_batch(batch)?;
+                Ok(<$ty>::new_cache(self, batch))
+            }
+
+            fn cached_len(&self, cache: &KvCache, row: usize) -> usize {
+                cache.len(row)
+            }
+
+            fn truncate(&self, cache: &mut KvCache, row: usize, len: usize) -> LmResult<()> {
+                Ok(cache.truncate(row, len)?)
+            }
+
+            fn forward(&self, cache: &mut KvCache, tokens: &[Vec<usize>]) -> LmResult<Tensor<3>> {
+                Ok(self.forward_cached(cache, tokens)?)
+            }
+        }
+    };
+}
+
+language_model! {
 /// [`Transformer::forward_cached`] behind the shared interface; the cache
 /// is a [`KvCache`] and the context is [`Transformer::max_len`].
 ///
@@ -89,39 +111,10 @@ fn check_batch(batch: usize) -> LmResult<()> {
 /// # }
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
-impl LanguageModel for Transformer {
-    type Cache = KvCache;
-
-    fn vocab_size(&self) -> usize {
-        self.vocab()
-    }
-
-    fn device(&self) -> Device {
-        Transformer::device(self)
-    }
-
-    fn max_context(&self) -> usize {
-        self.max_len()
-    }
-
-    fn new_cache(&self, batch: usize) -> LmResult<KvCache> {
-        check_batch(batch)?;
-        Ok(Transformer::new_cache(self, batch))
-    }
-
-    fn cached_len(&self, cache: &KvCache, row: usize) -> usize {
-        cache.len(row)
-    }
-
-    fn truncate(&self, cache: &mut KvCache, row: usize, len: usize) -> LmResult<()> {
-        Ok(cache.truncate(row, len)?)
-    }
-
-    fn forward(&self, cache: &mut KvCache, tokens: &[Vec<usize>]) -> LmResult<Tensor<3>> {
-        Ok(self.forward_cached(cache, tokens)?)
-    }
+    Transformer, |m| m
 }
 
+language_model! {
 /// [`PackedTransformer::forward_cached`] (panels for 2 to
 /// [`PANEL_MAX_ROWS`](crate::PANEL_MAX_ROWS) tokens) behind the shared
 /// interface; equal to the underlying [`Transformer`]'s up to float rounding.
@@ -139,35 +132,5 @@ impl LanguageModel for Transformer {
 /// # }
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
-impl LanguageModel for PackedTransformer {
-    type Cache = KvCache;
-
-    fn vocab_size(&self) -> usize {
-        self.model().vocab()
-    }
-
-    fn device(&self) -> Device {
-        self.model().device()
-    }
-
-    fn max_context(&self) -> usize {
-        self.model().max_len()
-    }
-
-    fn new_cache(&self, batch: usize) -> LmResult<KvCache> {
-        check_batch(batch)?;
-        Ok(PackedTransformer::new_cache(self, batch))
-    }
-
-    fn cached_len(&self, cache: &KvCache, row: usize) -> usize {
-        cache.len(row)
-    }
-
-    fn truncate(&self, cache: &mut KvCache, row: usize, len: usize) -> LmResult<()> {
-        Ok(cache.truncate(row, len)?)
-    }
-
-    fn forward(&self, cache: &mut KvCache, tokens: &[Vec<usize>]) -> LmResult<Tensor<3>> {
-        Ok(self.forward_cached(cache, tokens)?)
-    }
+    PackedTransformer, |m| m.model()
 }

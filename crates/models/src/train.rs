@@ -9,6 +9,8 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
+use lastmile_core::lm::LmError;
+
 use crate::error::{ModelError, Result};
 use crate::transformer::Transformer;
 
@@ -111,11 +113,11 @@ fn check_data(data: &[u8], context: usize, model: &Transformer) -> Result<()> {
         )));
     }
     if context > model.max_len() {
-        return Err(ModelError::ContextOverflow {
+        return Err(ModelError::Lm(LmError::ContextOverflow {
             row: 0,
             needed: context,
             max: model.max_len(),
-        });
+        }));
     }
     if model.vocab() < 256 {
         return Err(ModelError::Config(format!(
@@ -135,7 +137,7 @@ fn check_data(data: &[u8], context: usize, model: &Transformer) -> Result<()> {
 ///
 /// # Errors
 /// [`ModelError::Config`] / [`ModelError::Data`] for bad settings or too little data,
-/// [`ModelError::ContextOverflow`] when `config.context` exceeds the model's,
+/// [`LmError::ContextOverflow`] when `config.context` exceeds the model's,
 /// [`ModelError::Config`] when autodiff does not track the model's parameters.
 ///
 /// ```

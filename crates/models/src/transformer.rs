@@ -6,6 +6,8 @@ use burn::tensor::activation::{gelu, softmax};
 use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 
 use crate::activation::gelu_decode;
+use lastmile_core::lm::LmError;
+
 use crate::error::{ModelError, Result};
 
 /// Shape of a [`Transformer`].
@@ -294,7 +296,7 @@ impl Transformer {
     /// `tokens`: `[B, L]` with `L ≤ max_len` → `[B, L, vocab]`.
     ///
     /// # Errors
-    /// [`ModelError::ContextOverflow`] when `L > max_len`.
+    /// [`LmError::ContextOverflow`] when `L > max_len`.
     ///
     /// ```
     /// # #[cfg(feature = "flex")] {
@@ -308,11 +310,11 @@ impl Transformer {
     pub fn forward(&self, tokens: Tensor<2, Int>) -> Result<Tensor<3>> {
         let [b, l] = tokens.dims();
         if l > self.max_len {
-            return Err(ModelError::ContextOverflow {
+            return Err(ModelError::Lm(LmError::ContextOverflow {
                 row: 0,
                 needed: l,
                 max: self.max_len,
-            });
+            }));
         }
         let device = tokens.device();
         let pos = Tensor::<1, Int>::arange(0..l as i64, &device)

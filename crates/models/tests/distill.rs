@@ -8,6 +8,7 @@ use burn::tensor::activation::softmax;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use lastmile_core::backend_test;
 use lastmile_core::convert::tensor_to_vec;
+use lastmile_core::lm::LmError;
 use lastmile_models::{ModelError, TrainConfig, Transformer, TransformerConfig, distill};
 
 fn config(d_model: usize) -> TransformerConfig {
@@ -131,6 +132,6 @@ backend_test!(distill_rejects_bad_input, |device| {
     let long = TrainConfig::new(2, 2, 64);
     assert!(matches!(
         distill(student, &teacher, &text(), &long, |_, _| {}),
-        Err(ModelError::ContextOverflow { .. })
+        Err(ModelError::Lm(LmError::ContextOverflow { .. }))
     ));
 });

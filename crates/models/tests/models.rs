@@ -5,6 +5,7 @@
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use lastmile_core::backend_test;
 use lastmile_core::convert::tensor_to_vec;
+use lastmile_core::lm::LmError;
 use lastmile_core::testing::assert_close;
 use lastmile_models::{
     ModelError, PANEL_MAX_ROWS, PackedTransformer, Transformer, TransformerConfig, gelu_decode,
@@ -180,19 +181,19 @@ backend_test!(cached_forward_rejects_bad_input, |device| {
     let mut cache = model.new_cache(2);
     assert!(matches!(
         model.forward_cached(&mut cache, &[vec![1]]),
-        Err(ModelError::Batch { .. })
+        Err(ModelError::Lm(LmError::Batch { .. }))
     ));
     assert!(matches!(
         model.forward_cached(&mut cache, &[vec![1], vec![300]]),
-        Err(ModelError::TokenOutOfRange { token: 300, .. })
+        Err(ModelError::Lm(LmError::TokenOutOfRange { token: 300, .. }))
     ));
     assert!(matches!(
         model.forward_cached(&mut cache, &[vec![1; 25], vec![]]),
-        Err(ModelError::ContextOverflow {
+        Err(ModelError::Lm(LmError::ContextOverflow {
             needed: 25,
             max: 24,
             ..
-        })
+        }))
     ));
     assert!(cache.truncate(5, 0).is_err());
     let bad = TransformerConfig {
