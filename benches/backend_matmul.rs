@@ -3,6 +3,9 @@
 //!   one element is one floating-point operation (2·n³ per product), i.e. FLOP/s;
 //! - `mlp_train_step`: forward + backward + Adam step of a 256-512-10 MLP on a
 //!   batch of 256, the small latency-bound work our examples are made of.
+//!
+//! Every compiled backend is measured; ndarray is opt-in, so run with
+//! `--features ndarray` to compare it with flex.
 
 use burn::module::Module;
 use burn::nn::{Linear, LinearConfig};

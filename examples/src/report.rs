@@ -44,11 +44,36 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
-/// Directory where examples write CSV files and plots: `$LASTMILE_OUT` or `target/lastmile-out`.
+/// Cargo's target directory of the running example: `$CARGO_TARGET_DIR` when
+/// set, else the directory the executable was built into
+/// (`<target>/<profile>/examples/<name>`), else `target`.
+///
+/// ```
+/// let dir = lastmile_examples::report::target_dir();
+/// assert!(!dir.as_os_str().is_empty());
+/// ```
+pub fn target_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("CARGO_TARGET_DIR") {
+        return PathBuf::from(dir);
+    }
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| {
+            // <target>/<profile>/examples/<name>: the target dir is three levels up.
+            let examples = exe.parent()?;
+            (examples.file_name()? == "examples")
+                .then(|| examples.parent()?.parent().map(Path::to_path_buf))
+                .flatten()
+        })
+        .unwrap_or_else(|| PathBuf::from("target"))
+}
+
+/// Directory where examples write CSV files and plots: `$LASTMILE_OUT`, or
+/// `lastmile-out` in cargo's target directory ([`target_dir`]).
 pub fn output_dir() -> Result<PathBuf> {
     let dir = std::env::var_os("LASTMILE_OUT")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("target/lastmile-out"));
+        .unwrap_or_else(|| target_dir().join("lastmile-out"));
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     Ok(dir)
 }

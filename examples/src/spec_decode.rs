@@ -43,11 +43,12 @@ pub fn draft_config_with_width(d_model: usize) -> TransformerConfig {
     TransformerConfig::byte_level(d_model, 1, 2, CONTEXT)
 }
 
-/// Where checkpoints live: `$LASTMILE_MODELS` or `target/lastmile-models`.
+/// Where checkpoints live: `$LASTMILE_MODELS`, or `lastmile-models` in
+/// cargo's target directory ([`crate::report::target_dir`]).
 pub fn checkpoint_dir() -> PathBuf {
     std::env::var_os("LASTMILE_MODELS")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("target/lastmile-models"))
+        .unwrap_or_else(|| crate::report::target_dir().join("lastmile-models"))
 }
 
 fn checkpoint_path(dir: &Path, name: &str, c: &TransformerConfig, steps: usize) -> PathBuf {
