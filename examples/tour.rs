@@ -36,6 +36,10 @@ fn main() -> Result<()> {
     println!();
     lastmile_examples::spec_decode::tour_section(&device)?;
     println!();
+    lastmile_examples::federated::tour_section(&device)?;
+    println!();
+    lastmile_examples::moe::tour_section(&device)?;
+    println!();
     println!("tour finished in {:.1} s", start.elapsed().as_secs_f64());
     Ok(())
 }

@@ -3,6 +3,8 @@
 
 pub mod adapters;
 pub mod conformal;
+pub mod federated;
 pub mod mlp;
+pub mod moe;
 pub mod report;
 pub mod spec_decode;

@@ -22,6 +22,10 @@
 //!   the factor-wise alternative, and the FedProx proximal term.
 //! - [`message`]: the shard (down) and update (up) messages in a versioned,
 //!   checksummed binary format that any FL transport can carry.
+//! - [`simulation`]: an in-process federated run for research — `K` of `N`
+//!   clients per round train their shards of an MLP with local SGD (or
+//!   FedProx) on `device.autodiff()`, every message is encoded, counted
+//!   and decoded, and the server aggregates; full-model FedAvg as baseline.
 //! - [`ShardingError`]: one error type; shared input checks come from
 //!   [`lastmile_core::validate`] through [`ShardingError::Core`].
 //!
@@ -82,6 +86,7 @@ mod error;
 pub mod message;
 pub mod sampler;
 pub mod shard;
+pub mod simulation;
 pub mod strategy;
 
 pub use error::{Result, ShardingError};

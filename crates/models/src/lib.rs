@@ -40,6 +40,7 @@ mod cache;
 mod checkpoint;
 mod error;
 mod lm;
+mod moe;
 mod packed;
 mod train;
 mod transformer;
@@ -48,6 +49,10 @@ pub use activation::gelu_decode;
 pub use cache::KvCache;
 pub use checkpoint::MAX_CHECKPOINT_BYTES;
 pub use error::{ModelError, Result};
+pub use moe::{
+    Attention, MoeKvCache, MoeModelError, MoeResult, MoeTrainStep, MoeTransformer,
+    MoeTransformerConfig, OffloadedMoeTransformer, Trunk, train_moe,
+};
 pub use packed::{PANEL_MAX_ROWS, PackedTransformer};
 pub use train::{TrainConfig, distill, evaluate, train};
 pub use transformer::{Block, Transformer, TransformerConfig};

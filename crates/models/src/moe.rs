@@ -1,0 +1,1276 @@
+//! A byte-level Mixture-of-Experts transformer LM: the attention trunk of
+//! [`Transformer`](crate::Transformer) (learned positions, pre-norm, causal
+//! multi-head attention) with every MLP replaced by lastmile-moe-cache's
+//! SwiGLU MoE layer, in two forms:
+//!
+//! - [`MoeTransformer`]: every expert resident; trainable ([`train_moe`],
+//!   with the Switch/GShard load-balancing loss), a [`LanguageModel`] with a
+//!   KV cache, and a routing hook that records traces in moe-cache's format
+//!   ([`MoeTransformer::forward_traced`]);
+//! - [`OffloadedMoeTransformer`]: the same trunk, routers resident, experts
+//!   read from an on-disk [`ExpertStore`] through a DRAM
+//!   [`ExpertCache`](lastmile_moe_cache::ExpertCache) with any eviction
+//!   policy and routing rule (Cache-Prior, Max-Rank, …).
+//!
+//! With every expert cached and normal top-k routing (or Cache-Prior with
+//! λ = 0) the offloaded model computes the resident one's logits.
+//!
+//! ```
+//! # #[cfg(all(feature = "flex", any(target_os = "linux", target_os = "android")))] {
+//! use burn::tensor::Device;
+//! use lastmile_core::lm::LanguageModel;
+//! use lastmile_models::{MoeTransformerConfig, OffloadedMoeTransformer};
+//! use lastmile_moe_cache::moe::OffloadConfig;
+//! use lastmile_moe_cache::routing::RoutingRule;
+//! use lastmile_moe_cache::store::{PageCache, StoreOptions};
+//! use lastmile_moe_cache::{Budget, PolicyKind};
+//!
+//! let device = Device::flex();
+//! let model = MoeTransformerConfig::byte_level(16, 2, 2, 8, 2, 32).init(&device)?;
+//! let path = std::env::temp_dir().join(format!("doc-moe-lm-{}.lmexp", std::process::id()));
+//! let store = model.write_experts(&path, StoreOptions::default().with_page_cache(PageCache::Keep))?;
+//! let budget = Budget::PerLayer(vec![4 * store.expert_bytes_per_layer()[0]; 2]); // 4 of 8 experts
+//! let rule = RoutingRule::CachePrior { lambda: 0.2, top_j: 1 };
+//! let offloaded = OffloadedMoeTransformer::new(&model, store, budget, OffloadConfig::new(PolicyKind::Lru, rule, 2))?;
+//! let mut cache = offloaded.new_cache(1)?;
+//! let logits = offloaded.forward(&mut cache, &[vec![104, 105]])?;
+//! assert_eq!(logits.dims(), [1, 2, 256]);
+//! assert!(offloaded.cache_stats()?.misses >= 2);
+//! # std::fs::remove_file(&path).ok();
+//! # }
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+use std::cell::RefCell;
+use std::path::Path;
+
+use burn::grad_clipping::GradientClippingConfig;
+use burn::module::Module;
+use burn::nn::loss::CrossEntropyLossConfig;
+use burn::nn::{Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig, Linear, LinearConfig};
+use burn::optim::{AdamWConfig, GradientsParams};
+use burn::tensor::activation::{silu, softmax};
+use burn::tensor::{Bool, Device, IndexingUpdateOp, Int, Tensor, TensorData};
+use lastmile_core::CoreError;
+use lastmile_core::convert::tensor_to_vec;
+use lastmile_core::lm::{LanguageModel, LmError, LmResult};
+use lastmile_moe_cache::cache::{Budget, LayerStats};
+use lastmile_moe_cache::moe::{
+    CachedMoeLayer, MoeConfig, MoeLayer, OffloadConfig, OffloadContext, write_store,
+};
+use lastmile_moe_cache::routing::{Router, RouterConfig, Routing, RoutingRule};
+use lastmile_moe_cache::store::{ExpertStore, StoreOptions};
+use lastmile_moe_cache::trace::Trace;
+use lastmile_moe_cache::{MoeCacheError, PolicyKind};
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+use thiserror::Error;
+
+use crate::checkpoint::MAX_CHECKPOINT_BYTES;
+use crate::error::ModelError;
+use crate::train::TrainConfig;
+
+/// Errors of the MoE language models: the model errors of this crate and
+/// the expert-cache errors of lastmile-moe-cache, each kept whole.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum MoeModelError {
+    /// A model, configuration, checkpoint, data or interface error.
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    /// An expert store, cache, routing or trace error.
+    #[error(transparent)]
+    Cache(#[from] MoeCacheError),
+}
+
+impl From<LmError> for MoeModelError {
+    fn from(e: LmError) -> Self {
+        Self::Model(ModelError::Lm(e))
+    }
+}
+
+impl From<CoreError> for MoeModelError {
+    fn from(e: CoreError) -> Self {
+        Self::Model(ModelError::Core(e))
+    }
+}
+
+/// Interface errors keep their [`LmError`] variant, core checks become
+/// [`LmError::Core`], everything else travels as [`LmError::Model`].
+impl From<MoeModelError> for LmError {
+    fn from(e: MoeModelError) -> Self {
+        match e {
+            MoeModelError::Model(m) => m.into(),
+            MoeModelError::Cache(MoeCacheError::Core(c)) => LmError::Core(c),
+            MoeModelError::Cache(c) => LmError::Model(Box::new(c)),
+        }
+    }
+}
+
+/// Result alias of the MoE models.
+pub type MoeResult<T> = std::result::Result<T, MoeModelError>;
+
+/// Shape of a [`MoeTransformer`].
+///
+/// ```
+/// use lastmile_models::{MoeModelError, MoeTransformerConfig};
+/// use lastmile_moe_cache::MoeCacheError;
+/// let c = MoeTransformerConfig::byte_level(128, 4, 4, 16, 2, 128);
+/// assert_eq!((c.d_ff, c.experts, c.k), (256, 16, 2));
+/// assert!(c.check().is_ok());
+/// let bad = MoeTransformerConfig { k: 17, ..c };
+/// assert!(matches!(bad.check(), Err(MoeModelError::Cache(MoeCacheError::KAboveExperts { k: 17, experts: 16 }))));
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MoeTransformerConfig {
+    /// Vocabulary size.
+    pub vocab: usize,
+    /// Model width `d`.
+    pub d_model: usize,
+    /// Number of blocks.
+    pub n_layers: usize,
+    /// Attention heads (must divide `d_model`).
+    pub n_heads: usize,
+    /// Hidden width `f` of each SwiGLU expert.
+    pub d_ff: usize,
+    /// Experts per layer `E`.
+    pub experts: usize,
+    /// Experts per token `k`.
+    pub k: usize,
+    /// Context window.
+    pub max_len: usize,
+}
+
+impl MoeTransformerConfig {
+    /// A byte-level (256-token) model with experts of hidden width `2·d_model`.
+    pub fn byte_level(
+        d_model: usize,
+        n_layers: usize,
+        n_heads: usize,
+        experts: usize,
+        k: usize,
+        max_len: usize,
+    ) -> Self {
+        Self {
+            vocab: 256,
+            d_model,
+            n_layers,
+            n_heads,
+            d_ff: 2 * d_model,
+            experts,
+            k,
+            max_len,
+        }
+    }
+
+    /// Checks every size.
+    ///
+    /// # Errors
+    /// [`ModelError::Config`] for a zero size or heads that do not divide
+    /// the width, or more than 65535 layers or experts (the trace format's
+    /// limit); [`MoeCacheError::KAboveExperts`] for `k = 0` or `k > E`.
+    pub fn check(&self) -> MoeResult<()> {
+        for (name, v) in [
+            ("vocab", self.vocab),
+            ("d_model", self.d_model),
+            ("n_layers", self.n_layers),
+            ("n_heads", self.n_heads),
+            ("d_ff", self.d_ff),
+            ("experts", self.experts),
+            ("max_len", self.max_len),
+        ] {
+            if v == 0 {
+                return Err(ModelError::Config(format!("{name} = 0; expected >= 1")).into());
+            }
+        }
+        if !self.d_model.is_multiple_of(self.n_heads) {
+            return Err(ModelError::Config(format!(
+                "n_heads = {} does not divide d_model = {}",
+                self.n_heads, self.d_model
+            ))
+            .into());
+        }
+        for (name, v) in [("n_layers", self.n_layers), ("experts", self.experts)] {
+            if v > usize::from(u16::MAX) {
+                return Err(ModelError::Config(format!(
+                    "{name} = {v}; expected at most 65535 (the trace format's limit)"
+                ))
+                .into());
+            }
+        }
+        if self.k == 0 || self.k > self.experts {
+            return Err(MoeCacheError::KAboveExperts {
+                k: self.k,
+                experts: self.experts,
+            }
+            .into());
+        }
+        Ok(())
+    }
+
+    /// The configuration of each MoE layer.
+    ///
+    /// # Errors
+    /// As [`check`](Self::check).
+    pub fn moe_config(&self) -> MoeResult<MoeConfig> {
+        self.check()?;
+        Ok(MoeConfig::new(
+            self.d_model,
+            self.d_ff,
+            self.experts,
+            self.k,
+        )?)
+    }
+
+    /// Randomly initialised weights on `device`.
+    ///
+    /// # Errors
+    /// As [`check`](Self::check).
+    pub fn init(&self, device: &Device) -> MoeResult<MoeTransformer> {
+        let moe = self.moe_config()?;
+        let d = self.d_model;
+        Ok(MoeTransformer {
+            trunk: Trunk {
+                tokens: EmbeddingConfig::new(self.vocab, d).init(device),
+                positions: EmbeddingConfig::new(self.max_len, d).init(device),
+                attention: (0..self.n_layers)
+                    .map(|_| Attention {
+                        norm1: LayerNormConfig::new(d).init(device),
+                        qkv: LinearConfig::new(d, 3 * d).init(device),
+                        proj: LinearConfig::new(d, d).init(device),
+                        norm2: LayerNormConfig::new(d).init(device),
+                    })
+                    .collect(),
+                norm: LayerNormConfig::new(d).init(device),
+                head: LinearConfig::new(d, self.vocab).init(device),
+                n_heads: self.n_heads,
+                max_len: self.max_len,
+                vocab: self.vocab,
+            },
+            experts: (0..self.n_layers).map(|_| moe.init(device)).collect(),
+        })
+    }
+
+    /// Bytes of one expert (f32 weights `W_gate`, `W_up`, `W_down`).
+    pub fn expert_bytes(&self) -> u64 {
+        (4 * 3 * self.d_model * self.d_ff) as u64
+    }
+}
+
+/// The attention half of a pre-norm block and the norm before its MoE:
+/// `x + attn(ln₁(x))`, then the MoE reads `ln₂(x)`.
+#[derive(Module, Debug)]
+pub struct Attention {
+    norm1: LayerNorm,
+    qkv: Linear,
+    proj: Linear,
+    norm2: LayerNorm,
+}
+
+impl Attention {
+    /// q, k, v `[B, H, L, d/H]` of `ln₁(x)` for `x` `[B, L, d]`.
+    fn qkv(&self, x: Tensor<3>, n_heads: usize) -> (Tensor<4>, Tensor<4>, Tensor<4>) {
+        let [b, l, d] = x.dims();
+        let y = self
+            .qkv
+            .forward(self.norm1.forward(x))
+            .reshape([b, l, 3, n_heads, d / n_heads]);
+        let part = |i: usize| {
+            y.clone()
+                .slice([0..b, 0..l, i..i + 1, 0..n_heads, 0..d / n_heads])
+                .reshape([b, l, n_heads, d / n_heads])
+                .swap_dims(1, 2)
+        };
+        (part(0), part(1), part(2))
+    }
+
+    /// `x + proj(softmax(q kᵀ / √d_h + mask) v)`; `mask` is `true` where a key is hidden.
+    fn attend(
+        &self,
+        x: Tensor<3>,
+        (q, k, v): (Tensor<4>, Tensor<4>, Tensor<4>),
+        mask: Tensor<4, Bool>,
+    ) -> Tensor<3> {
+        let [b, h, n, dh] = q.dims();
+        let scores = q
+            .matmul(k.swap_dims(2, 3))
+            .div_scalar((dh as f32).sqrt())
+            .mask_fill(mask, f32::NEG_INFINITY);
+        let att = softmax(scores, 3)
+            .matmul(v)
+            .swap_dims(1, 2)
+            .reshape([b, n, h * dh]);
+        x + self.proj.forward(att)
+    }
+}
+
+/// Everything but the experts: embeddings, attention, norms, head.
+#[derive(Module, Debug)]
+pub struct Trunk {
+    tokens: Embedding,
+    positions: Embedding,
+    attention: Vec<Attention>,
+    norm: LayerNorm,
+    head: Linear,
+    n_heads: usize,
+    max_len: usize,
+    vocab: usize,
+}
+
+/// Keys and values of every layer of an MoE model for a ragged batch (as
+/// [`KvCache`](crate::KvCache): rows past their length are stale and masked,
+/// so truncation is free).
+#[derive(Clone, Debug)]
+pub struct MoeKvCache {
+    keys: Vec<Option<Tensor<4>>>,
+    values: Vec<Option<Tensor<4>>>,
+    lens: Vec<usize>,
+}
+
+impl MoeKvCache {
+    /// An empty cache for `batch` rows of a model with `n_layers` blocks.
+    ///
+    /// ```
+    /// let c = lastmile_models::MoeKvCache::new(2, 4);
+    /// assert_eq!((c.batch(), c.len(1)), (2, 0));
+    /// ```
+    pub fn new(batch: usize, n_layers: usize) -> Self {
+        Self {
+            keys: vec![None; n_layers],
+            values: vec![None; n_layers],
+            lens: vec![0; batch],
+        }
+    }
+
+    /// Number of rows.
+    pub fn batch(&self) -> usize {
+        self.lens.len()
+    }
+
+    /// Valid positions of `row` (0 for an unknown row).
+    pub fn len(&self, row: usize) -> usize {
+        self.lens.get(row).copied().unwrap_or(0)
+    }
+
+    /// Whether every row is empty.
+    pub fn is_empty(&self) -> bool {
+        self.lens.iter().all(|l| *l == 0)
+    }
+
+    /// Keeps only the first `len` positions of `row`.
+    ///
+    /// # Errors
+    /// [`LmError::Batch`] for a row out of range.
+    pub fn truncate(&mut self, row: usize, len: usize) -> LmResult<()> {
+        let n = self.lens.len();
+        let slot = self.lens.get_mut(row).ok_or_else(|| LmError::Batch {
+            what: "row index".to_owned(),
+            expected: format!("< {n} (the cache's rows)"),
+            found: row,
+        })?;
+        *slot = (*slot).min(len);
+        Ok(())
+    }
+}
+
+/// Writes `new` `[B, H, n, dh]` at each row's offset, growing the cache to
+/// `total` positions (reserving the whole context on first use).
+fn write_kv(
+    cache: Option<Tensor<4>>,
+    new: Tensor<4>,
+    offsets: &[usize],
+    total: usize,
+    capacity: usize,
+) -> Tensor<4> {
+    let [b, h, n, dh] = new.dims();
+    let device = new.device();
+    let mut cache = match cache {
+        Some(c) if c.dims()[2] >= total => c,
+        Some(c) => {
+            let have = c.dims()[2];
+            let extra = Tensor::zeros([b, h, capacity.max(total) - have, dh], &device);
+            Tensor::cat(vec![c, extra], 2)
+        }
+        None => Tensor::zeros([b, h, capacity.max(total), dh], &device),
+    };
+    if offsets.iter().all(|o| *o == offsets[0]) {
+        let o = offsets[0];
+        return cache.slice_assign([0..b, 0..h, o..o + n, 0..dh], new);
+    }
+    for (row, &o) in offsets.iter().enumerate() {
+        let part = new.clone().slice([row..row + 1, 0..h, 0..n, 0..dh]);
+        cache = cache.slice_assign([row..row + 1, 0..h, o..o + n, 0..dh], part);
+    }
+    cache
+}
+
+impl Trunk {
+    fn device(&self) -> Device {
+        self.head.weight.device()
+    }
+
+    /// Full causal forward of `tokens` `[B, L]`; `moe(layer, h)` maps the
+    /// normalised hidden states `[B·L, d]` of each block to its MoE output.
+    fn forward_full(
+        &self,
+        tokens: Tensor<2, Int>,
+        mut moe: impl FnMut(usize, Tensor<2>) -> MoeResult<Tensor<2>>,
+    ) -> MoeResult<Tensor<3>> {
+        let [b, l] = tokens.dims();
+        if l == 0 || l > self.max_len {
+            return Err(LmError::ContextOverflow {
+                row: 0,
+                needed: l,
+                max: self.max_len,
+            }
+            .into());
+        }
+        let device = tokens.device();
+        let pos = Tensor::<1, Int>::arange(0..l as i64, &device)
+            .reshape([1, l])
+            .expand([b, l]);
+        let mut x = self.tokens.forward(tokens) + self.positions.forward(pos);
+        let d = x.dims()[2];
+        let causal = Tensor::<2, Bool>::from_data(
+            TensorData::new(
+                (0..l * l).map(|i| i % l > i / l).collect::<Vec<_>>(),
+                [l, l],
+            ),
+            &device,
+        )
+        .reshape([1, 1, l, l])
+        .expand([b, self.n_heads, l, l]);
+        for (layer, attn) in self.attention.iter().enumerate() {
+            let qkv = attn.qkv(x.clone(), self.n_heads);
+            x = attn.attend(x, qkv, causal.clone());
+            let h = attn.norm2.forward(x.clone()).reshape([b * l, d]);
+            x = x + moe(layer, h)?.reshape([b, l, d]);
+        }
+        Ok(self.head.forward(self.norm.forward(x)))
+    }
+
+    /// Appends `tokens[r]` to row `r` of `cache` and returns logits at the
+    /// new positions `[B, max(1, n_max), vocab]`; `moe(layer, h)` receives
+    /// only the real (not padding) positions, row by row, `[Σ_r n_r, d]`.
+    fn forward_cached(
+        &self,
+        cache: &mut MoeKvCache,
+        tokens: &[Vec<usize>],
+        mut moe: impl FnMut(usize, Tensor<2>) -> MoeResult<Tensor<2>>,
+    ) -> MoeResult<Tensor<3>> {
+        let b = cache.batch();
+        if tokens.len() != b {
+            return Err(LmError::Batch {
+                what: "token lists".to_owned(),
+                expected: format!("{b} (the cache's rows)"),
+                found: tokens.len(),
+            }
+            .into());
+        }
+        for (row, t) in tokens.iter().enumerate() {
+            if let Some((position, &token)) = t.iter().enumerate().find(|(_, t)| **t >= self.vocab)
+            {
+                return Err(LmError::TokenOutOfRange {
+                    row,
+                    position,
+                    token,
+                    vocab: self.vocab,
+                }
+                .into());
+            }
+            let needed = cache.lens[row] + t.len();
+            if needed > self.max_len {
+                return Err(LmError::ContextOverflow {
+                    row,
+                    needed,
+                    max: self.max_len,
+                }
+                .into());
+            }
+        }
+        let n = tokens.iter().map(Vec::len).max().unwrap_or(0).max(1);
+        let device = self.device();
+        let offsets = cache.lens.clone();
+        let total = offsets.iter().map(|o| o + n).max().unwrap_or(n);
+        let mut ids = vec![0i64; b * n];
+        let mut pos = vec![0i64; b * n];
+        let mut valid = Vec::new();
+        for row in 0..b {
+            for i in 0..n {
+                ids[row * n + i] = tokens[row].get(i).copied().unwrap_or(0) as i64;
+                pos[row * n + i] = (offsets[row] + i).min(self.max_len - 1) as i64;
+                if i < tokens[row].len() {
+                    valid.push((row * n + i) as i64);
+                }
+            }
+        }
+        let m = valid.len();
+        let valid_idx = Tensor::<1, Int>::from_data(TensorData::new(valid, [m]), &device);
+        let ids = Tensor::<2, Int>::from_data(TensorData::new(ids, [b, n]), &device);
+        let pos = Tensor::<2, Int>::from_data(TensorData::new(pos, [b, n]), &device);
+        // Key j is visible to new token i of row r iff j <= offset_r + i.
+        let mask: Vec<bool> = (0..b * n * total)
+            .map(|k| {
+                let (row, rest) = (k / (n * total), k % (n * total));
+                rest % total > offsets[row] + rest / total
+            })
+            .collect();
+        let heads = self.n_heads;
+        let mask = Tensor::<4, Bool>::from_data(TensorData::new(mask, [b, 1, n, total]), &device)
+            .expand([b, heads, n, total]);
+        let mut x = self.tokens.forward(ids) + self.positions.forward(pos);
+        let d = x.dims()[2];
+        for (layer, attn) in self.attention.iter().enumerate() {
+            let (q, k, v) = attn.qkv(x.clone(), heads);
+            let keys = write_kv(cache.keys[layer].take(), k, &offsets, total, self.max_len);
+            let values = write_kv(cache.values[layer].take(), v, &offsets, total, self.max_len);
+            let dh = keys.dims()[3];
+            let k_all = keys.clone().slice([0..b, 0..heads, 0..total, 0..dh]);
+            let v_all = values.clone().slice([0..b, 0..heads, 0..total, 0..dh]);
+            cache.keys[layer] = Some(keys);
+            cache.values[layer] = Some(values);
+            x = attn.attend(x, (q, k_all, v_all), mask.clone());
+            if m > 0 {
+                // Only real positions reach the experts: padding must not
+                // cost expert loads or count as cache accesses.
+                let h = attn.norm2.forward(x.clone()).reshape([b * n, d]);
+                let y = moe(layer, h.select(0, valid_idx.clone()))?;
+                let y = Tensor::<2>::zeros([b * n, d], &device).select_assign(
+                    0,
+                    valid_idx.clone(),
+                    y,
+                    IndexingUpdateOp::Add,
+                );
+                x = x + y.reshape([b, n, d]);
+            }
+        }
+        for (len, t) in cache.lens.iter_mut().zip(tokens) {
+            *len += t.len();
+        }
+        Ok(self.head.forward(self.norm.forward(x)))
+    }
+}
+
+/// A byte-level MoE transformer LM with every expert resident (see the
+/// [module docs](self)).
+#[derive(Module, Debug)]
+pub struct MoeTransformer {
+    trunk: Trunk,
+    experts: Vec<MoeLayer>,
+}
+
+/// The load-balancing loss of one layer's router (Switch Transformer, Fedus
+/// et al. 2022, Eq. (4); GShard, Lepikhin et al. 2021): `E · Σ_i f_i · P_i`
+/// with `f_i` the fraction of the `k·T` routing slots that go to expert `i`
+/// (not differentiable) and `P_i` the mean router probability of expert `i`
+/// over the `T` tokens. Its minimum, 1, is reached by uniform routing.
+fn load_balancing_loss(logits: Tensor<2>, k: usize) -> Tensor<1> {
+    let [t, e] = logits.dims();
+    let device = logits.device();
+    let p_mean = softmax(logits.clone(), 1).mean_dim(0); // [1, E]
+    let (_, idx) = logits.detach().topk_with_indices(k, 1);
+    let ones = Tensor::<2>::ones([t, k], &device);
+    let f = Tensor::<2>::zeros([t, e], &device)
+        .scatter(1, idx, ones, IndexingUpdateOp::Add)
+        .sum_dim(0)
+        .div_scalar((k * t) as f32); // [1, E]
+    (f * p_mean).sum().mul_scalar(e as f32)
+}
+
+/// [`MoeLayer::forward`] with sparse dispatch, for training: each expert
+/// runs only on the tokens routed to it (k/E of the dense work), gathered
+/// with `select` and added back with `select_assign`, so gradients reach the
+/// router (through the mixing weights) and the chosen experts as in the
+/// dense form. One host read (the chosen experts) per call.
+fn sparse_moe(moe: &MoeLayer, x: Tensor<2>) -> MoeResult<Tensor<2>> {
+    let c = moe.config();
+    let [n, d] = x.dims();
+    if n == 0 || d != c.d_model {
+        return Err(CoreError::shape("x", format!("[n >= 1, {}]", c.d_model), &[n, d]).into());
+    }
+    let (k, f) = (c.k, c.d_ff);
+    let device = x.device();
+    let logits = moe.router_logits(x.clone());
+    let probs = softmax(logits.clone(), 1);
+    let (_, idx) = logits.detach().topk_with_indices(k, 1);
+    let mut w = probs.gather(1, idx.clone());
+    if c.renormalize {
+        let sum = w.clone().sum_dim(1);
+        w = w / sum;
+    }
+    let w = w.reshape([n * k]);
+    let chosen = lastmile_core::convert::indices_to_vec(idx)?;
+    let mut tokens_of = vec![Vec::new(); c.experts];
+    let mut slots_of = vec![Vec::new(); c.experts];
+    for (slot, &e) in chosen.iter().enumerate() {
+        if let (Some(t), Some(s)) = (tokens_of.get_mut(e), slots_of.get_mut(e)) {
+            t.push((slot / k) as i64);
+            s.push(slot as i64);
+        }
+    }
+    let (w_gate, w_up, w_down) = (moe.w_gate.val(), moe.w_up.val(), moe.w_down.val());
+    let mut y = Tensor::<2>::zeros([n, d], &device);
+    for e in 0..c.experts {
+        let m = tokens_of[e].len();
+        if m == 0 {
+            continue;
+        }
+        let ti = Tensor::<1, Int>::from_data(
+            TensorData::new(std::mem::take(&mut tokens_of[e]), [m]),
+            &device,
+        );
+        let si = Tensor::<1, Int>::from_data(
+            TensorData::new(std::mem::take(&mut slots_of[e]), [m]),
+            &device,
+        );
+        let xe = x.clone().select(0, ti.clone());
+        let g = w_gate.clone().slice([e..e + 1, 0..d, 0..f]).reshape([d, f]);
+        let u = w_up.clone().slice([e..e + 1, 0..d, 0..f]).reshape([d, f]);
+        let dn = w_down.clone().slice([e..e + 1, 0..f, 0..d]).reshape([f, d]);
+        let out = (silu(xe.clone().matmul(g)) * xe.matmul(u)).matmul(dn);
+        let gate = w.clone().select(0, si).reshape([m, 1]);
+        y = y.select_assign(0, ti, out * gate, IndexingUpdateOp::Add);
+    }
+    Ok(y)
+}
+
+impl MoeTransformer {
+    /// Vocabulary size.
+    pub fn vocab(&self) -> usize {
+        self.trunk.vocab
+    }
+
+    /// Context window.
+    pub fn max_len(&self) -> usize {
+        self.trunk.max_len
+    }
+
+    /// The device holding the weights.
+    pub fn device(&self) -> Device {
+        self.trunk.device()
+    }
+
+    /// Number of blocks.
+    pub fn n_layers(&self) -> usize {
+        self.experts.len()
+    }
+
+    /// The MoE layer of block `layer`.
+    pub fn moe_layer(&self, layer: usize) -> Option<&MoeLayer> {
+        self.experts.get(layer)
+    }
+
+    /// The configuration this model was built with.
+    pub fn config(&self) -> MoeTransformerConfig {
+        let c = self
+            .experts
+            .first()
+            .map(MoeLayer::config)
+            .unwrap_or(MoeConfig {
+                d_model: 0,
+                d_ff: 0,
+                experts: 0,
+                k: 0,
+                renormalize: true,
+            });
+        MoeTransformerConfig {
+            vocab: self.trunk.vocab,
+            d_model: c.d_model,
+            n_layers: self.experts.len(),
+            n_heads: self.trunk.n_heads,
+            d_ff: c.d_ff,
+            experts: c.experts,
+            k: c.k,
+            max_len: self.trunk.max_len,
+        }
+    }
+
+    /// Logits `[B, L, vocab]` for every position of `tokens` `[B, L]`
+    /// (causal), and the mean over layers of the load-balancing loss
+    /// (Switch Transformer Eq. (4), see [`train_moe`]). The experts run
+    /// with sparse dispatch (only on their tokens; one host read per layer),
+    /// equal to [`forward`](Self::forward) up to float rounding.
+    ///
+    /// # Errors
+    /// [`LmError::ContextOverflow`] when `L` is 0 or above the context.
+    ///
+    /// ```
+    /// # #[cfg(feature = "flex")] {
+    /// use burn::tensor::{Device, Int, Tensor};
+    /// let d = Device::flex();
+    /// let m = lastmile_models::MoeTransformerConfig::byte_level(16, 2, 2, 4, 2, 8).init(&d)?;
+    /// let (logits, aux) = m.forward_with_aux(Tensor::<2, Int>::from_ints([[1, 2, 3]], &d))?;
+    /// assert_eq!(logits.dims(), [1, 3, 256]);
+    /// assert!(aux.into_scalar::<f32>() >= 0.99); // ≥ 1, equality for uniform routing
+    /// # }
+    /// # Ok::<(), lastmile_models::MoeModelError>(())
+    /// ```
+    pub fn forward_with_aux(&self, tokens: Tensor<2, Int>) -> MoeResult<(Tensor<3>, Tensor<1>)> {
+        let mut aux: Option<Tensor<1>> = None;
+        let logits = self.trunk.forward_full(tokens, |layer, h| {
+            let moe = &self.experts[layer];
+            let lb = load_balancing_loss(moe.router_logits(h.clone()), moe.config().k);
+            aux = Some(match aux.take() {
+                Some(a) => a + lb,
+                None => lb,
+            });
+            sparse_moe(moe, h)
+        })?;
+        let aux = aux
+            .unwrap_or_else(|| Tensor::zeros([1], &self.device()))
+            .div_scalar(self.experts.len().max(1) as f32);
+        Ok((logits, aux))
+    }
+
+    /// Logits `[B, L, vocab]` for every position of `tokens` `[B, L]`.
+    ///
+    /// # Errors
+    /// As [`forward_with_aux`](Self::forward_with_aux).
+    pub fn forward(&self, tokens: Tensor<2, Int>) -> MoeResult<Tensor<3>> {
+        self.trunk
+            .forward_full(tokens, |layer, h| Ok(self.experts[layer].forward(h)?))
+    }
+
+    /// An empty KV cache for `batch` sequences.
+    pub fn new_cache(&self, batch: usize) -> MoeKvCache {
+        MoeKvCache::new(batch, self.experts.len())
+    }
+
+    /// Appends `tokens[r]` to row `r` of `cache` and returns logits at the
+    /// new positions, `[B, max(1, n_max), vocab]` (padding past a row's count).
+    ///
+    /// # Errors
+    /// [`LmError::Batch`], [`LmError::TokenOutOfRange`], [`LmError::ContextOverflow`].
+    pub fn forward_cached(
+        &self,
+        cache: &mut MoeKvCache,
+        tokens: &[Vec<usize>],
+    ) -> MoeResult<Tensor<3>> {
+        self.trunk.forward_cached(
+            cache,
+            tokens,
+            |layer, h| Ok(self.experts[layer].forward(h)?),
+        )
+    }
+
+    /// [`forward_cached`](Self::forward_cached) for one row, recording into
+    /// `trace` one record per token and layer: the token's index (continuing
+    /// after the trace's last token, so several sequences form one stream),
+    /// the layer, its top-k experts best first (ties to the lower index, as
+    /// moe-cache's top-k rule) and, if the trace stores them, the router
+    /// logits. One extra host read per layer.
+    ///
+    /// # Errors
+    /// [`LmError::Batch`] unless the cache has one row; [`MoeCacheError::LayerMismatch`]
+    /// when the trace's layers, experts or `k` differ from the model's;
+    /// the errors of [`forward_cached`](Self::forward_cached) and [`Trace::push`].
+    ///
+    /// ```
+    /// # #[cfg(feature = "flex")] {
+    /// use burn::tensor::Device;
+    /// use lastmile_models::MoeTransformerConfig;
+    /// use lastmile_moe_cache::trace::{LogitsFormat, Trace};
+    /// let m = MoeTransformerConfig::byte_level(16, 2, 2, 8, 2, 32).init(&Device::flex())?;
+    /// let mut trace = Trace::new(2, 8, 2, LogitsFormat::F16)?;
+    /// let mut cache = m.new_cache(1);
+    /// m.forward_traced(&mut cache, &[1, 2, 3], &mut trace)?;
+    /// assert_eq!((trace.len(), trace.tokens()), (6, 3)); // 3 tokens × 2 layers
+    /// # }
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn forward_traced(
+        &self,
+        cache: &mut MoeKvCache,
+        tokens: &[usize],
+        trace: &mut Trace,
+    ) -> MoeResult<Tensor<3>> {
+        if cache.batch() != 1 {
+            return Err(LmError::Batch {
+                what: "cache rows of a traced forward".to_owned(),
+                expected: "1".to_owned(),
+                found: cache.batch(),
+            }
+            .into());
+        }
+        let c = self.config();
+        if (trace.layers(), trace.experts(), trace.k()) != (c.n_layers, c.experts, c.k) {
+            return Err(MoeCacheError::LayerMismatch {
+                layer: 0,
+                reason: format!(
+                    "the trace has {} layers of {} experts, top-{}; the model {} layers of {} experts, top-{}",
+                    trace.layers(),
+                    trace.experts(),
+                    trace.k(),
+                    c.n_layers,
+                    c.experts,
+                    c.k
+                ),
+            }
+            .into());
+        }
+        let first = match trace.len().checked_sub(1).and_then(|i| trace.record(i)) {
+            Some(r) => r.token.saturating_add(1),
+            None => 0,
+        };
+        let mut router = Router::new(
+            RoutingRule::TopK,
+            RouterConfig::new(c.n_layers, c.experts, c.k)?,
+        )?;
+        let no_cache = vec![false; c.experts];
+        // Records per layer, pushed token-major afterwards (the trace's token
+        // indices may not decrease).
+        let mut per_layer: Vec<(Vec<f32>, Vec<Routing>)> = Vec::with_capacity(c.n_layers);
+        let logits = self
+            .trunk
+            .forward_cached(cache, &[tokens.to_vec()], |layer, h| {
+                let moe = &self.experts[layer];
+                let z = tensor_to_vec(moe.router_logits(h.clone()))?;
+                let mut routed = Vec::new();
+                router.route_batch(layer, &z, &no_cache, &mut routed)?;
+                per_layer.push((z, routed));
+                Ok(moe.forward(h)?)
+            })?;
+        let e = c.experts;
+        for i in 0..tokens.len() {
+            let token = first.saturating_add(i as u32);
+            for (layer, (z, routed)) in per_layer.iter().enumerate() {
+                let logits = trace.has_logits().then(|| &z[i * e..(i + 1) * e]);
+                trace.push(token, layer, &routed[i].experts, logits)?;
+            }
+        }
+        Ok(logits)
+    }
+
+    /// Writes every layer's experts to an expert store at `path` (layer `l`
+    /// of the store is block `l`) and opens it with `options`.
+    ///
+    /// # Errors
+    /// The store's write and open errors.
+    pub fn write_experts(
+        &self,
+        path: impl AsRef<Path>,
+        options: StoreOptions,
+    ) -> MoeResult<ExpertStore> {
+        let layers: Vec<&MoeLayer> = self.experts.iter().collect();
+        let path = write_store(path, &layers)?;
+        Ok(ExpertStore::open(path, options)?)
+    }
+
+    /// Writes the weights to `path` (burn's native format, creating parent directories).
+    ///
+    /// # Errors
+    /// [`ModelError::Checkpoint`] on I/O failure.
+    pub fn save(&self, path: impl AsRef<Path>) -> MoeResult<()> {
+        let path = path.as_ref();
+        let fail = |e: String| ModelError::Checkpoint {
+            path: path.display().to_string(),
+            reason: e,
+        };
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| fail(e.to_string()))?;
+        }
+        self.clone()
+            .save_file(path)
+            .map_err(|e| fail(e.to_string()).into())
+    }
+
+    /// A model of shape `config` on `device` with the weights saved by [`save`](Self::save).
+    ///
+    /// # Errors
+    /// [`ModelError::Checkpoint`] for a missing, oversized or malformed file
+    /// or weights of other shapes; configuration errors.
+    pub fn load(
+        config: MoeTransformerConfig,
+        path: impl AsRef<Path>,
+        device: &Device,
+    ) -> MoeResult<Self> {
+        let path = path.as_ref();
+        let fail = |e: String| ModelError::Checkpoint {
+            path: path.display().to_string(),
+            reason: e,
+        };
+        let meta = std::fs::metadata(path).map_err(|e| fail(e.to_string()))?;
+        if meta.len() > MAX_CHECKPOINT_BYTES {
+            return Err(fail(format!(
+                "{} bytes; expected at most {MAX_CHECKPOINT_BYTES}",
+                meta.len()
+            ))
+            .into());
+        }
+        config
+            .init(device)?
+            .try_load_file(path)
+            .map_err(|e| fail(e.to_string()).into())
+    }
+}
+
+/// One step of [`train_moe`]: the losses it optimised.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct MoeTrainStep {
+    /// Next-byte cross-entropy (nats).
+    pub lm_loss: f32,
+    /// Load-balancing loss, mean over layers (1 = perfectly balanced).
+    pub balance_loss: f32,
+}
+
+/// Trains `model` (parameters on an autodiff device) to predict the next
+/// byte of `data` with loss `CE + α · L_balance`, where `L_balance` is the
+/// Switch/GShard auxiliary loss `E · Σ_i f_i P_i` averaged over layers
+/// (Fedus et al. 2022, "Switch Transformers", Eq. (4); they use α = 0.01).
+/// AdamW with weight decay 0.01, gradient-norm clipping at 1 and
+/// `config`'s schedule, as [`train`](crate::train). Returns the model in
+/// evaluation mode on the plain device.
+///
+/// # Errors
+/// [`ModelError::Config`] for bad settings (α negative or not finite),
+/// untracked parameters, [`ModelError::Data`] for too little data,
+/// [`LmError::ContextOverflow`] when the context exceeds the model's.
+///
+/// ```
+/// # #[cfg(feature = "flex")] {
+/// use burn::tensor::Device;
+/// use lastmile_models::{MoeTransformerConfig, TrainConfig, train_moe};
+/// let ad = Device::flex().autodiff();
+/// let m = MoeTransformerConfig::byte_level(16, 1, 2, 4, 2, 16).init(&ad)?;
+/// let text = b"abcabcabcabcabcabcabcabcabcabcabcabcabcabc".repeat(4);
+/// let mut losses = Vec::new();
+/// train_moe(m, &text, &TrainConfig::new(30, 4, 16), 0.01, |_, s| losses.push(s.lm_loss))?;
+/// assert!(losses[29] < losses[0]);
+/// # }
+/// # Ok::<(), lastmile_models::MoeModelError>(())
+/// ```
+pub fn train_moe(
+    mut model: MoeTransformer,
+    data: &[u8],
+    config: &TrainConfig,
+    balance_coef: f64,
+    mut on_step: impl FnMut(usize, MoeTrainStep),
+) -> MoeResult<MoeTransformer> {
+    config.check()?;
+    if !(balance_coef.is_finite() && balance_coef >= 0.0) {
+        return Err(ModelError::Config(format!(
+            "balance_coef = {balance_coef}; expected a finite value >= 0"
+        ))
+        .into());
+    }
+    check_data(data, config.context, &model)?;
+    let device = model.device();
+    let loss_fn = CrossEntropyLossConfig::new().init(&device);
+    let (b, l, v) = (config.batch, config.context, model.vocab());
+    let mut optim = AdamWConfig::new()
+        .with_weight_decay(0.01)
+        .with_grad_clipping(Some(GradientClippingConfig::Norm(1.0)))
+        .init();
+    let mut rng = StdRng::seed_from_u64(config.seed);
+    for step in 0..config.steps {
+        let (x, y) = windows(data, b, l, &mut rng, &device);
+        let (logits, aux) = model.forward_with_aux(x)?;
+        let ce = loss_fn.forward(logits.reshape([b * l, v]), y.reshape([b * l]));
+        let loss = ce.clone() + aux.clone().mul_scalar(balance_coef as f32);
+        if !loss.is_tracked() {
+            return Err(ModelError::Config(
+                "the model's parameters are not tracked by autodiff; expected a model created \
+                 on `device.autodiff()` with trainable parameters"
+                    .to_owned(),
+            )
+            .into());
+        }
+        let report = MoeTrainStep {
+            lm_loss: ce.into_scalar::<f32>(),
+            balance_loss: aux.into_scalar::<f32>(),
+        };
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        model = optim.step(config.lr_at(step), model, grads);
+        on_step(step, report);
+    }
+    Ok(model.valid())
+}
+
+fn check_data(data: &[u8], context: usize, model: &MoeTransformer) -> MoeResult<()> {
+    if data.len() <= context + 1 {
+        return Err(ModelError::Data(format!(
+            "{} bytes; expected more than context + 1 = {}",
+            data.len(),
+            context + 1
+        ))
+        .into());
+    }
+    if context > model.max_len() {
+        return Err(LmError::ContextOverflow {
+            row: 0,
+            needed: context,
+            max: model.max_len(),
+        }
+        .into());
+    }
+    if model.vocab() < 256 {
+        return Err(
+            ModelError::Config(format!("vocab {} < 256 cannot hold bytes", model.vocab())).into(),
+        );
+    }
+    Ok(())
+}
+
+/// Random `[batch, context]` inputs and next-byte targets drawn from `data`.
+fn windows(
+    data: &[u8],
+    batch: usize,
+    context: usize,
+    rng: &mut StdRng,
+    device: &Device,
+) -> (Tensor<2, Int>, Tensor<2, Int>) {
+    let mut x = Vec::with_capacity(batch * context);
+    let mut y = Vec::with_capacity(batch * context);
+    for _ in 0..batch {
+        let start = rng.random_range(0..data.len() - context);
+        x.extend(data[start..start + context].iter().map(|b| i64::from(*b)));
+        y.extend(
+            data[start + 1..start + context + 1]
+                .iter()
+                .map(|b| i64::from(*b)),
+        );
+    }
+    (
+        Tensor::from_data(TensorData::new(x, [batch, context]), device),
+        Tensor::from_data(TensorData::new(y, [batch, context]), device),
+    )
+}
+
+/// An [`MoeTransformer`] whose experts live in an [`ExpertStore`] and reach
+/// the device through a DRAM expert cache, routed by any [`RoutingRule`]
+/// (see the [module docs](self)). Every forward is one cache step per layer
+/// for all of its real tokens.
+#[derive(Debug)]
+pub struct OffloadedMoeTransformer {
+    trunk: Trunk,
+    layers: Vec<CachedMoeLayer>,
+    ctx: RefCell<OffloadContext>,
+}
+
+impl OffloadedMoeTransformer {
+    /// The trunk and routers of `model` (copied to its device) with experts
+    /// from `store` (as written by [`MoeTransformer::write_experts`]) under
+    /// `budget`, with `config`'s policy and routing rule.
+    ///
+    /// # Errors
+    /// [`MoeCacheError::LayerMismatch`] when the store does not hold the
+    /// model's layers and experts; [`MoeCacheError::KAboveExperts`] when
+    /// `config.k` differs from the model's; the context's errors
+    /// ([`MoeCacheError::ZeroCapacity`], [`MoeCacheError::CapacityBelowK`],
+    /// [`MoeCacheError::OracleNeedsFuture`] for Belady, …).
+    pub fn new(
+        model: &MoeTransformer,
+        store: ExpertStore,
+        budget: Budget,
+        config: OffloadConfig,
+    ) -> MoeResult<Self> {
+        let c = model.config();
+        if config.k != c.k {
+            return Err(ModelError::Config(format!(
+                "offload k = {}; expected the model's k = {}",
+                config.k, c.k
+            ))
+            .into());
+        }
+        if store.num_layers() != c.n_layers
+            || store.experts_per_layer().iter().any(|&e| e != c.experts)
+            || store
+                .expert_bytes_per_layer()
+                .iter()
+                .any(|&b| b != c.expert_bytes())
+        {
+            return Err(MoeCacheError::LayerMismatch {
+                layer: 0,
+                reason: format!(
+                    "the model has {} layers of {} experts of {} bytes; the store {:?} experts of {:?} bytes",
+                    c.n_layers,
+                    c.experts,
+                    c.expert_bytes(),
+                    store.experts_per_layer(),
+                    store.expert_bytes_per_layer()
+                ),
+            }
+            .into());
+        }
+        let device = model.device();
+        let config =
+            config.with_renormalize(model.experts.first().is_none_or(|l| l.config().renormalize));
+        let ctx = OffloadContext::new(store, budget, config, &device)?;
+        Ok(Self {
+            trunk: model.trunk.clone(),
+            layers: model
+                .experts
+                .iter()
+                .enumerate()
+                .map(|(l, m)| CachedMoeLayer::from_resident(m, l))
+                .collect(),
+            ctx: RefCell::new(ctx),
+        })
+    }
+
+    /// An offloaded model with normal top-k routing and an LRU cache.
+    ///
+    /// # Errors
+    /// As [`new`](Self::new).
+    pub fn lru(model: &MoeTransformer, store: ExpertStore, budget: Budget) -> MoeResult<Self> {
+        let k = model.config().k;
+        Self::new(
+            model,
+            store,
+            budget,
+            OffloadConfig::new(PolicyKind::Lru, RoutingRule::TopK, k),
+        )
+    }
+
+    /// The offload context (store, cache, router state).
+    pub fn context(&mut self) -> &mut OffloadContext {
+        self.ctx.get_mut()
+    }
+
+    /// Gives back the offload context (e.g. to reuse the store).
+    pub fn into_context(self) -> OffloadContext {
+        self.ctx.into_inner()
+    }
+
+    /// Cache counters summed over layers.
+    ///
+    /// # Errors
+    /// [`ModelError::Config`] when called during a forward (re-entrancy).
+    pub fn cache_stats(&self) -> MoeResult<LayerStats> {
+        Ok(self.borrow()?.cache().total_stats())
+    }
+
+    /// Forgets the routing state (start of a new sequence); the cache stays warm.
+    ///
+    /// # Errors
+    /// As [`cache_stats`](Self::cache_stats).
+    pub fn reset_routing(&self) -> MoeResult<()> {
+        self.borrow_mut()?.reset_routing();
+        Ok(())
+    }
+
+    fn borrow(&self) -> MoeResult<std::cell::Ref<'_, OffloadContext>> {
+        self.ctx.try_borrow().map_err(|_| reentrant())
+    }
+
+    fn borrow_mut(&self) -> MoeResult<std::cell::RefMut<'_, OffloadContext>> {
+        self.ctx.try_borrow_mut().map_err(|_| reentrant())
+    }
+
+    /// Appends `tokens[r]` to row `r` of `cache` and returns logits at the
+    /// new positions; each layer routes all real tokens of the call as one
+    /// cache step (their union of experts must fit the layer's budget).
+    ///
+    /// # Errors
+    /// As [`MoeTransformer::forward_cached`];
+    /// [`MoeCacheError::StepExceedsCapacity`]; store and load errors.
+    pub fn forward_cached(
+        &self,
+        cache: &mut MoeKvCache,
+        tokens: &[Vec<usize>],
+    ) -> MoeResult<Tensor<3>> {
+        let mut ctx = self.borrow_mut()?;
+        self.trunk.forward_cached(cache, tokens, |layer, h| {
+            Ok(self.layers[layer].forward(h, &mut ctx)?.output)
+        })
+    }
+}
+
+fn reentrant() -> MoeModelError {
+    ModelError::Config(
+        "the offload context is in use by another call; expected one forward at a time".to_owned(),
+    )
+    .into()
+}
+
+/// A cache needs at least one row.
+fn check_batch(batch: usize) -> LmResult<()> {
+    if batch == 0 {
+        return Err(LmError::Batch {
+            what: "batch size".to_owned(),
+            expected: "at least 1 row".to_owned(),
+            found: 0,
+        });
+    }
+    Ok(())
+}
+
+/// [`MoeTransformer::forward_cached`] behind the shared interface.
+///
+/// ```
+/// # #[cfg(feature = "flex")] {
+/// use burn::tensor::Device;
+/// use lastmile_core::lm::{LanguageModel, conformance};
+/// let m = lastmile_models::MoeTransformerConfig::byte_level(16, 1, 2, 4, 2, 32).init(&Device::flex())?;
+/// assert!(conformance::check_all(&m, 1, 1e-4)? <= 1e-4);
+/// # }
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+impl LanguageModel for MoeTransformer {
+    type Cache = MoeKvCache;
+
+    fn vocab_size(&self) -> usize {
+        self.vocab()
+    }
+
+    fn device(&self) -> Device {
+        MoeTransformer::device(self)
+    }
+
+    fn max_context(&self) -> usize {
+        self.max_len()
+    }
+
+    fn new_cache(&self, batch: usize) -> LmResult<MoeKvCache> {
+        check_batch(batch)?;
+        Ok(MoeTransformer::new_cache(self, batch))
+    }
+
+    fn cached_len(&self, cache: &MoeKvCache, row: usize) -> usize {
+        cache.len(row)
+    }
+
+    fn truncate(&self, cache: &mut MoeKvCache, row: usize, len: usize) -> LmResult<()> {
+        cache.truncate(row, len)
+    }
+
+    fn forward(&self, cache: &mut MoeKvCache, tokens: &[Vec<usize>]) -> LmResult<Tensor<3>> {
+        Ok(self.forward_cached(cache, tokens)?)
+    }
+}
+
+/// [`OffloadedMoeTransformer::forward_cached`] behind the shared interface.
+/// A new cache also resets the routing state (a new sequence begins).
+impl LanguageModel for OffloadedMoeTransformer {
+    type Cache = MoeKvCache;
+
+    fn vocab_size(&self) -> usize {
+        self.trunk.vocab
+    }
+
+    fn device(&self) -> Device {
+        self.trunk.device()
+    }
+
+    fn max_context(&self) -> usize {
+        self.trunk.max_len
+    }
+
+    fn new_cache(&self, batch: usize) -> LmResult<MoeKvCache> {
+        check_batch(batch)?;
+        self.reset_routing()?;
+        Ok(MoeKvCache::new(batch, self.layers.len()))
+    }
+
+    fn cached_len(&self, cache: &MoeKvCache, row: usize) -> usize {
+        cache.len(row)
+    }
+
+    fn truncate(&self, cache: &mut MoeKvCache, row: usize, len: usize) -> LmResult<()> {
+        cache.truncate(row, len)
+    }
+
+    fn forward(&self, cache: &mut MoeKvCache, tokens: &[Vec<usize>]) -> LmResult<Tensor<3>> {
+        Ok(self.forward_cached(cache, tokens)?)
+    }
+}
