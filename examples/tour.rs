@@ -7,8 +7,11 @@
 //! Sections: (1) core — load the digits data set, train a small MLP with burn
 //! autodiff, report test accuracy, time per epoch and the backend; then one
 //! section per method crate: conformal prediction sets on digits, LoRA / FouRA
-//! / SHiRA adapters, and exact speculative decoding with AdaEDL. `LASTMILE_BACKEND=ndarray|wgpu`
-//! switches backend (when compiled in); `LASTMILE_OUT` sets where CSV files go.
+//! / SHiRA adapters, exact speculative decoding with AdaEDL, spectral model
+//! sharding in a few federated rounds, and MoE expert caching (a replay of
+//! routing traces against the eviction policies). `LASTMILE_BACKEND=ndarray|wgpu`
+//! switches backend (when compiled in); `LASTMILE_OUT` sets where CSV and SVG
+//! files go (default: `lastmile-out` in cargo's target directory).
 
 use std::time::Instant;
 

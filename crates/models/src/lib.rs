@@ -16,7 +16,11 @@
 //! - lastmile-core's [`LanguageModel`](lastmile_core::lm::LanguageModel)
 //!   interface on [`Transformer`] and [`PackedTransformer`], so that decoders
 //!   and drafters (e.g. `lastmile-spec-decode`) take them as they are;
-//!   [`ModelError`] converts into [`LmError`](lastmile_core::lm::LmError).
+//!   [`ModelError`] converts into [`LmError`](lastmile_core::lm::LmError),
+//! - a small mixture-of-experts LM (`MoeTransformer`): the same attention trunk
+//!   with lastmile-moe-cache's SwiGLU MoE layers, a load-balancing loss,
+//!   routing traces, and a variant (`OffloadedMoeTransformer`) whose experts are read from disk through
+//!   moe-cache's DRAM cache.
 //!
 //! Not published: it exists to give the method crates real models to run on.
 //!
