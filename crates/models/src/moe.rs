@@ -551,8 +551,8 @@ impl Trunk {
     }
 }
 
-/// A byte-level MoE transformer LM with every expert resident (see the
-/// [module docs](self)).
+/// A byte-level MoE transformer LM with every expert resident (the layout is
+/// described in the crate README's MoE section).
 #[derive(Module, Debug)]
 pub struct MoeTransformer {
     trunk: Trunk,
@@ -1038,7 +1038,7 @@ fn windows(
 
 /// An [`MoeTransformer`] whose experts live in an [`ExpertStore`] and reach
 /// the device through a DRAM expert cache, routed by any [`RoutingRule`]
-/// (see the [module docs](self)). Every forward is one cache step per layer
+/// (the crate README's MoE section describes the layout). Every forward is one cache step per layer
 /// for all of its real tokens.
 #[derive(Debug)]
 pub struct OffloadedMoeTransformer {

@@ -8,7 +8,7 @@
 //! row costs one forward pass whatever `n` is, and rows are ragged (each row
 //! may receive a different number of tokens, possibly none).
 //!
-//! With the `testing` feature, [`conformance`] checks any implementation
+//! With the `testing` feature, the `conformance` module checks any implementation
 //! against the properties the interface promises.
 //!
 //! # Examples
