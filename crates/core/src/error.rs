@@ -134,6 +134,10 @@ pub enum CoreError {
         available: Vec<String>,
     },
 
+    /// A GGUF file was malformed or hostile, or did not hold what was asked for.
+    #[error("GGUF: {0}")]
+    Gguf(#[from] crate::gguf::GgufError),
+
     /// An I/O error while reading or writing a file.
     #[error("I/O error on {path}: {source}")]
     Io {

@@ -17,6 +17,8 @@
 //!   tensor checks that cost one device synchronisation) and the [`CoreError`] type.
 //! - [`convert`] and [`tensor_file`]: tensor ⇄ `Vec` conversion and
 //!   safetensors files of named tensors, safe on hostile input.
+//! - [`gguf`]: GGUF (llama.cpp / ggml) files: metadata, tensor index and
+//!   dequantisation of F32, F16, BF16, Q8_0, Q4_0 and Q4_1, safe on hostile input.
 //! - `stats` and `testing` (feature `testing`, for tests only): chi-square /
 //!   normal tests and a harness that runs one test body on every compiled backend.
 //!
@@ -42,6 +44,7 @@
 pub mod convert;
 pub mod device;
 pub mod error;
+pub mod gguf;
 pub mod linalg;
 pub mod lm;
 pub mod module;
