@@ -1,13 +1,14 @@
 //! Adapters on digits: LoRA, FouRA and SHiRA (every mask kind) adapting a
 //! pretrained MLP to mirrored digits, then two adapters (mirrored,
 //! transposed) fused into one weight set — the multi-adapter setting of the
-//! SHiRA paper. Writes `adapters_digits.csv` to the output directory.
+//! SHiRA paper. Writes `adapters_digits.csv` and `adapters_digits.svg`
+//! (accuracy per kind, own adapter vs fused) to the output directory.
 //!
 //! Run: `cargo run --release -p lastmile-examples --example adapters_digits`
 
 use anyhow::Result;
 use lastmile_adapters::ShiraMask;
-use lastmile_examples::adapters::{Settings, render, run};
+use lastmile_examples::adapters::{Settings, plot, render, run};
 use lastmile_examples::report::{output_dir, write_csv};
 
 fn main() -> Result<()> {
@@ -52,6 +53,8 @@ fn main() -> Result<()> {
         ],
         &rows,
     )?;
-    println!("wrote {}", path.display());
+    let svg = path.with_extension("svg");
+    plot(&reports, &svg)?;
+    println!("wrote {} and {}", path.display(), svg.display());
     Ok(())
 }

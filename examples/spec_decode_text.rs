@@ -28,11 +28,12 @@ use anyhow::{Context, Result, bail};
 use lastmile_core::default_device;
 use lastmile_core::numerics::SamplingParams;
 use lastmile_datasets::TextCorpus;
+use lastmile_examples::plot::{BarPanel, LinePanel, write_svg, write_svg_sized};
 use lastmile_examples::report::{output_dir, progress_bar, table, write_csv};
 use lastmile_examples::spec_decode::{
-    Objective, acceptance_by_entropy, corpus_bytes, default_steps, distill_config,
-    draft_config_with_width, held_out_loss, held_out_prompts, load_or_train, methods,
-    modelled_speedup, step_time, sweep, target_config, train_configs,
+    EntropyBin, Method, Objective, acceptance_by_entropy, corpus_bytes, default_steps,
+    distill_config, draft_config_with_width, held_out_loss, held_out_prompts, load_or_train,
+    methods, modelled_speedup, step_time, sweep, target_config, train_configs,
 };
 use lastmile_models::PackedTransformer;
 use lastmile_spec_decode::{GenerationConfig, Metrics};
@@ -166,11 +167,31 @@ fn main() -> Result<()> {
     ];
     println!("\nacceptance by draft entropy at T = 1 (held-out text):");
     print!("{}", table(&header, &rows));
-    write_csv(
-        &output_dir()?.join("spec_decode_entropy_acceptance.csv"),
-        &header,
-        &rows,
+    let csv = output_dir()?.join("spec_decode_entropy_acceptance.csv");
+    write_csv(&csv, &header, &rows)?;
+    let at = |f: &dyn Fn(&EntropyBin) -> f64| -> Vec<(f64, f64)> {
+        bins.iter()
+            .enumerate()
+            .filter(|(_, b)| b.share > 0.0)
+            .map(|(i, b)| (i as f64 * 0.25 + 0.125, f(b)))
+            .collect()
+    };
+    let svg = csv.with_extension("svg");
+    write_svg(
+        &svg,
+        &[LinePanel::new(
+            "acceptance of a drafted token vs draft entropy (T = 1)",
+            "draft entropy H(q), nats (bin centre)",
+            "probability",
+        )
+        .series("acceptance 1 − TV(p, q)", at(&|b| b.acceptance))
+        .series("AdaEDL lower bound 1 − sqrt(0.2 H)", at(&|b| b.bound))
+        .series("share of positions", at(&|b| b.share))
+        .y_range(0.0, 1.0)
+        .into()],
+        1,
     )?;
+    println!("(CSV and plot: {}, {})", csv.display(), svg.display());
 
     // 2. Cost of one decoding step of each model (the cost-model policy's c).
     let prompt_len = 48;
@@ -249,12 +270,20 @@ fn main() -> Result<()> {
             if temperature == 0.0 && out != ar_out {
                 bail!("greedy output of {name} differs from target-only greedy decoding");
             }
+            let drafts = !matches!(method, Method::Autoregressive);
+            let if_drafts = |v: f64| {
+                if drafts {
+                    format!("{v:.2}")
+                } else {
+                    "-".to_owned()
+                }
+            };
             let row = vec![
                 name,
                 format!("{tps:.0}"),
                 format!("{:.2}x", tps / ar_tps),
-                format!("{:.2}", m.mean_acceptance_length()),
-                format!("{:.2}", m.acceptance_rate()),
+                if_drafts(m.mean_acceptance_length()),
+                if_drafts(m.acceptance_rate()),
                 format!("{:.3}", m.target_calls_per_token()),
                 format!("{:.2}", m.draft_calls_per_token()),
             ];
@@ -298,7 +327,11 @@ fn main() -> Result<()> {
         );
         print!("{}", table(&header, rows));
     }
-    println!("\ngreedy (T = 0): every method's output is identical to target-only greedy decoding");
+    println!(
+        "\nmean acc. len: draft tokens accepted per verification round; acc. rate: accepted / drafted; \
+         - : the method drafts nothing."
+    );
+    println!("greedy (T = 0): every method's output is identical to target-only greedy decoding");
     println!(
         "\nAdaEDL vs the best static γ (chosen with hindsight per temperature) and static γ = 4:"
     );
@@ -319,8 +352,40 @@ fn main() -> Result<()> {
     let mut csv_header = vec!["temperature"];
     csv_header.extend(header);
     write_csv(&path, &csv_header, &csv_rows)?;
-    println!("CSV: {}", path.display());
+    let svg = path.with_extension("svg");
+    plot_speedups(&counts, &svg)?;
+    println!("CSV and plot: {}, {}", path.display(), svg.display());
     Ok(())
+}
+
+/// Measured speed-up over target-only decoding, one bar per method in each
+/// temperature group.
+fn plot_speedups(counts: &[(f64, Vec<(String, Metrics)>)], path: &std::path::Path) -> Result<()> {
+    let names: Vec<String> = counts
+        .first()
+        .map(|(_, ms)| ms.iter().map(|(n, _)| n.clone()).collect())
+        .unwrap_or_default();
+    let mut panel = BarPanel::new(
+        "speculative decoding: measured speed-up over target-only decoding",
+        "speed-up (x)",
+        counts.iter().map(|(t, _)| format!("T = {t}")),
+    )
+    .hline("1x: target-only", 1.0);
+    for name in names.iter().filter(|n| n.as_str() != "autoregressive") {
+        let values = counts
+            .iter()
+            .map(|(_, ms)| {
+                let tps = |n: &str| {
+                    ms.iter()
+                        .find(|(m, _)| m == n)
+                        .map_or(f64::NAN, |(_, m)| m.tokens_per_second())
+                };
+                tps(name) / tps("autoregressive")
+            })
+            .collect();
+        panel = panel.series(name.clone(), values);
+    }
+    write_svg_sized(path, &[panel.into()], 1, (1240, 520))
 }
 
 /// The same decoded tokens re-priced for other verify costs: where would the
@@ -340,7 +405,9 @@ fn modelled_table(
         "AdaEDL / best static",
     ];
     let mut rows = Vec::new();
+    let mut panels = Vec::new();
     for (temperature, methods) in counts {
+        let mut lines: [Vec<(f64, f64)>; 4] = Default::default();
         for c_v in [measured_cv, 0.25, 0.1, 0.0] {
             let speedup = |name: &str| -> Result<f64> {
                 let (_, m) = methods
@@ -367,6 +434,13 @@ fn modelled_table(
                 .find(|(n, _)| n.starts_with("max-conf"))
                 .map(|(n, _)| n.clone())
                 .context("no max-confidence run")?;
+            for (line, v) in
+                lines
+                    .iter_mut()
+                    .zip([best.1, speedup("heuristic")?, speedup(&conf)?, ada])
+            {
+                line.push((c_v, v));
+            }
             rows.push(vec![
                 format!("{temperature}"),
                 format!("{c_v:.2}"),
@@ -377,6 +451,20 @@ fn modelled_table(
                 format!("{:.2}", ada / best.1),
             ]);
         }
+        let mut panel = LinePanel::new(
+            format!("T = {temperature}: modelled speed-up vs verify cost"),
+            "c_v: cost of each extra verified token (target steps)",
+            "modelled speed-up over AR (x)",
+        )
+        .hline("1x", 1.0);
+        for (name, mut pts) in ["best static γ", "heuristic", "max-confidence", "AdaEDL"]
+            .into_iter()
+            .zip(lines)
+        {
+            pts.sort_by(|a, b| a.0.total_cmp(&b.0));
+            panel = panel.series(name, pts);
+        }
+        panels.push(panel.into());
     }
     println!(
         "\nmodelled speed-up over AR: the same tokens re-priced with a draft call = {cost_ratio:.3} \
@@ -385,6 +473,8 @@ fn modelled_table(
     print!("{}", table(&header, &rows));
     let path = output_dir()?.join("spec_decode_modelled.csv");
     write_csv(&path, &header, &rows)?;
-    println!("CSV: {}", path.display());
+    let svg = path.with_extension("svg");
+    write_svg(&svg, &panels, 2)?;
+    println!("CSV and plot: {}, {}", path.display(), svg.display());
     Ok(())
 }

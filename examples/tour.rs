@@ -1,8 +1,11 @@
 //! The lastmile tour: the main job, run on the default CPU backend.
 //!
 //! ```text
-//! cargo run --release --example tour
+//! cargo run --example tour
 //! ```
+//!
+//! (the workspace's dev profile optimises dependencies, so the tour needs no
+//! `--release` and `cargo test --workspace` reuses its build).
 //!
 //! Sections: (1) core — load the digits data set, train a small MLP with burn
 //! autodiff, report test accuracy, time per epoch and the backend; then one
@@ -11,7 +14,8 @@
 //! sharding in a few federated rounds, and MoE expert caching (a replay of
 //! routing traces against the eviction policies). `LASTMILE_BACKEND=ndarray|wgpu`
 //! switches backend (when compiled in); `LASTMILE_OUT` sets where CSV and SVG
-//! files go (default: `lastmile-out` in cargo's target directory).
+//! files go (default: `lastmile-out` in cargo's target directory). Every
+//! section prints what its numbers mean and writes a plot.
 
 use std::time::Instant;
 
@@ -21,6 +25,7 @@ use burn::tensor::Device;
 use lastmile_core::{Backend, default_device};
 use lastmile_datasets::{SplitFractions, Standardizer, digits, stratified_split};
 use lastmile_examples::mlp::{Labelled, Mlp, TrainConfig, accuracy, train_classifier};
+use lastmile_examples::plot::{LinePanel, write_svg};
 use lastmile_examples::report::{output_dir, table, write_csv};
 
 fn main() -> Result<()> {
@@ -44,6 +49,10 @@ fn main() -> Result<()> {
     lastmile_examples::moe::tour_section(&device)?;
     println!();
     println!("tour finished in {:.1} s", start.elapsed().as_secs_f64());
+    println!(
+        "CSV files and SVG plots of every section: {} (open the .svg files in a browser)",
+        output_dir()?.display()
+    );
     Ok(())
 }
 
@@ -120,7 +129,22 @@ fn core_section(device: &Device) -> Result<()> {
         })
         .collect();
     write_csv(&csv, &["epoch", "train_loss", "epoch_ms"], &all)?;
-    println!("   loss curve written to {}", csv.display());
+    let svg = csv.with_extension("svg");
+    let curve = stats
+        .iter()
+        .enumerate()
+        .map(|(i, s)| ((i + 1) as f64, s.loss))
+        .collect();
+    write_svg(
+        &svg,
+        &[
+            LinePanel::new("tour: MLP on digits", "epoch", "mean cross-entropy")
+                .series("train loss", curve)
+                .into(),
+        ],
+        1,
+    )?;
+    println!("   loss curve: {} and {}", csv.display(), svg.display());
     println!();
     Ok(())
 }

@@ -4,6 +4,7 @@
 //! adapters of each kind. Used by the `adapters_digits` example and the tour.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{Context, Result, ensure};
@@ -24,7 +25,8 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 
 use crate::mlp::{Labelled, cross_entropy};
-use crate::report::{progress_bar, table};
+use crate::plot::{BarPanel, write_svg};
+use crate::report::{output_dir, progress_bar, table};
 
 /// Names of the three layers (module paths of their `weight`s).
 pub const LAYERS: [&str; 3] = ["l0", "l1", "l2"];
@@ -419,7 +421,8 @@ pub fn run(settings: &Settings, device: &Device) -> Result<(f64, f64, Vec<KindRe
     Ok((base_acc, base_on_mirrored, reports))
 }
 
-/// Renders the results as a table.
+/// Renders the results as a table followed by one line per column a
+/// newcomer could misread.
 pub fn render(base_acc: f64, base_on_mirrored: f64, reports: &[KindReport]) -> String {
     let pct = |v: f64| format!("{:.1}%", 100.0 * v);
     let rows: Vec<Vec<String>> = reports
@@ -427,7 +430,6 @@ pub fn render(base_acc: f64, base_on_mirrored: f64, reports: &[KindReport]) -> S
         .map(|r| {
             let (cm, ct) = r.combined.unwrap_or((f64::NAN, f64::NAN));
             let second = r.accuracy_second.unwrap_or(f64::NAN);
-            let drop = ((r.accuracy - cm) + (second - ct)) / 2.0;
             vec![
                 r.kind.clone(),
                 pct(r.trainable_fraction),
@@ -436,13 +438,13 @@ pub fn render(base_acc: f64, base_on_mirrored: f64, reports: &[KindReport]) -> S
                 pct(second),
                 pct(cm),
                 pct(ct),
-                format!("{:+.1} pt", -100.0 * drop),
+                format!("{:+.1} pt", -100.0 * r.fusion_drop()),
                 r.awor.map_or("-".into(), |a| format!("{a:.3}")),
             ]
         })
         .collect();
     format!(
-        "  base on original digits: {}, on mirrored digits (no adapter): {}\n{}",
+        "  base model: {} on original digits, {} on mirrored digits without an adapter\n{}{}",
         pct(base_acc),
         pct(base_on_mirrored),
         table(
@@ -450,16 +452,61 @@ pub fn render(base_acc: f64, base_on_mirrored: f64, reports: &[KindReport]) -> S
                 "adapter",
                 "trainable",
                 "train s",
-                "mirrored",
-                "transposed",
-                "comb: mir",
-                "comb: tr",
-                "mean change",
-                "AWOR(l1)"
+                "mirrored, own",
+                "transposed, own",
+                "mirrored, fused",
+                "transposed, fused",
+                "fused − own",
+                "AWOR"
             ],
             &rows
-        )
+        ),
+        "   trainable: adapter values / base model values. own: test accuracy with the task's own adapter.\n\
+         \x20  fused: both adapters added into the base weights at once (W0 + ΔW_mirrored + ΔW_transposed), no \
+         retraining; fused − own: the mean accuracy lost by fusing.\n\
+         \x20  A large loss is interference between the adapters, the effect the FouRA and SHiRA papers address, \
+         not a bug: two dense LoRA\n\
+         \x20  updates overlap everywhere and disturb each other; FouRA's gated frequency-domain and SHiRA's sparse \
+         updates are meant to overlap less.\n\
+         \x20  AWOR: share of zero entries in S1ᵀS2 for the middle layer's two adapters (1 = disjoint supports, \
+         0 for dense low-rank updates).\n"
     )
+}
+
+impl KindReport {
+    /// Mean accuracy lost by fusing, over the two tasks (NaN without a fused run).
+    pub fn fusion_drop(&self) -> f64 {
+        let (cm, ct) = self.combined.unwrap_or((f64::NAN, f64::NAN));
+        let second = self.accuracy_second.unwrap_or(f64::NAN);
+        ((self.accuracy - cm) + (second - ct)) / 2.0
+    }
+}
+
+/// Accuracy per adapter kind on each task, with its own adapter and with
+/// both fused (bar chart, SVG).
+pub fn plot(reports: &[KindReport], path: &Path) -> Result<()> {
+    let kinds: Vec<String> = reports.iter().map(|r| r.kind.clone()).collect();
+    let col = |f: &dyn Fn(&KindReport) -> f64| reports.iter().map(f).collect::<Vec<f64>>();
+    let panel = BarPanel::new(
+        "adapters on digits: accuracy with own adapter vs both fused",
+        "test accuracy",
+        kinds,
+    )
+    .series("mirrored, own", col(&|r| r.accuracy))
+    .series(
+        "transposed, own",
+        col(&|r| r.accuracy_second.unwrap_or(f64::NAN)),
+    )
+    .series(
+        "mirrored, fused",
+        col(&|r| r.combined.map_or(f64::NAN, |c| c.0)),
+    )
+    .series(
+        "transposed, fused",
+        col(&|r| r.combined.map_or(f64::NAN, |c| c.1)),
+    )
+    .y_range(0.0, 1.15);
+    write_svg(path, &[panel.into()], 1)
 }
 
 /// The tour's section: a short run with LoRA, FouRA and SHiRA-random.
@@ -481,5 +528,8 @@ pub fn tour_section(device: &Device) -> Result<()> {
     );
     let (a, b, r) = run(&settings, &device)?;
     print!("{}", render(a, b, &r));
+    let svg = output_dir()?.join("tour_adapters.svg");
+    plot(&r, &svg)?;
+    println!("   plot: {}", svg.display());
     Ok(())
 }

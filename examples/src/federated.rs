@@ -20,7 +20,8 @@ use lastmile_federated_sharding::simulation::{
 };
 use lastmile_federated_sharding::{Sampler, Strategy};
 
-use crate::report::{progress_bar, table};
+use crate::plot::{LinePanel, Panel, write_svg};
+use crate::report::{output_dir, progress_bar, table};
 
 /// MLP widths of the example.
 pub const LAYER_SIZES: [usize; 4] = [64, 256, 256, 10];
@@ -499,27 +500,19 @@ fn mean_curve(cs: &[&Curve]) -> Vec<Point> {
 /// cumulative MB sent (right), mean over seeds; the full-model baseline is
 /// drawn in every panel.
 pub fn plot(curves: &[Curve], alpha: f64, path: &Path) -> Result<()> {
-    use plotters::prelude::*;
     let gs = groups(curves);
-    let budgets: Vec<String> = {
-        let mut b: Vec<String> = gs
-            .iter()
-            .filter(|((a, budget, _), _)| *a == alpha && budget != "-")
-            .map(|((_, budget, _), _)| budget.clone())
-            .collect();
-        b.dedup();
-        b
-    };
+    let mut budgets: Vec<String> = gs
+        .iter()
+        .filter(|((a, budget, _), _)| *a == alpha && budget != "-")
+        .map(|((_, budget, _), _)| budget.clone())
+        .collect();
+    budgets.dedup();
     let full: Option<Vec<Point>> = gs
         .iter()
         .find(|((a, _, m), _)| *a == alpha && m == FULL)
         .map(|(_, cs)| mean_curve(cs));
-    let rows = budgets.len().max(1);
-    let root = SVGBackend::new(path, (1200, 380 * rows as u32)).into_drawing_area();
-    let err = |e: &dyn std::fmt::Debug| anyhow!("plotting {}: {e:?}", path.display());
-    root.fill(&WHITE).map_err(|e| err(&e))?;
-    let panels = root.split_evenly((rows, 2));
-    for (row, budget) in budgets.iter().enumerate() {
+    let mut panels: Vec<Panel> = Vec::new();
+    for budget in &budgets {
         let mut series: Vec<(String, Vec<Point>)> = gs
             .iter()
             .filter(|((a, b, _), _)| *a == alpha && b == budget)
@@ -528,60 +521,30 @@ pub fn plot(curves: &[Curve], alpha: f64, path: &Path) -> Result<()> {
         if let Some(f) = &full {
             series.insert(0, (FULL.to_owned(), f.clone()));
         }
-        for col in 0..2 {
-            let area = &panels[row * 2 + col];
-            let x_of = |p: &Point| if col == 0 { p.round } else { p.megabytes };
-            let x_max = series
-                .iter()
-                .flat_map(|(_, pts)| pts.iter().map(x_of))
-                .fold(1.0f64, f64::max);
-            let mut chart = ChartBuilder::on(area)
-                .caption(
-                    format!(
-                        "α = {alpha}, {budget}: accuracy vs {}",
-                        if col == 0 {
-                            "round"
-                        } else {
-                            "MB sent (both ways)"
-                        }
-                    ),
-                    ("sans-serif", 16),
-                )
-                .margin(10)
-                .x_label_area_size(35)
-                .y_label_area_size(45)
-                .build_cartesian_2d(0.0..x_max, 0.0..1.0)
-                .map_err(|e| err(&e))?;
-            chart
-                .configure_mesh()
-                .x_desc(if col == 0 { "round" } else { "cumulative MB" })
-                .y_desc("test accuracy")
-                .draw()
-                .map_err(|e| err(&e))?;
-            for (i, (name, pts)) in series.iter().enumerate() {
-                let color = Palette99::pick(i).to_rgba();
-                chart
-                    .draw_series(LineSeries::new(
-                        pts.iter().map(|p| (x_of(p), p.accuracy)),
-                        color.stroke_width(2),
-                    ))
-                    .map_err(|e| err(&e))?
-                    .label(name.clone())
-                    .legend(move |(x, y)| {
-                        PathElement::new(vec![(x, y), (x + 16, y)], color.stroke_width(2))
-                    });
+        for by_round in [true, false] {
+            let (what, x_desc) = if by_round {
+                ("round", "round")
+            } else {
+                ("MB sent (both ways)", "cumulative MB")
+            };
+            let mut panel = LinePanel::new(
+                format!("α = {alpha}, {budget}: accuracy vs {what}"),
+                x_desc,
+                "test accuracy",
+            )
+            .y_range(0.0, 1.0)
+            .legend_low();
+            for (name, pts) in &series {
+                let x_of = |p: &Point| if by_round { p.round } else { p.megabytes };
+                panel = panel.series(
+                    name.clone(),
+                    pts.iter().map(|p| (x_of(p), p.accuracy)).collect(),
+                );
             }
-            chart
-                .configure_series_labels()
-                .position(SeriesLabelPosition::LowerRight)
-                .background_style(WHITE.mix(0.85))
-                .border_style(BLACK)
-                .draw()
-                .map_err(|e| err(&e))?;
+            panels.push(panel.into());
         }
     }
-    root.present().map_err(|e| err(&e))?;
-    Ok(())
+    write_svg(path, &panels, 2)
 }
 
 /// The tour's section: α = 1, keep 0.25, full FedAvg vs Top-n, PriSM-like,
@@ -646,6 +609,12 @@ pub fn tour_section(device: &Device) -> Result<()> {
     println!(
         "   MB sent: every shard and update message encoded and counted, both ways; \
          bytes / full = traffic relative to full FedAvg."
+    );
+    let svg = output_dir()?.join("tour_federated.svg");
+    plot(&curves, 1.0, &svg)?;
+    println!(
+        "   plot (accuracy vs round and vs MB sent): {}",
+        svg.display()
     );
     println!("   section time {:.1} s", start.elapsed().as_secs_f64());
     Ok(())

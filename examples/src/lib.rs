@@ -1,10 +1,11 @@
 //! Shared helpers for lastmile's example programs: progress bars, CSV output,
-//! a small MLP classifier and its training loop.
+//! SVG plots, a small MLP classifier and its training loop.
 
 pub mod adapters;
 pub mod conformal;
 pub mod federated;
 pub mod mlp;
 pub mod moe;
+pub mod plot;
 pub mod report;
 pub mod spec_decode;

@@ -63,6 +63,7 @@
 
 pub mod bounds;
 mod classification;
+mod coverage_distribution;
 mod cv_plus;
 mod error;
 mod input;
@@ -78,6 +79,7 @@ mod sets;
 pub mod training;
 
 pub use classification::{CalibratedClassifier, SplitConformal};
+pub use coverage_distribution::{CoverageDistribution, MAX_POINTS};
 pub use cv_plus::CvPlus;
 pub use error::{ConformalError, Result};
 pub use input::{
