@@ -20,7 +20,9 @@
 //!   differentiable quantile (NeuralSort), soft sets, ConfTr and the three
 //!   bounds as losses, combinable with cross-entropy.
 //! - [`metrics`](coverage): coverage (overall, per class, per set size),
-//!   inefficiency, interval width.
+//!   inefficiency, interval width; [`CoverageDistribution`], the exact
+//!   finite-sample law of split-conformal coverage (how far one calibration
+//!   split may land from `1 − α`).
 //!
 //! ## Conventions
 //! One convention everywhere: **nonconformity** scores, lower = more
