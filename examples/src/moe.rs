@@ -272,6 +272,11 @@ pub fn budget(config: &MoeTransformerConfig, slots: usize) -> Budget {
     Budget::PerLayer(vec![slots as u64 * config.expert_bytes(); config.n_layers])
 }
 
+/// One pool for every layer, as large as `slots` experts per layer.
+pub fn global_budget(config: &MoeTransformerConfig, slots: usize) -> Budget {
+    Budget::Global((slots * config.n_layers) as u64 * config.expert_bytes())
+}
+
 /// Counters of one live run of the offloaded model.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct LiveStats {
@@ -314,51 +319,176 @@ fn finish(off: &mut OffloadedMoeTransformer, tokens: usize, seconds: f64) -> Res
     })
 }
 
-/// Perplexity of the offloaded model under `config`'s policy and rule with
-/// `slots` experts per layer cached, measured by running it token by token
+/// A live evaluation: each window's mean next-byte loss, and the counters.
+#[derive(Debug, Clone)]
+pub struct LiveEval {
+    /// Mean NLL (nats) of each window's predicted bytes.
+    pub window_nll: Vec<f64>,
+    /// Predicted bytes per window.
+    pub window_len: Vec<usize>,
+    /// Counters of the run.
+    pub stats: LiveStats,
+}
+
+impl LiveEval {
+    /// Mean NLL over every predicted byte.
+    pub fn nll(&self) -> f64 {
+        let n: usize = self.window_len.iter().sum();
+        let total: f64 = self
+            .window_nll
+            .iter()
+            .zip(&self.window_len)
+            .map(|(m, &l)| m * l as f64)
+            .sum();
+        total / n.max(1) as f64
+    }
+
+    /// Perplexity, `exp(nll)`.
+    pub fn ppl(&self) -> f64 {
+        self.nll().exp()
+    }
+
+    /// Predicted bytes.
+    pub fn predicted(&self) -> usize {
+        self.window_len.iter().sum()
+    }
+
+    /// Relative perplexity change from `base` (run on the same windows) and
+    /// its standard error: `Δ = exp(mean(d)) − 1` with `d` the per-window
+    /// differences of mean loss (paired: same text), and the standard error
+    /// of `mean(d)` across windows (windows are disjoint text, tokens within
+    /// one are not independent) carried through `exp` by the delta method.
+    pub fn delta_ppl(&self, base: &LiveEval) -> (f64, f64) {
+        let d: Vec<f64> = self
+            .window_nll
+            .iter()
+            .zip(&base.window_nll)
+            .map(|(a, b)| a - b)
+            .collect();
+        let n = d.len().max(1) as f64;
+        let mean = (self.nll() - base.nll()).exp();
+        let m = d.iter().sum::<f64>() / n;
+        let var = d.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (n - 1.0).max(1.0);
+        (mean - 1.0, mean * (var / n).sqrt())
+    }
+}
+
+/// Runs the offloaded model under `setup` token by token over `windows`
 /// (a decode: each token's routing sees the cache as the previous tokens
-/// left it) over `windows`; the cache stays warm across windows, the
-/// routing state restarts with each. Returns (mean NLL in nats, counters).
-pub fn live_perplexity(
+/// left it), the page cache kept (the reads' cost is not measured here);
+/// the DRAM cache stays warm across windows, the routing state restarts
+/// with each. `renormalize` overrides the model's weight convention.
+pub fn live_eval(
     model: &MoeTransformer,
     store_path: &Path,
-    slots: usize,
-    config: OffloadConfig,
+    setup: CacheSetup<'_>,
+    renormalize: Option<bool>,
     windows: &[Vec<usize>],
-) -> Result<(f64, LiveStats)> {
+) -> Result<LiveEval> {
     let c = model.config();
     let store = open_store(store_path, PageCache::Keep)?;
-    let mut off = OffloadedMoeTransformer::new(model, store, budget(&c, slots), config)?;
+    let mut off = OffloadedMoeTransformer::new(model, store, setup.budget, setup.config)?;
+    if let Some(r) = renormalize {
+        off.context().set_renormalize(r);
+    }
     let start = Instant::now();
-    let (mut nll, mut count, mut tokens) = (0.0f64, 0usize, 0usize);
-    for w in windows {
+    let (mut window_nll, mut window_len, mut tokens) = (Vec::new(), Vec::new(), 0usize);
+    for w in windows.iter().filter(|w| w.len() >= 2) {
         let mut cache = off.new_cache(1)?;
+        let mut nll = 0.0f64;
         for (i, &t) in w.iter().enumerate() {
             let logits = off.forward(&mut cache, &[vec![t]])?;
             tokens += 1;
             if let Some(&next) = w.get(i + 1) {
                 let logp = tensor_to_vec(log_softmax(logits.reshape([1, c.vocab]), 1))?;
                 nll -= f64::from(logp[next]);
-                count += 1;
             }
         }
+        window_nll.push(nll / (w.len() - 1) as f64);
+        window_len.push(w.len() - 1);
     }
     let stats = finish(&mut off, tokens, start.elapsed().as_secs_f64())?;
-    Ok((nll / count.max(1) as f64, stats))
+    Ok(LiveEval {
+        window_nll,
+        window_len,
+        stats,
+    })
+}
+
+/// `n` non-overlapping windows of `len` bytes spread evenly over `bytes`
+/// (as tokens), for evaluation sets that share no text.
+pub fn disjoint_windows(bytes: &[u8], n: usize, len: usize) -> Result<Vec<Vec<usize>>> {
+    let stride = bytes.len() / n.max(1);
+    if n == 0 || stride < len {
+        anyhow::bail!(
+            "{n} disjoint windows of {len} bytes need {} bytes; have {}",
+            n * len,
+            bytes.len()
+        );
+    }
+    Ok((0..n)
+        .map(|i| {
+            bytes[i * stride..i * stride + len]
+                .iter()
+                .map(|&b| usize::from(b))
+                .collect()
+        })
+        .collect())
+}
+
+/// One live generation run: its counters, the whole sequence, and the
+/// cache's demand accesses (one sequence per cache partition: the future a
+/// Belady run of the same tokens needs).
+#[derive(Debug, Clone)]
+pub struct Generation {
+    /// Counters of the run.
+    pub stats: LiveStats,
+    /// Prompt and sampled tokens.
+    pub sequence: Vec<usize>,
+    /// Each cache partition's demand accesses, in order.
+    pub accesses: Vec<Vec<usize>>,
+}
+
+/// The DRAM side of a live run: budget, policy and routing rule, and for a
+/// Belady policy each cache partition's future accesses (recorded by an
+/// earlier run of the same tokens with top-k routing: routing then does not
+/// depend on the cache, so the run repeats exactly).
+#[derive(Debug, Clone)]
+pub struct CacheSetup<'a> {
+    /// DRAM budget.
+    pub budget: Budget,
+    /// Policy, routing rule, k.
+    pub config: OffloadConfig,
+    /// Each partition's future demand accesses (Belady only).
+    pub future: Option<&'a [Vec<usize>]>,
+}
+
+impl CacheSetup<'_> {
+    /// An online policy under a per-layer budget of `slots` experts.
+    pub fn per_layer(model: &MoeTransformerConfig, slots: usize, config: OffloadConfig) -> Self {
+        Self {
+            budget: budget(model, slots),
+            config,
+            future: None,
+        }
+    }
 }
 
 /// Samples `new_tokens` bytes after `prompt` (temperature 0.8, seeded) with
-/// the experts on disk (page cache dropped before every read), `slots`
-/// experts per layer in DRAM. Returns the counters and the whole sequence.
+/// the experts on disk (page cache dropped before every read) under `setup`.
 pub fn generate(
     model: &MoeTransformer,
     store_path: &Path,
-    slots: usize,
-    config: OffloadConfig,
+    setup: CacheSetup<'_>,
     prompt: &[usize],
     new_tokens: usize,
     seed: u64,
-) -> Result<(LiveStats, Vec<usize>)> {
+) -> Result<Generation> {
+    let CacheSetup {
+        budget,
+        config,
+        future,
+    } = setup;
     let c = model.config();
     let page_cache = if cfg!(any(target_os = "linux", target_os = "android")) {
         PageCache::Drop
@@ -366,7 +496,11 @@ pub fn generate(
         PageCache::Keep
     };
     let store = open_store(store_path, page_cache)?;
-    let mut off = OffloadedMoeTransformer::new(model, store, budget(&c, slots), config)?;
+    let mut off = match future {
+        None => OffloadedMoeTransformer::new(model, store, budget, config)?,
+        Some(f) => OffloadedMoeTransformer::with_future(model, store, budget, config, f)?,
+    };
+    off.context().record_accesses(true);
     let mut rng = StdRng::seed_from_u64(seed);
     let mut seq = prompt.to_vec();
     let start = Instant::now();
@@ -387,8 +521,14 @@ pub fn generate(
         seq.push(next);
         logits = Some(off.forward(&mut cache, &[vec![next]])?);
     }
-    let stats = finish(&mut off, seq.len(), start.elapsed().as_secs_f64())?;
-    Ok((stats, seq))
+    let seconds = start.elapsed().as_secs_f64();
+    let accesses = off.context().take_access_log();
+    let stats = finish(&mut off, seq.len(), seconds)?;
+    Ok(Generation {
+        stats,
+        sequence: seq,
+        accesses,
+    })
 }
 
 /// A categorical draw from softmax(`z`).
@@ -422,6 +562,9 @@ pub struct SweepRow {
     pub top_j: usize,
     /// Held-out perplexity.
     pub ppl: f64,
+    /// Relative perplexity change vs top-k at the same capacity, and its
+    /// paired standard error (see [`LiveEval::delta_ppl`]).
+    pub dppl: (f64, f64),
     /// Miss rate (1 − hit rate).
     pub miss_rate: f64,
     /// Expert loads per token.
@@ -438,7 +581,7 @@ pub fn routing_sweep(
     top_js: &[usize],
     windows: &[Vec<usize>],
 ) -> Result<Vec<SweepRow>> {
-    let k = model.config().k;
+    let c = model.config();
     let mut settings = vec![(None, 0)];
     for &j in top_js {
         for &l in lambdas {
@@ -448,31 +591,185 @@ pub fn routing_sweep(
     let bar = progress_bar((settings.len() * capacities.len()) as u64, "sweep");
     let mut rows = Vec::new();
     for &cap in capacities {
+        let mut base: Option<LiveEval> = None;
         for &(lambda, top_j) in &settings {
             let rule = match lambda {
                 None => RoutingRule::TopK,
                 Some(lambda) => RoutingRule::CachePrior { lambda, top_j },
             };
-            let (nll, s) = live_perplexity(
-                model,
-                store_path,
-                cap,
-                OffloadConfig::new(PolicyKind::Lru, rule, k),
-                windows,
-            )?;
+            let setup =
+                CacheSetup::per_layer(&c, cap, OffloadConfig::new(PolicyKind::Lru, rule, c.k));
+            let e = live_eval(model, store_path, setup, None, windows)?;
+            let dppl = base.as_ref().map_or((0.0, 0.0), |b| e.delta_ppl(b));
             rows.push(SweepRow {
                 capacity: cap,
                 lambda,
                 top_j,
-                ppl: nll.exp(),
-                miss_rate: 1.0 - s.hit_rate,
-                misses_per_token: s.misses_per_token,
+                ppl: e.ppl(),
+                dppl,
+                miss_rate: 1.0 - e.stats.hit_rate,
+                misses_per_token: e.stats.misses_per_token,
             });
+            base.get_or_insert(e);
             bar.inc(1);
         }
     }
     bar.finish_and_clear();
     Ok(rows)
+}
+
+/// One routing setting of the goal search: a policy, a rule, and
+/// optionally the weight convention (`None`: the model's).
+#[derive(Debug, Clone)]
+pub struct Candidate {
+    /// Family (rule and base policy), for "best of each family".
+    pub family: String,
+    /// The setting's parameters.
+    pub label: String,
+    /// Eviction policy.
+    pub policy: PolicyKind,
+    /// Routing rule.
+    pub rule: RoutingRule,
+    /// Weight convention override.
+    pub renormalize: Option<bool>,
+}
+
+/// The goal search's settings for a top-`k` model of `experts` experts:
+/// Cache-Prior on a fine λ grid with J ∈ {1, 2, 3} (LRU), Cache-Prior with
+/// LFU and LRFU as the base policy, Cache-Prior with raw (not
+/// renormalised) weights, Max-Rank (J, R), and the cumulative-probability
+/// threshold τ.
+pub fn goal_candidates(k: usize, experts: usize) -> Vec<Candidate> {
+    let mut out = Vec::new();
+    let mut add = |family: &str, label: String, policy, rule, renormalize| {
+        out.push(Candidate {
+            family: family.to_owned(),
+            label,
+            policy,
+            rule,
+            renormalize,
+        });
+    };
+    let prior = |lambda, top_j| RoutingRule::CachePrior { lambda, top_j };
+    for top_j in (1..k).take(3) {
+        for i in 4..=14 {
+            let lambda = i as f32 * 0.05;
+            let label = format!("λ {lambda:.2} J {top_j}");
+            add(
+                "Cache-Prior + LRU",
+                label,
+                PolicyKind::Lru,
+                prior(lambda, top_j),
+                None,
+            );
+        }
+    }
+    for (family, policy) in [
+        ("Cache-Prior + LFU", PolicyKind::Lfu),
+        ("Cache-Prior + LRFU(0.1)", PolicyKind::Lrfu { lambda: 0.1 }),
+    ] {
+        for top_j in [1, 2] {
+            for lambda in [0.3, 0.4, 0.5, 0.6] {
+                let label = format!("λ {lambda:.2} J {top_j}");
+                add(family, label, policy, prior(lambda, top_j), None);
+            }
+        }
+    }
+    for top_j in [1, 2] {
+        for lambda in [0.3, 0.5] {
+            let label = format!("λ {lambda:.2} J {top_j}");
+            add(
+                "Cache-Prior + LRU, raw weights",
+                label,
+                PolicyKind::Lru,
+                prior(lambda, top_j),
+                Some(false),
+            );
+        }
+    }
+    for top_j in (1..k).take(3) {
+        for max_rank in [k + 2, 2 * k, 3 * k, 4 * k] {
+            if max_rank <= experts {
+                add(
+                    "Max-Rank + LRU",
+                    format!("J {top_j} R {max_rank}"),
+                    PolicyKind::Lru,
+                    RoutingRule::MaxRank { top_j, max_rank },
+                    None,
+                );
+            }
+        }
+    }
+    for tau in [0.5, 0.6, 0.7, 0.8, 0.9] {
+        add(
+            "Cumulative threshold + LRU",
+            format!("τ {tau:.1}"),
+            PolicyKind::Lru,
+            RoutingRule::CumulativeThreshold { tau },
+            None,
+        );
+    }
+    out
+}
+
+/// One evaluated candidate of the goal search.
+#[derive(Debug, Clone)]
+pub struct GoalRow {
+    /// The setting.
+    pub candidate: Candidate,
+    /// Miss rate.
+    pub miss_rate: f64,
+    /// Miss-rate reduction vs LRU top-k on the same windows.
+    pub reduction: f64,
+    /// Relative perplexity change and its paired standard error.
+    pub dppl: (f64, f64),
+    /// Expert loads per token.
+    pub misses_per_token: f64,
+}
+
+/// Evaluates `candidates` live at `slots` experts per layer on `windows`
+/// against `base` (LRU top-k on the same windows).
+pub fn evaluate_candidates(
+    model: &MoeTransformer,
+    store_path: &Path,
+    slots: usize,
+    base: &LiveEval,
+    candidates: &[Candidate],
+    windows: &[Vec<usize>],
+    label: &str,
+) -> Result<Vec<GoalRow>> {
+    let c = model.config();
+    let bar = progress_bar(candidates.len() as u64, label);
+    let mut rows = Vec::new();
+    for cand in candidates {
+        let setup =
+            CacheSetup::per_layer(&c, slots, OffloadConfig::new(cand.policy, cand.rule, c.k));
+        let e = live_eval(model, store_path, setup, cand.renormalize, windows)?;
+        let miss_rate = 1.0 - e.stats.hit_rate;
+        rows.push(GoalRow {
+            candidate: cand.clone(),
+            miss_rate,
+            reduction: 1.0 - miss_rate / (1.0 - base.stats.hit_rate).max(1e-12),
+            dppl: e.delta_ppl(base),
+            misses_per_token: e.stats.misses_per_token,
+        });
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    Ok(rows)
+}
+
+/// The row with the largest miss-rate reduction whose perplexity increase
+/// is at most `max_dppl` (point estimate), among `rows` of `family` (any
+/// family when `None`).
+pub fn best_within<'a>(
+    rows: &'a [GoalRow],
+    family: Option<&str>,
+    max_dppl: f64,
+) -> Option<&'a GoalRow> {
+    rows.iter()
+        .filter(|r| family.is_none_or(|f| r.candidate.family == f) && r.dppl.0 <= max_dppl)
+        .max_by(|a, b| a.reduction.total_cmp(&b.reduction))
 }
 
 /// The LRU top-k row of `capacity` in a sweep.

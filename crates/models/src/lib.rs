@@ -20,7 +20,12 @@
 //! - a small mixture-of-experts LM (`MoeTransformer`): the same attention trunk
 //!   with lastmile-moe-cache's SwiGLU MoE layers, a load-balancing loss,
 //!   routing traces, and a variant (`OffloadedMoeTransformer`) whose experts are read from disk through
-//!   moe-cache's DRAM cache.
+//!   moe-cache's DRAM cache,
+//! - the byte-level BPE tokenizer of GGUF checkpoints ([`tokenizer`]): vocabulary,
+//!   merges and pre-tokenisation from the metadata, matching llama.cpp, with
+//!   streaming decoding and the model's chat template,
+//! - a Llama-family model loaded from GGUF checkpoints (SmolLM2-135M) with a
+//!   KV cache and the same interface ([`llama`]).
 //!
 //! Not published: it exists to give the method crates real models to run on.
 //!
@@ -43,9 +48,11 @@ mod activation;
 mod cache;
 mod checkpoint;
 mod error;
+pub mod llama;
 mod lm;
 mod moe;
 mod packed;
+pub mod tokenizer;
 mod train;
 mod transformer;
 
@@ -54,8 +61,8 @@ pub use cache::KvCache;
 pub use checkpoint::MAX_CHECKPOINT_BYTES;
 pub use error::{ModelError, Result};
 pub use moe::{
-    Attention, MoeKvCache, MoeModelError, MoeResult, MoeTrainStep, MoeTransformer,
-    MoeTransformerConfig, OffloadedMoeTransformer, Trunk, train_moe,
+    Attention, MoeModelError, MoeResult, MoeTrainStep, MoeTransformer, MoeTransformerConfig,
+    OffloadedMoeTransformer, Trunk, train_moe,
 };
 pub use packed::{PANEL_MAX_ROWS, PackedTransformer};
 pub use train::{TrainConfig, distill, evaluate, train};

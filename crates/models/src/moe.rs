@@ -44,11 +44,9 @@
 use std::cell::RefCell;
 use std::path::Path;
 
-use burn::grad_clipping::GradientClippingConfig;
 use burn::module::Module;
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::nn::{Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig, Linear, LinearConfig};
-use burn::optim::{AdamWConfig, GradientsParams};
 use burn::tensor::activation::{silu, softmax};
 use burn::tensor::{Bool, Device, IndexingUpdateOp, Int, Tensor, TensorData};
 use lastmile_core::CoreError;
@@ -62,13 +60,15 @@ use lastmile_moe_cache::routing::{Router, RouterConfig, Routing, RoutingRule};
 use lastmile_moe_cache::store::{ExpertStore, StoreOptions};
 use lastmile_moe_cache::trace::Trace;
 use lastmile_moe_cache::{MoeCacheError, PolicyKind};
-use rand::rngs::StdRng;
-use rand::{RngExt, SeedableRng};
 use thiserror::Error;
 
+use crate::cache::KvCache;
 use crate::checkpoint::MAX_CHECKPOINT_BYTES;
 use crate::error::ModelError;
-use crate::train::TrainConfig;
+use crate::train::{TrainConfig, check_data, fit, windows};
+use crate::transformer::{
+    TransformerConfig, attention, causal_mask, check_sizes, positions, split_qkv,
+};
 
 /// Errors of the MoE language models: the model errors of this crate and
 /// the expert-cache errors of lastmile-moe-cache, each kept whole.
@@ -170,26 +170,18 @@ impl MoeTransformerConfig {
     /// the width, or more than 65535 layers or experts (the trace format's
     /// limit); [`MoeCacheError::KAboveExperts`] for `k = 0` or `k > E`.
     pub fn check(&self) -> MoeResult<()> {
-        for (name, v) in [
-            ("vocab", self.vocab),
-            ("d_model", self.d_model),
-            ("n_layers", self.n_layers),
-            ("n_heads", self.n_heads),
-            ("d_ff", self.d_ff),
-            ("experts", self.experts),
-            ("max_len", self.max_len),
-        ] {
-            if v == 0 {
-                return Err(ModelError::Config(format!("{name} = 0; expected >= 1")).into());
-            }
+        // The attention trunk's sizes are a dense transformer's (with d_ff
+        // the width of one expert).
+        TransformerConfig {
+            vocab: self.vocab,
+            d_model: self.d_model,
+            n_layers: self.n_layers,
+            n_heads: self.n_heads,
+            d_ff: self.d_ff,
+            max_len: self.max_len,
         }
-        if !self.d_model.is_multiple_of(self.n_heads) {
-            return Err(ModelError::Config(format!(
-                "n_heads = {} does not divide d_model = {}",
-                self.n_heads, self.d_model
-            ))
-            .into());
-        }
+        .check()?;
+        check_sizes(&[("experts", self.experts)], self.d_model, self.n_heads)?;
         for (name, v) in [("n_layers", self.n_layers), ("experts", self.experts)] {
             if v > usize::from(u16::MAX) {
                 return Err(ModelError::Config(format!(
@@ -270,37 +262,17 @@ pub struct Attention {
 impl Attention {
     /// q, k, v `[B, H, L, d/H]` of `ln₁(x)` for `x` `[B, L, d]`.
     fn qkv(&self, x: Tensor<3>, n_heads: usize) -> (Tensor<4>, Tensor<4>, Tensor<4>) {
-        let [b, l, d] = x.dims();
-        let y = self
-            .qkv
-            .forward(self.norm1.forward(x))
-            .reshape([b, l, 3, n_heads, d / n_heads]);
-        let part = |i: usize| {
-            y.clone()
-                .slice([0..b, 0..l, i..i + 1, 0..n_heads, 0..d / n_heads])
-                .reshape([b, l, n_heads, d / n_heads])
-                .swap_dims(1, 2)
-        };
-        (part(0), part(1), part(2))
+        split_qkv(self.qkv.forward(self.norm1.forward(x)), n_heads)
     }
 
     /// `x + proj(softmax(q kᵀ / √d_h + mask) v)`; `mask` is `true` where a key is hidden.
     fn attend(
         &self,
         x: Tensor<3>,
-        (q, k, v): (Tensor<4>, Tensor<4>, Tensor<4>),
+        qkv: (Tensor<4>, Tensor<4>, Tensor<4>),
         mask: Tensor<4, Bool>,
     ) -> Tensor<3> {
-        let [b, h, n, dh] = q.dims();
-        let scores = q
-            .matmul(k.swap_dims(2, 3))
-            .div_scalar((dh as f32).sqrt())
-            .mask_fill(mask, f32::NEG_INFINITY);
-        let att = softmax(scores, 3)
-            .matmul(v)
-            .swap_dims(1, 2)
-            .reshape([b, n, h * dh]);
-        x + self.proj.forward(att)
+        x + self.proj.forward(attention(qkv, mask))
     }
 }
 
@@ -315,93 +287,6 @@ pub struct Trunk {
     n_heads: usize,
     max_len: usize,
     vocab: usize,
-}
-
-/// Keys and values of every layer of an MoE model for a ragged batch (as
-/// [`KvCache`](crate::KvCache): rows past their length are stale and masked,
-/// so truncation is free).
-#[derive(Clone, Debug)]
-pub struct MoeKvCache {
-    keys: Vec<Option<Tensor<4>>>,
-    values: Vec<Option<Tensor<4>>>,
-    lens: Vec<usize>,
-}
-
-impl MoeKvCache {
-    /// An empty cache for `batch` rows of a model with `n_layers` blocks.
-    ///
-    /// ```
-    /// let c = lastmile_models::MoeKvCache::new(2, 4);
-    /// assert_eq!((c.batch(), c.len(1)), (2, 0));
-    /// ```
-    pub fn new(batch: usize, n_layers: usize) -> Self {
-        Self {
-            keys: vec![None; n_layers],
-            values: vec![None; n_layers],
-            lens: vec![0; batch],
-        }
-    }
-
-    /// Number of rows.
-    pub fn batch(&self) -> usize {
-        self.lens.len()
-    }
-
-    /// Valid positions of `row` (0 for an unknown row).
-    pub fn len(&self, row: usize) -> usize {
-        self.lens.get(row).copied().unwrap_or(0)
-    }
-
-    /// Whether every row is empty.
-    pub fn is_empty(&self) -> bool {
-        self.lens.iter().all(|l| *l == 0)
-    }
-
-    /// Keeps only the first `len` positions of `row`.
-    ///
-    /// # Errors
-    /// [`LmError::Batch`] for a row out of range.
-    pub fn truncate(&mut self, row: usize, len: usize) -> LmResult<()> {
-        let n = self.lens.len();
-        let slot = self.lens.get_mut(row).ok_or_else(|| LmError::Batch {
-            what: "row index".to_owned(),
-            expected: format!("< {n} (the cache's rows)"),
-            found: row,
-        })?;
-        *slot = (*slot).min(len);
-        Ok(())
-    }
-}
-
-/// Writes `new` `[B, H, n, dh]` at each row's offset, growing the cache to
-/// `total` positions (reserving the whole context on first use).
-fn write_kv(
-    cache: Option<Tensor<4>>,
-    new: Tensor<4>,
-    offsets: &[usize],
-    total: usize,
-    capacity: usize,
-) -> Tensor<4> {
-    let [b, h, n, dh] = new.dims();
-    let device = new.device();
-    let mut cache = match cache {
-        Some(c) if c.dims()[2] >= total => c,
-        Some(c) => {
-            let have = c.dims()[2];
-            let extra = Tensor::zeros([b, h, capacity.max(total) - have, dh], &device);
-            Tensor::cat(vec![c, extra], 2)
-        }
-        None => Tensor::zeros([b, h, capacity.max(total), dh], &device),
-    };
-    if offsets.iter().all(|o| *o == offsets[0]) {
-        let o = offsets[0];
-        return cache.slice_assign([0..b, 0..h, o..o + n, 0..dh], new);
-    }
-    for (row, &o) in offsets.iter().enumerate() {
-        let part = new.clone().slice([row..row + 1, 0..h, 0..n, 0..dh]);
-        cache = cache.slice_assign([row..row + 1, 0..h, o..o + n, 0..dh], part);
-    }
-    cache
 }
 
 impl Trunk {
@@ -426,20 +311,10 @@ impl Trunk {
             .into());
         }
         let device = tokens.device();
-        let pos = Tensor::<1, Int>::arange(0..l as i64, &device)
-            .reshape([1, l])
-            .expand([b, l]);
+        let pos = positions(b, l, &device);
         let mut x = self.tokens.forward(tokens) + self.positions.forward(pos);
         let d = x.dims()[2];
-        let causal = Tensor::<2, Bool>::from_data(
-            TensorData::new(
-                (0..l * l).map(|i| i % l > i / l).collect::<Vec<_>>(),
-                [l, l],
-            ),
-            &device,
-        )
-        .reshape([1, 1, l, l])
-        .expand([b, self.n_heads, l, l]);
+        let causal = causal_mask(b, self.n_heads, l, &device);
         for (layer, attn) in self.attention.iter().enumerate() {
             let qkv = attn.qkv(x.clone(), self.n_heads);
             x = attn.attend(x, qkv, causal.clone());
@@ -454,99 +329,37 @@ impl Trunk {
     /// only the real (not padding) positions, row by row, `[Σ_r n_r, d]`.
     fn forward_cached(
         &self,
-        cache: &mut MoeKvCache,
+        cache: &mut KvCache,
         tokens: &[Vec<usize>],
         mut moe: impl FnMut(usize, Tensor<2>) -> MoeResult<Tensor<2>>,
     ) -> MoeResult<Tensor<3>> {
-        let b = cache.batch();
-        if tokens.len() != b {
-            return Err(LmError::Batch {
-                what: "token lists".to_owned(),
-                expected: format!("{b} (the cache's rows)"),
-                found: tokens.len(),
-            }
-            .into());
-        }
-        for (row, t) in tokens.iter().enumerate() {
-            if let Some((position, &token)) = t.iter().enumerate().find(|(_, t)| **t >= self.vocab)
-            {
-                return Err(LmError::TokenOutOfRange {
-                    row,
-                    position,
-                    token,
-                    vocab: self.vocab,
-                }
-                .into());
-            }
-            let needed = cache.lens[row] + t.len();
-            if needed > self.max_len {
-                return Err(LmError::ContextOverflow {
-                    row,
-                    needed,
-                    max: self.max_len,
-                }
-                .into());
-            }
-        }
-        let n = tokens.iter().map(Vec::len).max().unwrap_or(0).max(1);
         let device = self.device();
-        let offsets = cache.lens.clone();
-        let total = offsets.iter().map(|o| o + n).max().unwrap_or(n);
-        let mut ids = vec![0i64; b * n];
-        let mut pos = vec![0i64; b * n];
-        let mut valid = Vec::new();
-        for row in 0..b {
-            for i in 0..n {
-                ids[row * n + i] = tokens[row].get(i).copied().unwrap_or(0) as i64;
-                pos[row * n + i] = (offsets[row] + i).min(self.max_len - 1) as i64;
-                if i < tokens[row].len() {
-                    valid.push((row * n + i) as i64);
-                }
-            }
-        }
-        let m = valid.len();
-        let valid_idx = Tensor::<1, Int>::from_data(TensorData::new(valid, [m]), &device);
-        let ids = Tensor::<2, Int>::from_data(TensorData::new(ids, [b, n]), &device);
-        let pos = Tensor::<2, Int>::from_data(TensorData::new(pos, [b, n]), &device);
-        // Key j is visible to new token i of row r iff j <= offset_r + i.
-        let mask: Vec<bool> = (0..b * n * total)
-            .map(|k| {
-                let (row, rest) = (k / (n * total), k % (n * total));
-                rest % total > offsets[row] + rest / total
-            })
-            .collect();
-        let heads = self.n_heads;
-        let mask = Tensor::<4, Bool>::from_data(TensorData::new(mask, [b, 1, n, total]), &device)
-            .expand([b, heads, n, total]);
-        let mut x = self.tokens.forward(ids) + self.positions.forward(pos);
+        let step = cache.begin(tokens, self.vocab, self.max_len, self.n_heads, &device)?;
+        let [b, n] = step.ids.dims();
+        let m = step.real.len();
+        let real = Tensor::<1, Int>::from_data(TensorData::new(step.real.clone(), [m]), &device);
+        let mut x =
+            self.tokens.forward(step.ids.clone()) + self.positions.forward(step.pos.clone());
         let d = x.dims()[2];
         for (layer, attn) in self.attention.iter().enumerate() {
-            let (q, k, v) = attn.qkv(x.clone(), heads);
-            let keys = write_kv(cache.keys[layer].take(), k, &offsets, total, self.max_len);
-            let values = write_kv(cache.values[layer].take(), v, &offsets, total, self.max_len);
-            let dh = keys.dims()[3];
-            let k_all = keys.clone().slice([0..b, 0..heads, 0..total, 0..dh]);
-            let v_all = values.clone().slice([0..b, 0..heads, 0..total, 0..dh]);
-            cache.keys[layer] = Some(keys);
-            cache.values[layer] = Some(values);
-            x = attn.attend(x, (q, k_all, v_all), mask.clone());
+            let (q, k, v) = attn.qkv(x.clone(), self.n_heads);
+            let (k_all, v_all) = cache.append(layer, (k, v), &step);
+            x = attn.attend(x, (q, k_all, v_all), step.mask.clone());
             if m > 0 {
                 // Only real positions reach the experts: padding must not
                 // cost expert loads or count as cache accesses.
                 let h = attn.norm2.forward(x.clone()).reshape([b * n, d]);
-                let y = moe(layer, h.select(0, valid_idx.clone()))?;
+                let y = moe(layer, h.select(0, real.clone()))?;
                 let y = Tensor::<2>::zeros([b * n, d], &device).select_assign(
                     0,
-                    valid_idx.clone(),
+                    real.clone(),
                     y,
                     IndexingUpdateOp::Add,
                 );
                 x = x + y.reshape([b, n, d]);
             }
         }
-        for (len, t) in cache.lens.iter_mut().zip(tokens) {
-            *len += t.len();
-        }
+        cache.commit(tokens);
         Ok(self.head.forward(self.norm.forward(x)))
     }
 }
@@ -732,8 +545,8 @@ impl MoeTransformer {
     }
 
     /// An empty KV cache for `batch` sequences.
-    pub fn new_cache(&self, batch: usize) -> MoeKvCache {
-        MoeKvCache::new(batch, self.experts.len())
+    pub fn new_cache(&self, batch: usize) -> KvCache {
+        KvCache::new(batch, self.experts.len())
     }
 
     /// Appends `tokens[r]` to row `r` of `cache` and returns logits at the
@@ -743,7 +556,7 @@ impl MoeTransformer {
     /// [`LmError::Batch`], [`LmError::TokenOutOfRange`], [`LmError::ContextOverflow`].
     pub fn forward_cached(
         &self,
-        cache: &mut MoeKvCache,
+        cache: &mut KvCache,
         tokens: &[Vec<usize>],
     ) -> MoeResult<Tensor<3>> {
         self.trunk.forward_cached(
@@ -780,7 +593,7 @@ impl MoeTransformer {
     /// ```
     pub fn forward_traced(
         &self,
-        cache: &mut MoeKvCache,
+        cache: &mut KvCache,
         tokens: &[usize],
         trace: &mut Trace,
     ) -> MoeResult<Tensor<3>> {
@@ -940,11 +753,11 @@ pub struct MoeTrainStep {
 /// # Ok::<(), lastmile_models::MoeModelError>(())
 /// ```
 pub fn train_moe(
-    mut model: MoeTransformer,
+    model: MoeTransformer,
     data: &[u8],
     config: &TrainConfig,
     balance_coef: f64,
-    mut on_step: impl FnMut(usize, MoeTrainStep),
+    on_step: impl FnMut(usize, MoeTrainStep),
 ) -> MoeResult<MoeTransformer> {
     config.check()?;
     if !(balance_coef.is_finite() && balance_coef >= 0.0) {
@@ -953,87 +766,21 @@ pub fn train_moe(
         ))
         .into());
     }
-    check_data(data, config.context, &model)?;
+    check_data(data, config.context, model.max_len(), model.vocab())?;
     let device = model.device();
     let loss_fn = CrossEntropyLossConfig::new().init(&device);
     let (b, l, v) = (config.batch, config.context, model.vocab());
-    let mut optim = AdamWConfig::new()
-        .with_weight_decay(0.01)
-        .with_grad_clipping(Some(GradientClippingConfig::Norm(1.0)))
-        .init();
-    let mut rng = StdRng::seed_from_u64(config.seed);
-    for step in 0..config.steps {
-        let (x, y) = windows(data, b, l, &mut rng, &device);
+    fit(model, config, on_step, |model, rng| {
+        let (x, y) = windows(data, b, l, rng, &device);
         let (logits, aux) = model.forward_with_aux(x)?;
         let ce = loss_fn.forward(logits.reshape([b * l, v]), y.reshape([b * l]));
         let loss = ce.clone() + aux.clone().mul_scalar(balance_coef as f32);
-        if !loss.is_tracked() {
-            return Err(ModelError::Config(
-                "the model's parameters are not tracked by autodiff; expected a model created \
-                 on `device.autodiff()` with trainable parameters"
-                    .to_owned(),
-            )
-            .into());
-        }
         let report = MoeTrainStep {
             lm_loss: ce.into_scalar::<f32>(),
             balance_loss: aux.into_scalar::<f32>(),
         };
-        let grads = GradientsParams::from_grads(loss.backward(), &model);
-        model = optim.step(config.lr_at(step), model, grads);
-        on_step(step, report);
-    }
-    Ok(model.valid())
-}
-
-fn check_data(data: &[u8], context: usize, model: &MoeTransformer) -> MoeResult<()> {
-    if data.len() <= context + 1 {
-        return Err(ModelError::Data(format!(
-            "{} bytes; expected more than context + 1 = {}",
-            data.len(),
-            context + 1
-        ))
-        .into());
-    }
-    if context > model.max_len() {
-        return Err(LmError::ContextOverflow {
-            row: 0,
-            needed: context,
-            max: model.max_len(),
-        }
-        .into());
-    }
-    if model.vocab() < 256 {
-        return Err(
-            ModelError::Config(format!("vocab {} < 256 cannot hold bytes", model.vocab())).into(),
-        );
-    }
-    Ok(())
-}
-
-/// Random `[batch, context]` inputs and next-byte targets drawn from `data`.
-fn windows(
-    data: &[u8],
-    batch: usize,
-    context: usize,
-    rng: &mut StdRng,
-    device: &Device,
-) -> (Tensor<2, Int>, Tensor<2, Int>) {
-    let mut x = Vec::with_capacity(batch * context);
-    let mut y = Vec::with_capacity(batch * context);
-    for _ in 0..batch {
-        let start = rng.random_range(0..data.len() - context);
-        x.extend(data[start..start + context].iter().map(|b| i64::from(*b)));
-        y.extend(
-            data[start + 1..start + context + 1]
-                .iter()
-                .map(|b| i64::from(*b)),
-        );
-    }
-    (
-        Tensor::from_data(TensorData::new(x, [batch, context]), device),
-        Tensor::from_data(TensorData::new(y, [batch, context]), device),
-    )
+        Ok::<_, MoeModelError>((loss, report))
+    })
 }
 
 /// An [`MoeTransformer`] whose experts live in an [`ExpertStore`] and reach
@@ -1063,6 +810,72 @@ impl OffloadedMoeTransformer {
         store: ExpertStore,
         budget: Budget,
         config: OffloadConfig,
+    ) -> MoeResult<Self> {
+        Self::build(model, store, budget, config, None)
+    }
+
+    /// As [`new`](Self::new), with each cache partition's future demand
+    /// accesses for a Belady policy (see [`OffloadContext::with_future`]):
+    /// record them with [`OffloadContext::record_accesses`] during a run of
+    /// the same tokens with top-k routing, then run again live with
+    /// `PolicyKind::Belady`.
+    ///
+    /// # Errors
+    /// As [`new`](Self::new) and [`OffloadContext::with_future`].
+    ///
+    /// ```
+    /// # #[cfg(all(feature = "flex", any(target_os = "linux", target_os = "android")))] {
+    /// use burn::tensor::Device;
+    /// use lastmile_core::lm::LanguageModel;
+    /// use lastmile_models::{MoeTransformerConfig, OffloadedMoeTransformer};
+    /// use lastmile_moe_cache::moe::OffloadConfig;
+    /// use lastmile_moe_cache::routing::RoutingRule;
+    /// use lastmile_moe_cache::store::{ExpertStore, PageCache, StoreOptions};
+    /// use lastmile_moe_cache::{Budget, PolicyKind};
+    ///
+    /// let device = Device::flex();
+    /// let model = MoeTransformerConfig::byte_level(16, 2, 2, 8, 2, 32).init(&device)?;
+    /// let path = std::env::temp_dir().join(format!("doc-moe-opt-{}.lmexp", std::process::id()));
+    /// let options = StoreOptions::default().with_page_cache(PageCache::Keep);
+    /// let store = model.write_experts(&path, options)?;
+    /// let budget = Budget::PerLayer(vec![3 * store.expert_bytes_per_layer()[0]; 2]);
+    /// let tokens: Vec<usize> = (0..20).map(|i| (i * 37) % 256).collect();
+    /// let run = |m: &mut OffloadedMoeTransformer| -> Result<f64, Box<dyn std::error::Error>> {
+    ///     let mut cache = m.new_cache(1)?;
+    ///     for &t in &tokens {
+    ///         m.forward(&mut cache, &[vec![t]])?;
+    ///     }
+    ///     Ok(m.cache_stats()?.hit_rate())
+    /// };
+    /// let mut lru = OffloadedMoeTransformer::new(&model, store, budget.clone(),
+    ///     OffloadConfig::new(PolicyKind::Lru, RoutingRule::TopK, 2))?;
+    /// lru.context().record_accesses(true);
+    /// let lru_hits = run(&mut lru)?;
+    /// let future = lru.context().take_access_log();
+    /// let belady = OffloadConfig::new(PolicyKind::Belady { lookahead: None }, RoutingRule::TopK, 2);
+    /// let store = ExpertStore::open(&path, options)?;
+    /// let mut opt = OffloadedMoeTransformer::with_future(&model, store, budget, belady, &future)?;
+    /// assert!(run(&mut opt)? >= lru_hits);
+    /// # std::fs::remove_file(&path).ok();
+    /// # }
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn with_future(
+        model: &MoeTransformer,
+        store: ExpertStore,
+        budget: Budget,
+        config: OffloadConfig,
+        futures: &[Vec<usize>],
+    ) -> MoeResult<Self> {
+        Self::build(model, store, budget, config, Some(futures))
+    }
+
+    fn build(
+        model: &MoeTransformer,
+        store: ExpertStore,
+        budget: Budget,
+        config: OffloadConfig,
+        futures: Option<&[Vec<usize>]>,
     ) -> MoeResult<Self> {
         let c = model.config();
         if config.k != c.k {
@@ -1095,7 +908,10 @@ impl OffloadedMoeTransformer {
         let device = model.device();
         let config =
             config.with_renormalize(model.experts.first().is_none_or(|l| l.config().renormalize));
-        let ctx = OffloadContext::new(store, budget, config, &device)?;
+        let ctx = match futures {
+            None => OffloadContext::new(store, budget, config, &device)?,
+            Some(f) => OffloadContext::with_future(store, budget, config, f, &device)?,
+        };
         Ok(Self {
             trunk: model.trunk.clone(),
             layers: model
@@ -1166,7 +982,7 @@ impl OffloadedMoeTransformer {
     /// [`MoeCacheError::StepExceedsCapacity`]; store and load errors.
     pub fn forward_cached(
         &self,
-        cache: &mut MoeKvCache,
+        cache: &mut KvCache,
         tokens: &[Vec<usize>],
     ) -> MoeResult<Tensor<3>> {
         let mut ctx = self.borrow_mut()?;
@@ -1183,18 +999,50 @@ fn reentrant() -> MoeModelError {
     .into()
 }
 
-/// A cache needs at least one row.
-fn check_batch(batch: usize) -> LmResult<()> {
-    if batch == 0 {
-        return Err(LmError::Batch {
-            what: "batch size".to_owned(),
-            expected: "at least 1 row".to_owned(),
-            found: 0,
-        });
-    }
-    Ok(())
+/// The interface over an MoE model's cached forward: both forms share the
+/// trunk and the cache type; `$start` runs when a new cache (a new
+/// sequence) begins.
+macro_rules! moe_language_model {
+    ($(#[$doc:meta])* $ty:ty, |$s:ident| $start:block) => {
+        $(#[$doc])*
+        impl LanguageModel for $ty {
+            type Cache = KvCache;
+
+            fn vocab_size(&self) -> usize {
+                self.trunk.vocab
+            }
+
+            fn device(&self) -> Device {
+                self.trunk.device()
+            }
+
+            fn max_context(&self) -> usize {
+                self.trunk.max_len
+            }
+
+            fn new_cache(&self, batch: usize) -> LmResult<KvCache> {
+                let cache = KvCache::for_rows(batch, self.trunk.attention.len())?;
+                let $s = self;
+                $start
+                Ok(cache)
+            }
+
+            fn cached_len(&self, cache: &KvCache, row: usize) -> usize {
+                cache.len(row)
+            }
+
+            fn truncate(&self, cache: &mut KvCache, row: usize, len: usize) -> LmResult<()> {
+                Ok(cache.truncate(row, len)?)
+            }
+
+            fn forward(&self, cache: &mut KvCache, tokens: &[Vec<usize>]) -> LmResult<Tensor<3>> {
+                Ok(self.forward_cached(cache, tokens)?)
+            }
+        }
+    };
 }
 
+moe_language_model! {
 /// [`MoeTransformer::forward_cached`] behind the shared interface.
 ///
 /// ```
@@ -1206,71 +1054,11 @@ fn check_batch(batch: usize) -> LmResult<()> {
 /// # }
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
-impl LanguageModel for MoeTransformer {
-    type Cache = MoeKvCache;
-
-    fn vocab_size(&self) -> usize {
-        self.vocab()
-    }
-
-    fn device(&self) -> Device {
-        MoeTransformer::device(self)
-    }
-
-    fn max_context(&self) -> usize {
-        self.max_len()
-    }
-
-    fn new_cache(&self, batch: usize) -> LmResult<MoeKvCache> {
-        check_batch(batch)?;
-        Ok(MoeTransformer::new_cache(self, batch))
-    }
-
-    fn cached_len(&self, cache: &MoeKvCache, row: usize) -> usize {
-        cache.len(row)
-    }
-
-    fn truncate(&self, cache: &mut MoeKvCache, row: usize, len: usize) -> LmResult<()> {
-        cache.truncate(row, len)
-    }
-
-    fn forward(&self, cache: &mut MoeKvCache, tokens: &[Vec<usize>]) -> LmResult<Tensor<3>> {
-        Ok(self.forward_cached(cache, tokens)?)
-    }
+    MoeTransformer, |_m| {}
 }
 
+moe_language_model! {
 /// [`OffloadedMoeTransformer::forward_cached`] behind the shared interface.
 /// A new cache also resets the routing state (a new sequence begins).
-impl LanguageModel for OffloadedMoeTransformer {
-    type Cache = MoeKvCache;
-
-    fn vocab_size(&self) -> usize {
-        self.trunk.vocab
-    }
-
-    fn device(&self) -> Device {
-        self.trunk.device()
-    }
-
-    fn max_context(&self) -> usize {
-        self.trunk.max_len
-    }
-
-    fn new_cache(&self, batch: usize) -> LmResult<MoeKvCache> {
-        check_batch(batch)?;
-        self.reset_routing()?;
-        Ok(MoeKvCache::new(batch, self.layers.len()))
-    }
-
-    fn cached_len(&self, cache: &MoeKvCache, row: usize) -> usize {
-        cache.len(row)
-    }
-
-    fn truncate(&self, cache: &mut MoeKvCache, row: usize, len: usize) -> LmResult<()> {
-        cache.truncate(row, len)
-    }
-
-    fn forward(&self, cache: &mut MoeKvCache, tokens: &[Vec<usize>]) -> LmResult<Tensor<3>> {
-        Ok(self.forward_cached(cache, tokens)?)
-    }
+    OffloadedMoeTransformer, |m| { m.reset_routing()?; }
 }

@@ -80,7 +80,7 @@ impl TrainConfig {
 }
 
 /// Random `[batch, context]` inputs and next-byte targets drawn from `data`.
-fn windows(
+pub(crate) fn windows(
     data: &[u8],
     batch: usize,
     context: usize,
@@ -104,7 +104,12 @@ fn windows(
     )
 }
 
-fn check_data(data: &[u8], context: usize, model: &Transformer) -> Result<()> {
+/// Checks that `data` holds more than one window of `context` bytes and
+/// that a model with context `max_len` and vocabulary `vocab` can take them.
+///
+/// # Errors
+/// [`ModelError::Data`], [`LmError::ContextOverflow`], [`ModelError::Config`].
+pub(crate) fn check_data(data: &[u8], context: usize, max_len: usize, vocab: usize) -> Result<()> {
     if data.len() <= context + 1 {
         return Err(ModelError::Data(format!(
             "{} bytes; expected more than context + 1 = {}",
@@ -112,20 +117,23 @@ fn check_data(data: &[u8], context: usize, model: &Transformer) -> Result<()> {
             context + 1
         )));
     }
-    if context > model.max_len() {
+    if context > max_len {
         return Err(ModelError::Lm(LmError::ContextOverflow {
             row: 0,
             needed: context,
-            max: model.max_len(),
+            max: max_len,
         }));
     }
-    if model.vocab() < 256 {
+    if vocab < 256 {
         return Err(ModelError::Config(format!(
-            "vocab {} < 256 cannot hold bytes",
-            model.vocab()
+            "vocab {vocab} < 256 cannot hold bytes"
         )));
     }
     Ok(())
+}
+
+fn check_model_data(data: &[u8], context: usize, model: &Transformer) -> Result<()> {
+    check_data(data, context, model.max_len(), model.vocab())
 }
 
 /// Trains `model` (whose parameters live on an autodiff device) to predict
@@ -159,44 +167,58 @@ pub fn train(
     on_step: impl FnMut(usize, f32),
 ) -> Result<Transformer> {
     config.check()?;
-    check_data(data, config.context, &model)?;
+    check_model_data(data, config.context, &model)?;
     let device = model.head.weight.device();
     let loss_fn = CrossEntropyLossConfig::new().init(&device);
     let (b, l) = (config.batch, config.context);
     fit(model, config, on_step, |model, rng| {
         let (x, y) = windows(data, b, l, rng, &device);
         let logits = model.forward(x)?.reshape([b * l, model.vocab()]);
-        Ok(loss_fn.forward(logits, y.reshape([b * l])))
+        Ok(with_value(loss_fn.forward(logits, y.reshape([b * l]))))
     })
 }
 
-/// The optimisation loop shared by [`train`] and [`distill`]: AdamW with
-/// weight decay 0.01 and gradient-norm clipping at 1, the schedule of
-/// `config`, one `loss(model, rng)` per step.
-fn fit(
-    mut model: Transformer,
+/// A loss and its value, the report of [`train`] and [`distill`].
+fn with_value(loss: Tensor<1>) -> (Tensor<1>, f32) {
+    let value = loss.clone().into_scalar::<f32>();
+    (loss, value)
+}
+
+/// The optimisation loop of every model in this crate ([`train`],
+/// [`distill`], [`train_moe`](crate::train_moe)): AdamW with weight decay
+/// 0.01 and gradient-norm clipping at 1, the schedule of `config`, the
+/// window sampler seeded with `config.seed`. Each step calls
+/// `loss(model, rng)`, which returns the loss to minimise and the step's
+/// report (e.g. the loss value), then `on_step(step, report)` after the
+/// update. Returns the model in evaluation mode on the plain device.
+///
+/// # Errors
+/// `loss`'s errors; [`ModelError::Config`] when the loss is not tracked by
+/// autodiff (a model on a plain device, or frozen).
+pub(crate) fn fit<M: Module, R, E: From<ModelError>>(
+    mut model: M,
     config: &TrainConfig,
-    mut on_step: impl FnMut(usize, f32),
-    mut loss: impl FnMut(&Transformer, &mut StdRng) -> Result<Tensor<1>>,
-) -> Result<Transformer> {
+    mut on_step: impl FnMut(usize, R),
+    mut loss: impl FnMut(&M, &mut StdRng) -> std::result::Result<(Tensor<1>, R), E>,
+) -> std::result::Result<M, E> {
     let mut optim = AdamWConfig::new()
         .with_weight_decay(0.01)
         .with_grad_clipping(Some(GradientClippingConfig::Norm(1.0)))
         .init();
     let mut rng = StdRng::seed_from_u64(config.seed);
     for step in 0..config.steps {
-        let loss = loss(&model, &mut rng)?;
+        let (loss, report) = loss(&model, &mut rng)?;
         if !loss.is_tracked() {
             return Err(ModelError::Config(
                 "the model's parameters are not tracked by autodiff; expected a model created \
                  on `device.autodiff()` with trainable parameters"
                     .to_owned(),
-            ));
+            )
+            .into());
         }
-        let value = loss.clone().into_scalar::<f32>();
         let grads = GradientsParams::from_grads(loss.backward(), &model);
         model = optim.step(config.lr_at(step), model, grads);
-        on_step(step, value);
+        on_step(step, report);
     }
     Ok(model.valid())
 }
@@ -243,8 +265,8 @@ pub fn distill(
     on_step: impl FnMut(usize, f32),
 ) -> Result<Transformer> {
     config.check()?;
-    check_data(data, config.context, &student)?;
-    check_data(data, config.context, teacher)?;
+    check_model_data(data, config.context, &student)?;
+    check_model_data(data, config.context, teacher)?;
     if teacher.vocab() != student.vocab() {
         return Err(ModelError::Config(format!(
             "teacher vocab {} != student vocab {}; expected the same vocabulary",
@@ -262,7 +284,7 @@ pub fn distill(
         let log_p = Tensor::<2>::from_data(log_p.into_data(), &device);
         let p = log_p.clone().exp();
         let log_q = log_softmax(student.forward(x)?.reshape([b * l, v]), 1);
-        Ok((p * (log_p - log_q)).sum_dim(1).mean())
+        Ok(with_value((p * (log_p - log_q)).sum_dim(1).mean()))
     })
 }
 
@@ -278,7 +300,7 @@ pub fn evaluate(
     windows_n: usize,
     seed: u64,
 ) -> Result<f32> {
-    check_data(data, context, model)?;
+    check_model_data(data, context, model)?;
     let device = model.head.weight.device();
     let loss_fn = CrossEntropyLossConfig::new().init(&device);
     let mut rng = StdRng::seed_from_u64(seed);

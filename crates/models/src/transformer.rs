@@ -51,25 +51,18 @@ impl TransformerConfig {
     /// # Errors
     /// [`ModelError::Config`] naming the bad field.
     pub fn check(&self) -> Result<()> {
-        for (name, v) in [
-            ("vocab", self.vocab),
-            ("d_model", self.d_model),
-            ("n_layers", self.n_layers),
-            ("n_heads", self.n_heads),
-            ("d_ff", self.d_ff),
-            ("max_len", self.max_len),
-        ] {
-            if v == 0 {
-                return Err(ModelError::Config(format!("{name} = 0; expected >= 1")));
-            }
-        }
-        if !self.d_model.is_multiple_of(self.n_heads) {
-            return Err(ModelError::Config(format!(
-                "n_heads = {} does not divide d_model = {}",
-                self.n_heads, self.d_model
-            )));
-        }
-        Ok(())
+        check_sizes(
+            &[
+                ("vocab", self.vocab),
+                ("d_model", self.d_model),
+                ("n_layers", self.n_layers),
+                ("n_heads", self.n_heads),
+                ("d_ff", self.d_ff),
+                ("max_len", self.max_len),
+            ],
+            self.d_model,
+            self.n_heads,
+        )
     }
 
     /// Randomly initialised weights on `device`.
@@ -115,6 +108,76 @@ impl TransformerConfig {
             + d * self.vocab
             + self.vocab
     }
+}
+
+/// The shape checks every model of this crate shares: each named size is
+/// at least 1, and `n_heads` divides `d_model`.
+///
+/// # Errors
+/// [`ModelError::Config`] naming the first bad size.
+pub(crate) fn check_sizes(sizes: &[(&str, usize)], d_model: usize, n_heads: usize) -> Result<()> {
+    if let Some((name, _)) = sizes.iter().find(|(_, v)| *v == 0) {
+        return Err(ModelError::Config(format!("{name} = 0; expected >= 1")));
+    }
+    if !d_model.is_multiple_of(n_heads) {
+        return Err(ModelError::Config(format!(
+            "n_heads = {n_heads} does not divide d_model = {d_model}"
+        )));
+    }
+    Ok(())
+}
+
+/// Splits a fused projection `[B, L, 3·d]` into q, k, v of shape
+/// `[B, H, L, d/H]` (in that order along the last axis, heads contiguous).
+pub(crate) fn split_qkv(x: Tensor<3>, n_heads: usize) -> (Tensor<4>, Tensor<4>, Tensor<4>) {
+    let [b, l, three_d] = x.dims();
+    let d = three_d / 3;
+    let x = x.reshape([b, l, 3, n_heads, d / n_heads]);
+    let part = |i: usize| {
+        x.clone()
+            .slice([0..b, 0..l, i..i + 1, 0..n_heads, 0..d / n_heads])
+            .reshape([b, l, n_heads, d / n_heads])
+            .swap_dims(1, 2)
+    };
+    (part(0), part(1), part(2))
+}
+
+/// Scaled dot-product attention (Vaswani et al. 2017, Eq. (1)),
+/// `softmax(q kᵀ / √d_h) v` with the heads merged back: q `[B, H, n, d_h]`
+/// over k, v `[B, H, T, d_h]`, `mask` `true` where a key is hidden; returns
+/// `[B, n, H·d_h]`.
+pub(crate) fn attention(
+    (q, k, v): (Tensor<4>, Tensor<4>, Tensor<4>),
+    mask: Tensor<4, Bool>,
+) -> Tensor<3> {
+    let [b, h, n, dh] = q.dims();
+    let scores = q.matmul(k.swap_dims(2, 3)).div_scalar((dh as f32).sqrt());
+    let scores = scores.mask_fill(mask, f32::NEG_INFINITY);
+    softmax(scores, 3)
+        .matmul(v)
+        .swap_dims(1, 2)
+        .reshape([b, n, h * dh])
+}
+
+/// Positions `0..l` of each of `b` rows, `[b, l]`.
+pub(crate) fn positions(b: usize, l: usize, device: &Device) -> Tensor<2, Int> {
+    Tensor::<1, Int>::arange(0..l as i64, device)
+        .reshape([1, l])
+        .expand([b, l])
+}
+
+/// The causal mask of a whole window, `[b, heads, l, l]`, `true` above the
+/// diagonal (key `j` hidden from query `i` when `j > i`).
+pub(crate) fn causal_mask(b: usize, heads: usize, l: usize, device: &Device) -> Tensor<4, Bool> {
+    Tensor::<2, Bool>::from_data(
+        TensorData::new(
+            (0..l * l).map(|i| i % l > i / l).collect::<Vec<_>>(),
+            [l, l],
+        ),
+        device,
+    )
+    .reshape([1, 1, l, l])
+    .expand([b, heads, l, l])
 }
 
 /// One pre-norm block: `x + attn(ln(x))`, then `x + mlp(ln(x))`.
@@ -226,19 +289,11 @@ impl Block {
         n_heads: usize,
         panels: Option<&BlockPanels>,
     ) -> (Tensor<4>, Tensor<4>, Tensor<4>) {
-        let [b, l, d] = h.dims();
         let x = match panels {
             Some(p) => p.qkv.forward(h),
             None => self.qkv.forward(h),
         };
-        let x = x.reshape([b, l, 3, n_heads, d / n_heads]);
-        let part = |i: usize| {
-            x.clone()
-                .slice([0..b, 0..l, i..i + 1, 0..n_heads, 0..d / n_heads])
-                .reshape([b, l, n_heads, d / n_heads])
-                .swap_dims(1, 2)
-        };
-        (part(0), part(1), part(2))
+        split_qkv(x, n_heads)
     }
 
     /// Attention of `q` `[B, H, n, dh]` over `k`, `v` `[B, H, T, dh]`; `mask` is
@@ -248,18 +303,12 @@ impl Block {
     pub(crate) fn finish(
         &self,
         x: Tensor<3>,
-        (q, k, v): (Tensor<4>, Tensor<4>, Tensor<4>),
+        qkv: (Tensor<4>, Tensor<4>, Tensor<4>),
         mask: Tensor<4, Bool>,
         panels: Option<&BlockPanels>,
         decoding: bool,
     ) -> Tensor<3> {
-        let [b, h, n, dh] = q.dims();
-        let scores = q.matmul(k.swap_dims(2, 3)).div_scalar((dh as f32).sqrt());
-        let scores = scores.mask_fill(mask, f32::NEG_INFINITY);
-        let att = softmax(scores, 3)
-            .matmul(v)
-            .swap_dims(1, 2)
-            .reshape([b, n, h * dh]);
+        let att = attention(qkv, mask);
         let x = match panels {
             Some(p) => x + p.proj.forward(att),
             None => x + self.proj.forward(att),
@@ -317,19 +366,9 @@ impl Transformer {
             }));
         }
         let device = tokens.device();
-        let pos = Tensor::<1, Int>::arange(0..l as i64, &device)
-            .reshape([1, l])
-            .expand([b, l]);
+        let pos = positions(b, l, &device);
         let mut x = self.tokens.forward(tokens) + self.positions.forward(pos);
-        let causal = Tensor::<2, Bool>::from_data(
-            TensorData::new(
-                (0..l * l).map(|i| i % l > i / l).collect::<Vec<_>>(),
-                [l, l],
-            ),
-            &device,
-        )
-        .reshape([1, 1, l, l])
-        .expand([b, self.n_heads, l, l]);
+        let causal = causal_mask(b, self.n_heads, l, &device);
         for block in &self.blocks {
             let qkv = block.qkv(block.norm1.forward(x.clone()), self.n_heads, None);
             x = block.finish(x, qkv, causal.clone(), None, false);

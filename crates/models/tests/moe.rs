@@ -147,17 +147,12 @@ backend_test!(
     |device| {
         let m = model(device);
         let (s, path) = store(&m, "lambda0");
-        let rule = RoutingRule::CachePrior {
-            lambda: 0.0,
-            top_j: 1,
+        let prior = |lambda: f32, s| {
+            let rule = RoutingRule::CachePrior { lambda, top_j: 1 };
+            let config = OffloadConfig::new(PolicyKind::Lru, rule, 2);
+            OffloadedMoeTransformer::new(&m, s, budget(2), config).unwrap()
         };
-        let off = OffloadedMoeTransformer::new(
-            &m,
-            s,
-            budget(2),
-            OffloadConfig::new(PolicyKind::Lru, rule, 2),
-        )
-        .unwrap();
+        let off = prior(0.0, s);
         let d = max_diff(decode(&m), decode_one_by_one(&off));
         assert!(d <= TOL, "λ = 0 vs resident: {d}");
         assert!(
@@ -166,20 +161,88 @@ backend_test!(
         );
         // A strong prior changes the routing, hence the logits (a live control).
         let (s, path2) = store(&m, "lambda1");
-        let rule = RoutingRule::CachePrior {
-            lambda: 1.0,
-            top_j: 1,
-        };
-        let off = OffloadedMoeTransformer::new(
-            &m,
-            s,
-            budget(2),
-            OffloadConfig::new(PolicyKind::Lru, rule, 2),
-        )
-        .unwrap();
+        let off = prior(1.0, s);
         assert!(max_diff(decode(&m), decode_one_by_one(&off)) > 1e-3);
         std::fs::remove_file(path).ok();
         std::fs::remove_file(path2).ok();
+    }
+);
+
+backend_test!(
+    belady_runs_live_on_the_recorded_future_of_a_top_k_run,
+    |device| {
+        let m = model(device);
+        let (s, path) = store(&m, "belady-live");
+        let top_k = |policy| OffloadConfig::new(policy, RoutingRule::TopK, 2);
+        let mut lru =
+            OffloadedMoeTransformer::new(&m, s, budget(3), top_k(PolicyKind::Lru)).unwrap();
+        lru.context().record_accesses(true);
+        let want = decode_one_by_one(&lru);
+        let lru_stats = lru.cache_stats().unwrap();
+        let future = lru.context().take_access_log();
+        assert_eq!(future.len(), config().n_layers);
+        assert!(
+            future.iter().all(|f| f.len() == 28 * 2),
+            "k accesses per token and layer"
+        );
+        let options = StoreOptions::default().with_page_cache(PageCache::Keep);
+        for lookahead in [None, Some(2)] {
+            let policy = PolicyKind::Belady { lookahead };
+            let store = ExpertStore::open(&path, options).unwrap();
+            let opt =
+                OffloadedMoeTransformer::with_future(&m, store, budget(3), top_k(policy), &future)
+                    .unwrap();
+            // Same routing (the oracle checks every access), so the same logits.
+            let d = max_diff(want.clone(), decode_one_by_one(&opt));
+            assert!(d <= TOL, "{lookahead:?}: {d}");
+            let s = opt.cache_stats().unwrap();
+            assert_eq!(s.accesses(), lru_stats.accesses());
+            if lookahead.is_none() {
+                assert!(
+                    s.hits >= lru_stats.hits,
+                    "OPT {} < LRU {}",
+                    s.hits,
+                    lru_stats.hits
+                );
+            }
+        }
+        // Belady with a rule that follows the cache has no fixed future.
+        let store = ExpertStore::open(&path, options).unwrap();
+        let rule = RoutingRule::CachePrior {
+            lambda: 0.5,
+            top_j: 1,
+        };
+        let err = OffloadedMoeTransformer::with_future(
+            &m,
+            store,
+            budget(3),
+            OffloadConfig::new(PolicyKind::Belady { lookahead: None }, rule, 2),
+            &future,
+        )
+        .unwrap_err();
+        assert!(matches!(
+            err,
+            MoeModelError::Cache(MoeCacheError::OracleNeedsFixedRouting { .. })
+        ));
+        // One sequence per partition.
+        let store = ExpertStore::open(&path, options).unwrap();
+        let err = OffloadedMoeTransformer::with_future(
+            &m,
+            store,
+            budget(3),
+            top_k(PolicyKind::Belady { lookahead: None }),
+            &future[..1],
+        )
+        .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                MoeModelError::Model(ModelError::Core(_))
+                    | MoeModelError::Cache(MoeCacheError::Core(_))
+            ),
+            "{err:?}"
+        );
+        std::fs::remove_file(path).ok();
     }
 );
 

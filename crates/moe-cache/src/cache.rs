@@ -11,8 +11,9 @@
 //! # Steps and pins
 //! Demand accesses happen inside a *step* (one layer of one decode token, or
 //! one layer of a multi-token prefill/verify pass): every expert accessed is
-//! pinned until [`ExpertCache::end_step`], so no access of the same step
-//! evicts an expert the step still needs. [`ExpertCache::ensure`] checks up
+//! pinned until [`ExpertCache::end_step`], and [`ExpertCache::ensure`] pins
+//! the step's resident experts before its first miss, so no access of the
+//! same step evicts an expert the step still needs. [`ExpertCache::ensure`] checks up
 //! front that the step's experts fit together ([`MoeCacheError::StepExceedsCapacity`]
 //! otherwise, with nothing changed).
 //!
@@ -384,6 +385,8 @@ pub struct ExpertCache<P> {
     stats: Vec<LayerStats>,
     pinned_list: Vec<(usize, usize)>,
     victims: Vec<usize>,
+    /// Each partition's demand accesses (partition-local ids), while recording.
+    access_log: Option<Vec<Vec<usize>>>,
 }
 
 impl<P> ExpertCache<P> {
@@ -500,6 +503,7 @@ impl<P> ExpertCache<P> {
             payloads,
             pinned_list: Vec::new(),
             victims: Vec::new(),
+            access_log: None,
         })
     }
 
@@ -591,6 +595,60 @@ impl<P> ExpertCache<P> {
         self.stats.fill(LayerStats::default());
     }
 
+    /// Starts (`true`) or stops (`false`) recording every demand access,
+    /// hit or miss, as the partition-local id its policy sees, in order.
+    /// Starting clears any earlier log. Prefetches are not accesses and are
+    /// not recorded.
+    ///
+    /// The log of a run whose accesses do not depend on the cache (normal
+    /// top-k routing, or Cache-Prior with λ = 0) is the future that a
+    /// [`Belady`](crate::policy::Belady) policy needs to serve the *same*
+    /// run live: pass it to [`with_policies`](Self::with_policies) through
+    /// [`PolicyKind::build_with_future`], one sequence per partition.
+    ///
+    /// ```
+    /// use lastmile_moe_cache::cache::{Budget, CacheGeometry, ExpertCache};
+    /// use lastmile_moe_cache::policy::PolicyKind;
+    /// let geometry = CacheGeometry::uniform(1, 6, 1, 2)?;
+    /// let steps = [[0, 1], [2, 3], [0, 4], [1, 2], [0, 5], [3, 1]];
+    /// let run = |cache: &mut ExpertCache<()>| -> lastmile_moe_cache::Result<u64> {
+    ///     for s in &steps {
+    ///         cache.ensure(0, s, |_| Ok(()))?;
+    ///         cache.end_step()?;
+    ///     }
+    ///     Ok(cache.total_stats().hits)
+    /// };
+    /// let mut lru = ExpertCache::new(geometry.clone(), Budget::PerLayer(vec![3]), PolicyKind::Lru)?;
+    /// lru.record_accesses(true);
+    /// let lru_hits = run(&mut lru)?;
+    /// let future = lru.take_access_log();
+    /// assert_eq!(future[0][..4], [0, 1, 2, 3]);
+    /// let opt = PolicyKind::Belady { lookahead: None };
+    /// let mut belady: ExpertCache<()> = ExpertCache::with_policies(geometry, Budget::PerLayer(vec![3]), |p| {
+    ///     opt.build_with_future(p.universe, &future[p.index])
+    /// })?;
+    /// assert!(run(&mut belady)? >= lru_hits);
+    /// # Ok::<(), lastmile_moe_cache::MoeCacheError>(())
+    /// ```
+    pub fn record_accesses(&mut self, on: bool) {
+        self.access_log = on.then(|| vec![Vec::new(); self.partitions.len()]);
+    }
+
+    /// Whether demand accesses are being recorded.
+    pub fn is_recording(&self) -> bool {
+        self.access_log.is_some()
+    }
+
+    /// The demand accesses recorded since [`record_accesses`](Self::record_accesses)
+    /// was turned on, one sequence per partition (index = [`PartitionInfo::index`]);
+    /// recording goes on with an empty log. Empty sequences when not recording.
+    pub fn take_access_log(&mut self) -> Vec<Vec<usize>> {
+        match &mut self.access_log {
+            Some(log) => log.iter_mut().map(std::mem::take).collect(),
+            None => vec![Vec::new(); self.partitions.len()],
+        }
+    }
+
     /// Evicts every expert and resets the policies' history. Counters stay.
     pub fn clear(&mut self) {
         self.unpin_all();
@@ -605,6 +663,13 @@ impl<P> ExpertCache<P> {
             for slot in ps.iter_mut() {
                 *slot = None;
             }
+        }
+    }
+
+    #[inline]
+    fn log_access(&mut self, p: usize, id: usize) {
+        if let Some(log) = &mut self.access_log {
+            log[p].push(id);
         }
     }
 
@@ -688,6 +753,7 @@ impl<P> ExpertCache<P> {
         let (p, id) = self.route(layer, expert);
         let bytes = self.geometry.expert_bytes[layer];
         if self.resident[layer][expert] {
+            self.log_access(p, id);
             self.partitions[p].policy.on_hit(id);
             self.stats[layer].hits += 1;
             self.pin(p, id, bytes);
@@ -709,6 +775,7 @@ impl<P> ExpertCache<P> {
             }
         };
         self.evict_planned(p);
+        self.log_access(p, id);
         let part = &mut self.partitions[p];
         part.used += bytes;
         part.policy.on_insert(id);
@@ -724,7 +791,9 @@ impl<P> ExpertCache<P> {
     /// Makes the distinct `experts` of `layer` resident together for the
     /// current step, accessing each once in the given order (one policy
     /// access per expert per step, however many of the step's tokens use
-    /// it) and pinning them until [`end_step`](Self::end_step).
+    /// it) and pinning them until [`end_step`](Self::end_step). The step's
+    /// experts that are already resident are pinned before its first miss,
+    /// so no miss evicts an expert the same step uses later.
     ///
     /// `load(expert)` is called for each miss.
     ///
@@ -763,6 +832,14 @@ impl<P> ExpertCache<P> {
                 needed_bytes: part.pinned_bytes + needed,
                 budget_bytes: part.budget,
             });
+        }
+        // Pin first, access in order: the policy still sees the accesses in
+        // the given order (Belady's future stays the routing's order).
+        for &e in experts {
+            if self.resident[layer][e] {
+                let (p, id) = self.route(layer, e);
+                self.pin(p, id, bytes);
+            }
         }
         let mut report = StepReport::default();
         for &e in experts {

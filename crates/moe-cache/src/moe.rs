@@ -309,7 +309,7 @@ impl DeviceExpert {
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct OffloadConfig {
-    /// Eviction policy (online: Belady needs a future no live run has).
+    /// Eviction policy (Belady needs the run's future: [`OffloadContext::with_future`]).
     pub policy: PolicyKind,
     /// Routing rule.
     pub rule: RoutingRule,
@@ -363,6 +363,45 @@ impl OffloadContext {
         config: OffloadConfig,
         device: &Device,
     ) -> Result<Self> {
+        Self::build(store, budget, config, None, device)
+    }
+
+    /// A context whose policy is given each partition's future demand
+    /// accesses, for Belady/OPT (full or bounded lookahead) in a live run:
+    /// `futures[p]` is partition `p`'s sequence, as
+    /// [`ExpertCache::take_access_log`] returns it from an earlier run of
+    /// the same tokens with a cache-independent routing rule (online
+    /// policies ignore it). A run that departs from it fails at the end of
+    /// the step where it departs ([`MoeCacheError::OracleMismatch`]).
+    ///
+    /// # Errors
+    /// As [`new`](Self::new) (except `OracleNeedsFuture`);
+    /// [`CoreError::LengthMismatch`] unless there is one sequence per
+    /// partition; [`MoeCacheError::OracleNeedsFixedRouting`] for Belady
+    /// with a rule that depends on the cache; the policy's errors (ids out
+    /// of range).
+    pub fn with_future(
+        store: ExpertStore,
+        budget: Budget,
+        config: OffloadConfig,
+        futures: &[Vec<usize>],
+        device: &Device,
+    ) -> Result<Self> {
+        if config.policy.needs_future() && config.rule.depends_on_cache() {
+            return Err(MoeCacheError::OracleNeedsFixedRouting {
+                rule: config.rule.name(),
+            });
+        }
+        Self::build(store, budget, config, Some(futures), device)
+    }
+
+    fn build(
+        store: ExpertStore,
+        budget: Budget,
+        config: OffloadConfig,
+        futures: Option<&[Vec<usize>]>,
+        device: &Device,
+    ) -> Result<Self> {
         let geometry = CacheGeometry::from_store(&store, config.k)?;
         let experts = store.experts_per_layer();
         if experts.iter().any(|&e| e != experts[0]) {
@@ -375,7 +414,19 @@ impl OffloadContext {
         let router_config = RouterConfig::new(store.num_layers(), experts[0], config.k)?
             .with_renormalize(config.renormalize);
         let router = Router::new(config.rule, router_config)?;
-        let cache = ExpertCache::new(geometry, budget, config.policy)?;
+        let cache = match futures {
+            None => ExpertCache::new(geometry, budget, config.policy)?,
+            Some(f) => {
+                lastmile_core::validate::check_len(
+                    "futures (one per cache partition)",
+                    f.len(),
+                    budget.partitions(&geometry),
+                )?;
+                ExpertCache::with_policies(geometry, budget, |p| {
+                    config.policy.build_with_future(p.universe, &f[p.index])
+                })?
+            }
+        };
         Ok(Self {
             store,
             cache,
@@ -404,6 +455,25 @@ impl OffloadContext {
     /// Forgets the routing state (start of a new sequence); the cache stays warm.
     pub fn reset_routing(&mut self) {
         self.router.reset();
+    }
+
+    /// Overrides the weight convention (renormalised over the chosen experts
+    /// or raw `softmax(z)` weights), e.g. to evaluate a layer trained with
+    /// one convention under the other. Takes effect from the next step.
+    pub fn set_renormalize(&mut self, renormalize: bool) {
+        self.router.set_renormalize(renormalize);
+    }
+
+    /// Starts or stops recording the cache's demand accesses (see
+    /// [`ExpertCache::record_accesses`]).
+    pub fn record_accesses(&mut self, on: bool) {
+        self.cache.record_accesses(on);
+    }
+
+    /// The recorded demand accesses, one sequence per cache partition (see
+    /// [`ExpertCache::take_access_log`]): the `futures` of [`with_future`](Self::with_future).
+    pub fn take_access_log(&mut self) -> Vec<Vec<usize>> {
+        self.cache.take_access_log()
     }
 
     /// Loads `experts` of `layer` ahead of use (see [`crate::prefetch`]).

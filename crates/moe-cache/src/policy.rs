@@ -13,7 +13,7 @@
 //!
 //! | policy | structure | hit / insert / evict | victim |
 //! |---|---|---|---|
-//! | [`Lru`] | intrusive doubly-linked list over ids | O(1) | O(1 + p) |
+//! | [`Lru`] ([`ListPolicy`]) | intrusive doubly-linked list over ids | O(1) | O(1 + p) |
 //! | [`Fifo`] | the same list, not reordered on hits | O(1) | O(1 + p) |
 //! | [`Lfu`] | indexed binary heap on (count, last touch) | O(log n) | O(1 + p) |
 //! | [`Lrfu`] | indexed binary heap on the decayed CRF | O(log n) | O(1 + p) |
@@ -188,6 +188,15 @@ impl IdList {
     }
 }
 
+/// A recency-list policy: the residents in one intrusive list, newest at
+/// the front, the victim the oldest unpinned one. With `REORDER_ON_HIT`
+/// a hit moves the expert to the front ([`Lru`]); without, the list keeps
+/// insertion order ([`Fifo`]). Insertions and prefetches go to the front.
+#[derive(Debug, Clone)]
+pub struct ListPolicy<const REORDER_ON_HIT: bool> {
+    list: IdList,
+}
+
 /// Least recently used: evicts the resident whose last access is oldest.
 /// Prefetched experts count as most recently used.
 ///
@@ -200,56 +209,7 @@ impl IdList {
 /// assert_eq!(lru.victim(&[false; 3]), Some(1));
 /// # Ok::<(), lastmile_moe_cache::MoeCacheError>(())
 /// ```
-#[derive(Debug, Clone)]
-pub struct Lru {
-    list: IdList,
-    universe: usize,
-}
-
-impl Lru {
-    /// An empty LRU over ids `0..universe`.
-    ///
-    /// # Errors
-    /// [`lastmile_core::CoreError::OutOfRange`] for a universe of 0 or above [`MAX_UNIVERSE`].
-    pub fn new(universe: usize) -> Result<Self> {
-        let universe = check_universe(universe)?;
-        Ok(Self {
-            list: IdList::new(universe),
-            universe,
-        })
-    }
-}
-
-impl EvictionPolicy for Lru {
-    fn name(&self) -> &'static str {
-        "lru"
-    }
-    fn universe(&self) -> usize {
-        self.universe
-    }
-    #[inline]
-    fn on_hit(&mut self, id: usize) {
-        self.list.push_front(id);
-    }
-    #[inline]
-    fn on_insert(&mut self, id: usize) {
-        self.list.push_front(id);
-    }
-    fn on_prefetch(&mut self, id: usize) {
-        self.list.push_front(id);
-    }
-    #[inline]
-    fn on_evict(&mut self, id: usize) {
-        self.list.unlink(id);
-    }
-    #[inline]
-    fn victim(&mut self, pinned: &[bool]) -> Option<usize> {
-        self.list.oldest_unpinned(pinned)
-    }
-    fn reset(&mut self) {
-        self.list.clear();
-    }
-}
+pub type Lru = ListPolicy<true>;
 
 /// First in, first out: evicts the resident inserted longest ago; hits do
 /// not reorder.
@@ -263,35 +223,33 @@ impl EvictionPolicy for Lru {
 /// assert_eq!(fifo.victim(&[false; 3]), Some(0));
 /// # Ok::<(), lastmile_moe_cache::MoeCacheError>(())
 /// ```
-#[derive(Debug, Clone)]
-pub struct Fifo {
-    list: IdList,
-    universe: usize,
-}
+pub type Fifo = ListPolicy<false>;
 
-impl Fifo {
-    /// An empty FIFO over ids `0..universe`.
+impl<const REORDER_ON_HIT: bool> ListPolicy<REORDER_ON_HIT> {
+    /// An empty policy over ids `0..universe`.
     ///
     /// # Errors
-    /// As [`Lru::new`].
+    /// [`lastmile_core::CoreError::OutOfRange`] for a universe of 0 or above [`MAX_UNIVERSE`].
     pub fn new(universe: usize) -> Result<Self> {
-        let universe = check_universe(universe)?;
         Ok(Self {
-            list: IdList::new(universe),
-            universe,
+            list: IdList::new(check_universe(universe)?),
         })
     }
 }
 
-impl EvictionPolicy for Fifo {
+impl<const REORDER_ON_HIT: bool> EvictionPolicy for ListPolicy<REORDER_ON_HIT> {
     fn name(&self) -> &'static str {
-        "fifo"
+        if REORDER_ON_HIT { "lru" } else { "fifo" }
     }
     fn universe(&self) -> usize {
-        self.universe
+        self.list.sentinel as usize
     }
     #[inline]
-    fn on_hit(&mut self, _id: usize) {}
+    fn on_hit(&mut self, id: usize) {
+        if REORDER_ON_HIT {
+            self.list.push_front(id);
+        }
+    }
     #[inline]
     fn on_insert(&mut self, id: usize) {
         self.list.push_front(id);

@@ -237,6 +237,12 @@ impl Router {
         self.config
     }
 
+    /// Sets whether the chosen weights are renormalised over the chosen
+    /// experts (see [`RouterConfig::renormalize`]).
+    pub fn set_renormalize(&mut self, renormalize: bool) {
+        self.config.renormalize = renormalize;
+    }
+
     /// The Cache-Prior range EMA Δ̄ of `layer` (`None` before its first token).
     pub fn range_ema(&self, layer: usize) -> Option<f32> {
         self.range_ema.get(layer).copied().flatten()
@@ -261,17 +267,22 @@ impl Router {
         cached: &[bool],
         out: &mut Routing,
     ) -> Result<()> {
+        check_len("router logits", logits.len(), self.config.experts)?;
+        self.check_inputs(layer, logits, cached)?;
+        self.route_unchecked(layer, logits, cached, out);
+        Ok(())
+    }
+
+    /// The layer in range, one cached flag per expert, finite logits.
+    fn check_inputs(&self, layer: usize, logits: &[f32], cached: &[bool]) -> Result<()> {
         if layer >= self.config.layers {
             return Err(MoeCacheError::LayerOutOfRange {
                 layer,
                 layers: self.config.layers,
             });
         }
-        let e = self.config.experts;
-        check_len("router logits", logits.len(), e)?;
-        check_len("cached mask", cached.len(), e)?;
+        check_len("cached mask", cached.len(), self.config.experts)?;
         check_finite_slice("router logits", logits)?;
-        self.route_unchecked(layer, logits, cached, out);
         Ok(())
     }
 
@@ -289,16 +300,9 @@ impl Router {
         cached: &[bool],
         out: &mut Vec<Routing>,
     ) -> Result<()> {
-        if layer >= self.config.layers {
-            return Err(MoeCacheError::LayerOutOfRange {
-                layer,
-                layers: self.config.layers,
-            });
-        }
         let e = self.config.experts;
         let tokens = lastmile_core::validate::check_matrix_len("router logits", logits.len(), e)?;
-        check_len("cached mask", cached.len(), e)?;
-        check_finite_slice("router logits", logits)?;
+        self.check_inputs(layer, logits, cached)?;
         out.resize_with(tokens, Routing::default);
         for (row, o) in logits.chunks_exact(e).zip(out.iter_mut()) {
             self.route_unchecked(layer, row, cached, o);

@@ -183,3 +183,83 @@ fn cache_aware_rules_raise_the_hit_rate_over_lru() {
         assert!(r > base, "{rule:?}: hit rate {r} not above LRU's {base}");
     }
 }
+
+/// The access log of a live top-k run is the future Belady needs: a cache
+/// built with it serves the same steps with exactly the hits replay finds
+/// (per layer and with a global budget, full and bounded lookahead), and
+/// departing from it is reported.
+#[test]
+fn recorded_access_logs_drive_belady_live_as_replay_does() {
+    use lastmile_moe_cache::MoeCacheError;
+    use lastmile_moe_cache::cache::{Budget, CacheGeometry, ExpertCache};
+    for (i, trace) in traces().iter().enumerate().step_by(3) {
+        let (layers, experts, k) = (trace.layers(), trace.experts(), trace.k());
+        let geometry = CacheGeometry::uniform(layers, experts, 1, k).unwrap();
+        let cap = (k + 2).min(experts);
+        let run = |cache: &mut ExpertCache<()>| -> Result<u64, MoeCacheError> {
+            for rec in trace.records() {
+                let step: Vec<usize> = rec.experts.iter().map(|&e| e as usize).collect();
+                cache.ensure(rec.layer, &step, |_| Ok(()))?;
+                cache.end_step()?;
+            }
+            Ok(cache.total_stats().hits)
+        };
+        for (budget, capacity) in [
+            (
+                Budget::PerLayer(vec![cap as u64; layers]),
+                Capacity::Uniform(cap),
+            ),
+            (
+                Budget::Global((cap * layers) as u64),
+                Capacity::GlobalPerLayer(cap),
+            ),
+        ] {
+            let mut lru =
+                ExpertCache::new(geometry.clone(), budget.clone(), PolicyKind::Lru).unwrap();
+            lru.record_accesses(true);
+            let lru_hits = run(&mut lru).unwrap();
+            let log = lru.take_access_log();
+            assert_eq!(log.len(), budget.partitions(&geometry));
+            assert_eq!(
+                log.iter().map(Vec::len).sum::<usize>(),
+                trace.len() * k,
+                "trace {i}: one logged access per expert use"
+            );
+            for lookahead in [None, Some(k), Some(4 * k)] {
+                let policy = PolicyKind::Belady { lookahead };
+                let mut live: ExpertCache<()> =
+                    ExpertCache::with_policies(geometry.clone(), budget.clone(), |p| {
+                        policy.build_with_future(p.universe, &log[p.index])
+                    })
+                    .unwrap();
+                let live_hits = run(&mut live).unwrap();
+                assert_eq!(
+                    live_hits,
+                    hits(trace, policy, capacity.clone()),
+                    "trace {i} {lookahead:?}"
+                );
+                if lookahead.is_none() {
+                    assert!(
+                        live_hits >= lru_hits,
+                        "trace {i}: OPT {live_hits} < LRU {lru_hits}"
+                    );
+                }
+            }
+        }
+        // A run that departs from the logged future fails at that step.
+        let budget = Budget::PerLayer(vec![cap as u64; layers]);
+        let mut lru = ExpertCache::new(geometry.clone(), budget.clone(), PolicyKind::Lru).unwrap();
+        lru.record_accesses(true);
+        run(&mut lru).unwrap();
+        let mut log = lru.take_access_log();
+        log[0][0] = (log[0][0] + 1) % experts;
+        let mut off: ExpertCache<()> = ExpertCache::with_policies(geometry, budget, |p| {
+            OPT.build_with_future(p.universe, &log[p.index])
+        })
+        .unwrap();
+        assert!(matches!(
+            run(&mut off),
+            Err(MoeCacheError::OracleMismatch { .. })
+        ));
+    }
+}

@@ -290,6 +290,30 @@ fn a_multi_token_step_counts_each_expert_once_and_pins_them_all() {
     cache.end_step().unwrap();
 }
 
+/// A miss early in a step must not evict a resident expert the step uses
+/// later: with room for exactly k experts the cache after every step holds
+/// that step's experts, so every policy has the same misses.
+#[test]
+fn a_step_never_evicts_its_own_later_experts() {
+    let g = CacheGeometry::uniform(1, 6, 1, 2).unwrap();
+    let steps = [[0, 1], [2, 0], [0, 3], [4, 3], [3, 5], [1, 5]];
+    let mut misses = Vec::new();
+    for policy in POLICIES {
+        let mut cache: ExpertCache<()> =
+            ExpertCache::new(g.clone(), Budget::PerLayer(vec![2]), policy).unwrap();
+        for s in &steps {
+            // LRU's and FIFO's oldest resident before [2, 0] is 0, which the
+            // step uses after missing 2.
+            cache.ensure(0, s, |_| Ok(())).unwrap();
+            assert!(s.iter().all(|&e| cache.is_cached(0, e)), "{policy:?}");
+            cache.end_step().unwrap();
+        }
+        misses.push(cache.total_stats().misses);
+    }
+    // Misses = 2 (cold) + the one expert of each later step not in the previous one.
+    assert!(misses.iter().all(|&m| m == 2 + 5), "{misses:?}");
+}
+
 #[test]
 fn belady_driven_off_its_future_is_reported_at_the_end_of_the_step() {
     let g = CacheGeometry::uniform(1, 4, 1, 1).unwrap();

@@ -78,6 +78,13 @@ fn top_k_chooses_the_largest_logits_with_softmax_weights() {
     let total: f64 = z.iter().map(|&x| f64::from(x).exp()).sum();
     assert!((f64::from(raw.weights[0]) - e3 / total).abs() < 1e-6);
     assert!((f64::from(raw.weights[1]) - e2 / total).abs() < 1e-6);
+    // Switching the convention on a live router: same experts, renormalised weights.
+    r.set_renormalize(true);
+    assert!(r.config().renormalize);
+    let mut renorm = Routing::default();
+    r.route(0, &z, &[false; 4], &mut renorm).unwrap();
+    assert_eq!(renorm.experts, raw.experts);
+    assert!((f64::from(renorm.weights[0]) - e3 / (e3 + e2)).abs() < 1e-6);
     // Ties go to the lower index.
     assert_eq!(
         route(RoutingRule::TopK, 2, &[1.0, 2.0, 2.0, 2.0], &[false; 4]).experts,
@@ -85,17 +92,14 @@ fn top_k_chooses_the_largest_logits_with_softmax_weights() {
     );
 }
 
+fn cache_prior(lambda: f32, top_j: usize, config: RouterConfig) -> Router {
+    Router::new(RoutingRule::CachePrior { lambda, top_j }, config).unwrap()
+}
+
 #[test]
 fn cache_prior_tracks_the_logit_range_and_prefers_cached_experts() {
     let config = RouterConfig::new(2, 4, 2).unwrap();
-    let mut r = Router::new(
-        RoutingRule::CachePrior {
-            lambda: 0.2,
-            top_j: 1,
-        },
-        config,
-    )
-    .unwrap();
+    let mut r = cache_prior(0.2, 1, config);
     let mut out = Routing::default();
     let cached = [false, false, false, true];
     // First token seeds the EMA with its range (2.0); bonus 0.4 lifts expert 3 (1.8 → 2.2) past 1.
@@ -246,14 +250,7 @@ fn bad_input_gives_typed_errors_and_changes_nothing() {
             "{rule:?} accepted"
         );
     }
-    let mut r = Router::new(
-        RoutingRule::CachePrior {
-            lambda: 0.2,
-            top_j: 1,
-        },
-        config,
-    )
-    .unwrap();
+    let mut r = cache_prior(0.2, 1, config);
     let mut out = Routing::default();
     assert!(matches!(
         r.route(0, &[1.0, f32::NAN, 0.0, 0.0], &[false; 4], &mut out),

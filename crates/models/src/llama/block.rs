@@ -1,0 +1,96 @@
+//! One Llama block: pre-norm grouped-query attention with rotary positions,
+//! then a pre-norm SwiGLU feed-forward network, each added to the residual.
+
+use burn::tensor::activation::{silu, softmax};
+use burn::tensor::{Bool, Tensor};
+
+use super::norm::RmsNorm;
+use super::rope::RopeAt;
+use super::storage::Matrix;
+
+/// The weights of one block.
+#[derive(Debug, Clone)]
+pub(crate) struct Block {
+    pub(crate) attn_norm: RmsNorm,
+    pub(crate) q: Matrix,
+    pub(crate) k: Matrix,
+    pub(crate) v: Matrix,
+    pub(crate) o: Matrix,
+    pub(crate) ffn_norm: RmsNorm,
+    pub(crate) gate: Matrix,
+    pub(crate) up: Matrix,
+    pub(crate) down: Matrix,
+}
+
+/// Head counts of the attention.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Heads {
+    pub(crate) n_heads: usize,
+    pub(crate) n_kv_heads: usize,
+    pub(crate) head_dim: usize,
+}
+
+impl Block {
+    /// Queries (`[b, n_heads, n, dh]`), keys and values (`[b, n_kv_heads, n, dh]`)
+    /// of `x` `[b, n, d]`, with RoPE applied to queries and keys.
+    pub(crate) fn qkv(
+        &self,
+        x: Tensor<3>,
+        heads: Heads,
+        rope: &RopeAt,
+    ) -> (Tensor<4>, Tensor<4>, Tensor<4>) {
+        let [b, n, _] = x.dims();
+        let h = self.attn_norm.forward(x);
+        let split = |t: Tensor<3>, heads_n: usize| {
+            t.reshape([b, n, heads_n, heads.head_dim]).swap_dims(1, 2)
+        };
+        let q = rope.apply(split(self.q.forward(h.clone()), heads.n_heads));
+        let k = rope.apply(split(self.k.forward(h.clone()), heads.n_kv_heads));
+        let v = split(self.v.forward(h), heads.n_kv_heads);
+        (q, k, v)
+    }
+
+    /// Finishes the block: attention of `q` over the cached `keys`/`values`
+    /// (`[b, n_kv_heads, t, dh]`) under `mask` (`[b, n_kv_heads, g·n, t]`,
+    /// `true` = hidden, query rows ordered `(group member, position)`), the
+    /// output projection and the residual, then the SwiGLU network and its
+    /// residual.
+    ///
+    /// Grouped-query attention (Ainslie et al. 2023): query head `j` reads
+    /// key/value head `j / g`, `g = n_heads / n_kv_heads` — the mapping of
+    /// llama.cpp's broadcast matrix product and of Hugging Face's
+    /// `repeat_kv`. The `g` query heads of a group are stacked along the
+    /// query axis so that each group is one matrix product.
+    pub(crate) fn finish(
+        &self,
+        x: Tensor<3>,
+        q: Tensor<4>,
+        keys: Tensor<4>,
+        values: Tensor<4>,
+        mask: Tensor<4, Bool>,
+        heads: Heads,
+    ) -> Tensor<3> {
+        let [b, n, d] = x.dims();
+        let Heads {
+            n_heads,
+            n_kv_heads,
+            head_dim,
+        } = heads;
+        let g = n_heads / n_kv_heads;
+        let q = q.reshape([b, n_kv_heads, g * n, head_dim]);
+        let scores = q
+            .matmul(keys.swap_dims(2, 3))
+            .mul_scalar(1.0 / (head_dim as f32).sqrt())
+            .mask_fill(mask, f32::NEG_INFINITY);
+        let att = softmax(scores, 3)
+            .matmul(values)
+            .reshape([b, n_heads, n, head_dim])
+            .swap_dims(1, 2)
+            .reshape([b, n, d]);
+        let x = x + self.o.forward(att);
+        let h = self.ffn_norm.forward(x.clone());
+        // SwiGLU (Shazeer 2020, eq. 6): down(SiLU(gate h) ⊙ up h).
+        let ff = silu(self.gate.forward(h.clone())) * self.up.forward(h);
+        x + self.down.forward(ff)
+    }
+}

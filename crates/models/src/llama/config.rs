@@ -1,0 +1,282 @@
+//! The architecture hyper-parameters of a Llama-family model, read from GGUF
+//! metadata and validated once.
+
+use lastmile_core::gguf::{GgufFile, Metadata, MetadataValue};
+
+use super::error::{LlamaError, LlamaResult};
+
+/// The largest value accepted for a width, a head count or a vocabulary
+/// (guards allocation on hostile metadata before any weight is read).
+pub const MAX_DIM: usize = 1 << 20;
+
+/// The largest number of blocks accepted.
+pub const MAX_LAYERS: usize = 1 << 12;
+
+/// Hyper-parameters of a Llama-family decoder (the `llama` architecture of
+/// llama.cpp): RMSNorm, rotary positions, grouped-query attention and a
+/// SwiGLU feed-forward network in each block.
+///
+/// Build it with [`LlamaConfig::from_gguf`] for a checkpoint, or set the
+/// fields for a randomly initialised model ([`LlamaConfig::init_random`]);
+/// [`LlamaConfig::check`] validates either.
+///
+/// ```
+/// use lastmile_models::llama::LlamaConfig;
+/// let c = LlamaConfig::tiny();
+/// c.check()?;
+/// assert_eq!(c.head_dim() * c.n_heads, c.d_model);
+/// assert_eq!(c.n_heads % c.n_kv_heads, 0);
+/// # Ok::<(), lastmile_models::llama::LlamaError>(())
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub struct LlamaConfig {
+    /// Number of token ids (`llama.vocab_size`, else the tokenizer's token count).
+    pub vocab_size: usize,
+    /// Residual width (`llama.embedding_length`).
+    pub d_model: usize,
+    /// Number of blocks (`llama.block_count`).
+    pub n_layers: usize,
+    /// Query heads (`llama.attention.head_count`).
+    pub n_heads: usize,
+    /// Key/value heads (`llama.attention.head_count_kv`; equal to `n_heads` when absent).
+    pub n_kv_heads: usize,
+    /// Hidden width of the SwiGLU network (`llama.feed_forward_length`).
+    pub d_ff: usize,
+    /// RoPE base θ (`llama.rope.freq_base`; 10 000 when absent, as in llama.cpp).
+    pub rope_base: f32,
+    /// RMSNorm ε (`llama.attention.layer_norm_rms_epsilon`).
+    pub rms_eps: f32,
+    /// Longest sequence the model attends over (`llama.context_length`).
+    pub max_context: usize,
+    /// Whether the output projection is the token embedding (no `output.weight`).
+    pub tied_embeddings: bool,
+}
+
+impl LlamaConfig {
+    /// A tiny configuration for tests: 2 blocks, width 32, 4 query / 2 KV
+    /// heads, SwiGLU 48, vocabulary 64, context 64, tied embeddings.
+    pub fn tiny() -> Self {
+        Self {
+            vocab_size: 64,
+            d_model: 32,
+            n_layers: 2,
+            n_heads: 4,
+            n_kv_heads: 2,
+            d_ff: 48,
+            rope_base: 10_000.0,
+            rms_eps: 1e-5,
+            max_context: 64,
+            tied_embeddings: true,
+        }
+    }
+
+    /// Width of one attention head (`d_model / n_heads`).
+    pub fn head_dim(&self) -> usize {
+        self.d_model / self.n_heads.max(1)
+    }
+
+    /// Number of parameters (the tied head counted once).
+    ///
+    /// ```
+    /// use lastmile_models::llama::LlamaConfig;
+    /// let c = LlamaConfig::tiny();
+    /// // embedding + 2 × (norms + q,k,v,o + gate,up,down) + final norm
+    /// assert_eq!(c.n_params(), 64 * 32 + 2 * (2 * 32 + 32 * 32 * 2 + 2 * 32 * 16 + 3 * 32 * 48) + 32);
+    /// ```
+    pub fn n_params(&self) -> usize {
+        let d = self.d_model;
+        let kv = self.n_kv_heads * self.head_dim();
+        let block = 2 * d + 2 * d * d + 2 * d * kv + 3 * d * self.d_ff;
+        let head = if self.tied_embeddings {
+            0
+        } else {
+            self.vocab_size * d
+        };
+        self.vocab_size * d + self.n_layers * block + d + head
+    }
+
+    /// Validates the configuration.
+    ///
+    /// # Errors
+    /// [`LlamaError::Config`] when a count is zero or above [`MAX_DIM`] /
+    /// [`MAX_LAYERS`], `d_model` is not a multiple of `n_heads`, `n_heads`
+    /// not a multiple of `n_kv_heads`, the head width is odd (RoPE rotates
+    /// pairs), or `rope_base` / `rms_eps` is not finite and positive.
+    pub fn check(&self) -> LlamaResult<()> {
+        let dims: [(&'static str, usize, usize); 7] = [
+            ("vocab_size", self.vocab_size, MAX_DIM),
+            ("d_model", self.d_model, MAX_DIM),
+            ("n_layers", self.n_layers, MAX_LAYERS),
+            ("n_heads", self.n_heads, MAX_DIM),
+            ("n_kv_heads", self.n_kv_heads, MAX_DIM),
+            ("d_ff", self.d_ff, MAX_DIM),
+            ("max_context", self.max_context, MAX_DIM),
+        ];
+        for (field, value, max) in dims {
+            if value == 0 || value > max {
+                return Err(config_error(
+                    field,
+                    value,
+                    format!("an integer in 1..={max}"),
+                ));
+            }
+        }
+        if !self.d_model.is_multiple_of(self.n_heads) {
+            return Err(config_error(
+                "d_model",
+                self.d_model,
+                format!("a multiple of n_heads = {}", self.n_heads),
+            ));
+        }
+        if !self.n_heads.is_multiple_of(self.n_kv_heads) {
+            return Err(config_error(
+                "n_kv_heads",
+                self.n_kv_heads,
+                format!("a divisor of n_heads = {}", self.n_heads),
+            ));
+        }
+        if !self.head_dim().is_multiple_of(2) {
+            return Err(config_error(
+                "d_model / n_heads",
+                self.head_dim(),
+                "an even head width (RoPE rotates pairs)".to_owned(),
+            ));
+        }
+        for (field, value) in [("rope_base", self.rope_base), ("rms_eps", self.rms_eps)] {
+            if !(value.is_finite() && value > 0.0) {
+                return Err(config_error(field, value, "a finite value > 0".to_owned()));
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads and validates the configuration of a `llama`-architecture GGUF
+    /// file (the keys named on each field). Partial rotary embeddings
+    /// (`llama.rope.dimension_count` below the head width) and RoPE scaling
+    /// (`llama.rope.scaling.type` other than `none`) are rejected rather than
+    /// silently mis-computed.
+    ///
+    /// # Errors
+    /// [`LlamaError::Architecture`] for another architecture;
+    /// [`LlamaError::Gguf`] for a missing key or a value of the wrong type;
+    /// [`LlamaError::Config`] for invalid or unsupported values.
+    ///
+    /// ```no_run
+    /// use lastmile_core::gguf::GgufFile;
+    /// use lastmile_models::llama::LlamaConfig;
+    /// let file = GgufFile::open("SmolLM2-135M-Instruct.Q4_1.gguf")?;
+    /// let config = LlamaConfig::from_gguf(&file)?;
+    /// assert_eq!((config.n_layers, config.n_heads, config.n_kv_heads), (30, 9, 3));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn from_gguf(file: &GgufFile) -> LlamaResult<Self> {
+        let meta = file.metadata();
+        let arch = meta.get_str("general.architecture")?;
+        if arch != "llama" {
+            return Err(LlamaError::Architecture {
+                found: arch.to_owned(),
+            });
+        }
+        let key = |k: &str| format!("llama.{k}");
+        let n_heads = get_usize(meta, &key("attention.head_count"))?;
+        let n_kv_heads = match meta.get(&key("attention.head_count_kv")) {
+            Some(_) => get_usize(meta, &key("attention.head_count_kv"))?,
+            None => n_heads,
+        };
+        let vocab_size = match meta.get(&key("vocab_size")) {
+            Some(_) => get_usize(meta, &key("vocab_size"))?,
+            None => meta.get_array("tokenizer.ggml.tokens")?.len(),
+        };
+        let rope_base = match meta.get(&key("rope.freq_base")) {
+            Some(_) => get_f32(meta, &key("rope.freq_base"))?,
+            None => 10_000.0,
+        };
+        let config = Self {
+            vocab_size,
+            d_model: get_usize(meta, &key("embedding_length"))?,
+            n_layers: get_usize(meta, &key("block_count"))?,
+            n_heads,
+            n_kv_heads,
+            d_ff: get_usize(meta, &key("feed_forward_length"))?,
+            rope_base,
+            rms_eps: get_f32(meta, &key("attention.layer_norm_rms_epsilon"))?,
+            max_context: get_usize(meta, &key("context_length"))?,
+            tied_embeddings: file.tensor_info("output.weight").is_err(),
+        };
+        config.check()?;
+        if meta.get(&key("rope.dimension_count")).is_some() {
+            let rope_dim = get_usize(meta, &key("rope.dimension_count"))?;
+            if rope_dim != config.head_dim() {
+                return Err(config_error(
+                    "llama.rope.dimension_count",
+                    rope_dim,
+                    format!(
+                        "the head width {} (partial rotary embeddings are not supported)",
+                        config.head_dim()
+                    ),
+                ));
+            }
+        }
+        if let Some(MetadataValue::String(kind)) = meta.get(&key("rope.scaling.type"))
+            && kind != "none"
+        {
+            return Err(config_error(
+                "llama.rope.scaling.type",
+                kind,
+                "`none` (RoPE scaling is not supported)".to_owned(),
+            ));
+        }
+        Ok(config)
+    }
+}
+
+fn config_error(field: &'static str, value: impl ToString, expected: String) -> LlamaError {
+    LlamaError::Config {
+        field,
+        value: value.to_string(),
+        expected,
+    }
+}
+
+/// An integer metadata value of any integer type, as `usize`.
+fn get_usize(meta: &Metadata, key: &str) -> LlamaResult<usize> {
+    let value = meta.value(key)?;
+    let n: Option<u64> = match value {
+        MetadataValue::U8(v) => Some(u64::from(*v)),
+        MetadataValue::U16(v) => Some(u64::from(*v)),
+        MetadataValue::U32(v) => Some(u64::from(*v)),
+        MetadataValue::U64(v) => Some(*v),
+        MetadataValue::I8(v) => u64::try_from(*v).ok(),
+        MetadataValue::I16(v) => u64::try_from(*v).ok(),
+        MetadataValue::I32(v) => u64::try_from(*v).ok(),
+        MetadataValue::I64(v) => u64::try_from(*v).ok(),
+        other => {
+            return Err(lastmile_core::gguf::GgufError::WrongType {
+                key: key.to_owned(),
+                expected: "an integer".to_owned(),
+                found: other.type_name(),
+            }
+            .into());
+        }
+    };
+    n.and_then(|n| usize::try_from(n).ok())
+        .ok_or_else(|| LlamaError::Config {
+            field: "metadata integer",
+            value: format!("{key} = {value:?}"),
+            expected: "a non-negative integer that fits in usize".to_owned(),
+        })
+}
+
+/// A float metadata value (`f32` or `f64`), as `f32`.
+fn get_f32(meta: &Metadata, key: &str) -> LlamaResult<f32> {
+    match meta.value(key)? {
+        MetadataValue::F32(v) => Ok(*v),
+        MetadataValue::F64(v) => Ok(*v as f32),
+        other => Err(lastmile_core::gguf::GgufError::WrongType {
+            key: key.to_owned(),
+            expected: "a float".to_owned(),
+            found: other.type_name(),
+        }
+        .into()),
+    }
+}

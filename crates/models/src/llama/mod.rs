@@ -1,0 +1,91 @@
+//! A Llama-family decoder (the `llama` architecture of llama.cpp, e.g.
+//! SmolLM2-135M) loaded from a GGUF checkpoint and run in burn, with a KV
+//! cache and lastmile-core's [`LanguageModel`](lastmile_core::lm::LanguageModel)
+//! interface.
+//!
+//! # The model, and how each part matches llama.cpp
+//!
+//! - **Weights** ([`LlamaModel::from_gguf`]): every tensor is dequantised to
+//!   `f32` on the host by [`lastmile_core::gguf`] (bit-exact to ggml for
+//!   F32/F16/BF16/Q8_0/Q4_0/Q4_1), then stored as a [`WeightStorage`]. A
+//!   file without `output.weight` ties the output head to `token_embd`.
+//! - **RMSNorm** (Zhang & Sennrich 2019, eq. 4) with ε from
+//!   `llama.attention.layer_norm_rms_epsilon`, before attention, before the
+//!   feed-forward network and before the head.
+//! - **RoPE** (Su et al. 2021, eq. 34) in llama.cpp's `NORM` mode, rotating
+//!   adjacent pairs of each head: `convert_hf_to_gguf.py` permutes the rows
+//!   of `attn_q`/`attn_k` so that this equals Hugging Face's half-split
+//!   rotation, so GGUF weights are used as stored (details in the `rope`
+//!   source file).
+//! - **Grouped-query attention** (Ainslie et al. 2023): query head `j`
+//!   reads key/value head `j / (n_heads / n_kv_heads)`, scores scaled by
+//!   `1/√d_head`, causal mask; the cache ([`LlamaCache`]) keeps the
+//!   `n_kv_heads` rotated keys and values only.
+//! - **SwiGLU** feed-forward network (Shazeer 2020, eq. 6):
+//!   `W_down (SiLU(W_gate h) ⊙ W_up h)`.
+//! - **Early exit** ([`LlamaEarlyExit`]): a borrowed view running the first
+//!   blocks, the final norm and the head, a self-speculative draft.
+//!
+//! Agreement with llama.cpp itself (llama-cpp-python 0.3.36) is checked by
+//! `tests/llama_reference.rs` against a committed fixture written by
+//! `benches/llama_cpp_reference.py` (read with `serde` / `serde_json`,
+//! dev-dependencies of this crate for that test only). On an F32 copy of
+//! the SmolLM2-135M Q4_1 file, where llama.cpp computes in f32 as this
+//! model does, the logits agree to 1.1e-4 and the 64-token greedy
+//! continuations of all 8 test prompts are identical. On the Q4_1 file
+//! itself llama.cpp rounds activations to 8 bits for its quantised products
+//! (and keys/values to f16), which moves its logits by up to 1.25; argmax
+//! choices then differ at near ties (gaps ≤ 0.15), so greedy continuations
+//! part after a few to a few dozen tokens. `tests/llama.rs` checks the model
+//! against a naive float64 implementation on small GGUF files written by
+//! the test.
+//!
+//! # Examples
+//!
+//! A tiny randomly initialised model (no file needed):
+//!
+//! ```
+//! # #[cfg(feature = "flex")] {
+//! use burn::tensor::Device;
+//! use lastmile_core::lm::LanguageModel;
+//! use lastmile_models::llama::{LlamaConfig, WeightStorage};
+//!
+//! let model = LlamaConfig::tiny().init_random(42, WeightStorage::F32, &Device::flex())?;
+//! let mut cache = model.new_cache(1)?;
+//! let logits = model.forward_cached(&mut cache, &[vec![3, 1, 4, 1, 5]])?;
+//! assert_eq!(logits.dims(), [1, 5, model.vocab_size()]);
+//! // Roll back two tokens and continue from there.
+//! cache.truncate(0, 3)?;
+//! let next = model.forward_cached(&mut cache, &[vec![9]])?;
+//! assert_eq!((next.dims(), cache.len(0)), ([1, 1, 64], 4));
+//! # }
+//! # Ok::<(), lastmile_models::llama::LlamaError>(())
+//! ```
+//!
+//! Loading a checkpoint:
+//!
+//! ```no_run
+//! use burn::tensor::Device;
+//! use lastmile_models::llama::{LlamaModel, WeightStorage};
+//! let model = LlamaModel::open("SmolLM2-135M-Instruct.Q4_1.gguf", WeightStorage::F32, &Device::flex())?;
+//! println!("{} MB of matrices read per forward", model.matrix_bytes() / 1_000_000);
+//! # Ok::<(), lastmile_models::llama::LlamaError>(())
+//! ```
+
+mod block;
+mod cache;
+mod config;
+mod early_exit;
+mod error;
+mod lm;
+mod model;
+mod norm;
+mod rope;
+mod storage;
+
+pub use cache::{CACHE_CHUNK, LlamaCache};
+pub use config::{LlamaConfig, MAX_DIM, MAX_LAYERS};
+pub use early_exit::LlamaEarlyExit;
+pub use error::{LlamaError, LlamaResult};
+pub use model::LlamaModel;
+pub use storage::WeightStorage;

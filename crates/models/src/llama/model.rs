@@ -1,0 +1,408 @@
+//! The Llama-family decoder: loading from GGUF or random initialisation,
+//! and the cached forward pass over a ragged batch.
+
+use std::path::Path;
+
+use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
+use lastmile_core::gguf::GgufFile;
+use lastmile_core::lm::LmError;
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+
+use super::block::{Block, Heads};
+use super::cache::{LlamaCache, write};
+use super::config::LlamaConfig;
+use super::error::{LlamaError, LlamaResult};
+use super::norm::RmsNorm;
+use super::rope::Rope;
+use super::storage::{Matrix, WeightStorage};
+
+/// A Llama-family causal language model (the `llama` architecture of
+/// llama.cpp: SmolLM2, TinyLlama, Llama 2/3 without RoPE scaling) with a KV
+/// cache, computing in burn on any [`Device`].
+///
+/// See the [module documentation](super) for the layers and how each
+/// matches llama.cpp.
+#[derive(Debug, Clone)]
+pub struct LlamaModel {
+    config: LlamaConfig,
+    storage: WeightStorage,
+    /// `[vocab, d]`, rows looked up by token id.
+    embed: Tensor<2>,
+    blocks: Vec<Block>,
+    norm: RmsNorm,
+    head: Matrix,
+    rope: Rope,
+    device: Device,
+}
+
+/// Where a weight comes from: the GGUF file or a seeded generator.
+enum Source<'a> {
+    Gguf(&'a GgufFile),
+    Random(Box<StdRng>),
+}
+
+impl Source<'_> {
+    /// The values of `name`, row-major for `shape` (outermost first).
+    fn values(&mut self, name: &str, shape: &[usize], fill: Fill) -> LlamaResult<Vec<f32>> {
+        match self {
+            Source::Gguf(file) => {
+                let found = file.tensor_info(name)?.shape();
+                // ggml drops trailing ne of 1; compare without leading ones.
+                let trim = |s: &[usize]| -> Vec<usize> {
+                    s.iter().copied().skip_while(|d| *d == 1).collect()
+                };
+                if trim(&found) != trim(shape) {
+                    return Err(LlamaError::TensorShape {
+                        name: name.to_owned(),
+                        expected: shape.to_vec(),
+                        found,
+                    });
+                }
+                Ok(file.dequantize(name)?)
+            }
+            Source::Random(rng) => {
+                let n: usize = shape.iter().product();
+                Ok(match fill {
+                    Fill::Ones => vec![1.0; n],
+                    Fill::Uniform(a) => (0..n).map(|_| rng.random_range(-a..a)).collect(),
+                })
+            }
+        }
+    }
+}
+
+/// How a randomly initialised weight is filled.
+#[derive(Clone, Copy)]
+enum Fill {
+    Ones,
+    Uniform(f32),
+}
+
+impl LlamaConfig {
+    /// A model with this configuration and random weights drawn from a
+    /// generator seeded with `seed` (matrices uniform in `±1/√in`, norm
+    /// gains 1): identical on every device for a given seed. For tests
+    /// and benchmarks of the computation, not a trained model.
+    ///
+    /// # Errors
+    /// [`LlamaError::Config`] from [`LlamaConfig::check`].
+    ///
+    /// ```
+    /// # #[cfg(feature = "flex")] {
+    /// use burn::tensor::Device;
+    /// use lastmile_models::llama::{LlamaConfig, WeightStorage};
+    /// let model = LlamaConfig::tiny().init_random(7, WeightStorage::F32, &Device::flex())?;
+    /// let mut cache = model.new_cache(1)?;
+    /// let logits = model.forward_cached(&mut cache, &[vec![1, 2, 3]])?;
+    /// assert_eq!(logits.dims(), [1, 3, 64]);
+    /// # }
+    /// # Ok::<(), lastmile_models::llama::LlamaError>(())
+    /// ```
+    pub fn init_random(
+        &self,
+        seed: u64,
+        storage: WeightStorage,
+        device: &Device,
+    ) -> LlamaResult<LlamaModel> {
+        LlamaModel::build(
+            self.clone(),
+            Source::Random(Box::new(StdRng::seed_from_u64(seed))),
+            storage,
+            device,
+        )
+    }
+}
+
+impl LlamaModel {
+    /// Loads a `llama`-architecture GGUF checkpoint onto `device`: the
+    /// configuration ([`LlamaConfig::from_gguf`]), then every weight,
+    /// dequantised to `f32` on the host and stored as `storage`. A file
+    /// without `output.weight` ties the output projection to
+    /// `token_embd.weight`.
+    ///
+    /// # Errors
+    /// As [`LlamaConfig::from_gguf`]; [`LlamaError::Gguf`] for a missing
+    /// tensor, a read error or a type that cannot be dequantised;
+    /// [`LlamaError::TensorShape`] for a tensor of an unexpected shape.
+    ///
+    /// ```no_run
+    /// use burn::tensor::Device;
+    /// use lastmile_core::gguf::GgufFile;
+    /// use lastmile_models::llama::{LlamaModel, WeightStorage};
+    /// let file = GgufFile::open("SmolLM2-135M-Instruct.Q4_1.gguf")?;
+    /// let model = LlamaModel::from_gguf(&file, WeightStorage::F32, &Device::flex())?;
+    /// let mut cache = model.new_cache(1)?;
+    /// let logits = model.forward_cached(&mut cache, &[vec![1, 9690, 198]])?; // [1, 3, 49152]
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn from_gguf(
+        file: &GgufFile,
+        storage: WeightStorage,
+        device: &Device,
+    ) -> LlamaResult<Self> {
+        let config = LlamaConfig::from_gguf(file)?;
+        Self::build(config, Source::Gguf(file), storage, device)
+    }
+
+    /// Opens the GGUF file at `path` and loads it as [`LlamaModel::from_gguf`].
+    ///
+    /// # Errors
+    /// [`LlamaError::Gguf`] when the file cannot be opened or parsed; then
+    /// as [`LlamaModel::from_gguf`].
+    pub fn open(
+        path: impl AsRef<Path>,
+        storage: WeightStorage,
+        device: &Device,
+    ) -> LlamaResult<Self> {
+        Self::from_gguf(&GgufFile::open(path)?, storage, device)
+    }
+
+    fn build(
+        config: LlamaConfig,
+        mut src: Source<'_>,
+        storage: WeightStorage,
+        device: &Device,
+    ) -> LlamaResult<Self> {
+        config.check()?;
+        let d = config.d_model;
+        let dh = config.head_dim();
+        let kv = config.n_kv_heads * dh;
+        let (vocab, ff) = (config.vocab_size, config.d_ff);
+        let eps = config.rms_eps;
+        let matrix = |src: &mut Source<'_>, name: &str, out: usize, inp: usize| {
+            let fill = Fill::Uniform(1.0 / (inp as f32).sqrt());
+            let values = src.values(name, &[out, inp], fill)?;
+            Ok::<_, LlamaError>(Matrix::from_out_in(&values, out, inp, storage, device))
+        };
+        let norm = |src: &mut Source<'_>, name: &str| {
+            let gain = src.values(name, &[d], Fill::Ones)?;
+            Ok::<_, LlamaError>(RmsNorm::new(
+                Tensor::from_data(TensorData::new(gain, [d]), device),
+                eps,
+            ))
+        };
+        let embed_values = src.values("token_embd.weight", &[vocab, d], Fill::Uniform(1.0))?;
+        let mut blocks = Vec::with_capacity(config.n_layers);
+        for l in 0..config.n_layers {
+            let name = |part: &str| format!("blk.{l}.{part}.weight");
+            blocks.push(Block {
+                attn_norm: norm(&mut src, &name("attn_norm"))?,
+                q: matrix(&mut src, &name("attn_q"), d, d)?,
+                k: matrix(&mut src, &name("attn_k"), kv, d)?,
+                v: matrix(&mut src, &name("attn_v"), kv, d)?,
+                o: matrix(&mut src, &name("attn_output"), d, d)?,
+                ffn_norm: norm(&mut src, &name("ffn_norm"))?,
+                gate: matrix(&mut src, &name("ffn_gate"), ff, d)?,
+                up: matrix(&mut src, &name("ffn_up"), ff, d)?,
+                down: matrix(&mut src, &name("ffn_down"), d, ff)?,
+            });
+        }
+        let final_norm = norm(&mut src, "output_norm.weight")?;
+        let head = if config.tied_embeddings {
+            Matrix::from_out_in(&embed_values, vocab, d, storage, device)
+        } else {
+            matrix(&mut src, "output.weight", vocab, d)?
+        };
+        let embed = Tensor::from_data(TensorData::new(embed_values, [vocab, d]), device);
+        let rope = Rope::new(dh, config.max_context, config.rope_base, device);
+        Ok(Self {
+            config,
+            storage,
+            embed,
+            blocks,
+            norm: final_norm,
+            head,
+            rope,
+            device: device.clone(),
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &LlamaConfig {
+        &self.config
+    }
+
+    /// How the weight matrices are stored.
+    pub fn storage(&self) -> WeightStorage {
+        self.storage
+    }
+
+    /// The device the model computes on.
+    pub fn device(&self) -> Device {
+        self.device.clone()
+    }
+
+    /// Bytes of the weight matrices (projections and output head) that one
+    /// forward pass reads, whatever the number of tokens: the memory
+    /// traffic that bounds decoding speed on a CPU.
+    pub fn matrix_bytes(&self) -> usize {
+        self.matrix_bytes_layers(self.blocks.len())
+    }
+
+    /// [`matrix_bytes`](Self::matrix_bytes) of the first `layers` blocks and the head.
+    pub(crate) fn matrix_bytes_layers(&self, layers: usize) -> usize {
+        self.head.bytes()
+            + self
+                .blocks
+                .iter()
+                .take(layers)
+                .map(|b| {
+                    [&b.q, &b.k, &b.v, &b.o, &b.gate, &b.up, &b.down]
+                        .iter()
+                        .map(|m| m.bytes())
+                        .sum::<usize>()
+                })
+                .sum::<usize>()
+    }
+
+    /// An empty cache for `batch` sequences.
+    ///
+    /// # Errors
+    /// [`LmError::Batch`] (as [`LlamaError::Lm`]) for `batch = 0`.
+    pub fn new_cache(&self, batch: usize) -> LlamaResult<LlamaCache> {
+        if batch == 0 {
+            return Err(LlamaError::Lm(LmError::Batch {
+                what: "batch size".to_owned(),
+                expected: "at least 1 row".to_owned(),
+                found: 0,
+            }));
+        }
+        Ok(LlamaCache::new(batch, self.blocks.len()))
+    }
+
+    /// Appends `tokens[b]` to row `b` of `cache` and returns the next-token
+    /// logits at every new position, in one forward pass whatever the
+    /// number of tokens; rows may receive different numbers of tokens (or
+    /// none).
+    ///
+    /// # Shapes
+    /// `tokens`: one list per cache row. Returns `[b, max(1, n_max), vocab]`;
+    /// positions past a row's own count are padding.
+    ///
+    /// # Errors
+    /// [`LmError::Batch`] when `tokens.len()` differs from the cache's rows,
+    /// [`LmError::TokenOutOfRange`], [`LmError::ContextOverflow`] (each as
+    /// [`LlamaError::Lm`]); nothing is cached on error.
+    ///
+    /// ```
+    /// # #[cfg(feature = "flex")] {
+    /// use burn::tensor::Device;
+    /// use lastmile_models::llama::{LlamaConfig, WeightStorage};
+    /// let m = LlamaConfig::tiny().init_random(1, WeightStorage::F32, &Device::flex())?;
+    /// let mut cache = m.new_cache(2)?;
+    /// let out = m.forward_cached(&mut cache, &[vec![1, 2, 3], vec![4]])?;
+    /// assert_eq!(out.dims(), [2, 3, 64]);
+    /// assert_eq!((cache.len(0), cache.len(1)), (3, 1));
+    /// assert!(m.forward_cached(&mut cache, &[vec![64], vec![]]).is_err()); // id ≥ vocab
+    /// # }
+    /// # Ok::<(), lastmile_models::llama::LlamaError>(())
+    /// ```
+    pub fn forward_cached(
+        &self,
+        cache: &mut LlamaCache,
+        tokens: &[Vec<usize>],
+    ) -> LlamaResult<Tensor<3>> {
+        self.forward_layers(cache, tokens, self.blocks.len())
+    }
+
+    /// [`forward_cached`](Self::forward_cached) through the first `layers`
+    /// blocks only, then the final norm and the head (the early-exit view,
+    /// [`super::LlamaEarlyExit`]). `cache` holds `layers` blocks.
+    pub(crate) fn forward_layers(
+        &self,
+        cache: &mut LlamaCache,
+        tokens: &[Vec<usize>],
+        layers: usize,
+    ) -> LlamaResult<Tensor<3>> {
+        if layers == 0 || layers > self.blocks.len() || cache.keys.len() != layers {
+            return Err(LlamaError::Config {
+                field: "layers",
+                value: format!("{layers} (cache of {} blocks)", cache.keys.len()),
+                expected: format!(
+                    "1..={} blocks, and a cache of as many blocks",
+                    self.blocks.len()
+                ),
+            });
+        }
+        let b = cache.batch();
+        if tokens.len() != b {
+            return Err(LlamaError::Lm(LmError::Batch {
+                what: "token lists".to_owned(),
+                expected: format!("{b} (the cache's rows)"),
+                found: tokens.len(),
+            }));
+        }
+        let vocab = self.config.vocab_size;
+        let max = self.config.max_context;
+        for (row, t) in tokens.iter().enumerate() {
+            if let Some((position, &token)) = t.iter().enumerate().find(|(_, t)| **t >= vocab) {
+                return Err(LlamaError::Lm(LmError::TokenOutOfRange {
+                    row,
+                    position,
+                    token,
+                    vocab,
+                }));
+            }
+            let needed = cache.lens[row] + t.len();
+            if needed > max {
+                return Err(LlamaError::Lm(LmError::ContextOverflow {
+                    row,
+                    needed,
+                    max,
+                }));
+            }
+        }
+        let n = tokens.iter().map(Vec::len).max().unwrap_or(0).max(1);
+        let offsets = cache.lens.clone();
+        let total = offsets.iter().map(|o| o + n).max().unwrap_or(n);
+        let mut ids = vec![0i64; b * n];
+        let mut pos = vec![0i64; b * n];
+        for row in 0..b {
+            for i in 0..n {
+                ids[row * n + i] = tokens[row].get(i).copied().unwrap_or(0) as i64;
+                // Padding positions may pass the context; their outputs are never read.
+                pos[row * n + i] = (offsets[row] + i).min(max - 1) as i64;
+            }
+        }
+        let device = &self.device;
+        let ids = Tensor::<1, Int>::from_data(TensorData::new(ids, [b * n]), device);
+        let pos = Tensor::<1, Int>::from_data(TensorData::new(pos, [b * n]), device);
+        let heads = Heads {
+            n_heads: self.config.n_heads,
+            n_kv_heads: self.config.n_kv_heads,
+            head_dim: self.config.head_dim(),
+        };
+        let g = heads.n_heads / heads.n_kv_heads;
+        // Query row (member m of a group, position i) of batch row r sees key j iff j <= offset_r + i.
+        let rows = g * n;
+        let mask: Vec<bool> = (0..b * rows * total)
+            .map(|k| {
+                let (row, rest) = (k / (rows * total), k % (rows * total));
+                let (query, key) = (rest / total, rest % total);
+                key > offsets[row] + query % n
+            })
+            .collect();
+        let mask = Tensor::<4, Bool>::from_data(TensorData::new(mask, [b, 1, rows, total]), device)
+            .expand([b, heads.n_kv_heads, rows, total]);
+        let rope = self.rope.at(pos, b, n);
+        let d = self.config.d_model;
+        let mut x = self.embed.clone().select(0, ids).reshape([b, n, d]);
+        for (layer, block) in self.blocks.iter().take(layers).enumerate() {
+            let (q, k, v) = block.qkv(x.clone(), heads, &rope);
+            let keys = write(cache.keys[layer].take(), k, &offsets, total, max);
+            let values = write(cache.values[layer].take(), v, &offsets, total, max);
+            let dh = heads.head_dim;
+            let kv = heads.n_kv_heads;
+            let k_all = keys.clone().slice([0..b, 0..kv, 0..total, 0..dh]);
+            let v_all = values.clone().slice([0..b, 0..kv, 0..total, 0..dh]);
+            cache.keys[layer] = Some(keys);
+            cache.values[layer] = Some(values);
+            x = block.finish(x, q, k_all, v_all, mask.clone(), heads);
+        }
+        for (len, t) in cache.lens.iter_mut().zip(tokens) {
+            *len += t.len();
+        }
+        Ok(self.head.forward(self.norm.forward(x)))
+    }
+}

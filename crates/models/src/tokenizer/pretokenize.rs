@@ -1,0 +1,347 @@
+//! Pre-tokenisation: cutting text into the pieces that BPE merges never
+//! cross (the rules are described on [`PreTokenizer`]).
+
+use std::ops::Range;
+
+/// The pre-tokenisation rule of a vocabulary: how text is cut into the
+/// pieces that BPE merges never cross.
+///
+/// Two rules are implemented, both as llama.cpp applies them to the
+/// `tokenizer.ggml.pre` names listed in [`PreTokenizer::from_name`]:
+///
+/// - **GPT-2** — the pattern
+///   `'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+`
+///   (Radford et al. 2019, the GPT-2 encoder), matched left to right.
+///   The contractions are lower-case only; `\s` is Unicode `White_Space`,
+///   `\p{L}` / `\p{N}` the Unicode letter / number general categories. A run
+///   of white space followed by something else leaves its last character to
+///   start the next piece (`"a   b"` → `"a"`, `"  "`, `" b"`).
+/// - **GPT-2 with single digits** (SmolLM, StarCoder and others) — first every
+///   `\p{N}` character becomes a piece of its own, then the GPT-2 pattern runs
+///   inside each remaining stretch, never across a digit. `" 2024"` thus
+///   gives `" "`, `"2"`, `"0"`, `"2"`, `"4"`.
+///
+/// The rule is written by hand over a small character-class table instead
+/// of a regex engine: the look-ahead `(?!\S)` would need a backtracking
+/// engine, and the hand-written scanner is linear in the text.
+///
+/// # Unicode version
+///
+/// llama.cpp classifies characters with tables generated from Unicode 15.1;
+/// `regex-syntax` (16.0) is therefore asked for `\p{L}` and `\p{N}`
+/// restricted to characters assigned by 15.1 (`\p{age:15.1}`), so that a
+/// character new in 16.0 (e.g. Garay letters) falls in "other" as it does
+/// in llama.cpp. Letters, numbers and white space agree with the tables of
+/// the llama.cpp that llama-cpp-python 0.3.36 vendors on all 1 114 112 code
+/// points (checked once by dumping both).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PreTokenizer {
+    /// GPT-2's pattern.
+    Gpt2,
+    /// Every number character alone, then GPT-2's pattern between them.
+    Gpt2SingleDigits,
+}
+
+/// `tokenizer.ggml.pre` names of [`PreTokenizer::Gpt2`].
+const GPT2_NAMES: &[&str] = &[
+    "gpt-2",
+    "gpt2",
+    "mpt",
+    "olmo",
+    "jais",
+    "trillion",
+    "granite-docling",
+];
+/// `tokenizer.ggml.pre` names of [`PreTokenizer::Gpt2SingleDigits`].
+const SINGLE_DIGIT_NAMES: &[&str] = &[
+    "smollm",
+    "starcoder",
+    "refact",
+    "command-r",
+    "codeshell",
+    "exaone",
+    "minerva-7b",
+];
+
+impl PreTokenizer {
+    /// The rule llama.cpp uses for a `tokenizer.ggml.pre` value, if it is
+    /// one implemented here.
+    ///
+    /// # Examples
+    /// ```
+    /// use lastmile_models::tokenizer::PreTokenizer;
+    /// assert_eq!(PreTokenizer::from_name("smollm"), Some(PreTokenizer::Gpt2SingleDigits));
+    /// assert_eq!(PreTokenizer::from_name("llama-bpe"), None);
+    /// ```
+    pub fn from_name(name: &str) -> Option<Self> {
+        if GPT2_NAMES.contains(&name) {
+            Some(Self::Gpt2)
+        } else if SINGLE_DIGIT_NAMES.contains(&name) {
+            Some(Self::Gpt2SingleDigits)
+        } else {
+            None
+        }
+    }
+
+    /// The `tokenizer.ggml.pre` values accepted by [`from_name`](Self::from_name).
+    pub fn supported_names() -> impl Iterator<Item = &'static str> {
+        GPT2_NAMES.iter().chain(SINGLE_DIGIT_NAMES).copied()
+    }
+}
+
+/// The character classes the GPT-2 pattern distinguishes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Class {
+    /// `\p{L}`.
+    Letter,
+    /// `\p{N}`.
+    Number,
+    /// `\s` (`White_Space`).
+    Space,
+    /// Anything else.
+    Other,
+}
+
+/// General-category lookup: ASCII by table, the rest by binary search over
+/// the sorted ranges of `\p{L}` and `\p{N}` that `regex-syntax` ships.
+#[derive(Debug, Clone)]
+pub(crate) struct CharClasses {
+    ascii: [Class; 128],
+    /// Disjoint, sorted `(first, last, class)` ranges above ASCII.
+    ranges: Vec<(u32, u32, Class)>,
+}
+
+impl CharClasses {
+    /// Builds the table from `regex-syntax`'s Unicode data.
+    pub(crate) fn new() -> Self {
+        let mut ranges = Vec::new();
+        for (pattern, class) in [
+            (r"[\p{L}&&\p{age:15.1}]", Class::Letter),
+            (r"[\p{N}&&\p{age:15.1}]", Class::Number),
+        ] {
+            // The patterns are constants that regex-syntax always accepts;
+            // an error would only mean its Unicode tables were compiled out,
+            // and then no non-ASCII character is classified as L or N.
+            if let Ok(hir) = regex_syntax::parse(pattern)
+                && let regex_syntax::hir::HirKind::Class(regex_syntax::hir::Class::Unicode(set)) =
+                    hir.kind()
+            {
+                for r in set.ranges() {
+                    let (start, end) = (r.start() as u32, r.end() as u32);
+                    if end >= 128 {
+                        ranges.push((start.max(128), end, class));
+                    }
+                }
+            }
+        }
+        ranges.sort_unstable_by_key(|r| r.0);
+        let mut ascii = [Class::Other; 128];
+        for (b, class) in ascii.iter_mut().enumerate() {
+            let c = b as u8 as char;
+            *class = if c.is_ascii_alphabetic() {
+                Class::Letter
+            } else if c.is_ascii_digit() {
+                Class::Number
+            } else if c.is_whitespace() {
+                Class::Space
+            } else {
+                Class::Other
+            };
+        }
+        Self { ascii, ranges }
+    }
+
+    /// The class of `c`.
+    #[inline]
+    pub(crate) fn class(&self, c: char) -> Class {
+        let cp = c as u32;
+        if cp < 128 {
+            return self.ascii[cp as usize];
+        }
+        if c.is_whitespace() {
+            return Class::Space;
+        }
+        let i = self.ranges.partition_point(|r| r.0 <= cp);
+        match i.checked_sub(1).map(|i| self.ranges[i]) {
+            Some((_, last, class)) if cp <= last => class,
+            _ => Class::Other,
+        }
+    }
+}
+
+/// One character of the text being split.
+#[derive(Debug, Clone, Copy)]
+struct Cp {
+    /// Byte offset in the text.
+    at: usize,
+    ch: char,
+    class: Class,
+}
+
+/// Reusable buffers of [`split`].
+#[derive(Debug, Default)]
+pub(crate) struct SplitScratch {
+    cps: Vec<Cp>,
+}
+
+/// Appends the byte ranges of the pieces of `text` to `out`.
+pub(crate) fn split(
+    rule: PreTokenizer,
+    classes: &CharClasses,
+    text: &str,
+    scratch: &mut SplitScratch,
+    out: &mut Vec<Range<usize>>,
+) {
+    let cps = &mut scratch.cps;
+    cps.clear();
+    cps.extend(text.char_indices().map(|(at, ch)| Cp {
+        at,
+        ch,
+        class: classes.class(ch),
+    }));
+    let end_byte = text.len();
+    let byte_at = |cps: &[Cp], i: usize| cps.get(i).map_or(end_byte, |c| c.at);
+    match rule {
+        PreTokenizer::Gpt2 => gpt2(cps, 0, cps.len(), end_byte, out),
+        PreTokenizer::Gpt2SingleDigits => {
+            let mut start = 0;
+            for i in 0..cps.len() {
+                if cps[i].class == Class::Number {
+                    gpt2(cps, start, i, end_byte, out);
+                    out.push(cps[i].at..byte_at(cps, i + 1));
+                    start = i + 1;
+                }
+            }
+            gpt2(cps, start, cps.len(), end_byte, out);
+        }
+    }
+}
+
+/// GPT-2's pattern over the characters `cps[ini..end]` (nothing before
+/// `ini` or from `end` on is visible to it).
+fn gpt2(cps: &[Cp], ini: usize, end: usize, end_byte: usize, out: &mut Vec<Range<usize>>) {
+    let byte_at = |i: usize| cps.get(i).map_or(end_byte, |c| c.at);
+    let class = |i: usize| (i < end).then(|| cps[i].class);
+    let ch = |i: usize| (i < end).then(|| cps[i].ch);
+    let mut prev = ini;
+    let mut pos = ini;
+    let mut emit = |to: usize, prev: &mut usize| {
+        if to > *prev {
+            out.push(byte_at(*prev)..byte_at(to));
+        }
+        *prev = to;
+    };
+    while pos < end {
+        let c = cps[pos].ch;
+        // 's|'t|'re|'ve|'m|'ll|'d
+        if c == '\'' {
+            match (ch(pos + 1), ch(pos + 2)) {
+                (Some('s' | 't' | 'm' | 'd'), _) => {
+                    pos += 2;
+                    emit(pos, &mut prev);
+                    continue;
+                }
+                (Some('r' | 'v'), Some('e')) | (Some('l'), Some('l')) => {
+                    pos += 3;
+                    emit(pos, &mut prev);
+                    continue;
+                }
+                _ => {}
+            }
+        }
+        // An optional leading ' ' followed by a run of one class.
+        let lead = if c == ' ' {
+            class(pos + 1)
+        } else {
+            Some(cps[pos].class)
+        };
+        if let Some(run @ (Class::Letter | Class::Number | Class::Other)) = lead {
+            pos += usize::from(c == ' ');
+            while class(pos) == Some(run) {
+                pos += 1;
+            }
+            emit(pos, &mut prev);
+            continue;
+        }
+        // \s+(?!\S) | \s+
+        let mut spaces = 0;
+        while class(pos + spaces) == Some(Class::Space) {
+            spaces += 1;
+        }
+        if spaces > 1 && pos + spaces < end {
+            pos += spaces - 1;
+        } else if spaces > 0 {
+            pos += spaces;
+        } else {
+            pos += 1; // not reached: every class is handled above
+        }
+        emit(pos, &mut prev);
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn pieces(rule: PreTokenizer, text: &str) -> Vec<&str> {
+        let classes = CharClasses::new();
+        let mut out = Vec::new();
+        split(rule, &classes, text, &mut SplitScratch::default(), &mut out);
+        out.into_iter().map(|r| &text[r]).collect()
+    }
+
+    #[test]
+    fn gpt2_pattern_cases() {
+        let p = |t| pieces(PreTokenizer::Gpt2, t);
+        assert_eq!(p("Hello world"), ["Hello", " world"]);
+        assert_eq!(
+            p("I'll don't it's"),
+            ["I", "'ll", " don", "'t", " it", "'s"]
+        );
+        assert_eq!(p("I'LL"), ["I", "'", "LL"]); // contractions are lower-case only
+        assert_eq!(p("a   b"), ["a", "  ", " b"]);
+        assert_eq!(p("a  "), ["a", "  "]);
+        assert_eq!(p("x = 12345;"), ["x", " =", " 12345", ";"]);
+        assert_eq!(p("  !!?"), [" ", " !!?"]);
+        // The newline run leaves its last character to the next piece.
+        assert_eq!(p("a\n\nb"), ["a", "\n", "\n", "b"]);
+        assert_eq!(p("héllo wörld"), ["héllo", " wörld"]);
+        assert_eq!(p("日本語のテキスト"), ["日本語のテキスト"]);
+        assert_eq!(p("🙂🙂 ok"), ["🙂🙂", " ok"]);
+        assert_eq!(p(""), Vec::<&str>::new());
+    }
+
+    #[test]
+    fn single_digits_split_numbers_first() {
+        let p = |t| pieces(PreTokenizer::Gpt2SingleDigits, t);
+        assert_eq!(p("in 2024!"), ["in", " ", "2", "0", "2", "4", "!"]);
+        assert_eq!(p("x1y"), ["x", "1", "y"]);
+        assert_eq!(p("٣٤"), ["٣", "٤"]); // Arabic-Indic digits are \p{N}
+        assert_eq!(p("½ cup"), ["½", " cup"]); // No is \p{N}
+    }
+
+    #[test]
+    fn pieces_tile_the_text() {
+        let text = "Mixed: ÅÄÖ 12\t\u{a0}x  \n\n  'tis 🙂 ½ ٣ – end  ";
+        for rule in [PreTokenizer::Gpt2, PreTokenizer::Gpt2SingleDigits] {
+            assert_eq!(pieces(rule, text).concat(), text);
+        }
+    }
+
+    #[test]
+    fn classes_match_categories() {
+        let c = CharClasses::new();
+        assert_eq!(c.class('a'), Class::Letter);
+        assert_eq!(c.class('é'), Class::Letter);
+        assert_eq!(c.class('語'), Class::Letter);
+        assert_eq!(c.class('7'), Class::Number);
+        assert_eq!(c.class('Ⅻ'), Class::Number); // Nl
+        assert_eq!(c.class('\u{3000}'), Class::Space);
+        assert_eq!(c.class('\u{85}'), Class::Space);
+        assert_eq!(c.class('🙂'), Class::Other);
+        assert_eq!(c.class('\u{301}'), Class::Other); // combining mark: M, not L
+        assert_eq!(c.class('\u{10FFFF}'), Class::Other);
+    }
+}
