@@ -21,7 +21,8 @@ use lastmile_core::convert::tensor_to_vec;
 use lastmile_core::lm::LanguageModel;
 use lastmile_datasets::TextCorpus;
 use lastmile_models::{
-    MoeTransformer, MoeTransformerConfig, OffloadedMoeTransformer, TrainConfig, train_moe,
+    MoeTrainStep, MoeTransformer, MoeTransformerConfig, OffloadedMoeTransformer, TrainConfig,
+    train_moe,
 };
 use lastmile_moe_cache::PolicyKind;
 use lastmile_moe_cache::cache::Budget;
@@ -35,6 +36,7 @@ use lastmile_moe_cache::trace::{
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
+use crate::plot::{LinePanel, write_svg};
 use crate::report::{output_dir, progress_bar, table, write_csv};
 use crate::spec_decode::{checkpoint_dir, corpus_bytes, held_out_prompts};
 
@@ -94,6 +96,7 @@ pub fn load_or_train(
     let bar = progress_bar(train_cfg.steps as u64, name);
     let mut rows = Vec::with_capacity(train_cfg.steps);
     let mut recent = Vec::new();
+    let mut steps: Vec<MoeTrainStep> = Vec::new();
     let start = Instant::now();
     let trained = train_moe(model, corpus, train_cfg, BALANCE_COEF, |step, s| {
         rows.push(vec![
@@ -102,6 +105,7 @@ pub fn load_or_train(
             format!("{:.4}", s.balance_loss),
         ]);
         recent.push(s.lm_loss);
+        steps.push(s);
         let tail = &recent[recent.len().saturating_sub(20)..];
         bar.set_message(format!(
             "loss {:.3} balance {:.3}",
@@ -117,6 +121,30 @@ pub fn load_or_train(
     let model = MoeTransformer::load(config, &path, device)?;
     let csv = output_dir()?.join(format!("moe_{name}_loss.csv"));
     write_csv(&csv, &["step", "lm_loss", "balance_loss"], &rows)?;
+    let smooth = |f: &dyn Fn(&MoeTrainStep) -> f32| -> Vec<(f64, f64)> {
+        (0..steps.len())
+            .map(|i| {
+                let w = &steps[i.saturating_sub(19)..=i];
+                (
+                    i as f64,
+                    w.iter().map(|s| f64::from(f(s))).sum::<f64>() / w.len() as f64,
+                )
+            })
+            .collect()
+    };
+    let svg = csv.with_extension("svg");
+    write_svg(
+        &svg,
+        &[LinePanel::new(
+            format!("{name}: training loss (mean of the last 20 steps)"),
+            "step",
+            "loss (nats)",
+        )
+        .series("next-byte loss", smooth(&|s| s.lm_loss))
+        .series("load-balancing loss", smooth(&|s| s.balance_loss))
+        .into()],
+        1,
+    )?;
     let tenth = (recent.len() / 10).max(1);
     let curve: Vec<String> = recent
         .chunks(tenth)
@@ -128,8 +156,9 @@ pub fn load_or_train(
         curve.join(" → ")
     );
     println!(
-        "    (CSV with the load-balancing loss too: {})",
-        csv.display()
+        "    (CSV and plot with the load-balancing loss too: {}, {})",
+        csv.display(),
+        svg.display()
     );
     Ok((model, format!("trained, saved to {}", path.display())))
 }
@@ -781,60 +810,41 @@ pub fn baseline(rows: &[SweepRow], capacity: usize) -> Result<&SweepRow> {
 
 /// Hit rate vs capacity, one line per policy (SVG).
 pub fn plot_hit_rate(rows: &[ReplayRow], experts: usize, path: &Path) -> Result<()> {
-    use plotters::prelude::*;
-    let err = |e: &dyn std::fmt::Debug| anyhow!("plotting {}: {e:?}", path.display());
-    let root = SVGBackend::new(path, (900, 560)).into_drawing_area();
-    root.fill(&WHITE).map_err(|e| err(&e))?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(
-            "MoE expert cache: hit rate vs experts cached per layer",
-            ("sans-serif", 18),
-        )
-        .margin(12)
-        .x_label_area_size(40)
-        .y_label_area_size(50)
-        .build_cartesian_2d(0.0..experts as f64, 0.0..1.0)
-        .map_err(|e| err(&e))?;
-    chart
-        .configure_mesh()
-        .x_desc(format!("experts cached per layer (of {experts})"))
-        .y_desc("hit rate")
-        .draw()
-        .map_err(|e| err(&e))?;
     let mut labels: Vec<&str> = rows.iter().map(|r| r.label.as_str()).collect();
     labels.dedup();
-    for (i, label) in labels.iter().enumerate() {
-        let color = Palette99::pick(i).to_rgba();
-        chart
-            .draw_series(LineSeries::new(
-                rows.iter()
-                    .filter(|r| r.label == *label)
-                    .map(|r| (r.capacity as f64, r.hit_rate)),
-                color.stroke_width(2),
-            ))
-            .map_err(|e| err(&e))?
-            .label(label.to_string())
-            .legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 16, y)], color.stroke_width(2))
-            });
+    let mut panel = LinePanel::new(
+        "MoE expert cache: hit rate vs experts cached per layer",
+        format!("experts cached per layer (of {experts})"),
+        "hit rate",
+    )
+    .x_range(0.0, experts as f64)
+    .y_range(0.0, 1.0)
+    .legend_low();
+    for label in labels {
+        let pts = rows
+            .iter()
+            .filter(|r| r.label == label)
+            .map(|r| (r.capacity as f64, r.hit_rate))
+            .collect();
+        panel = panel.series(label, pts);
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::LowerRight)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .draw()
-        .map_err(|e| err(&e))?;
-    root.present().map_err(|e| err(&e))?;
-    Ok(())
+    write_svg(path, &[panel.into()], 1)
 }
 
-/// Miss-rate reduction over LRU vs perplexity increase, one line per
-/// capacity through its Cache-Prior settings (SVG).
+/// Miss-rate reduction over LRU vs perplexity increase, one set of dots per
+/// capacity through its Cache-Prior settings, with the goal's edges (40 %
+/// fewer misses, +3 % perplexity) dashed (SVG).
 pub fn plot_front(rows: &[SweepRow], capacities: &[usize], path: &Path) -> Result<()> {
-    use plotters::prelude::*;
-    let err = |e: &dyn std::fmt::Debug| anyhow!("plotting {}: {e:?}", path.display());
-    let mut series = Vec::new();
+    let mut panel = LinePanel::new(
+        "Cache-Prior: miss-rate reduction vs perplexity cost (LRU, per capacity)",
+        "perplexity increase over top-k routing (%)",
+        "miss-rate reduction vs LRU top-k (%)",
+    )
+    .dots()
+    .y_range(-10.0, 100.0)
+    .legend_low()
+    .vline("goal: ≤ 3 % perplexity", 3.0)
+    .hline("goal: ≥ 40 % fewer misses", 40.0);
     for &cap in capacities {
         let base = baseline(rows, cap)?;
         let mut pts: Vec<(f64, f64)> = rows
@@ -848,65 +858,9 @@ pub fn plot_front(rows: &[SweepRow], capacities: &[usize], path: &Path) -> Resul
             })
             .collect();
         pts.push((0.0, 0.0));
-        pts.sort_by(|a, b| a.0.total_cmp(&b.0));
-        series.push((cap, pts));
+        panel = panel.series(format!("{cap} experts cached / layer"), pts);
     }
-    let x_max = series
-        .iter()
-        .flat_map(|(_, p)| p.iter().map(|q| q.0))
-        .fold(3.5f64, f64::max);
-    let x_min = series
-        .iter()
-        .flat_map(|(_, p)| p.iter().map(|q| q.0))
-        .fold(-0.5f64, f64::min);
-    let root = SVGBackend::new(path, (900, 560)).into_drawing_area();
-    root.fill(&WHITE).map_err(|e| err(&e))?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(
-            "Cache-Prior: miss-rate reduction vs perplexity cost (LRU, per capacity)",
-            ("sans-serif", 18),
-        )
-        .margin(12)
-        .x_label_area_size(40)
-        .y_label_area_size(50)
-        .build_cartesian_2d(x_min..x_max, -10.0..100.0)
-        .map_err(|e| err(&e))?;
-    chart
-        .configure_mesh()
-        .x_desc("perplexity increase over top-k routing (%)")
-        .y_desc("miss-rate reduction vs LRU top-k (%)")
-        .draw()
-        .map_err(|e| err(&e))?;
-    for (i, (cap, pts)) in series.iter().enumerate() {
-        let color = Palette99::pick(i).to_rgba();
-        chart
-            .draw_series(pts.iter().map(|&p| Circle::new(p, 4, color.filled())))
-            .map_err(|e| err(&e))?
-            .label(format!("{cap} experts cached / layer"))
-            .legend(move |(x, y)| Circle::new((x + 8, y), 4, color.filled()));
-    }
-    // The goal region's edges: 40 % fewer misses, 3 % perplexity.
-    chart
-        .draw_series(LineSeries::new(
-            vec![(3.0, 40.0), (3.0, 100.0)],
-            BLACK.mix(0.5).stroke_width(1),
-        ))
-        .map_err(|e| err(&e))?;
-    chart
-        .draw_series(LineSeries::new(
-            vec![(x_min, 40.0), (3.0, 40.0)],
-            BLACK.mix(0.5).stroke_width(1),
-        ))
-        .map_err(|e| err(&e))?;
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::LowerRight)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .draw()
-        .map_err(|e| err(&e))?;
-    root.present().map_err(|e| err(&e))?;
-    Ok(())
+    write_svg(path, &[panel.into()], 1)
 }
 
 /// Tour section: a small MoE LM (the example's checkpoint if it exists,
@@ -961,6 +915,8 @@ pub fn tour_section(device: &Device) -> Result<()> {
         .collect();
     let rows = replay_grid(&trace, &policies, &caps)?;
     print!("{}", replay_table(&rows, &caps, c.experts));
+    let svg = output_dir()?.join("tour_moe_hit_rate.svg");
+    plot_hit_rate(&rows, c.experts, &svg)?;
     println!(
         "  each cell: hit rate = share of expert uses found already in DRAM when the cache holds that many experts per layer (higher is better)"
     );
@@ -970,6 +926,13 @@ pub fn tour_section(device: &Device) -> Result<()> {
     println!(
         "  LRU+CachePrior re-routes each token from its logits, adding λ·(logit range) to cached experts (and the original best one) before top-k: it trades some quality for hits and can beat OPT"
     );
+    if caps.first() == Some(&c.k) {
+        println!(
+            "  at {}/{} the cache holds only the {} experts the current token used, so every eviction policy keeps the same ones (OPT = LRU there)",
+            c.k, c.experts, c.k
+        );
+    }
+    println!("  plot: {}", svg.display());
     println!(
         "  moe-cache section finished in {:.1} s",
         start.elapsed().as_secs_f64()
