@@ -19,6 +19,8 @@
 //!   safetensors files of named tensors, safe on hostile input.
 //! - [`gguf`]: GGUF (llama.cpp / ggml) files: metadata, tensor index and
 //!   dequantisation of F32, F16, BF16, Q8_0, Q4_0 and Q4_1, safe on hostile input.
+//! - [`model_files`]: where model files fetched or trained at setup time are
+//!   kept (`lastmile-models` in cargo's target directory, or `$LASTMILE_MODELS`).
 //! - `stats` and `testing` (feature `testing`, for tests only): chi-square /
 //!   normal tests and a harness that runs one test body on every compiled backend.
 //!
@@ -47,6 +49,7 @@ pub mod error;
 pub mod gguf;
 pub mod linalg;
 pub mod lm;
+pub mod model_files;
 pub mod module;
 pub mod numerics;
 #[cfg(feature = "testing")]

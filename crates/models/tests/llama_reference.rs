@@ -76,10 +76,10 @@ use std::time::Instant;
 
 use burn::tensor::Device;
 use lastmile_core::convert::tensor_to_vec;
+use lastmile_core::model_files::{SMOLLM2_135M_INSTRUCT, models_dir};
 use lastmile_models::llama::{LlamaModel, WeightStorage};
 use serde::Deserialize;
 
-const FILE: &str = "smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf";
 const FIXTURE: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/tests/fixtures/llama_cpp_reference.json"
@@ -130,19 +130,10 @@ struct Position {
     exact_logits: Vec<f32>,
 }
 
-/// The same resolution as `scripts/fetch-smollm2.sh` (a relative
-/// `CARGO_TARGET_DIR` is taken from the workspace root, where cargo runs).
+/// The model file, where `scripts/fetch-smollm2.sh` puts it.
 fn model_path() -> PathBuf {
     let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let models = match (
-        std::env::var_os("LASTMILE_MODELS"),
-        std::env::var_os("CARGO_TARGET_DIR"),
-    ) {
-        (Some(m), _) => PathBuf::from(m),
-        (None, Some(t)) => workspace.join(t).join("lastmile-models"),
-        (None, None) => workspace.join("target/lastmile-models"),
-    };
-    models.join(FILE)
+    models_dir(&workspace).join(SMOLLM2_135M_INSTRUCT)
 }
 
 fn argmax(row: &[f32]) -> usize {

@@ -21,25 +21,16 @@ use std::sync::OnceLock;
 use std::time::Instant;
 
 use lastmile_core::gguf::GgufFile;
+use lastmile_core::model_files::{SMOLLM2_135M_INSTRUCT, models_dir};
 use lastmile_models::tokenizer::{ChatMessage, PreTokenizer, Tokenizer};
 use serde::Deserialize;
 
-const FILE: &str = "smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf";
 const FIXTURE: &str = include_str!("fixtures/tokenizer_smollm2.json");
 
-/// The same resolution as `scripts/fetch-smollm2.sh` (a relative
-/// `CARGO_TARGET_DIR` is taken from the workspace root).
+/// The model file, where `scripts/fetch-smollm2.sh` puts it.
 fn model_path() -> PathBuf {
     let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let models = match (
-        std::env::var_os("LASTMILE_MODELS"),
-        std::env::var_os("CARGO_TARGET_DIR"),
-    ) {
-        (Some(m), _) => PathBuf::from(m),
-        (None, Some(t)) => workspace.join(t).join("lastmile-models"),
-        (None, None) => workspace.join("target/lastmile-models"),
-    };
-    models.join(FILE)
+    models_dir(&workspace).join(SMOLLM2_135M_INSTRUCT)
 }
 
 /// The tokenizer, built once per test binary; `None` (after saying so) when
