@@ -71,13 +71,6 @@ impl LinePanel {
         }
     }
 
-    /// Puts the legend in the lower right corner (default: upper right),
-    /// for curves that rise.
-    pub fn legend_low(mut self) -> Self {
-        self.legend_low = true;
-        self
-    }
-
     /// Adds a series (non-finite points are skipped when drawing).
     pub fn series(mut self, name: impl Into<String>, points: Vec<(f64, f64)>) -> Self {
         self.series.push(Series {
@@ -99,30 +92,9 @@ impl LinePanel {
         self
     }
 
-    /// Fixes the y range (default: the data's range, padded by 5 %).
-    pub fn y_range(mut self, lo: f64, hi: f64) -> Self {
-        self.y_range = Some((lo, hi));
-        self
-    }
-
-    /// A dashed horizontal reference line at `y`.
-    pub fn hline(mut self, label: impl Into<String>, y: f64) -> Self {
-        self.guides.push(Guide {
-            label: label.into(),
-            values: vec![y],
-            vertical: false,
-        });
-        self
-    }
-
     /// A dashed vertical reference line at `x`.
-    pub fn vline(mut self, label: impl Into<String>, x: f64) -> Self {
-        self.guides.push(Guide {
-            label: label.into(),
-            values: vec![x],
-            vertical: true,
-        });
-        self
+    pub fn vline(self, label: impl Into<String>, x: f64) -> Self {
+        self.guide(label, vec![x], true)
     }
 }
 
@@ -157,12 +129,6 @@ impl BarPanel {
         }
     }
 
-    /// Puts the legend in the lower right corner (default: upper right).
-    pub fn legend_low(mut self) -> Self {
-        self.legend_low = true;
-        self
-    }
-
     /// Adds a series: one value per category.
     pub fn series(mut self, name: impl Into<String>, values: Vec<f64>) -> Self {
         self.series.push((name.into(), values, None));
@@ -179,33 +145,51 @@ impl BarPanel {
         self.series.push((name.into(), values, Some(errors)));
         self
     }
-
-    /// Fixes the y range (default: from 0 or the smallest value to the largest, padded).
-    pub fn y_range(mut self, lo: f64, hi: f64) -> Self {
-        self.y_range = Some((lo, hi));
-        self
-    }
-
-    /// A dashed horizontal reference line at `y`.
-    pub fn hline(mut self, label: impl Into<String>, y: f64) -> Self {
-        self.guides.push(Guide {
-            label: label.into(),
-            values: vec![y],
-            vertical: false,
-        });
-        self
-    }
-
-    /// Two dashed horizontal lines at `lo` and `hi` with one legend label.
-    pub fn band(mut self, label: impl Into<String>, lo: f64, hi: f64) -> Self {
-        self.guides.push(Guide {
-            label: label.into(),
-            values: vec![lo, hi],
-            vertical: false,
-        });
-        self
-    }
 }
+
+/// Builder methods shared by both panel kinds (fields `y_range`, `guides`,
+/// `legend_low`).
+macro_rules! frame_builders {
+    ($panel:ty) => {
+        impl $panel {
+            /// Fixes the y range (default: the data's range, padded; bars
+            /// also include 0).
+            pub fn y_range(mut self, lo: f64, hi: f64) -> Self {
+                self.y_range = Some((lo, hi));
+                self
+            }
+
+            /// Puts the legend in the lower right corner (default: upper
+            /// right), for data that rise.
+            pub fn legend_low(mut self) -> Self {
+                self.legend_low = true;
+                self
+            }
+
+            /// A dashed horizontal reference line at `y`.
+            pub fn hline(self, label: impl Into<String>, y: f64) -> Self {
+                self.guide(label, vec![y], false)
+            }
+
+            /// Two dashed horizontal lines at `lo` and `hi` with one legend label.
+            pub fn band(self, label: impl Into<String>, lo: f64, hi: f64) -> Self {
+                self.guide(label, vec![lo, hi], false)
+            }
+
+            fn guide(mut self, label: impl Into<String>, values: Vec<f64>, vertical: bool) -> Self {
+                self.guides.push(Guide {
+                    label: label.into(),
+                    values,
+                    vertical,
+                });
+                self
+            }
+        }
+    };
+}
+
+frame_builders!(LinePanel);
+frame_builders!(BarPanel);
 
 /// One panel of a page.
 #[derive(Clone, Debug)]
