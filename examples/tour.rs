@@ -10,7 +10,10 @@
 //! Sections: (1) core — load the digits data set, train a small MLP with burn
 //! autodiff, report test accuracy, time per epoch and the backend; then one
 //! section per method crate: conformal prediction sets on digits, LoRA / FouRA
-//! / SHiRA adapters, exact speculative decoding with AdaEDL, spectral model
+//! / SHiRA adapters, exact speculative decoding with AdaEDL, a real
+//! pretrained model (SmolLM2-135M from GGUF, when fetched with
+//! `scripts/fetch-smollm2.sh`): chat generation and early-exit speculative
+//! decoding, spectral model
 //! sharding in a few federated rounds, and MoE expert caching (a replay of
 //! routing traces against the eviction policies). `LASTMILE_BACKEND=ndarray|wgpu`
 //! switches backend (when compiled in); `LASTMILE_OUT` sets where CSV and SVG
@@ -43,6 +46,8 @@ fn main() -> Result<()> {
     lastmile_examples::adapters::tour_section(&device)?;
     println!();
     lastmile_examples::spec_decode::tour_section(&device)?;
+    println!();
+    lastmile_examples::llm::tour_section(&device)?;
     println!();
     lastmile_examples::federated::tour_section(&device)?;
     println!();

@@ -4,6 +4,7 @@
 pub mod adapters;
 pub mod conformal;
 pub mod federated;
+pub mod llm;
 pub mod mlp;
 pub mod moe;
 pub mod plot;

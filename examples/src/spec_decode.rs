@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use burn::tensor::{Device, Int, Tensor, TensorData};
+use lastmile_core::lm::LanguageModel;
 use lastmile_core::numerics::SamplingParams;
 use lastmile_datasets::TextCorpus;
 use lastmile_models::{
@@ -224,11 +225,14 @@ pub fn methods(temperature: f64, cost_ratio: f64, verify_cost: f64) -> Result<Ve
     Ok(m)
 }
 
-/// Runs `method` on one prompt (batch 1, the latency setting) with a fixed seed.
-pub fn run_method(
+/// Runs `method` on one prompt (batch 1, the latency setting) with a fixed
+/// seed. Any pair of [`LanguageModel`]s with the same vocabulary: the
+/// byte-level transformers here, the Llama model and its early-exit view
+/// in [`crate::llm`].
+pub fn run_method<T: LanguageModel, D: LanguageModel>(
     method: &Method,
-    target: &PackedTransformer,
-    draft: &PackedTransformer,
+    target: &T,
+    draft: &D,
     prompt: &[usize],
     config: &GenerationConfig,
     seed: u64,
@@ -252,12 +256,13 @@ pub type MethodResult = (Vec<Vec<usize>>, Metrics);
 /// Runs every method on every prompt, interleaving methods within each
 /// prompt so that background load on the machine hits all methods alike.
 /// Prompt `i` uses seed `seed + i` for every method. Each method first runs
-/// once untimed on the first prompt, so that first-call costs (allocations,
-/// thread start-up, cold caches) do not land on whichever method runs first.
-pub fn sweep(
+/// once untimed on the first prompt (at most 8 new tokens), so that
+/// first-call costs (allocations, thread start-up, cold caches) do not land
+/// on whichever method runs first.
+pub fn sweep<T: LanguageModel, D: LanguageModel>(
     methods: &[Method],
-    target: &PackedTransformer,
-    draft: &PackedTransformer,
+    target: &T,
+    draft: &D,
     prompts: &[Vec<usize>],
     config: &GenerationConfig,
     seed: u64,
@@ -265,8 +270,10 @@ pub fn sweep(
 ) -> Result<Vec<MethodResult>> {
     let mut results: Vec<MethodResult> = vec![(Vec::new(), Metrics::default()); methods.len()];
     if let Some(first) = prompts.first() {
+        let warm = GenerationConfig::new(*config.sampling(), config.max_new_tokens().min(8))?
+            .with_stop_token(config.stop_token());
         for method in methods {
-            run_method(method, target, draft, first, config, seed)?;
+            run_method(method, target, draft, first, &warm, seed)?;
         }
     }
     for (i, prompt) in prompts.iter().enumerate() {

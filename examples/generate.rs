@@ -1,0 +1,142 @@
+//! Text generation with SmolLM2-135M-Instruct (GGUF) in burn, streamed.
+//!
+//! ```text
+//! scripts/fetch-smollm2.sh            # once: the 98 MB model file
+//! CARGO_TARGET_DIR=/work/bench-target cargo build --release -p lastmile-examples --example generate
+//! /work/bench-target/release/examples/generate --chat "Explain borrowing in Rust." --max-tokens 128
+//! /work/bench-target/release/examples/generate --prompt "fn main() {" --temperature 0.7 --top-p 0.9 --seed 3
+//! ```
+//!
+//! `--prompt TEXT` continues raw text; `--chat MESSAGE` wraps a user message
+//! in the model's chat template and answers it. `--max-tokens N` (default
+//! 128), `--temperature T` (default 0: greedy), `--top-p P` (nucleus
+//! sampling, with T > 0), `--seed S` (default 0). Text is printed as it is
+//! decoded; generation stops at an end-of-generation token (`<|im_end|>`,
+//! `<|endoftext|>`) or after N tokens. At the end it prints prompt
+//! processing speed (tokens of the prompt per second, one pass) and
+//! decoding speed (one-token steps per second), separately. The model is
+//! looked up in `$LASTMILE_MODELS/smollm2-135m-instruct/`, else in
+//! `<target dir>/lastmile-models/smollm2-135m-instruct/`.
+
+use std::io::Write as _;
+
+use anyhow::{Context, Result, bail};
+use lastmile_core::default_device;
+use lastmile_core::numerics::SamplingParams;
+use lastmile_examples::llm::{GenerateOptions, Llm, generate};
+
+enum Input {
+    Prompt(String),
+    Chat(String),
+}
+
+struct Args {
+    input: Input,
+    max_tokens: usize,
+    temperature: f64,
+    top_p: Option<f64>,
+    seed: u64,
+}
+
+const USAGE: &str = "expected --prompt TEXT or --chat MESSAGE, and optionally --max-tokens N, \
+                     --temperature T, --top-p P, --seed S";
+
+fn parse_args() -> Result<Args> {
+    let mut input = None;
+    let (mut max_tokens, mut temperature, mut top_p, mut seed) = (128, 0.0, None, 0);
+    let mut it = std::env::args().skip(1);
+    while let Some(a) = it.next() {
+        let mut value = |name: &str| it.next().with_context(|| format!("{name} needs a value"));
+        match a.as_str() {
+            "--prompt" => input = Some(Input::Prompt(value("--prompt")?)),
+            "--chat" => input = Some(Input::Chat(value("--chat")?)),
+            "--max-tokens" => {
+                max_tokens = value("--max-tokens")?
+                    .parse()
+                    .context("--max-tokens needs an integer")?
+            }
+            "--temperature" => {
+                temperature = value("--temperature")?
+                    .parse()
+                    .context("--temperature needs a number")?
+            }
+            "--top-p" => {
+                top_p = Some(
+                    value("--top-p")?
+                        .parse()
+                        .context("--top-p needs a number")?,
+                )
+            }
+            "--seed" => {
+                seed = value("--seed")?
+                    .parse()
+                    .context("--seed needs an integer")?
+            }
+            other => bail!("unknown argument {other}; {USAGE}"),
+        }
+    }
+    let input = input.with_context(|| format!("no input; {USAGE}"))?;
+    Ok(Args {
+        input,
+        max_tokens,
+        temperature,
+        top_p,
+        seed,
+    })
+}
+
+fn main() -> Result<()> {
+    let args = parse_args()?;
+    let mut sampling = SamplingParams::new(args.temperature)?;
+    if let Some(p) = args.top_p {
+        if args.temperature == 0.0 {
+            bail!("--top-p {p} has no effect with greedy decoding; give --temperature T > 0 too");
+        }
+        sampling = sampling.with_top_p(p)?;
+    }
+    let device = default_device()?;
+    let llm = Llm::load(&device)?;
+    let prompt = match &args.input {
+        Input::Prompt(text) => llm.text_prompt(text),
+        Input::Chat(message) => llm.chat_prompt(message)?,
+    };
+    eprintln!(
+        "[loaded SmolLM2-135M-Instruct in {:.1} s; {} prompt tokens; T = {}, top-p = {}, seed {}]",
+        llm.load_secs,
+        prompt.len(),
+        args.temperature,
+        args.top_p.map_or("off".to_owned(), |p| p.to_string()),
+        args.seed
+    );
+    if let Input::Prompt(text) = &args.input {
+        print!("{text}");
+    }
+    let options = GenerateOptions {
+        max_tokens: args.max_tokens,
+        sampling,
+        seed: args.seed,
+    };
+    let mut stdout = std::io::stdout();
+    let (_, stats) = generate(&llm, &prompt, &options, |piece| {
+        stdout.write_all(piece.as_bytes())?;
+        stdout.flush()?;
+        Ok(())
+    })?;
+    println!();
+    eprintln!(
+        "[{} tokens generated{}; prompt: {} tokens in {:.3} s = {:.1} tok/s; decoding: {} steps in {:.3} s = {:.1} tok/s]",
+        stats.generated,
+        if stats.stopped {
+            " (stopped at end of generation)"
+        } else {
+            ""
+        },
+        stats.prompt_tokens,
+        stats.prompt_secs,
+        stats.prompt_tokens_per_sec(),
+        stats.decode_steps,
+        stats.decode_secs,
+        stats.decode_tokens_per_sec()
+    );
+    Ok(())
+}

@@ -1,0 +1,370 @@
+//! Speculative decoding of a real model: SmolLM2-135M-Instruct (GGUF, f32
+//! weights) as the target, its own first layers (early exit) or prompt
+//! lookup as the draft.
+//!
+//! ```text
+//! scripts/fetch-smollm2.sh            # once: the 98 MB model file
+//! CARGO_TARGET_DIR=/work/bench-target cargo build --release -p lastmile-examples --example spec_decode_llm
+//! /work/bench-target/release/examples/spec_decode_llm [--prompts N] [--chat N] [--max-tokens N]
+//!     [--prompt-chars N] [--layers L]
+//! ```
+//!
+//! 1. Measures the target's one-token step and a 9-token verify pass, hence
+//!    the marginal verify cost `c_v` per extra token (in target steps).
+//! 2. Picks the early-exit depth: for L ∈ {4, 8, …, 24} it measures the
+//!    draft's step cost `c` (in target steps) and decodes the first prompt
+//!    of each kind with AdaEDL at T = 0; the L with the highest tokens/s is
+//!    used below (`--layers L` skips this).
+//! 3. Sweeps autoregressive decoding, static γ ∈ 1..8, the HF heuristic,
+//!    max-confidence, AdaEDL (`min_len` 1 and 0), the cost-model
+//!    controller (given the measured `c` and `c_v`) and prompt lookup, at
+//!    T ∈ {0, 0.7, 1.0}, on `--prompts` windows of the shipped corpus
+//!    (default 1, about `--prompt-chars` 300 characters each) and
+//!    `--chat` chat messages (default 1, at most 4), `--max-tokens` new
+//!    tokens each (default 40), stopping at `<|im_end|>`. Same prompts and seeds for
+//!    every method; greedy outputs are asserted identical to autoregressive
+//!    decoding. Prints tokens/s (the prompt pass included), speed-up, mean
+//!    tokens per round (1 + accepted drafts) and target calls per token; writes
+//!    `spec_decode_llm.csv` and `spec_decode_llm.svg` to the output folder
+//!    (`$LASTMILE_OUT`, default `<target dir>/lastmile-out`).
+//!
+//! The default run takes a few minutes on 2 cores.
+
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail, ensure};
+use lastmile_core::default_device;
+use lastmile_core::numerics::SamplingParams;
+use lastmile_examples::llm::{CHAT_PROMPTS, Llm, corpus_prompts, step_time};
+use lastmile_examples::plot::{BarPanel, write_svg_sized};
+use lastmile_examples::report::{output_dir, progress_bar, table, write_csv};
+use lastmile_examples::spec_decode::{Method, methods, run_method, sweep};
+use lastmile_models::llama::LlamaEarlyExit;
+use lastmile_spec_decode::{AdaEdl, AdaEdlConfig, GenerationConfig, Metrics};
+
+struct Args {
+    prompts: usize,
+    chat: usize,
+    max_tokens: usize,
+    prompt_chars: usize,
+    layers: Option<usize>,
+}
+
+fn parse_args() -> Result<Args> {
+    let mut args = Args {
+        prompts: 1,
+        chat: 1,
+        max_tokens: 40,
+        prompt_chars: 300,
+        layers: None,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(a) = it.next() {
+        let mut value = |name: &str| -> Result<usize> {
+            it.next()
+                .with_context(|| format!("{name} needs a value"))?
+                .parse()
+                .with_context(|| format!("{name} needs an integer"))
+        };
+        match a.as_str() {
+            "--prompts" => args.prompts = value("--prompts")?,
+            "--chat" => args.chat = value("--chat")?,
+            "--max-tokens" => args.max_tokens = value("--max-tokens")?,
+            "--prompt-chars" => args.prompt_chars = value("--prompt-chars")?,
+            "--layers" => args.layers = Some(value("--layers")?),
+            other => bail!(
+                "unknown argument {other}; expected --prompts N, --chat N, --max-tokens N, \
+                 --prompt-chars N, --layers L"
+            ),
+        }
+    }
+    ensure!(
+        args.prompts + args.chat >= 1,
+        "no prompts; give --prompts N or --chat N with N ≥ 1"
+    );
+    ensure!(
+        args.chat <= CHAT_PROMPTS.len(),
+        "--chat {} exceeds the {} chat prompts shipped",
+        args.chat,
+        CHAT_PROMPTS.len()
+    );
+    ensure!(args.max_tokens >= 1, "--max-tokens must be at least 1");
+    Ok(args)
+}
+
+fn main() -> Result<()> {
+    let args = parse_args()?;
+    let device = default_device()?;
+    let llm = Llm::load(&device)?;
+    let target = &llm.model;
+    let n_layers = target.config().n_layers;
+    println!(
+        "target: SmolLM2-135M-Instruct, {n_layers} blocks, f32 weights ({} MB of matrices per forward), \
+         loaded in {:.1} s",
+        target.matrix_bytes() / 1_000_000,
+        llm.load_secs
+    );
+
+    // Prompts: windows of the shipped corpus, then chat messages.
+    let mut prompts = Vec::new();
+    let mut kinds = Vec::new();
+    for text in corpus_prompts(args.prompts, args.prompt_chars, 7)? {
+        prompts.push(llm.text_prompt(&text));
+        kinds.push("corpus");
+    }
+    for message in &CHAT_PROMPTS[..args.chat] {
+        prompts.push(llm.chat_prompt(message)?);
+        kinds.push("chat");
+    }
+    println!(
+        "prompts: {} corpus windows and {} chat messages, {} tokens in total; {} new tokens each",
+        args.prompts,
+        args.chat,
+        prompts.iter().map(Vec::len).sum::<usize>(),
+        args.max_tokens
+    );
+
+    // 1. Costs of the target.
+    let prefix = 128;
+    let t1 = step_time(target, prefix, 1, 15)?;
+    let t9 = step_time(target, prefix, 9, 9)?;
+    let verify_cost = ((t9 - t1) / 8.0 / t1).max(0.0);
+    println!(
+        "target step {:.1} ms ({:.1} tok/s); a 9-token verify pass {:.1} ms = {:.2}x a step: \
+         c_v = {verify_cost:.3} step per extra token",
+        t1 * 1e3,
+        1.0 / t1,
+        t9 * 1e3,
+        t9 / t1
+    );
+
+    // 2. The early-exit depth.
+    let stop = llm.stop_token();
+    let probe = GenerationConfig::new(SamplingParams::greedy(), 24)?.with_stop_token(stop);
+    let probe_prompts: Vec<&Vec<usize>> = [0, args.prompts]
+        .iter()
+        .filter_map(|&i| prompts.get(i))
+        .collect();
+    let candidates: Vec<usize> = match args.layers {
+        Some(l) => vec![l],
+        None => [4, 8, 12, 16, 20, 24]
+            .into_iter()
+            .filter(|l| *l < n_layers)
+            .collect(),
+    };
+    let adaedl = Method::Draft(Box::new(AdaEdl::new(AdaEdlConfig::default())?));
+    let mut depth_rows = Vec::new();
+    let mut best: Option<(usize, f64, f64)> = None; // (L, tok/s, c)
+    let ar_probe = {
+        let mut m = Metrics::default();
+        for p in &probe_prompts {
+            run_method(&Method::Autoregressive, target, target, p, &probe, 0)?; // warm-up
+            m.merge(&run_method(&Method::Autoregressive, target, target, p, &probe, 0)?.metrics);
+        }
+        m.tokens_per_second()
+    };
+    for &l in &candidates {
+        let draft = LlamaEarlyExit::new(target, l)?;
+        let c = step_time(&draft, prefix, 1, 15)? / t1;
+        let mut m = Metrics::default();
+        for p in &probe_prompts {
+            m.merge(&run_method(&adaedl, target, &draft, p, &probe, 0)?.metrics);
+        }
+        let tps = m.tokens_per_second();
+        depth_rows.push(vec![
+            l.to_string(),
+            format!("{c:.3}"),
+            format!("{:.2}", m.mean_acceptance_length()),
+            format!("{:.2}", m.acceptance_rate()),
+            format!("{tps:.1}"),
+            format!("{:.2}x", tps / ar_probe),
+        ]);
+        if best.is_none_or(|(_, b, _)| tps > b) {
+            best = Some((l, tps, c));
+        }
+    }
+    let (layers, _, cost_ratio) = best.context("no early-exit depth to try")?;
+    println!(
+        "early-exit depth (AdaEDL, T = 0, {} probe prompts, 24 tokens; autoregressive {ar_probe:.1} tok/s):",
+        probe_prompts.len()
+    );
+    print!(
+        "{}",
+        table(
+            &[
+                "L",
+                "draft cost c",
+                "tokens/round",
+                "accept rate",
+                "tok/s",
+                "speed-up"
+            ],
+            &depth_rows
+        )
+    );
+    println!(
+        "chosen: L = {layers} (highest tokens/s), draft step c = {cost_ratio:.3} target steps"
+    );
+    let draft = LlamaEarlyExit::new(target, layers)?;
+
+    // 3. The sweep.
+    let temperatures = [0.0, 0.7, 1.0];
+    let mut rows = Vec::new();
+    let mut csv = Vec::new();
+    let mut speedups: Vec<(String, Vec<f64>)> = Vec::new();
+    let n_methods = methods(0.0, cost_ratio, verify_cost)?.len();
+    let bar = progress_bar(
+        (temperatures.len() * n_methods * prompts.len()) as u64,
+        "sweep",
+    );
+    let start = Instant::now();
+    for (ti, &temperature) in temperatures.iter().enumerate() {
+        let config = GenerationConfig::new(SamplingParams::new(temperature)?, args.max_tokens)?
+            .with_stop_token(stop);
+        let list = methods(temperature, cost_ratio, verify_cost)?;
+        let results = sweep(&list, target, &draft, &prompts, &config, 1, || bar.inc(1))?;
+        let (ar_out, ar) = &results[0];
+        for (method, (out, m)) in list.iter().zip(&results) {
+            if temperature == 0.0 {
+                ensure!(
+                    out == ar_out,
+                    "greedy output of {} differs from autoregressive decoding",
+                    method.name()
+                );
+            }
+            let name = match method {
+                Method::Draft(_) => format!("{} (exit L={layers})", method.name()),
+                _ => method.name(),
+            };
+            let speedup = m.tokens_per_second() / ar.tokens_per_second();
+            let drafts = !matches!(method, Method::Autoregressive);
+            let acc = if drafts {
+                format!("{:.2}", m.mean_acceptance_length())
+            } else {
+                "-".to_owned()
+            };
+            rows.push(vec![
+                format!("{temperature}"),
+                name.clone(),
+                format!("{:.1}", m.tokens_per_second()),
+                format!("{speedup:.2}x"),
+                acc.clone(),
+                format!("{:.2}", m.mean_draft_length()),
+                format!("{:.2}", m.target_calls_per_token()),
+            ]);
+            csv.push(vec![
+                format!("{temperature}"),
+                name.clone(),
+                m.generated_tokens.to_string(),
+                format!("{:.3}", m.elapsed.as_secs_f64()),
+                format!("{:.2}", m.tokens_per_second()),
+                format!("{speedup:.3}"),
+                if drafts {
+                    format!("{:.3}", m.mean_acceptance_length())
+                } else {
+                    String::new()
+                },
+                format!("{:.3}", m.target_calls_per_token()),
+            ]);
+            match speedups.iter_mut().find(|(n, _)| *n == name) {
+                Some((_, v)) => v[ti] = speedup,
+                None => {
+                    let mut v = vec![f64::NAN; temperatures.len()];
+                    v[ti] = speedup;
+                    speedups.push((name, v));
+                }
+            }
+        }
+    }
+    bar.finish_and_clear();
+    println!(
+        "sweep ({:.0} s; {} prompts x {} methods x {} temperatures, after one untimed warm-up run per method):",
+        start.elapsed().as_secs_f64(),
+        prompts.len(),
+        n_methods,
+        temperatures.len()
+    );
+    print!(
+        "{}",
+        table(
+            &[
+                "T",
+                "method",
+                "tok/s",
+                "speed-up",
+                "tokens/round",
+                "drafted/round",
+                "target calls/tok"
+            ],
+            &rows
+        )
+    );
+    println!(
+        "tok/s: generated tokens per second, prompt pass included, summed over the prompts. speed-up: over \
+         autoregressive decoding at the same T."
+    );
+    println!(
+        "tokens/round: tokens emitted per verification round, 1 + accepted drafts (vLLM's mean acceptance \
+         length); drafted/round: draft tokens proposed per round."
+    );
+    println!("greedy (T = 0) outputs of every method identical to autoregressive decoding: yes");
+    println!("prompt kinds: {}", kinds.join(", "));
+
+    // Summary per temperature.
+    for (ti, t) in temperatures.iter().enumerate() {
+        let get = |name: &str| {
+            speedups
+                .iter()
+                .find(|(n, _)| n.starts_with(name))
+                .map_or(f64::NAN, |(_, v)| v[ti])
+        };
+        let (best_static, best_static_v) = (1..=8)
+            .map(|g| (g, get(&format!("static-{g} "))))
+            .fold((0, f64::NEG_INFINITY), |a, b| if b.1 > a.1 { b } else { a });
+        let (best_name, best_v) = speedups
+            .iter()
+            .filter(|(n, _)| n != "autoregressive")
+            .map(|(n, v)| (n.as_str(), v[ti]))
+            .fold(
+                ("", f64::NEG_INFINITY),
+                |a, b| if b.1 > a.1 { b } else { a },
+            );
+        println!(
+            "T = {t}: AdaEDL {:.2}x vs static-4 {:.2}x and heuristic {:.2}x; best static γ = {best_static} \
+             ({best_static_v:.2}x); best method {best_name} ({best_v:.2}x)",
+            get("adaedl "),
+            get("static-4 "),
+            get("heuristic ")
+        );
+    }
+
+    let dir = output_dir()?;
+    let csv_path = dir.join("spec_decode_llm.csv");
+    write_csv(
+        &csv_path,
+        &[
+            "temperature",
+            "method",
+            "tokens",
+            "seconds",
+            "tokens_per_s",
+            "speedup",
+            "tokens_per_round",
+            "target_calls_per_token",
+        ],
+        &csv,
+    )?;
+    let svg_path = dir.join("spec_decode_llm.svg");
+    let mut panel = BarPanel::new(
+        format!("SmolLM2-135M: speculative decoding speed-up (draft: first {layers} of {n_layers} blocks)"),
+        "speed-up over autoregressive (x)",
+        temperatures.iter().map(|t| format!("T = {t}")),
+    )
+    .hline("1x: autoregressive", 1.0);
+    for (name, v) in speedups.into_iter().filter(|(n, _)| n != "autoregressive") {
+        panel = panel.series(name, v);
+    }
+    write_svg_sized(&svg_path, &[panel.into()], 1, (1240, 560))?;
+    println!("CSV: {}\nplot: {}", csv_path.display(), svg_path.display());
+    Ok(())
+}
