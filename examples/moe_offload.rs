@@ -45,6 +45,7 @@ use lastmile_examples::moe::{
     live_eval, load_or_train, model_config, modelled_token_seconds, plot_front, plot_hit_rate,
     record_trace, replay_grid, replay_policies, replay_table, routing_sweep, train_config, windows,
 };
+use lastmile_examples::plot::{BarPanel, write_svg};
 use lastmile_examples::report::{output_dir, table, write_csv};
 use lastmile_examples::spec_decode::corpus_bytes;
 use lastmile_models::MoeTransformer;
@@ -164,7 +165,14 @@ fn main() -> Result<()> {
     };
     let mut gen_rows = Vec::new();
     let mut csv_rows = Vec::new();
+    let mut plot_rows: Vec<(String, String, f64, f64)> = Vec::new();
     let mut push_row = |name: &str, budget: &str, s: &LiveStats| {
+        plot_rows.push((
+            name.to_owned(),
+            budget.to_owned(),
+            s.hit_rate,
+            s.bytes_per_token / 1024.0,
+        ));
         gen_rows.push(vec![
             name.to_owned(),
             budget.to_owned(),
@@ -300,6 +308,35 @@ fn main() -> Result<()> {
         ],
         &csv_rows,
     )?;
+
+    let svg = out.join("moe_generation.svg");
+    let mut panels = Vec::new();
+    for budget in ["per block", "one pool"] {
+        let rows: Vec<&(String, String, f64, f64)> =
+            plot_rows.iter().filter(|r| r.1 == budget).collect();
+        let mut hit = BarPanel::new(
+            format!("generation, DRAM {budget}: hit rate"),
+            "hit rate",
+            ["policy"],
+        );
+        let mut kib = BarPanel::new(
+            format!("generation, DRAM {budget}: KiB read from disk per token"),
+            "KiB / token",
+            ["policy"],
+        );
+        // Head room above the bars for the legend.
+        let top = rows.iter().map(|r| r.3).fold(1.0, f64::max);
+        kib = kib.y_range(0.0, 1.9 * top);
+        hit = hit.y_range(0.0, 1.5);
+        for (name, _, h, b) in rows {
+            hit = hit.series(name.clone(), vec![*h]);
+            kib = kib.series(name.clone(), vec![*b]);
+        }
+        panels.push(hit.into());
+        panels.push(kib.into());
+    }
+    write_svg(&svg, &panels, 2)?;
+    println!("  CSV and plot: moe_generation.csv, {}", svg.display());
 
     println!();
     println!("== 3. hit rate vs cache size (replay of held-out routing traces) ==");
