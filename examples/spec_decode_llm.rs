@@ -25,7 +25,8 @@
 //!    every method; greedy outputs are asserted identical to autoregressive
 //!    decoding. Prints tokens/s (the prompt pass included), speed-up, mean
 //!    tokens per round (1 + accepted drafts) and target calls per token; writes
-//!    `spec_decode_llm.csv` and `spec_decode_llm.svg` to the output folder
+//!    `spec_decode_llm.csv`, `spec_decode_llm.svg` (speed-ups) and
+//!    `spec_decode_llm_depth.svg` (acceptance and speed-up by draft depth) to the output folder
 //!    (`$LASTMILE_OUT`, default `<target dir>/lastmile-out`).
 //!
 //! The default run takes a few minutes on 2 cores.
@@ -36,7 +37,7 @@ use anyhow::{Context, Result, bail, ensure};
 use lastmile_core::default_device;
 use lastmile_core::numerics::SamplingParams;
 use lastmile_examples::llm::{CHAT_PROMPTS, Llm, corpus_prompts, step_time};
-use lastmile_examples::plot::{BarPanel, write_svg_sized};
+use lastmile_examples::plot::{BarPanel, LinePanel, write_svg, write_svg_sized};
 use lastmile_examples::report::{output_dir, progress_bar, table, write_csv};
 use lastmile_examples::spec_decode::{Method, methods, run_method, sweep};
 use lastmile_models::llama::LlamaEarlyExit;
@@ -154,6 +155,7 @@ fn main() -> Result<()> {
     };
     let adaedl = Method::Draft(Box::new(AdaEdl::new(AdaEdlConfig::default())?));
     let mut depth_rows = Vec::new();
+    let mut depth_points: Vec<(f64, f64, f64)> = Vec::new(); // (L, accept rate, speed-up)
     let mut best: Option<(usize, f64, f64)> = None; // (L, tok/s, c)
     let ar_probe = {
         let mut m = Metrics::default();
@@ -179,6 +181,7 @@ fn main() -> Result<()> {
             format!("{tps:.1}"),
             format!("{:.2}x", tps / ar_probe),
         ]);
+        depth_points.push((l as f64, m.acceptance_rate(), tps / ar_probe));
         if best.is_none_or(|(_, b, _)| tps > b) {
             best = Some((l, tps, c));
         }
@@ -365,6 +368,27 @@ fn main() -> Result<()> {
         panel = panel.series(name, v);
     }
     write_svg_sized(&svg_path, &[panel.into()], 1, (1240, 560))?;
-    println!("CSV: {}\nplot: {}", csv_path.display(), svg_path.display());
+    let depth_svg = dir.join("spec_decode_llm_depth.svg");
+    let depth_panel = LinePanel::new(
+        "early-exit draft depth (AdaEDL, T = 0)",
+        format!("draft depth L (blocks of {n_layers})"),
+        "rate / speed-up",
+    )
+    .series(
+        "accept rate",
+        depth_points.iter().map(|p| (p.0, p.1)).collect(),
+    )
+    .series(
+        "speed-up over AR (x)",
+        depth_points.iter().map(|p| (p.0, p.2)).collect(),
+    )
+    .hline("1x", 1.0);
+    write_svg(&depth_svg, &[depth_panel.into()], 1)?;
+    println!(
+        "CSV: {}\nplots: {}, {}",
+        csv_path.display(),
+        svg_path.display(),
+        depth_svg.display()
+    );
     Ok(())
 }
