@@ -603,8 +603,9 @@ pub fn tour_section(device: &Device) -> Result<()> {
     );
     println!(
         "   top-n (always the largest triplets) and prism-like (random triplets, unscaled) are biased: the \
-         server's average truncates or shrinks W every round; unbiased (λ = 1/p) and collective \
-         (λ = K/(1+(K−1)p)) rescale the kept triplets to undo that."
+         server's average truncates or shrinks W every round (prism-like shrinks it to chance, 0.1, which is \
+         the point of the comparison, not a bug); unbiased (λ = 1/p) and collective (λ = K/(1+(K−1)p)) rescale \
+         the kept triplets to undo that."
     );
     println!(
         "   MB sent: every shard and update message encoded and counted, both ways; \
