@@ -46,7 +46,7 @@ use lastmile_examples::moe::{
     record_trace, replay_grid, replay_policies, replay_table, routing_sweep, train_config, windows,
 };
 use lastmile_examples::plot::{BarPanel, write_svg};
-use lastmile_examples::report::{output_dir, table, write_csv};
+use lastmile_examples::report::{Flags, output_dir, table, write_csv};
 use lastmile_examples::spec_decode::corpus_bytes;
 use lastmile_models::MoeTransformer;
 use lastmile_moe_cache::PolicyKind;
@@ -73,14 +73,9 @@ fn parse_args() -> Result<Args> {
         goal_search: false,
     };
     let mut quick = false;
-    let mut it = std::env::args().skip(1);
-    while let Some(a) = it.next() {
-        let mut value = |name: &str| -> Result<usize> {
-            it.next()
-                .with_context(|| format!("{name} needs a value"))?
-                .parse()
-                .with_context(|| format!("{name} needs an integer"))
-        };
+    let mut flags = Flags::from_env();
+    while let Some(a) = flags.next_flag() {
+        let mut value = |name: &str| flags.value::<usize>(name);
         match a.as_str() {
             "--steps" => args.steps = value("--steps")?,
             "--eval-windows" => args.eval_windows = value("--eval-windows")?,

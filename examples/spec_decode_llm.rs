@@ -38,7 +38,7 @@ use lastmile_core::default_device;
 use lastmile_core::numerics::SamplingParams;
 use lastmile_examples::llm::{CHAT_PROMPTS, Llm, corpus_prompts, step_time};
 use lastmile_examples::plot::{BarPanel, LinePanel, write_svg, write_svg_sized};
-use lastmile_examples::report::{output_dir, progress_bar, table, write_csv};
+use lastmile_examples::report::{Flags, output_dir, progress_bar, table, write_csv};
 use lastmile_examples::spec_decode::{Method, methods, run_method, sweep};
 use lastmile_models::llama::LlamaEarlyExit;
 use lastmile_spec_decode::{AdaEdl, AdaEdlConfig, GenerationConfig, Metrics};
@@ -59,14 +59,9 @@ fn parse_args() -> Result<Args> {
         prompt_chars: 300,
         layers: None,
     };
-    let mut it = std::env::args().skip(1);
-    while let Some(a) = it.next() {
-        let mut value = |name: &str| -> Result<usize> {
-            it.next()
-                .with_context(|| format!("{name} needs a value"))?
-                .parse()
-                .with_context(|| format!("{name} needs an integer"))
-        };
+    let mut flags = Flags::from_env();
+    while let Some(a) = flags.next_flag() {
+        let mut value = |name: &str| flags.value::<usize>(name);
         match a.as_str() {
             "--prompts" => args.prompts = value("--prompts")?,
             "--chat" => args.chat = value("--chat")?,

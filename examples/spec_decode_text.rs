@@ -29,7 +29,7 @@ use lastmile_core::default_device;
 use lastmile_core::numerics::SamplingParams;
 use lastmile_datasets::TextCorpus;
 use lastmile_examples::plot::{BarPanel, LinePanel, write_svg, write_svg_sized};
-use lastmile_examples::report::{output_dir, progress_bar, table, write_csv};
+use lastmile_examples::report::{Flags, output_dir, progress_bar, table, write_csv};
 use lastmile_examples::spec_decode::{
     EntropyBin, Method, Objective, acceptance_by_entropy, corpus_bytes, default_steps,
     distill_config, draft_config_with_width, held_out_loss, held_out_prompts, load_or_train,
@@ -56,14 +56,9 @@ fn parse_args() -> Result<Args> {
         draft_width: 64,
         distill: false,
     };
-    let mut it = std::env::args().skip(1);
-    while let Some(a) = it.next() {
-        let mut value = |name: &str| -> Result<usize> {
-            it.next()
-                .with_context(|| format!("{name} needs a value"))?
-                .parse()
-                .with_context(|| format!("{name} needs an integer"))
-        };
+    let mut flags = Flags::from_env();
+    while let Some(a) = flags.next_flag() {
+        let mut value = |name: &str| flags.value::<usize>(name);
         match a.as_str() {
             "--steps" => args.steps = value("--steps")?,
             "--prompts" => args.prompts = value("--prompts")?,

@@ -88,3 +88,65 @@ pub fn write_csv(path: &Path, header: &[&str], rows: &[Vec<String>]) -> Result<(
     }
     std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
 }
+
+/// The command-line flags of an example: `--name value` pairs and bare
+/// switches, read in order.
+///
+/// ```
+/// use lastmile_examples::report::Flags;
+/// let mut flags = Flags::new(["--steps", "20", "--quick"].map(String::from));
+/// let (mut steps, mut quick) = (0usize, false);
+/// while let Some(flag) = flags.next_flag() {
+///     match flag.as_str() {
+///         "--steps" => steps = flags.value("--steps")?,
+///         "--quick" => quick = true,
+///         other => anyhow::bail!("unknown argument {other}"),
+///     }
+/// }
+/// assert_eq!((steps, quick), (20, true));
+/// assert!(Flags::new(["--steps".to_owned()]).value::<usize>("--steps").is_err());
+/// # Ok::<(), anyhow::Error>(())
+/// ```
+pub struct Flags {
+    args: std::vec::IntoIter<String>,
+}
+
+impl Flags {
+    /// The flags of this process (`std::env::args`, without the program name).
+    pub fn from_env() -> Self {
+        Self::new(std::env::args().skip(1))
+    }
+
+    /// Flags from any list of arguments.
+    pub fn new(args: impl IntoIterator<Item = String>) -> Self {
+        Self {
+            args: args.into_iter().collect::<Vec<_>>().into_iter(),
+        }
+    }
+
+    /// The next flag (or stray argument), if any.
+    pub fn next_flag(&mut self) -> Option<String> {
+        self.args.next()
+    }
+
+    /// The value after flag `name`, parsed.
+    ///
+    /// # Errors
+    /// A missing value, or one that does not parse as `T`.
+    pub fn value<T>(&mut self, name: &str) -> Result<T>
+    where
+        T: std::str::FromStr,
+        T::Err: std::error::Error + Send + Sync + 'static,
+    {
+        self.args
+            .next()
+            .with_context(|| format!("{name} needs a value"))?
+            .parse()
+            .with_context(|| {
+                format!(
+                    "{name}: cannot parse the value as {}",
+                    std::any::type_name::<T>()
+                )
+            })
+    }
+}
