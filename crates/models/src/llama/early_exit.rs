@@ -1,8 +1,7 @@
 //! A self-speculative draft: the target's first layers, its final norm and
 //! its head, as a language model of its own.
 
-use burn::tensor::{Device, Tensor};
-use lastmile_core::lm::{LanguageModel, LmResult};
+use burn::tensor::Tensor;
 
 use super::cache::LlamaCache;
 use super::error::{LlamaError, LlamaResult};
@@ -102,37 +101,5 @@ impl<'m> LlamaEarlyExit<'m> {
         tokens: &[Vec<usize>],
     ) -> LlamaResult<Tensor<3>> {
         self.model.forward_layers(cache, tokens, self.layers)
-    }
-}
-
-impl LanguageModel for LlamaEarlyExit<'_> {
-    type Cache = LlamaCache;
-
-    fn vocab_size(&self) -> usize {
-        self.model.config().vocab_size
-    }
-
-    fn device(&self) -> Device {
-        self.model.device()
-    }
-
-    fn max_context(&self) -> usize {
-        self.model.config().max_context
-    }
-
-    fn new_cache(&self, batch: usize) -> LmResult<LlamaCache> {
-        Ok(LlamaEarlyExit::new_cache(self, batch)?)
-    }
-
-    fn cached_len(&self, cache: &LlamaCache, row: usize) -> usize {
-        cache.len(row)
-    }
-
-    fn truncate(&self, cache: &mut LlamaCache, row: usize, len: usize) -> LmResult<()> {
-        Ok(cache.truncate(row, len)?)
-    }
-
-    fn forward(&self, cache: &mut LlamaCache, tokens: &[Vec<usize>]) -> LmResult<Tensor<3>> {
-        Ok(self.forward_cached(cache, tokens)?)
     }
 }
