@@ -503,7 +503,6 @@ pub fn tour_section(device: &Device) -> Result<()> {
     }
     write_svg(&svg, &[panel.into()], 1)?;
     println!("  plot: {}", svg.display());
-    println!();
     Ok(())
 }
 
