@@ -45,7 +45,7 @@ use lastmile_examples::moe::{
     live_eval, load_or_train, model_config, modelled_token_seconds, plot_front, plot_hit_rate,
     record_trace, replay_grid, replay_policies, replay_table, routing_sweep, train_config, windows,
 };
-use lastmile_examples::plot::{BarPanel, write_svg};
+use lastmile_examples::plot::{BarPanel, LinePanel, write_svg};
 use lastmile_examples::report::{Flags, output_dir, table, write_csv};
 use lastmile_examples::spec_decode::corpus_bytes;
 use lastmile_models::MoeTransformer;
@@ -588,6 +588,29 @@ fn goal_search(
     )?;
     let mut families: Vec<&str> = candidates.iter().map(|c| c.family.as_str()).collect();
     families.dedup();
+    let mut front = LinePanel::new(
+        format!(
+            "goal search at {slots}/{}: every setting on the tuning text",
+            c.experts
+        ),
+        "perplexity increase over top-k routing (%)",
+        "fewer misses than LRU top-k (%)",
+    )
+    .dots()
+    .legend_low()
+    .vline("goal: ≤ 3 % perplexity", 3.0)
+    .hline("goal: ≥ 40 % fewer misses", 40.0);
+    for f in &families {
+        let pts = rows
+            .iter()
+            .filter(|r| r.candidate.family == *f)
+            .map(|r| (100.0 * r.dppl.0, 100.0 * r.reduction))
+            .collect();
+        front = front.series(*f, pts);
+    }
+    let svg = out.join("moe_goal_search.svg");
+    write_svg(&svg, &[front.into()], 1)?;
+    println!("  plot of all settings: {}", svg.display());
     let chosen = best_within(&rows, None, 0.03).map(|r| r.candidate.clone());
     let picks: Vec<Candidate> = families
         .iter()

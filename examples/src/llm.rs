@@ -22,7 +22,8 @@ use lastmile_spec_decode::{AdaEdl, AdaEdlConfig, GenerationConfig};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
-use crate::report::table;
+use crate::plot::{BarPanel, write_svg};
+use crate::report::{output_dir, table};
 use crate::spec_decode::{Method, sweep};
 
 /// Folder of the model under the models directory ([`models_dir`]).
@@ -435,6 +436,19 @@ pub fn tour_section(device: &Device) -> Result<()> {
          spec_decode_llm example).",
         100.0 * sd.acceptance_rate()
     );
+    let svg = output_dir()?.join("tour_llm.svg");
+    let panel = BarPanel::new(
+        "SmolLM2-135M: tokens per second at batch 1 (T = 0, this build's profile)",
+        "tokens / s",
+        ["decoding"],
+    )
+    .series("autoregressive", vec![ar.tokens_per_second()])
+    .series(
+        format!("early exit L={} + AdaEDL", draft.layers()),
+        vec![sd.tokens_per_second()],
+    );
+    write_svg(&svg, &[panel.into()], 1)?;
+    println!("  plot: {}", svg.display());
     Ok(())
 }
 
