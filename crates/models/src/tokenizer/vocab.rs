@@ -1,0 +1,226 @@
+//! The vocabulary of a byte-level BPE model as GGUF stores it: token texts
+//! and types, merges, the pre-tokenisation rule, special tokens and the
+//! chat template.
+
+use lastmile_core::gguf::Metadata;
+
+use super::bytes;
+use super::error::{TokenizerError, TokenizerResult};
+use super::pretokenize::PreTokenizer;
+
+/// The kind of a vocabulary entry (`tokenizer.ggml.token_type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum TokenType {
+    /// 0, or any value outside 1..=6.
+    Undefined,
+    /// 1: an ordinary token, written in GPT-2's byte characters.
+    Normal,
+    /// 2: the unknown token.
+    Unknown,
+    /// 3: a control token (`<|im_start|>`, …), matched in text only with
+    /// `parse_special` and shown only when decoding with `special`.
+    Control,
+    /// 4: a user-defined token, always matched in text and always shown.
+    UserDefined,
+    /// 5: unused; never shown.
+    Unused,
+    /// 6: a raw byte written `<0xXX>`.
+    Byte,
+}
+
+impl TokenType {
+    /// The type for a `tokenizer.ggml.token_type` value.
+    ///
+    /// # Examples
+    /// ```
+    /// use lastmile_models::tokenizer::TokenType;
+    /// assert_eq!(TokenType::from_gguf(3), TokenType::Control);
+    /// assert_eq!(TokenType::from_gguf(42), TokenType::Undefined);
+    /// ```
+    pub fn from_gguf(value: i32) -> Self {
+        match value {
+            1 => Self::Normal,
+            2 => Self::Unknown,
+            3 => Self::Control,
+            4 => Self::UserDefined,
+            5 => Self::Unused,
+            6 => Self::Byte,
+            _ => Self::Undefined,
+        }
+    }
+
+    /// Whether text can contain this token (control, user-defined, unknown).
+    pub(crate) fn is_special(self) -> bool {
+        matches!(self, Self::Control | Self::UserDefined | Self::Unknown)
+    }
+}
+
+/// The special token ids named in the metadata.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SpecialTokens {
+    /// Beginning of sequence.
+    pub bos: Option<usize>,
+    /// End of sequence.
+    pub eos: Option<usize>,
+    /// Unknown token.
+    pub unk: Option<usize>,
+    /// Padding.
+    pub pad: Option<usize>,
+}
+
+/// Everything a [`Tokenizer`] is built from; [`Vocabulary::from_metadata`]
+/// reads it from a GGUF file.
+///
+/// # Examples
+/// ```
+/// use lastmile_models::tokenizer::{PreTokenizer, TokenType, Vocabulary};
+/// let v = Vocabulary::byte_level(&["a b"], &["<s>"]);
+/// assert_eq!(v.tokens.len(), 256 + 1 + 1);
+/// assert_eq!(v.token_types[257], TokenType::Control);
+/// assert_eq!(v.pre_tokenizer, PreTokenizer::Gpt2SingleDigits);
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub struct Vocabulary {
+    /// Token texts by id (GPT-2 byte characters for normal tokens).
+    pub tokens: Vec<String>,
+    /// One type per token.
+    pub token_types: Vec<TokenType>,
+    /// `"left right"` merge lines, highest priority first.
+    pub merges: Vec<String>,
+    /// The pre-tokenisation rule.
+    pub pre_tokenizer: PreTokenizer,
+    /// Special token ids.
+    pub special: SpecialTokens,
+    /// Whether `add_special` prepends BOS.
+    pub add_bos: bool,
+    /// Whether `add_special` appends EOS.
+    pub add_eos: bool,
+    /// The Jinja chat template, if any.
+    pub chat_template: Option<String>,
+}
+
+/// Reads `key` with `get` if it is present.
+fn optional<'m, T>(
+    meta: &'m Metadata,
+    key: &str,
+    get: impl FnOnce(&'m Metadata, &str) -> Result<T, lastmile_core::gguf::GgufError>,
+) -> TokenizerResult<Option<T>> {
+    match meta.get(key) {
+        None => Ok(None),
+        Some(_) => Ok(Some(get(meta, key)?)),
+    }
+}
+
+impl Vocabulary {
+    /// Reads the tokenizer keys of a GGUF file's metadata (table in the
+    /// [module docs](self)).
+    ///
+    /// # Errors
+    /// [`TokenizerError::Gguf`] for a missing required key or a value of
+    /// the wrong type; [`TokenizerError::UnsupportedModel`] unless the model
+    /// is `gpt2`; [`TokenizerError::UnsupportedPreTokenizer`] for a `pre`
+    /// value without an implemented rule; [`TokenizerError::InvalidVocab`]
+    /// when `token_type` is shorter than `tokens`.
+    ///
+    /// # Examples
+    /// ```no_run
+    /// use lastmile_core::gguf::GgufFile;
+    /// use lastmile_models::tokenizer::Vocabulary;
+    /// let file = GgufFile::open("SmolLM2-135M-Instruct.Q4_1.gguf")?;
+    /// let vocab = Vocabulary::from_metadata(file.metadata())?;
+    /// assert_eq!(vocab.tokens.len(), 49_152);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn from_metadata(meta: &Metadata) -> TokenizerResult<Self> {
+        let model = meta.get_str("tokenizer.ggml.model")?;
+        if model != "gpt2" {
+            return Err(TokenizerError::UnsupportedModel {
+                found: model.to_owned(),
+            });
+        }
+        let pre = optional(meta, "tokenizer.ggml.pre", Metadata::get_str)?.unwrap_or("");
+        let pre_tokenizer = PreTokenizer::from_name(pre).ok_or_else(|| {
+            TokenizerError::UnsupportedPreTokenizer {
+                found: pre.to_owned(),
+                supported: PreTokenizer::supported_names()
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            }
+        })?;
+        let tokens = meta.get_str_array("tokenizer.ggml.tokens")?.to_vec();
+        let token_types =
+            match optional(meta, "tokenizer.ggml.token_type", Metadata::get_i32_array)? {
+                None => vec![TokenType::Normal; tokens.len()],
+                Some(types) if types.len() < tokens.len() => {
+                    return Err(TokenizerError::InvalidVocab(format!(
+                        "{} token types for {} tokens",
+                        types.len(),
+                        tokens.len()
+                    )));
+                }
+                Some(types) => types[..tokens.len()]
+                    .iter()
+                    .map(|&t| TokenType::from_gguf(t))
+                    .collect(),
+            };
+        let merges = meta.get_str_array("tokenizer.ggml.merges")?.to_vec();
+        let id = |key: &str| -> TokenizerResult<Option<usize>> {
+            Ok(optional(meta, key, Metadata::get_u32)?.map(|v| v as usize))
+        };
+        Ok(Self {
+            tokens,
+            token_types,
+            merges,
+            pre_tokenizer,
+            special: SpecialTokens {
+                bos: id("tokenizer.ggml.bos_token_id")?,
+                eos: id("tokenizer.ggml.eos_token_id")?,
+                unk: id("tokenizer.ggml.unknown_token_id")?,
+                pad: id("tokenizer.ggml.padding_token_id")?,
+            },
+            add_bos: optional(meta, "tokenizer.ggml.add_bos_token", Metadata::get_bool)?
+                .unwrap_or(false),
+            add_eos: optional(meta, "tokenizer.ggml.add_eos_token", Metadata::get_bool)?
+                .unwrap_or(false),
+            chat_template: optional(meta, "tokenizer.chat_template", Metadata::get_str)?
+                .map(str::to_owned),
+        })
+    }
+
+    /// A small byte-level vocabulary, for examples and tests: the 256 byte
+    /// characters (ids 0..256), then the result of each merge not yet
+    /// present, then `control` tokens; SmolLM2's pre-tokenisation rule, no
+    /// BOS/EOS added, EOS = the first control token.
+    ///
+    /// Merges are written in GPT-2 byte characters (`"Ġ t"` for `" "` +
+    /// `"t"`).
+    pub fn byte_level(merges: &[&str], control: &[&str]) -> Self {
+        let mut tokens: Vec<String> = bytes::BYTE_TO_CHAR.iter().map(|c| c.to_string()).collect();
+        for m in merges {
+            let joined: String = m.splitn(2, ' ').collect();
+            if !tokens.contains(&joined) {
+                tokens.push(joined);
+            }
+        }
+        let mut token_types = vec![TokenType::Normal; tokens.len()];
+        let first_control = tokens.len();
+        for c in control {
+            tokens.push((*c).to_owned());
+            token_types.push(TokenType::Control);
+        }
+        Self {
+            tokens,
+            token_types,
+            merges: merges.iter().map(|m| (*m).to_owned()).collect(),
+            pre_tokenizer: PreTokenizer::Gpt2SingleDigits,
+            special: SpecialTokens {
+                eos: (!control.is_empty()).then_some(first_control),
+                ..SpecialTokens::default()
+            },
+            add_bos: false,
+            add_eos: false,
+            chat_template: None,
+        }
+    }
+}
