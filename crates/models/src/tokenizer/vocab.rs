@@ -69,7 +69,7 @@ pub struct SpecialTokens {
     pub pad: Option<usize>,
 }
 
-/// Everything a [`Tokenizer`] is built from; [`Vocabulary::from_metadata`]
+/// Everything a [`Tokenizer`](super::Tokenizer) is built from; [`Vocabulary::from_metadata`]
 /// reads it from a GGUF file.
 ///
 /// # Examples
@@ -114,7 +114,7 @@ fn optional<'m, T>(
 
 impl Vocabulary {
     /// Reads the tokenizer keys of a GGUF file's metadata (table in the
-    /// [module docs](self)).
+    /// [module docs](super)).
     ///
     /// # Errors
     /// [`TokenizerError::Gguf`] for a missing required key or a value of
