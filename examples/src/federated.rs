@@ -8,12 +8,10 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Instant;
 
-use anyhow::{Context, Result, anyhow};
+use anyhow::{Context, Result};
 use burn::tensor::Device;
 use indicatif::ProgressBar;
-use lastmile_datasets::{
-    Dataset, SplitFractions, Standardizer, digits, dirichlet_partition, stratified_split,
-};
+use lastmile_datasets::Dataset;
 use lastmile_federated_sharding::simulation::{
     ClientData, Method, RoundRecord, ShardingConfig, Simulation, SimulationConfig,
     mixed_keep_ratios,
@@ -153,16 +151,13 @@ impl Curve {
     }
 }
 
-/// Standardised digits: the training rows split over clients by a
-/// Dirichlet(α) label partition, and a stratified 20 % held-out test set.
+/// The clients' data and the held-out set, as the simulation takes them.
 #[derive(Clone, Debug)]
 pub struct Federation {
     /// Client data.
     pub clients: Vec<ClientData>,
     /// Held-out data (fixed across seeds).
     pub test: ClientData,
-    /// Partition draws rejected because a client got no sample.
-    pub redraws: usize,
 }
 
 fn client_data(d: &Dataset) -> Result<ClientData> {
@@ -172,43 +167,14 @@ fn client_data(d: &Dataset) -> Result<ClientData> {
     })
 }
 
-/// Builds the federation for `alpha` and `seed`. A partition that leaves a
-/// client empty (likely at α = 0.1) is redrawn with the next seed, at most
-/// 100 times; the count is reported in [`Federation::redraws`].
+/// [`lastmile_datasets::digits_federation`] for `alpha`, `n_clients` and
+/// `seed`, converted to the simulation's [`ClientData`].
 pub fn digits_federation(alpha: f64, n_clients: usize, seed: u64) -> Result<Federation> {
-    let data = digits()?;
-    let labels = data.labels().context("digits has labels")?.to_vec();
-    let split = stratified_split(&labels, 10, SplitFractions::new(0.8, 0.0, 0.2), 0)?;
-    let train = data.subset(&split.train)?;
-    let test = data.subset(&split.test)?;
-    let scaler = Standardizer::fit(&train)?;
-    let train = scaler.transformed(&train)?;
-    let test = scaler.transformed(&test)?;
-    let train_labels = train.labels().context("digits has labels")?.to_vec();
-    for redraws in 0..100 {
-        let parts = dirichlet_partition(
-            &train_labels,
-            10,
-            n_clients,
-            alpha,
-            seed.wrapping_mul(1000) + redraws as u64,
-        )?;
-        if parts.iter().any(Vec::is_empty) {
-            continue;
-        }
-        let clients = parts
-            .iter()
-            .map(|idx| client_data(&train.subset(idx)?))
-            .collect::<Result<Vec<_>>>()?;
-        return Ok(Federation {
-            clients,
-            test: client_data(&test)?,
-            redraws,
-        });
-    }
-    Err(anyhow!(
-        "no Dirichlet({alpha}) partition of {n_clients} clients without an empty client in 100 draws"
-    ))
+    let fed = lastmile_datasets::digits_federation(alpha, n_clients, seed)?;
+    Ok(Federation {
+        clients: fed.clients.iter().map(client_data).collect::<Result<_>>()?,
+        test: client_data(&fed.test)?,
+    })
 }
 
 fn config(settings: &Settings, method: Method, seed: u64) -> SimulationConfig {

@@ -65,6 +65,7 @@
 
 mod dataset;
 mod error;
+mod federation;
 mod loaders;
 mod partition;
 mod sklearn;
@@ -74,6 +75,7 @@ mod text;
 
 pub use dataset::{Dataset, Targets};
 pub use error::{DatasetError, Location, Result};
+pub use federation::{Federation, digits_federation};
 pub use loaders::{breast_cancer, diabetes, digits, iris, wine};
 pub use partition::dirichlet_partition;
 pub use sklearn::{gunzip, parse_digits_csv, parse_sklearn_csv, parse_whitespace_regression};

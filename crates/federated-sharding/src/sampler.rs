@@ -98,6 +98,27 @@ impl Sampler {
         Self::ALL.into_iter().find(|s| s.tag() == tag)
     }
 
+    /// The sampler whose [`Sampler::name`] is `name` (`systematic`,
+    /// `conditional-poisson`).
+    ///
+    /// # Errors
+    /// [`ShardingError::Mismatch`] naming the known names for any other string.
+    ///
+    /// ```
+    /// use lastmile_federated_sharding::Sampler;
+    /// assert_eq!(Sampler::from_name("systematic")?, Sampler::Systematic);
+    /// # Ok::<(), lastmile_federated_sharding::ShardingError>(())
+    /// ```
+    pub fn from_name(name: &str) -> Result<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|s| s.name() == name)
+            .ok_or_else(|| {
+                let known: Vec<&str> = Self::ALL.iter().map(|s| s.name()).collect();
+                ShardingError::mismatch("sampler name", format!("one of {known:?}"), name)
+            })
+    }
+
     /// A short lower-case name.
     pub fn name(self) -> &'static str {
         match self {

@@ -436,6 +436,29 @@ pub enum Strategy {
 }
 
 impl Strategy {
+    /// The strategy whose [`SamplingStrategy::name`] is `name`
+    /// (`top-n`, `uniform`, `uniform-rescaled`, `prism-like`, `unbiased`,
+    /// `collective`).
+    ///
+    /// # Errors
+    /// [`ShardingError::Mismatch`] naming the known names for any other string.
+    ///
+    /// ```
+    /// use lastmile_federated_sharding::Strategy;
+    /// assert_eq!(Strategy::from_name("collective")?, Strategy::Collective);
+    /// assert!(Strategy::from_name("best").is_err());
+    /// # Ok::<(), lastmile_federated_sharding::ShardingError>(())
+    /// ```
+    pub fn from_name(name: &str) -> Result<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|s| s.name() == name)
+            .ok_or_else(|| {
+                let known: Vec<&str> = Self::ALL.iter().map(|s| s.name()).collect();
+                ShardingError::mismatch("strategy name", format!("one of {known:?}"), name)
+            })
+    }
+
     /// Every built-in strategy.
     pub const ALL: [Strategy; 6] = [
         Strategy::TopN,

@@ -369,3 +369,111 @@ fn mixed_ratios_are_fixed_per_client_and_checked() {
         ShardingError::Core(CoreError::Empty { .. })
     ));
 }
+
+// ------------------------------------------- server and client, driven by hand
+
+use lastmile_federated_sharding::message::{ShardMessage, UpdateMessage};
+use lastmile_federated_sharding::simulation::{Client, Server, client_seed};
+
+/// What a deployment does: the server and clients exchange encoded
+/// messages, and updates arrive in reverse order. The global model must end
+/// bit-identical to the in-process run's.
+#[test]
+fn server_and_clients_driven_by_hand_reproduce_the_simulation() {
+    let cfg = config(sharded(Strategy::Collective, vec![0.5, 0.25, 0.5]), 3, 2);
+    let data = clients();
+    let expected = run(cfg.clone());
+    let mut server = Server::new(cfg.clone(), data.len(), &device()).unwrap();
+    let client = Client::new(cfg.clone(), &device()).unwrap();
+    for round in 1..=cfg.rounds {
+        let plan = server.begin_round().unwrap();
+        assert_eq!(plan.round, round);
+        assert_eq!(plan.clients, expected.rounds[round - 1].clients);
+        let mut wire_up = Vec::new();
+        for (&k, down) in plan.clients.iter().zip(&plan.messages) {
+            let received = ShardMessage::decode(&down.encode().unwrap()).unwrap();
+            let local = client
+                .train(&received, &data[k], client_seed(cfg.seed, round, k))
+                .unwrap();
+            wire_up.push(local.message.encode().unwrap());
+        }
+        wire_up.reverse();
+        let updates = wire_up
+            .iter()
+            .map(|b| UpdateMessage::decode(b).unwrap())
+            .collect();
+        server.finish_round(updates).unwrap();
+        let acc = server.evaluate(&test_set()).unwrap();
+        assert_eq!(Some(acc), expected.rounds[round - 1].test_accuracy);
+    }
+    assert_eq!(server.params().unwrap(), expected.final_params);
+}
+
+fn one_round(server: &mut Server, cfg: &SimulationConfig) -> Vec<UpdateMessage> {
+    let plan = server.begin_round().unwrap();
+    let client = Client::new(cfg.clone(), &device()).unwrap();
+    plan.clients
+        .iter()
+        .zip(&plan.messages)
+        .map(|(&k, m)| client.train(m, &clients()[k], 0).unwrap().message)
+        .collect()
+}
+
+fn assert_mismatch(e: ShardingError, what: &str) {
+    match e {
+        ShardingError::Mismatch { what: w, .. } => assert!(w.contains(what), "{w}"),
+        other => panic!("expected a Mismatch about {what}, got {other}"),
+    }
+}
+
+#[test]
+fn server_rejects_out_of_protocol_updates() {
+    let cfg = config(sharded(Strategy::Unbiased, vec![0.5; 3]), 2, 2);
+    let mut server = Server::new(cfg.clone(), 3, &device()).unwrap();
+    assert_mismatch(server.finish_round(vec![]).unwrap_err(), "server state");
+    let updates = one_round(&mut server, &cfg);
+    assert_mismatch(server.begin_round().unwrap_err(), "server state");
+    // a missing client
+    assert_mismatch(
+        server.finish_round(updates[..1].to_vec()).unwrap_err(),
+        "clients that sent",
+    );
+    // a repeated client
+    let twice = vec![updates[0].clone(), updates[0].clone()];
+    assert_mismatch(server.finish_round(twice).unwrap_err(), "clients that sent");
+    // an update of another round
+    let mut stale = updates.clone();
+    stale[1].round = 7;
+    assert_mismatch(server.finish_round(stale).unwrap_err(), "round of client");
+    // the round is still open after the failures and then closes
+    server.finish_round(updates).unwrap();
+    assert_eq!(server.rounds_done(), 1);
+}
+
+#[test]
+fn client_rejects_a_sub_model_of_another_architecture() {
+    let cfg = config(sharded(Strategy::TopN, vec![0.5; 3]), 1, 1);
+    let mut server = Server::new(cfg.clone(), 3, &device()).unwrap();
+    let plan = server.begin_round().unwrap();
+    let mut other = cfg.clone();
+    other.layer_sizes = vec![4, 6, 3];
+    let client = Client::new(other, &device()).unwrap();
+    let e = client
+        .train(&plan.messages[0], &clients()[0], 0)
+        .unwrap_err();
+    assert_mismatch(e, "received factors of layers.0.weight");
+    // full FedAvg sends dense weights: a wrong width is a shape error
+    let full = config(Method::Full, 1, 1);
+    let mut server = Server::new(full.clone(), 3, &device()).unwrap();
+    let plan = server.begin_round().unwrap();
+    let mut other = full;
+    other.layer_sizes = vec![4, 6, 3];
+    let e = Client::new(other, &device())
+        .unwrap()
+        .train(&plan.messages[0], &clients()[0], 0)
+        .unwrap_err();
+    assert!(
+        matches!(e, ShardingError::Core(CoreError::ShapeMismatch { .. })),
+        "{e}"
+    );
+}
