@@ -1,0 +1,1 @@
+"""lastmile spectral model sharding on Flower: `server_app.app` and `client_app.app`."""
