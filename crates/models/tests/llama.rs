@@ -656,3 +656,36 @@ backend_test!(bad_files_are_typed_errors, |device| {
     let config = LlamaConfig::from_gguf(&file).unwrap();
     assert_eq!((config.n_kv_heads, config.rope_base), (4, 10_000.0));
 });
+
+backend_test!(half_storage_tracks_f32_within_its_precision, |device| {
+    let tokens = vec![vec![1usize, 5, 9, 2, 33, 17, 4, 60]];
+    let logits = |storage| {
+        let m = LlamaConfig::tiny().init_random(4, storage, device).unwrap();
+        let mut c = m.new_cache(1).unwrap();
+        let out = tensor_to_vec(m.forward_cached(&mut c, &tokens).unwrap()).unwrap();
+        (out, m.matrix_bytes())
+    };
+    let (reference, bytes_f32) = logits(WeightStorage::F32);
+    let scale = reference.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    // f16 keeps 11 significant bits, bf16 8: relative tolerances 0.2 % and 1 %
+    // of the largest logit, far below what a wrong product gives.
+    for (storage, tol) in [(WeightStorage::F16, 0.002), (WeightStorage::Bf16, 0.01)] {
+        if !device.supports_dtype(storage.dtype()) {
+            let err = LlamaConfig::tiny()
+                .init_random(4, storage, device)
+                .unwrap_err();
+            assert!(matches!(err, LlamaError::Storage { .. }), "{err}");
+            eprintln!("{storage:?} not supported on {device:?}: typed error checked");
+            continue;
+        }
+        let (out, bytes) = logits(storage);
+        assert_eq!(2 * bytes, bytes_f32);
+        let diff = out
+            .iter()
+            .zip(&reference)
+            .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+        eprintln!("{storage:?}: max |Δlogit| {diff:e} (largest logit {scale:e})");
+        assert!(diff <= tol * scale, "{storage:?}: {diff} > {tol} × {scale}");
+        assert!(diff > 0.0, "{storage:?} should round something");
+    }
+});

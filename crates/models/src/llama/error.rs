@@ -47,6 +47,17 @@ pub enum LlamaError {
         expected: String,
     },
 
+    /// The device cannot compute in the element type of the chosen storage.
+    #[error(
+        "weight storage {storage} is not supported on {device}; expected a storage whose element type the device computes in (F32 always is)"
+    )]
+    Storage {
+        /// The storage asked for.
+        storage: String,
+        /// The device.
+        device: String,
+    },
+
     /// A weight tensor in the file has a shape the configuration does not predict.
     #[error("tensor `{name}` has shape {found:?}; the configuration expects {expected:?}")]
     TensorShape {

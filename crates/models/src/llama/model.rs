@@ -165,6 +165,12 @@ impl LlamaModel {
         device: &Device,
     ) -> LlamaResult<Self> {
         config.check()?;
+        if !device.supports_dtype(storage.dtype()) {
+            return Err(LlamaError::Storage {
+                storage: format!("{storage:?}"),
+                device: format!("{device:?}"),
+            });
+        }
         let d = config.d_model;
         let dh = config.head_dim();
         let kv = config.n_kv_heads * dh;

@@ -1,10 +1,18 @@
 //! How weight matrices are held on the device, behind one type so that the
-//! storage (f32 today; f16 / bf16 or kept-quantised blocks later) can be
-//! changed and measured without touching the model.
+//! storage (f32, f16 or bf16; kept-quantised blocks would go here too) can
+//! be changed and measured without touching the model.
 
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::{DType, Device, Tensor, TensorData};
 
 /// The element type of the weight matrices on the device.
+///
+/// **F32 is the default, chosen by measurement** (`benches/llama.rs`,
+/// SmolLM2-135M, flex, release, 2 cores; docs/benchmarks.md): a one-token
+/// step reads 537 MB as f32 and takes 26.5 ms; f16 halves the bytes
+/// (268 MB) but its step takes 30.5 ms and a pass over 8 tokens 113 ms
+/// instead of 57 ms (flex's f16 product converts as it goes); bf16 takes
+/// 103 ms a step (flex converts every bf16 matrix to f32 for each product).
+/// The half storages are for memory-bound devices and for measuring.
 ///
 /// Every GGUF tensor is first dequantised to `f32` on the host
 /// ([`GgufFile::dequantize`](lastmile_core::gguf::GgufFile::dequantize),
@@ -21,13 +29,33 @@ pub enum WeightStorage {
     /// 32-bit floats: exact dequantised values, 4 bytes per weight.
     #[default]
     F32,
+    /// IEEE half precision, 2 bytes per weight: half the bytes read per
+    /// step. Activations are rounded to f16 for the product (the backend's
+    /// f16 matrix product), logits and everything else stay f32.
+    F16,
+    /// bfloat16, 2 bytes per weight, the product as for [`WeightStorage::F16`].
+    Bf16,
 }
 
 impl WeightStorage {
+    /// Every storage, in the order benches report them.
+    pub const ALL: [WeightStorage; 3] =
+        [WeightStorage::F32, WeightStorage::F16, WeightStorage::Bf16];
+
     /// Bytes per stored weight.
     pub fn bytes_per_weight(self) -> usize {
         match self {
             WeightStorage::F32 => 4,
+            WeightStorage::F16 | WeightStorage::Bf16 => 2,
+        }
+    }
+
+    /// The tensor element type of the stored matrices.
+    pub fn dtype(self) -> DType {
+        match self {
+            WeightStorage::F32 => DType::F32,
+            WeightStorage::F16 => DType::F16,
+            WeightStorage::Bf16 => DType::BF16,
         }
     }
 }
@@ -82,23 +110,18 @@ impl Matrix {
                     t[(p * inp + i) * PANEL + c] = *v;
                 }
             }
-            match storage {
-                WeightStorage::F32 => Layout::Panels(Tensor::from_data(
-                    TensorData::new(t, [out / PANEL, inp, PANEL]),
-                    device,
-                )),
-            }
+            Layout::Panels(stored(
+                TensorData::new(t, [out / PANEL, inp, PANEL]),
+                storage,
+                device,
+            ))
         } else {
             for (o, row) in values.chunks_exact(inp).enumerate() {
                 for (i, v) in row.iter().enumerate() {
                     t[i * out + o] = *v;
                 }
             }
-            match storage {
-                WeightStorage::F32 => {
-                    Layout::Plain(Tensor::from_data(TensorData::new(t, [inp, out]), device))
-                }
-            }
+            Layout::Plain(stored(TensorData::new(t, [inp, out]), storage, device))
         };
         Self {
             layout,
@@ -111,7 +134,13 @@ impl Matrix {
     /// `x Wᵀ` for `x` of shape `[b, n, in]`; returns `[b, n, out]`.
     pub(crate) fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         let [b, n, inp] = x.dims();
-        match &self.layout {
+        let half = self.storage != WeightStorage::F32;
+        let x = if half {
+            x.cast(self.storage.dtype())
+        } else {
+            x
+        };
+        let y = match &self.layout {
             Layout::Plain(w_t) => x
                 .reshape([b * n, inp])
                 .matmul(w_t.clone())
@@ -121,11 +150,21 @@ impl Matrix {
                 .matmul(w.clone())
                 .swap_dims(0, 1)
                 .reshape([b, n, self.out]),
-        }
+        };
+        if half { y.cast(DType::F32) } else { y }
     }
 
     /// Bytes held on the device.
     pub(crate) fn bytes(&self) -> usize {
         self.out * self.inp * self.storage.bytes_per_weight()
+    }
+}
+
+/// `data` (f32) on `device` as `storage`'s element type.
+fn stored<const D: usize>(data: TensorData, storage: WeightStorage, device: &Device) -> Tensor<D> {
+    let t = Tensor::<D>::from_data(data, device);
+    match storage {
+        WeightStorage::F32 => t,
+        WeightStorage::F16 | WeightStorage::Bf16 => t.cast(storage.dtype()),
     }
 }

@@ -1,0 +1,116 @@
+//! The real model (issue 14): SmolLM2-135M-Instruct from its Q4_1 GGUF, in
+//! burn, against llama.cpp on the same file in the same run.
+//!
+//! - `llama_decode`: one decoding step (one token after a 44-token prompt,
+//!   the cache truncated back after each step) per weight storage;
+//! - `llama_verify/k`: one pass over `k = 1, 2, 4, 8, 16` tokens after the
+//!   same prompt — the cost of verifying `k` draft tokens in speculative
+//!   decoding; the goal is `k = 8` at most 1.5× `k = 1`;
+//! - the anchor: `python3 benches/llama_cpp_reference.py bench --threads 1 2`
+//!   (llama-cpp-python 0.3.36 on the same GGUF), run by this bench after the
+//!   criterion groups and printed with them; skipped with a note without
+//!   python3, llama-cpp-python or the model.
+//!
+//! ```text
+//! bash scripts/fetch-smollm2.sh
+//! pip install llama-cpp-python==0.3.36   # optional: the llama.cpp anchor
+//! cargo bench -p lastmile-benches --bench llama -- --warm-up-time 2 --measurement-time 5
+//! ```
+//!
+//! Without the model file every group is skipped with a message.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use burn::tensor::Device;
+use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use lastmile_core::model_files::{SMOLLM2_135M_INSTRUCT, fetch_hint, models_dir};
+use lastmile_models::llama::{LlamaModel, WeightStorage};
+
+/// Prompt length of the timed passes (as llama_cpp_reference.py's prompt).
+const PROMPT: usize = 44;
+
+fn model_path() -> PathBuf {
+    let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    models_dir(&workspace).join(SMOLLM2_135M_INSTRUCT)
+}
+
+/// The model with `storage`, or `None` (with a message) when it cannot load.
+fn open(storage: WeightStorage, device: &Device) -> Option<LlamaModel> {
+    let path = model_path();
+    if !path.is_file() {
+        println!("llama bench skipped: {}", fetch_hint(&path));
+        return None;
+    }
+    match LlamaModel::open(&path, storage, device) {
+        Ok(m) => Some(m),
+        Err(e) => {
+            println!("llama bench skipped: cannot open {}: {e}", path.display());
+            None
+        }
+    }
+}
+
+/// Fixed token ids; any ids do for timing.
+fn prompt(vocab: usize) -> Vec<usize> {
+    (0..PROMPT).map(|i| (i * 7919 + 13) % vocab).collect()
+}
+
+fn bench_llama(c: &mut Criterion) {
+    let device = lastmile_core::default_device().expect("default device");
+    for storage in WeightStorage::ALL {
+        let Some(model) = open(storage, &device) else {
+            return;
+        };
+        let name = format!("{storage:?}").to_lowercase();
+        println!(
+            "llama {name}: {} MB of weight matrices read per step",
+            model.matrix_bytes() / 1_000_000
+        );
+        let prompt = prompt(model.config().vocab_size);
+        let mut cache = model.new_cache(1).expect("cache");
+        model
+            .forward_cached(&mut cache, std::slice::from_ref(&prompt))
+            .expect("prompt");
+        let mut group = c.benchmark_group(format!("llama_verify_{name}"));
+        group.sample_size(20);
+        for k in [1usize, 2, 4, 8, 16] {
+            let feed = vec![prompt[..k].to_vec()];
+            group.bench_with_input(BenchmarkId::from_parameter(k), &feed, |b, feed| {
+                b.iter(|| {
+                    let logits = model.forward_cached(&mut cache, feed).expect("pass");
+                    // Read the logits back, as a decoder must.
+                    let n = logits.into_data().num_elements();
+                    cache.truncate(0, PROMPT).expect("truncate");
+                    n
+                })
+            });
+        }
+        group.finish();
+    }
+}
+
+/// llama.cpp on the same file, in the same run.
+fn llama_cpp_anchor(_: &mut Criterion) {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("llama_cpp_reference.py");
+    let out = Command::new("python3")
+        .arg(&script)
+        .args(["bench", "--threads", "1", "2", "--tokens", "128"])
+        .output();
+    match out {
+        Ok(o) => {
+            println!("llama.cpp anchor ({}):", script.display());
+            print!("{}", String::from_utf8_lossy(&o.stdout));
+            if !o.status.success() {
+                println!(
+                    "llama.cpp anchor failed: {}",
+                    String::from_utf8_lossy(&o.stderr)
+                );
+            }
+        }
+        Err(e) => println!("llama.cpp anchor skipped: cannot run python3: {e}"),
+    }
+}
+
+criterion_group!(benches, bench_llama, llama_cpp_anchor);
+criterion_main!(benches);
