@@ -37,7 +37,7 @@
 use rand::{Rng, RngExt};
 
 use crate::error::{Result, ShardingError};
-use crate::strategy::check_probabilities;
+use crate::strategy::{check_probabilities, find_by_name};
 
 /// Probabilities within this distance of 0 or 1 are treated as 0 or 1.
 pub const SNAP: f64 = 1e-12;
@@ -110,13 +110,7 @@ impl Sampler {
     /// # Ok::<(), lastmile_federated_sharding::ShardingError>(())
     /// ```
     pub fn from_name(name: &str) -> Result<Self> {
-        Self::ALL
-            .into_iter()
-            .find(|s| s.name() == name)
-            .ok_or_else(|| {
-                let known: Vec<&str> = Self::ALL.iter().map(|s| s.name()).collect();
-                ShardingError::mismatch("sampler name", format!("one of {known:?}"), name)
-            })
+        find_by_name("sampler name", &Self::ALL, |s| s.name(), name)
     }
 
     /// A short lower-case name.

@@ -450,13 +450,7 @@ impl Strategy {
     /// # Ok::<(), lastmile_federated_sharding::ShardingError>(())
     /// ```
     pub fn from_name(name: &str) -> Result<Self> {
-        Self::ALL
-            .into_iter()
-            .find(|s| s.name() == name)
-            .ok_or_else(|| {
-                let known: Vec<&str> = Self::ALL.iter().map(|s| s.name()).collect();
-                ShardingError::mismatch("strategy name", format!("one of {known:?}"), name)
-            })
+        find_by_name("strategy name", &Self::ALL, |s| s.name(), name)
     }
 
     /// Every built-in strategy.
@@ -796,6 +790,23 @@ fn collective_probabilities(sigma: &[f64], budget: usize, k: f64) -> Vec<f64> {
         }
     }
     p
+}
+
+/// The entry of `all` whose `name_of` is `wanted`, or a
+/// [`ShardingError::Mismatch`] about `what` listing the known names.
+pub(crate) fn find_by_name<T: Copy>(
+    what: &str,
+    all: &[T],
+    name_of: impl Fn(&T) -> &'static str,
+    wanted: &str,
+) -> Result<T> {
+    all.iter()
+        .find(|t| name_of(t) == wanted)
+        .copied()
+        .ok_or_else(|| {
+            let known: Vec<&str> = all.iter().map(&name_of).collect();
+            ShardingError::mismatch(what, format!("one of {known:?}"), wanted)
+        })
 }
 
 #[cfg(test)]
