@@ -348,6 +348,36 @@ impl Lora {
         Self::build(a, b, alpha, use_rslora, 0.0)
     }
 
+    /// The same adapter with dropout probability `p` on its input.
+    ///
+    /// # Errors
+    /// [`AdapterError::InvalidConfig`] for `p` outside `[0, 1)`.
+    ///
+    /// ```
+    /// # #[cfg(feature = "flex")] {
+    /// use burn::tensor::Device;
+    /// let lora = lastmile_adapters::LoraConfig::new(2, 4.0).init(3, 5, &Device::flex())?;
+    /// assert_eq!(lora.with_dropout(0.1)?.dropout_prob(), 0.1);
+    /// # }
+    /// # Ok::<(), lastmile_adapters::AdapterError>(())
+    /// ```
+    pub fn with_dropout(mut self, p: f64) -> Result<Self> {
+        if !(p.is_finite() && (0.0..1.0).contains(&p)) {
+            return Err(AdapterError::config(
+                "dropout",
+                p,
+                "a probability in [0, 1)",
+            ));
+        }
+        self.dropout = DropoutConfig::new(p).init();
+        Ok(self)
+    }
+
+    /// The dropout probability on the adapter input.
+    pub fn dropout_prob(&self) -> f64 {
+        self.dropout.prob
+    }
+
     /// Rank `r`.
     pub fn rank(&self) -> usize {
         self.a.dims()[0]

@@ -337,3 +337,204 @@ backend_test!(hostile_or_mismatched_inputs_are_typed_errors, |device| {
     ));
     let _ = std::fs::remove_dir_all(dir);
 });
+
+// ------------------------------------------- PEFT conventions (numpy fixtures)
+
+fn numpy_fixture(name: &str) -> PathBuf {
+    // Written by tests/fixtures/make_peft_fixtures.py (numpy only).
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+/// Every module of a numpy fixture: rank, alpha, dropout and ΔW as PEFT's
+/// rules give them (`expected.json`), within f32 rounding.
+fn check_against_numpy(name: &str, device: &burn::tensor::Device) -> BTreeMap<String, Adapter> {
+    let dir = numpy_fixture(name);
+    let expected: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap();
+    let layers = peft::load(&dir, device, &LayerShapes::new()).unwrap();
+    let expected = expected.as_object().unwrap();
+    assert_eq!(
+        layers.keys().collect::<Vec<_>>(),
+        expected.keys().collect::<Vec<_>>()
+    );
+    for (m, e) in expected {
+        let Adapter::Lora(l) = &layers[m] else {
+            panic!("{m}: expected LoRA")
+        };
+        assert_eq!(l.rank() as u64, e["rank"].as_u64().unwrap(), "{m} rank");
+        assert_eq!(l.alpha(), e["alpha"].as_f64().unwrap(), "{m} alpha");
+        assert!(
+            (l.scaling() - e["scaling"].as_f64().unwrap()).abs() < 1e-12,
+            "{m}"
+        );
+        assert_eq!(l.dropout_prob(), 0.1, "{m} dropout");
+        let got = vec2(l.delta_weight());
+        let want: Vec<f64> = e["delta"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
+        assert_eq!(got.len(), want.len(), "{m}");
+        for (g, w) in got.iter().zip(&want) {
+            assert!(
+                (f64::from(*g) - w).abs() <= 1e-5 * (1.0 + w.abs()),
+                "{m}: {g} vs {w}"
+            );
+        }
+    }
+    layers
+}
+
+backend_test!(nested_modules_take_their_pattern_rank_and_alpha, |device| {
+    // rank_pattern {"fc1": 3} reaches model.mlp.fc1; alpha_pattern keys are
+    // a regex (attn q/k → 8) and a suffix (fc2 → 1); the rest take r = 2, α = 4.
+    let layers = check_against_numpy("peft_lora_patterns", device);
+    let Adapter::Lora(fc1) = &layers["model.mlp.fc1"] else {
+        panic!()
+    };
+    assert_eq!((fc1.rank(), fc1.alpha()), (3, 4.0));
+    let Adapter::Lora(q) = &layers["model.attn.q_proj"] else {
+        panic!()
+    };
+    assert_eq!((q.rank(), q.alpha()), (2, 8.0));
+});
+
+backend_test!(rslora_and_regex_target_modules_follow_peft, |device| {
+    check_against_numpy("peft_lora_rslora_regex_targets", device);
+});
+
+backend_test!(our_writer_writes_what_peft_writes, |device| {
+    // Load the numpy-written fixture, save it with our writer, and compare
+    // the tensors (names, shapes, values) with the fixture's bit for bit,
+    // and the reloaded adapters' ΔW, rank, alpha and dropout.
+    let src = numpy_fixture("peft_lora_patterns");
+    let layers = peft::load(&src, device, &LayerShapes::new()).unwrap();
+    let dir = tmp("writer_vs_numpy");
+    peft::save(&dir, &layers).unwrap();
+    let theirs = TensorFile::load(src.join(peft::WEIGHTS_FILE)).unwrap();
+    let ours = TensorFile::load(dir.join(peft::WEIGHTS_FILE)).unwrap();
+    let mut a: Vec<&str> = theirs.names();
+    let mut b: Vec<&str> = ours.names();
+    a.sort_unstable();
+    b.sort_unstable();
+    assert_eq!(a, b);
+    for name in a {
+        let (t, o) = (theirs.get(name).unwrap(), ours.get(name).unwrap());
+        assert_eq!(t, o, "{name}");
+    }
+    let again = peft::load(&dir, device, &LayerShapes::new()).unwrap();
+    for (m, l) in &layers {
+        let (Adapter::Lora(x), Adapter::Lora(y)) = (l, &again[m]) else {
+            panic!()
+        };
+        assert_eq!(
+            (x.rank(), x.alpha(), x.dropout_prob()),
+            (y.rank(), y.alpha(), y.dropout_prob())
+        );
+        assert_eq!(vec2(x.delta_weight()), vec2(y.delta_weight()), "{m}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+});
+
+/// The numpy fixture's config with `edit` applied, loaded.
+fn load_edited(
+    device: &burn::tensor::Device,
+    name: &str,
+    edit: impl FnOnce(&mut serde_json::Map<String, serde_json::Value>),
+) -> Result<BTreeMap<String, Adapter>, AdapterError> {
+    let src = numpy_fixture("peft_lora_patterns");
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(src.join(peft::CONFIG_FILE)).unwrap())
+            .unwrap();
+    edit(cfg.as_object_mut().unwrap());
+    let dir = tmp(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(src.join(peft::WEIGHTS_FILE), dir.join(peft::WEIGHTS_FILE)).unwrap();
+    std::fs::write(dir.join(peft::CONFIG_FILE), cfg.to_string()).unwrap();
+    let out = peft::load(&dir, device, &LayerShapes::new());
+    let _ = std::fs::remove_dir_all(&dir);
+    out
+}
+
+backend_test!(unimplemented_peft_fields_are_refused, |device| {
+    use serde_json::json;
+    for (key, value) in [
+        ("use_dora", json!(true)),
+        ("lora_bias", json!(true)),
+        ("bias", json!("all")),
+        ("bias", json!("lora_only")),
+        ("modules_to_save", json!(["classifier"])),
+        ("layer_replication", json!([[0, 2]])),
+    ] {
+        let err = load_edited(device, "refused", |c| {
+            c.insert(key.into(), value.clone());
+        })
+        .unwrap_err();
+        assert!(
+            matches!(err, AdapterError::Unsupported { op: "load", .. }),
+            "{key} = {value}: {err}"
+        );
+    }
+    // fan_in_fan_out only says how the base layer stores its weight: the
+    // factors, hence ΔW in [out, in], are the same.
+    let plain = load_edited(device, "fifo_false", |_| {}).unwrap();
+    let fifo = load_edited(device, "fifo_true", |c| {
+        c.insert("fan_in_fan_out".into(), json!(true));
+    })
+    .unwrap();
+    for (m, l) in &plain {
+        assert_eq!(
+            vec2(l.delta_weight().unwrap()),
+            vec2(fifo[m].delta_weight().unwrap()),
+            "{m}"
+        );
+    }
+});
+
+backend_test!(bad_patterns_and_targets_are_typed_errors, |device| {
+    use serde_json::json;
+    let invalid = |name: &str, key: &str, value: serde_json::Value, needle: &str| {
+        let err = load_edited(device, name, |c| {
+            c.insert(key.into(), value);
+        })
+        .unwrap_err();
+        match err {
+            AdapterError::InvalidFile { reason, .. } => {
+                assert!(reason.contains(needle), "{key}: {reason}")
+            }
+            other => panic!("{key}: expected InvalidFile, got {other}"),
+        }
+    };
+    // two keys matching model.mlp.fc1 with different ranks: refused, not guessed
+    invalid(
+        "ambiguous",
+        "rank_pattern",
+        json!({"fc1": 3, r"mlp\.fc\d": 5}),
+        "agree",
+    );
+    // a key that is not a regular expression
+    invalid(
+        "not_a_regex",
+        "alpha_pattern",
+        json!({"fc(1": 2}),
+        "regular expression",
+    );
+    // a target regex that leaves a module out
+    invalid(
+        "regex_target",
+        "target_modules",
+        json!(r"model\.attn\..*"),
+        "target_modules",
+    );
+    // a list of targets that leaves a module out
+    invalid(
+        "list_target",
+        "target_modules",
+        json!(["q_proj", "k_proj"]),
+        "target_modules",
+    );
+    invalid("dropout", "lora_dropout", json!(1.5), "lora_dropout");
+});

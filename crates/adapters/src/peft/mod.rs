@@ -3,7 +3,7 @@
 //!
 //! | kind | tensors (per module, after `base_model.model.`) | config |
 //! |---|---|---|
-//! | LoRA | `<m>.lora_A.weight` `[r, in]`, `<m>.lora_B.weight` `[out, r]` | `peft_type: "LORA"`, `r`, `lora_alpha`, `target_modules`, `use_rslora`, `rank_pattern`, `alpha_pattern` |
+//! | LoRA | `<m>.lora_A.weight` `[r, in]`, `<m>.lora_B.weight` `[out, r]` | `peft_type: "LORA"`, `r`, `lora_alpha`, `lora_dropout`, `target_modules`, `use_rslora`, `rank_pattern`, `alpha_pattern`, `fan_in_fan_out` |
 //! | SHiRA | `<m>.shira_weight` `[N]`, `<m>.shira_indices` `[2, N]` (rows; cols) | `peft_type: "SHIRA"`, `r`, `mask_type`, `target_modules` |
 //! | FouRA | `<m>.foura_A.weight` `[r, in]`, `<m>.foura_B.weight` `[out, r]`, `<m>.foura_gate.{energy,entropy,bias}` `[r]`, `<m>.foura_mask` `[r]` | `peft_type: "FOURA"`, `r`, `foura_alpha`, `transform`, `gate`, `threshold`, `target_modules` |
 //!
@@ -11,6 +11,12 @@
 //! the shape of a SHiRA layer; this crate writes it to the safetensors
 //! metadata (`lastmile.shape.<m>` = `"out,in"`), and files without it need
 //! the shapes from the caller.
+//!
+//! How the configuration's patterns, targets and unimplemented fields are
+//! read (as PEFT reads them) is in the `config` submodule's docs: pattern
+//! keys are regular expressions matched against the end of a module path,
+//! and fields such as `use_dora: true` are refused with
+//! [`AdapterError::Unsupported`].
 //!
 //! Loading is defensive: the safetensors parser is
 //! [`lastmile_core::tensor_file`] (bounded, hostile-file safe), the JSON
@@ -29,10 +35,9 @@ use serde_json::{Map, Value, json};
 
 use crate::adapter::{Adapter, AdapterKind};
 use crate::error::{AdapterError, Result};
-use crate::foura::{Foura, FouraConfig, GateMode};
+use crate::foura::{Foura, FouraConfig};
 use crate::lora::Lora;
 use crate::shira::{Shira, ShiraMask};
-use crate::transform::SpectralTransform;
 
 /// File name of the tensors.
 pub const WEIGHTS_FILE: &str = "adapter_model.safetensors";
@@ -49,6 +54,10 @@ const MAX_RANK: u64 = 1 << 16;
 
 /// `[out, in]` of each adapted module, for files that do not record it (SHiRA from PEFT).
 pub type LayerShapes = BTreeMap<String, (usize, usize)>;
+
+mod config;
+
+use config::{parse_config, pattern_value};
 
 fn bad(path: &str, reason: impl Into<String>) -> AdapterError {
     AdapterError::InvalidFile {
@@ -106,6 +115,7 @@ pub fn to_peft(layers: &BTreeMap<String, Adapter>) -> Result<(TensorFile, String
             let mut alphas = BTreeMap::new();
             let mut foura_cfg: Option<FouraConfig> = None;
             let mut rslora = None;
+            let mut dropout: Option<f64> = None;
             for (m, a) in layers {
                 match a {
                     Adapter::Lora(l) => {
@@ -118,6 +128,14 @@ pub fn to_peft(layers: &BTreeMap<String, Adapter>) -> Result<(TensorFile, String
                                 "save",
                                 "LoRA",
                                 "adapters mixing rsLoRA and classic scaling",
+                            ));
+                        }
+                        // PEFT has one `lora_dropout` for every module.
+                        if *dropout.get_or_insert(l.dropout_prob()) != l.dropout_prob() {
+                            return Err(AdapterError::unsupported(
+                                "save",
+                                "LoRA",
+                                "adapters with different dropout (PEFT stores one lora_dropout)",
                             ));
                         }
                     }
@@ -151,15 +169,17 @@ pub fn to_peft(layers: &BTreeMap<String, Adapter>) -> Result<(TensorFile, String
             let alpha_list: Vec<f64> = alphas.values().copied().collect();
             let r = mode(&rank_list).unwrap_or(1);
             let alpha = mode(&alpha_list).unwrap_or(1.0);
+            // Pattern keys are regular expressions to PEFT: escape the
+            // module paths so that each matches its own module literally.
             let rank_pattern: Map<String, Value> = ranks
                 .iter()
                 .filter(|(_, v)| **v != r)
-                .map(|(k, v)| (k.clone(), json!(v)))
+                .map(|(k, v)| (regex::escape(k), json!(v)))
                 .collect();
             let alpha_pattern: Map<String, Value> = alphas
                 .iter()
                 .filter(|(_, v)| **v != alpha)
-                .map(|(k, v)| (k.clone(), json!(v)))
+                .map(|(k, v)| (regex::escape(k), json!(v)))
                 .collect();
             config.insert("r".into(), json!(r));
             config.insert("rank_pattern".into(), Value::Object(rank_pattern));
@@ -174,7 +194,7 @@ pub fn to_peft(layers: &BTreeMap<String, Adapter>) -> Result<(TensorFile, String
                 config.insert("peft_type".into(), json!("LORA"));
                 config.insert("lora_alpha".into(), json!(alpha));
                 config.insert("use_rslora".into(), json!(rslora.unwrap_or(false)));
-                config.insert("lora_dropout".into(), json!(0.0));
+                config.insert("lora_dropout".into(), json!(dropout.unwrap_or(0.0)));
                 config.insert("fan_in_fan_out".into(), json!(false));
                 config.insert("init_lora_weights".into(), json!(true));
             }
@@ -297,168 +317,6 @@ pub fn load(
     })
 }
 
-struct Config {
-    kind: AdapterKind,
-    r: usize,
-    alpha: f64,
-    rank_pattern: BTreeMap<String, usize>,
-    alpha_pattern: BTreeMap<String, f64>,
-    use_rslora: bool,
-    targets: Option<Vec<String>>,
-    foura: Option<FouraConfig>,
-    mask: Option<ShiraMask>,
-}
-
-fn parse_rank(v: &Value, what: &str) -> Result<usize> {
-    match v.as_u64() {
-        Some(r) if r > 0 && r <= MAX_RANK => Ok(r as usize),
-        _ => Err(bad(
-            "",
-            format!("`{what}` = {v}; expected an integer in [1, {MAX_RANK}]"),
-        )),
-    }
-}
-
-fn parse_alpha(v: &Value, what: &str) -> Result<f64> {
-    match v.as_f64() {
-        Some(a) if a.is_finite() && a > 0.0 => Ok(a),
-        _ => Err(bad(
-            "",
-            format!("`{what}` = {v}; expected a finite number > 0"),
-        )),
-    }
-}
-
-fn parse_config(text: &str) -> Result<Config> {
-    let v: Value = serde_json::from_str(text)
-        .map_err(|e| bad("", format!("config is not valid JSON: {e}")))?;
-    let obj = v
-        .as_object()
-        .ok_or_else(|| bad("", "config must be a JSON object"))?;
-    let peft_type = obj
-        .get("peft_type")
-        .and_then(Value::as_str)
-        .ok_or_else(|| bad("", "config lacks a string `peft_type`"))?;
-    let kind = match peft_type {
-        "LORA" => AdapterKind::Lora,
-        "SHIRA" => AdapterKind::Shira,
-        "FOURA" => AdapterKind::Foura,
-        other => {
-            return Err(bad(
-                "",
-                format!("`peft_type` = {other:?}; expected \"LORA\", \"SHIRA\" or \"FOURA\""),
-            ));
-        }
-    };
-    let r = parse_rank(obj.get("r").unwrap_or(&Value::Null), "r")?;
-    let alpha_key = if kind == AdapterKind::Foura {
-        "foura_alpha"
-    } else {
-        "lora_alpha"
-    };
-    let alpha = match obj.get(alpha_key) {
-        Some(a) => parse_alpha(a, alpha_key)?,
-        // PEFT's default lora_alpha is 8; SHiRA has none.
-        None if kind == AdapterKind::Shira => 1.0,
-        None => return Err(bad("", format!("config lacks `{alpha_key}`"))),
-    };
-    let pattern = |key: &str| -> Result<Map<String, Value>> {
-        match obj.get(key) {
-            None | Some(Value::Null) => Ok(Map::new()),
-            Some(Value::Object(m)) => Ok(m.clone()),
-            Some(other) => Err(bad(
-                "",
-                format!("`{key}` = {other}; expected an object of module → value"),
-            )),
-        }
-    };
-    let rank_pattern = pattern("rank_pattern")?
-        .iter()
-        .map(|(k, v)| Ok((k.clone(), parse_rank(v, &format!("rank_pattern.{k}"))?)))
-        .collect::<Result<_>>()?;
-    let alpha_pattern = pattern("alpha_pattern")?
-        .iter()
-        .map(|(k, v)| Ok((k.clone(), parse_alpha(v, &format!("alpha_pattern.{k}"))?)))
-        .collect::<Result<_>>()?;
-    let use_rslora = match obj.get("use_rslora") {
-        None | Some(Value::Null) => false,
-        Some(Value::Bool(b)) => *b,
-        Some(other) => {
-            return Err(bad(
-                "",
-                format!("`use_rslora` = {other}; expected true or false"),
-            ));
-        }
-    };
-    let targets = match obj.get("target_modules") {
-        Some(Value::Array(list)) => Some(
-            list.iter()
-                .map(|t| {
-                    t.as_str().map(str::to_owned).ok_or_else(|| {
-                        bad("", format!("`target_modules` entry {t} is not a string"))
-                    })
-                })
-                .collect::<Result<Vec<_>>>()?,
-        ),
-        // A string is a regular expression in PEFT: accepted, not checked.
-        Some(Value::String(_)) | None | Some(Value::Null) => None,
-        Some(other) => {
-            return Err(bad(
-                "",
-                format!("`target_modules` = {other}; expected a list of names or a string"),
-            ));
-        }
-    };
-    let foura = if kind == AdapterKind::Foura {
-        let s = |k: &str| {
-            obj.get(k)
-                .and_then(Value::as_str)
-                .ok_or_else(|| bad("", format!("FouRA config lacks a string `{k}`")))
-        };
-        let transform = SpectralTransform::from_name(s("transform")?)
-            .ok_or_else(|| bad("", "`transform` must be \"identity\", \"dct\" or \"rfft\""))?;
-        let gate = GateMode::from_name(s("gate")?)
-            .ok_or_else(|| bad("", "`gate` must be \"adaptive\", \"frozen\" or \"off\""))?;
-        let threshold = obj
-            .get("threshold")
-            .and_then(Value::as_f64)
-            .filter(|t| t.is_finite() && *t > 0.0 && *t < 1.0)
-            .ok_or_else(|| bad("", "`threshold` must be a number in (0, 1)"))?;
-        Some(FouraConfig {
-            rank: r,
-            alpha,
-            transform,
-            gate,
-            threshold,
-        })
-    } else {
-        None
-    };
-    let mask = obj
-        .get("mask_type")
-        .and_then(Value::as_str)
-        .and_then(ShiraMask::from_name);
-    Ok(Config {
-        kind,
-        r,
-        alpha,
-        rank_pattern,
-        alpha_pattern,
-        use_rslora,
-        targets,
-        foura,
-        mask,
-    })
-}
-
-/// Matches PEFT's rule: a module is targeted if its path equals a target or
-/// ends with `.<target>`.
-fn is_targeted(module: &str, targets: &[String]) -> bool {
-    targets
-        .iter()
-        .any(|t| module == t || module.ends_with(&format!(".{t}")))
-}
-
 fn split_key<'a>(key: &'a str, suffixes: &[&'a str]) -> Option<(&'a str, &'a str)> {
     let key = key.strip_prefix(PEFT_PREFIX).unwrap_or(key);
     suffixes.iter().find_map(|s| {
@@ -547,22 +405,15 @@ pub fn from_peft(
     }
     let mut out = BTreeMap::new();
     for (m, parts) in &modules {
-        if let Some(targets) = &cfg.targets
-            && !is_targeted(m, targets)
-        {
-            return Err(bad(
-                "",
-                format!("module `{m}` is not in target_modules {targets:?}"),
-            ));
-        }
+        cfg.targets.check(m)?;
         let get = |s: &str| {
             parts
                 .get(s)
                 .copied()
                 .ok_or_else(|| bad("", format!("module `{m}` lacks `{s}`")))
         };
-        let r = cfg.rank_pattern.get(m).copied().unwrap_or(cfg.r);
-        let alpha = cfg.alpha_pattern.get(m).copied().unwrap_or(cfg.alpha);
+        let r = pattern_value("rank_pattern", &cfg.rank_pattern, m)?.unwrap_or(cfg.r);
+        let alpha = pattern_value("alpha_pattern", &cfg.alpha_pattern, m)?.unwrap_or(cfg.alpha);
         let expected_shape = shapes.get(m).copied();
         let check_shape = |d_out: usize, d_in: usize| -> Result<()> {
             match expected_shape {
@@ -635,7 +486,10 @@ pub fn from_peft(
                             .with_gate_mode(mode);
                         Adapter::Foura(f)
                     }
-                    _ => Adapter::Lora(Lora::from_factors(a, b, alpha, cfg.use_rslora)?),
+                    _ => Adapter::Lora(
+                        Lora::from_factors(a, b, alpha, cfg.use_rslora)?
+                            .with_dropout(cfg.dropout)?,
+                    ),
                 }
             }
             AdapterKind::Shira => {
