@@ -18,6 +18,8 @@
 //! - [`AdapterSet`]: many named adapters for one base model; switches SHiRA
 //!   by scatter and low-rank kinds by a dense fuse; weighted combinations;
 //!   interference metrics AWOM / AWOR ([`combine`]).
+//! - [`mixed_batch`]: one forward over a batch whose rows use different
+//!   adapters (per-row adapter choice, the base model alone for `None`).
 //! - [`peft`]: `adapter_model.safetensors` + `adapter_config.json`, checked
 //!   against hostile files.
 //!
@@ -58,6 +60,7 @@ pub mod combine;
 pub mod error;
 pub mod foura;
 pub mod lora;
+pub mod mixed_batch;
 pub mod peft;
 pub mod set;
 pub mod shira;
