@@ -26,17 +26,28 @@
 //! `lastmile_fl.LastmileError` (a `ValueError`) carrying its message; the
 //! library does not panic on any input.
 //!
+//! **Building.** The module is compiled only with the `python` feature,
+//! which maturin turns on (`pyproject.toml`); without it the crate is empty,
+//! so workspace-wide cargo commands build without a Python interpreter.
+//!
 //! [`Server`]: lastmile_federated_sharding::simulation::Server
 //! [`Client`]: lastmile_federated_sharding::simulation::Client
 
+#[cfg(feature = "python")]
 mod arrays;
+#[cfg(feature = "python")]
 mod client;
+#[cfg(feature = "python")]
 mod data;
+#[cfg(feature = "python")]
 mod messages;
+#[cfg(feature = "python")]
 mod server;
 
+#[cfg(feature = "python")]
 use pyo3::prelude::*;
 
+#[cfg(feature = "python")]
 pyo3::create_exception!(
     lastmile_fl,
     LastmileError,
@@ -45,11 +56,13 @@ pyo3::create_exception!(
 );
 
 /// Any displayable library error as a `LastmileError`.
+#[cfg(feature = "python")]
 pub(crate) fn py_err(e: impl std::fmt::Display) -> PyErr {
     LastmileError::new_err(e.to_string())
 }
 
 /// The Python module `lastmile_fl`.
+#[cfg(feature = "python")]
 #[pymodule]
 fn lastmile_fl(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("LastmileError", m.py().get_type::<LastmileError>())?;
