@@ -53,6 +53,10 @@
 //! read and write PEFT's `adapter_config.json` — JSON parsing is not
 //! something to hand-roll on untrusted input, and serde_json is the
 //! ecosystem's audited standard.
+//! [regex](https://docs.rs/regex) matches PEFT's `rank_pattern`,
+//! `alpha_pattern` and string `target_modules`, which PEFT defines as
+//! Python regular expressions; it is the crate burn already compiles, and
+//! its linear-time matching is safe on expressions read from files.
 
 pub mod adapter;
 pub mod attach;
