@@ -667,9 +667,11 @@ backend_test!(half_storage_tracks_f32_within_its_precision, |device| {
     };
     let (reference, bytes_f32) = logits(WeightStorage::F32);
     let scale = reference.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-    // f16 keeps 11 significant bits, bf16 8: relative tolerances 0.2 % and 1 %
-    // of the largest logit, far below what a wrong product gives.
-    for (storage, tol) in [(WeightStorage::F16, 0.002), (WeightStorage::Bf16, 0.01)] {
+    // f16 keeps 11 significant bits, bf16 8. Measured on flex: 0.04 % and
+    // 0.3 % of the largest logit. Tolerances 1 % and 3 % leave room for a
+    // backend that also accumulates in half precision, and are far below
+    // what a wrong product gives (errors of the order of the logits).
+    for (storage, tol) in [(WeightStorage::F16, 0.01), (WeightStorage::Bf16, 0.03)] {
         if !device.supports_dtype(storage.dtype()) {
             let err = LlamaConfig::tiny()
                 .init_random(4, storage, device)
