@@ -6,11 +6,11 @@
 //!
 //! 1. The server samples `K` of the `N` clients without replacement (seeded).
 //! 2. **Sharded methods**: it takes the thin SVD of every sharded weight of
-//!    the global MLP ([`SpectralModel::from_module`]), builds one
-//!    [`ShardPlan`] per distinct keep ratio among the
+//!    the global MLP ([`SpectralModel::from_module`](crate::SpectralModel::from_module)), builds one
+//!    [`ShardPlan`](crate::ShardPlan) per distinct keep ratio among the
 //!    sampled clients (Collective is allocated for the server's average of
 //!    all `K` clients, see below), and draws each client's
-//!    [`ModelShard`]. **Full FedAvg**: the client gets every parameter dense.
+//!    [`ModelShard`](crate::ModelShard). **Full FedAvg**: the client gets every parameter dense.
 //! 3. Each sub-model travels as a [`ShardMessage`]: it is encoded to bytes,
 //!    counted, and decoded on the "client" side, which builds its model from
 //!    the decoded message only. A sharded layer becomes two trainable
@@ -22,9 +22,9 @@
 //!    parameters `w` (the factors and dense values it received).
 //! 5. The trained sub-model travels back as an [`UpdateMessage`] (encoded,
 //!    counted, decoded by the server), and the server aggregates with
-//!    [`aggregate::fedavg`] (dense reconstructions `A_k B_k` weighted by the
+//!    [`aggregate::fedavg`](crate::aggregate::fedavg) (dense reconstructions `A_k B_k` weighted by the
 //!    clients' sample counts, McMahan et al., 2017) or
-//!    [`aggregate::factorwise`].
+//!    [`aggregate::factorwise`](crate::aggregate::factorwise).
 //! 6. The new global model is evaluated on the held-out set, if given, and
 //!    the round's [`RoundRecord`] goes to the caller's progress closure.
 //!
@@ -111,9 +111,9 @@ use mlp::check_layer_sizes;
 /// How the server combines the clients' trained sub-models.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Aggregation {
-    /// [`aggregate::fedavg`]: average of the dense reconstructions `A_k B_k`.
+    /// [`aggregate::fedavg`](crate::aggregate::fedavg): average of the dense reconstructions `A_k B_k`.
     FedAvg,
-    /// [`aggregate::factorwise`]: per-triplet average of the factors.
+    /// [`aggregate::factorwise`](crate::aggregate::factorwise): per-triplet average of the factors.
     FactorWise,
 }
 
