@@ -374,6 +374,15 @@ impl Lora {
     }
 
     /// The dropout probability on the adapter input.
+    ///
+    /// ```
+    /// # #[cfg(feature = "flex")] {
+    /// use burn::tensor::Device;
+    /// let lora = lastmile_adapters::LoraConfig::new(2, 4.0).with_dropout(0.05).init(3, 5, &Device::flex())?;
+    /// assert_eq!(lora.dropout_prob(), 0.05);
+    /// # }
+    /// # Ok::<(), lastmile_adapters::AdapterError>(())
+    /// ```
     pub fn dropout_prob(&self) -> f64 {
         self.dropout.prob
     }

@@ -94,6 +94,16 @@ impl Mlp {
     ///
     /// # Errors
     /// Only if a tensor cannot be read back from its device.
+    ///
+    /// ```
+    /// # #[cfg(feature = "flex")] {
+    /// use burn::tensor::Device;
+    /// use lastmile_federated_sharding::simulation::Mlp;
+    /// let p = Mlp::new(&[4, 3], 0, &Device::flex())?.params()?;
+    /// assert_eq!((p[0].path.as_str(), p[0].shape.as_slice()), ("layers.0.weight", &[4, 3][..]));
+    /// # }
+    /// # Ok::<(), lastmile_federated_sharding::ShardingError>(())
+    /// ```
     pub fn params(&self) -> Result<Vec<DenseParam>> {
         collect_params(self, &Selector::all(), ParamValue::Stored)?
             .into_iter()
@@ -110,6 +120,19 @@ impl Mlp {
     /// # Errors
     /// As [`ClientData`]'s checks: empty data, wrong feature count,
     /// non-finite features, labels `≥` the output width.
+    ///
+    /// ```
+    /// # #[cfg(feature = "flex")] {
+    /// use burn::tensor::Device;
+    /// use lastmile_federated_sharding::simulation::{ClientData, Mlp};
+    /// let mlp = Mlp::new(&[2, 2], 0, &Device::flex())?;
+    /// let data = ClientData { features: vec![1.0, 0.0, 0.0, 1.0], labels: vec![0, 1] };
+    /// let acc = mlp.accuracy(&data)?;
+    /// assert!((0.0..=1.0).contains(&acc));
+    /// assert!(mlp.accuracy(&ClientData { features: vec![], labels: vec![] }).is_err());
+    /// # }
+    /// # Ok::<(), lastmile_federated_sharding::ShardingError>(())
+    /// ```
     pub fn accuracy(&self, data: &ClientData) -> Result<f64> {
         let (Some(first), Some(last)) = (self.layers.first(), self.layers.last()) else {
             return Err(CoreError::Empty {

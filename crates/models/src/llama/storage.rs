@@ -51,6 +51,13 @@ impl WeightStorage {
     }
 
     /// The tensor element type of the stored matrices.
+    ///
+    /// ```
+    /// use burn::tensor::DType;
+    /// use lastmile_models::llama::WeightStorage;
+    /// assert_eq!(WeightStorage::Bf16.dtype(), DType::BF16);
+    /// assert_eq!(WeightStorage::ALL.map(WeightStorage::bytes_per_weight), [4, 2, 2]);
+    /// ```
     pub fn dtype(self) -> DType {
         match self {
             WeightStorage::F32 => DType::F32,
