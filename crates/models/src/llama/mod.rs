@@ -27,7 +27,7 @@
 //!   blocks, the final norm and the head, a self-speculative draft.
 //!
 //! Agreement with llama.cpp itself (llama-cpp-python 0.3.36) is checked by
-//! `tests/llama_reference.rs` against a committed fixture written by
+//! `tests/it/llama_reference.rs` against a committed fixture written by
 //! `benches/llama_cpp_reference.py` (read with `serde` / `serde_json`,
 //! dev-dependencies of this crate for that test only). On an F32 copy of
 //! the SmolLM2-135M Q4_1 file, where llama.cpp computes in f32 as this
@@ -36,7 +36,7 @@
 //! itself llama.cpp rounds activations to 8 bits for its quantised products
 //! (and keys/values to f16), which moves its logits by up to 1.25; argmax
 //! choices then differ at near ties (gaps ≤ 0.15), so greedy continuations
-//! part after a few to a few dozen tokens. `tests/llama.rs` checks the model
+//! part after a few to a few dozen tokens. `tests/it/llama.rs` checks the model
 //! against a naive float64 implementation on small GGUF files written by
 //! the test.
 //!

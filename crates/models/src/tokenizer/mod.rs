@@ -39,7 +39,7 @@
 //!
 //! # Agreement with llama.cpp, and speed
 //!
-//! `tests/tokenizer_llama_cpp.rs` checks SmolLM2-135M-Instruct's GGUF
+//! `tests/it/tokenizer_llama_cpp.rs` checks SmolLM2-135M-Instruct's GGUF
 //! against a fixture written by llama-cpp-python 0.3.36
 //! (`tests/fixtures/make_tokenizer_fixture.py`): 50 varied strings and 300
 //! seeded random ones give identical ids with and without `parse_special`,

@@ -1,0 +1,140 @@
+//! Integration tests: lora.
+#![allow(clippy::unwrap_used)]
+
+use crate::common::*;
+use burn::nn::LinearConfig;
+use burn::tensor::{Distribution, Tensor};
+use lastmile_adapters::{AdaptedLinear, Adapter, AdapterError, Lora, LoraConfig, LoraInit};
+use lastmile_core::backend_test;
+use lastmile_core::testing::assert_close;
+
+fn trained_lora(d_out: usize, d_in: usize, r: usize, device: &burn::tensor::Device) -> Lora {
+    // A LoRA with non-zero B, as after training.
+    Lora::from_factors(
+        randn([r, d_in], device),
+        randn([d_out, r], device).mul_scalar(0.3),
+        8.0,
+        false,
+    )
+    .unwrap()
+}
+
+backend_test!(zero_init_reproduces_base_exactly, |device| {
+    for init in [LoraInit::KaimingUniform, LoraInit::Gaussian] {
+        let base = LinearConfig::new(12, 7).init(device);
+        let lora = LoraConfig::new(4, 8.0)
+            .with_init(init)
+            .init(7, 12, device)
+            .unwrap();
+        let layer = AdaptedLinear::new(base.clone(), lora.into()).unwrap();
+        let x = randn([5, 12], device);
+        assert_eq!(vec2(layer.forward(x.clone())), vec2(base.forward(x)));
+    }
+});
+
+backend_test!(delta_weight_matches_naive_product, |device| {
+    let lora = trained_lora(6, 9, 3, device);
+    let (a, b) = (vec2(lora.a.val()), vec2(lora.b.val()));
+    let expected: Vec<f64> = matmul(&b, &a, 6, 3, 9)
+        .iter()
+        .map(|v| v * 8.0 / 3.0)
+        .collect();
+    assert_close(&vec2(lora.delta_weight()), &expected, 1e-5, 1e-5);
+    // rsLoRA: α/√r
+    let rs = Lora::from_factors(lora.a.val(), lora.b.val(), 8.0, true).unwrap();
+    assert!((rs.scaling() - 8.0 / 3f64.sqrt()).abs() < 1e-12);
+    assert_eq!(lora.trainable_params(), 3 * (6 + 9));
+});
+
+backend_test!(unmerged_forward_is_base_plus_low_rank, |device| {
+    let base = LinearConfig::new(9, 6).init(device);
+    let lora = trained_lora(6, 9, 3, device);
+    let delta = vec2(lora.delta_weight());
+    let layer = AdaptedLinear::new(base.clone(), lora.into()).unwrap();
+    let x = randn([4, 9], device);
+    let xs = vec2(x.clone());
+    let base_y = vec2(base.forward(x.clone()));
+    let dy = matmul(&xs, &transpose(&delta, 6, 9), 4, 9, 6);
+    let expected: Vec<f64> = base_y
+        .iter()
+        .zip(&dy)
+        .map(|(b, d)| f64::from(*b) + d)
+        .collect();
+    assert_close(&vec2(layer.forward(x)), &expected, 1e-4, 1e-4);
+});
+
+backend_test!(merge_matches_unmerged_and_unmerge_restores, |device| {
+    let base = LinearConfig::new(16, 10).init(device);
+    let w0 = vec2(base.weight.val());
+    let layer = AdaptedLinear::new(base, trained_lora(10, 16, 4, device).into()).unwrap();
+    let x = randn([8, 16], device);
+    let unmerged = vec2(layer.forward(x.clone()));
+    let merged = layer.merge().unwrap();
+    assert!(merged.is_merged());
+    assert!(max_abs_diff(&vec2(merged.forward(x)), &unmerged) < 1e-4);
+    let restored = merged.unmerge().unwrap();
+    assert!(max_abs_diff(&vec2(restored.base.weight.val()), &w0) <= 1e-5);
+});
+
+backend_test!(pissa_factors_are_the_top_singular_directions, |device| {
+    let w0 = randn([10, 8], device);
+    let cfg = LoraConfig::new(3, 6.0).with_init(LoraInit::Pissa);
+    assert!(matches!(
+        cfg.init(10, 8, device),
+        Err(AdapterError::Unsupported { .. })
+    ));
+    let (lora, residual) = cfg.init_pissa(w0.clone()).unwrap();
+    // W0 is reproduced at init ...
+    assert!(
+        max_abs_diff(
+            &vec2(residual.clone() + lora.delta_weight()),
+            &vec2(w0.clone())
+        ) < 1e-5
+    );
+    // ... s·BA is the best rank-3 approximation: its error is the tail singular values.
+    let s = vec1(lastmile_core::linalg::svd(w0).unwrap().s);
+    let tail: f32 = s[3..].iter().map(|v| v * v).sum::<f32>().sqrt();
+    let res_norm = vec2(residual).iter().map(|v| v * v).sum::<f32>().sqrt();
+    assert!(
+        (res_norm - tail).abs() < 1e-4 * tail.max(1.0),
+        "{res_norm} vs {tail}"
+    );
+});
+
+backend_test!(init_distributions_follow_peft, |device| {
+    device.seed(3);
+    let k = LoraConfig::new(16, 16.0).init(32, 400, device).unwrap();
+    let a = vec2(k.a.val());
+    let bound = 1.0 / 400f32.sqrt();
+    assert!(a.iter().all(|v| v.abs() <= bound));
+    assert!(a.iter().cloned().fold(0.0, f32::max) > 0.9 * bound);
+    let g = LoraConfig::new(16, 16.0)
+        .with_init(LoraInit::Gaussian)
+        .init(32, 400, device)
+        .unwrap();
+    let a = vec2(g.a.val());
+    let std = (a.iter().map(|v| v * v).sum::<f32>() / a.len() as f32).sqrt();
+    assert!((std - 1.0 / 16.0).abs() < 0.005, "std {std}");
+    assert!(vec2(g.b.val()).iter().all(|v| *v == 0.0));
+});
+
+backend_test!(invalid_configs_are_rejected, |device| {
+    assert!(LoraConfig::new(0, 1.0).init(4, 4, device).is_err());
+    assert!(LoraConfig::new(5, 1.0).init(4, 8, device).is_err());
+    assert!(LoraConfig::new(2, f64::NAN).init(4, 4, device).is_err());
+    assert!(
+        LoraConfig::new(2, 1.0)
+            .with_dropout(1.0)
+            .init(4, 4, device)
+            .is_err()
+    );
+    let a = Tensor::<2>::random([2, 4], Distribution::Default, device);
+    let b = Tensor::<2>::zeros([4, 3], device);
+    assert!(matches!(
+        Lora::from_factors(a, b, 1.0, false),
+        Err(AdapterError::Shape { .. })
+    ));
+    let base = LinearConfig::new(4, 6).init(device);
+    let wrong = LoraConfig::new(2, 2.0).init(4, 6, device).unwrap();
+    assert!(AdaptedLinear::new(base, Adapter::Lora(wrong)).is_err());
+});

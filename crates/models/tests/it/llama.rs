@@ -1,0 +1,693 @@
+#![allow(clippy::unwrap_used)]
+//! The Llama model against a naive `f64` reference written here, on small
+//! random checkpoints written as GGUF files by this test; the
+//! `LanguageModel` conformance kit; and typed errors for bad files and calls.
+//!
+//! The reference takes weights in **Hugging Face's layout** and applies
+//! Hugging Face's RoPE (pairs `(i, i + d/2)`); the GGUF file gets the query
+//! and key rows permuted as `convert_hf_to_gguf.py` does. Agreement therefore
+//! checks that the model's adjacent-pair rotation on GGUF weights is the
+//! same function, besides grouped-query attention, RMSNorm, SwiGLU and the
+//! (tied or separate) head.
+//!
+//! Tolerances: logits are O(1)–O(10) on these models. f32 against f64 over
+//! 2 blocks and ≤ 40 positions differs by summation rounding, measured
+//! ≤ 5e-6 (flex); `REF_TOL = 1e-4` keeps over an order of margin. The
+//! negative controls (the wrong key/value head for each query head; query
+//! and key weights left in Hugging Face's row order) move logits by 1.9–8.8. The conformance kit compares the model with itself
+//! through different forward shapes: `TOL = 1e-4` as in `tests/it/lm.rs`.
+
+use burn::tensor::Device;
+use lastmile_core::backend_test;
+use lastmile_core::convert::tensor_to_vec;
+use lastmile_core::gguf::GgufFile;
+use lastmile_core::lm::{LanguageModel, LmError, conformance};
+use lastmile_models::llama::{LlamaConfig, LlamaError, LlamaModel, WeightStorage};
+
+const TOL: f32 = 1e-4;
+const REF_TOL: f64 = 1e-4;
+
+// ---------------------------------------------------------------- GGUF writer
+
+enum Value {
+    U32(u32),
+    F32(f32),
+    Str(String),
+}
+
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    out.extend((s.len() as u64).to_le_bytes());
+    out.extend(s.as_bytes());
+}
+
+/// A GGUF v3 file with the given metadata and f32 tensors (`shape` outermost first).
+fn write_gguf(meta: &[(&str, Value)], tensors: &[(String, Vec<usize>, Vec<f32>)]) -> Vec<u8> {
+    let mut out = b"GGUF".to_vec();
+    out.extend(3u32.to_le_bytes());
+    out.extend((tensors.len() as u64).to_le_bytes());
+    out.extend((meta.len() as u64).to_le_bytes());
+    for (k, v) in meta {
+        put_str(&mut out, k);
+        match v {
+            Value::U32(x) => {
+                out.extend(4u32.to_le_bytes());
+                out.extend(x.to_le_bytes());
+            }
+            Value::F32(x) => {
+                out.extend(6u32.to_le_bytes());
+                out.extend(x.to_le_bytes());
+            }
+            Value::Str(s) => {
+                out.extend(8u32.to_le_bytes());
+                put_str(&mut out, s);
+            }
+        }
+    }
+    let mut offset = 0u64;
+    let mut offsets = Vec::new();
+    for (name, shape, values) in tensors {
+        put_str(&mut out, name);
+        out.extend((shape.len() as u32).to_le_bytes());
+        for d in shape.iter().rev() {
+            out.extend((*d as u64).to_le_bytes());
+        }
+        out.extend(0u32.to_le_bytes()); // GGML_TYPE_F32
+        out.extend(offset.to_le_bytes());
+        offsets.push(offset);
+        offset += (values.len() as u64 * 4).div_ceil(32) * 32;
+    }
+    while !out.len().is_multiple_of(32) {
+        out.push(0);
+    }
+    let start = out.len();
+    for ((_, _, values), off) in tensors.iter().zip(offsets) {
+        out.resize(start + off as usize, 0);
+        for v in values {
+            out.extend(v.to_le_bytes());
+        }
+    }
+    out
+}
+
+// ------------------------------------------------------- checkpoint (HF layout)
+
+/// Deterministic values in (-a, a) (a 64-bit LCG: no dependency on rand's stream).
+struct Lcg(u64);
+impl Lcg {
+    fn vec(&mut self, n: usize, a: f64) -> Vec<f64> {
+        (0..n)
+            .map(|_| {
+                self.0 = self
+                    .0
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((self.0 >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0) * a
+            })
+            .collect()
+    }
+}
+
+struct Layer {
+    attn_norm: Vec<f64>,
+    q: Vec<f64>, // [d, d]  HF layout [out, in]
+    k: Vec<f64>, // [kv, d]
+    v: Vec<f64>, // [kv, d]
+    o: Vec<f64>, // [d, d]
+    ffn_norm: Vec<f64>,
+    gate: Vec<f64>, // [ff, d]
+    up: Vec<f64>,   // [ff, d]
+    down: Vec<f64>, // [d, ff]
+}
+
+struct Checkpoint {
+    c: LlamaConfig,
+    embed: Vec<f64>, // [vocab, d]
+    layers: Vec<Layer>,
+    norm: Vec<f64>,
+    output: Option<Vec<f64>>, // [vocab, d] when untied
+}
+
+fn checkpoint(c: &LlamaConfig, seed: u64) -> Checkpoint {
+    let mut r = Lcg(seed);
+    let (d, kv, ff, v) = (c.d_model, c.n_kv_heads * c.head_dim(), c.d_ff, c.vocab_size);
+    let s = |n: usize| 1.0 / (n as f64).sqrt();
+    let gain = |r: &mut Lcg| r.vec(d, 0.5).into_iter().map(|x| 1.0 + x).collect();
+    let layers = (0..c.n_layers)
+        .map(|_| Layer {
+            attn_norm: gain(&mut r),
+            q: r.vec(d * d, 2.0 * s(d)),
+            k: r.vec(kv * d, 2.0 * s(d)),
+            v: r.vec(kv * d, s(d)),
+            o: r.vec(d * d, s(d)),
+            ffn_norm: gain(&mut r),
+            gate: r.vec(ff * d, s(d)),
+            up: r.vec(ff * d, s(d)),
+            down: r.vec(d * ff, s(ff)),
+        })
+        .collect();
+    Checkpoint {
+        embed: r.vec(v * d, 1.0),
+        layers,
+        norm: gain(&mut r),
+        output: (!c.tied_embeddings).then(|| r.vec(v * d, s(d))),
+        c: c.clone(),
+    }
+}
+
+/// `convert_hf_to_gguf.py`'s row permutation of a query/key matrix:
+/// per head, rows `(2, dh/2)` become `(dh/2, 2)`.
+fn permute_rows(w: &[f64], heads: usize, cols: usize) -> Vec<f64> {
+    let dh = w.len() / cols / heads;
+    let half = dh / 2;
+    let mut out = vec![0.0; w.len()];
+    for h in 0..heads {
+        for i in 0..half {
+            for c in 0..2 {
+                let src = h * dh + c * half + i;
+                let dst = h * dh + 2 * i + c;
+                out[dst * cols..(dst + 1) * cols].copy_from_slice(&w[src * cols..(src + 1) * cols]);
+            }
+        }
+    }
+    out
+}
+
+fn base_meta(c: &LlamaConfig) -> Vec<(&'static str, Value)> {
+    vec![
+        ("general.architecture", Value::Str("llama".into())),
+        ("llama.vocab_size", Value::U32(c.vocab_size as u32)),
+        ("llama.embedding_length", Value::U32(c.d_model as u32)),
+        ("llama.block_count", Value::U32(c.n_layers as u32)),
+        ("llama.attention.head_count", Value::U32(c.n_heads as u32)),
+        (
+            "llama.attention.head_count_kv",
+            Value::U32(c.n_kv_heads as u32),
+        ),
+        ("llama.feed_forward_length", Value::U32(c.d_ff as u32)),
+        ("llama.rope.freq_base", Value::F32(c.rope_base)),
+        (
+            "llama.rope.dimension_count",
+            Value::U32(c.head_dim() as u32),
+        ),
+        (
+            "llama.attention.layer_norm_rms_epsilon",
+            Value::F32(c.rms_eps),
+        ),
+        ("llama.context_length", Value::U32(c.max_context as u32)),
+    ]
+}
+
+fn tensors(ck: &Checkpoint) -> Vec<(String, Vec<usize>, Vec<f32>)> {
+    let c = &ck.c;
+    let (d, kv, ff, v) = (c.d_model, c.n_kv_heads * c.head_dim(), c.d_ff, c.vocab_size);
+    let f = |x: &[f64]| x.iter().map(|v| *v as f32).collect::<Vec<f32>>();
+    let mut t = vec![("token_embd.weight".to_owned(), vec![v, d], f(&ck.embed))];
+    for (l, w) in ck.layers.iter().enumerate() {
+        let n = |p: &str| format!("blk.{l}.{p}.weight");
+        t.push((n("attn_norm"), vec![d], f(&w.attn_norm)));
+        t.push((
+            n("attn_q"),
+            vec![d, d],
+            f(&permute_rows(&w.q, c.n_heads, d)),
+        ));
+        t.push((
+            n("attn_k"),
+            vec![kv, d],
+            f(&permute_rows(&w.k, c.n_kv_heads, d)),
+        ));
+        t.push((n("attn_v"), vec![kv, d], f(&w.v)));
+        t.push((n("attn_output"), vec![d, d], f(&w.o)));
+        t.push((n("ffn_norm"), vec![d], f(&w.ffn_norm)));
+        t.push((n("ffn_gate"), vec![ff, d], f(&w.gate)));
+        t.push((n("ffn_up"), vec![ff, d], f(&w.up)));
+        t.push((n("ffn_down"), vec![d, ff], f(&w.down)));
+    }
+    t.push(("output_norm.weight".to_owned(), vec![d], f(&ck.norm)));
+    if let Some(o) = &ck.output {
+        t.push(("output.weight".to_owned(), vec![v, d], f(o)));
+    }
+    t
+}
+
+// ------------------------------------------------------------ naive reference
+
+fn matvec(w: &[f64], x: &[f64]) -> Vec<f64> {
+    w.chunks_exact(x.len())
+        .map(|row| row.iter().zip(x).map(|(a, b)| a * b).sum())
+        .collect()
+}
+
+fn rms_norm(x: &[f64], g: &[f64], eps: f64) -> Vec<f64> {
+    let ms = x.iter().map(|v| v * v).sum::<f64>() / x.len() as f64;
+    let s = 1.0 / (ms + eps).sqrt();
+    x.iter().zip(g).map(|(v, g)| v * s * g).collect()
+}
+
+/// Hugging Face's rotation: pairs `(i, i + dh/2)` of each head.
+fn rope_hf(x: &mut [f64], heads: usize, pos: usize, base: f64) {
+    let dh = x.len() / heads;
+    let half = dh / 2;
+    for h in 0..heads {
+        for i in 0..half {
+            let theta = pos as f64 * base.powf(-2.0 * i as f64 / dh as f64);
+            let (a, b) = (x[h * dh + i], x[h * dh + i + half]);
+            x[h * dh + i] = a * theta.cos() - b * theta.sin();
+            x[h * dh + i + half] = b * theta.cos() + a * theta.sin();
+        }
+    }
+}
+
+/// Logits `[n][vocab]` of the full causal forward over `tokens`.
+/// `gqa_shift` breaks the head mapping (negative control).
+fn naive_forward(ck: &Checkpoint, tokens: &[usize], gqa_shift: usize) -> Vec<Vec<f64>> {
+    let c = &ck.c;
+    let (d, dh) = (c.d_model, c.head_dim());
+    let g = c.n_heads / c.n_kv_heads;
+    let eps = c.rms_eps as f64;
+    let mut xs: Vec<Vec<f64>> = tokens
+        .iter()
+        .map(|&t| ck.embed[t * d..(t + 1) * d].to_vec())
+        .collect();
+    for w in &ck.layers {
+        let mut ks = Vec::new();
+        let mut vs = Vec::new();
+        let mut qs = Vec::new();
+        for (p, x) in xs.iter().enumerate() {
+            let h = rms_norm(x, &w.attn_norm, eps);
+            let mut q = matvec(&w.q, &h);
+            let mut k = matvec(&w.k, &h);
+            rope_hf(&mut q, c.n_heads, p, c.rope_base as f64);
+            rope_hf(&mut k, c.n_kv_heads, p, c.rope_base as f64);
+            qs.push(q);
+            ks.push(k);
+            vs.push(matvec(&w.v, &h));
+        }
+        for (p, x) in xs.iter_mut().enumerate() {
+            let mut att = vec![0.0; d];
+            for head in 0..c.n_heads {
+                let kvh = (head / g + gqa_shift) % c.n_kv_heads;
+                let q = &qs[p][head * dh..(head + 1) * dh];
+                let scores: Vec<f64> = (0..=p)
+                    .map(|j| {
+                        let k = &ks[j][kvh * dh..(kvh + 1) * dh];
+                        q.iter().zip(k).map(|(a, b)| a * b).sum::<f64>() / (dh as f64).sqrt()
+                    })
+                    .collect();
+                let m = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let e: Vec<f64> = scores.iter().map(|s| (s - m).exp()).collect();
+                let z: f64 = e.iter().sum();
+                for (j, ej) in e.iter().enumerate() {
+                    for i in 0..dh {
+                        att[head * dh + i] += ej / z * vs[j][kvh * dh + i];
+                    }
+                }
+            }
+            for (xi, oi) in x.iter_mut().zip(matvec(&w.o, &att)) {
+                *xi += oi;
+            }
+            let h = rms_norm(x, &w.ffn_norm, eps);
+            let gate = matvec(&w.gate, &h);
+            let up = matvec(&w.up, &h);
+            let act: Vec<f64> = gate
+                .iter()
+                .zip(&up)
+                .map(|(g, u)| g / (1.0 + (-g).exp()) * u)
+                .collect();
+            for (xi, di) in x.iter_mut().zip(matvec(&w.down, &act)) {
+                *xi += di;
+            }
+        }
+    }
+    let head = ck.output.as_ref().unwrap_or(&ck.embed);
+    xs.iter()
+        .map(|x| matvec(head, &rms_norm(x, &ck.norm, eps)))
+        .collect()
+}
+
+fn small_config(tied: bool) -> LlamaConfig {
+    LlamaConfig {
+        vocab_size: 48,
+        d_model: 32,
+        n_layers: 2,
+        n_heads: 4,
+        n_kv_heads: 2,
+        d_ff: 40,
+        rope_base: 100.0, // small base: even short sequences turn the slow pairs
+        rms_eps: 1e-5,
+        max_context: 64,
+        tied_embeddings: tied,
+    }
+}
+
+fn load(ck: &Checkpoint, device: &Device) -> LlamaModel {
+    let bytes = write_gguf(&base_meta(&ck.c), &tensors(ck));
+    let file = GgufFile::from_vec(bytes).unwrap();
+    LlamaModel::from_gguf(&file, WeightStorage::F32, device).unwrap()
+}
+
+fn max_diff(model: &[f32], reference: &[Vec<f64>]) -> f64 {
+    let v = reference[0].len();
+    reference
+        .iter()
+        .enumerate()
+        .flat_map(|(i, row)| {
+            row.iter()
+                .enumerate()
+                .map(move |(j, r)| (model[i * v + j] as f64 - r).abs())
+        })
+        .fold(0.0, f64::max)
+}
+
+backend_test!(matches_naive_reference_tied_and_untied, |device| {
+    for tied in [true, false] {
+        let ck = checkpoint(&small_config(tied), 17 + tied as u64);
+        let model = load(&ck, device);
+        assert_eq!(model.config(), &ck.c);
+        let tokens: Vec<usize> = (0..40).map(|i| (i * 7 + 3) % 48).collect();
+        let reference = naive_forward(&ck, &tokens, 0);
+        // All at once, then in chunks through the cache.
+        let mut cache = model.new_cache(1).unwrap();
+        let once = tensor_to_vec(
+            model
+                .forward_cached(&mut cache, std::slice::from_ref(&tokens))
+                .unwrap(),
+        )
+        .unwrap();
+        let worst = max_diff(&once, &reference);
+        assert!(worst < REF_TOL, "tied={tied}: |Δ| = {worst:e}");
+        let mut cache = model.new_cache(1).unwrap();
+        let mut chunked = Vec::new();
+        for chunk in tokens.chunks(9) {
+            chunked.extend(
+                tensor_to_vec(model.forward_cached(&mut cache, &[chunk.to_vec()]).unwrap())
+                    .unwrap(),
+            );
+        }
+        let worst = max_diff(&chunked, &reference);
+        assert!(worst < REF_TOL, "tied={tied} chunked: |Δ| = {worst:e}");
+        eprintln!("tied={tied}: max |Δ| against the f64 reference {worst:e}");
+        // Negative control: the wrong key/value head for each query head.
+        let wrong = naive_forward(&ck, &tokens, 1);
+        let off = max_diff(&once, &wrong);
+        assert!(
+            off > 100.0 * REF_TOL,
+            "the control should differ, got {off:e}"
+        );
+        eprintln!("tied={tied}: wrong head mapping differs by {off:e}");
+    }
+});
+
+backend_test!(rotation_on_unpermuted_weights_differs, |device| {
+    // Without convert_hf_to_gguf's permutation the adjacent-pair rotation is
+    // a different function: the reference must then disagree.
+    let ck = checkpoint(&small_config(true), 5);
+    let mut t = tensors(&ck);
+    for (name, _, values) in &mut t {
+        let l: usize = match name.strip_prefix("blk.").and_then(|r| r.split('.').next()) {
+            Some(l) => l.parse().unwrap(),
+            None => continue,
+        };
+        if name.ends_with("attn_q.weight") {
+            *values = ck.layers[l].q.iter().map(|v| *v as f32).collect();
+        } else if name.ends_with("attn_k.weight") {
+            *values = ck.layers[l].k.iter().map(|v| *v as f32).collect();
+        }
+    }
+    let file = GgufFile::from_vec(write_gguf(&base_meta(&ck.c), &t)).unwrap();
+    let model = LlamaModel::from_gguf(&file, WeightStorage::F32, device).unwrap();
+    let tokens: Vec<usize> = (0..20).map(|i| (i * 5 + 1) % 48).collect();
+    let mut cache = model.new_cache(1).unwrap();
+    let out = tensor_to_vec(
+        model
+            .forward_cached(&mut cache, std::slice::from_ref(&tokens))
+            .unwrap(),
+    )
+    .unwrap();
+    let off = max_diff(&out, &naive_forward(&ck, &tokens, 0));
+    assert!(
+        off > 100.0 * REF_TOL,
+        "unpermuted weights should differ, got {off:e}"
+    );
+    eprintln!("unpermuted query/key weights differ by {off:e}");
+});
+
+backend_test!(conforms_to_language_model_interface, |device| {
+    let model = LlamaConfig::tiny()
+        .init_random(3, WeightStorage::F32, device)
+        .unwrap();
+    let mut worst = conformance::check_all(&model, 11, TOL).unwrap();
+    worst = worst.max(conformance::check_all(&model, 12, TOL).unwrap());
+    let seq: Vec<usize> = (0..40).map(|i| (i * 13 + 7) % 64).collect();
+    worst = worst.max(conformance::chunked_forward(&model, &seq, &[1, 13, 2, 3, 21], TOL).unwrap());
+    worst = worst.max(
+        conformance::truncate_refeed(&model, &seq[..10], &seq[10..25], &seq[25..31], TOL).unwrap(),
+    );
+    let first = vec![
+        seq[..5].to_vec(),
+        vec![],
+        seq[5..6].to_vec(),
+        seq[6..20].to_vec(),
+    ];
+    let second = vec![
+        seq[20..21].to_vec(),
+        seq[21..30].to_vec(),
+        vec![],
+        seq[30..33].to_vec(),
+    ];
+    worst = worst.max(conformance::ragged_batch(&model, &first, &second, TOL).unwrap());
+    assert!(worst <= TOL, "worst |Δlogit| {worst:e}");
+});
+
+backend_test!(random_init_is_seeded, |device| {
+    let logits = |seed| {
+        let m = LlamaConfig::tiny()
+            .init_random(seed, WeightStorage::F32, device)
+            .unwrap();
+        let mut c = m.new_cache(1).unwrap();
+        tensor_to_vec(m.forward_cached(&mut c, &[vec![1, 2, 3]]).unwrap()).unwrap()
+    };
+    assert_eq!(logits(9), logits(9));
+    assert_ne!(logits(9), logits(10));
+});
+
+backend_test!(bad_calls_are_typed_errors, |device| {
+    let m = LlamaConfig::tiny()
+        .init_random(1, WeightStorage::F32, device)
+        .unwrap();
+    assert!(matches!(
+        LanguageModel::new_cache(&m, 0),
+        Err(LmError::Batch { found: 0, .. })
+    ));
+    let mut cache = m.new_cache(2).unwrap();
+    assert!(matches!(
+        LanguageModel::forward(&m, &mut cache, &[vec![1]]),
+        Err(LmError::Batch { found: 1, .. })
+    ));
+    assert!(matches!(
+        LanguageModel::forward(&m, &mut cache, &[vec![1], vec![2, 64]]),
+        Err(LmError::TokenOutOfRange {
+            row: 1,
+            position: 1,
+            token: 64,
+            vocab: 64
+        })
+    ));
+    assert!(matches!(
+        LanguageModel::forward(&m, &mut cache, &[vec![1; 65], vec![]]),
+        Err(LmError::ContextOverflow {
+            row: 0,
+            needed: 65,
+            max: 64
+        })
+    ));
+    // Nothing was cached by the failed calls; the full context is usable.
+    assert_eq!((cache.len(0), cache.len(1)), (0, 0));
+    let out = LanguageModel::forward(&m, &mut cache, &[vec![1; 64], vec![2]]).unwrap();
+    assert_eq!(out.dims(), [2, 64, 64]);
+    assert!(matches!(
+        LanguageModel::truncate(&m, &mut cache, 2, 0),
+        Err(LmError::Batch { found: 2, .. })
+    ));
+});
+
+// ------------------------------------------------------------ file errors
+
+fn from_meta(
+    meta: Vec<(&'static str, Value)>,
+    ck: &Checkpoint,
+    device: &Device,
+) -> Result<LlamaModel, LlamaError> {
+    let file = GgufFile::from_vec(write_gguf(&meta, &tensors(ck))).unwrap();
+    LlamaModel::from_gguf(&file, WeightStorage::F32, device)
+}
+
+fn with(c: &LlamaConfig, key: &'static str, value: Option<Value>) -> Vec<(&'static str, Value)> {
+    let mut meta: Vec<_> = base_meta(c)
+        .into_iter()
+        .filter(|(k, _)| *k != key)
+        .collect();
+    if let Some(v) = value {
+        meta.push((key, v));
+    }
+    meta
+}
+
+backend_test!(bad_files_are_typed_errors, |device| {
+    let c = small_config(true);
+    let ck = checkpoint(&c, 2);
+    assert!(matches!(
+        from_meta(with(&c, "general.architecture", Some(Value::Str("gpt2".into()))), &ck, device),
+        Err(LlamaError::Architecture { found }) if found == "gpt2"
+    ));
+    assert!(matches!(
+        from_meta(with(&c, "llama.block_count", None), &ck, device),
+        Err(LlamaError::Gguf(_))
+    ));
+    assert!(matches!(
+        from_meta(
+            with(&c, "llama.block_count", Some(Value::Str("2".into()))),
+            &ck,
+            device
+        ),
+        Err(LlamaError::Gguf(_))
+    ));
+    assert!(matches!(
+        from_meta(
+            with(&c, "llama.attention.head_count_kv", Some(Value::U32(3))),
+            &ck,
+            device
+        ),
+        Err(LlamaError::Config {
+            field: "n_kv_heads",
+            ..
+        })
+    ));
+    assert!(matches!(
+        from_meta(
+            with(&c, "llama.attention.head_count", Some(Value::U32(5))),
+            &ck,
+            device
+        ),
+        Err(LlamaError::Config {
+            field: "d_model",
+            ..
+        })
+    ));
+    assert!(matches!(
+        from_meta(
+            with(
+                &c,
+                "llama.attention.layer_norm_rms_epsilon",
+                Some(Value::F32(-1.0))
+            ),
+            &ck,
+            device
+        ),
+        Err(LlamaError::Config {
+            field: "rms_eps",
+            ..
+        })
+    ));
+    assert!(matches!(
+        from_meta(
+            with(&c, "llama.rope.dimension_count", Some(Value::U32(4))),
+            &ck,
+            device
+        ),
+        Err(LlamaError::Config {
+            field: "llama.rope.dimension_count",
+            ..
+        })
+    ));
+    assert!(matches!(
+        from_meta(
+            with(
+                &c,
+                "llama.rope.scaling.type",
+                Some(Value::Str("linear".into()))
+            ),
+            &ck,
+            device
+        ),
+        Err(LlamaError::Config {
+            field: "llama.rope.scaling.type",
+            ..
+        })
+    ));
+    assert!(matches!(
+        from_meta(
+            with(&c, "llama.context_length", Some(Value::U32(0))),
+            &ck,
+            device
+        ),
+        Err(LlamaError::Config {
+            field: "max_context",
+            ..
+        })
+    ));
+    // A tensor whose shape disagrees with the metadata.
+    assert!(matches!(
+        from_meta(with(&c, "llama.feed_forward_length", Some(Value::U32(41))), &ck, device),
+        Err(LlamaError::TensorShape { name, expected, found })
+            if name == "blk.0.ffn_gate.weight" && expected == [41, 32] && found == [40, 32]
+    ));
+    // A missing tensor.
+    let mut t = tensors(&ck);
+    t.retain(|(n, _, _)| n != "blk.1.ffn_up.weight");
+    let file = GgufFile::from_vec(write_gguf(&base_meta(&c), &t)).unwrap();
+    assert!(matches!(
+        LlamaModel::from_gguf(&file, WeightStorage::F32, device),
+        Err(LlamaError::Gguf(_))
+    ));
+    // Absent optional keys take llama.cpp's defaults.
+    let mut meta = with(&c, "llama.attention.head_count_kv", None);
+    meta.retain(|(k, _)| *k != "llama.rope.freq_base");
+    let file = GgufFile::from_vec(write_gguf(
+        &meta,
+        &tensors(&checkpoint(
+            &LlamaConfig {
+                n_kv_heads: 4,
+                ..c.clone()
+            },
+            2,
+        )),
+    ))
+    .unwrap();
+    let config = LlamaConfig::from_gguf(&file).unwrap();
+    assert_eq!((config.n_kv_heads, config.rope_base), (4, 10_000.0));
+});
+
+backend_test!(half_storage_tracks_f32_within_its_precision, |device| {
+    let tokens = vec![vec![1usize, 5, 9, 2, 33, 17, 4, 60]];
+    let logits = |storage| {
+        let m = LlamaConfig::tiny().init_random(4, storage, device).unwrap();
+        let mut c = m.new_cache(1).unwrap();
+        let out = tensor_to_vec(m.forward_cached(&mut c, &tokens).unwrap()).unwrap();
+        (out, m.matrix_bytes())
+    };
+    let (reference, bytes_f32) = logits(WeightStorage::F32);
+    let scale = reference.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    // f16 keeps 11 significant bits, bf16 8. Measured on flex: 0.04 % and
+    // 0.3 % of the largest logit. Tolerances 1 % and 3 % leave room for a
+    // backend that also accumulates in half precision, and are far below
+    // what a wrong product gives (errors of the order of the logits).
+    for (storage, tol) in [(WeightStorage::F16, 0.01), (WeightStorage::Bf16, 0.03)] {
+        if !device.supports_dtype(storage.dtype()) {
+            let err = LlamaConfig::tiny()
+                .init_random(4, storage, device)
+                .unwrap_err();
+            assert!(matches!(err, LlamaError::Storage { .. }), "{err}");
+            eprintln!("{storage:?} not supported on {device:?}: typed error checked");
+            continue;
+        }
+        let (out, bytes) = logits(storage);
+        assert_eq!(2 * bytes, bytes_f32);
+        let diff = out
+            .iter()
+            .zip(&reference)
+            .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+        eprintln!("{storage:?}: max |Δlogit| {diff:e} (largest logit {scale:e})");
+        assert!(diff <= tol * scale, "{storage:?}: {diff} > {tol} × {scale}");
+        assert!(diff > 0.0, "{storage:?} should round something");
+    }
+});
