@@ -1,18 +1,31 @@
-//! Adapter switching, unmerged forward overhead and FouRA's transform cost.
+//! Adapter switching, unmerged forward overhead and FouRA's transform cost,
+//! with numpy's anchors in the same run.
 //!
 //! - `adapter_switch/<kind>/<n>`: one switch between two adapters of the
 //!   same kind inside an `AdapterSet` holding an `n × n` f32 weight (SHiRA at
-//!   1 % density: scatter the saved originals back, gather, scatter the new
-//!   values; LoRA rank 16: dense fuse `W0 + s·BA`). Also the raw host-slice
-//!   scatter (in + out) as a floor.
+//!   1 % density: scatter the saved originals of the old adapter back and
+//!   the prepared values of the new one; LoRA rank 16: the fuse
+//!   `W0 + s·BA` into a fresh weight). Also the LoRA fuse alone
+//!   (`Adapter::add_scaled_delta` on a copy of `W0`), burn's own
+//!   `W0 + B.matmul(A)·s` for comparison, and the raw host-slice scatter.
 //! - `adapter_forward/<kind>/b<batch>`: unmerged forward of a 1024 × 1024
-//!   layer vs the base `Linear`.
+//!   layer vs the base `Linear`; FouRA both re-folding its transform per call
+//!   (training) and with the folded factors cached (`Foura::fold`, inference).
 //! - `foura_transform/<way>/1024`: DCT of a [64, 1024] activation batch by
 //!   dense matmul and by the rustfft plan, the per-call fold `A·T` FouRA
 //!   uses instead, and the rank-16 low-rank matmul it wraps.
+//! - the anchor: `python3 benches/adapters_numpy.py 1024 4096` (the same
+//!   two scatters and the fuse in numpy), run after the criterion groups and
+//!   printed with them; skipped with a note without python3 or numpy.
+//!
+//! ```text
+//! cargo bench -p lastmile-benches --bench adapters
+//! ```
 
 use std::collections::BTreeMap;
 use std::hint::black_box;
+use std::path::PathBuf;
+use std::process::Command;
 use std::time::Duration;
 
 use burn::nn::LinearConfig;
@@ -103,9 +116,18 @@ fn bench_switch(c: &mut Criterion) {
                 black_box(host[0])
             })
         });
-        let l = lora(n, 16, 3, &device);
+        let l = Adapter::from(lora(n, 16, 3, &device));
         group.bench_function(BenchmarkId::new("lora_r16_fuse", n), |b| {
-            b.iter(|| sync(w0.clone() + l.delta_weight()))
+            b.iter(|| {
+                sync(
+                    l.add_scaled_delta(w0.clone(), WeightLayout::OutIn, 1.0)
+                        .expect("fuse"),
+                )
+            })
+        });
+        let Adapter::Lora(raw) = &l else { return };
+        group.bench_function(BenchmarkId::new("lora_r16_fuse_burn_matmul", n), |b| {
+            b.iter(|| sync(w0.clone() + raw.delta_weight()))
         });
     }
     group.finish();
@@ -150,6 +172,14 @@ fn bench_forward(c: &mut Criterion) {
             group.bench_function(BenchmarkId::new(*name, format!("b{batch}")), |b| {
                 b.iter(|| sync(layer.forward(x.clone())))
             });
+            // Inference with the transform folded once (what a deployment runs).
+            if let Adapter::Foura(f) = adapter {
+                let folded = f.fold();
+                group.bench_function(
+                    BenchmarkId::new(format!("{name}_folded"), format!("b{batch}")),
+                    |b| b.iter(|| sync(base.forward(x.clone()) + folded.forward_delta(x.clone()))),
+                );
+            }
         }
     }
     group.finish();
@@ -205,5 +235,33 @@ fn bench_transform(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench_switch, bench_forward, bench_transform);
+/// numpy's scatter and fuse on the same sizes, printed with this run.
+fn numpy_anchor(_: &mut Criterion) {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("adapters_numpy.py");
+    match Command::new("python3")
+        .arg(&script)
+        .args(["1024", "4096"])
+        .output()
+    {
+        Ok(o) => {
+            println!("numpy anchor ({}):", script.display());
+            print!("{}", String::from_utf8_lossy(&o.stdout));
+            if !o.status.success() {
+                println!(
+                    "numpy anchor failed: {}",
+                    String::from_utf8_lossy(&o.stderr)
+                );
+            }
+        }
+        Err(e) => println!("numpy anchor skipped: cannot run python3: {e}"),
+    }
+}
+
+criterion_group!(
+    benches,
+    bench_switch,
+    bench_forward,
+    bench_transform,
+    numpy_anchor
+);
 criterion_main!(benches);

@@ -4,6 +4,7 @@
 use burn::module::Module;
 use burn::nn::Linear;
 use burn::tensor::Tensor;
+use lastmile_core::host::add_matmul;
 
 use crate::error::{AdapterError, Result};
 use crate::foura::{Foura, GateMode};
@@ -146,6 +147,80 @@ impl Adapter {
         Ok(orient(self.delta_weight()?, layout))
     }
 
+    /// `W + c·ΔW` for a weight `W` stored as `layout`: the merge (`c = 1`),
+    /// unmerge (`c = −1`) and weighted fuse of every deployment path.
+    ///
+    /// The low-rank kinds never materialise `ΔW`: `W + c·s·B·A` (or its
+    /// transpose) is one rank-r update, which on a CPU device runs as faer's
+    /// GEMM accumulating into `W`'s own buffer
+    /// ([`lastmile_core::host::add_matmul`]; in place when `W` is uniquely
+    /// owned). SHiRA adds its sparse `ΔW` densely.
+    ///
+    /// # Errors
+    /// [`AdapterError::Shape`] when `weight` is not `[out, in]` in `layout`,
+    /// [`AdapterError::InvalidConfig`] for a non-finite `c`;
+    /// [`AdapterError::Unsupported`] for FouRA with an adaptive gate.
+    ///
+    /// ```
+    /// # #[cfg(feature = "flex")] {
+    /// use burn::tensor::{Device, Distribution, Tensor};
+    /// use lastmile_adapters::{Adapter, LoraConfig, WeightLayout};
+    /// let d = Device::flex();
+    /// let mut lora = LoraConfig::new(2, 4.0).init(3, 5, &d)?;
+    /// lora.b = lora.b.map(|b| b.random_like(Distribution::Normal(0.0, 1.0)));
+    /// let adapter = Adapter::from(lora);
+    /// let w = Tensor::<2>::zeros([5, 3], &d); // burn's [in, out]
+    /// let fused = adapter.add_scaled_delta(w, WeightLayout::InOut, 2.0)?;
+    /// let want = adapter.delta_weight()?.transpose().mul_scalar(2.0);
+    /// assert!((fused - want).abs().max().into_scalar::<f32>() < 1e-5);
+    /// # }
+    /// # Ok::<(), lastmile_adapters::AdapterError>(())
+    /// ```
+    pub fn add_scaled_delta(
+        &self,
+        weight: Tensor<2>,
+        layout: WeightLayout,
+        c: f32,
+    ) -> Result<Tensor<2>> {
+        let want = layout.shape(self.d_out(), self.d_in());
+        if weight.dims() != want {
+            return Err(AdapterError::shape(
+                "weight to fuse into",
+                format!(
+                    "{want:?} ([out, in] = [{}, {}] as {layout:?})",
+                    self.d_out(),
+                    self.d_in()
+                ),
+                &weight.dims(),
+            ));
+        }
+        if !c.is_finite() {
+            return Err(AdapterError::config(
+                "fuse coefficient",
+                c,
+                "a finite value",
+            ));
+        }
+        let (a, b, s) = match self {
+            Self::Lora(l) => (l.a.val(), l.b.val(), l.scaling()),
+            Self::Foura(f) => {
+                let (a, b) = f.mergeable_factors()?;
+                (a, b, f.scaling())
+            }
+            Self::Shira(sh) => {
+                return Ok(weight + orient(sh.delta_weight(), layout).mul_scalar(c));
+            }
+        };
+        let alpha = (f64::from(c) * s) as f32;
+        let (a, b) = (a.detach(), b.detach());
+        Ok(match layout {
+            // W[out, in] + α·B·A
+            WeightLayout::OutIn => add_matmul(weight, b, a, alpha)?,
+            // W[in, out] + α·Aᵀ·Bᵀ
+            WeightLayout::InOut => add_matmul(weight, a.transpose(), b.transpose(), alpha)?,
+        })
+    }
+
     /// `ΔW` in `layout` for an adapter whose `ΔW` is a fixed matrix.
     ///
     /// Infallible by contract: the only error of [`Adapter::delta_in_layout`]
@@ -271,8 +346,10 @@ impl AdaptedLinear {
         if self.merged {
             return Ok(self);
         }
-        let delta = self.adapter.delta_in_layout(WeightLayout::InOut)?.detach();
-        self.base.weight = self.base.weight.map(|w| w + delta);
+        let fused =
+            self.adapter
+                .add_scaled_delta(self.base.weight.val(), WeightLayout::InOut, 1.0)?;
+        self.base.weight = self.base.weight.map(|_| fused);
         self.merged = true;
         Ok(self)
     }
@@ -286,8 +363,10 @@ impl AdaptedLinear {
         if !self.merged {
             return Ok(self);
         }
-        let delta = self.adapter.delta_in_layout(WeightLayout::InOut)?.detach();
-        self.base.weight = self.base.weight.map(|w| w - delta);
+        let restored =
+            self.adapter
+                .add_scaled_delta(self.base.weight.val(), WeightLayout::InOut, -1.0)?;
+        self.base.weight = self.base.weight.map(|_| restored);
         self.merged = false;
         Ok(self)
     }

@@ -72,7 +72,7 @@ pub mod transform;
 
 pub use adapter::{AdaptedLinear, Adapter, AdapterKind};
 pub use error::{AdapterError, Result};
-pub use foura::{Foura, FouraConfig, GateMode, RankGate};
+pub use foura::{FoldedFoura, Foura, FouraConfig, GateMode, RankGate};
 pub use lora::{Lora, LoraConfig, LoraInit};
 pub use set::{AdapterSet, Interference};
 pub use shira::{Shira, ShiraBudget, ShiraConfig, ShiraMask, WeightLayout};

@@ -4,16 +4,21 @@
 //! The set holds, for each target weight, the pristine base `W0` and the
 //! deployed weight `W` (flattened, in the model's storage layout). Switching:
 //!
-//! - SHiRA: gather the originals `W[M]`, scatter `W[M] + α·values` (`O(|M|)`,
-//!   in place when `W` is uniquely owned); switching back scatters the saved
-//!   originals, so `W` returns to `W0` bit for bit.
-//! - LoRA / FouRA (frozen or no gate): the dense fuse `W = W0 + Σ wᵢ ΔWᵢ`
-//!   (one matmul per adapter); switching back re-uses `W0`.
+//! - SHiRA: scatter the prepared `W0[M] + values` (`O(|M|)`, in place when
+//!   `W` is uniquely owned; on a CPU device a plain loop over the sorted
+//!   positions, [`lastmile_core::host::scatter_assign`]); switching back
+//!   scatters the saved originals, so `W` returns to `W0` bit for bit.
+//! - LoRA / FouRA (frozen or no gate): the fuse `W = W0 + Σ wᵢ ΔWᵢ`, one
+//!   rank-r update per adapter ([`Adapter::add_scaled_delta`]: faer's GEMM
+//!   into `W`'s buffer on a CPU device); switching back re-uses `W0`.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use burn::module::Module;
 use burn::tensor::{IndexingUpdateOp, Int, Tensor};
+use lastmile_core::convert::tensor_to_vec;
+use lastmile_core::host::{is_host, scatter_assign};
 use lastmile_core::module::{NamedParam, ParamValue, Selector, collect_params, map_params};
 
 use crate::adapter::Adapter;
@@ -36,11 +41,37 @@ struct Entry {
     /// SHiRA only: `(W0[M], W0[M] + values)`, so that switching this adapter
     /// in alone is one scatter and switching it out another (no gather, no add).
     prepared: Option<(Tensor<1>, Tensor<1>)>,
+    /// SHiRA on a host device: the same, on the host, sorted by position.
+    host: Option<Arc<HostSwitch>>,
+}
+
+/// A SHiRA switch prepared on the host: positions in ascending order (the
+/// scatter then walks the weight front to back) with the values to write.
+struct HostSwitch {
+    positions: Vec<usize>,
+    originals: Vec<f32>,
+    switched: Vec<f32>,
+}
+
+impl HostSwitch {
+    fn new(positions: Tensor<1, Int>, originals: Tensor<1>, switched: Tensor<1>) -> Result<Self> {
+        let positions = lastmile_core::convert::indices_to_vec(positions)?;
+        let (originals, switched) = (tensor_to_vec(originals)?, tensor_to_vec(switched)?);
+        let mut order: Vec<usize> = (0..positions.len()).collect();
+        order.sort_unstable_by_key(|&i| positions[i]);
+        Ok(Self {
+            positions: order.iter().map(|&i| positions[i]).collect(),
+            originals: order.iter().map(|&i| originals[i]).collect(),
+            switched: order.iter().map(|&i| switched[i]).collect(),
+        })
+    }
 }
 
 enum Undo {
     /// Saved originals, in the order they were scattered.
     Scatter(Vec<(Tensor<1, Int>, Tensor<1>)>),
+    /// One prepared host switch: scatter its originals back.
+    Host(Arc<HostSwitch>),
     /// The weight was fused densely: restore from `W0`.
     Dense,
 }
@@ -229,14 +260,24 @@ impl AdapterSet {
                 ));
             }
             let adapter = adapter.valid();
-            let (positions, prepared) = match &adapter {
+            let (positions, prepared, host) = match &adapter {
                 Adapter::Shira(s) => {
-                    let pos = s.positions_tensor(t.layout, &t.base.device())?;
+                    let device = t.base.device();
+                    let pos = s.positions_tensor(t.layout, &device)?;
                     let originals = t.base.clone().select(0, pos.clone());
                     let switched = originals.clone() + s.values.val();
-                    (Some(pos), Some((originals, switched)))
+                    let host = if is_host(&device) {
+                        Some(Arc::new(HostSwitch::new(
+                            pos.clone(),
+                            originals.clone(),
+                            switched.clone(),
+                        )?))
+                    } else {
+                        None
+                    };
+                    (Some(pos), Some((originals, switched)), host)
                 }
-                _ => (None, None),
+                _ => (None, None, None),
             };
             entries.insert(
                 target,
@@ -244,6 +285,7 @@ impl AdapterSet {
                     adapter,
                     positions,
                     prepared,
+                    host,
                 },
             );
         }
@@ -373,6 +415,22 @@ impl AdapterSet {
             })?;
         if let [(e, w)] = entries.as_slice()
             && *w == 1.0
+            && let Some(host) = &e.host
+        {
+            // The cheapest exact path on a CPU device: one in-place loop.
+            let placeholder = Tensor::empty([0], &t.base.device());
+            let current = std::mem::replace(&mut t.current, placeholder);
+            match scatter_assign(current, &host.positions, &host.switched) {
+                Ok(next) => t.current = next,
+                Err(err) => {
+                    t.current = t.base.clone();
+                    return Err(err.into());
+                }
+            }
+            self.undo
+                .insert(target.to_owned(), Undo::Host(Arc::clone(host)));
+        } else if let [(e, w)] = entries.as_slice()
+            && *w == 1.0
             && let (Some(pos), Some((originals, switched))) = (&e.positions, &e.prepared)
         {
             // The cheapest exact path: one scatter of prepared values (in place on CPU).
@@ -406,19 +464,13 @@ impl AdapterSet {
             }
             self.undo.insert(target.to_owned(), Undo::Scatter(saved));
         } else {
-            let mut w = t.base.clone();
+            // W0 is shared with `t.base`: the first fuse copies it once into
+            // the result, later ones update that buffer in place.
+            let mut w = t.base.clone().reshape(t.layout.shape(t.d_out, t.d_in));
             for (e, weight) in entries {
-                let delta = e
-                    .adapter
-                    .delta_in_layout(t.layout)?
-                    .reshape([t.d_out * t.d_in]);
-                w = w + if weight == 1.0 {
-                    delta
-                } else {
-                    delta.mul_scalar(weight)
-                };
+                w = e.adapter.add_scaled_delta(w, t.layout, weight)?;
             }
-            t.current = w;
+            t.current = w.reshape([t.d_out * t.d_in]);
             self.undo.insert(target.to_owned(), Undo::Dense);
         }
         Ok(())
@@ -435,6 +487,17 @@ impl AdapterSet {
                 continue;
             };
             match u {
+                Undo::Host(host) => {
+                    let placeholder = Tensor::empty([0], &t.base.device());
+                    let current = std::mem::replace(&mut t.current, placeholder);
+                    match scatter_assign(current, &host.positions, &host.originals) {
+                        Ok(next) => t.current = next,
+                        Err(err) => {
+                            t.current = t.base.clone();
+                            return Err(err.into());
+                        }
+                    }
+                }
                 Undo::Scatter(saved) => {
                     for (pos, orig) in saved.into_iter().rev() {
                         let placeholder = Tensor::empty([0], &t.base.device());

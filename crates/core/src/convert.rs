@@ -3,8 +3,8 @@
 //! burn's integer dtype differs by backend (I32 on flex and wgpu, I64 on
 //! ndarray); these helpers read indices whatever the dtype.
 //!
-//! Every device → host read of lastmile-core goes through this module and
-//! is counted per thread ([`host_reads`]).
+//! Every device → host read of lastmile-core goes through this module (or
+//! [`crate::host`]'s in-place kernels) and is counted per thread ([`host_reads`]).
 
 use std::cell::Cell;
 
@@ -165,14 +165,15 @@ thread_local! {
     static HOST_READS: Cell<u64> = const { Cell::new(0) };
 }
 
-fn count_host_read() {
+pub(crate) fn count_host_read() {
     HOST_READS.with(|c| c.set(c.get() + 1));
 }
 
 /// How many device → host reads lastmile-core has made on this thread.
 ///
 /// Every read-back in lastmile-core goes through [`tensor_to_vec`],
-/// [`indices_to_vec`] or [`bools_to_vec`], and each is one device
+/// [`indices_to_vec`], [`bools_to_vec`] or [`crate::host::with_host_mut`],
+/// and each is one device
 /// synchronisation on an asynchronous backend (wgpu). The counter lets tests
 /// check the synchronisation counts the docs state, and lets a user measure
 /// where a loop waits on the device.

@@ -8,6 +8,8 @@
 //!   log-sum-exp, entropy, top-k / top-p filtering, argmax, seeded
 //!   categorical sampling.
 //! - [`linalg`]: thin SVD and QR of `f32` matrices.
+//! - [`host`]: in-place work on CPU tensors' memory (a scatter, `C + α·A·B`
+//!   through faer) where burn has no fast kernel.
 //! - [`lm`]: the incremental causal language-model trait ([`lm::LanguageModel`])
 //!   every decoder, drafter and model in lastmile speaks, with a conformance
 //!   kit for implementations (`testing` feature).
@@ -47,6 +49,7 @@ pub mod convert;
 pub mod device;
 pub mod error;
 pub mod gguf;
+pub mod host;
 pub mod linalg;
 pub mod lm;
 pub mod model_files;

@@ -3,7 +3,7 @@
 
 use crate::common::*;
 use burn::nn::LinearConfig;
-use burn::tensor::Tensor;
+use burn::tensor::{Distribution, Tensor};
 use lastmile_adapters::{
     AdaptedLinear, AdapterError, Foura, FouraConfig, GateMode, Lora, SpectralTransform,
 };
@@ -185,4 +185,45 @@ backend_test!(trainable_count_and_validation, |device| {
         f.with_frozen_mask(Tensor::from_floats([0.5, 1.0], device))
             .is_err()
     );
+});
+
+backend_test!(folded_forward_equals_the_training_forward, |device| {
+    for t in [
+        SpectralTransform::Dct,
+        SpectralTransform::Rfft,
+        SpectralTransform::Identity,
+    ] {
+        for gate in [GateMode::Off, GateMode::Frozen, GateMode::Adaptive] {
+            let cfg = FouraConfig::new(4, 8.0).with_gate(gate).with_transform(t);
+            let mut f = foura(&cfg, 10, 12, device);
+            // A gate that closes some components on some rows, not all or none.
+            f.gate.energy = f
+                .gate
+                .energy
+                .map(|e| e.random_like(Distribution::Normal(0.0, 3.0)));
+            f.gate.bias = f.gate.bias.map(|b| b.zeros_like().add_scalar(-1.0));
+            let x = randn([16, 12], device);
+            if gate == GateMode::Frozen {
+                f = f
+                    .with_frozen_mask(Tensor::from_floats([1.0, 0.0, 1.0, 1.0], device))
+                    .unwrap();
+            }
+            if gate == GateMode::Adaptive {
+                let open = f.active_rank_fraction(x.clone());
+                assert!(open > 0.05 && open < 0.95, "{t:?}: open fraction {open}");
+            }
+            let folded = f.fold();
+            let want = vec2(f.forward_delta(x.clone()));
+            let got = vec2(folded.forward_delta(x.clone()));
+            let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            assert!(
+                max_abs_diff(&got, &want) <= 1e-5 * (1.0 + scale),
+                "{t:?} {gate:?}: {} (max |y| {scale})",
+                max_abs_diff(&got, &want)
+            );
+            // Leading dimensions are kept.
+            let x3 = x.reshape([2, 8, 12]);
+            assert_eq!(folded.forward_delta(x3).dims(), [2, 8, 10]);
+        }
+    }
 });

@@ -6,6 +6,7 @@
 
 mod common;
 mod foura;
+mod fuse;
 mod lora;
 mod mixed_batch;
 mod peft;

@@ -8,6 +8,7 @@ mod device;
 mod gguf;
 mod gguf_hostile;
 mod gguf_smollm2;
+mod host;
 mod linalg;
 mod lm;
 mod module;

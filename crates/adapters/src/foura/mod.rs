@@ -48,6 +48,10 @@ use crate::error::{AdapterError, Result};
 use crate::lora::{Lora, flatten, scaling, unflatten, validate_rank_alpha};
 use crate::transform::SpectralTransform;
 
+mod folded;
+
+pub use folded::FoldedFoura;
+
 /// How FouRA's rank gate behaves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Hash)]
 #[non_exhaustive]
@@ -260,15 +264,9 @@ impl RankGate {
     /// Sigmoid scores `[N, r]` for low-rank activations `z: [N, r]`.
     pub fn scores(&self, z: Tensor<2>) -> Tensor<2> {
         let [_, r] = z.dims();
-        let e = z.clone() * z;
-        let total = e.clone().sum_dim(1).add_scalar(ENERGY_EPS);
-        let p = e / total;
-        let log_r = if r > 1 { (r as f64).ln() } else { 1.0 };
-        let h = (p.clone() * p.clone().add_scalar(ENERGY_EPS).log())
-            .sum_dim(1)
-            .div_scalar(-log_r);
-        let logits = p.mul_scalar(r as f64) * self.energy.val().unsqueeze_dim::<2>(0)
-            + h * self.entropy.val().unsqueeze_dim::<2>(0)
+        let (energy_share, entropy) = gate_features(z, r);
+        let logits = energy_share * self.energy.val().unsqueeze_dim::<2>(0)
+            + entropy * self.entropy.val().unsqueeze_dim::<2>(0)
             + self.bias.val().unsqueeze_dim::<2>(0);
         sigmoid(logits)
     }
@@ -280,6 +278,20 @@ impl RankGate {
         // Forward value: exactly `hard` (σ − σ is exactly 0); backward: dσ.
         hard + (soft.clone() - soft.detach())
     }
+}
+
+/// The gate's inputs for activations `z: [N, r]`: the scaled energy shares
+/// `r·p_i` (`[N, r]`, `p_i = z_i² / Σ z²`) and the normalised entropy
+/// `H = −Σ p log p / log r` (`[N, 1]`).
+fn gate_features(z: Tensor<2>, r: usize) -> (Tensor<2>, Tensor<2>) {
+    let e = z.clone() * z;
+    let total = e.clone().sum_dim(1).add_scalar(ENERGY_EPS);
+    let p = e / total;
+    let log_r = if r > 1 { (r as f64).ln() } else { 1.0 };
+    let h = (p.clone() * p.clone().add_scalar(ENERGY_EPS).log())
+        .sum_dim(1)
+        .div_scalar(-log_r);
+    (p.mul_scalar(r as f64), h)
 }
 
 /// A FouRA adapter for one `[out, in]` linear map.
@@ -524,7 +536,7 @@ impl Foura {
         Ok(())
     }
 
-    fn mergeable_factors(&self) -> Result<(Tensor<2>, Tensor<2>)> {
+    pub(crate) fn mergeable_factors(&self) -> Result<(Tensor<2>, Tensor<2>)> {
         self.check_fixed_gate()?;
         Ok(self.fixed_gate_factors())
     }
