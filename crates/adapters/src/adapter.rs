@@ -8,8 +8,9 @@ use lastmile_core::host::add_matmul;
 
 use crate::error::{AdapterError, Result};
 use crate::foura::{Foura, GateMode};
+use crate::layout::WeightLayout;
 use crate::lora::Lora;
-use crate::shira::{Shira, WeightLayout};
+use crate::shira::Shira;
 
 /// The family an adapter belongs to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -24,8 +24,9 @@ use lastmile_core::module::{
 use crate::adapter::Adapter;
 use crate::error::{AdapterError, Result};
 use crate::foura::{FouraConfig, GateMode};
+use crate::layout::WeightLayout;
 use crate::lora::{LoraConfig, LoraInit};
-use crate::shira::{ShiraConfig, WeightLayout};
+use crate::shira::ShiraConfig;
 
 /// The reparameterization attached to an adapted weight parameter.
 ///

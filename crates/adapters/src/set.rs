@@ -24,7 +24,8 @@ use lastmile_core::module::{NamedParam, ParamValue, Selector, collect_params, ma
 use crate::adapter::Adapter;
 use crate::combine::{CombineMethod, awom, awor, combine_adapters};
 use crate::error::{AdapterError, Result};
-use crate::shira::{WeightLayout, restore_into};
+use crate::layout::WeightLayout;
+use crate::shira::restore_into;
 
 struct Target {
     base: Tensor<1>,

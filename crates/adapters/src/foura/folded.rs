@@ -14,7 +14,7 @@ use burn::tensor::Tensor;
 use burn::tensor::activation::sigmoid;
 
 use super::{Foura, GateMode};
-use crate::lora::{flatten, unflatten};
+use crate::low_rank::{flatten, unflatten};
 
 /// A [`Foura`] adapter with its transforms folded into the factors, for
 /// inference ([`Foura::fold`]). Its forward equals [`Foura::forward_delta`]
@@ -90,7 +90,7 @@ impl FoldedFoura {
     /// The gate's scores, as [`super::RankGate::scores`] computes them.
     fn scores(&self, z: Tensor<2>) -> Tensor<2> {
         let [_, r] = z.dims();
-        let (energy_share, entropy) = super::gate_features(z, r);
+        let (energy_share, entropy) = super::gate::gate_features(z, r);
         sigmoid(
             energy_share * self.energy.clone() + entropy * self.entropy.clone() + self.bias.clone(),
         )
