@@ -10,6 +10,7 @@ use crate::error::{AdapterError, Result};
 use crate::foura::{Foura, GateMode};
 use crate::layout::WeightLayout;
 use crate::lora::Lora;
+use crate::peft::PeftMapping;
 use crate::shira::Shira;
 
 /// The family an adapter belongs to.
@@ -36,6 +37,107 @@ impl AdapterKind {
             Self::Foura => "FouRA",
             Self::Shira => "SHiRA",
         }
+    }
+}
+
+/// What every adapter kind is: an update `ΔW` of one `[out, in]` linear
+/// map, applied unmerged by [`LinearAdapter::forward_delta`] or merged as
+/// `W0 + ΔW`, with its own mapping to PEFT's files (the crate's PEFT reader
+/// and writer are a generic driver over it, so the trait is sealed).
+///
+/// Implemented by [`Lora`], [`Foura`] and [`Shira`]; [`Adapter`] holds any
+/// of them.
+///
+/// # Examples
+/// ```
+/// # #[cfg(feature = "flex")] {
+/// use burn::tensor::{Device, Tensor};
+/// use lastmile_adapters::{LinearAdapter, LoraConfig, Shira};
+///
+/// fn describe<A: LinearAdapter>(a: &A) -> String {
+///     format!("{:?} [{} → {}], {} trainable", A::KIND, a.d_in(), a.d_out(), a.trainable_params())
+/// }
+/// let d = Device::flex();
+/// let lora = LoraConfig::new(2, 4.0).init(3, 5, &d)?;
+/// let shira = Shira::from_parts(vec![0, 7], Tensor::from_floats([1.0, 2.0], &d), 3, 5)?;
+/// assert_eq!(describe(&lora), "Lora [5 → 3], 16 trainable");
+/// assert_eq!(describe(&shira), "Shira [5 → 3], 2 trainable");
+/// # }
+/// # Ok::<(), lastmile_adapters::AdapterError>(())
+/// ```
+pub trait LinearAdapter: Module + Into<Adapter> + PeftMapping {
+    /// The kind.
+    const KIND: AdapterKind;
+    /// Input width.
+    fn d_in(&self) -> usize;
+    /// Output width.
+    fn d_out(&self) -> usize;
+    /// `ΔW`, `[out, in]`.
+    ///
+    /// # Errors
+    /// [`AdapterError::Unsupported`] where `ΔW` depends on the input
+    /// (FouRA with an adaptive gate).
+    fn delta_weight(&self) -> Result<Tensor<2>>;
+    /// The contribution to `y` for `x: [..., in]` (the unmerged path).
+    fn forward_delta<const D: usize>(&self, x: Tensor<D>) -> Tensor<D>;
+    /// Number of trainable values.
+    fn trainable_params(&self) -> usize;
+}
+
+impl LinearAdapter for Lora {
+    const KIND: AdapterKind = AdapterKind::Lora;
+    fn d_in(&self) -> usize {
+        Lora::d_in(self)
+    }
+    fn d_out(&self) -> usize {
+        Lora::d_out(self)
+    }
+    fn delta_weight(&self) -> Result<Tensor<2>> {
+        Ok(Lora::delta_weight(self))
+    }
+    fn forward_delta<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        Lora::forward_delta(self, x)
+    }
+    fn trainable_params(&self) -> usize {
+        Lora::trainable_params(self)
+    }
+}
+
+impl LinearAdapter for Foura {
+    const KIND: AdapterKind = AdapterKind::Foura;
+    fn d_in(&self) -> usize {
+        Foura::d_in(self)
+    }
+    fn d_out(&self) -> usize {
+        Foura::d_out(self)
+    }
+    fn delta_weight(&self) -> Result<Tensor<2>> {
+        Foura::delta_weight(self)
+    }
+    fn forward_delta<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        Foura::forward_delta(self, x)
+    }
+    fn trainable_params(&self) -> usize {
+        Foura::trainable_params(self)
+    }
+}
+
+impl LinearAdapter for Shira {
+    const KIND: AdapterKind = AdapterKind::Shira;
+    fn d_in(&self) -> usize {
+        Shira::d_in(self)
+    }
+    fn d_out(&self) -> usize {
+        Shira::d_out(self)
+    }
+    fn delta_weight(&self) -> Result<Tensor<2>> {
+        Ok(Shira::delta_weight(self))
+    }
+    fn forward_delta<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        Shira::forward_delta(self, x)
+    }
+    fn trainable_params(&self) -> usize {
+        Shira::trainable_params(self)
     }
 }
 

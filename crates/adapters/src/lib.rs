@@ -72,7 +72,7 @@ pub mod set;
 pub mod shira;
 pub mod transform;
 
-pub use adapter::{AdaptedLinear, Adapter, AdapterKind};
+pub use adapter::{AdaptedLinear, Adapter, AdapterKind, LinearAdapter};
 pub use error::{AdapterError, Result};
 pub use foura::{FoldedFoura, Foura, FouraConfig, GateMode, RankGate};
 pub use layout::WeightLayout;

@@ -42,6 +42,7 @@
 mod config;
 mod folded;
 mod gate;
+mod peft;
 
 use burn::module::{Module, Param};
 use burn::tensor::{Device, Tensor};

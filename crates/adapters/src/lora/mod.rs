@@ -8,6 +8,7 @@
 //! `y = W0 x + s · B A x` with `s = α / r` (rsLoRA: `s = α / √r`).
 
 mod config;
+mod peft;
 
 use burn::module::{Module, Param};
 use burn::nn::{Dropout, DropoutConfig};

@@ -35,17 +35,17 @@ use crate::transform::SpectralTransform;
 const MAX_PATTERN_LEN: usize = 1024;
 
 /// A parsed configuration.
-pub(super) struct Config {
+pub struct Config {
     pub(super) kind: AdapterKind,
     pub(super) r: usize,
     pub(super) alpha: f64,
     pub(super) rank_pattern: Vec<Pattern<usize>>,
     pub(super) alpha_pattern: Vec<Pattern<f64>>,
-    pub(super) use_rslora: bool,
-    pub(super) dropout: f64,
+    pub(crate) use_rslora: bool,
+    pub(crate) dropout: f64,
     pub(super) targets: Targets,
-    pub(super) foura: Option<FouraConfig>,
-    pub(super) mask: Option<ShiraMask>,
+    pub(crate) foura: Option<FouraConfig>,
+    pub(crate) mask: Option<ShiraMask>,
 }
 
 /// One `rank_pattern` / `alpha_pattern` entry.

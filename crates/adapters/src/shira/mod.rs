@@ -12,6 +12,7 @@
 
 mod config;
 mod mask;
+mod peft;
 mod scatter;
 
 use std::sync::Arc;
