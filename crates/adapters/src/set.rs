@@ -18,7 +18,7 @@ use std::sync::Arc;
 use burn::module::Module;
 use burn::tensor::{IndexingUpdateOp, Int, Tensor};
 use lastmile_core::convert::tensor_to_vec;
-use lastmile_core::host::{is_host, scatter_assign};
+use lastmile_core::host::{is_host, scatter_assign, with_host_mut, with_host_ref};
 use lastmile_core::module::{NamedParam, ParamValue, Selector, collect_params, map_params};
 
 use crate::adapter::Adapter;
@@ -33,6 +33,38 @@ struct Target {
     layout: WeightLayout,
     d_out: usize,
     d_in: usize,
+}
+
+impl Target {
+    /// Writes `W0` into the deployed weight. On a host device the deployed
+    /// buffer stays its own and is overwritten in place (one copy into pages
+    /// already mapped: a fresh 64 MiB buffer costs ~4× that in page faults),
+    /// so that the next switch updates it in place too. Elsewhere the
+    /// deployed weight shares `W0`'s buffer until the next switch.
+    fn restore_base(&mut self) -> Result<()> {
+        let device = self.base.device();
+        if !is_host(&device) {
+            self.current = self.base.clone();
+            return Ok(());
+        }
+        let base = std::mem::replace(&mut self.base, Tensor::empty([0], &device));
+        let current = std::mem::replace(&mut self.current, Tensor::empty([0], &device));
+        let (base, restored) = with_host_ref(base, |w0| {
+            with_host_mut(current, |dst| {
+                dst.copy_from_slice(w0);
+                Ok(())
+            })
+        })?;
+        self.base = base;
+        self.current = match restored {
+            Ok(current) => current,
+            Err(e) => {
+                self.current = self.base.clone();
+                return Err(e.into());
+            }
+        };
+        Ok(())
+    }
 }
 
 struct Entry {
@@ -373,15 +405,20 @@ impl AdapterSet {
     /// Unknown names, non-finite weights, FouRA with an adaptive gate (not a
     /// fixed matrix). On error every target is back at `W0` and nothing is active.
     pub fn activate_weighted(&mut self, parts: &[(&str, f32)]) -> Result<()> {
-        self.deactivate()?;
         for (name, w) in parts {
-            if !self.adapters.contains_key(*name) {
-                return Err(self.not_found(name));
-            }
-            if !w.is_finite() {
-                return Err(AdapterError::config("adapter weight", w, "a finite value"));
+            let bad = if !self.adapters.contains_key(*name) {
+                Some(self.not_found(name))
+            } else if !w.is_finite() {
+                Some(AdapterError::config("adapter weight", w, "a finite value"))
+            } else {
+                None
+            };
+            if let Some(e) = bad {
+                self.deactivate()?;
+                return Err(e);
             }
         }
+        self.deactivate()?;
         self.active = parts.iter().map(|(n, w)| ((*n).to_owned(), *w)).collect();
         let names: Vec<String> = self.targets.keys().cloned().collect();
         for target in names {
@@ -418,7 +455,10 @@ impl AdapterSet {
             && *w == 1.0
             && let Some(host) = &e.host
         {
-            // The cheapest exact path on a CPU device: one in-place loop.
+            // The cheapest exact path on a CPU device: one in-place loop over
+            // the sorted positions. (Merging it with the previous switch's
+            // undo into one sweep was measured slower: the merge's branches
+            // cost more than the page walks it saves.)
             let placeholder = Tensor::empty([0], &t.base.device());
             let current = std::mem::replace(&mut t.current, placeholder);
             match scatter_assign(current, &host.positions, &host.switched) {
@@ -465,14 +505,24 @@ impl AdapterSet {
             }
             self.undo.insert(target.to_owned(), Undo::Scatter(saved));
         } else {
-            // W0 is shared with `t.base`: the first fuse copies it once into
-            // the result, later ones update that buffer in place.
-            let mut w = t.base.clone().reshape(t.layout.shape(t.d_out, t.d_in));
+            // The deployed weight holds W0 (every activation deactivates
+            // first): fuse into it, in place on a host device, where it owns
+            // its buffer (`Target::restore_base`).
+            let placeholder = Tensor::empty([0], &t.base.device());
+            let current = std::mem::replace(&mut t.current, placeholder);
+            let mut w = current.reshape(t.layout.shape(t.d_out, t.d_in));
+            // Recorded first: on error, deactivation restores W0.
+            self.undo.insert(target.to_owned(), Undo::Dense);
             for (e, weight) in entries {
-                w = e.adapter.add_scaled_delta(w, t.layout, weight)?;
+                match e.adapter.add_scaled_delta(w, t.layout, weight) {
+                    Ok(next) => w = next,
+                    Err(err) => {
+                        t.current = t.base.clone().mul_scalar(1.0);
+                        return Err(err);
+                    }
+                }
             }
             t.current = w.reshape([t.d_out * t.d_in]);
-            self.undo.insert(target.to_owned(), Undo::Dense);
         }
         Ok(())
     }
@@ -506,8 +556,7 @@ impl AdapterSet {
                         t.current = restore_into(current, pos, orig)?;
                     }
                 }
-                // Shares W0's buffer: free now; a later in-place scatter copies it once.
-                Undo::Dense => t.current = t.base.clone(),
+                Undo::Dense => t.restore_base()?,
             }
         }
         self.active.clear();

@@ -28,6 +28,9 @@ use crate::convert::{count_host_read, tensor_to_vec};
 use crate::device::Backend;
 use crate::error::{CoreError, Result};
 
+/// Inner dimension from which [`add_matmul`] uses every core.
+const PARALLEL_MIN_K: usize = 64;
+
 /// Whether `device`'s tensors live in host memory and carry no autodiff
 /// graph, so that [`with_host_mut`] works in place.
 ///
@@ -88,6 +91,45 @@ pub fn with_host_mut<const D: usize>(
     Ok(Tensor::from_data(data, &device))
 }
 
+/// Runs `f` on the row-major `f32` values of `tensor` and hands the tensor
+/// back with `f`'s result, for reading host memory without a copy: on a
+/// host device ([`is_host`]) a uniquely owned tensor's buffer is lent to
+/// `f` and returned as it was; otherwise the values are copied out. Counted
+/// as one host read.
+///
+/// # Errors
+/// [`CoreError::TensorData`] for a tensor that is not `f32`.
+///
+/// ```
+/// # #[cfg(feature = "flex")] {
+/// use burn::tensor::{Device, Tensor};
+/// use lastmile_core::host::with_host_ref;
+/// let t = Tensor::<1>::from_floats([1.0, 2.0, 3.0], &Device::flex());
+/// let (t, sum) = with_host_ref(t, |v| v.iter().sum::<f32>())?;
+/// assert_eq!((t.dims(), sum), ([3], 6.0));
+/// # }
+/// # Ok::<(), lastmile_core::CoreError>(())
+/// ```
+pub fn with_host_ref<const D: usize, R>(
+    tensor: Tensor<D>,
+    f: impl FnOnce(&[f32]) -> R,
+) -> Result<(Tensor<D>, R)> {
+    if tensor.dtype() != DType::F32 {
+        return Err(CoreError::TensorData(format!(
+            "expected an f32 tensor, found {:?}",
+            tensor.dtype()
+        )));
+    }
+    let device = tensor.device();
+    count_host_read();
+    let data = tensor.into_data();
+    let values = data
+        .as_slice::<f32>()
+        .map_err(|e| CoreError::TensorData(format!("cannot read float tensor as f32: {e:?}")))?;
+    let out = f(values);
+    Ok((Tensor::from_data(data, &device), out))
+}
+
 /// `t[positions[i]] = values[i]` for every `i`, in place on a host device
 /// (see [`with_host_mut`]). Later entries win for repeated positions.
 ///
@@ -132,7 +174,8 @@ pub fn scatter_assign(tensor: Tensor<1>, positions: &[usize], values: &[f32]) ->
 ///
 /// On a host device with `f32` tensors, faer's GEMM accumulates into `C`'s
 /// own buffer (no copy when `C` is uniquely owned; one copy, which becomes
-/// the result, when it is shared), using every core of rayon's pool.
+/// the result, when it is shared); on every core of rayon's pool from
+/// `k ≥ 64`, sequentially below, where the update is bound by memory.
 /// Elsewhere: burn's `c + a.matmul(b) · α`. Both agree to f32 rounding.
 ///
 /// # Errors
@@ -180,11 +223,24 @@ pub fn add_matmul(c: Tensor<2>, a: Tensor<2>, b: Tensor<2>, alpha: f32) -> Resul
     // The factors are small (rank k): plain copies.
     let a = tensor_to_vec(a)?;
     let b = tensor_to_vec(b)?;
+    // A thin update (small k) streams C once and is bound by memory: on the
+    // 2-core reference machine a second thread made the rank-16 update at
+    // 4096² slower (13 ms against 9 ms sequential, docs/benchmarks.md).
+    let par = if k < PARALLEL_MIN_K {
+        Par::Seq
+    } else {
+        Par::rayon(0)
+    };
+    // One elementwise pass gives `C` a buffer of its own: in place when it
+    // is uniquely owned, else one allocating copy. Handing a shared buffer
+    // to the host instead costs two copies (burn's `into_data` copies a
+    // shared buffer and then re-aligns it), ~2× the time at 4096².
+    let c = c.mul_scalar(1.0);
     with_host_mut(c, |dst| {
         let lhs = MatRef::from_row_major_slice(&a, m, k);
         let rhs = MatRef::from_row_major_slice(&b, k, n);
         let out = MatMut::from_row_major_slice_mut(dst, m, n);
-        matmul(out, Accum::Add, lhs, rhs, alpha, Par::rayon(0));
+        matmul(out, Accum::Add, lhs, rhs, alpha, par);
         Ok(())
     })
 }

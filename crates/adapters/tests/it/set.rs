@@ -106,6 +106,46 @@ backend_test!(switching_is_exact_per_kind, |device| {
                 .zip(&w0_bits)
                 .all(|(a, b)| a.to_bits() == b.to_bits())
         );
+        // Repeated switches, the same adapter twice and an adapter on the same
+        // mask included (on a CPU device each is one sweep that also undoes
+        // the previous one): always W0 + S of the active adapter.
+        let s3 = {
+            let s1 = set.adapter("s1").unwrap()["fc"].clone();
+            let Adapter::Shira(s1) = s1 else {
+                panic!("s1 is SHiRA")
+            };
+            let n = s1.nnz();
+            Shira::from_parts(
+                s1.indices().to_vec(),
+                randn([1, n], device).reshape([n]),
+                12,
+                16,
+            )
+            .unwrap()
+        };
+        let e3 = expect(s3.delta_weight());
+        set.add_adapter("s3", one("fc", s3)).unwrap();
+        for (name, want) in [
+            ("s1", &e1),
+            ("s1", &e1),
+            ("s3", &e3),
+            ("s2", &e2),
+            ("s3", &e3),
+            ("s1", &e1),
+        ] {
+            set.activate(name).unwrap();
+            assert!(
+                max_abs_diff(&vec2(set.weight("fc").unwrap()), want) < 1e-6,
+                "{name}"
+            );
+        }
+        set.deactivate().unwrap();
+        assert!(
+            vec2(set.weight("fc").unwrap())
+                .iter()
+                .zip(&w0_bits)
+                .all(|(a, b)| a.to_bits() == b.to_bits())
+        );
         // weighted combination: W0 + 0.5 S1 + 2 S2, and mixed kinds fuse densely
         set.activate_weighted(&[("s1", 0.5), ("s2", 2.0)]).unwrap();
         let d = vec2(stored.clone());
