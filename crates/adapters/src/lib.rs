@@ -11,8 +11,16 @@
 //! | [`Foura`] | `F_out⁻¹ · s·B · diag(G(z)) · A · F_in` (DCT-II / real DFT, adaptive rank gate) | Borse et al., NeurIPS 2024 |
 //! | [`Shira`] | `S`, nonzero on a fixed 1–2 % mask (struct, random, weight magnitude, gradient, SNIP) | Bhardwaj et al., NeurIPS 2024 |
 //!
+//! - [`LinearAdapter`]: the trait every kind implements (`ΔW`, the unmerged
+//!   forward, trainable parameters), each kind in its own module with its
+//!   config and its PEFT file mapping; [`Adapter`] holds any of them, and
+//!   [`Adapter::add_scaled_delta`] is the one fuse `W + c·ΔW` every
+//!   deployment path uses (faer's GEMM into the weight's own buffer on a CPU
+//!   device).
 //! - [`AdaptedLinear`]: a frozen `burn::nn::Linear` plus any [`Adapter`]
 //!   (unmerged forward, `merge`, `unmerge`, `delta_weight`).
+//! - [`Foura::fold`]: FouRA for inference, its transforms folded into the
+//!   factors once ([`FoldedFoura`]).
 //! - [`attach`]: attach adapters to the linear layers of an existing burn
 //!   module by name; everything else is frozen.
 //! - [`AdapterSet`]: many named adapters for one base model; switches SHiRA

@@ -93,7 +93,7 @@ impl ShiraConfig {
     /// The mask: sorted flat indices into the row-major `[out, in]` weight.
     ///
     /// `grad` is `∇L` with respect to `w0` on a calibration batch (see
-    /// [`weight_gradient`]); it is required by [`ShiraMask::Gradient`] and
+    /// [`weight_gradient`](super::weight_gradient)); it is required by [`ShiraMask::Gradient`] and
     /// [`ShiraMask::Snip`] and ignored otherwise. Ties in top-K scores go to
     /// the lower index, so masks are deterministic.
     ///
