@@ -110,6 +110,24 @@ pub enum AdapterSpec {
 }
 
 impl AdapterSpec {
+    /// The spec for layer `name`: a LoRA or FouRA seed becomes
+    /// `seed ^ hash(name)`, so that layers of one shape do not start from
+    /// the same factors (SHiRA masks keep their config's seed).
+    fn for_layer(&self, name: &str) -> Self {
+        let mix = |seed: Option<u64>| seed.map(|s| s ^ name_hash(name));
+        match self {
+            Self::Lora(c) => Self::Lora(LoraConfig {
+                seed: mix(c.seed),
+                ..c.clone()
+            }),
+            Self::Foura(c) => Self::Foura(FouraConfig {
+                seed: mix(c.seed),
+                ..c.clone()
+            }),
+            Self::Shira(c) => Self::Shira(c.clone()),
+        }
+    }
+
     /// Builds the adapter for a base weight `w0: [out, in]`; `grad` (same
     /// shape) feeds gradient-based SHiRA masks.
     ///
@@ -326,5 +344,14 @@ pub fn attach_adapters<M: Module>(
             "use GateMode::Frozen/Off here, or AdaptedLinear for the adaptive gate",
         ));
     }
-    attach_with(module, targets, |_, w0| spec.build(&w0, None))
+    attach_with(module, targets, |name, w0| {
+        spec.for_layer(name).build(&w0, None)
+    })
+}
+
+/// FNV-1a of a layer name, to derive one seed per layer from a config's seed.
+fn name_hash(name: &str) -> u64 {
+    name.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }

@@ -1,7 +1,9 @@
 //! The low-rank arithmetic LoRA and FouRA share: the scale `s`, the rank
 //! and `α` checks, and `s·(x Aᵀ) Bᵀ` on the last axis of any-rank input.
 
-use burn::tensor::Tensor;
+use burn::tensor::{Device, Distribution, Tensor, TensorData};
+use rand::SeedableRng;
+use rand::rngs::StdRng;
 
 use crate::error::{AdapterError, Result};
 
@@ -50,6 +52,25 @@ pub(crate) fn low_rank_apply<const D: usize>(
     let (x2, lead) = flatten(x);
     let out = x2.matmul(a.transpose()).matmul(b.transpose()).mul_scalar(s);
     unflatten(out, &lead)
+}
+
+/// A `[rows, cols]` factor of draws from `dist`: from
+/// `StdRng::seed_from_u64(seed)` when a seed is given (the same values on
+/// every backend and every run), else from the device's generator (burn's
+/// default, seeded by `device.seed(..)`).
+pub(crate) fn random_factor(
+    shape: [usize; 2],
+    dist: Distribution,
+    seed: Option<u64>,
+    device: &Device,
+) -> Tensor<2> {
+    match seed {
+        None => Tensor::random(shape, dist, device),
+        Some(seed) => Tensor::from_data(
+            TensorData::random::<f32, _, _>(shape, dist, &mut StdRng::seed_from_u64(seed)),
+            device,
+        ),
+    }
 }
 
 /// `[..., n] → ([N, n], leading dims)`.

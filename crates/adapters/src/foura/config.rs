@@ -4,7 +4,7 @@ use burn::tensor::{Device, Distribution, Tensor};
 
 use super::Foura;
 use crate::error::{AdapterError, Result};
-use crate::low_rank::{scaling, validate_rank_alpha};
+use crate::low_rank::{random_factor, scaling, validate_rank_alpha};
 use crate::transform::SpectralTransform;
 
 /// How FouRA's rank gate behaves.
@@ -70,6 +70,10 @@ pub struct FouraConfig {
     pub gate: GateMode,
     /// Gate threshold `τ` in (0, 1).
     pub threshold: f64,
+    /// Seed of the random factor `A` (`None`: the device's generator). An
+    /// initialisation choice, not part of a trained adapter: files do not
+    /// carry it.
+    pub seed: Option<u64>,
 }
 
 impl FouraConfig {
@@ -86,7 +90,27 @@ impl FouraConfig {
             transform: SpectralTransform::Dct,
             gate: GateMode::Adaptive,
             threshold: 0.5,
+            seed: None,
         }
+    }
+
+    /// Draws the random factor from `StdRng::seed_from_u64(seed)`: the same
+    /// adapter on every backend and every run.
+    ///
+    /// ```
+    /// # #[cfg(feature = "flex")] {
+    /// use burn::tensor::Device;
+    /// use lastmile_adapters::FouraConfig;
+    /// let d = Device::flex();
+    /// let c = FouraConfig::new(2, 4.0).with_seed(7);
+    /// let (x, y) = (c.init(3, 5, &d)?, c.init(3, 5, &d)?);
+    /// assert_eq!(x.a.val().into_data(), y.a.val().into_data());
+    /// # }
+    /// # Ok::<(), lastmile_adapters::AdapterError>(())
+    /// ```
+    pub fn with_seed(mut self, seed: u64) -> Self {
+        self.seed = Some(seed);
+        self
     }
 
     /// Sets the transform.
@@ -182,9 +206,10 @@ impl FouraConfig {
     pub fn init(&self, d_out: usize, d_in: usize, device: &Device) -> Result<Foura> {
         self.validate(d_out, d_in)?;
         let bound = 1.0 / (d_in as f64).sqrt();
-        let a = Tensor::random(
+        let a = random_factor(
             [self.rank, d_in],
             Distribution::Uniform(-bound, bound),
+            self.seed,
             device,
         );
         let b = Tensor::zeros([d_out, self.rank], device);

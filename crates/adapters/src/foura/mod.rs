@@ -153,6 +153,7 @@ impl Foura {
             transform: self.transform,
             gate: self.mode,
             threshold: self.threshold,
+            seed: None,
         }
     }
 

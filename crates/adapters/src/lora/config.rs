@@ -7,7 +7,7 @@ use lastmile_core::validate::check_finite;
 
 use super::Lora;
 use crate::error::{AdapterError, Result};
-use crate::low_rank::{scaling, validate_rank_alpha};
+use crate::low_rank::{random_factor, scaling, validate_rank_alpha};
 
 /// How the LoRA factors are initialised. In every case the adapted map
 /// equals the base map at initialisation.
@@ -45,6 +45,10 @@ pub struct LoraConfig {
     pub dropout: f64,
     /// Initialisation scheme.
     pub init: LoraInit,
+    /// Seed of the random factor `A` (`None`: the device's generator, as
+    /// burn's own layers draw). An initialisation choice, not part of a
+    /// trained adapter: PEFT files do not carry it.
+    pub seed: Option<u64>,
 }
 
 impl LoraConfig {
@@ -62,6 +66,7 @@ impl LoraConfig {
             use_rslora: false,
             dropout: 0.0,
             init: LoraInit::KaimingUniform,
+            seed: None,
         }
     }
 
@@ -99,6 +104,26 @@ impl LoraConfig {
         self
     }
 
+    /// Draws the random factor `A` from `StdRng::seed_from_u64(seed)`: the
+    /// same adapter on every backend and every run, whatever else used the
+    /// device's generator.
+    ///
+    /// ```
+    /// # #[cfg(feature = "flex")] {
+    /// use burn::tensor::Device;
+    /// use lastmile_adapters::LoraConfig;
+    /// let d = Device::flex();
+    /// let c = LoraConfig::new(2, 4.0).with_seed(7);
+    /// let (x, y) = (c.init(3, 5, &d)?, c.init(3, 5, &d)?);
+    /// assert_eq!(x.a.val().into_data(), y.a.val().into_data());
+    /// # }
+    /// # Ok::<(), lastmile_adapters::AdapterError>(())
+    /// ```
+    pub fn with_seed(mut self, seed: u64) -> Self {
+        self.seed = Some(seed);
+        self
+    }
+
     /// The scale `s` applied to `BA`: `α/r`, or `α/√r` with rsLoRA.
     ///
     /// ```
@@ -133,7 +158,7 @@ impl LoraConfig {
     }
 
     /// A fresh adapter for a `[d_out, d_in]` weight, drawn from the device's
-    /// random generator (seed it with `device.seed(..)` for reproducibility).
+    /// random generator, or from [`LoraConfig::with_seed`]'s seed when set.
     ///
     /// # Errors
     /// As [`LoraConfig::validate`]; [`AdapterError::Unsupported`] for
@@ -158,11 +183,19 @@ impl LoraConfig {
         let a = match self.init {
             LoraInit::KaimingUniform => {
                 let bound = 1.0 / (d_in as f64).sqrt();
-                Tensor::random([r, d_in], Distribution::Uniform(-bound, bound), device)
+                random_factor(
+                    [r, d_in],
+                    Distribution::Uniform(-bound, bound),
+                    self.seed,
+                    device,
+                )
             }
-            LoraInit::Gaussian => {
-                Tensor::random([r, d_in], Distribution::Normal(0.0, 1.0 / r as f64), device)
-            }
+            LoraInit::Gaussian => random_factor(
+                [r, d_in],
+                Distribution::Normal(0.0, 1.0 / r as f64),
+                self.seed,
+                device,
+            ),
             LoraInit::Pissa => {
                 return Err(AdapterError::unsupported(
                     "initialise",

@@ -347,6 +347,7 @@ pub(super) fn parse_config(text: &str) -> Result<Config> {
             transform,
             gate,
             threshold,
+            seed: None,
         })
     } else {
         None
