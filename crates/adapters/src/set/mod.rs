@@ -12,102 +12,23 @@
 //!   rank-r update per adapter ([`Adapter::add_scaled_delta`]: faer's GEMM
 //!   into `W`'s buffer on a CPU device); switching back re-uses `W0`.
 
+mod state;
+mod switch;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use burn::module::Module;
-use burn::tensor::{IndexingUpdateOp, Int, Tensor};
-use lastmile_core::convert::tensor_to_vec;
-use lastmile_core::host::{is_host, scatter_assign, with_host_mut, with_host_ref};
+use burn::tensor::Tensor;
+use lastmile_core::host::is_host;
 use lastmile_core::module::{NamedParam, ParamValue, Selector, collect_params, map_params};
 
 use crate::adapter::Adapter;
 use crate::combine::{CombineMethod, awom, awor, combine_adapters};
 use crate::error::{AdapterError, Result};
 use crate::layout::WeightLayout;
-use crate::shira::restore_into;
 
-struct Target {
-    base: Tensor<1>,
-    current: Tensor<1>,
-    layout: WeightLayout,
-    d_out: usize,
-    d_in: usize,
-}
-
-impl Target {
-    /// Writes `W0` into the deployed weight. On a host device the deployed
-    /// buffer stays its own and is overwritten in place (one copy into pages
-    /// already mapped: a fresh 64 MiB buffer costs ~4× that in page faults),
-    /// so that the next switch updates it in place too. Elsewhere the
-    /// deployed weight shares `W0`'s buffer until the next switch.
-    fn restore_base(&mut self) -> Result<()> {
-        let device = self.base.device();
-        if !is_host(&device) {
-            self.current = self.base.clone();
-            return Ok(());
-        }
-        let base = std::mem::replace(&mut self.base, Tensor::empty([0], &device));
-        let current = std::mem::replace(&mut self.current, Tensor::empty([0], &device));
-        let (base, restored) = with_host_ref(base, |w0| {
-            with_host_mut(current, |dst| {
-                dst.copy_from_slice(w0);
-                Ok(())
-            })
-        })?;
-        self.base = base;
-        self.current = match restored {
-            Ok(current) => current,
-            Err(e) => {
-                self.current = self.base.clone();
-                return Err(e.into());
-            }
-        };
-        Ok(())
-    }
-}
-
-struct Entry {
-    adapter: Adapter,
-    /// Flat positions in the deployed layout (SHiRA only), computed once.
-    positions: Option<Tensor<1, Int>>,
-    /// SHiRA only: `(W0[M], W0[M] + values)`, so that switching this adapter
-    /// in alone is one scatter and switching it out another (no gather, no add).
-    prepared: Option<(Tensor<1>, Tensor<1>)>,
-    /// SHiRA on a host device: the same, on the host, sorted by position.
-    host: Option<Arc<HostSwitch>>,
-}
-
-/// A SHiRA switch prepared on the host: positions in ascending order (the
-/// scatter then walks the weight front to back) with the values to write.
-struct HostSwitch {
-    positions: Vec<usize>,
-    originals: Vec<f32>,
-    switched: Vec<f32>,
-}
-
-impl HostSwitch {
-    fn new(positions: Tensor<1, Int>, originals: Tensor<1>, switched: Tensor<1>) -> Result<Self> {
-        let positions = lastmile_core::convert::indices_to_vec(positions)?;
-        let (originals, switched) = (tensor_to_vec(originals)?, tensor_to_vec(switched)?);
-        let mut order: Vec<usize> = (0..positions.len()).collect();
-        order.sort_unstable_by_key(|&i| positions[i]);
-        Ok(Self {
-            positions: order.iter().map(|&i| positions[i]).collect(),
-            originals: order.iter().map(|&i| originals[i]).collect(),
-            switched: order.iter().map(|&i| switched[i]).collect(),
-        })
-    }
-}
-
-enum Undo {
-    /// Saved originals, in the order they were scattered.
-    Scatter(Vec<(Tensor<1, Int>, Tensor<1>)>),
-    /// One prepared host switch: scatter its originals back.
-    Host(Arc<HostSwitch>),
-    /// The weight was fused densely: restore from `W0`.
-    Dense,
-}
+use state::{Entry, HostSwitch, Target, Undo};
 
 /// Interference between two adapters on one target (SHiRA paper §4.3).
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -387,180 +308,6 @@ impl AdapterSet {
                 name: name.to_owned(),
                 available: self.targets.keys().cloned().collect(),
             })
-    }
-
-    /// Switches to adapter `name` alone (weight 1).
-    ///
-    /// # Errors
-    /// As [`AdapterSet::activate_weighted`].
-    pub fn activate(&mut self, name: &str) -> Result<()> {
-        self.activate_weighted(&[(name, 1.0)])
-    }
-
-    /// Deactivates the current adapters and activates `W = W0 + Σ wᵢ ΔWᵢ`.
-    /// Targets where every adapter is SHiRA are switched by scatter;
-    /// others are fused densely.
-    ///
-    /// # Errors
-    /// Unknown names, non-finite weights, FouRA with an adaptive gate (not a
-    /// fixed matrix). On error every target is back at `W0` and nothing is active.
-    pub fn activate_weighted(&mut self, parts: &[(&str, f32)]) -> Result<()> {
-        for (name, w) in parts {
-            let bad = if !self.adapters.contains_key(*name) {
-                Some(self.not_found(name))
-            } else if !w.is_finite() {
-                Some(AdapterError::config("adapter weight", w, "a finite value"))
-            } else {
-                None
-            };
-            if let Some(e) = bad {
-                self.deactivate()?;
-                return Err(e);
-            }
-        }
-        self.deactivate()?;
-        self.active = parts.iter().map(|(n, w)| ((*n).to_owned(), *w)).collect();
-        let names: Vec<String> = self.targets.keys().cloned().collect();
-        for target in names {
-            if let Err(e) = self.activate_target(&target, parts) {
-                self.deactivate()?;
-                return Err(e);
-            }
-        }
-        Ok(())
-    }
-
-    fn activate_target(&mut self, target: &str, parts: &[(&str, f32)]) -> Result<()> {
-        let entries: Vec<(&Entry, f32)> = parts
-            .iter()
-            .filter_map(|(n, w)| {
-                self.adapters
-                    .get(*n)
-                    .and_then(|m| m.get(target))
-                    .map(|e| (e, *w))
-            })
-            .collect();
-        if entries.is_empty() {
-            return Ok(());
-        }
-        let t = self
-            .targets
-            .get_mut(target)
-            .ok_or_else(|| AdapterError::NotFound {
-                what: "target",
-                name: target.to_owned(),
-                available: Vec::new(),
-            })?;
-        if let [(e, w)] = entries.as_slice()
-            && *w == 1.0
-            && let Some(host) = &e.host
-        {
-            // The cheapest exact path on a CPU device: one in-place loop over
-            // the sorted positions. (Merging it with the previous switch's
-            // undo into one sweep was measured slower: the merge's branches
-            // cost more than the page walks it saves.)
-            let placeholder = Tensor::empty([0], &t.base.device());
-            let current = std::mem::replace(&mut t.current, placeholder);
-            match scatter_assign(current, &host.positions, &host.switched) {
-                Ok(next) => t.current = next,
-                Err(err) => {
-                    t.current = t.base.clone();
-                    return Err(err.into());
-                }
-            }
-            self.undo
-                .insert(target.to_owned(), Undo::Host(Arc::clone(host)));
-        } else if let [(e, w)] = entries.as_slice()
-            && *w == 1.0
-            && let (Some(pos), Some((originals, switched))) = (&e.positions, &e.prepared)
-        {
-            // The cheapest exact path: one scatter of prepared values (in place on CPU).
-            let placeholder = Tensor::empty([0], &t.base.device());
-            let current = std::mem::replace(&mut t.current, placeholder);
-            t.current =
-                current.select_assign(0, pos.clone(), switched.clone(), IndexingUpdateOp::Assign);
-            self.undo.insert(
-                target.to_owned(),
-                Undo::Scatter(vec![(pos.clone(), originals.clone())]),
-            );
-        } else if entries.iter().all(|(e, _)| e.positions.is_some()) {
-            let mut saved = Vec::with_capacity(entries.len());
-            for (e, w) in entries {
-                let (Adapter::Shira(s), Some(pos)) = (&e.adapter, &e.positions) else {
-                    continue;
-                };
-                // Move the deployed weight out so the scatter owns it (in place on CPU).
-                let placeholder = Tensor::empty([0], &t.base.device());
-                let current = std::mem::replace(&mut t.current, placeholder);
-                match s.scatter_into(current, pos.clone(), w) {
-                    Ok((next, orig)) => {
-                        t.current = next;
-                        saved.push((pos.clone(), orig));
-                    }
-                    Err(err) => {
-                        t.current = t.base.clone().mul_scalar(1.0);
-                        return Err(err);
-                    }
-                }
-            }
-            self.undo.insert(target.to_owned(), Undo::Scatter(saved));
-        } else {
-            // The deployed weight holds W0 (every activation deactivates
-            // first): fuse into it, in place on a host device, where it owns
-            // its buffer (`Target::restore_base`).
-            let placeholder = Tensor::empty([0], &t.base.device());
-            let current = std::mem::replace(&mut t.current, placeholder);
-            let mut w = current.reshape(t.layout.shape(t.d_out, t.d_in));
-            // Recorded first: on error, deactivation restores W0.
-            self.undo.insert(target.to_owned(), Undo::Dense);
-            for (e, weight) in entries {
-                match e.adapter.add_scaled_delta(w, t.layout, weight) {
-                    Ok(next) => w = next,
-                    Err(err) => {
-                        t.current = t.base.clone().mul_scalar(1.0);
-                        return Err(err);
-                    }
-                }
-            }
-            t.current = w.reshape([t.d_out * t.d_in]);
-        }
-        Ok(())
-    }
-
-    /// Restores every target to `W0` (bit-identical).
-    ///
-    /// # Errors
-    /// Only on internal shape inconsistencies.
-    pub fn deactivate(&mut self) -> Result<()> {
-        let undo = std::mem::take(&mut self.undo);
-        for (target, u) in undo {
-            let Some(t) = self.targets.get_mut(&target) else {
-                continue;
-            };
-            match u {
-                Undo::Host(host) => {
-                    let placeholder = Tensor::empty([0], &t.base.device());
-                    let current = std::mem::replace(&mut t.current, placeholder);
-                    match scatter_assign(current, &host.positions, &host.originals) {
-                        Ok(next) => t.current = next,
-                        Err(err) => {
-                            t.current = t.base.clone();
-                            return Err(err.into());
-                        }
-                    }
-                }
-                Undo::Scatter(saved) => {
-                    for (pos, orig) in saved.into_iter().rev() {
-                        let placeholder = Tensor::empty([0], &t.base.device());
-                        let current = std::mem::replace(&mut t.current, placeholder);
-                        t.current = restore_into(current, pos, orig)?;
-                    }
-                }
-                Undo::Dense => t.restore_base()?,
-            }
-        }
-        self.active.clear();
-        Ok(())
     }
 
     /// The deployed weight of `target` in its storage layout.
