@@ -123,7 +123,7 @@ backend_test!(adaptive_gate_cannot_merge_until_frozen, |device| {
         f.delta_weight(),
         Err(AdapterError::Unsupported { .. })
     ));
-    assert!(f.to_lora().is_err());
+    assert_err!(f.to_lora(), AdapterError::Unsupported { .. });
     let x = randn([32, 8], device);
     // Gate open at init: every component on, so adaptive == off.
     assert_eq!(f.active_rank_fraction(x.clone()), 1.0);
@@ -173,17 +173,20 @@ backend_test!(trainable_count_and_validation, |device| {
     let f = FouraConfig::new(4, 4.0).init(6, 8, device).unwrap();
     assert_eq!(f.trainable_params(), 4 * 14 + 12);
     assert_eq!(f.with_gate_mode(GateMode::Off).trainable_params(), 4 * 14);
-    assert!(
+    assert_err!(
         FouraConfig::new(4, 4.0)
             .with_threshold(0.0)
-            .init(6, 8, device)
-            .is_err()
+            .init(6, 8, device),
+        AdapterError::InvalidConfig { .. }
     );
-    assert!(FouraConfig::new(9, 4.0).init(6, 8, device).is_err());
+    assert_err!(
+        FouraConfig::new(9, 4.0).init(6, 8, device),
+        AdapterError::InvalidConfig { .. }
+    );
     let f = FouraConfig::new(2, 4.0).init(6, 8, device).unwrap();
-    assert!(
-        f.with_frozen_mask(Tensor::from_floats([0.5, 1.0], device))
-            .is_err()
+    assert_err!(
+        f.with_frozen_mask(Tensor::from_floats([0.5, 1.0], device)),
+        AdapterError::InvalidConfig { .. }
     );
 });
 

@@ -121,15 +121,18 @@ backend_test!(init_distributions_follow_peft, |device| {
 });
 
 backend_test!(invalid_configs_are_rejected, |device| {
-    assert!(LoraConfig::new(0, 1.0).init(4, 4, device).is_err());
-    assert!(LoraConfig::new(5, 1.0).init(4, 8, device).is_err());
-    assert!(LoraConfig::new(2, f64::NAN).init(4, 4, device).is_err());
-    assert!(
-        LoraConfig::new(2, 1.0)
-            .with_dropout(1.0)
-            .init(4, 4, device)
-            .is_err()
-    );
+    // Rank 0, a rank above min(out, in), a NaN α, dropout 1.
+    for (bad, d_out, d_in) in [
+        (LoraConfig::new(0, 1.0), 4, 4),
+        (LoraConfig::new(5, 1.0), 4, 8),
+        (LoraConfig::new(2, f64::NAN), 4, 4),
+        (LoraConfig::new(2, 1.0).with_dropout(1.0), 4, 4),
+    ] {
+        assert_err!(
+            bad.init(d_out, d_in, device),
+            AdapterError::InvalidConfig { .. }
+        );
+    }
     let a = Tensor::<2>::random([2, 4], Distribution::Default, device);
     let b = Tensor::<2>::zeros([4, 3], device);
     assert!(matches!(
@@ -138,7 +141,10 @@ backend_test!(invalid_configs_are_rejected, |device| {
     ));
     let base = LinearConfig::new(4, 6).init(device);
     let wrong = LoraConfig::new(2, 2.0).init(4, 6, device).unwrap();
-    assert!(AdaptedLinear::new(base, Adapter::Lora(wrong)).is_err());
+    assert_err!(
+        AdaptedLinear::new(base, Adapter::Lora(wrong)),
+        AdapterError::Shape { .. }
+    );
 });
 
 backend_test!(seeded_init_is_the_same_on_every_backend_and_run, |device| {

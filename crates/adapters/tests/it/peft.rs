@@ -247,14 +247,14 @@ backend_test!(hostile_or_mismatched_inputs_are_typed_errors, |device| {
     ints.insert_float("base_model.model.fc.lora_B.weight", randn([4, 2], device))
         .unwrap();
     invalid(peft::from_peft(&ints, &cfg, device, &none));
-    assert!(
+    assert_err!(
         peft::from_peft(
             &file,
             &cfg,
             device,
             &LayerShapes::from([("fc".to_string(), (5, 4))])
-        )
-        .is_err()
+        ),
+        AdapterError::InvalidFile { .. }
     );
     // SHiRA indices out of range, wrong layout, missing shapes.
     let s = Shira::from_coo(&[0, 3], &[1, 4], &[1.0, 2.0], 4, 5, device).unwrap();

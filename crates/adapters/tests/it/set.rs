@@ -82,8 +82,11 @@ backend_test!(switching_is_exact_per_kind, |device| {
         set.add_adapter("s1", one("fc", s1)).unwrap();
         set.add_adapter("s2", one("fc", s2)).unwrap();
         set.add_adapter("l1", one("fc", l1)).unwrap();
-        assert!(set.add_adapter("s1", BTreeMap::new()).is_err());
-        assert!(set.activate("nope").is_err());
+        assert_err!(
+            set.add_adapter("s1", BTreeMap::new()),
+            AdapterError::Duplicate { .. }
+        );
+        assert_err!(set.activate("nope"), AdapterError::NotFound { .. });
         set.activate("s1").unwrap();
         let w = vec2(set.weight("fc").unwrap());
         assert!(max_abs_diff(&w, &e1) < 1e-6);
@@ -178,8 +181,14 @@ backend_test!(lora_combination_is_exact, |device| {
     // A lower SVD rank gives the best rank-k approximation: worse, but bounded.
     let low = combine_lora(&[(&l1, 0.7), (&l2, -1.5)], CombineMethod::Svd { rank: 2 }).unwrap();
     assert!(max_abs_diff(&vec2(low.delta_weight()), &want) > 1e-3);
-    assert!(combine_lora(&[(&l1, f64::NAN)], CombineMethod::Concat).is_err());
-    assert!(combine_lora(&[], CombineMethod::Concat).is_err());
+    assert_err!(
+        combine_lora(&[(&l1, f64::NAN)], CombineMethod::Concat),
+        AdapterError::InvalidConfig { .. }
+    );
+    assert_err!(
+        combine_lora(&[], CombineMethod::Concat),
+        AdapterError::InvalidConfig { .. }
+    );
 });
 
 backend_test!(interference_metrics, |device| {

@@ -8,7 +8,7 @@ use burn::optim::{AdamWConfig, GradientsParams};
 use burn::tensor::Tensor;
 use lastmile_adapters::shira::{restore_into, weight_gradient};
 use lastmile_adapters::{
-    AdaptedLinear, Adapter, Shira, ShiraBudget, ShiraConfig, ShiraMask, WeightLayout,
+    AdaptedLinear, Adapter, AdapterError, Shira, ShiraBudget, ShiraConfig, ShiraMask, WeightLayout,
 };
 use lastmile_core::backend_test;
 use lastmile_core::testing::assert_close;
@@ -78,20 +78,17 @@ backend_test!(
                 .len(),
             32
         );
-        assert!(
-            ShiraConfig::new(ShiraMask::Snip, ShiraBudget::Count(3))
-                .select(&w0, None)
-                .is_err()
+        assert_err!(
+            ShiraConfig::new(ShiraMask::Snip, ShiraBudget::Count(3)).select(&w0, None),
+            AdapterError::InvalidConfig { .. }
         );
-        assert!(
-            ShiraConfig::new(ShiraMask::Random, ShiraBudget::Density(1.5))
-                .select(&w0, None)
-                .is_err()
+        assert_err!(
+            ShiraConfig::new(ShiraMask::Random, ShiraBudget::Density(1.5)).select(&w0, None),
+            AdapterError::InvalidConfig { .. }
         );
-        assert!(
-            ShiraConfig::new(ShiraMask::Struct, ShiraBudget::Count(3))
-                .select(&w0, None)
-                .is_err()
+        assert_err!(
+            ShiraConfig::new(ShiraMask::Struct, ShiraBudget::Count(3)).select(&w0, None),
+            AdapterError::InvalidConfig { .. }
         );
     }
 );
@@ -277,30 +274,42 @@ impl Pipe for Tensor<2> {
 
 backend_test!(bad_parts_are_rejected, |device| {
     let v = Tensor::<1>::from_floats([1.0, 2.0], device);
-    assert!(Shira::from_parts(vec![3, 1], v.clone(), 2, 2).is_err());
-    assert!(Shira::from_parts(vec![1, 1], v.clone(), 2, 2).is_err());
-    assert!(Shira::from_parts(vec![1, 4], v.clone(), 2, 2).is_err());
-    assert!(Shira::from_parts(vec![1], v.clone(), 2, 2).is_err());
-    assert!(
+    // Unsorted, repeated, out of range.
+    for idx in [vec![3, 1], vec![1, 1], vec![1, 4]] {
+        assert_err!(
+            Shira::from_parts(idx, v.clone(), 2, 2),
+            AdapterError::InvalidConfig { .. }
+        );
+    }
+    assert_err!(
+        Shira::from_parts(vec![1], v.clone(), 2, 2),
+        AdapterError::Shape { .. }
+    );
+    assert_err!(
         Shira::from_parts(
             vec![0, 1],
             Tensor::from_floats([1.0, f32::NAN], device),
             2,
             2
-        )
-        .is_err()
+        ),
+        AdapterError::Core(lastmile_core::CoreError::NonFinite { .. })
     );
-    assert!(Shira::from_coo(&[0, 2], &[0, 0], &[1.0, 1.0], 2, 2, device).is_err());
+    assert_err!(
+        Shira::from_coo(&[0, 2], &[0, 0], &[1.0, 1.0], 2, 2, device),
+        AdapterError::InvalidConfig { .. }
+    );
     let s = Shira::from_coo(&[1, 0], &[0, 1], &[1.0, 2.0], 2, 2, device).unwrap();
     assert_eq!(s.indices(), &[1, 2]);
     assert_eq!(s.values_vec().unwrap(), vec![2.0, 1.0]);
     let mut short = vec![0.0; 3];
-    assert!(
-        s.scatter_host(&mut short, WeightLayout::OutIn, 1.0)
-            .is_err()
+    assert_err!(
+        s.scatter_host(&mut short, WeightLayout::OutIn, 1.0),
+        AdapterError::Shape { .. }
     );
-    assert!(
-        weight_gradient(Tensor::<2>::zeros([2, 2], device), |w| w.sum()).is_err()
-            || device.is_autodiff()
-    );
+    if !device.is_autodiff() {
+        assert_err!(
+            weight_gradient(Tensor::<2>::zeros([2, 2], device), |w| w.sum()),
+            AdapterError::Unsupported { .. }
+        );
+    }
 });

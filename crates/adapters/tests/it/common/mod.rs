@@ -4,6 +4,20 @@
 
 use burn::tensor::{Device, Distribution, Tensor};
 
+/// Asserts that `$e` is `Err` of the variant `$p` (an `AdapterError`
+/// pattern), printing the error it got otherwise.
+macro_rules! assert_err {
+    ($e:expr, $p:pat) => {{
+        let r = $e;
+        assert!(
+            matches!(r, Err($p)),
+            "expected Err({}), got {:?}",
+            stringify!($p),
+            r.as_ref().err()
+        );
+    }};
+}
+
 pub fn vec1(t: Tensor<1>) -> Vec<f32> {
     t.into_data().try_to_vec::<f32>().unwrap()
 }
