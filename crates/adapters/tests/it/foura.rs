@@ -3,7 +3,7 @@
 
 use crate::common::*;
 use burn::nn::LinearConfig;
-use burn::tensor::{Distribution, Tensor};
+use burn::tensor::Tensor;
 use lastmile_adapters::{
     AdaptedLinear, AdapterError, Foura, FouraConfig, GateMode, Lora, SpectralTransform,
 };
@@ -198,14 +198,21 @@ backend_test!(folded_forward_equals_the_training_forward, |device| {
     ] {
         for gate in [GateMode::Off, GateMode::Frozen, GateMode::Adaptive] {
             let cfg = FouraConfig::new(4, 8.0).with_gate(gate).with_transform(t);
-            let mut f = foura(&cfg, 10, 12, device);
-            // A gate that closes some components on some rows, not all or none.
+            // Seeded values: this binary's tests share the device's generator.
+            let mut f = Foura::from_factors(
+                seeded_randn([4, 12], 1, device),
+                seeded_randn([10, 4], 2, device).mul_scalar(0.3),
+                &cfg,
+            )
+            .unwrap();
+            // A gate that closes some components on some rows, not all or
+            // none: component i opens where 4·p_i·w_i − 1 > 0.
             f.gate.energy = f
                 .gate
                 .energy
-                .map(|e| e.random_like(Distribution::Normal(0.0, 3.0)));
+                .map(|e| Tensor::from_floats([3.0, -2.0, 1.5, 0.5], &e.device()));
             f.gate.bias = f.gate.bias.map(|b| b.zeros_like().add_scalar(-1.0));
-            let x = randn([16, 12], device);
+            let x = seeded_randn([16, 12], 3, device);
             if gate == GateMode::Frozen {
                 f = f
                     .with_frozen_mask(Tensor::from_floats([1.0, 0.0, 1.0, 1.0], device))

@@ -26,6 +26,18 @@ pub fn vec2(t: Tensor<2>) -> Vec<f32> {
     t.into_data().try_to_vec::<f32>().unwrap()
 }
 
+/// Standard normal values from `StdRng(seed)`: the same on every backend and
+/// whatever other tests (sharing the device's generator in this binary) draw.
+pub fn seeded_randn(shape: [usize; 2], seed: u64, device: &Device) -> Tensor<2> {
+    use burn::tensor::TensorData;
+    use rand::SeedableRng;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    Tensor::from_data(
+        TensorData::random::<f32, _, _>(shape, Distribution::Normal(0.0, 1.0), &mut rng),
+        device,
+    )
+}
+
 pub fn randn(shape: [usize; 2], device: &Device) -> Tensor<2> {
     Tensor::random(shape, Distribution::Normal(0.0, 1.0), device)
 }
