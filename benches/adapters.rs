@@ -2,7 +2,7 @@
 //! with numpy's anchors in the same run.
 //!
 //! - `adapter_switch/<kind>/<n>`: one switch between two adapters of the
-//!   same kind inside an `AdapterSet` holding an `n × n` f32 weight (SHiRA at
+//!   same kind through `AdaptedModel` on one `n × n` f32 linear layer (SHiRA at
 //!   1 % density: scatter the saved originals of the old adapter back and
 //!   the prepared values of the new one; LoRA rank 16: the fuse
 //!   `W0 + s·BA` into a fresh weight). Also the LoRA fuse alone
@@ -28,11 +28,12 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use burn::nn::LinearConfig;
+use burn::module::{Module, Param};
+use burn::nn::{Linear, LinearConfig};
 use burn::tensor::{Device, Tensor};
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use lastmile_adapters::{
-    AdaptedLinear, Adapter, AdapterSet, FouraConfig, Lora, Shira, ShiraBudget, ShiraConfig,
+    AdaptedLinear, AdaptedModel, Adapter, FouraConfig, Lora, Shira, ShiraBudget, ShiraConfig,
     ShiraMask, SpectralTransform, WeightLayout,
 };
 use lastmile_benches::random_tensor;
@@ -61,6 +62,12 @@ fn lora(n: usize, r: usize, seed: u64, device: &Device) -> Lora {
     Lora::from_factors(a, b, 2.0 * r as f64, false).expect("lora")
 }
 
+/// A module holding one `Linear`, as the adapted model in the switch bench.
+#[derive(Module, Debug)]
+struct One {
+    w: Linear,
+}
+
 fn sync(t: Tensor<2>) -> f32 {
     t.slice([0..1, 0..1]).into_scalar::<f32>()
 }
@@ -74,36 +81,48 @@ fn bench_switch(c: &mut Criterion) {
         .measurement_time(Duration::from_secs(3));
     for n in [1024usize, 4096] {
         let w0 = random_tensor([n, n], 0.05, 1, &device);
-        let mut set = AdapterSet::new();
-        set.add_target("w", w0.clone(), WeightLayout::OutIn)
-            .expect("target");
+        // One n × n layer; its stored [in, out] weight is W0ᵀ, so the
+        // adapters' [out, in] W0 is `w0` itself.
+        let layer = One {
+            w: Linear {
+                weight: Param::from_tensor(w0.clone().transpose()),
+                bias: None,
+            },
+        };
+        let mut model = AdaptedModel::new(layer, &["w"]).expect("model");
         let one = |a: Adapter| BTreeMap::from([("w".to_string(), a)]);
-        set.add_adapter("s1", one(shira(&w0, 1, &device).into()))
+        model
+            .add("s1", one(shira(&w0, 1, &device).into()))
             .expect("s1");
-        set.add_adapter("s2", one(shira(&w0, 2, &device).into()))
+        model
+            .add("s2", one(shira(&w0, 2, &device).into()))
             .expect("s2");
-        set.add_adapter("l1", one(lora(n, 16, 3, &device).into()))
+        model
+            .add("l1", one(lora(n, 16, 3, &device).into()))
             .expect("l1");
-        set.add_adapter("l2", one(lora(n, 16, 5, &device).into()))
+        model
+            .add("l2", one(lora(n, 16, 5, &device).into()))
             .expect("l2");
         let mut flip = false;
         group.bench_function(BenchmarkId::new("shira_1pct_set", n), |b| {
             b.iter(|| {
                 flip = !flip;
-                set.activate(if flip { "s1" } else { "s2" })
+                model
+                    .switch(if flip { "s1" } else { "s2" })
                     .expect("switch");
-                sync(set.weight("w").expect("w"))
+                sync(model.module().w.weight.val())
             })
         });
         group.bench_function(BenchmarkId::new("lora_r16_set", n), |b| {
             b.iter(|| {
                 flip = !flip;
-                set.activate(if flip { "l1" } else { "l2" })
+                model
+                    .switch(if flip { "l1" } else { "l2" })
                     .expect("switch");
-                sync(set.weight("w").expect("w"))
+                sync(model.module().w.weight.val())
             })
         });
-        set.deactivate().expect("deactivate");
+        model.unmerge().expect("unmerge");
         let s = shira(&w0, 1, &device);
         let mut host = w0.clone().into_data().try_to_vec::<f32>().expect("host");
         group.bench_function(BenchmarkId::new("shira_1pct_host_in_out", n), |b| {

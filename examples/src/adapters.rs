@@ -15,7 +15,7 @@ use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor};
 use lastmile_adapters::shira::weight_gradient;
 use lastmile_adapters::{
-    AdaptedLinear, Adapter, AdapterSet, FouraConfig, GateMode, LoraConfig, ShiraBudget,
+    AdaptedLinear, AdaptedModel, Adapter, FouraConfig, GateMode, LoraConfig, ShiraBudget,
     ShiraConfig, ShiraMask,
 };
 use lastmile_core::convert::indices_to_vec;
@@ -395,15 +395,15 @@ pub fn run(settings: &Settings, device: &Device) -> Result<(f64, f64, Vec<KindRe
             }
             Ok(out)
         };
-        let mut set = AdapterSet::from_module(&base, &LAYERS)?;
-        set.add_adapter("mirrored", freeze(&net, mir_train)?)?;
-        set.add_adapter("transposed", freeze(&net2, tr_train)?)?;
-        let awor = set
+        let mut deployed = AdaptedModel::new(base.clone(), &LAYERS)?;
+        deployed.add("mirrored", freeze(&net, mir_train)?)?;
+        deployed.add("transposed", freeze(&net2, tr_train)?)?;
+        let awor = deployed
             .interference("mirrored", "transposed")?
             .get("l1")
             .map(|i| i.awor);
-        set.activate_weighted(&[("mirrored", 1.0), ("transposed", 1.0)])?;
-        let fused = set.apply_to(base.clone())?;
+        deployed.switch_weighted(&[("mirrored", 1.0), ("transposed", 1.0)])?;
+        let fused = deployed.module();
         let combined = (
             accuracy_of(|x| fused.forward(x), mir_test, device)?,
             accuracy_of(|x| fused.forward(x), tr_test, device)?,

@@ -329,7 +329,7 @@ impl Adapter {
     /// Infallible by contract: the only error of [`Adapter::delta_in_layout`]
     /// is FouRA's adaptive gate, and callers hold an adapter for which
     /// [`Adapter::is_mergeable`] was checked and which cannot change since
-    /// (the gate mode is a module constant; [`crate::attach::WeightAdapter`]
+    /// (the gate mode is a module constant; `WeightAdapter` (the training reparameterisation)
     /// checks it in `new` and keeps its adapter private).
     pub(crate) fn fixed_delta_in_layout(&self, layout: WeightLayout) -> Tensor<2> {
         let d = match self {

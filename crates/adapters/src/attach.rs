@@ -1,12 +1,11 @@
-//! Attaching adapters to the linear layers of an existing burn module,
-//! selected by name, without changing the module's code.
+//! How [`crate::AdaptedModel`] attaches adapters for training: burn's
+//! parameter reparameterisation, without changing the module's code.
 //!
-//! Built on burn's parameter reparameterization: each selected
-//! `<name>.weight` parameter gets a [`WeightAdapter`] and its effective
-//! value becomes `W0 + ΔW` (in burn's `[in, out]` layout), so `Linear::forward`
-//! picks the adapter up. Every other float parameter of the module (biases,
-//! norms, unselected layers) is frozen: only adapter parameters receive
-//! gradients.
+//! Each selected `<name>.weight` parameter gets a [`WeightAdapter`] and its
+//! effective value becomes `W0 + ΔW` (in burn's `[in, out]` layout), so
+//! `Linear::forward` picks the adapter up. Every other float parameter of
+//! the module (biases, norms, unselected layers) is frozen: only adapter
+//! parameters receive gradients.
 //!
 //! This path materialises `W0 + ΔW` on each forward (as burn's own LoRA
 //! does). When the unmerged low-rank or sparse forward, adapter dropout or an
@@ -23,7 +22,7 @@ use lastmile_core::module::{
 
 use crate::adapter::Adapter;
 use crate::error::{AdapterError, Result};
-use crate::foura::{FouraConfig, GateMode};
+use crate::foura::FouraConfig;
 use crate::layout::WeightLayout;
 use crate::lora::{LoraConfig, LoraInit};
 use crate::shira::ShiraConfig;
@@ -34,7 +33,7 @@ use crate::shira::ShiraConfig;
 /// `fc1.weight.adapter.inner.a`); the adapter is private so that it stays the
 /// mergeable one [`WeightAdapter::new`] checked.
 #[derive(Module, Debug)]
-pub struct WeightAdapter {
+pub(crate) struct WeightAdapter {
     inner: Adapter,
     #[module(skip)]
     layout: WeightLayout,
@@ -58,27 +57,6 @@ impl WeightAdapter {
             inner: adapter,
             layout,
         })
-    }
-
-    /// The adapter (in `[out, in]` orientation).
-    ///
-    /// ```
-    /// # #[cfg(feature = "flex")] {
-    /// use burn::tensor::Device;
-    /// use lastmile_adapters::{LoraConfig, WeightLayout, attach::WeightAdapter};
-    /// let lora = LoraConfig::new(2, 4.0).init(3, 5, &Device::flex())?;
-    /// let wa = WeightAdapter::new(lora.into(), WeightLayout::InOut)?;
-    /// assert_eq!((wa.adapter().d_out(), wa.adapter().d_in()), (3, 5));
-    /// # }
-    /// # Ok::<(), lastmile_adapters::AdapterError>(())
-    /// ```
-    pub fn adapter(&self) -> &Adapter {
-        &self.inner
-    }
-
-    /// The storage layout of the adapted parameter.
-    pub fn layout(&self) -> WeightLayout {
-        self.layout
     }
 }
 
@@ -104,7 +82,8 @@ pub enum AdapterSpec {
     Lora(LoraConfig),
     /// FouRA with a frozen or disabled gate.
     Foura(FouraConfig),
-    /// SHiRA with a mask that needs no gradient (use [`attach_with`] and
+    /// SHiRA with a mask that needs no gradient (use
+    /// [`crate::AdaptedModel::attach_with`] and
     /// [`crate::shira::weight_gradient`] for Gradient/SNIP masks).
     Shira(ShiraConfig),
 }
@@ -113,7 +92,7 @@ impl AdapterSpec {
     /// The spec for layer `name`: a LoRA or FouRA seed becomes
     /// `seed ^ hash(name)`, so that layers of one shape do not start from
     /// the same factors (SHiRA masks keep their config's seed).
-    fn for_layer(&self, name: &str) -> Self {
+    pub(crate) fn for_layer(&self, name: &str) -> Self {
         let mix = |seed: Option<u64>| seed.map(|s| s ^ name_hash(name));
         match self {
             Self::Lora(c) => Self::Lora(LoraConfig {
@@ -151,19 +130,14 @@ impl AdapterSpec {
     }
 }
 
-/// A record of what [`attach_adapters`] / [`attach_with`] attached, used to
+/// A record of what [`attach_with`] attached, used to
 /// read the trained adapters back out of the module.
 #[derive(Debug, Clone)]
-pub struct Attached {
+pub(crate) struct Attached {
     templates: BTreeMap<String, Adapter>,
 }
 
 impl Attached {
-    /// The adapted layer names.
-    pub fn targets(&self) -> Vec<&str> {
-        self.templates.keys().map(String::as_str).collect()
-    }
-
     /// Reads the current (e.g. trained) adapters out of `module`, by layer name.
     ///
     /// The stored values of the parameters under
@@ -267,7 +241,7 @@ impl<F: FnMut(&str, Tensor<2>) -> Result<Adapter>> Reparameterizer for &mut Atta
 /// # Errors
 /// The first factory error, or [`AdapterError::NotFound`] for a target
 /// without a 2-D `weight` parameter.
-pub fn attach_with<M, F>(module: M, targets: &[&str], factory: F) -> Result<(M, Attached)>
+pub(crate) fn attach_with<M, F>(module: M, targets: &[&str], factory: F) -> Result<(M, Attached)>
 where
     M: Module,
     F: FnMut(&str, Tensor<2>) -> Result<Adapter>,
@@ -302,51 +276,6 @@ where
             templates: attacher.templates,
         },
     ))
-}
-
-/// [`attach_with`] building every adapter from one [`AdapterSpec`].
-///
-/// # Errors
-/// As [`attach_with`] and [`AdapterSpec::build`].
-///
-/// # Examples
-/// ```
-/// # #[cfg(feature = "flex")] {
-/// use burn::module::Module;
-/// use burn::nn::{Linear, LinearConfig};
-/// use burn::tensor::{Device, Tensor};
-/// use lastmile_adapters::{LoraConfig, attach::{AdapterSpec, attach_adapters}};
-///
-/// #[derive(Module, Debug)]
-/// struct Mlp { fc1: Linear, fc2: Linear }
-///
-/// let device = Device::flex().autodiff();
-/// let mlp = Mlp { fc1: LinearConfig::new(4, 8).init(&device), fc2: LinearConfig::new(8, 2).init(&device) };
-/// let (mlp, attached) = attach_adapters(mlp, &["fc1"], &AdapterSpec::Lora(LoraConfig::new(2, 4.0))).unwrap();
-/// let y = mlp.fc2.forward(mlp.fc1.forward(Tensor::<2>::ones([1, 4], &device)));
-/// let grads = y.sum().backward();
-/// assert!(mlp.fc1.weight.grad(&grads).is_none()); // base frozen
-/// assert!(mlp.fc2.weight.grad(&grads).is_none()); // not selected: frozen
-/// assert_eq!(attached.extract(&mlp).unwrap()["fc1"].trainable_params(), 2 * (4 + 8));
-/// # }
-/// ```
-pub fn attach_adapters<M: Module>(
-    module: M,
-    targets: &[&str],
-    spec: &AdapterSpec,
-) -> Result<(M, Attached)> {
-    if let AdapterSpec::Foura(c) = spec
-        && c.gate == GateMode::Adaptive
-    {
-        return Err(AdapterError::unsupported(
-            "attach",
-            "FouRA (adaptive gate)",
-            "use GateMode::Frozen/Off here, or AdaptedLinear for the adaptive gate",
-        ));
-    }
-    attach_with(module, targets, |name, w0| {
-        spec.for_layer(name).build(&w0, None)
-    })
 }
 
 /// FNV-1a of a layer name, to derive one seed per layer from a config's seed.

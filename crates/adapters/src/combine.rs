@@ -188,7 +188,7 @@ pub fn combine_shira(parts: &[(&Shira, f64)]) -> Result<Shira> {
 ///
 /// # Errors
 /// [`AdapterError::Unsupported`] for a mix of sparse and low-rank adapters
-/// (their sum is neither; fuse it densely with [`crate::AdapterSet`]) or an
+/// (their sum is neither; switch them in together with [`crate::AdaptedModel::switch_weighted`], which fuses densely) or an
 /// adaptive-gate FouRA; otherwise as [`combine_lora`] / [`combine_shira`].
 pub fn combine_adapters(parts: &[(&Adapter, f64)], method: CombineMethod) -> Result<Adapter> {
     check_weights(parts)?;
@@ -211,7 +211,7 @@ pub fn combine_adapters(parts: &[(&Adapter, f64)], method: CombineMethod) -> Res
                 return Err(AdapterError::unsupported(
                     "combine",
                     "mixed SHiRA + low-rank",
-                    "a sparse plus a low-rank update is neither; activate them together in an AdapterSet to fuse densely",
+                    "a sparse plus a low-rank update is neither; switch them in together (AdaptedModel::switch_weighted) to fuse densely",
                 ));
             }
         }

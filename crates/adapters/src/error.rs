@@ -75,6 +75,18 @@ pub enum AdapterError {
         reason: String,
     },
 
+    /// An [`crate::AdaptedModel`] operation was called in a state it is not
+    /// defined for (e.g. switching adapters while others are being trained).
+    #[error("cannot {op}: {state}; expected {expected}")]
+    State {
+        /// The operation, e.g. `"switch"`.
+        op: &'static str,
+        /// The state the handle was in.
+        state: String,
+        /// What to do first.
+        expected: String,
+    },
+
     /// An adapter file or its JSON configuration was malformed, hostile or
     /// inconsistent with the tensors it came with.
     #[error("invalid adapter file {path}: {reason}")]

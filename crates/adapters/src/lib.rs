@@ -17,15 +17,18 @@
 //!   [`Adapter::add_scaled_delta`] is the one fuse `W + c·ΔW` every
 //!   deployment path uses (faer's GEMM into the weight's own buffer on a CPU
 //!   device).
-//! - [`AdaptedLinear`]: a frozen `burn::nn::Linear` plus any [`Adapter`]
-//!   (unmerged forward, `merge`, `unmerge`, `delta_weight`).
+//! - [`AdaptedModel`]: **the deployment path.** Adapters on named linear
+//!   layers of any burn module: attach → train (only adapter parameters
+//!   receive gradients) → register → switch / weighted switch / unmerge /
+//!   combine → save / load in PEFT's layout. Switches SHiRA by scatter and
+//!   low-rank kinds by one fused GEMM; interference metrics AWOM / AWOR
+//!   ([`combine`]).
 //! - [`Foura::fold`]: FouRA for inference, its transforms folded into the
 //!   factors once ([`FoldedFoura`]).
-//! - [`attach`]: attach adapters to the linear layers of an existing burn
-//!   module by name; everything else is frozen.
-//! - [`AdapterSet`]: many named adapters for one base model; switches SHiRA
-//!   by scatter and low-rank kinds by a dense fuse; weighted combinations;
-//!   interference metrics AWOM / AWOR ([`combine`]).
+//! - [`AdaptedLinear`]: the layer to write into a model's own code when the
+//!   forward must stay unmerged — adapter dropout, FouRA's input-dependent
+//!   gate, PiSSA's residual base — which a weight reparameterisation cannot
+//!   express (`merge` and `unmerge` of that one layer).
 //! - [`mixed_batch`]: one forward over a batch whose rows use different
 //!   adapters (per-row adapter choice, the base model alone for `None`).
 //! - [`peft`]: `adapter_model.safetensors` + `adapter_config.json`, checked
@@ -67,7 +70,7 @@
 //! its linear-time matching is safe on expressions read from files.
 
 pub mod adapter;
-pub mod attach;
+mod attach;
 pub mod combine;
 pub mod error;
 pub mod foura;
@@ -75,16 +78,19 @@ pub mod layout;
 pub mod lora;
 mod low_rank;
 pub mod mixed_batch;
+mod model;
 pub mod peft;
-pub mod set;
+mod set;
 pub mod shira;
 pub mod transform;
 
 pub use adapter::{AdaptedLinear, Adapter, AdapterKind, LinearAdapter};
+pub use attach::AdapterSpec;
 pub use error::{AdapterError, Result};
 pub use foura::{FoldedFoura, Foura, FouraConfig, GateMode, RankGate};
 pub use layout::WeightLayout;
 pub use lora::{Lora, LoraConfig, LoraInit};
-pub use set::{AdapterSet, Interference};
+pub use model::AdaptedModel;
+pub use set::Interference;
 pub use shira::{Shira, ShiraBudget, ShiraConfig, ShiraMask};
 pub use transform::{SpectralTransform, TransformPlan};

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use burn::module::Module;
 use burn::tensor::Tensor;
 use lastmile_core::host::is_host;
-use lastmile_core::module::{NamedParam, ParamValue, Selector, collect_params, map_params};
+use lastmile_core::module::{ParamValue, Selector, collect_params};
 
 use crate::adapter::Adapter;
 use crate::combine::{CombineMethod, awom, awor, combine_adapters};
@@ -40,27 +40,8 @@ pub struct Interference {
 }
 
 /// Named adapters for one base model and the weights they are switched into.
-///
-/// # Examples
-/// ```
-/// # #[cfg(feature = "flex")] {
-/// use std::collections::BTreeMap;
-/// use burn::tensor::{Device, Distribution, Tensor};
-/// use lastmile_adapters::{AdapterSet, Shira, WeightLayout};
-/// let device = Device::flex();
-/// let w0 = Tensor::<2>::random([4, 4], Distribution::Normal(0.0, 1.0), &device);
-/// let mut set = AdapterSet::new();
-/// set.add_target("fc", w0.clone(), WeightLayout::OutIn).unwrap();
-/// let s = Shira::from_parts(vec![5], Tensor::from_floats([1.0], &device), 4, 4).unwrap();
-/// set.add_adapter("task", BTreeMap::from([("fc".to_string(), s.into())])).unwrap();
-/// set.activate("task").unwrap();
-/// set.deactivate().unwrap();
-/// let back = set.weight("fc").unwrap().into_data();
-/// assert_eq!(back, w0.into_data()); // bit-identical
-/// # }
-/// ```
 #[derive(Default)]
-pub struct AdapterSet {
+pub(crate) struct AdapterSet {
     targets: BTreeMap<String, Target>,
     adapters: BTreeMap<String, BTreeMap<String, Entry>>,
     active: Vec<(String, f32)>,
@@ -141,29 +122,6 @@ impl AdapterSet {
     /// [`AdapterError::NotFound`] if a target has no `weight` parameter,
     /// [`AdapterError::Shape`] if it is not 2-D, [`AdapterError::Core`]
     /// ([`lastmile_core::CoreError::Empty`]) for no targets.
-    ///
-    /// # Examples
-    /// ```
-    /// # #[cfg(feature = "flex")] {
-    /// use burn::module::Module;
-    /// use burn::nn::{Linear, LinearConfig};
-    /// use burn::tensor::Device;
-    /// use lastmile_adapters::{AdapterError, AdapterSet};
-    ///
-    /// #[derive(Module, Debug)]
-    /// struct Mlp { fc1: Linear, fc2: Linear }
-    ///
-    /// let d = Device::flex();
-    /// let mlp = Mlp { fc1: LinearConfig::new(4, 8).init(&d), fc2: LinearConfig::new(8, 2).init(&d) };
-    /// let set = AdapterSet::from_module(&mlp, &["fc1", "fc2"])?;
-    /// assert_eq!(set.base_weight("fc1")?.dims(), [4, 8]); // [in, out], as stored
-    /// assert!(matches!(
-    ///     AdapterSet::from_module(&mlp, &["fc3"]),
-    ///     Err(AdapterError::NotFound { what: "target", .. })
-    /// ));
-    /// # }
-    /// # Ok::<(), lastmile_adapters::AdapterError>(())
-    /// ```
     pub fn from_module<M: Module>(module: &M, targets: &[&str]) -> Result<Self> {
         let found = Selector::new(targets.iter().map(|t| format!("{t}.weight")))
             .and_then(|selector| collect_params(module, &selector, ParamValue::Stored))
@@ -326,70 +284,6 @@ impl AdapterSet {
     pub fn base_weight(&self, target: &str) -> Result<Tensor<2>> {
         let t = self.target(target)?;
         Ok(t.base.clone().reshape(t.layout.shape(t.d_out, t.d_in)))
-    }
-
-    /// Writes the deployed weights into `module`'s `<target>.weight`
-    /// parameters (ids and training state preserved).
-    ///
-    /// The stored value is replaced; an adapter attached to the parameter
-    /// (see [`crate::attach`]) stays attached and applies on top. An empty set
-    /// returns `module` unchanged.
-    ///
-    /// # Errors
-    /// [`AdapterError::NotFound`] for a target the module lacks,
-    /// [`AdapterError::Shape`] for a parameter whose shape differs from the
-    /// target's stored shape. On error the module is dropped: nothing is
-    /// half-applied.
-    ///
-    /// # Examples
-    /// ```
-    /// # #[cfg(feature = "flex")] {
-    /// use burn::nn::LinearConfig;
-    /// use burn::module::Module;
-    /// use burn::tensor::{Device, Tensor};
-    /// use lastmile_adapters::{AdapterError, AdapterSet, WeightLayout};
-    ///
-    /// #[derive(Module, Debug)]
-    /// struct Net { fc: burn::nn::Linear }
-    ///
-    /// let d = Device::flex();
-    /// let net = Net { fc: LinearConfig::new(3, 2).init(&d) };
-    /// let mut set = AdapterSet::new();
-    /// set.add_target("fc", Tensor::<2>::ones([3, 2], &d), WeightLayout::InOut)?;
-    /// let net = set.apply_to(net)?;
-    /// assert_eq!(net.fc.weight.val().sum().into_scalar::<f32>(), 6.0);
-    ///
-    /// set.add_target("head", Tensor::<2>::ones([2, 2], &d), WeightLayout::InOut)?;
-    /// assert!(matches!(set.apply_to(net), Err(AdapterError::NotFound { what: "target", .. })));
-    /// # }
-    /// # Ok::<(), lastmile_adapters::AdapterError>(())
-    /// ```
-    pub fn apply_to<M: Module>(&self, module: M) -> Result<M> {
-        if self.targets.is_empty() {
-            return Ok(module);
-        }
-        let selector = Selector::new(self.targets.keys().map(|t| format!("{t}.weight")))
-            .map_err(|e| AdapterError::from(e).named("target"))?;
-        map_params(module, &selector, |p: &NamedParam| {
-            // Every selected path ends in `.weight` (the patterns' last segment).
-            let t = self.target(p.path.strip_suffix(".weight").unwrap_or(&p.path))?;
-            let stored = t.layout.shape(t.d_out, t.d_in);
-            if p.shape[..] != stored[..] {
-                return Err(AdapterError::shape(
-                    format!("parameter `{}`", p.path),
-                    format!("{stored:?}, the target's {:?} layout", t.layout),
-                    &p.shape,
-                ));
-            }
-            let w = t.current.clone();
-            // Keep the parameter on its own (possibly autodiff) device.
-            Ok(if p.value.device().is_autodiff() {
-                w.autodiff()
-            } else {
-                w
-            })
-        })
-        .map_err(|e| e.named("target"))
     }
 
     /// Combines registered adapters into a new adapter per target

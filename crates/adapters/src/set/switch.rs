@@ -13,14 +13,6 @@ use crate::error::{AdapterError, Result};
 use crate::shira::restore_into;
 
 impl AdapterSet {
-    /// Switches to adapter `name` alone (weight 1).
-    ///
-    /// # Errors
-    /// As [`AdapterSet::activate_weighted`].
-    pub fn activate(&mut self, name: &str) -> Result<()> {
-        self.activate_weighted(&[(name, 1.0)])
-    }
-
     /// Deactivates the current adapters and activates `W = W0 + Σ wᵢ ΔWᵢ`.
     /// Targets where every adapter is SHiRA are switched by scatter;
     /// others are fused densely.

@@ -187,7 +187,7 @@ backend_test!(seeded_init_is_the_same_on_every_backend_and_run, |device| {
 backend_test!(attach_gives_each_layer_its_own_seeded_factors, |device| {
     use burn::module::Module;
     use burn::nn::{Linear, LinearConfig};
-    use lastmile_adapters::attach::{AdapterSpec, attach_adapters};
+    use lastmile_adapters::{AdaptedModel, AdapterSpec};
 
     #[derive(Module, Debug)]
     struct Two {
@@ -199,9 +199,12 @@ backend_test!(attach_gives_each_layer_its_own_seeded_factors, |device| {
         q: LinearConfig::new(8, 8).init(device),
     };
     let spec = AdapterSpec::Lora(LoraConfig::new(2, 4.0).with_seed(5));
-    let (m1, at1) = attach_adapters(build(), &["p", "q"], &spec).unwrap();
-    let (m2, at2) = attach_adapters(build(), &["p", "q"], &spec).unwrap();
-    let (a1, a2) = (at1.extract(&m1).unwrap(), at2.extract(&m2).unwrap());
+    let trained = || {
+        let mut model = AdaptedModel::new(build(), &["p", "q"]).unwrap();
+        model.attach(&spec).unwrap();
+        model.trained().unwrap()
+    };
+    let (a1, a2) = (trained(), trained());
     let factor = |m: &std::collections::BTreeMap<String, Adapter>, k: &str| match &m[k] {
         Adapter::Lora(l) => vec2(l.a.val()),
         _ => panic!("LoRA expected"),

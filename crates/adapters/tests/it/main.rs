@@ -10,7 +10,7 @@ mod foura;
 mod fuse;
 mod lora;
 mod mixed_batch;
+mod model;
 mod peft;
-mod set;
 mod shira;
 mod transform;
