@@ -259,10 +259,10 @@ fn adapter_for(
         let [d_out, d_in] = w0.dims();
         let adapter: Adapter = match kind {
             Kind::Lora => LoraConfig::new(rank, 2.0 * rank as f64)
-                .init(d_out, d_in, device)?
+                .init(d_in, d_out, device)?
                 .into(),
             Kind::Foura => FouraConfig::new(rank, 2.0 * rank as f64)
-                .init(d_out, d_in, device)?
+                .init(d_in, d_out, device)?
                 .into(),
             Kind::Shira(m) => ShiraConfig::new(*m, ShiraBudget::LoraRank(rank))
                 .with_seed(7)

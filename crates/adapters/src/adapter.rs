@@ -58,7 +58,7 @@ impl AdapterKind {
 ///     format!("{:?} [{} → {}], {} trainable", A::KIND, a.d_in(), a.d_out(), a.trainable_params())
 /// }
 /// let d = Device::flex();
-/// let lora = LoraConfig::new(2, 4.0).init(3, 5, &d)?;
+/// let lora = LoraConfig::new(2, 4.0).init(5, 3, &d)?;
 /// let shira = Shira::from_parts(vec![0, 7], Tensor::from_floats([1.0, 2.0], &d), 3, 5)?;
 /// assert_eq!(describe(&lora), "Lora [5 → 3], 16 trainable");
 /// assert_eq!(describe(&shira), "Shira [5 → 3], 2 trainable");
@@ -149,7 +149,7 @@ impl LinearAdapter for Shira {
 /// use burn::tensor::{Device, Tensor};
 /// use lastmile_adapters::{Adapter, LoraConfig};
 /// let device = Device::flex();
-/// let adapter = Adapter::Lora(LoraConfig::new(2, 2.0).init(3, 4, &device).unwrap());
+/// let adapter = Adapter::Lora(LoraConfig::new(2, 2.0).init(4, 3, &device).unwrap());
 /// assert_eq!(adapter.trainable_params(), 2 * (3 + 4));
 /// assert_eq!(adapter.delta_weight().unwrap().dims(), [3, 4]);
 /// # }
@@ -269,7 +269,7 @@ impl Adapter {
     /// use burn::tensor::{Device, Distribution, Tensor};
     /// use lastmile_adapters::{Adapter, LoraConfig, WeightLayout};
     /// let d = Device::flex();
-    /// let mut lora = LoraConfig::new(2, 4.0).init(3, 5, &d)?;
+    /// let mut lora = LoraConfig::new(2, 4.0).init(5, 3, &d)?;
     /// lora.b = lora.b.map(|b| b.random_like(Distribution::Normal(0.0, 1.0)));
     /// let adapter = Adapter::from(lora);
     /// let w = Tensor::<2>::zeros([5, 3], &d); // burn's [in, out]
@@ -381,7 +381,7 @@ fn orient(delta: Tensor<2>, layout: WeightLayout) -> Tensor<2> {
 /// use lastmile_adapters::{AdaptedLinear, LoraConfig};
 /// let device = Device::flex();
 /// let base = LinearConfig::new(6, 4).init(&device);
-/// let lora = LoraConfig::new(2, 4.0).init(4, 6, &device).unwrap();
+/// let lora = LoraConfig::new(2, 4.0).init(6, 4, &device).unwrap();
 /// let layer = AdaptedLinear::new(base.clone(), lora.into()).unwrap();
 /// let x = Tensor::<2>::random([3, 6], Distribution::Normal(0.0, 1.0), &device);
 /// // B = 0 at init: exactly the base output

@@ -123,8 +123,8 @@ impl AdapterSpec {
                     "PiSSA replaces the base weight by its residual: use `init_pissa` with AdaptedLinear",
                 ));
             }
-            Self::Lora(c) => Adapter::Lora(c.init(d_out, d_in, &device)?),
-            Self::Foura(c) => Adapter::Foura(c.init(d_out, d_in, &device)?),
+            Self::Lora(c) => Adapter::Lora(c.init(d_in, d_out, &device)?),
+            Self::Foura(c) => Adapter::Foura(c.init(d_in, d_out, &device)?),
             Self::Shira(c) => Adapter::Shira(c.init(w0, grad)?),
         })
     }

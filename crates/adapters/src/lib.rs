@@ -47,7 +47,7 @@
 //!
 //! let device = Device::flex();
 //! let base = LinearConfig::new(16, 8).init(&device);
-//! let lora = LoraConfig::new(4, 8.0).init(8, 16, &device)?;
+//! let lora = LoraConfig::new(4, 8.0).init(16, 8, &device)?;
 //! let layer = AdaptedLinear::new(base, lora.into())?;
 //! let x = Tensor::<2>::random([2, 16], Distribution::Normal(0.0, 1.0), &device);
 //! let unmerged = layer.forward(x.clone());

@@ -36,7 +36,7 @@ use crate::error::{AdapterError, Result};
 ///
 /// let d = Device::flex();
 /// let lora = |seed| -> Adapter {
-///     let mut l = LoraConfig::new(2, 4.0).init(3, 5, &d).unwrap();
+///     let mut l = LoraConfig::new(2, 4.0).init(5, 3, &d).unwrap();
 ///     l.b = l.b.map(|b| b.random_like(Distribution::Normal(0.0, 1.0)).mul_scalar(seed));
 ///     l.into()
 /// };

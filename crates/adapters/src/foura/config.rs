@@ -53,6 +53,11 @@ impl GateMode {
 
 /// Hyper-parameters of a FouRA adapter.
 ///
+/// One config serves layers of any shape (as PEFT's config serves a whole
+/// model through `target_modules`): the layer's shape is given to
+/// `init(d_in, d_out, &device)`, in burn's `LinearConfig::new(d_in, d_out)`
+/// order, which validates every field against it before drawing anything.
+///
 /// ```
 /// use lastmile_adapters::{FouraConfig, GateMode, SpectralTransform};
 /// let c = FouraConfig::new(8, 16.0).with_transform(SpectralTransform::Rfft).with_gate(GateMode::Off);
@@ -103,7 +108,7 @@ impl FouraConfig {
     /// use lastmile_adapters::FouraConfig;
     /// let d = Device::flex();
     /// let c = FouraConfig::new(2, 4.0).with_seed(7);
-    /// let (x, y) = (c.init(3, 5, &d)?, c.init(3, 5, &d)?);
+    /// let (x, y) = (c.init(5, 3, &d)?, c.init(5, 3, &d)?);
     /// assert_eq!(x.a.val().into_data(), y.a.val().into_data());
     /// # }
     /// # Ok::<(), lastmile_adapters::AdapterError>(())
@@ -155,7 +160,8 @@ impl FouraConfig {
         scaling(self.alpha, self.rank, false)
     }
 
-    /// Checks the hyper-parameters against a `[d_out, d_in]` weight.
+    /// Checks the hyper-parameters against a layer of `d_in` inputs and
+    /// `d_out` outputs (burn's `LinearConfig::new(d_in, d_out)` order).
     ///
     /// # Errors
     /// [`AdapterError::InvalidConfig`] for a bad rank, `alpha` or threshold,
@@ -165,7 +171,7 @@ impl FouraConfig {
     /// let c = lastmile_adapters::FouraConfig::new(4, 4.0).with_threshold(1.5);
     /// assert!(c.validate(8, 8).is_err());
     /// ```
-    pub fn validate(&self, d_out: usize, d_in: usize) -> Result<()> {
+    pub fn validate(&self, d_in: usize, d_out: usize) -> Result<()> {
         validate_rank_alpha(self.rank, self.alpha, d_out, d_in)?;
         if !(self.threshold.is_finite() && self.threshold > 0.0 && self.threshold < 1.0) {
             return Err(AdapterError::config(
@@ -185,7 +191,8 @@ impl FouraConfig {
         Ok(())
     }
 
-    /// A fresh adapter for a `[d_out, d_in]` weight: `A` Kaiming-uniform
+    /// A fresh adapter for a layer of `d_in` inputs and `d_out` outputs
+    /// (burn's order; the adapter itself is `[out, in]`, as PEFT stores it): `A` Kaiming-uniform
     /// (as LoRA), `B = 0`, gate open everywhere.
     ///
     /// # Errors
@@ -197,14 +204,14 @@ impl FouraConfig {
     /// use burn::tensor::{Device, Tensor};
     /// use lastmile_adapters::FouraConfig;
     /// let device = Device::flex();
-    /// let foura = FouraConfig::new(2, 2.0).init(4, 6, &device).unwrap();
+    /// let foura = FouraConfig::new(2, 2.0).init(6, 4, &device).unwrap();
     /// let y = foura.forward_delta(Tensor::<2>::ones([3, 6], &device));
     /// assert_eq!(y.dims(), [3, 4]);
     /// assert_eq!(y.abs().sum().into_scalar::<f32>(), 0.0);
     /// # }
     /// ```
-    pub fn init(&self, d_out: usize, d_in: usize, device: &Device) -> Result<Foura> {
-        self.validate(d_out, d_in)?;
+    pub fn init(&self, d_in: usize, d_out: usize, device: &Device) -> Result<Foura> {
+        self.validate(d_in, d_out)?;
         let bound = 1.0 / (d_in as f64).sqrt();
         let a = random_factor(
             [self.rank, d_in],

@@ -26,7 +26,7 @@ use crate::low_rank::{flatten, unflatten};
 /// use burn::tensor::{Device, Distribution, Tensor};
 /// use lastmile_adapters::FouraConfig;
 /// let d = Device::flex();
-/// let mut foura = FouraConfig::new(4, 8.0).init(16, 32, &d)?;
+/// let mut foura = FouraConfig::new(4, 8.0).init(32, 16, &d)?;
 /// foura.b = foura.b.map(|b| b.random_like(Distribution::Normal(0.0, 0.1)));
 /// let folded = foura.fold();
 /// let x = Tensor::<2>::random([3, 32], Distribution::Normal(0.0, 1.0), &d);

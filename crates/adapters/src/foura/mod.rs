@@ -118,7 +118,7 @@ impl Foura {
                 &[d_out, rb],
             ));
         }
-        config.validate(d_out, d_in)?;
+        config.validate(d_in, d_out)?;
         check_finite("FouRA A", &a)?;
         check_finite("FouRA B", &b)?;
         let device = a.device();

@@ -27,6 +27,11 @@ pub enum LoraInit {
 
 /// Hyper-parameters of a LoRA adapter.
 ///
+/// One config serves layers of any shape (as PEFT's config serves a whole
+/// model through `target_modules`): the layer's shape is given to
+/// `init(d_in, d_out, &device)`, in burn's `LinearConfig::new(d_in, d_out)`
+/// order, which validates every field against it before drawing anything.
+///
 /// # Examples
 /// ```
 /// use lastmile_adapters::LoraConfig;
@@ -114,7 +119,7 @@ impl LoraConfig {
     /// use lastmile_adapters::LoraConfig;
     /// let d = Device::flex();
     /// let c = LoraConfig::new(2, 4.0).with_seed(7);
-    /// let (x, y) = (c.init(3, 5, &d)?, c.init(3, 5, &d)?);
+    /// let (x, y) = (c.init(5, 3, &d)?, c.init(5, 3, &d)?);
     /// assert_eq!(x.a.val().into_data(), y.a.val().into_data());
     /// # }
     /// # Ok::<(), lastmile_adapters::AdapterError>(())
@@ -133,7 +138,8 @@ impl LoraConfig {
         scaling(self.alpha, self.rank, self.use_rslora)
     }
 
-    /// Checks the hyper-parameters against a `[d_out, d_in]` weight.
+    /// Checks the hyper-parameters against a layer of `d_in` inputs and
+    /// `d_out` outputs (burn's `LinearConfig::new(d_in, d_out)` order).
     ///
     /// # Errors
     /// [`AdapterError::InvalidConfig`] for `rank == 0`, a rank above
@@ -145,7 +151,7 @@ impl LoraConfig {
     /// assert!(c.validate(16, 16).is_ok());
     /// assert!(c.validate(16, 2).is_err());
     /// ```
-    pub fn validate(&self, d_out: usize, d_in: usize) -> Result<()> {
+    pub fn validate(&self, d_in: usize, d_out: usize) -> Result<()> {
         validate_rank_alpha(self.rank, self.alpha, d_out, d_in)?;
         if !(self.dropout.is_finite() && (0.0..1.0).contains(&self.dropout)) {
             return Err(AdapterError::config(
@@ -157,7 +163,8 @@ impl LoraConfig {
         Ok(())
     }
 
-    /// A fresh adapter for a `[d_out, d_in]` weight, drawn from the device's
+    /// A fresh adapter for a layer of `d_in` inputs and `d_out` outputs
+    /// (burn's order; the adapter itself is `[out, in]`, as PEFT stores it), drawn from the device's
     /// random generator, or from [`LoraConfig::with_seed`]'s seed when set.
     ///
     /// # Errors
@@ -170,15 +177,15 @@ impl LoraConfig {
     /// use burn::tensor::{Device, Tensor};
     /// use lastmile_adapters::LoraConfig;
     /// let device = Device::flex();
-    /// let lora = LoraConfig::new(2, 4.0).init(3, 5, &device).unwrap();
+    /// let lora = LoraConfig::new(2, 4.0).init(5, 3, &device).unwrap();
     /// assert_eq!(lora.a.val().dims(), [2, 5]);
     /// // B = 0: the adapter adds nothing yet.
     /// let delta = lora.forward_delta(Tensor::<2>::ones([1, 5], &device));
     /// assert_eq!(delta.abs().sum().into_scalar::<f32>(), 0.0);
     /// # }
     /// ```
-    pub fn init(&self, d_out: usize, d_in: usize, device: &Device) -> Result<Lora> {
-        self.validate(d_out, d_in)?;
+    pub fn init(&self, d_in: usize, d_out: usize, device: &Device) -> Result<Lora> {
+        self.validate(d_in, d_out)?;
         let r = self.rank;
         let a = match self.init {
             LoraInit::KaimingUniform => {
@@ -230,7 +237,7 @@ impl LoraConfig {
     /// ```
     pub fn init_pissa(&self, w0: Tensor<2>) -> Result<(Lora, Tensor<2>)> {
         let [d_out, d_in] = w0.dims();
-        self.validate(d_out, d_in)?;
+        self.validate(d_in, d_out)?;
         check_finite("base weight", &w0)?;
         let r = self.rank;
         let s = self.scaling();

@@ -157,7 +157,7 @@ pub fn to_peft(layers: &BTreeMap<String, Adapter>) -> Result<(TensorFile, String
 /// use burn::tensor::Device;
 /// use lastmile_adapters::{LoraConfig, peft};
 /// let device = Device::flex();
-/// let lora = LoraConfig::new(2, 4.0).init(3, 5, &device).unwrap();
+/// let lora = LoraConfig::new(2, 4.0).init(5, 3, &device).unwrap();
 /// let dir = std::env::temp_dir().join("lastmile_peft_doc");
 /// peft::save(&dir, &BTreeMap::from([("fc1".to_string(), lora.into())])).unwrap();
 /// let back = peft::load(&dir, &device, &Default::default()).unwrap();

@@ -23,7 +23,7 @@ backend_test!(zero_init_reproduces_base_exactly, |device| {
             let f = FouraConfig::new(3, 6.0)
                 .with_gate(gate)
                 .with_transform(t)
-                .init(6, 10, device)
+                .init(10, 6, device)
                 .unwrap();
             let layer = AdaptedLinear::new(base.clone(), f.into()).unwrap();
             let x = randn([4, 10], device);
@@ -170,20 +170,20 @@ backend_test!(gate_closes_components_and_trains_through_ste, |device| {
 });
 
 backend_test!(trainable_count_and_validation, |device| {
-    let f = FouraConfig::new(4, 4.0).init(6, 8, device).unwrap();
+    let f = FouraConfig::new(4, 4.0).init(8, 6, device).unwrap();
     assert_eq!(f.trainable_params(), 4 * 14 + 12);
     assert_eq!(f.with_gate_mode(GateMode::Off).trainable_params(), 4 * 14);
     assert_err!(
         FouraConfig::new(4, 4.0)
             .with_threshold(0.0)
-            .init(6, 8, device),
+            .init(8, 6, device),
         AdapterError::InvalidConfig { .. }
     );
     assert_err!(
-        FouraConfig::new(9, 4.0).init(6, 8, device),
+        FouraConfig::new(9, 4.0).init(8, 6, device),
         AdapterError::InvalidConfig { .. }
     );
-    let f = FouraConfig::new(2, 4.0).init(6, 8, device).unwrap();
+    let f = FouraConfig::new(2, 4.0).init(8, 6, device).unwrap();
     assert_err!(
         f.with_frozen_mask(Tensor::from_floats([0.5, 1.0], device)),
         AdapterError::InvalidConfig { .. }

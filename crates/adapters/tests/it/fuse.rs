@@ -97,7 +97,7 @@ backend_test!(fuse_refuses_what_does_not_fit, |device| {
         ),
         Err(AdapterError::InvalidConfig { .. })
     ));
-    let adaptive = Adapter::from(FouraConfig::new(2, 2.0).init(9, 14, device).unwrap());
+    let adaptive = Adapter::from(FouraConfig::new(2, 2.0).init(14, 9, device).unwrap());
     assert!(matches!(
         adaptive.add_scaled_delta(Tensor::zeros([9, 14], device), WeightLayout::OutIn, 1.0),
         Err(AdapterError::Unsupported { .. })

@@ -26,7 +26,7 @@ backend_test!(zero_init_reproduces_base_exactly, |device| {
         let base = LinearConfig::new(12, 7).init(device);
         let lora = LoraConfig::new(4, 8.0)
             .with_init(init)
-            .init(7, 12, device)
+            .init(12, 7, device)
             .unwrap();
         let layer = AdaptedLinear::new(base.clone(), lora.into()).unwrap();
         let x = randn([5, 12], device);
@@ -82,7 +82,7 @@ backend_test!(pissa_factors_are_the_top_singular_directions, |device| {
     let w0 = randn([10, 8], device);
     let cfg = LoraConfig::new(3, 6.0).with_init(LoraInit::Pissa);
     assert!(matches!(
-        cfg.init(10, 8, device),
+        cfg.init(8, 10, device),
         Err(AdapterError::Unsupported { .. })
     ));
     let (lora, residual) = cfg.init_pissa(w0.clone()).unwrap();
@@ -105,14 +105,14 @@ backend_test!(pissa_factors_are_the_top_singular_directions, |device| {
 
 backend_test!(init_distributions_follow_peft, |device| {
     device.seed(3);
-    let k = LoraConfig::new(16, 16.0).init(32, 400, device).unwrap();
+    let k = LoraConfig::new(16, 16.0).init(400, 32, device).unwrap();
     let a = vec2(k.a.val());
     let bound = 1.0 / 400f32.sqrt();
     assert!(a.iter().all(|v| v.abs() <= bound));
     assert!(a.iter().cloned().fold(0.0, f32::max) > 0.9 * bound);
     let g = LoraConfig::new(16, 16.0)
         .with_init(LoraInit::Gaussian)
-        .init(32, 400, device)
+        .init(400, 32, device)
         .unwrap();
     let a = vec2(g.a.val());
     let std = (a.iter().map(|v| v * v).sum::<f32>() / a.len() as f32).sqrt();
@@ -129,7 +129,7 @@ backend_test!(invalid_configs_are_rejected, |device| {
         (LoraConfig::new(2, 1.0).with_dropout(1.0), 4, 4),
     ] {
         assert_err!(
-            bad.init(d_out, d_in, device),
+            bad.init(d_in, d_out, device),
             AdapterError::InvalidConfig { .. }
         );
     }
@@ -140,7 +140,7 @@ backend_test!(invalid_configs_are_rejected, |device| {
         Err(AdapterError::Shape { .. })
     ));
     let base = LinearConfig::new(4, 6).init(device);
-    let wrong = LoraConfig::new(2, 2.0).init(4, 6, device).unwrap();
+    let wrong = LoraConfig::new(2, 2.0).init(6, 4, device).unwrap();
     assert_err!(
         AdaptedLinear::new(base, Adapter::Lora(wrong)),
         AdapterError::Shape { .. }
@@ -154,9 +154,9 @@ backend_test!(seeded_init_is_the_same_on_every_backend_and_run, |device| {
     let c = LoraConfig::new(4, 8.0).with_seed(11);
     // Whatever the device's generator holds.
     device.seed(1);
-    let x = c.init(6, 10, device).unwrap();
+    let x = c.init(10, 6, device).unwrap();
     device.seed(2);
-    let y = c.init(6, 10, device).unwrap();
+    let y = c.init(10, 6, device).unwrap();
     assert_eq!(vec2(x.a.val()), vec2(y.a.val()));
     // Exactly the host draw of StdRng(seed): the same on every backend.
     let bound = 1.0 / 10f64.sqrt();
@@ -170,16 +170,16 @@ backend_test!(seeded_init_is_the_same_on_every_backend_and_run, |device| {
     assert_eq!(vec2(x.a.val()), want);
     let other = LoraConfig::new(4, 8.0)
         .with_seed(12)
-        .init(6, 10, device)
+        .init(10, 6, device)
         .unwrap();
     assert_ne!(vec2(other.a.val()), want);
     let f1 = FouraConfig::new(2, 4.0)
         .with_seed(3)
-        .init(5, 7, device)
+        .init(7, 5, device)
         .unwrap();
     let f2 = FouraConfig::new(2, 4.0)
         .with_seed(3)
-        .init(5, 7, device)
+        .init(7, 5, device)
         .unwrap();
     assert_eq!(vec2(f1.a.val()), vec2(f2.a.val()));
 });

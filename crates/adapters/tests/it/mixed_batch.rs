@@ -30,7 +30,7 @@ fn adapters(device: &burn::tensor::Device) -> Vec<Adapter> {
         .init(&w0, None)
         .unwrap();
     shira.values = shira.values.map(|v| v.add_scalar(0.5));
-    let mut foura = FouraConfig::new(3, 6.0).init(OUT, IN, device).unwrap();
+    let mut foura = FouraConfig::new(3, 6.0).init(IN, OUT, device).unwrap();
     foura.b = foura.b.map(|_| randn([OUT, 3], device));
     vec![
         lora(2, 0.5),

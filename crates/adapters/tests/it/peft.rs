@@ -118,7 +118,7 @@ backend_test!(save_load_round_trip_gives_identical_outputs, |device| {
     let lora = |d| {
         let mut l = LoraConfig::new(3, 6.0)
             .with_rslora(true)
-            .init(8, 12, device)
+            .init(12, 8, device)
             .unwrap();
         l.b = l.b.map(|_| randn([8, 3], device).mul_scalar(d));
         Adapter::Lora(l)
@@ -141,7 +141,7 @@ backend_test!(save_load_round_trip_gives_identical_outputs, |device| {
         let cfg = FouraConfig::new(2, 4.0)
             .with_transform(SpectralTransform::Rfft)
             .with_gate(gate);
-        let mut f = cfg.init(8, 12, device).unwrap();
+        let mut f = cfg.init(12, 8, device).unwrap();
         f.b = f.b.map(|_| randn([8, 2], device));
         Adapter::Foura(f)
     };
@@ -185,7 +185,7 @@ backend_test!(save_load_round_trip_gives_identical_outputs, |device| {
 });
 
 fn lora_file(device: &burn::tensor::Device) -> (TensorFile, String) {
-    let l = LoraConfig::new(2, 4.0).init(4, 5, device).unwrap();
+    let l = LoraConfig::new(2, 4.0).init(5, 4, device).unwrap();
     peft::to_peft(&BTreeMap::from([("fc".to_string(), Adapter::Lora(l))])).unwrap()
 }
 
