@@ -13,4 +13,5 @@ mod mixed_batch;
 mod model;
 mod peft;
 mod shira;
+mod smollm2;
 mod transform;

@@ -2,51 +2,47 @@
 //! then a pre-norm SwiGLU feed-forward network, each added to the residual.
 
 use burn::tensor::activation::{silu, softmax};
-use burn::tensor::{Bool, Tensor};
+use burn::tensor::{Bool, Device, Tensor, TensorData};
 
 use super::norm::RmsNorm;
 use super::rope::RopeAt;
 use super::storage::Matrix;
 
-/// The weights of one block.
-#[derive(Debug, Clone)]
-pub(crate) struct Block {
-    pub(crate) attn_norm: RmsNorm,
-    pub(crate) q: Matrix,
-    pub(crate) k: Matrix,
-    pub(crate) v: Matrix,
-    pub(crate) o: Matrix,
-    pub(crate) ffn_norm: RmsNorm,
-    pub(crate) gate: Matrix,
-    pub(crate) up: Matrix,
-    pub(crate) down: Matrix,
-}
-
-/// Head counts of the attention.
+/// The projections of a block, the one part in which the inference model
+/// (panel matrices, [`Block`]) and the trainable module (burn `Linear`
+/// layers, [`super::module::LlamaBlock`]) differ; the block's computation
+/// ([`BlockWeights::qkv`], [`BlockWeights::finish`]) is shared.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Heads {
-    pub(crate) n_heads: usize,
-    pub(crate) n_kv_heads: usize,
-    pub(crate) head_dim: usize,
+pub(crate) enum Proj {
+    Q,
+    K,
+    V,
+    O,
+    Gate,
+    Up,
+    Down,
 }
 
-impl Block {
+/// What a block's computation needs from its weights.
+pub(crate) trait BlockWeights {
+    /// RMSNorm before attention.
+    fn attn_norm(&self, x: Tensor<3>) -> Tensor<3>;
+    /// RMSNorm before the feed-forward network.
+    fn ffn_norm(&self, x: Tensor<3>) -> Tensor<3>;
+    /// `x Wᵀ` with projection `p`, `[b, n, in]` → `[b, n, out]`.
+    fn project(&self, p: Proj, x: Tensor<3>) -> Tensor<3>;
+
     /// Queries (`[b, n_heads, n, dh]`), keys and values (`[b, n_kv_heads, n, dh]`)
     /// of `x` `[b, n, d]`, with RoPE applied to queries and keys.
-    pub(crate) fn qkv(
-        &self,
-        x: Tensor<3>,
-        heads: Heads,
-        rope: &RopeAt,
-    ) -> (Tensor<4>, Tensor<4>, Tensor<4>) {
+    fn qkv(&self, x: Tensor<3>, heads: Heads, rope: &RopeAt) -> (Tensor<4>, Tensor<4>, Tensor<4>) {
         let [b, n, _] = x.dims();
-        let h = self.attn_norm.forward(x);
+        let h = self.attn_norm(x);
         let split = |t: Tensor<3>, heads_n: usize| {
             t.reshape([b, n, heads_n, heads.head_dim]).swap_dims(1, 2)
         };
-        let q = rope.apply(split(self.q.forward(h.clone()), heads.n_heads));
-        let k = rope.apply(split(self.k.forward(h.clone()), heads.n_kv_heads));
-        let v = split(self.v.forward(h), heads.n_kv_heads);
+        let q = rope.apply(split(self.project(Proj::Q, h.clone()), heads.n_heads));
+        let k = rope.apply(split(self.project(Proj::K, h.clone()), heads.n_kv_heads));
+        let v = split(self.project(Proj::V, h), heads.n_kv_heads);
         (q, k, v)
     }
 
@@ -61,7 +57,7 @@ impl Block {
     /// llama.cpp's broadcast matrix product and of Hugging Face's
     /// `repeat_kv`. The `g` query heads of a group are stacked along the
     /// query axis so that each group is one matrix product.
-    pub(crate) fn finish(
+    fn finish(
         &self,
         x: Tensor<3>,
         q: Tensor<4>,
@@ -87,10 +83,83 @@ impl Block {
             .reshape([b, n_heads, n, head_dim])
             .swap_dims(1, 2)
             .reshape([b, n, d]);
-        let x = x + self.o.forward(att);
-        let h = self.ffn_norm.forward(x.clone());
+        let x = x + self.project(Proj::O, att);
+        let h = self.ffn_norm(x.clone());
         // SwiGLU (Shazeer 2020, eq. 6): down(SiLU(gate h) ⊙ up h).
-        let ff = silu(self.gate.forward(h.clone())) * self.up.forward(h);
-        x + self.down.forward(ff)
+        let ff = silu(self.project(Proj::Gate, h.clone())) * self.project(Proj::Up, h);
+        x + self.project(Proj::Down, ff)
     }
+}
+
+/// The weights of one block of the inference model.
+#[derive(Debug, Clone)]
+pub(crate) struct Block {
+    pub(crate) attn_norm: RmsNorm,
+    pub(crate) q: Matrix,
+    pub(crate) k: Matrix,
+    pub(crate) v: Matrix,
+    pub(crate) o: Matrix,
+    pub(crate) ffn_norm: RmsNorm,
+    pub(crate) gate: Matrix,
+    pub(crate) up: Matrix,
+    pub(crate) down: Matrix,
+}
+
+/// Head counts of the attention.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Heads {
+    pub(crate) n_heads: usize,
+    pub(crate) n_kv_heads: usize,
+    pub(crate) head_dim: usize,
+}
+
+impl BlockWeights for Block {
+    fn attn_norm(&self, x: Tensor<3>) -> Tensor<3> {
+        self.attn_norm.forward(x)
+    }
+
+    fn ffn_norm(&self, x: Tensor<3>) -> Tensor<3> {
+        self.ffn_norm.forward(x)
+    }
+
+    fn project(&self, p: Proj, x: Tensor<3>) -> Tensor<3> {
+        match p {
+            Proj::Q => &self.q,
+            Proj::K => &self.k,
+            Proj::V => &self.v,
+            Proj::O => &self.o,
+            Proj::Gate => &self.gate,
+            Proj::Up => &self.up,
+            Proj::Down => &self.down,
+        }
+        .forward(x)
+    }
+}
+
+/// The attention mask of a pass over `n` new tokens per row, row `r`'s
+/// starting at position `offsets[r]`, against `total` key positions:
+/// `[b, n_kv_heads, g·n, total]`, `true` = hidden. Query row (member `m` of
+/// a group, position `i`) of batch row `r` sees key `j` iff `j ≤ offsets[r] + i`.
+pub(crate) fn causal_mask(
+    offsets: &[usize],
+    n: usize,
+    total: usize,
+    heads: Heads,
+    device: &Device,
+) -> Tensor<4, Bool> {
+    let b = offsets.len();
+    let rows = heads.n_heads / heads.n_kv_heads * n;
+    let mask: Vec<bool> = (0..b * rows * total)
+        .map(|k| {
+            let (row, rest) = (k / (rows * total), k % (rows * total));
+            let (query, key) = (rest / total, rest % total);
+            key > offsets[row] + query % n
+        })
+        .collect();
+    Tensor::<4, Bool>::from_data(TensorData::new(mask, [b, 1, rows, total]), device).expand([
+        b,
+        heads.n_kv_heads,
+        rows,
+        total,
+    ])
 }

@@ -3,13 +3,13 @@
 
 use std::path::Path;
 
-use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
+use burn::tensor::{Device, Int, Tensor, TensorData};
 use lastmile_core::gguf::GgufFile;
 use lastmile_core::lm::LmError;
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
-use super::block::{Block, Heads};
+use super::block::{Block, BlockWeights, Heads, causal_mask};
 use super::cache::{LlamaCache, write};
 use super::config::LlamaConfig;
 use super::error::{LlamaError, LlamaResult};
@@ -25,15 +25,15 @@ use super::storage::{Matrix, WeightStorage};
 /// matches llama.cpp.
 #[derive(Debug, Clone)]
 pub struct LlamaModel {
-    config: LlamaConfig,
-    storage: WeightStorage,
+    pub(super) config: LlamaConfig,
+    pub(super) storage: WeightStorage,
     /// `[vocab, d]`, rows looked up by token id.
-    embed: Tensor<2>,
-    blocks: Vec<Block>,
-    norm: RmsNorm,
-    head: Matrix,
-    rope: Rope,
-    device: Device,
+    pub(super) embed: Tensor<2>,
+    pub(super) blocks: Vec<Block>,
+    pub(super) norm: RmsNorm,
+    pub(super) head: Matrix,
+    pub(super) rope: Rope,
+    pub(super) device: Device,
 }
 
 /// Where a weight comes from: the GGUF file or a seeded generator.
@@ -379,18 +379,7 @@ impl LlamaModel {
             n_kv_heads: self.config.n_kv_heads,
             head_dim: self.config.head_dim(),
         };
-        let g = heads.n_heads / heads.n_kv_heads;
-        // Query row (member m of a group, position i) of batch row r sees key j iff j <= offset_r + i.
-        let rows = g * n;
-        let mask: Vec<bool> = (0..b * rows * total)
-            .map(|k| {
-                let (row, rest) = (k / (rows * total), k % (rows * total));
-                let (query, key) = (rest / total, rest % total);
-                key > offsets[row] + query % n
-            })
-            .collect();
-        let mask = Tensor::<4, Bool>::from_data(TensorData::new(mask, [b, 1, rows, total]), device)
-            .expand([b, heads.n_kv_heads, rows, total]);
+        let mask = causal_mask(&offsets, n, total, heads, device);
         let rope = self.rope.at(pos, b, n);
         let d = self.config.d_model;
         let mut x = self.embed.clone().select(0, ids).reshape([b, n, d]);

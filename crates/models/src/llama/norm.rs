@@ -20,6 +20,12 @@ impl RmsNorm {
         }
     }
 
+    /// The gain `g`, `[d]`.
+    pub(crate) fn gain(&self) -> Tensor<1> {
+        let d = self.gain.dims()[2];
+        self.gain.clone().reshape([d])
+    }
+
     /// Normalises `x` `[b, n, d]` row by row.
     pub(crate) fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         let mean_sq = (x.clone() * x.clone()).mean_dim(2);

@@ -161,6 +161,20 @@ impl Matrix {
         if half { y.cast(DType::F32) } else { y }
     }
 
+    /// `Wᵀ` as `f32`, `[in, out]`: the layout of burn's `Linear` weight.
+    pub(crate) fn to_in_out(&self) -> Tensor<2> {
+        let w_t = match &self.layout {
+            Layout::Plain(w_t) => w_t.clone(),
+            // [p, in, c] → [in, p, c] → [in, p·PANEL + c]
+            Layout::Panels(w) => w.clone().swap_dims(0, 1).reshape([self.inp, self.out]),
+        };
+        if self.storage == WeightStorage::F32 {
+            w_t
+        } else {
+            w_t.cast(DType::F32)
+        }
+    }
+
     /// Bytes held on the device.
     pub(crate) fn bytes(&self) -> usize {
         self.out * self.inp * self.storage.bytes_per_weight()

@@ -1,0 +1,291 @@
+//! The Llama model as a burn [`Module`]: the same network as
+//! [`LlamaModel`], its projections held as `burn::nn::Linear` layers, for
+//! fine-tuning with autodiff and for adapters (`lastmile-adapters`'
+//! `AdaptedModel` finds its layers by module path, e.g. `blocks.*.q`).
+//!
+//! [`LlamaModel`] stays the model to decode with: its panel matrices and KV
+//! cache are laid out for one-token steps, which a training graph does not
+//! need. [`LlamaModule::from_model`] and [`LlamaModule::to_model`] move the
+//! weights between the two; both compute with the same block code, so the
+//! two agree to rounding (`tests/it/llama_module.rs`).
+
+use burn::module::{Module, Param};
+use burn::nn::Linear;
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use lastmile_core::convert::tensor_to_vec;
+use lastmile_core::lm::LmError;
+
+use super::block::{Block, BlockWeights, Heads, Proj, causal_mask};
+use super::config::LlamaConfig;
+use super::error::{LlamaError, LlamaResult};
+use super::model::LlamaModel;
+use super::norm::RmsNorm;
+use super::rope::Rope;
+use super::storage::{Matrix, WeightStorage};
+
+/// One Llama block as a burn module. Parameter paths (under
+/// `blocks.<i>.`): `attn_norm`, `q`, `k`, `v`, `o` (attention),
+/// `ffn_norm`, `gate`, `up`, `down` (SwiGLU); the projections are
+/// `Linear` layers without bias, weights `[in, out]`.
+#[derive(Module, Debug)]
+pub struct LlamaBlock {
+    /// RMSNorm gain before attention, `[d]`.
+    pub attn_norm: Param<Tensor<1>>,
+    /// Query projection, `d → n_heads·dh`.
+    pub q: Linear,
+    /// Key projection, `d → n_kv_heads·dh`.
+    pub k: Linear,
+    /// Value projection, `d → n_kv_heads·dh`.
+    pub v: Linear,
+    /// Attention output projection, `d → d`.
+    pub o: Linear,
+    /// RMSNorm gain before the feed-forward network, `[d]`.
+    pub ffn_norm: Param<Tensor<1>>,
+    /// SwiGLU gate projection, `d → d_ff`.
+    pub gate: Linear,
+    /// SwiGLU up projection, `d → d_ff`.
+    pub up: Linear,
+    /// SwiGLU down projection, `d_ff → d`.
+    pub down: Linear,
+    #[module(skip)]
+    eps: f32,
+}
+
+impl BlockWeights for LlamaBlock {
+    fn attn_norm(&self, x: Tensor<3>) -> Tensor<3> {
+        RmsNorm::new(self.attn_norm.val(), self.eps).forward(x)
+    }
+
+    fn ffn_norm(&self, x: Tensor<3>) -> Tensor<3> {
+        RmsNorm::new(self.ffn_norm.val(), self.eps).forward(x)
+    }
+
+    fn project(&self, p: Proj, x: Tensor<3>) -> Tensor<3> {
+        match p {
+            Proj::Q => &self.q,
+            Proj::K => &self.k,
+            Proj::V => &self.v,
+            Proj::O => &self.o,
+            Proj::Gate => &self.gate,
+            Proj::Up => &self.up,
+            Proj::Down => &self.down,
+        }
+        .forward(x)
+    }
+}
+
+/// A Llama-family model as a burn module, for training (full sequences, no
+/// cache). Parameter paths: `embed` (`[vocab, d]`, also the output head
+/// when the checkpoint ties them), `blocks.<i>.…` ([`LlamaBlock`]), `norm`
+/// (the final RMSNorm gain), and `head` (an untied output projection).
+///
+/// # Examples
+/// ```
+/// # #[cfg(feature = "flex")] {
+/// use burn::tensor::Device;
+/// use lastmile_core::lm::LanguageModel;
+/// use lastmile_models::llama::{LlamaConfig, LlamaModule, WeightStorage};
+///
+/// let device = Device::flex();
+/// let model = LlamaConfig::tiny().init_random(3, WeightStorage::F32, &device)?;
+/// let module = LlamaModule::from_model(&model, &device.clone().autodiff())?;
+/// let logits = module.forward(&[vec![1, 2, 3, 4]])?; // [1, 4, vocab], differentiable
+/// let mut cache = model.new_cache(1)?;
+/// let cached = model.forward_cached(&mut cache, &[vec![1, 2, 3, 4]])?;
+/// let diff = (logits.inner() - cached).abs().max().into_scalar::<f32>();
+/// assert!(diff < 1e-4);
+/// # }
+/// # Ok::<(), lastmile_models::llama::LlamaError>(())
+/// ```
+#[derive(Module, Debug)]
+pub struct LlamaModule {
+    /// Token embeddings, `[vocab, d]`.
+    pub embed: Param<Tensor<2>>,
+    /// The blocks, in order.
+    pub blocks: Vec<LlamaBlock>,
+    /// Final RMSNorm gain, `[d]`.
+    pub norm: Param<Tensor<1>>,
+    /// The output projection when it is not tied to `embed`.
+    pub head: Option<Linear>,
+    #[module(skip)]
+    config: LlamaConfig,
+}
+
+impl LlamaModule {
+    /// The weights of `model`, as `f32` on `device` (e.g. an autodiff
+    /// device to train).
+    ///
+    /// # Errors
+    /// [`LlamaError::Storage`] when `device` cannot hold `f32` tensors.
+    pub fn from_model(model: &LlamaModel, device: &Device) -> LlamaResult<Self> {
+        if !device.supports_dtype(WeightStorage::F32.dtype()) {
+            return Err(LlamaError::Storage {
+                storage: "F32".into(),
+                device: format!("{device:?}"),
+            });
+        }
+        let config = model.config.clone();
+        let eps = config.rms_eps;
+        let onto = |t: Tensor<2>| Tensor::<2>::from_data(t.into_data(), device);
+        let linear = |m: &Matrix| Linear {
+            weight: Param::from_tensor(onto(m.to_in_out())),
+            bias: None,
+        };
+        let gain =
+            |n: &RmsNorm| Param::from_tensor(Tensor::<1>::from_data(n.gain().into_data(), device));
+        let blocks = model
+            .blocks
+            .iter()
+            .map(|b: &Block| LlamaBlock {
+                attn_norm: gain(&b.attn_norm),
+                q: linear(&b.q),
+                k: linear(&b.k),
+                v: linear(&b.v),
+                o: linear(&b.o),
+                ffn_norm: gain(&b.ffn_norm),
+                gate: linear(&b.gate),
+                up: linear(&b.up),
+                down: linear(&b.down),
+                eps,
+            })
+            .collect();
+        let head = (!config.tied_embeddings).then(|| linear(&model.head));
+        Ok(Self {
+            embed: Param::from_tensor(onto(model.embed.clone())),
+            blocks,
+            norm: gain(&model.norm),
+            head,
+            config,
+        })
+    }
+
+    /// The fast inference model with this module's weights (e.g. after
+    /// fine-tuning and merging adapters), stored as `storage` on `device`.
+    ///
+    /// # Errors
+    /// [`LlamaError::Storage`] when `device` cannot hold `storage`;
+    /// [`LlamaError::Core`] when a weight cannot be read back to the host.
+    pub fn to_model(&self, storage: WeightStorage, device: &Device) -> LlamaResult<LlamaModel> {
+        if !device.supports_dtype(storage.dtype()) {
+            return Err(LlamaError::Storage {
+                storage: format!("{storage:?}"),
+                device: format!("{device:?}"),
+            });
+        }
+        let host = |t: Tensor<2>| -> LlamaResult<(Vec<f32>, [usize; 2])> {
+            let dims = t.dims();
+            Ok((tensor_to_vec(t)?, dims))
+        };
+        // Linear holds [in, out]; the inference model takes [out, in].
+        let matrix = |l: &Linear| -> LlamaResult<Matrix> {
+            let (w_oi, [out, inp]) = host(l.weight.val().inner().transpose())?;
+            Ok(Matrix::from_out_in(&w_oi, out, inp, storage, device))
+        };
+        let onto1 =
+            |p: &Param<Tensor<1>>| Tensor::<1>::from_data(p.val().inner().into_data(), device);
+        let eps = self.config.rms_eps;
+        let mut blocks = Vec::with_capacity(self.blocks.len());
+        for b in &self.blocks {
+            blocks.push(Block {
+                attn_norm: RmsNorm::new(onto1(&b.attn_norm), eps),
+                q: matrix(&b.q)?,
+                k: matrix(&b.k)?,
+                v: matrix(&b.v)?,
+                o: matrix(&b.o)?,
+                ffn_norm: RmsNorm::new(onto1(&b.ffn_norm), eps),
+                gate: matrix(&b.gate)?,
+                up: matrix(&b.up)?,
+                down: matrix(&b.down)?,
+            });
+        }
+        let (embed, [vocab, d]) = host(self.embed.val().inner())?;
+        let head = match &self.head {
+            Some(h) => matrix(h)?,
+            None => Matrix::from_out_in(&embed, vocab, d, storage, device),
+        };
+        let config = self.config.clone();
+        Ok(LlamaModel {
+            rope: Rope::new(
+                config.head_dim(),
+                config.max_context,
+                config.rope_base,
+                device,
+            ),
+            embed: Tensor::from_data(TensorData::new(embed, [vocab, d]), device),
+            blocks,
+            norm: RmsNorm::new(onto1(&self.norm), eps),
+            head,
+            config,
+            storage,
+            device: device.clone(),
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &LlamaConfig {
+        &self.config
+    }
+
+    /// Next-token logits at every position of each row, `[b, n, vocab]`,
+    /// each row starting at position 0 (no cache): the training forward.
+    ///
+    /// # Errors
+    /// [`LmError::Batch`] for no rows, an empty row or rows of different
+    /// lengths; [`LmError::TokenOutOfRange`]; [`LmError::ContextOverflow`]
+    /// (each as [`LlamaError::Lm`]).
+    pub fn forward(&self, tokens: &[Vec<usize>]) -> LlamaResult<Tensor<3>> {
+        let n = tokens.first().map_or(0, Vec::len);
+        if n == 0 || tokens.iter().any(|t| t.len() != n) {
+            return Err(LlamaError::Lm(LmError::Batch {
+                what: "token rows".into(),
+                expected: "at least one row, all of one non-zero length".into(),
+                found: tokens.iter().map(Vec::len).min().unwrap_or(0),
+            }));
+        }
+        let (vocab, max) = (self.config.vocab_size, self.config.max_context);
+        for (row, t) in tokens.iter().enumerate() {
+            if let Some((position, &token)) = t.iter().enumerate().find(|(_, t)| **t >= vocab) {
+                return Err(LlamaError::Lm(LmError::TokenOutOfRange {
+                    row,
+                    position,
+                    token,
+                    vocab,
+                }));
+            }
+            if n > max {
+                return Err(LlamaError::Lm(LmError::ContextOverflow {
+                    row,
+                    needed: n,
+                    max,
+                }));
+            }
+        }
+        let b = tokens.len();
+        let device = self.embed.val().device();
+        let ids: Vec<i64> = tokens.iter().flatten().map(|&t| t as i64).collect();
+        let ids = Tensor::<1, Int>::from_data(TensorData::new(ids, [b * n]), &device);
+        let pos: Vec<i64> = (0..b).flat_map(|_| 0..n as i64).collect();
+        let pos = Tensor::<1, Int>::from_data(TensorData::new(pos, [b * n]), &device);
+        let heads = Heads {
+            n_heads: self.config.n_heads,
+            n_kv_heads: self.config.n_kv_heads,
+            head_dim: self.config.head_dim(),
+        };
+        let rope = Rope::new(heads.head_dim, n, self.config.rope_base, &device).at(pos, b, n);
+        let mask = causal_mask(&vec![0; b], n, n, heads, &device);
+        let d = self.config.d_model;
+        let mut x = self.embed.val().select(0, ids).reshape([b, n, d]);
+        for block in &self.blocks {
+            let (q, k, v) = block.qkv(x.clone(), heads, &rope);
+            x = block.finish(x, q, k, v, mask.clone(), heads);
+        }
+        let h = RmsNorm::new(self.norm.val(), self.config.rms_eps).forward(x);
+        Ok(match &self.head {
+            Some(head) => head.forward(h),
+            None => h
+                .reshape([b * n, d])
+                .matmul(self.embed.val().transpose())
+                .reshape([b, n, vocab]),
+        })
+    }
+}

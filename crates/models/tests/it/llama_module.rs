@@ -1,0 +1,110 @@
+#![allow(clippy::unwrap_used)]
+//! `LlamaModule`, the trainable burn-module form of the Llama model: the same
+//! logits as `LlamaModel` (both panel and plain matrix layouts, tied and
+//! untied heads), an exact round trip back to the inference model,
+//! gradients on the projections, typed errors for bad token rows.
+//!
+//! Tolerance: both run the same block code, but the module multiplies by
+//! `Wᵀ` as one plain product where the inference model uses panels, so
+//! summation order differs: `TOL = 1e-4` on logits of magnitude ~1 (as in
+//! `tests/it/llama.rs`). The round trip moves the same f32 values into the
+//! same layouts, so it is compared bit for bit.
+
+use burn::optim::GradientsParams;
+use lastmile_core::backend_test;
+use lastmile_core::convert::tensor_to_vec;
+use lastmile_core::lm::LmError;
+use lastmile_models::llama::{LlamaConfig, LlamaError, LlamaModule, WeightStorage};
+
+const TOL: f32 = 1e-4;
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+backend_test!(
+    module_matches_the_inference_model_and_round_trips,
+    |device| {
+        let rows = vec![vec![3, 1, 4, 1, 5, 9, 2], vec![6, 5, 3, 5, 8, 9, 7]];
+        for tied in [true, false] {
+            let config = LlamaConfig {
+                tied_embeddings: tied,
+                ..LlamaConfig::tiny()
+            };
+            let model = config.init_random(11, WeightStorage::F32, device).unwrap();
+            let module = LlamaModule::from_model(&model, device).unwrap();
+            assert_eq!(module.head.is_some(), !tied);
+            let ours = tensor_to_vec(module.forward(&rows).unwrap()).unwrap();
+            let mut cache = model.new_cache(2).unwrap();
+            let want = tensor_to_vec(model.forward_cached(&mut cache, &rows).unwrap()).unwrap();
+            let diff = max_abs_diff(&ours, &want);
+            assert!(diff < TOL, "tied {tied}: max |Δ| {diff}");
+            // Back to the inference model: the same weights, the same logits.
+            let back = module.to_model(WeightStorage::F32, device).unwrap();
+            let mut cache = back.new_cache(2).unwrap();
+            let again = tensor_to_vec(back.forward_cached(&mut cache, &rows).unwrap()).unwrap();
+            assert_eq!(again, want, "tied {tied}");
+            assert_eq!(back.config(), model.config());
+        }
+    }
+);
+
+backend_test!(gradients_reach_the_projections, |device| {
+    let ad = device.clone().autodiff();
+    let model = LlamaConfig::tiny()
+        .init_random(5, WeightStorage::F32, device)
+        .unwrap();
+    let module = LlamaModule::from_model(&model, &ad).unwrap();
+    let logits = module.forward(&[vec![1, 2, 3, 4, 5]]).unwrap();
+    let grads = logits.powi_scalar(2).mean().backward();
+    for (name, g) in [
+        ("q", module.blocks[0].q.weight.grad(&grads)),
+        ("down", module.blocks[1].down.weight.grad(&grads)),
+        ("embed", module.embed.grad(&grads)),
+    ] {
+        let g = tensor_to_vec(
+            g.unwrap_or_else(|| panic!("{name}: no gradient"))
+                .reshape([-1]),
+        )
+        .unwrap();
+        assert!(g.iter().any(|v| *v != 0.0), "{name}: zero gradient");
+    }
+    let gp = GradientsParams::from_grads(grads, &module);
+    assert!(!gp.is_empty());
+});
+
+backend_test!(bad_token_rows_are_typed_errors, |device| {
+    let model = LlamaConfig::tiny()
+        .init_random(5, WeightStorage::F32, device)
+        .unwrap();
+    let module = LlamaModule::from_model(&model, device).unwrap();
+    for rows in [vec![], vec![vec![]], vec![vec![1, 2], vec![3]]] {
+        assert!(
+            matches!(
+                module.forward(&rows),
+                Err(LlamaError::Lm(LmError::Batch { .. }))
+            ),
+            "{rows:?}"
+        );
+    }
+    assert!(matches!(
+        module.forward(&[vec![1, 64]]),
+        Err(LlamaError::Lm(LmError::TokenOutOfRange {
+            position: 1,
+            token: 64,
+            ..
+        }))
+    ));
+    assert!(matches!(
+        module.forward(&[vec![1; 65]]),
+        Err(LlamaError::Lm(LmError::ContextOverflow {
+            needed: 65,
+            max: 64,
+            ..
+        }))
+    ));
+});
