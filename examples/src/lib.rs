@@ -2,6 +2,7 @@
 //! SVG plots, a small MLP classifier and its training loop.
 
 pub mod adapters;
+pub mod adapters_llm;
 pub mod conformal;
 pub mod federated;
 pub mod llm;
