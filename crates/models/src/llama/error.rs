@@ -69,6 +69,15 @@ pub enum LlamaError {
         found: Vec<usize>,
     },
 
+    /// A draft checkpoint could not be written or read back.
+    #[error("checkpoint {path}: {reason}")]
+    Checkpoint {
+        /// The file.
+        path: String,
+        /// What went wrong.
+        reason: String,
+    },
+
     /// A failure every language model shares (token out of range, context
     /// overflow, batch mismatch), as [`LmError`] names it.
     #[error(transparent)]

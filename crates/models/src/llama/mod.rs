@@ -75,6 +75,7 @@
 mod block;
 mod cache;
 mod config;
+mod distill;
 mod early_exit;
 mod error;
 mod lm;
@@ -86,6 +87,7 @@ mod storage;
 
 pub use cache::{CACHE_CHUNK, LlamaCache};
 pub use config::{LlamaConfig, MAX_DIM, MAX_LAYERS};
+pub use distill::{MAX_DRAFT_BYTES, distill_draft};
 pub use early_exit::LlamaEarlyExit;
 pub use error::{LlamaError, LlamaResult};
 pub use model::LlamaModel;

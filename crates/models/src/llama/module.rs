@@ -226,6 +226,24 @@ impl LlamaModule {
         &self.config
     }
 
+    /// The model cut after its first `layers` blocks (final norm and head
+    /// kept): the early-exit network as a trainable module.
+    ///
+    /// # Errors
+    /// [`LlamaError::Config`] for `layers` outside `1..=n_layers`.
+    pub fn first_blocks(mut self, layers: usize) -> LlamaResult<Self> {
+        if layers == 0 || layers > self.blocks.len() {
+            return Err(LlamaError::Config {
+                field: "layers",
+                value: layers.to_string(),
+                expected: format!("1..={} blocks", self.blocks.len()),
+            });
+        }
+        self.blocks.truncate(layers);
+        self.config.n_layers = layers;
+        Ok(self)
+    }
+
     /// Next-token logits at every position of each row, `[b, n, vocab]`,
     /// each row starting at position 0 (no cache): the training forward.
     ///

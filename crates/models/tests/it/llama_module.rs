@@ -108,3 +108,73 @@ backend_test!(bad_token_rows_are_typed_errors, |device| {
         }))
     ));
 });
+
+backend_test!(distilled_draft_learns_and_round_trips, |device| {
+    use lastmile_models::TrainConfig;
+    use lastmile_models::llama::distill_draft;
+    let ad = device.clone().autodiff();
+    let config = LlamaConfig {
+        n_layers: 3,
+        ..LlamaConfig::tiny()
+    };
+    let target = config.init_random(2, WeightStorage::F32, device).unwrap();
+    // A text with structure the target's distribution reflects.
+    let tokens: Vec<usize> = (0..600).map(|i| (i * 7 + i / 5) % 64).collect();
+    let draft = LlamaModule::draft_from(&target, 1, &ad).unwrap();
+    assert_eq!(draft.blocks.len(), 1);
+    assert_eq!(draft.config().n_layers, 1);
+    let cfg = TrainConfig {
+        lr: 1e-2,
+        seed: 3,
+        ..TrainConfig::new(40, 4, 16)
+    };
+    let mut kl = Vec::new();
+    let embed_before = tensor_to_vec(draft.embed.val().inner().reshape([-1])).unwrap();
+    let draft = distill_draft(draft, &target, &tokens, &cfg, |_, l| kl.push(l)).unwrap();
+    assert_eq!(kl.len(), 40);
+    // KL is non-negative and falls (mean of the last 5 steps below half the first 5).
+    assert!(kl.iter().all(|v| *v >= -1e-5), "{kl:?}");
+    let (first, last) = (
+        kl[..5].iter().sum::<f32>() / 5.0,
+        kl[35..].iter().sum::<f32>() / 5.0,
+    );
+    assert!(last < 0.5 * first, "KL {first} → {last}");
+    // The embedding (and tied head) stayed frozen.
+    assert_eq!(
+        tensor_to_vec(draft.embed.val().inner().reshape([-1])).unwrap(),
+        embed_before
+    );
+    // Save → load gives the same logits, bit for bit.
+    let path = std::env::temp_dir().join(format!(
+        "lastmile_llama_draft_{}_{:?}.bpk",
+        std::process::id(),
+        lastmile_core::Backend::of(device)
+    ));
+    draft.save(&path).unwrap();
+    let back = LlamaModule::load_draft(&target, 1, &path, &ad).unwrap();
+    let rows = [vec![1, 2, 3, 4, 5]];
+    assert_eq!(
+        tensor_to_vec(back.forward(&rows).unwrap().inner()).unwrap(),
+        tensor_to_vec(draft.forward(&rows).unwrap().inner()).unwrap()
+    );
+    // A skeleton of another depth does not take the file; garbage and
+    // missing files are typed errors.
+    assert!(matches!(
+        LlamaModule::load_draft(&target, 2, &path, &ad),
+        Err(LlamaError::Checkpoint { .. })
+    ));
+    std::fs::write(&path, b"not a checkpoint").unwrap();
+    assert!(matches!(
+        LlamaModule::load_draft(&target, 1, &path, &ad),
+        Err(LlamaError::Checkpoint { .. })
+    ));
+    std::fs::remove_file(&path).unwrap();
+    assert!(matches!(
+        LlamaModule::load_draft(&target, 1, &path, &ad),
+        Err(LlamaError::Checkpoint { .. })
+    ));
+    assert!(matches!(
+        LlamaModule::draft_from(&target, 4, &ad),
+        Err(LlamaError::Config { .. })
+    ));
+});
