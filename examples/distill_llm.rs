@@ -30,26 +30,33 @@ use lastmile_examples::plot::{LinePanel, write_svg};
 use lastmile_examples::report::{Flags, output_dir, progress_bar, table, write_csv};
 use lastmile_examples::spec_decode::{Method, sweep};
 use lastmile_models::TrainConfig;
-use lastmile_models::llama::{LlamaEarlyExit, LlamaModel, LlamaModule, WeightStorage, distill_draft};
+use lastmile_models::llama::{
+    LlamaEarlyExit, LlamaModel, LlamaModule, WeightStorage, distill_draft,
+};
 use lastmile_spec_decode::{AdaEdl, AdaEdlConfig, GenerationConfig};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
 /// KL to the target and top-1 agreement of `draft` on `windows`.
-fn agreement(target: &LlamaModel, draft: &LlamaModel, windows: &[Vec<usize>]) -> Result<(f64, f64)> {
+fn agreement(
+    target: &LlamaModel,
+    draft: &LlamaModel,
+    windows: &[Vec<usize>],
+) -> Result<(f64, f64)> {
     let (mut kl, mut same, mut total) = (0.0, 0usize, 0usize);
     for w in windows {
         let mut ct = target.new_cache(1)?;
         let mut cd = draft.new_cache(1)?;
         let lp = log_softmax(target.forward_cached(&mut ct, std::slice::from_ref(w))?, 2);
         let lq = log_softmax(draft.forward_cached(&mut cd, std::slice::from_ref(w))?, 2);
-        let k: Tensor<1> = (lp.clone().exp() * (lp.clone() - lq.clone())).sum_dim(2).mean().reshape([1]);
+        let k: Tensor<1> = (lp.clone().exp() * (lp.clone() - lq.clone()))
+            .sum_dim(2)
+            .mean()
+            .reshape([1]);
         kl += f64::from(tensor_to_vec(k)?[0]);
         let [_, n, v] = lp.dims();
-        let (p, q) = (tensor_to_vec(lp)?, tensor_to_vec(lq)?);
-        for i in 0..n {
-            same += usize::from(argmax(&p[i * v..(i + 1) * v]) == argmax(&q[i * v..(i + 1) * v]));
-        }
+        let (p, q) = (argmax(lp.reshape([n, v]))?, argmax(lq.reshape([n, v]))?);
+        same += p.iter().zip(&q).filter(|(a, b)| a == b).count();
         total += n;
     }
     Ok((kl / windows.len() as f64, same as f64 / total as f64))
@@ -69,9 +76,13 @@ fn main() -> Result<()> {
     let llm = Llm::load(&device)?;
     let target = &llm.model;
     let corpus = TextCorpus::rust_book(0.05)?;
-    let text = |bytes: &[u32]| String::from_utf8_lossy(&bytes.iter().map(|t| *t as u8).collect::<Vec<_>>()).into_owned();
+    let text = |bytes: &[u32]| {
+        String::from_utf8_lossy(&bytes.iter().map(|t| *t as u8).collect::<Vec<_>>()).into_owned()
+    };
     let train = llm.tokenizer.encode(&text(corpus.train()), false, false);
-    let valid = llm.tokenizer.encode(&text(corpus.validation()), false, false);
+    let valid = llm
+        .tokenizer
+        .encode(&text(corpus.validation()), false, false);
     let mut rng = StdRng::seed_from_u64(7);
     let held: Vec<Vec<usize>> = (0..8)
         .map(|_| {
@@ -80,7 +91,8 @@ fn main() -> Result<()> {
         })
         .collect();
 
-    let early = LlamaModule::draft_from(target, layers, &device)?.to_model(WeightStorage::F32, &device)?;
+    let early =
+        LlamaModule::draft_from(target, layers, &device)?.to_model(WeightStorage::F32, &device)?;
     let (kl0, agree0) = agreement(target, &early, &held)?;
     println!(
         "Distilling a {layers}-block draft of SmolLM2-135M-Instruct ({} training tokens of the Rust book), \
@@ -103,17 +115,31 @@ fn main() -> Result<()> {
     })?;
     bar.finish_and_clear();
     let seconds = start.elapsed().as_secs_f64();
-    let path = models_dir().join(MODEL_DIR).join(format!("draft-L{layers}.bpk"));
+    let path = models_dir()
+        .join(MODEL_DIR)
+        .join(format!("draft-L{layers}.bpk"));
     draft.save(&path)?;
     let distilled = draft.to_model(WeightStorage::F32, &device)?;
     let (kl1, agree1) = agreement(target, &distilled, &held)?;
     println!(
         "{}",
         table(
-            &["draft", "held-out KL to the target (nats)", "greedy token = target's"],
             &[
-                vec![format!("early exit, {layers} blocks"), format!("{kl0:.3}"), format!("{:.1}%", 100.0 * agree0)],
-                vec![format!("distilled, {steps} steps ({seconds:.0} s)"), format!("{kl1:.3}"), format!("{:.1}%", 100.0 * agree1)],
+                "draft",
+                "held-out KL to the target (nats)",
+                "greedy token = target's"
+            ],
+            &[
+                vec![
+                    format!("early exit, {layers} blocks"),
+                    format!("{kl0:.3}"),
+                    format!("{:.1}%", 100.0 * agree0)
+                ],
+                vec![
+                    format!("distilled, {steps} steps ({seconds:.0} s)"),
+                    format!("{kl1:.3}"),
+                    format!("{:.1}%", 100.0 * agree1)
+                ],
             ]
         )
     );
@@ -124,19 +150,38 @@ fn main() -> Result<()> {
         .iter()
         .map(|p| llm.text_prompt(p))
         .collect();
-    let gen = GenerationConfig::new(SamplingParams::new(0.0)?, 40)?;
+    let generation = GenerationConfig::new(SamplingParams::new(0.0)?, 40)?;
     let methods = [
         Method::Autoregressive,
         Method::Draft(Box::new(AdaEdl::new(AdaEdlConfig::default())?)),
     ];
     let exit_view = LlamaEarlyExit::new(target, layers)?;
-    let with_exit = sweep(&methods, target, &exit_view, &prompts, &gen, 1, || {})?;
-    let with_distilled = sweep(&methods, target, &distilled, &prompts, &gen, 1, || {})?;
+    let with_exit = sweep(
+        &methods,
+        target,
+        &exit_view,
+        &prompts,
+        &generation,
+        1,
+        || {},
+    )?;
+    let with_distilled = sweep(
+        &methods,
+        target,
+        &distilled,
+        &prompts,
+        &generation,
+        1,
+        || {},
+    )?;
     let ar = with_exit[0].1.tokens_per_second();
     let rows: Vec<Vec<String>> = [
         ("autoregressive".to_owned(), &with_exit[0].1),
         (format!("AdaEDL, early exit L={layers}"), &with_exit[1].1),
-        (format!("AdaEDL, distilled L={layers}"), &with_distilled[1].1),
+        (
+            format!("AdaEDL, distilled L={layers}"),
+            &with_distilled[1].1,
+        ),
     ]
     .iter()
     .map(|(name, m)| {
@@ -144,7 +189,11 @@ fn main() -> Result<()> {
             name.clone(),
             format!("{:.1}", m.tokens_per_second()),
             format!("{:.2}x", m.tokens_per_second() / ar),
-            if m.draft_calls > 0 { format!("{:.2}", m.mean_acceptance_length()) } else { "-".into() },
+            if m.draft_calls > 0 {
+                format!("{:.2}", m.mean_acceptance_length())
+            } else {
+                "-".into()
+            },
         ]
     })
     .collect();
@@ -152,7 +201,15 @@ fn main() -> Result<()> {
         "{}tokens/round: 1 + accepted draft tokens per target pass (1 = every draft rejected).\n\
          A speed-up below 1 means drafting and verifying cost more than the tokens they saved \
          (docs/benchmarks.md, Real models, explains this machine's verify cost).",
-        table(&["T = 0, 2 corpus prompts, 40 tokens", "tok/s", "speed-up", "tokens/round"], &rows)
+        table(
+            &[
+                "T = 0, 2 corpus prompts, 40 tokens",
+                "tok/s",
+                "speed-up",
+                "tokens/round"
+            ],
+            &rows
+        )
     );
 
     let out = output_dir()?;
@@ -167,10 +224,20 @@ fn main() -> Result<()> {
         "step",
         "KL(target ‖ draft), nats per token",
     )
-    .series("training windows", kls.iter().enumerate().map(|(i, k)| ((i + 1) as f64, f64::from(*k))).collect())
+    .series(
+        "training windows",
+        kls.iter()
+            .enumerate()
+            .map(|(i, k)| ((i + 1) as f64, f64::from(*k)))
+            .collect(),
+    )
     .hline("held-out, early exit", kl0)
     .hline("held-out, distilled", kl1);
     write_svg(&out.join("distill_llm.svg"), &[panel.into()], 1)?;
-    println!("Wrote {} and {}.", out.join("distill_llm.csv").display(), out.join("distill_llm.svg").display());
+    println!(
+        "Wrote {} and {}.",
+        out.join("distill_llm.csv").display(),
+        out.join("distill_llm.svg").display()
+    );
     Ok(())
 }

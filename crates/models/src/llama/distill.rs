@@ -17,7 +17,7 @@ use std::path::Path;
 
 use burn::grad_clipping::GradientClippingConfig;
 use burn::module::Module;
-use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
+use burn::optim::{AdamWConfig, GradientsParams};
 use burn::tensor::Tensor;
 use burn::tensor::activation::log_softmax;
 use rand::rngs::StdRng;
@@ -172,9 +172,7 @@ pub fn distill_draft(
         // The target's distribution is a constant of the draft's graph.
         let log_p = Tensor::<3>::from_data(log_p.into_data(), &device);
         let log_q = log_softmax(draft.forward(&windows)?, 2);
-        let kl = (log_p.clone().exp() * (log_p - log_q))
-            .sum_dim(2)
-            .mean();
+        let kl = (log_p.clone().exp() * (log_p - log_q)).sum_dim(2).mean();
         let value = kl.clone().into_scalar::<f32>();
         let grads = GradientsParams::from_grads(kl.backward(), &draft);
         draft = optim.step(config.lr_at(step), draft, grads);
