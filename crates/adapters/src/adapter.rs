@@ -250,8 +250,8 @@ impl Adapter {
         Ok(orient(self.delta_weight()?, layout))
     }
 
-    /// `W + c·ΔW` for a weight `W` stored as `layout`: the merge (`c = 1`),
-    /// unmerge (`c = −1`) and weighted fuse of every deployment path.
+    /// `W + c·ΔW` for a weight `W` stored as `layout`: the fuse of every
+    /// [`crate::AdaptedModel`] switch (`c = 1`, or a part's weight).
     ///
     /// The low-rank kinds never materialise `ΔW`: `W + c·s·B·A` (or its
     /// transpose) is one rank-r update, which on a CPU device runs as faer's
@@ -367,11 +367,16 @@ fn orient(delta: Tensor<2>, layout: WeightLayout) -> Tensor<2> {
     }
 }
 
-/// A frozen `burn::nn::Linear` plus an adapter.
+/// A frozen `burn::nn::Linear` plus an adapter, computing the **unmerged**
+/// forward `base(x) + adapter(x)`: the layer to write into a model's own
+/// code when training needs what a weight reparameterisation cannot
+/// express — adapter dropout, FouRA's input-dependent gate, PiSSA's
+/// residual base. Only the adapter's parameters require gradients.
 ///
-/// `forward` computes `base(x) + adapter(x)` (unmerged) or, after
-/// [`AdaptedLinear::merge`], `base'(x)` with `W' = W0 + ΔW`. Only the
-/// adapter's parameters require gradients.
+/// Deploying is [`crate::AdaptedModel`]'s job: register the trained
+/// `adapter` (for FouRA's adaptive gate, after
+/// [`crate::Foura::freeze_gate`]) with the handle over the model built from
+/// plain `Linear` layers, and switch it in there.
 ///
 /// # Examples
 /// ```
@@ -381,7 +386,7 @@ fn orient(delta: Tensor<2>, layout: WeightLayout) -> Tensor<2> {
 /// use lastmile_adapters::{AdaptedLinear, LoraConfig};
 /// let device = Device::flex();
 /// let base = LinearConfig::new(6, 4).init(&device);
-/// let lora = LoraConfig::new(2, 4.0).init(6, 4, &device).unwrap();
+/// let lora = LoraConfig::new(2, 4.0).with_dropout(0.1).init(6, 4, &device).unwrap();
 /// let layer = AdaptedLinear::new(base.clone(), lora.into()).unwrap();
 /// let x = Tensor::<2>::random([3, 6], Distribution::Normal(0.0, 1.0), &device);
 /// // B = 0 at init: exactly the base output
@@ -395,7 +400,6 @@ pub struct AdaptedLinear {
     pub base: Linear,
     /// The adapter.
     pub adapter: Adapter,
-    merged: bool,
 }
 
 impl AdaptedLinear {
@@ -415,21 +419,12 @@ impl AdaptedLinear {
         Ok(Self {
             base: base.no_grad(),
             adapter,
-            merged: false,
         })
     }
 
-    /// `base(x) + adapter(x)`, or `base(x)` once merged; `x: [..., in]`.
+    /// `base(x) + adapter(x)`; `x: [..., in]`.
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        if self.merged {
-            return self.base.forward(x);
-        }
         self.base.forward(x.clone()) + self.adapter.forward_delta(x)
-    }
-
-    /// Whether `ΔW` is currently folded into the base weight.
-    pub fn is_merged(&self) -> bool {
-        self.merged
     }
 
     /// `ΔW`, `[out, in]`.
@@ -438,40 +433,6 @@ impl AdaptedLinear {
     /// As [`Adapter::delta_weight`].
     pub fn delta_weight(&self) -> Result<Tensor<2>> {
         self.adapter.delta_weight()
-    }
-
-    /// Folds `ΔW` into the base weight (`W ← W0 + ΔW`); a no-op if merged.
-    /// The merged layer no longer trains the adapter.
-    ///
-    /// # Errors
-    /// As [`Adapter::delta_weight`].
-    pub fn merge(mut self) -> Result<Self> {
-        if self.merged {
-            return Ok(self);
-        }
-        let fused =
-            self.adapter
-                .add_scaled_delta(self.base.weight.val(), WeightLayout::InOut, 1.0)?;
-        self.base.weight = self.base.weight.map(|_| fused);
-        self.merged = true;
-        Ok(self)
-    }
-
-    /// Subtracts `ΔW` again (`W ← W − ΔW`, exact up to f32 rounding); a no-op
-    /// if not merged.
-    ///
-    /// # Errors
-    /// As [`Adapter::delta_weight`].
-    pub fn unmerge(mut self) -> Result<Self> {
-        if !self.merged {
-            return Ok(self);
-        }
-        let restored =
-            self.adapter
-                .add_scaled_delta(self.base.weight.val(), WeightLayout::InOut, -1.0)?;
-        self.base.weight = self.base.weight.map(|_| restored);
-        self.merged = false;
-        Ok(self)
     }
 
     /// Trainable values of the adapter.

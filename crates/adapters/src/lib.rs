@@ -28,7 +28,7 @@
 //! - [`AdaptedLinear`]: the layer to write into a model's own code when the
 //!   forward must stay unmerged — adapter dropout, FouRA's input-dependent
 //!   gate, PiSSA's residual base — which a weight reparameterisation cannot
-//!   express (`merge` and `unmerge` of that one layer).
+//!   express; its trained adapter is deployed through [`AdaptedModel`].
 //! - [`mixed_batch`]: one forward over a batch whose rows use different
 //!   adapters (per-row adapter choice, the base model alone for `None`).
 //! - [`peft`]: `adapter_model.safetensors` + `adapter_config.json`, checked
@@ -41,22 +41,28 @@
 //! ## Example
 //! ```
 //! # #[cfg(feature = "flex")] {
-//! use burn::nn::LinearConfig;
+//! use burn::module::Module;
+//! use burn::nn::{Linear, LinearConfig};
 //! use burn::tensor::{Device, Distribution, Tensor};
-//! use lastmile_adapters::{AdaptedLinear, LoraConfig};
+//! use lastmile_adapters::{AdaptedModel, AdapterSpec, LoraConfig};
+//!
+//! #[derive(Module, Debug)]
+//! struct Net { fc: Linear }
 //!
 //! let device = Device::flex();
-//! let base = LinearConfig::new(16, 8).init(&device);
-//! let lora = LoraConfig::new(4, 8.0).init(16, 8, &device)?;
-//! let layer = AdaptedLinear::new(base, lora.into())?;
+//! let net = Net { fc: LinearConfig::new(16, 8).init(&device) };
+//! let mut model = AdaptedModel::new(net, &["fc"])?;
+//! model.attach(&AdapterSpec::Lora(LoraConfig::new(4, 8.0).with_seed(1)))?;
+//! // … train `model.module()` here (see `AdaptedModel`) …
+//! model.register("task")?;
+//! model.switch("task")?; // W0 + ΔW fused into `fc`
 //! let x = Tensor::<2>::random([2, 16], Distribution::Normal(0.0, 1.0), &device);
-//! let unmerged = layer.forward(x.clone());
-//! let merged = layer.merge()?.forward(x);
-//! assert!((unmerged - merged).abs().max().into_scalar::<f32>() < 1e-5);
+//! let y = model.module().fc.forward(x);
+//! assert_eq!(y.dims(), [2, 8]);
 //! # }
 //! # Ok::<(), lastmile_adapters::AdapterError>(())
 //! ```
-//!
+
 //! ## Dependencies
 //! Beyond `lastmile-core` and burn: [rustfft](https://docs.rs/rustfft) for
 //! FouRA's `O(n log n)` transform path (the fastest pure-Rust FFT, with

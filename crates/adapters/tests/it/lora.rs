@@ -71,11 +71,9 @@ backend_test!(merge_matches_unmerged_and_unmerge_restores, |device| {
     let layer = AdaptedLinear::new(base, trained_lora(10, 16, 4, device).into()).unwrap();
     let x = randn([8, 16], device);
     let unmerged = vec2(layer.forward(x.clone()));
-    let merged = layer.merge().unwrap();
-    assert!(merged.is_merged());
-    assert!(max_abs_diff(&vec2(merged.forward(x)), &unmerged) < 1e-4);
-    let restored = merged.unmerge().unwrap();
-    assert!(max_abs_diff(&vec2(restored.base.weight.val()), &w0) <= 1e-5);
+    let (merged, restored) = deploy(&layer, x);
+    assert!(max_abs_diff(&merged, &unmerged) < 1e-4);
+    assert_eq!(restored, w0);
 });
 
 backend_test!(pissa_factors_are_the_top_singular_directions, |device| {

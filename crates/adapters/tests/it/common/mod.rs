@@ -2,7 +2,12 @@
 #![allow(missing_docs)]
 #![allow(dead_code, clippy::unwrap_used)]
 
+use std::collections::BTreeMap;
+
+use burn::module::Module;
+use burn::nn::Linear;
 use burn::tensor::{Device, Distribution, Tensor};
+use lastmile_adapters::{AdaptedLinear, AdaptedModel};
 
 /// Asserts that `$e` is `Err` of the variant `$p` (an `AdapterError`
 /// pattern), printing the error it got otherwise.
@@ -71,4 +76,30 @@ pub fn transpose(a: &[f32], rows: usize, cols: usize) -> Vec<f32> {
         }
     }
     out
+}
+
+/// One linear layer, as a module for `AdaptedModel`.
+#[derive(Module, Debug)]
+pub struct OneLayer {
+    pub fc: Linear,
+}
+
+/// Deploys `layer`'s adapter through `AdaptedModel` on the layer's own
+/// base: the output for `x` with the adapter switched in, and the weight
+/// after unmerging.
+pub fn deploy(layer: &AdaptedLinear, x: Tensor<2>) -> (Vec<f32>, Vec<f32>) {
+    let module = OneLayer {
+        fc: layer.base.clone(),
+    };
+    let mut model = AdaptedModel::new(module, &["fc"]).unwrap();
+    model
+        .add(
+            "a",
+            BTreeMap::from([("fc".to_string(), layer.adapter.clone())]),
+        )
+        .unwrap();
+    model.switch("a").unwrap();
+    let y = vec2(model.module().fc.forward(x));
+    model.unmerge().unwrap();
+    (y, vec2(model.module().fc.weight.val()))
 }
