@@ -16,7 +16,6 @@
 use std::path::Path;
 
 use burn::grad_clipping::GradientClippingConfig;
-use burn::module::Module;
 use burn::optim::{AdamWConfig, GradientsParams};
 use burn::tensor::Tensor;
 use burn::tensor::activation::log_softmax;
@@ -26,6 +25,7 @@ use rand::{RngExt, SeedableRng};
 use super::error::{LlamaError, LlamaResult};
 use super::model::LlamaModel;
 use super::module::LlamaModule;
+use crate::checkpoint::{load_module, save_module};
 use crate::train::TrainConfig;
 
 /// Largest draft checkpoint [`LlamaModule::load_draft`] reads (1 GiB).
@@ -63,12 +63,7 @@ impl LlamaModule {
     /// [`LlamaError::Checkpoint`] on I/O failure.
     pub fn save(&self, path: impl AsRef<Path>) -> LlamaResult<()> {
         let path = path.as_ref();
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| fail(path, e.to_string()))?;
-        }
-        self.clone()
-            .save_file(path)
-            .map_err(|e| fail(path, e.to_string()))
+        save_module(self, path).map_err(|e| fail(path, e))
     }
 
     /// Loads a draft saved by [`LlamaModule::save`] after
@@ -85,16 +80,8 @@ impl LlamaModule {
         device: &burn::tensor::Device,
     ) -> LlamaResult<Self> {
         let path = path.as_ref();
-        let meta = std::fs::metadata(path).map_err(|e| fail(path, e.to_string()))?;
-        if meta.len() > MAX_DRAFT_BYTES {
-            return Err(fail(
-                path,
-                format!("{} bytes; expected at most {MAX_DRAFT_BYTES}", meta.len()),
-            ));
-        }
-        Self::draft_from(target, layers, device)?
-            .try_load_file(path)
-            .map_err(|e| fail(path, e.to_string()))
+        let skeleton = Self::draft_from(target, layers, device)?;
+        load_module(skeleton, path, MAX_DRAFT_BYTES).map_err(|e| fail(path, e))
     }
 }
 

@@ -163,6 +163,14 @@ backend_test!(distilled_draft_learns_and_round_trips, |device| {
         LlamaModule::load_draft(&target, 2, &path, &ad),
         Err(LlamaError::Checkpoint { .. })
     ));
+    // A truncated file: its tensor data is cut short (read eagerly, so this
+    // is an error here, not a failure in a device's worker thread later).
+    let bytes = std::fs::read(&path).unwrap();
+    std::fs::write(&path, &bytes[..bytes.len() - bytes.len() / 3]).unwrap();
+    assert!(matches!(
+        LlamaModule::load_draft(&target, 1, &path, &ad),
+        Err(LlamaError::Checkpoint { .. })
+    ));
     std::fs::write(&path, b"not a checkpoint").unwrap();
     assert!(matches!(
         LlamaModule::load_draft(&target, 1, &path, &ad),
