@@ -95,8 +95,9 @@ fn main() -> Result<()> {
     let target = &llm.model;
     let n_layers = target.config().n_layers;
     println!(
-        "target: SmolLM2-135M-Instruct, {n_layers} blocks, f32 weights ({} MB of matrices per forward), \
+        "target: SmolLM2-135M-Instruct, {n_layers} blocks, weights stored as {:?} ({} MB of matrices per forward), \
          loaded in {:.1} s",
+        target.storage(),
         target.matrix_bytes() / 1_000_000,
         llm.load_secs
     );

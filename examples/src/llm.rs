@@ -84,7 +84,7 @@ pub fn fetch_hint() -> String {
 /// The model and its tokenizer, read from one GGUF file.
 #[derive(Debug)]
 pub struct Llm {
-    /// The decoder, weights stored as `f32`.
+    /// The decoder, its weights stored as [`WeightStorage::fastest_on`] the device.
     pub model: LlamaModel,
     /// The tokenizer from the file's metadata.
     pub tokenizer: Tokenizer,
@@ -107,7 +107,7 @@ impl Llm {
         let file = lastmile_core::gguf::GgufFile::open(&path)
             .with_context(|| format!("opening {}", path.display()))?;
         let tokenizer = Tokenizer::from_gguf(&file).context("reading the tokenizer")?;
-        let model = LlamaModel::from_gguf(&file, WeightStorage::F32, device)
+        let model = LlamaModel::from_gguf(&file, WeightStorage::fastest_on(device), device)
             .with_context(|| format!("loading the model from {}", path.display()))?;
         Ok(Self {
             model,
@@ -343,13 +343,14 @@ pub fn tour_section(device: &Device) -> Result<()> {
     let c = llm.model.config();
     println!(
         "  loaded in {:.1} s: {} layers, width {}, {} query / {} key-value heads, vocabulary {}; \
-         {} MB of f32 matrices read per forward",
+         weights stored as {:?} ({} MB of matrices read per forward)",
         llm.load_secs,
         c.n_layers,
         c.d_model,
         c.n_heads,
         c.n_kv_heads,
         c.vocab_size,
+        llm.model.storage(),
         llm.model.matrix_bytes() / 1_000_000
     );
     let message = CHAT_PROMPTS[2];

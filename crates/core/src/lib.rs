@@ -55,6 +55,7 @@ pub mod lm;
 pub mod model_files;
 pub mod module;
 pub mod numerics;
+pub mod panel;
 #[cfg(feature = "testing")]
 pub mod stats;
 pub mod tensor_file;

@@ -70,7 +70,7 @@
 //! # Ok::<(), lastmile_core::gguf::GgufError>(())
 //! ```
 
-mod dequant;
+pub(crate) mod dequant;
 mod error;
 mod header;
 mod metadata;

@@ -4,6 +4,7 @@
 use burn::tensor::activation::{silu, softmax};
 use burn::tensor::{Bool, Device, Tensor, TensorData};
 
+use super::error::LlamaResult;
 use super::norm::RmsNorm;
 use super::rope::RopeAt;
 use super::storage::Matrix;
@@ -29,21 +30,28 @@ pub(crate) trait BlockWeights {
     fn attn_norm(&self, x: Tensor<3>) -> Tensor<3>;
     /// RMSNorm before the feed-forward network.
     fn ffn_norm(&self, x: Tensor<3>) -> Tensor<3>;
-    /// `x Wᵀ` with projection `p`, `[b, n, in]` → `[b, n, out]`.
-    fn project(&self, p: Proj, x: Tensor<3>) -> Tensor<3>;
+    /// `x Wᵀ` with projection `p`, `[b, n, in]` → `[b, n, out]` (fallible
+    /// only where the product runs on the host, [`super::WeightStorage::Blocks`]).
+    fn project(&self, p: Proj, x: Tensor<3>) -> LlamaResult<Tensor<3>>;
 
     /// Queries (`[b, n_heads, n, dh]`), keys and values (`[b, n_kv_heads, n, dh]`)
     /// of `x` `[b, n, d]`, with RoPE applied to queries and keys.
-    fn qkv(&self, x: Tensor<3>, heads: Heads, rope: &RopeAt) -> (Tensor<4>, Tensor<4>, Tensor<4>) {
+    #[allow(clippy::type_complexity)]
+    fn qkv(
+        &self,
+        x: Tensor<3>,
+        heads: Heads,
+        rope: &RopeAt,
+    ) -> LlamaResult<(Tensor<4>, Tensor<4>, Tensor<4>)> {
         let [b, n, _] = x.dims();
         let h = self.attn_norm(x);
         let split = |t: Tensor<3>, heads_n: usize| {
             t.reshape([b, n, heads_n, heads.head_dim]).swap_dims(1, 2)
         };
-        let q = rope.apply(split(self.project(Proj::Q, h.clone()), heads.n_heads));
-        let k = rope.apply(split(self.project(Proj::K, h.clone()), heads.n_kv_heads));
-        let v = split(self.project(Proj::V, h), heads.n_kv_heads);
-        (q, k, v)
+        let q = rope.apply(split(self.project(Proj::Q, h.clone())?, heads.n_heads));
+        let k = rope.apply(split(self.project(Proj::K, h.clone())?, heads.n_kv_heads));
+        let v = split(self.project(Proj::V, h)?, heads.n_kv_heads);
+        Ok((q, k, v))
     }
 
     /// Finishes the block: attention of `q` over the cached `keys`/`values`
@@ -65,7 +73,7 @@ pub(crate) trait BlockWeights {
         values: Tensor<4>,
         mask: Tensor<4, Bool>,
         heads: Heads,
-    ) -> Tensor<3> {
+    ) -> LlamaResult<Tensor<3>> {
         let [b, n, d] = x.dims();
         let Heads {
             n_heads,
@@ -83,11 +91,11 @@ pub(crate) trait BlockWeights {
             .reshape([b, n_heads, n, head_dim])
             .swap_dims(1, 2)
             .reshape([b, n, d]);
-        let x = x + self.project(Proj::O, att);
+        let x = x + self.project(Proj::O, att)?;
         let h = self.ffn_norm(x.clone());
         // SwiGLU (Shazeer 2020, eq. 6): down(SiLU(gate h) ⊙ up h).
-        let ff = silu(self.project(Proj::Gate, h.clone())) * self.project(Proj::Up, h);
-        x + self.project(Proj::Down, ff)
+        let ff = silu(self.project(Proj::Gate, h.clone())?) * self.project(Proj::Up, h)?;
+        Ok(x + self.project(Proj::Down, ff)?)
     }
 }
 
@@ -122,7 +130,7 @@ impl BlockWeights for Block {
         self.ffn_norm.forward(x)
     }
 
-    fn project(&self, p: Proj, x: Tensor<3>) -> Tensor<3> {
+    fn project(&self, p: Proj, x: Tensor<3>) -> LlamaResult<Tensor<3>> {
         match p {
             Proj::Q => &self.q,
             Proj::K => &self.k,

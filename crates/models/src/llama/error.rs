@@ -49,7 +49,7 @@ pub enum LlamaError {
 
     /// The device cannot compute in the element type of the chosen storage.
     #[error(
-        "weight storage {storage} is not supported on {device}; expected a storage whose element type the device computes in (F32 always is)"
+        "weight storage {storage} is not supported on {device}; expected a storage whose element type the device computes in (F32 always is), and a CPU device (flex, ndarray) for Blocks"
     )]
     Storage {
         /// The storage asked for.

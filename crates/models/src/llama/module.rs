@@ -60,8 +60,8 @@ impl BlockWeights for LlamaBlock {
         RmsNorm::new(self.ffn_norm.val(), self.eps).forward(x)
     }
 
-    fn project(&self, p: Proj, x: Tensor<3>) -> Tensor<3> {
-        match p {
+    fn project(&self, p: Proj, x: Tensor<3>) -> LlamaResult<Tensor<3>> {
+        Ok(match p {
             Proj::Q => &self.q,
             Proj::K => &self.k,
             Proj::V => &self.v,
@@ -70,7 +70,7 @@ impl BlockWeights for LlamaBlock {
             Proj::Up => &self.up,
             Proj::Down => &self.down,
         }
-        .forward(x)
+        .forward(x))
     }
 }
 
@@ -128,7 +128,7 @@ impl LlamaModule {
         let eps = config.rms_eps;
         let onto = |t: Tensor<2>| Tensor::<2>::from_data(t.into_data(), device);
         let linear = |m: &Matrix| Linear {
-            weight: Param::from_tensor(onto(m.to_in_out())),
+            weight: Param::from_tensor(onto(m.to_in_out(device))),
             bias: None,
         };
         let gain =
@@ -166,12 +166,7 @@ impl LlamaModule {
     /// [`LlamaError::Storage`] when `device` cannot hold `storage`;
     /// [`LlamaError::Core`] when a weight cannot be read back to the host.
     pub fn to_model(&self, storage: WeightStorage, device: &Device) -> LlamaResult<LlamaModel> {
-        if !device.supports_dtype(storage.dtype()) {
-            return Err(LlamaError::Storage {
-                storage: format!("{storage:?}"),
-                device: format!("{device:?}"),
-            });
-        }
+        storage.check_device(device)?;
         let host = |t: Tensor<2>| -> LlamaResult<(Vec<f32>, [usize; 2])> {
             let dims = t.dims();
             Ok((tensor_to_vec(t)?, dims))
@@ -179,7 +174,7 @@ impl LlamaModule {
         // Linear holds [in, out]; the inference model takes [out, in].
         let matrix = |l: &Linear| -> LlamaResult<Matrix> {
             let (w_oi, [out, inp]) = host(l.weight.val().inner().transpose())?;
-            Ok(Matrix::from_out_in(&w_oi, out, inp, storage, device))
+            Matrix::from_out_in(&w_oi, out, inp, storage, device)
         };
         let onto1 =
             |p: &Param<Tensor<1>>| Tensor::<1>::from_data(p.val().inner().into_data(), device);
@@ -201,7 +196,7 @@ impl LlamaModule {
         let (embed, [vocab, d]) = host(self.embed.val().inner())?;
         let head = match &self.head {
             Some(h) => matrix(h)?,
-            None => Matrix::from_out_in(&embed, vocab, d, storage, device),
+            None => Matrix::from_out_in(&embed, vocab, d, storage, device)?,
         };
         let config = self.config.clone();
         Ok(LlamaModel {
@@ -294,8 +289,8 @@ impl LlamaModule {
         let d = self.config.d_model;
         let mut x = self.embed.val().select(0, ids).reshape([b, n, d]);
         for block in &self.blocks {
-            let (q, k, v) = block.qkv(x.clone(), heads, &rope);
-            x = block.finish(x, q, k, v, mask.clone(), heads);
+            let (q, k, v) = block.qkv(x.clone(), heads, &rope)?;
+            x = block.finish(x, q, k, v, mask.clone(), heads)?;
         }
         let h = RmsNorm::new(self.norm.val(), self.config.rms_eps).forward(x);
         Ok(match &self.head {

@@ -1,8 +1,15 @@
 //! How weight matrices are held on the device, behind one type so that the
-//! storage (f32, f16 or bf16; kept-quantised blocks would go here too) can
+//! storage (f32, f16, bf16, or the file's quantised blocks on the CPU) can
 //! be changed and measured without touching the model.
 
+use std::sync::Arc;
+
 use burn::tensor::{DType, Device, Tensor, TensorData};
+use lastmile_core::Backend;
+use lastmile_core::gguf::GgmlType;
+use lastmile_core::panel::PanelMatrix;
+
+use super::error::{LlamaError, LlamaResult};
 
 /// The element type of the weight matrices on the device.
 ///
@@ -35,35 +42,88 @@ pub enum WeightStorage {
     F16,
     /// bfloat16, 2 bytes per weight, the product as for [`WeightStorage::F16`].
     Bf16,
+    /// The file's quantised blocks kept as they are, on the CPU: each
+    /// weight's integer code in one byte, each block's scale (and Q4_1's
+    /// minimum) as f32 — 1.25 bytes a weight for Q4_1, against 4 for
+    /// [`WeightStorage::F32`] — multiplied by lastmile's panel kernel
+    /// ([`lastmile_core::panel`]), which dequantises as it goes to exactly
+    /// the f32 values of the F32 storage. Float tensors (and random or
+    /// trained weights) are kept as f32 in the same kernel's layout.
+    /// CPU devices only (flex, ndarray): the kernel reads host memory.
+    Blocks,
 }
 
 impl WeightStorage {
     /// Every storage, in the order benches report them.
-    pub const ALL: [WeightStorage; 3] =
-        [WeightStorage::F32, WeightStorage::F16, WeightStorage::Bf16];
+    pub const ALL: [WeightStorage; 4] = [
+        WeightStorage::F32,
+        WeightStorage::F16,
+        WeightStorage::Bf16,
+        WeightStorage::Blocks,
+    ];
 
-    /// Bytes per stored weight.
+    /// Bytes per stored weight: for [`WeightStorage::Blocks`] the byte of
+    /// its code (the block scales add 4 or 8 bytes per 32 weights;
+    /// [`LlamaModel::matrix_bytes`](super::LlamaModel::matrix_bytes) counts them).
     pub fn bytes_per_weight(self) -> usize {
         match self {
             WeightStorage::F32 => 4,
             WeightStorage::F16 | WeightStorage::Bf16 => 2,
+            WeightStorage::Blocks => 1,
         }
     }
 
-    /// The tensor element type of the stored matrices.
+    /// The tensor element type of the stored matrices (f32 for
+    /// [`WeightStorage::Blocks`], whose products take and give f32 tensors).
     ///
     /// ```
     /// use burn::tensor::DType;
     /// use lastmile_models::llama::WeightStorage;
     /// assert_eq!(WeightStorage::Bf16.dtype(), DType::BF16);
-    /// assert_eq!(WeightStorage::ALL.map(WeightStorage::bytes_per_weight), [4, 2, 2]);
+    /// assert_eq!(WeightStorage::ALL.map(WeightStorage::bytes_per_weight), [4, 2, 2, 1]);
     /// ```
     pub fn dtype(self) -> DType {
         match self {
-            WeightStorage::F32 => DType::F32,
+            WeightStorage::F32 | WeightStorage::Blocks => DType::F32,
             WeightStorage::F16 => DType::F16,
             WeightStorage::Bf16 => DType::BF16,
         }
+    }
+
+    /// The storage measured fastest on `device`'s kind
+    /// (`docs/benchmarks.md`): [`WeightStorage::Blocks`] on CPU devices
+    /// (a SmolLM2-135M step about twice as fast as F32, in 164 MB instead
+    /// of 537), [`WeightStorage::F32`] elsewhere.
+    ///
+    /// ```
+    /// # #[cfg(feature = "flex")] {
+    /// use burn::tensor::Device;
+    /// use lastmile_models::llama::WeightStorage;
+    /// assert_eq!(WeightStorage::fastest_on(&Device::flex()), WeightStorage::Blocks);
+    /// # }
+    /// ```
+    pub fn fastest_on(device: &Device) -> WeightStorage {
+        if Backend::of(device).is_some_and(Backend::is_cpu) {
+            WeightStorage::Blocks
+        } else {
+            WeightStorage::F32
+        }
+    }
+
+    /// Whether `device` can hold this storage: its element type, and a CPU
+    /// device for [`WeightStorage::Blocks`].
+    ///
+    /// # Errors
+    /// [`LlamaError::Storage`] when it cannot.
+    pub fn check_device(self, device: &Device) -> LlamaResult<()> {
+        let cpu = Backend::of(device).is_some_and(Backend::is_cpu);
+        if !device.supports_dtype(self.dtype()) || (self == WeightStorage::Blocks && !cpu) {
+            return Err(LlamaError::Storage {
+                storage: format!("{self:?}"),
+                device: format!("{device:?}"),
+            });
+        }
+        Ok(())
     }
 }
 
@@ -96,18 +156,35 @@ enum Layout {
     Plain(Tensor<2>),
     /// `[out / PANEL, in, PANEL]`: panel `p` holds output columns `p·PANEL .. (p + 1)·PANEL`.
     Panels(Tensor<3>),
+    /// Host memory, for the panel kernel ([`WeightStorage::Blocks`]).
+    Host(Arc<PanelMatrix>),
 }
 
 impl Matrix {
     /// From `values`, row-major `[out, in]` (the GGUF order).
+    ///
+    /// # Errors
+    /// [`LlamaError::Core`] when `values` is not `out · in` long.
     pub(crate) fn from_out_in(
         values: &[f32],
         out: usize,
         inp: usize,
         storage: WeightStorage,
         device: &Device,
-    ) -> Self {
-        debug_assert_eq!(values.len(), out * inp);
+    ) -> LlamaResult<Self> {
+        if storage == WeightStorage::Blocks {
+            return Ok(Self::host(
+                PanelMatrix::from_f32(values, out, inp)?,
+                storage,
+            ));
+        }
+        if values.len() != out * inp {
+            return Err(LlamaError::Core(lastmile_core::CoreError::ShapeMismatch {
+                what: "weight matrix".to_owned(),
+                expected: format!("{out} × {inp} values"),
+                found: vec![values.len()],
+            }));
+        }
         let mut t = vec![0.0f32; values.len()];
         let layout = if out.is_multiple_of(PANEL) {
             // t[p][i][c] = W[p·PANEL + c][i]
@@ -130,40 +207,72 @@ impl Matrix {
             }
             Layout::Plain(stored(TensorData::new(t, [inp, out]), storage, device))
         };
-        Self {
+        Ok(Self {
             layout,
             out,
             inp,
+            storage,
+        })
+    }
+
+    /// [`WeightStorage::Blocks`] from a GGUF tensor's raw data (`out` rows
+    /// of `inp` elements of `ggml_type`).
+    ///
+    /// # Errors
+    /// [`LlamaError::Gguf`] as [`PanelMatrix::from_gguf`].
+    pub(crate) fn from_gguf_blocks(
+        ggml_type: GgmlType,
+        data: &[u8],
+        out: usize,
+        inp: usize,
+    ) -> LlamaResult<Self> {
+        let m = PanelMatrix::from_gguf(ggml_type, data, out, inp)?;
+        Ok(Self::host(m, WeightStorage::Blocks))
+    }
+
+    fn host(m: PanelMatrix, storage: WeightStorage) -> Self {
+        Self {
+            out: m.out(),
+            inp: m.inp(),
+            layout: Layout::Host(Arc::new(m)),
             storage,
         }
     }
 
     /// `x Wᵀ` for `x` of shape `[b, n, in]`; returns `[b, n, out]`.
-    pub(crate) fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+    ///
+    /// # Errors
+    /// [`LlamaError::Core`] when the host kernel cannot read `x` as f32
+    /// values (only with [`WeightStorage::Blocks`]).
+    pub(crate) fn forward(&self, x: Tensor<3>) -> LlamaResult<Tensor<3>> {
         let [b, n, inp] = x.dims();
-        let half = self.storage != WeightStorage::F32;
-        let x = if half {
-            x.cast(self.storage.dtype())
-        } else {
-            x
-        };
+        let half = matches!(self.storage, WeightStorage::F16 | WeightStorage::Bf16);
         let y = match &self.layout {
-            Layout::Plain(w_t) => x
+            Layout::Host(m) => return host_product(m, x),
+            Layout::Plain(w_t) => cast_to(x, self.storage)
                 .reshape([b * n, inp])
                 .matmul(w_t.clone())
                 .reshape([b, n, self.out]),
-            Layout::Panels(w) => x
+            Layout::Panels(w) => cast_to(x, self.storage)
                 .reshape([1, b * n, inp])
                 .matmul(w.clone())
                 .swap_dims(0, 1)
                 .reshape([b, n, self.out]),
         };
-        if half { y.cast(DType::F32) } else { y }
+        Ok(if half { y.cast(DType::F32) } else { y })
     }
 
-    /// `Wᵀ` as `f32`, `[in, out]`: the layout of burn's `Linear` weight.
-    pub(crate) fn to_in_out(&self) -> Tensor<2> {
+    /// `Wᵀ` as `f32`, `[in, out]`: the layout of burn's `Linear` weight,
+    /// on `device`.
+    pub(crate) fn to_in_out(&self, device: &Device) -> Tensor<2> {
         let w_t = match &self.layout {
+            Layout::Host(m) => {
+                let w = Tensor::<2>::from_data(
+                    TensorData::new(m.to_f32(), [self.out, self.inp]),
+                    device,
+                );
+                return w.transpose();
+            }
             Layout::Plain(w_t) => w_t.clone(),
             // [p, in, c] → [in, p, c] → [in, p·PANEL + c]
             Layout::Panels(w) => w.clone().swap_dims(0, 1).reshape([self.inp, self.out]),
@@ -175,17 +284,48 @@ impl Matrix {
         }
     }
 
-    /// Bytes held on the device.
+    /// Bytes held on the device (in host memory for [`WeightStorage::Blocks`]).
     pub(crate) fn bytes(&self) -> usize {
-        self.out * self.inp * self.storage.bytes_per_weight()
+        match &self.layout {
+            Layout::Host(m) => m.bytes(),
+            _ => self.out * self.inp * self.storage.bytes_per_weight(),
+        }
     }
+}
+
+/// `x` in `storage`'s element type for a product on the device.
+fn cast_to(x: Tensor<3>, storage: WeightStorage) -> Tensor<3> {
+    match storage {
+        WeightStorage::F32 | WeightStorage::Blocks => x,
+        WeightStorage::F16 | WeightStorage::Bf16 => x.cast(storage.dtype()),
+    }
+}
+
+/// `x Wᵀ` by the panel kernel: `x` (`[b, n, in]`, on a CPU device, where
+/// this is a hand-over of host memory) to the host and the product back.
+fn host_product(m: &PanelMatrix, x: Tensor<3>) -> LlamaResult<Tensor<3>> {
+    let [b, n, inp] = x.dims();
+    let device = x.device();
+    let data = x.into_data();
+    let values = data.as_slice::<f32>().map_err(|e| {
+        LlamaError::Core(lastmile_core::CoreError::ShapeMismatch {
+            what: format!("activations for the panel kernel ({e:?})"),
+            expected: "f32 values".to_owned(),
+            found: vec![b, n, inp],
+        })
+    })?;
+    let y = m.matmul(values, b * n)?;
+    Ok(Tensor::from_data(
+        TensorData::new(y, [b, n, m.out()]),
+        &device,
+    ))
 }
 
 /// `data` (f32) on `device` as `storage`'s element type.
 fn stored<const D: usize>(data: TensorData, storage: WeightStorage, device: &Device) -> Tensor<D> {
     let t = Tensor::<D>::from_data(data, device);
     match storage {
-        WeightStorage::F32 => t,
+        WeightStorage::F32 | WeightStorage::Blocks => t,
         WeightStorage::F16 | WeightStorage::Bf16 => t.cast(storage.dtype()),
     }
 }
