@@ -1,5 +1,6 @@
-//! Speculative decoding of a real model: SmolLM2-135M-Instruct (GGUF, f32
-//! weights) as the target, its own first layers (early exit) or prompt
+//! Speculative decoding of a real model: SmolLM2-135M-Instruct (GGUF, its
+//! weights stored as `WeightStorage::fastest_on` the device: the file's
+//! blocks in lastmile's panel kernel on a CPU) as the target, its own first layers (early exit) or prompt
 //! lookup as the draft.
 //!
 //! ```text

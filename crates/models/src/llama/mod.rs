@@ -7,8 +7,14 @@
 //!
 //! - **Weights** ([`LlamaModel::from_gguf`]): every tensor is dequantised to
 //!   `f32` on the host by [`lastmile_core::gguf`] (bit-exact to ggml for
-//!   F32/F16/BF16/Q8_0/Q4_0/Q4_1), then stored as a [`WeightStorage`]. A
-//!   file without `output.weight` ties the output head to `token_embd`.
+//!   F32/F16/BF16/Q8_0/Q4_0/Q4_1), then stored as a [`WeightStorage`]; or,
+//!   with [`WeightStorage::Blocks`] on a CPU device, the matrices keep the
+//!   file's quantised blocks and lastmile's panel kernel
+//!   ([`lastmile_core::panel`]) dequantises them, to the same f32 values,
+//!   inside the product (about twice as fast per decoding step on
+//!   SmolLM2-135M, in 164 MB instead of 537; [`WeightStorage::fastest_on`]
+//!   picks it). A file without `output.weight` ties the output head to
+//!   `token_embd`.
 //! - **RMSNorm** (Zhang & Sennrich 2019, eq. 4) with ε from
 //!   `llama.attention.layer_norm_rms_epsilon`, before attention, before the
 //!   feed-forward network and before the head.
@@ -31,8 +37,9 @@
 //! `benches/llama_cpp_reference.py` (read with `serde` / `serde_json`,
 //! dev-dependencies of this crate for that test only). On an F32 copy of
 //! the SmolLM2-135M Q4_1 file, where llama.cpp computes in f32 as this
-//! model does, the logits agree to 1.1e-4 and the 64-token greedy
-//! continuations of all 8 test prompts are identical. On the Q4_1 file
+//! model does, the logits agree to 1.1e-4 (1.6e-4 with
+//! [`WeightStorage::Blocks`]) and the 64-token greedy continuations of all
+//! 8 test prompts are identical, with either storage. On the Q4_1 file
 //! itself llama.cpp rounds activations to 8 bits for its quantised products
 //! (and keys/values to f16), which moves its logits by up to 1.25; argmax
 //! choices then differ at near ties (gaps ≤ 0.15), so greedy continuations

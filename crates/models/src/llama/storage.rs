@@ -13,17 +13,24 @@ use super::error::{LlamaError, LlamaResult};
 
 /// The element type of the weight matrices on the device.
 ///
-/// **F32 is the default, chosen by measurement** (`benches/llama.rs`,
-/// SmolLM2-135M, flex, release, 2 cores; docs/benchmarks.md): a one-token
-/// step reads 537 MB as f32 and takes 26.5 ms; f16 halves the bytes
-/// (268 MB) but its step takes 30.5 ms and a pass over 8 tokens 113 ms
-/// instead of 57 ms (flex's f16 product converts as it goes); bf16 takes
-/// 103 ms a step (flex converts every bf16 matrix to f32 for each product).
-/// The half storages are for memory-bound devices and for measuring.
+/// Measured on SmolLM2-135M (`benches/llama.rs`, flex, release, 2 cores;
+/// `docs/benchmarks.md`):
 ///
-/// Every GGUF tensor is first dequantised to `f32` on the host
-/// ([`GgufFile::dequantize`](lastmile_core::gguf::GgufFile::dequantize),
-/// bit-exact to ggml), then stored as chosen here.
+/// - **[`WeightStorage::Blocks`] is the fastest on a CPU**: the file's
+///   4- and 8-bit blocks as 8-bit codes (164 MB) in lastmile's own kernel,
+///   about twice as fast per decoding step as F32;
+///   [`WeightStorage::fastest_on`] picks it for CPU devices.
+/// - **F32 is the default**, the storage every device computes with: a
+///   one-token step reads 537 MB through the backend's matrix product.
+/// - f16 halves F32's bytes but flex's f16 product is slower per step and
+///   twice as slow over 8 tokens (it converts as it goes); bf16 is slower
+///   still (flex converts every bf16 matrix to f32 for each product). The
+///   half storages are for memory-bound devices and for measuring.
+///
+/// The float storages take every GGUF tensor dequantised to `f32` on the
+/// host ([`GgufFile::dequantize`](lastmile_core::gguf::GgufFile::dequantize),
+/// bit-exact to ggml); Blocks keeps the blocks and dequantises to the same
+/// values inside its product.
 ///
 /// ```
 /// use lastmile_models::llama::WeightStorage;
