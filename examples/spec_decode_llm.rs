@@ -18,7 +18,7 @@
 //!    used below (`--layers L` skips this).
 //! 3. Sweeps autoregressive decoding, static γ ∈ 1..8, the HF heuristic,
 //!    max-confidence, AdaEDL (`min_len` 1 and 0), the cost-model
-//!    controller (given the measured `c` and `c_v`) and prompt lookup, at
+//!    controller, cost-aware AdaEDL (both given the measured `c` and `c_v`) and prompt lookup, at
 //!    T ∈ {0, 0.7, 1.0}, on `--prompts` windows of the shipped corpus
 //!    (default 1, about `--prompt-chars` 300 characters each) and
 //!    `--chat` chat messages (default 1, at most 4), `--max-tokens` new

@@ -17,9 +17,9 @@ use lastmile_models::{
     train,
 };
 use lastmile_spec_decode::{
-    AdaEdl, AdaEdlConfig, CostModel, DraftPolicy, Generation, GenerationConfig, HeuristicSchedule,
-    MaxConfidence, Metrics, ModelDrafter, PromptLookup, SpeculativeDecoder, StaticLength,
-    generate_autoregressive,
+    AdaEdl, AdaEdlConfig, CostAwareAdaEdl, CostAwareConfig, CostModel, DraftPolicy, Generation,
+    GenerationConfig, HeuristicSchedule, MaxConfidence, Metrics, ModelDrafter, PromptLookup,
+    SpeculativeDecoder, StaticLength, generate_autoregressive,
 };
 use rand::SeedableRng;
 use rand::rngs::StdRng;
@@ -200,7 +200,8 @@ impl Method {
 
 /// The methods compared: AR, static 1..=8, HF heuristic, max-confidence,
 /// AdaEDL (default `min_len = 1`, and `min_len = 0`), the cost-model
-/// controller and prompt lookup.
+/// controller, cost-aware AdaEDL (both given the measured draft cost
+/// `cost_ratio` and marginal verify cost `verify_cost`) and prompt lookup.
 pub fn methods(temperature: f64, cost_ratio: f64, verify_cost: f64) -> Result<Vec<Method>> {
     let mut m = vec![Method::Autoregressive];
     for g in 1..=8 {
@@ -221,6 +222,12 @@ pub fn methods(temperature: f64, cost_ratio: f64, verify_cost: f64) -> Result<Ve
     m.push(Method::Draft(Box::new(
         CostModel::new(cost_ratio, 0.7, 0.5, 8)?.with_verify_cost(verify_cost)?,
     )));
+    // AdaEDL's entropy bound weighed by the same measured costs.
+    m.push(Method::Draft(Box::new(CostAwareAdaEdl::new(
+        CostAwareConfig::default(),
+        cost_ratio,
+        verify_cost,
+    )?)));
     m.push(Method::Lookup(Box::new(StaticLength::new(8)?)));
     Ok(m)
 }

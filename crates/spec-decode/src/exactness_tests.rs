@@ -240,6 +240,22 @@ fn policies() -> Vec<Box<dyn DraftPolicy>> {
             })
             .unwrap(),
         ),
+        // Declines tokens by cost, and skips whole rounds (no draft step)
+        // while its acceptance estimate says speculation does not pay: it
+        // starts at 0, so the first rounds skip, then probes reopen.
+        Box::new(
+            CostAwareAdaEdl::new(
+                CostAwareConfig {
+                    max_len: 6,
+                    probe_every: 2,
+                    initial_acceptance: 0.0,
+                    ..CostAwareConfig::default()
+                },
+                0.1,
+                0.1,
+            )
+            .unwrap(),
+        ),
     ]
 }
 

@@ -79,6 +79,7 @@
 //! # Ok::<(), lastmile_spec_decode::SpecDecodeError>(())
 //! ```
 
+pub mod cost_aware;
 pub mod decoder;
 pub mod drafter;
 pub mod error;
@@ -86,6 +87,7 @@ pub mod metrics;
 pub mod policy;
 pub mod verify;
 
+pub use cost_aware::{CostAwareAdaEdl, CostAwareConfig};
 pub use decoder::{Generation, GenerationConfig, SpeculativeDecoder, generate_autoregressive};
 pub use drafter::{Draft, DraftRequest, Drafter, ModelDrafter, PromptLookup};
 pub use error::{Result, SpecDecodeError};
