@@ -55,7 +55,9 @@ pub trait DraftPolicy: Debug + Send {
     /// Short name for reports, e.g. `"static-4"`.
     fn name(&self) -> String;
 
-    /// Most tokens to draft this round (at least 1).
+    /// Most tokens to draft this round; 0 skips speculation for the round
+    /// without a draft step (the target takes one plain step, and a model
+    /// drafter catches up on the skipped tokens when drafting resumes).
     fn round_limit(&mut self) -> usize;
 
     /// Tokens drafted before the policy is consulted: 1 (the default), or 0
