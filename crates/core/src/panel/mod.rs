@@ -254,12 +254,21 @@ impl PanelMatrix {
 
     /// Panels `first..` into `out` (`[panel][rows][PANEL]`).
     fn panels(&self, first: usize, x: &Packed, rows: usize, out: &mut [f32], simd: bool) {
+        let job = Job {
+            weights: &self.weights,
+            inp: self.inp,
+            first,
+            x,
+            rows,
+        };
         #[cfg(target_arch = "x86_64")]
         if let Some(simd) = pulp::x86::V3::try_new().filter(|_| simd) {
-            x86::panels(simd, &self.weights, self.inp, first, x, rows, out);
+            x86::panels(simd, job, out);
             return;
         }
-        portable::panels(&self.weights, self.inp, first, x, rows, out);
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = simd;
+        portable::panels(job, out);
     }
 }
 
@@ -290,6 +299,17 @@ fn check_dims(len: usize, out: usize, inp: usize, what: &str) -> Result<()> {
         });
     }
     Ok(())
+}
+
+/// A kernel's work: panels `first..` of `weights` (`inp` inputs each) times
+/// every block of `x` (`rows` rows), into `[panel][rows][PANEL]`.
+#[derive(Clone, Copy)]
+pub(crate) struct Job<'a> {
+    pub(crate) weights: &'a Weights,
+    pub(crate) inp: usize,
+    pub(crate) first: usize,
+    pub(crate) x: &'a Packed,
+    pub(crate) rows: usize,
 }
 
 /// The input rows in blocks of [`ROW_BLOCK`], 4, 2 and 1 rows, each block

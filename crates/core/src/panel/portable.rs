@@ -1,17 +1,16 @@
 //! The kernel for CPUs without AVX2: plain loops over the panel layout.
 
-use super::{BLOCK, PANEL, Packed, Weights};
+use super::{BLOCK, Job, PANEL, Weights};
 
-/// Panels `first..` of `weights` times every block of `x` into `out`
-/// (`[panel][rows][PANEL]`).
-pub(super) fn panels(
-    weights: &Weights,
-    inp: usize,
-    first: usize,
-    x: &Packed,
-    rows: usize,
-    out: &mut [f32],
-) {
+/// Computes `job` into `out` (`[panel][rows][PANEL]`).
+pub(super) fn panels(job: Job<'_>, out: &mut [f32]) {
+    let Job {
+        weights,
+        inp,
+        first,
+        x,
+        rows,
+    } = job;
     for (j, out) in out.chunks_exact_mut(rows * PANEL).enumerate() {
         let p = first + j;
         for &(r0, n) in &x.blocks {

@@ -11,43 +11,19 @@ use std::arch::x86_64::{__m128i, __m256};
 
 use pulp::x86::V3;
 
-use super::{BLOCK, Codes, PANEL, Packed, Weights};
+use super::{BLOCK, Codes, Job, PANEL, Weights};
 
-/// Panels `first..` of `weights` times every block of `x` into `out`
-/// (`[panel][rows][PANEL]`).
-pub(super) fn panels(
-    simd: V3,
-    weights: &Weights,
-    inp: usize,
-    first: usize,
-    x: &Packed,
-    rows: usize,
-    out: &mut [f32],
-) {
+/// Computes `job` into `out` (`[panel][rows][PANEL]`).
+pub(super) fn panels(simd: V3, job: Job<'_>, out: &mut [f32]) {
     // Through `WithSimd`, whose body pulp inlines into a function compiled
     // with the V3 features (a closure's body may be left outside it, and
     // then every intrinsic becomes a call).
-    pulp::Simd::vectorize(
-        simd,
-        Panels {
-            simd,
-            weights,
-            inp,
-            first,
-            x,
-            rows,
-            out,
-        },
-    );
+    pulp::Simd::vectorize(simd, Panels { simd, job, out });
 }
 
 struct Panels<'a> {
     simd: V3,
-    weights: &'a Weights,
-    inp: usize,
-    first: usize,
-    x: &'a Packed,
-    rows: usize,
+    job: Job<'a>,
     out: &'a mut [f32],
 }
 
@@ -56,15 +32,14 @@ impl pulp::WithSimd for Panels<'_> {
 
     #[inline(always)]
     fn with_simd<S: pulp::Simd>(self, _: S) {
-        let Panels {
-            simd,
+        let Panels { simd, job, out } = self;
+        let Job {
             weights,
             inp,
             first,
             x,
             rows,
-            out,
-        } = self;
+        } = job;
         for (j, out) in out.chunks_exact_mut(rows * PANEL).enumerate() {
             let p = first + j;
             for &(r0, n) in &x.blocks {
