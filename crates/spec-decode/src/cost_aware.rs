@@ -10,6 +10,13 @@ use crate::error::Result;
 use crate::policy::{CostModel, DraftPolicy, DraftStepInfo, RoundOutcome};
 
 /// Settings of [`CostAwareAdaEdl`].
+///
+/// ```
+/// use lastmile_spec_decode::{CostAwareAdaEdl, CostAwareConfig};
+/// let config = CostAwareConfig { max_len: 4, ..CostAwareConfig::default() };
+/// assert!(CostAwareAdaEdl::new(config, 0.2, 0.25).is_ok());
+/// assert!(CostAwareAdaEdl::new(CostAwareConfig { probe_every: 0, ..config }, 0.2, 0.25).is_err());
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct CostAwareConfig {
     /// Scale `γ` of the entropy in AdaEDL's lower bound `1 − sqrt(γ·H)`.
@@ -130,6 +137,15 @@ impl CostAwareAdaEdl {
     }
 
     /// Whether some draft length is expected to beat plain decoding at `â`.
+    ///
+    /// ```
+    /// use lastmile_spec_decode::{CostAwareAdaEdl, CostAwareConfig};
+    /// let cheap = CostAwareAdaEdl::new(CostAwareConfig::default(), 0.05, 0.05).unwrap();
+    /// assert!(cheap.speculation_pays()); // â = 0.7 pays when a round costs little
+    /// let dear = CostAwareAdaEdl::new(CostAwareConfig::default(), 0.5, 0.5).unwrap();
+    /// assert!(!dear.speculation_pays()); // at c + c_v = 1 no length pays at â = 0.7
+    /// assert_eq!(dear.acceptance(), 0.7);
+    /// ```
     pub fn speculation_pays(&self) -> bool {
         (1..=self.config.max_len).any(|g| {
             CostModel::expected_tokens(self.acceptance, g) / (1.0 + g as f64 * self.cost) > 1.0

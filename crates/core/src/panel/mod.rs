@@ -173,6 +173,15 @@ impl PanelMatrix {
     }
 
     /// Output rows (`out`).
+    ///
+    /// ```
+    /// use lastmile_core::panel::PanelMatrix;
+    /// let w = PanelMatrix::from_f32(&[0.5; 12], 3, 4)?;
+    /// assert_eq!((w.out(), w.inp(), w.is_quantised()), (3, 4, false));
+    /// // One panel of 8 rows (3 used) × 4 inputs, f32.
+    /// assert_eq!(w.bytes(), 8 * 4 * 4);
+    /// # Ok::<(), lastmile_core::CoreError>(())
+    /// ```
     pub fn out(&self) -> usize {
         self.out
     }
@@ -215,6 +224,14 @@ impl PanelMatrix {
     ///
     /// # Errors
     /// [`CoreError::ShapeMismatch`] when `x.len() != rows · in` or `rows == 0`.
+    ///
+    /// ```
+    /// use lastmile_core::panel::PanelMatrix;
+    /// let w = PanelMatrix::from_f32(&[1.0, 0.0, 0.0, 1.0], 2, 2)?; // the identity
+    /// assert_eq!(w.matmul(&[1.0, 2.0, 3.0, 4.0], 2)?, vec![1.0, 2.0, 3.0, 4.0]);
+    /// assert!(w.matmul(&[1.0, 2.0, 3.0], 2).is_err()); // 3 values are not 2 rows of 2
+    /// # Ok::<(), lastmile_core::CoreError>(())
+    /// ```
     pub fn matmul(&self, x: &[f32], rows: usize) -> Result<Vec<f32>> {
         self.product(x, rows, true)
     }

@@ -122,6 +122,14 @@ impl WeightStorage {
     ///
     /// # Errors
     /// [`LlamaError::Storage`] when it cannot.
+    ///
+    /// ```
+    /// # #[cfg(feature = "flex")] {
+    /// use burn::tensor::Device;
+    /// use lastmile_models::llama::WeightStorage;
+    /// assert!(WeightStorage::Blocks.check_device(&Device::flex()).is_ok());
+    /// # }
+    /// ```
     pub fn check_device(self, device: &Device) -> LlamaResult<()> {
         let cpu = Backend::of(device).is_some_and(Backend::is_cpu);
         if !device.supports_dtype(self.dtype()) || (self == WeightStorage::Blocks && !cpu) {

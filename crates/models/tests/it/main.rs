@@ -7,6 +7,7 @@
 mod distill;
 mod llama;
 mod llama_early_exit;
+mod llama_interface;
 mod llama_module;
 mod llama_reference;
 mod llama_speed;
