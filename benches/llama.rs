@@ -17,7 +17,8 @@
 //! cargo bench -p lastmile-benches --bench llama -- --warm-up-time 2 --measurement-time 5
 //! ```
 //!
-//! Without the model file every group is skipped with a message.
+//! Without the model file every group is skipped with a message. To time
+//! some storages only, name them: `LASTMILE_STORAGES=blocks,blocksq8`.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -58,11 +59,18 @@ fn prompt(vocab: usize) -> Vec<usize> {
 
 fn bench_llama(c: &mut Criterion) {
     let device = lastmile_core::default_device().expect("default device");
+    let only = std::env::var("LASTMILE_STORAGES").ok();
     for storage in WeightStorage::ALL {
+        let name = format!("{storage:?}").to_lowercase();
+        if only
+            .as_ref()
+            .is_some_and(|o| !o.split(',').any(|s| s.trim() == name))
+        {
+            continue;
+        }
         let Some(model) = open(storage, &device) else {
             return;
         };
-        let name = format!("{storage:?}").to_lowercase();
         println!(
             "llama {name}: {} MB of weight matrices read per step",
             model.matrix_bytes() / 1_000_000

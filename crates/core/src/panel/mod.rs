@@ -42,7 +42,10 @@
 //! ```
 
 mod blocks;
+mod int8;
 mod portable;
+#[cfg(target_arch = "x86_64")]
+mod vnni;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
@@ -50,6 +53,21 @@ use rayon::prelude::*;
 
 use crate::error::{CoreError, Result};
 use crate::gguf::{GgmlType, GgufError};
+
+/// Whether this CPU runs products with 8-bit activations
+/// ([`PanelMatrix::from_gguf_q8`]) in SIMD (x86-64 with AVX-512 VNNI);
+/// elsewhere a portable loop gives the same results more slowly.
+///
+/// ```
+/// let simd = lastmile_core::panel::int8_simd_available();
+/// # let _ = simd;
+/// ```
+pub fn int8_simd_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return vnni::available();
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
 
 /// Output rows per panel.
 pub const PANEL: usize = 8;
@@ -76,6 +94,8 @@ pub(crate) enum Weights {
     /// Integer codes `[panel][in][PANEL]` and per-block scales (and
     /// minimums) `[panel][in / BLOCK][PANEL]`: `w = q·d (+ m)`.
     Codes(Codes),
+    /// Codes for products with 8-bit activations ([`int8`]).
+    Int8(int8::Int8Codes),
 }
 
 #[derive(Debug, Clone)]
@@ -172,6 +192,54 @@ impl PanelMatrix {
         }
     }
 
+    /// As [`PanelMatrix::from_gguf`], multiplied as ggml multiplies
+    /// quantised blocks: each product quantises the rows of `x` to 8-bit
+    /// blocks (ggml's Q8_0: `d = max|x|/127`, `q = round(x/d)` per 32
+    /// inputs) and sums each block's products of codes in integers,
+    /// `y = Σ_blocks d_x·(d_w·Σ q_w·q_x) + m·(d_x·Σ q_x)`. The weights are
+    /// the file's (so [`PanelMatrix::to_f32`] is still the dequantised
+    /// file); the activations are rounded to 8 bits, a relative error of
+    /// at most `1/254` of each block's largest value, as in llama.cpp. On
+    /// CPUs with AVX-512 VNNI one instruction does 64 byte products, four
+    /// times the f32 FMAs of [`PanelMatrix::from_gguf`]'s kernel, which
+    /// makes a product over several rows much cheaper; elsewhere a
+    /// portable loop gives bit-identical results.
+    ///
+    /// F32, F16 and BF16 tensors are widened to f32, as by [`PanelMatrix::from_gguf`].
+    ///
+    /// # Errors
+    /// As [`PanelMatrix::from_gguf`].
+    ///
+    /// ```
+    /// use lastmile_core::gguf::{GgmlType, dequantize};
+    /// use lastmile_core::panel::PanelMatrix;
+    /// // One Q8_0 block per row: f16 scale 0.5, then 32 signed codes.
+    /// let mut data = Vec::new();
+    /// for row in 0..2i8 {
+    ///     data.extend([0x00, 0x38]); // 0.5 as f16
+    ///     data.extend((0..32i8).map(|j| (j - 16 + row) as u8));
+    /// }
+    /// let w = PanelMatrix::from_gguf_q8(GgmlType::Q8_0, &data, 2, 32)?;
+    /// assert_eq!(w.to_f32(), dequantize(GgmlType::Q8_0, &data, 64)?);
+    /// // x = 127 · e₀ is exact in 8 bits: y = 127 · W[:, 0].
+    /// let mut x = vec![0.0; 32];
+    /// x[0] = 127.0;
+    /// assert_eq!(w.matmul(&x, 1).unwrap_or_default(), vec![127.0 * -8.0, 127.0 * -7.5]);
+    /// # Ok::<(), lastmile_core::gguf::GgufError>(())
+    /// ```
+    pub fn from_gguf_q8(
+        ggml_type: GgmlType,
+        data: &[u8],
+        out: usize,
+        inp: usize,
+    ) -> std::result::Result<Self, GgufError> {
+        let mut m = Self::from_gguf(ggml_type, data, out, inp)?;
+        if let Weights::Codes(c) = &m.weights {
+            m.weights = Weights::Int8(int8::Int8Codes::from_codes(c, out, inp));
+        }
+        Ok(m)
+    }
+
     /// Output rows (`out`).
     ///
     /// ```
@@ -193,7 +261,13 @@ impl PanelMatrix {
 
     /// Whether the weights are kept as quantised codes.
     pub fn is_quantised(&self) -> bool {
-        matches!(self.weights, Weights::Codes(_))
+        matches!(self.weights, Weights::Codes(_) | Weights::Int8(_))
+    }
+
+    /// Whether products quantise the activations to 8 bits
+    /// ([`PanelMatrix::from_gguf_q8`]).
+    pub fn quantises_activations(&self) -> bool {
+        matches!(self.weights, Weights::Int8(_))
     }
 
     /// Bytes held, the bytes a product reads (panels padded to [`PANEL`] rows).
@@ -203,6 +277,7 @@ impl PanelMatrix {
             Weights::Codes(c) => {
                 c.q.len() + 4 * c.scale.len() + 4 * c.min.as_ref().map_or(0, Vec::len)
             }
+            Weights::Int8(c) => c.bytes(),
         }
     }
 
@@ -212,9 +287,8 @@ impl PanelMatrix {
         let (out, inp) = (self.out, self.inp);
         let mut values = vec![0.0f32; out * inp];
         for (o, row) in values.chunks_exact_mut(inp).enumerate() {
-            let (p, c) = (o / PANEL, o % PANEL);
             for (i, v) in row.iter_mut().enumerate() {
-                *v = self.weights.at(p, i, c, inp);
+                *v = self.weights.at(o, i, inp);
             }
         }
         values
@@ -236,8 +310,43 @@ impl PanelMatrix {
         self.product(x, rows, true)
     }
 
+    /// [`PanelMatrix::matmul`] of each of `matrices` (all with the same
+    /// input length) with the same `x`: the rows are packed (or quantised,
+    /// for [`PanelMatrix::from_gguf_q8`] matrices) once for all of them, as
+    /// for a layer's query, key and value projections.
+    ///
+    /// # Errors
+    /// As [`PanelMatrix::matmul`], for the first matrix `x` does not fit.
+    ///
+    /// ```
+    /// use lastmile_core::panel::PanelMatrix;
+    /// let a = PanelMatrix::from_f32(&[1.0, 0.0, 0.0, 1.0], 2, 2)?;
+    /// let b = PanelMatrix::from_f32(&[1.0, 1.0], 1, 2)?;
+    /// let ys = PanelMatrix::matmul_each(&[&a, &b], &[2.0, 3.0], 1)?;
+    /// assert_eq!(ys, vec![vec![2.0, 3.0], vec![5.0]]);
+    /// # Ok::<(), lastmile_core::CoreError>(())
+    /// ```
+    pub fn matmul_each(matrices: &[&PanelMatrix], x: &[f32], rows: usize) -> Result<Vec<Vec<f32>>> {
+        let mut prepared = Prepared::default();
+        matrices
+            .iter()
+            .map(|m| m.product_prepared(x, rows, true, &mut prepared))
+            .collect()
+    }
+
     /// [`PanelMatrix::matmul`], with the SIMD kernel when `simd` and the CPU has it.
     fn product(&self, x: &[f32], rows: usize, simd: bool) -> Result<Vec<f32>> {
+        self.product_prepared(x, rows, simd, &mut Prepared::default())
+    }
+
+    /// [`PanelMatrix::product`] with `x` packed or quantised once into `prepared`.
+    fn product_prepared(
+        &self,
+        x: &[f32],
+        rows: usize,
+        simd: bool,
+        prepared: &mut Prepared,
+    ) -> Result<Vec<f32>> {
         if rows == 0 || x.len() != rows * self.inp {
             return Err(CoreError::ShapeMismatch {
                 what: "panel matrix input".to_owned(),
@@ -245,54 +354,70 @@ impl PanelMatrix {
                 found: vec![rows, x.len() / self.inp.max(1)],
             });
         }
-        let packed = pack(x, rows, self.inp);
-        let panels = self.out.div_ceil(PANEL);
-        let mut by_panel = vec![0.0f32; panels * rows * PANEL];
-        // Enough panels per task to amortise the hand-off, enough tasks to
-        // share out (4 per thread).
-        let per_task = panels.div_ceil(4 * rayon::current_num_threads()).max(2);
-        by_panel
-            .par_chunks_mut(per_task * rows * PANEL)
-            .enumerate()
-            .for_each(|(task, out)| {
-                let first = task * per_task;
-                self.panels(first, &packed, rows, out, simd);
-            });
+        let inp = self.inp;
+        let (width, by_panel) = match &self.weights {
+            Weights::Int8(w) => {
+                let q = prepared
+                    .q8
+                    .get_or_insert_with(|| int8::quantise(x, rows, inp, simd));
+                let by_panel = split(w.panels(inp), int8::LANES, rows, |first, out| {
+                    #[cfg(target_arch = "x86_64")]
+                    if simd && vnni::available() {
+                        vnni::panels(w, inp, first, q, rows, out);
+                        return;
+                    }
+                    int8::panels(w, inp, first, q, rows, out);
+                });
+                (int8::LANES, by_panel)
+            }
+            Weights::F32(w) => {
+                let packed = prepared.packed.get_or_insert_with(|| pack(x, rows, inp));
+                (PANEL, self.exact(Exact::F32(w), packed, rows, simd))
+            }
+            Weights::Codes(c) => {
+                let packed = prepared.packed.get_or_insert_with(|| pack(x, rows, inp));
+                (PANEL, self.exact(Exact::Codes(c), packed, rows, simd))
+            }
+        };
         let mut y = vec![0.0f32; rows * self.out];
-        for (p, panel) in by_panel.chunks_exact(rows * PANEL).enumerate() {
-            let width = PANEL.min(self.out - p * PANEL);
+        for (p, panel) in by_panel.chunks_exact(rows * width).enumerate() {
+            let used = width.min(self.out - p * width);
             for (r, yr) in y.chunks_exact_mut(self.out).enumerate() {
-                yr[p * PANEL..p * PANEL + width]
-                    .copy_from_slice(&panel[r * PANEL..r * PANEL + width]);
+                yr[p * width..p * width + used]
+                    .copy_from_slice(&panel[r * width..r * width + used]);
             }
         }
         Ok(y)
     }
 
-    /// Panels `first..` into `out` (`[panel][rows][PANEL]`).
-    fn panels(&self, first: usize, x: &Packed, rows: usize, out: &mut [f32], simd: bool) {
-        let job = Job {
-            weights: &self.weights,
-            inp: self.inp,
-            first,
-            x,
-            rows,
-        };
-        #[cfg(target_arch = "x86_64")]
-        if let Some(simd) = pulp::x86::V3::try_new().filter(|_| simd) {
-            x86::panels(simd, job, out);
-            return;
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        let _ = simd;
-        portable::panels(job, out);
+    /// The product with f32 activations, `[panel][rows][PANEL]`.
+    fn exact(&self, weights: Exact<'_>, packed: &Packed, rows: usize, simd: bool) -> Vec<f32> {
+        split(self.out.div_ceil(PANEL), PANEL, rows, |first, out| {
+            let job = Job {
+                weights,
+                inp: self.inp,
+                first,
+                x: packed,
+                rows,
+            };
+            #[cfg(target_arch = "x86_64")]
+            if let Some(simd) = pulp::x86::V3::try_new().filter(|_| simd) {
+                x86::panels(simd, job, out);
+                return;
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            let _ = simd;
+            portable::panels(job, out);
+        })
     }
 }
 
 impl Weights {
-    /// Weight of panel `p`, input `i`, column `c` (`inp` inputs).
-    fn at(&self, p: usize, i: usize, c: usize, inp: usize) -> f32 {
+    /// Weight of output `o`, input `i` (`inp` inputs).
+    fn at(&self, o: usize, i: usize, inp: usize) -> f32 {
+        let (p, c) = (o / PANEL, o % PANEL);
         match self {
+            Weights::Int8(w) => w.at(o, i, inp),
             Weights::F32(w) => w[(p * inp + i) * PANEL + c],
             Weights::Codes(codes) => {
                 let s = (p * (inp / BLOCK) + i / BLOCK) * PANEL + c;
@@ -307,6 +432,25 @@ impl Weights {
     }
 }
 
+/// Runs `kernel(first panel, out)` over `panels` panels of `width` outputs
+/// split across rayon's pool; returns `[panel][rows][width]`.
+fn split(
+    panels: usize,
+    width: usize,
+    rows: usize,
+    kernel: impl Fn(usize, &mut [f32]) + Sync,
+) -> Vec<f32> {
+    let mut by_panel = vec![0.0f32; panels * rows * width];
+    // Enough panels per task to amortise the hand-off, enough tasks to
+    // share out (4 per thread).
+    let per_task = panels.div_ceil(4 * rayon::current_num_threads()).max(2);
+    by_panel
+        .par_chunks_mut(per_task * rows * width)
+        .enumerate()
+        .for_each(|(task, out)| kernel(task * per_task, out));
+    by_panel
+}
+
 fn check_dims(len: usize, out: usize, inp: usize, what: &str) -> Result<()> {
     if out == 0 || inp == 0 || out.checked_mul(inp) != Some(len) {
         return Err(CoreError::ShapeMismatch {
@@ -318,11 +462,25 @@ fn check_dims(len: usize, out: usize, inp: usize, what: &str) -> Result<()> {
     Ok(())
 }
 
+/// The rows of one `x`, packed or quantised for the kernels as first needed.
+#[derive(Default)]
+struct Prepared {
+    packed: Option<Packed>,
+    q8: Option<int8::Q8Rows>,
+}
+
+/// Weights multiplied by f32 activations.
+#[derive(Clone, Copy)]
+pub(crate) enum Exact<'a> {
+    F32(&'a [f32]),
+    Codes(&'a Codes),
+}
+
 /// A kernel's work: panels `first..` of `weights` (`inp` inputs each) times
 /// every block of `x` (`rows` rows), into `[panel][rows][PANEL]`.
 #[derive(Clone, Copy)]
 pub(crate) struct Job<'a> {
-    pub(crate) weights: &'a Weights,
+    pub(crate) weights: Exact<'a>,
     pub(crate) inp: usize,
     pub(crate) first: usize,
     pub(crate) x: &'a Packed,
@@ -366,102 +524,4 @@ fn row_block(left: usize) -> usize {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// `x Wᵀ` in f64 from the row-major weights.
-    fn naive(w: &[f32], out: usize, inp: usize, x: &[f32], rows: usize) -> Vec<f32> {
-        let mut y = vec![0.0f32; rows * out];
-        for r in 0..rows {
-            for o in 0..out {
-                let s: f64 = (0..inp)
-                    .map(|k| f64::from(w[o * inp + k]) * f64::from(x[r * inp + k]))
-                    .sum();
-                y[r * out + o] = s as f32;
-            }
-        }
-        y
-    }
-
-    fn values(n: usize, seed: usize) -> Vec<f32> {
-        (0..n)
-            .map(|i| (((i * 7919 + seed * 104729) % 2003) as f32 / 1001.0) - 1.0)
-            .collect()
-    }
-
-    /// Both kernels against the naive product of `m.to_f32()`, at row
-    /// counts that exercise every register block and their mixtures.
-    fn check_products(m: &PanelMatrix) {
-        let (out, inp) = (m.out(), m.inp());
-        let w = m.to_f32();
-        for rows in [1, 2, 3, 5, 8, 13, 17] {
-            let x = values(rows * inp, rows);
-            let want = naive(&w, out, inp, &x, rows);
-            for simd in [true, false] {
-                let y = m.product(&x, rows, simd).unwrap_or_else(|e| panic!("{e}"));
-                for (a, b) in y.iter().zip(&want) {
-                    let tol = 1e-5 * (1.0 + b.abs()) * (inp as f32).sqrt();
-                    assert!((a - b).abs() <= tol, "{rows} rows, simd {simd}: {a} vs {b}");
-                }
-            }
-        }
-    }
-
-    #[test]
-    fn f32_panels_match_naive_at_every_row_count() {
-        // 21 outputs: two whole panels and a padded one; 70 inputs: not a
-        // multiple of the accumulator interleave.
-        let (out, inp) = (21, 70);
-        let w = values(out * inp, 1);
-        let m = PanelMatrix::from_f32(&w, out, inp).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(m.to_f32(), w);
-        check_products(&m);
-    }
-
-    #[test]
-    fn quantised_blocks_are_the_dequantised_file() {
-        let (out, inp) = (19, 96);
-        for ty in [GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q4_1] {
-            let bytes = out * inp / BLOCK * ty.type_size();
-            let mut data: Vec<u8> = (0..bytes).map(|i| ((i * 131 + 7) % 251) as u8).collect();
-            // Scales (and minimums) as small finite f16 values.
-            for block in data.chunks_exact_mut(ty.type_size()) {
-                let d = half::f16::from_f32(f32::from(block[4]) / 512.0 - 0.2).to_bits();
-                block[..2].copy_from_slice(&d.to_le_bytes());
-                if ty == GgmlType::Q4_1 {
-                    let m = half::f16::from_f32(-f32::from(block[5]) / 256.0).to_bits();
-                    block[2..4].copy_from_slice(&m.to_le_bytes());
-                }
-            }
-            let m = PanelMatrix::from_gguf(ty, &data, out, inp).unwrap_or_else(|e| panic!("{e}"));
-            assert!(m.is_quantised());
-            let want = crate::gguf::dequantize(ty, &data, out * inp).unwrap_or_default();
-            assert_eq!(m.to_f32(), want, "{ty}");
-            check_products(&m);
-        }
-    }
-
-    #[test]
-    fn gguf_blocks_are_checked() {
-        // A row of 48 elements is not whole Q8_0 blocks.
-        let data = vec![0u8; 3 * 34];
-        assert!(PanelMatrix::from_gguf(GgmlType::Q8_0, &data, 2, 48).is_err());
-        // Too few bytes, an unsupported type.
-        assert!(PanelMatrix::from_gguf(GgmlType::Q8_0, &data[..60], 1, 64).is_err());
-        assert!(PanelMatrix::from_gguf(GgmlType::Q5_0, &data, 1, 32).is_err());
-        // Float tensors are widened.
-        let f: Vec<u8> = [1.0f32, 2.0].iter().flat_map(|v| v.to_le_bytes()).collect();
-        let m = PanelMatrix::from_gguf(GgmlType::F32, &f, 1, 2).unwrap_or_else(|e| panic!("{e}"));
-        assert!(!m.is_quantised());
-        assert_eq!(m.matmul(&[1.0, 1.0], 1).unwrap_or_default(), vec![3.0]);
-    }
-
-    #[test]
-    fn shapes_are_checked() {
-        assert!(PanelMatrix::from_f32(&[1.0; 5], 2, 3).is_err());
-        assert!(PanelMatrix::from_f32(&[], 0, 3).is_err());
-        let m = PanelMatrix::from_f32(&[1.0; 6], 2, 3).unwrap_or_else(|e| panic!("{e}"));
-        assert!(m.matmul(&[1.0; 5], 2).is_err());
-        assert!(m.matmul(&[], 0).is_err());
-    }
-}
+mod tests;

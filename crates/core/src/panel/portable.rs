@@ -1,6 +1,6 @@
 //! The kernel for CPUs without AVX2: plain loops over the panel layout.
 
-use super::{BLOCK, Job, PANEL, Weights};
+use super::{BLOCK, Exact, Job, PANEL};
 
 /// Computes `job` into `out` (`[panel][rows][PANEL]`).
 pub(super) fn panels(job: Job<'_>, out: &mut [f32]) {
@@ -31,11 +31,11 @@ pub(super) fn panels(job: Job<'_>, out: &mut [f32]) {
     }
 }
 
-fn weights_at(weights: &Weights, p: usize, k: usize, inp: usize) -> [f32; PANEL] {
+fn weights_at(weights: Exact<'_>, p: usize, k: usize, inp: usize) -> [f32; PANEL] {
     let mut w = [0.0f32; PANEL];
     match weights {
-        Weights::F32(v) => w.copy_from_slice(&v[(p * inp + k) * PANEL..(p * inp + k + 1) * PANEL]),
-        Weights::Codes(c) => {
+        Exact::F32(v) => w.copy_from_slice(&v[(p * inp + k) * PANEL..(p * inp + k + 1) * PANEL]),
+        Exact::Codes(c) => {
             let s = (p * (inp / BLOCK) + k / BLOCK) * PANEL;
             let q = &c.q[(p * inp + k) * PANEL..(p * inp + k + 1) * PANEL];
             for (i, wi) in w.iter_mut().enumerate() {

@@ -11,7 +11,7 @@ use std::arch::x86_64::{__m128i, __m256};
 
 use pulp::x86::V3;
 
-use super::{BLOCK, Codes, Job, PANEL, Weights};
+use super::{BLOCK, Codes, Exact, Job, PANEL};
 
 /// Computes `job` into `out` (`[panel][rows][PANEL]`).
 pub(super) fn panels(simd: V3, job: Job<'_>, out: &mut [f32]) {
@@ -46,7 +46,7 @@ impl pulp::WithSimd for Panels<'_> {
                 let xb = &x.values[r0 * inp..(r0 + n) * inp];
                 let o = &mut out[r0 * PANEL..(r0 + n) * PANEL];
                 match weights {
-                    Weights::F32(w) => {
+                    Exact::F32(w) => {
                         let w = &w[p * inp * PANEL..(p + 1) * inp * PANEL];
                         match n {
                             8 => f32_panel::<8, 1>(simd, w, xb, o),
@@ -55,7 +55,7 @@ impl pulp::WithSimd for Panels<'_> {
                             _ => f32_panel::<1, 8>(simd, w, xb, o),
                         }
                     }
-                    Weights::Codes(c) => {
+                    Exact::Codes(c) => {
                         let panel = CodePanel::new(c, p, inp);
                         match (n, c.min.is_some()) {
                             (8, false) => code_panel::<8, 1, false>(simd, &panel, xb, o),

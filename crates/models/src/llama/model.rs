@@ -176,11 +176,12 @@ impl LlamaModel {
         let (vocab, ff) = (config.vocab_size, config.d_ff);
         let eps = config.rms_eps;
         let matrix = |src: &mut Source<'_>, name: &str, out: usize, inp: usize| {
-            if let (WeightStorage::Blocks, Source::Gguf(file)) = (storage, &*src) {
+            if let (true, Source::Gguf(file)) = (storage.is_host(), &*src) {
                 // The file's blocks as they are (no dequantised copy).
                 check_shape(file, name, &[out, inp])?;
                 let ggml_type = file.tensor_info(name)?.ggml_type();
-                return Matrix::from_gguf_blocks(ggml_type, &file.tensor_data(name)?, out, inp);
+                let data = file.tensor_data(name)?;
+                return Matrix::from_gguf_blocks(ggml_type, &data, out, inp, storage);
             }
             let fill = Fill::Uniform(1.0 / (inp as f32).sqrt());
             let values = src.values(name, &[out, inp], fill)?;
@@ -211,11 +212,11 @@ impl LlamaModel {
         }
         let final_norm = norm(&mut src, "output_norm.weight")?;
         let head = if config.tied_embeddings {
-            match (storage, &src) {
-                (WeightStorage::Blocks, Source::Gguf(file)) => {
+            match (storage.is_host(), &src) {
+                (true, Source::Gguf(file)) => {
                     let ggml_type = file.tensor_info("token_embd.weight")?.ggml_type();
                     let data = file.tensor_data("token_embd.weight")?;
-                    Matrix::from_gguf_blocks(ggml_type, &data, vocab, d)?
+                    Matrix::from_gguf_blocks(ggml_type, &data, vocab, d, storage)?
                 }
                 _ => Matrix::from_out_in(&embed_values, vocab, d, storage, device)?,
             }
@@ -333,7 +334,7 @@ impl LlamaModel {
         tokens: &[Vec<usize>],
         layers: usize,
     ) -> LlamaResult<Tensor<3>> {
-        if self.storage == WeightStorage::Blocks {
+        if self.storage.is_host() {
             // The panel kernel splits each product over rayon's pool. Run
             // the whole pass on one of the pool's threads, so that those
             // 200-odd splits per pass are handed between running workers,
@@ -403,14 +404,13 @@ impl LlamaModel {
         }
         let device = &self.device;
         let ids = Tensor::<1, Int>::from_data(TensorData::new(ids, [b * n]), device);
-        let pos = Tensor::<1, Int>::from_data(TensorData::new(pos, [b * n]), device);
         let heads = Heads {
             n_heads: self.config.n_heads,
             n_kv_heads: self.config.n_kv_heads,
             head_dim: self.config.head_dim(),
         };
         let mask = causal_mask(&offsets, n, total, heads, device);
-        let rope = self.rope.at(pos, b, n);
+        let rope = self.rope.at(&pos, b, n, device);
         let d = self.config.d_model;
         let mut x = self.embed.clone().select(0, ids).reshape([b, n, d]);
         for (layer, block) in self.blocks.iter().take(layers).enumerate() {

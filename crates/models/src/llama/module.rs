@@ -278,13 +278,13 @@ impl LlamaModule {
         let ids: Vec<i64> = tokens.iter().flatten().map(|&t| t as i64).collect();
         let ids = Tensor::<1, Int>::from_data(TensorData::new(ids, [b * n]), &device);
         let pos: Vec<i64> = (0..b).flat_map(|_| 0..n as i64).collect();
-        let pos = Tensor::<1, Int>::from_data(TensorData::new(pos, [b * n]), &device);
         let heads = Heads {
             n_heads: self.config.n_heads,
             n_kv_heads: self.config.n_kv_heads,
             head_dim: self.config.head_dim(),
         };
-        let rope = Rope::new(heads.head_dim, n, self.config.rope_base, &device).at(pos, b, n);
+        let rope =
+            Rope::new(heads.head_dim, n, self.config.rope_base, &device).at(&pos, b, n, &device);
         let mask = causal_mask(&vec![0; b], n, n, heads, &device);
         let d = self.config.d_model;
         let mut x = self.embed.val().select(0, ids).reshape([b, n, d]);

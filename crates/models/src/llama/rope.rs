@@ -18,6 +18,8 @@
 //! with `θ_i = p · s^i`, `s = θ^(−2/d)` accumulated by repeated
 //! multiplication, so positions far into the context match it closely.
 
+use std::sync::Arc;
+
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
 /// Cosine and sine tables for every position of the context.
@@ -27,6 +29,9 @@ pub(crate) struct Rope {
     cos: Tensor<2>,
     /// `[max_context, d/2]`.
     sin: Tensor<2>,
+    /// The same tables in host memory, for the host path.
+    host_cos: Arc<Vec<f32>>,
+    host_sin: Arc<Vec<f32>>,
     half: usize,
 }
 
@@ -46,19 +51,39 @@ impl Rope {
             }
         }
         Self {
-            cos: Tensor::from_data(TensorData::new(cos, [max_context, half]), device),
-            sin: Tensor::from_data(TensorData::new(sin, [max_context, half]), device),
+            cos: Tensor::from_data(TensorData::new(cos.clone(), [max_context, half]), device),
+            sin: Tensor::from_data(TensorData::new(sin.clone(), [max_context, half]), device),
+            host_cos: Arc::new(cos),
+            host_sin: Arc::new(sin),
             half,
         }
     }
 
     /// The tables at `positions` (`[b·n]`, row-major over `[b, n]`), shaped
     /// `[b, 1, n, d/2, 1]` to broadcast over heads and pair members.
-    pub(crate) fn at(&self, positions: Tensor<1, Int>, b: usize, n: usize) -> RopeAt {
+    pub(crate) fn at(&self, positions: &[i64], b: usize, n: usize, device: &Device) -> RopeAt {
         let shape = [b, 1, n, self.half, 1];
+        let rows = |table: &[f32]| -> Vec<f32> {
+            positions
+                .iter()
+                .flat_map(|&p| {
+                    // Callers clamp positions into the context; clamp again
+                    // so that a slip cannot index past the table.
+                    let last = table.len() / self.half - 1;
+                    let p = usize::try_from(p).unwrap_or(0).min(last);
+                    table[p * self.half..(p + 1) * self.half].iter().copied()
+                })
+                .collect()
+        };
+        let positions = Tensor::<1, Int>::from_data(
+            TensorData::new(positions.to_vec(), [positions.len()]),
+            device,
+        );
         RopeAt {
             cos: self.cos.clone().select(0, positions.clone()).reshape(shape),
             sin: self.sin.clone().select(0, positions).reshape(shape),
+            host_cos: rows(&self.host_cos),
+            host_sin: rows(&self.host_sin),
         }
     }
 }
@@ -68,6 +93,9 @@ impl Rope {
 pub(crate) struct RopeAt {
     cos: Tensor<5>,
     sin: Tensor<5>,
+    /// `[b·n, half]` on the host, row `r·n + i` for position `i` of batch row `r`.
+    host_cos: Vec<f32>,
+    host_sin: Vec<f32>,
 }
 
 impl RopeAt {
@@ -81,5 +109,22 @@ impl RopeAt {
         let y0 = x0.clone() * self.cos.clone() - x1.clone() * self.sin.clone();
         let y1 = x0 * self.sin.clone() + x1 * self.cos.clone();
         Tensor::cat(vec![y0, y1], 4).reshape([b, h, n, d])
+    }
+
+    /// [`RopeAt::apply`] on host values `x` (`[b·n, heads, d]`), in place,
+    /// by the same operations (a product each, then the difference or sum).
+    pub(crate) fn apply_host(&self, x: &mut [f32], heads: usize, d: usize) {
+        let half = d / 2;
+        for (row, xr) in x.chunks_exact_mut(heads * d).enumerate() {
+            let cos = &self.host_cos[row * half..(row + 1) * half];
+            let sin = &self.host_sin[row * half..(row + 1) * half];
+            for head in xr.chunks_exact_mut(d) {
+                for ((pair, &c), &s) in head.chunks_exact_mut(2).zip(cos).zip(sin) {
+                    let (x0, x1) = (pair[0], pair[1]);
+                    pair[0] = x0 * c - x1 * s;
+                    pair[1] = x0 * s + x1 * c;
+                }
+            }
+        }
     }
 }

@@ -16,10 +16,14 @@ use super::error::{LlamaError, LlamaResult};
 /// Measured on SmolLM2-135M (`benches/llama.rs`, flex, release, 2 cores;
 /// `docs/benchmarks.md`):
 ///
-/// - **[`WeightStorage::Blocks`] is the fastest on a CPU**: the file's
-///   4- and 8-bit blocks as 8-bit codes (164 MB) in lastmile's own kernel,
-///   about twice as fast per decoding step as F32;
-///   [`WeightStorage::fastest_on`] picks it for CPU devices.
+/// - **[`WeightStorage::BlocksQ8`] is the fastest on a CPU with AVX-512
+///   VNNI**: the file's blocks as 8-bit codes (164 MB), multiplied in
+///   integers with activations rounded to 8 bits as llama.cpp does; a pass
+///   over 8 tokens costs about 1.5–1.7 one-token steps, against 2.7 for Blocks.
+/// - **[`WeightStorage::Blocks`]** keeps the same codes with f32
+///   activations, exact to the dequantised file: about twice as fast per
+///   decoding step as F32. [`WeightStorage::fastest_on`] picks one of the two
+///   for CPU devices.
 /// - **F32 is the default**, the storage every device computes with: a
 ///   one-token step reads 537 MB through the backend's matrix product.
 /// - f16 halves F32's bytes but flex's f16 product is slower per step and
@@ -58,16 +62,32 @@ pub enum WeightStorage {
     /// trained weights) are kept as f32 in the same kernel's layout.
     /// CPU devices only (flex, ndarray): the kernel reads host memory.
     Blocks,
+    /// [`WeightStorage::Blocks`]'s codes, multiplied as llama.cpp
+    /// multiplies them: each product rounds its activations to 8-bit
+    /// blocks (ggml's Q8_0) and sums each block's products of codes in
+    /// integers ([`PanelMatrix::from_gguf_q8`]). The activations' rounding
+    /// moves logits by about 1e-2 (measured against llama.cpp in
+    /// `tests/it/llama_reference.rs`); in exchange, on CPUs with AVX-512
+    /// VNNI a pass over several tokens costs little more than one. CPU
+    /// devices only.
+    BlocksQ8,
 }
 
 impl WeightStorage {
     /// Every storage, in the order benches report them.
-    pub const ALL: [WeightStorage; 4] = [
+    pub const ALL: [WeightStorage; 5] = [
         WeightStorage::F32,
         WeightStorage::F16,
         WeightStorage::Bf16,
         WeightStorage::Blocks,
+        WeightStorage::BlocksQ8,
     ];
+
+    /// Whether the matrices live in host memory for lastmile's panel
+    /// kernel ([`WeightStorage::Blocks`], [`WeightStorage::BlocksQ8`]).
+    pub fn is_host(self) -> bool {
+        matches!(self, WeightStorage::Blocks | WeightStorage::BlocksQ8)
+    }
 
     /// Bytes per stored weight: for [`WeightStorage::Blocks`] the byte of
     /// its code (the block scales add 4 or 8 bytes per 32 weights;
@@ -76,7 +96,7 @@ impl WeightStorage {
         match self {
             WeightStorage::F32 => 4,
             WeightStorage::F16 | WeightStorage::Bf16 => 2,
-            WeightStorage::Blocks => 1,
+            WeightStorage::Blocks | WeightStorage::BlocksQ8 => 1,
         }
     }
 
@@ -87,38 +107,47 @@ impl WeightStorage {
     /// use burn::tensor::DType;
     /// use lastmile_models::llama::WeightStorage;
     /// assert_eq!(WeightStorage::Bf16.dtype(), DType::BF16);
-    /// assert_eq!(WeightStorage::ALL.map(WeightStorage::bytes_per_weight), [4, 2, 2, 1]);
+    /// assert_eq!(WeightStorage::ALL.map(WeightStorage::bytes_per_weight), [4, 2, 2, 1, 1]);
     /// ```
     pub fn dtype(self) -> DType {
         match self {
-            WeightStorage::F32 | WeightStorage::Blocks => DType::F32,
+            WeightStorage::F32 | WeightStorage::Blocks | WeightStorage::BlocksQ8 => DType::F32,
             WeightStorage::F16 => DType::F16,
             WeightStorage::Bf16 => DType::BF16,
         }
     }
 
     /// The storage measured fastest on `device`'s kind
-    /// (`docs/benchmarks.md`): [`WeightStorage::Blocks`] on CPU devices
-    /// (a SmolLM2-135M step about twice as fast as F32, in 164 MB instead
-    /// of 537), [`WeightStorage::F32`] elsewhere.
+    /// (`docs/benchmarks.md`): on CPU devices [`WeightStorage::BlocksQ8`]
+    /// where the CPU has the 8-bit kernel
+    /// ([`lastmile_core::panel::int8_simd_available`]: a SmolLM2-135M step
+    /// a little faster than Blocks, a pass over 8 tokens twice as fast) and
+    /// [`WeightStorage::Blocks`] otherwise (a step about twice as fast as
+    /// F32, in 164 MB instead of 537); [`WeightStorage::F32`] elsewhere.
+    ///
+    /// BlocksQ8 rounds activations to 8 bits as llama.cpp does; choose
+    /// Blocks for products exact to the dequantised file.
     ///
     /// ```
     /// # #[cfg(feature = "flex")] {
     /// use burn::tensor::Device;
     /// use lastmile_models::llama::WeightStorage;
-    /// assert_eq!(WeightStorage::fastest_on(&Device::flex()), WeightStorage::Blocks);
+    /// let storage = WeightStorage::fastest_on(&Device::flex());
+    /// assert!(storage.is_host());
     /// # }
     /// ```
     pub fn fastest_on(device: &Device) -> WeightStorage {
-        if Backend::of(device).is_some_and(Backend::is_cpu) {
-            WeightStorage::Blocks
-        } else {
+        if !Backend::of(device).is_some_and(Backend::is_cpu) {
             WeightStorage::F32
+        } else if lastmile_core::panel::int8_simd_available() {
+            WeightStorage::BlocksQ8
+        } else {
+            WeightStorage::Blocks
         }
     }
 
     /// Whether `device` can hold this storage: its element type, and a CPU
-    /// device for [`WeightStorage::Blocks`].
+    /// device for [`WeightStorage::Blocks`] and [`WeightStorage::BlocksQ8`].
     ///
     /// # Errors
     /// [`LlamaError::Storage`] when it cannot.
@@ -132,7 +161,7 @@ impl WeightStorage {
     /// ```
     pub fn check_device(self, device: &Device) -> LlamaResult<()> {
         let cpu = Backend::of(device).is_some_and(Backend::is_cpu);
-        if !device.supports_dtype(self.dtype()) || (self == WeightStorage::Blocks && !cpu) {
+        if !device.supports_dtype(self.dtype()) || (self.is_host() && !cpu) {
             return Err(LlamaError::Storage {
                 storage: format!("{self:?}"),
                 device: format!("{device:?}"),
@@ -171,7 +200,7 @@ enum Layout {
     Plain(Tensor<2>),
     /// `[out / PANEL, in, PANEL]`: panel `p` holds output columns `p·PANEL .. (p + 1)·PANEL`.
     Panels(Tensor<3>),
-    /// Host memory, for the panel kernel ([`WeightStorage::Blocks`]).
+    /// Host memory, for the panel kernel ([`WeightStorage::is_host`]).
     Host(Arc<PanelMatrix>),
 }
 
@@ -187,7 +216,7 @@ impl Matrix {
         storage: WeightStorage,
         device: &Device,
     ) -> LlamaResult<Self> {
-        if storage == WeightStorage::Blocks {
+        if storage.is_host() {
             return Ok(Self::host(
                 PanelMatrix::from_f32(values, out, inp)?,
                 storage,
@@ -230,8 +259,8 @@ impl Matrix {
         })
     }
 
-    /// [`WeightStorage::Blocks`] from a GGUF tensor's raw data (`out` rows
-    /// of `inp` elements of `ggml_type`).
+    /// A host storage ([`WeightStorage::is_host`]) from a GGUF tensor's
+    /// raw data (`out` rows of `inp` elements of `ggml_type`).
     ///
     /// # Errors
     /// [`LlamaError::Gguf`] as [`PanelMatrix::from_gguf`].
@@ -240,9 +269,14 @@ impl Matrix {
         data: &[u8],
         out: usize,
         inp: usize,
+        storage: WeightStorage,
     ) -> LlamaResult<Self> {
-        let m = PanelMatrix::from_gguf(ggml_type, data, out, inp)?;
-        Ok(Self::host(m, WeightStorage::Blocks))
+        let m = if storage == WeightStorage::BlocksQ8 {
+            PanelMatrix::from_gguf_q8(ggml_type, data, out, inp)?
+        } else {
+            PanelMatrix::from_gguf(ggml_type, data, out, inp)?
+        };
+        Ok(Self::host(m, storage))
     }
 
     fn host(m: PanelMatrix, storage: WeightStorage) -> Self {
@@ -258,7 +292,7 @@ impl Matrix {
     ///
     /// # Errors
     /// [`LlamaError::Core`] when the host kernel cannot read `x` as f32
-    /// values (only with [`WeightStorage::Blocks`]).
+    /// values (only with a host storage).
     pub(crate) fn forward(&self, x: Tensor<3>) -> LlamaResult<Tensor<3>> {
         let [b, n, inp] = x.dims();
         let half = matches!(self.storage, WeightStorage::F16 | WeightStorage::Bf16);
@@ -299,7 +333,15 @@ impl Matrix {
         }
     }
 
-    /// Bytes held on the device (in host memory for [`WeightStorage::Blocks`]).
+    /// The matrix in host memory, for a host storage.
+    pub(crate) fn as_host(&self) -> Option<&PanelMatrix> {
+        match &self.layout {
+            Layout::Host(m) => Some(m),
+            _ => None,
+        }
+    }
+
+    /// Bytes held on the device (in host memory for the host storages).
     pub(crate) fn bytes(&self) -> usize {
         match &self.layout {
             Layout::Host(m) => m.bytes(),
@@ -311,7 +353,7 @@ impl Matrix {
 /// `x` in `storage`'s element type for a product on the device.
 fn cast_to(x: Tensor<3>, storage: WeightStorage) -> Tensor<3> {
     match storage {
-        WeightStorage::F32 | WeightStorage::Blocks => x,
+        WeightStorage::F32 | WeightStorage::Blocks | WeightStorage::BlocksQ8 => x,
         WeightStorage::F16 | WeightStorage::Bf16 => x.cast(storage.dtype()),
     }
 }
@@ -319,17 +361,10 @@ fn cast_to(x: Tensor<3>, storage: WeightStorage) -> Tensor<3> {
 /// `x Wᵀ` by the panel kernel: `x` (`[b, n, in]`, on a CPU device, where
 /// this is a hand-over of host memory) to the host and the product back.
 fn host_product(m: &PanelMatrix, x: Tensor<3>) -> LlamaResult<Tensor<3>> {
-    let [b, n, inp] = x.dims();
+    let [b, n, _] = x.dims();
     let device = x.device();
     let data = x.into_data();
-    let values = data.as_slice::<f32>().map_err(|e| {
-        LlamaError::Core(lastmile_core::CoreError::ShapeMismatch {
-            what: format!("activations for the panel kernel ({e:?})"),
-            expected: "f32 values".to_owned(),
-            found: vec![b, n, inp],
-        })
-    })?;
-    let y = m.matmul(values, b * n)?;
+    let y = m.matmul(super::host::host_values(&data)?, b * n)?;
     Ok(Tensor::from_data(
         TensorData::new(y, [b, n, m.out()]),
         &device,
@@ -340,7 +375,7 @@ fn host_product(m: &PanelMatrix, x: Tensor<3>) -> LlamaResult<Tensor<3>> {
 fn stored<const D: usize>(data: TensorData, storage: WeightStorage, device: &Device) -> Tensor<D> {
     let t = Tensor::<D>::from_data(data, device);
     match storage {
-        WeightStorage::F32 | WeightStorage::Blocks => t,
+        WeightStorage::F32 | WeightStorage::Blocks | WeightStorage::BlocksQ8 => t,
         WeightStorage::F16 | WeightStorage::Bf16 => t.cast(storage.dtype()),
     }
 }

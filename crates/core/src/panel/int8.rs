@@ -1,0 +1,254 @@
+//! Products of quantised blocks with 8-bit activations, as ggml computes
+//! them: each row of `x` is quantised to blocks of 32 signed bytes with
+//! one f32 scale (ggml's Q8_0, `d = max|x| / 127`, `q = round(x / d)`), and
+//! each block's dot product is an integer sum.
+//!
+//! For a weight block `w = d_w·q_w (+ m)` and an activation block
+//! `x ≈ d_x·q_x`, the block's share of `y = Σ w·x` is
+//!
+//! ```text
+//! d_x·(d_w·Σ q_w·q_x) + m·(d_x·Σ q_x)
+//! ```
+//!
+//! (llama.cpp's `ggml_vec_dot_q4_1_q8_1` and kin). The codes are stored
+//! unsigned, `u = q_w + o` (`o` = 128, or 0 for Q4_1 whose codes are
+//! nibbles), because the x86 instruction that does four byte products a lane
+//! (`vpdpbusd`) takes one unsigned operand; the integer sum starts from
+//! `−o·Σ q_x` so that it is exactly `Σ q_w·q_x`. Integer sums are exact in
+//! any order and the float steps are the same three (or four) operations in
+//! every kernel, so the AVX-512 kernel and the portable one give
+//! bit-identical results.
+//!
+//! Layout: panels of [`LANES`] = 16 outputs (one 512-bit vector of i32),
+//! codes `[panel][in / 4][LANES][4]` so that one 64-byte load gives 16
+//! outputs' codes for 4 consecutive inputs.
+
+use super::{BLOCK, Codes, PANEL};
+
+/// Output rows per panel of 8-bit codes (lanes of a 512-bit i32 vector).
+pub(crate) const LANES: usize = 16;
+
+/// Inputs per byte group (one `vpdpbusd` lane sums 4 byte products).
+pub(crate) const QUAD: usize = 4;
+
+/// Byte groups per quantisation block.
+pub(crate) const QUADS: usize = BLOCK / QUAD;
+
+/// Quantised weights laid out for 8-bit activations.
+#[derive(Debug, Clone)]
+pub(crate) struct Int8Codes {
+    /// `u = q + offset`, `[panel][in / QUAD][LANES][QUAD]`.
+    pub(crate) u: Vec<u8>,
+    /// Block scales `[panel][in / BLOCK][LANES]`.
+    pub(crate) scale: Vec<f32>,
+    /// Block minimums (Q4_1), same layout.
+    pub(crate) min: Option<Vec<f32>>,
+    /// What makes the codes unsigned.
+    pub(crate) offset: i32,
+}
+
+impl Int8Codes {
+    /// From codes in the 8-output panel layout (`out` rows, `inp` inputs).
+    pub(crate) fn from_codes(c: &Codes, out: usize, inp: usize) -> Self {
+        let panels = out.div_ceil(LANES);
+        let nb = inp / BLOCK;
+        // Q4_1's codes are nibbles, already unsigned; the others are signed bytes.
+        let offset = if c.min.is_some() { 0 } else { 128 };
+        let mut u = vec![0u8; panels * inp * LANES];
+
+        let mut scale = vec![0.0f32; panels * nb * LANES];
+        let mut min = c.min.as_ref().map(|_| vec![0.0f32; scale.len()]);
+        for o in 0..out {
+            let (p8, c8) = (o / PANEL, o % PANEL);
+            let (p, l) = (o / LANES, o % LANES);
+            for k in 0..inp {
+                let q = i32::from(c.q[(p8 * inp + k) * PANEL + c8]);
+                // In 0..=255: an i8 plus 128, or a nibble.
+                u[((p * (inp / QUAD) + k / QUAD) * LANES + l) * QUAD + k % QUAD] =
+                    (q + offset) as u8;
+            }
+            for b in 0..nb {
+                let from = (p8 * nb + b) * PANEL + c8;
+                let to = (p * nb + b) * LANES + l;
+                scale[to] = c.scale[from];
+                if let (Some(m), Some(src)) = (min.as_mut(), &c.min) {
+                    m[to] = src[from];
+                }
+            }
+        }
+        Self {
+            u,
+            scale,
+            min,
+            offset,
+        }
+    }
+
+    /// Panels of [`LANES`] outputs.
+    pub(crate) fn panels(&self, inp: usize) -> usize {
+        self.u.len() / (inp * LANES)
+    }
+
+    /// Bytes held.
+    pub(crate) fn bytes(&self) -> usize {
+        self.u.len() + 4 * self.scale.len() + 4 * self.min.as_ref().map_or(0, Vec::len)
+    }
+
+    /// The dequantised weight of output `o`, input `k` (`inp` inputs), by
+    /// ggml's operations (`q·d`, then `+ m`).
+    pub(crate) fn at(&self, o: usize, k: usize, inp: usize) -> f32 {
+        let (p, l) = (o / LANES, o % LANES);
+        let u = self.u[((p * (inp / QUAD) + k / QUAD) * LANES + l) * QUAD + k % QUAD];
+        let q = (i32::from(u) - self.offset) as f32;
+        let s = (p * (inp / BLOCK) + k / BLOCK) * LANES + l;
+        match &self.min {
+            Some(m) => q * self.scale[s] + m[s],
+            None => q * self.scale[s],
+        }
+    }
+}
+
+/// The rows of `x`, quantised to 8-bit blocks and grouped into register
+/// blocks of rows as [`super::Packed`] groups f32 rows.
+pub(crate) struct Q8Rows {
+    /// Four codes of one row packed little-endian in an i32: a block of `n`
+    /// rows starting at row `r0` is `[in / QUAD][n]` from `r0 · in / QUAD`.
+    pub(crate) q: Vec<i32>,
+    /// `Σ q` per block of 32 inputs: `[in / BLOCK][n]` from `r0 · in / BLOCK`.
+    pub(crate) sum: Vec<i32>,
+    /// The block's scale `d`, same layout.
+    pub(crate) d: Vec<f32>,
+    /// `d · Σ q` (what a block minimum multiplies), same layout.
+    pub(crate) ds: Vec<f32>,
+    /// `(first row, rows)` of each register block.
+    pub(crate) blocks: Vec<(usize, usize)>,
+}
+
+/// Quantises `x` (`[rows, inp]`, `inp` a multiple of [`BLOCK`]); compiled
+/// for AVX-512 where the CPU has it (the same operations, so the same codes).
+pub(crate) fn quantise(x: &[f32], rows: usize, inp: usize, simd: bool) -> Q8Rows {
+    #[cfg(target_arch = "x86_64")]
+    if simd && super::vnni::available() {
+        return super::vnni::quantise(x, rows, inp);
+    }
+    let _ = simd;
+    quantise_rows(x, rows, inp, q8_block)
+}
+
+/// [`quantise`]'s body, with `q8` quantising one block (the portable
+/// [`q8_block`] or a SIMD twin with the same results).
+#[inline(always)]
+pub(crate) fn quantise_rows(
+    x: &[f32],
+    rows: usize,
+    inp: usize,
+    q8: impl Fn(&[f32; BLOCK]) -> (f32, [i8; BLOCK]),
+) -> Q8Rows {
+    let nb = inp / BLOCK;
+    let mut out = Q8Rows {
+        q: vec![0; rows * inp / QUAD],
+        sum: vec![0; rows * nb],
+        d: vec![0.0; rows * nb],
+        ds: vec![0.0; rows * nb],
+        blocks: Vec::new(),
+    };
+    let mut r0 = 0;
+    while r0 < rows {
+        let n = super::row_block(rows - r0);
+        for j in 0..n {
+            let row = &x[(r0 + j) * inp..(r0 + j + 1) * inp];
+            for (b, block) in row.as_chunks::<BLOCK>().0.iter().enumerate() {
+                let (d, codes) = q8(block);
+                let sum: i32 = codes.iter().map(|&c| i32::from(c)).sum();
+                let at = r0 * nb + b * n + j;
+                out.sum[at] = sum;
+                out.d[at] = d;
+                out.ds[at] = d * sum as f32;
+                for (g, quad) in codes.chunks_exact(QUAD).enumerate() {
+                    let bytes = [quad[0] as u8, quad[1] as u8, quad[2] as u8, quad[3] as u8];
+                    out.q[r0 * inp / QUAD + (b * QUADS + g) * n + j] = i32::from_le_bytes(bytes);
+                }
+            }
+        }
+        out.blocks.push((r0, n));
+        r0 += n;
+    }
+    out
+}
+
+/// ggml's Q8_0 quantisation of one block: `d = max|x| / 127`,
+/// `q = round(x · 127 / max|x|)` to the nearest integer, ties to even as ggml's x86
+/// code rounds (0 for an all-zero block). A NaN in the block makes `d`
+/// NaN, so that the block's products are NaN rather than silently finite.
+pub(crate) fn q8_block(x: &[f32; BLOCK]) -> (f32, [i8; BLOCK]) {
+    // max |x| on the bit patterns (ordered as the values for non-negative
+    // floats, with NaN above ∞): an integer maximum, which vectorises.
+    let bits = x.iter().fold(0u32, |m, v| m.max(v.to_bits() & 0x7FFF_FFFF));
+    let amax = f32::from_bits(bits);
+    let d = amax / 127.0;
+    // ggml's x86 code scales by 127 / max|x| (not 1 / d, which can round differently).
+    let id = if amax > 0.0 { 127.0 / amax } else { 0.0 };
+    let mut q = [0i8; BLOCK];
+    for (q, v) in q.iter_mut().zip(x) {
+        *q = round_to_i8(v * id);
+    }
+    (d, q)
+}
+
+/// `y` rounded to the nearest integer (ties to even), saturated to ±127.
+/// Adding and removing 1.5·2²³ rounds any |y| < 2²² in the default
+/// rounding mode: plain arithmetic, where `f32::round_ties_even` is a
+/// library call on CPUs without SSE4.1 (most of a product's time at 8 rows).
+#[inline(always)]
+fn round_to_i8(y: f32) -> i8 {
+    const MAGIC: f32 = 12_582_912.0;
+    // The clamp first keeps the trick's range and maps an overshoot from
+    // rounding to ±127 (`as` saturates and maps NaN to 0).
+    let y = y.clamp(-127.0, 127.0);
+    ((y + MAGIC) - MAGIC) as i8
+}
+
+/// The portable kernel: panels `first..` of `w` against every register
+/// block of `x`, into `out` (`[panel][rows][LANES]`).
+pub(crate) fn panels(
+    w: &Int8Codes,
+    inp: usize,
+    first: usize,
+    x: &Q8Rows,
+    rows: usize,
+    out: &mut [f32],
+) {
+    let nb = inp / BLOCK;
+    for (j, out) in out.chunks_exact_mut(rows * LANES).enumerate() {
+        let p = first + j;
+        let u = &w.u[p * inp * LANES..(p + 1) * inp * LANES];
+        for &(r0, n) in &x.blocks {
+            let q = &x.q[r0 * inp / QUAD..(r0 + n) * inp / QUAD];
+            let rb = r0 * nb..(r0 + n) * nb;
+            let (sum, d, ds) = (&x.sum[rb.clone()], &x.d[rb.clone()], &x.ds[rb]);
+            for r in 0..n {
+                for l in 0..LANES {
+                    let mut acc = 0.0f32;
+                    for b in 0..nb {
+                        let mut dot = -w.offset * sum[b * n + r];
+                        for g in 0..QUADS {
+                            let codes = q[(b * QUADS + g) * n + r].to_le_bytes();
+                            let at = ((b * QUADS + g) * LANES + l) * QUAD;
+                            for (wu, xq) in u[at..at + QUAD].iter().zip(codes) {
+                                dot += i32::from(*wu) * i32::from(xq as i8);
+                            }
+                        }
+                        let s = (p * nb + b) * LANES + l;
+                        // The float steps of the SIMD kernel, in its order.
+                        let t = dot as f32 * w.scale[s];
+                        acc = t.mul_add(d[b * n + r], acc);
+                        if let Some(m) = &w.min {
+                            acc = m[s].mul_add(ds[b * n + r], acc);
+                        }
+                    }
+                    out[(r0 + r) * LANES + l] = acc;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,208 @@
+//! The panel kernels against naive products.
+
+use super::*;
+
+/// `x Wᵀ` in f64 from the row-major weights.
+fn naive(w: &[f32], out: usize, inp: usize, x: &[f32], rows: usize) -> Vec<f32> {
+    let mut y = vec![0.0f32; rows * out];
+    for r in 0..rows {
+        for o in 0..out {
+            let s: f64 = (0..inp)
+                .map(|k| f64::from(w[o * inp + k]) * f64::from(x[r * inp + k]))
+                .sum();
+            y[r * out + o] = s as f32;
+        }
+    }
+    y
+}
+
+fn values(n: usize, seed: usize) -> Vec<f32> {
+    (0..n)
+        .map(|i| (((i * 7919 + seed * 104729) % 2003) as f32 / 1001.0) - 1.0)
+        .collect()
+}
+
+/// Both kernels against the naive product of `m.to_f32()`, at row
+/// counts that exercise every register block and their mixtures.
+fn check_products(m: &PanelMatrix) {
+    let (out, inp) = (m.out(), m.inp());
+    let w = m.to_f32();
+    for rows in [1, 2, 3, 5, 8, 13, 17] {
+        let x = values(rows * inp, rows);
+        let want = naive(&w, out, inp, &x, rows);
+        for simd in [true, false] {
+            let y = m.product(&x, rows, simd).unwrap_or_else(|e| panic!("{e}"));
+            for (a, b) in y.iter().zip(&want) {
+                let tol = 1e-5 * (1.0 + b.abs()) * (inp as f32).sqrt();
+                assert!((a - b).abs() <= tol, "{rows} rows, simd {simd}: {a} vs {b}");
+            }
+        }
+    }
+}
+
+#[test]
+fn f32_panels_match_naive_at_every_row_count() {
+    // 21 outputs: two whole panels and a padded one; 70 inputs: not a
+    // multiple of the accumulator interleave.
+    let (out, inp) = (21, 70);
+    let w = values(out * inp, 1);
+    let m = PanelMatrix::from_f32(&w, out, inp).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(m.to_f32(), w);
+    check_products(&m);
+}
+
+/// GGUF blocks of `ty` for `out` rows of `inp`, with varied codes and
+/// small finite f16 scales (and minimums).
+fn block_data(ty: GgmlType, out: usize, inp: usize) -> Vec<u8> {
+    let bytes = out * inp / BLOCK * ty.type_size();
+    let mut data: Vec<u8> = (0..bytes).map(|i| ((i * 131 + 7) % 251) as u8).collect();
+    for block in data.chunks_exact_mut(ty.type_size()) {
+        let d = half::f16::from_f32(f32::from(block[4]) / 512.0 - 0.2).to_bits();
+        block[..2].copy_from_slice(&d.to_le_bytes());
+        if ty == GgmlType::Q4_1 {
+            let m = half::f16::from_f32(-f32::from(block[5]) / 256.0).to_bits();
+            block[2..4].copy_from_slice(&m.to_le_bytes());
+        }
+    }
+    data
+}
+
+const BLOCK_TYPES: [GgmlType; 3] = [GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q4_1];
+
+#[test]
+fn quantised_blocks_are_the_dequantised_file() {
+    let (out, inp) = (19, 96);
+    for ty in BLOCK_TYPES {
+        let data = block_data(ty, out, inp);
+        let m = PanelMatrix::from_gguf(ty, &data, out, inp).unwrap_or_else(|e| panic!("{e}"));
+        assert!(m.is_quantised() && !m.quantises_activations());
+        let want = crate::gguf::dequantize(ty, &data, out * inp).unwrap_or_default();
+        assert_eq!(m.to_f32(), want, "{ty}");
+        check_products(&m);
+    }
+}
+
+/// ggml's Q8_0 rounding of `x`, written out plainly: per block of 32,
+/// `d = max|x| / 127` and `x ≈ d · round(x · 127 / max|x|)` (ties to even).
+fn q8_rounded(x: &[f32]) -> Vec<f32> {
+    let mut out = Vec::with_capacity(x.len());
+    for block in x.chunks(BLOCK) {
+        let amax = block.iter().map(|v| v.abs()).fold(0.0, f32::max);
+        let d = amax / 127.0;
+        for v in block {
+            let q = if d > 0.0 {
+                (v * (127.0 / amax)).round_ties_even()
+            } else {
+                0.0
+            };
+            out.push(q * d);
+        }
+    }
+    out
+}
+
+#[test]
+fn q8_products_are_block_dot_products_of_rounded_activations() {
+    // 37 outputs: two whole panels of 16 and a padded one.
+    let (out, inp) = (37, 96);
+    for ty in BLOCK_TYPES {
+        let data = block_data(ty, out, inp);
+        let m = PanelMatrix::from_gguf_q8(ty, &data, out, inp).unwrap_or_else(|e| panic!("{e}"));
+        assert!(m.is_quantised() && m.quantises_activations());
+        let w = crate::gguf::dequantize(ty, &data, out * inp).unwrap_or_default();
+        assert_eq!(m.to_f32(), w, "{ty}");
+        for rows in [1, 2, 3, 5, 8, 13, 17] {
+            let x = values(rows * inp, rows);
+            let simd = m.product(&x, rows, true).unwrap_or_else(|e| panic!("{e}"));
+            let portable = m.product(&x, rows, false).unwrap_or_else(|e| panic!("{e}"));
+            // Integer block sums and the same float steps: bit-identical.
+            assert_eq!(simd, portable, "{ty}, {rows} rows");
+            // Against the f64 product of the weights with the rounded activations.
+            let want = naive(&w, out, inp, &q8_rounded(&x), rows);
+            for (a, b) in simd.iter().zip(&want) {
+                let tol = 1e-5 * (1.0 + b.abs()) * (inp as f32).sqrt();
+                assert!((a - b).abs() <= tol, "{ty}, {rows} rows: {a} vs {b}");
+            }
+            // And within the rounding bound of the exact product:
+            // |Δx| ≤ d/2 per input, so |Δy| ≤ Σ_k |w_k|·d_k/2.
+            let exact = naive(&w, out, inp, &x, rows);
+            for (i, (a, b)) in simd.iter().zip(&exact).enumerate() {
+                let (r, o) = (i / out, i % out);
+                let xr = &x[r * inp..(r + 1) * inp];
+                let bound: f32 = xr
+                    .chunks(BLOCK)
+                    .zip(w[o * inp..(o + 1) * inp].chunks(BLOCK))
+                    .map(|(xb, wb)| {
+                        let d = xb.iter().map(|v| v.abs()).fold(0.0, f32::max) / 127.0;
+                        wb.iter().map(|v| v.abs()).sum::<f32>() * d / 2.0
+                    })
+                    .sum();
+                assert!((a - b).abs() <= bound * 1.001 + 1e-5, "{ty}: {a} vs {b}");
+            }
+        }
+    }
+}
+
+#[test]
+fn shared_inputs_give_each_product() {
+    let inp = 64;
+    let q8 = PanelMatrix::from_gguf_q8(
+        GgmlType::Q4_1,
+        &block_data(GgmlType::Q4_1, 20, inp),
+        20,
+        inp,
+    );
+    let q8_0 =
+        PanelMatrix::from_gguf_q8(GgmlType::Q8_0, &block_data(GgmlType::Q8_0, 9, inp), 9, inp);
+    let codes = PanelMatrix::from_gguf(GgmlType::Q4_0, &block_data(GgmlType::Q4_0, 5, inp), 5, inp);
+    let mut ms: Vec<PanelMatrix> = [q8, q8_0, codes]
+        .into_iter()
+        .map(|m| m.unwrap_or_else(|e| panic!("{e}")))
+        .collect();
+    ms.push(PanelMatrix::from_f32(&values(3 * inp, 2), 3, inp).unwrap_or_else(|e| panic!("{e}")));
+    let refs: Vec<&PanelMatrix> = ms.iter().collect();
+    let x = values(3 * inp, 5);
+    let each = PanelMatrix::matmul_each(&refs, &x, 3).unwrap_or_else(|e| panic!("{e}"));
+    for (m, y) in ms.iter().zip(&each) {
+        assert_eq!(*y, m.matmul(&x, 3).unwrap_or_default());
+    }
+    // A matrix of another input length is an error, not a wrong product.
+    let other = PanelMatrix::from_f32(&[1.0; 32], 1, 32).unwrap_or_else(|e| panic!("{e}"));
+    assert!(PanelMatrix::matmul_each(&[refs[0], &other], &x, 3).is_err());
+}
+
+#[test]
+fn q8_products_of_zero_rows_are_zero() {
+    let data = block_data(GgmlType::Q4_1, 16, 64);
+    let m =
+        PanelMatrix::from_gguf_q8(GgmlType::Q4_1, &data, 16, 64).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(m.matmul(&[0.0; 128], 2).unwrap_or_default(), vec![0.0; 32]);
+    // Float tensors are widened, with f32 activations.
+    let f: Vec<u8> = [1.0f32, 2.0].iter().flat_map(|v| v.to_le_bytes()).collect();
+    let m = PanelMatrix::from_gguf_q8(GgmlType::F32, &f, 1, 2).unwrap_or_else(|e| panic!("{e}"));
+    assert!(!m.quantises_activations());
+}
+
+#[test]
+fn gguf_blocks_are_checked() {
+    // A row of 48 elements is not whole Q8_0 blocks.
+    let data = vec![0u8; 3 * 34];
+    assert!(PanelMatrix::from_gguf(GgmlType::Q8_0, &data, 2, 48).is_err());
+    // Too few bytes, an unsupported type.
+    assert!(PanelMatrix::from_gguf(GgmlType::Q8_0, &data[..60], 1, 64).is_err());
+    assert!(PanelMatrix::from_gguf(GgmlType::Q5_0, &data, 1, 32).is_err());
+    // Float tensors are widened.
+    let f: Vec<u8> = [1.0f32, 2.0].iter().flat_map(|v| v.to_le_bytes()).collect();
+    let m = PanelMatrix::from_gguf(GgmlType::F32, &f, 1, 2).unwrap_or_else(|e| panic!("{e}"));
+    assert!(!m.is_quantised());
+    assert_eq!(m.matmul(&[1.0, 1.0], 1).unwrap_or_default(), vec![3.0]);
+}
+
+#[test]
+fn shapes_are_checked() {
+    assert!(PanelMatrix::from_f32(&[1.0; 5], 2, 3).is_err());
+    assert!(PanelMatrix::from_f32(&[], 0, 3).is_err());
+    let m = PanelMatrix::from_f32(&[1.0; 6], 2, 3).unwrap_or_else(|e| panic!("{e}"));
+    assert!(m.matmul(&[1.0; 5], 2).is_err());
+    assert!(m.matmul(&[], 0).is_err());
+}

@@ -1,0 +1,259 @@
+//! The AVX-512 VNNI kernel for 8-bit activations ([`super::int8`]).
+//!
+//! Per block of 32 inputs and per row, 8 `vpdpbusd` each add 4 byte
+//! products into 16 i32 lanes (16 outputs): the 64-byte load of 16
+//! outputs' codes for 4 inputs is shared by up to 8 rows, each row's 4
+//! codes broadcast to every lane. The block's integer sum then becomes
+//! f32 as in the portable kernel. With fewer than 8 rows, `U` integer
+//! accumulators per row along the block keep 8 chains in flight.
+//!
+//! `pulp` has no safe token for VNNI, so this module uses `std::arch`
+//! directly: the kernel is a `#[target_feature]` function, entered only
+//! after run-time detection ([`available`]), and its only unsafe operations
+//! are unaligned loads and stores through references to arrays of exactly
+//! the vector's size. It is the workspace's one module allowed unsafe code.
+
+#![allow(unsafe_code)]
+
+use std::arch::x86_64::{
+    __m512, __m512i, _MM_HINT_T0, _mm_prefetch, _mm_storeu_si128, _mm512_add_epi32,
+    _mm512_and_si512, _mm512_castps_si512, _mm512_cvtepi32_epi8, _mm512_cvtepi32_ps,
+    _mm512_cvtps_epi32, _mm512_dpbusd_epi32, _mm512_fmadd_ps, _mm512_loadu_ps, _mm512_loadu_si512,
+    _mm512_max_epu32, _mm512_max_ps, _mm512_min_ps, _mm512_mul_ps, _mm512_reduce_max_epu32,
+    _mm512_set1_epi32, _mm512_set1_ps, _mm512_setzero_ps, _mm512_storeu_ps,
+};
+
+use super::BLOCK;
+use super::int8::{Int8Codes, LANES, Q8Rows, QUAD, QUADS};
+
+/// Whether this CPU runs the kernel (AVX-512 F, BW, VL and VNNI).
+pub(crate) fn available() -> bool {
+    std::arch::is_x86_feature_detected!("avx512f")
+        && std::arch::is_x86_feature_detected!("avx512bw")
+        && std::arch::is_x86_feature_detected!("avx512vl")
+        && std::arch::is_x86_feature_detected!("avx512vnni")
+}
+
+/// Panels `first..` of `w` against every register block of `x`, into `out`
+/// (`[panel][rows][LANES]`). The caller has checked [`available`].
+pub(crate) fn panels(
+    w: &Int8Codes,
+    inp: usize,
+    first: usize,
+    x: &Q8Rows,
+    rows: usize,
+    out: &mut [f32],
+) {
+    debug_assert!(available());
+    // SAFETY: the caller checked that the CPU has the kernel's features.
+    unsafe { panels_vnni(w, inp, first, x, rows, out) }
+}
+
+/// [`super::int8::quantise_rows`] compiled for AVX-512 (vectorised by
+/// the compiler). The caller has checked [`available`].
+pub(crate) fn quantise(x: &[f32], rows: usize, inp: usize) -> Q8Rows {
+    debug_assert!(available());
+    // SAFETY: the caller checked that the CPU has the features.
+    unsafe { quantise_avx512(x, rows, inp) }
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+fn quantise_avx512(x: &[f32], rows: usize, inp: usize) -> Q8Rows {
+    super::int8::quantise_rows(x, rows, inp, |b| q8_block(b))
+}
+
+/// [`super::int8::q8_block`] in AVX-512: the same maximum of the bit
+/// patterns, product, clamp and round to nearest even (the conversion's
+/// default rounding), so the same codes for every finite block.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+fn q8_block(x: &[f32; BLOCK]) -> (f32, [i8; BLOCK]) {
+    let halves = x.as_chunks::<LANES>().0;
+    let (lo, hi) = (load(&halves[0]), load(&halves[1]));
+    let abs = _mm512_set1_epi32(0x7FFF_FFFF);
+    let bits = _mm512_max_epu32(
+        _mm512_and_si512(_mm512_castps_si512(lo), abs),
+        _mm512_and_si512(_mm512_castps_si512(hi), abs),
+    );
+    let amax = f32::from_bits(_mm512_reduce_max_epu32(bits));
+    let d = amax / 127.0;
+    let id = _mm512_set1_ps(if amax > 0.0 { 127.0 / amax } else { 0.0 });
+    let (low, high) = (_mm512_set1_ps(-127.0), _mm512_set1_ps(127.0));
+    let round = |v: __m512| {
+        _mm512_cvtps_epi32(_mm512_min_ps(
+            _mm512_max_ps(_mm512_mul_ps(v, id), low),
+            high,
+        ))
+    };
+    let mut q = [0i8; BLOCK];
+    let (q_lo, q_hi) = q.split_at_mut(BLOCK / 2);
+    // SAFETY: each half of `q` is 16 bytes, the stored vector's size.
+    unsafe {
+        _mm_storeu_si128(q_lo.as_mut_ptr().cast(), _mm512_cvtepi32_epi8(round(lo)));
+        _mm_storeu_si128(q_hi.as_mut_ptr().cast(), _mm512_cvtepi32_epi8(round(hi)));
+    }
+    (d, q)
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+fn panels_vnni(w: &Int8Codes, inp: usize, first: usize, x: &Q8Rows, rows: usize, out: &mut [f32]) {
+    let nb = inp / BLOCK;
+    let empty: &[[f32; LANES]] = &[];
+    for (j, out) in out.chunks_exact_mut(rows * LANES).enumerate() {
+        let p = first + j;
+        let panel = Panel {
+            u: w.u[p * inp * LANES..(p + 1) * inp * LANES]
+                .as_chunks::<{ QUAD * LANES }>()
+                .0,
+            scale: w.scale[p * nb * LANES..(p + 1) * nb * LANES]
+                .as_chunks::<LANES>()
+                .0,
+            min: match &w.min {
+                Some(m) => {
+                    m[p * nb * LANES..(p + 1) * nb * LANES]
+                        .as_chunks::<LANES>()
+                        .0
+                }
+                None => empty,
+            },
+        };
+        for &(r0, n) in &x.blocks {
+            let q = &x.q[r0 * inp / QUAD..(r0 + n) * inp / QUAD];
+            let rb = r0 * nb..(r0 + n) * nb;
+            let rows = Rows {
+                q,
+                offset: w.offset,
+                sum: &x.sum[rb.clone()],
+                d: &x.d[rb.clone()],
+                ds: &x.ds[rb],
+            };
+            let o = &mut out[r0 * LANES..(r0 + n) * LANES];
+            match (n, w.min.is_some()) {
+                (8, false) => panel_rows::<8, 1, false>(&panel, &rows, o),
+                (4, false) => panel_rows::<4, 2, false>(&panel, &rows, o),
+                (2, false) => panel_rows::<2, 4, false>(&panel, &rows, o),
+                (_, false) => panel_rows::<1, 8, false>(&panel, &rows, o),
+                (8, true) => panel_rows::<8, 1, true>(&panel, &rows, o),
+                (4, true) => panel_rows::<4, 2, true>(&panel, &rows, o),
+                (2, true) => panel_rows::<2, 4, true>(&panel, &rows, o),
+                (_, true) => panel_rows::<1, 8, true>(&panel, &rows, o),
+            }
+        }
+    }
+}
+
+/// One panel: codes per byte group, scales and minimums per block.
+struct Panel<'a> {
+    u: &'a [[u8; QUAD * LANES]],
+    scale: &'a [[f32; LANES]],
+    min: &'a [[f32; LANES]],
+}
+
+/// One register block of `R` rows (layouts of [`Q8Rows`]).
+struct Rows<'a> {
+    q: &'a [i32],
+    /// The codes' offset (the integer sums start at `−offset · Σ q`).
+    offset: i32,
+    sum: &'a [i32],
+    d: &'a [f32],
+    ds: &'a [f32],
+}
+
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+fn panel_rows<const R: usize, const U: usize, const MIN: bool>(
+    panel: &Panel<'_>,
+    x: &Rows<'_>,
+    out: &mut [f32],
+) {
+    let mut acc = [_mm512_setzero_ps(); R];
+    let q = x.q.as_chunks::<R>().0;
+    let (sum, d, ds) = (
+        x.sum.as_chunks::<R>().0,
+        x.d.as_chunks::<R>().0,
+        x.ds.as_chunks::<R>().0,
+    );
+    for (b, codes) in panel.u.chunks_exact(QUADS).enumerate() {
+        prefetch(&codes[0]);
+        prefetch_line(&panel.scale[b]);
+        if MIN {
+            prefetch_line(&panel.min[b]);
+        }
+        let mut dot = [[_mm512_set1_epi32(0); R]; U];
+        for r in 0..R {
+            dot[0][r] = _mm512_set1_epi32(-x.offset * sum[b][r]);
+        }
+        let qb = &q[b * QUADS..(b + 1) * QUADS];
+        for (group, xs) in codes.chunks_exact(U).zip(qb.chunks_exact(U)) {
+            for u in 0..U {
+                let wv = load_codes(&group[u]);
+                for r in 0..R {
+                    dot[u][r] = _mm512_dpbusd_epi32(dot[u][r], wv, _mm512_set1_epi32(xs[u][r]));
+                }
+            }
+        }
+        let scale = load(&panel.scale[b]);
+        let min = if MIN {
+            load(&panel.min[b])
+        } else {
+            _mm512_setzero_ps()
+        };
+        for r in 0..R {
+            let mut sum = dot[0][r];
+            for du in &dot[1..] {
+                sum = _mm512_add_epi32(sum, du[r]);
+            }
+            let t = _mm512_mul_ps(_mm512_cvtepi32_ps(sum), scale);
+            acc[r] = _mm512_fmadd_ps(t, _mm512_set1_ps(d[b][r]), acc[r]);
+            if MIN {
+                acc[r] = _mm512_fmadd_ps(min, _mm512_set1_ps(ds[b][r]), acc[r]);
+            }
+        }
+    }
+    for (o, a) in out.as_chunks_mut::<LANES>().0.iter_mut().zip(acc) {
+        // SAFETY: `o` is 16 f32, the vector's size; unaligned stores are allowed.
+        unsafe { _mm512_storeu_ps(o.as_mut_ptr(), a) };
+    }
+}
+
+/// How far ahead in the codes [`prefetch`] reaches (4 blocks).
+const PREFETCH_AHEAD: usize = 2048;
+
+/// Asks for the codes `PREFETCH_AHEAD` bytes past `v`'s block to be brought into
+/// the cache: with several rows the kernel reads memory too slowly for the
+/// hardware prefetchers to run ahead of it (measured: 8 rows over
+/// SmolLM2's matrices took twice the time of 1 without this).
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn prefetch(v: &[u8; QUAD * LANES]) {
+    let at = v.as_ptr().wrapping_add(PREFETCH_AHEAD);
+    for line in 0..QUADS {
+        // A prefetch is a hint that never faults, whatever the address;
+        // `wrapping_add` computes the address without a dereference.
+        _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(line * 64).cast());
+    }
+}
+
+/// [`prefetch`] for the block scales (or minimums): one line, as far ahead
+/// in their stream as the codes' prefetch is in theirs (a block's scales
+/// are 64 bytes to its codes' 512).
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn prefetch_line(v: &[f32; LANES]) {
+    const AHEAD: usize = PREFETCH_AHEAD / QUADS;
+    _mm_prefetch::<_MM_HINT_T0>(v.as_ptr().cast::<u8>().wrapping_add(AHEAD).cast());
+}
+
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn load_codes(v: &[u8; QUAD * LANES]) -> __m512i {
+    // SAFETY: `v` is 64 bytes, the vector's size; unaligned loads are allowed.
+    unsafe { _mm512_loadu_si512(v.as_ptr().cast()) }
+}
+
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn load(v: &[f32; LANES]) -> __m512 {
+    // SAFETY: `v` is 16 f32, the vector's size; unaligned loads are allowed.
+    unsafe { _mm512_loadu_ps(v.as_ptr()) }
+}
