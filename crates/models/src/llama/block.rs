@@ -43,7 +43,15 @@ pub(crate) trait BlockWeights {
         heads: Heads,
         rope: &RopeAt,
     ) -> LlamaResult<(Tensor<4>, Tensor<4>, Tensor<4>)> {
-        qkv_tensors(self, x, heads, rope)
+        let [b, n, _] = x.dims();
+        let h = self.attn_norm(x);
+        let split = |t: Tensor<3>, heads_n: usize| {
+            t.reshape([b, n, heads_n, heads.head_dim]).swap_dims(1, 2)
+        };
+        let q = rope.apply(split(self.project(Proj::Q, h.clone())?, heads.n_heads));
+        let k = rope.apply(split(self.project(Proj::K, h.clone())?, heads.n_kv_heads));
+        let v = split(self.project(Proj::V, h)?, heads.n_kv_heads);
+        Ok((q, k, v))
     }
 
     /// Finishes the block: attention of `q` over the cached `keys`/`values`
@@ -85,38 +93,10 @@ pub(crate) trait BlockWeights {
             .reshape([b, n, d]);
         let x = x + self.project(Proj::O, att)?;
         let h = self.ffn_norm(x.clone());
-        Ok(x + self.swiglu(h)?)
+        // SwiGLU (Shazeer 2020, eq. 6): down(SiLU(gate h) ⊙ up h).
+        let ff = silu(self.project(Proj::Gate, h.clone())?) * self.project(Proj::Up, h)?;
+        Ok(x + self.project(Proj::Down, ff)?)
     }
-
-    /// The feed-forward network, SwiGLU (Shazeer 2020, eq. 6):
-    /// `down(SiLU(gate h) ⊙ up h)`.
-    fn swiglu(&self, h: Tensor<3>) -> LlamaResult<Tensor<3>> {
-        swiglu_tensors(self, h)
-    }
-}
-
-/// [`BlockWeights::qkv`] in tensor operations.
-#[allow(clippy::type_complexity)]
-fn qkv_tensors<W: BlockWeights + ?Sized>(
-    w: &W,
-    x: Tensor<3>,
-    heads: Heads,
-    rope: &RopeAt,
-) -> LlamaResult<(Tensor<4>, Tensor<4>, Tensor<4>)> {
-    let [b, n, _] = x.dims();
-    let h = w.attn_norm(x);
-    let split =
-        |t: Tensor<3>, heads_n: usize| t.reshape([b, n, heads_n, heads.head_dim]).swap_dims(1, 2);
-    let q = rope.apply(split(w.project(Proj::Q, h.clone())?, heads.n_heads));
-    let k = rope.apply(split(w.project(Proj::K, h.clone())?, heads.n_kv_heads));
-    let v = split(w.project(Proj::V, h)?, heads.n_kv_heads);
-    Ok((q, k, v))
-}
-
-/// [`BlockWeights::swiglu`] in tensor operations.
-fn swiglu_tensors<W: BlockWeights + ?Sized>(w: &W, h: Tensor<3>) -> LlamaResult<Tensor<3>> {
-    let ff = silu(w.project(Proj::Gate, h.clone())?) * w.project(Proj::Up, h)?;
-    w.project(Proj::Down, ff)
 }
 
 /// The weights of one block of the inference model.
@@ -161,27 +141,6 @@ impl BlockWeights for Block {
             Proj::Down => &self.down,
         }
         .forward(x)
-    }
-
-    fn qkv(
-        &self,
-        x: Tensor<3>,
-        heads: Heads,
-        rope: &RopeAt,
-    ) -> LlamaResult<(Tensor<4>, Tensor<4>, Tensor<4>)> {
-        match (self.q.as_host(), self.k.as_host(), self.v.as_host()) {
-            (Some(q), Some(k), Some(v)) => {
-                super::host::qkv([q, k, v], self.attn_norm(x), heads, rope)
-            }
-            _ => qkv_tensors(self, x, heads, rope),
-        }
-    }
-
-    fn swiglu(&self, h: Tensor<3>) -> LlamaResult<Tensor<3>> {
-        match (self.gate.as_host(), self.up.as_host(), self.down.as_host()) {
-            (Some(gate), Some(up), Some(down)) => super::host::swiglu(gate, up, down, h),
-            _ => swiglu_tensors(self, h),
-        }
     }
 }
 

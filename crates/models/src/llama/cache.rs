@@ -33,6 +33,16 @@ pub struct LlamaCache {
     /// Per layer, `[b, n_kv_heads, capacity, head_dim]`.
     pub(crate) values: Vec<Option<Tensor<4>>>,
     pub(crate) lens: Vec<usize>,
+    /// The host storages' cache ([`super::host`]): per layer, per row,
+    /// `[position][n_kv_heads · head_dim]` keys and values in host memory.
+    pub(crate) host: Vec<HostKv>,
+}
+
+/// One layer's keys and values in host memory, per batch row.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct HostKv {
+    pub(crate) keys: Vec<Vec<f32>>,
+    pub(crate) values: Vec<Vec<f32>>,
 }
 
 impl LlamaCache {
@@ -42,6 +52,13 @@ impl LlamaCache {
             keys: vec![None; n_layers],
             values: vec![None; n_layers],
             lens: vec![0; batch],
+            host: vec![
+                HostKv {
+                    keys: vec![Vec::new(); batch],
+                    values: vec![Vec::new(); batch],
+                };
+                n_layers
+            ],
         }
     }
 

@@ -1,87 +1,242 @@
-//! Parts of a block computed in host memory beside the panel kernel, for
-//! the host storages ([`super::WeightStorage::is_host`]): the feed-forward
-//! network's products already give host vectors, so its SwiGLU gate runs
-//! on them directly instead of as tensor operations between products
-//! (measured on SmolLM2-135M, BlocksQ8, 2 cores: burn's scalar `sigmoid`
-//! took about 1.3 ms of a 17 ms pass over 8 tokens).
+//! The forward pass of the host storages ([`super::WeightStorage::is_host`])
+//! in host memory: every product is lastmile's panel kernel, and the parts
+//! between products (RMSNorm, RoPE, the cache, attention, the SwiGLU gate,
+//! the residuals) are plain loops over the same vectors, with no tensor
+//! operations between them.
+//!
+//! Two reasons. **Speed:** a pass over a few tokens is ~400 tensor
+//! operations of a few thousand elements, each with a fixed cost; as loops
+//! they cost a fraction of the products (measured on SmolLM2-135M in
+//! `docs/benchmarks.md`). **Chunking invariance:** each query row's
+//! attention sums its keys in one fixed order whatever the pass's shape,
+//! and every other step is row by row, so a token's logits do not depend on
+//! how the tokens were split into passes. With
+//! [`super::WeightStorage::BlocksQ8`] this matters: a last-bit difference in
+//! attention can flip an 8-bit activation code, and the flips grow through
+//! the blocks (measured: 1.7 logits between chunkings through burn's
+//! attention), so a verify pass would disagree with decoding one token at a
+//! time. Here the logits are bit-identical (tested), which keeps greedy
+//! speculative decoding identical to greedy decoding.
+//!
+//! The equations are those of [`super::block`] (RMSNorm, RoPE, grouped-query
+//! attention, SwiGLU); `tests/it/llama_interface.rs` checks this pass against
+//! the tensor pass.
 
-use burn::tensor::{Tensor, TensorData};
+use burn::tensor::{Int, Tensor, TensorData};
 use lastmile_core::panel::PanelMatrix;
+use rayon::prelude::*;
 
 use super::block::Heads;
+use super::cache::HostKv;
 use super::error::{LlamaError, LlamaResult};
-use super::rope::RopeAt;
+use super::model::LlamaModel;
+use super::norm::RmsNorm;
+use super::rope::HostRope;
+use super::storage::Matrix;
 
-/// The feed-forward network `down(SiLU(gate·h) ⊙ up·h)` on host matrices,
-/// `h` `[b, n, d]` → `[b, n, d]`.
-pub(crate) fn swiglu(
-    gate: &PanelMatrix,
-    up: &PanelMatrix,
-    down: &PanelMatrix,
-    h: Tensor<3>,
-) -> LlamaResult<Tensor<3>> {
-    let [b, n, _] = h.dims();
-    let device = h.device();
-    let data = h.into_data();
-    let h = host_values(&data)?;
-    let [mut g, u]: [Vec<f32>; 2] = PanelMatrix::matmul_each(&[gate, up], h, b * n)?
-        .try_into()
-        .map_err(|_| shared_error())?;
-    swiglu_in_place(&mut g, &u);
-    let y = down.matmul(&g, b * n)?;
-    Ok(Tensor::from_data(
-        TensorData::new(y, [b, n, down.out()]),
-        &device,
-    ))
+/// One pass's tokens: `b` rows of `n` (padded) tokens starting at `offsets`.
+pub(crate) struct HostBatch<'a> {
+    pub(crate) ids: &'a [i64],
+    pub(crate) rope: &'a HostRope,
+    pub(crate) offsets: &'a [usize],
+    pub(crate) n: usize,
 }
 
-/// Queries (`[b, n_heads, n, dh]`, RoPE applied), keys (RoPE applied)
-/// and values (`[b, n_kv_heads, n, dh]`) of the normed `h` (`[b, n, d]`)
-/// by the host matrices `[q, k, v]`.
-#[allow(clippy::type_complexity)]
-pub(crate) fn qkv(
-    [q, k, v]: [&PanelMatrix; 3],
-    h: Tensor<3>,
-    heads: Heads,
-    rope: &RopeAt,
-) -> LlamaResult<(Tensor<4>, Tensor<4>, Tensor<4>)> {
-    let [b, n, _] = h.dims();
-    let device = h.device();
-    let data = h.into_data();
-    let h = host_values(&data)?;
-    let dh = heads.head_dim;
-    let tensor = |values: Vec<f32>, heads_n: usize| {
-        Tensor::<4>::from_data(TensorData::new(values, [b, n, heads_n, dh]), &device)
-            .swap_dims(1, 2)
+/// Logits `[b·n, vocab]` of `batch` through the first `layers` blocks,
+/// writing the new keys and values into `kv` (one entry per block).
+pub(crate) fn pass(
+    model: &LlamaModel,
+    kv: &mut [HostKv],
+    batch: &HostBatch<'_>,
+    layers: usize,
+) -> LlamaResult<Vec<f32>> {
+    let config = &model.config;
+    let (d, eps) = (config.d_model, config.rms_eps);
+    let rows = batch.ids.len();
+    let heads = Heads {
+        n_heads: config.n_heads,
+        n_kv_heads: config.n_kv_heads,
+        head_dim: config.head_dim(),
     };
-    let [mut qv, mut kv, vv]: [Vec<f32>; 3] = PanelMatrix::matmul_each(&[q, k, v], h, b * n)?
-        .try_into()
-        .map_err(|_| shared_error())?;
-    rope.apply_host(&mut qv, heads.n_heads, dh);
-    rope.apply_host(&mut kv, heads.n_kv_heads, dh);
-    Ok((
-        tensor(qv, heads.n_heads),
-        tensor(kv, heads.n_kv_heads),
-        tensor(vv, heads.n_kv_heads),
-    ))
+    let ids =
+        Tensor::<1, Int>::from_data(TensorData::new(batch.ids.to_vec(), [rows]), &model.device);
+    let mut x = values(model.embed.clone().select(0, ids).into_data())?;
+    for (block, kv) in model.blocks.iter().zip(kv).take(layers) {
+        let h = rms_norm(&x, d, &block.attn_norm, eps)?;
+        let [mut q, mut k, v]: [Vec<f32>; 3] = each(
+            &[host(&block.q)?, host(&block.k)?, host(&block.v)?],
+            &h,
+            rows,
+        )?;
+        batch.rope.apply_host(&mut q, heads.n_heads, heads.head_dim);
+        batch
+            .rope
+            .apply_host(&mut k, heads.n_kv_heads, heads.head_dim);
+        write(kv, &k, &v, batch, config.max_context);
+        let att = attention(&q, kv, batch, heads);
+        add(&mut x, &host(&block.o)?.matmul(&att, rows)?);
+        let h = rms_norm(&x, d, &block.ffn_norm, eps)?;
+        let [mut g, u]: [Vec<f32>; 2] = each(&[host(&block.gate)?, host(&block.up)?], &h, rows)?;
+        swiglu_in_place(&mut g, &u);
+        add(&mut x, &host(&block.down)?.matmul(&g, rows)?);
+    }
+    let h = rms_norm(&x, d, &model.norm, eps)?;
+    Ok(host(&model.head)?.matmul(&h, rows)?)
 }
 
-/// `matmul_each` gives one product per matrix; this reports it did not.
-fn shared_error() -> LlamaError {
-    LlamaError::Core(lastmile_core::CoreError::ShapeMismatch {
-        what: "shared-input products".to_owned(),
-        expected: "one product per matrix".to_owned(),
-        found: vec![],
+/// The panel matrix of a host storage's `m`.
+fn host(m: &Matrix) -> LlamaResult<&PanelMatrix> {
+    m.as_host().ok_or_else(|| LlamaError::Storage {
+        storage: "a device storage".to_owned(),
+        device: "the host pass (every matrix of a host storage is in host memory)".to_owned(),
     })
 }
 
-/// `data`'s values as f32 (a CPU tensor's data is a hand-over of host memory).
-pub(crate) fn host_values(data: &TensorData) -> LlamaResult<&[f32]> {
-    data.as_slice::<f32>().map_err(|e| {
+/// [`PanelMatrix::matmul_each`] as an array of `N` products.
+fn each<const N: usize>(
+    ms: &[&PanelMatrix; N],
+    x: &[f32],
+    rows: usize,
+) -> LlamaResult<[Vec<f32>; N]> {
+    PanelMatrix::matmul_each(ms, x, rows)?
+        .try_into()
+        .map_err(|_| {
+            LlamaError::Core(lastmile_core::CoreError::ShapeMismatch {
+                what: "shared-input products".to_owned(),
+                expected: format!("{N} products"),
+                found: vec![],
+            })
+        })
+}
+
+/// `x += y`.
+fn add(x: &mut [f32], y: &[f32]) {
+    for (a, b) in x.iter_mut().zip(y) {
+        *a += b;
+    }
+}
+
+/// RMSNorm (Zhang & Sennrich 2019, eq. 4) of each row of `x` (`d` wide):
+/// `x · 1/√(mean(x²) + ε) · g`, the operations of [`RmsNorm::forward`].
+fn rms_norm(x: &[f32], d: usize, norm: &RmsNorm, eps: f32) -> LlamaResult<Vec<f32>> {
+    let gain = values(norm.gain().into_data())?;
+    let mut y = vec![0.0f32; x.len()];
+    for (xr, yr) in x.chunks_exact(d).zip(y.chunks_exact_mut(d)) {
+        let mean_sq = dot(xr, xr) / d as f32;
+        let inv = 1.0 / (mean_sq + eps).sqrt();
+        for ((o, v), g) in yr.iter_mut().zip(xr).zip(&gain) {
+            *o = v * inv * g;
+        }
+    }
+    Ok(y)
+}
+
+/// Writes the new keys and values (`[b·n, n_kv·dh]`) at each row's
+/// positions `offset .. offset + n` (positions past the context are
+/// padding and dropped; their outputs are never read).
+fn write(kv: &mut HostKv, k: &[f32], v: &[f32], batch: &HostBatch<'_>, max_context: usize) {
+    let width = k.len() / batch.ids.len().max(1);
+    let n = batch.n;
+    for (row, &offset) in batch.offsets.iter().enumerate() {
+        let end = (offset + n).min(max_context);
+        for (cache, new) in [(&mut kv.keys[row], k), (&mut kv.values[row], v)] {
+            if cache.len() < end * width {
+                cache.resize(end * width, 0.0);
+            }
+            for p in offset..end {
+                let i = row * n + p - offset;
+                cache[p * width..(p + 1) * width].copy_from_slice(&new[i * width..(i + 1) * width]);
+            }
+        }
+    }
+}
+
+/// Grouped-query attention (Ainslie et al. 2023) of each query row over its
+/// row's cached positions `0 ..= offset + i` (causal), query head `j`
+/// reading key/value head `j / (n_heads / n_kv_heads)`:
+/// `softmax(q·kᵀ/√dh) v`, keys summed in position order. Returns
+/// `[b·n, n_heads·dh]`.
+fn attention(q: &[f32], kv: &HostKv, batch: &HostBatch<'_>, heads: Heads) -> Vec<f32> {
+    let Heads {
+        n_heads,
+        n_kv_heads,
+        head_dim: dh,
+    } = heads;
+    let group = n_heads / n_kv_heads;
+    let width = n_kv_heads * dh;
+    let scale = 1.0 / (dh as f32).sqrt();
+    let n = batch.n;
+    let mut out = vec![0.0f32; q.len()];
+    let one_row = |(i, (qr, or)): (usize, (&[f32], &mut [f32]))| {
+        let (row, pos) = (i / n, batch.offsets[i / n] + i % n);
+        let (keys, vals) = (&kv.keys[row], &kv.values[row]);
+        // Padding positions may run past the cache; their outputs are never read.
+        let seen = (pos + 1).min(keys.len() / width);
+        let mut scores = vec![0.0f32; seen];
+        for (j, (qh, oh)) in qr.chunks_exact(dh).zip(or.chunks_exact_mut(dh)).enumerate() {
+            let at = j / group * dh;
+            for (t, s) in scores.iter_mut().enumerate() {
+                let key = &keys[t * width + at..t * width + at + dh];
+                *s = dot(qh, key) * scale;
+            }
+            let max = scores.iter().fold(f32::NEG_INFINITY, |m, s| m.max(*s));
+            // Exponentials first (a loop that vectorises), then their sum in order.
+            for s in scores.iter_mut() {
+                *s = exp(*s - max);
+            }
+            let total: f32 = scores.iter().sum();
+            for (t, s) in scores.iter().enumerate() {
+                let p = s / total;
+                let value = &vals[t * width + at..t * width + at + dh];
+                for (o, v) in oh.iter_mut().zip(value) {
+                    *o += p * v;
+                }
+            }
+        }
+    };
+    let w = n_heads * dh;
+    // A few short rows are not worth handing between threads.
+    if batch.ids.len() * (batch.offsets.iter().max().copied().unwrap_or(0) + n) >= 256 {
+        q.par_chunks_exact(w)
+            .zip(out.par_chunks_exact_mut(w))
+            .enumerate()
+            .for_each(one_row);
+    } else {
+        q.chunks_exact(w)
+            .zip(out.chunks_exact_mut(w))
+            .enumerate()
+            .for_each(one_row);
+    }
+    out
+}
+
+/// `Σ a·b` in a fixed order that vectorises: 8 running lanes over whole
+/// groups of 8, the lanes in order, then the tail (the same order for a
+/// row whatever the pass it is in).
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut lanes = [0.0f32; 8];
+    let (a8, a_tail) = a.as_chunks::<8>();
+    let (b8, b_tail) = b.as_chunks::<8>();
+    for (x, y) in a8.iter().zip(b8) {
+        for l in 0..8 {
+            lanes[l] += x[l] * y[l];
+        }
+    }
+    let mut sum = lanes.iter().sum::<f32>();
+    for (x, y) in a_tail.iter().zip(b_tail) {
+        sum += x * y;
+    }
+    sum
+}
+
+/// `data`'s values as an f32 vector (a CPU tensor's data is host memory).
+fn values(data: TensorData) -> LlamaResult<Vec<f32>> {
+    let shape = data.shape().to_vec();
+    data.try_into_vec::<f32>().map_err(|e| {
         LlamaError::Core(lastmile_core::CoreError::ShapeMismatch {
-            what: format!("activations for the panel kernel ({e:?})"),
+            what: format!("activations for the host pass ({e:?})"),
             expected: "f32 values".to_owned(),
-            found: data.shape().to_vec(),
+            found: shape,
         })
     })
 }
@@ -96,10 +251,9 @@ pub(crate) fn swiglu_in_place(g: &mut [f32], u: &[f32]) {
 
 /// `e^x` in f32 by Cody–Waite range reduction and a degree-6 polynomial
 /// (Cephes `expf`'s coefficients): `x = n·ln 2 + r`, `|r| ≤ ln 2 / 2`,
-/// `e^x = 2ⁿ·p(r)`. Within 2 ulp of the exact value on the whole f32 range
-/// (tested against f64), clamped to `[e^−87.3, e^88]` outside that range;
-/// plain arithmetic, so loops over it vectorise where `f32::exp` is a
-/// library call per element.
+/// `e^x = 2ⁿ·p(r)`. Within 2 ulp of the exact value (tested against f64),
+/// clamped to `[e^−87.3, e^88]` outside that range; plain arithmetic, so
+/// loops over it vectorise where `f32::exp` is a library call per element.
 pub(crate) fn exp(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     // ln 2 split so that n·LN2_HI is exact for |n| < 2⁹.
@@ -169,5 +323,14 @@ mod tests {
                 "{a} vs {b}"
             );
         }
+    }
+
+    #[test]
+    fn dot_is_the_dot_product() {
+        let a: Vec<f32> = (0..37).map(|i| i as f32).collect();
+        let ones = vec![1.0f32; 37];
+        assert_eq!(dot(&a, &ones), 666.0);
+        assert_eq!(dot(&a[..3], &a[..3]), 5.0);
+        assert_eq!(dot(&[], &[]), 0.0);
     }
 }

@@ -17,8 +17,9 @@
 //!   activations rounded to 8-bit blocks and integer dot products (AVX-512
 //!   VNNI), which makes a pass over several tokens cheap;
 //!   [`WeightStorage::fastest_on`] picks one of the two on a CPU. With
-//!   either, the block's query/key/value products, RoPE and SwiGLU gate run
-//!   on host vectors beside the kernel rather than as tensor operations.
+//!   either, the whole pass runs on host vectors beside the kernel rather
+//!   than as tensor operations (the `host` source file), which also makes
+//!   BlocksQ8's logits independent of how tokens are split into passes.
 //!   A file without `output.weight` ties the output head to `token_embd`.
 //! - **RMSNorm** (Zhang & Sennrich 2019, eq. 4) with ε from
 //!   `llama.attention.layer_norm_rms_epsilon`, before attention, before the
@@ -50,8 +51,8 @@
 //! choices then differ at near ties (gaps ≤ 0.15), so greedy continuations
 //! part after a few to a few dozen tokens. [`WeightStorage::BlocksQ8`],
 //! rounding activations likewise (but keys and values kept f32), is
-//! 1.54 from llama.cpp's logits on that file and 2.46 from the exact ones,
-//! with argmax differences at gaps ≤ 0.34. `tests/it/llama.rs` checks the model
+//! 1.20 from llama.cpp's logits on that file and 1.89 from the exact ones,
+//! with argmax differences at near ties. `tests/it/llama.rs` checks the model
 //! against a naive float64 implementation on small GGUF files written by
 //! the test.
 //!

@@ -403,6 +403,23 @@ impl LlamaModel {
             }
         }
         let device = &self.device;
+        if self.storage.is_host() {
+            let batch = super::host::HostBatch {
+                ids: &ids,
+                rope: &self.rope.at_host(&pos),
+                offsets: &offsets,
+                n,
+            };
+            let logits = super::host::pass(self, &mut cache.host, &batch, layers)?;
+            for (len, t) in cache.lens.iter_mut().zip(tokens) {
+                *len += t.len();
+            }
+            let vocab = self.config.vocab_size;
+            return Ok(Tensor::from_data(
+                TensorData::new(logits, [b, n, vocab]),
+                device,
+            ));
+        }
         let ids = Tensor::<1, Int>::from_data(TensorData::new(ids, [b * n]), device);
         let heads = Heads {
             n_heads: self.config.n_heads,

@@ -63,18 +63,6 @@ impl Rope {
     /// `[b, 1, n, d/2, 1]` to broadcast over heads and pair members.
     pub(crate) fn at(&self, positions: &[i64], b: usize, n: usize, device: &Device) -> RopeAt {
         let shape = [b, 1, n, self.half, 1];
-        let rows = |table: &[f32]| -> Vec<f32> {
-            positions
-                .iter()
-                .flat_map(|&p| {
-                    // Callers clamp positions into the context; clamp again
-                    // so that a slip cannot index past the table.
-                    let last = table.len() / self.half - 1;
-                    let p = usize::try_from(p).unwrap_or(0).min(last);
-                    table[p * self.half..(p + 1) * self.half].iter().copied()
-                })
-                .collect()
-        };
         let positions = Tensor::<1, Int>::from_data(
             TensorData::new(positions.to_vec(), [positions.len()]),
             device,
@@ -82,8 +70,26 @@ impl Rope {
         RopeAt {
             cos: self.cos.clone().select(0, positions.clone()).reshape(shape),
             sin: self.sin.clone().select(0, positions).reshape(shape),
-            host_cos: rows(&self.host_cos),
-            host_sin: rows(&self.host_sin),
+        }
+    }
+
+    /// The tables at `positions` in host memory, for the host pass.
+    pub(crate) fn at_host(&self, positions: &[i64]) -> HostRope {
+        let rows = |table: &[f32]| -> Vec<f32> {
+            // Callers clamp positions into the context; clamp again so that
+            // a slip cannot index past the table.
+            let last = table.len() / self.half - 1;
+            positions
+                .iter()
+                .flat_map(|&p| {
+                    let p = usize::try_from(p).unwrap_or(0).min(last);
+                    table[p * self.half..(p + 1) * self.half].iter().copied()
+                })
+                .collect()
+        };
+        HostRope {
+            cos: rows(&self.host_cos),
+            sin: rows(&self.host_sin),
         }
     }
 }
@@ -93,9 +99,14 @@ impl Rope {
 pub(crate) struct RopeAt {
     cos: Tensor<5>,
     sin: Tensor<5>,
-    /// `[b·n, half]` on the host, row `r·n + i` for position `i` of batch row `r`.
-    host_cos: Vec<f32>,
-    host_sin: Vec<f32>,
+}
+
+/// The rotation at a batch's positions in host memory: `[b·n, d/2]`, row
+/// `r·n + i` for position `i` of batch row `r`.
+#[derive(Debug, Clone)]
+pub(crate) struct HostRope {
+    cos: Vec<f32>,
+    sin: Vec<f32>,
 }
 
 impl RopeAt {
@@ -110,14 +121,16 @@ impl RopeAt {
         let y1 = x0 * self.sin.clone() + x1 * self.cos.clone();
         Tensor::cat(vec![y0, y1], 4).reshape([b, h, n, d])
     }
+}
 
+impl HostRope {
     /// [`RopeAt::apply`] on host values `x` (`[b·n, heads, d]`), in place,
     /// by the same operations (a product each, then the difference or sum).
     pub(crate) fn apply_host(&self, x: &mut [f32], heads: usize, d: usize) {
         let half = d / 2;
         for (row, xr) in x.chunks_exact_mut(heads * d).enumerate() {
-            let cos = &self.host_cos[row * half..(row + 1) * half];
-            let sin = &self.host_sin[row * half..(row + 1) * half];
+            let cos = &self.cos[row * half..(row + 1) * half];
+            let sin = &self.sin[row * half..(row + 1) * half];
             for head in xr.chunks_exact_mut(d) {
                 for ((pair, &c), &s) in head.chunks_exact_mut(2).zip(cos).zip(sin) {
                     let (x0, x1) = (pair[0], pair[1]);

@@ -364,7 +364,14 @@ fn host_product(m: &PanelMatrix, x: Tensor<3>) -> LlamaResult<Tensor<3>> {
     let [b, n, _] = x.dims();
     let device = x.device();
     let data = x.into_data();
-    let y = m.matmul(super::host::host_values(&data)?, b * n)?;
+    let values = data.as_slice::<f32>().map_err(|e| {
+        LlamaError::Core(lastmile_core::CoreError::ShapeMismatch {
+            what: format!("activations for the panel kernel ({e:?})"),
+            expected: "f32 values".to_owned(),
+            found: vec![b, n, m.inp()],
+        })
+    })?;
+    let y = m.matmul(values, b * n)?;
     Ok(Tensor::from_data(
         TensorData::new(y, [b, n, m.out()]),
         &device,
