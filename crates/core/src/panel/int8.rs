@@ -52,7 +52,8 @@ impl Int8Codes {
     pub(crate) fn from_codes(c: &Codes, out: usize, inp: usize) -> Self {
         let panels = out.div_ceil(LANES);
         let nb = inp / BLOCK;
-        // Q4_1's codes are nibbles, already unsigned; the others are signed bytes.
+        // Q4_1's codes are nibbles, already unsigned; the others are signed
+        // bytes. (The SIMD kernel relies on this: a minimum means offset 0.)
         let offset = if c.min.is_some() { 0 } else { 128 };
         let mut u = vec![0u8; panels * inp * LANES];
 

@@ -180,8 +180,11 @@ fn panel_rows<const R: usize, const U: usize, const MIN: bool>(
             prefetch_line(&panel.min[b]);
         }
         let mut dot = [[_mm512_set1_epi32(0); R]; U];
-        for r in 0..R {
-            dot[0][r] = _mm512_set1_epi32(-x.offset * sum[b][r]);
+        // Codes with a minimum (Q4_1) are unsigned as stored (offset 0).
+        if !MIN {
+            for r in 0..R {
+                dot[0][r] = _mm512_set1_epi32(-x.offset * sum[b][r]);
+            }
         }
         let qb = &q[b * QUADS..(b + 1) * QUADS];
         for (group, xs) in codes.chunks_exact(U).zip(qb.chunks_exact(U)) {
