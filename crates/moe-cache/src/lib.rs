@@ -27,7 +27,7 @@
 //!   cache before its read (`posix_fadvise(POSIX_FADV_DONTNEED)`) is what
 //!   makes the measured reads honest. `libc` exposes that call only as an
 //!   `unsafe` FFI function and `O_DIRECT` needs aligned (unsafely
-//!   allocated) buffers, while the workspace forbids `unsafe`; rustix wraps
+//!   allocated) buffers, while the workspace denies `unsafe`; rustix wraps
 //!   the same system call in a safe function, so no `unsafe` is needed here.
 //! - `crc32fast`: SIMD CRC-32 for the store's and traces' checksums.
 //! - `half`: IEEE binary16 conversion for f16 logits in traces.
