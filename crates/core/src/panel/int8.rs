@@ -209,16 +209,26 @@ fn round_to_i8(y: f32) -> i8 {
     ((y + MAGIC) - MAGIC) as i8
 }
 
-/// The portable kernel: panels `first..` of `w` against every register
-/// block of `x`, into `out` (`[panel][rows][LANES]`).
-pub(crate) fn panels(
-    w: &Int8Codes,
-    inp: usize,
-    first: usize,
-    x: &Q8Rows,
-    rows: usize,
-    out: &mut [f32],
-) {
+/// A kernel's work: panels `first..` of `w` (`inp` inputs each) times
+/// every register block of `x` (`rows` rows), into `[panel][rows][LANES]`.
+#[derive(Clone, Copy)]
+pub(crate) struct Int8Job<'a> {
+    pub(crate) w: &'a Int8Codes,
+    pub(crate) inp: usize,
+    pub(crate) first: usize,
+    pub(crate) x: &'a Q8Rows,
+    pub(crate) rows: usize,
+}
+
+/// The portable kernel: computes `job` into `out`.
+pub(crate) fn panels(job: Int8Job<'_>, out: &mut [f32]) {
+    let Int8Job {
+        w,
+        inp,
+        first,
+        x,
+        rows,
+    } = job;
     let nb = inp / BLOCK;
     for (j, out) in out.chunks_exact_mut(rows * LANES).enumerate() {
         let p = first + j;

@@ -361,12 +361,19 @@ impl PanelMatrix {
                     .q8
                     .get_or_insert_with(|| int8::quantise(x, rows, inp, simd));
                 let by_panel = split(w.panels(inp), int8::LANES, rows, |first, out| {
+                    let job = int8::Int8Job {
+                        w,
+                        inp,
+                        first,
+                        x: q,
+                        rows,
+                    };
                     #[cfg(target_arch = "x86_64")]
                     if simd && vnni::available() {
-                        vnni::panels(w, inp, first, q, rows, out);
+                        vnni::panels(job, out);
                         return;
                     }
-                    int8::panels(w, inp, first, q, rows, out);
+                    int8::panels(job, out);
                 });
                 (int8::LANES, by_panel)
             }

@@ -24,7 +24,7 @@ use std::arch::x86_64::{
 };
 
 use super::BLOCK;
-use super::int8::{Int8Codes, LANES, Q8Rows, QUAD, QUADS};
+use super::int8::{Int8Job, LANES, Q8Rows, QUAD, QUADS};
 
 /// Whether this CPU runs the kernel (AVX-512 F, BW, VL and VNNI).
 pub(crate) fn available() -> bool {
@@ -34,19 +34,11 @@ pub(crate) fn available() -> bool {
         && std::arch::is_x86_feature_detected!("avx512vnni")
 }
 
-/// Panels `first..` of `w` against every register block of `x`, into `out`
-/// (`[panel][rows][LANES]`). The caller has checked [`available`].
-pub(crate) fn panels(
-    w: &Int8Codes,
-    inp: usize,
-    first: usize,
-    x: &Q8Rows,
-    rows: usize,
-    out: &mut [f32],
-) {
+/// Computes `job` into `out`. The caller has checked [`available`].
+pub(crate) fn panels(job: Int8Job<'_>, out: &mut [f32]) {
     debug_assert!(available());
     // SAFETY: the caller checked that the CPU has the kernel's features.
-    unsafe { panels_vnni(w, inp, first, x, rows, out) }
+    unsafe { panels_vnni(job, out) }
 }
 
 /// [`super::int8::quantise_rows`] compiled for AVX-512 (vectorised by
@@ -96,7 +88,14 @@ fn q8_block(x: &[f32; BLOCK]) -> (f32, [i8; BLOCK]) {
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
-fn panels_vnni(w: &Int8Codes, inp: usize, first: usize, x: &Q8Rows, rows: usize, out: &mut [f32]) {
+fn panels_vnni(job: Int8Job<'_>, out: &mut [f32]) {
+    let Int8Job {
+        w,
+        inp,
+        first,
+        x,
+        rows,
+    } = job;
     let nb = inp / BLOCK;
     let empty: &[[f32; LANES]] = &[];
     for (j, out) in out.chunks_exact_mut(rows * LANES).enumerate() {
