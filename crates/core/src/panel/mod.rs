@@ -266,6 +266,16 @@ impl PanelMatrix {
 
     /// Whether products quantise the activations to 8 bits
     /// ([`PanelMatrix::from_gguf_q8`]).
+    ///
+    /// ```
+    /// use lastmile_core::gguf::GgmlType;
+    /// use lastmile_core::panel::PanelMatrix;
+    /// let block = [[0x00u8, 0x38].as_slice(), &[1u8; 32]].concat(); // Q8_0: d = 0.5, codes 1
+    /// let exact = PanelMatrix::from_gguf(GgmlType::Q8_0, &block, 1, 32)?;
+    /// let q8 = PanelMatrix::from_gguf_q8(GgmlType::Q8_0, &block, 1, 32)?;
+    /// assert!(!exact.quantises_activations() && q8.quantises_activations());
+    /// # Ok::<(), lastmile_core::gguf::GgufError>(())
+    /// ```
     pub fn quantises_activations(&self) -> bool {
         matches!(self.weights, Weights::Int8(_))
     }

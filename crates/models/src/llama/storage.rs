@@ -85,6 +85,11 @@ impl WeightStorage {
 
     /// Whether the matrices live in host memory for lastmile's panel
     /// kernel ([`WeightStorage::Blocks`], [`WeightStorage::BlocksQ8`]).
+    ///
+    /// ```
+    /// use lastmile_models::llama::WeightStorage;
+    /// assert!(WeightStorage::BlocksQ8.is_host() && !WeightStorage::F32.is_host());
+    /// ```
     pub fn is_host(self) -> bool {
         matches!(self, WeightStorage::Blocks | WeightStorage::BlocksQ8)
     }
