@@ -74,6 +74,7 @@ pub(crate) mod dequant;
 mod error;
 mod header;
 mod metadata;
+mod quant;
 mod tensor_info;
 mod types;
 
@@ -91,6 +92,7 @@ pub use dequant::{dequantize, dequantize_into};
 pub use error::GgufError;
 pub use header::{ALIGNMENT_KEY, DEFAULT_ALIGNMENT, MAX_ARRAY_DEPTH, MAX_DIMS};
 pub use metadata::{Metadata, MetadataArray, MetadataValue, ValueType};
+pub use quant::quantize_q8_0;
 pub use tensor_info::TensorInfo;
 pub use types::GgmlType;
 

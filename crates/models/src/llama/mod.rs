@@ -101,12 +101,14 @@ mod module;
 mod norm;
 mod rope;
 mod storage;
+mod vocab;
 
 pub use cache::{CACHE_CHUNK, LlamaCache};
 pub use config::{LlamaConfig, MAX_DIM, MAX_LAYERS};
-pub use distill::{MAX_DRAFT_BYTES, distill_draft};
+pub use distill::{MAX_DRAFT_BYTES, distill_draft, likely_tokens};
 pub use early_exit::LlamaEarlyExit;
 pub use error::{LlamaError, LlamaResult};
 pub use model::LlamaModel;
 pub use module::{LlamaBlock, LlamaModule};
 pub use storage::WeightStorage;
+pub use vocab::OUTSIDE_HEAD_LOGIT;

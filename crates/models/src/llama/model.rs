@@ -2,6 +2,7 @@
 //! and the cached forward pass over a ragged batch.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use lastmile_core::gguf::GgufFile;
@@ -32,6 +33,9 @@ pub struct LlamaModel {
     pub(super) blocks: Vec<Block>,
     pub(super) norm: RmsNorm,
     pub(super) head: Matrix,
+    /// The tokens of `head`'s rows when it covers part of the vocabulary
+    /// ([`super::vocab`]); `None`: one row per token.
+    pub(super) head_tokens: Option<Arc<[usize]>>,
     pub(super) rope: Rope,
     pub(super) device: Device,
 }
@@ -232,9 +236,28 @@ impl LlamaModel {
             blocks,
             norm: final_norm,
             head,
+            head_tokens: None,
             rope,
             device: device.clone(),
         })
+    }
+
+    /// The tokens of the output head's rows when the head covers part of
+    /// the vocabulary (a draft from [`super::LlamaModule::draft_with_vocab`]):
+    /// every other token's logit is [`super::OUTSIDE_HEAD_LOGIT`]. `None`
+    /// for a head over the whole vocabulary.
+    ///
+    /// ```
+    /// # #[cfg(feature = "flex")] {
+    /// use burn::tensor::Device;
+    /// use lastmile_models::llama::{LlamaConfig, WeightStorage};
+    /// let m = LlamaConfig::tiny().init_random(1, WeightStorage::F32, &Device::flex())?;
+    /// assert!(m.head_tokens().is_none());
+    /// # }
+    /// # Ok::<(), lastmile_models::llama::LlamaError>(())
+    /// ```
+    pub fn head_tokens(&self) -> Option<&[usize]> {
+        self.head_tokens.as_deref()
     }
 
     /// The configuration.
@@ -410,11 +433,13 @@ impl LlamaModel {
                 offsets: &offsets,
                 n,
             };
-            let logits = super::host::pass(self, &mut cache.host, &batch, layers)?;
+            let mut logits = super::host::pass(self, &mut cache.host, &batch, layers)?;
             for (len, t) in cache.lens.iter_mut().zip(tokens) {
                 *len += t.len();
             }
-            let vocab = self.config.vocab_size;
+            if let Some(ids) = &self.head_tokens {
+                logits = super::vocab::expand_host(&logits, ids, vocab);
+            }
             return Ok(Tensor::from_data(
                 TensorData::new(logits, [b, n, vocab]),
                 device,
@@ -445,6 +470,10 @@ impl LlamaModel {
         for (len, t) in cache.lens.iter_mut().zip(tokens) {
             *len += t.len();
         }
-        self.head.forward(self.norm.forward(x))
+        let logits = self.head.forward(self.norm.forward(x))?;
+        Ok(match &self.head_tokens {
+            Some(ids) => super::vocab::expand(logits, ids, vocab),
+            None => logits,
+        })
     }
 }

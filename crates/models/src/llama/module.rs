@@ -9,6 +9,8 @@
 //! weights between the two; both compute with the same block code, so the
 //! two agree to rounding (`tests/it/llama_module.rs`).
 
+use std::sync::Arc;
+
 use burn::module::{Module, Param};
 use burn::nn::Linear;
 use burn::tensor::{Device, Int, Tensor, TensorData};
@@ -107,8 +109,13 @@ pub struct LlamaModule {
     pub norm: Param<Tensor<1>>,
     /// The output projection when it is not tied to `embed`.
     pub head: Option<Linear>,
+    /// For a head over part of the vocabulary
+    /// ([`LlamaModule::draft_with_vocab`]): the token id of each of
+    /// `head`'s outputs, `[rows]`, frozen. Stored as f32 values (exact for
+    /// ids below 2²⁴) so that they travel in the same checkpoint file.
+    pub head_vocab: Option<Param<Tensor<1>>>,
     #[module(skip)]
-    config: LlamaConfig,
+    pub(super) config: LlamaConfig,
 }
 
 impl LlamaModule {
@@ -150,11 +157,18 @@ impl LlamaModule {
             })
             .collect();
         let head = (!config.tied_embeddings).then(|| linear(&model.head));
+        let head_vocab = model.head_tokens.as_ref().map(|ids| {
+            let ids: Vec<f32> = ids.iter().map(|&t| t as f32).collect();
+            let n = ids.len();
+            Param::from_tensor(Tensor::<1>::from_data(TensorData::new(ids, [n]), device))
+                .set_require_grad(false)
+        });
         Ok(Self {
             embed: Param::from_tensor(onto(model.embed.clone())),
             blocks,
             norm: gain(&model.norm),
             head,
+            head_vocab,
             config,
         })
     }
@@ -198,6 +212,7 @@ impl LlamaModule {
             Some(h) => matrix(h)?,
             None => Matrix::from_out_in(&embed, vocab, d, storage, device)?,
         };
+        let head_tokens = self.head_tokens()?.map(Arc::from);
         let config = self.config.clone();
         Ok(LlamaModel {
             rope: Rope::new(
@@ -210,6 +225,7 @@ impl LlamaModule {
             blocks,
             norm: RmsNorm::new(onto1(&self.norm), eps),
             head,
+            head_tokens,
             config,
             storage,
             device: device.clone(),
@@ -219,6 +235,34 @@ impl LlamaModule {
     /// The configuration.
     pub fn config(&self) -> &LlamaConfig {
         &self.config
+    }
+
+    /// The token ids of the head's outputs ([`LlamaModule::head_vocab`]),
+    /// `None` for a head over the whole vocabulary.
+    ///
+    /// # Errors
+    /// [`LlamaError::Config`] when they are not whole numbers in a strictly
+    /// increasing list below the vocabulary size, or do not match the
+    /// head's outputs (e.g. a corrupted checkpoint).
+    pub fn head_tokens(&self) -> LlamaResult<Option<Vec<usize>>> {
+        let Some(p) = &self.head_vocab else {
+            return Ok(None);
+        };
+        let values = tensor_to_vec(p.val().inner())?;
+        let rows = self.head.as_ref().map(|h| h.weight.dims()[1]);
+        let whole = values
+            .iter()
+            .all(|v| v.fract() == 0.0 && *v >= 0.0 && *v < 16_777_216.0);
+        if !whole || rows != Some(values.len()) {
+            return Err(LlamaError::Config {
+                field: "head_vocab",
+                value: format!("{} values, head of {rows:?} outputs", values.len()),
+                expected: "one whole-number token id per output of an untied head".to_owned(),
+            });
+        }
+        let ids: Vec<usize> = values.iter().map(|&v| v as usize).collect();
+        super::vocab::check(&ids, self.config.vocab_size)?;
+        Ok(Some(ids))
     }
 
     /// The model cut after its first `layers` blocks (final norm and head
@@ -241,12 +285,24 @@ impl LlamaModule {
 
     /// Next-token logits at every position of each row, `[b, n, vocab]`,
     /// each row starting at position 0 (no cache): the training forward.
+    /// With a head over part of the vocabulary, the other tokens' logits
+    /// are [`super::OUTSIDE_HEAD_LOGIT`].
     ///
     /// # Errors
     /// [`LmError::Batch`] for no rows, an empty row or rows of different
     /// lengths; [`LmError::TokenOutOfRange`]; [`LmError::ContextOverflow`]
     /// (each as [`LlamaError::Lm`]).
     pub fn forward(&self, tokens: &[Vec<usize>]) -> LlamaResult<Tensor<3>> {
+        let logits = self.head_logits(tokens)?;
+        Ok(match self.head_tokens()? {
+            Some(ids) => super::vocab::expand(logits, &ids, self.config.vocab_size),
+            None => logits,
+        })
+    }
+
+    /// [`LlamaModule::forward`]'s logits over the head's outputs only:
+    /// `[b, n, rows]`, the vocabulary or [`LlamaModule::head_tokens`].
+    pub(crate) fn head_logits(&self, tokens: &[Vec<usize>]) -> LlamaResult<Tensor<3>> {
         let n = tokens.first().map_or(0, Vec::len);
         if n == 0 || tokens.iter().any(|t| t.len() != n) {
             return Err(LlamaError::Lm(LmError::Batch {

@@ -66,9 +66,13 @@ pub enum WeightStorage {
     /// multiplies them: each product rounds its activations to 8-bit
     /// blocks (ggml's Q8_0) and sums each block's products of codes in
     /// integers ([`PanelMatrix::from_gguf_q8`]). The activations' rounding
-    /// moves logits by about 1e-2 (measured against llama.cpp in
+    /// moves SmolLM2's logits by up to about 2 from the exact ones, as
+    /// llama.cpp's own rounding does (measured against llama.cpp in
     /// `tests/it/llama_reference.rs`); in exchange, on CPUs with AVX-512
-    /// VNNI a pass over several tokens costs little more than one. CPU
+    /// VNNI a pass over several tokens costs little more than one. Float
+    /// matrices (and random or trained weights) whose rows are whole
+    /// 32-value blocks are rounded to Q8_0 blocks
+    /// ([`lastmile_core::gguf::quantize_q8_0`]); others stay f32. CPU
     /// devices only.
     BlocksQ8,
 }
@@ -221,6 +225,11 @@ impl Matrix {
         storage: WeightStorage,
         device: &Device,
     ) -> LlamaResult<Self> {
+        if storage == WeightStorage::BlocksQ8 && inp.is_multiple_of(lastmile_core::panel::BLOCK) {
+            // Trained or random weights: rounded to Q8_0 blocks, for the 8-bit kernel.
+            let blocks = lastmile_core::gguf::quantize_q8_0(values)?;
+            return Self::from_gguf_blocks(GgmlType::Q8_0, &blocks, out, inp, storage);
+        }
         if storage.is_host() {
             return Ok(Self::host(
                 PanelMatrix::from_f32(values, out, inp)?,

@@ -151,7 +151,7 @@ backend_test!(distilled_draft_learns_and_round_trips, |device| {
         lastmile_core::Backend::of(device)
     ));
     draft.save(&path).unwrap();
-    let back = LlamaModule::load_draft(&target, 1, &path, &ad).unwrap();
+    let back = LlamaModule::load_draft(&target, 1, None, &path, &ad).unwrap();
     let rows = [vec![1, 2, 3, 4, 5]];
     assert_eq!(
         tensor_to_vec(back.forward(&rows).unwrap().inner()).unwrap(),
@@ -160,7 +160,7 @@ backend_test!(distilled_draft_learns_and_round_trips, |device| {
     // A skeleton of another depth does not take the file; garbage and
     // missing files are typed errors.
     assert!(matches!(
-        LlamaModule::load_draft(&target, 2, &path, &ad),
+        LlamaModule::load_draft(&target, 2, None, &path, &ad),
         Err(LlamaError::Checkpoint { .. })
     ));
     // A truncated file: its tensor data is cut short (read eagerly, so this
@@ -168,17 +168,17 @@ backend_test!(distilled_draft_learns_and_round_trips, |device| {
     let bytes = std::fs::read(&path).unwrap();
     std::fs::write(&path, &bytes[..bytes.len() - bytes.len() / 3]).unwrap();
     assert!(matches!(
-        LlamaModule::load_draft(&target, 1, &path, &ad),
+        LlamaModule::load_draft(&target, 1, None, &path, &ad),
         Err(LlamaError::Checkpoint { .. })
     ));
     std::fs::write(&path, b"not a checkpoint").unwrap();
     assert!(matches!(
-        LlamaModule::load_draft(&target, 1, &path, &ad),
+        LlamaModule::load_draft(&target, 1, None, &path, &ad),
         Err(LlamaError::Checkpoint { .. })
     ));
     std::fs::remove_file(&path).unwrap();
     assert!(matches!(
-        LlamaModule::load_draft(&target, 1, &path, &ad),
+        LlamaModule::load_draft(&target, 1, None, &path, &ad),
         Err(LlamaError::Checkpoint { .. })
     ));
     assert!(matches!(
@@ -186,3 +186,137 @@ backend_test!(distilled_draft_learns_and_round_trips, |device| {
         Err(LlamaError::Config { .. })
     ));
 });
+
+backend_test!(vocabulary_restricted_draft, |device| {
+    use burn::module::Param;
+    use burn::tensor::{Tensor, TensorData};
+    use lastmile_models::TrainConfig;
+    use lastmile_models::llama::{OUTSIDE_HEAD_LOGIT, distill_draft, likely_tokens};
+    let ad = device.clone().autodiff();
+    let config = LlamaConfig {
+        n_layers: 3,
+        ..LlamaConfig::tiny()
+    };
+    let target = config.init_random(4, WeightStorage::F32, device).unwrap();
+    let ids = [1usize, 4, 9, 16, 25, 36, 49, 63];
+    let full = LlamaModule::draft_from(&target, 1, &ad).unwrap();
+    let draft = LlamaModule::draft_with_vocab(&target, 1, &ids, &ad).unwrap();
+    assert_eq!(draft.head_tokens().unwrap(), Some(ids.to_vec()));
+    // Before training: the full early-exit head's logits at the listed
+    // tokens, the floor everywhere else.
+    let rows = vec![vec![3, 1, 4, 1, 5, 9]];
+    let want = tensor_to_vec(full.forward(&rows).unwrap().inner()).unwrap();
+    let got = tensor_to_vec(draft.forward(&rows).unwrap().inner()).unwrap();
+    for (w, g) in want.chunks(64).zip(got.chunks(64)) {
+        for t in 0..64 {
+            if ids.contains(&t) {
+                assert!((w[t] - g[t]).abs() < TOL, "token {t}: {} vs {}", w[t], g[t]);
+            } else {
+                assert_eq!(g[t], OUTSIDE_HEAD_LOGIT, "token {t}");
+            }
+        }
+    }
+    // The inference model reports the same, with every storage the device holds.
+    for storage in [WeightStorage::F32, WeightStorage::Blocks] {
+        if storage.check_device(device).is_err() {
+            continue;
+        }
+        let m = draft.to_model(storage, device).unwrap();
+        assert_eq!(m.head_tokens(), Some(&ids[..]));
+        let mut cache = m.new_cache(1).unwrap();
+        let ours = tensor_to_vec(m.forward_cached(&mut cache, &rows).unwrap()).unwrap();
+        let diff = max_abs_diff(&ours, &got);
+        assert!(diff < TOL, "{storage:?}: max |Δ| {diff}");
+    }
+    // Distillation to the restricted distribution lowers its KL.
+    let tokens: Vec<usize> = (0..600).map(|i| (i * 7 + i / 5) % 64).collect();
+    let cfg = TrainConfig {
+        lr: 1e-2,
+        seed: 3,
+        ..TrainConfig::new(40, 4, 16)
+    };
+    let mut kl = Vec::new();
+    let draft = distill_draft(draft, &target, &tokens, &cfg, |_, l| kl.push(l)).unwrap();
+    let (first, last) = (
+        kl[..5].iter().sum::<f32>() / 5.0,
+        kl[35..].iter().sum::<f32>() / 5.0,
+    );
+    assert!(
+        kl.iter().all(|v| *v >= -1e-5) && last < 0.5 * first,
+        "KL {kl:?}"
+    );
+    // Save → load (with the head's row count) gives the same logits and ids.
+    let path = std::env::temp_dir().join(format!(
+        "lastmile_llama_vocab_draft_{}_{:?}.bpk",
+        std::process::id(),
+        lastmile_core::Backend::of(device)
+    ));
+    draft.save(&path).unwrap();
+    let back = LlamaModule::load_draft(&target, 1, Some(ids.len()), &path, &ad).unwrap();
+    assert_eq!(back.head_tokens().unwrap(), Some(ids.to_vec()));
+    assert_eq!(
+        tensor_to_vec(back.forward(&rows).unwrap().inner()).unwrap(),
+        tensor_to_vec(draft.forward(&rows).unwrap().inner()).unwrap()
+    );
+    for wrong in [None, Some(7), Some(0)] {
+        assert!(
+            LlamaModule::load_draft(&target, 1, wrong, &path, &ad).is_err(),
+            "{wrong:?}"
+        );
+    }
+    // Token ids that are not a strictly increasing list are refused on load.
+    let mut bad = draft;
+    let reversed: Vec<f32> = ids.iter().rev().map(|&t| t as f32).collect();
+    bad.head_vocab = Some(Param::from_tensor(Tensor::<1>::from_data(
+        TensorData::new(reversed, [ids.len()]),
+        &ad,
+    )));
+    bad.save(&path).unwrap();
+    assert!(matches!(
+        LlamaModule::load_draft(&target, 1, Some(ids.len()), &path, &ad),
+        Err(LlamaError::Checkpoint { .. })
+    ));
+    std::fs::remove_file(&path).unwrap();
+    assert!(matches!(
+        LlamaModule::draft_with_vocab(&target, 1, &[5, 5], &ad),
+        Err(LlamaError::Config { .. })
+    ));
+    assert!(LlamaModule::draft_with_vocab(&target, 1, &[64], &ad).is_err());
+    // The most likely tokens: as many as asked, sorted, distinct.
+    let likely = likely_tokens(&target, &[tokens[..20].to_vec()], 10).unwrap();
+    assert_eq!(likely.len(), 10);
+    assert!(likely.windows(2).all(|w| w[0] < w[1]));
+    assert!(likely_tokens(&target, &[tokens[..20].to_vec()], 0).is_err());
+    assert!(likely_tokens(&target, &[], 10).is_err());
+});
+
+/// `BlocksQ8` rounds float weights (here random ones) to Q8_0 blocks: a
+/// quarter of the bytes of f32, and logits within the two roundings
+/// (weights and activations, each ≤ 1/254 of a block's largest value) of
+/// the f32 model's: measured 0.10 with logits up to 19.7 (0.5 %);
+/// tolerance 2 % of the largest logit.
+#[test]
+fn float_weights_round_to_q8_blocks() {
+    let device = burn::tensor::Device::flex();
+    let rows = vec![vec![3, 1, 4, 1, 5, 9, 2, 6]];
+    let config = LlamaConfig {
+        d_ff: 64,
+        ..LlamaConfig::tiny()
+    };
+    let f32_model = config.init_random(9, WeightStorage::F32, &device).unwrap();
+    let q8 = config
+        .init_random(9, WeightStorage::BlocksQ8, &device)
+        .unwrap();
+    assert!(q8.matrix_bytes() * 3 < f32_model.matrix_bytes());
+    let logits = |m: &lastmile_models::llama::LlamaModel| {
+        let mut cache = m.new_cache(1).unwrap();
+        tensor_to_vec(m.forward_cached(&mut cache, &rows).unwrap()).unwrap()
+    };
+    let exact = logits(&f32_model);
+    let scale = exact.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    let diff = max_abs_diff(&logits(&q8), &exact);
+    assert!(
+        diff > 0.0 && diff < 0.02 * scale,
+        "max |Δ| {diff}, largest logit {scale}"
+    );
+}
