@@ -1,80 +1,215 @@
 //! A distilled draft for SmolLM2-135M-Instruct: the target's first `L`
-//! blocks (default 2) with its embedding, tied head and final norm, the
-//! blocks and norm trained to match the full model's next-token
-//! distribution (`lastmile_models::llama::distill_draft`: forward KL at
-//! every position) on the Rust book shipped with `lastmile-datasets`.
+//! blocks (default 2) with its embedding and final norm, and a head over
+//! the `V` tokens the target is most likely to emit (default 8 192 of
+//! 49 152; `--vocab 0` keeps the whole tied head), the blocks, norm and
+//! head trained to match the full model's next-token distribution
+//! (`lastmile_models::llama::distill_draft`: forward KL at every position,
+//! to the target's distribution restricted to the head's tokens) on two
+//! texts, weighted equally: the Rust book shipped with `lastmile-datasets`,
+//! and text the target writes itself (`--generated` 256 training passages,
+//! half as chat instructions, each continued by up to `--gen-tokens` 96
+//! tokens at T = 0.7; `--generated 0` trains on the book alone).
 //!
 //! ```text
 //! scripts/fetch-smollm2.sh      # once: the 98 MB model file
-//! cargo run --release -p lastmile-examples --example distill_llm -- [--layers 2] [--steps 150]
+//! cargo run --release -p lastmile-examples --example distill_llm -- [--layers 2] [--vocab 8192] [--steps 600]
+//!     [--generated 256] [--gen-tokens 96]
 //! ```
 //!
 //! It prints, on held-out windows, the draft's KL to the target and how
 //! often its greedy token is the target's, before (the early-exit view of
-//! the same blocks) and after distillation; then decodes corpus prompts at
-//! T = 0 with AdaEDL using each as the draft (tokens/s, speed-up over
+//! the same blocks and the full head) and after distillation, and how often
+//! the target's greedy token is in the head's list; then decodes corpus
+//! prompts at T = 0 with AdaEDL using each as the draft, both stored as
+//! `WeightStorage::fastest_on` the device (tokens/s, speed-up over
 //! autoregressive decoding, mean tokens per round). Saves the draft to
-//! `<models>/smollm2-135m-instruct/draft-L<L>.bpk`, and writes
-//! `distill_llm.csv` (KL per step) and `distill_llm.svg`.
+//! `<models>/smollm2-135m-instruct/draft-L<L>-v<V>.bpk` (read by
+//! `spec_decode_llm --draft`), and writes `distill_llm.csv` (KL per step)
+//! and `distill_llm.svg`.
 
 use std::time::Instant;
 
 use anyhow::{Result, bail};
-use burn::tensor::Tensor;
 use burn::tensor::activation::log_softmax;
+use burn::tensor::{Int, Tensor, TensorData};
 use lastmile_core::convert::tensor_to_vec;
-use lastmile_core::numerics::{SamplingParams, argmax};
+use lastmile_core::lm::LanguageModel;
+use lastmile_core::numerics::{SamplingParams, argmax, sample_categorical};
 use lastmile_datasets::TextCorpus;
 use lastmile_examples::llm::{Llm, MODEL_DIR, corpus_prompts, models_dir};
+use lastmile_examples::llm::{draft_file_name, step_time};
 use lastmile_examples::plot::{LinePanel, write_svg};
 use lastmile_examples::report::{Flags, output_dir, progress_bar, table, write_csv};
 use lastmile_examples::spec_decode::{Method, sweep};
 use lastmile_models::TrainConfig;
 use lastmile_models::llama::{
-    LlamaEarlyExit, LlamaModel, LlamaModule, WeightStorage, distill_draft,
+    LlamaEarlyExit, LlamaModel, LlamaModule, WeightStorage, distill_draft, likely_tokens,
 };
 use lastmile_spec_decode::{AdaEdl, AdaEdlConfig, GenerationConfig};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
-/// KL to the target and top-1 agreement of `draft` on `windows`.
-fn agreement(
+/// KL to the target and top-1 agreement of `draft` on `windows`. For a
+/// head over the tokens `head` only, the KL is to the target's
+/// distribution restricted to them (the full one would count each missing
+/// token at [`lastmile_models::llama::OUTSIDE_HEAD_LOGIT`]); agreement is over the full vocabulary.
+fn agreement<D: LanguageModel>(
     target: &LlamaModel,
-    draft: &LlamaModel,
+    draft: &D,
+    head: Option<&[usize]>,
     windows: &[Vec<usize>],
 ) -> Result<(f64, f64)> {
     let (mut kl, mut same, mut total) = (0.0, 0usize, 0usize);
     for w in windows {
         let mut ct = target.new_cache(1)?;
         let mut cd = draft.new_cache(1)?;
-        let lp = log_softmax(target.forward_cached(&mut ct, std::slice::from_ref(w))?, 2);
-        let lq = log_softmax(draft.forward_cached(&mut cd, std::slice::from_ref(w))?, 2);
+        let lt = target.forward_cached(&mut ct, std::slice::from_ref(w))?;
+        let ld = draft.forward(&mut cd, std::slice::from_ref(w))?;
+        let [_, n, v] = lt.dims();
+        let (p, q) = (
+            argmax(lt.clone().reshape([n, v]))?,
+            argmax(ld.clone().reshape([n, v]))?,
+        );
+        same += p.iter().zip(&q).filter(|(a, b)| a == b).count();
+        total += n;
+        let (lt, ld) = match head {
+            Some(ids) => {
+                let idx: Vec<i64> = ids.iter().map(|&t| t as i64).collect();
+                let idx =
+                    Tensor::<1, Int>::from_data(TensorData::new(idx, [ids.len()]), &lt.device());
+                (lt.select(2, idx.clone()), ld.select(2, idx))
+            }
+            None => (lt, ld),
+        };
+        let lp = log_softmax(lt, 2);
+        let lq = log_softmax(ld, 2);
         let k: Tensor<1> = (lp.clone().exp() * (lp.clone() - lq.clone()))
             .sum_dim(2)
             .mean()
             .reshape([1]);
         kl += f64::from(tensor_to_vec(k)?[0]);
-        let [_, n, v] = lp.dims();
-        let (p, q) = (argmax(lp.reshape([n, v]))?, argmax(lq.reshape([n, v]))?);
-        same += p.iter().zip(&q).filter(|(a, b)| a == b).count();
-        total += n;
     }
     Ok((kl / windows.len() as f64, same as f64 / total as f64))
 }
 
+/// How often the target's greedy token on `windows` is one of `ids`.
+fn in_head(target: &LlamaModel, ids: &[usize], windows: &[Vec<usize>]) -> Result<f64> {
+    let (mut hit, mut total) = (0usize, 0usize);
+    for w in windows {
+        let mut cache = target.new_cache(1)?;
+        let logits = target.forward_cached(&mut cache, std::slice::from_ref(w))?;
+        let [_, n, v] = logits.dims();
+        for t in argmax(logits.reshape([n, v]))? {
+            hit += usize::from(ids.binary_search(&t).is_ok());
+            total += 1;
+        }
+    }
+    Ok(hit as f64 / total as f64)
+}
+
+/// Instructions wrapped around training passages for the chat half of the
+/// target-generated text.
+const INSTRUCTIONS: [&str; 4] = [
+    "Summarize this passage in two sentences:",
+    "Explain the following to a beginner:",
+    "What is the main point of this text?",
+    "Rewrite this more simply:",
+];
+
+/// `count` texts written by the target (the distillation data of
+/// DistillSpec's "target-generated" setting): each a training passage
+/// (64 tokens at a random offset), as a chat message under one of
+/// [`INSTRUCTIONS`] (even indices) or as plain text to continue (odd),
+/// followed by up to `new_tokens` tokens the target samples at T = 0.7
+/// (stopping at its end-of-turn token). Generated in batches of 8 rows,
+/// which cost about 1.5 steps each on the blocksq8 storage.
+fn target_texts(
+    llm: &Llm,
+    train: &[usize],
+    count: usize,
+    new_tokens: usize,
+    seed: u64,
+) -> Result<Vec<Vec<usize>>> {
+    let target = &llm.model;
+    let sampling = SamplingParams::new(0.7)?;
+    let stop = llm.stop_token();
+    let mut rng = StdRng::seed_from_u64(seed);
+    let bar = progress_bar(count as u64, "generate");
+    let mut texts = Vec::with_capacity(count);
+    while texts.len() < count {
+        let rows = (count - texts.len()).min(8);
+        let mut seqs = Vec::with_capacity(rows);
+        for r in 0..rows {
+            let s = rng.random_range(0..train.len() - 64);
+            let passage = &train[s..s + 64];
+            seqs.push(if (texts.len() + r) % 2 == 0 {
+                let text = llm.tokenizer.decode(passage, false)?;
+                let instruction = INSTRUCTIONS[rng.random_range(0..INSTRUCTIONS.len())];
+                llm.chat_prompt(&format!("{instruction}\n\n{text}"))?
+            } else {
+                passage.to_vec()
+            });
+        }
+        let mut cache = target.new_cache(rows)?;
+        let mut feed: Vec<Vec<usize>> = seqs.clone();
+        let mut done = vec![false; rows];
+        for _ in 0..new_tokens {
+            let logits = target.forward_cached(&mut cache, &feed)?;
+            let [_, _, vocab] = logits.dims();
+            // Each row's last fed position (rows are padded to the longest).
+            let last: Vec<Tensor<2>> = feed
+                .iter()
+                .enumerate()
+                .map(|(r, f)| {
+                    let i = f.len().max(1) - 1;
+                    logits
+                        .clone()
+                        .slice([r..r + 1, i..i + 1, 0..vocab])
+                        .reshape([1, vocab])
+                })
+                .collect();
+            let next = sample_categorical(sampling.probabilities(Tensor::cat(last, 0))?, &mut rng)?;
+            for (r, &t) in next.iter().enumerate() {
+                feed[r] = Vec::new();
+                if done[r] {
+                    continue;
+                }
+                seqs[r].push(t);
+                feed[r] = vec![t];
+                done[r] = Some(t) == stop || seqs[r].len() + 1 >= target.config().max_context;
+            }
+            if done.iter().all(|d| *d) {
+                break;
+            }
+        }
+        bar.inc(rows as u64);
+        texts.extend(seqs);
+    }
+    bar.finish_and_clear();
+    Ok(texts)
+}
+
 fn main() -> Result<()> {
-    let (mut layers, mut steps) = (2usize, 150usize);
+    let (mut layers, mut steps, mut vocab) = (2usize, 600usize, 8192usize);
+    let (mut generated, mut gen_tokens) = (256usize, 96usize);
     let mut flags = Flags::from_env();
     while let Some(flag) = flags.next_flag() {
         match flag.as_str() {
             "--layers" => layers = flags.value("--layers")?,
             "--steps" => steps = flags.value("--steps")?,
-            other => bail!("unknown argument {other}; expected --layers L, --steps N"),
+            "--vocab" => vocab = flags.value("--vocab")?,
+            "--generated" => generated = flags.value("--generated")?,
+            "--gen-tokens" => gen_tokens = flags.value("--gen-tokens")?,
+            other => bail!(
+                "unknown argument {other}; expected --layers L, --steps N, --vocab V, \
+                 --generated N, --gen-tokens N"
+            ),
         }
     }
     let device = lastmile_core::default_device()?;
     let llm = Llm::load(&device)?;
     let target = &llm.model;
+    let storage = WeightStorage::fastest_on(&device);
     let corpus = TextCorpus::rust_book(0.05)?;
     let text = |bytes: &[u32]| {
         String::from_utf8_lossy(&bytes.iter().map(|t| *t as u8).collect::<Vec<_>>()).into_owned()
@@ -84,31 +219,73 @@ fn main() -> Result<()> {
         .tokenizer
         .encode(&text(corpus.validation()), false, false);
     let mut rng = StdRng::seed_from_u64(7);
-    let held: Vec<Vec<usize>> = (0..8)
-        .map(|_| {
-            let s = rng.random_range(0..valid.len() - 64);
-            valid[s..s + 64].to_vec()
-        })
-        .collect();
+    let mut windows = |tokens: &[usize], count: usize| -> Vec<Vec<usize>> {
+        (0..count)
+            .map(|_| {
+                let s = rng.random_range(0..tokens.len() - 64);
+                tokens[s..s + 64].to_vec()
+            })
+            .collect()
+    };
+    let held = windows(&valid, 8);
 
-    let early =
-        LlamaModule::draft_from(target, layers, &device)?.to_model(WeightStorage::F32, &device)?;
-    let (kl0, agree0) = agreement(target, &early, &held)?;
+    let early = LlamaEarlyExit::new(target, layers)?;
+    let (kl0, agree0) = agreement(target, &early, None, &held)?;
+    let head_tokens = if vocab == 0 {
+        None
+    } else {
+        let start = Instant::now();
+        let ids = likely_tokens(target, &windows(&train, 128), vocab)?;
+        println!(
+            "Head vocabulary: the {vocab} tokens with the most target probability over 128 training \
+             windows of 64 tokens ({:.0} s).",
+            start.elapsed().as_secs_f64()
+        );
+        Some(ids)
+    };
+    let coverage = match &head_tokens {
+        Some(ids) => in_head(target, ids, &held)?,
+        None => 1.0,
+    };
+    let start = Instant::now();
+    let generated_text: Vec<usize> =
+        target_texts(&llm, &train, generated, gen_tokens, 11)?.concat();
+    if generated > 0 {
+        println!(
+            "Target-generated text: {generated} passages of the training split, half as chat \
+             instructions, continued by the target at T = 0.7 ({} tokens with the prompts, {:.0} s).",
+            generated_text.len(),
+            start.elapsed().as_secs_f64()
+        );
+    }
+    let mut texts: Vec<&[usize]> = vec![&train];
+    if generated_text.len() > 64 {
+        texts.push(&generated_text);
+    }
     println!(
-        "Distilling a {layers}-block draft of SmolLM2-135M-Instruct ({} training tokens of the Rust book), \
+        "Distilling a {layers}-block draft of SmolLM2-135M-Instruct ({} training tokens of the Rust book{}), \
          {steps} steps of 4 windows × 64 tokens …",
-        train.len()
+        train.len(),
+        if texts.len() > 1 {
+            " and as many windows of the target's text"
+        } else {
+            ""
+        }
     );
     let config = TrainConfig {
         lr: 1e-3,
         seed: 1,
         ..TrainConfig::new(steps, 4, 64)
     };
-    let draft = LlamaModule::draft_from(target, layers, &device.clone().autodiff())?;
+    let ad = device.clone().autodiff();
+    let draft = match &head_tokens {
+        Some(ids) => LlamaModule::draft_with_vocab(target, layers, ids, &ad)?,
+        None => LlamaModule::draft_from(target, layers, &ad)?,
+    };
     let bar = progress_bar(steps as u64, "distil");
     let mut kls = Vec::with_capacity(steps);
     let start = Instant::now();
-    let draft = distill_draft(draft, target, &train, &config, |_, kl| {
+    let draft = distill_draft(draft, target, &texts, &config, |_, kl| {
         kls.push(kl);
         bar.inc(1);
         bar.set_message(format!("KL {kl:.3}"));
@@ -117,28 +294,41 @@ fn main() -> Result<()> {
     let seconds = start.elapsed().as_secs_f64();
     let path = models_dir()
         .join(MODEL_DIR)
-        .join(format!("draft-L{layers}.bpk"));
+        .join(draft_file_name(layers, vocab));
     draft.save(&path)?;
-    let distilled = draft.to_model(WeightStorage::F32, &device)?;
-    let (kl1, agree1) = agreement(target, &distilled, &held)?;
+    let distilled = draft.to_model(storage, &device)?;
+    let (kl1, agree1) = agreement(target, &distilled, head_tokens.as_deref(), &held)?;
+    let t1 = step_time(target, 128, 1, 15)?;
+    let cost = |m: &dyn Fn() -> Result<f64>| -> Result<String> { Ok(format!("{:.3}", m()? / t1)) };
+    let head_name = match vocab {
+        0 => "full tied head".to_owned(),
+        v => format!(
+            "head over {v} tokens (the target's greedy token is among them {:.1}% of the time)",
+            100.0 * coverage
+        ),
+    };
     println!(
-        "{}",
+        "{}KL: to the target's distribution (for a head over part of the vocabulary, restricted to \
+         its tokens); step cost: one draft step in target steps, {storage:?} storage.",
         table(
             &[
                 "draft",
                 "held-out KL to the target (nats)",
-                "greedy token = target's"
+                "greedy token = target's",
+                "step cost"
             ],
             &[
                 vec![
-                    format!("early exit, {layers} blocks"),
+                    format!("early exit, {layers} blocks, full head"),
                     format!("{kl0:.3}"),
-                    format!("{:.1}%", 100.0 * agree0)
+                    format!("{:.1}%", 100.0 * agree0),
+                    cost(&|| step_time(&early, 128, 1, 15))?,
                 ],
                 vec![
-                    format!("distilled, {steps} steps ({seconds:.0} s)"),
+                    format!("distilled, {steps} steps ({seconds:.0} s), {head_name}"),
                     format!("{kl1:.3}"),
-                    format!("{:.1}%", 100.0 * agree1)
+                    format!("{:.1}%", 100.0 * agree1),
+                    cost(&|| step_time(&distilled, 128, 1, 15))?,
                 ],
             ]
         )
@@ -155,16 +345,7 @@ fn main() -> Result<()> {
         Method::Autoregressive,
         Method::Draft(Box::new(AdaEdl::new(AdaEdlConfig::default())?)),
     ];
-    let exit_view = LlamaEarlyExit::new(target, layers)?;
-    let with_exit = sweep(
-        &methods,
-        target,
-        &exit_view,
-        &prompts,
-        &generation,
-        1,
-        || {},
-    )?;
+    let with_exit = sweep(&methods, target, &early, &prompts, &generation, 1, || {})?;
     let with_distilled = sweep(
         &methods,
         target,
@@ -233,6 +414,8 @@ fn main() -> Result<()> {
     )
     .hline("held-out, early exit", kl0)
     .hline("held-out, distilled", kl1);
+    // (The training and held-out KL of a restricted head are both to the
+    // restricted distribution; the early exit's is to the full one.)
     write_svg(&out.join("distill_llm.svg"), &[panel.into()], 1)?;
     println!(
         "Wrote {} and {}.",

@@ -1,21 +1,26 @@
 //! Speculative decoding of a real model: SmolLM2-135M-Instruct (GGUF, its
 //! weights stored as `WeightStorage::fastest_on` the device: the file's
-//! blocks in lastmile's panel kernel on a CPU) as the target, its own first layers (early exit) or prompt
-//! lookup as the draft.
+//! blocks in lastmile's panel kernel on a CPU) as the target; as the draft,
+//! a distilled draft (the `distill_llm` example), the target's own first
+//! blocks (early exit), or prompt lookup.
 //!
 //! ```text
 //! scripts/fetch-smollm2.sh            # once: the 98 MB model file
 //! CARGO_TARGET_DIR=/work/bench-target cargo build --release -p lastmile-examples --example spec_decode_llm
 //! /work/bench-target/release/examples/spec_decode_llm [--prompts N] [--chat N] [--max-tokens N]
-//!     [--prompt-chars N] [--layers L]
+//!     [--prompt-chars N] [--draft auto|exit|distilled] [--layers L] [--vocab V]
 //! ```
 //!
 //! 1. Measures the target's one-token step and a 9-token verify pass, hence
 //!    the marginal verify cost `c_v` per extra token (in target steps).
-//! 2. Picks the early-exit depth: for L ∈ {4, 8, …, 24} it measures the
-//!    draft's step cost `c` (in target steps) and decodes the first prompt
-//!    of each kind with AdaEDL at T = 0; the L with the highest tokens/s is
-//!    used below (`--layers L` skips this).
+//! 2. The draft model. `--draft distilled` loads the draft the
+//!    `distill_llm` example saved for `--layers L` (default 2) blocks and a
+//!    head over `--vocab V` tokens (default 8192; 0: the full head) and
+//!    measures its step cost `c` (in target steps). `--draft exit` picks
+//!    the early-exit depth: for L ∈ {4, 8, …, 24} it measures `c` and
+//!    decodes the first prompt of each kind with AdaEDL at T = 0; the L
+//!    with the highest tokens/s is used below (`--layers L` skips this).
+//!    The default, `auto`, is the distilled draft when its file exists.
 //! 3. Sweeps autoregressive decoding, static γ ∈ 1..8, the HF heuristic,
 //!    max-confidence, AdaEDL (`min_len` 1 and 0), the cost-model
 //!    controller, cost-aware AdaEDL (both given the measured `c` and `c_v`) and prompt lookup, at
@@ -26,23 +31,39 @@
 //!    every method; greedy outputs are asserted identical to autoregressive
 //!    decoding. Prints tokens/s (the prompt pass included), speed-up, mean
 //!    tokens per round (1 + accepted drafts) and target calls per token; writes
-//!    `spec_decode_llm.csv`, `spec_decode_llm.svg` (speed-ups) and
-//!    `spec_decode_llm_depth.svg` (acceptance and speed-up by draft depth) to the output folder
+//!    `spec_decode_llm.csv`, `spec_decode_llm.svg` (speed-ups) and, for the
+//!    early exit, `spec_decode_llm_depth.svg` (acceptance and speed-up by
+//!    draft depth) to the output folder
 //!    (`$LASTMILE_OUT`, default `<target dir>/lastmile-out`).
 //!
 //! The default run takes a few minutes on 2 cores.
 
+use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail, ensure};
 use lastmile_core::default_device;
+use lastmile_core::lm::LanguageModel;
 use lastmile_core::numerics::SamplingParams;
-use lastmile_examples::llm::{CHAT_PROMPTS, Llm, corpus_prompts, step_time};
+use lastmile_examples::llm::{
+    CHAT_PROMPTS, Llm, MODEL_DIR, corpus_prompts, draft_file_name, models_dir, step_time,
+};
 use lastmile_examples::plot::{BarPanel, LinePanel, write_svg, write_svg_sized};
 use lastmile_examples::report::{Flags, output_dir, progress_bar, table, write_csv};
 use lastmile_examples::spec_decode::{Method, methods, run_method, sweep};
-use lastmile_models::llama::LlamaEarlyExit;
+use lastmile_models::llama::{LlamaEarlyExit, LlamaModel, LlamaModule};
 use lastmile_spec_decode::{AdaEdl, AdaEdlConfig, GenerationConfig, Metrics};
+
+/// Which draft model the sweep uses.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum DraftKind {
+    /// The distilled draft when its file is present, else the early exit.
+    Auto,
+    /// The target's first blocks and its head (`LlamaEarlyExit`).
+    Exit,
+    /// A draft saved by the `distill_llm` example.
+    Distilled,
+}
 
 struct Args {
     prompts: usize,
@@ -50,6 +71,8 @@ struct Args {
     max_tokens: usize,
     prompt_chars: usize,
     layers: Option<usize>,
+    draft: DraftKind,
+    vocab: usize,
 }
 
 fn parse_args() -> Result<Args> {
@@ -59,6 +82,8 @@ fn parse_args() -> Result<Args> {
         max_tokens: 40,
         prompt_chars: 300,
         layers: None,
+        draft: DraftKind::Auto,
+        vocab: 8192,
     };
     let mut flags = Flags::from_env();
     while let Some(a) = flags.next_flag() {
@@ -69,9 +94,18 @@ fn parse_args() -> Result<Args> {
             "--max-tokens" => args.max_tokens = value("--max-tokens")?,
             "--prompt-chars" => args.prompt_chars = value("--prompt-chars")?,
             "--layers" => args.layers = Some(value("--layers")?),
+            "--vocab" => args.vocab = value("--vocab")?,
+            "--draft" => {
+                args.draft = match flags.value::<String>("--draft")?.as_str() {
+                    "auto" => DraftKind::Auto,
+                    "exit" => DraftKind::Exit,
+                    "distilled" => DraftKind::Distilled,
+                    other => bail!("--draft {other}: expected auto, exit or distilled"),
+                }
+            }
             other => bail!(
                 "unknown argument {other}; expected --prompts N, --chat N, --max-tokens N, \
-                 --prompt-chars N, --layers L"
+                 --prompt-chars N, --layers L, --draft auto|exit|distilled, --vocab V"
             ),
         }
     }
@@ -136,8 +170,61 @@ fn main() -> Result<()> {
         t9 / t1
     );
 
-    // 2. The early-exit depth.
+    // 2. The draft: a distilled one, or the early exit at the best depth.
     let stop = llm.stop_token();
+    let ctx = SweepCtx {
+        target,
+        prompts: &prompts,
+        kinds: &kinds,
+        stop,
+        max_tokens: args.max_tokens,
+        verify_cost,
+    };
+    let distilled_layers = args.layers.unwrap_or(2);
+    let distilled_path = models_dir()
+        .join(MODEL_DIR)
+        .join(draft_file_name(distilled_layers, args.vocab));
+    let use_distilled = match args.draft {
+        DraftKind::Distilled => true,
+        DraftKind::Exit => false,
+        DraftKind::Auto => distilled_path.exists(),
+    };
+    if use_distilled {
+        ensure!(
+            distilled_path.exists(),
+            "no distilled draft at {}; make one with `cargo run --release -p lastmile-examples \
+             --example distill_llm -- --layers {distilled_layers} --vocab {}`",
+            distilled_path.display(),
+            args.vocab
+        );
+        let head_rows = (args.vocab > 0).then_some(args.vocab);
+        let draft = LlamaModule::load_draft(
+            target,
+            distilled_layers,
+            head_rows,
+            &distilled_path,
+            &device,
+        )?
+        .to_model(target.storage(), &device)?;
+        let c = step_time(&draft, prefix, 1, 15)? / t1;
+        let label = match args.vocab {
+            0 => format!("distilled L={distilled_layers}"),
+            v => format!("distilled L={distilled_layers} V={v}"),
+        };
+        println!(
+            "draft: {label} ({}), one draft step c = {c:.3} target steps",
+            distilled_path.display()
+        );
+        let (csv_path, svg_path) = sweep_report(&ctx, &draft, &label, c)?;
+        println!("CSV: {}\nplot: {}", csv_path.display(), svg_path.display());
+        return Ok(());
+    }
+    if args.draft == DraftKind::Auto {
+        println!(
+            "no distilled draft at {} (the distill_llm example makes one); using the early exit",
+            distilled_path.display()
+        );
+    }
     let probe = GenerationConfig::new(SamplingParams::greedy(), 24)?.with_stop_token(stop);
     let probe_prompts: Vec<&Vec<usize>> = [0, args.prompts]
         .iter()
@@ -206,23 +293,75 @@ fn main() -> Result<()> {
         "chosen: L = {layers} (highest tokens/s), draft step c = {cost_ratio:.3} target steps"
     );
     let draft = LlamaEarlyExit::new(target, layers)?;
+    let label = format!("exit L={layers}");
 
     // 3. The sweep.
+    let (csv_path, svg_path) = sweep_report(&ctx, &draft, &label, cost_ratio)?;
+    if depth_points.is_empty() {
+        println!("CSV: {}\nplot: {}", csv_path.display(), svg_path.display());
+        return Ok(());
+    }
+    let depth_svg = output_dir()?.join("spec_decode_llm_depth.svg");
+    let depth_panel = LinePanel::new(
+        "early-exit draft depth (AdaEDL, T = 0)",
+        format!("draft depth L (blocks of {n_layers})"),
+        "rate / speed-up",
+    )
+    .series(
+        "accept rate",
+        depth_points.iter().map(|p| (p.0, p.1)).collect(),
+    )
+    .series(
+        "speed-up over AR (x)",
+        depth_points.iter().map(|p| (p.0, p.2)).collect(),
+    )
+    .hline("1x", 1.0);
+    write_svg(&depth_svg, &[depth_panel.into()], 1)?;
+    println!(
+        "CSV: {}\nplots: {}, {}",
+        csv_path.display(),
+        svg_path.display(),
+        depth_svg.display()
+    );
+    Ok(())
+}
+
+/// What the sweep needs of `main`'s set-up.
+struct SweepCtx<'a> {
+    target: &'a LlamaModel,
+    prompts: &'a [Vec<usize>],
+    kinds: &'a [&'static str],
+    stop: Option<usize>,
+    max_tokens: usize,
+    verify_cost: f64,
+}
+
+/// 3. Sweeps every method with `draft` (called `label`, one step costing
+/// `cost_ratio` target steps) at each temperature; prints the table and
+/// summary, writes the CSV and the speed-up plot (their paths returned).
+fn sweep_report<D: LanguageModel>(
+    ctx: &SweepCtx<'_>,
+    draft: &D,
+    label: &str,
+    cost_ratio: f64,
+) -> Result<(PathBuf, PathBuf)> {
     let temperatures = [0.0, 0.7, 1.0];
     let mut rows = Vec::new();
     let mut csv = Vec::new();
     let mut speedups: Vec<(String, Vec<f64>)> = Vec::new();
-    let n_methods = methods(0.0, cost_ratio, verify_cost)?.len();
+    let n_methods = methods(0.0, cost_ratio, ctx.verify_cost)?.len();
     let bar = progress_bar(
-        (temperatures.len() * n_methods * prompts.len()) as u64,
+        (temperatures.len() * n_methods * ctx.prompts.len()) as u64,
         "sweep",
     );
     let start = Instant::now();
     for (ti, &temperature) in temperatures.iter().enumerate() {
-        let config = GenerationConfig::new(SamplingParams::new(temperature)?, args.max_tokens)?
-            .with_stop_token(stop);
-        let list = methods(temperature, cost_ratio, verify_cost)?;
-        let results = sweep(&list, target, &draft, &prompts, &config, 1, || bar.inc(1))?;
+        let config = GenerationConfig::new(SamplingParams::new(temperature)?, ctx.max_tokens)?
+            .with_stop_token(ctx.stop);
+        let list = methods(temperature, cost_ratio, ctx.verify_cost)?;
+        let results = sweep(&list, ctx.target, draft, ctx.prompts, &config, 1, || {
+            bar.inc(1)
+        })?;
         let (ar_out, ar) = &results[0];
         for (method, (out, m)) in list.iter().zip(&results) {
             if temperature == 0.0 {
@@ -233,7 +372,7 @@ fn main() -> Result<()> {
                 );
             }
             let name = match method {
-                Method::Draft(_) => format!("{} (exit L={layers})", method.name()),
+                Method::Draft(_) => format!("{} ({label})", method.name()),
                 _ => method.name(),
             };
             let speedup = m.tokens_per_second() / ar.tokens_per_second();
@@ -280,7 +419,7 @@ fn main() -> Result<()> {
     println!(
         "sweep ({:.0} s; {} prompts x {} methods x {} temperatures, after one untimed warm-up run per method):",
         start.elapsed().as_secs_f64(),
-        prompts.len(),
+        ctx.prompts.len(),
         n_methods,
         temperatures.len()
     );
@@ -308,7 +447,7 @@ fn main() -> Result<()> {
          length); drafted/round: draft tokens proposed per round."
     );
     println!("greedy (T = 0) outputs of every method identical to autoregressive decoding: yes");
-    println!("prompt kinds: {}", kinds.join(", "));
+    println!("prompt kinds: {}", ctx.kinds.join(", "));
 
     // Summary per temperature.
     for (ti, t) in temperatures.iter().enumerate() {
@@ -356,7 +495,7 @@ fn main() -> Result<()> {
     )?;
     let svg_path = dir.join("spec_decode_llm.svg");
     let mut panel = BarPanel::new(
-        format!("SmolLM2-135M: speculative decoding speed-up (draft: first {layers} of {n_layers} blocks)"),
+        format!("SmolLM2-135M: speculative decoding speed-up (draft: {label})"),
         "speed-up over autoregressive (x)",
         temperatures.iter().map(|t| format!("T = {t}")),
     )
@@ -365,27 +504,5 @@ fn main() -> Result<()> {
         panel = panel.series(name, v);
     }
     write_svg_sized(&svg_path, &[panel.into()], 1, (1240, 560))?;
-    let depth_svg = dir.join("spec_decode_llm_depth.svg");
-    let depth_panel = LinePanel::new(
-        "early-exit draft depth (AdaEDL, T = 0)",
-        format!("draft depth L (blocks of {n_layers})"),
-        "rate / speed-up",
-    )
-    .series(
-        "accept rate",
-        depth_points.iter().map(|p| (p.0, p.1)).collect(),
-    )
-    .series(
-        "speed-up over AR (x)",
-        depth_points.iter().map(|p| (p.0, p.2)).collect(),
-    )
-    .hline("1x", 1.0);
-    write_svg(&depth_svg, &[depth_panel.into()], 1)?;
-    println!(
-        "CSV: {}\nplots: {}, {}",
-        csv_path.display(),
-        svg_path.display(),
-        depth_svg.display()
-    );
-    Ok(())
+    Ok((csv_path, svg_path))
 }

@@ -29,6 +29,16 @@ use crate::spec_decode::{Method, sweep};
 /// Folder of the model under the models directory ([`models_dir`]).
 pub const MODEL_DIR: &str = "smollm2-135m-instruct";
 
+/// File name, in [`MODEL_DIR`], of a draft saved by the `distill_llm`
+/// example: `layers` blocks and a head over `vocab` tokens (0: the whole
+/// tied head).
+pub fn draft_file_name(layers: usize, vocab: usize) -> String {
+    match vocab {
+        0 => format!("draft-L{layers}.bpk"),
+        v => format!("draft-L{layers}-v{v}.bpk"),
+    }
+}
+
 /// File name of the model (Q4_1 GGUF, 98 MB).
 pub const MODEL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 

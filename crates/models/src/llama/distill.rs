@@ -206,17 +206,20 @@ pub fn likely_tokens(
 
 /// Distils `draft` (from [`LlamaModule::draft_from`] or
 /// [`LlamaModule::draft_with_vocab`], on an autodiff device) from `target`
-/// on windows of `tokens`: `config.steps` AdamW steps (gradient norm
-/// clipped at 1, `config`'s warm-up and cosine schedule) on `config.batch`
-/// windows of `config.context` tokens each, minimising
+/// on windows of the token streams `texts` (each window from a stream drawn
+/// uniformly, at a uniform offset: e.g. a corpus and text the target
+/// generated, weighted equally whatever their lengths): `config.steps`
+/// AdamW steps (gradient norm clipped at 1, `config`'s warm-up and cosine
+/// schedule) on `config.batch` windows of `config.context` tokens each,
+/// minimising
 /// `KL(p_target ‖ q_draft)` averaged over positions — for a head over a
 /// token list `S`, to the target's distribution restricted to `S`,
 /// `p(x)/p(S)`. Calls `on_step(step, kl)` after each step.
 ///
 /// # Errors
 /// As [`TrainConfig::check`] (as [`LlamaError::Config`]);
-/// [`LlamaError::Config`] for vocabularies that differ, or `tokens` not
-/// longer than one window; the models' forward errors.
+/// [`LlamaError::Config`] for vocabularies that differ, no streams, or a
+/// stream not longer than one window; the models' forward errors.
 ///
 /// ```
 /// # #[cfg(feature = "flex")] {
@@ -230,7 +233,7 @@ pub fn likely_tokens(
 /// let tokens: Vec<usize> = (0..400).map(|i| (i * 7 + i / 5) % 64).collect();
 /// let mut kl = Vec::new();
 /// let cfg = TrainConfig { lr: 1e-2, ..TrainConfig::new(20, 4, 16) };
-/// let draft = distill_draft(draft, &target, &tokens, &cfg, |_, l| kl.push(l))?;
+/// let draft = distill_draft(draft, &target, &[&tokens], &cfg, |_, l| kl.push(l))?;
 /// assert!(kl[19] < kl[0]);
 /// # }
 /// # Ok::<(), lastmile_models::llama::LlamaError>(())
@@ -238,7 +241,7 @@ pub fn likely_tokens(
 pub fn distill_draft(
     mut draft: LlamaModule,
     target: &LlamaModel,
-    tokens: &[usize],
+    texts: &[&[usize]],
     config: &TrainConfig,
     mut on_step: impl FnMut(usize, f32),
 ) -> LlamaResult<LlamaModule> {
@@ -256,11 +259,12 @@ pub fn distill_draft(
         });
     }
     let (b, n) = (config.batch, config.context);
-    if tokens.len() <= n {
+    let shortest = texts.iter().map(|t| t.len()).min().unwrap_or(0);
+    if shortest <= n {
         return Err(LlamaError::Config {
-            field: "tokens",
-            value: format!("{} tokens", tokens.len()),
-            expected: format!("more than one window of {n}"),
+            field: "texts",
+            value: format!("{} streams, the shortest of {shortest} tokens", texts.len()),
+            expected: format!("at least one stream, each longer than one window of {n}"),
         });
     }
     let device = draft.embed.val().device();
@@ -278,6 +282,7 @@ pub fn distill_draft(
     for step in 0..config.steps {
         let windows: Vec<Vec<usize>> = (0..b)
             .map(|_| {
+                let tokens = texts[rng.random_range(0..texts.len())];
                 let start = rng.random_range(0..tokens.len() - n);
                 tokens[start..start + n].to_vec()
             })

@@ -130,7 +130,7 @@ backend_test!(distilled_draft_learns_and_round_trips, |device| {
     };
     let mut kl = Vec::new();
     let embed_before = tensor_to_vec(draft.embed.val().inner().reshape([-1])).unwrap();
-    let draft = distill_draft(draft, &target, &tokens, &cfg, |_, l| kl.push(l)).unwrap();
+    let draft = distill_draft(draft, &target, &[&tokens], &cfg, |_, l| kl.push(l)).unwrap();
     assert_eq!(kl.len(), 40);
     // KL is non-negative and falls (mean of the last 5 steps below half the first 5).
     assert!(kl.iter().all(|v| *v >= -1e-5), "{kl:?}");
@@ -185,6 +185,14 @@ backend_test!(distilled_draft_learns_and_round_trips, |device| {
         LlamaModule::draft_from(&target, 4, &ad),
         Err(LlamaError::Config { .. })
     ));
+    // No text, or a text shorter than a window, is refused before training.
+    for texts in [&[][..], &[&tokens[..10]][..]] {
+        let fresh = LlamaModule::draft_from(&target, 1, &ad).unwrap();
+        assert!(matches!(
+            distill_draft(fresh, &target, texts, &cfg, |_, _| {}),
+            Err(LlamaError::Config { .. })
+        ));
+    }
 });
 
 backend_test!(vocabulary_restricted_draft, |device| {
@@ -236,7 +244,7 @@ backend_test!(vocabulary_restricted_draft, |device| {
         ..TrainConfig::new(40, 4, 16)
     };
     let mut kl = Vec::new();
-    let draft = distill_draft(draft, &target, &tokens, &cfg, |_, l| kl.push(l)).unwrap();
+    let draft = distill_draft(draft, &target, &[&tokens], &cfg, |_, l| kl.push(l)).unwrap();
     let (first, last) = (
         kl[..5].iter().sum::<f32>() / 5.0,
         kl[35..].iter().sum::<f32>() / 5.0,
