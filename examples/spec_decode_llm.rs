@@ -336,9 +336,9 @@ struct SweepCtx<'a> {
     verify_cost: f64,
 }
 
-/// 3. Sweeps every method with `draft` (called `label`, one step costing
-/// `cost_ratio` target steps) at each temperature; prints the table and
-/// summary, writes the CSV and the speed-up plot (their paths returned).
+/// Step 3: sweeps every method with `draft` (called `label`, one step
+/// costing `cost_ratio` target steps) at each temperature; prints the table
+/// and summary, writes the CSV and the speed-up plot (their paths returned).
 fn sweep_report<D: LanguageModel>(
     ctx: &SweepCtx<'_>,
     draft: &D,
