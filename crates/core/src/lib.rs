@@ -48,6 +48,7 @@
 pub mod convert;
 pub mod device;
 pub mod error;
+pub mod fastmath;
 pub mod gguf;
 pub mod host;
 pub mod linalg;

@@ -300,3 +300,69 @@ backend_test!(sampling_params_pipeline_matches_reference, |device| {
         .collect();
     assert_close(&p, &expected, 1e-4, 1e-6);
 });
+
+/// On a CPU device softmax and entropy run as host loops
+/// (`numerics::rows`); an autodiff device takes the tensor operations. The
+/// two agree to a few ulp (tolerance 1e-6 relative, measured ≤ 3e-7), give
+/// exactly 0 to masked entries, and propagate NaN and `+inf` alike.
+#[cfg(feature = "flex")]
+#[test]
+fn host_rows_match_the_tensor_path() {
+    let host = Device::flex();
+    let graph = Device::flex().autodiff();
+    let mut rng = StdRng::seed_from_u64(5);
+    let mut rows: Vec<Vec<f32>> = (0..4)
+        .map(|_| {
+            (0..49_152)
+                .map(|_| rng.random_range(-30.0f32..30.0))
+                .collect()
+        })
+        .collect();
+    rows[1][7] = NEG;
+    rows[2].iter_mut().skip(100).for_each(|v| *v = -1.0e4); // a restricted head's floor
+    let odd = vec![
+        vec![1.0, f32::NAN, 0.0],
+        vec![1.0, f32::INFINITY, 0.0],
+        vec![NEG; 3],
+    ];
+    for t in [0.5, 1.0, 2.0] {
+        let a = tensor_to_vec(softmax(t2(&rows, &host), t).unwrap()).unwrap();
+        let b = tensor_to_vec(softmax(t2(&rows, &graph), t).unwrap().inner()).unwrap();
+        for (r, row) in rows.iter().enumerate() {
+            let max = row.iter().copied().fold(NEG, f32::max);
+            let want = ref_softmax(row, t);
+            for (i, w) in want.iter().enumerate() {
+                // The f32 sum of 49 152 terms (5e-6), plus the rounding of (x − max)/T
+                // (relative ε·|x − max|/T in the result); below 1e-37 the
+                // host loops give 0 where f64 gives a subnormal.
+                let z = f64::from((row[i] - max).abs()) / t;
+                let tol = (5e-6 + 2.0 * f64::from(f32::EPSILON) * z) * w + 1.2e-38;
+                let (x, y) = (f64::from(a[r * 49_152 + i]), f64::from(b[r * 49_152 + i]));
+                if *w == 0.0 {
+                    assert_eq!((x, y), (0.0, 0.0), "T {t}: masked entry");
+                    continue;
+                }
+                assert!((x - w).abs() <= tol, "T {t}: host {x} vs {w}");
+                assert!((y - w).abs() <= 10.0 * tol, "T {t}: tensor {y} vs {w}");
+            }
+        }
+        assert_eq!(a[49_152 + 7], 0.0);
+        let ha = tensor_to_vec(entropy(softmax(t2(&rows, &host), t).unwrap()).unwrap()).unwrap();
+        let hb = entropy(softmax(t2(&rows, &graph), t).unwrap()).unwrap();
+        let hb = tensor_to_vec(hb.inner()).unwrap();
+        for (x, y) in ha.iter().zip(&hb) {
+            assert!(
+                (x - y).abs() <= 1e-5 * y.abs().max(1.0),
+                "T {t}: entropy {x} vs {y}"
+            );
+        }
+        let a = tensor_to_vec(softmax(t2(&odd, &host), t).unwrap()).unwrap();
+        let b = tensor_to_vec(softmax(t2(&odd, &graph), t).unwrap().inner()).unwrap();
+        for (x, y) in a.iter().zip(&b) {
+            assert!(
+                x.is_nan() == y.is_nan() && (x.is_nan() || x == y),
+                "T {t}: {a:?} vs {b:?}"
+            );
+        }
+    }
+}

@@ -23,6 +23,7 @@
 //! the tensor pass.
 
 use burn::tensor::{Int, Tensor, TensorData};
+use lastmile_core::fastmath::exp;
 use lastmile_core::panel::PanelMatrix;
 use rayon::prelude::*;
 
@@ -242,67 +243,16 @@ fn values(data: TensorData) -> LlamaResult<Vec<f32>> {
 }
 
 /// `g ← SiLU(g) ⊙ u`, SwiGLU's gate (Shazeer 2020, eq. 6), with
-/// `SiLU(x) = x / (1 + e^(−x))` and [`exp`].
+/// `SiLU(x) = x / (1 + e^(−x))` and [`lastmile_core::fastmath::exp`].
 pub(crate) fn swiglu_in_place(g: &mut [f32], u: &[f32]) {
     for (g, u) in g.iter_mut().zip(u) {
         *g = *g / (1.0 + exp(-*g)) * u;
     }
 }
 
-/// `e^x` in f32 by Cody–Waite range reduction and a degree-6 polynomial
-/// (Cephes `expf`'s coefficients): `x = n·ln 2 + r`, `|r| ≤ ln 2 / 2`,
-/// `e^x = 2ⁿ·p(r)`. Within 2 ulp of the exact value (tested against f64),
-/// clamped to `[e^−87.3, e^88]` outside that range; plain arithmetic, so
-/// loops over it vectorise where `f32::exp` is a library call per element.
-pub(crate) fn exp(x: f32) -> f32 {
-    const LOG2E: f32 = std::f32::consts::LOG2_E;
-    // ln 2 split so that n·LN2_HI is exact for |n| < 2⁹.
-    const LN2_HI: f32 = 0.693_359_4;
-    const LN2_LO: f32 = -2.121_944_4e-4;
-    const P: [f32; 6] = [
-        1.987_569_1e-4,
-        1.398_199_9e-3,
-        8.333_452e-3,
-        4.166_579_6e-2,
-        0.166_666_65,
-        0.5,
-    ];
-    // Round to nearest by adding and removing 1.5·2²³ (exact for |v| < 2²²).
-    const MAGIC: f32 = 12_582_912.0;
-    // n = round(x·log2 e) then lies in [−126, 127], a normal 2ⁿ.
-    let x = x.clamp(-87.3, 88.0);
-    let n = (x * LOG2E + MAGIC) - MAGIC;
-    let r = (x - n * LN2_HI) - n * LN2_LO;
-    let mut p = P[0];
-    for c in &P[1..] {
-        p = p * r + c;
-    }
-    let p = p * r * r + r + 1.0;
-    // 2ⁿ by its exponent bits.
-    p * f32::from_bits(((n as i32 + 127) as u32) << 23)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn exp_is_within_two_ulp_of_f64() {
-        let mut worst = 0.0f64;
-        let mut x = -87.0f32;
-        while x < 88.0 {
-            let want = f64::from(x).exp();
-            let got = f64::from(exp(x));
-            // One ulp of the f32 result.
-            let ulp = f64::from(f32::EPSILON) * want;
-            worst = worst.max((got - want).abs() / ulp);
-            x += 0.0137;
-        }
-        assert!(worst <= 2.0, "worst error {worst} ulp");
-        assert_eq!(exp(0.0), 1.0);
-        assert!(exp(-200.0) > 0.0 && exp(-200.0) < 1.3e-38);
-        assert!(exp(200.0).is_finite());
-    }
 
     #[test]
     fn swiglu_matches_the_formula() {

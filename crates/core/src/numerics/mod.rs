@@ -7,6 +7,8 @@
 //! `T → 0⁺`, i.e. the uniform distribution over the row's maxima (a one-hot
 //! vector when the maximum is unique).
 
+mod rows;
+
 use burn::tensor::{Int, Tensor, TensorData};
 use rand::{Rng, RngExt};
 
@@ -70,6 +72,9 @@ pub fn softmax(logits: Tensor<2>, temperature: f64) -> Result<Tensor<2>> {
         let mask = argmax_mask(&logits);
         let count = mask.clone().sum_dim(1);
         return Ok(mask / count);
+    }
+    if rows::applies(&logits) {
+        return rows::softmax(logits, t);
     }
     let max = safe_row_max(&logits);
     let e = (logits - max).div_scalar(t).exp();
@@ -160,6 +165,9 @@ pub fn log_sum_exp(logits: Tensor<2>) -> Result<Tensor<2>> {
 /// ```
 pub fn entropy(probs: Tensor<2>) -> Result<Tensor<1>> {
     check_non_empty("probs", &probs)?;
+    if rows::applies(&probs) {
+        return rows::entropy(probs);
+    }
     let zero = probs.clone().lower_equal_elem(0.0);
     let terms = (probs.clone() * probs.log()).mask_fill(zero, 0.0);
     Ok(terms.sum_dim(1).neg().squeeze_dim::<1>(1))
