@@ -69,6 +69,9 @@ pub fn softmax(logits: Tensor<2>, temperature: f64) -> Result<Tensor<2>> {
     let t = check_temperature(temperature)?;
     check_non_empty("logits", &logits)?;
     if t == 0.0 {
+        if rows::applies(&logits) {
+            return rows::greedy(logits);
+        }
         let mask = argmax_mask(&logits);
         let count = mask.clone().sum_dim(1);
         return Ok(mask / count);

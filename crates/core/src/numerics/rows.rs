@@ -66,6 +66,22 @@ pub(super) fn softmax(logits: Tensor<2>, t: f32) -> Result<Tensor<2>> {
     })
 }
 
+/// The `T → 0` limit of the row softmax, as `numerics::softmax`: uniform
+/// over each row's maxima; a row holding NaN becomes NaN.
+pub(super) fn greedy(logits: Tensor<2>) -> Result<Tensor<2>> {
+    map_rows(logits, |row| {
+        if row.iter().any(|v| v.is_nan()) {
+            row.fill(f32::NAN);
+            return;
+        }
+        let max = row.iter().fold(f32::NEG_INFINITY, |m, v| m.max(*v));
+        let count = row.iter().filter(|v| **v == max).count() as f32;
+        for v in row.iter_mut() {
+            *v = if *v == max { 1.0 / count } else { 0.0 };
+        }
+    })
+}
+
 /// Row entropies `−Σ p ln p` (`0 ln 0 = 0`) of `probs`, as `numerics::entropy`.
 pub(super) fn entropy(probs: Tensor<2>) -> Result<Tensor<1>> {
     let [batch, classes] = probs.dims();

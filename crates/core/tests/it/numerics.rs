@@ -325,6 +325,21 @@ fn host_rows_match_the_tensor_path() {
         vec![1.0, f32::INFINITY, 0.0],
         vec![NEG; 3],
     ];
+    // T = 0: uniform over the maxima (ties and an all-masked row included), identical.
+    let greedy = vec![
+        vec![1.0, 3.0, 3.0, -2.0],
+        vec![NEG; 4],
+        vec![0.5, f32::INFINITY, 0.0, 1.0],
+    ];
+    let a = tensor_to_vec(softmax(t2(&greedy, &host), 0.0).unwrap()).unwrap();
+    let b = tensor_to_vec(softmax(t2(&greedy, &graph), 0.0).unwrap().inner()).unwrap();
+    assert_eq!(a, b);
+    assert_eq!(a[..4], [0.0, 0.5, 0.5, 0.0]);
+    let big = tensor_to_vec(softmax(t2(&rows, &host), 0.0).unwrap()).unwrap();
+    let want = tensor_to_vec(softmax(t2(&rows, &graph), 0.0).unwrap().inner()).unwrap();
+    assert_eq!(big, want);
+    let nan = tensor_to_vec(softmax(t2(&[vec![1.0, f32::NAN]], &host), 0.0).unwrap()).unwrap();
+    assert!(nan.iter().all(|v| v.is_nan()));
     for t in [0.5, 1.0, 2.0] {
         let a = tensor_to_vec(softmax(t2(&rows, &host), t).unwrap()).unwrap();
         let b = tensor_to_vec(softmax(t2(&rows, &graph), t).unwrap().inner()).unwrap();

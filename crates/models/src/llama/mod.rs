@@ -37,6 +37,14 @@
 //!   `W_down (SiLU(W_gate h) ⊙ W_up h)`.
 //! - **Early exit** ([`LlamaEarlyExit`]): a borrowed view running the first
 //!   blocks, the final norm and the head, a self-speculative draft.
+//! - **Distilled drafts** ([`distill_draft`]): the first blocks trained to
+//!   match the full model, optionally with a head over the tokens the
+//!   target is most likely to emit ([`LlamaModule::draft_with_vocab`],
+//!   [`likely_tokens`]; other tokens get [`OUTSIDE_HEAD_LOGIT`]): on
+//!   SmolLM2 a 2-block draft with an 8 192-token head costs about 3 % of a
+//!   target step instead of 14 % with the full 49 152-token head.
+//!   With [`WeightStorage::BlocksQ8`] trained float matrices are rounded to
+//!   Q8_0 blocks ([`lastmile_core::gguf::quantize_q8_0`]).
 //!
 //! Agreement with llama.cpp itself (llama-cpp-python 0.3.36) is checked by
 //! `tests/it/llama_reference.rs` against a committed fixture written by
