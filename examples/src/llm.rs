@@ -29,9 +29,7 @@ use crate::spec_decode::{Method, sweep};
 /// Folder of the model under the models directory ([`models_dir`]).
 pub const MODEL_DIR: &str = "smollm2-135m-instruct";
 
-/// File name, in [`MODEL_DIR`], of a draft saved by the `distill_llm`
-/// example: `layers` blocks and a head over `vocab` tokens (0: the whole
-/// tied head).
+/// File name, in [`MODEL_DIR`], of a `distill_llm` draft: `layers` blocks, a head over `vocab` tokens (0: tied).
 pub fn draft_file_name(layers: usize, vocab: usize) -> String {
     match vocab {
         0 => format!("draft-L{layers}.bpk"),
