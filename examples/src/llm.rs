@@ -30,6 +30,7 @@ use crate::spec_decode::{Method, sweep};
 pub const MODEL_DIR: &str = "smollm2-135m-instruct";
 
 /// File name, in [`MODEL_DIR`], of a `distill_llm` draft: `layers` blocks, a head over `vocab` tokens (0: tied).
+/// `draft_file_name(2, 8192)` is `"draft-L2-v8192.bpk"`.
 pub fn draft_file_name(layers: usize, vocab: usize) -> String {
     match vocab {
         0 => format!("draft-L{layers}.bpk"),

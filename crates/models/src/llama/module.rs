@@ -244,6 +244,19 @@ impl LlamaModule {
     /// [`LlamaError::Config`] when they are not whole numbers in a strictly
     /// increasing list below the vocabulary size, or do not match the
     /// head's outputs (e.g. a corrupted checkpoint).
+    ///
+    /// ```
+    /// # #[cfg(feature = "flex")] {
+    /// use burn::tensor::Device;
+    /// use lastmile_models::llama::{LlamaConfig, LlamaModule, WeightStorage};
+    /// let d = Device::flex();
+    /// let target = LlamaConfig::tiny().init_random(1, WeightStorage::F32, &d)?;
+    /// assert_eq!(LlamaModule::from_model(&target, &d)?.head_tokens()?, None);
+    /// let draft = LlamaModule::draft_with_vocab(&target, 1, &[0, 8, 9], &d)?;
+    /// assert_eq!(draft.head_tokens()?, Some(vec![0, 8, 9]));
+    /// # }
+    /// # Ok::<(), lastmile_models::llama::LlamaError>(())
+    /// ```
     pub fn head_tokens(&self) -> LlamaResult<Option<Vec<usize>>> {
         let Some(p) = &self.head_vocab else {
             return Ok(None);
