@@ -34,9 +34,10 @@ use burn::tensor::activation::log_softmax;
 use burn::tensor::{Int, Tensor, TensorData};
 use lastmile_core::convert::tensor_to_vec;
 use lastmile_core::lm::LanguageModel;
-use lastmile_core::numerics::{SamplingParams, argmax, sample_categorical};
-use lastmile_datasets::TextCorpus;
-use lastmile_examples::llm::{Llm, MODEL_DIR, corpus_prompts, models_dir};
+use lastmile_core::numerics::{SamplingParams, argmax};
+use lastmile_examples::draft_text::{book_tokens, sample_windows, target_texts};
+use lastmile_examples::drafts::TokenDraft;
+use lastmile_examples::llm::{Llm, MODEL_DIR, models_dir};
 use lastmile_examples::llm::{draft_file_name, step_time};
 use lastmile_examples::plot::{LinePanel, write_svg};
 use lastmile_examples::report::{Flags, output_dir, progress_bar, table, write_csv};
@@ -46,8 +47,8 @@ use lastmile_models::llama::{
     LlamaEarlyExit, LlamaModel, LlamaModule, WeightStorage, distill_draft, likely_tokens,
 };
 use lastmile_spec_decode::{AdaEdl, AdaEdlConfig, GenerationConfig};
+use rand::SeedableRng;
 use rand::rngs::StdRng;
-use rand::{RngExt, SeedableRng};
 
 /// KL to the target and top-1 agreement of `draft` on `windows`. For a
 /// head over the tokens `head` only, the KL is to the target's
@@ -107,88 +108,6 @@ fn in_head(target: &LlamaModel, ids: &[usize], windows: &[Vec<usize>]) -> Result
     Ok(hit as f64 / total as f64)
 }
 
-/// Instructions wrapped around training passages for the chat half of the
-/// target-generated text.
-const INSTRUCTIONS: [&str; 4] = [
-    "Summarize this passage in two sentences:",
-    "Explain the following to a beginner:",
-    "What is the main point of this text?",
-    "Rewrite this more simply:",
-];
-
-/// `count` texts written by the target (the distillation data of
-/// DistillSpec's "target-generated" setting): each a training passage
-/// (64 tokens at a random offset), as a chat message under one of
-/// [`INSTRUCTIONS`] (even indices) or as plain text to continue (odd),
-/// followed by up to `new_tokens` tokens the target samples at T = 0.7
-/// (stopping at its end-of-turn token). Generated in batches of 8 rows,
-/// which cost about 1.5 steps each on the blocksq8 storage.
-fn target_texts(
-    llm: &Llm,
-    train: &[usize],
-    count: usize,
-    new_tokens: usize,
-    seed: u64,
-) -> Result<Vec<Vec<usize>>> {
-    let target = &llm.model;
-    let sampling = SamplingParams::new(0.7)?;
-    let stop = llm.stop_token();
-    let mut rng = StdRng::seed_from_u64(seed);
-    let bar = progress_bar(count as u64, "generate");
-    let mut texts = Vec::with_capacity(count);
-    while texts.len() < count {
-        let rows = (count - texts.len()).min(8);
-        let mut seqs = Vec::with_capacity(rows);
-        for r in 0..rows {
-            let s = rng.random_range(0..train.len() - 64);
-            let passage = &train[s..s + 64];
-            seqs.push(if (texts.len() + r) % 2 == 0 {
-                let text = llm.tokenizer.decode(passage, false)?;
-                let instruction = INSTRUCTIONS[rng.random_range(0..INSTRUCTIONS.len())];
-                llm.chat_prompt(&format!("{instruction}\n\n{text}"))?
-            } else {
-                passage.to_vec()
-            });
-        }
-        let mut cache = target.new_cache(rows)?;
-        let mut feed: Vec<Vec<usize>> = seqs.clone();
-        let mut done = vec![false; rows];
-        for _ in 0..new_tokens {
-            let logits = target.forward_cached(&mut cache, &feed)?;
-            let [_, _, vocab] = logits.dims();
-            // Each row's last fed position (rows are padded to the longest).
-            let last: Vec<Tensor<2>> = feed
-                .iter()
-                .enumerate()
-                .map(|(r, f)| {
-                    let i = f.len().max(1) - 1;
-                    logits
-                        .clone()
-                        .slice([r..r + 1, i..i + 1, 0..vocab])
-                        .reshape([1, vocab])
-                })
-                .collect();
-            let next = sample_categorical(sampling.probabilities(Tensor::cat(last, 0))?, &mut rng)?;
-            for (r, &t) in next.iter().enumerate() {
-                feed[r] = Vec::new();
-                if done[r] {
-                    continue;
-                }
-                seqs[r].push(t);
-                feed[r] = vec![t];
-                done[r] = Some(t) == stop || seqs[r].len() + 1 >= target.config().max_context;
-            }
-            if done.iter().all(|d| *d) {
-                break;
-            }
-        }
-        bar.inc(rows as u64);
-        texts.extend(seqs);
-    }
-    bar.finish_and_clear();
-    Ok(texts)
-}
-
 fn main() -> Result<()> {
     let (mut layers, mut steps, mut vocab) = (2usize, 600usize, 8192usize);
     let (mut generated, mut gen_tokens) = (256usize, 96usize);
@@ -210,23 +129,9 @@ fn main() -> Result<()> {
     let llm = Llm::load(&device)?;
     let target = &llm.model;
     let storage = WeightStorage::fastest_on(&device);
-    let corpus = TextCorpus::rust_book(0.05)?;
-    let text = |bytes: &[u32]| {
-        String::from_utf8_lossy(&bytes.iter().map(|t| *t as u8).collect::<Vec<_>>()).into_owned()
-    };
-    let train = llm.tokenizer.encode(&text(corpus.train()), false, false);
-    let valid = llm
-        .tokenizer
-        .encode(&text(corpus.validation()), false, false);
+    let (train, valid) = book_tokens(&llm)?;
     let mut rng = StdRng::seed_from_u64(7);
-    let mut windows = |tokens: &[usize], count: usize| -> Vec<Vec<usize>> {
-        (0..count)
-            .map(|_| {
-                let s = rng.random_range(0..tokens.len() - 64);
-                tokens[s..s + 64].to_vec()
-            })
-            .collect()
-    };
+    let mut windows = |tokens: &[usize], count: usize| sample_windows(&mut rng, tokens, count, 64);
     let held = windows(&valid, 8);
 
     let early = LlamaEarlyExit::new(target, layers)?;
@@ -336,7 +241,7 @@ fn main() -> Result<()> {
     println!("Saved the draft to {}.", path.display());
 
     // Speculative decoding with each draft (AdaEDL, T = 0: outputs identical to greedy decoding).
-    let prompts: Vec<Vec<usize>> = corpus_prompts(2, 300, 3)?
+    let prompts: Vec<Vec<usize>> = lastmile_examples::llm::corpus_prompts(2, 300, 3)?
         .iter()
         .map(|p| llm.text_prompt(p))
         .collect();
@@ -345,11 +250,19 @@ fn main() -> Result<()> {
         Method::Autoregressive,
         Method::Draft(Box::new(AdaEdl::new(AdaEdlConfig::default())?)),
     ];
-    let with_exit = sweep(&methods, target, &early, &prompts, &generation, 1, || {})?;
+    let with_exit = sweep(
+        &methods,
+        target,
+        &TokenDraft(&early),
+        &prompts,
+        &generation,
+        1,
+        || {},
+    )?;
     let with_distilled = sweep(
         &methods,
         target,
-        &distilled,
+        &TokenDraft(&distilled),
         &prompts,
         &generation,
         1,

@@ -1,14 +1,15 @@
 //! Speculative decoding of a real model: SmolLM2-135M-Instruct (GGUF, its
 //! weights stored as `WeightStorage::fastest_on` the device: the file's
 //! blocks in lastmile's panel kernel on a CPU) as the target; as the draft,
-//! a distilled draft (the `distill_llm` example), the target's own first
+//! a feature-level draft (EAGLE; the `feature_draft_llm` example), a
+//! distilled draft (the `distill_llm` example), the target's own first
 //! blocks (early exit), or prompt lookup.
 //!
 //! ```text
 //! scripts/fetch-smollm2.sh            # once: the 98 MB model file
 //! CARGO_TARGET_DIR=/work/bench-target cargo build --release -p lastmile-examples --example spec_decode_llm
 //! /work/bench-target/release/examples/spec_decode_llm [--prompts N] [--chat N] [--max-tokens N]
-//!     [--prompt-chars N] [--draft auto|exit|distilled] [--layers L] [--vocab V]
+//!     [--prompt-chars N] [--draft auto|exit|distilled|feature] [--layers L] [--vocab V]
 //! ```
 //!
 //! 1. Measures the target's one-token step and a 9-token verify pass, hence
@@ -20,7 +21,11 @@
 //!    the early-exit depth: for L ∈ {4, 8, …, 24} it measures `c` and
 //!    decodes the first prompt of each kind with AdaEDL at T = 0; the L
 //!    with the highest tokens/s is used below (`--layers L` skips this).
-//!    The default, `auto`, is the distilled draft when its file exists.
+//!    `--draft feature` loads the feature-level draft `feature_draft_llm`
+//!    saved (`--layers`, default 1, and `--vocab`), verified through a
+//!    `FeatureTap` that hands it the target's features. The default,
+//!    `auto`, is the feature draft when its file exists, else the
+//!    distilled draft when its file exists.
 //! 3. Sweeps autoregressive decoding, static γ ∈ 1..8, the HF heuristic,
 //!    max-confidence, AdaEDL (`min_len` 1 and 0), the cost-model
 //!    controller, cost-aware AdaEDL (both given the measured `c` and `c_v`) and prompt lookup, at
@@ -45,24 +50,29 @@ use anyhow::{Context, Result, bail, ensure};
 use lastmile_core::default_device;
 use lastmile_core::lm::LanguageModel;
 use lastmile_core::numerics::SamplingParams;
+use lastmile_examples::drafts::{DraftSource, FeatureDraft, TokenDraft};
 use lastmile_examples::llm::{
-    CHAT_PROMPTS, Llm, MODEL_DIR, corpus_prompts, draft_file_name, models_dir, step_time,
+    CHAT_PROMPTS, Llm, MODEL_DIR, corpus_prompts, draft_file_name, feature_draft_file_name,
+    models_dir, step_time,
 };
 use lastmile_examples::plot::{BarPanel, LinePanel, write_svg, write_svg_sized};
 use lastmile_examples::report::{Flags, output_dir, progress_bar, table, write_csv};
 use lastmile_examples::spec_decode::{Method, methods, run_method, sweep};
-use lastmile_models::llama::{LlamaEarlyExit, LlamaModel, LlamaModule};
-use lastmile_spec_decode::{AdaEdl, AdaEdlConfig, GenerationConfig, Metrics};
+use lastmile_models::llama::{LlamaEarlyExit, LlamaFeatureDraftModule, LlamaModule};
+use lastmile_spec_decode::{AdaEdl, AdaEdlConfig, FeatureTap, GenerationConfig, Metrics};
 
 /// Which draft model the sweep uses.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum DraftKind {
-    /// The distilled draft when its file is present, else the early exit.
+    /// The feature-level draft when its file is present, else the
+    /// distilled draft when its file is present, else the early exit.
     Auto,
     /// The target's first blocks and its head (`LlamaEarlyExit`).
     Exit,
     /// A draft saved by the `distill_llm` example.
     Distilled,
+    /// A feature-level draft saved by the `feature_draft_llm` example.
+    Feature,
 }
 
 struct Args {
@@ -100,12 +110,13 @@ fn parse_args() -> Result<Args> {
                     "auto" => DraftKind::Auto,
                     "exit" => DraftKind::Exit,
                     "distilled" => DraftKind::Distilled,
-                    other => bail!("--draft {other}: expected auto, exit or distilled"),
+                    "feature" => DraftKind::Feature,
+                    other => bail!("--draft {other}: expected auto, exit, distilled or feature"),
                 }
             }
             other => bail!(
                 "unknown argument {other}; expected --prompts N, --chat N, --max-tokens N, \
-                 --prompt-chars N, --layers L, --draft auto|exit|distilled, --vocab V"
+                 --prompt-chars N, --layers L, --draft auto|exit|distilled|feature, --vocab V"
             ),
         }
     }
@@ -173,20 +184,60 @@ fn main() -> Result<()> {
     // 2. The draft: a distilled one, or the early exit at the best depth.
     let stop = llm.stop_token();
     let ctx = SweepCtx {
-        target,
         prompts: &prompts,
         kinds: &kinds,
         stop,
         max_tokens: args.max_tokens,
         verify_cost,
     };
+    let feature_layers = args.layers.unwrap_or(1);
+    let feature_path = models_dir()
+        .join(MODEL_DIR)
+        .join(feature_draft_file_name(feature_layers, args.vocab));
+    let use_feature = match args.draft {
+        DraftKind::Feature => true,
+        DraftKind::Auto => feature_path.exists(),
+        _ => false,
+    };
+    if use_feature {
+        ensure!(
+            feature_path.exists(),
+            "no feature draft at {}; make one with `cargo run --release -p lastmile-examples \
+             --example feature_draft_llm -- --layers {feature_layers} --vocab {}`",
+            feature_path.display(),
+            args.vocab
+        );
+        let head_rows = (args.vocab > 0).then_some(args.vocab);
+        let draft = LlamaFeatureDraftModule::load(
+            target,
+            feature_layers,
+            head_rows,
+            &feature_path,
+            &device,
+        )?
+        .to_draft(target.storage(), &device)?;
+        let c = step_time(&draft, prefix, 1, 15)? / t1;
+        let label = format!("feature L={feature_layers} V={}", args.vocab);
+        println!(
+            "draft: {label} ({}), one draft step c = {c:.3} target steps",
+            feature_path.display()
+        );
+        let tap = FeatureTap::new(target);
+        let source = FeatureDraft {
+            tap: &tap,
+            draft: &draft,
+        };
+        let (csv_path, svg_path) = sweep_report(&ctx, &tap, &source, &label, c)?;
+        println!("CSV: {}\nplot: {}", csv_path.display(), svg_path.display());
+        return Ok(());
+    }
     let distilled_layers = args.layers.unwrap_or(2);
     let distilled_path = models_dir()
         .join(MODEL_DIR)
         .join(draft_file_name(distilled_layers, args.vocab));
     let use_distilled = match args.draft {
         DraftKind::Distilled => true,
-        DraftKind::Exit => false,
+        DraftKind::Exit | DraftKind::Feature => false,
         DraftKind::Auto => distilled_path.exists(),
     };
     if use_distilled {
@@ -215,7 +266,7 @@ fn main() -> Result<()> {
             "draft: {label} ({}), one draft step c = {c:.3} target steps",
             distilled_path.display()
         );
-        let (csv_path, svg_path) = sweep_report(&ctx, &draft, &label, c)?;
+        let (csv_path, svg_path) = sweep_report(&ctx, target, &TokenDraft(&draft), &label, c)?;
         println!("CSV: {}\nplot: {}", csv_path.display(), svg_path.display());
         return Ok(());
     }
@@ -244,8 +295,25 @@ fn main() -> Result<()> {
     let ar_probe = {
         let mut m = Metrics::default();
         for p in &probe_prompts {
-            run_method(&Method::Autoregressive, target, target, p, &probe, 0)?; // warm-up
-            m.merge(&run_method(&Method::Autoregressive, target, target, p, &probe, 0)?.metrics);
+            run_method(
+                &Method::Autoregressive,
+                target,
+                &TokenDraft(target),
+                p,
+                &probe,
+                0,
+            )?; // warm-up
+            m.merge(
+                &run_method(
+                    &Method::Autoregressive,
+                    target,
+                    &TokenDraft(target),
+                    p,
+                    &probe,
+                    0,
+                )?
+                .metrics,
+            );
         }
         m.tokens_per_second()
     };
@@ -254,7 +322,7 @@ fn main() -> Result<()> {
         let c = step_time(&draft, prefix, 1, 15)? / t1;
         let mut m = Metrics::default();
         for p in &probe_prompts {
-            m.merge(&run_method(&adaedl, target, &draft, p, &probe, 0)?.metrics);
+            m.merge(&run_method(&adaedl, target, &TokenDraft(&draft), p, &probe, 0)?.metrics);
         }
         let tps = m.tokens_per_second();
         depth_rows.push(vec![
@@ -296,7 +364,7 @@ fn main() -> Result<()> {
     let label = format!("exit L={layers}");
 
     // 3. The sweep.
-    let (csv_path, svg_path) = sweep_report(&ctx, &draft, &label, cost_ratio)?;
+    let (csv_path, svg_path) = sweep_report(&ctx, target, &TokenDraft(&draft), &label, cost_ratio)?;
     if depth_points.is_empty() {
         println!("CSV: {}\nplot: {}", csv_path.display(), svg_path.display());
         return Ok(());
@@ -328,7 +396,6 @@ fn main() -> Result<()> {
 
 /// What the sweep needs of `main`'s set-up.
 struct SweepCtx<'a> {
-    target: &'a LlamaModel,
     prompts: &'a [Vec<usize>],
     kinds: &'a [&'static str],
     stop: Option<usize>,
@@ -339,9 +406,10 @@ struct SweepCtx<'a> {
 /// Step 3: sweeps every method with `draft` (called `label`, one step
 /// costing `cost_ratio` target steps) at each temperature; prints the table
 /// and summary, writes the CSV and the speed-up plot (their paths returned).
-fn sweep_report<D: LanguageModel>(
+fn sweep_report<T: LanguageModel, S: DraftSource<T>>(
     ctx: &SweepCtx<'_>,
-    draft: &D,
+    target: &T,
+    draft: &S,
     label: &str,
     cost_ratio: f64,
 ) -> Result<(PathBuf, PathBuf)> {
@@ -359,9 +427,7 @@ fn sweep_report<D: LanguageModel>(
         let config = GenerationConfig::new(SamplingParams::new(temperature)?, ctx.max_tokens)?
             .with_stop_token(ctx.stop);
         let list = methods(temperature, cost_ratio, ctx.verify_cost)?;
-        let results = sweep(&list, ctx.target, draft, ctx.prompts, &config, 1, || {
-            bar.inc(1)
-        })?;
+        let results = sweep(&list, target, draft, ctx.prompts, &config, 1, || bar.inc(1))?;
         let (ar_out, ar) = &results[0];
         for (method, (out, m)) in list.iter().zip(&results) {
             if temperature == 0.0 {

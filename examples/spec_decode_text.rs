@@ -28,6 +28,7 @@ use anyhow::{Context, Result, bail};
 use lastmile_core::default_device;
 use lastmile_core::numerics::SamplingParams;
 use lastmile_datasets::TextCorpus;
+use lastmile_examples::drafts::TokenDraft;
 use lastmile_examples::plot::{BarPanel, LinePanel, write_svg, write_svg_sized};
 use lastmile_examples::report::{Flags, output_dir, progress_bar, table, write_csv};
 use lastmile_examples::spec_decode::{
@@ -238,9 +239,15 @@ fn main() -> Result<()> {
         let list = methods(temperature, cost_ratio, verify_cost)?;
         bar.set_message(format!("T = {temperature}"));
         let seed = 1000 * (ti as u64 + 1);
-        let results = sweep(&list, &target, &draft, &prompts, &config, seed, || {
-            bar.inc(1)
-        })?;
+        let results = sweep(
+            &list,
+            &target,
+            &TokenDraft(&draft),
+            &prompts,
+            &config,
+            seed,
+            || bar.inc(1),
+        )?;
         let (ar_out, ar) = &results[0];
         let ar_tps = ar.tokens_per_second();
         let mut best_static = (0usize, 0.0f64);

@@ -4,6 +4,8 @@
 pub mod adapters;
 pub mod adapters_llm;
 pub mod conformal;
+pub mod draft_text;
+pub mod drafts;
 pub mod federated;
 pub mod llm;
 pub mod mlp;

@@ -22,6 +22,7 @@ use lastmile_spec_decode::{AdaEdl, AdaEdlConfig, GenerationConfig};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
+use crate::drafts::TokenDraft;
 use crate::plot::{BarPanel, write_svg};
 use crate::report::{output_dir, table};
 use crate::spec_decode::{Method, sweep};
@@ -36,6 +37,12 @@ pub fn draft_file_name(layers: usize, vocab: usize) -> String {
         0 => format!("draft-L{layers}.bpk"),
         v => format!("draft-L{layers}-v{v}.bpk"),
     }
+}
+
+/// File name, in [`MODEL_DIR`], of a `feature_draft_llm` draft:
+/// `feature_draft_file_name(1, 8192)` is `"feature-L1-v8192.bpk"`.
+pub fn feature_draft_file_name(layers: usize, vocab: usize) -> String {
+    format!("feature-L{layers}-v{vocab}.bpk")
 }
 
 /// File name of the model (Q4_1 GGUF, 98 MB).
@@ -396,7 +403,15 @@ pub fn tour_section(device: &Device) -> Result<()> {
         Method::Autoregressive,
         Method::Draft(Box::new(AdaEdl::new(AdaEdlConfig::default())?)),
     ];
-    let results = sweep(&methods, &llm.model, &draft, &[prompt], &config, 0, || {})?;
+    let results = sweep(
+        &methods,
+        &llm.model,
+        &TokenDraft(&draft),
+        &[prompt],
+        &config,
+        0,
+        || {},
+    )?;
     let (ar_out, ar) = &results[0];
     let (sd_out, sd) = &results[1];
     ensure!(

@@ -18,12 +18,13 @@ use lastmile_models::{
 };
 use lastmile_spec_decode::{
     AdaEdl, AdaEdlConfig, CostAwareAdaEdl, CostAwareConfig, CostModel, DraftPolicy, Generation,
-    GenerationConfig, HeuristicSchedule, MaxConfidence, Metrics, ModelDrafter, PromptLookup,
-    SpeculativeDecoder, StaticLength, generate_autoregressive,
+    GenerationConfig, HeuristicSchedule, MaxConfidence, Metrics, PromptLookup, SpeculativeDecoder,
+    StaticLength, generate_autoregressive,
 };
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 
+use crate::drafts::{DraftSource, TokenDraft};
 use crate::plot::{BarPanel, LinePanel, write_svg};
 use crate::report::{output_dir, progress_bar, table, write_csv};
 
@@ -236,10 +237,10 @@ pub fn methods(temperature: f64, cost_ratio: f64, verify_cost: f64) -> Result<Ve
 /// seed. Any pair of [`LanguageModel`]s with the same vocabulary: the
 /// byte-level transformers here, the Llama model and its early-exit view
 /// in [`crate::llm`].
-pub fn run_method<T: LanguageModel, D: LanguageModel>(
+pub fn run_method<T: LanguageModel, S: DraftSource<T>>(
     method: &Method,
     target: &T,
-    draft: &D,
+    draft: &S,
     prompt: &[usize],
     config: &GenerationConfig,
     seed: u64,
@@ -248,7 +249,7 @@ pub fn run_method<T: LanguageModel, D: LanguageModel>(
     let batch = [prompt.to_vec()];
     Ok(match method {
         Method::Autoregressive => generate_autoregressive(target, &batch, config, &mut rng)?,
-        Method::Draft(p) => SpeculativeDecoder::new(target, ModelDrafter::new(draft), p.clone())?
+        Method::Draft(p) => SpeculativeDecoder::new(target, draft.drafter()?, p.clone())?
             .generate(&batch, config, &mut rng)?,
         Method::Lookup(p) => {
             SpeculativeDecoder::new(target, PromptLookup::new(1, 3, 10)?, p.clone())?
@@ -266,10 +267,10 @@ pub type MethodResult = (Vec<Vec<usize>>, Metrics);
 /// once untimed on the first prompt (at most 8 new tokens), so that
 /// first-call costs (allocations, thread start-up, cold caches) do not land
 /// on whichever method runs first.
-pub fn sweep<T: LanguageModel, D: LanguageModel>(
+pub fn sweep<T: LanguageModel, S: DraftSource<T>>(
     methods: &[Method],
     target: &T,
-    draft: &D,
+    draft: &S,
     prompts: &[Vec<usize>],
     config: &GenerationConfig,
     seed: u64,
@@ -429,7 +430,15 @@ pub fn tour_section(device: &Device) -> Result<()> {
             Method::Draft(Box::new(StaticLength::new(4)?)),
             Method::Draft(Box::new(AdaEdl::new(AdaEdlConfig::default())?)),
         ];
-        let results = sweep(&methods, &target, &draft, &prompts, &config, 1, || {})?;
+        let results = sweep(
+            &methods,
+            &target,
+            &TokenDraft(&draft),
+            &prompts,
+            &config,
+            1,
+            || {},
+        )?;
         let (ar_out, ar) = &results[0];
         for (method, (out, m)) in methods.iter().zip(&results) {
             if temperature == 0.0 {

@@ -309,13 +309,13 @@ impl<M: LanguageModel> Drafter for ModelDrafter<'_, M> {
 const MAX_EXACT_TOKEN: usize = 1 << 24;
 
 /// What one draft step brings back from the device.
-struct DraftStep {
+pub(crate) struct DraftStep {
     /// A proposal per active row.
-    tokens: Vec<usize>,
+    pub(crate) tokens: Vec<usize>,
     /// The policy signals per active row.
-    info: Vec<DraftStepInfo>,
+    pub(crate) info: Vec<DraftStepInfo>,
     /// The processed draft distributions `[active, vocab]` (sampling only).
-    q: Option<Tensor<2>>,
+    pub(crate) q: Option<Tensor<2>>,
 }
 
 /// One draft step for the active rows' last logits `[A, vocab]`, with
@@ -329,7 +329,7 @@ struct DraftStep {
 /// verifier receives exactly the `q` it was drawn from. Greedy drafting
 /// takes the argmax of the logits and computes the signals from the
 /// untempered softmax (greedy `q` is one-hot and says nothing).
-fn draft_step<R: Rng + ?Sized>(
+pub(crate) fn draft_step<R: Rng + ?Sized>(
     rows: Tensor<2>,
     sampling: &SamplingParams,
     vocab: usize,

@@ -83,6 +83,7 @@ pub mod cost_aware;
 pub mod decoder;
 pub mod drafter;
 pub mod error;
+pub mod feature_drafter;
 pub mod metrics;
 pub mod policy;
 pub mod verify;
@@ -91,6 +92,7 @@ pub use cost_aware::{CostAwareAdaEdl, CostAwareConfig};
 pub use decoder::{Generation, GenerationConfig, SpeculativeDecoder, generate_autoregressive};
 pub use drafter::{Draft, DraftRequest, Drafter, ModelDrafter, PromptLookup};
 pub use error::{Result, SpecDecodeError};
+pub use feature_drafter::{FeatureDrafter, FeatureTap};
 pub use lastmile_core::lm::{LanguageModel, LmError, LmResult};
 pub use metrics::Metrics;
 pub use policy::{

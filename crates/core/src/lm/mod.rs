@@ -47,6 +47,9 @@
 
 #[cfg(feature = "testing")]
 pub mod conformance;
+mod features;
+
+pub use features::{FeatureDraftModel, HiddenFeatures};
 
 use burn::tensor::{Device, Tensor};
 use thiserror::Error;

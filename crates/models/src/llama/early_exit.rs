@@ -100,6 +100,9 @@ impl<'m> LlamaEarlyExit<'m> {
         cache: &mut LlamaCache,
         tokens: &[Vec<usize>],
     ) -> LlamaResult<Tensor<3>> {
-        self.model.forward_layers(cache, tokens, self.layers)
+        Ok(self
+            .model
+            .forward_layers(cache, tokens, self.layers, None)?
+            .0)
     }
 }

@@ -43,14 +43,17 @@ pub(crate) struct HostBatch<'a> {
     pub(crate) n: usize,
 }
 
-/// Logits `[b·n, vocab]` of `batch` through the first `layers` blocks,
-/// writing the new keys and values into `kv` (one entry per block).
+/// Logits `[b·n, head rows]` and features (the head's input, `[b·n, d]`)
+/// of `batch` through the first `layers` blocks, writing the new keys and
+/// values into `kv` (one entry per block). The blocks read `input`
+/// (`[b·n, d]`) when given, else the tokens' embeddings.
 pub(crate) fn pass(
     model: &LlamaModel,
     kv: &mut [HostKv],
     batch: &HostBatch<'_>,
     layers: usize,
-) -> LlamaResult<Vec<f32>> {
+    input: Option<Vec<f32>>,
+) -> LlamaResult<(Vec<f32>, Vec<f32>)> {
     let config = &model.config;
     let (d, eps) = (config.d_model, config.rms_eps);
     let rows = batch.ids.len();
@@ -59,9 +62,16 @@ pub(crate) fn pass(
         n_kv_heads: config.n_kv_heads,
         head_dim: config.head_dim(),
     };
-    let ids =
-        Tensor::<1, Int>::from_data(TensorData::new(batch.ids.to_vec(), [rows]), &model.device);
-    let mut x = values(model.embed.clone().select(0, ids).into_data())?;
+    let mut x = match input {
+        Some(x) => x,
+        None => {
+            let ids = Tensor::<1, Int>::from_data(
+                TensorData::new(batch.ids.to_vec(), [rows]),
+                &model.device,
+            );
+            values(model.embed.clone().select(0, ids).into_data())?
+        }
+    };
     for (block, kv) in model.blocks.iter().zip(kv).take(layers) {
         let h = rms_norm(&x, d, &block.attn_norm, eps)?;
         let [mut q, mut k, v]: [Vec<f32>; 3] = each(
@@ -82,7 +92,7 @@ pub(crate) fn pass(
         add(&mut x, &host(&block.down)?.matmul(&g, rows)?);
     }
     let h = rms_norm(&x, d, &model.norm, eps)?;
-    Ok(host(&model.head)?.matmul(&h, rows)?)
+    Ok((host(&model.head)?.matmul(&h, rows)?, h))
 }
 
 /// The panel matrix of a host storage's `m`.

@@ -102,6 +102,8 @@ mod config;
 mod distill;
 mod early_exit;
 mod error;
+mod feature_draft;
+mod feature_train;
 mod host;
 mod lm;
 mod model;
@@ -116,6 +118,11 @@ pub use config::{LlamaConfig, MAX_DIM, MAX_LAYERS};
 pub use distill::{MAX_DRAFT_BYTES, distill_draft, likely_tokens};
 pub use early_exit::LlamaEarlyExit;
 pub use error::{LlamaError, LlamaResult};
+pub use feature_draft::LlamaFeatureDraft;
+pub use feature_train::{
+    FEATURE_DRAFT_CLS_WEIGHT, FEATURE_NOISE, FeatureLoss, LlamaFeatureDraftModule,
+    train_feature_draft,
+};
 pub use model::LlamaModel;
 pub use module::{LlamaBlock, LlamaModule};
 pub use storage::WeightStorage;

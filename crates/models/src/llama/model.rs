@@ -5,6 +5,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
+use lastmile_core::CoreError;
+use lastmile_core::convert::tensor_to_vec;
 use lastmile_core::gguf::GgufFile;
 use lastmile_core::lm::LmError;
 use rand::rngs::StdRng;
@@ -345,18 +347,51 @@ impl LlamaModel {
         cache: &mut LlamaCache,
         tokens: &[Vec<usize>],
     ) -> LlamaResult<Tensor<3>> {
-        self.forward_layers(cache, tokens, self.blocks.len())
+        Ok(self
+            .forward_layers(cache, tokens, self.blocks.len(), None)?
+            .0)
+    }
+
+    /// [`forward_cached`](Self::forward_cached), also returning the head's
+    /// input at every new position, `[b, n, d_model]`: the last block's
+    /// output after the final RMSNorm, the model's *feature* (what a
+    /// feature-level draft such as [`super::LlamaFeatureDraft`] reads).
+    ///
+    /// # Errors
+    /// As [`forward_cached`](Self::forward_cached).
+    ///
+    /// ```
+    /// # #[cfg(feature = "flex")] {
+    /// use burn::tensor::Device;
+    /// use lastmile_models::llama::{LlamaConfig, WeightStorage};
+    /// let m = LlamaConfig::tiny().init_random(1, WeightStorage::F32, &Device::flex())?;
+    /// let mut cache = m.new_cache(1)?;
+    /// let (logits, features) = m.forward_features(&mut cache, &[vec![1, 2, 3]])?;
+    /// assert_eq!((logits.dims(), features.dims()), ([1, 3, 64], [1, 3, m.config().d_model]));
+    /// # }
+    /// # Ok::<(), lastmile_models::llama::LlamaError>(())
+    /// ```
+    pub fn forward_features(
+        &self,
+        cache: &mut LlamaCache,
+        tokens: &[Vec<usize>],
+    ) -> LlamaResult<(Tensor<3>, Tensor<3>)> {
+        self.forward_layers(cache, tokens, self.blocks.len(), None)
     }
 
     /// [`forward_cached`](Self::forward_cached) through the first `layers`
     /// blocks only, then the final norm and the head (the early-exit view,
-    /// [`super::LlamaEarlyExit`]). `cache` holds `layers` blocks.
+    /// [`super::LlamaEarlyExit`]). `cache` holds `layers` blocks. With
+    /// `input` (`[b·n, d]`, `n` the longest list or 1), the blocks read those
+    /// rows instead of the tokens' embeddings (the tokens still set the
+    /// positions). Returns the logits and the features (the head's input).
     pub(crate) fn forward_layers(
         &self,
         cache: &mut LlamaCache,
         tokens: &[Vec<usize>],
         layers: usize,
-    ) -> LlamaResult<Tensor<3>> {
+        input: Option<Tensor<2>>,
+    ) -> LlamaResult<(Tensor<3>, Tensor<3>)> {
         if self.storage.is_host() {
             // The panel kernel splits each product over rayon's pool. Run
             // the whole pass on one of the pool's threads, so that those
@@ -364,9 +399,9 @@ impl LlamaModel {
             // not injected from outside the pool, which wakes a worker and
             // parks the caller each time (measured: about 3 ms of a 14 ms
             // step on 2 cores).
-            return rayon::scope(|_| self.pass(cache, tokens, layers));
+            return rayon::scope(|_| self.pass(cache, tokens, layers, input));
         }
-        self.pass(cache, tokens, layers)
+        self.pass(cache, tokens, layers, input)
     }
 
     fn pass(
@@ -374,7 +409,8 @@ impl LlamaModel {
         cache: &mut LlamaCache,
         tokens: &[Vec<usize>],
         layers: usize,
-    ) -> LlamaResult<Tensor<3>> {
+        input: Option<Tensor<2>>,
+    ) -> LlamaResult<(Tensor<3>, Tensor<3>)> {
         if layers == 0 || layers > self.blocks.len() || cache.keys.len() != layers {
             return Err(LlamaError::Config {
                 field: "layers",
@@ -414,6 +450,16 @@ impl LlamaModel {
             }
         }
         let n = tokens.iter().map(Vec::len).max().unwrap_or(0).max(1);
+        let d = self.config.d_model;
+        if let Some(x) = &input
+            && x.dims() != [b * n, d]
+        {
+            return Err(LlamaError::Core(CoreError::ShapeMismatch {
+                what: "input rows".to_owned(),
+                expected: format!("[{}, {d}] (b·n, d_model)", b * n),
+                found: x.dims().to_vec(),
+            }));
+        }
         let offsets = cache.lens.clone();
         let total = offsets.iter().map(|o| o + n).max().unwrap_or(n);
         let mut ids = vec![0i64; b * n];
@@ -433,16 +479,21 @@ impl LlamaModel {
                 offsets: &offsets,
                 n,
             };
-            let mut logits = super::host::pass(self, &mut cache.host, &batch, layers)?;
+            let input = match input {
+                Some(x) => Some(tensor_to_vec(x)?),
+                None => None,
+            };
+            let (mut logits, features) =
+                super::host::pass(self, &mut cache.host, &batch, layers, input)?;
             for (len, t) in cache.lens.iter_mut().zip(tokens) {
                 *len += t.len();
             }
             if let Some(ids) = &self.head_tokens {
                 logits = super::vocab::expand_host(&logits, ids, vocab);
             }
-            return Ok(Tensor::from_data(
-                TensorData::new(logits, [b, n, vocab]),
-                device,
+            return Ok((
+                Tensor::from_data(TensorData::new(logits, [b, n, vocab]), device),
+                Tensor::from_data(TensorData::new(features, [b, n, d]), device),
             ));
         }
         let ids = Tensor::<1, Int>::from_data(TensorData::new(ids, [b * n]), device);
@@ -453,8 +504,10 @@ impl LlamaModel {
         };
         let mask = causal_mask(&offsets, n, total, heads, device);
         let rope = self.rope.at(&pos, b, n, device);
-        let d = self.config.d_model;
-        let mut x = self.embed.clone().select(0, ids).reshape([b, n, d]);
+        let mut x = match input {
+            Some(x) => x.reshape([b, n, d]),
+            None => self.embed.clone().select(0, ids).reshape([b, n, d]),
+        };
         for (layer, block) in self.blocks.iter().take(layers).enumerate() {
             let (q, k, v) = block.qkv(x.clone(), heads, &rope)?;
             let keys = write(cache.keys[layer].take(), k, &offsets, total, max);
@@ -470,10 +523,12 @@ impl LlamaModel {
         for (len, t) in cache.lens.iter_mut().zip(tokens) {
             *len += t.len();
         }
-        let logits = self.head.forward(self.norm.forward(x))?;
-        Ok(match &self.head_tokens {
+        let features = self.norm.forward(x);
+        let logits = self.head.forward(features.clone())?;
+        let logits = match &self.head_tokens {
             Some(ids) => super::vocab::expand(logits, ids, vocab),
             None => logits,
-        })
+        };
+        Ok((logits, features))
     }
 }

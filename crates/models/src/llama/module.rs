@@ -316,6 +316,13 @@ impl LlamaModule {
     /// [`LlamaModule::forward`]'s logits over the head's outputs only:
     /// `[b, n, rows]`, the vocabulary or [`LlamaModule::head_tokens`].
     pub(crate) fn head_logits(&self, tokens: &[Vec<usize>]) -> LlamaResult<Tensor<3>> {
+        Ok(self.run(self.embed_tokens(tokens)?)?.0)
+    }
+
+    /// The embeddings of `tokens`, `[b, n, d]`, after checking that there
+    /// are rows, all of one non-zero length within the context, of ids in
+    /// the vocabulary.
+    pub(crate) fn embed_tokens(&self, tokens: &[Vec<usize>]) -> LlamaResult<Tensor<3>> {
         let n = tokens.first().map_or(0, Vec::len);
         if n == 0 || tokens.iter().any(|t| t.len() != n) {
             return Err(LlamaError::Lm(LmError::Batch {
@@ -346,6 +353,19 @@ impl LlamaModule {
         let device = self.embed.val().device();
         let ids: Vec<i64> = tokens.iter().flatten().map(|&t| t as i64).collect();
         let ids = Tensor::<1, Int>::from_data(TensorData::new(ids, [b * n]), &device);
+        Ok(self
+            .embed
+            .val()
+            .select(0, ids)
+            .reshape([b, n, self.config.d_model]))
+    }
+
+    /// The blocks, final norm and head over the rows `x` (`[b, n, d]`, each
+    /// row at positions `0..n`): the head's logits `[b, n, rows]` and the
+    /// features (the head's input) `[b, n, d]`.
+    pub(crate) fn run(&self, x: Tensor<3>) -> LlamaResult<(Tensor<3>, Tensor<3>)> {
+        let [b, n, d] = x.dims();
+        let device = x.device();
         let pos: Vec<i64> = (0..b).flat_map(|_| 0..n as i64).collect();
         let heads = Heads {
             n_heads: self.config.n_heads,
@@ -355,19 +375,20 @@ impl LlamaModule {
         let rope =
             Rope::new(heads.head_dim, n, self.config.rope_base, &device).at(&pos, b, n, &device);
         let mask = causal_mask(&vec![0; b], n, n, heads, &device);
-        let d = self.config.d_model;
-        let mut x = self.embed.val().select(0, ids).reshape([b, n, d]);
+        let mut x = x;
         for block in &self.blocks {
             let (q, k, v) = block.qkv(x.clone(), heads, &rope)?;
             x = block.finish(x, q, k, v, mask.clone(), heads)?;
         }
         let h = RmsNorm::new(self.norm.val(), self.config.rms_eps).forward(x);
-        Ok(match &self.head {
-            Some(head) => head.forward(h),
+        let logits = match &self.head {
+            Some(head) => head.forward(h.clone()),
             None => h
+                .clone()
                 .reshape([b * n, d])
                 .matmul(self.embed.val().transpose())
-                .reshape([b, n, vocab]),
-        })
+                .reshape([b, n, self.config.vocab_size]),
+        };
+        Ok((logits, h))
     }
 }

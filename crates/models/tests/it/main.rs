@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod distill;
+mod feature_draft;
 mod llama;
 mod llama_early_exit;
 mod llama_interface;

@@ -5,4 +5,5 @@
 #![allow(clippy::unwrap_used)]
 
 mod errors;
+mod feature_drafter;
 mod policies;

@@ -1,0 +1,167 @@
+//! The feature-level draft (`LlamaFeatureDraft`, EAGLE): the model's
+//! features are the head's input; the trainable module and the inference
+//! draft compute the same thing; a pass over several tokens equals passes
+//! over their parts; save and load round trip; typed errors.
+//!
+//! Tolerance: as `llama_module.rs` (the same block code, plain versus
+//! panel products): `TOL = 1e-4` on logits of magnitude ~1.
+
+use burn::tensor::{Device, Distribution, Tensor};
+use lastmile_core::backend_test;
+use lastmile_core::convert::tensor_to_vec;
+use lastmile_core::lm::{HiddenFeatures, LanguageModel};
+use lastmile_models::llama::{
+    LlamaConfig, LlamaError, LlamaFeatureDraftModule, LlamaModel, WeightStorage,
+};
+
+const TOL: f32 = 1e-4;
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+fn target(device: &Device) -> LlamaModel {
+    LlamaConfig {
+        n_layers: 3,
+        ..LlamaConfig::tiny()
+    }
+    .init_random(21, WeightStorage::F32, device)
+    .unwrap()
+}
+
+backend_test!(features_are_the_heads_input, |device| {
+    let model = target(device);
+    let rows = vec![vec![3, 1, 4, 1, 5], vec![9, 2, 6, 5, 3]];
+    let mut cache = model.new_cache(2).unwrap();
+    let plain = tensor_to_vec(model.forward_cached(&mut cache, &rows).unwrap()).unwrap();
+    let mut cache = model.new_cache(2).unwrap();
+    let (logits, features) = HiddenFeatures::forward_features(&model, &mut cache, &rows).unwrap();
+    assert_eq!(tensor_to_vec(logits).unwrap(), plain);
+    assert_eq!(features.dims(), [2, 5, model.feature_dim()]);
+    // Tied head: logits = features · embeddingᵀ.
+    let module = lastmile_models::llama::LlamaModule::from_model(&model, device).unwrap();
+    let embed = module.embed.val();
+    let again = features.reshape([10, 32]).matmul(embed.transpose());
+    let diff = max_abs_diff(&tensor_to_vec(again).unwrap(), &plain);
+    assert!(diff < TOL, "max |Δ| {diff}");
+});
+
+backend_test!(module_and_inference_draft_agree_in_any_chunking, |device| {
+    let model = target(device);
+    let ids: Vec<usize> = (0..64).step_by(3).collect();
+    let mut module = LlamaFeatureDraftModule::new(&model, 1, Some(&ids), device).unwrap();
+    // Move away from the pass-through start so the fusion map matters.
+    module.fc.weight = module.fc.weight.map(|w| {
+        let dims = w.dims();
+        w + Tensor::random(dims, Distribution::Uniform(-0.2, 0.2), device)
+    });
+    let draft = module.to_draft(WeightStorage::F32, device).unwrap();
+    let tokens = vec![vec![7, 8, 9, 10, 11, 12]];
+    let features = Tensor::<3>::random([1, 6, 32], Distribution::Normal(0.0, 1.0), device);
+    let (ml, mf) = module.forward(&tokens, features.clone()).unwrap();
+    // The module's logits are over the head's tokens; the draft's over the vocabulary.
+    let mut cache = draft.new_cache(1).unwrap();
+    let (dl, df) = draft
+        .forward_conditioned(&mut cache, &tokens, features.clone())
+        .unwrap();
+    let head = draft.head_tokens().unwrap().to_vec();
+    let dl = tensor_to_vec(dl).unwrap();
+    let picked: Vec<f32> = (0..6)
+        .flat_map(|i| head.iter().map(move |&t| (i, t)))
+        .map(|(i, t)| dl[i * 64 + t])
+        .collect();
+    let diff = max_abs_diff(&tensor_to_vec(ml).unwrap(), &picked);
+    assert!(diff < TOL, "logits: max |Δ| {diff}");
+    let (mf, df) = (tensor_to_vec(mf).unwrap(), tensor_to_vec(df).unwrap());
+    assert!(max_abs_diff(&mf, &df) < TOL);
+    // Tokens outside the head are never proposed.
+    assert!(dl[1] <= lastmile_models::llama::OUTSIDE_HEAD_LOGIT);
+    // Two passes (4 tokens, then 2) give the same outputs as one.
+    let mut cache = draft.new_cache(1).unwrap();
+    let (a, _) = draft
+        .forward_conditioned(
+            &mut cache,
+            &[tokens[0][..4].to_vec()],
+            features.clone().slice([0..1, 0..4, 0..32]),
+        )
+        .unwrap();
+    let (b, fb) = draft
+        .forward_conditioned(
+            &mut cache,
+            &[tokens[0][4..].to_vec()],
+            features.slice([0..1, 4..6, 0..32]),
+        )
+        .unwrap();
+    let chunked: Vec<f32> = [tensor_to_vec(a).unwrap(), tensor_to_vec(b).unwrap()].concat();
+    assert!(max_abs_diff(&chunked, &dl) < TOL);
+    assert!(max_abs_diff(&tensor_to_vec(fb).unwrap(), &df[4 * 32..]) < TOL);
+    assert_eq!(draft.cached_len(&cache, 0), 6);
+});
+
+backend_test!(feature_draft_saves_loads_and_rejects_bad_input, |device| {
+    let model = target(device);
+    let ids: Vec<usize> = (10..30).collect();
+    let module = LlamaFeatureDraftModule::new(&model, 2, Some(&ids), device).unwrap();
+    let path = std::env::temp_dir().join(format!(
+        "lastmile-feature-draft-{}-{:?}.bpk",
+        std::process::id(),
+        std::thread::current().id()
+    ));
+    module.save(&path).unwrap();
+    let back = LlamaFeatureDraftModule::load(&model, 2, Some(ids.len()), &path, device).unwrap();
+    let tokens = vec![vec![1, 2, 3]];
+    let f = Tensor::<3>::random([1, 3, 32], Distribution::Normal(0.0, 1.0), device);
+    let want = tensor_to_vec(module.forward(&tokens, f.clone()).unwrap().0).unwrap();
+    let got = tensor_to_vec(back.forward(&tokens, f).unwrap().0).unwrap();
+    assert_eq!(got, want);
+    assert_eq!(back.lm.head_tokens().unwrap(), Some(ids.clone()));
+    // A skeleton of another shape does not load.
+    assert!(matches!(
+        LlamaFeatureDraftModule::load(&model, 1, Some(ids.len()), &path, device),
+        Err(LlamaError::Checkpoint { .. })
+    ));
+    std::fs::remove_file(&path).unwrap();
+    assert!(matches!(
+        LlamaFeatureDraftModule::load(&model, 2, None, &path, device),
+        Err(LlamaError::Checkpoint { .. })
+    ));
+    // Bad sizes and shapes are typed errors.
+    assert!(matches!(
+        LlamaFeatureDraftModule::new(&model, 4, None, device),
+        Err(LlamaError::Config { .. })
+    ));
+    let draft = module.to_draft(WeightStorage::F32, device).unwrap();
+    let mut cache = draft.new_cache(1).unwrap();
+    let wrong = Tensor::<3>::zeros([1, 2, 32], device);
+    assert!(matches!(
+        draft.forward_conditioned(&mut cache, &tokens, wrong.clone()),
+        Err(LlamaError::Core(_))
+    ));
+    assert!(matches!(
+        module.forward(&tokens, wrong),
+        Err(LlamaError::Core(_))
+    ));
+    assert!(
+        draft
+            .forward_conditioned(&mut cache, &[vec![64]], Tensor::zeros([1, 1, 32], device))
+            .is_err()
+    );
+    assert_eq!(draft.cached_len(&cache, 0), 0, "nothing cached on error");
+    // Its language-model form is the draft conditioned on zero features.
+    let zeros = Tensor::<3>::zeros([1, 3, 32], device);
+    let mut c1 = draft.new_cache(1).unwrap();
+    let mut c2 = draft.new_cache(1).unwrap();
+    let a = tensor_to_vec(LanguageModel::forward(&draft, &mut c1, &tokens).unwrap()).unwrap();
+    let b = tensor_to_vec(
+        draft
+            .forward_conditioned(&mut c2, &tokens, zeros)
+            .unwrap()
+            .0,
+    )
+    .unwrap();
+    assert_eq!(a, b);
+});
