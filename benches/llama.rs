@@ -6,6 +6,12 @@
 //! - `llama_verify/k`: one pass over `k = 1, 2, 4, 8, 16` tokens after the
 //!   same prompt — the cost of verifying `k` draft tokens in speculative
 //!   decoding; the goal is `k = 8` at most 1.5× `k = 1`;
+//! - `llama_draft_step`: one step of each kind of draft after the same
+//!   prompt, against the target's step, on the fastest storage: the early
+//!   exit (first 4 blocks, full head), a distilled draft (2 blocks, a head
+//!   over 8 192 tokens) and a feature-level draft (1 block reading the
+//!   target's features, the same head). Untrained weights: the cost of a
+//!   step does not depend on their values;
 //! - the anchor: `python3 benches/llama_cpp_reference.py bench --threads 1 2`
 //!   (llama-cpp-python 0.3.36 on the same GGUF), run by this bench after the
 //!   criterion groups and printed with them; skipped with a note without
@@ -24,9 +30,13 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use burn::tensor::Device;
+use burn::tensor::Tensor;
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use lastmile_core::lm::LanguageModel;
 use lastmile_core::model_files::{SMOLLM2_135M_INSTRUCT, fetch_hint, models_dir};
-use lastmile_models::llama::{LlamaModel, WeightStorage};
+use lastmile_models::llama::{
+    LlamaEarlyExit, LlamaFeatureDraftModule, LlamaModel, LlamaModule, WeightStorage,
+};
 
 /// Prompt length of the timed passes (as llama_cpp_reference.py's prompt).
 const PROMPT: usize = 44;
@@ -98,6 +108,65 @@ fn bench_llama(c: &mut Criterion) {
     }
 }
 
+/// One step of `lm` (a token after the prompt), the cache truncated back.
+fn step<M: LanguageModel>(lm: &M, cache: &mut M::Cache, token: usize) -> usize {
+    let logits = lm.forward(cache, &[vec![token]]).expect("step");
+    let n = logits.into_data().num_elements();
+    lm.truncate(cache, 0, PROMPT).expect("truncate");
+    n
+}
+
+fn bench_drafts(c: &mut Criterion) {
+    let device = lastmile_core::default_device().expect("default device");
+    let storage = WeightStorage::fastest_on(&device);
+    let Some(target) = open(storage, &device) else {
+        return;
+    };
+    let head: Vec<usize> = (0..8192).collect();
+    let early = LlamaEarlyExit::new(&target, 4).expect("early exit");
+    let distilled = LlamaModule::draft_with_vocab(&target, 2, &head, &device)
+        .and_then(|m| m.to_model(storage, &device))
+        .expect("distilled draft");
+    let feature = LlamaFeatureDraftModule::new(&target, 1, Some(&head), &device)
+        .and_then(|m| m.to_draft(storage, &device))
+        .expect("feature draft");
+    let prompt = prompt(target.config().vocab_size);
+    let mut group = c.benchmark_group("llama_draft_step");
+    group.sample_size(30);
+    macro_rules! time {
+        ($name:expr, $lm:expr) => {{
+            let lm = $lm;
+            let mut cache = LanguageModel::new_cache(lm, 1).expect("cache");
+            lm.forward(&mut cache, std::slice::from_ref(&prompt))
+                .expect("prompt");
+            group.bench_function($name, |b| b.iter(|| step(lm, &mut cache, 42)));
+        }};
+    }
+    time!("target", &target);
+    time!("early_exit_L4", &early);
+    time!("distilled_L2_v8192", &distilled);
+    // The feature draft's step as the drafter runs it: conditioned on a feature.
+    {
+        let mut cache = feature.new_cache(1).expect("cache");
+        let d = target.config().d_model;
+        let zeros = |n: usize| Tensor::<3>::zeros([1, n, d], &device);
+        feature
+            .forward_conditioned(&mut cache, std::slice::from_ref(&prompt), zeros(PROMPT))
+            .expect("prompt");
+        group.bench_function("feature_L1_v8192", |b| {
+            b.iter(|| {
+                let (logits, f) = feature
+                    .forward_conditioned(&mut cache, &[vec![42]], zeros(1))
+                    .expect("step");
+                let n = logits.into_data().num_elements() + f.into_data().num_elements();
+                cache.truncate(0, PROMPT).expect("truncate");
+                n
+            })
+        });
+    }
+    group.finish();
+}
+
 /// llama.cpp on the same file, in the same run.
 fn llama_cpp_anchor(_: &mut Criterion) {
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("llama_cpp_reference.py");
@@ -120,5 +189,5 @@ fn llama_cpp_anchor(_: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, bench_llama, llama_cpp_anchor);
+criterion_group!(benches, bench_llama, bench_drafts, llama_cpp_anchor);
 criterion_main!(benches);

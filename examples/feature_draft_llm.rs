@@ -6,12 +6,14 @@
 //! `lastmile_models::llama::train_feature_draft` (EAGLE's feature and
 //! token losses) on the Rust book shipped with `lastmile-datasets` and on
 //! text the target writes itself (`--generated` passages continued by up
-//! to `--gen-tokens` tokens at T = 0.7), weighted equally.
+//! to `--gen-tokens` tokens at T = 0.7), weighted equally. `--token-weight`
+//! is EAGLE's `w_cls` (0.1), the weight of the token loss.
 //!
 //! ```text
 //! scripts/fetch-smollm2.sh      # once: the 98 MB model file
 //! cargo run --release -p lastmile-examples --example feature_draft_llm -- [--layers 1] [--vocab 8192]
 //!     [--steps 600] [--batch 4] [--context 128] [--lr 0.001] [--generated 256] [--gen-tokens 96]
+//!     [--token-weight 0.1]
 //! ```
 //!
 //! It prints, on held-out windows of the book, how often the draft's greedy
@@ -32,16 +34,15 @@ use lastmile_core::convert::tensor_to_vec;
 use lastmile_core::numerics::{SamplingParams, argmax};
 use lastmile_examples::draft_text::{book_tokens, sample_windows, target_texts};
 use lastmile_examples::drafts::FeatureDraft;
-use lastmile_examples::llm::{
-    Llm, MODEL_DIR, corpus_prompts, feature_draft_file_name, models_dir, step_time,
-};
+use lastmile_examples::drafts::feature_draft_file_name;
+use lastmile_examples::llm::{Llm, MODEL_DIR, corpus_prompts, models_dir, step_time};
 use lastmile_examples::plot::{LinePanel, write_svg};
 use lastmile_examples::report::{Flags, output_dir, progress_bar, table, write_csv};
 use lastmile_examples::spec_decode::{Method, sweep};
 use lastmile_models::TrainConfig;
 use lastmile_models::llama::{
-    LlamaFeatureDraft, LlamaFeatureDraftModule, LlamaModel, WeightStorage, likely_tokens,
-    train_feature_draft,
+    FeatureLoss, FeatureLossConfig, LlamaFeatureDraft, LlamaFeatureDraftModule, LlamaModel,
+    WeightStorage, likely_tokens, train_feature_draft,
 };
 use lastmile_spec_decode::{AdaEdl, AdaEdlConfig, FeatureTap, GenerationConfig, StaticLength};
 use rand::SeedableRng;
@@ -100,6 +101,7 @@ fn main() -> Result<()> {
     let (mut layers, mut steps, mut vocab) = (1usize, 600usize, 8192usize);
     let (mut batch, mut context, mut lr) = (4usize, 128usize, 1e-3f64);
     let (mut generated, mut gen_tokens) = (256usize, 96usize);
+    let mut loss_config = FeatureLossConfig::default();
     let mut flags = Flags::from_env();
     while let Some(flag) = flags.next_flag() {
         match flag.as_str() {
@@ -111,9 +113,10 @@ fn main() -> Result<()> {
             "--lr" => lr = flags.value("--lr")?,
             "--generated" => generated = flags.value("--generated")?,
             "--gen-tokens" => gen_tokens = flags.value("--gen-tokens")?,
+            "--token-weight" => loss_config.token_weight = flags.value("--token-weight")?,
             other => bail!(
                 "unknown argument {other}; expected --layers L, --steps N, --vocab V, --batch B, \
-                 --context N, --lr X, --generated N, --gen-tokens N"
+                 --context N, --lr X, --generated N, --gen-tokens N, --token-weight W"
             ),
         }
     }
@@ -156,7 +159,8 @@ fn main() -> Result<()> {
     let (kl0, agree0) = agreement(target, &draft.to_draft(storage, &device)?, &held)?;
     println!(
         "Training a {layers}-block feature draft: {steps} steps of {batch} windows × {context} tokens \
-         (lr {lr}) …"
+         (lr {lr}, token-loss weight {}) …",
+        loss_config.token_weight
     );
     let config = TrainConfig {
         lr,
@@ -166,10 +170,22 @@ fn main() -> Result<()> {
     let bar = progress_bar(steps as u64, "train");
     let mut losses = Vec::with_capacity(steps);
     let start = Instant::now();
-    let draft = train_feature_draft(draft, target, &texts, &config, |_, l| {
+    let draft = train_feature_draft(draft, target, &texts, &config, &loss_config, |step, l| {
         losses.push(l);
         bar.inc(1);
         bar.set_message(format!("feature {:.3}, token KL {:.3}", l.feature, l.token));
+        if (step + 1) % 100 == 0 {
+            let last = &losses[losses.len() - 100..];
+            let mean = |f: fn(&FeatureLoss) -> f32| last.iter().map(f).sum::<f32>() / 100.0;
+            bar.suspend(|| {
+                println!(
+                    "step {}: mean of the last 100 steps: feature smooth-L1 {:.4}, token KL {:.3} nats",
+                    step + 1,
+                    mean(|l| l.feature),
+                    mean(|l| l.token)
+                )
+            });
+        }
     })?;
     bar.finish_and_clear();
     let seconds = start.elapsed().as_secs_f64();

@@ -51,10 +51,8 @@ use lastmile_core::default_device;
 use lastmile_core::lm::LanguageModel;
 use lastmile_core::numerics::SamplingParams;
 use lastmile_examples::drafts::{DraftSource, FeatureDraft, TokenDraft};
-use lastmile_examples::llm::{
-    CHAT_PROMPTS, Llm, MODEL_DIR, corpus_prompts, draft_file_name, feature_draft_file_name,
-    models_dir, step_time,
-};
+use lastmile_examples::drafts::{draft_file_name, feature_draft_file_name};
+use lastmile_examples::llm::{CHAT_PROMPTS, Llm, MODEL_DIR, corpus_prompts, models_dir, step_time};
 use lastmile_examples::plot::{BarPanel, LinePanel, write_svg, write_svg_sized};
 use lastmile_examples::report::{Flags, output_dir, progress_bar, table, write_csv};
 use lastmile_examples::spec_decode::{Method, methods, run_method, sweep};

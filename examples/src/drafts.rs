@@ -57,3 +57,18 @@ impl<'m, T: HiddenFeatures, D: FeatureDraftModel> DraftSource<FeatureTap<'m, T>>
         Ok(FeatureDrafter::new(self.tap, self.draft)?)
     }
 }
+
+/// File name, in [`MODEL_DIR`](crate::llm::MODEL_DIR), of a `distill_llm` draft: `layers` blocks, a head over `vocab` tokens (0: tied).
+/// `draft_file_name(2, 8192)` is `"draft-L2-v8192.bpk"`.
+pub fn draft_file_name(layers: usize, vocab: usize) -> String {
+    match vocab {
+        0 => format!("draft-L{layers}.bpk"),
+        v => format!("draft-L{layers}-v{v}.bpk"),
+    }
+}
+
+/// File name, in [`MODEL_DIR`](crate::llm::MODEL_DIR), of a `feature_draft_llm` draft:
+/// `feature_draft_file_name(1, 8192)` is `"feature-L1-v8192.bpk"`.
+pub fn feature_draft_file_name(layers: usize, vocab: usize) -> String {
+    format!("feature-L{layers}-v{vocab}.bpk")
+}

@@ -30,21 +30,6 @@ use crate::spec_decode::{Method, sweep};
 /// Folder of the model under the models directory ([`models_dir`]).
 pub const MODEL_DIR: &str = "smollm2-135m-instruct";
 
-/// File name, in [`MODEL_DIR`], of a `distill_llm` draft: `layers` blocks, a head over `vocab` tokens (0: tied).
-/// `draft_file_name(2, 8192)` is `"draft-L2-v8192.bpk"`.
-pub fn draft_file_name(layers: usize, vocab: usize) -> String {
-    match vocab {
-        0 => format!("draft-L{layers}.bpk"),
-        v => format!("draft-L{layers}-v{v}.bpk"),
-    }
-}
-
-/// File name, in [`MODEL_DIR`], of a `feature_draft_llm` draft:
-/// `feature_draft_file_name(1, 8192)` is `"feature-L1-v8192.bpk"`.
-pub fn feature_draft_file_name(layers: usize, vocab: usize) -> String {
-    format!("feature-L{layers}-v{vocab}.bpk")
-}
-
 /// File name of the model (Q4_1 GGUF, 98 MB).
 pub const MODEL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 

@@ -220,17 +220,7 @@ impl<M: LanguageModel> Drafter for ModelDrafter<'_, M> {
         rng: &mut R,
     ) -> Result<Vec<Draft>> {
         let batch = requests.len();
-        if self.fed.len() != batch {
-            return Err(LmError::Batch {
-                what: "draft requests".to_owned(),
-                expected: format!(
-                    "{} (the rows given to Drafter::reset, which must be called first)",
-                    self.fed.len()
-                ),
-                found: batch,
-            }
-            .into());
-        }
+        check_rows(self.fed.len(), batch)?;
         let mut drafts = vec![Draft::default(); batch];
         let Some(cache) = self.cache.as_mut() else {
             return Ok(drafts); // never reset and no requests: nothing to do
@@ -296,12 +286,32 @@ impl<M: LanguageModel> Drafter for ModelDrafter<'_, M> {
                 }
             }
         }
-        for (d, rows) in drafts.iter_mut().zip(q_rows) {
-            if !rows.is_empty() {
-                d.q = Some(Tensor::cat(rows, 0));
-            }
-        }
+        stack_q(&mut drafts, q_rows);
         Ok(drafts)
+    }
+}
+
+/// Checks that a drafter reset for `rows` rows is asked for as many.
+pub(crate) fn check_rows(rows: usize, batch: usize) -> Result<()> {
+    if rows != batch {
+        return Err(LmError::Batch {
+            what: "draft requests".to_owned(),
+            expected: format!(
+                "{rows} (the rows given to Drafter::reset, which must be called first)"
+            ),
+            found: batch,
+        }
+        .into());
+    }
+    Ok(())
+}
+
+/// Stacks each draft's `q` rows (device slices) into its `q`.
+pub(crate) fn stack_q(drafts: &mut [Draft], q_rows: Vec<Vec<Tensor<2>>>) {
+    for (d, rows) in drafts.iter_mut().zip(q_rows) {
+        if !rows.is_empty() {
+            d.q = Some(Tensor::cat(rows, 0));
+        }
     }
 }
 

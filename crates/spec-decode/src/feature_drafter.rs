@@ -22,7 +22,9 @@ use lastmile_core::lm::{FeatureDraftModel, HiddenFeatures, LanguageModel, LmErro
 use lastmile_core::numerics::SamplingParams;
 use rand::Rng;
 
-use crate::drafter::{Draft, DraftRequest, Drafter, common_prefix, draft_step};
+use crate::drafter::{
+    Draft, DraftRequest, Drafter, check_rows, common_prefix, draft_step, stack_q,
+};
 use crate::error::Result;
 use crate::verify::index_tensor;
 
@@ -290,17 +292,7 @@ impl<T: HiddenFeatures, D: FeatureDraftModel> Drafter for FeatureDrafter<'_, '_,
         rng: &mut R,
     ) -> Result<Vec<Draft>> {
         let batch = requests.len();
-        if self.fed.len() != batch {
-            return Err(LmError::Batch {
-                what: "draft requests".to_owned(),
-                expected: format!(
-                    "{} (the rows given to Drafter::reset, which must be called first)",
-                    self.fed.len()
-                ),
-                found: batch,
-            }
-            .into());
-        }
+        check_rows(self.fed.len(), batch)?;
         let mut drafts = vec![Draft::default(); batch];
         let Some(mut cache) = self.cache.take() else {
             return Ok(drafts);
@@ -352,7 +344,8 @@ impl<T: HiddenFeatures, D: FeatureDraftModel> FeatureDrafter<'_, '_, T, D> {
         loop {
             let active: Vec<usize> = (0..batch).filter(|r| !feed[*r].is_empty()).collect();
             if active.is_empty() {
-                return finish(drafts, q_rows);
+                stack_q(drafts, q_rows);
+                return Ok(());
             }
             let n = feed.iter().map(Vec::len).max().unwrap_or(0).max(1);
             let mut f = vec![0.0f32; batch * n * d];
@@ -390,14 +383,4 @@ impl<T: HiddenFeatures, D: FeatureDraftModel> FeatureDrafter<'_, '_, T, D> {
             }
         }
     }
-}
-
-/// Stacks each draft's `q` rows.
-fn finish(drafts: &mut [Draft], q_rows: Vec<Vec<Tensor<2>>>) -> Result<()> {
-    for (d, rows) in drafts.iter_mut().zip(q_rows) {
-        if !rows.is_empty() {
-            d.q = Some(Tensor::cat(rows, 0));
-        }
-    }
-    Ok(())
 }

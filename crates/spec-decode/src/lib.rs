@@ -15,7 +15,9 @@
 //!   bonus token — plus greedy verification and one-hot (deterministic) drafts.
 //! - [`DraftPolicy`]: [`StaticLength`], [`HeuristicSchedule`] (HF),
 //!   [`MaxConfidence`] (llama.cpp / HF), [`AdaEdl`], [`CostModel`].
-//! - [`Drafter`]: [`ModelDrafter`] (a small model) and [`PromptLookup`] (n-gram).
+//! - [`Drafter`]: [`ModelDrafter`] (a small model), [`FeatureDrafter`] (a draft that
+//!   reads the target's features through a [`FeatureTap`], EAGLE) and
+//!   [`PromptLookup`] (n-gram).
 //! - [`SpeculativeDecoder`] and the [`generate_autoregressive`] baseline,
 //!   both reporting [`Metrics`] (vLLM definitions).
 //!

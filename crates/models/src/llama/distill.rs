@@ -245,11 +245,6 @@ pub fn distill_draft(
     config: &TrainConfig,
     mut on_step: impl FnMut(usize, f32),
 ) -> LlamaResult<LlamaModule> {
-    config.check().map_err(|e| LlamaError::Config {
-        field: "train config",
-        value: format!("{config:?}"),
-        expected: e.to_string(),
-    })?;
     let vocab = target.config().vocab_size;
     if draft.config().vocab_size != vocab {
         return Err(LlamaError::Config {
@@ -258,36 +253,19 @@ pub fn distill_draft(
             expected: format!("the target's {vocab}"),
         });
     }
-    let (b, n) = (config.batch, config.context);
-    let shortest = texts.iter().map(|t| t.len()).min().unwrap_or(0);
-    if shortest <= n {
-        return Err(LlamaError::Config {
-            field: "texts",
-            value: format!("{} streams, the shortest of {shortest} tokens", texts.len()),
-            expected: format!("at least one stream, each longer than one window of {n}"),
-        });
-    }
+    let mut windows = TrainingWindows::new(texts, config)?;
     let device = draft.embed.val().device();
     // A head over part of the vocabulary learns the target's distribution
     // restricted to its tokens and renormalised: `p_S(x) = p(x) / p(S)`.
-    let restrict = draft.head_tokens()?.map(|ids| {
-        let ids: Vec<i64> = ids.iter().map(|&t| t as i64).collect();
-        let n = ids.len();
-        Tensor::<1, Int>::from_data(TensorData::new(ids, [n]), &target.device())
-    });
+    let restrict = draft
+        .head_tokens()?
+        .map(|ids| index_tensor(&ids, &target.device()));
     let mut optim = AdamWConfig::new()
         .with_grad_clipping(Some(GradientClippingConfig::Norm(1.0)))
         .init();
-    let mut rng = StdRng::seed_from_u64(config.seed);
     for step in 0..config.steps {
-        let windows: Vec<Vec<usize>> = (0..b)
-            .map(|_| {
-                let tokens = texts[rng.random_range(0..texts.len())];
-                let start = rng.random_range(0..tokens.len() - n);
-                tokens[start..start + n].to_vec()
-            })
-            .collect();
-        let mut cache = target.new_cache(b)?;
+        let windows = windows.next();
+        let mut cache = target.new_cache(windows.len())?;
         let mut logits = target.forward_cached(&mut cache, &windows)?;
         if let Some(ids) = &restrict {
             logits = logits.select(2, ids.clone());
@@ -303,4 +281,58 @@ pub fn distill_draft(
         on_step(step, value);
     }
     Ok(draft)
+}
+
+/// The checks and the window sampler shared by the draft trainers: `batch`
+/// windows of `context` tokens per step, each from a stream drawn
+/// uniformly, at a uniform offset.
+pub(super) struct TrainingWindows<'t> {
+    texts: &'t [&'t [usize]],
+    batch: usize,
+    len: usize,
+    rng: StdRng,
+}
+
+impl<'t> TrainingWindows<'t> {
+    /// Checks `config` ([`TrainConfig::check`]) and that every stream is
+    /// longer than one window.
+    pub(super) fn new(texts: &'t [&'t [usize]], config: &TrainConfig) -> LlamaResult<Self> {
+        config.check().map_err(|e| LlamaError::Config {
+            field: "train config",
+            value: format!("{config:?}"),
+            expected: e.to_string(),
+        })?;
+        let n = config.context;
+        let shortest = texts.iter().map(|t| t.len()).min().unwrap_or(0);
+        if shortest <= n {
+            return Err(LlamaError::Config {
+                field: "texts",
+                value: format!("{} streams, the shortest of {shortest} tokens", texts.len()),
+                expected: format!("at least one stream, each longer than one window of {n}"),
+            });
+        }
+        Ok(Self {
+            texts,
+            batch: config.batch,
+            len: n,
+            rng: StdRng::seed_from_u64(config.seed),
+        })
+    }
+
+    /// The next step's windows.
+    pub(super) fn next(&mut self) -> Vec<Vec<usize>> {
+        (0..self.batch)
+            .map(|_| {
+                let tokens = self.texts[self.rng.random_range(0..self.texts.len())];
+                let start = self.rng.random_range(0..tokens.len() - self.len);
+                tokens[start..start + self.len].to_vec()
+            })
+            .collect()
+    }
+}
+
+/// Token ids as an index tensor on `device`.
+pub(super) fn index_tensor(ids: &[usize], device: &burn::tensor::Device) -> Tensor<1, Int> {
+    let values: Vec<i64> = ids.iter().map(|&t| t as i64).collect();
+    Tensor::<1, Int>::from_data(TensorData::new(values, [ids.len()]), device)
 }

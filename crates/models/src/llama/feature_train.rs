@@ -8,12 +8,11 @@ use burn::module::{Module, Param};
 use burn::nn::Linear;
 use burn::optim::{AdamWConfig, GradientsParams};
 use burn::tensor::activation::log_softmax;
-use burn::tensor::{Device, Distribution, Int, Tensor, TensorData};
+use burn::tensor::{Device, Distribution, Tensor, TensorData};
 use lastmile_core::CoreError;
 use lastmile_core::convert::tensor_to_vec;
-use rand::rngs::StdRng;
-use rand::{RngExt, SeedableRng};
 
+use super::distill::{TrainingWindows, index_tensor};
 use super::error::{LlamaError, LlamaResult};
 use super::feature_draft::LlamaFeatureDraft;
 use super::model::LlamaModel;
@@ -22,14 +21,32 @@ use super::storage::{Matrix, WeightStorage};
 use crate::checkpoint::{load_module, save_module};
 use crate::train::TrainConfig;
 
-/// Weight of the token loss against the feature loss, `w_cls` (EAGLE §3.2).
-pub const FEATURE_DRAFT_CLS_WEIGHT: f32 = 0.1;
+/// The loss of [`train_feature_draft`]: EAGLE's (§3.2) by default.
+///
+/// ```
+/// use lastmile_models::llama::FeatureLossConfig;
+/// let c = FeatureLossConfig::default();
+/// assert_eq!((c.token_weight, c.noise), (0.1, 0.1));
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct FeatureLossConfig {
+    /// Weight of the token loss against the feature loss, EAGLE's `w_cls`
+    /// (0.1).
+    pub token_weight: f32,
+    /// Half-width of the uniform noise added to the target's features, so
+    /// that the draft learns to read imperfect features, as it must when
+    /// it reads its own predictions (EAGLE: `U(−0.1, 0.1)`).
+    pub noise: f64,
+}
 
-/// Half-width of the uniform noise added to the target's features during
-/// training, so that the draft learns to read imperfect features, as it
-/// must when it reads its own predictions (EAGLE's training recipe,
-/// `U(−0.1, 0.1)`).
-pub const FEATURE_NOISE: f64 = 0.1;
+impl Default for FeatureLossConfig {
+    fn default() -> Self {
+        Self {
+            token_weight: 0.1,
+            noise: 0.1,
+        }
+    }
+}
 
 /// A feature-level draft as a trainable burn module (see
 /// [`super::LlamaFeatureDraft`] for the network): the fusion map `fc`
@@ -217,31 +234,35 @@ fn smooth_l1(diff: Tensor<3>) -> Tensor<1> {
 /// norm clipped at 1, `config`'s warm-up and cosine schedule) on
 /// `config.batch` windows of `config.context` tokens. At position `j` the
 /// draft reads token `x_j` and the target's feature `f_{j-1}` (zeros at the
-/// window's start) plus uniform noise ([`FEATURE_NOISE`]), and minimises
+/// window's start) plus uniform noise (`loss.noise`), and minimises
 /// EAGLE's loss (§3.2)
 /// `L = SmoothL1(f̂_j, f_j) + w_cls · CE(p_{j+1}, q̂_{j+1})`, with
-/// `w_cls = `[`FEATURE_DRAFT_CLS_WEIGHT`], `p` the target's next-token
+/// `w_cls = loss.token_weight`, `p` the target's next-token
 /// distribution (restricted to the head's tokens and renormalised for a
 /// head over part of the vocabulary) and `q̂` the head applied to `f̂_j`.
 /// Calls `on_step(step, loss)` after each step.
 ///
 /// # Errors
 /// As [`TrainConfig::check`] (as [`LlamaError::Config`]);
-/// [`LlamaError::Config`] for another vocabulary or width, no streams, or
-/// a stream not longer than one window; the models' forward errors.
+/// [`LlamaError::Config`] for another vocabulary or width, no streams, a
+/// stream not longer than one window, or a negative or non-finite weight
+/// or noise; the models' forward errors.
 ///
 /// ```
 /// # #[cfg(feature = "flex")] {
 /// use burn::tensor::Device;
 /// use lastmile_models::TrainConfig;
-/// use lastmile_models::llama::{LlamaConfig, LlamaFeatureDraftModule, WeightStorage, train_feature_draft};
+/// use lastmile_models::llama::{
+///     FeatureLossConfig, LlamaConfig, LlamaFeatureDraftModule, WeightStorage, train_feature_draft,
+/// };
 /// let d = Device::flex();
 /// let target = LlamaConfig { n_layers: 2, ..LlamaConfig::tiny() }.init_random(1, WeightStorage::F32, &d)?;
 /// let draft = LlamaFeatureDraftModule::new(&target, 1, None, &d.clone().autodiff())?;
 /// let tokens: Vec<usize> = (0..400).map(|i| (i * 7 + i / 5) % 64).collect();
 /// let mut losses = Vec::new();
 /// let cfg = TrainConfig { lr: 1e-2, ..TrainConfig::new(20, 4, 16) };
-/// train_feature_draft(draft, &target, &[&tokens], &cfg, |_, l| losses.push(l.token))?;
+/// let loss = FeatureLossConfig::default();
+/// train_feature_draft(draft, &target, &[&tokens], &cfg, &loss, |_, l| losses.push(l.token))?;
 /// assert!(losses[19] < losses[0]);
 /// # }
 /// # Ok::<(), lastmile_models::llama::LlamaError>(())
@@ -251,13 +272,20 @@ pub fn train_feature_draft(
     target: &LlamaModel,
     texts: &[&[usize]],
     config: &TrainConfig,
+    loss_config: &FeatureLossConfig,
     mut on_step: impl FnMut(usize, FeatureLoss),
 ) -> LlamaResult<LlamaFeatureDraftModule> {
-    config.check().map_err(|e| LlamaError::Config {
-        field: "train config",
-        value: format!("{config:?}"),
-        expected: e.to_string(),
-    })?;
+    let FeatureLossConfig {
+        token_weight,
+        noise,
+    } = *loss_config;
+    if !(token_weight.is_finite() && token_weight >= 0.0 && noise.is_finite() && noise >= 0.0) {
+        return Err(LlamaError::Config {
+            field: "feature loss",
+            value: format!("{loss_config:?}"),
+            expected: "a finite, non-negative token weight and noise".to_owned(),
+        });
+    }
     let (tc, dc) = (target.config(), draft.lm.config());
     if (tc.vocab_size, tc.d_model) != (dc.vocab_size, dc.d_model) {
         return Err(LlamaError::Config {
@@ -267,32 +295,17 @@ pub fn train_feature_draft(
         });
     }
     let (b, n, d) = (config.batch, config.context, tc.d_model);
-    let shortest = texts.iter().map(|t| t.len()).min().unwrap_or(0);
-    if shortest <= n {
-        return Err(LlamaError::Config {
-            field: "texts",
-            value: format!("{} streams, the shortest of {shortest} tokens", texts.len()),
-            expected: format!("at least one stream, each longer than one window of {n}"),
-        });
-    }
+    let mut windows = TrainingWindows::new(texts, config)?;
     let device = draft.lm.embed.val().device();
-    let restrict = draft.lm.head_tokens()?.map(|ids| {
-        let ids: Vec<i64> = ids.iter().map(|&t| t as i64).collect();
-        let n = ids.len();
-        Tensor::<1, Int>::from_data(TensorData::new(ids, [n]), &target.device())
-    });
+    let restrict = draft
+        .lm
+        .head_tokens()?
+        .map(|ids| index_tensor(&ids, &target.device()));
     let mut optim = AdamWConfig::new()
         .with_grad_clipping(Some(GradientClippingConfig::Norm(1.0)))
         .init();
-    let mut rng = StdRng::seed_from_u64(config.seed);
     for step in 0..config.steps {
-        let windows: Vec<Vec<usize>> = (0..b)
-            .map(|_| {
-                let tokens = texts[rng.random_range(0..texts.len())];
-                let start = rng.random_range(0..tokens.len() - n);
-                tokens[start..start + n].to_vec()
-            })
-            .collect();
+        let windows = windows.next();
         let mut cache = target.new_cache(b)?;
         let (mut logits, features) = target.forward_features(&mut cache, &windows)?;
         if let Some(ids) = &restrict {
@@ -308,16 +321,12 @@ pub fn train_feature_draft(
             ],
             1,
         );
-        let noise = Tensor::random(
-            [b, n, d],
-            Distribution::Uniform(-FEATURE_NOISE, FEATURE_NOISE),
-            &device,
-        );
-        let (logits_hat, f_hat) = draft.forward(&windows, before + noise)?;
+        let jitter = Tensor::random([b, n, d], Distribution::Uniform(-noise, noise), &device);
+        let (logits_hat, f_hat) = draft.forward(&windows, before + jitter)?;
         let feature = smooth_l1(f_hat - f);
         let log_q = log_softmax(logits_hat, 2);
         let token = (log_p.clone().exp() * (log_p - log_q)).sum_dim(2).mean();
-        let loss = feature.clone() + token.clone() * FEATURE_DRAFT_CLS_WEIGHT;
+        let loss = feature.clone() + token.clone() * token_weight;
         let values = tensor_to_vec(Tensor::cat(vec![feature, token], 0))?;
         let grads = GradientsParams::from_grads(loss.backward(), &draft);
         draft = optim.step(config.lr_at(step), draft, grads);

@@ -45,6 +45,13 @@
 //!   target step instead of 14 % with the full 49 152-token head.
 //!   With [`WeightStorage::BlocksQ8`] trained float matrices are rounded to
 //!   Q8_0 blocks ([`lastmile_core::gguf::quantize_q8_0`]).
+//! - **Feature-level drafts** ([`LlamaFeatureDraft`], EAGLE, Li et al.
+//!   2024): one block that reads the target's features
+//!   ([`LlamaModel::forward_features`], the head's input) with the next
+//!   token's embedding and predicts the target's next feature, read
+//!   through the target's (restricted) head; trained by
+//!   [`train_feature_draft`] with EAGLE's feature and token losses, and
+//!   driven by lastmile-spec-decode's `FeatureDrafter`.
 //!
 //! Agreement with llama.cpp itself (llama-cpp-python 0.3.36) is checked by
 //! `tests/it/llama_reference.rs` against a committed fixture written by
@@ -120,8 +127,7 @@ pub use early_exit::LlamaEarlyExit;
 pub use error::{LlamaError, LlamaResult};
 pub use feature_draft::LlamaFeatureDraft;
 pub use feature_train::{
-    FEATURE_DRAFT_CLS_WEIGHT, FEATURE_NOISE, FeatureLoss, LlamaFeatureDraftModule,
-    train_feature_draft,
+    FeatureLoss, FeatureLossConfig, LlamaFeatureDraftModule, train_feature_draft,
 };
 pub use model::LlamaModel;
 pub use module::{LlamaBlock, LlamaModule};
