@@ -37,7 +37,7 @@ use crate::verify::index_tensor;
 /// ```
 /// # #[cfg(feature = "flex")] {
 /// # use burn::tensor::{Device, Tensor, TensorData};
-/// # use lastmile_core::lm::{HiddenFeatures, LanguageModel, LmResult};
+/// # use lastmile_core::lm::{HiddenFeatures, LmResult};
 /// # struct Echo { device: Device } // features: [token, position]
 /// # impl LanguageModel for Echo {
 /// #     type Cache = Vec<usize>;
@@ -62,7 +62,8 @@ use crate::verify::index_tensor;
 /// #     }
 /// # }
 /// use lastmile_spec_decode::{FeatureTap, LanguageModel};
-/// let tap = FeatureTap::new(&Echo { device: Device::flex() });
+/// let target = Echo { device: Device::flex() };
+/// let tap = FeatureTap::new(&target);
 /// let mut cache = tap.new_cache(1)?;
 /// tap.forward(&mut cache, &[vec![3, 1, 2]])?;
 /// tap.truncate(&mut cache, 0, 2)?;
