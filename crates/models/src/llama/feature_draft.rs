@@ -30,8 +30,8 @@ use super::error::{LlamaError, LlamaResult};
 use super::model::LlamaModel;
 use super::storage::Matrix;
 
-/// The inference form of a feature-level draft (see the [module
-/// docs](self)): the fusion map and a [`LlamaModel`] whose blocks read the
+/// The inference form of a feature-level draft (EAGLE-1: the fusion map
+/// over token embedding and target feature, then): a [`LlamaModel`] whose blocks read the
 /// fused rows. Made by
 /// [`LlamaFeatureDraftModule::to_draft`](super::LlamaFeatureDraftModule::to_draft);
 /// it implements [`FeatureDraftModel`], and [`LanguageModel`] as the draft
