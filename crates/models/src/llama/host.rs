@@ -73,22 +73,24 @@ pub(crate) fn pass(
         }
     };
     for (block, kv) in model.blocks.iter().zip(kv).take(layers) {
-        let h = rms_norm(&x, d, &block.attn_norm, eps)?;
+        let h = avx2(Vectorized(|| rms_norm(&x, d, &block.attn_norm, eps)))?;
         let [mut q, mut k, v]: [Vec<f32>; 3] = each(
             &[host(&block.q)?, host(&block.k)?, host(&block.v)?],
             &h,
             rows,
         )?;
-        batch.rope.apply_host(&mut q, heads.n_heads, heads.head_dim);
-        batch
-            .rope
-            .apply_host(&mut k, heads.n_kv_heads, heads.head_dim);
+        avx2(Vectorized(|| {
+            batch.rope.apply_host(&mut q, heads.n_heads, heads.head_dim);
+            batch
+                .rope
+                .apply_host(&mut k, heads.n_kv_heads, heads.head_dim);
+        }));
         write(kv, &k, &v, batch, config.max_context);
         let att = attention(&q, kv, batch, heads);
         add(&mut x, &host(&block.o)?.matmul(&att, rows)?);
-        let h = rms_norm(&x, d, &block.ffn_norm, eps)?;
+        let h = avx2(Vectorized(|| rms_norm(&x, d, &block.ffn_norm, eps)))?;
         let [mut g, u]: [Vec<f32>; 2] = each(&[host(&block.gate)?, host(&block.up)?], &h, rows)?;
-        swiglu_in_place(&mut g, &u);
+        avx2(Vectorized(|| swiglu_in_place(&mut g, &u)));
         add(&mut x, &host(&block.down)?.matmul(&g, rows)?);
     }
     let h = rms_norm(&x, d, &model.norm, eps)?;
@@ -129,6 +131,7 @@ fn add(x: &mut [f32], y: &[f32]) {
 
 /// RMSNorm (Zhang & Sennrich 2019, eq. 4) of each row of `x` (`d` wide):
 /// `x · 1/√(mean(x²) + ε) · g`, the operations of [`RmsNorm::forward`].
+#[inline(always)]
 fn rms_norm(x: &[f32], d: usize, norm: &RmsNorm, eps: f32) -> LlamaResult<Vec<f32>> {
     let gain = values(norm.gain().into_data())?;
     let mut y = vec![0.0f32; x.len()];
@@ -168,44 +171,24 @@ fn write(kv: &mut HostKv, k: &[f32], v: &[f32], batch: &HostBatch<'_>, max_conte
 /// `softmax(q·kᵀ/√dh) v`, keys summed in position order. Returns
 /// `[b·n, n_heads·dh]`.
 fn attention(q: &[f32], kv: &HostKv, batch: &HostBatch<'_>, heads: Heads) -> Vec<f32> {
-    let Heads {
-        n_heads,
-        n_kv_heads,
-        head_dim: dh,
-    } = heads;
-    let group = n_heads / n_kv_heads;
-    let width = n_kv_heads * dh;
-    let scale = 1.0 / (dh as f32).sqrt();
+    let width = heads.n_kv_heads * heads.head_dim;
     let n = batch.n;
     let mut out = vec![0.0f32; q.len()];
-    let one_row = |(i, (qr, or)): (usize, (&[f32], &mut [f32]))| {
+    let one_row = |(i, (q, out)): (usize, (&[f32], &mut [f32]))| {
         let (row, pos) = (i / n, batch.offsets[i / n] + i % n);
-        let (keys, vals) = (&kv.keys[row], &kv.values[row]);
+        let (keys, values) = (&kv.keys[row], &kv.values[row]);
         // Padding positions may run past the cache; their outputs are never read.
         let seen = (pos + 1).min(keys.len() / width);
-        let mut scores = vec![0.0f32; seen];
-        for (j, (qh, oh)) in qr.chunks_exact(dh).zip(or.chunks_exact_mut(dh)).enumerate() {
-            let at = j / group * dh;
-            for (t, s) in scores.iter_mut().enumerate() {
-                let key = &keys[t * width + at..t * width + at + dh];
-                *s = dot(qh, key) * scale;
-            }
-            let max = scores.iter().fold(f32::NEG_INFINITY, |m, s| m.max(*s));
-            // Exponentials first (a loop that vectorises), then their sum in order.
-            for s in scores.iter_mut() {
-                *s = exp(*s - max);
-            }
-            let total: f32 = scores.iter().sum();
-            for (t, s) in scores.iter().enumerate() {
-                let p = s / total;
-                let value = &vals[t * width + at..t * width + at + dh];
-                for (o, v) in oh.iter_mut().zip(value) {
-                    *o += p * v;
-                }
-            }
-        }
+        let job = RowAttention {
+            q,
+            out,
+            keys: &keys[..seen * width],
+            values: &values[..seen * width],
+            heads,
+        };
+        avx2(job);
     };
-    let w = n_heads * dh;
+    let w = heads.n_heads * heads.head_dim;
     // A few short rows are not worth handing between threads.
     if batch.ids.len() * (batch.offsets.iter().max().copied().unwrap_or(0) + n) >= 256 {
         q.par_chunks_exact(w)
@@ -221,9 +204,114 @@ fn attention(q: &[f32], kv: &HostKv, batch: &HostBatch<'_>, heads: Heads) -> Vec
     out
 }
 
+/// One query row's attention (every head) over `keys` and `values`
+/// (`[positions, n_kv_heads·dh]`), written into `out`.
+struct RowAttention<'a> {
+    q: &'a [f32],
+    out: &'a mut [f32],
+    keys: &'a [f32],
+    values: &'a [f32],
+    heads: Heads,
+}
+
+/// Runs `op` compiled for AVX2 + FMA when the CPU has them: pulp inlines
+/// its body into a function built with those features, so its loops
+/// vectorise 8 wide instead of the baseline x86-64 build's 4 (measured in
+/// `docs/benchmarks.md`: attention had been a sixth of a verify pass over
+/// 8 tokens). Rust never reorders or fuses float operations, so the
+/// results are the same on every path. A closure (through [`Vectorized`])
+/// must be small enough for the compiler to inline; a large body is a
+/// [`pulp::WithSimd`] whose `with_simd` is `#[inline(always)]` (measured:
+/// attention as a closure was left outside, unvectorised).
+#[inline(always)]
+fn avx2<Op: pulp::WithSimd>(op: Op) -> Op::Output {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(simd) = pulp::x86::V3::try_new() {
+        return pulp::Simd::vectorize(simd, op);
+    }
+    op.with_simd(pulp::Scalar::new())
+}
+
+/// A small closure as pulp's operation, for [`avx2`].
+struct Vectorized<F>(F);
+
+impl<R, F: FnOnce() -> R> pulp::WithSimd for Vectorized<F> {
+    type Output = R;
+
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, _: S) -> R {
+        (self.0)()
+    }
+}
+
+impl pulp::WithSimd for RowAttention<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, _: S) {
+        self.run();
+    }
+}
+
+impl RowAttention<'_> {
+    #[inline(always)]
+    fn run(self) {
+        let Heads {
+            n_heads,
+            n_kv_heads,
+            head_dim: dh,
+        } = self.heads;
+        let (group, width) = (n_heads / n_kv_heads, n_kv_heads * dh);
+        let scale = 1.0 / (dh as f32).sqrt();
+        let mut scores = vec![0.0f32; self.keys.len() / width.max(1)];
+        for (j, (qh, oh)) in self
+            .q
+            .chunks_exact(dh)
+            .zip(self.out.chunks_exact_mut(dh))
+            .enumerate()
+        {
+            let at = j / group * dh;
+            let keys = self.keys.chunks_exact(width).map(|k| &k[at..at + dh]);
+            for (s, key) in scores.iter_mut().zip(keys) {
+                *s = dot(qh, key) * scale;
+            }
+            let max = scores.iter().fold(f32::NEG_INFINITY, |m, s| m.max(*s));
+            // Exponentials first (a loop that vectorises), then their sum in order.
+            for s in scores.iter_mut() {
+                *s = exp(*s - max);
+            }
+            let total: f32 = scores.iter().sum();
+            for s in scores.iter_mut() {
+                *s /= total;
+            }
+            // o[e] = Σ_t p_t·v_t[e] in position order, 64 outputs at a time
+            // (8 vectors in registers: 8 independent chains of additions).
+            let (o64, o_tail) = oh.as_chunks_mut::<64>();
+            for (c, oc) in o64.iter_mut().enumerate() {
+                let mut acc = *oc;
+                let from = at + 64 * c;
+                for (p, v) in scores.iter().zip(self.values.chunks_exact(width)) {
+                    let v = &v[from..from + 64];
+                    for l in 0..64 {
+                        acc[l] += p * v[l];
+                    }
+                }
+                *oc = acc;
+            }
+            let done = 64 * o64.len();
+            for (e, o) in o_tail.iter_mut().enumerate() {
+                for (p, v) in scores.iter().zip(self.values.chunks_exact(width)) {
+                    *o += p * v[at + done + e];
+                }
+            }
+        }
+    }
+}
+
 /// `Σ a·b` in a fixed order that vectorises: 8 running lanes over whole
 /// groups of 8, the lanes in order, then the tail (the same order for a
 /// row whatever the pass it is in).
+#[inline(always)]
 fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut lanes = [0.0f32; 8];
     let (a8, a_tail) = a.as_chunks::<8>();
@@ -254,6 +342,7 @@ fn values(data: TensorData) -> LlamaResult<Vec<f32>> {
 
 /// `g ← SiLU(g) ⊙ u`, SwiGLU's gate (Shazeer 2020, eq. 6), with
 /// `SiLU(x) = x / (1 + e^(−x))` and [`lastmile_core::fastmath::exp`].
+#[inline(always)]
 pub(crate) fn swiglu_in_place(g: &mut [f32], u: &[f32]) {
     for (g, u) in g.iter_mut().zip(u) {
         *g = *g / (1.0 + exp(-*g)) * u;

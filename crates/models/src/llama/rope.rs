@@ -126,6 +126,7 @@ impl RopeAt {
 impl HostRope {
     /// [`RopeAt::apply`] on host values `x` (`[b·n, heads, d]`), in place,
     /// by the same operations (a product each, then the difference or sum).
+    #[inline(always)]
     pub(crate) fn apply_host(&self, x: &mut [f32], heads: usize, d: usize) {
         let half = d / 2;
         for (row, xr) in x.chunks_exact_mut(heads * d).enumerate() {
