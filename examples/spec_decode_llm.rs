@@ -414,7 +414,8 @@ fn sweep_report<T: LanguageModel, S: DraftSource<T>>(
     let temperatures = [0.0, 0.7, 1.0];
     let mut rows = Vec::new();
     let mut csv = Vec::new();
-    let mut speedups: Vec<(String, Vec<f64>)> = Vec::new();
+    // Per method: end-to-end and decode-only speed-ups per temperature.
+    let mut speedups: Vec<(String, Vec<f64>, Vec<f64>)> = Vec::new();
     let n_methods = methods(0.0, cost_ratio, ctx.verify_cost)?.len();
     let bar = progress_bar(
         (temperatures.len() * n_methods * ctx.prompts.len()) as u64,
@@ -440,6 +441,7 @@ fn sweep_report<T: LanguageModel, S: DraftSource<T>>(
                 _ => method.name(),
             };
             let speedup = m.tokens_per_second() / ar.tokens_per_second();
+            let decode_speedup = m.decode_tokens_per_second() / ar.decode_tokens_per_second();
             let drafts = !matches!(method, Method::Autoregressive);
             let acc = if drafts {
                 format!("{:.2}", m.mean_acceptance_length())
@@ -451,6 +453,8 @@ fn sweep_report<T: LanguageModel, S: DraftSource<T>>(
                 name.clone(),
                 format!("{:.1}", m.tokens_per_second()),
                 format!("{speedup:.2}x"),
+                format!("{:.1}", m.decode_tokens_per_second()),
+                format!("{decode_speedup:.2}x"),
                 acc.clone(),
                 format!("{:.2}", m.mean_draft_length()),
                 format!("{:.2}", m.target_calls_per_token()),
@@ -462,6 +466,8 @@ fn sweep_report<T: LanguageModel, S: DraftSource<T>>(
                 format!("{:.3}", m.elapsed.as_secs_f64()),
                 format!("{:.2}", m.tokens_per_second()),
                 format!("{speedup:.3}"),
+                format!("{:.2}", m.decode_tokens_per_second()),
+                format!("{decode_speedup:.3}"),
                 if drafts {
                     format!("{:.3}", m.mean_acceptance_length())
                 } else {
@@ -469,12 +475,17 @@ fn sweep_report<T: LanguageModel, S: DraftSource<T>>(
                 },
                 format!("{:.3}", m.target_calls_per_token()),
             ]);
-            match speedups.iter_mut().find(|(n, _)| *n == name) {
-                Some((_, v)) => v[ti] = speedup,
+            match speedups.iter_mut().find(|(n, _, _)| *n == name) {
+                Some((_, v, dv)) => {
+                    v[ti] = speedup;
+                    dv[ti] = decode_speedup;
+                }
                 None => {
                     let mut v = vec![f64::NAN; temperatures.len()];
+                    let mut dv = v.clone();
                     v[ti] = speedup;
-                    speedups.push((name, v));
+                    dv[ti] = decode_speedup;
+                    speedups.push((name, v, dv));
                 }
             }
         }
@@ -495,6 +506,8 @@ fn sweep_report<T: LanguageModel, S: DraftSource<T>>(
                 "method",
                 "tok/s",
                 "speed-up",
+                "decode tok/s",
+                "decode speed-up",
                 "tokens/round",
                 "drafted/round",
                 "target calls/tok"
@@ -504,7 +517,8 @@ fn sweep_report<T: LanguageModel, S: DraftSource<T>>(
     );
     println!(
         "tok/s: generated tokens per second, prompt pass included, summed over the prompts. speed-up: over \
-         autoregressive decoding at the same T."
+         autoregressive decoding at the same T. decode: the same after each run's first round (the prompt \
+         pass, which costs the same with or without drafts)."
     );
     println!(
         "tokens/round: tokens emitted per verification round, 1 + accepted drafts (vLLM's mean acceptance \
@@ -518,23 +532,27 @@ fn sweep_report<T: LanguageModel, S: DraftSource<T>>(
         let get = |name: &str| {
             speedups
                 .iter()
-                .find(|(n, _)| n.starts_with(name))
-                .map_or(f64::NAN, |(_, v)| v[ti])
+                .find(|(n, _, _)| n.starts_with(name))
+                .map_or(f64::NAN, |(_, v, _)| v[ti])
         };
         let (best_static, best_static_v) = (1..=8)
             .map(|g| (g, get(&format!("static-{g} "))))
             .fold((0, f64::NEG_INFINITY), |a, b| if b.1 > a.1 { b } else { a });
-        let (best_name, best_v) = speedups
-            .iter()
-            .filter(|(n, _)| n != "autoregressive")
-            .map(|(n, v)| (n.as_str(), v[ti]))
-            .fold(
-                ("", f64::NEG_INFINITY),
-                |a, b| if b.1 > a.1 { b } else { a },
-            );
+        let best = |decode: bool| {
+            speedups
+                .iter()
+                .filter(|(n, _, _)| n != "autoregressive")
+                .map(|(n, v, dv)| (n.as_str(), if decode { dv[ti] } else { v[ti] }))
+                .fold(
+                    ("", f64::NEG_INFINITY),
+                    |a, b| if b.1 > a.1 { b } else { a },
+                )
+        };
+        let ((best_name, best_v), (best_decode_name, best_decode_v)) = (best(false), best(true));
         println!(
             "T = {t}: AdaEDL {:.2}x vs static-4 {:.2}x and heuristic {:.2}x; best static γ = {best_static} \
-             ({best_static_v:.2}x); best method {best_name} ({best_v:.2}x)",
+             ({best_static_v:.2}x); best method {best_name} ({best_v:.2}x; decode only: \
+             {best_decode_name} {best_decode_v:.2}x)",
             get("adaedl "),
             get("static-4 "),
             get("heuristic ")
@@ -552,6 +570,8 @@ fn sweep_report<T: LanguageModel, S: DraftSource<T>>(
             "seconds",
             "tokens_per_s",
             "speedup",
+            "decode_tokens_per_s",
+            "decode_speedup",
             "tokens_per_round",
             "target_calls_per_token",
         ],
@@ -564,7 +584,10 @@ fn sweep_report<T: LanguageModel, S: DraftSource<T>>(
         temperatures.iter().map(|t| format!("T = {t}")),
     )
     .hline("1x: autoregressive", 1.0);
-    for (name, v) in speedups.into_iter().filter(|(n, _)| n != "autoregressive") {
+    for (name, v, _) in speedups
+        .into_iter()
+        .filter(|(n, _, _)| n != "autoregressive")
+    {
         panel = panel.series(name, v);
     }
     write_svg_sized(&svg_path, &[panel.into()], 1, (1240, 560))?;

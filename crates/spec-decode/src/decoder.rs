@@ -332,7 +332,7 @@ impl<'t, T: LanguageModel, D: Drafter> SpeculativeDecoder<'t, T, D> {
             })
             .collect();
         let mut metrics = Metrics::default();
-
+        let mut first_round = true;
         while rows.iter().any(|r| !r.done) {
             // 1. Draft. Never draft past the length limit or the context window.
             let mut requests: Vec<Option<DraftRequest<'_>>> = rows
@@ -447,6 +447,9 @@ impl<'t, T: LanguageModel, D: Drafter> SpeculativeDecoder<'t, T, D> {
                     accepted: v.accepted,
                 });
             }
+            if std::mem::take(&mut first_round) {
+                metrics.end_prefill(start);
+            }
         }
         metrics.elapsed = start.elapsed();
         Ok(Generation {
@@ -523,6 +526,7 @@ pub fn generate_autoregressive<M: LanguageModel, R: Rng + ?Sized>(
         })
         .collect();
     let mut metrics = Metrics::default();
+    let mut first_round = true;
     while rows.iter().any(|r| !r.done) {
         let mut feed = vec![Vec::new(); batch];
         for (i, row) in rows.iter_mut().enumerate() {
@@ -556,6 +560,9 @@ pub fn generate_autoregressive<M: LanguageModel, R: Rng + ?Sized>(
             row.target_fed.extend_from_slice(&feed[i]);
             metrics.generated_tokens += row.commit(&[tokens[a]], config) as u64;
             metrics.target_calls += 1;
+        }
+        if std::mem::take(&mut first_round) {
+            metrics.end_prefill(start);
         }
     }
     metrics.elapsed = start.elapsed();

@@ -37,6 +37,11 @@ pub struct Metrics {
     pub draft_calls: u64,
     /// Wall-clock time of the run.
     pub elapsed: Duration,
+    /// Wall-clock time of the first round, which reads the prompt (the
+    /// prompt pass costs the same with or without drafts).
+    pub prefill: Duration,
+    /// Tokens emitted by the first round.
+    pub prefill_tokens: u64,
 }
 
 fn ratio(a: u64, b: u64) -> f64 {
@@ -109,6 +114,33 @@ impl Metrics {
         }
     }
 
+    /// Generated tokens per second after the first round (the prompt
+    /// pass): the decoding rate that speculation changes, without the fixed
+    /// cost of reading the prompt (0 when nothing followed the first round).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use lastmile_spec_decode::Metrics;
+    /// let mut m = Metrics::default();
+    /// m.generated_tokens = 41;
+    /// m.elapsed = Duration::from_millis(500);
+    /// m.prefill = Duration::from_millis(100);
+    /// m.prefill_tokens = 1;
+    /// assert_eq!(m.decode_tokens_per_second(), 100.0);
+    /// assert_eq!(m.tokens_per_second(), 82.0);
+    /// ```
+    pub fn decode_tokens_per_second(&self) -> f64 {
+        let s = self.elapsed.saturating_sub(self.prefill).as_secs_f64();
+        let tokens = self.generated_tokens.saturating_sub(self.prefill_tokens);
+        if s > 0.0 { tokens as f64 / s } else { 0.0 }
+    }
+
+    /// Records the end of the first round, `since` the run's start.
+    pub(crate) fn end_prefill(&mut self, since: std::time::Instant) {
+        self.prefill = since.elapsed();
+        self.prefill_tokens = self.generated_tokens;
+    }
+
     /// Adds another run's counters to these.
     pub fn merge(&mut self, other: &Metrics) {
         self.generated_tokens += other.generated_tokens;
@@ -125,5 +157,7 @@ impl Metrics {
         self.target_calls += other.target_calls;
         self.draft_calls += other.draft_calls;
         self.elapsed += other.elapsed;
+        self.prefill += other.prefill;
+        self.prefill_tokens += other.prefill_tokens;
     }
 }

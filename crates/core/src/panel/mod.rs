@@ -323,7 +323,10 @@ impl PanelMatrix {
     /// [`PanelMatrix::matmul`] of each of `matrices` (all with the same
     /// input length) with the same `x`: the rows are packed (or quantised,
     /// for [`PanelMatrix::from_gguf_q8`] matrices) once for all of them, as
-    /// for a layer's query, key and value projections.
+    /// for a layer's query, key and value projections, and the products
+    /// share one hand-out of work to the threads (on SmolLM2-135M, a verify
+    /// pass's ~240 parallel sections became ~150; each costs a few
+    /// microseconds of waking and joining threads).
     ///
     /// # Errors
     /// As [`PanelMatrix::matmul`], for the first matrix `x` does not fit.
@@ -337,65 +340,76 @@ impl PanelMatrix {
     /// # Ok::<(), lastmile_core::CoreError>(())
     /// ```
     pub fn matmul_each(matrices: &[&PanelMatrix], x: &[f32], rows: usize) -> Result<Vec<Vec<f32>>> {
-        let mut prepared = Prepared::default();
-        matrices
-            .iter()
-            .map(|m| m.product_prepared(x, rows, true, &mut prepared))
-            .collect()
+        products(matrices, x, rows, true)
     }
 
     /// [`PanelMatrix::matmul`], with the SIMD kernel when `simd` and the CPU has it.
     fn product(&self, x: &[f32], rows: usize, simd: bool) -> Result<Vec<f32>> {
-        self.product_prepared(x, rows, simd, &mut Prepared::default())
+        let mut ys = products(&[self], x, rows, simd)?;
+        ys.pop().ok_or_else(|| CoreError::ShapeMismatch {
+            what: "panel products".to_owned(),
+            expected: "one product".to_owned(),
+            found: vec![0],
+        })
     }
 
-    /// [`PanelMatrix::product`] with `x` packed or quantised once into `prepared`.
-    fn product_prepared(
-        &self,
-        x: &[f32],
-        rows: usize,
-        simd: bool,
-        prepared: &mut Prepared,
-    ) -> Result<Vec<f32>> {
-        if rows == 0 || x.len() != rows * self.inp {
-            return Err(CoreError::ShapeMismatch {
-                what: "panel matrix input".to_owned(),
-                expected: format!("[rows, {}] with rows > 0", self.inp),
-                found: vec![rows, x.len() / self.inp.max(1)],
-            });
+    /// Panels of the kernel's layout and outputs per panel.
+    fn layout(&self) -> (usize, usize) {
+        match &self.weights {
+            Weights::Int8(w) => (w.panels(self.inp), int8::LANES),
+            Weights::F32(_) | Weights::Codes(_) => (self.out.div_ceil(PANEL), PANEL),
         }
+    }
+
+    /// Packs or quantises `x` into `prepared`, as this matrix's kernel reads it.
+    fn prepare(&self, x: &[f32], rows: usize, simd: bool, prepared: &mut Prepared) {
         let inp = self.inp;
-        let (width, by_panel) = match &self.weights {
-            Weights::Int8(w) => {
-                let q = prepared
+        match &self.weights {
+            Weights::Int8(_) => {
+                prepared
                     .q8
                     .get_or_insert_with(|| int8::quantise(x, rows, inp, simd));
-                let by_panel = split(w.panels(inp), int8::LANES, rows, |first, out| {
-                    let job = int8::Int8Job {
-                        w,
-                        inp,
-                        first,
-                        x: q,
-                        rows,
-                    };
-                    #[cfg(target_arch = "x86_64")]
-                    if simd && vnni::available() {
-                        vnni::panels(job, out);
-                        return;
-                    }
-                    int8::panels(job, out);
-                });
-                (int8::LANES, by_panel)
             }
-            Weights::F32(w) => {
-                let packed = prepared.packed.get_or_insert_with(|| pack(x, rows, inp));
-                (PANEL, self.exact(Exact::F32(w), packed, rows, simd))
+            Weights::F32(_) | Weights::Codes(_) => {
+                prepared.packed.get_or_insert_with(|| pack(x, rows, inp));
             }
-            Weights::Codes(c) => {
-                let packed = prepared.packed.get_or_insert_with(|| pack(x, rows, inp));
-                (PANEL, self.exact(Exact::Codes(c), packed, rows, simd))
+        }
+    }
+
+    /// Panels `first..` of this matrix times the prepared rows, into `out`
+    /// (`[panel][rows][width]`). Rows this matrix's kernel does not read in
+    /// `prepared` are left out (never: [`products`] prepares them first).
+    fn panels(&self, first: usize, out: &mut [f32], rows: usize, prepared: &Prepared, simd: bool) {
+        let inp = self.inp;
+        match (&self.weights, &prepared.q8, &prepared.packed) {
+            (Weights::Int8(w), Some(q), _) => {
+                let job = int8::Int8Job {
+                    w,
+                    inp,
+                    first,
+                    x: q,
+                    rows,
+                };
+                #[cfg(target_arch = "x86_64")]
+                if simd && vnni::available() {
+                    vnni::panels(job, out);
+                    return;
+                }
+                int8::panels(job, out);
             }
-        };
+            (Weights::F32(w), _, Some(packed)) => {
+                exact(Exact::F32(w), inp, first, packed, rows, simd, out);
+            }
+            (Weights::Codes(c), _, Some(packed)) => {
+                exact(Exact::Codes(c), inp, first, packed, rows, simd, out);
+            }
+            _ => {}
+        }
+    }
+
+    /// `[rows, out]` from the kernel's `[panel][rows][width]`.
+    fn unpanel(&self, by_panel: &[f32], rows: usize) -> Vec<f32> {
+        let (_, width) = self.layout();
         let mut y = vec![0.0f32; rows * self.out];
         for (p, panel) in by_panel.chunks_exact(rows * width).enumerate() {
             let used = width.min(self.out - p * width);
@@ -404,29 +418,83 @@ impl PanelMatrix {
                     .copy_from_slice(&panel[r * width..r * width + used]);
             }
         }
-        Ok(y)
+        y
     }
+}
 
-    /// The product with f32 activations, `[panel][rows][PANEL]`.
-    fn exact(&self, weights: Exact<'_>, packed: &Packed, rows: usize, simd: bool) -> Vec<f32> {
-        split(self.out.div_ceil(PANEL), PANEL, rows, |first, out| {
-            let job = Job {
-                weights,
-                inp: self.inp,
-                first,
-                x: packed,
-                rows,
-            };
-            #[cfg(target_arch = "x86_64")]
-            if let Some(simd) = pulp::x86::V3::try_new().filter(|_| simd) {
-                x86::panels(simd, job, out);
-                return;
-            }
-            #[cfg(not(target_arch = "x86_64"))]
-            let _ = simd;
-            portable::panels(job, out);
-        })
+/// The products of `matrices` with the same `x` (`[rows, in]`): `x`
+/// prepared once per kind of kernel, then every matrix's panels in one
+/// parallel section, enough panels per task to amortise the hand-off and
+/// enough tasks to share out (4 per thread).
+fn products(
+    matrices: &[&PanelMatrix],
+    x: &[f32],
+    rows: usize,
+    simd: bool,
+) -> Result<Vec<Vec<f32>>> {
+    for m in matrices {
+        if rows == 0 || x.len() != rows * m.inp {
+            return Err(CoreError::ShapeMismatch {
+                what: "panel matrix input".to_owned(),
+                expected: format!("[rows, {}] with rows > 0", m.inp),
+                found: vec![rows, x.len() / m.inp.max(1)],
+            });
+        }
     }
+    let mut prepared = Prepared::default();
+    for m in matrices {
+        m.prepare(x, rows, simd, &mut prepared);
+    }
+    let layouts: Vec<(usize, usize)> = matrices.iter().map(|m| m.layout()).collect();
+    let total: usize = layouts.iter().map(|(panels, _)| panels).sum();
+    let per_task = total.div_ceil(4 * rayon::current_num_threads()).max(2);
+    let mut by_panel: Vec<Vec<f32>> = layouts
+        .iter()
+        .map(|(panels, width)| vec![0.0f32; panels * rows * width])
+        .collect();
+    let mut tasks = Vec::new();
+    for ((m, (_, width)), buffer) in matrices.iter().zip(&layouts).zip(&mut by_panel) {
+        for (t, out) in buffer.chunks_mut(per_task * rows * width).enumerate() {
+            tasks.push((*m, t * per_task, out));
+        }
+    }
+    let prepared = &prepared;
+    tasks
+        .into_par_iter()
+        .for_each(|(m, first, out)| m.panels(first, out, rows, prepared, simd));
+    Ok(matrices
+        .iter()
+        .zip(&by_panel)
+        .map(|(m, b)| m.unpanel(b, rows))
+        .collect())
+}
+
+/// The product with f32 activations of panels `first..` into `out`
+/// (`[panel][rows][PANEL]`).
+fn exact(
+    weights: Exact<'_>,
+    inp: usize,
+    first: usize,
+    packed: &Packed,
+    rows: usize,
+    simd: bool,
+    out: &mut [f32],
+) {
+    let job = Job {
+        weights,
+        inp,
+        first,
+        x: packed,
+        rows,
+    };
+    #[cfg(target_arch = "x86_64")]
+    if let Some(simd) = pulp::x86::V3::try_new().filter(|_| simd) {
+        x86::panels(simd, job, out);
+        return;
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = simd;
+    portable::panels(job, out);
 }
 
 impl Weights {
@@ -447,25 +515,6 @@ impl Weights {
             }
         }
     }
-}
-
-/// Runs `kernel(first panel, out)` over `panels` panels of `width` outputs
-/// split across rayon's pool; returns `[panel][rows][width]`.
-fn split(
-    panels: usize,
-    width: usize,
-    rows: usize,
-    kernel: impl Fn(usize, &mut [f32]) + Sync,
-) -> Vec<f32> {
-    let mut by_panel = vec![0.0f32; panels * rows * width];
-    // Enough panels per task to amortise the hand-off, enough tasks to
-    // share out (4 per thread).
-    let per_task = panels.div_ceil(4 * rayon::current_num_threads()).max(2);
-    by_panel
-        .par_chunks_mut(per_task * rows * width)
-        .enumerate()
-        .for_each(|(task, out)| kernel(task * per_task, out));
-    by_panel
 }
 
 fn check_dims(len: usize, out: usize, inp: usize, what: &str) -> Result<()> {

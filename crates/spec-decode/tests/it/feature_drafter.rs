@@ -221,6 +221,9 @@ backend_test!(drafts_read_the_targets_features_and_stay_exact, |device| {
     let config = GenerationConfig::new(SamplingParams::greedy(), 24).unwrap();
     let ar =
         generate_autoregressive(&target, &prompts, &config, &mut StdRng::seed_from_u64(0)).unwrap();
+    // The first step reads the prompts and emits one token per sequence.
+    assert_eq!(ar.metrics.prefill_tokens, 3);
+    assert!(ar.metrics.prefill <= ar.metrics.elapsed);
     let policies: Vec<Box<dyn DraftPolicy>> = vec![
         Box::new(StaticLength::new(1).unwrap()),
         Box::new(StaticLength::new(4).unwrap()),
@@ -235,6 +238,9 @@ backend_test!(drafts_read_the_targets_features_and_stay_exact, |device| {
             .unwrap();
         assert_eq!(out.tokens, ar.tokens, "{name}");
         assert!(out.metrics.drafted > 0, "{name}");
+        // The first round drafts nothing (no features yet): one token a sequence.
+        assert_eq!(out.metrics.prefill_tokens, 3, "{name}");
+        assert!(out.metrics.prefill <= out.metrics.elapsed, "{name}");
     }
     assert_eq!(draft.violations.get(), 0);
     assert!(draft.true_reads.get() > 0 && draft.own_reads.get() > 0);
