@@ -220,8 +220,11 @@ fn llama_cpp_anchor(_: &mut Criterion) {
             println!("llama.cpp anchor ({}):", script.display());
             print!("{}", String::from_utf8_lossy(&o.stdout));
             if !o.status.success() {
+                // A signal (e.g. SIGILL from an instruction set the CPU
+                // reports but the machine does not allow) leaves no stderr.
                 println!(
-                    "llama.cpp anchor failed: {}",
+                    "llama.cpp anchor failed ({}): {}",
+                    o.status,
                     String::from_utf8_lossy(&o.stderr)
                 );
             }
