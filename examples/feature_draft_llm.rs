@@ -7,18 +7,21 @@
 //! token losses) on the Rust book shipped with `lastmile-datasets` and on
 //! text the target writes itself (`--generated` passages continued by up
 //! to `--gen-tokens` tokens at T = 0.7), weighted equally. `--token-weight`
-//! is EAGLE's `w_cls` (0.1), the weight of the token loss.
+//! is EAGLE's `w_cls` (0.1), the weight of the token loss; `--unroll S`
+//! trains over runs of `S` drafting steps, each reading the features the
+//! step before predicted (EAGLE-3's training-time test; 1 = EAGLE-1).
 //!
 //! ```text
 //! scripts/fetch-smollm2.sh      # once: the 98 MB model file
 //! cargo run --release -p lastmile-examples --example feature_draft_llm -- [--layers 1] [--vocab 8192]
 //!     [--steps 600] [--batch 4] [--context 128] [--lr 0.001] [--generated 256] [--gen-tokens 96]
-//!     [--token-weight 0.1]
+//!     [--token-weight 0.1] [--unroll 1]
 //! ```
 //!
 //! It prints, on held-out windows of the book, how often the draft's greedy
 //! token is the target's when it reads the target's true features (the
-//! first token of every draft run reads them), before and after training;
+//! first token of every draft run reads them) and, for the second and third
+//! tokens of a run, when it reads its own predictions, before and after training;
 //! its step cost in target steps; and a short decoding comparison at T = 0
 //! (autoregressive, static γ = 3 and AdaEDL with this draft). Saves the
 //! draft to `<models>/smollm2-135m-instruct/feature-L<L>-v<V>.bpk` (read
@@ -97,6 +100,60 @@ fn agreement(
     Ok((kl / windows.len() as f64, same as f64 / total as f64))
 }
 
+/// For draft tokens 1..=`steps` of a run: how often the draft's greedy
+/// token is the target's, the run reading the window's own tokens (token 1
+/// reads the target's feature, later ones the draft's own predictions),
+/// from [`LlamaFeatureDraftModule::forward_unrolled`] on `windows`
+/// (positions with the whole run inside the window). The module computes
+/// in f32.
+fn agreement_by_token(
+    target: &LlamaModel,
+    draft: &LlamaFeatureDraftModule,
+    windows: &[Vec<usize>],
+    steps: usize,
+) -> Result<Vec<f64>> {
+    let ids = draft.lm.head_tokens()?;
+    let (mut same, mut total) = (vec![0usize; steps], vec![0usize; steps]);
+    for w in windows {
+        let rows = std::slice::from_ref(w);
+        let mut ct = target.new_cache(1)?;
+        let (lt, f) = target.forward_features(&mut ct, rows)?;
+        let [_, n, d] = f.dims();
+        let v = lt.dims()[2];
+        let want = argmax(lt.reshape([n, v]))?;
+        let device = draft.lm.embed.val().device();
+        let f = Tensor::<3>::from_data(f.into_data(), &device);
+        let before = Tensor::cat(
+            vec![
+                Tensor::zeros([1, 1, d], &device),
+                f.slice([0..1, 0..n - 1, 0..d]),
+            ],
+            1,
+        );
+        for (s, (logits, _)) in draft
+            .forward_unrolled(rows, before, steps)?
+            .into_iter()
+            .enumerate()
+        {
+            let rows_out = logits.dims()[2];
+            let got = argmax(logits.reshape([n, rows_out]))?;
+            for p in s..n {
+                let token = ids.as_ref().map_or(got[p], |ids| ids[got[p]]);
+                same[s] += usize::from(token == want[p]);
+                total[s] += 1;
+            }
+        }
+    }
+    Ok(same
+        .iter()
+        .zip(&total)
+        .map(|(&s, &t)| s as f64 / t.max(1) as f64)
+        .collect())
+}
+
+/// Draft tokens per run whose agreement is reported.
+const RUN: usize = 3;
+
 fn main() -> Result<()> {
     let (mut layers, mut steps, mut vocab) = (1usize, 600usize, 8192usize);
     let (mut batch, mut context, mut lr) = (4usize, 128usize, 1e-3f64);
@@ -114,9 +171,10 @@ fn main() -> Result<()> {
             "--generated" => generated = flags.value("--generated")?,
             "--gen-tokens" => gen_tokens = flags.value("--gen-tokens")?,
             "--token-weight" => loss_config.token_weight = flags.value("--token-weight")?,
+            "--unroll" => loss_config.unroll = flags.value("--unroll")?,
             other => bail!(
                 "unknown argument {other}; expected --layers L, --steps N, --vocab V, --batch B, \
-                 --context N, --lr X, --generated N, --gen-tokens N, --token-weight W"
+                 --context N, --lr X, --generated N, --gen-tokens N, --token-weight W, --unroll S"
             ),
         }
     }
@@ -157,10 +215,11 @@ fn main() -> Result<()> {
     let ad = device.clone().autodiff();
     let draft = LlamaFeatureDraftModule::new(target, layers, head_tokens.as_deref(), &ad)?;
     let (kl0, agree0) = agreement(target, &draft.to_draft(storage, &device)?, &held)?;
+    let by0 = agreement_by_token(target, &draft, &held, RUN)?;
     println!(
         "Training a {layers}-block feature draft: {steps} steps of {batch} windows × {context} tokens \
-         (lr {lr}, token-loss weight {}) …",
-        loss_config.token_weight
+         (lr {lr}, token-loss weight {}, unrolled over {} drafting step(s)) …",
+        loss_config.token_weight, loss_config.unroll
     );
     let config = TrainConfig {
         lr,
@@ -177,9 +236,16 @@ fn main() -> Result<()> {
         if (step + 1) % 100 == 0 {
             let last = &losses[losses.len() - 100..];
             let mean = |f: fn(&FeatureLoss) -> f32| last.iter().map(f).sum::<f32>() / 100.0;
+            let unrolled = match l.unrolled_token {
+                Some(_) => format!(
+                    ", token KL reading its own features {:.3} nats",
+                    mean(|l| l.unrolled_token.unwrap_or(f32::NAN))
+                ),
+                None => String::new(),
+            };
             bar.suspend(|| {
                 println!(
-                    "step {}: mean of the last 100 steps: feature smooth-L1 {:.4}, token KL {:.3} nats",
+                    "step {}: mean of the last 100 steps: feature smooth-L1 {:.4}, token KL {:.3} nats{unrolled}",
                     step + 1,
                     mean(|l| l.feature),
                     mean(|l| l.token)
@@ -195,28 +261,39 @@ fn main() -> Result<()> {
     draft.save(&path)?;
     let fast = draft.to_draft(storage, &device)?;
     let (kl1, agree1) = agreement(target, &fast, &held)?;
+    let by1 = agreement_by_token(target, &draft, &held, RUN)?;
     let t1 = step_time(target, 128, 1, 15)?;
     let c = step_time(&fast, 128, 1, 15)? / t1;
     println!(
         "{}KL: to the target's next-token distribution restricted to the head's tokens; agreement: \
          the draft's greedy token is the target's, reading the target's features (8 held-out book \
-         windows of 64 tokens). One draft step costs {c:.3} target steps ({storage:?} storage).",
+         windows of 64 tokens). Tokens 2 and 3 of a draft run read the draft's own \
+         predicted features (and the window's tokens; f32 module). One draft step costs {c:.3} target steps ({storage:?} storage).",
         table(
             &[
                 "feature draft",
                 "held-out KL (nats)",
-                "greedy token = target's"
+                "greedy token = target's",
+                "token 2 of a run",
+                "token 3",
             ],
             &[
                 vec![
                     "untrained (the target's last block again)".to_owned(),
                     format!("{kl0:.3}"),
                     format!("{:.1}%", 100.0 * agree0),
+                    format!("{:.1}%", 100.0 * by0[1]),
+                    format!("{:.1}%", 100.0 * by0[2]),
                 ],
                 vec![
-                    format!("trained, {steps} steps ({seconds:.0} s)"),
+                    format!(
+                        "trained, {steps} steps, unrolled {} ({seconds:.0} s)",
+                        loss_config.unroll
+                    ),
                     format!("{kl1:.3}"),
                     format!("{:.1}%", 100.0 * agree1),
+                    format!("{:.1}%", 100.0 * by1[1]),
+                    format!("{:.1}%", 100.0 * by1[2]),
                 ],
             ]
         )
@@ -279,29 +356,42 @@ fn main() -> Result<()> {
                 (i + 1).to_string(),
                 format!("{:.5}", l.feature),
                 format!("{:.5}", l.token),
+                l.unrolled_token
+                    .map_or_else(String::new, |t| format!("{t:.5}")),
             ]
         })
         .collect();
     write_csv(
         &out.join("feature_draft_llm.csv"),
-        &["step", "feature_smooth_l1", "token_kl"],
+        &["step", "feature_smooth_l1", "token_kl", "unrolled_token_kl"],
         &rows,
     )?;
-    let panel = LinePanel::new(
+    let mut panel = LinePanel::new(
         format!("Training a {layers}-block feature draft of SmolLM2"),
         "step",
         "token KL(target ‖ draft), nats",
     )
     .series(
-        "training windows",
+        "training windows, reading the target's features",
         losses
             .iter()
             .enumerate()
             .map(|(i, l)| ((i + 1) as f64, f64::from(l.token)))
             .collect(),
-    )
-    .hline("held-out, untrained", kl0)
-    .hline("held-out, trained", kl1);
+    );
+    if loss_config.unroll > 1 {
+        panel = panel.series(
+            "training windows, reading its own features (unrolled steps)",
+            losses
+                .iter()
+                .enumerate()
+                .filter_map(|(i, l)| Some(((i + 1) as f64, f64::from(l.unrolled_token?))))
+                .collect(),
+        );
+    }
+    let panel = panel
+        .hline("held-out, untrained", kl0)
+        .hline("held-out, trained", kl1);
     write_svg(&out.join("feature_draft_llm.svg"), &[panel.into()], 1)?;
     println!(
         "Wrote {} and {}.",

@@ -9,7 +9,6 @@ use burn::nn::Linear;
 use burn::optim::{AdamWConfig, GradientsParams};
 use burn::tensor::activation::log_softmax;
 use burn::tensor::{Device, Distribution, Tensor, TensorData};
-use lastmile_core::CoreError;
 use lastmile_core::convert::tensor_to_vec;
 
 use super::distill::{TrainingWindows, index_tensor};
@@ -26,7 +25,7 @@ use crate::train::TrainConfig;
 /// ```
 /// use lastmile_models::llama::FeatureLossConfig;
 /// let c = FeatureLossConfig::default();
-/// assert_eq!((c.token_weight, c.noise), (0.1, 0.1));
+/// assert_eq!((c.token_weight, c.noise, c.unroll), (0.1, 0.1, 1));
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct FeatureLossConfig {
@@ -37,6 +36,11 @@ pub struct FeatureLossConfig {
     /// that the draft learns to read imperfect features, as it must when
     /// it reads its own predictions (EAGLE: `U(−0.1, 0.1)`).
     pub noise: f64,
+    /// Drafting steps the training forward is unrolled over
+    /// ([`LlamaFeatureDraftModule::forward_unrolled`]: EAGLE-3's
+    /// training-time test); 1 trains on the target's features only, as
+    /// EAGLE-1.
+    pub unroll: usize,
 }
 
 impl Default for FeatureLossConfig {
@@ -44,6 +48,7 @@ impl Default for FeatureLossConfig {
         Self {
             token_weight: 0.1,
             noise: 0.1,
+            unroll: 1,
         }
     }
 }
@@ -138,16 +143,12 @@ impl LlamaFeatureDraftModule {
         tokens: &[Vec<usize>],
         features: Tensor<3>,
     ) -> LlamaResult<(Tensor<3>, Tensor<3>)> {
-        let e = self.lm.embed_tokens(tokens)?;
-        if features.dims() != e.dims() {
-            return Err(LlamaError::Core(CoreError::ShapeMismatch {
-                what: "draft features".to_owned(),
-                expected: format!("{:?} (the tokens' rows, lengths, d_model)", e.dims()),
-                found: features.dims().to_vec(),
-            }));
-        }
-        self.lm
-            .run(self.fc.forward(Tensor::cat(vec![e, features], 2)))
+        let mut steps = self.forward_unrolled(tokens, features, 1)?;
+        steps.pop().ok_or_else(|| LlamaError::Config {
+            field: "unrolled steps",
+            value: "0 outputs".to_owned(),
+            expected: "one step's outputs".to_owned(),
+        })
     }
 
     /// The fast inference form, its matrices stored as `storage` on
@@ -209,14 +210,19 @@ impl LlamaFeatureDraftModule {
     }
 }
 
-/// The two terms of a feature draft's training loss at one step.
+/// The terms of a feature draft's training loss at one step.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct FeatureLoss {
-    /// Smooth-L1 distance between predicted and target features (mean over elements).
+    /// Smooth-L1 distance between predicted and target features (mean
+    /// over elements), reading the target's features.
     pub feature: f32,
     /// `KL(p_target ‖ q_draft)` of the next token, averaged over positions
-    /// (the cross-entropy EAGLE minimises, less the target's entropy).
+    /// (the cross-entropy EAGLE minimises, less the target's entropy),
+    /// reading the target's features.
     pub token: f32,
+    /// The token KL of the unrolled steps, which read the draft's own
+    /// predictions, averaged over them (`None` without unrolling).
+    pub unrolled_token: Option<f32>,
 }
 
 /// Smooth L1 (Huber with threshold 1): `x²/2` for `|x| < 1`, `|x| − 1/2`
@@ -240,13 +246,18 @@ fn smooth_l1(diff: Tensor<3>) -> Tensor<1> {
 /// `w_cls = loss.token_weight`, `p` the target's next-token
 /// distribution (restricted to the head's tokens and renormalised for a
 /// head over part of the vocabulary) and `q̂` the head applied to `f̂_j`.
+/// With `loss.unroll = s > 1` the forward is unrolled over `s` drafting
+/// steps ([`LlamaFeatureDraftModule::forward_unrolled`], EAGLE-3's
+/// training-time test) and `L` is averaged over them, each step's
+/// prediction at `j` compared with the same `f_j` and `p_{j+1}`.
 /// Calls `on_step(step, loss)` after each step.
 ///
 /// # Errors
 /// As [`TrainConfig::check`] (as [`LlamaError::Config`]);
 /// [`LlamaError::Config`] for another vocabulary or width, no streams, a
-/// stream not longer than one window, or a negative or non-finite weight
-/// or noise; the models' forward errors.
+/// stream not longer than one window, a negative or non-finite weight
+/// or noise, or `unroll` outside `1..=`[`super::MAX_UNROLL`]; the models'
+/// forward errors.
 ///
 /// ```
 /// # #[cfg(feature = "flex")] {
@@ -278,12 +289,21 @@ pub fn train_feature_draft(
     let FeatureLossConfig {
         token_weight,
         noise,
+        unroll,
     } = *loss_config;
-    if !(token_weight.is_finite() && token_weight >= 0.0 && noise.is_finite() && noise >= 0.0) {
+    if !(token_weight.is_finite()
+        && token_weight >= 0.0
+        && noise.is_finite()
+        && noise >= 0.0
+        && (1..=super::MAX_UNROLL).contains(&unroll))
+    {
         return Err(LlamaError::Config {
             field: "feature loss",
             value: format!("{loss_config:?}"),
-            expected: "a finite, non-negative token weight and noise".to_owned(),
+            expected: format!(
+                "a finite, non-negative token weight and noise, and 1..={} unrolled steps",
+                super::MAX_UNROLL
+            ),
         });
     }
     let (tc, dc) = (target.config(), draft.lm.config());
@@ -322,19 +342,31 @@ pub fn train_feature_draft(
             1,
         );
         let jitter = Tensor::random([b, n, d], Distribution::Uniform(-noise, noise), &device);
-        let (logits_hat, f_hat) = draft.forward(&windows, before + jitter)?;
-        let feature = smooth_l1(f_hat - f);
-        let log_q = log_softmax(logits_hat, 2);
-        let token = (log_p.clone().exp() * (log_p - log_q)).sum_dim(2).mean();
-        let loss = feature.clone() + token.clone() * token_weight;
-        let values = tensor_to_vec(Tensor::cat(vec![feature, token], 0))?;
+        let steps = draft.forward_unrolled(&windows, before + jitter, unroll)?;
+        let mut terms = Vec::with_capacity(2 * unroll);
+        for (logits_hat, f_hat) in steps {
+            let log_q = log_softmax(logits_hat, 2);
+            terms.push(smooth_l1(f_hat - f.clone()));
+            terms.push(
+                (log_p.clone().exp() * (log_p.clone() - log_q))
+                    .sum_dim(2)
+                    .mean(),
+            );
+        }
+        let terms = Tensor::cat(terms, 0).reshape([unroll, 2]);
+        let weights =
+            Tensor::<2>::from_data(TensorData::new(vec![1.0, token_weight], [1, 2]), &device);
+        let loss = (terms.clone() * weights).sum() / unroll as f32;
+        let values = tensor_to_vec(terms)?;
         let grads = GradientsParams::from_grads(loss.backward(), &draft);
         draft = optim.step(config.lr_at(step), draft, grads);
+        let unrolled = values.chunks(2).skip(1).map(|v| v[1]);
         on_step(
             step,
             FeatureLoss {
                 feature: values[0],
                 token: values[1],
+                unrolled_token: (unroll > 1).then(|| unrolled.sum::<f32>() / (unroll - 1) as f32),
             },
         );
     }

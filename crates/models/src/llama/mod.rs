@@ -50,8 +50,11 @@
 //!   ([`LlamaModel::forward_features`], the head's input) with the next
 //!   token's embedding and predicts the target's next feature, read
 //!   through the target's (restricted) head; trained by
-//!   [`train_feature_draft`] with EAGLE's feature and token losses, and
-//!   driven by lastmile-spec-decode's `FeatureDrafter`.
+//!   [`train_feature_draft`] with EAGLE's feature and token losses,
+//!   optionally unrolled over several drafting steps that read the draft's
+//!   own predictions (EAGLE-3's training-time test,
+//!   [`LlamaFeatureDraftModule::forward_unrolled`]), and driven by
+//!   lastmile-spec-decode's `FeatureDrafter`.
 //!
 //! Agreement with llama.cpp itself (llama-cpp-python 0.3.36) is checked by
 //! `tests/it/llama_reference.rs` against a committed fixture written by
@@ -111,6 +114,7 @@ mod early_exit;
 mod error;
 mod feature_draft;
 mod feature_train;
+mod feature_unroll;
 mod host;
 mod lm;
 mod model;
@@ -129,6 +133,7 @@ pub use feature_draft::LlamaFeatureDraft;
 pub use feature_train::{
     FeatureLoss, FeatureLossConfig, LlamaFeatureDraftModule, train_feature_draft,
 };
+pub use feature_unroll::MAX_UNROLL;
 pub use model::LlamaModel;
 pub use module::{LlamaBlock, LlamaModule};
 pub use storage::WeightStorage;

@@ -22,7 +22,7 @@ use super::config::LlamaConfig;
 use super::error::{LlamaError, LlamaResult};
 use super::model::LlamaModel;
 use super::norm::RmsNorm;
-use super::rope::Rope;
+use super::rope::{Rope, RopeAt};
 use super::storage::{Matrix, WeightStorage};
 
 /// One Llama block as a burn module. Parameter paths (under
@@ -364,22 +364,36 @@ impl LlamaModule {
     /// row at positions `0..n`): the head's logits `[b, n, rows]` and the
     /// features (the head's input) `[b, n, d]`.
     pub(crate) fn run(&self, x: Tensor<3>) -> LlamaResult<(Tensor<3>, Tensor<3>)> {
-        let [b, n, d] = x.dims();
-        let device = x.device();
-        let pos: Vec<i64> = (0..b).flat_map(|_| 0..n as i64).collect();
-        let heads = Heads {
-            n_heads: self.config.n_heads,
-            n_kv_heads: self.config.n_kv_heads,
-            head_dim: self.config.head_dim(),
-        };
-        let rope =
-            Rope::new(heads.head_dim, n, self.config.rope_base, &device).at(&pos, b, n, &device);
-        let mask = causal_mask(&vec![0; b], n, n, heads, &device);
+        let [b, n, _] = x.dims();
+        let (heads, rope) = (self.heads(), self.rope(b, n, &x.device()));
+        let mask = causal_mask(&vec![0; b], n, n, heads, &x.device());
         let mut x = x;
         for block in &self.blocks {
             let (q, k, v) = block.qkv(x.clone(), heads, &rope)?;
             x = block.finish(x, q, k, v, mask.clone(), heads)?;
         }
+        Ok(self.output(x))
+    }
+
+    /// The attention's head counts.
+    pub(crate) fn heads(&self) -> Heads {
+        Heads {
+            n_heads: self.config.n_heads,
+            n_kv_heads: self.config.n_kv_heads,
+            head_dim: self.config.head_dim(),
+        }
+    }
+
+    /// Rotary positions `0..n` for each of `b` rows.
+    pub(crate) fn rope(&self, b: usize, n: usize, device: &Device) -> RopeAt {
+        let pos: Vec<i64> = (0..b).flat_map(|_| 0..n as i64).collect();
+        Rope::new(self.config.head_dim(), n, self.config.rope_base, device).at(&pos, b, n, device)
+    }
+
+    /// The final norm and the head over the last block's output `x`
+    /// (`[b, n, d]`): the head's logits and the features (its input).
+    pub(crate) fn output(&self, x: Tensor<3>) -> (Tensor<3>, Tensor<3>) {
+        let [b, n, d] = x.dims();
         let h = RmsNorm::new(self.norm.val(), self.config.rms_eps).forward(x);
         let logits = match &self.head {
             Some(head) => head.forward(h.clone()),
@@ -389,6 +403,6 @@ impl LlamaModule {
                 .matmul(self.embed.val().transpose())
                 .reshape([b, n, self.config.vocab_size]),
         };
-        Ok((logits, h))
+        (logits, h)
     }
 }

@@ -165,3 +165,105 @@ backend_test!(feature_draft_saves_loads_and_rejects_bad_input, |device| {
     .unwrap();
     assert_eq!(a, b);
 });
+
+// The unrolled training forward (EAGLE-3's training-time test) computes,
+// at every step, what drafting computes: a run that starts at position
+// `c` (the cache holding positions `..= c` read with the target's
+// features) and feeds the draft's own predicted features afterwards.
+backend_test!(unrolled_forward_is_what_drafting_computes, |device| {
+    let model = target(device);
+    let mut module = LlamaFeatureDraftModule::new(&model, 2, None, device).unwrap();
+    module.fc.weight = module.fc.weight.map(|w| {
+        let dims = w.dims();
+        w + Tensor::random(dims, Distribution::Uniform(-0.2, 0.2), device)
+    });
+    let draft = module.to_draft(WeightStorage::F32, device).unwrap();
+    let tokens = vec![vec![7, 3, 9, 1, 12, 30, 2]];
+    let n = tokens[0].len();
+    let features = Tensor::<3>::random([1, n, 32], Distribution::Normal(0.0, 1.0), device);
+    let steps = module
+        .forward_unrolled(&tokens, features.clone(), 3)
+        .unwrap();
+    let step_logits: Vec<Vec<f32>> = steps
+        .iter()
+        .map(|(l, _)| tensor_to_vec(l.clone()).unwrap())
+        .collect();
+    let plain = tensor_to_vec(module.forward(&tokens, features.clone()).unwrap().0).unwrap();
+    assert!(max_abs_diff(&step_logits[0], &plain) < TOL);
+    let mut compared = 0;
+    for c in 0..n {
+        let mut cache = draft.new_cache(1).unwrap();
+        let (l, f) = draft
+            .forward_conditioned(
+                &mut cache,
+                &[tokens[0][..=c].to_vec()],
+                features.clone().slice([0..1, 0..c + 1, 0..32]),
+            )
+            .unwrap();
+        let l = tensor_to_vec(l).unwrap();
+        assert!(max_abs_diff(&l[c * 64..], &step_logits[0][c * 64..(c + 1) * 64]) < TOL);
+        let mut own = f.slice([0..1, c..c + 1, 0..32]);
+        for (s, want) in step_logits.iter().enumerate().skip(1) {
+            let p = c + s;
+            if p >= n {
+                break;
+            }
+            let (l, f) = draft
+                .forward_conditioned(&mut cache, &[vec![tokens[0][p]]], own)
+                .unwrap();
+            let diff = max_abs_diff(&tensor_to_vec(l).unwrap(), &want[p * 64..(p + 1) * 64]);
+            assert!(diff < TOL, "run from {c}, step {s}: max |Δ| {diff}");
+            own = f;
+            compared += 1;
+        }
+    }
+    assert_eq!(compared, (n - 1) + (n - 2));
+    // Another number of steps is a typed error.
+    for bad in [0, lastmile_models::llama::MAX_UNROLL + 1] {
+        assert!(matches!(
+            module.forward_unrolled(&tokens, features.clone(), bad),
+            Err(LlamaError::Config { .. })
+        ));
+    }
+});
+
+// Training unrolled lowers the loss of the steps that read the draft's
+// own features, and reports it.
+backend_test!(unrolled_training_lowers_the_later_steps_loss, |device| {
+    use lastmile_models::TrainConfig;
+    use lastmile_models::llama::{FeatureLossConfig, train_feature_draft};
+    let model = target(device);
+    let ad = device.clone().autodiff();
+    let draft = LlamaFeatureDraftModule::new(&model, 1, None, &ad).unwrap();
+    let text: Vec<usize> = (0..400).map(|i| (i * 7 + i / 5) % 64).collect();
+    let config = TrainConfig {
+        lr: 1e-2,
+        ..TrainConfig::new(30, 4, 16)
+    };
+    let loss = FeatureLossConfig {
+        unroll: 3,
+        ..FeatureLossConfig::default()
+    };
+    let mut later = Vec::new();
+    train_feature_draft(draft, &model, &[&text], &config, &loss, |_, l| {
+        later.push(l.unrolled_token.unwrap())
+    })
+    .unwrap();
+    let (first, last) = (
+        later[..5].iter().sum::<f32>(),
+        later[25..].iter().sum::<f32>(),
+    );
+    assert!(
+        last < 0.8 * first,
+        "unrolled token KL {first} → {last} (sums of 5 steps)"
+    );
+    let bad = FeatureLossConfig {
+        unroll: 0,
+        ..FeatureLossConfig::default()
+    };
+    let draft = LlamaFeatureDraftModule::new(&model, 1, None, &ad).unwrap();
+    assert!(matches!(
+        train_feature_draft(draft, &model, &[&text], &config, &bad, |_, _| {}),
+        Err(LlamaError::Config { .. })
+    ));
+});
