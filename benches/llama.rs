@@ -14,6 +14,12 @@
 //!   over 8 192 tokens) and a feature-level draft (1 block reading the
 //!   target's features, the same head). Untrained weights: the cost of a
 //!   step does not depend on their values;
+//! - [`spec_decode_decode`]: decoding tokens/s at T = 0 (128 new tokens
+//!   after a chat prompt) of autoregressive decoding and of speculative
+//!   decoding with the trained feature-level draft (static γ = 1 and the
+//!   cost-aware AdaEDL), medians of alternating runs, printed beside the
+//!   anchor's; skipped with a note when `feature_draft_llm` has not saved
+//!   the draft;
 //! - the anchor: `python3 benches/llama_cpp_reference.py bench --threads 1 2`
 //!   (llama-cpp-python 0.3.36 on the same GGUF), run by this bench after the
 //!   criterion groups and printed with them; skipped with a note without
@@ -208,6 +214,148 @@ fn bench_drafts(c: &mut Criterion) {
     group.finish();
 }
 
+/// Runs of each method in [`spec_decode_decode`].
+const DECODE_RUNS: usize = 3;
+
+/// Decoding tokens/s (after the prompt's pass) of plain and speculative
+/// decoding with the trained feature draft, at T = 0 on a chat prompt, for
+/// the comparison with llama.cpp's decoding in the same run.
+fn spec_decode_decode(_: &mut Criterion) {
+    use lastmile_core::numerics::SamplingParams;
+    use lastmile_models::tokenizer::{ChatMessage, Tokenizer};
+    use lastmile_spec_decode::{
+        CostAwareAdaEdl, CostAwareConfig, DraftPolicy, FeatureDrafter, FeatureTap,
+        GenerationConfig, SpeculativeDecoder, StaticLength, generate_autoregressive,
+    };
+    use rand::SeedableRng;
+
+    let device = lastmile_core::default_device().expect("default device");
+    let storage = WeightStorage::fastest_on(&device);
+    let Some(target) = open(storage, &device) else {
+        return;
+    };
+    let draft_path = model_path().with_file_name("feature-L1-v8192.bpk");
+    let draft = match LlamaFeatureDraftModule::load(&target, 1, Some(8192), &draft_path, &device)
+        .and_then(|m| m.to_draft(storage, &device))
+    {
+        Ok(d) => d,
+        Err(e) => {
+            println!(
+                "speculative decoding skipped: no trained feature draft ({e}); make it with \
+                 `cargo run --release -p lastmile-examples --example feature_draft_llm`"
+            );
+            return;
+        }
+    };
+    let file = lastmile_core::gguf::GgufFile::open(model_path()).expect("gguf");
+    let tokenizer = Tokenizer::from_gguf(&file).expect("tokenizer");
+    let message = "Explain what a hash map is in two sentences.";
+    let prompt = tokenizer
+        .encode_chat(&[ChatMessage::new("user", message)], true)
+        .expect("chat prompt");
+    let config = GenerationConfig::new(SamplingParams::new(0.0).expect("T"), 128).expect("config");
+    let tap = FeatureTap::new(&target);
+    // The cost-aware policy's costs, in target steps, measured here as
+    // spec_decode_llm measures them: a draft step, and the marginal cost
+    // of a token in a pass over 9 tokens against one.
+    let (c, c_v) = {
+        let d = target.config().d_model;
+        let mut tc = target.new_cache(1).expect("cache");
+        target
+            .forward_cached(&mut tc, std::slice::from_ref(&prompt))
+            .expect("prompt");
+        let mut dc = draft.new_cache(1).expect("cache");
+        let zeros = |n: usize| Tensor::<3>::zeros([1, n, d], &device);
+        draft
+            .forward_conditioned(&mut dc, std::slice::from_ref(&prompt), zeros(prompt.len()))
+            .expect("prompt");
+        let len = prompt.len();
+        let time = |f: &mut dyn FnMut()| {
+            let mut v: Vec<f64> = (0..15)
+                .map(|_| {
+                    let start = std::time::Instant::now();
+                    f();
+                    start.elapsed().as_secs_f64()
+                })
+                .collect();
+            v.sort_by(f64::total_cmp);
+            v[7]
+        };
+        let one = time(&mut || {
+            std::hint::black_box(
+                target
+                    .forward_cached(&mut tc, &[vec![42]])
+                    .expect("step")
+                    .into_data(),
+            );
+            tc.truncate(0, len).expect("truncate");
+        });
+        let nine = time(&mut || {
+            std::hint::black_box(
+                target
+                    .forward_cached(&mut tc, &[prompt[..9].to_vec()])
+                    .expect("pass")
+                    .into_data(),
+            );
+            tc.truncate(0, len).expect("truncate");
+        });
+        let step = time(&mut || {
+            let (l, f) = draft
+                .forward_conditioned(&mut dc, &[vec![42]], zeros(1))
+                .expect("step");
+            std::hint::black_box((l.into_data(), f.into_data()));
+            dc.truncate(0, len).expect("truncate");
+        });
+        (step / one, ((nine - one) / 8.0 / one).max(0.0))
+    };
+    let policies: [(&str, Box<dyn DraftPolicy>); 2] = [
+        ("static γ = 1", Box::new(StaticLength::new(1).expect("γ"))),
+        (
+            "cost-aware AdaEDL",
+            Box::new(CostAwareAdaEdl::new(CostAwareConfig::default(), c, c_v).expect("policy")),
+        ),
+    ];
+    let mut rates = vec![Vec::new(); 1 + policies.len()];
+    let mut rounds = vec![0.0; policies.len()];
+    for _ in 0..DECODE_RUNS {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        let ar = generate_autoregressive(&target, std::slice::from_ref(&prompt), &config, &mut rng)
+            .expect("autoregressive");
+        rates[0].push(ar.metrics.decode_tokens_per_second());
+        for (i, (_, policy)) in policies.iter().enumerate() {
+            let drafter = FeatureDrafter::new(&tap, &draft).expect("drafter");
+            let out = SpeculativeDecoder::new(&tap, drafter, policy.clone())
+                .expect("decoder")
+                .generate(std::slice::from_ref(&prompt), &config, &mut rng)
+                .expect("speculative");
+            assert_eq!(out.tokens, ar.tokens, "T = 0: the same tokens");
+            rates[i + 1].push(out.metrics.decode_tokens_per_second());
+            rounds[i] = out.metrics.mean_acceptance_length();
+        }
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let ar = median(&mut rates[0]);
+    println!(
+        "decoding at T = 0, 128 tokens after a {}-token chat prompt, median of {DECODE_RUNS} \
+         alternating runs (tokens/s after the prompt's pass):",
+        prompt.len()
+    );
+    println!(
+        "  autoregressive: {ar:.1} tokens/s (draft step {c:.3}, one more verified token {c_v:.3} target steps)"
+    );
+    for (i, (name, _)) in policies.iter().enumerate() {
+        let r = median(&mut rates[i + 1]);
+        println!(
+            "  speculative, feature draft, {name}: {r:.1} tokens/s ({:.2}x autoregressive, {:.2} tokens/round)",
+            r / ar,
+            rounds[i]
+        );
+    }
+}
+
 /// llama.cpp on the same file, in the same run.
 fn llama_cpp_anchor(_: &mut Criterion) {
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("llama_cpp_reference.py");
@@ -233,5 +381,11 @@ fn llama_cpp_anchor(_: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, bench_llama, bench_drafts, llama_cpp_anchor);
+criterion_group!(
+    benches,
+    bench_llama,
+    bench_drafts,
+    spec_decode_decode,
+    llama_cpp_anchor
+);
 criterion_main!(benches);
