@@ -21,7 +21,15 @@
 //!
 //! Layout: panels of [`LANES`] = 16 outputs (one 512-bit vector of i32),
 //! codes `[panel][in / 4][LANES][4]` so that one 64-byte load gives 16
-//! outputs' codes for 4 consecutive inputs.
+//! outputs' codes for 4 consecutive inputs. 4-bit codes (Q4_0, Q4_1) are
+//! packed two to a byte: within a block, byte group `g < 4` holds group
+//! `g` in its low nibbles and group `g + 4` in its high ones, so one load
+//! and two masks give two groups. Block scales and minimums are kept as
+//! the file's f16 (exactly: GGUF stores them so). A decoding step reads
+//! every weight once and little else, so its time follows these bytes:
+//! 0.625 a weight for Q4_1 (the file's own size), 1.0625 for Q8_0,
+//! against 1.25 with a byte per code and f32 scales (measured in
+//! `docs/benchmarks.md`).
 
 use super::{BLOCK, Codes, PANEL};
 
@@ -37,48 +45,76 @@ pub(crate) const QUADS: usize = BLOCK / QUAD;
 /// Quantised weights laid out for 8-bit activations.
 #[derive(Debug, Clone)]
 pub(crate) struct Int8Codes {
-    /// `u = q + offset`, `[panel][in / QUAD][LANES][QUAD]`.
+    /// `u = q + offset`, `[panel][in / QUAD][LANES][QUAD]`, or for
+    /// [`Int8Codes::nibbles`] two codes a byte, `[panel][in / 8][LANES][QUAD]`.
     pub(crate) u: Vec<u8>,
-    /// Block scales `[panel][in / BLOCK][LANES]`.
-    pub(crate) scale: Vec<f32>,
-    /// Block minimums (Q4_1), same layout.
-    pub(crate) min: Option<Vec<f32>>,
+    /// Whether `u` packs two 4-bit codes a byte (see the module docs).
+    pub(crate) nibbles: bool,
+    /// Block scales as f16 bits, `[panel][in / BLOCK][LANES]`.
+    pub(crate) scale: Vec<u16>,
+    /// Block minimums (Q4_1) as f16 bits, same layout.
+    pub(crate) min: Option<Vec<u16>>,
     /// What makes the codes unsigned.
     pub(crate) offset: i32,
 }
 
+/// Byte groups a load of [`Int8Codes::nibbles`] codes holds in its low
+/// nibbles; the high nibbles hold the groups `PAIRS` further on.
+pub(crate) const PAIRS: usize = QUADS / 2;
+
 impl Int8Codes {
-    /// From codes in the 8-output panel layout (`out` rows, `inp` inputs).
-    pub(crate) fn from_codes(c: &Codes, out: usize, inp: usize) -> Self {
+    /// From codes in the 8-output panel layout (`out` rows, `inp` inputs);
+    /// `four_bit`: the codes are Q4_0's (`−8..8`) or Q4_1's (`0..16`), and
+    /// are packed two a byte.
+    pub(crate) fn from_codes(c: &Codes, out: usize, inp: usize, four_bit: bool) -> Self {
         let panels = out.div_ceil(LANES);
         let nb = inp / BLOCK;
-        // Q4_1's codes are nibbles, already unsigned; the others are signed
-        // bytes. (The SIMD kernel relies on this: a minimum means offset 0.)
-        let offset = if c.min.is_some() { 0 } else { 128 };
-        let mut u = vec![0u8; panels * inp * LANES];
-
-        let mut scale = vec![0.0f32; panels * nb * LANES];
-        let mut min = c.min.as_ref().map(|_| vec![0.0f32; scale.len()]);
+        // Q4_1's codes are nibbles, already unsigned; Q4_0's are nibbles
+        // less 8, Q8_0's signed bytes. (The SIMD kernel relies on this: a
+        // minimum means offset 0.)
+        let offset = match (c.min.is_some(), four_bit) {
+            (true, _) => 0,
+            (false, true) => 8,
+            (false, false) => 128,
+        };
+        let block_bytes = if four_bit {
+            BLOCK * LANES / 2
+        } else {
+            BLOCK * LANES
+        };
+        let mut u = vec![0u8; panels * nb * block_bytes];
+        let mut scale = vec![0u16; panels * nb * LANES];
+        let mut min = c.min.as_ref().map(|_| vec![0u16; scale.len()]);
+        // The scales were f16 in the file: the conversion back is exact.
+        let f16 = |v: f32| half::f16::from_f32(v).to_bits();
         for o in 0..out {
             let (p8, c8) = (o / PANEL, o % PANEL);
             let (p, l) = (o / LANES, o % LANES);
             for k in 0..inp {
                 let q = i32::from(c.q[(p8 * inp + k) * PANEL + c8]);
-                // In 0..=255: an i8 plus 128, or a nibble.
-                u[((p * (inp / QUAD) + k / QUAD) * LANES + l) * QUAD + k % QUAD] =
-                    (q + offset) as u8;
+                // In 0..=255 (an i8 plus 128), or 0..16 for 4-bit codes.
+                let v = (q + offset) as u8;
+                let (b, g, i) = (k / BLOCK, k % BLOCK / QUAD, k % QUAD);
+                let base = (p * nb + b) * block_bytes;
+                if four_bit {
+                    let at = base + ((g % PAIRS) * LANES + l) * QUAD + i;
+                    u[at] |= if g < PAIRS { v } else { v << 4 };
+                } else {
+                    u[base + (g * LANES + l) * QUAD + i] = v;
+                }
             }
             for b in 0..nb {
                 let from = (p8 * nb + b) * PANEL + c8;
                 let to = (p * nb + b) * LANES + l;
-                scale[to] = c.scale[from];
+                scale[to] = f16(c.scale[from]);
                 if let (Some(m), Some(src)) = (min.as_mut(), &c.min) {
-                    m[to] = src[from];
+                    m[to] = f16(src[from]);
                 }
             }
         }
         Self {
             u,
+            nibbles: four_bit,
             scale,
             min,
             offset,
@@ -87,24 +123,54 @@ impl Int8Codes {
 
     /// Panels of [`LANES`] outputs.
     pub(crate) fn panels(&self, inp: usize) -> usize {
-        self.u.len() / (inp * LANES)
+        self.scale.len() / (inp / BLOCK * LANES)
+    }
+
+    /// Bytes of codes per block of one panel.
+    pub(crate) fn block_bytes(&self) -> usize {
+        if self.nibbles {
+            BLOCK * LANES / 2
+        } else {
+            BLOCK * LANES
+        }
     }
 
     /// Bytes held.
     pub(crate) fn bytes(&self) -> usize {
-        self.u.len() + 4 * self.scale.len() + 4 * self.min.as_ref().map_or(0, Vec::len)
+        self.u.len() + 2 * self.scale.len() + 2 * self.min.as_ref().map_or(0, Vec::len)
+    }
+
+    /// The unsigned code `u = q + offset` of panel `p`'s lane `l`, input `k` (`nb` blocks a row).
+    fn code(&self, p: usize, nb: usize, l: usize, k: usize) -> i32 {
+        let (b, g, i) = (k / BLOCK, k % BLOCK / QUAD, k % QUAD);
+        let base = (p * nb + b) * self.block_bytes();
+        let u = if self.nibbles {
+            let byte = self.u[base + ((g % PAIRS) * LANES + l) * QUAD + i];
+            if g < PAIRS { byte & 0x0F } else { byte >> 4 }
+        } else {
+            self.u[base + (g * LANES + l) * QUAD + i]
+        };
+        i32::from(u)
+    }
+
+    /// Block `s`'s scale and minimum (0 without one) as f32.
+    fn scale_min(&self, s: usize) -> (f32, Option<f32>) {
+        let f32_of = |bits: u16| half::f16::from_bits(bits).to_f32();
+        (
+            f32_of(self.scale[s]),
+            self.min.as_ref().map(|m| f32_of(m[s])),
+        )
     }
 
     /// The dequantised weight of output `o`, input `k` (`inp` inputs), by
     /// ggml's operations (`q·d`, then `+ m`).
     pub(crate) fn at(&self, o: usize, k: usize, inp: usize) -> f32 {
         let (p, l) = (o / LANES, o % LANES);
-        let u = self.u[((p * (inp / QUAD) + k / QUAD) * LANES + l) * QUAD + k % QUAD];
-        let q = (i32::from(u) - self.offset) as f32;
-        let s = (p * (inp / BLOCK) + k / BLOCK) * LANES + l;
-        match &self.min {
-            Some(m) => q * self.scale[s] + m[s],
-            None => q * self.scale[s],
+        let nb = inp / BLOCK;
+        let q = (self.code(p, nb, l, k) - self.offset) as f32;
+        match self.scale_min((p * nb + k / BLOCK) * LANES + l) {
+            (d, Some(m)) => q * d + m,
+            (d, None) => q * d,
         }
     }
 }
@@ -232,7 +298,6 @@ pub(crate) fn panels(job: Int8Job<'_>, out: &mut [f32]) {
     let nb = inp / BLOCK;
     for (j, out) in out.chunks_exact_mut(rows * LANES).enumerate() {
         let p = first + j;
-        let u = &w.u[p * inp * LANES..(p + 1) * inp * LANES];
         for &(r0, n) in &x.blocks {
             let q = &x.q[r0 * inp / QUAD..(r0 + n) * inp / QUAD];
             let rb = r0 * nb..(r0 + n) * nb;
@@ -244,17 +309,17 @@ pub(crate) fn panels(job: Int8Job<'_>, out: &mut [f32]) {
                         let mut dot = -w.offset * sum[b * n + r];
                         for g in 0..QUADS {
                             let codes = q[(b * QUADS + g) * n + r].to_le_bytes();
-                            let at = ((b * QUADS + g) * LANES + l) * QUAD;
-                            for (wu, xq) in u[at..at + QUAD].iter().zip(codes) {
-                                dot += i32::from(*wu) * i32::from(xq as i8);
+                            for (i, xq) in codes.into_iter().enumerate() {
+                                let k = b * BLOCK + g * QUAD + i;
+                                dot += w.code(p, nb, l, k) * i32::from(xq as i8);
                             }
                         }
-                        let s = (p * nb + b) * LANES + l;
                         // The float steps of the SIMD kernel, in its order.
-                        let t = dot as f32 * w.scale[s];
+                        let (scale, min) = w.scale_min((p * nb + b) * LANES + l);
+                        let t = dot as f32 * scale;
                         acc = t.mul_add(d[b * n + r], acc);
-                        if let Some(m) = &w.min {
-                            acc = m[s].mul_add(ds[b * n + r], acc);
+                        if let Some(m) = min {
+                            acc = m.mul_add(ds[b * n + r], acc);
                         }
                     }
                     out[(r0 + r) * LANES + l] = acc;

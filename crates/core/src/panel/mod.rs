@@ -198,7 +198,8 @@ impl PanelMatrix {
     /// inputs) and sums each block's products of codes in integers,
     /// `y = Σ_blocks d_x·(d_w·Σ q_w·q_x) + m·(d_x·Σ q_x)`. The weights are
     /// the file's (so [`PanelMatrix::to_f32`] is still the dequantised
-    /// file); the activations are rounded to 8 bits, a relative error of
+    /// file, held in the file's own size: 4-bit codes two a byte, f16
+    /// block scales); the activations are rounded to 8 bits, a relative error of
     /// at most `1/254` of each block's largest value, as in llama.cpp. On
     /// CPUs with AVX-512 VNNI one instruction does 64 byte products, four
     /// times the f32 FMAs of [`PanelMatrix::from_gguf`]'s kernel, which
@@ -235,7 +236,8 @@ impl PanelMatrix {
     ) -> std::result::Result<Self, GgufError> {
         let mut m = Self::from_gguf(ggml_type, data, out, inp)?;
         if let Weights::Codes(c) = &m.weights {
-            m.weights = Weights::Int8(int8::Int8Codes::from_codes(c, out, inp));
+            let four_bit = matches!(ggml_type, GgmlType::Q4_0 | GgmlType::Q4_1);
+            m.weights = Weights::Int8(int8::Int8Codes::from_codes(c, out, inp, four_bit));
         }
         Ok(m)
     }

@@ -144,6 +144,25 @@ fn q8_products_are_block_dot_products_of_rounded_activations() {
 }
 
 #[test]
+fn q8_codes_take_the_files_bytes() {
+    // 32 outputs (two panels of 16) × 64 inputs (two blocks a row).
+    let (out, inp) = (32, 64);
+    let blocks = out * inp / BLOCK;
+    for (ty, code_bytes, per_block) in [
+        // 4-bit codes two a byte; f16 scale (and minimum) a block.
+        (GgmlType::Q4_1, out * inp / 2, 4),
+        (GgmlType::Q4_0, out * inp / 2, 2),
+        (GgmlType::Q8_0, out * inp, 2),
+    ] {
+        let data = block_data(ty, out, inp);
+        let m = PanelMatrix::from_gguf_q8(ty, &data, out, inp).unwrap_or_else(|e| panic!("{e}"));
+        // As many bytes as the file's blocks: what a decoding step reads.
+        assert_eq!(m.bytes(), code_bytes + blocks * per_block, "{ty}");
+        assert_eq!(m.bytes(), data.len(), "{ty}");
+    }
+}
+
+#[test]
 fn shared_inputs_give_each_product() {
     let inp = 64;
     let q8 = PanelMatrix::from_gguf_q8(

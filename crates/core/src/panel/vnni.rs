@@ -5,7 +5,10 @@
 //! outputs' codes for 4 inputs is shared by up to 8 rows, each row's 4
 //! codes broadcast to every lane. The block's integer sum then becomes
 //! f32 as in the portable kernel. With fewer than 8 rows, `U` integer
-//! accumulators per row along the block keep 8 chains in flight.
+//! accumulators per row along the block keep 8 chains in flight. 4-bit
+//! codes come two a byte: one load, a mask and a shift give two groups'
+//! codes, half the bytes read for the same `vpdpbusd`s; the block scales
+//! are widened from f16 (`vcvtph2ps`).
 //!
 //! `pulp` has no safe token for VNNI, so this module uses `std::arch`
 //! directly: the kernel is a `#[target_feature]` function, entered only
@@ -16,15 +19,16 @@
 #![allow(unsafe_code)]
 
 use std::arch::x86_64::{
-    __m512, __m512i, _MM_HINT_T0, _mm_prefetch, _mm_storeu_si128, _mm512_add_epi32,
-    _mm512_and_si512, _mm512_castps_si512, _mm512_cvtepi32_epi8, _mm512_cvtepi32_ps,
-    _mm512_cvtps_epi32, _mm512_dpbusd_epi32, _mm512_fmadd_ps, _mm512_loadu_ps, _mm512_loadu_si512,
-    _mm512_max_epu32, _mm512_max_ps, _mm512_min_ps, _mm512_mul_ps, _mm512_reduce_max_epu32,
-    _mm512_set1_epi32, _mm512_set1_ps, _mm512_setzero_ps, _mm512_storeu_ps,
+    __m512, __m512i, _MM_HINT_T0, _mm_prefetch, _mm_storeu_si128, _mm256_loadu_si256,
+    _mm512_add_epi32, _mm512_and_si512, _mm512_castps_si512, _mm512_cvtepi32_epi8,
+    _mm512_cvtepi32_ps, _mm512_cvtph_ps, _mm512_cvtps_epi32, _mm512_dpbusd_epi32, _mm512_fmadd_ps,
+    _mm512_loadu_ps, _mm512_loadu_si512, _mm512_max_epu32, _mm512_max_ps, _mm512_min_ps,
+    _mm512_mul_ps, _mm512_reduce_max_epu32, _mm512_set1_epi8, _mm512_set1_epi32, _mm512_set1_ps,
+    _mm512_setzero_ps, _mm512_srli_epi16, _mm512_storeu_ps,
 };
 
 use super::BLOCK;
-use super::int8::{Int8Job, LANES, Q8Rows, QUAD, QUADS};
+use super::int8::{Int8Job, LANES, PAIRS, Q8Rows, QUAD, QUADS};
 
 /// Whether this CPU runs the kernel (AVX-512 F, BW, VL and VNNI).
 pub(crate) fn available() -> bool {
@@ -97,11 +101,12 @@ fn panels_vnni(job: Int8Job<'_>, out: &mut [f32]) {
         rows,
     } = job;
     let nb = inp / BLOCK;
-    let empty: &[[f32; LANES]] = &[];
+    let block_bytes = w.block_bytes();
+    let empty: &[[u16; LANES]] = &[];
     for (j, out) in out.chunks_exact_mut(rows * LANES).enumerate() {
         let p = first + j;
         let panel = Panel {
-            u: w.u[p * inp * LANES..(p + 1) * inp * LANES]
+            u: w.u[p * nb * block_bytes..(p + 1) * nb * block_bytes]
                 .as_chunks::<{ QUAD * LANES }>()
                 .0,
             scale: w.scale[p * nb * LANES..(p + 1) * nb * LANES]
@@ -127,25 +132,32 @@ fn panels_vnni(job: Int8Job<'_>, out: &mut [f32]) {
                 ds: &x.ds[rb],
             };
             let o = &mut out[r0 * LANES..(r0 + n) * LANES];
-            match (n, w.min.is_some()) {
-                (8, false) => panel_rows::<8, 1, false>(&panel, &rows, o),
-                (4, false) => panel_rows::<4, 2, false>(&panel, &rows, o),
-                (2, false) => panel_rows::<2, 4, false>(&panel, &rows, o),
-                (_, false) => panel_rows::<1, 8, false>(&panel, &rows, o),
-                (8, true) => panel_rows::<8, 1, true>(&panel, &rows, o),
-                (4, true) => panel_rows::<4, 2, true>(&panel, &rows, o),
-                (2, true) => panel_rows::<2, 4, true>(&panel, &rows, o),
-                (_, true) => panel_rows::<1, 8, true>(&panel, &rows, o),
+            macro_rules! by_rows {
+                ($min:literal, $nib:literal) => {
+                    match n {
+                        8 => panel_rows::<8, 1, $min, $nib>(&panel, &rows, o),
+                        4 => panel_rows::<4, 2, $min, $nib>(&panel, &rows, o),
+                        2 => panel_rows::<2, 4, $min, $nib>(&panel, &rows, o),
+                        _ => panel_rows::<1, 8, $min, $nib>(&panel, &rows, o),
+                    }
+                };
+            }
+            match (w.min.is_some(), w.nibbles) {
+                (false, false) => by_rows!(false, false),
+                (false, true) => by_rows!(false, true),
+                (true, false) => by_rows!(true, false),
+                (true, true) => by_rows!(true, true),
             }
         }
     }
 }
 
-/// One panel: codes per byte group, scales and minimums per block.
+/// One panel: codes per byte group (two groups a load for nibbles),
+/// scales and minimums (f16 bits) per block.
 struct Panel<'a> {
     u: &'a [[u8; QUAD * LANES]],
-    scale: &'a [[f32; LANES]],
-    min: &'a [[f32; LANES]],
+    scale: &'a [[u16; LANES]],
+    min: &'a [[u16; LANES]],
 }
 
 /// One register block of `R` rows (layouts of [`Q8Rows`]).
@@ -158,9 +170,12 @@ struct Rows<'a> {
     ds: &'a [f32],
 }
 
+/// `R` rows times one panel; `U` integer accumulators per row along a
+/// block (byte group `g` adds into accumulator `g mod U`); `MIN`: blocks
+/// have minimums (Q4_1); `NIB`: codes are packed two a byte.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
-fn panel_rows<const R: usize, const U: usize, const MIN: bool>(
+fn panel_rows<const R: usize, const U: usize, const MIN: bool, const NIB: bool>(
     panel: &Panel<'_>,
     x: &Rows<'_>,
     out: &mut [f32],
@@ -172,8 +187,10 @@ fn panel_rows<const R: usize, const U: usize, const MIN: bool>(
         x.d.as_chunks::<R>().0,
         x.ds.as_chunks::<R>().0,
     );
-    for (b, codes) in panel.u.chunks_exact(QUADS).enumerate() {
-        prefetch(&codes[0]);
+    let loads = if NIB { PAIRS } else { QUADS };
+    let low = _mm512_set1_epi8(0x0F);
+    for (b, codes) in panel.u.chunks_exact(loads).enumerate() {
+        prefetch::<NIB>(&codes[0]);
         prefetch_line(&panel.scale[b]);
         if MIN {
             prefetch_line(&panel.min[b]);
@@ -186,17 +203,27 @@ fn panel_rows<const R: usize, const U: usize, const MIN: bool>(
             }
         }
         let qb = &q[b * QUADS..(b + 1) * QUADS];
-        for (group, xs) in codes.chunks_exact(U).zip(qb.chunks_exact(U)) {
-            for u in 0..U {
-                let wv = load_codes(&group[u]);
+        for (g, bytes) in codes.iter().enumerate() {
+            let wv = load_codes(bytes);
+            if NIB {
+                let lo = _mm512_and_si512(wv, low);
+                let hi = _mm512_and_si512(_mm512_srli_epi16::<4>(wv), low);
+                let (a, c) = (g % U, (g + PAIRS) % U);
                 for r in 0..R {
-                    dot[u][r] = _mm512_dpbusd_epi32(dot[u][r], wv, _mm512_set1_epi32(xs[u][r]));
+                    dot[a][r] = _mm512_dpbusd_epi32(dot[a][r], lo, _mm512_set1_epi32(qb[g][r]));
+                    let xs = _mm512_set1_epi32(qb[g + PAIRS][r]);
+                    dot[c][r] = _mm512_dpbusd_epi32(dot[c][r], hi, xs);
+                }
+            } else {
+                let a = g % U;
+                for r in 0..R {
+                    dot[a][r] = _mm512_dpbusd_epi32(dot[a][r], wv, _mm512_set1_epi32(qb[g][r]));
                 }
             }
         }
-        let scale = load(&panel.scale[b]);
+        let scale = load_f16(&panel.scale[b]);
         let min = if MIN {
-            load(&panel.min[b])
+            load_f16(&panel.min[b])
         } else {
             _mm512_setzero_ps()
         };
@@ -218,32 +245,41 @@ fn panel_rows<const R: usize, const U: usize, const MIN: bool>(
     }
 }
 
-/// How far ahead in the codes [`prefetch`] reaches (4 blocks).
-const PREFETCH_AHEAD: usize = 2048;
+/// How far ahead in the codes [`prefetch`] reaches, in blocks.
+const PREFETCH_BLOCKS: usize = 4;
 
-/// Asks for the codes `PREFETCH_AHEAD` bytes past `v`'s block to be brought into
-/// the cache: with several rows the kernel reads memory too slowly for the
-/// hardware prefetchers to run ahead of it (measured: 8 rows over
-/// SmolLM2's matrices took twice the time of 1 without this).
+/// Asks for the codes of the block `PREFETCH_BLOCKS` past `v`'s to be
+/// brought into the cache (`NIB`: blocks of nibbles, half the lines):
+/// with several rows the kernel reads memory too slowly for the hardware
+/// prefetchers to run ahead of it (measured: 8 rows over SmolLM2's
+/// matrices took twice the time of 1 without this).
 #[inline]
 #[target_feature(enable = "avx512f")]
-fn prefetch(v: &[u8; QUAD * LANES]) {
-    let at = v.as_ptr().wrapping_add(PREFETCH_AHEAD);
-    for line in 0..QUADS {
+fn prefetch<const NIB: bool>(v: &[u8; QUAD * LANES]) {
+    let lines = if NIB { PAIRS } else { QUADS };
+    let at = v.as_ptr().wrapping_add(PREFETCH_BLOCKS * lines * 64);
+    for line in 0..lines {
         // A prefetch is a hint that never faults, whatever the address;
         // `wrapping_add` computes the address without a dereference.
         _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(line * 64).cast());
     }
 }
 
-/// [`prefetch`] for the block scales (or minimums): one line, as far ahead
-/// in their stream as the codes' prefetch is in theirs (a block's scales
-/// are 64 bytes to its codes' 512).
+/// [`prefetch`] for the block scales (or minimums), as many blocks ahead
+/// in their stream (32 bytes a block: a line covers two).
 #[inline]
 #[target_feature(enable = "avx512f")]
-fn prefetch_line(v: &[f32; LANES]) {
-    const AHEAD: usize = PREFETCH_AHEAD / QUADS;
+fn prefetch_line(v: &[u16; LANES]) {
+    const AHEAD: usize = PREFETCH_BLOCKS * 2 * LANES;
     _mm_prefetch::<_MM_HINT_T0>(v.as_ptr().cast::<u8>().wrapping_add(AHEAD).cast());
+}
+
+/// 16 f16 values (bits) widened to f32, exactly.
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn load_f16(v: &[u16; LANES]) -> __m512 {
+    // SAFETY: `v` is 32 bytes, the loaded vector's size; unaligned loads are allowed.
+    _mm512_cvtph_ps(unsafe { _mm256_loadu_si256(v.as_ptr().cast()) })
 }
 
 #[inline]

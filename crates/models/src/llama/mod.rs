@@ -13,9 +13,10 @@
 //!   ([`lastmile_core::panel`]) dequantises them, to the same f32 values,
 //!   inside the product (about twice as fast per decoding step on
 //!   SmolLM2-135M, in 164 MB instead of 537). [`WeightStorage::BlocksQ8`]
-//!   keeps the same blocks and multiplies them as llama.cpp does, with
-//!   activations rounded to 8-bit blocks and integer dot products (AVX-512
-//!   VNNI), which makes a pass over several tokens cheap;
+//!   keeps the same blocks in the file's own size (96 MB) and multiplies
+//!   them as llama.cpp does, with activations rounded to 8-bit blocks and
+//!   integer dot products (AVX-512 VNNI): the fastest step, and a pass
+//!   over several tokens cheap;
 //!   [`WeightStorage::fastest_on`] picks one of the two on a CPU. With
 //!   either, the whole pass runs on host vectors beside the kernel rather
 //!   than as tensor operations (the `host` source file), which also makes

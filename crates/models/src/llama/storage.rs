@@ -17,9 +17,10 @@ use super::error::{LlamaError, LlamaResult};
 /// `docs/benchmarks.md`):
 ///
 /// - **[`WeightStorage::BlocksQ8`] is the fastest on a CPU with AVX-512
-///   VNNI**: the file's blocks as 8-bit codes (164 MB), multiplied in
-///   integers with activations rounded to 8 bits as llama.cpp does; a pass
-///   over 8 tokens costs about 1.5–1.7 one-token steps, against 2.7 for Blocks.
+///   VNNI**: the file's blocks in the file's size (4-bit codes two a byte,
+///   f16 scales: 96 MB), multiplied in integers with activations rounded
+///   to 8 bits as llama.cpp does; a one-token step about 1.6× faster than
+///   Blocks, a pass over 8 tokens about 1.9 such steps (2.7 for Blocks).
 /// - **[`WeightStorage::Blocks`]** keeps the same codes with f32
 ///   activations, exact to the dequantised file: about twice as fast per
 ///   decoding step as F32. [`WeightStorage::fastest_on`] picks one of the two
@@ -62,7 +63,8 @@ pub enum WeightStorage {
     /// trained weights) are kept as f32 in the same kernel's layout.
     /// CPU devices only (flex, ndarray): the kernel reads host memory.
     Blocks,
-    /// [`WeightStorage::Blocks`]'s codes, multiplied as llama.cpp
+    /// The file's blocks in their own size (4-bit codes two a byte, f16
+    /// scales: 0.625 bytes a weight for Q4_1), multiplied as llama.cpp
     /// multiplies them: each product rounds its activations to 8-bit
     /// blocks (ggml's Q8_0) and sums each block's products of codes in
     /// integers ([`PanelMatrix::from_gguf_q8`]). The activations' rounding
@@ -130,7 +132,8 @@ impl WeightStorage {
     /// (`docs/benchmarks.md`): on CPU devices [`WeightStorage::BlocksQ8`]
     /// where the CPU has the 8-bit kernel
     /// ([`lastmile_core::panel::int8_simd_available`]: a SmolLM2-135M step
-    /// a little faster than Blocks, a pass over 8 tokens twice as fast) and
+    /// about 1.6× faster than Blocks, in 96 MB, a pass over 8 tokens twice
+    /// as fast) and
     /// [`WeightStorage::Blocks`] otherwise (a step about twice as fast as
     /// F32, in 164 MB instead of 537); [`WeightStorage::F32`] elsewhere.
     ///
