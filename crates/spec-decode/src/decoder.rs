@@ -11,6 +11,7 @@ use rand::Rng;
 
 use crate::drafter::{Draft, DraftRequest, Drafter, common_prefix};
 use crate::error::{Result, SpecDecodeError};
+use crate::greedy::{Greedy, greedy_rows};
 use crate::metrics::Metrics;
 use crate::policy::{DraftPolicy, RoundOutcome};
 use crate::verify::{
@@ -392,7 +393,43 @@ impl<'t, T: LanguageModel, D: Drafter> SpeculativeDecoder<'t, T, D> {
             let selected = logits
                 .reshape([batch * n, vocab])
                 .select(0, index_tensor(&pick, &device)?);
-            // 3. Verify on the device; the kernel's one read also flags NaN.
+            // 3. Verify. Greedy rows in host memory: one read, decided on
+            // the host (crate::greedy), the kernel's decisions.
+            let host_best = if greedy {
+                match greedy_rows(&selected, false)? {
+                    Greedy::Rows(found) => Some(found),
+                    Greedy::Fault => {
+                        let p = sampling.probabilities_unchecked(selected.clone())?;
+                        return Err(locate_logits_fault("target", &selected, p));
+                    }
+                    Greedy::NotHost => None,
+                }
+            } else {
+                None
+            };
+            if let Some(best) = host_best {
+                let g1 = g_max + 1;
+                for (a, &i) in active.iter().enumerate() {
+                    let row = &mut rows[i];
+                    row.target_fed.extend_from_slice(&feed[i]);
+                    let drafted = std::mem::take(&mut drafts[i].tokens);
+                    let best_row = &best[a * g1..(a + 1) * g1];
+                    let accepted = drafted
+                        .iter()
+                        .zip(best_row)
+                        .take_while(|(x, m)| **x == m.token)
+                        .count();
+                    let mut emitted = drafted[..accepted].to_vec();
+                    emitted.push(best_row[accepted].token);
+                    record(&mut metrics, row, &emitted, drafted.len(), config);
+                    metrics.draft_calls += drafts[i].model_calls as u64;
+                }
+                if std::mem::take(&mut first_round) {
+                    metrics.end_prefill(start);
+                }
+                continue;
+            }
+            // On the device; the kernel's one read also flags NaN.
             let fault = logits_fault(&selected);
             let p = sampling
                 .probabilities_unchecked(selected.clone())?
@@ -438,14 +475,8 @@ impl<'t, T: LanguageModel, D: Drafter> SpeculativeDecoder<'t, T, D> {
                 let g = active_drafts[a].len();
                 let mut emitted = active_drafts[a][..v.accepted].to_vec();
                 emitted.push(v.token);
-                metrics.generated_tokens += row.commit(&emitted, config) as u64;
-                metrics.record_round(g, v.accepted);
-                metrics.target_calls += 1;
+                record(&mut metrics, row, &emitted, g, config);
                 metrics.draft_calls += drafts[i].model_calls as u64;
-                row.policy.observe(RoundOutcome {
-                    drafted: g,
-                    accepted: v.accepted,
-                });
             }
             if std::mem::take(&mut first_round) {
                 metrics.end_prefill(start);
@@ -460,6 +491,22 @@ impl<'t, T: LanguageModel, D: Drafter> SpeculativeDecoder<'t, T, D> {
             metrics,
         })
     }
+}
+
+/// Commits a round's `emitted` tokens (accepted drafts, then the target's
+/// token) to `row`, counts the round and tells the row's policy.
+fn record(
+    metrics: &mut Metrics,
+    row: &mut Row,
+    emitted: &[usize],
+    drafted: usize,
+    config: &GenerationConfig,
+) {
+    let accepted = emitted.len() - 1;
+    metrics.generated_tokens += row.commit(emitted, config) as u64;
+    metrics.record_round(drafted, accepted);
+    metrics.target_calls += 1;
+    row.policy.observe(RoundOutcome { drafted, accepted });
 }
 
 /// Plain autoregressive decoding with the target alone: the baseline and
@@ -542,18 +589,35 @@ pub fn generate_autoregressive<M: LanguageModel, R: Rng + ?Sized>(
         let last = logits
             .reshape([batch * n, vocab])
             .select(0, index_tensor(&pick, &device)?);
-        // One read: the tokens with a flag for NaN / fully masked logits.
-        let probs = config.sampling.probabilities_unchecked(last.clone())?;
-        let tokens = if config.sampling.is_greedy() {
-            probs.clone().argmax(1).reshape([active.len()])
+        // One read: greedy rows in host memory decided on the host
+        // (crate::greedy); otherwise the tokens with a flag for NaN / fully
+        // masked logits.
+        let host_best = if config.sampling.is_greedy() {
+            greedy_rows(&last, false)?
         } else {
-            sample_categorical_on_device(probs.clone(), rng)?
+            Greedy::NotHost
         };
-        let fault = non_finite_flag(probs.clone()) + logits_fault(&last);
-        let host = read_ints(vec![tokens, fault], active.len() + 1)?;
-        if host[active.len()] != 0 {
-            return Err(locate_logits_fault("target", &last, probs));
-        }
+        let host = match host_best {
+            Greedy::Rows(found) => found.iter().map(|g| g.token).collect(),
+            Greedy::Fault => {
+                let probs = config.sampling.probabilities_unchecked(last.clone())?;
+                return Err(locate_logits_fault("target", &last, probs));
+            }
+            Greedy::NotHost => {
+                let probs = config.sampling.probabilities_unchecked(last.clone())?;
+                let tokens = if config.sampling.is_greedy() {
+                    probs.clone().argmax(1).reshape([active.len()])
+                } else {
+                    sample_categorical_on_device(probs.clone(), rng)?
+                };
+                let fault = non_finite_flag(probs.clone()) + logits_fault(&last);
+                let host = read_ints(vec![tokens, fault], active.len() + 1)?;
+                if host[active.len()] != 0 {
+                    return Err(locate_logits_fault("target", &last, probs));
+                }
+                host
+            }
+        };
         let tokens = &host[..active.len()];
         for (a, &i) in active.iter().enumerate() {
             let row = &mut rows[i];

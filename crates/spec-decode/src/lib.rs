@@ -86,6 +86,7 @@ pub mod decoder;
 pub mod drafter;
 pub mod error;
 pub mod feature_drafter;
+mod greedy;
 pub mod metrics;
 pub mod policy;
 pub mod verify;

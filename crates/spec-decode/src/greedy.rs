@@ -1,0 +1,223 @@
+//! Greedy (T = 0) decisions on rows of logits in host memory.
+//!
+//! At T = 0 a decoding step needs, per row of logits, only the first
+//! maximum (the token) and, for a draft, the entropy and top probability of
+//! its softmax (the policies' signals). On a CPU device those are two
+//! passes over the row's values; the device path (softmax, argmax, the
+//! fault flags, entropy and maximum as separate tensor operations) costs
+//! about 0.6 ms for one 49 152-token row on the reference machine, a tenth
+//! of a SmolLM2-135M decoding step, once per draft token and once per
+//! verification (`docs/benchmarks.md`). Same decisions as the device path:
+//! the first maximum, as the tensor `argmax`; a NaN, a `+inf` or a row of
+//! only `-inf` is a fault (`logits_fault`), which callers then locate with
+//! their device-path report.
+
+use burn::tensor::{DType, Tensor};
+use lastmile_core::convert::tensor_to_vec;
+use lastmile_core::fastmath::{exp, ln};
+use lastmile_core::host::is_host;
+
+use crate::error::Result;
+
+/// One row's greedy decision and the signals of its softmax.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct GreedyRow {
+    /// The first index of the row's maximum.
+    pub(crate) token: usize,
+    /// Entropy of `softmax(row)`, nats.
+    pub(crate) entropy: f32,
+    /// The largest probability of `softmax(row)`.
+    pub(crate) top: f32,
+}
+
+/// What [`greedy_rows`] found.
+#[derive(Debug)]
+pub(crate) enum Greedy {
+    /// The logits are not `f32` values on a host device: take the device path.
+    NotHost,
+    /// A row holds a NaN or `+inf`, or only `-inf`.
+    Fault,
+    /// One decision per row.
+    Rows(Vec<GreedyRow>),
+}
+
+/// The greedy decision of every row of `logits` `[rows, vocab]` on a host
+/// device, with the softmax's entropy and top probability when `signals`
+/// (a draft's policy reads them; a verification does not).
+///
+/// # Errors
+/// [`lastmile_core::CoreError::TensorData`] for values that cannot be read.
+pub(crate) fn greedy_rows(logits: &Tensor<2>, signals: bool) -> Result<Greedy> {
+    if logits.dtype() != DType::F32 || !is_host(&logits.device()) {
+        return Ok(Greedy::NotHost);
+    }
+    let [_, vocab] = logits.dims();
+    // One read, counted as every read of the decoding loop is.
+    let values = tensor_to_vec(logits.clone())?;
+    let mut rows = Vec::with_capacity(values.len() / vocab.max(1));
+    for row in values.chunks_exact(vocab) {
+        let Some((token, max)) = first_max(row) else {
+            return Ok(Greedy::Fault);
+        };
+        let (entropy, top) = if signals {
+            softmax_signals(row, max)
+        } else {
+            (0.0, 0.0)
+        };
+        rows.push(GreedyRow {
+            token,
+            entropy,
+            top,
+        });
+    }
+    Ok(Greedy::Rows(rows))
+}
+
+/// The first index of the row's maximum and the maximum; `None` for a row
+/// holding a NaN or `+inf`, or only `-inf` (or empty).
+fn first_max(row: &[f32]) -> Option<(usize, f32)> {
+    // Lane-wise maxima and a NaN / +inf flag in a loop that vectorises,
+    // then the first index holding the maximum.
+    let (body, tail) = row.as_chunks::<8>();
+    let mut lanes = [f32::NEG_INFINITY; 8];
+    let mut bad = [false; 8];
+    for chunk in body {
+        for l in 0..8 {
+            let v = chunk[l];
+            bad[l] |= v.is_nan() | (v == f32::INFINITY);
+            lanes[l] = if v > lanes[l] { v } else { lanes[l] };
+        }
+    }
+    let mut max = lanes.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    let mut any_bad = bad.iter().any(|b| *b);
+    for &v in tail {
+        any_bad |= v.is_nan() | (v == f32::INFINITY);
+        max = max.max(v);
+    }
+    if any_bad || max == f32::NEG_INFINITY {
+        return None;
+    }
+    row.iter().position(|&v| v == max).map(|i| (i, max))
+}
+
+/// Entropy and top probability of `softmax(row)` for a row whose maximum
+/// is the finite `max`: with `e_i = exp(x_i − max)`, `S = Σ e_i` and
+/// `A = Σ e_i (x_i − max)`, `H = −Σ p_i ln p_i = ln S − A / S` and the top
+/// probability is `1 / S` (the maximum's `e` is 1).
+fn softmax_signals(row: &[f32], max: f32) -> (f32, f32) {
+    // exp underflows to 0 below −87.3 (fastmath's floor); such terms add
+    // nothing to either sum, as in the device path's softmax.
+    let term = |v: f32| {
+        let x = v - max;
+        if x < -87.3 { (0.0, 0.0) } else { (exp(x), x) }
+    };
+    let (body, tail) = row.as_chunks::<8>();
+    let mut s = [0.0f32; 8];
+    let mut a = [0.0f32; 8];
+    for chunk in body {
+        for l in 0..8 {
+            let (e, x) = term(chunk[l]);
+            s[l] += e;
+            a[l] += e * x;
+        }
+    }
+    let mut sum: f32 = s.iter().sum();
+    let mut weighted: f32 = a.iter().sum();
+    for &v in tail {
+        let (e, x) = term(v);
+        sum += e;
+        weighted += e * x;
+    }
+    ((ln(sum) - weighted / sum).max(0.0), 1.0 / sum)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::{Device, TensorData};
+    use lastmile_core::backend_test;
+    use lastmile_core::numerics::{entropy, softmax};
+
+    fn rows(values: Vec<f32>, vocab: usize, device: &Device) -> Tensor<2> {
+        let n = values.len() / vocab;
+        Tensor::from_data(TensorData::new(values, [n, vocab]), device)
+    }
+
+    /// Varied rows over 1 003 tokens (not a multiple of the 8 lanes):
+    /// random logits, a tie for the maximum, masked entries, a confident row.
+    fn sample_rows() -> (Vec<f32>, usize) {
+        let vocab = 1003;
+        let mut v: Vec<f32> = (0..4 * vocab)
+            .map(|i| ((i * 7919 + 17) % 1009) as f32 / 97.0 - 5.0)
+            .collect();
+        v[vocab + 10] = 20.0;
+        v[vocab + 700] = 20.0;
+        for x in &mut v[2 * vocab..2 * vocab + 500] {
+            *x = f32::NEG_INFINITY;
+        }
+        v[3 * vocab + 3] = 200.0;
+        (v, vocab)
+    }
+
+    fn floats(t: Tensor<1>) -> Vec<f32> {
+        tensor_to_vec(t).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    backend_test!(greedy_rows_match_the_tensor_ops, |device| {
+        let (v, vocab) = sample_rows();
+        let t = rows(v, vocab, device);
+        let got = match greedy_rows(&t, true).unwrap() {
+            Greedy::Rows(rows) => rows,
+            Greedy::NotHost => {
+                assert!(!is_host(device), "host f32 rows take the host path");
+                return;
+            }
+            Greedy::Fault => panic!("finite rows"),
+        };
+        let argmax = lastmile_core::numerics::argmax(t.clone()).unwrap();
+        let p = softmax(t, 1.0).unwrap();
+        let h = floats(entropy(p.clone()).unwrap());
+        let top = floats(p.max_dim(1).reshape([4]));
+        assert_eq!(got.len(), 4);
+        for (r, g) in got.iter().enumerate() {
+            assert_eq!(g.token, argmax[r], "row {r}: the first maximum");
+            // Two formulas for H: within float rounding of 1 000 terms.
+            let tol = 1e-4 * (1.0 + h[r]);
+            assert!(
+                (g.entropy - h[r]).abs() <= tol,
+                "row {r}: {} vs {}",
+                g.entropy,
+                h[r]
+            );
+            assert!(
+                (g.top - top[r]).abs() <= 1e-5,
+                "row {r}: {} vs {}",
+                g.top,
+                top[r]
+            );
+        }
+        assert_eq!(got[1].token, 10, "ties: the first maximum");
+        assert!(got[3].entropy < 1e-6 && (got[3].top - 1.0).abs() < 1e-6);
+    });
+
+    backend_test!(faults_are_reported, |device| {
+        let (v, vocab) = sample_rows();
+        let host = is_host(device);
+        let fault =
+            |values: Vec<f32>| match greedy_rows(&rows(values, vocab, device), true).unwrap() {
+                Greedy::Fault => true,
+                Greedy::NotHost => !host,
+                Greedy::Rows(_) => false,
+            };
+        for bad in [f32::NAN, f32::INFINITY] {
+            let mut w = v.clone();
+            w[vocab + 5] = bad;
+            assert!(fault(w), "{bad}");
+        }
+        assert!(fault(vec![f32::NEG_INFINITY; vocab]), "a fully masked row");
+        assert!(!fault(v.clone()) || !host);
+        // An autodiff device keeps its graph: the caller's tensor path.
+        let t = rows(v, vocab, &device.clone().autodiff());
+        assert!(matches!(greedy_rows(&t, true).unwrap(), Greedy::NotHost));
+    });
+}
