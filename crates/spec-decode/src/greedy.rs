@@ -16,6 +16,7 @@ use burn::tensor::{DType, Tensor};
 use lastmile_core::convert::tensor_to_vec;
 use lastmile_core::fastmath::{exp, ln};
 use lastmile_core::host::is_host;
+use lastmile_core::numerics::max_and_tame;
 
 use crate::error::Result;
 
@@ -76,25 +77,8 @@ pub(crate) fn greedy_rows(logits: &Tensor<2>, signals: bool) -> Result<Greedy> {
 /// The first index of the row's maximum and the maximum; `None` for a row
 /// holding a NaN or `+inf`, or only `-inf` (or empty).
 fn first_max(row: &[f32]) -> Option<(usize, f32)> {
-    // Lane-wise maxima and a NaN / +inf flag in a loop that vectorises,
-    // then the first index holding the maximum.
-    let (body, tail) = row.as_chunks::<8>();
-    let mut lanes = [f32::NEG_INFINITY; 8];
-    let mut bad = [false; 8];
-    for chunk in body {
-        for l in 0..8 {
-            let v = chunk[l];
-            bad[l] |= v.is_nan() | (v == f32::INFINITY);
-            lanes[l] = if v > lanes[l] { v } else { lanes[l] };
-        }
-    }
-    let mut max = lanes.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-    let mut any_bad = bad.iter().any(|b| *b);
-    for &v in tail {
-        any_bad |= v.is_nan() | (v == f32::INFINITY);
-        max = max.max(v);
-    }
-    if any_bad || max == f32::NEG_INFINITY {
+    let (max, tame) = max_and_tame(row);
+    if !tame || max == f32::NEG_INFINITY {
         return None;
     }
     row.iter().position(|&v| v == max).map(|i| (i, max))

@@ -9,6 +9,8 @@
 
 mod rows;
 
+pub use rows::max_and_tame;
+
 use burn::tensor::{Int, Tensor, TensorData};
 use rand::{Rng, RngExt};
 
@@ -402,6 +404,9 @@ pub fn sample_categorical_on_device<R: Rng + ?Sized>(
     rng: &mut R,
 ) -> Result<Tensor<1, Int>> {
     let [batch, classes] = check_non_empty("probs", &probs)?;
+    if rows::applies(&probs) {
+        return rows::sample(probs, rng);
+    }
     let device = probs.device();
     // 1 - U[0,1) lies in (0, 1]: u = 0 could select a leading zero-probability class.
     let uniforms: Vec<f32> = (0..batch).map(|_| 1.0 - rng.random::<f32>()).collect();

@@ -1,4 +1,4 @@
-//! Softmax and entropy rows in host memory, for tensors on a CPU device
+//! Softmax, entropy and categorical sampling rows in host memory, for tensors on a CPU device
 //! ([`crate::host::is_host`]): one pass per row with the vectorising
 //! [`crate::fastmath`] functions instead of a tensor operation per step with
 //! a library call per element. For a 49 152-token vocabulary this is the
@@ -11,7 +11,8 @@
 //! standard library's functions, so that they propagate as on the tensor
 //! path.
 
-use burn::tensor::{DType, Tensor, TensorData};
+use burn::tensor::{DType, Int, Tensor, TensorData};
+use rand::{Rng, RngExt};
 
 use crate::error::{CoreError, Result};
 use crate::fastmath::{exp, ln};
@@ -39,17 +40,46 @@ fn map_rows(t: Tensor<2>, f: impl Fn(&mut [f32])) -> Result<Tensor<2>> {
     Ok(Tensor::from_data(data, &device))
 }
 
-/// Whether every value of `row` is finite or `-inf` (a masked entry).
-fn tame(row: &[f32]) -> bool {
-    row.iter().all(|v| v.is_finite() || *v == f32::NEG_INFINITY)
+/// The maximum of a row of logits in host memory, ignoring NaN (as
+/// `f32::max` does; `-inf` for an empty or all-NaN row), and whether every
+/// value is finite or `-inf` (a masked entry): one pass in 8 lanes, which
+/// vectorises where the standard library's `max` and a short-circuiting
+/// `all` do not. The host-row kernels' first pass, for callers with rows
+/// of their own.
+///
+/// ```
+/// use lastmile_core::numerics::max_and_tame;
+/// let row = [0.5, f32::NEG_INFINITY, 2.0, -1.0, 0.0, 1.0, 1.5, 0.25, 3.0];
+/// assert_eq!(max_and_tame(&row), (3.0, true));
+/// assert_eq!(max_and_tame(&[1.0, f32::NAN]), (1.0, false));
+/// assert!(!max_and_tame(&[f32::INFINITY]).1);
+/// ```
+pub fn max_and_tame(row: &[f32]) -> (f32, bool) {
+    let (body, tail) = row.as_chunks::<8>();
+    let mut lanes = [f32::NEG_INFINITY; 8];
+    let mut wild = [false; 8];
+    for chunk in body {
+        for l in 0..8 {
+            let v = chunk[l];
+            wild[l] |= v.is_nan() | (v == f32::INFINITY);
+            lanes[l] = if v > lanes[l] { v } else { lanes[l] };
+        }
+    }
+    let mut max = lanes.iter().fold(f32::NEG_INFINITY, |m, v| m.max(*v));
+    let mut any_wild = wild.iter().any(|w| *w);
+    for &v in tail {
+        any_wild |= v.is_nan() | (v == f32::INFINITY);
+        max = max.max(v);
+    }
+    (max, !any_wild)
 }
 
 /// Row softmax of `logits / t` (`t > 0`), as `numerics::softmax`.
 pub(super) fn softmax(logits: Tensor<2>, t: f32) -> Result<Tensor<2>> {
     map_rows(logits, |row| {
-        let max = row.iter().fold(f32::NEG_INFINITY, |m, v| m.max(*v));
+        let (max, tame) = max_and_tame(row);
         let max = if max.is_infinite() { 0.0 } else { max };
-        if tame(row) {
+        if tame {
             for v in row.iter_mut() {
                 let x = (*v - max) / t;
                 *v = if x < EXP_FLOOR { 0.0 } else { exp(x) };
@@ -101,6 +131,36 @@ pub(super) fn entropy(probs: Tensor<2>) -> Result<Tensor<1>> {
         })
         .collect();
     Ok(Tensor::from_data(TensorData::new(h, [batch]), &device))
+}
+
+/// `numerics::sample_categorical_on_device` on host rows: the same
+/// uniform per row (`1 − U[0, 1)`, in row order) and the same rule, the
+/// number of classes whose running sum is below `u` times the row's total,
+/// clamped to the last class. The running sums are taken in f32 in index
+/// order, as the tensor path's `cumsum`, so the same classes are picked
+/// (tested against it); one sequential pass instead of five tensor
+/// operations over the row.
+pub(super) fn sample<R: Rng + ?Sized>(probs: Tensor<2>, rng: &mut R) -> Result<Tensor<1, Int>> {
+    let [batch, classes] = probs.dims();
+    let device = probs.device();
+    let data = probs.into_data();
+    let values = data.as_slice::<f32>().map_err(not_f32)?;
+    let picks: Vec<i64> = values
+        .chunks_exact(classes)
+        .map(|row| {
+            let u = 1.0 - rng.random::<f32>();
+            let total = row.iter().fold(0.0f32, |c, p| c + p);
+            let target = u * total;
+            let mut running = 0.0f32;
+            let mut below = 0usize;
+            for p in row {
+                running += p;
+                below += usize::from(running < target);
+            }
+            below.min(classes - 1) as i64
+        })
+        .collect();
+    Ok(Tensor::from_data(TensorData::new(picks, [batch]), &device))
 }
 
 /// `Σ f(v)` over `row` in 8 running lanes (a loop that vectorises), the

@@ -224,6 +224,26 @@ backend_test!(same_seed_same_samples, |device| {
     assert_eq!(a, host);
 });
 
+backend_test!(host_sampling_picks_the_tensor_paths_classes, |device| {
+    // On a CPU device the sampler runs on host rows; an autodiff device
+    // takes the tensor path. Same seeds, same classes, over rows with
+    // zero-probability classes and 1 000 classes (rounding of the sums).
+    let mut rows = random_rows(5, 300, 1000, 6.0);
+    for r in rows.iter_mut().step_by(3) {
+        r[..400].fill(NEG);
+    }
+    let values = tensor_to_vec(softmax(t2(&rows, device), 1.0).unwrap()).unwrap();
+    let probs =
+        |d: &Device| Tensor::<2>::from_data(TensorData::new(values.clone(), [rows.len(), 1000]), d);
+    let draw = |p: Tensor<2>| {
+        let picks = sample_categorical_on_device(p, &mut StdRng::seed_from_u64(21)).unwrap();
+        lastmile_core::convert::indices_to_vec(picks).unwrap()
+    };
+    let here = draw(probs(device));
+    let tensor_path = draw(probs(&device.clone().autodiff()));
+    assert_eq!(here, tensor_path);
+});
+
 backend_test!(bad_inputs_are_errors, |device| {
     let ok = t2(&[vec![0.5, 0.5]], device);
     assert!(softmax(ok.clone(), -1.0).is_err());
