@@ -11,7 +11,7 @@ use rand::Rng;
 
 use crate::drafter::{Draft, DraftRequest, Drafter, common_prefix};
 use crate::error::{Result, SpecDecodeError};
-use crate::greedy::{Greedy, greedy_rows};
+use crate::greedy::{Greedy, greedy_rows, host_logits_fault};
 use crate::metrics::Metrics;
 use crate::policy::{DraftPolicy, RoundOutcome};
 use crate::verify::{
@@ -430,7 +430,10 @@ impl<'t, T: LanguageModel, D: Drafter> SpeculativeDecoder<'t, T, D> {
                 continue;
             }
             // On the device; the kernel's one read also flags NaN.
-            let fault = logits_fault(&selected);
+            let fault = match host_logits_fault(&selected)? {
+                Some(flag) => flag,
+                None => logits_fault(&selected),
+            };
             let p = sampling
                 .probabilities_unchecked(selected.clone())?
                 .reshape([active.len(), g_max + 1, vocab]);

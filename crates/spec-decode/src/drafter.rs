@@ -9,7 +9,7 @@ use lastmile_core::validate::check_at_least;
 use rand::Rng;
 
 use crate::error::Result;
-use crate::greedy::{Greedy, greedy_rows};
+use crate::greedy::{Greedy, greedy_rows, host_logits_fault};
 use crate::policy::{DraftPolicy, DraftStepInfo};
 use crate::verify::{index_tensor, locate_logits_fault, logits_fault, non_finite_flag};
 use lastmile_core::lm::LanguageModel;
@@ -380,7 +380,11 @@ pub(crate) fn draft_step<R: Rng + ?Sized>(
         (Some(q.clone()), q, tokens)
     };
     // NaN / +inf logits, fully masked rows, or an overflow of logits / T.
-    let bad = (logits_fault(&rows) + non_finite_flag(conf.clone())).float();
+    let logits_bad = match host_logits_fault(&rows)? {
+        Some(flag) => flag,
+        None => logits_fault(&rows),
+    };
+    let bad = (logits_bad + non_finite_flag(conf.clone())).float();
     let h = entropy(conf.clone())?;
     let top = conf.clone().max_dim(1).reshape([a]);
     let host = tensor_to_vec(Tensor::cat(vec![tokens.float(), h, top, bad], 0))?;

@@ -12,7 +12,7 @@
 //! only `-inf` is a fault (`logits_fault`), which callers then locate with
 //! their device-path report.
 
-use burn::tensor::{DType, Tensor};
+use burn::tensor::{DType, Int, Tensor, TensorData};
 use lastmile_core::convert::tensor_to_vec;
 use lastmile_core::fastmath::{exp, ln};
 use lastmile_core::host::is_host;
@@ -74,6 +74,31 @@ pub(crate) fn greedy_rows(logits: &Tensor<2>, signals: bool) -> Result<Greedy> {
     Ok(Greedy::Rows(rows))
 }
 
+/// [`crate::verify::logits_fault`] of `logits` `[rows, vocab]` on a host
+/// device (a NaN, a `+inf`, or a row of only `-inf`) as a `[1]` flag
+/// tensor, from one pass over host memory instead of seven tensor
+/// operations; `None` on other devices.
+///
+/// # Errors
+/// [`lastmile_core::CoreError::TensorData`] for values that cannot be read.
+pub(crate) fn host_logits_fault(logits: &Tensor<2>) -> Result<Option<Tensor<1, Int>>> {
+    if logits.dtype() != DType::F32 || !is_host(&logits.device()) {
+        return Ok(None);
+    }
+    let [_, vocab] = logits.dims();
+    // Host memory: no device synchronisation (the caller's one read follows).
+    let values = logits
+        .clone()
+        .into_data()
+        .try_to_vec_as::<f32>()
+        .map_err(|e| lastmile_core::CoreError::TensorData(format!("logits as f32: {e:?}")))?;
+    let bad = values
+        .chunks_exact(vocab.max(1))
+        .any(|row| first_max(row).is_none());
+    let flag = TensorData::new(vec![i64::from(bad)], [1]);
+    Ok(Some(Tensor::from_data(flag, &logits.device())))
+}
+
 /// The first index of the row's maximum and the maximum; `None` for a row
 /// holding a NaN or `+inf`, or only `-inf` (or empty).
 fn first_max(row: &[f32]) -> Option<(usize, f32)> {
@@ -118,7 +143,8 @@ fn softmax_signals(row: &[f32], max: f32) -> (f32, f32) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use burn::tensor::{Device, TensorData};
+    use burn::tensor::Device;
+    use burn::tensor::Int;
     use lastmile_core::backend_test;
     use lastmile_core::numerics::{entropy, softmax};
 
@@ -199,6 +225,20 @@ mod tests {
             assert!(fault(w), "{bad}");
         }
         assert!(fault(vec![f32::NEG_INFINITY; vocab]), "a fully masked row");
+        // The flag tensor agrees with the tensor ops' flag.
+        let mut w = v.clone();
+        for (case, bad) in [(0, None), (1, Some(f32::NAN)), (2, Some(f32::INFINITY))] {
+            if let Some(x) = bad {
+                w[2 * vocab + 600] = x;
+            }
+            let t = rows(w.clone(), vocab, device);
+            let read = |f: Tensor<1, Int>| f.into_data().try_to_vec_as::<i64>().unwrap()[0] != 0;
+            if let Some(flag) = host_logits_fault(&t).unwrap() {
+                let expected = read(crate::verify::logits_fault(&t));
+                assert_eq!(read(flag), expected, "case {case}");
+                assert_eq!(expected, bad.is_some(), "case {case}");
+            }
+        }
         assert!(!fault(v.clone()) || !host);
         // An autodiff device keeps its graph: the caller's tensor path.
         let t = rows(v, vocab, &device.clone().autodiff());

@@ -90,6 +90,7 @@ mod greedy;
 pub mod metrics;
 pub mod policy;
 pub mod verify;
+mod verify_host;
 
 pub use cost_aware::{CostAwareAdaEdl, CostAwareConfig};
 pub use decoder::{Generation, GenerationConfig, SpeculativeDecoder, generate_autoregressive};

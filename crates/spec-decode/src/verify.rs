@@ -10,6 +10,8 @@
 //! The whole step runs on the device and reads back **one** small integer
 //! tensor (acceptance flags, candidate tokens, validity flags): one device
 //! synchronisation per verification, whatever the batch and draft lengths.
+//! On a CPU device the same rule runs on host rows ([`crate::verify_host`]),
+//! with the same uniforms and the same verdicts.
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use lastmile_core::CoreError;
@@ -287,7 +289,8 @@ fn check_drafts(drafts: &[Vec<usize>], b: usize, g: usize, v: usize) -> Result<(
     Ok(())
 }
 
-/// The verification kernel: everything on the device, one read-back.
+/// The verification kernel: everything on the device, one read-back (on a
+/// CPU device the same decisions on host rows, [`crate::verify_host`]).
 ///
 /// `p` `[B, G + 1, V]` and `q` `[B, G, V]` are not validated (the decoder
 /// builds them from logits it did not check); a NaN or infinity in either,
@@ -313,6 +316,18 @@ pub(crate) fn verify_kernel<R: Rng + ?Sized>(
     check_drafts(drafts, b, g, v)?;
     let q = if greedy { None } else { q };
     check_draft_shape(q.as_ref(), [b, g, v])?;
+    let host = crate::verify_host::verify_host(
+        &p,
+        q.as_ref(),
+        drafts,
+        greedy,
+        rule,
+        target_fault.as_ref(),
+        rng,
+    )?;
+    if let Some(checked) = host {
+        return Ok(checked);
+    }
     let device = p.device();
     let p_fault = match target_fault {
         Some(f) => non_finite_flag(p.clone()) + f,

@@ -9,7 +9,7 @@
 
 mod rows;
 
-pub use rows::max_and_tame;
+pub use rows::{max_and_tame, sample_row};
 
 use burn::tensor::{Int, Tensor, TensorData};
 use rand::{Rng, RngExt};

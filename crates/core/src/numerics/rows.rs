@@ -147,20 +147,35 @@ pub(super) fn sample<R: Rng + ?Sized>(probs: Tensor<2>, rng: &mut R) -> Result<T
     let values = data.as_slice::<f32>().map_err(not_f32)?;
     let picks: Vec<i64> = values
         .chunks_exact(classes)
-        .map(|row| {
-            let u = 1.0 - rng.random::<f32>();
-            let total = row.iter().fold(0.0f32, |c, p| c + p);
-            let target = u * total;
-            let mut running = 0.0f32;
-            let mut below = 0usize;
-            for p in row {
-                running += p;
-                below += usize::from(running < target);
-            }
-            below.min(classes - 1) as i64
-        })
+        .map(|row| sample_row(row, 1.0 - rng.random::<f32>()) as i64)
         .collect();
     Ok(Tensor::from_data(TensorData::new(picks, [batch]), &device))
+}
+
+/// The class [`crate::numerics::sample_categorical_on_device`] picks from
+/// one row of (possibly unnormalised) probabilities in host memory for its
+/// uniform `u ∈ (0, 1]`: the number of classes whose running sum, in f32 in
+/// index order as the tensor `cumsum`, is below `u` times the row's total,
+/// clamped to the last class (0 for an empty row). For callers that sample
+/// host rows of their own with the same rule.
+///
+/// ```
+/// use lastmile_core::numerics::sample_row;
+/// let row = [0.0, 2.0, 0.0, 2.0]; // unnormalised: half on class 1, half on 3
+/// assert_eq!(sample_row(&row, 0.25), 1);
+/// assert_eq!(sample_row(&row, 0.75), 3);
+/// assert_eq!(sample_row(&row, 1.0), 3);
+/// ```
+pub fn sample_row(row: &[f32], u: f32) -> usize {
+    let total = row.iter().fold(0.0f32, |c, p| c + p);
+    let target = u * total;
+    let mut running = 0.0f32;
+    let mut below = 0usize;
+    for p in row {
+        running += p;
+        below += usize::from(running < target);
+    }
+    below.min(row.len().saturating_sub(1))
 }
 
 /// `Σ f(v)` over `row` in 8 running lanes (a loop that vectorises), the
