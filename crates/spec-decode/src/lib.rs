@@ -25,7 +25,10 @@
 //! draft step (the proposals with the policy signals) and **one** per
 //! verification (acceptance flags with the emitted tokens), whatever the
 //! batch size and draft length; the draft distributions never leave the
-//! device. [`lastmile_core::convert::host_reads`] counts them.
+//! device. [`lastmile_core::convert::host_reads`] counts them. On a CPU
+//! device, whose tensors are host memory, the same decisions run on host
+//! rows (the same verdicts from the same generator) instead of as tensor
+//! operations over vocabulary-wide rows.
 //!
 //! Dependencies: `lastmile-core` (the model interface, sampling numerics,
 //! validation) and burn only; `rand` for the caller-supplied RNG,

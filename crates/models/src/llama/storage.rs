@@ -100,9 +100,11 @@ impl WeightStorage {
         matches!(self, WeightStorage::Blocks | WeightStorage::BlocksQ8)
     }
 
-    /// Bytes per stored weight: for [`WeightStorage::Blocks`] the byte of
-    /// its code (the block scales add 4 or 8 bytes per 32 weights;
-    /// [`LlamaModel::matrix_bytes`](super::LlamaModel::matrix_bytes) counts them).
+    /// Bytes per stored weight, rounded up to whole bytes: for the block
+    /// storages the byte of an 8-bit code ([`WeightStorage::BlocksQ8`]
+    /// packs 4-bit codes two a byte; the block scales add 2 to 8 bytes per
+    /// 32 weights; [`LlamaModel::matrix_bytes`](super::LlamaModel::matrix_bytes)
+    /// counts exactly).
     pub fn bytes_per_weight(self) -> usize {
         match self {
             WeightStorage::F32 => 4,
