@@ -173,6 +173,23 @@ impl Int8Codes {
             (d, None) => q * d,
         }
     }
+
+    /// Row `o` dequantised into `row` (its `in` values), as [`Int8Codes::at`]
+    /// gives each.
+    pub(crate) fn row_to_f32(&self, o: usize, row: &mut [f32]) {
+        let (p, l) = (o / LANES, o % LANES);
+        let nb = row.len() / BLOCK;
+        for (b, block) in row.chunks_exact_mut(BLOCK).enumerate() {
+            let (d, m) = self.scale_min((p * nb + b) * LANES + l);
+            for (j, v) in block.iter_mut().enumerate() {
+                let q = (self.code(p, nb, l, b * BLOCK + j) - self.offset) as f32;
+                *v = match m {
+                    Some(m) => q * d + m,
+                    None => q * d,
+                };
+            }
+        }
+    }
 }
 
 /// The rows of `x`, quantised to 8-bit blocks and grouped into register

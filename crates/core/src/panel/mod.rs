@@ -299,6 +299,11 @@ impl PanelMatrix {
         let (out, inp) = (self.out, self.inp);
         let mut values = vec![0.0f32; out * inp];
         for (o, row) in values.chunks_exact_mut(inp).enumerate() {
+            if let Weights::Int8(w) = &self.weights {
+                // A block's scale once per 32 codes (widened from f16).
+                w.row_to_f32(o, row);
+                continue;
+            }
             for (i, v) in row.iter_mut().enumerate() {
                 *v = self.weights.at(o, i, inp);
             }
