@@ -77,21 +77,11 @@ pub(crate) fn verify_host<R: Rng + ?Sized>(
             let (max, _) = max_and_tame(r);
             r.iter().position(|x| *x == max).unwrap_or(0)
         };
-        let verdicts = drafts
-            .iter()
-            .enumerate()
-            .map(|(r, d)| {
-                let accepted = d
-                    .iter()
-                    .enumerate()
-                    .take_while(|(j, x)| **x == best(r * g1 + j))
-                    .count();
-                Verdict {
-                    accepted,
-                    token: best(r * g1 + accepted),
-                }
-            })
-            .collect();
+        let verdicts = verdicts(
+            drafts,
+            |r, j, x| x == best(r * g1 + j),
+            |r, accepted, _| best(r * g1 + accepted),
+        );
         return Ok(Some(Checked::Verdicts(verdicts)));
     }
 
@@ -109,37 +99,53 @@ pub(crate) fn verify_host<R: Rng + ?Sized>(
         return Ok(Some(Checked::NonFiniteDraft));
     }
     let mut dist = vec![0.0f32; v];
-    let verdicts = drafts
-        .iter()
-        .enumerate()
-        .map(|(r, d)| {
-            // Acceptance: u·q(x) < p(x) (q(x) = 1 for a deterministic drafter).
-            let accepted = d
-                .iter()
-                .enumerate()
-                .take_while(|(j, x)| {
-                    let u = accept_u[r * g + j];
-                    let lhs = match &qv {
-                        Some(q) => u * row_of(q, r * g + j, v)[**x],
-                        None => u,
-                    };
-                    lhs < row_of(&pv, r * g1 + j, v)[**x]
-                })
-                .count();
-            // The candidate there: the residual after a rejection, p at the bonus.
+    let verdicts = verdicts(
+        drafts,
+        // Acceptance: u·q(x) < p(x) (q(x) = 1 for a deterministic drafter).
+        |r, j, x| {
+            let u = accept_u[r * g + j];
+            let lhs = match &qv {
+                Some(q) => u * row_of(q, r * g + j, v)[x],
+                None => u,
+            };
+            lhs < row_of(&pv, r * g1 + j, v)[x]
+        },
+        // The candidate there: the residual after a rejection, p at the bonus.
+        |r, accepted, d| {
             let pj = row_of(&pv, r * g1 + accepted, v);
             let drafted = (accepted < d.len()).then(|| match &qv {
                 Some(q) => Drafted::Dist(row_of(q, r * g + accepted, v)),
                 None => Drafted::Token(d[accepted]),
             });
             candidate(pj, drafted, rule, &mut dist);
+            sample_row(&dist, candidate_u[r * g1 + accepted])
+        },
+    );
+    Ok(Some(Checked::Verdicts(verdicts)))
+}
+
+/// One verdict per row: the drafts accepted while `accept(row, position,
+/// token)` holds, then `token(row, accepted, drafts)`.
+fn verdicts(
+    drafts: &[Vec<usize>],
+    accept: impl Fn(usize, usize, usize) -> bool,
+    mut token: impl FnMut(usize, usize, &[usize]) -> usize,
+) -> Vec<Verdict> {
+    drafts
+        .iter()
+        .enumerate()
+        .map(|(r, d)| {
+            let accepted = d
+                .iter()
+                .enumerate()
+                .take_while(|(j, x)| accept(r, *j, **x))
+                .count();
             Verdict {
                 accepted,
-                token: sample_row(&dist, candidate_u[r * g1 + accepted]),
+                token: token(r, accepted, d),
             }
         })
-        .collect();
-    Ok(Some(Checked::Verdicts(verdicts)))
+        .collect()
 }
 
 /// The draft's distribution at a rejected position.
