@@ -20,6 +20,9 @@
 //!   operations as [`crate::gguf::dequantize`] (`q·d`, or `q·d + m`), so
 //!   the weights it multiplies are bit-identical to the dequantised file,
 //!   and it does so once per 8 input rows.
+//! - **8-bit activations** ([`PanelMatrix::from_gguf_q8`]): the blocks in
+//!   the file's own size (4-bit codes two a byte, f16 scales; 0.625 bytes
+//!   a weight for Q4_1), multiplied with integer dot products as ggml does.
 //! - **Register blocking.** Up to 8 input rows share each loaded (or
 //!   dequantised) weight vector, one accumulator per row; one or two rows
 //!   use several accumulators along the input instead to hide the FMA
