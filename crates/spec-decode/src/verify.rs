@@ -10,7 +10,7 @@
 //! The whole step runs on the device and reads back **one** small integer
 //! tensor (acceptance flags, candidate tokens, validity flags): one device
 //! synchronisation per verification, whatever the batch and draft lengths.
-//! On a CPU device the same rule runs on host rows ([`crate::verify_host`]),
+//! On a CPU device the same rule runs on host rows (the `verify_host` module),
 //! with the same uniforms and the same verdicts.
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
