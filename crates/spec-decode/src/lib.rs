@@ -84,6 +84,7 @@
 //! # Ok::<(), lastmile_spec_decode::SpecDecodeError>(())
 //! ```
 
+mod autoregressive;
 pub mod cost_aware;
 pub mod decoder;
 pub mod drafter;
@@ -95,8 +96,9 @@ pub mod policy;
 pub mod verify;
 mod verify_host;
 
+pub use autoregressive::generate_autoregressive;
 pub use cost_aware::{CostAwareAdaEdl, CostAwareConfig};
-pub use decoder::{Generation, GenerationConfig, SpeculativeDecoder, generate_autoregressive};
+pub use decoder::{Generation, GenerationConfig, SpeculativeDecoder};
 pub use drafter::{Draft, DraftRequest, Drafter, ModelDrafter, PromptLookup};
 pub use error::{Result, SpecDecodeError};
 pub use feature_drafter::{FeatureDrafter, FeatureTap};

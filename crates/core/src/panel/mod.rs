@@ -46,6 +46,7 @@
 
 mod blocks;
 mod int8;
+mod pack;
 mod portable;
 #[cfg(target_arch = "x86_64")]
 mod vnni;
@@ -53,6 +54,8 @@ mod vnni;
 mod x86;
 
 use rayon::prelude::*;
+
+pub(crate) use pack::{Packed, pack, row_block};
 
 use crate::error::{CoreError, Result};
 use crate::gguf::{GgmlType, GgufError};
@@ -561,42 +564,6 @@ pub(crate) struct Job<'a> {
     pub(crate) first: usize,
     pub(crate) x: &'a Packed,
     pub(crate) rows: usize,
-}
-
-/// The input rows in blocks of [`ROW_BLOCK`], 4, 2 and 1 rows, each block
-/// transposed to `[in][block rows]` so that a kernel step reads one
-/// contiguous group of values for all its rows.
-pub(crate) struct Packed {
-    pub(crate) values: Vec<f32>,
-    /// `(first row, rows)` of each block; the block's values start at `first · in`.
-    pub(crate) blocks: Vec<(usize, usize)>,
-}
-
-fn pack(x: &[f32], rows: usize, inp: usize) -> Packed {
-    let mut values = vec![0.0f32; rows * inp];
-    let mut blocks = Vec::new();
-    let mut r = 0;
-    while r < rows {
-        let n = row_block(rows - r);
-        for k in 0..inp {
-            for j in 0..n {
-                values[r * inp + k * n + j] = x[(r + j) * inp + k];
-            }
-        }
-        blocks.push((r, n));
-        r += n;
-    }
-    Packed { values, blocks }
-}
-
-/// Rows of the next register block when `left` rows remain.
-fn row_block(left: usize) -> usize {
-    match left {
-        l if l >= ROW_BLOCK => ROW_BLOCK,
-        l if l >= 4 => 4,
-        l if l >= 2 => 2,
-        _ => 1,
-    }
 }
 
 #[cfg(test)]
