@@ -35,15 +35,20 @@ pub fn exp(x: f32) -> f32 {
     const MAGIC: f32 = 12_582_912.0;
     // n = round(x·log2 e) then lies in [−126, 127], a normal 2ⁿ.
     let x = x.clamp(-87.3, 88.0);
-    let n = (x * LOG2E + MAGIC) - MAGIC;
+    let shifted = x * LOG2E + MAGIC;
+    let n = shifted - MAGIC;
     let r = (x - n * LN2_HI) - n * LN2_LO;
     let mut p = P[0];
     for c in &P[1..] {
         p = p * r + c;
     }
     let p = p * r * r + r + 1.0;
-    // 2ⁿ by its exponent bits.
-    p * f32::from_bits(((n as i32 + 127) as u32) << 23)
+    // 2ⁿ by its exponent bits. `shifted` lies in [2²³, 2²⁴), where the ulp
+    // is 1, so its bits are MAGIC's plus n: integer operations that
+    // vectorise (`n as i32` is a saturating conversion, which kept every
+    // loop over `exp` scalar).
+    let n_bits = shifted.to_bits().wrapping_sub(MAGIC.to_bits());
+    p * f32::from_bits(n_bits.wrapping_add(127) << 23)
 }
 
 /// `ln x` for finite `x > 0` (subnormals included) by Cephes `logf`'s

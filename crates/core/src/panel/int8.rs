@@ -219,6 +219,14 @@ pub(crate) fn quantise(x: &[f32], rows: usize, inp: usize, simd: bool) -> Q8Rows
     quantise_rows(x, rows, inp, q8_block)
 }
 
+/// One block of 32 activations quantised: the scale `d`, `Σ q`, and the
+/// codes four to an i32 (little-endian), as the kernels read them.
+pub(crate) struct Q8Block {
+    pub(crate) d: f32,
+    pub(crate) sum: i32,
+    pub(crate) groups: [i32; QUADS],
+}
+
 /// [`quantise`]'s body, with `q8` quantising one block (the portable
 /// [`q8_block`] or a SIMD twin with the same results).
 #[inline(always)]
@@ -226,7 +234,7 @@ pub(crate) fn quantise_rows(
     x: &[f32],
     rows: usize,
     inp: usize,
-    q8: impl Fn(&[f32; BLOCK]) -> (f32, [i8; BLOCK]),
+    q8: impl Fn(&[f32; BLOCK]) -> Q8Block,
 ) -> Q8Rows {
     let nb = inp / BLOCK;
     let mut out = Q8Rows {
@@ -239,18 +247,17 @@ pub(crate) fn quantise_rows(
     let mut r0 = 0;
     while r0 < rows {
         let n = super::row_block(rows - r0);
+        let q = &mut out.q[r0 * inp / QUAD..(r0 + n) * inp / QUAD];
         for j in 0..n {
             let row = &x[(r0 + j) * inp..(r0 + j + 1) * inp];
             for (b, block) in row.as_chunks::<BLOCK>().0.iter().enumerate() {
-                let (d, codes) = q8(block);
-                let sum: i32 = codes.iter().map(|&c| i32::from(c)).sum();
+                let Q8Block { d, sum, groups } = q8(block);
                 let at = r0 * nb + b * n + j;
                 out.sum[at] = sum;
                 out.d[at] = d;
                 out.ds[at] = d * sum as f32;
-                for (g, quad) in codes.chunks_exact(QUAD).enumerate() {
-                    let bytes = [quad[0] as u8, quad[1] as u8, quad[2] as u8, quad[3] as u8];
-                    out.q[r0 * inp / QUAD + (b * QUADS + g) * n + j] = i32::from_le_bytes(bytes);
+                for (g, &codes) in groups.iter().enumerate() {
+                    q[(b * QUADS + g) * n + j] = codes;
                 }
             }
         }
@@ -264,7 +271,7 @@ pub(crate) fn quantise_rows(
 /// `q = round(x · 127 / max|x|)` to the nearest integer, ties to even as ggml's x86
 /// code rounds (0 for an all-zero block). A NaN in the block makes `d`
 /// NaN, so that the block's products are NaN rather than silently finite.
-pub(crate) fn q8_block(x: &[f32; BLOCK]) -> (f32, [i8; BLOCK]) {
+pub(crate) fn q8_block(x: &[f32; BLOCK]) -> Q8Block {
     // max |x| on the bit patterns (ordered as the values for non-negative
     // floats, with NaN above ∞): an integer maximum, which vectorises.
     let bits = x.iter().fold(0u32, |m, v| m.max(v.to_bits() & 0x7FFF_FFFF));
@@ -276,7 +283,15 @@ pub(crate) fn q8_block(x: &[f32; BLOCK]) -> (f32, [i8; BLOCK]) {
     for (q, v) in q.iter_mut().zip(x) {
         *q = round_to_i8(v * id);
     }
-    (d, q)
+    let mut groups = [0i32; QUADS];
+    for (g, quad) in groups.iter_mut().zip(q.as_chunks::<QUAD>().0) {
+        *g = i32::from_le_bytes(quad.map(|c| c as u8));
+    }
+    Q8Block {
+        d,
+        sum: q.iter().map(|&c| i32::from(c)).sum(),
+        groups,
+    }
 }
 
 /// `y` rounded to the nearest integer (ties to even), saturated to ±127.

@@ -419,20 +419,6 @@ impl PanelMatrix {
             _ => {}
         }
     }
-
-    /// `[rows, out]` from the kernel's `[panel][rows][width]`.
-    fn unpanel(&self, by_panel: &[f32], rows: usize) -> Vec<f32> {
-        let (_, width) = self.layout();
-        let mut y = vec![0.0f32; rows * self.out];
-        for (p, panel) in by_panel.chunks_exact(rows * width).enumerate() {
-            let used = width.min(self.out - p * width);
-            for (r, yr) in y.chunks_exact_mut(self.out).enumerate() {
-                yr[p * width..p * width + used]
-                    .copy_from_slice(&panel[r * width..r * width + used]);
-            }
-        }
-        y
-    }
 }
 
 /// The products of `matrices` with the same `x` (`[rows, in]`): `x`
@@ -461,25 +447,36 @@ fn products(
     let layouts: Vec<(usize, usize)> = matrices.iter().map(|m| m.layout()).collect();
     let total: usize = layouts.iter().map(|(panels, _)| panels).sum();
     let per_task = total.div_ceil(4 * rayon::current_num_threads()).max(2);
-    let mut by_panel: Vec<Vec<f32>> = layouts
-        .iter()
-        .map(|(panels, width)| vec![0.0f32; panels * rows * width])
-        .collect();
+    let mut ys: Vec<Vec<f32>> = matrices.iter().map(|m| vec![0.0; rows * m.out]).collect();
+    // Each task computes `per_task` panels and writes them into its columns
+    // of every row of the product (the kernels write `[panel][rows][width]`
+    // into a small buffer of the task's own).
     let mut tasks = Vec::new();
-    for ((m, (_, width)), buffer) in matrices.iter().zip(&layouts).zip(&mut by_panel) {
-        for (t, out) in buffer.chunks_mut(per_task * rows * width).enumerate() {
-            tasks.push((*m, t * per_task, out));
+    for ((m, &(panels, width)), y) in matrices.iter().zip(&layouts).zip(&mut ys) {
+        let mut columns: Vec<_> = y
+            .chunks_mut(m.out)
+            .map(|row| row.chunks_mut(per_task * width))
+            .collect();
+        for first in (0..panels).step_by(per_task) {
+            let rows_out: Vec<&mut [f32]> = columns.iter_mut().filter_map(Iterator::next).collect();
+            tasks.push((*m, first, (panels - first).min(per_task), width, rows_out));
         }
     }
     let prepared = &prepared;
     tasks
         .into_par_iter()
-        .for_each(|(m, first, out)| m.panels(first, out, rows, prepared, simd));
-    Ok(matrices
-        .iter()
-        .zip(&by_panel)
-        .map(|(m, b)| m.unpanel(b, rows))
-        .collect())
+        .for_each(|(m, first, count, width, mut rows_out)| {
+            let mut by_panel = vec![0.0f32; count * rows * width];
+            m.panels(first, &mut by_panel, rows, prepared, simd);
+            for (j, panel) in by_panel.chunks_exact(rows * width).enumerate() {
+                for (out, got) in rows_out.iter_mut().zip(panel.chunks_exact(width)) {
+                    let at = j * width;
+                    let used = width.min(out.len().saturating_sub(at));
+                    out[at..at + used].copy_from_slice(&got[..used]);
+                }
+            }
+        });
+    Ok(ys)
 }
 
 /// The product with f32 activations of panels `first..` into `out`

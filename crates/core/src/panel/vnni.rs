@@ -23,12 +23,12 @@ use std::arch::x86_64::{
     _mm512_add_epi32, _mm512_and_si512, _mm512_castps_si512, _mm512_cvtepi32_epi8,
     _mm512_cvtepi32_ps, _mm512_cvtph_ps, _mm512_cvtps_epi32, _mm512_dpbusd_epi32, _mm512_fmadd_ps,
     _mm512_loadu_ps, _mm512_loadu_si512, _mm512_max_epu32, _mm512_max_ps, _mm512_min_ps,
-    _mm512_mul_ps, _mm512_reduce_max_epu32, _mm512_set1_epi8, _mm512_set1_epi32, _mm512_set1_ps,
-    _mm512_setzero_ps, _mm512_srli_epi16, _mm512_storeu_ps,
+    _mm512_mul_ps, _mm512_reduce_add_epi32, _mm512_reduce_max_epu32, _mm512_set1_epi8,
+    _mm512_set1_epi32, _mm512_set1_ps, _mm512_setzero_ps, _mm512_srli_epi16, _mm512_storeu_ps,
 };
 
 use super::BLOCK;
-use super::int8::{Int8Job, LANES, PAIRS, Q8Rows, QUAD, QUADS};
+use super::int8::{Int8Job, LANES, PAIRS, Q8Block, Q8Rows, QUAD, QUADS};
 
 /// Whether this CPU runs the kernel (AVX-512 F, BW, VL and VNNI).
 pub(crate) fn available() -> bool {
@@ -60,10 +60,11 @@ fn quantise_avx512(x: &[f32], rows: usize, inp: usize) -> Q8Rows {
 
 /// [`super::int8::q8_block`] in AVX-512: the same maximum of the bit
 /// patterns, product, clamp and round to nearest even (the conversion's
-/// default rounding), so the same codes for every finite block.
+/// default rounding), so the same codes for every finite block; the sum
+/// and the packing into groups of four stay in vector registers.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
-fn q8_block(x: &[f32; BLOCK]) -> (f32, [i8; BLOCK]) {
+fn q8_block(x: &[f32; BLOCK]) -> Q8Block {
     let halves = x.as_chunks::<LANES>().0;
     let (lo, hi) = (load(&halves[0]), load(&halves[1]));
     let abs = _mm512_set1_epi32(0x7FFF_FFFF);
@@ -81,14 +82,16 @@ fn q8_block(x: &[f32; BLOCK]) -> (f32, [i8; BLOCK]) {
             high,
         ))
     };
-    let mut q = [0i8; BLOCK];
-    let (q_lo, q_hi) = q.split_at_mut(BLOCK / 2);
-    // SAFETY: each half of `q` is 16 bytes, the stored vector's size.
+    let (q_lo, q_hi) = (round(lo), round(hi));
+    let sum = _mm512_reduce_add_epi32(_mm512_add_epi32(q_lo, q_hi));
+    let mut groups = [0i32; QUADS];
+    let (g_lo, g_hi) = groups.split_at_mut(QUADS / 2);
+    // SAFETY: each half of `groups` is 16 bytes, the stored vector's size.
     unsafe {
-        _mm_storeu_si128(q_lo.as_mut_ptr().cast(), _mm512_cvtepi32_epi8(round(lo)));
-        _mm_storeu_si128(q_hi.as_mut_ptr().cast(), _mm512_cvtepi32_epi8(round(hi)));
+        _mm_storeu_si128(g_lo.as_mut_ptr().cast(), _mm512_cvtepi32_epi8(q_lo));
+        _mm_storeu_si128(g_hi.as_mut_ptr().cast(), _mm512_cvtepi32_epi8(q_hi));
     }
-    (d, q)
+    Q8Block { d, sum, groups }
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]

@@ -145,21 +145,34 @@ fn rms_norm(x: &[f32], d: usize, norm: &RmsNorm, eps: f32) -> LlamaResult<Vec<f3
     Ok(y)
 }
 
+/// Positions per block of the cached keys' layout.
+const KEY_BLOCK: usize = 8;
+
 /// Writes the new keys and values (`[b·n, n_kv·dh]`) at each row's
 /// positions `offset .. offset + n` (positions past the context are
-/// padding and dropped; their outputs are never read).
+/// padding and dropped; their outputs are never read). Values are kept
+/// `[position][n_kv·dh]`; keys in blocks of [`KEY_BLOCK`] positions,
+/// `[block][n_kv·dh][KEY_BLOCK]`, so that a query's scores over a block
+/// are one vector of running sums along the head's dimensions.
 fn write(kv: &mut HostKv, k: &[f32], v: &[f32], batch: &HostBatch<'_>, max_context: usize) {
     let width = k.len() / batch.ids.len().max(1);
     let n = batch.n;
     for (row, &offset) in batch.offsets.iter().enumerate() {
         let end = (offset + n).min(max_context);
-        for (cache, new) in [(&mut kv.keys[row], k), (&mut kv.values[row], v)] {
-            if cache.len() < end * width {
-                cache.resize(end * width, 0.0);
-            }
-            for p in offset..end {
-                let i = row * n + p - offset;
-                cache[p * width..(p + 1) * width].copy_from_slice(&new[i * width..(i + 1) * width]);
+        let (keys, values) = (&mut kv.keys[row], &mut kv.values[row]);
+        if values.len() < end * width {
+            values.resize(end * width, 0.0);
+        }
+        let key_len = end.div_ceil(KEY_BLOCK) * width * KEY_BLOCK;
+        if keys.len() < key_len {
+            keys.resize(key_len, 0.0);
+        }
+        for p in offset..end {
+            let i = row * n + p - offset;
+            values[p * width..(p + 1) * width].copy_from_slice(&v[i * width..(i + 1) * width]);
+            let block = &mut keys[p / KEY_BLOCK * width * KEY_BLOCK..];
+            for (c, &x) in k[i * width..(i + 1) * width].iter().enumerate() {
+                block[c * KEY_BLOCK + p % KEY_BLOCK] = x;
             }
         }
     }
@@ -178,11 +191,11 @@ fn attention(q: &[f32], kv: &HostKv, batch: &HostBatch<'_>, heads: Heads) -> Vec
         let (row, pos) = (i / n, batch.offsets[i / n] + i % n);
         let (keys, values) = (&kv.keys[row], &kv.values[row]);
         // Padding positions may run past the cache; their outputs are never read.
-        let seen = (pos + 1).min(keys.len() / width);
+        let seen = (pos + 1).min(values.len() / width);
         let job = RowAttention {
             q,
             out,
-            keys: &keys[..seen * width],
+            keys: &keys[..seen.div_ceil(KEY_BLOCK) * width * KEY_BLOCK],
             values: &values[..seen * width],
             heads,
         };
@@ -204,7 +217,8 @@ fn attention(q: &[f32], kv: &HostKv, batch: &HostBatch<'_>, heads: Heads) -> Vec
     out
 }
 
-/// One query row's attention (every head) over `keys` and `values`
+/// One query row's attention (every head) over `keys` (blocks of
+/// [`KEY_BLOCK`] positions, as [`write`] lays them out) and `values`
 /// (`[positions, n_kv_heads·dh]`), written into `out`.
 struct RowAttention<'a> {
     q: &'a [f32],
@@ -263,7 +277,8 @@ impl RowAttention<'_> {
         } = self.heads;
         let (group, width) = (n_heads / n_kv_heads, n_kv_heads * dh);
         let scale = 1.0 / (dh as f32).sqrt();
-        let mut scores = vec![0.0f32; self.keys.len() / width.max(1)];
+        let seen = self.values.len() / width.max(1);
+        let mut blocks = vec![0.0f32; self.keys.len() / width.max(1)];
         for (j, (qh, oh)) in self
             .q
             .chunks_exact(dh)
@@ -271,10 +286,32 @@ impl RowAttention<'_> {
             .enumerate()
         {
             let at = j / group * dh;
-            let keys = self.keys.chunks_exact(width).map(|k| &k[at..at + dh]);
-            for (s, key) in scores.iter_mut().zip(keys) {
-                *s = dot(qh, key) * scale;
+            // A block of positions' scores at once: one vector of running
+            // sums per dimension modulo 4 (four short chains of additions;
+            // a tail of fewer than 4 into the first), added in a fixed order.
+            let keys = self.keys.chunks_exact(width * KEY_BLOCK);
+            for (s, block) in blocks.as_chunks_mut::<KEY_BLOCK>().0.iter_mut().zip(keys) {
+                let mut acc = [[0.0f32; KEY_BLOCK]; 4];
+                let dims = &block[at * KEY_BLOCK..(at + dh) * KEY_BLOCK];
+                let (q4, q_tail) = qh.as_chunks::<4>();
+                let (k4, k_tail) = dims.as_chunks::<{ 4 * KEY_BLOCK }>();
+                for (q, k) in q4.iter().zip(k4) {
+                    for (i, a) in acc.iter_mut().enumerate() {
+                        for l in 0..KEY_BLOCK {
+                            a[l] += q[i] * k[i * KEY_BLOCK + l];
+                        }
+                    }
+                }
+                for (q, k) in q_tail.iter().zip(k_tail.chunks_exact(KEY_BLOCK)) {
+                    for l in 0..KEY_BLOCK {
+                        acc[0][l] += q * k[l];
+                    }
+                }
+                for l in 0..KEY_BLOCK {
+                    s[l] = ((acc[0][l] + acc[1][l]) + (acc[2][l] + acc[3][l])) * scale;
+                }
             }
+            let scores = &mut blocks[..seen];
             let max = scores.iter().fold(f32::NEG_INFINITY, |m, s| m.max(*s));
             // Exponentials first (a loop that vectorises), then their sum in order.
             for s in scores.iter_mut() {
@@ -371,6 +408,76 @@ mod tests {
                 (f64::from(*a) - b).abs() <= 1e-6 * (1.0 + b.abs()),
                 "{a} vs {b}"
             );
+        }
+    }
+
+    /// Blocked keys and the attention over them against a naive softmax:
+    /// 4 query heads of 6 dimensions (a tail of 2 past the groups of 4)
+    /// over 2 key/value heads, 11 cached positions (a partial block of
+    /// keys) written by two passes, for the last 3 query positions.
+    #[cfg(feature = "flex")]
+    #[test]
+    fn attention_over_blocked_keys_is_the_naive_softmax() {
+        let heads = Heads {
+            n_heads: 4,
+            n_kv_heads: 2,
+            head_dim: 6,
+        };
+        let (width, positions) = (12, 11);
+        let value = |i: usize| ((i * 37 % 23) as f32 - 11.0) * 0.11;
+        let k: Vec<f32> = (0..positions * width).map(value).collect();
+        let v: Vec<f32> = (0..positions * width).map(|i| value(i + 5)).collect();
+        let device = burn::tensor::Device::flex();
+        let rope = super::super::rope::Rope::new(6, 16, 1e4, &device).at_host(&[0]);
+        let mut kv = HostKv {
+            keys: vec![Vec::new()],
+            values: vec![Vec::new()],
+        };
+        for (offset, n) in [(0, 8), (8, 3)] {
+            let ids = vec![0i64; n];
+            let batch = HostBatch {
+                ids: &ids,
+                rope: &rope,
+                offsets: &[offset],
+                n,
+            };
+            let at = offset * width..(offset + n) * width;
+            write(&mut kv, &k[at.clone()], &v[at], &batch, 16);
+        }
+        let q: Vec<f32> = (0..3 * 24).map(|i| value(i + 11)).collect();
+        let ids = vec![0i64; 3];
+        let batch = HostBatch {
+            ids: &ids,
+            rope: &rope,
+            offsets: &[8],
+            n: 3,
+        };
+        let got = attention(&q, &kv, &batch, heads);
+        for i in 0..3 {
+            let seen = 8 + i + 1;
+            for j in 0..4 {
+                let (qh, at) = (&q[i * 24 + j * 6..i * 24 + j * 6 + 6], j / 2 * 6);
+                let s: Vec<f64> = (0..seen)
+                    .map(|t| {
+                        let key = &k[t * width + at..t * width + at + 6];
+                        let d: f64 = qh.iter().zip(key).map(|(a, b)| f64::from(a * b)).sum();
+                        d / 6f64.sqrt()
+                    })
+                    .collect();
+                let max = s.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                let e: Vec<f64> = s.iter().map(|x| (x - max).exp()).collect();
+                let total: f64 = e.iter().sum();
+                for c in 0..6 {
+                    let want: f64 = (0..seen)
+                        .map(|t| e[t] / total * f64::from(v[t * width + at + c]))
+                        .sum();
+                    let have = f64::from(got[i * 24 + j * 6 + c]);
+                    assert!(
+                        (have - want).abs() < 1e-5,
+                        "row {i} head {j} dim {c}: {have} vs {want}"
+                    );
+                }
+            }
         }
     }
 
