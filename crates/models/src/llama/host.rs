@@ -133,12 +133,24 @@ fn add(x: &mut [f32], y: &[f32]) {
 /// `x · 1/√(mean(x²) + ε) · g`, the operations of [`RmsNorm::forward`].
 #[inline(always)]
 fn rms_norm(x: &[f32], d: usize, norm: &RmsNorm, eps: f32) -> LlamaResult<Vec<f32>> {
-    let gain = values(norm.gain().into_data())?;
+    let gain = match norm.host_gain.get() {
+        Some(g) => g,
+        None => norm
+            .host_gain
+            .get_or_init(|| values(norm.gain().into_data()).unwrap_or_default()),
+    };
+    if gain.len() != d {
+        return Err(LlamaError::Core(lastmile_core::CoreError::ShapeMismatch {
+            what: "RMSNorm gain in host memory".to_owned(),
+            expected: format!("{d} f32 values"),
+            found: vec![gain.len()],
+        }));
+    }
     let mut y = vec![0.0f32; x.len()];
     for (xr, yr) in x.chunks_exact(d).zip(y.chunks_exact_mut(d)) {
         let mean_sq = dot(xr, xr) / d as f32;
         let inv = 1.0 / (mean_sq + eps).sqrt();
-        for ((o, v), g) in yr.iter_mut().zip(xr).zip(&gain) {
+        for ((o, v), g) in yr.iter_mut().zip(xr).zip(gain) {
             *o = v * inv * g;
         }
     }

@@ -1,5 +1,7 @@
 //! RMSNorm (Zhang & Sennrich 2019, eq. 4): `y = x / sqrt(mean(x²) + ε) ⊙ g`.
 
+use std::sync::OnceLock;
+
 use burn::tensor::Tensor;
 
 /// Root-mean-square normalisation over the last dimension with a learned gain `g`.
@@ -8,6 +10,9 @@ pub(crate) struct RmsNorm {
     /// `g`, `[1, 1, d]`.
     gain: Tensor<3>,
     eps: f32,
+    /// `g` in host memory, copied on the host pass's first use (it reads
+    /// `g` at every step; the tensor path never needs the copy).
+    pub(crate) host_gain: OnceLock<Vec<f32>>,
 }
 
 impl RmsNorm {
@@ -17,6 +22,7 @@ impl RmsNorm {
         Self {
             gain: gain.reshape([1, 1, d]),
             eps,
+            host_gain: OnceLock::new(),
         }
     }
 
