@@ -256,8 +256,8 @@ fn spec_decode_decode(_: &mut Criterion) {
     let config = GenerationConfig::new(SamplingParams::new(0.0).expect("T"), 128).expect("config");
     let tap = FeatureTap::new(&target);
     // The cost-aware policy's costs, in target steps, measured here as
-    // spec_decode_llm measures them: a draft step, and the marginal cost
-    // of a token in a pass over 9 tokens against one.
+    // spec_decode_llm measures them: a draft step (after a target step),
+    // and the marginal cost of a token in a pass over 9 tokens against one.
     let (c, c_v) = {
         let d = target.config().d_model;
         let mut tc = target.new_cache(1).expect("cache");
@@ -270,18 +270,14 @@ fn spec_decode_decode(_: &mut Criterion) {
             .forward_conditioned(&mut dc, std::slice::from_ref(&prompt), zeros(prompt.len()))
             .expect("prompt");
         let len = prompt.len();
-        let time = |f: &mut dyn FnMut()| {
-            let mut v: Vec<f64> = (0..15)
-                .map(|_| {
-                    let start = std::time::Instant::now();
-                    f();
-                    start.elapsed().as_secs_f64()
-                })
-                .collect();
+        // Median seconds of 15 runs of `f`, which times itself.
+        let time = |f: &mut dyn FnMut() -> f64| {
+            let mut v: Vec<f64> = (0..15).map(|_| f()).collect();
             v.sort_by(f64::total_cmp);
             v[7]
         };
         let one = time(&mut || {
+            let start = std::time::Instant::now();
             std::hint::black_box(
                 target
                     .forward_cached(&mut tc, &[vec![42]])
@@ -289,8 +285,10 @@ fn spec_decode_decode(_: &mut Criterion) {
                     .into_data(),
             );
             tc.truncate(0, len).expect("truncate");
+            start.elapsed().as_secs_f64()
         });
         let nine = time(&mut || {
+            let start = std::time::Instant::now();
             std::hint::black_box(
                 target
                     .forward_cached(&mut tc, &[prompt[..9].to_vec()])
@@ -298,13 +296,25 @@ fn spec_decode_decode(_: &mut Criterion) {
                     .into_data(),
             );
             tc.truncate(0, len).expect("truncate");
+            start.elapsed().as_secs_f64()
         });
+        // A draft step as in a round: right after a target step, which
+        // evicts the draft's weights from the cache (untimed).
         let step = time(&mut || {
+            std::hint::black_box(
+                target
+                    .forward_cached(&mut tc, &[vec![42]])
+                    .expect("step")
+                    .into_data(),
+            );
+            tc.truncate(0, len).expect("truncate");
+            let start = std::time::Instant::now();
             let (l, f) = draft
                 .forward_conditioned(&mut dc, &[vec![42]], zeros(1))
                 .expect("step");
             std::hint::black_box((l.into_data(), f.into_data()));
             dc.truncate(0, len).expect("truncate");
+            start.elapsed().as_secs_f64()
         });
         (step / one, ((nine - one) / 8.0 / one).max(0.0))
     };

@@ -17,7 +17,9 @@
 //! 2. The draft model. `--draft distilled` loads the draft the
 //!    `distill_llm` example saved for `--layers L` (default 2) blocks and a
 //!    head over `--vocab V` tokens (default 8192; 0: the full head) and
-//!    measures its step cost `c` (in target steps). `--draft exit` picks
+//!    measures its step cost `c` (in target steps, each draft step timed
+//!    right after a target step, as in a round, where the target's pass has
+//!    evicted the draft's weights from the cache). `--draft exit` picks
 //!    the early-exit depth: for L ∈ {4, 8, …, 24} it measures `c` and
 //!    decodes the first prompt of each kind with AdaEDL at T = 0; the L
 //!    with the highest tokens/s is used below (`--layers L` skips this).
@@ -52,7 +54,9 @@ use lastmile_core::lm::LanguageModel;
 use lastmile_core::numerics::SamplingParams;
 use lastmile_examples::drafts::{DraftSource, FeatureDraft, TokenDraft};
 use lastmile_examples::drafts::{draft_file_name, feature_draft_file_name};
-use lastmile_examples::llm::{CHAT_PROMPTS, Llm, MODEL_DIR, corpus_prompts, models_dir, step_time};
+use lastmile_examples::llm::{
+    CHAT_PROMPTS, Llm, MODEL_DIR, corpus_prompts, draft_step_time, models_dir, step_time,
+};
 use lastmile_examples::plot::{BarPanel, LinePanel, write_svg, write_svg_sized};
 use lastmile_examples::report::{Flags, output_dir, progress_bar, table, write_csv};
 use lastmile_examples::spec_decode::{Method, methods, run_method, sweep};
@@ -214,7 +218,7 @@ fn main() -> Result<()> {
             &device,
         )?
         .to_draft(target.storage(), &device)?;
-        let c = step_time(&draft, prefix, 1, 15)? / t1;
+        let c = draft_step_time(&draft, target, prefix, 15)? / t1;
         let label = format!("feature L={feature_layers} V={}", args.vocab);
         println!(
             "draft: {label} ({}), one draft step c = {c:.3} target steps",
@@ -255,7 +259,7 @@ fn main() -> Result<()> {
             &device,
         )?
         .to_model(target.storage(), &device)?;
-        let c = step_time(&draft, prefix, 1, 15)? / t1;
+        let c = draft_step_time(&draft, target, prefix, 15)? / t1;
         let label = match args.vocab {
             0 => format!("distilled L={distilled_layers}"),
             v => format!("distilled L={distilled_layers} V={v}"),
@@ -317,7 +321,7 @@ fn main() -> Result<()> {
     };
     for &l in &candidates {
         let draft = LlamaEarlyExit::new(target, l)?;
-        let c = step_time(&draft, prefix, 1, 15)? / t1;
+        let c = draft_step_time(&draft, target, prefix, 15)? / t1;
         let mut m = Metrics::default();
         for p in &probe_prompts {
             m.merge(&run_method(&adaedl, target, &TokenDraft(&draft), p, &probe, 0)?.metrics);

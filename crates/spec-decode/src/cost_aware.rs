@@ -33,11 +33,14 @@ pub struct CostAwareConfig {
 }
 
 impl Default for CostAwareConfig {
-    /// `γ = 0.2` (AdaEDL's), `β = 0.5`, `â₀ = 0.7`, `L_max = 8`, a probe every 8 rounds.
+    /// `γ = 0.2` (AdaEDL's), `β = 0.9`, `â₀ = 0.7`, `L_max = 8`, a probe
+    /// every 8 rounds. `β = 0.9` remembers about ten rounds: with `β = 0.5`
+    /// three rejected rounds in a row (42 % likely at an acceptance of 0.25,
+    /// where speculation still pays) closed the gate for 7 rounds.
     fn default() -> Self {
         Self {
             gamma: 0.2,
-            beta: 0.5,
+            beta: 0.9,
             initial_acceptance: 0.7,
             max_len: 8,
             probe_every: 8,
@@ -89,7 +92,7 @@ impl Default for CostAwareConfig {
 /// let mut q = p.clone();
 /// assert!(!q.continue_drafting(0, &DraftStepInfo { entropy: 4.0, top_prob: 0.05 }));
 /// // Rounds that accept nothing close the gate: the next rounds draft nothing.
-/// for _ in 0..10 {
+/// for _ in 0..20 {
 ///     p.round_limit();
 ///     p.observe(RoundOutcome { drafted: 4, accepted: 0 });
 /// }
@@ -272,15 +275,13 @@ mod tests {
         // Seven rounds without drafting, then a probe.
         let limits: Vec<usize> = (0..8).map(|_| p.round_limit()).collect();
         assert_eq!(limits, [0, 0, 0, 0, 0, 0, 0, 8]);
-        // Probes that are fully accepted reopen the gate.
-        p.observe(RoundOutcome {
-            drafted: 8,
-            accepted: 8,
-        });
-        p.observe(RoundOutcome {
-            drafted: 8,
-            accepted: 8,
-        });
+        // Probes that are fully accepted reopen the gate (three at β = 0.9).
+        for _ in 0..3 {
+            p.observe(RoundOutcome {
+                drafted: 8,
+                accepted: 8,
+            });
+        }
         assert!(p.speculation_pays());
         assert_eq!(p.round_limit(), 8);
     }
