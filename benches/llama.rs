@@ -43,7 +43,7 @@ use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use lastmile_core::lm::LanguageModel;
 use lastmile_core::model_files::{SMOLLM2_135M_INSTRUCT, fetch_hint, models_dir};
 use lastmile_models::llama::{
-    LlamaEarlyExit, LlamaFeatureDraftModule, LlamaModel, LlamaModule, WeightStorage,
+    LlamaCache, LlamaEarlyExit, LlamaFeatureDraftModule, LlamaModel, LlamaModule, WeightStorage,
 };
 
 /// Prompt length of the timed passes (as llama_cpp_reference.py's prompt).
@@ -276,15 +276,19 @@ fn spec_decode_decode(_: &mut Criterion) {
             v.sort_by(f64::total_cmp);
             v[7]
         };
-        let one = time(&mut || {
-            let start = std::time::Instant::now();
+        // One target step, rolled back.
+        let target_step = |tc: &mut LlamaCache| {
             std::hint::black_box(
                 target
-                    .forward_cached(&mut tc, &[vec![42]])
+                    .forward_cached(tc, &[vec![42]])
                     .expect("step")
                     .into_data(),
             );
             tc.truncate(0, len).expect("truncate");
+        };
+        let one = time(&mut || {
+            let start = std::time::Instant::now();
+            target_step(&mut tc);
             start.elapsed().as_secs_f64()
         });
         let nine = time(&mut || {
@@ -301,13 +305,7 @@ fn spec_decode_decode(_: &mut Criterion) {
         // A draft step as in a round: right after a target step, which
         // evicts the draft's weights from the cache (untimed).
         let step = time(&mut || {
-            std::hint::black_box(
-                target
-                    .forward_cached(&mut tc, &[vec![42]])
-                    .expect("step")
-                    .into_data(),
-            );
-            tc.truncate(0, len).expect("truncate");
+            target_step(&mut tc);
             let start = std::time::Instant::now();
             let (l, f) = draft
                 .forward_conditioned(&mut dc, &[vec![42]], zeros(1))

@@ -38,11 +38,11 @@ use lastmile_core::numerics::{SamplingParams, argmax};
 use lastmile_examples::draft_text::{book_tokens, sample_windows, target_texts};
 use lastmile_examples::drafts::TokenDraft;
 use lastmile_examples::drafts::draft_file_name;
-use lastmile_examples::llm::step_time;
 use lastmile_examples::llm::{Llm, MODEL_DIR, models_dir};
 use lastmile_examples::plot::{LinePanel, write_svg};
 use lastmile_examples::report::{Flags, output_dir, progress_bar, table, write_csv};
 use lastmile_examples::spec_decode::{Method, sweep};
+use lastmile_examples::timing::{draft_step_time, step_time};
 use lastmile_models::TrainConfig;
 use lastmile_models::llama::{
     LlamaEarlyExit, LlamaModel, LlamaModule, WeightStorage, distill_draft, likely_tokens,
@@ -228,13 +228,13 @@ fn main() -> Result<()> {
                     format!("early exit, {layers} blocks, full head"),
                     format!("{kl0:.3}"),
                     format!("{:.1}%", 100.0 * agree0),
-                    cost(&|| step_time(&early, 128, 1, 15))?,
+                    cost(&|| draft_step_time(&early, target, 128, 15))?,
                 ],
                 vec![
                     format!("distilled, {steps} steps ({seconds:.0} s), {head_name}"),
                     format!("{kl1:.3}"),
                     format!("{:.1}%", 100.0 * agree1),
-                    cost(&|| step_time(&distilled, 128, 1, 15))?,
+                    cost(&|| draft_step_time(&distilled, target, 128, 15))?,
                 ],
             ]
         )

@@ -38,10 +38,11 @@ use lastmile_core::numerics::{SamplingParams, argmax};
 use lastmile_examples::draft_text::{book_tokens, sample_windows, target_texts};
 use lastmile_examples::drafts::FeatureDraft;
 use lastmile_examples::drafts::feature_draft_file_name;
-use lastmile_examples::llm::{Llm, MODEL_DIR, corpus_prompts, models_dir, step_time};
+use lastmile_examples::llm::{Llm, MODEL_DIR, corpus_prompts, models_dir};
 use lastmile_examples::plot::{LinePanel, write_svg};
 use lastmile_examples::report::{Flags, output_dir, progress_bar, table, write_csv};
 use lastmile_examples::spec_decode::{Method, sweep};
+use lastmile_examples::timing::{draft_step_time, step_time};
 use lastmile_models::TrainConfig;
 use lastmile_models::llama::{
     FeatureLoss, FeatureLossConfig, LlamaFeatureDraft, LlamaFeatureDraftModule, LlamaModel,
@@ -263,7 +264,7 @@ fn main() -> Result<()> {
     let (kl1, agree1) = agreement(target, &fast, &held)?;
     let by1 = agreement_by_token(target, &draft, &held, RUN)?;
     let t1 = step_time(target, 128, 1, 15)?;
-    let c = step_time(&fast, 128, 1, 15)? / t1;
+    let c = draft_step_time(&fast, target, 128, 15)? / t1;
     println!(
         "{}KL: to the target's next-token distribution restricted to the head's tokens; agreement: \
          the draft's greedy token is the target's, reading the target's features (8 held-out book \

@@ -54,12 +54,11 @@ use lastmile_core::lm::LanguageModel;
 use lastmile_core::numerics::SamplingParams;
 use lastmile_examples::drafts::{DraftSource, FeatureDraft, TokenDraft};
 use lastmile_examples::drafts::{draft_file_name, feature_draft_file_name};
-use lastmile_examples::llm::{
-    CHAT_PROMPTS, Llm, MODEL_DIR, corpus_prompts, draft_step_time, models_dir, step_time,
-};
+use lastmile_examples::llm::{CHAT_PROMPTS, Llm, MODEL_DIR, corpus_prompts, models_dir};
 use lastmile_examples::plot::{BarPanel, LinePanel, write_svg, write_svg_sized};
 use lastmile_examples::report::{Flags, output_dir, progress_bar, table, write_csv};
 use lastmile_examples::spec_decode::{Method, methods, run_method, sweep};
+use lastmile_examples::timing::{draft_step_time, step_time};
 use lastmile_models::llama::{LlamaEarlyExit, LlamaFeatureDraftModule, LlamaModule};
 use lastmile_spec_decode::{AdaEdl, AdaEdlConfig, FeatureTap, GenerationConfig, Metrics};
 

@@ -13,3 +13,4 @@ pub mod moe;
 pub mod plot;
 pub mod report;
 pub mod spec_decode;
+pub mod timing;

@@ -12,8 +12,6 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail, ensure};
 use burn::tensor::{Device, Tensor};
-use lastmile_core::convert::tensor_to_vec;
-use lastmile_core::lm::LanguageModel;
 use lastmile_core::numerics::{SamplingParams, argmax, sample_categorical};
 use lastmile_datasets::TextCorpus;
 use lastmile_models::llama::{LlamaEarlyExit, LlamaModel, WeightStorage};
@@ -298,71 +296,6 @@ pub fn corpus_prompts(n: usize, chars: usize, seed: u64) -> Result<Vec<String>> 
         .collect())
 }
 
-/// Seconds per cached forward of `k` new tokens after a `prefix`-token
-/// context, rolled back after each repetition as a rejected verify pass is
-/// (median of `reps`, the logits read back each time).
-///
-/// # Errors
-/// A failing forward, or `prefix + k` past the model's context.
-pub fn step_time<M: LanguageModel>(model: &M, prefix: usize, k: usize, reps: usize) -> Result<f64> {
-    ensure!(
-        prefix >= 1 && k >= 1 && reps >= 1,
-        "prefix, k and reps must be at least 1"
-    );
-    let vocab = model.vocab_size();
-    let tokens = |n: usize, salt: usize| -> Vec<usize> {
-        (0..n).map(|i| (i * 7919 + salt) % vocab).collect()
-    };
-    let mut cache = model.new_cache(1)?;
-    tensor_to_vec(model.forward(&mut cache, &[tokens(prefix, 11)])?)?;
-    let mut times = Vec::with_capacity(reps);
-    for r in 0..reps {
-        let start = Instant::now();
-        tensor_to_vec(model.forward(&mut cache, &[tokens(k, r)])?)?;
-        times.push(start.elapsed().as_secs_f64());
-        model.truncate(&mut cache, 0, prefix)?;
-    }
-    times.sort_by(f64::total_cmp);
-    Ok(times[times.len() / 2])
-}
-
-/// Seconds per one-token step of `draft` as it runs in a speculative
-/// round: right after a one-token step of `target` (untimed), whose pass
-/// has just streamed the target's weights through the caches and evicted
-/// the draft's (median of `reps`; both rolled back after each repetition).
-/// In a hot loop ([`step_time`]) a small draft's weights stay in the cache
-/// and its step looks several times cheaper than in decoding.
-///
-/// # Errors
-/// As [`step_time`], for either model.
-pub fn draft_step_time<D: LanguageModel, T: LanguageModel>(
-    draft: &D,
-    target: &T,
-    prefix: usize,
-    reps: usize,
-) -> Result<f64> {
-    ensure!(
-        prefix >= 1 && reps >= 1,
-        "prefix and reps must be at least 1"
-    );
-    let vocab = draft.vocab_size().min(target.vocab_size());
-    let context: Vec<usize> = (0..prefix).map(|i| (i * 7919 + 11) % vocab).collect();
-    let (mut dc, mut tc) = (draft.new_cache(1)?, target.new_cache(1)?);
-    tensor_to_vec(draft.forward(&mut dc, std::slice::from_ref(&context))?)?;
-    tensor_to_vec(target.forward(&mut tc, std::slice::from_ref(&context))?)?;
-    let mut times = Vec::with_capacity(reps);
-    for r in 0..reps {
-        tensor_to_vec(target.forward(&mut tc, &[vec![r % vocab]])?)?;
-        target.truncate(&mut tc, 0, prefix)?;
-        let start = Instant::now();
-        tensor_to_vec(draft.forward(&mut dc, &[vec![r % vocab]])?)?;
-        times.push(start.elapsed().as_secs_f64());
-        draft.truncate(&mut dc, 0, prefix)?;
-    }
-    times.sort_by(f64::total_cmp);
-    Ok(times[times.len() / 2])
-}
-
 /// Tour section: SmolLM2-135M-Instruct answers one chat message (streamed,
 /// greedy, 32 tokens), then a short speculative comparison at T = 0:
 /// autoregressive decoding against the early-exit draft
@@ -503,6 +436,7 @@ pub fn tour_section(device: &Device) -> Result<()> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use lastmile_core::convert::tensor_to_vec;
 
     /// The tour section end to end on the default device (prints a skip line
     /// when the model is absent). Ignored: with the model present it decodes
@@ -617,6 +551,7 @@ mod tests {
         assert!(run(4, 16, &[]).is_err());
         assert!(run(4, 0, &[70]).is_err());
         assert!(run(4, 48, &[70]).is_err()); // 1 + 48 > context 48
+        use crate::timing::{draft_step_time, step_time};
         assert!(step_time(&llm.model, 0, 1, 1).is_err());
         assert!(step_time(&llm.model, 4, 2, 3).unwrap() > 0.0);
         assert!(draft_step_time(&llm.model, &llm.model, 4, 3).unwrap() > 0.0);

@@ -6,7 +6,7 @@ use lastmile_core::lm::{LanguageModel, check_logits_shape};
 use lastmile_core::numerics::sample_categorical_on_device;
 use rand::Rng;
 
-use crate::decoder::{Generation, GenerationConfig, Row, sync_row, validate_prompts};
+use crate::decoder::{Generation, GenerationConfig, Row, finish, sync_row, validate_prompts};
 use crate::error::Result;
 use crate::greedy::{Greedy, greedy_rows};
 use crate::metrics::Metrics;
@@ -132,12 +132,5 @@ pub fn generate_autoregressive<M: LanguageModel, R: Rng + ?Sized>(
             metrics.end_prefill(start);
         }
     }
-    metrics.elapsed = start.elapsed();
-    Ok(Generation {
-        tokens: rows
-            .into_iter()
-            .map(|r| r.seq[r.prompt_len..].to_vec())
-            .collect(),
-        metrics,
-    })
+    Ok(finish(rows, metrics, start))
 }

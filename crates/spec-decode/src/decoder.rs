@@ -141,6 +141,19 @@ impl Row {
     }
 }
 
+/// The generation of a finished decode: each row's new tokens, and the
+/// metrics with the time since `start`.
+pub(crate) fn finish(rows: Vec<Row>, mut metrics: Metrics, start: Instant) -> Generation {
+    metrics.elapsed = start.elapsed();
+    Generation {
+        tokens: rows
+            .into_iter()
+            .map(|r| r.seq[r.prompt_len..].to_vec())
+            .collect(),
+        metrics,
+    }
+}
+
 /// Brings a row's target cache to the committed prefix and returns the tokens
 /// still to feed (at least the last committed token).
 pub(crate) fn sync_row<M: LanguageModel>(
@@ -484,14 +497,7 @@ impl<'t, T: LanguageModel, D: Drafter> SpeculativeDecoder<'t, T, D> {
                 metrics.end_prefill(start);
             }
         }
-        metrics.elapsed = start.elapsed();
-        Ok(Generation {
-            tokens: rows
-                .into_iter()
-                .map(|r| r.seq[r.prompt_len..].to_vec())
-                .collect(),
-            metrics,
-        })
+        Ok(finish(rows, metrics, start))
     }
 }
 

@@ -1,0 +1,73 @@
+//! Timing a language model's steps, for the costs the speculative-decoding
+//! policies weigh (in target steps).
+
+use std::time::Instant;
+
+use anyhow::{Result, ensure};
+use lastmile_core::convert::tensor_to_vec;
+use lastmile_core::lm::LanguageModel;
+
+/// Seconds per cached forward of `k` new tokens after a `prefix`-token
+/// context, rolled back after each repetition as a rejected verify pass is
+/// (median of `reps`, the logits read back each time).
+///
+/// # Errors
+/// A failing forward, or `prefix + k` past the model's context.
+pub fn step_time<M: LanguageModel>(model: &M, prefix: usize, k: usize, reps: usize) -> Result<f64> {
+    ensure!(
+        prefix >= 1 && k >= 1 && reps >= 1,
+        "prefix, k and reps must be at least 1"
+    );
+    let vocab = model.vocab_size();
+    let tokens = |n: usize, salt: usize| -> Vec<usize> {
+        (0..n).map(|i| (i * 7919 + salt) % vocab).collect()
+    };
+    let mut cache = model.new_cache(1)?;
+    tensor_to_vec(model.forward(&mut cache, &[tokens(prefix, 11)])?)?;
+    let mut times = Vec::with_capacity(reps);
+    for r in 0..reps {
+        let start = Instant::now();
+        tensor_to_vec(model.forward(&mut cache, &[tokens(k, r)])?)?;
+        times.push(start.elapsed().as_secs_f64());
+        model.truncate(&mut cache, 0, prefix)?;
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(times[times.len() / 2])
+}
+
+/// Seconds per one-token step of `draft` as it runs in a speculative
+/// round: right after a one-token step of `target` (untimed), whose pass
+/// has just streamed the target's weights through the caches and evicted
+/// the draft's (median of `reps`; both rolled back after each repetition).
+/// In a hot loop ([`step_time`]) a small draft's weights stay in the cache
+/// and its step looks several times cheaper than in decoding.
+///
+/// # Errors
+/// As [`step_time`], for either model.
+pub fn draft_step_time<D: LanguageModel, T: LanguageModel>(
+    draft: &D,
+    target: &T,
+    prefix: usize,
+    reps: usize,
+) -> Result<f64> {
+    ensure!(
+        prefix >= 1 && reps >= 1,
+        "prefix and reps must be at least 1"
+    );
+    let vocab = draft.vocab_size().min(target.vocab_size());
+    let context: Vec<usize> = (0..prefix).map(|i| (i * 7919 + 11) % vocab).collect();
+    let (mut dc, mut tc) = (draft.new_cache(1)?, target.new_cache(1)?);
+    tensor_to_vec(draft.forward(&mut dc, std::slice::from_ref(&context))?)?;
+    tensor_to_vec(target.forward(&mut tc, std::slice::from_ref(&context))?)?;
+    let mut times = Vec::with_capacity(reps);
+    for r in 0..reps {
+        tensor_to_vec(target.forward(&mut tc, &[vec![r % vocab]])?)?;
+        target.truncate(&mut tc, 0, prefix)?;
+        let start = Instant::now();
+        tensor_to_vec(draft.forward(&mut dc, &[vec![r % vocab]])?)?;
+        times.push(start.elapsed().as_secs_f64());
+        draft.truncate(&mut dc, 0, prefix)?;
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(times[times.len() / 2])
+}
