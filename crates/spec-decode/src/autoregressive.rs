@@ -65,15 +65,10 @@ pub fn generate_autoregressive<M: LanguageModel, R: Rng + ?Sized>(
     let batch = prompts.len();
     let device = model.device();
     let mut cache = model.new_cache(batch)?;
+    // The policy is never consulted: no drafts.
     let mut rows: Vec<Row> = prompts
         .iter()
-        .map(|p| Row {
-            seq: p.clone(),
-            prompt_len: p.len(),
-            done: false,
-            policy: Box::new(crate::policy::StaticLength { gamma: 1 }),
-            target_fed: Vec::new(),
-        })
+        .map(|p| Row::new(p, Box::new(crate::policy::StaticLength { gamma: 1 })))
         .collect();
     let mut metrics = Metrics::default();
     let mut first_round = true;

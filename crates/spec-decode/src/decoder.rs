@@ -122,6 +122,17 @@ pub(crate) struct Row {
 }
 
 impl Row {
+    /// A row starting at `prompt`, its draft lengths decided by `policy`.
+    pub(crate) fn new(prompt: &[usize], policy: Box<dyn DraftPolicy>) -> Self {
+        Self {
+            seq: prompt.to_vec(),
+            prompt_len: prompt.len(),
+            done: false,
+            policy,
+            target_fed: Vec::new(),
+        }
+    }
+
     /// Appends `tokens`, applying the length limit and stop token.
     pub(crate) fn commit(&mut self, tokens: &[usize], config: &GenerationConfig) -> usize {
         let mut kept = 0;
@@ -336,13 +347,7 @@ impl<'t, T: LanguageModel, D: Drafter> SpeculativeDecoder<'t, T, D> {
         self.drafter.reset(batch)?;
         let mut rows: Vec<Row> = prompts
             .iter()
-            .map(|p| Row {
-                seq: p.clone(),
-                prompt_len: p.len(),
-                done: false,
-                policy: self.policy.clone(),
-                target_fed: Vec::new(),
-            })
+            .map(|p| Row::new(p, self.policy.clone()))
             .collect();
         let mut metrics = Metrics::default();
         let mut first_round = true;
