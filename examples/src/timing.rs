@@ -13,6 +13,18 @@ use lastmile_core::lm::LanguageModel;
 ///
 /// # Errors
 /// A failing forward, or `prefix + k` past the model's context.
+///
+/// ```
+/// # #[cfg(feature = "flex")] {
+/// use burn::tensor::Device;
+/// use lastmile_examples::timing::step_time;
+/// use lastmile_models::llama::{LlamaConfig, WeightStorage};
+/// let model = LlamaConfig::tiny().init_random(1, WeightStorage::F32, &Device::flex())?;
+/// assert!(step_time(&model, 8, 2, 3)? > 0.0);
+/// assert!(step_time(&model, 0, 2, 3).is_err()); // an empty prefix
+/// # }
+/// # Ok::<(), anyhow::Error>(())
+/// ```
 pub fn step_time<M: LanguageModel>(model: &M, prefix: usize, k: usize, reps: usize) -> Result<f64> {
     ensure!(
         prefix >= 1 && k >= 1 && reps >= 1,
@@ -44,6 +56,20 @@ pub fn step_time<M: LanguageModel>(model: &M, prefix: usize, k: usize, reps: usi
 ///
 /// # Errors
 /// As [`step_time`], for either model.
+///
+/// ```
+/// # #[cfg(feature = "flex")] {
+/// use burn::tensor::Device;
+/// use lastmile_examples::timing::draft_step_time;
+/// use lastmile_models::llama::{LlamaConfig, WeightStorage};
+/// let d = Device::flex();
+/// let target = LlamaConfig::tiny().init_random(1, WeightStorage::F32, &d)?;
+/// let draft = LlamaConfig { n_layers: 1, ..LlamaConfig::tiny() }.init_random(2, WeightStorage::F32, &d)?;
+/// assert!(draft_step_time(&draft, &target, 8, 3)? > 0.0);
+/// assert!(draft_step_time(&draft, &target, 8, 0).is_err()); // no repetitions
+/// # }
+/// # Ok::<(), anyhow::Error>(())
+/// ```
 pub fn draft_step_time<D: LanguageModel, T: LanguageModel>(
     draft: &D,
     target: &T,
