@@ -33,9 +33,10 @@ pub struct DraftRequest<'a> {
 }
 
 impl DraftRequest<'_> {
-    /// Whether the limit leaves room for token number `drafted + 1`. Does not
-    /// consult the policy: a drafter uses it to decide whether to prepare the
-    /// next position at all (e.g. run one more draft forward).
+    /// Whether to prepare token number `drafted + 1` at all (e.g. run one
+    /// more draft forward): the limit leaves room for it, and past the
+    /// policy's [`min_len`](DraftPolicy::min_len) the policy finds the step
+    /// [worth its cost](DraftPolicy::worth_a_step).
     ///
     /// ```
     /// use lastmile_spec_decode::{DraftRequest, StaticLength};
@@ -46,6 +47,7 @@ impl DraftRequest<'_> {
     /// ```
     pub fn has_room(&self, drafted: usize) -> bool {
         drafted < self.limit
+            && (drafted < self.policy.min_len() || self.policy.worth_a_step(drafted))
     }
 
     /// Whether to draft token number `drafted + 1`, whose draft distribution

@@ -85,6 +85,7 @@
 //! ```
 
 mod autoregressive;
+pub mod calibration;
 pub mod cost_aware;
 pub mod decoder;
 pub mod drafter;
@@ -97,6 +98,7 @@ pub mod verify;
 mod verify_host;
 
 pub use autoregressive::generate_autoregressive;
+pub use calibration::{CalibratedBound, LEVELS};
 pub use cost_aware::{CostAwareAdaEdl, CostAwareConfig};
 pub use decoder::{Generation, GenerationConfig, SpeculativeDecoder};
 pub use drafter::{Draft, DraftRequest, Drafter, ModelDrafter, PromptLookup};

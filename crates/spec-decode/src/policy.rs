@@ -75,6 +75,15 @@ pub trait DraftPolicy: Debug + Send {
         true
     }
 
+    /// Whether, with `drafted` tokens drafted this round (`drafted ≥
+    /// min_len()`), running the draft once more to see the next token's
+    /// distribution is worth its cost. `true` by default: the limit and
+    /// [`continue_drafting`](DraftPolicy::continue_drafting) decide.
+    fn worth_a_step(&self, drafted: usize) -> bool {
+        let _ = drafted;
+        true
+    }
+
     /// Feedback after the target verified the round.
     fn observe(&mut self, outcome: RoundOutcome) {
         let _ = outcome;
