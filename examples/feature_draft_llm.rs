@@ -10,12 +10,15 @@
 //! is EAGLE's `w_cls` (0.1), the weight of the token loss; `--unroll S`
 //! trains over runs of `S` drafting steps, each reading the features the
 //! step before predicted (EAGLE-3's training-time test; 1 = EAGLE-1).
+//! `--resume` continues training the draft saved for `--layers` and
+//! `--vocab` (a fresh optimiser and schedule; give another `--seed`, the
+//! seed of the training windows, to see other windows).
 //!
 //! ```text
 //! scripts/fetch-smollm2.sh      # once: the 98 MB model file
 //! cargo run --release -p lastmile-examples --example feature_draft_llm -- [--layers 1] [--vocab 8192]
 //!     [--steps 600] [--batch 4] [--context 128] [--lr 0.001] [--generated 256] [--gen-tokens 96]
-//!     [--token-weight 0.1] [--unroll 1]
+//!     [--token-weight 0.1] [--unroll 1] [--resume] [--seed 1]
 //! ```
 //!
 //! It prints, on held-out windows of the book, how often the draft's greedy
@@ -160,6 +163,7 @@ fn main() -> Result<()> {
     let (mut batch, mut context, mut lr) = (4usize, 128usize, 1e-3f64);
     let (mut generated, mut gen_tokens) = (256usize, 96usize);
     let mut loss_config = FeatureLossConfig::default();
+    let (mut resume, mut seed) = (false, 1u64);
     let mut flags = Flags::from_env();
     while let Some(flag) = flags.next_flag() {
         match flag.as_str() {
@@ -173,9 +177,12 @@ fn main() -> Result<()> {
             "--gen-tokens" => gen_tokens = flags.value("--gen-tokens")?,
             "--token-weight" => loss_config.token_weight = flags.value("--token-weight")?,
             "--unroll" => loss_config.unroll = flags.value("--unroll")?,
+            "--resume" => resume = true,
+            "--seed" => seed = flags.value("--seed")?,
             other => bail!(
                 "unknown argument {other}; expected --layers L, --steps N, --vocab V, --batch B, \
-                 --context N, --lr X, --generated N, --gen-tokens N, --token-weight W, --unroll S"
+                 --context N, --lr X, --generated N, --gen-tokens N, --token-weight W, --unroll S, \
+                 --resume, --seed N"
             ),
         }
     }
@@ -186,7 +193,11 @@ fn main() -> Result<()> {
     let (train, valid) = book_tokens(&llm)?;
     let mut rng = StdRng::seed_from_u64(7);
     let held = sample_windows(&mut rng, &valid, 8, 64);
-    let head_tokens = if vocab == 0 {
+    let path = models_dir()
+        .join(MODEL_DIR)
+        .join(feature_draft_file_name(layers, vocab));
+    // A resumed draft brings its head's tokens from its file.
+    let head_tokens = if vocab == 0 || resume {
         None
     } else {
         let start = Instant::now();
@@ -214,7 +225,12 @@ fn main() -> Result<()> {
         texts.push(&generated_text);
     }
     let ad = device.clone().autodiff();
-    let draft = LlamaFeatureDraftModule::new(target, layers, head_tokens.as_deref(), &ad)?;
+    let draft = if resume {
+        println!("Resuming from {}.", path.display());
+        LlamaFeatureDraftModule::load(target, layers, (vocab > 0).then_some(vocab), &path, &ad)?
+    } else {
+        LlamaFeatureDraftModule::new(target, layers, head_tokens.as_deref(), &ad)?
+    };
     let (kl0, agree0) = agreement(target, &draft.to_draft(storage, &device)?, &held)?;
     let by0 = agreement_by_token(target, &draft, &held, RUN)?;
     println!(
@@ -224,7 +240,7 @@ fn main() -> Result<()> {
     );
     let config = TrainConfig {
         lr,
-        seed: 1,
+        seed,
         ..TrainConfig::new(steps, batch, context)
     };
     let bar = progress_bar(steps as u64, "train");
@@ -256,9 +272,6 @@ fn main() -> Result<()> {
     })?;
     bar.finish_and_clear();
     let seconds = start.elapsed().as_secs_f64();
-    let path = models_dir()
-        .join(MODEL_DIR)
-        .join(feature_draft_file_name(layers, vocab));
     draft.save(&path)?;
     let fast = draft.to_draft(storage, &device)?;
     let (kl1, agree1) = agreement(target, &fast, &held)?;
@@ -280,7 +293,11 @@ fn main() -> Result<()> {
             ],
             &[
                 vec![
-                    "untrained (the target's last block again)".to_owned(),
+                    if resume {
+                        "before (the saved draft)".to_owned()
+                    } else {
+                        "untrained (the target's last block again)".to_owned()
+                    },
                     format!("{kl0:.3}"),
                     format!("{:.1}%", 100.0 * agree0),
                     format!("{:.1}%", 100.0 * by0[1]),
