@@ -7,7 +7,13 @@ use lastmile_core::validate::{check_in_range, check_interval, check_positive};
 
 use crate::error::Result;
 
-/// Levels (bins) of the bound in `[0, 1]`.
+/// Levels (bins) of the bound in `[0, 1]`, each 0.1 wide.
+///
+/// ```
+/// use lastmile_spec_decode::{CalibratedBound, LEVELS};
+/// let c = CalibratedBound::new(0.2, 8.0, 0.998, 0.4).unwrap();
+/// assert_eq!(c.level(0.0), LEVELS - 1); // bound 1: the top level
+/// ```
 pub const LEVELS: usize = 10;
 
 /// The acceptance probability of a draft token as a function of AdaEDL's
@@ -77,6 +83,12 @@ impl CalibratedBound {
     }
 
     /// AdaEDL's lower bound `max(0, 1 − sqrt(γ·H))` for entropy `H` (nats).
+    ///
+    /// ```
+    /// let c = lastmile_spec_decode::CalibratedBound::new(0.2, 8.0, 0.998, 0.4).unwrap();
+    /// assert!((c.bound(1.25) - 0.5).abs() < 1e-12);
+    /// assert_eq!(c.bound(10.0), 0.0);
+    /// ```
     pub fn bound(&self, entropy: f64) -> f64 {
         (1.0 - (self.gamma * entropy.max(0.0)).sqrt()).max(0.0)
     }
@@ -90,12 +102,25 @@ impl CalibratedBound {
 
     /// The level (`0..LEVELS`) of AdaEDL's bound for entropy `H`:
     /// `⌊10·b⌋`, the top one closed.
+    ///
+    /// ```
+    /// let c = lastmile_spec_decode::CalibratedBound::new(0.2, 8.0, 0.998, 0.4).unwrap();
+    /// assert_eq!(c.level(1.25), 5); // bound 0.5
+    /// assert_eq!(c.level(10.0), 0); // bound 0
+    /// ```
     pub fn level(&self, entropy: f64) -> usize {
         // The bound is in [0, 1]; the float-to-int cast saturates.
         ((self.bound(entropy) * LEVELS as f64) as usize).min(LEVELS - 1)
     }
 
     /// The estimated acceptance `â_k` of level `k` (`p̄` past the last).
+    ///
+    /// ```
+    /// let mut c = lastmile_spec_decode::CalibratedBound::new(0.2, 8.0, 1.0, 0.4).unwrap();
+    /// c.record(1.25, true); // level 5
+    /// assert_eq!(c.estimate_at(5), c.estimate(1.25));
+    /// assert!(c.estimate_at(5) > c.estimate_at(0)); // level 0 only follows p̄
+    /// ```
     pub fn estimate_at(&self, level: usize) -> f64 {
         let (s, n) = match (self.accepted.get(level), self.trials.get(level)) {
             (Some(&s), Some(&n)) => (s, n),
@@ -106,6 +131,15 @@ impl CalibratedBound {
 
     /// The rate of all levels, `p̄`: the acceptance of a recorded token
     /// whatever its entropy.
+    ///
+    /// ```
+    /// let mut c = lastmile_spec_decode::CalibratedBound::new(0.2, 8.0, 1.0, 0.4).unwrap();
+    /// assert_eq!(c.pooled(), 0.4);
+    /// for _ in 0..8 {
+    ///     c.record(3.0, true);
+    /// }
+    /// assert!((c.pooled() - 0.7).abs() < 1e-12); // (8 + 8·0.4) / (8 + 8)
+    /// ```
     pub fn pooled(&self) -> f64 {
         (self.accepted.iter().sum::<f64>() + self.prior_weight * self.initial)
             / (self.trials.iter().sum::<f64>() + self.prior_weight)
@@ -113,6 +147,12 @@ impl CalibratedBound {
 
     /// Records one verified token: its draft entropy and whether the target
     /// accepted it.
+    ///
+    /// ```
+    /// let mut c = lastmile_spec_decode::CalibratedBound::new(0.2, 8.0, 1.0, 0.4).unwrap();
+    /// c.record(2.0, false);
+    /// assert!(c.estimate(2.0) < 0.4);
+    /// ```
     pub fn record(&mut self, entropy: f64, accepted: bool) {
         for (s, n) in self.accepted.iter_mut().zip(&mut self.trials) {
             *s *= self.forget;

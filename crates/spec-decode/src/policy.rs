@@ -79,6 +79,11 @@ pub trait DraftPolicy: Debug + Send {
     /// min_len()`), running the draft once more to see the next token's
     /// distribution is worth its cost. `true` by default: the limit and
     /// [`continue_drafting`](DraftPolicy::continue_drafting) decide.
+    ///
+    /// ```
+    /// use lastmile_spec_decode::{DraftPolicy, StaticLength};
+    /// assert!(StaticLength::new(4).unwrap().worth_a_step(3));
+    /// ```
     fn worth_a_step(&self, drafted: usize) -> bool {
         let _ = drafted;
         true
