@@ -18,8 +18,8 @@ use lastmile_models::{
 };
 use lastmile_spec_decode::{
     AdaEdl, AdaEdlConfig, CostAwareAdaEdl, CostAwareConfig, CostModel, DraftPolicy, Generation,
-    GenerationConfig, HeuristicSchedule, MaxConfidence, Metrics, PromptLookup, SpeculativeDecoder,
-    StaticLength, generate_autoregressive,
+    GenerationConfig, HeuristicSchedule, HybridDrafter, MaxConfidence, Metrics, PromptLookup,
+    SpeculativeDecoder, StaticLength, generate_autoregressive,
 };
 use rand::SeedableRng;
 use rand::rngs::StdRng;
@@ -186,6 +186,9 @@ pub enum Method {
     Draft(Box<dyn DraftPolicy>),
     /// Prompt lookup under a policy (no draft model).
     Lookup(Box<dyn DraftPolicy>),
+    /// Prompt lookup where a bigram or trigram recurs, the draft model
+    /// elsewhere ([`HybridDrafter`]), under a policy.
+    Hybrid(Box<dyn DraftPolicy>),
 }
 
 impl Method {
@@ -195,6 +198,7 @@ impl Method {
             Method::Autoregressive => "autoregressive".to_owned(),
             Method::Draft(p) => p.name(),
             Method::Lookup(p) => format!("prompt-lookup ({})", p.name()),
+            Method::Hybrid(p) => format!("lookup+{}", p.name()),
         }
     }
 }
@@ -230,6 +234,14 @@ pub fn methods(temperature: f64, cost_ratio: f64, verify_cost: f64) -> Result<Ve
         verify_cost,
     )?)));
     m.push(Method::Lookup(Box::new(StaticLength::new(8)?)));
+    // Lookup where the text repeats itself, the draft elsewhere, under the
+    // two confidence-reading policies (looked-up tokens read as certain).
+    m.push(Method::Hybrid(Box::new(MaxConfidence::new(tau, 8)?)));
+    m.push(Method::Hybrid(Box::new(CostAwareAdaEdl::new(
+        CostAwareConfig::default(),
+        cost_ratio,
+        verify_cost,
+    )?)));
     Ok(m)
 }
 
@@ -253,6 +265,13 @@ pub fn run_method<T: LanguageModel, S: DraftSource<T>>(
             .generate(&batch, config, &mut rng)?,
         Method::Lookup(p) => {
             SpeculativeDecoder::new(target, PromptLookup::new(1, 3, 10)?, p.clone())?
+                .generate(&batch, config, &mut rng)?
+        }
+        Method::Hybrid(p) => {
+            // A recurring single token says little: match two or three.
+            let lookup = PromptLookup::new(2, 3, 10)?;
+            let drafter = HybridDrafter::new(lookup, draft.drafter()?, &target.device())?;
+            SpeculativeDecoder::new(target, drafter, p.clone())?
                 .generate(&batch, config, &mut rng)?
         }
     })

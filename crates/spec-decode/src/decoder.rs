@@ -318,6 +318,12 @@ impl<'t, T: LanguageModel, D: Drafter> SpeculativeDecoder<'t, T, D> {
         self.policy.as_ref()
     }
 
+    /// The drafter (e.g. to read a [`HybridDrafter`](crate::HybridDrafter)'s
+    /// counts after [`generate`](Self::generate)).
+    pub fn drafter(&self) -> &D {
+        &self.drafter
+    }
+
     /// Generates continuations of a batch of prompts.
     ///
     /// # Errors

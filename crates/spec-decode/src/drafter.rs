@@ -480,6 +480,26 @@ impl PromptLookup {
     }
 }
 
+impl PromptLookup {
+    /// The prefix of the looked-up `tokens` that `req`'s policy drafts:
+    /// each token is a point mass (entropy 0, top probability 1) to it.
+    pub(crate) fn policy_prefix(
+        &self,
+        mut tokens: Vec<usize>,
+        req: &mut DraftRequest<'_>,
+    ) -> Vec<usize> {
+        let point_mass = DraftStepInfo {
+            entropy: 0.0,
+            top_prob: 1.0,
+        };
+        let keep = (0..tokens.len())
+            .find(|&i| !req.wants_more(i, &point_mass))
+            .unwrap_or(tokens.len());
+        tokens.truncate(keep);
+        tokens
+    }
+}
+
 impl Drafter for PromptLookup {
     fn vocab_size(&self) -> Option<usize> {
         None
@@ -499,23 +519,15 @@ impl Drafter for PromptLookup {
         _sampling: &SamplingParams,
         _rng: &mut R,
     ) -> Result<Vec<Draft>> {
-        let point_mass = DraftStepInfo {
-            entropy: 0.0,
-            top_prob: 1.0,
-        };
         Ok(requests
             .iter_mut()
             .map(|req| {
                 let Some(req) = req else {
                     return Draft::default();
                 };
-                let mut tokens = self.lookup(req.context, req.limit);
-                let keep = (0..tokens.len())
-                    .find(|&i| !req.wants_more(i, &point_mass))
-                    .unwrap_or(tokens.len());
-                tokens.truncate(keep);
+                let tokens = self.lookup(req.context, req.limit);
                 Draft {
-                    tokens,
+                    tokens: self.policy_prefix(tokens, req),
                     q: None,
                     model_calls: 0,
                 }

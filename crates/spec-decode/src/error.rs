@@ -60,6 +60,14 @@ pub enum SpecDecodeError {
         draft: usize,
     },
 
+    /// A drafter that samples states no vocabulary size where one is needed
+    /// (a [`HybridDrafter`](crate::HybridDrafter) makes one-hot
+    /// distributions over it).
+    #[error(
+        "the draft model samples but states no vocabulary size; expected a drafter whose vocab_size() is Some"
+    )]
+    MissingDraftVocab,
+
     /// A prompt plus its generation budget would outgrow the models' context window.
     #[error(
         "sequence {row} needs {needed} positions but the model's context holds {max}; shorten the prompt or max_new_tokens"

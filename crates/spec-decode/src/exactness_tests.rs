@@ -261,11 +261,20 @@ fn policies() -> Vec<Box<dyn DraftPolicy>> {
 
 const PROMPT: [usize; 7] = [0, 1, 2, 3, 4, 0, 1];
 
+/// Where a sequence test's drafts come from.
+#[derive(Clone, Copy, Debug)]
+enum Source {
+    Model,
+    Lookup,
+    /// Lookup where a bigram recurs, the draft model elsewhere.
+    Hybrid,
+}
+
 /// p-value of the first three tokens of `n` speculative samples against the exact joint.
 fn sequence_p_value(
     device: &Device,
     policy: Box<dyn DraftPolicy>,
-    lookup: bool,
+    source: Source,
     temperature: f64,
     rule: ResidualRule,
     n: usize,
@@ -278,15 +287,35 @@ fn sequence_p_value(
     let config = GenerationConfig::new(params, 6).unwrap();
     let prompts = vec![PROMPT.to_vec(); n];
     let mut rng = StdRng::seed_from_u64(seed);
-    let out = if lookup {
-        let mut dec =
-            SpeculativeDecoder::new(&target, PromptLookup::new(1, 3, 8).unwrap(), policy).unwrap();
-        dec.set_rule(rule);
-        dec.generate(&prompts, &config, &mut rng).unwrap()
-    } else {
-        let mut dec = SpeculativeDecoder::new(&target, ModelDrafter::new(&draft), policy).unwrap();
-        dec.set_rule(rule);
-        dec.generate(&prompts, &config, &mut rng).unwrap()
+    let out = match source {
+        Source::Lookup => {
+            let mut dec =
+                SpeculativeDecoder::new(&target, PromptLookup::new(1, 3, 8).unwrap(), policy)
+                    .unwrap();
+            dec.set_rule(rule);
+            dec.generate(&prompts, &config, &mut rng).unwrap()
+        }
+        Source::Model => {
+            let mut dec =
+                SpeculativeDecoder::new(&target, ModelDrafter::new(&draft), policy).unwrap();
+            dec.set_rule(rule);
+            dec.generate(&prompts, &config, &mut rng).unwrap()
+        }
+        Source::Hybrid => {
+            let lookup = PromptLookup::new(2, 3, 8).unwrap();
+            let drafter = HybridDrafter::new(lookup, ModelDrafter::new(&draft), device).unwrap();
+            let mut dec = SpeculativeDecoder::new(&target, drafter, policy).unwrap();
+            dec.set_rule(rule);
+            let out = dec.generate(&prompts, &config, &mut rng).unwrap();
+            let d = dec.drafter();
+            assert!(
+                d.looked_up_rounds() > 0 && d.model_rounds() > 0,
+                "the hybrid used one source only ({} looked up, {} drafted)",
+                d.looked_up_rounds(),
+                d.model_rounds()
+            );
+            out
+        }
     };
     let m = &out.metrics;
     assert!(
@@ -489,22 +518,52 @@ cpu_backend_test!(
     sequences_are_exact_for_every_policy_and_temperature,
     |device| {
         let temps = [0.5, 1.0, 1.5];
-        let n_cases = temps.len() * (policies().len() + 1);
+        let n_cases = temps.len() * (policies().len() + 2);
         let level = ALPHA / n_cases as f64;
         let mut seed = 1000;
         for &t in &temps {
             for policy in policies() {
                 seed += 1;
                 let name = policy.name();
-                let p =
-                    sequence_p_value(device, policy, false, t, ResidualRule::Exact, 20_000, seed);
+                let p = sequence_p_value(
+                    device,
+                    policy,
+                    Source::Model,
+                    t,
+                    ResidualRule::Exact,
+                    20_000,
+                    seed,
+                );
                 eprintln!("draft model, {name}, T = {t}: p-value {p:.4}");
                 assert!(p > level, "draft model, {name}, T = {t}: p-value {p}");
             }
             seed += 1;
             let policy = Box::new(HeuristicSchedule::new(2, 6).unwrap());
-            let p = sequence_p_value(device, policy, true, t, ResidualRule::Exact, 20_000, seed);
+            let p = sequence_p_value(
+                device,
+                policy,
+                Source::Lookup,
+                t,
+                ResidualRule::Exact,
+                20_000,
+                seed,
+            );
             assert!(p > level, "prompt lookup, T = {t}: p-value {p}");
+            seed += 1;
+            let policy = Box::new(AdaEdl::new(AdaEdlConfig::default()).unwrap());
+            let p = sequence_p_value(
+                device,
+                policy,
+                Source::Hybrid,
+                t,
+                ResidualRule::Exact,
+                20_000,
+                seed,
+            );
+            assert!(
+                p > level,
+                "hybrid lookup + draft model, T = {t}: p-value {p}"
+            );
         }
     }
 );
@@ -517,7 +576,7 @@ cpu_backend_test!(sequence_negative_control_is_rejected, |device| {
         let p = sequence_p_value(
             device,
             policy,
-            false,
+            Source::Model,
             t,
             ResidualRule::DraftDistribution,
             20_000,
@@ -556,9 +615,20 @@ backend_test!(greedy_equals_target_greedy_for_every_policy, |device| {
         assert_eq!(out.tokens, reference.tokens, "draft model, {name}");
         assert!(out.metrics.accepted > 0, "{name}: nothing accepted");
         let mut dec =
-            SpeculativeDecoder::new(&target, PromptLookup::new(1, 3, 8).unwrap(), policy).unwrap();
+            SpeculativeDecoder::new(&target, PromptLookup::new(1, 3, 8).unwrap(), policy.clone())
+                .unwrap();
         let out = dec.generate(&prompts, &config, &mut rng).unwrap();
         assert_eq!(out.tokens, reference.tokens, "prompt lookup, {name}");
+        let lookup = PromptLookup::new(2, 3, 8).unwrap();
+        let hybrid = HybridDrafter::new(lookup, ModelDrafter::new(&draft), device).unwrap();
+        let mut dec = SpeculativeDecoder::new(&target, hybrid, policy).unwrap();
+        let out = dec.generate(&prompts, &config, &mut rng).unwrap();
+        assert_eq!(out.tokens, reference.tokens, "hybrid, {name}");
+        let d = dec.drafter();
+        assert!(
+            d.looked_up_rounds() > 0 && d.model_rounds() > 0,
+            "hybrid, {name}: one source only"
+        );
     }
     // One sequence at a time gives the same as the batch.
     let mut dec =

@@ -17,7 +17,8 @@
 //!   [`MaxConfidence`] (llama.cpp / HF), [`AdaEdl`], [`CostModel`].
 //! - [`Drafter`]: [`ModelDrafter`] (a small model), [`FeatureDrafter`] (a draft that
 //!   reads the target's features through a [`FeatureTap`], EAGLE) and
-//!   [`PromptLookup`] (n-gram).
+//!   [`PromptLookup`] (n-gram), and [`HybridDrafter`] (lookup where an
+//!   n-gram recurs, a draft model elsewhere).
 //! - [`SpeculativeDecoder`] and the [`generate_autoregressive`] baseline,
 //!   both reporting [`Metrics`] (vLLM definitions).
 //!
@@ -92,6 +93,7 @@ pub mod drafter;
 pub mod error;
 pub mod feature_drafter;
 mod greedy;
+pub mod hybrid;
 pub mod metrics;
 pub mod policy;
 pub mod verify;
@@ -104,6 +106,7 @@ pub use decoder::{Generation, GenerationConfig, SpeculativeDecoder};
 pub use drafter::{Draft, DraftRequest, Drafter, ModelDrafter, PromptLookup};
 pub use error::{Result, SpecDecodeError};
 pub use feature_drafter::{FeatureDrafter, FeatureTap};
+pub use hybrid::HybridDrafter;
 pub use lastmile_core::lm::{LanguageModel, LmError, LmResult};
 pub use metrics::Metrics;
 pub use policy::{
