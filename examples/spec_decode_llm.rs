@@ -30,13 +30,17 @@
 //!    distilled draft when its file exists.
 //! 3. Sweeps autoregressive decoding, static γ ∈ 1..8, the HF heuristic,
 //!    max-confidence, AdaEDL (`min_len` 1 and 0), the cost-model
-//!    controller, cost-aware AdaEDL (both given the measured `c` and `c_v`) and prompt lookup, at
+//!    controller, cost-aware AdaEDL (both given the measured `c` and `c_v`), prompt lookup, and
+//!    the hybrid (lookup where a bigram or trigram recurs, the draft elsewhere) under
+//!    max-confidence and cost-aware AdaEDL, at
 //!    T ∈ {0, 0.7, 1.0}, on `--prompts` windows of the shipped corpus
 //!    (default 1, about `--prompt-chars` 300 characters each) and
 //!    `--chat` chat messages (default 1, at most 4), `--max-tokens` new
 //!    tokens each (default 40), stopping at `<|im_end|>`. Same prompts and seeds for
 //!    every method; greedy outputs are asserted identical to autoregressive
-//!    decoding. Prints tokens/s (the prompt pass included), speed-up, mean
+//!    decoding. Prints tokens/s (the prompt pass included), speed-up, the
+//!    modelled speed-up (the run's counts priced at the measured `c` and
+//!    `c_v`: the decisions without the timing noise), mean
 //!    tokens per round (1 + accepted drafts) and target calls per token; writes
 //!    `spec_decode_llm.csv`, `spec_decode_llm.svg` (speed-ups) and, for the
 //!    early exit, `spec_decode_llm_depth.svg` (acceptance and speed-up by
@@ -57,7 +61,7 @@ use lastmile_examples::drafts::{draft_file_name, feature_draft_file_name};
 use lastmile_examples::llm::{CHAT_PROMPTS, Llm, MODEL_DIR, corpus_prompts, models_dir};
 use lastmile_examples::plot::{BarPanel, LinePanel, write_svg, write_svg_sized};
 use lastmile_examples::report::{Flags, output_dir, progress_bar, table, write_csv};
-use lastmile_examples::spec_decode::{Method, methods, run_method, sweep};
+use lastmile_examples::spec_decode::{Method, methods, modelled_speedup, run_method, sweep};
 use lastmile_examples::timing::{draft_step_time, step_time};
 use lastmile_models::llama::{LlamaEarlyExit, LlamaFeatureDraftModule, LlamaModule};
 use lastmile_spec_decode::{AdaEdl, AdaEdlConfig, FeatureTap, GenerationConfig, Metrics};
@@ -417,8 +421,8 @@ fn sweep_report<T: LanguageModel, S: DraftSource<T>>(
     let temperatures = [0.0, 0.7, 1.0];
     let mut rows = Vec::new();
     let mut csv = Vec::new();
-    // Per method: end-to-end and decode-only speed-ups per temperature.
-    let mut speedups: Vec<(String, Vec<f64>, Vec<f64>)> = Vec::new();
+    // Per method: end-to-end, decode-only and modelled speed-ups per temperature.
+    let mut speedups: Vec<(String, [Vec<f64>; 3])> = Vec::new();
     let n_methods = methods(0.0, cost_ratio, ctx.verify_cost)?.len();
     let bar = progress_bar(
         (temperatures.len() * n_methods * ctx.prompts.len()) as u64,
@@ -445,6 +449,9 @@ fn sweep_report<T: LanguageModel, S: DraftSource<T>>(
             };
             let speedup = m.tokens_per_second() / ar.tokens_per_second();
             let decode_speedup = m.decode_tokens_per_second() / ar.decode_tokens_per_second();
+            // The same decisions priced by the cost model: no timing noise.
+            let model = |m| modelled_speedup(m, cost_ratio, ctx.verify_cost).unwrap_or(f64::NAN);
+            let modelled = model(m) / model(ar);
             let drafts = !matches!(method, Method::Autoregressive);
             let acc = if drafts {
                 format!("{:.2}", m.mean_acceptance_length())
@@ -458,6 +465,7 @@ fn sweep_report<T: LanguageModel, S: DraftSource<T>>(
                 format!("{speedup:.2}x"),
                 format!("{:.1}", m.decode_tokens_per_second()),
                 format!("{decode_speedup:.2}x"),
+                format!("{modelled:.2}x"),
                 acc.clone(),
                 format!("{:.2}", m.mean_draft_length()),
                 format!("{:.2}", m.target_calls_per_token()),
@@ -471,6 +479,7 @@ fn sweep_report<T: LanguageModel, S: DraftSource<T>>(
                 format!("{speedup:.3}"),
                 format!("{:.2}", m.decode_tokens_per_second()),
                 format!("{decode_speedup:.3}"),
+                format!("{modelled:.3}"),
                 if drafts {
                     format!("{:.3}", m.mean_acceptance_length())
                 } else {
@@ -478,18 +487,20 @@ fn sweep_report<T: LanguageModel, S: DraftSource<T>>(
                 },
                 format!("{:.3}", m.target_calls_per_token()),
             ]);
-            match speedups.iter_mut().find(|(n, _, _)| *n == name) {
-                Some((_, v, dv)) => {
-                    v[ti] = speedup;
-                    dv[ti] = decode_speedup;
-                }
+            let slot = match speedups.iter().position(|(n, _)| *n == name) {
+                Some(i) => i,
                 None => {
-                    let mut v = vec![f64::NAN; temperatures.len()];
-                    let mut dv = v.clone();
-                    v[ti] = speedup;
-                    dv[ti] = decode_speedup;
-                    speedups.push((name, v, dv));
+                    let nan = vec![f64::NAN; temperatures.len()];
+                    speedups.push((name, [nan.clone(), nan.clone(), nan]));
+                    speedups.len() - 1
                 }
+            };
+            for (v, x) in speedups[slot]
+                .1
+                .iter_mut()
+                .zip([speedup, decode_speedup, modelled])
+            {
+                v[ti] = x;
             }
         }
     }
@@ -511,6 +522,7 @@ fn sweep_report<T: LanguageModel, S: DraftSource<T>>(
                 "speed-up",
                 "decode tok/s",
                 "decode speed-up",
+                "modelled",
                 "tokens/round",
                 "drafted/round",
                 "target calls/tok"
@@ -521,7 +533,10 @@ fn sweep_report<T: LanguageModel, S: DraftSource<T>>(
     println!(
         "tok/s: generated tokens per second, prompt pass included, summed over the prompts. speed-up: over \
          autoregressive decoding at the same T. decode: the same after each run's first round (the prompt \
-         pass, which costs the same with or without drafts)."
+         pass, which costs the same with or without drafts). modelled: the run's counts priced by the cost \
+         model at c = {cost_ratio:.3} and c_v = {:.3} (target calls + c_v·drafted + c·draft calls, in \
+         target steps): the policies' decisions without the timing noise of short runs.",
+        ctx.verify_cost
     );
     println!(
         "tokens/round: tokens emitted per verification round, 1 + accepted drafts (vLLM's mean acceptance \
@@ -530,35 +545,39 @@ fn sweep_report<T: LanguageModel, S: DraftSource<T>>(
     println!("greedy (T = 0) outputs of every method identical to autoregressive decoding: yes");
     println!("prompt kinds: {}", ctx.kinds.join(", "));
 
-    // Summary per temperature.
+    // Summary per temperature: measured (0), decode only (1), modelled (2).
     for (ti, t) in temperatures.iter().enumerate() {
-        let get = |name: &str| {
+        let get = |name: &str, k: usize| {
             speedups
                 .iter()
-                .find(|(n, _, _)| n.starts_with(name))
-                .map_or(f64::NAN, |(_, v, _)| v[ti])
+                .find(|(n, _)| n.starts_with(name))
+                .map_or(f64::NAN, |(_, v)| v[k][ti])
         };
-        let (best_static, best_static_v) = (1..=8)
-            .map(|g| (g, get(&format!("static-{g} "))))
-            .fold((0, f64::NEG_INFINITY), |a, b| if b.1 > a.1 { b } else { a });
-        let best = |decode: bool| {
+        let best_static = |k: usize| {
+            (1..=8)
+                .map(|g| (g, get(&format!("static-{g} "), k)))
+                .fold((0, f64::NEG_INFINITY), |a, b| if b.1 > a.1 { b } else { a })
+        };
+        let best = |k: usize| {
             speedups
                 .iter()
-                .filter(|(n, _, _)| n != "autoregressive")
-                .map(|(n, v, dv)| (n.as_str(), if decode { dv[ti] } else { v[ti] }))
+                .filter(|(n, _)| n != "autoregressive")
+                .map(|(n, v)| (n.as_str(), v[k][ti]))
                 .fold(
                     ("", f64::NEG_INFINITY),
                     |a, b| if b.1 > a.1 { b } else { a },
                 )
         };
-        let ((best_name, best_v), (best_decode_name, best_decode_v)) = (best(false), best(true));
+        let ((g, g_v), (name, v)) = (best_static(0), best(0));
+        let ((decode_name, decode_v), (mg, mg_v), (m_name, m_v)) =
+            (best(1), best_static(2), best(2));
         println!(
-            "T = {t}: AdaEDL {:.2}x vs static-4 {:.2}x and heuristic {:.2}x; best static γ = {best_static} \
-             ({best_static_v:.2}x); best method {best_name} ({best_v:.2}x; decode only: \
-             {best_decode_name} {best_decode_v:.2}x)",
-            get("adaedl "),
-            get("static-4 "),
-            get("heuristic ")
+            "T = {t}: AdaEDL {:.2}x vs static-4 {:.2}x and heuristic {:.2}x; best static γ = {g} \
+             ({g_v:.2}x); best method {name} ({v:.2}x; decode only: {decode_name} {decode_v:.2}x); \
+             modelled: best static γ = {mg} ({mg_v:.2}x), best method {m_name} ({m_v:.2}x)",
+            get("adaedl ", 0),
+            get("static-4 ", 0),
+            get("heuristic ", 0)
         );
     }
 
@@ -575,6 +594,7 @@ fn sweep_report<T: LanguageModel, S: DraftSource<T>>(
             "speedup",
             "decode_tokens_per_s",
             "decode_speedup",
+            "modelled_speedup",
             "tokens_per_round",
             "target_calls_per_token",
         ],
@@ -587,10 +607,7 @@ fn sweep_report<T: LanguageModel, S: DraftSource<T>>(
         temperatures.iter().map(|t| format!("T = {t}")),
     )
     .hline("1x: autoregressive", 1.0);
-    for (name, v, _) in speedups
-        .into_iter()
-        .filter(|(n, _, _)| n != "autoregressive")
-    {
+    for (name, [v, _, _]) in speedups.into_iter().filter(|(n, _)| n != "autoregressive") {
         panel = panel.series(name, v);
     }
     write_svg_sized(&svg_path, &[panel.into()], 1, (1240, 560))?;
