@@ -16,8 +16,10 @@
 //!   step does not depend on their values;
 //! - [`spec_decode_decode`]: decoding tokens/s at T = 0 (128 new tokens
 //!   after a chat prompt) of autoregressive decoding and of speculative
-//!   decoding with the trained feature-level draft (static γ = 1 and the
-//!   cost-aware AdaEDL), medians of alternating runs, printed beside the
+//!   decoding with the trained feature-level draft (static γ = 1, the
+//!   cost-aware AdaEDL, and the same policy over the hybrid drafter: prompt
+//!   lookup where a bigram or trigram recurs, the draft elsewhere), medians
+//!   of alternating runs, printed beside the
 //!   anchor's; skipped with a note when `feature_draft_llm` has not saved
 //!   the draft;
 //! - the anchor: `python3 benches/llama_cpp_reference.py bench --threads 1 2`
@@ -225,7 +227,8 @@ fn spec_decode_decode(_: &mut Criterion) {
     use lastmile_models::tokenizer::{ChatMessage, Tokenizer};
     use lastmile_spec_decode::{
         CostAwareAdaEdl, CostAwareConfig, DraftPolicy, FeatureDrafter, FeatureTap,
-        GenerationConfig, SpeculativeDecoder, StaticLength, generate_autoregressive,
+        GenerationConfig, HybridDrafter, PromptLookup, SpeculativeDecoder, StaticLength,
+        generate_autoregressive,
     };
     use rand::SeedableRng;
 
@@ -316,12 +319,18 @@ fn spec_decode_decode(_: &mut Criterion) {
         });
         (step / one, ((nine - one) / 8.0 / one).max(0.0))
     };
-    let policies: [(&str, Box<dyn DraftPolicy>); 2] = [
-        ("static γ = 1", Box::new(StaticLength::new(1).expect("γ"))),
+    let cost_aware = || -> Box<dyn DraftPolicy> {
+        Box::new(CostAwareAdaEdl::new(CostAwareConfig::default(), c, c_v).expect("policy"))
+    };
+    // (name, prompt lookup first where a bigram or trigram recurs, policy)
+    let policies: [(&str, bool, Box<dyn DraftPolicy>); 3] = [
         (
-            "cost-aware AdaEDL",
-            Box::new(CostAwareAdaEdl::new(CostAwareConfig::default(), c, c_v).expect("policy")),
+            "static γ = 1",
+            false,
+            Box::new(StaticLength::new(1).expect("γ")),
         ),
+        ("cost-aware AdaEDL", false, cost_aware()),
+        ("lookup + cost-aware AdaEDL", true, cost_aware()),
     ];
     let mut rates = vec![Vec::new(); 1 + policies.len()];
     let mut rounds = vec![0.0; policies.len()];
@@ -330,12 +339,21 @@ fn spec_decode_decode(_: &mut Criterion) {
         let ar = generate_autoregressive(&target, std::slice::from_ref(&prompt), &config, &mut rng)
             .expect("autoregressive");
         rates[0].push(ar.metrics.decode_tokens_per_second());
-        for (i, (_, policy)) in policies.iter().enumerate() {
+        for (i, (_, hybrid, policy)) in policies.iter().enumerate() {
             let drafter = FeatureDrafter::new(&tap, &draft).expect("drafter");
-            let out = SpeculativeDecoder::new(&tap, drafter, policy.clone())
-                .expect("decoder")
-                .generate(std::slice::from_ref(&prompt), &config, &mut rng)
-                .expect("speculative");
+            let batch = std::slice::from_ref(&prompt);
+            let out = if *hybrid {
+                let lookup = PromptLookup::new(2, 3, 10).expect("lookup");
+                let drafter = HybridDrafter::new(lookup, drafter, &device).expect("hybrid");
+                SpeculativeDecoder::new(&tap, drafter, policy.clone())
+                    .expect("decoder")
+                    .generate(batch, &config, &mut rng)
+            } else {
+                SpeculativeDecoder::new(&tap, drafter, policy.clone())
+                    .expect("decoder")
+                    .generate(batch, &config, &mut rng)
+            }
+            .expect("speculative");
             assert_eq!(out.tokens, ar.tokens, "T = 0: the same tokens");
             rates[i + 1].push(out.metrics.decode_tokens_per_second());
             rounds[i] = out.metrics.mean_acceptance_length();
@@ -354,7 +372,7 @@ fn spec_decode_decode(_: &mut Criterion) {
     println!(
         "  autoregressive: {ar:.1} tokens/s (draft step {c:.3}, one more verified token {c_v:.3} target steps)"
     );
-    for (i, (name, _)) in policies.iter().enumerate() {
+    for (i, (name, _, _)) in policies.iter().enumerate() {
         let r = median(&mut rates[i + 1]);
         println!(
             "  speculative, feature draft, {name}: {r:.1} tokens/s ({:.2}x autoregressive, {:.2} tokens/round)",
