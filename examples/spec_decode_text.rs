@@ -16,7 +16,9 @@
 //! weights, then decodes held-out prompts (both models as
 //! `PackedTransformer`) with autoregressive decoding, static γ ∈ 1..8, the
 //! HF heuristic, max-confidence, AdaEDL (also with `min_len = 0`), the
-//! cost-model controller and prompt lookup at T ∈ {0, 0.7, 1.0, 1.5} — same
+//! cost-model controller, cost-aware AdaEDL, prompt lookup and the hybrid
+//! (lookup where two or three bytes recur, the draft elsewhere) at
+//! T ∈ {0, 0.7, 1.0, 1.5} — same
 //! prompts and seeds for every method — and prints tokens/s, speed-up over
 //! autoregressive decoding, mean acceptance length and target calls per
 //! token (CSV in `target/lastmile-out`), then re-prices the same runs for
