@@ -1,6 +1,7 @@
 //! Feature-level drafting: a [`FeatureDrafter`] conditions its draft on the
 //! target's feature of the position before each token whenever the target
-//! has computed it (and on its own prediction otherwise), greedy outputs
+//! has computed it (and on its own prediction otherwise), also when a
+//! [`HybridDrafter`] hands some rounds to prompt lookup; greedy outputs
 //! equal autoregressive decoding, and a decoder that does not verify with
 //! the drafter's [`FeatureTap`] is an error, not a silent loss of speed.
 
@@ -255,6 +256,50 @@ backend_test!(drafts_read_the_targets_features_and_stay_exact, |device| {
     assert!(out.tokens.iter().all(|t| t.len() == 16));
     assert_eq!(draft.violations.get(), 0);
 });
+
+backend_test!(
+    a_hybrid_keeps_the_features_right_across_looked_up_rounds,
+    |device| {
+        // Rounds drafted by lookup skip the feature draft; when it drafts
+        // again it must catch up on the committed tokens with the target's
+        // features (a violation otherwise), and outputs stay exact.
+        let target = Target {
+            device: device.clone(),
+        };
+        let tap = FeatureTap::new(&target);
+        let draft = checking(device);
+        let prompts = vec![vec![1, 2, 3, 1, 2], vec![4, 4], vec![5, 0, 2, 2, 1, 0, 2]];
+        let config = GenerationConfig::new(SamplingParams::greedy(), 32).unwrap();
+        let ar = generate_autoregressive(&target, &prompts, &config, &mut StdRng::seed_from_u64(0))
+            .unwrap();
+        let sampling = GenerationConfig::new(SamplingParams::new(1.0).unwrap(), 24).unwrap();
+        for config in [&config, &sampling] {
+            let lookup = PromptLookup::new(2, 3, 4).unwrap();
+            let drafter =
+                HybridDrafter::new(lookup, FeatureDrafter::new(&tap, &draft).unwrap(), device)
+                    .unwrap();
+            let policy = Box::new(StaticLength::new(3).unwrap());
+            let mut decoder = SpeculativeDecoder::new(&tap, drafter, policy).unwrap();
+            let out = decoder
+                .generate(&prompts, config, &mut StdRng::seed_from_u64(2))
+                .unwrap();
+            if config.sampling().is_greedy() {
+                assert_eq!(out.tokens, ar.tokens);
+            } else {
+                assert!(out.tokens.iter().all(|t| t.len() == 24));
+            }
+            let d = decoder.drafter();
+            assert!(
+                d.looked_up_rounds() > 0 && d.model_rounds() > 0,
+                "{} looked up, {} drafted",
+                d.looked_up_rounds(),
+                d.model_rounds()
+            );
+        }
+        assert_eq!(draft.violations.get(), 0);
+        assert!(draft.true_reads.get() > 0);
+    }
+);
 
 backend_test!(verifying_without_the_tap_is_an_error, |device| {
     let target = Target {
