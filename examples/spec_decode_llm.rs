@@ -444,7 +444,7 @@ fn sweep_report<T: LanguageModel, S: DraftSource<T>>(
                 );
             }
             let name = match method {
-                Method::Draft(_) | Method::Hybrid(_) => format!("{} ({label})", method.name()),
+                Method::Draft(_) | Method::Hybrid(..) => format!("{} ({label})", method.name()),
                 _ => method.name(),
             };
             let speedup = m.tokens_per_second() / ar.tokens_per_second();

@@ -186,9 +186,10 @@ pub enum Method {
     Draft(Box<dyn DraftPolicy>),
     /// Prompt lookup under a policy (no draft model).
     Lookup(Box<dyn DraftPolicy>),
-    /// Prompt lookup where a bigram or trigram recurs, the draft model
-    /// elsewhere ([`HybridDrafter`]), under a policy.
-    Hybrid(Box<dyn DraftPolicy>),
+    /// Prompt lookup (at most the given number of tokens) where a bigram
+    /// or trigram recurs, the draft model elsewhere ([`HybridDrafter`]),
+    /// under a policy.
+    Hybrid(Box<dyn DraftPolicy>, usize),
 }
 
 impl Method {
@@ -198,7 +199,7 @@ impl Method {
             Method::Autoregressive => "autoregressive".to_owned(),
             Method::Draft(p) => p.name(),
             Method::Lookup(p) => format!("prompt-lookup ({})", p.name()),
-            Method::Hybrid(p) => format!("lookup+{}", p.name()),
+            Method::Hybrid(p, n) => format!("lookup≤{n}+{}", p.name()),
         }
     }
 }
@@ -236,12 +237,15 @@ pub fn methods(temperature: f64, cost_ratio: f64, verify_cost: f64) -> Result<Ve
     m.push(Method::Lookup(Box::new(StaticLength::new(8)?)));
     // Lookup where the text repeats itself, the draft elsewhere, under the
     // two confidence-reading policies (looked-up tokens read as certain).
-    m.push(Method::Hybrid(Box::new(MaxConfidence::new(tau, 8)?)));
-    m.push(Method::Hybrid(Box::new(CostAwareAdaEdl::new(
-        CostAwareConfig::default(),
-        cost_ratio,
-        verify_cost,
-    )?)));
+    m.push(Method::Hybrid(Box::new(MaxConfidence::new(tau, 8)?), 10));
+    m.push(Method::Hybrid(
+        Box::new(CostAwareAdaEdl::new(
+            CostAwareConfig::default(),
+            cost_ratio,
+            verify_cost,
+        )?),
+        10,
+    ));
     Ok(m)
 }
 
@@ -267,9 +271,9 @@ pub fn run_method<T: LanguageModel, S: DraftSource<T>>(
             SpeculativeDecoder::new(target, PromptLookup::new(1, 3, 10)?, p.clone())?
                 .generate(&batch, config, &mut rng)?
         }
-        Method::Hybrid(p) => {
+        Method::Hybrid(p, n) => {
             // A recurring single token says little: match two or three.
-            let lookup = PromptLookup::new(2, 3, 10)?;
+            let lookup = PromptLookup::new(2, 3, *n)?;
             let drafter = HybridDrafter::new(lookup, draft.drafter()?, &target.device())?;
             SpeculativeDecoder::new(target, drafter, p.clone())?
                 .generate(&batch, config, &mut rng)?
