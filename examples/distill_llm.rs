@@ -41,7 +41,7 @@ use lastmile_examples::drafts::draft_file_name;
 use lastmile_examples::llm::{Llm, MODEL_DIR, models_dir};
 use lastmile_examples::plot::{LinePanel, write_svg};
 use lastmile_examples::report::{Flags, output_dir, progress_bar, table, write_csv};
-use lastmile_examples::spec_decode::{Method, sweep};
+use lastmile_examples::sweep::{Method, sweep};
 use lastmile_examples::timing::{draft_step_time, step_time};
 use lastmile_models::TrainConfig;
 use lastmile_models::llama::{

@@ -61,7 +61,7 @@ use lastmile_examples::drafts::{draft_file_name, feature_draft_file_name};
 use lastmile_examples::llm::{CHAT_PROMPTS, Llm, MODEL_DIR, corpus_prompts, models_dir};
 use lastmile_examples::plot::{BarPanel, LinePanel, write_svg, write_svg_sized};
 use lastmile_examples::report::{Flags, output_dir, progress_bar, table, write_csv};
-use lastmile_examples::spec_decode::{Method, methods, modelled_speedup, run_method, sweep};
+use lastmile_examples::sweep::{Method, methods, modelled_speedup, run_method, sweep};
 use lastmile_examples::timing::{draft_step_time, step_time};
 use lastmile_models::llama::{LlamaEarlyExit, LlamaFeatureDraftModule, LlamaModule};
 use lastmile_spec_decode::{AdaEdl, AdaEdlConfig, FeatureTap, GenerationConfig, Metrics};

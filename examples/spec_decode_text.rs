@@ -34,10 +34,11 @@ use lastmile_examples::drafts::TokenDraft;
 use lastmile_examples::plot::{BarPanel, LinePanel, write_svg, write_svg_sized};
 use lastmile_examples::report::{Flags, output_dir, progress_bar, table, write_csv};
 use lastmile_examples::spec_decode::{
-    EntropyBin, Method, Objective, acceptance_by_entropy, corpus_bytes, default_steps,
-    distill_config, draft_config_with_width, held_out_loss, held_out_prompts, load_or_train,
-    methods, modelled_speedup, step_time, sweep, target_config, train_configs,
+    EntropyBin, Objective, acceptance_by_entropy, corpus_bytes, default_steps, distill_config,
+    draft_config_with_width, held_out_loss, held_out_prompts, load_or_train, step_time,
+    target_config, train_configs,
 };
+use lastmile_examples::sweep::{Method, methods, modelled_speedup, sweep};
 use lastmile_models::PackedTransformer;
 use lastmile_spec_decode::{GenerationConfig, Metrics};
 

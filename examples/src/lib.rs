@@ -13,4 +13,5 @@ pub mod moe;
 pub mod plot;
 pub mod report;
 pub mod spec_decode;
+pub mod sweep;
 pub mod timing;

@@ -23,7 +23,7 @@ use rand::{RngExt, SeedableRng};
 use crate::drafts::TokenDraft;
 use crate::plot::{BarPanel, write_svg};
 use crate::report::{output_dir, table};
-use crate::spec_decode::{Method, sweep};
+use crate::sweep::{Method, sweep};
 
 /// Folder of the model under the models directory ([`models_dir`]).
 pub const MODEL_DIR: &str = "smollm2-135m-instruct";
