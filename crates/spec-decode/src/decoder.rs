@@ -320,6 +320,34 @@ impl<'t, T: LanguageModel, D: Drafter> SpeculativeDecoder<'t, T, D> {
 
     /// The drafter (e.g. to read a [`HybridDrafter`](crate::HybridDrafter)'s
     /// counts after [`generate`](Self::generate)).
+    ///
+    /// ```
+    /// # #[cfg(feature = "flex")] {
+    /// # use burn::tensor::{Device, Tensor, TensorData};
+    /// # use lastmile_spec_decode::{LanguageModel, LmResult};
+    /// # struct Unigram { device: Device }
+    /// # impl LanguageModel for Unigram {
+    /// #     type Cache = Vec<usize>;
+    /// #     fn vocab_size(&self) -> usize { 3 }
+    /// #     fn device(&self) -> Device { self.device.clone() }
+    /// #     fn new_cache(&self, batch: usize) -> LmResult<Vec<usize>> { Ok(vec![0; batch]) }
+    /// #     fn cached_len(&self, c: &Vec<usize>, row: usize) -> usize { c[row] }
+    /// #     fn truncate(&self, c: &mut Vec<usize>, row: usize, len: usize) -> LmResult<()> { c[row] = c[row].min(len); Ok(()) }
+    /// #     fn forward(&self, c: &mut Vec<usize>, tokens: &[Vec<usize>]) -> LmResult<Tensor<3>> {
+    /// #         let n = tokens.iter().map(Vec::len).max().unwrap_or(0);
+    /// #         for (l, t) in c.iter_mut().zip(tokens) { *l += t.len(); }
+    /// #         let data: Vec<f32> = (0..tokens.len() * n).flat_map(|_| [0.0, 5.0, 0.0]).collect();
+    /// #         Ok(Tensor::from_data(TensorData::new(data, [tokens.len(), n, 3]), &self.device))
+    /// #     }
+    /// # }
+    /// use lastmile_spec_decode::{PromptLookup, SpeculativeDecoder, StaticLength};
+    /// let target = Unigram { device: Device::flex() };
+    /// let lookup = PromptLookup::new(1, 2, 4)?;
+    /// let decoder = SpeculativeDecoder::new(&target, lookup, Box::new(StaticLength::new(4)?))?;
+    /// assert_eq!(decoder.drafter().lookup(&[1, 1], 4), vec![1]);
+    /// # }
+    /// # Ok::<(), lastmile_spec_decode::SpecDecodeError>(())
+    /// ```
     pub fn drafter(&self) -> &D {
         &self.drafter
     }

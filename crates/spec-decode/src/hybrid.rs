@@ -86,6 +86,25 @@ impl<D: Drafter> HybridDrafter<D> {
     /// one-hot draft distributions of looked-up tokens are made on `device`
     /// (the target's).
     ///
+    /// ```
+    /// use burn::tensor::Device;
+    /// use lastmile_core::numerics::SamplingParams;
+    /// use lastmile_spec_decode::{DraftRequest, Drafter, HybridDrafter, PromptLookup, StaticLength};
+    /// use rand::{SeedableRng, rngs::StdRng};
+    /// // Trigram lookup first; a single-token lookup stands in for the draft model.
+    /// let fallback = PromptLookup::new(1, 1, 4)?;
+    /// let mut d = HybridDrafter::new(PromptLookup::new(3, 3, 4)?, fallback, &Device::default())?;
+    /// d.reset(1)?;
+    /// let mut policy = StaticLength::new(2)?;
+    /// let context = [5usize, 1, 2, 7, 1]; // no trigram recurs, the token 1 does
+    /// let mut req = [Some(DraftRequest { context: &context, limit: 2, policy: &mut policy })];
+    /// let drafts = d.propose(&mut req, &SamplingParams::greedy(), &mut StdRng::seed_from_u64(0))?;
+    /// assert_eq!(drafts[0].tokens, vec![2, 7]);
+    /// assert_eq!((d.looked_up_rounds(), d.model_rounds()), (0, 1));
+    /// assert_eq!(d.drafter().lookup(&context, 1), vec![2]);
+    /// # Ok::<(), lastmile_spec_decode::SpecDecodeError>(())
+    /// ```
+    ///
     /// # Errors
     /// [`SpecDecodeError::MissingDraftVocab`] when `drafter` samples (is not
     /// deterministic) but does not state its vocabulary, which the one-hot
