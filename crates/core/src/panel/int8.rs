@@ -208,6 +208,22 @@ pub(crate) struct Q8Rows {
     pub(crate) blocks: Vec<(usize, usize)>,
 }
 
+/// Most rows in one register block of the 8-bit kernels: 12 rows' integer
+/// and float accumulators (24 of the 32 AVX-512 registers) with the codes,
+/// their two nibble halves and the mask beside them.
+pub(crate) const MAX_ROWS: usize = 12;
+
+/// Rows of the next register block when `left` rows remain: as few blocks
+/// as [`MAX_ROWS`] allows, of near-equal sizes (9 rows are one block, 16
+/// two of 8). Each block reads the panel's codes again (from L1) and pays
+/// the block's fixed work (loads, nibble masks, scales) again, so a verify
+/// pass over 9 tokens as blocks of 8 and 1 cost about as much as one over
+/// 12 (measured in `docs/benchmarks.md`).
+pub(crate) fn row_block(left: usize) -> usize {
+    let blocks = left.div_ceil(MAX_ROWS).max(1);
+    left.div_ceil(blocks)
+}
+
 /// Quantises `x` (`[rows, inp]`, `inp` a multiple of [`BLOCK`]); compiled
 /// for AVX-512 where the CPU has it (the same operations, so the same codes).
 pub(crate) fn quantise(x: &[f32], rows: usize, inp: usize, simd: bool) -> Q8Rows {
@@ -246,7 +262,7 @@ pub(crate) fn quantise_rows(
     };
     let mut r0 = 0;
     while r0 < rows {
-        let n = super::row_block(rows - r0);
+        let n = row_block(rows - r0);
         let q = &mut out.q[r0 * inp / QUAD..(r0 + n) * inp / QUAD];
         for j in 0..n {
             let row = &x[(r0 + j) * inp..(r0 + j + 1) * inp];

@@ -55,7 +55,7 @@ mod x86;
 
 use rayon::prelude::*;
 
-pub(crate) use pack::{Packed, pack, row_block};
+pub(crate) use pack::{Packed, pack};
 
 use crate::error::{CoreError, Result};
 use crate::gguf::{GgmlType, GgufError};

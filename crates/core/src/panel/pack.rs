@@ -29,7 +29,7 @@ pub(crate) fn pack(x: &[f32], rows: usize, inp: usize) -> Packed {
 }
 
 /// Rows of the next register block when `left` rows remain.
-pub(crate) fn row_block(left: usize) -> usize {
+fn row_block(left: usize) -> usize {
     match left {
         l if l >= ROW_BLOCK => ROW_BLOCK,
         l if l >= 4 => 4,

@@ -111,7 +111,7 @@ fn q8_products_are_block_dot_products_of_rounded_activations() {
         assert!(m.is_quantised() && m.quantises_activations());
         let w = crate::gguf::dequantize(ty, &data, out * inp).unwrap_or_default();
         assert_eq!(m.to_f32(), w, "{ty}");
-        for rows in [1, 2, 3, 5, 8, 13, 17] {
+        for rows in [1, 2, 3, 5, 8, 9, 11, 12, 13, 17, 25] {
             let x = values(rows * inp, rows);
             let simd = m.product(&x, rows, true).unwrap_or_else(|e| panic!("{e}"));
             let portable = m.product(&x, rows, false).unwrap_or_else(|e| panic!("{e}"));
@@ -224,4 +224,38 @@ fn shapes_are_checked() {
     let m = PanelMatrix::from_f32(&[1.0; 6], 2, 3).unwrap_or_else(|e| panic!("{e}"));
     assert!(m.matmul(&[1.0; 5], 2).is_err());
     assert!(m.matmul(&[], 0).is_err());
+}
+
+#[test]
+fn q8_register_blocks_cover_the_rows_evenly() {
+    for rows in 1..=40 {
+        let x = values(rows * BLOCK, rows);
+        let q = int8::quantise(&x, rows, BLOCK, false);
+        let sizes: Vec<usize> = q.blocks.iter().map(|&(_, n)| n).collect();
+        assert_eq!(sizes.iter().sum::<usize>(), rows, "{sizes:?}");
+        assert!(
+            sizes.iter().all(|&n| (1..=int8::MAX_ROWS).contains(&n)),
+            "{sizes:?}"
+        );
+        assert_eq!(
+            sizes.len(),
+            rows.div_ceil(int8::MAX_ROWS),
+            "{rows}: {sizes:?}"
+        );
+        let (lo, hi) = (sizes.iter().min(), sizes.iter().max());
+        assert!(
+            hi.zip(lo).is_some_and(|(h, l)| h - l <= 1),
+            "{rows}: {sizes:?}"
+        );
+        let starts: Vec<usize> = q.blocks.iter().map(|&(r0, _)| r0).collect();
+        let want: Vec<usize> = sizes
+            .iter()
+            .scan(0, |at, n| {
+                let s = *at;
+                *at += n;
+                Some(s)
+            })
+            .collect();
+        assert_eq!(starts, want);
+    }
 }

@@ -2,10 +2,11 @@
 //!
 //! Per block of 32 inputs and per row, 8 `vpdpbusd` each add 4 byte
 //! products into 16 i32 lanes (16 outputs): the 64-byte load of 16
-//! outputs' codes for 4 inputs is shared by up to 8 rows, each row's 4
-//! codes broadcast to every lane. The block's integer sum then becomes
-//! f32 as in the portable kernel. With fewer than 8 rows, `U` integer
-//! accumulators per row along the block keep 8 chains in flight. 4-bit
+//! outputs' codes for 4 inputs is shared by a register block of up to 12
+//! rows ([`MAX_ROWS`](super::int8::MAX_ROWS)), each row's 4 codes
+//! broadcast to every lane. The block's integer sum then becomes f32 as
+//! in the portable kernel. With fewer than 8 rows, `U` integer
+//! accumulators per row along the block keep about 8 chains in flight. 4-bit
 //! codes come two a byte: one load, a mask and a shift give two groups'
 //! codes, half the bytes read for the same `vpdpbusd`s; the block scales
 //! are widened from f16 (`vcvtph2ps`).
@@ -135,11 +136,21 @@ fn panels_vnni(job: Int8Job<'_>, out: &mut [f32]) {
                 ds: &x.ds[rb],
             };
             let o = &mut out[r0 * LANES..(r0 + n) * LANES];
+            // `U` accumulators per row keep about 8 chains of `vpdpbusd`
+            // in flight whatever the rows.
             macro_rules! by_rows {
                 ($min:literal, $nib:literal) => {
                     match n {
+                        12 => panel_rows::<12, 1, $min, $nib>(&panel, &rows, o),
+                        11 => panel_rows::<11, 1, $min, $nib>(&panel, &rows, o),
+                        10 => panel_rows::<10, 1, $min, $nib>(&panel, &rows, o),
+                        9 => panel_rows::<9, 1, $min, $nib>(&panel, &rows, o),
                         8 => panel_rows::<8, 1, $min, $nib>(&panel, &rows, o),
+                        7 => panel_rows::<7, 2, $min, $nib>(&panel, &rows, o),
+                        6 => panel_rows::<6, 2, $min, $nib>(&panel, &rows, o),
+                        5 => panel_rows::<5, 2, $min, $nib>(&panel, &rows, o),
                         4 => panel_rows::<4, 2, $min, $nib>(&panel, &rows, o),
+                        3 => panel_rows::<3, 3, $min, $nib>(&panel, &rows, o),
                         2 => panel_rows::<2, 4, $min, $nib>(&panel, &rows, o),
                         _ => panel_rows::<1, 8, $min, $nib>(&panel, &rows, o),
                     }
