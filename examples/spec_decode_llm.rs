@@ -12,8 +12,10 @@
 //!     [--prompt-chars N] [--draft auto|exit|distilled|feature] [--layers L] [--vocab V]
 //! ```
 //!
-//! 1. Measures the target's one-token step and a 9-token verify pass, hence
-//!    the marginal verify cost `c_v` per extra token (in target steps).
+//! 1. Measures the target's passes over 1..=9 tokens, in turn (medians of
+//!    9), hence the verify pass's cost by its length (`PassCosts`, in
+//!    target steps; a CPU's is not linear in the tokens) and the mean
+//!    marginal cost `c_v` of verifying 8 tokens.
 //! 2. The draft model. `--draft distilled` loads the draft the
 //!    `distill_llm` example saved for `--layers L` (default 2) blocks and a
 //!    head over `--vocab V` tokens (default 8192; 0: the full head) and
@@ -30,7 +32,8 @@
 //!    distilled draft when its file exists.
 //! 3. Sweeps autoregressive decoding, static γ ∈ 1..8, the HF heuristic,
 //!    max-confidence, AdaEDL (`min_len` 1 and 0), the cost-model
-//!    controller, cost-aware AdaEDL (both given the measured `c` and `c_v`), prompt lookup, and
+//!    controller (given the measured `c` and `c_v`), cost-aware AdaEDL (given `c` and the
+//!    pass costs by length), prompt lookup, and
 //!    the hybrid (lookup where a bigram or trigram recurs, the draft elsewhere) under
 //!    max-confidence and cost-aware AdaEDL, at
 //!    T ∈ {0, 0.7, 1.0}, on `--prompts` windows of the shipped corpus
@@ -40,7 +43,7 @@
 //!    every method; greedy outputs are asserted identical to autoregressive
 //!    decoding. Prints tokens/s (the prompt pass included), speed-up, the
 //!    modelled speed-up (the run's counts priced at the measured `c` and
-//!    `c_v`: the decisions without the timing noise), mean
+//!    pass costs: the decisions without the timing noise), mean
 //!    tokens per round (1 + accepted drafts) and target calls per token; writes
 //!    `spec_decode_llm.csv`, `spec_decode_llm.svg` (speed-ups) and, for the
 //!    early exit, `spec_decode_llm_depth.svg` (acceptance and speed-up by
@@ -62,9 +65,11 @@ use lastmile_examples::llm::{CHAT_PROMPTS, Llm, MODEL_DIR, corpus_prompts, model
 use lastmile_examples::plot::{BarPanel, LinePanel, write_svg, write_svg_sized};
 use lastmile_examples::report::{Flags, output_dir, progress_bar, table, write_csv};
 use lastmile_examples::sweep::{Method, methods, modelled_speedup, run_method, sweep};
-use lastmile_examples::timing::{draft_step_time, step_time};
+use lastmile_examples::timing::{draft_step_time, pass_times};
 use lastmile_models::llama::{LlamaEarlyExit, LlamaFeatureDraftModule, LlamaModule};
-use lastmile_spec_decode::{AdaEdl, AdaEdlConfig, FeatureTap, GenerationConfig, Metrics};
+use lastmile_spec_decode::{
+    AdaEdl, AdaEdlConfig, FeatureTap, GenerationConfig, Metrics, PassCosts,
+};
 
 /// Which draft model the sweep uses.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -174,16 +179,19 @@ fn main() -> Result<()> {
 
     // 1. Costs of the target.
     let prefix = 128;
-    let t1 = step_time(target, prefix, 1, 15)?;
-    let t9 = step_time(target, prefix, 9, 9)?;
-    let verify_cost = ((t9 - t1) / 8.0 / t1).max(0.0);
+    let times = pass_times(target, prefix, 1..=9, 9)?;
+    let t1 = times[0];
+    let verify = PassCosts::from_times(&times)?;
+    let by_length: Vec<String> = (1..times.len())
+        .map(|j| format!("{}: {:.2}", j + 1, verify.verify(j)))
+        .collect();
     println!(
-        "target step {:.1} ms ({:.1} tok/s); a 9-token verify pass {:.1} ms = {:.2}x a step: \
-         c_v = {verify_cost:.3} step per extra token",
+        "target step {:.1} ms ({:.1} tok/s); passes over k tokens, in steps (a longer pass counted at \
+         least as dear as a shorter): {}; c_v = {:.3} step per extra token over 8",
         t1 * 1e3,
         1.0 / t1,
-        t9 * 1e3,
-        t9 / t1
+        by_length.join(", "),
+        verify.mean_marginal(8)
     );
 
     // 2. The draft: a distilled one, or the early exit at the best depth.
@@ -193,7 +201,7 @@ fn main() -> Result<()> {
         kinds: &kinds,
         stop,
         max_tokens: args.max_tokens,
-        verify_cost,
+        verify: &verify,
     };
     let feature_layers = args.layers.unwrap_or(1);
     let feature_path = models_dir()
@@ -405,7 +413,8 @@ struct SweepCtx<'a> {
     kinds: &'a [&'static str],
     stop: Option<usize>,
     max_tokens: usize,
-    verify_cost: f64,
+    /// The verify pass's cost by its length.
+    verify: &'a PassCosts,
 }
 
 /// Step 3: sweeps every method with `draft` (called `label`, one step
@@ -423,7 +432,7 @@ fn sweep_report<T: LanguageModel, S: DraftSource<T>>(
     let mut csv = Vec::new();
     // Per method: end-to-end, decode-only and modelled speed-ups per temperature.
     let mut speedups: Vec<(String, [Vec<f64>; 3])> = Vec::new();
-    let n_methods = methods(0.0, cost_ratio, ctx.verify_cost)?.len();
+    let n_methods = methods(0.0, cost_ratio, ctx.verify)?.len();
     let bar = progress_bar(
         (temperatures.len() * n_methods * ctx.prompts.len()) as u64,
         "sweep",
@@ -432,7 +441,7 @@ fn sweep_report<T: LanguageModel, S: DraftSource<T>>(
     for (ti, &temperature) in temperatures.iter().enumerate() {
         let config = GenerationConfig::new(SamplingParams::new(temperature)?, ctx.max_tokens)?
             .with_stop_token(ctx.stop);
-        let list = methods(temperature, cost_ratio, ctx.verify_cost)?;
+        let list = methods(temperature, cost_ratio, ctx.verify)?;
         let results = sweep(&list, target, draft, ctx.prompts, &config, 1, || bar.inc(1))?;
         let (ar_out, ar) = &results[0];
         for (method, (out, m)) in list.iter().zip(&results) {
@@ -450,7 +459,7 @@ fn sweep_report<T: LanguageModel, S: DraftSource<T>>(
             let speedup = m.tokens_per_second() / ar.tokens_per_second();
             let decode_speedup = m.decode_tokens_per_second() / ar.decode_tokens_per_second();
             // The same decisions priced by the cost model: no timing noise.
-            let model = |m| modelled_speedup(m, cost_ratio, ctx.verify_cost).unwrap_or(f64::NAN);
+            let model = |m| modelled_speedup(m, cost_ratio, ctx.verify).unwrap_or(f64::NAN);
             let modelled = model(m) / model(ar);
             let drafts = !matches!(method, Method::Autoregressive);
             let acc = if drafts {
@@ -534,9 +543,9 @@ fn sweep_report<T: LanguageModel, S: DraftSource<T>>(
         "tok/s: generated tokens per second, prompt pass included, summed over the prompts. speed-up: over \
          autoregressive decoding at the same T. decode: the same after each run's first round (the prompt \
          pass, which costs the same with or without drafts). modelled: the run's counts priced by the cost \
-         model at c = {cost_ratio:.3} and c_v = {:.3} (target calls + c_v·drafted + c·draft calls, in \
-         target steps): the policies' decisions without the timing noise of short runs.",
-        ctx.verify_cost
+         model at c = {cost_ratio:.3} and the passes' measured costs above (each round's pass priced by its \
+         length, plus c per draft call, in target steps): the policies' decisions without the timing \
+         noise of short runs."
     );
     println!(
         "tokens/round: tokens emitted per verification round, 1 + accepted drafts (vLLM's mean acceptance \

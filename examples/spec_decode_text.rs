@@ -40,7 +40,7 @@ use lastmile_examples::spec_decode::{
 };
 use lastmile_examples::sweep::{Method, methods, modelled_speedup, sweep};
 use lastmile_models::PackedTransformer;
-use lastmile_spec_decode::{GenerationConfig, Metrics};
+use lastmile_spec_decode::{GenerationConfig, Metrics, PassCosts};
 
 struct Args {
     steps: usize,
@@ -228,7 +228,10 @@ fn main() -> Result<()> {
     // 3. The sweep.
     let prompts = held_out_prompts(&validation, args.prompts, prompt_len, 2024);
     let temperatures = [0.0, 0.7, 1.0, 1.5];
-    let n_methods = methods(0.0, cost_ratio, verify_cost)?.len();
+    // This target's passes are priced linearly: the re-pricing below asks
+    // what other linear costs would change.
+    let verify = PassCosts::linear(verify_cost)?;
+    let n_methods = methods(0.0, cost_ratio, &verify)?.len();
     let bar = progress_bar(
         (temperatures.len() * n_methods * prompts.len()) as u64,
         "decoding",
@@ -239,7 +242,7 @@ fn main() -> Result<()> {
     let mut counts: Vec<(f64, Vec<(String, Metrics)>)> = Vec::new();
     for (ti, &temperature) in temperatures.iter().enumerate() {
         let config = GenerationConfig::new(SamplingParams::new(temperature)?, args.new_tokens)?;
-        let list = methods(temperature, cost_ratio, verify_cost)?;
+        let list = methods(temperature, cost_ratio, &verify)?;
         bar.set_message(format!("T = {temperature}"));
         let seed = 1000 * (ti as u64 + 1);
         let results = sweep(
@@ -423,8 +426,10 @@ fn modelled_table(
                     .iter()
                     .find(|(n, _)| n == "autoregressive")
                     .context("no autoregressive run")?;
-                let base = modelled_speedup(ar, 0.0, 0.0).context("empty AR run")?;
-                Ok(modelled_speedup(m, cost_ratio, c_v).context("empty run")? / base)
+                let free = PassCosts::linear(0.0)?;
+                let base = modelled_speedup(ar, 0.0, &free).context("empty AR run")?;
+                let costs = PassCosts::linear(c_v)?;
+                Ok(modelled_speedup(m, cost_ratio, &costs).context("empty run")? / base)
             };
             let mut best = (0, 0.0);
             for g in 1..=8 {

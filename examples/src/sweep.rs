@@ -7,8 +7,8 @@ use anyhow::Result;
 use lastmile_core::lm::LanguageModel;
 use lastmile_spec_decode::{
     AdaEdl, AdaEdlConfig, CostAwareAdaEdl, CostAwareConfig, CostModel, DraftPolicy, Generation,
-    GenerationConfig, HeuristicSchedule, HybridDrafter, MaxConfidence, Metrics, PromptLookup,
-    SpeculativeDecoder, StaticLength, generate_autoregressive,
+    GenerationConfig, HeuristicSchedule, HybridDrafter, MaxConfidence, Metrics, PassCosts,
+    PromptLookup, SpeculativeDecoder, StaticLength, generate_autoregressive,
 };
 use rand::SeedableRng;
 use rand::rngs::StdRng;
@@ -44,9 +44,11 @@ impl Method {
 
 /// The methods compared: AR, static 1..=8, HF heuristic, max-confidence,
 /// AdaEDL (default `min_len = 1`, and `min_len = 0`), the cost-model
-/// controller, cost-aware AdaEDL (both given the measured draft cost
-/// `cost_ratio` and marginal verify cost `verify_cost`) and prompt lookup.
-pub fn methods(temperature: f64, cost_ratio: f64, verify_cost: f64) -> Result<Vec<Method>> {
+/// controller (given the measured draft cost `cost_ratio` and the mean
+/// marginal cost of verifying 8 tokens, its linear model's `c_v`),
+/// cost-aware AdaEDL (given `cost_ratio` and the verify pass's cost by
+/// length, `verify`), prompt lookup, and the two hybrids.
+pub fn methods(temperature: f64, cost_ratio: f64, verify: &PassCosts) -> Result<Vec<Method>> {
     let mut m = vec![Method::Autoregressive];
     for g in 1..=8 {
         m.push(Method::Draft(Box::new(StaticLength::new(g)?)));
@@ -64,23 +66,23 @@ pub fn methods(temperature: f64, cost_ratio: f64, verify_cost: f64) -> Result<Ve
         ..AdaEdlConfig::default()
     })?)));
     m.push(Method::Draft(Box::new(
-        CostModel::new(cost_ratio, 0.7, 0.5, 8)?.with_verify_cost(verify_cost)?,
+        CostModel::new(cost_ratio, 0.7, 0.5, 8)?.with_verify_cost(verify.mean_marginal(8))?,
     )));
     // AdaEDL's entropy bound weighed by the same measured costs.
-    m.push(Method::Draft(Box::new(CostAwareAdaEdl::new(
+    m.push(Method::Draft(Box::new(CostAwareAdaEdl::with_pass_costs(
         CostAwareConfig::default(),
         cost_ratio,
-        verify_cost,
+        verify.clone(),
     )?)));
     m.push(Method::Lookup(Box::new(StaticLength::new(8)?)));
     // Lookup where the text repeats itself, the draft elsewhere, under the
     // two confidence-reading policies (looked-up tokens read as certain).
     m.push(Method::Hybrid(Box::new(MaxConfidence::new(tau, 8)?), 10));
     m.push(Method::Hybrid(
-        Box::new(CostAwareAdaEdl::new(
+        Box::new(CostAwareAdaEdl::with_pass_costs(
             CostAwareConfig::default(),
             cost_ratio,
-            verify_cost,
+            verify.clone(),
         )?),
         10,
     ));
@@ -157,38 +159,51 @@ pub fn sweep<T: LanguageModel, S: DraftSource<T>>(
 }
 
 /// Speed-up over autoregressive decoding that `m`'s counts would give on a
-/// machine where a draft call costs `c` target steps and a target forward
-/// over `k` tokens costs `1 + c_v·(k − 1)` steps (the cost model of Leviathan
-/// et al. §3.4, extended with a per-token verify cost). A count-only replay:
-/// the same decoded tokens, re-priced, so that the draft-length policies can
-/// be compared for hardware other than this one (`c_v = 0` is a
-/// memory-bound accelerator, where verifying a few extra tokens is free).
+/// machine where a draft call costs `c` target steps and a target pass
+/// verifying `j` draft tokens costs `verify.verify(j)` steps (the cost
+/// model of Leviathan et al. §3.4, extended with the verify pass's cost by
+/// its length, [`PassCosts`]). A count-only replay: the same decoded
+/// tokens, re-priced, so that the draft-length policies can be compared
+/// without timing noise, and for hardware other than this one
+/// ([`PassCosts::linear`]`(0.0)` is a memory-bound accelerator, where
+/// verifying a few extra tokens is free).
 ///
 /// Autoregressive decoding costs one step per target call; `m` costs
-/// `target_calls + c_v·drafted + c·draft_calls`. Returns `None` for a
-/// run that generated nothing or cost nothing, and for a `c` or `c_v` that
-/// is negative or not finite.
+/// `target_calls + Σ_i n_i·c_v(i) + c·draft_calls`, with `n_i` the rounds
+/// that drafted more than `i` tokens and `c_v(i)` what draft token `i + 1`
+/// adds to a pass ([`PassCosts::marginal`]; `c_v·drafted` for linear
+/// costs). Returns `None` for a run that generated nothing or cost nothing,
+/// and for a `c` that is negative or not finite.
 ///
 /// ```
 /// use lastmile_examples::sweep::modelled_speedup;
-/// use lastmile_spec_decode::Metrics;
+/// use lastmile_spec_decode::{Metrics, PassCosts};
 /// let mut m = Metrics::default();
 /// m.record_round(4, 3); // 4 drafted, 3 accepted: 4 tokens from one target call
 /// m.generated_tokens = 4;
 /// m.target_calls = 1;
 /// m.draft_calls = 4;
 /// // Free verification and free drafting: 4 tokens per step.
-/// assert_eq!(modelled_speedup(&m, 0.0, 0.0), Some(4.0));
+/// assert_eq!(modelled_speedup(&m, 0.0, &PassCosts::linear(0.0)?), Some(4.0));
 /// // Each extra verified token costing a whole step: 4 tokens for 5 steps.
-/// assert_eq!(modelled_speedup(&m, 0.0, 1.0), Some(0.8));
-/// // Costs must be finite and non-negative.
-/// assert_eq!(modelled_speedup(&m, -0.1, 0.0), None);
-/// assert_eq!(modelled_speedup(&m, 0.0, f64::NAN), None);
+/// assert_eq!(modelled_speedup(&m, 0.0, &PassCosts::linear(1.0)?), Some(0.8));
+/// // Passes over up to 4 tokens cost a step, the 5th token another: 4 tokens for 2 steps.
+/// let flat = PassCosts::from_times(&[1.0, 1.0, 1.0, 1.0, 2.0])?;
+/// assert_eq!(modelled_speedup(&m, 0.0, &flat), Some(2.0));
+/// // The draft cost must be finite and non-negative.
+/// assert_eq!(modelled_speedup(&m, -0.1, &flat), None);
+/// # Ok::<(), lastmile_spec_decode::SpecDecodeError>(())
 /// ```
-pub fn modelled_speedup(m: &Metrics, c: f64, c_v: f64) -> Option<f64> {
-    if !(c.is_finite() && c_v.is_finite() && c >= 0.0 && c_v >= 0.0) {
+pub fn modelled_speedup(m: &Metrics, c: f64, verify: &PassCosts) -> Option<f64> {
+    if !(c.is_finite() && c >= 0.0) {
         return None;
     }
-    let cost = m.target_calls as f64 + c_v * m.drafted as f64 + c * m.draft_calls as f64;
+    let verifying: f64 = m
+        .drafted_at
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| n as f64 * verify.marginal(i))
+        .sum();
+    let cost = m.target_calls as f64 + verifying + c * m.draft_calls as f64;
     (m.generated_tokens > 0 && cost > 0.0).then(|| m.generated_tokens as f64 / cost)
 }

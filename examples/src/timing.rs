@@ -1,9 +1,10 @@
 //! Timing a language model's steps, for the costs the speculative-decoding
 //! policies weigh (in target steps).
 
+use std::ops::RangeInclusive;
 use std::time::Instant;
 
-use anyhow::{Result, ensure};
+use anyhow::{Context, Result, ensure};
 use lastmile_core::convert::tensor_to_vec;
 use lastmile_core::lm::LanguageModel;
 
@@ -26,9 +27,42 @@ use lastmile_core::lm::LanguageModel;
 /// # Ok::<(), anyhow::Error>(())
 /// ```
 pub fn step_time<M: LanguageModel>(model: &M, prefix: usize, k: usize, reps: usize) -> Result<f64> {
+    ensure!(k >= 1, "k must be at least 1");
+    let times = pass_times(model, prefix, k..=k, reps)?;
+    times.first().copied().context("no pass timed")
+}
+
+/// Seconds per cached forward of `k` new tokens for each `k` in `lengths`,
+/// as [`step_time`], the lengths taken in turn within each repetition so
+/// that the machine's drift between minutes falls on all of them alike
+/// (medians of `reps`). The verify pass's cost by its length, for
+/// [`PassCosts::from_times`](lastmile_spec_decode::PassCosts::from_times).
+///
+/// # Errors
+/// As [`step_time`]; an empty `lengths` or one starting at 0.
+///
+/// ```
+/// # #[cfg(feature = "flex")] {
+/// use burn::tensor::Device;
+/// use lastmile_examples::timing::pass_times;
+/// use lastmile_models::llama::{LlamaConfig, WeightStorage};
+/// let model = LlamaConfig::tiny().init_random(1, WeightStorage::F32, &Device::flex())?;
+/// let times = pass_times(&model, 8, 1..=3, 3)?;
+/// assert_eq!(times.len(), 3);
+/// assert!(times.iter().all(|&t| t > 0.0));
+/// assert!(pass_times(&model, 8, 0..=2, 3).is_err()); // a pass over no tokens
+/// # }
+/// # Ok::<(), anyhow::Error>(())
+/// ```
+pub fn pass_times<M: LanguageModel>(
+    model: &M,
+    prefix: usize,
+    lengths: RangeInclusive<usize>,
+    reps: usize,
+) -> Result<Vec<f64>> {
     ensure!(
-        prefix >= 1 && k >= 1 && reps >= 1,
-        "prefix, k and reps must be at least 1"
+        prefix >= 1 && reps >= 1 && *lengths.start() >= 1 && !lengths.is_empty(),
+        "prefix, reps and every pass length must be at least 1"
     );
     let vocab = model.vocab_size();
     let tokens = |n: usize, salt: usize| -> Vec<usize> {
@@ -36,15 +70,22 @@ pub fn step_time<M: LanguageModel>(model: &M, prefix: usize, k: usize, reps: usi
     };
     let mut cache = model.new_cache(1)?;
     tensor_to_vec(model.forward(&mut cache, &[tokens(prefix, 11)])?)?;
-    let mut times = Vec::with_capacity(reps);
+    let mut times = vec![Vec::with_capacity(reps); lengths.clone().count()];
     for r in 0..reps {
-        let start = Instant::now();
-        tensor_to_vec(model.forward(&mut cache, &[tokens(k, r)])?)?;
-        times.push(start.elapsed().as_secs_f64());
-        model.truncate(&mut cache, 0, prefix)?;
+        for (k, slot) in lengths.clone().zip(&mut times) {
+            let start = Instant::now();
+            tensor_to_vec(model.forward(&mut cache, &[tokens(k, r)])?)?;
+            slot.push(start.elapsed().as_secs_f64());
+            model.truncate(&mut cache, 0, prefix)?;
+        }
     }
-    times.sort_by(f64::total_cmp);
-    Ok(times[times.len() / 2])
+    Ok(times
+        .into_iter()
+        .map(|mut t| {
+            t.sort_by(f64::total_cmp);
+            t[t.len() / 2]
+        })
+        .collect())
 }
 
 /// Seconds per one-token step of `draft` as it runs in a speculative

@@ -2,12 +2,11 @@
 //! draft-length policy for devices where neither drafting nor verifying is
 //! free (a CPU), designed in this project.
 
-use std::ops::Bound::{Included, Unbounded};
-
-use lastmile_core::validate::{check_at_least, check_interval, check_positive};
+use lastmile_core::validate::{check_at_least, check_positive};
 
 use crate::calibration::{CalibratedBound, LEVELS};
 use crate::error::Result;
+use crate::pass_cost::PassCosts;
 use crate::policy::{CostModel, DraftPolicy, DraftStepInfo, RoundOutcome};
 
 /// Settings of [`CostAwareAdaEdl`].
@@ -61,7 +60,10 @@ impl Default for CostAwareConfig {
 ///
 /// With `c` the cost of a draft step and `c_v` the marginal cost of one more
 /// token in the target's verify pass (both in target steps, measured on the
-/// device):
+/// device; `c_v` may depend on the token's place in the pass,
+/// [`CostAwareAdaEdl::with_pass_costs`]: `c_v(j)` for draft token `j + 1`,
+/// and a pass verifying `j` tokens costs `v(j + 1) = 1 + c_v(0) + … +
+/// c_v(j − 1)`):
 ///
 /// - **Per position** (AdaEDL's rule, Agrawal et al. 2024, with costs for
 ///   its fixed threshold λ). Token `i`'s acceptance is estimated from its
@@ -71,22 +73,22 @@ impl Default for CostAwareConfig {
 ///   After `j` drafted tokens, all `j` are accepted
 ///   with probability `P_j = a_1 ⋯ a_j`, and the round is expected to yield
 ///   `E_j = 1 + P_1 + … + P_j` tokens for the cost spent so far,
-///   `C_j = 1 + s·c + j·c_v` (`s` draft steps, including the one that
+///   `C_j = s·c + v(j + 1)` (`s` draft steps, including the one that
 ///   produced token `j + 1`'s distribution). Token `j + 1` is drafted when
 ///   its own yield per cost is at least the round's so far:
-///   `P_j · a_{j+1} / (c + c_v) ≥ E_j / C_j`. (Adding an item whose
+///   `P_j · a_{j+1} / (c + c_v(j)) ≥ E_j / C_j`. (Adding an item whose
 ///   marginal ratio is at least the current ratio never lowers the ratio.)
 ///   The first token is judged too (`min_len` 0).
 /// - **Per round** (the gate). A round that runs the draft pays `c` for
 ///   its first token's distribution, then drafts the token if its level's
 ///   estimate `â_k` passes the rule above (at `j = 0`:
-///   `â_k ≥ t = (c + c_v) / (1 + c)`), gaining `â_k − c_v` tokens over a
+///   `â_k ≥ t = (c + c_v(0)) / (1 + c)`), gaining `â_k − c_v(0)` tokens over a
 ///   plain step. From the levels `π_k` of recent first tokens (decayed
-///   counts), drafting pays when `Σ_{k: â_k ≥ t} π_k·(â_k − c_v) > c`.
+///   counts), drafting pays when `Σ_{k: â_k ≥ t} π_k·(â_k − c_v(0)) > c`.
 ///   Before any first token was seen it uses Leviathan et al.'s rule
 ///   (2023, Eq. 1, with the verify cost as in [`CostModel`]) at the
 ///   calibration's overall rate `p̄`: some `g ≥ 1` gives
-///   `E(p̄, g) / (1 + g·(c + c_v)) > 1`. When drafting does not pay the
+///   `E(p̄, g) / (g·c + v(g + 1)) > 1`. When drafting does not pay the
 ///   round drafts nothing and costs no draft step (the draft model
 ///   catches up on the skipped tokens in one forward when drafting
 ///   resumes), except every [`probe_every`](CostAwareConfig::probe_every)-th
@@ -94,9 +96,9 @@ impl Default for CostAwareConfig {
 ///
 /// - **Per draft step** ([`worth_a_step`](DraftPolicy::worth_a_step)).
 ///   After `j ≥ 1` drafted tokens, another draft step (`c`) shows token
-///   `j + 1`, which gains `P_j·â_k − c_v` if its level is `k`. Taking the
+///   `j + 1`, which gains `P_j·â_k − c_v(j)` if its level is `k`. Taking the
 ///   levels of recent first tokens as its odds, the step is run when
-///   `Σ_k π_k·max(0, P_j·â_k − c_v) > c`. Without this a round whose first
+///   `Σ_k π_k·max(0, P_j·â_k − c_v(j)) > c`. Without this a round whose first
 ///   token is drafted always paid one more draft step just to decline the
 ///   second.
 ///
@@ -130,7 +132,7 @@ impl Default for CostAwareConfig {
 pub struct CostAwareAdaEdl {
     config: CostAwareConfig,
     draft_cost: f64,
-    verify_cost: f64,
+    verify: PassCosts,
     calibration: CalibratedBound,
     /// Decayed counts of the levels of first draft tokens, declined or not.
     first_levels: [f64; LEVELS],
@@ -147,12 +149,40 @@ pub struct CostAwareAdaEdl {
 
 impl CostAwareAdaEdl {
     /// The policy for draft step cost `draft_cost = c > 0` and marginal
-    /// verify cost `verify_cost = c_v ≥ 0`, in target steps.
+    /// verify cost `verify_cost = c_v ≥ 0` for every draft token, in
+    /// target steps.
     ///
     /// # Errors
     /// `γ ≤ 0`, `w ≤ 0`, `forget` outside `(0, 1]`, initial acceptance outside `[0, 1]`, `L_max = 0`, `probe_every = 0`,
     /// `c ≤ 0` or `c_v < 0` (or any not finite).
     pub fn new(config: CostAwareConfig, draft_cost: f64, verify_cost: f64) -> Result<Self> {
+        Self::with_pass_costs(config, draft_cost, PassCosts::linear(verify_cost)?)
+    }
+
+    /// The policy for draft step cost `draft_cost = c > 0` and the verify
+    /// pass's cost by its length, `verify` (measured: a CPU's pass is not
+    /// linear in its tokens, [`PassCosts`]).
+    ///
+    /// ```
+    /// use lastmile_spec_decode::{CostAwareAdaEdl, CostAwareConfig, DraftPolicy, DraftStepInfo, PassCosts};
+    /// // Passes over up to 4 tokens cost one step, the 5th token a whole step.
+    /// let costs = PassCosts::from_times(&[1.0, 1.0, 1.0, 1.0, 2.0])?;
+    /// let config = CostAwareConfig { initial_acceptance: 0.9, ..CostAwareConfig::default() };
+    /// let mut p = CostAwareAdaEdl::with_pass_costs(config, 0.05, costs)?;
+    /// p.round_limit();
+    /// let sure = DraftStepInfo { entropy: 0.01, top_prob: 0.99 };
+    /// let drafted = (0..8).take_while(|&j| p.worth_a_step(j) && p.continue_drafting(j, &sure)).count();
+    /// assert_eq!(drafted, 3); // the 4th would double the pass
+    /// # Ok::<(), lastmile_spec_decode::SpecDecodeError>(())
+    /// ```
+    ///
+    /// # Errors
+    /// As [`CostAwareAdaEdl::new`].
+    pub fn with_pass_costs(
+        config: CostAwareConfig,
+        draft_cost: f64,
+        verify: PassCosts,
+    ) -> Result<Self> {
         let calibration = CalibratedBound::new(
             config.gamma,
             config.prior_weight,
@@ -162,11 +192,10 @@ impl CostAwareAdaEdl {
         check_at_least("max_len", config.max_len, 1)?;
         check_at_least("probe_every", config.probe_every, 1)?;
         let c = check_positive("draft_cost", draft_cost)?;
-        let c_v = check_interval("verify_cost", verify_cost, Included(0.0), Unbounded)?;
         Ok(Self {
             config,
             draft_cost: c,
-            verify_cost: c_v,
+            verify,
             calibration,
             first_levels: [0.0; LEVELS],
             skipped: 0,
@@ -194,12 +223,13 @@ impl CostAwareAdaEdl {
     /// assert!(!dear.speculation_pays()); // 1.4 tokens for 1.6 steps
     /// ```
     pub fn speculation_pays(&self) -> bool {
-        let (c, c_v) = (self.draft_cost, self.verify_cost);
+        let (c, c_v) = (self.draft_cost, self.verify.marginal(0));
         let seen: f64 = self.first_levels.iter().sum();
         if seen <= 0.0 {
             let a = self.calibration.pooled();
-            return (1..=self.config.max_len)
-                .any(|g| CostModel::expected_tokens(a, g) / (1.0 + g as f64 * (c + c_v)) > 1.0);
+            return (1..=self.config.max_len).any(|g| {
+                CostModel::expected_tokens(a, g) / (g as f64 * c + self.verify.verify(g)) > 1.0
+            });
         }
         let threshold = (c + c_v) / (1.0 + c);
         let gain: f64 = (0..LEVELS)
@@ -244,10 +274,11 @@ impl DraftPolicy for CostAwareAdaEdl {
             self.first_levels[self.calibration.level(next.entropy)] += 1.0;
         }
         let marginal = self.all_accepted * self.calibration.estimate(next.entropy);
-        let spent = 1.0 + self.steps as f64 * self.draft_cost + drafted as f64 * self.verify_cost;
+        let spent = self.steps as f64 * self.draft_cost + self.verify.verify(drafted);
         // A probe drafts at least one token: it is there to measure.
         let probe = self.probing && drafted == 0;
-        if !probe && marginal * spent < self.expected * (self.draft_cost + self.verify_cost) {
+        let cost = self.draft_cost + self.verify.marginal(drafted);
+        if !probe && marginal * spent < self.expected * cost {
             return false;
         }
         self.entropies.push(next.entropy);
@@ -261,10 +292,11 @@ impl DraftPolicy for CostAwareAdaEdl {
         if drafted == 0 || seen <= 0.0 {
             return true;
         }
+        let c_v = self.verify.marginal(drafted);
         let gain: f64 = (0..LEVELS)
             .map(|k| {
                 let a = self.calibration.estimate_at(k);
-                self.first_levels[k] * (self.all_accepted * a - self.verify_cost).max(0.0)
+                self.first_levels[k] * (self.all_accepted * a - c_v).max(0.0)
             })
             .sum();
         gain / seen > self.draft_cost

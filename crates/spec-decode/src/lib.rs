@@ -95,6 +95,7 @@ pub mod feature_drafter;
 mod greedy;
 pub mod hybrid;
 pub mod metrics;
+pub mod pass_cost;
 pub mod policy;
 pub mod verify;
 mod verify_host;
@@ -109,6 +110,7 @@ pub use feature_drafter::{FeatureDrafter, FeatureTap};
 pub use hybrid::HybridDrafter;
 pub use lastmile_core::lm::{LanguageModel, LmError, LmResult};
 pub use metrics::Metrics;
+pub use pass_cost::PassCosts;
 pub use policy::{
     AdaEdl, AdaEdlConfig, CostModel, DraftPolicy, DraftStepInfo, HeuristicSchedule, MaxConfidence,
     RoundOutcome, StaticLength,
