@@ -13,7 +13,7 @@
 //! ```
 //!
 //! 1. Measures the target's passes over 1..=9 tokens, in turn (medians of
-//!    9), hence the verify pass's cost by its length (`PassCosts`, in
+//!    15), hence the verify pass's cost by its length (`PassCosts`, in
 //!    target steps; a CPU's is not linear in the tokens) and the mean
 //!    marginal cost `c_v` of verifying 8 tokens.
 //! 2. The draft model. `--draft distilled` loads the draft the
@@ -179,7 +179,7 @@ fn main() -> Result<()> {
 
     // 1. Costs of the target.
     let prefix = 128;
-    let times = pass_times(target, prefix, 1..=9, 9)?;
+    let times = pass_times(target, prefix, 1..=9, 15)?;
     let t1 = times[0];
     let verify = PassCosts::from_times(&times)?;
     let by_length: Vec<String> = (1..times.len())
