@@ -198,8 +198,13 @@ fn write(kv: &mut HostKv, k: &[f32], v: &[f32], batch: &HostBatch<'_>, max_conte
 fn attention(q: &[f32], kv: &HostKv, batch: &HostBatch<'_>, heads: Heads) -> Vec<f32> {
     let width = heads.n_kv_heads * heads.head_dim;
     let n = batch.n;
+    // A unit of work is one row's query heads that read one key/value head,
+    // so that a single row (a decoding step) is shared between threads too.
+    let group_width = heads.n_heads / heads.n_kv_heads.max(1) * heads.head_dim;
+    let groups = heads.n_kv_heads.max(1);
     let mut out = vec![0.0f32; q.len()];
-    let one_row = |(i, (q, out)): (usize, (&[f32], &mut [f32]))| {
+    let one_unit = |(u, (q, out)): (usize, (&[f32], &mut [f32]))| {
+        let i = u / groups;
         let (row, pos) = (i / n, batch.offsets[i / n] + i % n);
         let (keys, values) = (&kv.keys[row], &kv.values[row]);
         // Padding positions may run past the cache; their outputs are never read.
@@ -207,34 +212,36 @@ fn attention(q: &[f32], kv: &HostKv, batch: &HostBatch<'_>, heads: Heads) -> Vec
         let job = RowAttention {
             q,
             out,
+            first_head: u % groups * (heads.n_heads / groups),
             keys: &keys[..seen.div_ceil(KEY_BLOCK) * width * KEY_BLOCK],
             values: &values[..seen * width],
             heads,
         };
         avx2(job);
     };
-    let w = heads.n_heads * heads.head_dim;
     // A few short rows are not worth handing between threads.
     if batch.ids.len() * (batch.offsets.iter().max().copied().unwrap_or(0) + n) >= 256 {
-        q.par_chunks_exact(w)
-            .zip(out.par_chunks_exact_mut(w))
+        q.par_chunks_exact(group_width)
+            .zip(out.par_chunks_exact_mut(group_width))
             .enumerate()
-            .for_each(one_row);
+            .for_each(one_unit);
     } else {
-        q.chunks_exact(w)
-            .zip(out.chunks_exact_mut(w))
+        q.chunks_exact(group_width)
+            .zip(out.chunks_exact_mut(group_width))
             .enumerate()
-            .for_each(one_row);
+            .for_each(one_unit);
     }
     out
 }
 
-/// One query row's attention (every head) over `keys` (blocks of
+/// One query row's attention, for its query heads `first_head..` in `q`
+/// (the heads that read one key/value head), over `keys` (blocks of
 /// [`KEY_BLOCK`] positions, as [`write`] lays them out) and `values`
 /// (`[positions, n_kv_heads·dh]`), written into `out`.
 struct RowAttention<'a> {
     q: &'a [f32],
     out: &'a mut [f32],
+    first_head: usize,
     keys: &'a [f32],
     values: &'a [f32],
     heads: Heads,
@@ -297,7 +304,7 @@ impl RowAttention<'_> {
             .zip(self.out.chunks_exact_mut(dh))
             .enumerate()
         {
-            let at = j / group * dh;
+            let at = (self.first_head + j) / group * dh;
             // A block of positions' scores at once: one vector of running
             // sums per dimension modulo 4 (four short chains of additions;
             // a tail of fewer than 4 into the first), added in a fixed order.
