@@ -389,37 +389,53 @@ mod tests {
 
     #[test]
     fn stop_rule_keeps_the_round_yield_from_falling() {
-        // Along any entropy path, each drafted token keeps E/C non-decreasing,
-        // C counting every draft step run (the one that was declined too).
-        let (c, c_v) = (0.1, 0.15);
-        let mut p = policy(c, c_v);
-        for _ in 0..20 {
-            // Acceptance falls with entropy: 0.9 below 0.2 nats, 0.2 above.
-            round(&mut p, &[0.01], 1);
-            round(&mut p, &[0.02, 1.0], 1);
-            round(&mut p, &[0.05, 0.01, 0.03, 0.02, 0.01, 0.4], 4);
-            round(&mut p, &[1.0], 0);
-        }
-        p.round_limit();
-        let (mut all, mut expected) = (1.0f64, 1.0f64);
-        let mut drafted = 0;
-        for (j, h) in [0.01, 0.1, 0.05, 0.4, 0.3, 1.0].into_iter().enumerate() {
-            let before = expected / (1.0 + (j + 1) as f64 * c + j as f64 * c_v);
-            let estimate = p.calibration().estimate(h);
-            if !p.continue_drafting(j, &info(h)) {
-                break;
+        // Along any entropy path, a token is drafted exactly when it keeps
+        // E/C from falling, C = s·c + v(j + 1) counting every draft step
+        // run: with one marginal verify cost, and with a measured pass that
+        // is flat for a few tokens and then dear.
+        let c = 0.1;
+        let flat_then_dear = [1.0, 1.0, 1.02, 1.02, 1.5, 1.9, 2.3, 2.7, 3.1];
+        for costs in [
+            PassCosts::linear(0.15).unwrap_or_else(|e| panic!("{e}")),
+            PassCosts::from_times(&flat_then_dear).unwrap_or_else(|e| panic!("{e}")),
+        ] {
+            let config = CostAwareConfig {
+                initial_acceptance: 0.7,
+                ..CostAwareConfig::default()
+            };
+            let mut p = CostAwareAdaEdl::with_pass_costs(config, c, costs.clone())
+                .unwrap_or_else(|e| panic!("{e}"));
+            for _ in 0..20 {
+                // Acceptance falls with entropy: 0.9 below 0.2 nats, 0.2 above.
+                round(&mut p, &[0.01], 1);
+                round(&mut p, &[0.02, 1.0], 1);
+                round(&mut p, &[0.05, 0.01, 0.03, 0.02, 0.01, 0.4], 4);
+                round(&mut p, &[1.0], 0);
             }
-            drafted += 1;
-            all *= estimate;
-            expected += all;
-            let after = expected / (1.0 + (j + 1) as f64 * (c + c_v));
-            assert!(
-                after >= before - 1e-12,
-                "token {}: {before} -> {after}",
-                j + 1
-            );
+            p.round_limit();
+            let (mut all, mut expected) = (1.0f64, 1.0f64);
+            let mut drafted = 0;
+            for (j, h) in [0.01, 0.1, 0.05, 0.4, 0.3, 1.0].into_iter().enumerate() {
+                let before = expected / ((j + 1) as f64 * c + costs.verify(j));
+                let next = all * p.calibration().estimate(h);
+                // Drafting token j + 1 also runs the draft step that shows token j + 2.
+                let after = (expected + next) / ((j + 2) as f64 * c + costs.verify(j + 1));
+                let drafts = p.continue_drafting(j, &info(h));
+                assert_eq!(
+                    drafts,
+                    after >= before - 1e-12,
+                    "{costs:?}, token {}: {before} -> {after}",
+                    j + 1
+                );
+                if !drafts {
+                    break;
+                }
+                drafted += 1;
+                all = next;
+                expected += next;
+            }
+            assert!((1..6).contains(&drafted), "{costs:?}: {drafted}");
         }
-        assert!((1..6).contains(&drafted), "{drafted}");
     }
 
     #[test]
