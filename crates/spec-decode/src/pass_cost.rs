@@ -93,6 +93,15 @@ impl PassCosts {
     /// The mean marginal cost over the first `drafted` draft tokens:
     /// `(v(drafted + 1) − 1) / drafted` (the linear model's `c_v` that
     /// prices a pass verifying `drafted` tokens the same).
+    ///
+    /// ```
+    /// use lastmile_spec_decode::PassCosts;
+    /// // A pass over 9 tokens timed at 1.6 one-token passes: 0.075 a token over 8.
+    /// let costs = PassCosts::from_times(&[4.0, 4.0, 4.0, 4.0, 4.4, 4.8, 5.2, 5.6, 6.4])?;
+    /// assert!((costs.mean_marginal(8) - 0.075).abs() < 1e-12);
+    /// assert_eq!(costs.mean_marginal(0), costs.marginal(0));
+    /// # Ok::<(), lastmile_spec_decode::SpecDecodeError>(())
+    /// ```
     pub fn mean_marginal(&self, drafted: usize) -> f64 {
         if drafted == 0 {
             self.marginal(0)
