@@ -117,6 +117,7 @@ mod feature_draft;
 mod feature_train;
 mod feature_unroll;
 mod host;
+mod host_attention;
 mod lm;
 mod model;
 mod module;

@@ -1,0 +1,656 @@
+//! The host pass's cache layout and grouped-query attention over it
+//! ([`super::host`]).
+//!
+//! The kernel is written once over 8-lane vectors ([`Lanes`]) and compiled
+//! twice: for AVX2 + FMA through pulp's V3 token where the CPU has them,
+//! and for plain arrays elsewhere. Every product is fused into its sum
+//! (`mul_add`, one rounding) on both, and the sums run in the same order,
+//! so the two give the same bits (tested).
+//!
+//! The query heads that read one key/value head are taken through its keys
+//! and values together, up to [`TILE`] at a time: each key or value vector
+//! loaded then feeds several heads' sums, and their accumulators are
+//! independent chains of FMAs that keep the vector units busy instead of
+//! waiting on one another (measured in `docs/benchmarks.md`).
+
+use lastmile_core::fastmath::exp;
+use rayon::prelude::*;
+
+use super::block::Heads;
+use super::cache::HostKv;
+use super::host::HostBatch;
+
+/// Positions per block of the cached keys' layout.
+pub(super) const KEY_BLOCK: usize = 8;
+
+/// Query heads scored together: 4 score accumulators each, 12 for 3 heads
+/// (a GQA group of SmolLM2), which with a key vector and a broadcast query
+/// fit AVX2's 16 vector registers.
+const TILE: usize = 3;
+
+/// Query heads taken through the values together: 2·4 output vectors of
+/// independent chains, two broadcast weights and a value vector in
+/// registers (3 heads' 12 accumulators spilled to the stack).
+const VALUE_TILE: usize = 2;
+
+/// Outputs of a head accumulated at a time over the positions (4 vectors,
+/// `4·TILE` accumulators in registers).
+const VALUE_CHUNK: usize = 32;
+
+/// Writes the new keys and values (`[b·n, n_kv·dh]`) at each row's
+/// positions `offset .. offset + n` (positions past the context are
+/// padding and dropped; their outputs are never read). Values are kept
+/// `[position][n_kv·dh]`; keys in blocks of [`KEY_BLOCK`] positions,
+/// `[block][n_kv·dh][KEY_BLOCK]`, so that a query's scores over a block
+/// are one vector of running sums along the head's dimensions.
+pub(super) fn write(
+    kv: &mut HostKv,
+    k: &[f32],
+    v: &[f32],
+    batch: &HostBatch<'_>,
+    max_context: usize,
+) {
+    let width = k.len() / batch.ids.len().max(1);
+    let n = batch.n;
+    for (row, &offset) in batch.offsets.iter().enumerate() {
+        let end = (offset + n).min(max_context);
+        let (keys, values) = (&mut kv.keys[row], &mut kv.values[row]);
+        if values.len() < end * width {
+            values.resize(end * width, 0.0);
+        }
+        let key_len = end.div_ceil(KEY_BLOCK) * width * KEY_BLOCK;
+        if keys.len() < key_len {
+            keys.resize(key_len, 0.0);
+        }
+        for p in offset..end {
+            let i = row * n + p - offset;
+            values[p * width..(p + 1) * width].copy_from_slice(&v[i * width..(i + 1) * width]);
+            let block = &mut keys[p / KEY_BLOCK * width * KEY_BLOCK..];
+            for (c, &x) in k[i * width..(i + 1) * width].iter().enumerate() {
+                block[c * KEY_BLOCK + p % KEY_BLOCK] = x;
+            }
+        }
+    }
+}
+
+/// Grouped-query attention (Ainslie et al. 2023) of each query row over its
+/// row's cached positions `0 ..= offset + i` (causal), query head `j`
+/// reading key/value head `j / (n_heads / n_kv_heads)`:
+/// `softmax(q·kᵀ/√dh) v`, keys summed in position order. Returns
+/// `[b·n, n_heads·dh]`.
+pub(super) fn attention(q: &[f32], kv: &HostKv, batch: &HostBatch<'_>, heads: Heads) -> Vec<f32> {
+    attention_on(q, kv, batch, heads, true)
+}
+
+/// [`attention`], on the AVX2 kernel when `simd` and the CPU has it.
+fn attention_on(
+    q: &[f32],
+    kv: &HostKv,
+    batch: &HostBatch<'_>,
+    heads: Heads,
+    simd: bool,
+) -> Vec<f32> {
+    let (dh, groups) = (heads.head_dim, heads.n_kv_heads.max(1));
+    let group_width = heads.n_heads / groups * dh;
+    let (width, n) = (groups * dh, batch.n);
+    let mut out = vec![0.0f32; q.len()];
+    if group_width == 0 {
+        return out;
+    }
+    // Slot (i, g): the query heads of pass row i that read key/value head g.
+    let q_slots: Vec<&[f32]> = q.chunks_exact(group_width).collect();
+    let mut out_slots: Vec<Option<&mut [f32]>> =
+        out.chunks_exact_mut(group_width).map(Some).collect();
+    // A few short rows are not worth handing between threads.
+    let parallel = batch.ids.len() * (batch.offsets.iter().max().copied().unwrap_or(0) + n) >= 64;
+    let threads = if parallel {
+        rayon::current_num_threads()
+    } else {
+        1
+    };
+    // Each (sequence, key/value head) splits its n·group queries into
+    // units of at most MAX_QUERIES, and into enough that every thread gets
+    // two (a one-token step's 3 groups of 3 heads become 6 units, not 3).
+    let per_group = n * (heads.n_heads / groups);
+    let want = (2 * threads).div_ceil(batch.offsets.len() * groups).max(1);
+    let size = per_group.div_ceil(want).clamp(1, MAX_QUERIES);
+    let mut units = Vec::new();
+    for (row, &offset) in batch.offsets.iter().enumerate() {
+        let (keys, values) = (&kv.keys[row], &kv.values[row]);
+        let cached = values.len() / width;
+        for g in 0..groups {
+            let mut queries = Vec::with_capacity(per_group);
+            for i in 0..n {
+                let slot = (row * n + i) * groups + g;
+                // Padding positions may run past the cache; their outputs
+                // are never read.
+                let seen = (offset + i + 1).min(cached);
+                let out = out_slots[slot].take().unwrap_or_default();
+                for (q, out) in q_slots[slot].chunks_exact(dh).zip(out.chunks_exact_mut(dh)) {
+                    queries.push(Query { q, out, seen });
+                }
+            }
+            // Units as even as the count allows (sizes differ by at most 1).
+            let count = per_group.div_ceil(size);
+            let mut rest = queries.into_iter();
+            for u in 0..count {
+                let queries: Vec<Query<'_>> = rest
+                    .by_ref()
+                    .take(per_group / count + usize::from(u < per_group % count))
+                    .collect();
+                let seen = queries.iter().map(|q| q.seen).max().unwrap_or(0);
+                units.push(Unit {
+                    queries,
+                    at: g * dh,
+                    keys: &keys[..seen.div_ceil(KEY_BLOCK) * width * KEY_BLOCK],
+                    values: &values[..seen * width],
+                    heads,
+                });
+            }
+        }
+    }
+    let run = |unit: Unit<'_>| {
+        #[cfg(target_arch = "x86_64")]
+        if let Some(v3) = pulp::x86::V3::try_new().filter(|_| simd) {
+            return pulp::Simd::vectorize(v3, OnV3(unit, v3));
+        }
+        unit.run(Portable);
+    };
+    if parallel {
+        units.into_par_iter().for_each(run);
+    } else {
+        units.into_iter().for_each(run);
+    }
+    out
+}
+
+/// Query heads of a unit of work: the heads of consecutive pass rows that
+/// read one key/value head go through its keys and values together (each
+/// key block and value vector loaded once for all of them); 4 rows of
+/// SmolLM2's groups of 3, so that a verify pass over 8 tokens still splits
+/// into 2 units per key/value head for the threads.
+const MAX_QUERIES: usize = 12;
+
+/// Positions of values taken through all of a unit's query heads before
+/// the next (their outputs' 32-wide chunks stay in L1 meanwhile).
+const VALUE_BLOCK: usize = 64;
+
+/// One query head of one pass row: it attends to the first `seen` cached
+/// positions and writes `out` (`dh` wide).
+struct Query<'a> {
+    q: &'a [f32],
+    out: &'a mut [f32],
+    seen: usize,
+}
+
+/// Up to [`MAX_QUERIES`] query heads of one sequence's pass rows that read
+/// the key/value head at column `at` of its cache: `keys` (blocks of
+/// [`KEY_BLOCK`] positions, as [`write()`] lays them out) and `values`
+/// (`[positions, n_kv_heads·dh]`), as far as the last query sees.
+struct Unit<'a> {
+    queries: Vec<Query<'a>>,
+    at: usize,
+    keys: &'a [f32],
+    values: &'a [f32],
+    heads: Heads,
+}
+
+impl Unit<'_> {
+    /// Scaled dot products, softmax and weighted values of every query, in
+    /// tiles of up to [`TILE`] queries. A query's sums run in the same
+    /// order whatever the tile and the unit it is in.
+    #[inline(always)]
+    fn run<S: Lanes>(mut self, s: S) {
+        let dh = self.heads.head_dim;
+        let width = (self.heads.n_kv_heads * dh).max(1);
+        let padded = self.keys.len() / width;
+        let mut p = vec![0.0f32; self.queries.len() * padded];
+        let scale = s.splat(1.0 / (dh as f32).sqrt());
+        for (b, block) in self.keys.chunks_exact(width * KEY_BLOCK).enumerate() {
+            let dims = &block[self.at * KEY_BLOCK..(self.at + dh) * KEY_BLOCK];
+            let tiles = self.queries.chunks(TILE).zip(p.chunks_mut(TILE * padded));
+            for (qs, ps) in tiles {
+                let at = b * KEY_BLOCK;
+                match qs.len() {
+                    3 => score_tile::<S, 3>(s, dims, qs, ps, padded, at, scale),
+                    2 => score_tile::<S, 2>(s, dims, qs, ps, padded, at, scale),
+                    _ => score_tile::<S, 1>(s, dims, qs, ps, padded, at, scale),
+                }
+            }
+        }
+        for (q, p) in self.queries.iter().zip(p.chunks_mut(padded.max(1))) {
+            softmax_in_place(&mut p[..q.seen]);
+        }
+        let seen = self.values.len() / width;
+        for c in 0..dh / VALUE_CHUNK {
+            let from = self.at + VALUE_CHUNK * c;
+            for t0 in (0..seen).step_by(VALUE_BLOCK) {
+                let span = t0..(t0 + VALUE_BLOCK).min(seen);
+                let tiles = self.queries.chunks_mut(VALUE_TILE);
+                for (qs, ps) in tiles.zip(p.chunks(VALUE_TILE * padded)) {
+                    let job = ValueTile {
+                        values: self.values,
+                        width,
+                        from,
+                        to: VALUE_CHUNK * c,
+                        span: span.clone(),
+                        padded,
+                    };
+                    match qs.len() {
+                        2 => job.run::<S, 2>(s, qs, ps),
+                        _ => job.run::<S, 1>(s, qs, ps),
+                    }
+                }
+            }
+        }
+        // Outputs past the whole chunks, one sum at a time.
+        let done = dh / VALUE_CHUNK * VALUE_CHUNK;
+        for (q, p) in self.queries.iter_mut().zip(p.chunks(padded.max(1))) {
+            for (e, o) in q.out[done..].iter_mut().enumerate() {
+                let column = self.at + done + e;
+                *o = self
+                    .values
+                    .chunks_exact(width)
+                    .zip(&p[..q.seen])
+                    .fold(0.0, |sum, (v, p)| s.mul_add_one(*p, v[column], sum));
+            }
+        }
+    }
+}
+
+/// The scores of `T` queries (`qs`, into rows of `padded` in `ps`) over
+/// one block of keys (`dims`: the head's `dh` dimensions × [`KEY_BLOCK`]
+/// positions, starting at position `at`): per query one vector of running
+/// sums per dimension modulo 4 (a tail of fewer than 4 dimensions into the
+/// first), added as ((a₀ + a₁) + (a₂ + a₃)) and scaled by 1/√dh.
+#[inline(always)]
+fn score_tile<S: Lanes, const T: usize>(
+    s: S,
+    dims: &[f32],
+    qs: &[Query<'_>],
+    ps: &mut [f32],
+    padded: usize,
+    at: usize,
+    scale: S::V,
+) {
+    let q4: [&[[f32; 4]]; T] = std::array::from_fn(|t| qs[t].q.as_chunks::<4>().0);
+    let q_tail: [&[f32]; T] = std::array::from_fn(|t| qs[t].q.as_chunks::<4>().1);
+    let (k4, k_tail) = dims.as_chunks::<{ 4 * KEY_BLOCK }>();
+    let mut acc = [[s.splat(0.0); 4]; T];
+    for (c, k) in k4.iter().enumerate() {
+        let k = k.as_chunks::<KEY_BLOCK>().0;
+        for i in 0..4 {
+            let kv = s.load(&k[i]);
+            for t in 0..T {
+                acc[t][i] = s.mul_add(s.splat(q4[t][c][i]), kv, acc[t][i]);
+            }
+        }
+    }
+    for (d, k) in k_tail.as_chunks::<KEY_BLOCK>().0.iter().enumerate() {
+        let kv = s.load(k);
+        for t in 0..T {
+            acc[t][0] = s.mul_add(s.splat(q_tail[t][d]), kv, acc[t][0]);
+        }
+    }
+    for (t, a) in acc.iter().enumerate() {
+        let sum = s.add(s.add(a[0], a[1]), s.add(a[2], a[3]));
+        let row = t * padded + at;
+        ps[row..row + KEY_BLOCK].copy_from_slice(&s.store(s.mul(sum, scale)));
+    }
+}
+
+/// One step of the weighted values for a tile of queries: positions `span`
+/// of the values' columns `from..` (a chunk of [`VALUE_CHUNK`]) added into
+/// the queries' outputs at `to..`, `o += p_t·v_t` in position order.
+struct ValueTile<'a> {
+    values: &'a [f32],
+    width: usize,
+    from: usize,
+    to: usize,
+    span: std::ops::Range<usize>,
+    padded: usize,
+}
+
+impl ValueTile<'_> {
+    #[inline(always)]
+    fn run<S: Lanes, const T: usize>(&self, s: S, qs: &mut [Query<'_>], ps: &[f32]) {
+        const V: usize = VALUE_CHUNK / 8;
+        let mut acc = [[s.splat(0.0); V]; T];
+        for (t, a) in acc.iter_mut().enumerate() {
+            let o = qs[t].out[self.to..self.to + VALUE_CHUNK].as_chunks::<8>().0;
+            for (a, o) in a.iter_mut().zip(o) {
+                *a = s.load(o);
+            }
+        }
+        let seen: [usize; T] = std::array::from_fn(|t| qs[t].seen.min(self.span.end));
+        let common = seen.iter().copied().min().unwrap_or(0).max(self.span.start);
+        let p: [&[f32]; T] = std::array::from_fn(|t| &ps[t * self.padded..(t + 1) * self.padded]);
+        // Position `pos`'s chunk of values, for positions `from..to`.
+        let rows = |from: usize, to: usize| {
+            let chunk = self.from..self.from + VALUE_CHUNK;
+            let rows = self.values.chunks_exact(self.width).enumerate();
+            rows.take(to)
+                .skip(from)
+                .map(move |(pos, v)| (pos, &v[chunk.clone()]))
+        };
+        for (pos, v) in rows(self.span.start, common) {
+            let v = v.as_chunks::<8>().0;
+            let pt: [S::V; T] = std::array::from_fn(|t| s.splat(p[t][pos]));
+            for (i, v) in v.iter().enumerate() {
+                let v = s.load(v);
+                for t in 0..T {
+                    acc[t][i] = s.mul_add(pt[t], v, acc[t][i]);
+                }
+            }
+        }
+        // Queries that see further than the tile's shortest, alone.
+        for (t, acc) in acc.iter_mut().enumerate() {
+            for (pos, v) in rows(common, seen[t]) {
+                let pt = s.splat(p[t][pos]);
+                for (a, v) in acc.iter_mut().zip(v.as_chunks::<8>().0) {
+                    *a = s.mul_add(pt, s.load(v), *a);
+                }
+            }
+        }
+        for (t, a) in acc.iter().enumerate() {
+            let o = qs[t].out[self.to..self.to + VALUE_CHUNK]
+                .as_chunks_mut::<8>()
+                .0;
+            for (o, a) in o.iter_mut().zip(a) {
+                *o = s.store(*a);
+            }
+        }
+    }
+}
+
+/// `s ← softmax(s)`: the maximum subtracted, the exponentials
+/// ([`lastmile_core::fastmath::exp`]), their sum over 8 lanes (then the
+/// lanes and the tail in order), each divided by the sum.
+#[inline(always)]
+fn softmax_in_place(s: &mut [f32]) {
+    let max = s.iter().fold(f32::NEG_INFINITY, |m, x| m.max(*x));
+    for x in s.iter_mut() {
+        *x = exp(*x - max);
+    }
+    let mut lanes = [0.0f32; 8];
+    let (s8, tail) = s.as_chunks::<8>();
+    for x in s8 {
+        for l in 0..8 {
+            lanes[l] += x[l];
+        }
+    }
+    let total = tail.iter().fold(lanes.iter().sum::<f32>(), |t, x| t + x);
+    for x in s.iter_mut() {
+        *x /= total;
+    }
+}
+
+/// 8-lane f32 vectors: the operations the kernel is written in.
+trait Lanes: Copy {
+    type V: Copy;
+    fn splat(self, x: f32) -> Self::V;
+    fn load(self, x: &[f32; 8]) -> Self::V;
+    fn store(self, v: Self::V) -> [f32; 8];
+    /// `a·b + c` (with one rounding where [`FUSED`]).
+    fn mul_add(self, a: Self::V, b: Self::V, c: Self::V) -> Self::V;
+    /// `a·b + c` for one lane, rounded as [`Lanes::mul_add`].
+    fn mul_add_one(self, a: f32, b: f32, c: f32) -> f32;
+    fn add(self, a: Self::V, b: Self::V) -> Self::V;
+    fn mul(self, a: Self::V, b: Self::V) -> Self::V;
+}
+
+/// Whether the portable kernel fuses its multiply-adds: where the build
+/// targets hardware FMA (every aarch64; x86-64 built for it). Elsewhere
+/// `f32::mul_add` is a correctly rounded call that made the kernel 20–30×
+/// slower (measured), so there it rounds twice; the AVX2 kernel always
+/// fuses, and then the two agree to rounding rather than bit for bit.
+const FUSED: bool = cfg!(any(target_feature = "fma", target_arch = "aarch64"));
+
+/// Plain arrays (any CPU).
+#[derive(Clone, Copy)]
+struct Portable;
+
+impl Lanes for Portable {
+    type V = [f32; 8];
+
+    #[inline(always)]
+    fn splat(self, x: f32) -> [f32; 8] {
+        [x; 8]
+    }
+    #[inline(always)]
+    fn load(self, x: &[f32; 8]) -> [f32; 8] {
+        *x
+    }
+    #[inline(always)]
+    fn store(self, v: [f32; 8]) -> [f32; 8] {
+        v
+    }
+    #[inline(always)]
+    fn mul_add(self, a: [f32; 8], b: [f32; 8], c: [f32; 8]) -> [f32; 8] {
+        std::array::from_fn(|l| self.mul_add_one(a[l], b[l], c[l]))
+    }
+    #[inline(always)]
+    fn mul_add_one(self, a: f32, b: f32, c: f32) -> f32 {
+        if FUSED { a.mul_add(b, c) } else { a * b + c }
+    }
+    #[inline(always)]
+    fn add(self, a: [f32; 8], b: [f32; 8]) -> [f32; 8] {
+        std::array::from_fn(|l| a[l] + b[l])
+    }
+    #[inline(always)]
+    fn mul(self, a: [f32; 8], b: [f32; 8]) -> [f32; 8] {
+        std::array::from_fn(|l| a[l] * b[l])
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Lanes for pulp::x86::V3 {
+    type V = std::arch::x86_64::__m256;
+
+    #[inline(always)]
+    fn splat(self, x: f32) -> Self::V {
+        self.avx._mm256_set1_ps(x)
+    }
+    #[inline(always)]
+    fn load(self, x: &[f32; 8]) -> Self::V {
+        pulp::cast(*x)
+    }
+    #[inline(always)]
+    fn store(self, v: Self::V) -> [f32; 8] {
+        pulp::cast(v)
+    }
+    #[inline(always)]
+    fn mul_add(self, a: Self::V, b: Self::V, c: Self::V) -> Self::V {
+        self.fma._mm256_fmadd_ps(a, b, c)
+    }
+    /// Inside the V3 features, one `vfmadd` instruction.
+    #[inline(always)]
+    fn mul_add_one(self, a: f32, b: f32, c: f32) -> f32 {
+        a.mul_add(b, c)
+    }
+    #[inline(always)]
+    fn add(self, a: Self::V, b: Self::V) -> Self::V {
+        self.avx._mm256_add_ps(a, b)
+    }
+    #[inline(always)]
+    fn mul(self, a: Self::V, b: Self::V) -> Self::V {
+        self.avx._mm256_mul_ps(a, b)
+    }
+}
+
+/// A unit on the AVX2 kernel: pulp inlines `with_simd` into a function
+/// compiled with the V3 features, so every intrinsic and loop of the
+/// kernel is compiled for them (a closure's body may be left outside it).
+#[cfg(target_arch = "x86_64")]
+struct OnV3<'a>(Unit<'a>, pulp::x86::V3);
+
+#[cfg(target_arch = "x86_64")]
+impl pulp::WithSimd for OnV3<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, _: S) {
+        self.0.run(self.1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `heads`' attention for the last `rows` of `positions` cached
+    /// positions (written by two passes, so that the keys' last block is
+    /// partial): the output of [`attention_on`] with and without the AVX2
+    /// kernel, the same rows each in a pass of its own, and the naive
+    /// softmax in f64.
+    #[cfg(feature = "flex")]
+    fn attend(heads: Heads, positions: usize, rows: usize) -> [Vec<f64>; 4] {
+        let (nh, dh) = (heads.n_heads, heads.head_dim);
+        let width = heads.n_kv_heads * dh;
+        let value = |i: usize| ((i * 37 % 23) as f32 - 11.0) * 0.11;
+        let k: Vec<f32> = (0..positions * width).map(value).collect();
+        let v: Vec<f32> = (0..positions * width).map(|i| value(i + 5)).collect();
+        let device = burn::tensor::Device::flex();
+        let rope = super::super::rope::Rope::new(dh, 2 * positions, 1e4, &device).at_host(&[0]);
+        let mut kv = HostKv {
+            keys: vec![Vec::new()],
+            values: vec![Vec::new()],
+        };
+        let first = positions - rows;
+        for (offset, n) in [(0, first), (first, rows)] {
+            let ids = vec![0i64; n];
+            let batch = HostBatch {
+                ids: &ids,
+                rope: &rope,
+                offsets: &[offset],
+                n,
+            };
+            let at = offset * width..(offset + n) * width;
+            write(&mut kv, &k[at.clone()], &v[at], &batch, 2 * positions);
+        }
+        let q: Vec<f32> = (0..rows * nh * dh).map(|i| value(i + 11)).collect();
+        let pass = |offset: usize, q: &[f32], simd: bool| {
+            let ids = vec![0i64; q.len() / (nh * dh)];
+            let batch = HostBatch {
+                ids: &ids,
+                rope: &rope,
+                offsets: &[offset],
+                n: ids.len(),
+            };
+            attention_on(q, &kv, &batch, heads, simd)
+        };
+        let wide = |x: Vec<f32>| x.into_iter().map(f64::from).collect::<Vec<f64>>();
+        let simd = wide(pass(first, &q, true));
+        let portable = wide(pass(first, &q, false));
+        let alone = wide(
+            q.chunks_exact(nh * dh)
+                .enumerate()
+                .flat_map(|(i, q)| pass(first + i, q, true))
+                .collect(),
+        );
+        let mut naive = Vec::new();
+        for i in 0..rows {
+            for j in 0..nh {
+                let qh = &q[(i * nh + j) * dh..(i * nh + j + 1) * dh];
+                let at = j / (nh / heads.n_kv_heads) * dh;
+                let s: Vec<f64> = (0..first + i + 1)
+                    .map(|t| {
+                        let key = &k[t * width + at..t * width + at + dh];
+                        let d: f64 = qh.iter().zip(key).map(|(a, b)| f64::from(a * b)).sum();
+                        d / (dh as f64).sqrt()
+                    })
+                    .collect();
+                let max = s.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                let e: Vec<f64> = s.iter().map(|x| (x - max).exp()).collect();
+                let total: f64 = e.iter().sum();
+                for c in 0..dh {
+                    naive.push(
+                        e.iter()
+                            .enumerate()
+                            .map(|(t, e)| e / total * f64::from(v[t * width + at + c]))
+                            .sum(),
+                    );
+                }
+            }
+        }
+        [simd, portable, alone, naive]
+    }
+
+    /// The shapes the tests take: groups of 2, 3 (one whole tile) and 5
+    /// (a tile of 3 and one of 2) query heads per key/value head; head
+    /// widths with a tail past the groups of 4 dimensions (6), past the
+    /// chunks of 32 outputs (36, 40) and without (64); keys ending in a
+    /// partial block; up to 9 rows over up to 150 positions (3 blocks of
+    /// values), the longer passes split between units of work (5 rows of
+    /// 5 heads into units of 7, 6, 6 and 6 heads on 2 threads).
+    const SHAPES: [(usize, usize, usize, usize, usize); 6] = [
+        (4, 2, 6, 11, 3),
+        (6, 2, 40, 21, 3),
+        (5, 1, 36, 13, 3),
+        (9, 3, 64, 35, 3),
+        (9, 3, 64, 150, 9),
+        (5, 1, 36, 100, 5),
+    ];
+
+    /// Blocked keys and the attention over them against a naive softmax.
+    #[cfg(feature = "flex")]
+    #[test]
+    fn attention_over_blocked_keys_is_the_naive_softmax() {
+        for (n_heads, n_kv_heads, head_dim, positions, rows) in SHAPES {
+            let heads = Heads {
+                n_heads,
+                n_kv_heads,
+                head_dim,
+            };
+            let [got, _, _, want] = attend(heads, positions, rows);
+            for (e, (have, want)) in got.iter().zip(&want).enumerate() {
+                assert!(
+                    (have - want).abs() < 1e-5,
+                    "{n_heads}/{n_kv_heads} heads of {head_dim}, output {e}: {have} vs {want}"
+                );
+            }
+        }
+    }
+
+    /// Each row in a pass of its own gives the same bits as the rows in
+    /// one pass (a token's attention does not depend on the pass it is
+    /// in), and the AVX2 kernel gives those of the portable one where that
+    /// fuses its multiply-adds too ([`FUSED`]; else within 1e-6, rounding
+    /// twice). On a CPU without AVX2 both runs take the portable kernel,
+    /// which the message says.
+    #[cfg(feature = "flex")]
+    #[test]
+    fn kernels_and_chunkings_agree() {
+        #[cfg(target_arch = "x86_64")]
+        let has_avx2 = pulp::x86::V3::try_new().is_some();
+        #[cfg(not(target_arch = "x86_64"))]
+        let has_avx2 = false;
+        if !has_avx2 {
+            eprintln!("no AVX2 + FMA on this CPU: only the portable kernel ran");
+        }
+        for (n_heads, n_kv_heads, head_dim, positions, rows) in SHAPES {
+            let heads = Heads {
+                n_heads,
+                n_kv_heads,
+                head_dim,
+            };
+            let [simd, portable, alone, _] = attend(heads, positions, rows);
+            let shape = format!("{n_heads}/{n_kv_heads} heads of {head_dim}");
+            if FUSED {
+                assert_eq!(simd, portable, "{shape}: AVX2 vs portable");
+            } else {
+                let worst = simd
+                    .iter()
+                    .zip(&portable)
+                    .map(|(a, b)| (a - b).abs())
+                    .fold(0.0, f64::max);
+                assert!(worst < 1e-6, "{shape}: AVX2 vs portable differ by {worst}");
+                assert!(
+                    worst > 0.0,
+                    "{shape}: the portable kernel did not round twice"
+                );
+            }
+            assert_eq!(simd, alone, "{shape}: one pass vs a pass per row");
+        }
+    }
+}
