@@ -8,6 +8,7 @@ pub mod draft_text;
 pub mod drafts;
 pub mod federated;
 pub mod llm;
+pub mod llm_sweep;
 pub mod mlp;
 pub mod moe;
 pub mod plot;
