@@ -4,8 +4,10 @@ continuations and decoding speed of SmolLM2-135M-Instruct (Q4_1 GGUF).
 
 Pinned versions (the fixture records the ones that wrote it):
     llama-cpp-python == 0.3.36   (builds llama.cpp from source: pip install llama-cpp-python==0.3.36)
-        On a virtual machine whose CPU reports AMX but does not let programs
-        use it (llama.cpp's AMX kernels then die of SIGILL), build without:
+        On a machine whose CPU reports AMX, llama.cpp's AMX kernels may die:
+        of SIGILL on a virtual machine that does not let programs use AMX, of
+        SIGSEGV in the first decode on others (llama.cpp issue 20824; seen
+        on a KVM Xeon with a 480 MB L3). Build without them:
         CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
         -DGGML_AVX512=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON" pip install ...
     numpy            >= 2         (2.4.6 when the committed fixture was written)

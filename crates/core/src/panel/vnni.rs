@@ -259,8 +259,13 @@ fn panel_rows<const R: usize, const U: usize, const MIN: bool, const NIB: bool>(
     }
 }
 
-/// How far ahead in the codes [`prefetch`] reaches, in blocks.
-const PREFETCH_BLOCKS: usize = 4;
+/// How far ahead in the codes [`prefetch`] reaches, in blocks (4–8 KiB
+/// of Q4_1 codes, scales and minimums). On a Xeon whose 480 MB L3 holds
+/// the weights, 16 made both a one-token step and an 8-token pass 5–8 %
+/// faster than 4 in alternating passes (8 to 32 within 2 % of one
+/// another); on the AMD EPYC, where the weights stream from memory, 8 and
+/// 16 had shown no change from 4 (`docs/benchmarks.md`).
+const PREFETCH_BLOCKS: usize = 16;
 
 /// Asks for the codes of the block `PREFETCH_BLOCKS` past `v`'s to be
 /// brought into the cache (`NIB`: blocks of nibbles, half the lines):
