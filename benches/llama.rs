@@ -15,13 +15,13 @@
 //!   target's features, the same head). Untrained weights: the cost of a
 //!   step does not depend on their values;
 //! - [`spec_decode_decode`]: decoding tokens/s at T = 0 (128 new tokens
-//!   after a chat prompt) of autoregressive decoding and of speculative
-//!   decoding with the trained feature-level draft (static γ = 1, the
-//!   cost-aware AdaEDL, and the same policy over the hybrid drafter: prompt
-//!   lookup where a bigram or trigram recurs, the draft elsewhere), medians
-//!   of alternating runs, printed beside the
-//!   anchor's; skipped with a note when `feature_draft_llm` has not saved
-//!   the draft;
+//!   after a chat prompt) of autoregressive decoding, of speculative
+//!   decoding with prompt lookup alone (static γ = 8), and with the trained
+//!   feature-level draft (static γ = 1, the cost-aware AdaEDL, and the same
+//!   policy over the hybrid drafter: prompt lookup where a bigram or trigram
+//!   recurs, the draft elsewhere), medians of alternating runs, printed
+//!   beside the anchor's; the draft's rows are skipped with a note when
+//!   `feature_draft_llm` has not saved the draft;
 //! - the anchor: `python3 benches/llama_cpp_reference.py bench --threads 1 2`
 //!   (llama-cpp-python 0.3.36 on the same GGUF), run by this bench after the
 //!   criterion groups and printed with them; skipped with a note without
@@ -241,13 +241,13 @@ fn spec_decode_decode(_: &mut Criterion) {
     let draft = match LlamaFeatureDraftModule::load(&target, 1, Some(8192), &draft_path, &device)
         .and_then(|m| m.to_draft(storage, &device))
     {
-        Ok(d) => d,
+        Ok(d) => Some(d),
         Err(e) => {
             println!(
-                "speculative decoding skipped: no trained feature draft ({e}); make it with \
+                "the feature draft's rows skipped: no trained feature draft ({e}); make it with \
                  `cargo run --release -p lastmile-examples --example feature_draft_llm`"
             );
-            return;
+            None
         }
     };
     let file = lastmile_core::gguf::GgufFile::open(model_path()).expect("gguf");
@@ -261,7 +261,7 @@ fn spec_decode_decode(_: &mut Criterion) {
     // The cost-aware policy's costs, in target steps, measured here as
     // spec_decode_llm measures them: a draft step (after a target step),
     // and the marginal cost of a token in a pass over 9 tokens against one.
-    let (c, c_v) = {
+    let costs = draft.as_ref().map(|draft| {
         let d = target.config().d_model;
         let mut tc = target.new_cache(1).expect("cache");
         target
@@ -318,40 +318,71 @@ fn spec_decode_decode(_: &mut Criterion) {
             start.elapsed().as_secs_f64()
         });
         (step / one, ((nine - one) / 8.0 / one).max(0.0))
-    };
-    let cost_aware = || -> Box<dyn DraftPolicy> {
+    });
+    let cost_aware = |(c, c_v): (f64, f64)| -> Box<dyn DraftPolicy> {
         Box::new(CostAwareAdaEdl::new(CostAwareConfig::default(), c, c_v).expect("policy"))
     };
-    // (name, prompt lookup first where a bigram or trigram recurs, policy)
-    let policies: [(&str, bool, Box<dyn DraftPolicy>); 3] = [
-        (
-            "static γ = 1",
-            false,
+    // Rows: (name, drafter, policy). Prompt lookup needs no draft, so it
+    // and autoregressive decoding are timed on every machine with the model.
+    enum Drafts {
+        Lookup,
+        Feature,
+        Hybrid,
+    }
+    let mut rows: Vec<(&str, Drafts, Box<dyn DraftPolicy>)> = vec![(
+        "prompt lookup, static γ = 8",
+        Drafts::Lookup,
+        Box::new(StaticLength::new(8).expect("γ")),
+    )];
+    if let Some(costs) = costs {
+        rows.push((
+            "feature draft, static γ = 1",
+            Drafts::Feature,
             Box::new(StaticLength::new(1).expect("γ")),
-        ),
-        ("cost-aware AdaEDL", false, cost_aware()),
-        ("lookup + cost-aware AdaEDL", true, cost_aware()),
-    ];
-    let mut rates = vec![Vec::new(); 1 + policies.len()];
-    let mut rounds = vec![0.0; policies.len()];
+        ));
+        rows.push((
+            "feature draft, cost-aware AdaEDL",
+            Drafts::Feature,
+            cost_aware(costs),
+        ));
+        rows.push((
+            "feature draft, lookup + cost-aware AdaEDL",
+            Drafts::Hybrid,
+            cost_aware(costs),
+        ));
+    }
+    let mut rates = vec![Vec::new(); 1 + rows.len()];
+    let mut rounds = vec![0.0; rows.len()];
+    let batch = std::slice::from_ref(&prompt);
     for _ in 0..DECODE_RUNS {
         let mut rng = rand::rngs::StdRng::seed_from_u64(1);
-        let ar = generate_autoregressive(&target, std::slice::from_ref(&prompt), &config, &mut rng)
-            .expect("autoregressive");
+        let ar =
+            generate_autoregressive(&target, batch, &config, &mut rng).expect("autoregressive");
         rates[0].push(ar.metrics.decode_tokens_per_second());
-        for (i, (_, hybrid, policy)) in policies.iter().enumerate() {
-            let drafter = FeatureDrafter::new(&tap, &draft).expect("drafter");
-            let batch = std::slice::from_ref(&prompt);
-            let out = if *hybrid {
-                let lookup = PromptLookup::new(2, 3, 10).expect("lookup");
-                let drafter = HybridDrafter::new(lookup, drafter, &device).expect("hybrid");
-                SpeculativeDecoder::new(&tap, drafter, policy.clone())
-                    .expect("decoder")
-                    .generate(batch, &config, &mut rng)
-            } else {
-                SpeculativeDecoder::new(&tap, drafter, policy.clone())
-                    .expect("decoder")
-                    .generate(batch, &config, &mut rng)
+        for (i, (_, drafts, policy)) in rows.iter().enumerate() {
+            let policy = policy.clone();
+            let out = match (drafts, &draft) {
+                (Drafts::Lookup, _) => {
+                    let lookup = PromptLookup::new(1, 3, 10).expect("lookup");
+                    SpeculativeDecoder::new(&target, lookup, policy)
+                        .expect("decoder")
+                        .generate(batch, &config, &mut rng)
+                }
+                (Drafts::Feature, Some(draft)) => {
+                    let drafter = FeatureDrafter::new(&tap, draft).expect("drafter");
+                    SpeculativeDecoder::new(&tap, drafter, policy)
+                        .expect("decoder")
+                        .generate(batch, &config, &mut rng)
+                }
+                (Drafts::Hybrid, Some(draft)) => {
+                    let drafter = FeatureDrafter::new(&tap, draft).expect("drafter");
+                    let lookup = PromptLookup::new(2, 3, 10).expect("lookup");
+                    let drafter = HybridDrafter::new(lookup, drafter, &device).expect("hybrid");
+                    SpeculativeDecoder::new(&tap, drafter, policy)
+                        .expect("decoder")
+                        .generate(batch, &config, &mut rng)
+                }
+                (_, None) => unreachable!("the draft's rows exist only with the draft"),
             }
             .expect("speculative");
             assert_eq!(out.tokens, ar.tokens, "T = 0: the same tokens");
@@ -369,13 +400,16 @@ fn spec_decode_decode(_: &mut Criterion) {
          alternating runs (tokens/s after the prompt's pass):",
         prompt.len()
     );
-    println!(
-        "  autoregressive: {ar:.1} tokens/s (draft step {c:.3}, one more verified token {c_v:.3} target steps)"
-    );
-    for (i, (name, _, _)) in policies.iter().enumerate() {
+    match costs {
+        Some((c, c_v)) => println!(
+            "  autoregressive: {ar:.1} tokens/s (draft step {c:.3}, one more verified token {c_v:.3} target steps)"
+        ),
+        None => println!("  autoregressive: {ar:.1} tokens/s"),
+    }
+    for (i, (name, _, _)) in rows.iter().enumerate() {
         let r = median(&mut rates[i + 1]);
         println!(
-            "  speculative, feature draft, {name}: {r:.1} tokens/s ({:.2}x autoregressive, {:.2} tokens/round)",
+            "  speculative, {name}: {r:.1} tokens/s ({:.2}x autoregressive, {:.2} tokens/round)",
             r / ar,
             rounds[i]
         );
