@@ -136,8 +136,11 @@ fn panels_vnni(job: Int8Job<'_>, out: &mut [f32]) {
                 ds: &x.ds[rb],
             };
             let o = &mut out[r0 * LANES..(r0 + n) * LANES];
-            // `U` accumulators per row keep about 8 chains of `vpdpbusd`
-            // in flight whatever the rows.
+            // `U` accumulators per row keep several chains of `vpdpbusd`
+            // in flight whatever the rows. At 8 rows, two a row (chains of
+            // 4 instead of 8) made the kernel 5-7 % faster on an Emerald
+            // Rapids Xeon, which issues two a cycle (`docs/benchmarks.md`);
+            // 9-12 rows have no registers left for a second.
             macro_rules! by_rows {
                 ($min:literal, $nib:literal) => {
                     match n {
@@ -145,7 +148,7 @@ fn panels_vnni(job: Int8Job<'_>, out: &mut [f32]) {
                         11 => panel_rows::<11, 1, $min, $nib>(&panel, &rows, o),
                         10 => panel_rows::<10, 1, $min, $nib>(&panel, &rows, o),
                         9 => panel_rows::<9, 1, $min, $nib>(&panel, &rows, o),
-                        8 => panel_rows::<8, 1, $min, $nib>(&panel, &rows, o),
+                        8 => panel_rows::<8, 2, $min, $nib>(&panel, &rows, o),
                         7 => panel_rows::<7, 2, $min, $nib>(&panel, &rows, o),
                         6 => panel_rows::<6, 2, $min, $nib>(&panel, &rows, o),
                         5 => panel_rows::<5, 2, $min, $nib>(&panel, &rows, o),
