@@ -9,6 +9,12 @@ use thiserror::Error;
 #[derive(Debug, Error)]
 #[non_exhaustive]
 pub enum CoreError {
+    /// A helper thread of a [`crate::panel::Team`] panicked in a product,
+    /// so the product's results are incomplete (the panic itself then
+    /// reaches the caller of [`crate::panel::Team::run`]).
+    #[error("a helper thread panicked in {0}; expected every task to finish")]
+    WorkerPanicked(String),
+
     /// A tensor or buffer had the wrong shape.
     #[error("shape mismatch for {what}: expected {expected}, found {found:?}")]
     ShapeMismatch {

@@ -28,7 +28,9 @@
 //!   use several accumulators along the input instead to hide the FMA
 //!   latency.
 //! - **Threads.** Panels are split over rayon's pool (set its size with
-//!   `RAYON_NUM_THREADS`).
+//!   `RAYON_NUM_THREADS`); a forward pass of ~150 products shares them
+//!   out on a [`Team`] of the pool's threads, which stays together and
+//!   polls for work between products instead of sleeping.
 //!
 //! The x86-64 kernel uses AVX2 and FMA through `pulp` (safe, detected at
 //! run time); other CPUs take a portable loop over the same layout.
@@ -48,6 +50,7 @@ mod blocks;
 mod int8;
 mod pack;
 mod portable;
+mod team;
 #[cfg(target_arch = "x86_64")]
 mod vnni;
 #[cfg(target_arch = "x86_64")]
@@ -56,6 +59,7 @@ mod x86;
 use rayon::prelude::*;
 
 pub(crate) use pack::{Packed, pack};
+pub use team::Team;
 
 use crate::error::{CoreError, Result};
 use crate::gguf::{GgmlType, GgufError};
@@ -431,15 +435,7 @@ fn products(
     rows: usize,
     simd: bool,
 ) -> Result<Vec<Vec<f32>>> {
-    for m in matrices {
-        if rows == 0 || x.len() != rows * m.inp {
-            return Err(CoreError::ShapeMismatch {
-                what: "panel matrix input".to_owned(),
-                expected: format!("[rows, {}] with rows > 0", m.inp),
-                found: vec![rows, x.len() / m.inp.max(1)],
-            });
-        }
-    }
+    check_inputs(matrices, x, rows)?;
     // Wake a worker before the serial preparation below (quantising the
     // rows), so that it is polling for work when the tasks arrive: rayon's
     // idle workers sleep after ~32 yields, and on a 2-core VM a sleeping
@@ -483,6 +479,20 @@ fn products(
             }
         });
     Ok(ys)
+}
+
+/// Checks that `x` holds `rows > 0` rows of every matrix's input.
+fn check_inputs(matrices: &[&PanelMatrix], x: &[f32], rows: usize) -> Result<()> {
+    for m in matrices {
+        if rows == 0 || x.len() != rows * m.inp {
+            return Err(CoreError::ShapeMismatch {
+                what: "panel matrix input".to_owned(),
+                expected: format!("[rows, {}] with rows > 0", m.inp),
+                found: vec![rows, x.len() / m.inp.max(1)],
+            });
+        }
+    }
+    Ok(())
 }
 
 /// The product with f32 activations of panels `first..` into `out`

@@ -259,3 +259,46 @@ fn q8_register_blocks_cover_the_rows_evenly() {
         assert_eq!(starts, want);
     }
 }
+
+#[test]
+fn team_products_are_the_pools_products() {
+    let inp = 96;
+    let data = |ty, out| block_data(ty, out, inp);
+    let ms: Vec<PanelMatrix> = [
+        PanelMatrix::from_gguf_q8(GgmlType::Q4_1, &data(GgmlType::Q4_1, 200), 200, inp),
+        PanelMatrix::from_gguf_q8(GgmlType::Q8_0, &data(GgmlType::Q8_0, 37), 37, inp),
+        PanelMatrix::from_gguf(GgmlType::Q4_0, &data(GgmlType::Q4_0, 21), 21, inp),
+    ]
+    .into_iter()
+    .map(|m| m.unwrap_or_else(|e| panic!("{e}")))
+    .collect();
+    let refs: Vec<&PanelMatrix> = ms.iter().collect();
+    // Teams of 1 to 3 threads, each running many products in a row (a
+    // helper takes each newly published job, or the caller does it all).
+    for threads in 1..=3 {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap_or_else(|e| panic!("{e}"));
+        pool.install(|| {
+            Team::run(|team| {
+                assert_eq!(team.threads(), threads);
+                for rows in [1, 2, 5, 8, 9, 12, 17] {
+                    let x = values(rows * inp, rows);
+                    let want = PanelMatrix::matmul_each(&refs, &x, rows);
+                    let got = team.matmul_each(&refs, &x, rows);
+                    assert_eq!(
+                        got.unwrap_or_else(|e| panic!("{e}")),
+                        want.unwrap_or_else(|e| panic!("{e}")),
+                        "{threads} threads, {rows} rows"
+                    );
+                    let one = team.matmul(refs[0], &x, rows).unwrap_or_default();
+                    assert_eq!(one, refs[0].matmul(&x, rows).unwrap_or_default());
+                }
+                // Inputs of the wrong length are errors, not wrong products.
+                assert!(team.matmul_each(&refs, &values(inp + 1, 1), 1).is_err());
+                assert!(team.matmul(refs[0], &[], 0).is_err());
+            })
+        });
+    }
+}

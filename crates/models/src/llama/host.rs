@@ -24,7 +24,7 @@
 
 use burn::tensor::{Int, Tensor, TensorData};
 use lastmile_core::fastmath::exp;
-use lastmile_core::panel::PanelMatrix;
+use lastmile_core::panel::{PanelMatrix, Team};
 
 use super::block::Heads;
 use super::cache::HostKv;
@@ -62,39 +62,45 @@ pub(crate) fn pass(
         n_kv_heads: config.n_kv_heads,
         head_dim: config.head_dim(),
     };
-    let mut x = match input {
-        Some(x) => x,
-        None => {
-            let ids = Tensor::<1, Int>::from_data(
-                TensorData::new(batch.ids.to_vec(), [rows]),
-                &model.device,
-            );
-            values(model.embed.clone().select(0, ids).into_data())?
+    // One team of threads for the whole pass (see `Team`): its products
+    // are shared out without waking sleeping workers.
+    Team::run(|team| {
+        let mut x = match input {
+            Some(x) => x,
+            None => {
+                let ids = Tensor::<1, Int>::from_data(
+                    TensorData::new(batch.ids.to_vec(), [rows]),
+                    &model.device,
+                );
+                values(model.embed.clone().select(0, ids).into_data())?
+            }
+        };
+        for (block, kv) in model.blocks.iter().zip(kv).take(layers) {
+            let h = avx2(Vectorized(|| rms_norm(&x, d, &block.attn_norm, eps)))?;
+            let [mut q, mut k, v]: [Vec<f32>; 3] = each(
+                team,
+                &[host(&block.q)?, host(&block.k)?, host(&block.v)?],
+                &h,
+                rows,
+            )?;
+            avx2(Vectorized(|| {
+                batch.rope.apply_host(&mut q, heads.n_heads, heads.head_dim);
+                batch
+                    .rope
+                    .apply_host(&mut k, heads.n_kv_heads, heads.head_dim);
+            }));
+            write(kv, &k, &v, batch, config.max_context);
+            let att = attention(&q, kv, batch, heads);
+            add(&mut x, &team.matmul(host(&block.o)?, &att, rows)?);
+            let h = avx2(Vectorized(|| rms_norm(&x, d, &block.ffn_norm, eps)))?;
+            let [mut g, u]: [Vec<f32>; 2] =
+                each(team, &[host(&block.gate)?, host(&block.up)?], &h, rows)?;
+            avx2(Vectorized(|| swiglu_in_place(&mut g, &u)));
+            add(&mut x, &team.matmul(host(&block.down)?, &g, rows)?);
         }
-    };
-    for (block, kv) in model.blocks.iter().zip(kv).take(layers) {
-        let h = avx2(Vectorized(|| rms_norm(&x, d, &block.attn_norm, eps)))?;
-        let [mut q, mut k, v]: [Vec<f32>; 3] = each(
-            &[host(&block.q)?, host(&block.k)?, host(&block.v)?],
-            &h,
-            rows,
-        )?;
-        avx2(Vectorized(|| {
-            batch.rope.apply_host(&mut q, heads.n_heads, heads.head_dim);
-            batch
-                .rope
-                .apply_host(&mut k, heads.n_kv_heads, heads.head_dim);
-        }));
-        write(kv, &k, &v, batch, config.max_context);
-        let att = attention(&q, kv, batch, heads);
-        add(&mut x, &host(&block.o)?.matmul(&att, rows)?);
-        let h = avx2(Vectorized(|| rms_norm(&x, d, &block.ffn_norm, eps)))?;
-        let [mut g, u]: [Vec<f32>; 2] = each(&[host(&block.gate)?, host(&block.up)?], &h, rows)?;
-        avx2(Vectorized(|| swiglu_in_place(&mut g, &u)));
-        add(&mut x, &host(&block.down)?.matmul(&g, rows)?);
-    }
-    let h = rms_norm(&x, d, &model.norm, eps)?;
-    Ok((host(&model.head)?.matmul(&h, rows)?, h))
+        let h = rms_norm(&x, d, &model.norm, eps)?;
+        Ok((team.matmul(host(&model.head)?, &h, rows)?, h))
+    })
 }
 
 /// The panel matrix of a host storage's `m`.
@@ -105,21 +111,20 @@ fn host(m: &Matrix) -> LlamaResult<&PanelMatrix> {
     })
 }
 
-/// [`PanelMatrix::matmul_each`] as an array of `N` products.
-fn each<const N: usize>(
-    ms: &[&PanelMatrix; N],
+/// [`Team::matmul_each`] as an array of `N` products.
+fn each<'t, const N: usize>(
+    team: &Team<'t>,
+    ms: &[&'t PanelMatrix; N],
     x: &[f32],
     rows: usize,
 ) -> LlamaResult<[Vec<f32>; N]> {
-    PanelMatrix::matmul_each(ms, x, rows)?
-        .try_into()
-        .map_err(|_| {
-            LlamaError::Core(lastmile_core::CoreError::ShapeMismatch {
-                what: "shared-input products".to_owned(),
-                expected: format!("{N} products"),
-                found: vec![],
-            })
+    team.matmul_each(ms, x, rows)?.try_into().map_err(|_| {
+        LlamaError::Core(lastmile_core::CoreError::ShapeMismatch {
+            what: "shared-input products".to_owned(),
+            expected: format!("{N} products"),
+            found: vec![],
         })
+    })
 }
 
 /// `x += y`.

@@ -392,15 +392,11 @@ impl LlamaModel {
         layers: usize,
         input: Option<Tensor<2>>,
     ) -> LlamaResult<(Tensor<3>, Tensor<3>)> {
-        if self.storage.is_host() {
-            // The panel kernel splits each product over rayon's pool. Run
-            // the whole pass on one of the pool's threads, so that those
-            // 200-odd splits per pass are handed between running workers,
-            // not injected from outside the pool, which wakes a worker and
-            // parks the caller each time (measured: about 3 ms of a 14 ms
-            // step on 2 cores).
-            return rayon::scope(|_| self.pass(cache, tokens, layers, input));
-        }
+        // A host storage's pass runs on one of rayon's workers with a team
+        // of the others (`lastmile_core::panel::Team`), so that its ~150
+        // products are not each injected from outside the pool, which
+        // wakes a worker and parks the caller (measured: about 3 ms of a
+        // 14 ms step on 2 cores).
         self.pass(cache, tokens, layers, input)
     }
 

@@ -1,0 +1,280 @@
+//! A team of threads that stays together for a whole forward pass.
+//!
+//! A pass over a few tokens is ~150 products of a few tens of
+//! microseconds each, with serial work between them. Handing each product
+//! to rayon's pool costs a wake-up whenever the idle worker has gone to
+//! sleep in between (rayon's workers sleep after ~32 `sched_yield`s),
+//! and on a 2-core VM those hand-offs, futex waits and wakes took a
+//! sixth of the threads' time in an 8-token pass (`docs/benchmarks.md`).
+//! [`Team::run`] instead starts one helper per other worker of the pool
+//! for the length of a closure; the helpers poll for work (spinning, then
+//! yielding the core) and never sleep, and each product's panels are
+//! claimed task by task from a shared counter by whoever is free, the
+//! caller included. If a helper has not started (the pool is busy), the
+//! caller does all the tasks itself, so the results never wait on it.
+//!
+//! A product is published as an [`Arc`]ed job that owns its prepared
+//! input and its outputs (behind a [`Mutex`] each), so the helpers
+//! borrow nothing shorter-lived than the matrices: no unsafe code.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use super::{PanelMatrix, Prepared};
+use crate::error::{CoreError, Result};
+
+/// Polls of an idle helper that only spin before it starts yielding its
+/// core to the scheduler between polls (~20-50 µs: longer than the serial
+/// work between two products of a pass).
+const SPINS: u32 = 1 << 14;
+
+/// Polls between two looks for rayon jobs by an idle helper.
+const STEAL_EVERY: u32 = 16;
+
+/// Tasks per thread a product is cut into (as [`super::products`]).
+const TASKS_PER_THREAD: usize = 4;
+
+/// The calling thread and the helpers of one [`Team::run`]; see the
+/// [module documentation](self).
+///
+/// ```
+/// use lastmile_core::panel::{PanelMatrix, Team};
+/// let w = PanelMatrix::from_f32(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0], 3, 2)?;
+/// let y = Team::run(|team| team.matmul(&w, &[1.0, 1.0], 1))?;
+/// assert_eq!(y, vec![3.0, 7.0, 11.0]);
+/// # Ok::<(), lastmile_core::CoreError>(())
+/// ```
+pub struct Team<'t> {
+    /// The product being computed (the latest published).
+    job: Mutex<Option<Arc<Job<'t>>>>,
+    /// Counts published jobs: a helper takes the job when it changes.
+    epoch: AtomicUsize,
+    /// Set when the closure of [`Team::run`] has returned.
+    stop: AtomicBool,
+    /// Threads of the team, the caller included.
+    threads: usize,
+}
+
+impl<'t> Team<'t> {
+    /// Runs `f` with a team of the current rayon pool's threads: the
+    /// calling thread (moved onto the pool if it is not one of its
+    /// workers) and a polling helper on each other worker, until `f`
+    /// returns.
+    ///
+    /// ```
+    /// use lastmile_core::panel::Team;
+    /// let threads = Team::run(|team| team.threads());
+    /// assert_eq!(threads, rayon::current_num_threads());
+    /// ```
+    pub fn run<R: Send>(f: impl FnOnce(&Team<'t>) -> R + Send) -> R {
+        let team = Team {
+            job: Mutex::new(None),
+            epoch: AtomicUsize::new(0),
+            stop: AtomicBool::new(false),
+            threads: rayon::current_num_threads().max(1),
+        };
+        rayon::scope(|s| {
+            for _ in 1..team.threads {
+                s.spawn(|_| team.help());
+            }
+            let result = f(&team);
+            team.stop.store(true, Ordering::Release);
+            result
+        })
+    }
+
+    /// Threads of the team, the caller included.
+    pub fn threads(&self) -> usize {
+        self.threads
+    }
+
+    /// [`PanelMatrix::matmul`] on the team.
+    ///
+    /// # Errors
+    /// As [`PanelMatrix::matmul`].
+    pub fn matmul(&self, m: &'t PanelMatrix, x: &[f32], rows: usize) -> Result<Vec<f32>> {
+        let mut ys = self.matmul_each(&[m], x, rows)?;
+        ys.pop().ok_or_else(|| CoreError::ShapeMismatch {
+            what: "team product".to_owned(),
+            expected: "one product".to_owned(),
+            found: vec![0],
+        })
+    }
+
+    /// [`PanelMatrix::matmul_each`] on the team: `x` prepared once, then
+    /// every matrix's panels shared out as one job.
+    ///
+    /// ```
+    /// use lastmile_core::panel::{PanelMatrix, Team};
+    /// let a = PanelMatrix::from_f32(&[1.0, 0.0, 0.0, 1.0], 2, 2)?;
+    /// let b = PanelMatrix::from_f32(&[1.0, 1.0], 1, 2)?;
+    /// let ys = Team::run(|team| team.matmul_each(&[&a, &b], &[2.0, 3.0], 1))?;
+    /// assert_eq!(ys, vec![vec![2.0, 3.0], vec![5.0]]);
+    /// # Ok::<(), lastmile_core::CoreError>(())
+    /// ```
+    ///
+    /// # Errors
+    /// As [`PanelMatrix::matmul_each`]; [`CoreError::WorkerPanicked`] if a
+    /// helper panicked in the kernel.
+    pub fn matmul_each(
+        &self,
+        matrices: &[&'t PanelMatrix],
+        x: &[f32],
+        rows: usize,
+    ) -> Result<Vec<Vec<f32>>> {
+        super::check_inputs(matrices, x, rows)?;
+        let simd = true;
+        let mut prepared = Prepared::default();
+        for m in matrices {
+            m.prepare(x, rows, simd, &mut prepared);
+        }
+        let mut tasks = Vec::new();
+        let total: usize = matrices.iter().map(|m| m.layout().0).sum();
+        let per_task = total.div_ceil(TASKS_PER_THREAD * self.threads).max(2);
+        for (i, m) in matrices.iter().enumerate() {
+            let (panels, width) = m.layout();
+            for first in (0..panels).step_by(per_task) {
+                tasks.push(Task {
+                    matrix: i,
+                    first,
+                    count: (panels - first).min(per_task),
+                    width,
+                });
+            }
+        }
+        let job = Arc::new(Job {
+            outputs: matrices
+                .iter()
+                .map(|m| Mutex::new(vec![0.0; rows * m.out]))
+                .collect(),
+            matrices: matrices.to_vec(),
+            prepared,
+            rows,
+            simd,
+            tasks,
+            next: AtomicUsize::new(0),
+            done: AtomicUsize::new(0),
+            failed: AtomicBool::new(false),
+        });
+        if self.threads > 1 {
+            *self.job.lock().unwrap_or_else(PoisonError::into_inner) = Some(Arc::clone(&job));
+            self.epoch.fetch_add(1, Ordering::Release);
+        }
+        job.work();
+        while job.done.load(Ordering::Acquire) < job.tasks.len() {
+            if job.failed.load(Ordering::Acquire) {
+                return Err(CoreError::WorkerPanicked("a panel product".to_owned()));
+            }
+            std::hint::spin_loop();
+        }
+        Ok(job
+            .outputs
+            .iter()
+            .map(|y| std::mem::take(&mut *y.lock().unwrap_or_else(PoisonError::into_inner)))
+            .collect())
+    }
+
+    /// A helper's loop: take each newly published job and work on it
+    /// until [`Team::run`]'s closure returns.
+    fn help(&self) {
+        let mut seen = 0;
+        let mut idle = 0u32;
+        while !self.stop.load(Ordering::Acquire) {
+            let epoch = self.epoch.load(Ordering::Acquire);
+            if epoch != seen {
+                seen = epoch;
+                idle = 0;
+                let job = self
+                    .job
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .clone();
+                if let Some(job) = job {
+                    job.work();
+                }
+            } else {
+                idle = idle.saturating_add(1);
+                // Between products the caller may split other work over
+                // rayon's pool (a pass's attention): take it from there.
+                if idle.is_multiple_of(STEAL_EVERY) {
+                    let _ = rayon::yield_now();
+                }
+                if idle < SPINS {
+                    std::hint::spin_loop();
+                } else {
+                    std::thread::yield_now();
+                }
+            }
+        }
+    }
+}
+
+/// Panels `first .. first + count` of matrix `matrix` (outputs per panel
+/// `width`).
+struct Task {
+    matrix: usize,
+    first: usize,
+    count: usize,
+    width: usize,
+}
+
+/// One published product: its input, its tasks and its output rows.
+struct Job<'t> {
+    matrices: Vec<&'t PanelMatrix>,
+    prepared: Prepared,
+    rows: usize,
+    simd: bool,
+    tasks: Vec<Task>,
+    /// Per matrix, its output `[rows, out]`.
+    outputs: Vec<Mutex<Vec<f32>>>,
+    /// The next task to claim.
+    next: AtomicUsize,
+    /// Tasks finished.
+    done: AtomicUsize,
+    /// Set if a thread panicked in a task.
+    failed: AtomicBool,
+}
+
+impl Job<'_> {
+    /// Claims and computes tasks until none is left.
+    fn work(&self) {
+        let guard = FailOnPanic(&self.failed);
+        let rows = self.rows;
+        loop {
+            let i = self.next.fetch_add(1, Ordering::Relaxed);
+            let Some(task) = self.tasks.get(i) else {
+                break;
+            };
+            let m = self.matrices[task.matrix];
+            let width = task.width;
+            let mut by_panel = vec![0.0f32; task.count * rows * width];
+            m.panels(task.first, &mut by_panel, rows, &self.prepared, self.simd);
+            let at = task.first * width;
+            let used = (task.count * width).min(m.out.saturating_sub(at));
+            // One lock a task: its columns of every row, copied from L1.
+            let mut y = self.outputs[task.matrix]
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            for (r, row) in y.chunks_exact_mut(m.out).enumerate() {
+                for (j, panel) in by_panel.chunks_exact(rows * width).enumerate() {
+                    let from = j * width;
+                    let n = width.min(used.saturating_sub(from));
+                    row[at + from..at + from + n].copy_from_slice(&panel[r * width..r * width + n]);
+                }
+            }
+            drop(y);
+            self.done.fetch_add(1, Ordering::Release);
+        }
+        std::mem::forget(guard);
+    }
+}
+
+/// Sets its flag when dropped, which [`Job::work`] lets happen only by
+/// unwinding from a panic.
+struct FailOnPanic<'a>(&'a AtomicBool);
+
+impl Drop for FailOnPanic<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Release);
+    }
+}
