@@ -5,8 +5,8 @@
 //! outputs' codes for 4 inputs is shared by a register block of up to 12
 //! rows ([`MAX_ROWS`](super::int8::MAX_ROWS)), each row's 4 codes
 //! broadcast to every lane. The block's integer sum then becomes f32 as
-//! in the portable kernel. With fewer than 8 rows, `U` integer
-//! accumulators per row along the block keep about 8 chains in flight. 4-bit
+//! in the portable kernel. With 8 rows or fewer, `U` integer
+//! accumulators per row along the block keep 8 to 16 chains in flight. 4-bit
 //! codes come two a byte: one load, a mask and a shift give two groups'
 //! codes, half the bytes read for the same `vpdpbusd`s; the block scales
 //! are widened from f16 (`vcvtph2ps`).
