@@ -1,11 +1,13 @@
 //! The host pass's cache layout and grouped-query attention over it
 //! ([`super::host`]).
 //!
-//! The kernel is written once over 8-lane vectors ([`Lanes`]) and compiled
-//! twice: for AVX2 + FMA through pulp's V3 token where the CPU has them,
-//! and for plain arrays elsewhere. Every product is fused into its sum
-//! (`mul_add`, one rounding) on both, and the sums run in the same order,
-//! so the two give the same bits (tested).
+//! The kernel is written once over vectors of `W` lanes ([`Lanes`]) and
+//! compiled three times: 16 lanes for AVX-512 through pulp's V4 token
+//! where the CPU has it (twice the lanes of an instruction on Intel's
+//! server cores), 8 for AVX2 + FMA through V3, and plain arrays elsewhere.
+//! Every product is fused into its sum (`mul_add`, one rounding) on each,
+//! and each position's and output's sums run in the same order whatever
+//! the width, so all give the same bits (tested).
 //!
 //! The query heads that read one key/value head are taken through its keys
 //! and values together, up to [`TILE`] at a time: each key or value vector
@@ -20,12 +22,13 @@ use super::block::Heads;
 use super::cache::HostKv;
 use super::host::HostBatch;
 
-/// Positions per block of the cached keys' layout.
-pub(super) const KEY_BLOCK: usize = 8;
+/// Positions per block of the cached keys' layout: one 512-bit vector of
+/// scores (two 256-bit ones on AVX2).
+pub(super) const KEY_BLOCK: usize = 16;
 
 /// Query heads scored together: 4 score accumulators each, 12 for 3 heads
 /// (a GQA group of SmolLM2), which with a key vector and a broadcast query
-/// fit AVX2's 16 vector registers.
+/// fit AVX2's 16 vector registers (AVX-512 has 32).
 const TILE: usize = 3;
 
 /// Query heads taken through the values together: 2·4 output vectors of
@@ -33,9 +36,10 @@ const TILE: usize = 3;
 /// registers (3 heads' 12 accumulators spilled to the stack).
 const VALUE_TILE: usize = 2;
 
-/// Outputs of a head accumulated at a time over the positions (4 vectors,
-/// `4·TILE` accumulators in registers).
-const VALUE_CHUNK: usize = 32;
+/// Vectors of a head's outputs accumulated at a time over the positions
+/// (`VALUE_TILE · 4` accumulators in registers): 32 outputs on AVX2, 64
+/// on AVX-512.
+const CHUNK_VECTORS: usize = 4;
 
 /// Writes the new keys and values (`[b·n, n_kv·dh]`) at each row's
 /// positions `offset .. offset + n` (positions past the context are
@@ -79,16 +83,29 @@ pub(super) fn write(
 /// `softmax(q·kᵀ/√dh) v`, keys summed in position order. Returns
 /// `[b·n, n_heads·dh]`.
 pub(super) fn attention(q: &[f32], kv: &HostKv, batch: &HostBatch<'_>, heads: Heads) -> Vec<f32> {
-    attention_on(q, kv, batch, heads, true)
+    attention_on(q, kv, batch, heads, Kernel::Best)
 }
 
-/// [`attention`], on the AVX2 kernel when `simd` and the CPU has it.
+/// Which compilation of the kernel a unit runs on.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Kernel {
+    /// AVX-512 where the CPU has it, else AVX2 + FMA, else portable.
+    Best,
+    /// AVX2 + FMA where the CPU has it, else portable.
+    #[cfg_attr(not(test), allow(dead_code))]
+    Avx2,
+    /// Plain arrays.
+    #[cfg_attr(not(test), allow(dead_code))]
+    Portable,
+}
+
+/// [`attention`] on `kernel` (as far as the CPU has it).
 fn attention_on(
     q: &[f32],
     kv: &HostKv,
     batch: &HostBatch<'_>,
     heads: Heads,
-    simd: bool,
+    kernel: Kernel,
 ) -> Vec<f32> {
     let (dh, groups) = (heads.head_dim, heads.n_kv_heads.max(1));
     let group_width = heads.n_heads / groups * dh;
@@ -151,10 +168,21 @@ fn attention_on(
     }
     let run = |unit: Unit<'_>| {
         #[cfg(target_arch = "x86_64")]
-        if let Some(v3) = pulp::x86::V3::try_new().filter(|_| simd) {
-            return pulp::Simd::vectorize(v3, OnV3(unit, v3));
+        {
+            if kernel == Kernel::Best
+                && let Some(v4) = pulp::x86::V4::try_new()
+            {
+                return pulp::Simd::vectorize(v4, OnV4(unit, v4));
+            }
+            if kernel != Kernel::Portable
+                && let Some(v3) = pulp::x86::V3::try_new()
+            {
+                return pulp::Simd::vectorize(v3, OnV3(unit, v3));
+            }
         }
-        unit.run(Portable);
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = kernel;
+        unit.run::<8, _>(Portable);
     };
     if parallel {
         units.into_par_iter().for_each(run);
@@ -200,7 +228,7 @@ impl Unit<'_> {
     /// tiles of up to [`TILE`] queries. A query's sums run in the same
     /// order whatever the tile and the unit it is in.
     #[inline(always)]
-    fn run<S: Lanes>(mut self, s: S) {
+    fn run<const W: usize, S: Lanes<W>>(mut self, s: S) {
         let dh = self.heads.head_dim;
         let width = (self.heads.n_kv_heads * dh).max(1);
         let padded = self.keys.len() / width;
@@ -211,10 +239,13 @@ impl Unit<'_> {
             let tiles = self.queries.chunks(TILE).zip(p.chunks_mut(TILE * padded));
             for (qs, ps) in tiles {
                 let at = b * KEY_BLOCK;
-                match qs.len() {
-                    3 => score_tile::<S, 3>(s, dims, qs, ps, padded, at, scale),
-                    2 => score_tile::<S, 2>(s, dims, qs, ps, padded, at, scale),
-                    _ => score_tile::<S, 1>(s, dims, qs, ps, padded, at, scale),
+                for half in 0..KEY_BLOCK / W {
+                    let at = at + half * W;
+                    match qs.len() {
+                        3 => score_tile::<W, S, 3>(s, dims, half, qs, ps, padded, at, scale),
+                        2 => score_tile::<W, S, 2>(s, dims, half, qs, ps, padded, at, scale),
+                        _ => score_tile::<W, S, 1>(s, dims, half, qs, ps, padded, at, scale),
+                    }
                 }
             }
         }
@@ -222,8 +253,9 @@ impl Unit<'_> {
             softmax_in_place(&mut p[..q.seen]);
         }
         let seen = self.values.len() / width;
-        for c in 0..dh / VALUE_CHUNK {
-            let from = self.at + VALUE_CHUNK * c;
+        let chunk = CHUNK_VECTORS * W;
+        for c in 0..dh / chunk {
+            let from = self.at + chunk * c;
             for t0 in (0..seen).step_by(VALUE_BLOCK) {
                 let span = t0..(t0 + VALUE_BLOCK).min(seen);
                 let tiles = self.queries.chunks_mut(VALUE_TILE);
@@ -232,19 +264,19 @@ impl Unit<'_> {
                         values: self.values,
                         width,
                         from,
-                        to: VALUE_CHUNK * c,
+                        to: chunk * c,
                         span: span.clone(),
                         padded,
                     };
                     match qs.len() {
-                        2 => job.run::<S, 2>(s, qs, ps),
-                        _ => job.run::<S, 1>(s, qs, ps),
+                        2 => job.run::<W, S, 2>(s, qs, ps),
+                        _ => job.run::<W, S, 1>(s, qs, ps),
                     }
                 }
             }
         }
         // Outputs past the whole chunks, one sum at a time.
-        let done = dh / VALUE_CHUNK * VALUE_CHUNK;
+        let done = dh / chunk * chunk;
         for (q, p) in self.queries.iter_mut().zip(p.chunks(padded.max(1))) {
             for (e, o) in q.out[done..].iter_mut().enumerate() {
                 let column = self.at + done + e;
@@ -259,14 +291,18 @@ impl Unit<'_> {
 }
 
 /// The scores of `T` queries (`qs`, into rows of `padded` in `ps`) over
-/// one block of keys (`dims`: the head's `dh` dimensions × [`KEY_BLOCK`]
-/// positions, starting at position `at`): per query one vector of running
-/// sums per dimension modulo 4 (a tail of fewer than 4 dimensions into the
-/// first), added as ((a₀ + a₁) + (a₂ + a₃)) and scaled by 1/√dh.
+/// `W` positions of one block of keys (`dims`: the head's `dh` dimensions
+/// × [`KEY_BLOCK`] positions; the `half`-th `W` of them, starting at
+/// position `at`): per query one vector of running sums per dimension
+/// modulo 4 (a tail of fewer than 4 dimensions into the first), added as
+/// ((a₀ + a₁) + (a₂ + a₃)) and scaled by 1/√dh. Each position's sum is the
+/// same whatever `W`.
+#[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn score_tile<S: Lanes, const T: usize>(
+fn score_tile<const W: usize, S: Lanes<W>, const T: usize>(
     s: S,
     dims: &[f32],
+    half: usize,
     qs: &[Query<'_>],
     ps: &mut [f32],
     padded: usize,
@@ -276,18 +312,20 @@ fn score_tile<S: Lanes, const T: usize>(
     let q4: [&[[f32; 4]]; T] = std::array::from_fn(|t| qs[t].q.as_chunks::<4>().0);
     let q_tail: [&[f32]; T] = std::array::from_fn(|t| qs[t].q.as_chunks::<4>().1);
     let (k4, k_tail) = dims.as_chunks::<{ 4 * KEY_BLOCK }>();
+    // Each dimension's row of the block holds KEY_BLOCK positions; this
+    // tile reads the `half`-th `W` of them.
     let mut acc = [[s.splat(0.0); 4]; T];
     for (c, k) in k4.iter().enumerate() {
         let k = k.as_chunks::<KEY_BLOCK>().0;
         for i in 0..4 {
-            let kv = s.load(&k[i]);
+            let kv = s.load(&k[i].as_chunks::<W>().0[half]);
             for t in 0..T {
                 acc[t][i] = s.mul_add(s.splat(q4[t][c][i]), kv, acc[t][i]);
             }
         }
     }
     for (d, k) in k_tail.as_chunks::<KEY_BLOCK>().0.iter().enumerate() {
-        let kv = s.load(k);
+        let kv = s.load(&k.as_chunks::<W>().0[half]);
         for t in 0..T {
             acc[t][0] = s.mul_add(s.splat(q_tail[t][d]), kv, acc[t][0]);
         }
@@ -295,13 +333,14 @@ fn score_tile<S: Lanes, const T: usize>(
     for (t, a) in acc.iter().enumerate() {
         let sum = s.add(s.add(a[0], a[1]), s.add(a[2], a[3]));
         let row = t * padded + at;
-        ps[row..row + KEY_BLOCK].copy_from_slice(&s.store(s.mul(sum, scale)));
+        ps[row..row + W].copy_from_slice(&s.store(s.mul(sum, scale)));
     }
 }
 
 /// One step of the weighted values for a tile of queries: positions `span`
-/// of the values' columns `from..` (a chunk of [`VALUE_CHUNK`]) added into
-/// the queries' outputs at `to..`, `o += p_t·v_t` in position order.
+/// of the values' columns `from..` (a chunk of [`CHUNK_VECTORS`] vectors)
+/// added into the queries' outputs at `to..`, `o += p_t·v_t` in position
+/// order.
 struct ValueTile<'a> {
     values: &'a [f32],
     width: usize,
@@ -313,11 +352,17 @@ struct ValueTile<'a> {
 
 impl ValueTile<'_> {
     #[inline(always)]
-    fn run<S: Lanes, const T: usize>(&self, s: S, qs: &mut [Query<'_>], ps: &[f32]) {
-        const V: usize = VALUE_CHUNK / 8;
+    fn run<const W: usize, S: Lanes<W>, const T: usize>(
+        &self,
+        s: S,
+        qs: &mut [Query<'_>],
+        ps: &[f32],
+    ) {
+        const V: usize = CHUNK_VECTORS;
+        let chunk = V * W;
         let mut acc = [[s.splat(0.0); V]; T];
         for (t, a) in acc.iter_mut().enumerate() {
-            let o = qs[t].out[self.to..self.to + VALUE_CHUNK].as_chunks::<8>().0;
+            let o = qs[t].out[self.to..self.to + chunk].as_chunks::<W>().0;
             for (a, o) in a.iter_mut().zip(o) {
                 *a = s.load(o);
             }
@@ -327,14 +372,14 @@ impl ValueTile<'_> {
         let p: [&[f32]; T] = std::array::from_fn(|t| &ps[t * self.padded..(t + 1) * self.padded]);
         // Position `pos`'s chunk of values, for positions `from..to`.
         let rows = |from: usize, to: usize| {
-            let chunk = self.from..self.from + VALUE_CHUNK;
+            let chunk = self.from..self.from + chunk;
             let rows = self.values.chunks_exact(self.width).enumerate();
             rows.take(to)
                 .skip(from)
                 .map(move |(pos, v)| (pos, &v[chunk.clone()]))
         };
         for (pos, v) in rows(self.span.start, common) {
-            let v = v.as_chunks::<8>().0;
+            let v = v.as_chunks::<W>().0;
             let pt: [S::V; T] = std::array::from_fn(|t| s.splat(p[t][pos]));
             for (i, v) in v.iter().enumerate() {
                 let v = s.load(v);
@@ -347,15 +392,13 @@ impl ValueTile<'_> {
         for (t, acc) in acc.iter_mut().enumerate() {
             for (pos, v) in rows(common, seen[t]) {
                 let pt = s.splat(p[t][pos]);
-                for (a, v) in acc.iter_mut().zip(v.as_chunks::<8>().0) {
+                for (a, v) in acc.iter_mut().zip(v.as_chunks::<W>().0) {
                     *a = s.mul_add(pt, s.load(v), *a);
                 }
             }
         }
         for (t, a) in acc.iter().enumerate() {
-            let o = qs[t].out[self.to..self.to + VALUE_CHUNK]
-                .as_chunks_mut::<8>()
-                .0;
+            let o = qs[t].out[self.to..self.to + chunk].as_chunks_mut::<W>().0;
             for (o, a) in o.iter_mut().zip(a) {
                 *o = s.store(*a);
             }
@@ -385,12 +428,12 @@ fn softmax_in_place(s: &mut [f32]) {
     }
 }
 
-/// 8-lane f32 vectors: the operations the kernel is written in.
-trait Lanes: Copy {
+/// `W`-lane f32 vectors: the operations the kernel is written in.
+trait Lanes<const W: usize>: Copy {
     type V: Copy;
     fn splat(self, x: f32) -> Self::V;
-    fn load(self, x: &[f32; 8]) -> Self::V;
-    fn store(self, v: Self::V) -> [f32; 8];
+    fn load(self, x: &[f32; W]) -> Self::V;
+    fn store(self, v: Self::V) -> [f32; W];
     /// `a·b + c` (with one rounding where [`FUSED`]).
     fn mul_add(self, a: Self::V, b: Self::V, c: Self::V) -> Self::V;
     /// `a·b + c` for one lane, rounded as [`Lanes::mul_add`].
@@ -402,49 +445,49 @@ trait Lanes: Copy {
 /// Whether the portable kernel fuses its multiply-adds: where the build
 /// targets hardware FMA (every aarch64; x86-64 built for it). Elsewhere
 /// `f32::mul_add` is a correctly rounded call that made the kernel 20–30×
-/// slower (measured), so there it rounds twice; the AVX2 kernel always
-/// fuses, and then the two agree to rounding rather than bit for bit.
+/// slower (measured), so there it rounds twice; the SIMD kernels always
+/// fuse, and then they agree with it to rounding rather than bit for bit.
 const FUSED: bool = cfg!(any(target_feature = "fma", target_arch = "aarch64"));
 
 /// Plain arrays (any CPU).
 #[derive(Clone, Copy)]
 struct Portable;
 
-impl Lanes for Portable {
-    type V = [f32; 8];
+impl<const W: usize> Lanes<W> for Portable {
+    type V = [f32; W];
 
     #[inline(always)]
-    fn splat(self, x: f32) -> [f32; 8] {
-        [x; 8]
+    fn splat(self, x: f32) -> [f32; W] {
+        [x; W]
     }
     #[inline(always)]
-    fn load(self, x: &[f32; 8]) -> [f32; 8] {
+    fn load(self, x: &[f32; W]) -> [f32; W] {
         *x
     }
     #[inline(always)]
-    fn store(self, v: [f32; 8]) -> [f32; 8] {
+    fn store(self, v: [f32; W]) -> [f32; W] {
         v
     }
     #[inline(always)]
-    fn mul_add(self, a: [f32; 8], b: [f32; 8], c: [f32; 8]) -> [f32; 8] {
-        std::array::from_fn(|l| self.mul_add_one(a[l], b[l], c[l]))
+    fn mul_add(self, a: [f32; W], b: [f32; W], c: [f32; W]) -> [f32; W] {
+        std::array::from_fn(|l| <Self as Lanes<W>>::mul_add_one(self, a[l], b[l], c[l]))
     }
     #[inline(always)]
     fn mul_add_one(self, a: f32, b: f32, c: f32) -> f32 {
         if FUSED { a.mul_add(b, c) } else { a * b + c }
     }
     #[inline(always)]
-    fn add(self, a: [f32; 8], b: [f32; 8]) -> [f32; 8] {
+    fn add(self, a: [f32; W], b: [f32; W]) -> [f32; W] {
         std::array::from_fn(|l| a[l] + b[l])
     }
     #[inline(always)]
-    fn mul(self, a: [f32; 8], b: [f32; 8]) -> [f32; 8] {
+    fn mul(self, a: [f32; W], b: [f32; W]) -> [f32; W] {
         std::array::from_fn(|l| a[l] * b[l])
     }
 }
 
 #[cfg(target_arch = "x86_64")]
-impl Lanes for pulp::x86::V3 {
+impl Lanes<8> for pulp::x86::V3 {
     type V = std::arch::x86_64::__m256;
 
     #[inline(always)]
@@ -478,6 +521,41 @@ impl Lanes for pulp::x86::V3 {
     }
 }
 
+#[cfg(target_arch = "x86_64")]
+impl Lanes<16> for pulp::x86::V4 {
+    type V = std::arch::x86_64::__m512;
+
+    #[inline(always)]
+    fn splat(self, x: f32) -> Self::V {
+        self.avx512f._mm512_set1_ps(x)
+    }
+    #[inline(always)]
+    fn load(self, x: &[f32; 16]) -> Self::V {
+        pulp::cast(*x)
+    }
+    #[inline(always)]
+    fn store(self, v: Self::V) -> [f32; 16] {
+        pulp::cast(v)
+    }
+    #[inline(always)]
+    fn mul_add(self, a: Self::V, b: Self::V, c: Self::V) -> Self::V {
+        self.avx512f._mm512_fmadd_ps(a, b, c)
+    }
+    /// Inside the V4 features, one `vfmadd` instruction.
+    #[inline(always)]
+    fn mul_add_one(self, a: f32, b: f32, c: f32) -> f32 {
+        a.mul_add(b, c)
+    }
+    #[inline(always)]
+    fn add(self, a: Self::V, b: Self::V) -> Self::V {
+        self.avx512f._mm512_add_ps(a, b)
+    }
+    #[inline(always)]
+    fn mul(self, a: Self::V, b: Self::V) -> Self::V {
+        self.avx512f._mm512_mul_ps(a, b)
+    }
+}
+
 /// A unit on the AVX2 kernel: pulp inlines `with_simd` into a function
 /// compiled with the V3 features, so every intrinsic and loop of the
 /// kernel is compiled for them (a closure's body may be left outside it).
@@ -490,7 +568,21 @@ impl pulp::WithSimd for OnV3<'_> {
 
     #[inline(always)]
     fn with_simd<S: pulp::Simd>(self, _: S) {
-        self.0.run(self.1);
+        self.0.run::<8, _>(self.1);
+    }
+}
+
+/// A unit on the AVX-512 kernel (16-lane vectors), as [`OnV3`].
+#[cfg(target_arch = "x86_64")]
+struct OnV4<'a>(Unit<'a>, pulp::x86::V4);
+
+#[cfg(target_arch = "x86_64")]
+impl pulp::WithSimd for OnV4<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, _: S) {
+        self.0.run::<16, _>(self.1);
     }
 }
 

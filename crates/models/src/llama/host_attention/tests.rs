@@ -4,10 +4,10 @@ use super::*;
 
 /// `heads`' attention for the last `rows` of `positions` cached
 /// positions (written by two passes, so that the keys' last block is
-/// partial): the output of [`attention_on`] with and without the AVX2
+/// partial): the output of [`attention_on`] on its best kernel, on AVX2
 /// kernel, the same rows each in a pass of its own, and the naive
 /// softmax in f64.
-fn attend(heads: Heads, positions: usize, rows: usize) -> [Vec<f64>; 4] {
+fn attend(heads: Heads, positions: usize, rows: usize) -> [Vec<f64>; 5] {
     let (nh, dh) = (heads.n_heads, heads.head_dim);
     let width = heads.n_kv_heads * dh;
     let value = |i: usize| ((i * 37 % 23) as f32 - 11.0) * 0.11;
@@ -32,7 +32,7 @@ fn attend(heads: Heads, positions: usize, rows: usize) -> [Vec<f64>; 4] {
         write(&mut kv, &k[at.clone()], &v[at], &batch, 2 * positions);
     }
     let q: Vec<f32> = (0..rows * nh * dh).map(|i| value(i + 11)).collect();
-    let pass = |offset: usize, q: &[f32], simd: bool| {
+    let pass = |offset: usize, q: &[f32], kernel: Kernel| {
         let ids = vec![0i64; q.len() / (nh * dh)];
         let batch = HostBatch {
             ids: &ids,
@@ -40,15 +40,16 @@ fn attend(heads: Heads, positions: usize, rows: usize) -> [Vec<f64>; 4] {
             offsets: &[offset],
             n: ids.len(),
         };
-        attention_on(q, &kv, &batch, heads, simd)
+        attention_on(q, &kv, &batch, heads, kernel)
     };
     let wide = |x: Vec<f32>| x.into_iter().map(f64::from).collect::<Vec<f64>>();
-    let simd = wide(pass(first, &q, true));
-    let portable = wide(pass(first, &q, false));
+    let simd = wide(pass(first, &q, Kernel::Best));
+    let avx2 = wide(pass(first, &q, Kernel::Avx2));
+    let portable = wide(pass(first, &q, Kernel::Portable));
     let alone = wide(
         q.chunks_exact(nh * dh)
             .enumerate()
-            .flat_map(|(i, q)| pass(first + i, q, true))
+            .flat_map(|(i, q)| pass(first + i, q, Kernel::Best))
             .collect(),
     );
     let mut naive = Vec::new();
@@ -76,7 +77,7 @@ fn attend(heads: Heads, positions: usize, rows: usize) -> [Vec<f64>; 4] {
             }
         }
     }
-    [simd, portable, alone, naive]
+    [simd, avx2, portable, alone, naive]
 }
 
 /// The shapes the tests take: groups of 2, 3 (one whole tile) and 5
@@ -113,7 +114,7 @@ fn name(h: Heads) -> String {
 #[test]
 fn attention_over_blocked_keys_is_the_naive_softmax() {
     for (heads, positions, rows) in SHAPES {
-        let [got, _, _, want] = attend(heads, positions, rows);
+        let [got, _, _, _, want] = attend(heads, positions, rows);
         for (e, (have, want)) in got.iter().zip(&want).enumerate() {
             assert!(
                 (have - want).abs() < 1e-5,
@@ -126,10 +127,11 @@ fn attention_over_blocked_keys_is_the_naive_softmax() {
 
 /// Each row in a pass of its own gives the same bits as the rows in
 /// one pass (a token's attention does not depend on the pass it is
-/// in), and the AVX2 kernel gives those of the portable one where that
-/// fuses its multiply-adds too ([`FUSED`]; else within 1e-6, rounding
-/// twice). On a CPU without AVX2 both runs take the portable kernel,
-/// which the message says.
+/// in), the AVX-512 kernel (16 lanes) gives the bits of the AVX2 one (8),
+/// and the AVX2 kernel those of the portable one where that fuses its
+/// multiply-adds too ([`FUSED`]; else within 1e-6, rounding twice). On a
+/// CPU without AVX2 every run takes the portable kernel, which the
+/// message says.
 #[test]
 fn kernels_and_chunkings_agree() {
     #[cfg(target_arch = "x86_64")]
@@ -140,8 +142,10 @@ fn kernels_and_chunkings_agree() {
         eprintln!("no AVX2 + FMA on this CPU: only the portable kernel ran");
     }
     for (heads, positions, rows) in SHAPES {
-        let [simd, portable, alone, _] = attend(heads, positions, rows);
+        let [simd, avx2, portable, alone, _] = attend(heads, positions, rows);
         let shape = name(heads);
+        // AVX-512 (16 lanes) and AVX2 (8) fuse every product: same bits.
+        assert_eq!(simd, avx2, "{shape}: best kernel vs AVX2");
         if FUSED {
             assert_eq!(simd, portable, "{shape}: AVX2 vs portable");
         } else {
