@@ -77,9 +77,10 @@ impl<'t> Team<'t> {
             for _ in 1..team.threads {
                 s.spawn(|_| team.help());
             }
-            let result = f(&team);
-            team.stop.store(true, Ordering::Release);
-            result
+            // Stops the helpers however `f` ends: were it to panic, the
+            // scope would otherwise wait for them forever.
+            let _stop = StopOnDrop(&team.stop);
+            f(&team)
         })
     }
 
@@ -266,6 +267,15 @@ impl Job<'_> {
             self.done.fetch_add(1, Ordering::Release);
         }
         std::mem::forget(guard);
+    }
+}
+
+/// Sets the helpers' stop flag when dropped.
+struct StopOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Release);
     }
 }
 

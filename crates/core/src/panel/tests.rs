@@ -302,3 +302,24 @@ fn team_products_are_the_pools_products() {
         });
     }
 }
+
+#[test]
+fn a_team_whose_caller_panics_stops_its_helpers() {
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(2)
+        .build()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let w = PanelMatrix::from_f32(&[1.0; 64], 2, 32).unwrap_or_else(|e| panic!("{e}"));
+    // Without stopping the helper as the panic unwinds, `run` would never
+    // return (its scope waits for the helper).
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        pool.install(|| {
+            Team::run(|team| {
+                let y = team.matmul(&w, &[1.0; 32], 1).unwrap_or_default();
+                assert_eq!(y, vec![32.0, 32.0]);
+                panic!("the caller's own failure");
+            })
+        })
+    }));
+    assert!(outcome.is_err());
+}
