@@ -1,21 +1,5 @@
-//! A team of threads that stays together for a whole forward pass.
-//!
-//! A pass over a few tokens is ~150 products of a few tens of
-//! microseconds each, with serial work between them. Handing each product
-//! to rayon's pool costs a wake-up whenever the idle worker has gone to
-//! sleep in between (rayon's workers sleep after ~32 `sched_yield`s),
-//! and on a 2-core VM those hand-offs, futex waits and wakes took a
-//! sixth of the threads' time in an 8-token pass (`docs/benchmarks.md`).
-//! [`Team::run`] instead starts one helper per other worker of the pool
-//! for the length of a closure; the helpers poll for work (spinning, then
-//! yielding the core) and never sleep, and each product's panels are
-//! claimed task by task from a shared counter by whoever is free, the
-//! caller included. If a helper has not started (the pool is busy), the
-//! caller does all the tasks itself, so the results never wait on it.
-//!
-//! A product is published as an [`Arc`]ed job that owns its prepared
-//! input and its outputs (behind a [`Mutex`] each), so the helpers
-//! borrow nothing shorter-lived than the matrices: no unsafe code.
+//! A team of threads that stays together for a whole forward pass
+//! ([`Team`]).
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -34,8 +18,24 @@ const STEAL_EVERY: u32 = 16;
 /// Tasks per thread a product is cut into (as [`super::products`]).
 const TASKS_PER_THREAD: usize = 4;
 
-/// The calling thread and the helpers of one [`Team::run`]; see the
-/// [module documentation](self).
+/// The calling thread and the helpers of one [`Team::run`].
+///
+/// A pass over a few tokens is ~150 products of a few tens of
+/// microseconds each, with serial work between them. Handing each product
+/// to rayon's pool costs a wake-up whenever the idle worker has gone to
+/// sleep in between (rayon's workers sleep after ~32 `sched_yield`s),
+/// and on a 2-core VM those hand-offs, futex waits and wakes took a
+/// sixth of the threads' time in an 8-token pass (`docs/benchmarks.md`).
+/// [`Team::run`] instead starts one helper per other worker of the pool
+/// for the length of a closure; the helpers poll for work (spinning, then
+/// yielding the core) and never sleep, and each product's panels are
+/// claimed task by task from a shared counter by whoever is free, the
+/// caller included. If a helper has not started (the pool is busy), the
+/// caller does all the tasks itself, so the results never wait on it.
+///
+/// A product is published as an [`Arc`]ed job that owns its prepared
+/// input and its outputs (behind a [`Mutex`] each), so the helpers
+/// borrow nothing shorter-lived than the matrices: no unsafe code.
 ///
 /// ```
 /// use lastmile_core::panel::{PanelMatrix, Team};
