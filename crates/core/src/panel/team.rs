@@ -85,11 +85,26 @@ impl<'t> Team<'t> {
     }
 
     /// Threads of the team, the caller included.
+    ///
+    /// ```
+    /// use lastmile_core::panel::Team;
+    /// let pool = rayon::ThreadPoolBuilder::new().num_threads(3).build().map_err(|e| e.to_string())?;
+    /// assert_eq!(pool.install(|| Team::run(|team| team.threads())), 3);
+    /// # Ok::<(), String>(())
+    /// ```
     pub fn threads(&self) -> usize {
         self.threads
     }
 
     /// [`PanelMatrix::matmul`] on the team.
+    ///
+    /// ```
+    /// use lastmile_core::panel::{PanelMatrix, Team};
+    /// let w = PanelMatrix::from_f32(&[1.0, 0.0, 0.0, 1.0], 2, 2)?; // the identity
+    /// let y = Team::run(|team| team.matmul(&w, &[1.0, 2.0, 3.0, 4.0], 2))?;
+    /// assert_eq!(y, vec![1.0, 2.0, 3.0, 4.0]);
+    /// # Ok::<(), lastmile_core::CoreError>(())
+    /// ```
     ///
     /// # Errors
     /// As [`PanelMatrix::matmul`].
