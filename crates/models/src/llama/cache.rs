@@ -38,27 +38,92 @@ pub struct LlamaCache {
     pub(crate) host: Vec<HostKv>,
 }
 
-/// One layer's keys and values in host memory, per batch row.
-#[derive(Clone, Debug, Default)]
-pub(crate) struct HostKv {
-    pub(crate) keys: Vec<Vec<f32>>,
-    pub(crate) values: Vec<Vec<f32>>,
+/// How the host storages ([`super::WeightStorage::is_host`]) keep the
+/// cached keys and values.
+///
+/// A decoding step reads every cached key and value of every layer; past a
+/// few hundred positions that is a large part of its bytes (on SmolLM2,
+/// 30 layers × 384 keys and values × 4 bytes = 92 KB per position in f32).
+/// `F16` halves them, as llama.cpp's default cache type does: each key
+/// and value is rounded to the nearest f16 when written (relative error
+/// ≤ 2⁻¹¹; beyond ±65 504 it becomes ±∞, as in llama.cpp) and widened
+/// exactly when read, so attention still sums in f32 and a token's logits
+/// still do not depend on how the tokens were split into passes.
+///
+/// ```
+/// # #[cfg(feature = "flex")] {
+/// use burn::tensor::Device;
+/// use lastmile_models::llama::{KvPrecision, LlamaConfig, WeightStorage};
+/// let model = LlamaConfig::tiny()
+///     .init_random(1, WeightStorage::Blocks, &Device::flex())?
+///     .with_kv_precision(KvPrecision::F16)?;
+/// assert_eq!(model.kv_precision(), KvPrecision::F16);
+/// let mut cache = model.new_cache(1)?;
+/// let logits = model.forward_cached(&mut cache, &[vec![1, 2, 3]])?;
+/// assert_eq!(logits.dims(), [1, 3, 64]);
+/// # }
+/// # Ok::<(), lastmile_models::llama::LlamaError>(())
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum KvPrecision {
+    /// f32, 4 bytes a value (every storage).
+    #[default]
+    F32,
+    /// f16, 2 bytes a value (host storages only).
+    F16,
+}
+
+/// One layer's keys and values in host memory, per batch row, in
+/// `f32` or f16 bits ([`KvPrecision`]).
+#[derive(Clone, Debug)]
+pub(crate) enum HostKv {
+    F32(KvRows<f32>),
+    F16(KvRows<u16>),
+}
+
+/// Per batch row, the keys and values of one layer (layouts in
+/// [`super::host_attention`]).
+#[derive(Clone, Debug)]
+pub(crate) struct KvRows<E> {
+    pub(crate) keys: Vec<Vec<E>>,
+    pub(crate) values: Vec<Vec<E>>,
+}
+
+impl<E: Clone> KvRows<E> {
+    /// Empty rows for `batch` sequences.
+    pub(crate) fn new(batch: usize) -> Self {
+        Self {
+            keys: vec![Vec::new(); batch],
+            values: vec![Vec::new(); batch],
+        }
+    }
+}
+
+impl HostKv {
+    /// An empty layer for `batch` sequences in `precision`.
+    fn new(batch: usize, precision: KvPrecision) -> Self {
+        match precision {
+            KvPrecision::F32 => Self::F32(KvRows::new(batch)),
+            KvPrecision::F16 => Self::F16(KvRows::new(batch)),
+        }
+    }
 }
 
 impl LlamaCache {
-    /// An empty cache for `batch` rows of a model with `n_layers` blocks.
+    /// An empty cache for `batch` rows of a model with `n_layers` blocks
+    /// (keys and values in f32; [`super::LlamaModel::new_cache`] gives one in
+    /// the model's [`KvPrecision`]).
     pub fn new(batch: usize, n_layers: usize) -> Self {
+        Self::with_precision(batch, n_layers, KvPrecision::F32)
+    }
+
+    /// [`LlamaCache::new`] keeping the host storages' keys and values in `precision`.
+    pub(crate) fn with_precision(batch: usize, n_layers: usize, precision: KvPrecision) -> Self {
         Self {
             keys: vec![None; n_layers],
             values: vec![None; n_layers],
             lens: vec![0; batch],
-            host: vec![
-                HostKv {
-                    keys: vec![Vec::new(); batch],
-                    values: vec![Vec::new(); batch],
-                };
-                n_layers
-            ],
+            host: vec![HostKv::new(batch, precision); n_layers],
         }
     }
 

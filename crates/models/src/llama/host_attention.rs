@@ -19,7 +19,7 @@ use lastmile_core::fastmath::exp;
 use rayon::prelude::*;
 
 use super::block::Heads;
-use super::cache::HostKv;
+use super::cache::{HostKv, KvRows};
 use super::host::HostBatch;
 
 /// Positions per block of the cached keys' layout: one 512-bit vector of
@@ -43,12 +43,27 @@ const CHUNK_VECTORS: usize = 4;
 
 /// Writes the new keys and values (`[b·n, n_kv·dh]`) at each row's
 /// positions `offset .. offset + n` (positions past the context are
-/// padding and dropped; their outputs are never read). Values are kept
-/// `[position][n_kv·dh]`; keys in blocks of [`KEY_BLOCK`] positions,
-/// `[block][n_kv·dh][KEY_BLOCK]`, so that a query's scores over a block
-/// are one vector of running sums along the head's dimensions.
+/// padding and dropped; their outputs are never read), in the cache's
+/// precision. Values are kept `[position][n_kv·dh]`; keys in blocks of
+/// [`KEY_BLOCK`] positions, `[block][n_kv·dh][KEY_BLOCK]`, so that a
+/// query's scores over a block are one vector of running sums along the
+/// head's dimensions.
 pub(super) fn write(
     kv: &mut HostKv,
+    k: &[f32],
+    v: &[f32],
+    batch: &HostBatch<'_>,
+    max_context: usize,
+) {
+    match kv {
+        HostKv::F32(rows) => write_rows(rows, k, v, batch, max_context),
+        HostKv::F16(rows) => write_rows(rows, k, v, batch, max_context),
+    }
+}
+
+/// [`write()`] into rows of `E`.
+fn write_rows<E: Elem>(
+    kv: &mut KvRows<E>,
     k: &[f32],
     v: &[f32],
     batch: &HostBatch<'_>,
@@ -60,18 +75,21 @@ pub(super) fn write(
         let end = (offset + n).min(max_context);
         let (keys, values) = (&mut kv.keys[row], &mut kv.values[row]);
         if values.len() < end * width {
-            values.resize(end * width, 0.0);
+            values.resize(end * width, E::default());
         }
         let key_len = end.div_ceil(KEY_BLOCK) * width * KEY_BLOCK;
         if keys.len() < key_len {
-            keys.resize(key_len, 0.0);
+            keys.resize(key_len, E::default());
         }
         for p in offset..end {
             let i = row * n + p - offset;
-            values[p * width..(p + 1) * width].copy_from_slice(&v[i * width..(i + 1) * width]);
+            let new = &v[i * width..(i + 1) * width];
+            for (to, &x) in values[p * width..(p + 1) * width].iter_mut().zip(new) {
+                *to = E::from_f32(x);
+            }
             let block = &mut keys[p / KEY_BLOCK * width * KEY_BLOCK..];
             for (c, &x) in k[i * width..(i + 1) * width].iter().enumerate() {
-                block[c * KEY_BLOCK + p % KEY_BLOCK] = x;
+                block[c * KEY_BLOCK + p % KEY_BLOCK] = E::from_f32(x);
             }
         }
     }
@@ -80,10 +98,55 @@ pub(super) fn write(
 /// Grouped-query attention (Ainslie et al. 2023) of each query row over its
 /// row's cached positions `0 ..= offset + i` (causal), query head `j`
 /// reading key/value head `j / (n_heads / n_kv_heads)`:
-/// `softmax(q·kᵀ/√dh) v`, keys summed in position order. Returns
+/// `softmax(q·kᵀ/√dh) v`, keys summed in position order (cached f16 keys
+/// and values widened exactly to f32 as they are read). Returns
 /// `[b·n, n_heads·dh]`.
 pub(super) fn attention(q: &[f32], kv: &HostKv, batch: &HostBatch<'_>, heads: Heads) -> Vec<f32> {
-    attention_on(q, kv, batch, heads, Kernel::Best)
+    match kv {
+        HostKv::F32(rows) => attention_on(q, rows, batch, heads, Kernel::Best),
+        HostKv::F16(rows) => attention_on(q, rows, batch, heads, Kernel::Best),
+    }
+}
+
+/// A cached key or value as stored: f32, or the bits of an f16
+/// ([`super::KvPrecision`]).
+trait Elem: Copy + Default + Send + Sync {
+    /// `x` as stored (for f16: rounded to nearest, ties to even).
+    fn from_f32(x: f32) -> Self;
+    /// The stored value as f32 (exact).
+    fn to_f32(self) -> f32;
+    /// `W` stored values widened to a vector (exact).
+    fn load<const W: usize, S: Lanes<W>>(s: S, x: &[Self; W]) -> S::V;
+}
+
+impl Elem for f32 {
+    #[inline(always)]
+    fn from_f32(x: f32) -> Self {
+        x
+    }
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        self
+    }
+    #[inline(always)]
+    fn load<const W: usize, S: Lanes<W>>(s: S, x: &[f32; W]) -> S::V {
+        s.load(x)
+    }
+}
+
+impl Elem for u16 {
+    #[inline(always)]
+    fn from_f32(x: f32) -> Self {
+        half::f16::from_f32(x).to_bits()
+    }
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        half::f16::from_bits(self).to_f32()
+    }
+    #[inline(always)]
+    fn load<const W: usize, S: Lanes<W>>(s: S, x: &[u16; W]) -> S::V {
+        s.load_f16(x)
+    }
 }
 
 /// Which compilation of the kernel a unit runs on.
@@ -100,9 +163,9 @@ enum Kernel {
 }
 
 /// [`attention`] on `kernel` (as far as the CPU has it).
-fn attention_on(
+fn attention_on<E: Elem>(
     q: &[f32],
-    kv: &HostKv,
+    kv: &KvRows<E>,
     batch: &HostBatch<'_>,
     heads: Heads,
     kernel: Kernel,
@@ -166,7 +229,7 @@ fn attention_on(
             }
         }
     }
-    let run = |unit: Unit<'_>| {
+    let run = |unit: Unit<'_, E>| {
         #[cfg(target_arch = "x86_64")]
         {
             if kernel == Kernel::Best
@@ -215,15 +278,15 @@ struct Query<'a> {
 /// the key/value head at column `at` of its cache: `keys` (blocks of
 /// [`KEY_BLOCK`] positions, as [`write()`] lays them out) and `values`
 /// (`[positions, n_kv_heads·dh]`), as far as the last query sees.
-struct Unit<'a> {
+struct Unit<'a, E> {
     queries: Vec<Query<'a>>,
     at: usize,
-    keys: &'a [f32],
-    values: &'a [f32],
+    keys: &'a [E],
+    values: &'a [E],
     heads: Heads,
 }
 
-impl Unit<'_> {
+impl<E: Elem> Unit<'_, E> {
     /// Scaled dot products, softmax and weighted values of every query, in
     /// tiles of up to [`TILE`] queries. A query's sums run in the same
     /// order whatever the tile and the unit it is in.
@@ -242,9 +305,9 @@ impl Unit<'_> {
                 for half in 0..KEY_BLOCK / W {
                     let at = at + half * W;
                     match qs.len() {
-                        3 => score_tile::<W, S, 3>(s, dims, half, qs, ps, padded, at, scale),
-                        2 => score_tile::<W, S, 2>(s, dims, half, qs, ps, padded, at, scale),
-                        _ => score_tile::<W, S, 1>(s, dims, half, qs, ps, padded, at, scale),
+                        3 => score_tile::<W, S, 3, E>(s, dims, half, qs, ps, padded, at, scale),
+                        2 => score_tile::<W, S, 2, E>(s, dims, half, qs, ps, padded, at, scale),
+                        _ => score_tile::<W, S, 1, E>(s, dims, half, qs, ps, padded, at, scale),
                     }
                 }
             }
@@ -284,7 +347,9 @@ impl Unit<'_> {
                     .values
                     .chunks_exact(width)
                     .zip(&p[..q.seen])
-                    .fold(0.0, |sum, (v, p)| s.mul_add_one(*p, v[column], sum));
+                    .fold(0.0, |sum, (v, p)| {
+                        s.mul_add_one(*p, v[column].to_f32(), sum)
+                    });
             }
         }
     }
@@ -299,9 +364,9 @@ impl Unit<'_> {
 /// same whatever `W`.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn score_tile<const W: usize, S: Lanes<W>, const T: usize>(
+fn score_tile<const W: usize, S: Lanes<W>, const T: usize, E: Elem>(
     s: S,
-    dims: &[f32],
+    dims: &[E],
     half: usize,
     qs: &[Query<'_>],
     ps: &mut [f32],
@@ -318,14 +383,14 @@ fn score_tile<const W: usize, S: Lanes<W>, const T: usize>(
     for (c, k) in k4.iter().enumerate() {
         let k = k.as_chunks::<KEY_BLOCK>().0;
         for i in 0..4 {
-            let kv = s.load(&k[i].as_chunks::<W>().0[half]);
+            let kv = E::load(s, &k[i].as_chunks::<W>().0[half]);
             for t in 0..T {
                 acc[t][i] = s.mul_add(s.splat(q4[t][c][i]), kv, acc[t][i]);
             }
         }
     }
     for (d, k) in k_tail.as_chunks::<KEY_BLOCK>().0.iter().enumerate() {
-        let kv = s.load(&k.as_chunks::<W>().0[half]);
+        let kv = E::load(s, &k.as_chunks::<W>().0[half]);
         for t in 0..T {
             acc[t][0] = s.mul_add(s.splat(q_tail[t][d]), kv, acc[t][0]);
         }
@@ -341,8 +406,8 @@ fn score_tile<const W: usize, S: Lanes<W>, const T: usize>(
 /// of the values' columns `from..` (a chunk of [`CHUNK_VECTORS`] vectors)
 /// added into the queries' outputs at `to..`, `o += p_t·v_t` in position
 /// order.
-struct ValueTile<'a> {
-    values: &'a [f32],
+struct ValueTile<'a, E> {
+    values: &'a [E],
     width: usize,
     from: usize,
     to: usize,
@@ -350,7 +415,7 @@ struct ValueTile<'a> {
     padded: usize,
 }
 
-impl ValueTile<'_> {
+impl<E: Elem> ValueTile<'_, E> {
     #[inline(always)]
     fn run<const W: usize, S: Lanes<W>, const T: usize>(
         &self,
@@ -382,7 +447,7 @@ impl ValueTile<'_> {
             let v = v.as_chunks::<W>().0;
             let pt: [S::V; T] = std::array::from_fn(|t| s.splat(p[t][pos]));
             for (i, v) in v.iter().enumerate() {
-                let v = s.load(v);
+                let v = E::load(s, v);
                 for t in 0..T {
                     acc[t][i] = s.mul_add(pt[t], v, acc[t][i]);
                 }
@@ -393,7 +458,7 @@ impl ValueTile<'_> {
             for (pos, v) in rows(common, seen[t]) {
                 let pt = s.splat(p[t][pos]);
                 for (a, v) in acc.iter_mut().zip(v.as_chunks::<W>().0) {
-                    *a = s.mul_add(pt, s.load(v), *a);
+                    *a = s.mul_add(pt, E::load(s, v), *a);
                 }
             }
         }
@@ -433,6 +498,8 @@ trait Lanes<const W: usize>: Copy {
     type V: Copy;
     fn splat(self, x: f32) -> Self::V;
     fn load(self, x: &[f32; W]) -> Self::V;
+    /// `W` f16 values (bits) widened to f32, exactly.
+    fn load_f16(self, x: &[u16; W]) -> Self::V;
     fn store(self, v: Self::V) -> [f32; W];
     /// `a·b + c` (with one rounding where [`FUSED`]).
     fn mul_add(self, a: Self::V, b: Self::V, c: Self::V) -> Self::V;
@@ -463,6 +530,10 @@ impl<const W: usize> Lanes<W> for Portable {
     #[inline(always)]
     fn load(self, x: &[f32; W]) -> [f32; W] {
         *x
+    }
+    #[inline(always)]
+    fn load_f16(self, x: &[u16; W]) -> [f32; W] {
+        std::array::from_fn(|l| half::f16::from_bits(x[l]).to_f32())
     }
     #[inline(always)]
     fn store(self, v: [f32; W]) -> [f32; W] {
@@ -497,6 +568,30 @@ impl Lanes<8> for pulp::x86::V3 {
     #[inline(always)]
     fn load(self, x: &[f32; 8]) -> Self::V {
         pulp::cast(*x)
+    }
+    /// pulp's V3 has no F16C token, so in AVX2 integer operations: the
+    /// f16's exponent and mantissa moved into an f32's fields (`<< 13`)
+    /// and scaled by 2¹¹² (the bias 127 − 15), exact for normal and
+    /// subnormal values; all-ones exponents (∞, NaN) kept all ones (a
+    /// signalling NaN stays signalling; F16C would make it quiet); the
+    /// sign moved to bit 31.
+    #[inline(always)]
+    fn load_f16(self, x: &[u16; 8]) -> Self::V {
+        let (avx, avx2) = (self.avx, self.avx2);
+        let h = avx2._mm256_cvtepu16_epi32(pulp::cast(*x));
+        let magnitude = avx2._mm256_and_si256(h, avx._mm256_set1_epi32(0x7FFF));
+        let moved = avx2._mm256_slli_epi32::<13>(magnitude);
+        let scaled = avx._mm256_mul_ps(
+            avx._mm256_castsi256_ps(moved),
+            avx._mm256_set1_ps(f32::from_bits((127 + 112) << 23)),
+        );
+        let exponent = avx2._mm256_and_si256(h, avx._mm256_set1_epi32(0x7C00));
+        let special = avx2._mm256_cmpeq_epi32(exponent, avx._mm256_set1_epi32(0x7C00));
+        let all_ones = avx2._mm256_or_si256(moved, avx._mm256_set1_epi32(0x7F80_0000));
+        let bits = avx2._mm256_blendv_epi8(avx._mm256_castps_si256(scaled), all_ones, special);
+        let sign =
+            avx2._mm256_slli_epi32::<16>(avx2._mm256_and_si256(h, avx._mm256_set1_epi32(0x8000)));
+        avx._mm256_castsi256_ps(avx2._mm256_or_si256(bits, sign))
     }
     #[inline(always)]
     fn store(self, v: Self::V) -> [f32; 8] {
@@ -533,6 +628,11 @@ impl Lanes<16> for pulp::x86::V4 {
     fn load(self, x: &[f32; 16]) -> Self::V {
         pulp::cast(*x)
     }
+    /// One `vcvtph2ps`.
+    #[inline(always)]
+    fn load_f16(self, x: &[u16; 16]) -> Self::V {
+        self.avx512f._mm512_cvtph_ps(pulp::cast(*x))
+    }
     #[inline(always)]
     fn store(self, v: Self::V) -> [f32; 16] {
         pulp::cast(v)
@@ -560,10 +660,10 @@ impl Lanes<16> for pulp::x86::V4 {
 /// compiled with the V3 features, so every intrinsic and loop of the
 /// kernel is compiled for them (a closure's body may be left outside it).
 #[cfg(target_arch = "x86_64")]
-struct OnV3<'a>(Unit<'a>, pulp::x86::V3);
+struct OnV3<'a, E>(Unit<'a, E>, pulp::x86::V3);
 
 #[cfg(target_arch = "x86_64")]
-impl pulp::WithSimd for OnV3<'_> {
+impl<E: Elem> pulp::WithSimd for OnV3<'_, E> {
     type Output = ();
 
     #[inline(always)]
@@ -574,10 +674,10 @@ impl pulp::WithSimd for OnV3<'_> {
 
 /// A unit on the AVX-512 kernel (16-lane vectors), as [`OnV3`].
 #[cfg(target_arch = "x86_64")]
-struct OnV4<'a>(Unit<'a>, pulp::x86::V4);
+struct OnV4<'a, E>(Unit<'a, E>, pulp::x86::V4);
 
 #[cfg(target_arch = "x86_64")]
-impl pulp::WithSimd for OnV4<'_> {
+impl<E: Elem> pulp::WithSimd for OnV4<'_, E> {
     type Output = ();
 
     #[inline(always)]

@@ -126,7 +126,7 @@ mod rope;
 mod storage;
 mod vocab;
 
-pub use cache::{CACHE_CHUNK, LlamaCache};
+pub use cache::{CACHE_CHUNK, KvPrecision, LlamaCache};
 pub use config::{LlamaConfig, MAX_DIM, MAX_LAYERS};
 pub use distill::{MAX_DRAFT_BYTES, distill_draft, likely_tokens};
 pub use early_exit::LlamaEarlyExit;

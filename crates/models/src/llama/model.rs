@@ -13,7 +13,7 @@ use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
 use super::block::{Block, BlockWeights, Heads, causal_mask};
-use super::cache::{LlamaCache, write};
+use super::cache::{KvPrecision, LlamaCache, write};
 use super::config::LlamaConfig;
 use super::error::{LlamaError, LlamaResult};
 use super::norm::RmsNorm;
@@ -40,6 +40,8 @@ pub struct LlamaModel {
     pub(super) head_tokens: Option<Arc<[usize]>>,
     pub(super) rope: Rope,
     pub(super) device: Device,
+    /// How [`LlamaModel::new_cache`]'s caches keep keys and values.
+    pub(super) kv: KvPrecision,
 }
 
 /// Where a weight comes from: the GGUF file or a seeded generator.
@@ -241,6 +243,7 @@ impl LlamaModel {
             head_tokens: None,
             rope,
             device: device.clone(),
+            kv: KvPrecision::F32,
         })
     }
 
@@ -275,6 +278,40 @@ impl LlamaModel {
     /// The device the model computes on.
     pub fn device(&self) -> Device {
         self.device.clone()
+    }
+
+    /// This model, with [`LlamaModel::new_cache`] keeping keys and values
+    /// in `precision` (f32 unless set; see [`KvPrecision`]).
+    ///
+    /// # Errors
+    /// [`LlamaError::Config`] for [`KvPrecision::F16`] with a storage that
+    /// is not a host storage ([`WeightStorage::is_host`]): burn's attention
+    /// keeps its cache in f32.
+    ///
+    /// ```
+    /// # #[cfg(feature = "flex")] {
+    /// use burn::tensor::Device;
+    /// use lastmile_models::llama::{KvPrecision, LlamaConfig, WeightStorage};
+    /// let tensor_pass = LlamaConfig::tiny().init_random(1, WeightStorage::F32, &Device::flex())?;
+    /// assert!(tensor_pass.with_kv_precision(KvPrecision::F16).is_err());
+    /// # }
+    /// # Ok::<(), lastmile_models::llama::LlamaError>(())
+    /// ```
+    pub fn with_kv_precision(mut self, precision: KvPrecision) -> LlamaResult<Self> {
+        if precision == KvPrecision::F16 && !self.storage.is_host() {
+            return Err(LlamaError::Config {
+                field: "kv_precision",
+                value: format!("{precision:?} with weight storage {:?}", self.storage),
+                expected: "F32, or a host storage (Blocks, BlocksQ8) for F16".to_owned(),
+            });
+        }
+        self.kv = precision;
+        Ok(self)
+    }
+
+    /// How [`LlamaModel::new_cache`]'s caches keep keys and values.
+    pub fn kv_precision(&self) -> KvPrecision {
+        self.kv
     }
 
     /// Bytes of the weight matrices (projections and output head) that one
@@ -312,7 +349,11 @@ impl LlamaModel {
                 found: 0,
             }));
         }
-        Ok(LlamaCache::new(batch, self.blocks.len()))
+        Ok(LlamaCache::with_precision(
+            batch,
+            self.blocks.len(),
+            self.kv,
+        ))
     }
 
     /// Appends `tokens[b]` to row `b` of `cache` and returns the next-token

@@ -229,6 +229,7 @@ impl LlamaModule {
             config,
             storage,
             device: device.clone(),
+            kv: super::KvPrecision::F32,
         })
     }
 

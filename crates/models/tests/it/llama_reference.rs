@@ -81,7 +81,7 @@ use std::time::Instant;
 use burn::tensor::Device;
 use lastmile_core::convert::tensor_to_vec;
 use lastmile_core::model_files::{SMOLLM2_135M_INSTRUCT, models_dir};
-use lastmile_models::llama::{LlamaModel, WeightStorage};
+use lastmile_models::llama::{KvPrecision, LlamaModel, WeightStorage};
 use serde::Deserialize;
 
 const FIXTURE: &str = concat!(
@@ -306,21 +306,30 @@ fn smollm2_agrees_with_llama_cpp() {
 /// llama.cpp does on the Q4_1 file, so it is held to check 3 (llama.cpp on
 /// the Q4_1 file) with that rounding's own tolerances ([`Q8_LOGIT_TOL`],
 /// [`Q8_NEAR_TIE`], [`Q8_EXACT_TOL`]); checks 1 and 2 are about f32
-/// activations.
+/// activations. It runs with an f32 cache and again with an f16 one
+/// ([`KvPrecision::F16`], llama.cpp's own cache type in that run).
 fn q8_agrees(path: &std::path::Path, fixture: &Fixture) {
-    let start = Instant::now();
     let model = LlamaModel::open(path, WeightStorage::BlocksQ8, &Device::flex()).unwrap();
+    for kv in [KvPrecision::F32, KvPrecision::F16] {
+        q8_agrees_with(&model.clone().with_kv_precision(kv).unwrap(), fixture);
+    }
+}
+
+/// [`q8_agrees`] with one cache precision.
+fn q8_agrees_with(model: &LlamaModel, fixture: &Fixture) {
+    let start = Instant::now();
     let (tally, identical) = run(
-        &model,
+        model,
         &fixture.prompts,
         fixture.continuation_length,
         Q8_NEAR_TIE,
         false,
     );
     eprintln!(
-        "BlocksQ8: {} positions; max |Δlogit| vs llama.cpp {:.4} (tolerance {Q8_LOGIT_TOL}), \
+        "BlocksQ8, {:?} cache: {} positions; max |Δlogit| vs llama.cpp {:.4} (tolerance {Q8_LOGIT_TOL}), \
          vs exact f64 {:.4} (tolerance {Q8_EXACT_TOL}); {} near ties (gap < {Q8_NEAR_TIE}):\n  {}\n\
          greedy continuations identical for all {} tokens: {identical}/8; {:.1} s",
+        model.kv_precision(),
         tally.positions,
         tally.llama,
         tally.exact,
@@ -422,10 +431,11 @@ fn agrees(path: &std::path::Path, fixture: &Fixture, storage: WeightStorage) {
 ///
 /// - [`WeightStorage::Blocks`]: f32 rounding only (measured 1e-4;
 ///   tolerance 1e-3).
-/// - [`WeightStorage::BlocksQ8`]: bit-identical (tolerance 0). Each row's
-///   activations are rounded on their own, its integer block sums are
-///   exact, and the host pass sums each query's attention in one order
-///   whatever the pass's shape. (Through burn's attention, whose summation
+/// - [`WeightStorage::BlocksQ8`]: bit-identical (tolerance 0), with an
+///   f32 cache and with an f16 one. Each row's activations are rounded on
+///   their own, its integer block sums are exact, each cached key and value
+///   is rounded on its own, and the host pass sums each query's attention
+///   in one order whatever the pass's shape. (Through burn's attention, whose summation
 ///   order follows the shape, a last-bit difference flipped 8-bit codes and
 ///   two chunkings differed by 1.72 logits.)
 #[test]
@@ -440,18 +450,21 @@ fn smollm2_host_storages_conform_to_language_model_interface() {
         return;
     }
     let seq: Vec<usize> = (0..24).map(|i| (i * 7919 + 13) % 49_152).collect();
-    for (storage, tol) in [
-        (WeightStorage::Blocks, 1e-3),
-        (WeightStorage::BlocksQ8, 0.0),
+    for (storage, kv, tol) in [
+        (WeightStorage::Blocks, KvPrecision::F32, 1e-3),
+        (WeightStorage::BlocksQ8, KvPrecision::F32, 0.0),
+        (WeightStorage::BlocksQ8, KvPrecision::F16, 0.0),
     ] {
-        let model = LlamaModel::open(&path, storage, &Device::flex()).unwrap();
+        let model = LlamaModel::open(&path, storage, &Device::flex())
+            .and_then(|m| m.with_kv_precision(kv))
+            .unwrap();
         let mut worst = conformance::chunked_forward(&model, &seq, &[1, 8, 3, 12], tol).unwrap();
         worst = worst.max(
             conformance::truncate_refeed(&model, &seq[..6], &seq[6..14], &seq[14..20], tol)
                 .unwrap(),
         );
         eprintln!(
-            "{storage:?} on SmolLM2: worst |Δlogit| across chunkings {worst:.5} (tolerance {tol})"
+            "{storage:?}, {kv:?} cache, on SmolLM2: worst |Δlogit| across chunkings {worst:.5} (tolerance {tol})"
         );
         assert!(worst <= tol);
     }

@@ -4,10 +4,11 @@ use super::*;
 
 /// `heads`' attention for the last `rows` of `positions` cached
 /// positions (written by two passes, so that the keys' last block is
-/// partial): the output of [`attention_on`] on its best kernel, on AVX2
-/// kernel, the same rows each in a pass of its own, and the naive
-/// softmax in f64.
-fn attend(heads: Heads, positions: usize, rows: usize) -> [Vec<f64>; 5] {
+/// partial), keys and values stored as `E`: the output of
+/// [`attention_on`] on its best kernel, on AVX2 kernel, the same rows
+/// each in a pass of its own, and the naive softmax in f64 over the
+/// stored (rounded) keys and values.
+fn attend<E: Elem>(heads: Heads, positions: usize, rows: usize) -> [Vec<f64>; 5] {
     let (nh, dh) = (heads.n_heads, heads.head_dim);
     let width = heads.n_kv_heads * dh;
     let value = |i: usize| ((i * 37 % 23) as f32 - 11.0) * 0.11;
@@ -15,10 +16,7 @@ fn attend(heads: Heads, positions: usize, rows: usize) -> [Vec<f64>; 5] {
     let v: Vec<f32> = (0..positions * width).map(|i| value(i + 5)).collect();
     let device = burn::tensor::Device::flex();
     let rope = super::super::rope::Rope::new(dh, 2 * positions, 1e4, &device).at_host(&[0]);
-    let mut kv = HostKv {
-        keys: vec![Vec::new()],
-        values: vec![Vec::new()],
-    };
+    let mut kv = KvRows::<E>::new(1);
     let first = positions - rows;
     for (offset, n) in [(0, first), (first, rows)] {
         let ids = vec![0i64; n];
@@ -29,7 +27,7 @@ fn attend(heads: Heads, positions: usize, rows: usize) -> [Vec<f64>; 5] {
             n,
         };
         let at = offset * width..(offset + n) * width;
-        write(&mut kv, &k[at.clone()], &v[at], &batch, 2 * positions);
+        write_rows(&mut kv, &k[at.clone()], &v[at], &batch, 2 * positions);
     }
     let q: Vec<f32> = (0..rows * nh * dh).map(|i| value(i + 11)).collect();
     let pass = |offset: usize, q: &[f32], kernel: Kernel| {
@@ -43,6 +41,11 @@ fn attend(heads: Heads, positions: usize, rows: usize) -> [Vec<f64>; 5] {
         attention_on(q, &kv, &batch, heads, kernel)
     };
     let wide = |x: Vec<f32>| x.into_iter().map(f64::from).collect::<Vec<f64>>();
+    let stored = |x: &f32| E::from_f32(*x).to_f32();
+    let (k, v): (Vec<f32>, Vec<f32>) = (
+        k.iter().map(stored).collect(),
+        v.iter().map(stored).collect(),
+    );
     let simd = wide(pass(first, &q, Kernel::Best));
     let avx2 = wide(pass(first, &q, Kernel::Avx2));
     let portable = wide(pass(first, &q, Kernel::Portable));
@@ -114,14 +117,28 @@ fn name(h: Heads) -> String {
 #[test]
 fn attention_over_blocked_keys_is_the_naive_softmax() {
     for (heads, positions, rows) in SHAPES {
-        let [got, _, _, _, want] = attend(heads, positions, rows);
-        for (e, (have, want)) in got.iter().zip(&want).enumerate() {
-            assert!(
-                (have - want).abs() < 1e-5,
-                "{}, output {e}: {have} vs {want}",
-                name(heads)
-            );
+        let f32 = attend::<f32>(heads, positions, rows);
+        let f16 = attend::<u16>(heads, positions, rows);
+        for (precision, [got, _, _, _, want]) in [("f32", &f32), ("f16", &f16)] {
+            for (e, (have, want)) in got.iter().zip(want).enumerate() {
+                assert!(
+                    (have - want).abs() < 1e-5,
+                    "{} ({precision}), output {e}: {have} vs {want}",
+                    name(heads)
+                );
+            }
         }
+        // f16 storage rounds the keys and values (relative error ≤ 2⁻¹¹).
+        let worst = f32[0]
+            .iter()
+            .zip(&f16[0])
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f64::max);
+        assert!(
+            worst > 0.0 && worst < 5e-3,
+            "{}: f16 vs f32 cache {worst}",
+            name(heads)
+        );
     }
 }
 
@@ -142,8 +159,20 @@ fn kernels_and_chunkings_agree() {
         eprintln!("no AVX2 + FMA on this CPU: only the portable kernel ran");
     }
     for (heads, positions, rows) in SHAPES {
-        let [simd, avx2, portable, alone, _] = attend(heads, positions, rows);
-        let shape = name(heads);
+        agree(
+            attend::<f32>(heads, positions, rows),
+            &format!("{} (f32)", name(heads)),
+        );
+        agree(
+            attend::<u16>(heads, positions, rows),
+            &format!("{} (f16)", name(heads)),
+        );
+    }
+}
+
+/// The assertions of [`kernels_and_chunkings_agree`] on one shape's runs.
+fn agree([simd, avx2, portable, alone, _]: [Vec<f64>; 5], shape: &str) {
+    {
         // AVX-512 (16 lanes) and AVX2 (8) fuse every product: same bits.
         assert_eq!(simd, avx2, "{shape}: best kernel vs AVX2");
         if FUSED {
@@ -161,5 +190,53 @@ fn kernels_and_chunkings_agree() {
             );
         }
         assert_eq!(simd, alone, "{shape}: one pass vs a pass per row");
+    }
+}
+
+/// Every f16 bit pattern (normal, subnormal, ±0, ±∞) widens to the same
+/// f32 bits on each kernel's [`Lanes::load_f16`] as by `half`, and every
+/// NaN to a NaN (the AVX2 kernel keeps a signalling NaN's payload as it is).
+#[test]
+fn f16_keys_and_values_widen_exactly() {
+    let all: Vec<u16> = (0..=u16::MAX).collect();
+    let want: Vec<f32> = all
+        .iter()
+        .map(|b| half::f16::from_bits(*b).to_f32())
+        .collect();
+    let check = |got: Vec<f32>, kernel: &str| {
+        assert_eq!(got.len(), all.len(), "{kernel}");
+        for ((b, w), g) in all.iter().zip(&want).zip(&got) {
+            if w.is_nan() {
+                assert!(g.is_nan(), "{kernel}: f16 bits {b:#06x} gave {g}");
+            } else {
+                assert_eq!(g.to_bits(), w.to_bits(), "{kernel}: f16 bits {b:#06x}");
+            }
+        }
+    };
+    let portable: Vec<f32> = all
+        .as_chunks::<8>()
+        .0
+        .iter()
+        .flat_map(|x| <Portable as Lanes<8>>::load_f16(Portable, x))
+        .collect();
+    check(portable, "portable");
+    #[cfg(target_arch = "x86_64")]
+    {
+        if let Some(v3) = pulp::x86::V3::try_new() {
+            let got = all
+                .as_chunks::<8>()
+                .0
+                .iter()
+                .flat_map(|x| v3.store(v3.load_f16(x)));
+            check(got.collect(), "AVX2");
+        }
+        if let Some(v4) = pulp::x86::V4::try_new() {
+            let got = all
+                .as_chunks::<16>()
+                .0
+                .iter()
+                .flat_map(|x| v4.store(v4.load_f16(x)));
+            check(got.collect(), "AVX-512");
+        }
     }
 }
