@@ -7,7 +7,10 @@
 //!   same prompt — the cost of verifying `k` draft tokens in speculative
 //!   decoding; the goal is `k = 8` at most 1.5× `k = 1`;
 //!   After each storage's group, [`verify_ratio`] times k = 8 against
-//!   k = 1 in alternation and prints the ratio of their medians;
+//!   k = 1 in alternation and prints the ratio of their medians, and for
+//!   the host storages [`kv_precision`] times passes over 1 and 8 tokens
+//!   after 128 and 512 cached tokens with an f32 and an f16 cache
+//!   (`KvPrecision`), in alternation;
 //! - `llama_draft_step`: one step of each kind of draft after the same
 //!   prompt, against the target's step, on the fastest storage: the early
 //!   exit (first 4 blocks, full head), a distilled draft (2 blocks, a head
@@ -45,7 +48,8 @@ use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use lastmile_core::lm::LanguageModel;
 use lastmile_core::model_files::{SMOLLM2_135M_INSTRUCT, fetch_hint, models_dir};
 use lastmile_models::llama::{
-    LlamaCache, LlamaEarlyExit, LlamaFeatureDraftModule, LlamaModel, LlamaModule, WeightStorage,
+    KvPrecision, LlamaCache, LlamaEarlyExit, LlamaFeatureDraftModule, LlamaModel, LlamaModule,
+    WeightStorage,
 };
 
 /// Prompt length of the timed passes (as llama_cpp_reference.py's prompt).
@@ -116,6 +120,51 @@ fn bench_llama(c: &mut Criterion) {
         }
         group.finish();
         verify_ratio(&model, &mut cache, &prompt);
+        if storage.is_host() {
+            kv_precision(&model);
+        }
+    }
+}
+
+/// Passes over 1 and 8 tokens after 128 and 512 cached tokens with an f32
+/// and an f16 cache, alternating (`RATIO_PAIRS` rounds, medians printed).
+fn kv_precision(model: &LlamaModel) {
+    let f16 = model
+        .clone()
+        .with_kv_precision(KvPrecision::F16)
+        .expect("a host storage takes an f16 cache");
+    let vocab = model.config().vocab_size;
+    let tokens = |n: usize| (0..n).map(|i| (i * 7919 + 13) % vocab).collect::<Vec<_>>();
+    for context in [128usize, 512] {
+        let mut caches = [model, &f16].map(|m| {
+            let mut c = m.new_cache(1).expect("cache");
+            m.forward_cached(&mut c, &[tokens(context)])
+                .expect("context");
+            (m, c)
+        });
+        let mut times = [[Vec::new(), Vec::new()], [Vec::new(), Vec::new()]];
+        for _ in 0..RATIO_PAIRS {
+            for (j, (m, c)) in caches.iter_mut().enumerate() {
+                for (i, k) in [1usize, 8].into_iter().enumerate() {
+                    let start = std::time::Instant::now();
+                    let logits = m.forward_cached(c, &[tokens(k)]).expect("pass");
+                    std::hint::black_box(logits.into_data().num_elements());
+                    c.truncate(0, context).expect("truncate");
+                    times[j][i].push(start.elapsed().as_secs_f64() * 1e3);
+                }
+            }
+        }
+        for (i, k) in [1, 8].into_iter().enumerate() {
+            let [a, b] = [0, 1].map(|j| {
+                let v = &mut times[j][i];
+                v.sort_by(f64::total_cmp);
+                v[v.len() / 2]
+            });
+            println!(
+                "{k}-token pass after {context} tokens, f32 / f16 cache ({RATIO_PAIRS} alternating rounds): {a:.2} / {b:.2} ms (f16 {:+.0} %)",
+                (b / a - 1.0) * 100.0
+            );
+        }
     }
 }
 
