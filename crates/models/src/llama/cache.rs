@@ -81,30 +81,30 @@ pub(crate) enum HostKv {
     F16(KvRows<u16>),
 }
 
-/// Per batch row, the keys and values of one layer (layouts in
-/// [`super::host_attention`]).
+/// The keys and values of one layer per (batch row, key/value head), at
+/// index `row · n_kv_heads + head` (layouts in [`super::host_attention`];
+/// empty until the first pass writes them).
 #[derive(Clone, Debug)]
 pub(crate) struct KvRows<E> {
     pub(crate) keys: Vec<Vec<E>>,
     pub(crate) values: Vec<Vec<E>>,
 }
 
-impl<E: Clone> KvRows<E> {
-    /// Empty rows for `batch` sequences.
-    pub(crate) fn new(batch: usize) -> Self {
+impl<E> Default for KvRows<E> {
+    fn default() -> Self {
         Self {
-            keys: vec![Vec::new(); batch],
-            values: vec![Vec::new(); batch],
+            keys: Vec::new(),
+            values: Vec::new(),
         }
     }
 }
 
 impl HostKv {
-    /// An empty layer for `batch` sequences in `precision`.
-    fn new(batch: usize, precision: KvPrecision) -> Self {
+    /// An empty layer in `precision`.
+    fn new(precision: KvPrecision) -> Self {
         match precision {
-            KvPrecision::F32 => Self::F32(KvRows::new(batch)),
-            KvPrecision::F16 => Self::F16(KvRows::new(batch)),
+            KvPrecision::F32 => Self::F32(KvRows::default()),
+            KvPrecision::F16 => Self::F16(KvRows::default()),
         }
     }
 }
@@ -123,7 +123,7 @@ impl LlamaCache {
             keys: vec![None; n_layers],
             values: vec![None; n_layers],
             lens: vec![0; batch],
-            host: vec![HostKv::new(batch, precision); n_layers],
+            host: vec![HostKv::new(precision); n_layers],
         }
     }
 

@@ -89,7 +89,7 @@ pub(crate) fn pass(
                     .rope
                     .apply_host(&mut k, heads.n_kv_heads, heads.head_dim);
             }));
-            write(kv, &k, &v, batch, config.max_context);
+            write(kv, &k, &v, batch, heads, config.max_context);
             let att = attention(&q, kv, batch, heads);
             add(&mut x, &team.matmul(host(&block.o)?, &att, rows)?);
             let h = avx2(Vectorized(|| rms_norm(&x, d, &block.ffn_norm, eps)))?;

@@ -16,7 +16,7 @@ fn attend<E: Elem>(heads: Heads, positions: usize, rows: usize) -> [Vec<f64>; 5]
     let v: Vec<f32> = (0..positions * width).map(|i| value(i + 5)).collect();
     let device = burn::tensor::Device::flex();
     let rope = super::super::rope::Rope::new(dh, 2 * positions, 1e4, &device).at_host(&[0]);
-    let mut kv = KvRows::<E>::new(1);
+    let mut kv = KvRows::<E>::default();
     let first = positions - rows;
     for (offset, n) in [(0, first), (first, rows)] {
         let ids = vec![0i64; n];
@@ -27,7 +27,14 @@ fn attend<E: Elem>(heads: Heads, positions: usize, rows: usize) -> [Vec<f64>; 5]
             n,
         };
         let at = offset * width..(offset + n) * width;
-        write_rows(&mut kv, &k[at.clone()], &v[at], &batch, 2 * positions);
+        write_rows(
+            &mut kv,
+            &k[at.clone()],
+            &v[at],
+            &batch,
+            heads,
+            2 * positions,
+        );
     }
     let q: Vec<f32> = (0..rows * nh * dh).map(|i| value(i + 11)).collect();
     let pass = |offset: usize, q: &[f32], kernel: Kernel| {
