@@ -10,7 +10,9 @@
 //! `--prompt TEXT` continues raw text; `--chat MESSAGE` wraps a user message
 //! in the model's chat template and answers it. `--max-tokens N` (default
 //! 128), `--temperature T` (default 0: greedy), `--top-p P` (nucleus
-//! sampling, with T > 0), `--seed S` (default 0). Text is printed as it is
+//! sampling, with T > 0), `--seed S` (default 0), `--kv-cache f32|f16`
+//! (default f32; f16 halves the cache's memory as llama.cpp's default
+//! does, on the CPU's host storages). Text is printed as it is
 //! decoded; generation stops at an end-of-generation token (`<|im_end|>`,
 //! `<|endoftext|>`) or after N tokens. At the end it prints prompt
 //! processing speed (tokens of the prompt per second, one pass) and
@@ -24,6 +26,7 @@ use anyhow::{Context, Result, bail};
 use lastmile_core::default_device;
 use lastmile_core::numerics::SamplingParams;
 use lastmile_examples::llm::{GenerateOptions, Llm, generate};
+use lastmile_models::llama::KvPrecision;
 
 enum Input {
     Prompt(String),
@@ -36,14 +39,16 @@ struct Args {
     temperature: f64,
     top_p: Option<f64>,
     seed: u64,
+    kv: KvPrecision,
 }
 
 const USAGE: &str = "expected --prompt TEXT or --chat MESSAGE, and optionally --max-tokens N, \
-                     --temperature T, --top-p P, --seed S";
+                     --temperature T, --top-p P, --seed S, --kv-cache f32|f16";
 
 fn parse_args() -> Result<Args> {
     let mut input = None;
     let (mut max_tokens, mut temperature, mut top_p, mut seed) = (128, 0.0, None, 0);
+    let mut kv = KvPrecision::F32;
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
         let mut value = |name: &str| it.next().with_context(|| format!("{name} needs a value"));
@@ -72,6 +77,13 @@ fn parse_args() -> Result<Args> {
                     .parse()
                     .context("--seed needs an integer")?
             }
+            "--kv-cache" => {
+                kv = match value("--kv-cache")?.as_str() {
+                    "f32" => KvPrecision::F32,
+                    "f16" => KvPrecision::F16,
+                    other => bail!("--kv-cache {other}: expected f32 or f16"),
+                }
+            }
             other => bail!("unknown argument {other}; {USAGE}"),
         }
     }
@@ -82,6 +94,7 @@ fn parse_args() -> Result<Args> {
         temperature,
         top_p,
         seed,
+        kv,
     })
 }
 
@@ -95,18 +108,20 @@ fn main() -> Result<()> {
         sampling = sampling.with_top_p(p)?;
     }
     let device = default_device()?;
-    let llm = Llm::load(&device)?;
+    let mut llm = Llm::load(&device)?;
+    llm.model = llm.model.with_kv_precision(args.kv)?;
     let prompt = match &args.input {
         Input::Prompt(text) => llm.text_prompt(text),
         Input::Chat(message) => llm.chat_prompt(message)?,
     };
     eprintln!(
-        "[loaded SmolLM2-135M-Instruct in {:.1} s; {} prompt tokens; T = {}, top-p = {}, seed {}]",
+        "[loaded SmolLM2-135M-Instruct in {:.1} s; {} prompt tokens; T = {}, top-p = {}, seed {}, {:?} key/value cache]",
         llm.load_secs,
         prompt.len(),
         args.temperature,
         args.top_p.map_or("off".to_owned(), |p| p.to_string()),
-        args.seed
+        args.seed,
+        args.kv
     );
     if let Input::Prompt(text) = &args.input {
         print!("{text}");
