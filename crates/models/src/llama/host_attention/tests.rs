@@ -220,30 +220,20 @@ fn f16_keys_and_values_widen_exactly() {
             }
         }
     };
-    let portable: Vec<f32> = all
-        .as_chunks::<8>()
-        .0
-        .iter()
-        .flat_map(|x| <Portable as Lanes<8>>::load_f16(Portable, x))
-        .collect();
-    check(portable, "portable");
+    check(widened::<8, _>(Portable, &all), "portable");
     #[cfg(target_arch = "x86_64")]
     {
         if let Some(v3) = pulp::x86::V3::try_new() {
-            let got = all
-                .as_chunks::<8>()
-                .0
-                .iter()
-                .flat_map(|x| v3.store(v3.load_f16(x)));
-            check(got.collect(), "AVX2");
+            check(widened::<8, _>(v3, &all), "AVX2");
         }
         if let Some(v4) = pulp::x86::V4::try_new() {
-            let got = all
-                .as_chunks::<16>()
-                .0
-                .iter()
-                .flat_map(|x| v4.store(v4.load_f16(x)));
-            check(got.collect(), "AVX-512");
+            check(widened::<16, _>(v4, &all), "AVX-512");
         }
     }
+}
+
+/// `bits` (a whole number of `W`s) widened by `s`'s [`Lanes::load_f16`].
+fn widened<const W: usize, S: Lanes<W>>(s: S, bits: &[u16]) -> Vec<f32> {
+    let chunks = bits.as_chunks::<W>().0;
+    chunks.iter().flat_map(|x| s.store(s.load_f16(x))).collect()
 }
