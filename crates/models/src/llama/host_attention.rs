@@ -22,6 +22,11 @@ use super::block::Heads;
 use super::cache::{HostKv, KvRows};
 use super::host::HostBatch;
 
+mod lanes;
+#[cfg(test)]
+use lanes::FUSED;
+use lanes::{Lanes, Portable};
+
 /// Positions per block of the cached keys' layout: one 512-bit vector of
 /// scores (two 256-bit ones on AVX2).
 pub(super) const KEY_BLOCK: usize = 16;
@@ -503,169 +508,6 @@ fn softmax_in_place(s: &mut [f32]) {
     let total = tail.iter().fold(lanes.iter().sum::<f32>(), |t, x| t + x);
     for x in s.iter_mut() {
         *x /= total;
-    }
-}
-
-/// `W`-lane f32 vectors: the operations the kernel is written in.
-trait Lanes<const W: usize>: Copy {
-    type V: Copy;
-    fn splat(self, x: f32) -> Self::V;
-    fn load(self, x: &[f32; W]) -> Self::V;
-    /// `W` f16 values (bits) widened to f32, exactly.
-    fn load_f16(self, x: &[u16; W]) -> Self::V;
-    fn store(self, v: Self::V) -> [f32; W];
-    /// `a·b + c` (with one rounding where [`FUSED`]).
-    fn mul_add(self, a: Self::V, b: Self::V, c: Self::V) -> Self::V;
-    /// `a·b + c` for one lane, rounded as [`Lanes::mul_add`].
-    fn mul_add_one(self, a: f32, b: f32, c: f32) -> f32;
-    fn add(self, a: Self::V, b: Self::V) -> Self::V;
-    fn mul(self, a: Self::V, b: Self::V) -> Self::V;
-}
-
-/// Whether the portable kernel fuses its multiply-adds: where the build
-/// targets hardware FMA (every aarch64; x86-64 built for it). Elsewhere
-/// `f32::mul_add` is a correctly rounded call that made the kernel 20–30×
-/// slower (measured), so there it rounds twice; the SIMD kernels always
-/// fuse, and then they agree with it to rounding rather than bit for bit.
-const FUSED: bool = cfg!(any(target_feature = "fma", target_arch = "aarch64"));
-
-/// Plain arrays (any CPU).
-#[derive(Clone, Copy)]
-struct Portable;
-
-impl<const W: usize> Lanes<W> for Portable {
-    type V = [f32; W];
-
-    #[inline(always)]
-    fn splat(self, x: f32) -> [f32; W] {
-        [x; W]
-    }
-    #[inline(always)]
-    fn load(self, x: &[f32; W]) -> [f32; W] {
-        *x
-    }
-    #[inline(always)]
-    fn load_f16(self, x: &[u16; W]) -> [f32; W] {
-        std::array::from_fn(|l| half::f16::from_bits(x[l]).to_f32())
-    }
-    #[inline(always)]
-    fn store(self, v: [f32; W]) -> [f32; W] {
-        v
-    }
-    #[inline(always)]
-    fn mul_add(self, a: [f32; W], b: [f32; W], c: [f32; W]) -> [f32; W] {
-        std::array::from_fn(|l| <Self as Lanes<W>>::mul_add_one(self, a[l], b[l], c[l]))
-    }
-    #[inline(always)]
-    fn mul_add_one(self, a: f32, b: f32, c: f32) -> f32 {
-        if FUSED { a.mul_add(b, c) } else { a * b + c }
-    }
-    #[inline(always)]
-    fn add(self, a: [f32; W], b: [f32; W]) -> [f32; W] {
-        std::array::from_fn(|l| a[l] + b[l])
-    }
-    #[inline(always)]
-    fn mul(self, a: [f32; W], b: [f32; W]) -> [f32; W] {
-        std::array::from_fn(|l| a[l] * b[l])
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-impl Lanes<8> for pulp::x86::V3 {
-    type V = std::arch::x86_64::__m256;
-
-    #[inline(always)]
-    fn splat(self, x: f32) -> Self::V {
-        self.avx._mm256_set1_ps(x)
-    }
-    #[inline(always)]
-    fn load(self, x: &[f32; 8]) -> Self::V {
-        pulp::cast(*x)
-    }
-    /// pulp's V3 has no F16C token, so in AVX2 integer operations: the
-    /// f16's exponent and mantissa moved into an f32's fields (`<< 13`)
-    /// and scaled by 2¹¹² (the bias 127 − 15), exact for normal and
-    /// subnormal values; all-ones exponents (∞, NaN) kept all ones (a
-    /// signalling NaN stays signalling; F16C would make it quiet); the
-    /// sign moved to bit 31.
-    #[inline(always)]
-    fn load_f16(self, x: &[u16; 8]) -> Self::V {
-        let (avx, avx2) = (self.avx, self.avx2);
-        let h = avx2._mm256_cvtepu16_epi32(pulp::cast(*x));
-        let magnitude = avx2._mm256_and_si256(h, avx._mm256_set1_epi32(0x7FFF));
-        let moved = avx2._mm256_slli_epi32::<13>(magnitude);
-        let scaled = avx._mm256_mul_ps(
-            avx._mm256_castsi256_ps(moved),
-            avx._mm256_set1_ps(f32::from_bits((127 + 112) << 23)),
-        );
-        let exponent = avx2._mm256_and_si256(h, avx._mm256_set1_epi32(0x7C00));
-        let special = avx2._mm256_cmpeq_epi32(exponent, avx._mm256_set1_epi32(0x7C00));
-        let all_ones = avx2._mm256_or_si256(moved, avx._mm256_set1_epi32(0x7F80_0000));
-        let bits = avx2._mm256_blendv_epi8(avx._mm256_castps_si256(scaled), all_ones, special);
-        let sign =
-            avx2._mm256_slli_epi32::<16>(avx2._mm256_and_si256(h, avx._mm256_set1_epi32(0x8000)));
-        avx._mm256_castsi256_ps(avx2._mm256_or_si256(bits, sign))
-    }
-    #[inline(always)]
-    fn store(self, v: Self::V) -> [f32; 8] {
-        pulp::cast(v)
-    }
-    #[inline(always)]
-    fn mul_add(self, a: Self::V, b: Self::V, c: Self::V) -> Self::V {
-        self.fma._mm256_fmadd_ps(a, b, c)
-    }
-    /// Inside the V3 features, one `vfmadd` instruction.
-    #[inline(always)]
-    fn mul_add_one(self, a: f32, b: f32, c: f32) -> f32 {
-        a.mul_add(b, c)
-    }
-    #[inline(always)]
-    fn add(self, a: Self::V, b: Self::V) -> Self::V {
-        self.avx._mm256_add_ps(a, b)
-    }
-    #[inline(always)]
-    fn mul(self, a: Self::V, b: Self::V) -> Self::V {
-        self.avx._mm256_mul_ps(a, b)
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-impl Lanes<16> for pulp::x86::V4 {
-    type V = std::arch::x86_64::__m512;
-
-    #[inline(always)]
-    fn splat(self, x: f32) -> Self::V {
-        self.avx512f._mm512_set1_ps(x)
-    }
-    #[inline(always)]
-    fn load(self, x: &[f32; 16]) -> Self::V {
-        pulp::cast(*x)
-    }
-    /// One `vcvtph2ps`.
-    #[inline(always)]
-    fn load_f16(self, x: &[u16; 16]) -> Self::V {
-        self.avx512f._mm512_cvtph_ps(pulp::cast(*x))
-    }
-    #[inline(always)]
-    fn store(self, v: Self::V) -> [f32; 16] {
-        pulp::cast(v)
-    }
-    #[inline(always)]
-    fn mul_add(self, a: Self::V, b: Self::V, c: Self::V) -> Self::V {
-        self.avx512f._mm512_fmadd_ps(a, b, c)
-    }
-    /// Inside the V4 features, one `vfmadd` instruction.
-    #[inline(always)]
-    fn mul_add_one(self, a: f32, b: f32, c: f32) -> f32 {
-        a.mul_add(b, c)
-    }
-    #[inline(always)]
-    fn add(self, a: Self::V, b: Self::V) -> Self::V {
-        self.avx512f._mm512_add_ps(a, b)
-    }
-    #[inline(always)]
-    fn mul(self, a: Self::V, b: Self::V) -> Self::V {
-        self.avx512f._mm512_mul_ps(a, b)
     }
 }
 
