@@ -310,6 +310,16 @@ impl LlamaModel {
     }
 
     /// How [`LlamaModel::new_cache`]'s caches keep keys and values.
+    ///
+    /// ```
+    /// # #[cfg(feature = "flex")] {
+    /// use burn::tensor::Device;
+    /// use lastmile_models::llama::{KvPrecision, LlamaConfig, WeightStorage};
+    /// let m = LlamaConfig::tiny().init_random(1, WeightStorage::Blocks, &Device::flex())?;
+    /// assert_eq!(m.kv_precision(), KvPrecision::F32); // the default
+    /// # }
+    /// # Ok::<(), lastmile_models::llama::LlamaError>(())
+    /// ```
     pub fn kv_precision(&self) -> KvPrecision {
         self.kv
     }
