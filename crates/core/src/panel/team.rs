@@ -138,6 +138,19 @@ impl<'t> Team<'t> {
         x: &[f32],
         rows: usize,
     ) -> Result<Vec<Vec<f32>>> {
+        self.publish(matrices, x, rows, None)
+    }
+
+    /// Prepares `x`, shares the products' tasks out and waits for them;
+    /// with `zip`, the tasks cover the first matrix's panels and each
+    /// also computes the second's (see [`Team::matmul_zip`]).
+    fn publish(
+        &self,
+        matrices: &[&'t PanelMatrix],
+        x: &[f32],
+        rows: usize,
+        zip: Option<fn(&mut [f32], &[f32])>,
+    ) -> Result<Vec<Vec<f32>>> {
         super::check_inputs(matrices, x, rows)?;
         let simd = true;
         let mut prepared = Prepared::default();
@@ -145,9 +158,15 @@ impl<'t> Team<'t> {
             m.prepare(x, rows, simd, &mut prepared);
         }
         let mut tasks = Vec::new();
+        // A zipped pair is one product's tasks, each twice the work.
+        let sharing = if zip.is_some() {
+            &matrices[..1]
+        } else {
+            matrices
+        };
         let total: usize = matrices.iter().map(|m| m.layout().0).sum();
         let per_task = total.div_ceil(TASKS_PER_THREAD * self.threads).max(2);
-        for (i, m) in matrices.iter().enumerate() {
+        for (i, m) in sharing.iter().enumerate() {
             let (panels, width) = m.layout();
             for first in (0..panels).step_by(per_task) {
                 tasks.push(Task {
@@ -159,10 +178,11 @@ impl<'t> Team<'t> {
             }
         }
         let job = Arc::new(Job {
-            outputs: matrices
+            outputs: sharing
                 .iter()
                 .map(|m| Mutex::new(vec![0.0; rows * m.out]))
                 .collect(),
+            zip,
             matrices: matrices.to_vec(),
             prepared,
             rows,
@@ -188,6 +208,60 @@ impl<'t> Team<'t> {
             .iter()
             .map(|y| std::mem::take(&mut *y.lock().unwrap_or_else(PoisonError::into_inner)))
             .collect())
+    }
+
+    /// The products `a·x` and `b·x` of two matrices of the same shape,
+    /// zipped element by element: each task computes the same panels of
+    /// both and calls `combine(ya, yb)` on them (`ya` becomes the result)
+    /// before writing them out, so the combination runs on every thread of
+    /// the team, on values still in L1, and `b`'s product is never
+    /// written. A Llama block's SwiGLU gate is this with
+    /// `combine = |g, u| g ← SiLU(g)·u` (on SmolLM2-135M the gate, run
+    /// alone on the caller, was ~4 % of an 8-token pass, measured in
+    /// `docs/benchmarks.md`). `combine` must work element by element (it
+    /// sees a task's columns of every row, in panels); the result is then
+    /// bit-identical to combining the two whole products.
+    ///
+    /// ```
+    /// use lastmile_core::panel::{PanelMatrix, Team};
+    /// let a = PanelMatrix::from_f32(&[1.0, 0.0, 0.0, 1.0], 2, 2)?; // the identity
+    /// let b = PanelMatrix::from_f32(&[2.0, 0.0, 0.0, 3.0], 2, 2)?;
+    /// let times = |ya: &mut [f32], yb: &[f32]| ya.iter_mut().zip(yb).for_each(|(a, b)| *a *= b);
+    /// let y = Team::run(|team| team.matmul_zip(&a, &b, &[1.0, 2.0], 1, times))?;
+    /// assert_eq!(y, vec![1.0 * 2.0, 2.0 * 6.0]);
+    /// # Ok::<(), lastmile_core::CoreError>(())
+    /// ```
+    ///
+    /// # Errors
+    /// As [`Team::matmul_each`]; [`CoreError::ShapeMismatch`] when `a` and
+    /// `b` differ in shape or in how they are stored.
+    pub fn matmul_zip(
+        &self,
+        a: &'t PanelMatrix,
+        b: &'t PanelMatrix,
+        x: &[f32],
+        rows: usize,
+        combine: fn(&mut [f32], &[f32]),
+    ) -> Result<Vec<f32>> {
+        if (a.out, a.inp, a.layout()) != (b.out, b.inp, b.layout())
+            || a.quantises_activations() != b.quantises_activations()
+        {
+            return Err(CoreError::ShapeMismatch {
+                what: "zipped team products".to_owned(),
+                expected: format!(
+                    "two matrices of the same shape and storage ({} × {})",
+                    a.out, a.inp
+                ),
+                found: vec![b.out, b.inp],
+            });
+        }
+        let mut ys = self.publish(&[a, b], x, rows, Some(combine))?;
+        ys.truncate(1);
+        ys.pop().ok_or_else(|| CoreError::ShapeMismatch {
+            what: "zipped team products".to_owned(),
+            expected: "one product".to_owned(),
+            found: vec![0],
+        })
     }
 
     /// A helper's loop: take each newly published job and work on it
@@ -241,8 +315,11 @@ struct Job<'t> {
     rows: usize,
     simd: bool,
     tasks: Vec<Task>,
-    /// Per matrix, its output `[rows, out]`.
+    /// Per matrix, its output `[rows, out]` (zipped: the first's only).
     outputs: Vec<Mutex<Vec<f32>>>,
+    /// For [`Team::matmul_zip`]: how each task combines the second
+    /// matrix's panels into the first's.
+    zip: Option<fn(&mut [f32], &[f32])>,
     /// The next task to claim.
     next: AtomicUsize,
     /// Tasks finished.
@@ -259,13 +336,18 @@ impl Job<'_> {
             while let Some(task) = self.tasks.get(self.next.fetch_add(1, Ordering::Relaxed)) {
                 let m = self.matrices[task.matrix];
                 let n = task.count * self.rows * task.width;
-                if scratch.len() < n {
-                    scratch.resize(n, 0.0);
+                let len = if self.zip.is_some() { 2 * n } else { n };
+                if scratch.len() < len {
+                    scratch.resize(len, 0.0);
                 }
                 // Every kernel stores each of its outputs, so the
                 // thread's buffer is reused as it is, without zeroing.
-                let by_panel = &mut scratch[..n];
+                let (by_panel, second) = scratch[..len].split_at_mut(n);
                 m.panels(task.first, by_panel, self.rows, &self.prepared, self.simd);
+                if let (Some(combine), Some(b)) = (self.zip, self.matrices.get(1)) {
+                    b.panels(task.first, second, self.rows, &self.prepared, self.simd);
+                    combine(by_panel, second);
+                }
                 // One lock a task: its columns of every row, copied from L1.
                 let mut y = self.outputs[task.matrix]
                     .lock()

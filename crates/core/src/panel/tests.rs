@@ -304,6 +304,56 @@ fn team_products_are_the_pools_products() {
 }
 
 #[test]
+fn zipped_team_products_are_the_products_combined() {
+    let (inp, out, ty) = (64, 70, GgmlType::Q4_1);
+    let q8 = |data: &[u8], out| {
+        PanelMatrix::from_gguf_q8(ty, data, out, inp).unwrap_or_else(|e| panic!("{e}"))
+    };
+    // Two Q4_1 matrices of 70 rows (the last panel part-used) with
+    // different codes: the second's are the first's with bits flipped.
+    let data = block_data(ty, out, inp);
+    let mut flipped = data.clone();
+    for block in flipped.chunks_exact_mut(ty.type_size()) {
+        block[4..].iter_mut().for_each(|c| *c ^= 0x5A);
+    }
+    let (a, b) = (q8(&data, out), q8(&flipped, out));
+    let small = q8(&block_data(ty, 30, inp), 30);
+    let exact = PanelMatrix::from_gguf(ty, &data, out, inp).unwrap_or_else(|e| panic!("{e}"));
+    assert_ne!(a.to_f32(), b.to_f32());
+    // Not commutative and not linear, so swapped or skipped operands would show.
+    let combine = |ya: &mut [f32], yb: &[f32]| {
+        for (p, q) in ya.iter_mut().zip(yb) {
+            *p = *p * 0.5 - q * q;
+        }
+    };
+    for threads in 1..=3 {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap_or_else(|e| panic!("{e}"));
+        pool.install(|| {
+            Team::run(|team| {
+                for rows in [1, 3, 8, 12, 17] {
+                    let x = values(rows * inp, rows);
+                    let mut want = a.matmul(&x, rows).unwrap_or_else(|e| panic!("{e}"));
+                    combine(&mut want, &b.matmul(&x, rows).unwrap_or_default());
+                    let got = team.matmul_zip(&a, &b, &x, rows, combine);
+                    assert_eq!(
+                        got.unwrap_or_default(),
+                        want,
+                        "{threads} threads, {rows} rows"
+                    );
+                }
+                // Matrices of different shapes or storage are refused.
+                let x = values(inp, 1);
+                assert!(team.matmul_zip(&a, &small, &x, 1, combine).is_err());
+                assert!(team.matmul_zip(&a, &exact, &x, 1, combine).is_err());
+            })
+        });
+    }
+}
+
+#[test]
 fn a_team_whose_caller_panics_stops_its_helpers() {
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(2)

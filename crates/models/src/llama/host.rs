@@ -93,9 +93,8 @@ pub(crate) fn pass(
             let att = attention(&q, kv, batch, heads);
             add(&mut x, &team.matmul(host(&block.o)?, &att, rows)?);
             let h = avx2(Vectorized(|| rms_norm(&x, d, &block.ffn_norm, eps)))?;
-            let [mut g, u]: [Vec<f32>; 2] =
-                each(team, &[host(&block.gate)?, host(&block.up)?], &h, rows)?;
-            avx2(Vectorized(|| swiglu_in_place(&mut g, &u)));
+            // The gate applied by each task to its panels (see `Team::matmul_zip`).
+            let g = team.matmul_zip(host(&block.gate)?, host(&block.up)?, &h, rows, swiglu)?;
             add(&mut x, &team.matmul(host(&block.down)?, &g, rows)?);
         }
         let h = rms_norm(&x, d, &model.norm, eps)?;
@@ -222,6 +221,11 @@ fn values(data: TensorData) -> LlamaResult<Vec<f32>> {
             found: shape,
         })
     })
+}
+
+/// [`swiglu_in_place`] vectorised by [`avx2`].
+fn swiglu(g: &mut [f32], u: &[f32]) {
+    avx2(Vectorized(|| swiglu_in_place(g, u)));
 }
 
 /// `g ← SiLU(g) ⊙ u`, SwiGLU's gate (Shazeer 2020, eq. 6), with
