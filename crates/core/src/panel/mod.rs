@@ -59,7 +59,7 @@ mod x86;
 use rayon::prelude::*;
 
 pub(crate) use pack::{Packed, pack};
-pub use team::Team;
+pub use team::{Combine, Team};
 
 use crate::error::{CoreError, Result};
 use crate::gguf::{GgmlType, GgufError};

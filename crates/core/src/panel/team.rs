@@ -149,7 +149,7 @@ impl<'t> Team<'t> {
         matrices: &[&'t PanelMatrix],
         x: &[f32],
         rows: usize,
-        zip: Option<fn(&mut [f32], &[f32])>,
+        zip: Option<Combine>,
     ) -> Result<Vec<Vec<f32>>> {
         super::check_inputs(matrices, x, rows)?;
         let simd = true;
@@ -241,7 +241,7 @@ impl<'t> Team<'t> {
         b: &'t PanelMatrix,
         x: &[f32],
         rows: usize,
-        combine: fn(&mut [f32], &[f32]),
+        combine: Combine,
     ) -> Result<Vec<f32>> {
         if (a.out, a.inp, a.layout()) != (b.out, b.inp, b.layout())
             || a.quantises_activations() != b.quantises_activations()
@@ -299,6 +299,10 @@ impl<'t> Team<'t> {
     }
 }
 
+/// How [`Team::matmul_zip`] combines a task's panels of its second
+/// product (`yb`) into its first's (`ya`), element by element.
+pub type Combine = fn(ya: &mut [f32], yb: &[f32]);
+
 /// Panels `first .. first + count` of matrix `matrix` (outputs per panel
 /// `width`).
 struct Task {
@@ -319,7 +323,7 @@ struct Job<'t> {
     outputs: Vec<Mutex<Vec<f32>>>,
     /// For [`Team::matmul_zip`]: how each task combines the second
     /// matrix's panels into the first's.
-    zip: Option<fn(&mut [f32], &[f32])>,
+    zip: Option<Combine>,
     /// The next task to claim.
     next: AtomicUsize,
     /// Tasks finished.
