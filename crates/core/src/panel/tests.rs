@@ -273,34 +273,24 @@ fn team_products_are_the_pools_products() {
     .map(|m| m.unwrap_or_else(|e| panic!("{e}")))
     .collect();
     let refs: Vec<&PanelMatrix> = ms.iter().collect();
-    // Teams of 1 to 3 threads, each running many products in a row (a
-    // helper takes each newly published job, or the caller does it all).
-    for threads in 1..=3 {
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build()
-            .unwrap_or_else(|e| panic!("{e}"));
-        pool.install(|| {
-            Team::run(|team| {
-                assert_eq!(team.threads(), threads);
-                for rows in [1, 2, 5, 8, 9, 12, 17] {
-                    let x = values(rows * inp, rows);
-                    let want = PanelMatrix::matmul_each(&refs, &x, rows);
-                    let got = team.matmul_each(&refs, &x, rows);
-                    assert_eq!(
-                        got.unwrap_or_else(|e| panic!("{e}")),
-                        want.unwrap_or_else(|e| panic!("{e}")),
-                        "{threads} threads, {rows} rows"
-                    );
-                    let one = team.matmul(refs[0], &x, rows).unwrap_or_default();
-                    assert_eq!(one, refs[0].matmul(&x, rows).unwrap_or_default());
-                }
-                // Inputs of the wrong length are errors, not wrong products.
-                assert!(team.matmul_each(&refs, &values(inp + 1, 1), 1).is_err());
-                assert!(team.matmul(refs[0], &[], 0).is_err());
-            })
-        });
-    }
+    on_teams(|team, threads| {
+        assert_eq!(team.threads(), threads);
+        for rows in [1, 2, 5, 8, 9, 12, 17] {
+            let x = values(rows * inp, rows);
+            let want = PanelMatrix::matmul_each(&refs, &x, rows);
+            let got = team.matmul_each(&refs, &x, rows);
+            assert_eq!(
+                got.unwrap_or_else(|e| panic!("{e}")),
+                want.unwrap_or_else(|e| panic!("{e}")),
+                "{threads} threads, {rows} rows"
+            );
+            let one = team.matmul(refs[0], &x, rows).unwrap_or_default();
+            assert_eq!(one, refs[0].matmul(&x, rows).unwrap_or_default());
+        }
+        // Inputs of the wrong length are errors, not wrong products.
+        assert!(team.matmul_each(&refs, &values(inp + 1, 1), 1).is_err());
+        assert!(team.matmul(refs[0], &[], 0).is_err());
+    });
 }
 
 #[test]
@@ -326,30 +316,35 @@ fn zipped_team_products_are_the_products_combined() {
             *p = *p * 0.5 - q * q;
         }
     };
+    on_teams(|team, threads| {
+        for rows in [1, 3, 8, 12, 17] {
+            let x = values(rows * inp, rows);
+            let mut want = a.matmul(&x, rows).unwrap_or_else(|e| panic!("{e}"));
+            combine(&mut want, &b.matmul(&x, rows).unwrap_or_default());
+            let got = team.matmul_zip(&a, &b, &x, rows, combine);
+            assert_eq!(
+                got.unwrap_or_default(),
+                want,
+                "{threads} threads, {rows} rows"
+            );
+        }
+        // Matrices of different shapes or storage are refused.
+        let x = values(inp, 1);
+        assert!(team.matmul_zip(&a, &small, &x, 1, combine).is_err());
+        assert!(team.matmul_zip(&a, &exact, &x, 1, combine).is_err());
+    });
+}
+
+/// Runs `f` on a team of each of 1 to 3 threads (with its thread count),
+/// each running many products in a row: a helper takes each newly
+/// published job, or the caller does it all.
+fn on_teams<'t>(f: impl Fn(&Team<'t>, usize) + Send + Sync) {
     for threads in 1..=3 {
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
             .build()
             .unwrap_or_else(|e| panic!("{e}"));
-        pool.install(|| {
-            Team::run(|team| {
-                for rows in [1, 3, 8, 12, 17] {
-                    let x = values(rows * inp, rows);
-                    let mut want = a.matmul(&x, rows).unwrap_or_else(|e| panic!("{e}"));
-                    combine(&mut want, &b.matmul(&x, rows).unwrap_or_default());
-                    let got = team.matmul_zip(&a, &b, &x, rows, combine);
-                    assert_eq!(
-                        got.unwrap_or_default(),
-                        want,
-                        "{threads} threads, {rows} rows"
-                    );
-                }
-                // Matrices of different shapes or storage are refused.
-                let x = values(inp, 1);
-                assert!(team.matmul_zip(&a, &small, &x, 1, combine).is_err());
-                assert!(team.matmul_zip(&a, &exact, &x, 1, combine).is_err());
-            })
-        });
+        pool.install(|| Team::run(|team| f(team, threads)));
     }
 }
 
