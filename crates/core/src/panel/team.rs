@@ -301,6 +301,15 @@ impl<'t> Team<'t> {
 
 /// How [`Team::matmul_zip`] combines a task's panels of its second
 /// product (`yb`) into its first's (`ya`), element by element.
+///
+/// ```
+/// use lastmile_core::panel::Combine;
+/// // A closure that captures nothing is a function pointer.
+/// let add: Combine = |ya, yb| ya.iter_mut().zip(yb).for_each(|(a, b)| *a += b);
+/// let mut ya = [1.0, 2.0];
+/// add(&mut ya, &[0.5, 0.5]);
+/// assert_eq!(ya, [1.5, 2.5]);
+/// ```
 pub type Combine = fn(ya: &mut [f32], yb: &[f32]);
 
 /// Panels `first .. first + count` of matrix `matrix` (outputs per panel
