@@ -57,6 +57,7 @@ pub mod model_files;
 pub mod module;
 pub mod numerics;
 pub mod panel;
+pub mod simd;
 #[cfg(feature = "testing")]
 pub mod stats;
 pub mod tensor_file;

@@ -84,24 +84,24 @@ pub fn generate_autoregressive<M: LanguageModel, R: Rng + ?Sized>(
         let n = check_logits_shape(&logits, batch, n_max, vocab)?;
         let active: Vec<usize> = (0..batch).filter(|i| !rows[*i].done).collect();
         let pick: Vec<usize> = active.iter().map(|&i| i * n + feed[i].len() - 1).collect();
-        let last = logits
-            .reshape([batch * n, vocab])
-            .select(0, index_tensor(&pick, &device)?);
-        // One read: greedy rows in host memory decided on the host
-        // (crate::greedy); otherwise the tokens with a flag for NaN / fully
-        // masked logits.
-        let host_best = if config.sampling().is_greedy() {
-            greedy_rows(&last, false)?
+        let logits = logits.reshape([batch * n, vocab]);
+        // One read: greedy rows in host memory decided on the host, in
+        // place (crate::greedy); otherwise the tokens with a flag for NaN /
+        // fully masked logits.
+        let (host_best, logits) = if config.sampling().is_greedy() {
+            greedy_rows(logits, &pick, false)?
         } else {
-            Greedy::NotHost
+            (Greedy::NotHost, logits)
         };
         let host = match host_best {
             Greedy::Rows(found) => found.iter().map(|g| g.token).collect(),
             Greedy::Fault => {
+                let last = logits.select(0, index_tensor(&pick, &device)?);
                 let probs = config.sampling().probabilities_unchecked(last.clone())?;
                 return Err(locate_logits_fault("target", &last, probs));
             }
             Greedy::NotHost => {
+                let last = logits.select(0, index_tensor(&pick, &device)?);
                 let probs = config.sampling().probabilities_unchecked(last.clone())?;
                 let tokens = if config.sampling().is_greedy() {
                     probs.clone().argmax(1).reshape([active.len()])

@@ -441,22 +441,25 @@ impl<'t, T: LanguageModel, D: Drafter> SpeculativeDecoder<'t, T, D> {
                     pick.push(i * n + len - 1 - g + j.min(g));
                 }
             }
-            let selected = logits
-                .reshape([batch * n, vocab])
-                .select(0, index_tensor(&pick, &device)?);
-            // 3. Verify. Greedy rows in host memory: one read, decided on
-            // the host (crate::greedy), the kernel's decisions.
-            let host_best = if greedy {
-                match greedy_rows(&selected, false)? {
-                    Greedy::Rows(found) => Some(found),
-                    Greedy::Fault => {
-                        let p = sampling.probabilities_unchecked(selected.clone())?;
-                        return Err(locate_logits_fault("target", &selected, p));
-                    }
-                    Greedy::NotHost => None,
-                }
+            let logits = logits.reshape([batch * n, vocab]);
+            // 3. Verify. Greedy rows in host memory: one read in place,
+            // decided on the host (crate::greedy), the kernel's decisions.
+            let (host_best, logits) = if greedy {
+                greedy_rows(logits, &pick, false)?
             } else {
-                None
+                (Greedy::NotHost, logits)
+            };
+            let selected = |logits: Tensor<2>| -> Result<Tensor<2>> {
+                Ok(logits.select(0, index_tensor(&pick, &device)?))
+            };
+            let host_best = match host_best {
+                Greedy::Rows(found) => Some(found),
+                Greedy::Fault => {
+                    let selected = selected(logits)?;
+                    let p = sampling.probabilities_unchecked(selected.clone())?;
+                    return Err(locate_logits_fault("target", &selected, p));
+                }
+                Greedy::NotHost => None,
             };
             if let Some(best) = host_best {
                 let g1 = g_max + 1;
@@ -481,6 +484,7 @@ impl<'t, T: LanguageModel, D: Drafter> SpeculativeDecoder<'t, T, D> {
                 continue;
             }
             // On the device; the kernel's one read also flags NaN.
+            let selected = selected(logits)?;
             let fault = match host_logits_fault(&selected)? {
                 Some(flag) => flag,
                 None => logits_fault(&selected),

@@ -237,7 +237,6 @@ impl<M: LanguageModel> Drafter for ModelDrafter<'_, M> {
             )
             .into());
         }
-        let device = self.model.device();
         let mut feed: Vec<Vec<usize>> = vec![Vec::new(); batch];
         // Roll each row back to what it shares with the committed context, keeping
         // at least the last context token to feed (its logits give q_1).
@@ -266,10 +265,13 @@ impl<M: LanguageModel> Drafter for ModelDrafter<'_, M> {
                 self.fed[r].append(&mut feed[r]);
                 drafts[r].model_calls += 1;
             }
-            let rows: Tensor<2> = logits
-                .reshape([batch * n, vocab])
-                .select(0, index_tensor(&last, &device)?);
-            let step = draft_step(rows, sampling, vocab, rng)?;
+            let step = draft_step(
+                logits.reshape([batch * n, vocab]),
+                &last,
+                sampling,
+                vocab,
+                rng,
+            )?;
             // The policies decide on the signals only; a row that stops
             // discards its sample (below).
             for (k, &r) in active.iter().enumerate() {
@@ -331,8 +333,8 @@ pub(crate) struct DraftStep {
     pub(crate) q: Option<Tensor<2>>,
 }
 
-/// One draft step for the active rows' last logits `[A, vocab]`, with
-/// **one** read-back: the proposals, the policy signals (entropy and top
+/// One draft step for the active rows' last logits, rows `last` of
+/// `logits` `[rows, vocab]` (`A` of them), with **one** read-back: the proposals, the policy signals (entropy and top
 /// probability) and a validity flag travel together as `f32`.
 ///
 /// Sampling draws a token for every active row (one uniform each, in row
@@ -345,33 +347,36 @@ pub(crate) struct DraftStep {
 /// device it reads the logits once and decides on the host
 /// ([`crate::greedy`]), the same decisions in a tenth of the time.
 pub(crate) fn draft_step<R: Rng + ?Sized>(
-    rows: Tensor<2>,
+    logits: Tensor<2>,
+    last: &[usize],
     sampling: &SamplingParams,
     vocab: usize,
     rng: &mut R,
 ) -> Result<DraftStep> {
-    let a = rows.dims()[0];
-    if sampling.is_greedy() {
-        match greedy_rows(&rows, true)? {
-            Greedy::Rows(found) => {
-                return Ok(DraftStep {
-                    tokens: found.iter().map(|g| g.token).collect(),
-                    info: found
-                        .iter()
-                        .map(|g| DraftStepInfo {
-                            entropy: f64::from(g.entropy),
-                            top_prob: f64::from(g.top),
-                        })
-                        .collect(),
-                    q: None,
-                });
-            }
-            Greedy::Fault => {
-                let conf = softmax(rows.clone(), 1.0)?;
-                return Err(locate_logits_fault("draft", &rows, conf));
-            }
-            Greedy::NotHost => {}
-        }
+    let a = last.len();
+    let device = logits.device();
+    let (host, logits) = if sampling.is_greedy() {
+        greedy_rows(logits, last, true)?
+    } else {
+        (Greedy::NotHost, logits)
+    };
+    if let Greedy::Rows(found) = host {
+        return Ok(DraftStep {
+            tokens: found.iter().map(|g| g.token).collect(),
+            info: found
+                .iter()
+                .map(|g| DraftStepInfo {
+                    entropy: f64::from(g.entropy),
+                    top_prob: f64::from(g.top),
+                })
+                .collect(),
+            q: None,
+        });
+    }
+    let rows = logits.select(0, index_tensor(last, &device)?);
+    if let Greedy::Fault = host {
+        let conf = softmax(rows.clone(), 1.0)?;
+        return Err(locate_logits_fault("draft", &rows, conf));
     }
     let (q, conf, tokens) = if sampling.is_greedy() {
         let conf = softmax(rows.clone(), 1.0)?;

@@ -363,8 +363,13 @@ impl<T: HiddenFeatures, D: FeatureDraftModel> FeatureDrafter<'_, '_, T, D> {
                 self.fed[r].append(&mut feed[r]);
                 drafts[r].model_calls += 1;
             }
-            let rows: Tensor<2> = logits.reshape([batch * m, vocab]).select(0, index);
-            let step = draft_step(rows, sampling, vocab, rng)?;
+            let step = draft_step(
+                logits.reshape([batch * m, vocab]),
+                &last,
+                sampling,
+                vocab,
+                rng,
+            )?;
             for (k, &r) in active.iter().enumerate() {
                 let Some(req) = requests[r].as_mut() else {
                     continue;

@@ -54,6 +54,7 @@ fn map_rows(t: Tensor<2>, f: impl Fn(&mut [f32])) -> Result<Tensor<2>> {
 /// assert_eq!(max_and_tame(&[1.0, f32::NAN]), (1.0, false));
 /// assert!(!max_and_tame(&[f32::INFINITY]).1);
 /// ```
+#[inline(always)]
 pub fn max_and_tame(row: &[f32]) -> (f32, bool) {
     let (body, tail) = row.as_chunks::<8>();
     let mut lanes = [f32::NEG_INFINITY; 8];

@@ -25,6 +25,7 @@
 use burn::tensor::{Int, Tensor, TensorData};
 use lastmile_core::fastmath::exp;
 use lastmile_core::panel::{PanelMatrix, Team};
+use lastmile_core::simd::{Vectorized, vectorize};
 
 use super::block::Heads;
 use super::cache::HostKv;
@@ -76,14 +77,14 @@ pub(crate) fn pass(
             }
         };
         for (block, kv) in model.blocks.iter().zip(kv).take(layers) {
-            let h = avx2(Vectorized(|| rms_norm(&x, d, &block.attn_norm, eps)))?;
+            let h = vectorize(Vectorized(|| rms_norm(&x, d, &block.attn_norm, eps)))?;
             let [mut q, mut k, v]: [Vec<f32>; 3] = each(
                 team,
                 &[host(&block.q)?, host(&block.k)?, host(&block.v)?],
                 &h,
                 rows,
             )?;
-            avx2(Vectorized(|| {
+            vectorize(Vectorized(|| {
                 batch.rope.apply_host(&mut q, heads.n_heads, heads.head_dim);
                 batch
                     .rope
@@ -92,7 +93,7 @@ pub(crate) fn pass(
             write(kv, &k, &v, batch, heads, config.max_context);
             let att = attention(&q, kv, batch, heads);
             add(&mut x, &team.matmul(host(&block.o)?, &att, rows)?);
-            let h = avx2(Vectorized(|| rms_norm(&x, d, &block.ffn_norm, eps)))?;
+            let h = vectorize(Vectorized(|| rms_norm(&x, d, &block.ffn_norm, eps)))?;
             // The gate applied by each task to its panels (see `Team::matmul_zip`).
             let g = team.matmul_zip(host(&block.gate)?, host(&block.up)?, &h, rows, swiglu)?;
             add(&mut x, &team.matmul(host(&block.down)?, &g, rows)?);
@@ -161,36 +162,6 @@ fn rms_norm(x: &[f32], d: usize, norm: &RmsNorm, eps: f32) -> LlamaResult<Vec<f3
     Ok(y)
 }
 
-/// Runs `op` compiled for AVX2 + FMA when the CPU has them: pulp inlines
-/// its body into a function built with those features, so its loops
-/// vectorise 8 wide instead of the baseline x86-64 build's 4 (measured in
-/// `docs/benchmarks.md`: attention had been a sixth of a verify pass over
-/// 8 tokens). Rust never reorders or fuses float operations, so the
-/// results are the same on every path. A closure (through [`Vectorized`])
-/// must be small enough for the compiler to inline; a large body is a
-/// [`pulp::WithSimd`] whose `with_simd` is `#[inline(always)]` (measured:
-/// attention as a closure was left outside, unvectorised).
-#[inline(always)]
-fn avx2<Op: pulp::WithSimd>(op: Op) -> Op::Output {
-    #[cfg(target_arch = "x86_64")]
-    if let Some(simd) = pulp::x86::V3::try_new() {
-        return pulp::Simd::vectorize(simd, op);
-    }
-    op.with_simd(pulp::Scalar::new())
-}
-
-/// A small closure as pulp's operation, for [`avx2`].
-struct Vectorized<F>(F);
-
-impl<R, F: FnOnce() -> R> pulp::WithSimd for Vectorized<F> {
-    type Output = R;
-
-    #[inline(always)]
-    fn with_simd<S: pulp::Simd>(self, _: S) -> R {
-        (self.0)()
-    }
-}
-
 /// `Σ a·b` in a fixed order that vectorises: 8 running lanes over whole
 /// groups of 8, the lanes in order, then the tail (the same order for a
 /// row whatever the pass it is in).
@@ -223,9 +194,9 @@ fn values(data: TensorData) -> LlamaResult<Vec<f32>> {
     })
 }
 
-/// [`swiglu_in_place`] vectorised by [`avx2`].
+/// [`swiglu_in_place`] vectorised (see [`lastmile_core::simd`]).
 fn swiglu(g: &mut [f32], u: &[f32]) {
-    avx2(Vectorized(|| swiglu_in_place(g, u)));
+    vectorize(Vectorized(|| swiglu_in_place(g, u)));
 }
 
 /// `g ← SiLU(g) ⊙ u`, SwiGLU's gate (Shazeer 2020, eq. 6), with
