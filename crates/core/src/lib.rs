@@ -21,6 +21,9 @@
 //!   safetensors files of named tensors, safe on hostile input.
 //! - [`gguf`]: GGUF (llama.cpp / ggml) files: metadata, tensor index and
 //!   dequantisation of F32, F16, BF16, Q8_0, Q4_0 and Q4_1, safe on hostile input.
+//! - [`panel`], [`fastmath`] and [`simd`]: host products of (quantised)
+//!   weight matrices on a team of threads, `exp` / `ln` that vectorise, and
+//!   host loops compiled for AVX2 + FMA when the CPU has them.
 //! - [`model_files`]: where model files fetched or trained at setup time are
 //!   kept (`lastmile-models` in cargo's target directory, or `$LASTMILE_MODELS`).
 //! - `stats` and `testing` (feature `testing`, for tests only): chi-square /

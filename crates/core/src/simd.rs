@@ -55,3 +55,32 @@ impl<R, F: FnOnce() -> R> WithSimd for Vectorized<F> {
         (self.0)()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fastmath::exp;
+
+    /// Lane sums of `exp` over 8 running lanes, the shape of the host loops.
+    #[inline(always)]
+    fn lane_exp_sum(x: &[f32]) -> f32 {
+        let mut lanes = [0.0f32; 8];
+        for chunk in x.as_chunks::<8>().0 {
+            for l in 0..8 {
+                lanes[l] += exp(chunk[l]) * chunk[l];
+            }
+        }
+        lanes.iter().sum()
+    }
+
+    #[test]
+    fn vectorised_loops_give_the_plain_loops_bits() {
+        let x: Vec<f32> = (0..4099)
+            .map(|i| ((i * 7919 % 1013) as f32 - 506.0) / 37.0)
+            .collect();
+        let plain = lane_exp_sum(&x);
+        let wide = vectorize(Vectorized(|| lane_exp_sum(&x)));
+        assert_eq!(plain.to_bits(), wide.to_bits(), "{plain} vs {wide}");
+        assert!(plain.is_finite() && plain != 0.0);
+    }
+}
