@@ -5,7 +5,7 @@ use burn::tensor::Tensor;
 
 use super::cache::LlamaCache;
 use super::error::{LlamaError, LlamaResult};
-use super::model::LlamaModel;
+use super::model::{LayerInput, LlamaModel};
 
 /// The first `layers` blocks of a [`LlamaModel`] followed by its final
 /// RMSNorm and its (tied) output head: an early-exit draft for
@@ -102,7 +102,7 @@ impl<'m> LlamaEarlyExit<'m> {
     ) -> LlamaResult<Tensor<3>> {
         Ok(self
             .model
-            .forward_layers(cache, tokens, self.layers, None)?
+            .forward_layers(cache, tokens, self.layers, LayerInput::Embed)?
             .0)
     }
 }

@@ -20,14 +20,14 @@
 //! output of the target's final norm); and the fusion map has no bias, as
 //! every other projection of a Llama model.
 
-use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn::tensor::{Device, Tensor};
 use lastmile_core::CoreError;
 use lastmile_core::lm::{FeatureDraftModel, HiddenFeatures, LanguageModel, LmError, LmResult};
 
 use super::cache::LlamaCache;
 use super::config::LlamaConfig;
 use super::error::{LlamaError, LlamaResult};
-use super::model::LlamaModel;
+use super::model::{LayerInput, LlamaModel};
 use super::storage::Matrix;
 
 /// The inference form of a feature-level draft (EAGLE-1: the fusion map
@@ -131,18 +131,12 @@ impl LlamaFeatureDraft {
                 found: features.dims().to_vec(),
             }));
         }
-        let device = self.model.device();
-        let ids: Vec<i64> = tokens
-            .iter()
-            .flat_map(|t| (0..n).map(|i| t.get(i).copied().unwrap_or(0) as i64))
-            .collect();
-        let ids = Tensor::<1, Int>::from_data(TensorData::new(ids, [b * n]), &device);
-        let embedded = self.model.embed.clone().select(0, ids);
-        let fused = Tensor::cat(vec![embedded, features.reshape([b * n, d])], 1);
-        let x = self.fc.forward(fused.reshape([1, b * n, 2 * d]))?;
-        let layers = config.n_layers;
+        let input = LayerInput::Fused {
+            fc: &self.fc,
+            features,
+        };
         self.model
-            .forward_layers(cache, tokens, layers, Some(x.reshape([b * n, d])))
+            .forward_layers(cache, tokens, config.n_layers, input)
     }
 
     /// The draft conditioned on zero features: its [`LanguageModel`] form.

@@ -44,16 +44,25 @@ pub(crate) struct HostBatch<'a> {
     pub(crate) n: usize,
 }
 
+/// A feature-level draft's input in host memory (see
+/// [`super::model::LayerInput::Fused`]): the blocks read
+/// `fc · [e(x_j); f_{j-1}]`, computed by the pass's team.
+pub(crate) struct Fusion<'a> {
+    pub(crate) fc: &'a PanelMatrix,
+    /// `[b·n, d]`, row-major.
+    pub(crate) features: Vec<f32>,
+}
+
 /// Logits `[b·n, head rows]` and features (the head's input, `[b·n, d]`)
 /// of `batch` through the first `layers` blocks, writing the new keys and
-/// values into `kv` (one entry per block). The blocks read `input`
-/// (`[b·n, d]`) when given, else the tokens' embeddings.
+/// values into `kv` (one entry per block). The blocks read the tokens'
+/// embeddings, fused with `input`'s features when given.
 pub(crate) fn pass(
     model: &LlamaModel,
     kv: &mut [HostKv],
     batch: &HostBatch<'_>,
     layers: usize,
-    input: Option<Vec<f32>>,
+    input: Option<Fusion<'_>>,
 ) -> LlamaResult<(Vec<f32>, Vec<f32>)> {
     let config = &model.config;
     let (d, eps) = (config.d_model, config.rms_eps);
@@ -66,14 +75,18 @@ pub(crate) fn pass(
     // One team of threads for the whole pass (see `Team`): its products
     // are shared out without waking sleeping workers.
     Team::run(|team| {
+        let ids =
+            Tensor::<1, Int>::from_data(TensorData::new(batch.ids.to_vec(), [rows]), &model.device);
+        let embedded = values(model.embed.clone().select(0, ids).into_data())?;
         let mut x = match input {
-            Some(x) => x,
-            None => {
-                let ids = Tensor::<1, Int>::from_data(
-                    TensorData::new(batch.ids.to_vec(), [rows]),
-                    &model.device,
-                );
-                values(model.embed.clone().select(0, ids).into_data())?
+            None => embedded,
+            Some(Fusion { fc, features }) => {
+                let fused: Vec<f32> = embedded
+                    .chunks_exact(d)
+                    .zip(features.chunks_exact(d))
+                    .flat_map(|(e, f)| e.iter().chain(f).copied())
+                    .collect();
+                team.matmul(fc, &fused, rows)?
             }
         };
         for (block, kv) in model.blocks.iter().zip(kv).take(layers) {

@@ -126,6 +126,23 @@ impl LlamaConfig {
     }
 }
 
+/// What the blocks of [`LlamaModel::forward_layers`] read.
+#[expect(clippy::large_enum_variant, reason = "one value per forward pass")]
+pub(crate) enum LayerInput<'a> {
+    /// The tokens' embeddings.
+    Embed,
+    /// A feature-level draft's input (EAGLE, Li et al. 2024, §3.2): per
+    /// position `fc · [e(x_j); f_{j-1}]`, the token's embedding beside
+    /// the target's feature `[b, n, d]`, through the fusion map `fc`
+    /// (`[d, 2d]`, out × in).
+    Fused {
+        /// The fusion map.
+        fc: &'a Matrix,
+        /// The features beside the embeddings.
+        features: Tensor<3>,
+    },
+}
+
 impl LlamaModel {
     /// Loads a `llama`-architecture GGUF checkpoint onto `device`: the
     /// configuration ([`LlamaConfig::from_gguf`]), then every weight,
@@ -399,7 +416,7 @@ impl LlamaModel {
         tokens: &[Vec<usize>],
     ) -> LlamaResult<Tensor<3>> {
         Ok(self
-            .forward_layers(cache, tokens, self.blocks.len(), None)?
+            .forward_layers(cache, tokens, self.blocks.len(), LayerInput::Embed)?
             .0)
     }
 
@@ -427,21 +444,20 @@ impl LlamaModel {
         cache: &mut LlamaCache,
         tokens: &[Vec<usize>],
     ) -> LlamaResult<(Tensor<3>, Tensor<3>)> {
-        self.forward_layers(cache, tokens, self.blocks.len(), None)
+        self.forward_layers(cache, tokens, self.blocks.len(), LayerInput::Embed)
     }
 
     /// [`forward_cached`](Self::forward_cached) through the first `layers`
     /// blocks only, then the final norm and the head (the early-exit view,
-    /// [`super::LlamaEarlyExit`]). `cache` holds `layers` blocks. With
-    /// `input` (`[b·n, d]`, `n` the longest list or 1), the blocks read those
-    /// rows instead of the tokens' embeddings (the tokens still set the
-    /// positions). Returns the logits and the features (the head's input).
+    /// [`super::LlamaEarlyExit`]). `cache` holds `layers` blocks. The
+    /// blocks read `input` (see [`LayerInput`]); the tokens set the
+    /// positions either way. Returns the logits and the features (the head's input).
     pub(crate) fn forward_layers(
         &self,
         cache: &mut LlamaCache,
         tokens: &[Vec<usize>],
         layers: usize,
-        input: Option<Tensor<2>>,
+        input: LayerInput<'_>,
     ) -> LlamaResult<(Tensor<3>, Tensor<3>)> {
         // A host storage's pass runs on one of rayon's workers with a team
         // of the others (`lastmile_core::panel::Team`), so that its ~150
@@ -456,7 +472,7 @@ impl LlamaModel {
         cache: &mut LlamaCache,
         tokens: &[Vec<usize>],
         layers: usize,
-        input: Option<Tensor<2>>,
+        input: LayerInput<'_>,
     ) -> LlamaResult<(Tensor<3>, Tensor<3>)> {
         if layers == 0 || layers > self.blocks.len() || cache.keys.len() != layers {
             return Err(LlamaError::Config {
@@ -498,13 +514,16 @@ impl LlamaModel {
         }
         let n = tokens.iter().map(Vec::len).max().unwrap_or(0).max(1);
         let d = self.config.d_model;
-        if let Some(x) = &input
-            && x.dims() != [b * n, d]
+        if let LayerInput::Fused { fc, features } = &input
+            && (features.dims() != [b, n, d] || fc.shape() != (d, 2 * d))
         {
             return Err(LlamaError::Core(CoreError::ShapeMismatch {
-                what: "input rows".to_owned(),
-                expected: format!("[{}, {d}] (b·n, d_model)", b * n),
-                found: x.dims().to_vec(),
+                what: "fused input (features; fusion map out × in)".to_owned(),
+                expected: format!(
+                    "[{b}, {n}, {d}] (rows, longest list, d_model); [{d}, {}]",
+                    2 * d
+                ),
+                found: [features.dims().as_slice(), &[fc.shape().0, fc.shape().1]].concat(),
             }));
         }
         let offsets = cache.lens.clone();
@@ -527,8 +546,15 @@ impl LlamaModel {
                 n,
             };
             let input = match input {
-                Some(x) => Some(tensor_to_vec(x)?),
-                None => None,
+                LayerInput::Embed => None,
+                LayerInput::Fused { fc, features } => Some(super::host::Fusion {
+                    fc: fc.as_host().ok_or_else(|| LlamaError::Storage {
+                        storage: "a device storage".to_owned(),
+                        device: "the host pass (the fusion map of a host storage's draft)"
+                            .to_owned(),
+                    })?,
+                    features: tensor_to_vec(features)?,
+                }),
             };
             let (mut logits, features) =
                 super::host::pass(self, &mut cache.host, &batch, layers, input)?;
@@ -551,9 +577,13 @@ impl LlamaModel {
         };
         let mask = causal_mask(&offsets, n, total, heads, device);
         let rope = self.rope.at(&pos, b, n, device);
+        let embedded = self.embed.clone().select(0, ids);
         let mut x = match input {
-            Some(x) => x.reshape([b, n, d]),
-            None => self.embed.clone().select(0, ids).reshape([b, n, d]),
+            LayerInput::Fused { fc, features } => {
+                let fused = Tensor::cat(vec![embedded, features.reshape([b * n, d])], 1);
+                fc.forward(fused.reshape([b, n, 2 * d]))?
+            }
+            LayerInput::Embed => embedded.reshape([b, n, d]),
         };
         for (layer, block) in self.blocks.iter().take(layers).enumerate() {
             let (q, k, v) = block.qkv(x.clone(), heads, &rope)?;

@@ -353,6 +353,11 @@ impl Matrix {
     }
 
     /// The matrix in host memory, for a host storage.
+    /// `(out, in)`.
+    pub(crate) fn shape(&self) -> (usize, usize) {
+        (self.out, self.inp)
+    }
+
     pub(crate) fn as_host(&self) -> Option<&PanelMatrix> {
         match &self.layout {
             Layout::Host(m) => Some(m),

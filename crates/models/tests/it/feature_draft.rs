@@ -267,3 +267,50 @@ backend_test!(unrolled_training_lowers_the_later_steps_loss, |device| {
         Err(LlamaError::Config { .. })
     ));
 });
+
+backend_test!(
+    host_draft_computes_what_the_tensor_draft_computes,
+    |device| {
+        // Blocks storage of trained (here: random) weights keeps f32 panels, so
+        // the host pass (fusion map on the pass's team) and the tensor pass
+        // differ by summation order only.
+        if !lastmile_core::Backend::of(device).is_some_and(lastmile_core::Backend::is_cpu) {
+            eprintln!("the host pass needs a CPU device; {device:?} skipped");
+            return;
+        }
+        let model = target(device);
+        let ids: Vec<usize> = (0..64).step_by(2).collect();
+        let mut module = LlamaFeatureDraftModule::new(&model, 1, Some(&ids), device).unwrap();
+        module.fc.weight = module.fc.weight.map(|w| {
+            let dims = w.dims();
+            w + Tensor::random(dims, Distribution::Uniform(-0.2, 0.2), device)
+        });
+        let tokens = vec![vec![7, 8, 9, 10, 11], vec![3, 4]];
+        let features = Tensor::<3>::random([2, 5, 32], Distribution::Normal(0.0, 1.0), device);
+        let run = |storage: WeightStorage| {
+            let draft = module.to_draft(storage, device).unwrap();
+            let mut cache = draft.new_cache(2).unwrap();
+            let (l, f) = draft
+                .forward_conditioned(&mut cache, &tokens, features.clone())
+                .unwrap();
+            // Then a step of one token a row, as drafting makes.
+            let step = features.clone().slice([0..2, 0..1, 0..32]);
+            let (l2, f2) = draft
+                .forward_conditioned(&mut cache, &[vec![12], vec![5]], step)
+                .unwrap();
+            let values = |t: Tensor<3>| tensor_to_vec(t).unwrap();
+            [values(l), values(f), values(l2), values(f2)].concat()
+        };
+        let (tensor_pass, host_pass) = (run(WeightStorage::F32), run(WeightStorage::Blocks));
+        // Only the head's tokens: the floor outside it is the same constant.
+        let scale = tensor_pass
+            .iter()
+            .filter(|v| **v > lastmile_models::llama::OUTSIDE_HEAD_LOGIT)
+            .fold(0.0f32, |m, v| m.max(v.abs()));
+        let diff = max_abs_diff(&tensor_pass, &host_pass);
+        assert!(
+            diff <= 1e-5 * scale.max(1.0),
+            "max |Δ| {diff} (largest {scale})"
+        );
+    }
+);
