@@ -334,8 +334,9 @@ pub(crate) struct DraftStep {
 }
 
 /// One draft step for the active rows' last logits, rows `last` of
-/// `logits` `[rows, vocab]` (`A` of them), with **one** read-back: the proposals, the policy signals (entropy and top
-/// probability) and a validity flag travel together as `f32`.
+/// `logits` `[rows, vocab]` (`A` of them), with **one** read-back: the
+/// proposals, the policy signals (entropy and top probability) and a
+/// validity flag travel together as `f32`.
 ///
 /// Sampling draws a token for every active row (one uniform each, in row
 /// order) before the policies decide: a row whose policy then stops discards
