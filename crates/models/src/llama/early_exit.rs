@@ -5,7 +5,8 @@ use burn::tensor::Tensor;
 
 use super::cache::LlamaCache;
 use super::error::{LlamaError, LlamaResult};
-use super::model::{LayerInput, LlamaModel};
+use super::layer_input::LayerInput;
+use super::model::LlamaModel;
 
 /// The first `layers` blocks of a [`LlamaModel`] followed by its final
 /// RMSNorm and its (tied) output head: an early-exit draft for

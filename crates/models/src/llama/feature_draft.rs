@@ -27,7 +27,8 @@ use lastmile_core::lm::{FeatureDraftModel, HiddenFeatures, LanguageModel, LmErro
 use super::cache::LlamaCache;
 use super::config::LlamaConfig;
 use super::error::{LlamaError, LlamaResult};
-use super::model::{LayerInput, LlamaModel};
+use super::layer_input::LayerInput;
+use super::model::LlamaModel;
 use super::storage::Matrix;
 
 /// The inference form of a feature-level draft (EAGLE-1: the fusion map

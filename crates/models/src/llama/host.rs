@@ -45,7 +45,7 @@ pub(crate) struct HostBatch<'a> {
 }
 
 /// A feature-level draft's input in host memory (see
-/// [`super::model::LayerInput::Fused`]): the blocks read
+/// [`super::layer_input::LayerInput::Fused`]): the blocks read
 /// `fc · [e(x_j); f_{j-1}]`, computed by the pass's team.
 pub(crate) struct Fusion<'a> {
     pub(crate) fc: &'a PanelMatrix,

@@ -118,6 +118,7 @@ mod feature_train;
 mod feature_unroll;
 mod host;
 mod host_attention;
+mod layer_input;
 mod lm;
 mod model;
 mod module;

@@ -16,6 +16,7 @@ use super::block::{Block, BlockWeights, Heads, causal_mask};
 use super::cache::{KvPrecision, LlamaCache, write};
 use super::config::LlamaConfig;
 use super::error::{LlamaError, LlamaResult};
+use super::layer_input::LayerInput;
 use super::norm::RmsNorm;
 use super::rope::Rope;
 use super::storage::{Matrix, WeightStorage};
@@ -124,23 +125,6 @@ impl LlamaConfig {
             device,
         )
     }
-}
-
-/// What the blocks of [`LlamaModel::forward_layers`] read.
-#[expect(clippy::large_enum_variant, reason = "one value per forward pass")]
-pub(crate) enum LayerInput<'a> {
-    /// The tokens' embeddings.
-    Embed,
-    /// A feature-level draft's input (EAGLE, Li et al. 2024, §3.2): per
-    /// position `fc · [e(x_j); f_{j-1}]`, the token's embedding beside
-    /// the target's feature `[b, n, d]`, through the fusion map `fc`
-    /// (`[d, 2d]`, out × in).
-    Fused {
-        /// The fusion map.
-        fc: &'a Matrix,
-        /// The features beside the embeddings.
-        features: Tensor<3>,
-    },
 }
 
 impl LlamaModel {

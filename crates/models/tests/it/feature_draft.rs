@@ -33,6 +33,17 @@ fn target(device: &Device) -> LlamaModel {
     .unwrap()
 }
 
+/// A 1-block draft over the head `ids`, its fusion map moved away from the
+/// pass-through start so that it matters.
+fn perturbed_draft(model: &LlamaModel, ids: &[usize], device: &Device) -> LlamaFeatureDraftModule {
+    let mut module = LlamaFeatureDraftModule::new(model, 1, Some(ids), device).unwrap();
+    module.fc.weight = module.fc.weight.map(|w| {
+        let dims = w.dims();
+        w + Tensor::random(dims, Distribution::Uniform(-0.2, 0.2), device)
+    });
+    module
+}
+
 backend_test!(features_are_the_heads_input, |device| {
     let model = target(device);
     let rows = vec![vec![3, 1, 4, 1, 5], vec![9, 2, 6, 5, 3]];
@@ -53,12 +64,7 @@ backend_test!(features_are_the_heads_input, |device| {
 backend_test!(module_and_inference_draft_agree_in_any_chunking, |device| {
     let model = target(device);
     let ids: Vec<usize> = (0..64).step_by(3).collect();
-    let mut module = LlamaFeatureDraftModule::new(&model, 1, Some(&ids), device).unwrap();
-    // Move away from the pass-through start so the fusion map matters.
-    module.fc.weight = module.fc.weight.map(|w| {
-        let dims = w.dims();
-        w + Tensor::random(dims, Distribution::Uniform(-0.2, 0.2), device)
-    });
+    let module = perturbed_draft(&model, &ids, device);
     let draft = module.to_draft(WeightStorage::F32, device).unwrap();
     let tokens = vec![vec![7, 8, 9, 10, 11, 12]];
     let features = Tensor::<3>::random([1, 6, 32], Distribution::Normal(0.0, 1.0), device);
@@ -280,11 +286,7 @@ backend_test!(
         }
         let model = target(device);
         let ids: Vec<usize> = (0..64).step_by(2).collect();
-        let mut module = LlamaFeatureDraftModule::new(&model, 1, Some(&ids), device).unwrap();
-        module.fc.weight = module.fc.weight.map(|w| {
-            let dims = w.dims();
-            w + Tensor::random(dims, Distribution::Uniform(-0.2, 0.2), device)
-        });
+        let module = perturbed_draft(&model, &ids, device);
         let tokens = vec![vec![7, 8, 9, 10, 11], vec![3, 4]];
         let features = Tensor::<3>::random([2, 5, 32], Distribution::Normal(0.0, 1.0), device);
         let run = |storage: WeightStorage| {
