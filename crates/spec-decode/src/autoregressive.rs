@@ -8,8 +8,9 @@ use rand::Rng;
 
 use crate::decoder::{Generation, GenerationConfig, Row, finish, sync_row, validate_prompts};
 use crate::error::Result;
-use crate::greedy::{Greedy, greedy_rows};
+use crate::greedy::{Greedy, GreedyRow, greedy_rows};
 use crate::metrics::Metrics;
+use crate::sampled::{Tempered, draw, tempered_rows};
 use crate::verify::{index_tensor, locate_logits_fault, logits_fault, non_finite_flag, read_ints};
 
 /// Plain autoregressive decoding with the target alone: the baseline and
@@ -85,13 +86,21 @@ pub fn generate_autoregressive<M: LanguageModel, R: Rng + ?Sized>(
         let active: Vec<usize> = (0..batch).filter(|i| !rows[*i].done).collect();
         let pick: Vec<usize> = active.iter().map(|&i| i * n + feed[i].len() - 1).collect();
         let logits = logits.reshape([batch * n, vocab]);
-        // One read: greedy rows in host memory decided on the host, in
-        // place (crate::greedy); otherwise the tokens with a flag for NaN /
-        // fully masked logits.
+        // One read: rows in host memory decided on the host, in place
+        // (crate::greedy, crate::sampled); otherwise the tokens with a flag
+        // for NaN / fully masked logits.
         let (host_best, logits) = if config.sampling().is_greedy() {
             greedy_rows(logits, &pick, false)?
         } else {
-            (Greedy::NotHost, logits)
+            match tempered_rows(logits, &pick, config.sampling())? {
+                (Tempered::Rows(probs), logits) => {
+                    let tokens = draw(&probs, vocab, rng);
+                    let found = tokens.into_iter().map(GreedyRow::token).collect();
+                    (Greedy::Rows(found), logits)
+                }
+                (Tempered::Fault, logits) => (Greedy::Fault, logits),
+                (Tempered::NotHost, logits) => (Greedy::NotHost, logits),
+            }
         };
         let host = match host_best {
             Greedy::Rows(found) => found.iter().map(|g| g.token).collect(),

@@ -2,7 +2,7 @@
 
 use std::time::Instant;
 
-use burn::tensor::{Device, Tensor};
+use burn::tensor::{Device, Tensor, TensorData};
 use lastmile_core::CoreError;
 use lastmile_core::lm::{LanguageModel, check_logits_shape};
 use lastmile_core::numerics::SamplingParams;
@@ -14,9 +14,12 @@ use crate::error::{Result, SpecDecodeError};
 use crate::greedy::{Greedy, greedy_rows, host_logits_fault};
 use crate::metrics::Metrics;
 use crate::policy::{DraftPolicy, RoundOutcome};
+use crate::sampled::{Tempered, tempered_rows};
 use crate::verify::{
-    Checked, ResidualRule, index_tensor, locate_logits_fault, located, logits_fault, verify_kernel,
+    Checked, ResidualRule, check_drafts, index_tensor, locate_logits_fault, located, logits_fault,
+    verify_kernel,
 };
+use crate::verify_host::{HostRows, verify_rows};
 
 /// What to generate: sampling parameters, length, optional stop token.
 ///
@@ -192,28 +195,69 @@ fn stack_draft_q(
         .enumerate()
         .map(|(a, d)| {
             let g = d.tokens.len();
-            let q = match (&d.q, g) {
-                (_, 0) => return Ok(Tensor::<2>::zeros([g_max, vocab], device)),
-                (Some(q), _) if q.dims() == [g, vocab] => q.clone(),
-                (q, _) => {
-                    return Err(CoreError::shape(
-                        "draft distributions q from the drafter",
-                        format!(
-                            "[{g}, {vocab}] for the {g} tokens of active row {a} (a drafter that is not deterministic must give q)"
-                        ),
-                        &q.as_ref().map_or(Vec::new(), |q| q.dims().to_vec()),
-                    )
-                    .into());
-                }
+            let Some(q) = draft_q(d, a, vocab)? else {
+                return Ok(Tensor::<2>::zeros([g_max, vocab], device));
             };
             Ok(if g < g_max {
-                Tensor::cat(vec![q, Tensor::zeros([g_max - g, vocab], device)], 0)
+                Tensor::cat(
+                    vec![q.clone(), Tensor::zeros([g_max - g, vocab], device)],
+                    0,
+                )
             } else {
-                q
+                q.clone()
             })
         })
         .collect::<Result<Vec<Tensor<2>>>>()?;
     Ok(Tensor::stack(rows, 0))
+}
+
+/// [`stack_draft_q`] into host memory, `[active, g_max, vocab]` row-major,
+/// each draft's `q` taken (a host device's tensors are host memory).
+fn host_draft_q(
+    drafts: &mut [Draft],
+    active: &[usize],
+    g_max: usize,
+    vocab: usize,
+) -> Result<Vec<f32>> {
+    let mut out = Vec::with_capacity(active.len() * g_max * vocab);
+    for (a, &i) in active.iter().enumerate() {
+        let g = drafts[i].tokens.len();
+        if draft_q(&drafts[i], a, vocab)?.is_some()
+            && let Some(q) = drafts[i].q.take()
+        {
+            // Host memory already: not a device read (uncounted).
+            let data = q.into_data();
+            let values = data
+                .as_slice::<f32>()
+                .map_err(|e| CoreError::TensorData(format!("draft distributions as f32: {e:?}")))?;
+            out.extend_from_slice(values);
+        } else {
+            out.resize(out.len() + g * vocab, 0.0);
+        }
+        out.resize(out.len() + (g_max - g) * vocab, 0.0);
+    }
+    Ok(out)
+}
+
+/// The `q` of active row `a`'s draft, `[g, vocab]` for its `g` tokens;
+/// `None` for an empty draft.
+///
+/// # Errors
+/// [`CoreError::ShapeMismatch`] for a missing `q` or one of another shape.
+fn draft_q(d: &Draft, a: usize, vocab: usize) -> Result<Option<&Tensor<2>>> {
+    let g = d.tokens.len();
+    match (&d.q, g) {
+        (_, 0) => Ok(None),
+        (Some(q), _) if q.dims() == [g, vocab] => Ok(Some(q)),
+        (q, _) => Err(CoreError::shape(
+            "draft distributions q from the drafter",
+            format!(
+                "[{g}, {vocab}] for the {g} tokens of active row {a} (a drafter that is not deterministic must give q)"
+            ),
+            &q.as_ref().map_or(Vec::new(), |q| q.dims().to_vec()),
+        )
+        .into()),
+    }
 }
 
 /// Speculative decoding of a target model with a drafter and a draft-length policy.
@@ -483,45 +527,98 @@ impl<'t, T: LanguageModel, D: Drafter> SpeculativeDecoder<'t, T, D> {
                 }
                 continue;
             }
-            // On the device; the kernel's one read also flags NaN.
-            let selected = selected(logits)?;
-            let fault = match host_logits_fault(&selected)? {
-                Some(flag) => flag,
-                None => logits_fault(&selected),
-            };
-            let p = sampling
-                .probabilities_unchecked(selected.clone())?
-                .reshape([active.len(), g_max + 1, vocab]);
-            let q = if greedy || g_max == 0 || self.drafter.is_deterministic() {
-                None
+            // Sampled rows in host memory: tempered in place and verified on
+            // the host (crate::sampled, crate::verify_host), the tensor
+            // path's values and draws.
+            let (tempered, logits) = if greedy {
+                (Tempered::NotHost, logits)
             } else {
-                let active_drafts: Vec<&Draft> = active.iter().map(|&i| &drafts[i]).collect();
-                Some(stack_draft_q(&active_drafts, g_max, vocab, &device)?)
+                tempered_rows(logits, &pick, &sampling)?
             };
-            let active_drafts: Vec<Vec<usize>> = active
-                .iter()
-                .map(|&i| std::mem::take(&mut drafts[i].tokens))
-                .collect();
-            let verdicts = match verify_kernel(
-                p.clone(),
-                q.clone(),
-                &active_drafts,
-                greedy,
-                self.rule,
-                Some(fault),
-                rng,
-            )? {
-                Checked::Verdicts(v) => v,
-                // Error paths: locate the fault (further reads).
-                Checked::NonFiniteTarget => {
+            let (active_drafts, verdicts) = match tempered {
+                Tempered::Rows(pv) => {
+                    let a = active.len();
+                    let qv = if g_max == 0 || self.drafter.is_deterministic() {
+                        None
+                    } else {
+                        Some(host_draft_q(&mut drafts, &active, g_max, vocab)?)
+                    };
+                    let tokens: Vec<Vec<usize>> = active
+                        .iter()
+                        .map(|&i| std::mem::take(&mut drafts[i].tokens))
+                        .collect();
+                    check_drafts(&tokens, a, g_max, vocab)?;
+                    let host = HostRows {
+                        p: &pv,
+                        q: qv.as_deref(),
+                        dims: [a, g_max + 1, vocab],
+                    };
+                    match verify_rows(host, &tokens, false, self.rule, false, rng) {
+                        Checked::Verdicts(v) => (tokens, v),
+                        // The tempered rows were checked; kept for the report.
+                        Checked::NonFiniteTarget => {
+                            return Err(located("target distributions", Ok(())));
+                        }
+                        Checked::NonFiniteDraft => {
+                            let q = qv.unwrap_or_default();
+                            let q = Tensor::<3>::from_data(
+                                TensorData::new(q, [a, g_max, vocab]),
+                                &device,
+                            );
+                            let check = check_finite("draft distributions", &q);
+                            return Err(located("draft distributions", check));
+                        }
+                    }
+                }
+                Tempered::Fault => {
+                    let selected = selected(logits)?;
+                    let p = sampling.probabilities_unchecked(selected.clone())?;
                     return Err(locate_logits_fault("target", &selected, p));
                 }
-                Checked::NonFiniteDraft => {
-                    let check = match &q {
-                        Some(q) => check_finite("draft distributions", q),
-                        None => Ok(()),
+                Tempered::NotHost => {
+                    // On the device; the kernel's one read also flags NaN.
+                    let selected = selected(logits)?;
+                    let fault = match host_logits_fault(&selected)? {
+                        Some(flag) => flag,
+                        None => logits_fault(&selected),
                     };
-                    return Err(located("draft distributions", check));
+                    let p = sampling
+                        .probabilities_unchecked(selected.clone())?
+                        .reshape([active.len(), g_max + 1, vocab]);
+                    let q = if greedy || g_max == 0 || self.drafter.is_deterministic() {
+                        None
+                    } else {
+                        let active_drafts: Vec<&Draft> =
+                            active.iter().map(|&i| &drafts[i]).collect();
+                        Some(stack_draft_q(&active_drafts, g_max, vocab, &device)?)
+                    };
+                    let active_drafts: Vec<Vec<usize>> = active
+                        .iter()
+                        .map(|&i| std::mem::take(&mut drafts[i].tokens))
+                        .collect();
+                    let verdicts = match verify_kernel(
+                        p.clone(),
+                        q.clone(),
+                        &active_drafts,
+                        greedy,
+                        self.rule,
+                        Some(fault),
+                        rng,
+                    )? {
+                        Checked::Verdicts(v) => v,
+                        // Error paths: locate the fault (further reads).
+                        Checked::NonFiniteTarget => {
+                            return Err(locate_logits_fault("target", &selected, p));
+                        }
+                        Checked::NonFiniteDraft => {
+                            let check = match &q {
+                                Some(q) => check_finite("draft distributions", q),
+                                None => Ok(()),
+                            };
+                            return Err(located("draft distributions", check));
+                        }
+                    };
+                    (active_drafts, verdicts)
                 }
             };
 

@@ -1,16 +1,19 @@
 //! Drafters: where the proposed tokens come from.
 
-use burn::tensor::Tensor;
+use burn::tensor::{Tensor, TensorData};
 use lastmile_core::CoreError;
 use lastmile_core::convert::tensor_to_vec;
 use lastmile_core::lm::{LmError, check_logits_shape};
-use lastmile_core::numerics::{SamplingParams, entropy, sample_categorical_on_device, softmax};
+use lastmile_core::numerics::{
+    SamplingParams, entropy, entropy_row, max_and_tame, sample_categorical_on_device, softmax,
+};
 use lastmile_core::validate::check_at_least;
 use rand::Rng;
 
 use crate::error::Result;
 use crate::greedy::{Greedy, greedy_rows, host_logits_fault};
 use crate::policy::{DraftPolicy, DraftStepInfo};
+use crate::sampled::{Tempered, draw, tempered_rows};
 use crate::verify::{index_tensor, locate_logits_fault, logits_fault, non_finite_flag};
 use lastmile_core::lm::LanguageModel;
 
@@ -374,7 +377,32 @@ pub(crate) fn draft_step<R: Rng + ?Sized>(
             q: None,
         });
     }
+    let (tempered, logits) = match host {
+        Greedy::NotHost => tempered_rows(logits, last, sampling)?,
+        _ => (Tempered::NotHost, logits),
+    };
+    if let Tempered::Rows(q) = tempered {
+        let v = logits.dims()[1];
+        let tokens = draw(&q, v, rng);
+        let info = q
+            .chunks_exact(v.max(1))
+            .map(|row| DraftStepInfo {
+                entropy: f64::from(entropy_row(row)),
+                top_prob: f64::from(max_and_tame(row).0),
+            })
+            .collect();
+        let q = Tensor::from_data(TensorData::new(q, [a, v]), &device);
+        return Ok(DraftStep {
+            tokens,
+            info,
+            q: Some(q),
+        });
+    }
     let rows = logits.select(0, index_tensor(last, &device)?);
+    if let Tempered::Fault = tempered {
+        let q = sampling.probabilities_unchecked(rows.clone())?;
+        return Err(locate_logits_fault("draft", &rows, q));
+    }
     if let Greedy::Fault = host {
         let conf = softmax(rows.clone(), 1.0)?;
         return Err(locate_logits_fault("draft", &rows, conf));

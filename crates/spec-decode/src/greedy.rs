@@ -32,6 +32,17 @@ pub(crate) struct GreedyRow {
     pub(crate) top: f32,
 }
 
+impl GreedyRow {
+    /// A decision without signals (a sampled token, or a verification's).
+    pub(crate) fn token(token: usize) -> Self {
+        Self {
+            token,
+            entropy: 0.0,
+            top: 0.0,
+        }
+    }
+}
+
 /// What [`greedy_rows`] found.
 #[derive(Debug)]
 pub(crate) enum Greedy {

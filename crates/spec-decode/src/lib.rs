@@ -97,6 +97,7 @@ pub mod hybrid;
 pub mod metrics;
 pub mod pass_cost;
 pub mod policy;
+mod sampled;
 pub mod verify;
 mod verify_host;
 

@@ -266,7 +266,7 @@ fn check_draft_shape(q: Option<&Tensor<3>>, expected: [usize; 3]) -> Result<()> 
 
 /// Host checks of the drafts (no synchronisation): one list per row, at
 /// most `g` tokens each, every token `< v`.
-fn check_drafts(drafts: &[Vec<usize>], b: usize, g: usize, v: usize) -> Result<()> {
+pub(crate) fn check_drafts(drafts: &[Vec<usize>], b: usize, g: usize, v: usize) -> Result<()> {
     lastmile_core::validate::check_len("drafts (one list per batch row)", drafts.len(), b)?;
     for (row, d) in drafts.iter().enumerate() {
         if d.len() > g {

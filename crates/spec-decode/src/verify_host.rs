@@ -18,7 +18,7 @@ use burn::tensor::{DType, Int, Tensor};
 use lastmile_core::CoreError;
 use lastmile_core::convert::tensor_to_vec;
 use lastmile_core::host::is_host;
-use lastmile_core::numerics::{max_and_tame, sample_row};
+use lastmile_core::numerics::{all_finite, max_and_tame, sample_row};
 use rand::{Rng, RngExt};
 
 use crate::error::Result;
@@ -47,7 +47,6 @@ pub(crate) fn verify_host<R: Rng + ?Sized>(
         return Ok(None);
     }
     let [b, g1, v] = p.dims();
-    let g = g1 - 1;
     // The verification's one read; `q` and the fault flag are host memory
     // too, read in the same way without a device synchronisation.
     let pv = tensor_to_vec(p.clone())?;
@@ -65,15 +64,52 @@ pub(crate) fn verify_host<R: Rng + ?Sized>(
             .any(|x| *x != 0),
         None => false,
     };
-    let p_bad = target_bad || !all_finite(&pv);
+    let rows = HostRows {
+        p: &pv,
+        q: qv.as_deref(),
+        dims: [b, g1, v],
+    };
+    Ok(Some(verify_rows(
+        rows, drafts, greedy, rule, target_bad, rng,
+    )))
+}
+
+/// The rows a host verification reads: `p` `[B, G + 1, V]` and `q`
+/// `[B, G, V]` (`None` for a deterministic drafter or greedy decoding),
+/// row-major.
+pub(crate) struct HostRows<'a> {
+    pub(crate) p: &'a [f32],
+    pub(crate) q: Option<&'a [f32]>,
+    pub(crate) dims: [usize; 3],
+}
+
+/// The verification of `drafts` on host rows (checked as [`verify_host`]'s
+/// inputs): the tensor kernel's verdicts from the same draws, or its
+/// report of non-finite values (also when `target_bad`, a fault the caller
+/// found in the logits behind `p`).
+pub(crate) fn verify_rows<R: Rng + ?Sized>(
+    rows: HostRows<'_>,
+    drafts: &[Vec<usize>],
+    greedy: bool,
+    rule: ResidualRule,
+    target_bad: bool,
+    rng: &mut R,
+) -> Checked {
+    let HostRows {
+        p: pv,
+        q: qv,
+        dims: [b, g1, v],
+    } = rows;
+    let g = g1 - 1;
+    let p_bad = target_bad || !all_finite(pv);
 
     if greedy {
         if p_bad {
-            return Ok(Some(Checked::NonFiniteTarget));
+            return Checked::NonFiniteTarget;
         }
         // The first maximum of each p row, as the tensor `argmax`.
         let best = |at: usize| {
-            let r = row_of(&pv, at, v);
+            let r = row_of(pv, at, v);
             let (max, _) = max_and_tame(r);
             r.iter().position(|x| *x == max).unwrap_or(0)
         };
@@ -82,7 +118,7 @@ pub(crate) fn verify_host<R: Rng + ?Sized>(
             |r, j, x| x == best(r * g1 + j),
             |r, accepted, _| best(r * g1 + accepted),
         );
-        return Ok(Some(Checked::Verdicts(verdicts)));
+        return Checked::Verdicts(verdicts);
     }
 
     // The tensor kernel's draws, in its order, whatever is used.
@@ -93,10 +129,10 @@ pub(crate) fn verify_host<R: Rng + ?Sized>(
     };
     let candidate_u: Vec<f32> = (0..b * g1).map(|_| 1.0 - rng.random::<f32>()).collect();
     if p_bad {
-        return Ok(Some(Checked::NonFiniteTarget));
+        return Checked::NonFiniteTarget;
     }
-    if qv.as_ref().is_some_and(|q| !all_finite(q)) {
-        return Ok(Some(Checked::NonFiniteDraft));
+    if qv.is_some_and(|q| !all_finite(q)) {
+        return Checked::NonFiniteDraft;
     }
     let mut dist = vec![0.0f32; v];
     let verdicts = verdicts(
@@ -104,16 +140,16 @@ pub(crate) fn verify_host<R: Rng + ?Sized>(
         // Acceptance: u·q(x) < p(x) (q(x) = 1 for a deterministic drafter).
         |r, j, x| {
             let u = accept_u[r * g + j];
-            let lhs = match &qv {
+            let lhs = match qv {
                 Some(q) => u * row_of(q, r * g + j, v)[x],
                 None => u,
             };
-            lhs < row_of(&pv, r * g1 + j, v)[x]
+            lhs < row_of(pv, r * g1 + j, v)[x]
         },
         // The candidate there: the residual after a rejection, p at the bonus.
         |r, accepted, d| {
-            let pj = row_of(&pv, r * g1 + accepted, v);
-            let drafted = (accepted < d.len()).then(|| match &qv {
+            let pj = row_of(pv, r * g1 + accepted, v);
+            let drafted = (accepted < d.len()).then(|| match qv {
                 Some(q) => Drafted::Dist(row_of(q, r * g + accepted, v)),
                 None => Drafted::Token(d[accepted]),
             });
@@ -121,7 +157,7 @@ pub(crate) fn verify_host<R: Rng + ?Sized>(
             sample_row(&dist, candidate_u[r * g1 + accepted])
         },
     );
-    Ok(Some(Checked::Verdicts(verdicts)))
+    Checked::Verdicts(verdicts)
 }
 
 /// One verdict per row: the drafts accepted while `accept(row, position,
@@ -187,18 +223,6 @@ fn candidate(p: &[f32], drafted: Option<Drafted<'_>>, rule: ResidualRule, out: &
 /// Row `at` of `v` values.
 fn row_of(values: &[f32], at: usize, v: usize) -> &[f32] {
     &values[at * v..(at + 1) * v]
-}
-
-/// Whether every value is finite, in 8 lanes (a loop that vectorises).
-fn all_finite(values: &[f32]) -> bool {
-    let (body, tail) = values.as_chunks::<8>();
-    let mut bad = [false; 8];
-    for chunk in body {
-        for l in 0..8 {
-            bad[l] |= !chunk[l].is_finite();
-        }
-    }
-    !bad.iter().any(|b| *b) && tail.iter().all(|x| x.is_finite())
 }
 
 /// The values of a host tensor (no device synchronisation on a host device).

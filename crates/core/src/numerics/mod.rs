@@ -9,7 +9,9 @@
 
 mod rows;
 
-pub use rows::{max_and_tame, sample_row};
+pub use rows::{
+    all_finite, entropy_row, max_and_tame, push_tempered_softmax, sample_row, softmax_row,
+};
 
 use burn::tensor::{Int, Tensor, TensorData};
 use rand::{Rng, RngExt};

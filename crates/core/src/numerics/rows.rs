@@ -16,6 +16,7 @@ use rand::{Rng, RngExt};
 
 use crate::error::{CoreError, Result};
 use crate::fastmath::{exp, ln};
+use crate::simd::{Simd, WithSimd, vectorize};
 
 /// Below this, `e^x` is taken as 0 (the smallest normal f32 is `e^−87.34`).
 const EXP_FLOOR: f32 = -87.3;
@@ -77,24 +78,121 @@ pub fn max_and_tame(row: &[f32]) -> (f32, bool) {
 
 /// Row softmax of `logits / t` (`t > 0`), as `numerics::softmax`.
 pub(super) fn softmax(logits: Tensor<2>, t: f32) -> Result<Tensor<2>> {
-    map_rows(logits, |row| {
+    map_rows(logits, |row| softmax_row(row, t))
+}
+
+/// `softmax(row / t)` in place, for `t > 0`: [`crate::numerics::softmax`]'s
+/// host kernel (the same bits), for callers with rows of their own. Three
+/// passes (maximum, `exp` and sum, division) compiled for AVX2 + FMA where
+/// the CPU has them ([`crate::simd`]). A row holding NaN or `+inf` takes
+/// the standard library's `exp`, so that they propagate as on the tensor
+/// path.
+///
+/// ```
+/// use lastmile_core::numerics::softmax_row;
+/// let mut row = [0.0, 2.0f32.ln(), f32::NEG_INFINITY];
+/// softmax_row(&mut row, 1.0);
+/// assert!((row[0] - 1.0 / 3.0).abs() < 1e-6 && (row[1] - 2.0 / 3.0).abs() < 1e-6);
+/// assert_eq!(row[2], 0.0);
+/// ```
+pub fn softmax_row(row: &mut [f32], t: f32) {
+    vectorize(SoftmaxRow(row, t));
+}
+
+/// [`softmax_row`] as a SIMD operation: a closure's body is not reliably
+/// inlined into the wider function (measured: it ran outside, 4 wide).
+struct SoftmaxRow<'a>(&'a mut [f32], f32);
+
+impl WithSimd for SoftmaxRow<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, _: S) {
+        let SoftmaxRow(row, t) = self;
         let (max, tame) = max_and_tame(row);
         let max = if max.is_infinite() { 0.0 } else { max };
-        if tame {
-            for v in row.iter_mut() {
-                let x = (*v - max) / t;
-                *v = if x < EXP_FLOOR { 0.0 } else { exp(x) };
-            }
-        } else {
+        let sum = if !tame {
             for v in row.iter_mut() {
                 *v = ((*v - max) / t).exp();
             }
-        }
-        let sum = lane_sum(row, |v| v);
+            lane_sum(row, |v| v)
+        } else if t == 1.0 {
+            // x / 1 is x: the same bits without a division per value.
+            exp_and_sum(row, max, |x| x)
+        } else {
+            exp_and_sum(row, max, |x| x / t)
+        };
         for v in row.iter_mut() {
             *v /= sum;
         }
-    })
+    }
+}
+
+/// `v ← e^{scale(v − max)}` (0 below fastmath's floor) for every value, and
+/// their sum in [`lane_sum`]'s order (the same bits as summing after), in
+/// one pass. `exp` is computed for every value and then selected: a branch
+/// would keep the loop scalar.
+#[inline(always)]
+fn exp_and_sum(row: &mut [f32], max: f32, scale: impl Fn(f32) -> f32) -> f32 {
+    let term = |v: f32| {
+        let x = scale(v - max);
+        let e = exp(x);
+        if x < EXP_FLOOR { 0.0 } else { e }
+    };
+    let (body, tail) = row.as_chunks_mut::<8>();
+    let mut lanes = [0.0f32; 8];
+    for chunk in body {
+        for l in 0..8 {
+            chunk[l] = term(chunk[l]);
+            lanes[l] += chunk[l];
+        }
+    }
+    for v in tail.iter_mut() {
+        *v = term(*v);
+    }
+    lanes.iter().sum::<f32>() + tail.iter().sum::<f32>()
+}
+
+/// `SamplingParams::new(t).probabilities_unchecked` of one row of logits
+/// in host memory, appended to `out`: the division by `t` first, then
+/// [`softmax_row`] at temperature 1, as the tensor path computes them (the
+/// same bits). Returns `false` (the appended values unspecified) when the
+/// tempered row is not a distribution's logits: a NaN, a `+inf` (also from
+/// `x / t` overflowing) or only `-inf`, where the tensor path's result
+/// holds NaN.
+///
+/// ```
+/// use lastmile_core::numerics::push_tempered_softmax;
+/// let mut p = Vec::new();
+/// assert!(push_tempered_softmax(&[0.0, 2.0f32.ln()], 0.5, &mut p));
+/// assert!((p[0] - 0.2).abs() < 1e-6 && (p[1] - 0.8).abs() < 1e-6);
+/// assert!(!push_tempered_softmax(&[3.0e38, 0.0], 0.5, &mut p));
+/// assert_eq!(p.len(), 4);
+/// ```
+pub fn push_tempered_softmax(logits: &[f32], t: f32, out: &mut Vec<f32>) -> bool {
+    let from = out.len();
+    let (max, tame) = vectorize(Tempered(logits, t, &mut *out));
+    if !tame || max == f32::NEG_INFINITY {
+        return false;
+    }
+    softmax_row(&mut out[from..], 1.0);
+    true
+}
+
+/// Appends `logits / t` to the vector and returns their [`max_and_tame`],
+/// as a SIMD operation.
+struct Tempered<'a>(&'a [f32], f32, &'a mut Vec<f32>);
+
+impl WithSimd for Tempered<'_> {
+    type Output = (f32, bool);
+
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, _: S) -> (f32, bool) {
+        let Tempered(logits, t, out) = self;
+        let from = out.len();
+        out.extend(logits.iter().map(|x| x / t));
+        max_and_tame(&out[from..])
+    }
 }
 
 /// The `T → 0` limit of the row softmax, as `numerics::softmax`: uniform
@@ -119,19 +217,81 @@ pub(super) fn entropy(probs: Tensor<2>) -> Result<Tensor<1>> {
     let device = probs.device();
     let data = probs.into_data();
     let values = data.as_slice::<f32>().map_err(not_f32)?;
-    let h: Vec<f32> = values
-        .chunks_exact(classes)
-        .map(|row| {
-            if row.iter().all(|p| p.is_finite()) {
-                -lane_sum(row, |p| if p > 0.0 { p * ln(p) } else { 0.0 })
-            } else {
-                -row.iter()
-                    .map(|&p| if p > 0.0 { p * p.ln() } else { 0.0 })
-                    .sum::<f32>()
-            }
-        })
-        .collect();
+    let h: Vec<f32> = values.chunks_exact(classes).map(entropy_row).collect();
     Ok(Tensor::from_data(TensorData::new(h, [batch]), &device))
+}
+
+/// The entropy `−Σ p ln p` (`0 ln 0 = 0`) of one row of probabilities in
+/// host memory: [`crate::numerics::entropy`]'s host kernel (the same
+/// bits), vectorised ([`crate::simd`]); a row holding NaN or an infinity
+/// takes the standard library's `ln`.
+///
+/// ```
+/// use lastmile_core::numerics::entropy_row;
+/// assert!((entropy_row(&[0.5, 0.5, 0.0]) - 2.0f32.ln()).abs() < 1e-6);
+/// ```
+pub fn entropy_row(row: &[f32]) -> f32 {
+    vectorize(EntropyRow(row))
+}
+
+/// [`entropy_row`] as a SIMD operation (see [`SoftmaxRow`]).
+struct EntropyRow<'a>(&'a [f32]);
+
+impl WithSimd for EntropyRow<'_> {
+    type Output = f32;
+
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, _: S) -> f32 {
+        let row = self.0;
+        if finite_lanes(row) {
+            // p·ln p for every value, then selected (ln 0 = −inf): no branch.
+            -lane_sum(row, |p| {
+                let t = p * ln(p);
+                if p > 0.0 { t } else { 0.0 }
+            })
+        } else {
+            -row.iter()
+                .map(|&p| if p > 0.0 { p * p.ln() } else { 0.0 })
+                .sum::<f32>()
+        }
+    }
+}
+
+/// Whether every value in host memory is finite: one pass in 8 lanes,
+/// compiled for AVX2 where the CPU has it ([`crate::simd`]).
+///
+/// ```
+/// use lastmile_core::numerics::all_finite;
+/// assert!(all_finite(&[0.0, -1.0e30, 3.0]));
+/// assert!(!all_finite(&[0.0, f32::NEG_INFINITY]));
+/// ```
+pub fn all_finite(values: &[f32]) -> bool {
+    vectorize(Finite(values))
+}
+
+/// [`all_finite`] as a SIMD operation (see [`SoftmaxRow`]).
+struct Finite<'a>(&'a [f32]);
+
+impl WithSimd for Finite<'_> {
+    type Output = bool;
+
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, _: S) -> bool {
+        finite_lanes(self.0)
+    }
+}
+
+/// [`all_finite`]'s loop, for callers already inside a SIMD operation.
+#[inline(always)]
+fn finite_lanes(values: &[f32]) -> bool {
+    let (body, tail) = values.as_chunks::<8>();
+    let mut bad = [false; 8];
+    for chunk in body {
+        for l in 0..8 {
+            bad[l] |= !chunk[l].is_finite();
+        }
+    }
+    !bad.iter().any(|b| *b) && tail.iter().all(|x| x.is_finite())
 }
 
 /// `numerics::sample_categorical_on_device` on host rows: the same
@@ -168,19 +328,53 @@ pub(super) fn sample<R: Rng + ?Sized>(probs: Tensor<2>, rng: &mut R) -> Result<T
 /// assert_eq!(sample_row(&row, 1.0), 3);
 /// ```
 pub fn sample_row(row: &[f32], u: f32) -> usize {
-    let total = row.iter().fold(0.0f32, |c, p| c + p);
-    let target = u * total;
+    // One pass of running sums (f32, index order: a chain no reordering may
+    // break), keeping the sum before each span. Without negative values or
+    // NaN the running sums never decrease, so the classes below `target`
+    // are every class before the span where the sums reach it, then a walk
+    // in that span from its kept sum: the same sums, a pass fewer.
+    const SPAN: usize = 64;
+    let mut starts = Vec::with_capacity(row.len().div_ceil(SPAN));
     let mut running = 0.0f32;
-    let mut below = 0usize;
-    for p in row {
-        running += p;
-        below += usize::from(running < target);
+    let mut rising = true;
+    for span in row.chunks(SPAN) {
+        starts.push(running);
+        for &p in span {
+            running += p;
+            rising &= p >= 0.0;
+        }
     }
-    below.min(row.len().saturating_sub(1))
+    let target = u * running;
+    let last = row.len().saturating_sub(1);
+    if !rising {
+        let mut running = 0.0f32;
+        let mut below = 0usize;
+        for p in row {
+            running += p;
+            below += usize::from(running < target);
+        }
+        return below.min(last);
+    }
+    // The span holding the first running sum ≥ target: the last one that
+    // starts below it.
+    let Some(s) = starts.iter().rposition(|&start| start < target) else {
+        return 0;
+    };
+    let mut running = starts[s];
+    let mut below = s * SPAN;
+    for &p in &row[s * SPAN..((s + 1) * SPAN).min(row.len())] {
+        running += p;
+        if running >= target {
+            break;
+        }
+        below += 1;
+    }
+    below.min(last)
 }
 
 /// `Σ f(v)` over `row` in 8 running lanes (a loop that vectorises), the
 /// lanes then summed in order, then the tail.
+#[inline(always)]
 fn lane_sum(row: &[f32], f: impl Fn(f32) -> f32) -> f32 {
     let (body, tail) = row.as_chunks::<8>();
     let mut lanes = [0.0f32; 8];
@@ -190,4 +384,70 @@ fn lane_sum(row: &[f32], f: impl Fn(f32) -> f32) -> f32 {
         }
     }
     lanes.iter().sum::<f32>() + tail.iter().map(|v| f(*v)).sum::<f32>()
+}
+
+#[cfg(test)]
+mod tests {
+    use rand::rngs::StdRng;
+    use rand::{RngExt, SeedableRng};
+
+    use super::sample_row;
+
+    /// The rule in its plain form: the total, then the count of running
+    /// sums below `u` times it.
+    fn naive(row: &[f32], u: f32) -> usize {
+        let target = u * row.iter().fold(0.0f32, |c, p| c + p);
+        let mut running = 0.0f32;
+        let below = row
+            .iter()
+            .filter(|&&p| {
+                running += p;
+                running < target
+            })
+            .count();
+        below.min(row.len().saturating_sub(1))
+    }
+
+    #[test]
+    fn one_pass_sampling_counts_as_the_plain_rule() {
+        let mut rng = StdRng::seed_from_u64(9);
+        let mut checked = 0;
+        for len in [0, 1, 63, 64, 65, 1000, 49_152] {
+            for kind in 0..4 {
+                let row: Vec<f32> = (0..len)
+                    .map(|i| match kind {
+                        // Sparse: runs of zeros, so sums stay level across spans.
+                        0 => {
+                            if rng.random::<f32>() < 0.9 {
+                                0.0
+                            } else {
+                                rng.random()
+                            }
+                        }
+                        1 => rng.random::<f32>().powi(8),
+                        // Mass only at the ends.
+                        2 => f32::from(u8::from(i == 0 || i + 1 == len)),
+                        // A negative value: the plain count's fallback.
+                        _ => rng.random::<f32>() - 0.1,
+                    })
+                    .collect();
+                for k in 0..200 {
+                    let u = match k {
+                        0 => 1.0,
+                        1 => f32::MIN_POSITIVE,
+                        _ => 1.0 - rng.random::<f32>(),
+                    };
+                    assert_eq!(
+                        sample_row(&row, u),
+                        naive(&row, u),
+                        "len {len}, kind {kind}, u {u}"
+                    );
+                    checked += 1;
+                }
+            }
+        }
+        assert_eq!(checked, 7 * 4 * 200);
+        let nan = [0.5, f32::NAN, 0.5];
+        assert_eq!(sample_row(&nan, 0.5), naive(&nan, 0.5));
+    }
 }

@@ -483,6 +483,43 @@ backend_test!(greedy_equals_target_greedy_for_every_policy, |device| {
     }
 });
 
+cpu_backend_test!(host_sampling_decodes_the_tensor_paths_tokens, |device| {
+    // On a CPU device sampled rounds are decided on host rows
+    // (crate::sampled); an autodiff device takes the tensor operations.
+    // Same seeds, same tokens: the distributions and the draws agree bit
+    // for bit, for the baseline, a sampling drafter, a deterministic one and
+    // the hybrid, in ragged batches (rows of different draft lengths).
+    let tensor_path = device.clone().autodiff();
+    let prompts = random_prompts(12, 4);
+    let decode = |d: &Device, how: usize, t: f64| {
+        let (target, draft) = (NGramLm::target(d), NGramLm::draft(d));
+        let config = GenerationConfig::new(SamplingParams::new(t).unwrap(), 16).unwrap();
+        let mut rng = StdRng::seed_from_u64(17);
+        let policy = policies().remove(3);
+        let out = match how {
+            0 => generate_autoregressive(&target, &prompts, &config, &mut rng),
+            1 => SpeculativeDecoder::new(&target, ModelDrafter::new(&draft), policy)
+                .and_then(|mut s| s.generate(&prompts, &config, &mut rng)),
+            2 => SpeculativeDecoder::new(&target, PromptLookup::new(1, 3, 8).unwrap(), policy)
+                .and_then(|mut s| s.generate(&prompts, &config, &mut rng)),
+            _ => {
+                let lookup = PromptLookup::new(2, 3, 8).unwrap();
+                let hybrid = HybridDrafter::new(lookup, ModelDrafter::new(&draft), d).unwrap();
+                SpeculativeDecoder::new(&target, hybrid, policy)
+                    .and_then(|mut s| s.generate(&prompts, &config, &mut rng))
+            }
+        };
+        out.unwrap().tokens
+    };
+    for t in [0.7, 1.0] {
+        for how in 0..4 {
+            let here = decode(device, how, t);
+            assert_eq!(here, decode(&tensor_path, how, t), "T {t}, decoder {how}");
+            assert!(here.iter().all(|r| r.len() == 16));
+        }
+    }
+});
+
 backend_test!(adaedl_min0_skips_uncertain_rounds, |device| {
     let target = NGramLm::target(device);
     let draft = NGramLm::draft(device);
