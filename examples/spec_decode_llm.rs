@@ -41,8 +41,10 @@
 //!    `--chat` chat messages (default 1, at most 4), `--max-tokens` new
 //!    tokens each (default 40), stopping at `<|im_end|>`. Same prompts and seeds for
 //!    every method; greedy outputs are asserted identical to autoregressive
-//!    decoding. Prints tokens/s (the prompt pass included), speed-up, the
-//!    modelled speed-up (the run's counts priced at the measured `c` and
+//!    decoding. Prints tokens/s (the prompt pass included), speed-up (over
+//!    autoregressive runs on the same prompts, each just before the
+//!    method's run: a paired measurement on a machine whose speed
+//!    drifts), the modelled speed-up (the run's counts priced at the measured `c` and
 //!    pass costs: the decisions without the timing noise), mean
 //!    tokens per round (1 + accepted drafts) and target calls per token; writes
 //!    `spec_decode_llm.csv`, `spec_decode_llm.svg` (speed-ups) and, for the

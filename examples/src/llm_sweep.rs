@@ -13,7 +13,7 @@ use lastmile_spec_decode::{GenerationConfig, PassCosts};
 use crate::drafts::DraftSource;
 use crate::plot::{BarPanel, write_svg_sized};
 use crate::report::{progress_bar, table, write_csv};
-use crate::sweep::{Method, methods, modelled_speedup, sweep};
+use crate::sweep::{Method, methods, modelled_speedup, sweep_paired};
 
 /// The prompts and costs a sweep runs with.
 pub struct SweepCtx<'a> {
@@ -87,9 +87,9 @@ pub fn sweep_report<T: LanguageModel, S: DraftSource<T>>(
         let config = GenerationConfig::new(SamplingParams::new(temperature)?, ctx.max_tokens)?
             .with_stop_token(ctx.stop);
         let list = methods(temperature, cost_ratio, ctx.verify)?;
-        let results = sweep(&list, target, draft, ctx.prompts, &config, 1, || bar.inc(1))?;
-        let (ar_out, ar) = &results[0];
-        for (method, (out, m)) in list.iter().zip(&results) {
+        let results = sweep_paired(&list, target, draft, ctx.prompts, &config, 1, || bar.inc(1))?;
+        let ((ar_out, ar), _) = &results[0];
+        for (method, ((out, m), base)) in list.iter().zip(&results) {
             if temperature == 0.0 {
                 ensure!(
                     out == ar_out,
@@ -101,8 +101,10 @@ pub fn sweep_report<T: LanguageModel, S: DraftSource<T>>(
                 Method::Draft(_) | Method::Hybrid(..) => format!("{} ({label})", method.name()),
                 _ => method.name(),
             };
-            let speedup = m.tokens_per_second() / ar.tokens_per_second();
-            let decode_speedup = m.decode_tokens_per_second() / ar.decode_tokens_per_second();
+            // Against the autoregressive runs timed just before this
+            // method's (paired): the machine's drift hits both alike.
+            let speedup = m.tokens_per_second() / base.tokens_per_second();
+            let decode_speedup = m.decode_tokens_per_second() / base.decode_tokens_per_second();
             // The same decisions priced by the cost model: no timing noise.
             let model = |m| modelled_speedup(m, cost_ratio, ctx.verify).unwrap_or(f64::NAN);
             let modelled = model(m) / model(ar);
@@ -160,7 +162,8 @@ pub fn sweep_report<T: LanguageModel, S: DraftSource<T>>(
     }
     bar.finish_and_clear();
     println!(
-        "sweep ({:.0} s; {} prompts x {} methods x {} temperatures, after one untimed warm-up run per method):",
+        "sweep ({:.0} s; {} prompts x {} methods x {} temperatures, each run paired with an autoregressive \
+         run just before it, after one untimed warm-up run per method):",
         start.elapsed().as_secs_f64(),
         ctx.prompts.len(),
         n_methods,
@@ -186,7 +189,8 @@ pub fn sweep_report<T: LanguageModel, S: DraftSource<T>>(
     );
     println!(
         "tok/s: generated tokens per second, prompt pass included, summed over the prompts. speed-up: over \
-         autoregressive decoding at the same T. decode: the same after each run's first round (the prompt \
+         autoregressive decoding at the same T, timed on the same prompts just before each of the \
+         method's runs (so autoregressive decoding's own speed-up shows the timing noise). decode: the same after each run's first round (the prompt \
          pass, which costs the same with or without drafts). modelled: the run's counts priced by the cost \
          model at c = {cost_ratio:.3} and the passes' measured costs above (each round's pass priced by its \
          length, plus c per draft call, in target steps): the policies' decisions without the timing \

@@ -137,9 +137,48 @@ pub fn sweep<T: LanguageModel, S: DraftSource<T>>(
     prompts: &[Vec<usize>],
     config: &GenerationConfig,
     seed: u64,
-    mut on_run: impl FnMut(),
+    on_run: impl FnMut(),
 ) -> Result<Vec<MethodResult>> {
-    let mut results: Vec<MethodResult> = vec![(Vec::new(), Metrics::default()); methods.len()];
+    let runs = sweep_runs(methods, target, draft, prompts, config, seed, false, on_run)?;
+    Ok(runs.into_iter().map(|(result, _)| result).collect())
+}
+
+/// [`sweep`] with a baseline per method: each of its runs is preceded by
+/// an autoregressive run on the same prompt and seed, and the second
+/// [`Metrics`] sums those. Speed-ups taken against a method's own
+/// baseline compare runs a second apart, so that a machine whose speed
+/// drifts (other tenants' load) slows both alike; against one baseline
+/// per sweep, drifts of 1.5–2× within a sweep were measured as speed-ups
+/// (`docs/benchmarks.md`). Twice the runs.
+///
+/// # Errors
+/// As [`sweep`].
+#[allow(clippy::too_many_arguments)]
+pub fn sweep_paired<T: LanguageModel, S: DraftSource<T>>(
+    methods: &[Method],
+    target: &T,
+    draft: &S,
+    prompts: &[Vec<usize>],
+    config: &GenerationConfig,
+    seed: u64,
+    on_run: impl FnMut(),
+) -> Result<Vec<(MethodResult, Metrics)>> {
+    sweep_runs(methods, target, draft, prompts, config, seed, true, on_run)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn sweep_runs<T: LanguageModel, S: DraftSource<T>>(
+    methods: &[Method],
+    target: &T,
+    draft: &S,
+    prompts: &[Vec<usize>],
+    config: &GenerationConfig,
+    seed: u64,
+    paired: bool,
+    mut on_run: impl FnMut(),
+) -> Result<Vec<(MethodResult, Metrics)>> {
+    let empty = ((Vec::new(), Metrics::default()), Metrics::default());
+    let mut results: Vec<(MethodResult, Metrics)> = vec![empty; methods.len()];
     if let Some(first) = prompts.first() {
         let warm = GenerationConfig::new(*config.sampling(), config.max_new_tokens().min(8))?
             .with_stop_token(config.stop_token());
@@ -148,8 +187,13 @@ pub fn sweep<T: LanguageModel, S: DraftSource<T>>(
         }
     }
     for (i, prompt) in prompts.iter().enumerate() {
-        for (method, slot) in methods.iter().zip(results.iter_mut()) {
-            let out = run_method(method, target, draft, prompt, config, seed + i as u64)?;
+        let seed = seed + i as u64;
+        for (method, (slot, base)) in methods.iter().zip(results.iter_mut()) {
+            if paired {
+                let ar = run_method(&Method::Autoregressive, target, draft, prompt, config, seed)?;
+                base.merge(&ar.metrics);
+            }
+            let out = run_method(method, target, draft, prompt, config, seed)?;
             slot.1.merge(&out.metrics);
             slot.0.extend(out.tokens);
             on_run();
