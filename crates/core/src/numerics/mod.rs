@@ -8,6 +8,8 @@
 //! vector when the maximum is unique).
 
 mod rows;
+#[cfg(target_arch = "x86_64")]
+mod rows_x86;
 
 pub use rows::{
     all_finite, entropy_row, max_and_tame, push_tempered_softmax, sample_row, softmax_row,

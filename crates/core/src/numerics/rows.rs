@@ -16,10 +16,24 @@ use rand::{Rng, RngExt};
 
 use crate::error::{CoreError, Result};
 use crate::fastmath::{exp, ln};
-use crate::simd::{Simd, WithSimd, vectorize};
+use crate::simd::{Simd, WithSimd};
 
 /// Below this, `e^x` is taken as 0 (the smallest normal f32 is `e^−87.34`).
 const EXP_FLOOR: f32 = -87.3;
+
+/// Runs the operation `$op` (built from the passes `$p`) with AVX2 passes
+/// inside pulp's V3 features where the CPU has them, else the portable
+/// loops.
+macro_rules! with_passes {
+    ($p:ident => $op:expr) => {{
+        #[cfg(target_arch = "x86_64")]
+        if let Some($p) = pulp::x86::V3::try_new() {
+            return pulp::Simd::vectorize($p, $op);
+        }
+        let $p = Portable;
+        $op.with_simd(pulp::Scalar::new())
+    }};
+}
 
 /// Whether `t` takes this path: f32 values on a host device.
 pub(super) fn applies<const D: usize>(t: &Tensor<D>) -> bool {
@@ -96,20 +110,20 @@ pub(super) fn softmax(logits: Tensor<2>, t: f32) -> Result<Tensor<2>> {
 /// assert_eq!(row[2], 0.0);
 /// ```
 pub fn softmax_row(row: &mut [f32], t: f32) {
-    vectorize(SoftmaxRow(row, t));
+    with_passes!(p => SoftmaxRow(p, row, t))
 }
 
 /// [`softmax_row`] as a SIMD operation: a closure's body is not reliably
 /// inlined into the wider function (measured: it ran outside, 4 wide).
-struct SoftmaxRow<'a>(&'a mut [f32], f32);
+struct SoftmaxRow<'a, P>(P, &'a mut [f32], f32);
 
-impl WithSimd for SoftmaxRow<'_> {
+impl<P: Passes> WithSimd for SoftmaxRow<'_, P> {
     type Output = ();
 
     #[inline(always)]
     fn with_simd<S: Simd>(self, _: S) {
-        let SoftmaxRow(row, t) = self;
-        let (max, tame) = max_and_tame(row);
+        let SoftmaxRow(passes, row, t) = self;
+        let (max, tame) = passes.max_and_tame(row);
         let max = if max.is_infinite() { 0.0 } else { max };
         let sum = if !tame {
             for v in row.iter_mut() {
@@ -118,9 +132,9 @@ impl WithSimd for SoftmaxRow<'_> {
             lane_sum(row, |v| v)
         } else if t == 1.0 {
             // x / 1 is x: the same bits without a division per value.
-            exp_and_sum(row, max, |x| x)
+            exp_and_sum(row, max, None)
         } else {
-            exp_and_sum(row, max, |x| x / t)
+            exp_and_sum(row, max, Some(t))
         };
         for v in row.iter_mut() {
             *v /= sum;
@@ -128,14 +142,15 @@ impl WithSimd for SoftmaxRow<'_> {
     }
 }
 
-/// `v ← e^{scale(v − max)}` (0 below fastmath's floor) for every value, and
-/// their sum in [`lane_sum`]'s order (the same bits as summing after), in
-/// one pass. `exp` is computed for every value and then selected: a branch
-/// would keep the loop scalar.
+/// `v ← e^{(v − max)/t}` (`t = None`: no division; 0 below fastmath's
+/// floor) for every value, and their sum in [`lane_sum`]'s order (the same
+/// bits as summing after), in one pass. `exp` is computed for every value
+/// and then selected: a branch would keep the loop scalar.
 #[inline(always)]
-fn exp_and_sum(row: &mut [f32], max: f32, scale: impl Fn(f32) -> f32) -> f32 {
+fn exp_and_sum(row: &mut [f32], max: f32, t: Option<f32>) -> f32 {
     let term = |v: f32| {
-        let x = scale(v - max);
+        let d = v - max;
+        let x = t.map_or(d, |t| d / t);
         let e = exp(x);
         if x < EXP_FLOOR { 0.0 } else { e }
     };
@@ -151,6 +166,40 @@ fn exp_and_sum(row: &mut [f32], max: f32, scale: impl Fn(f32) -> f32) -> f32 {
         *v = term(*v);
     }
     lanes.iter().sum::<f32>() + tail.iter().sum::<f32>()
+}
+
+/// The scans the row kernels start with: the portable loops, or the same
+/// comparisons in AVX2 registers (`rows_x86`), the same results.
+trait Passes: Copy {
+    fn max_and_tame(self, row: &[f32]) -> (f32, bool);
+    fn all_finite(self, values: &[f32]) -> bool;
+}
+
+/// The portable loops (8 lanes in arrays).
+#[derive(Clone, Copy)]
+struct Portable;
+
+impl Passes for Portable {
+    #[inline(always)]
+    fn max_and_tame(self, row: &[f32]) -> (f32, bool) {
+        max_and_tame(row)
+    }
+    #[inline(always)]
+    fn all_finite(self, values: &[f32]) -> bool {
+        finite_lanes(values)
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Passes for pulp::x86::V3 {
+    #[inline(always)]
+    fn max_and_tame(self, row: &[f32]) -> (f32, bool) {
+        super::rows_x86::max_and_tame(self, row)
+    }
+    #[inline(always)]
+    fn all_finite(self, values: &[f32]) -> bool {
+        super::rows_x86::all_finite(self, values)
+    }
 }
 
 /// `SamplingParams::new(t).probabilities_unchecked` of one row of logits
@@ -171,7 +220,7 @@ fn exp_and_sum(row: &mut [f32], max: f32, scale: impl Fn(f32) -> f32) -> f32 {
 /// ```
 pub fn push_tempered_softmax(logits: &[f32], t: f32, out: &mut Vec<f32>) -> bool {
     let from = out.len();
-    let (max, tame) = vectorize(Tempered(logits, t, &mut *out));
+    let (max, tame) = tempered(logits, t, out);
     if !tame || max == f32::NEG_INFINITY {
         return false;
     }
@@ -179,19 +228,23 @@ pub fn push_tempered_softmax(logits: &[f32], t: f32, out: &mut Vec<f32>) -> bool
     true
 }
 
-/// Appends `logits / t` to the vector and returns their [`max_and_tame`],
-/// as a SIMD operation.
-struct Tempered<'a>(&'a [f32], f32, &'a mut Vec<f32>);
+/// Appends `logits / t` to `out` and returns their [`max_and_tame`].
+fn tempered(logits: &[f32], t: f32, out: &mut Vec<f32>) -> (f32, bool) {
+    with_passes!(p => Tempered(p, logits, t, out))
+}
 
-impl WithSimd for Tempered<'_> {
+/// [`tempered`] as a SIMD operation.
+struct Tempered<'a, P>(P, &'a [f32], f32, &'a mut Vec<f32>);
+
+impl<P: Passes> WithSimd for Tempered<'_, P> {
     type Output = (f32, bool);
 
     #[inline(always)]
     fn with_simd<S: Simd>(self, _: S) -> (f32, bool) {
-        let Tempered(logits, t, out) = self;
+        let Tempered(passes, logits, t, out) = self;
         let from = out.len();
         out.extend(logits.iter().map(|x| x / t));
-        max_and_tame(&out[from..])
+        passes.max_and_tame(&out[from..])
     }
 }
 
@@ -231,19 +284,19 @@ pub(super) fn entropy(probs: Tensor<2>) -> Result<Tensor<1>> {
 /// assert!((entropy_row(&[0.5, 0.5, 0.0]) - 2.0f32.ln()).abs() < 1e-6);
 /// ```
 pub fn entropy_row(row: &[f32]) -> f32 {
-    vectorize(EntropyRow(row))
+    with_passes!(p => EntropyRow(p, row))
 }
 
 /// [`entropy_row`] as a SIMD operation (see [`SoftmaxRow`]).
-struct EntropyRow<'a>(&'a [f32]);
+struct EntropyRow<'a, P>(P, &'a [f32]);
 
-impl WithSimd for EntropyRow<'_> {
+impl<P: Passes> WithSimd for EntropyRow<'_, P> {
     type Output = f32;
 
     #[inline(always)]
     fn with_simd<S: Simd>(self, _: S) -> f32 {
-        let row = self.0;
-        if finite_lanes(row) {
+        let EntropyRow(passes, row) = self;
+        if passes.all_finite(row) {
             // p·ln p for every value, then selected (ln 0 = −inf): no branch.
             -lane_sum(row, |p| {
                 let t = p * ln(p);
@@ -266,18 +319,18 @@ impl WithSimd for EntropyRow<'_> {
 /// assert!(!all_finite(&[0.0, f32::NEG_INFINITY]));
 /// ```
 pub fn all_finite(values: &[f32]) -> bool {
-    vectorize(Finite(values))
+    with_passes!(p => Finite(p, values))
 }
 
 /// [`all_finite`] as a SIMD operation (see [`SoftmaxRow`]).
-struct Finite<'a>(&'a [f32]);
+struct Finite<'a, P>(P, &'a [f32]);
 
-impl WithSimd for Finite<'_> {
+impl<P: Passes> WithSimd for Finite<'_, P> {
     type Output = bool;
 
     #[inline(always)]
     fn with_simd<S: Simd>(self, _: S) -> bool {
-        finite_lanes(self.0)
+        self.0.all_finite(self.1)
     }
 }
 
@@ -392,6 +445,56 @@ mod tests {
     use rand::{RngExt, SeedableRng};
 
     use super::sample_row;
+    #[cfg(target_arch = "x86_64")]
+    use super::{Passes, Portable};
+
+    /// The AVX2 scans give the portable loops' results (the maxima's
+    /// bits, the flags, finiteness) over rows with masked entries, ±0,
+    /// large magnitudes, odd tails, NaN and infinities.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn avx2_passes_give_the_portable_bits() {
+        let Some(simd) = pulp::x86::V3::try_new() else {
+            eprintln!("no AVX2 on this CPU: only the portable passes run here");
+            return;
+        };
+        let mut rng = StdRng::seed_from_u64(11);
+        let mut checked = 0;
+        for len in [0, 5, 8, 13, 64, 1001, 49_152] {
+            for kind in 0..5 {
+                let row: Vec<f32> = (0..len)
+                    .map(|i| match (kind, i % 7) {
+                        (1, 0) => f32::NEG_INFINITY,
+                        (2, 3) => -200.0,
+                        (3, 1) => {
+                            if i % 2 == 0 {
+                                0.0
+                            } else {
+                                -0.0
+                            }
+                        }
+                        (4, 5) if i == 5 => f32::NAN,
+                        (4, 6) if i == 6 => f32::INFINITY,
+                        _ => rng.random_range(-60.0f32..60.0) * if kind == 2 { 3.0 } else { 1.0 },
+                    })
+                    .collect();
+                let (m, tame) = Portable.max_and_tame(&row);
+                let (mv, tame_v) = simd.max_and_tame(&row);
+                assert_eq!(
+                    (m.to_bits(), tame),
+                    (mv.to_bits(), tame_v),
+                    "max, len {len} kind {kind}"
+                );
+                assert_eq!(
+                    Portable.all_finite(&row),
+                    simd.all_finite(&row),
+                    "finite, len {len}"
+                );
+                checked += 1;
+            }
+        }
+        assert_eq!(checked, 35);
+    }
 
     /// The rule in its plain form: the total, then the count of running
     /// sums below `u` times it.
