@@ -153,6 +153,26 @@ pub fn sweep<T: LanguageModel, S: DraftSource<T>>(
 ///
 /// # Errors
 /// As [`sweep`].
+///
+/// ```
+/// # #[cfg(feature = "flex")] {
+/// use burn::tensor::Device;
+/// use lastmile_core::numerics::SamplingParams;
+/// use lastmile_examples::drafts::TokenDraft;
+/// use lastmile_examples::sweep::{Method, sweep_paired};
+/// use lastmile_models::llama::{LlamaConfig, WeightStorage};
+/// use lastmile_spec_decode::GenerationConfig;
+/// let model = LlamaConfig::tiny().init_random(1, WeightStorage::F32, &Device::flex())?;
+/// let config = GenerationConfig::new(SamplingParams::greedy(), 4)?;
+/// let prompts = [vec![1, 2, 3]];
+/// let runs = sweep_paired(&[Method::Autoregressive], &model, &TokenDraft(&model), &prompts, &config, 1, || {})?;
+/// let ((outputs, metrics), baseline) = &runs[0];
+/// assert_eq!(outputs[0].len(), 4);
+/// // Autoregressive decoding against itself: the same tokens, timed twice.
+/// assert_eq!(metrics.generated_tokens, baseline.generated_tokens);
+/// # }
+/// # Ok::<(), anyhow::Error>(())
+/// ```
 #[allow(clippy::too_many_arguments)]
 pub fn sweep_paired<T: LanguageModel, S: DraftSource<T>>(
     methods: &[Method],
