@@ -347,9 +347,9 @@ pub(crate) struct DraftStep {
 /// never on the sample, so a kept token is still a draw from `q`, and the
 /// verifier receives exactly the `q` it was drawn from. Greedy drafting
 /// takes the argmax of the logits and computes the signals from the
-/// untempered softmax (greedy `q` is one-hot and says nothing); on a CPU
-/// device it reads the logits once and decides on the host
-/// ([`crate::greedy`]), the same decisions in a tenth of the time.
+/// untempered softmax (greedy `q` is one-hot and says nothing). On a CPU
+/// device both read the logits once, in place, and decide on the host
+/// ([`crate::greedy`], [`crate::sampled`]: the same decisions and draws).
 pub(crate) fn draft_step<R: Rng + ?Sized>(
     logits: Tensor<2>,
     last: &[usize],

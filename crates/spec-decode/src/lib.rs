@@ -28,7 +28,8 @@
 //! batch size and draft length; the draft distributions never leave the
 //! device. [`lastmile_core::convert::host_reads`] counts them. On a CPU
 //! device, whose tensors are host memory, the same decisions run on host
-//! rows (the same verdicts from the same generator) instead of as tensor
+//! rows (the same verdicts and draws from the same generator, greedy or
+//! tempered; top-k and top-p keep the tensor path) instead of as tensor
 //! operations over vocabulary-wide rows.
 //!
 //! Dependencies: `lastmile-core` (the model interface, sampling numerics,
