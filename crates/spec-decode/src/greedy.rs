@@ -74,18 +74,9 @@ pub(crate) fn greedy_rows(
     pick: &[usize],
     signals: bool,
 ) -> Result<(Greedy, Tensor<2>)> {
-    if logits.dtype() != DType::F32 || !is_host(&logits.device()) {
+    let Some(vocab) = host_vocab(&logits, pick)? else {
         return Ok((Greedy::NotHost, logits));
-    }
-    let [rows, vocab] = logits.dims();
-    if let Some(&index) = pick.iter().find(|&&r| r >= rows) {
-        return Err(CoreError::IndexOutOfRange {
-            what: "picked row of logits".to_owned(),
-            index,
-            bound: rows,
-        }
-        .into());
-    }
+    };
     // One read, counted as every read of the decoding loop is.
     let (logits, found) = with_host_ref(logits, |values| {
         vectorize(Decide {
@@ -96,6 +87,28 @@ pub(crate) fn greedy_rows(
         })
     })?;
     Ok((found, logits))
+}
+
+/// The row length of `logits` `[rows, vocab]` when they are `f32` values on
+/// a host device, so that rows `pick` can be read in place; `None` on
+/// other devices.
+///
+/// # Errors
+/// [`CoreError::IndexOutOfRange`] for a picked row `≥ rows`.
+pub(crate) fn host_vocab(logits: &Tensor<2>, pick: &[usize]) -> Result<Option<usize>> {
+    if logits.dtype() != DType::F32 || !is_host(&logits.device()) {
+        return Ok(None);
+    }
+    let [rows, vocab] = logits.dims();
+    if let Some(&index) = pick.iter().find(|&&r| r >= rows) {
+        return Err(CoreError::IndexOutOfRange {
+            what: "picked row of logits".to_owned(),
+            index,
+            bound: rows,
+        }
+        .into());
+    }
+    Ok(Some(vocab))
 }
 
 /// [`greedy_rows`]'s loops as one operation for [`vectorize`].

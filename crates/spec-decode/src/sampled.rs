@@ -15,13 +15,13 @@
 //! the same generator (tested). Only the temperature is applied here:
 //! top-k and top-p take the tensor path.
 
-use burn::tensor::{DType, Tensor};
-use lastmile_core::CoreError;
-use lastmile_core::host::{is_host, with_host_ref};
+use burn::tensor::Tensor;
+use lastmile_core::host::with_host_ref;
 use lastmile_core::numerics::{SamplingParams, push_tempered_softmax, sample_row};
 use rand::{Rng, RngExt};
 
 use crate::error::Result;
+use crate::greedy::host_vocab;
 
 /// What [`tempered_rows`] found.
 #[derive(Debug)]
@@ -49,22 +49,10 @@ pub(crate) fn tempered_rows(
     sampling: &SamplingParams,
 ) -> Result<(Tempered, Tensor<2>)> {
     let filtered = sampling.top_k().is_some() || sampling.top_p().is_some();
-    if sampling.is_greedy()
-        || filtered
-        || logits.dtype() != DType::F32
-        || !is_host(&logits.device())
-    {
-        return Ok((Tempered::NotHost, logits));
-    }
-    let [rows, vocab] = logits.dims();
-    if let Some(&index) = pick.iter().find(|&&r| r >= rows) {
-        return Err(CoreError::IndexOutOfRange {
-            what: "picked row of logits".to_owned(),
-            index,
-            bound: rows,
-        }
-        .into());
-    }
+    let vocab = match host_vocab(&logits, pick)? {
+        Some(vocab) if !sampling.is_greedy() && !filtered => vocab,
+        _ => return Ok((Tempered::NotHost, logits)),
+    };
     // The tensor path divides by the temperature in f32.
     let t = sampling.temperature() as f32;
     let (logits, found) = with_host_ref(logits, |values| {
