@@ -90,6 +90,7 @@ mod autoregressive;
 pub mod calibration;
 pub mod cost_aware;
 pub mod decoder;
+mod draft_q;
 pub mod drafter;
 pub mod error;
 pub mod feature_drafter;
