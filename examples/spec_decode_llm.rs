@@ -33,9 +33,10 @@
 //! 3. Sweeps autoregressive decoding, static γ ∈ 1..8, the HF heuristic,
 //!    max-confidence, AdaEDL (`min_len` 1 and 0), the cost-model
 //!    controller (given the measured `c` and `c_v`), cost-aware AdaEDL (given `c` and the
-//!    pass costs by length), prompt lookup, and
+//!    pass costs by length; and `-timed`, pricing its decisions with the
+//!    costs the decoder times in the loop, these as the prior), prompt lookup, and
 //!    the hybrid (lookup where a bigram or trigram recurs, the draft elsewhere) under
-//!    max-confidence and cost-aware AdaEDL, at
+//!    max-confidence and both cost-aware AdaEDLs, at
 //!    T ∈ {0, 0.7, 1.0}, on `--prompts` windows of the shipped corpus
 //!    (default 1, about `--prompt-chars` 300 characters each) and
 //!    `--chat` chat messages (default 1, at most 4), `--max-tokens` new

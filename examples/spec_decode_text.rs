@@ -16,7 +16,8 @@
 //! weights, then decodes held-out prompts (both models as
 //! `PackedTransformer`) with autoregressive decoding, static γ ∈ 1..8, the
 //! HF heuristic, max-confidence, AdaEDL (also with `min_len = 0`), the
-//! cost-model controller, cost-aware AdaEDL, prompt lookup and the hybrid
+//! cost-model controller, cost-aware AdaEDL (given its costs, and timing
+//! them in the loop), prompt lookup and the hybrid
 //! (lookup where two or three bytes recur, the draft elsewhere) at
 //! T ∈ {0, 0.7, 1.0, 1.5} — same
 //! prompts and seeds for every method — and prints tokens/s, speed-up over

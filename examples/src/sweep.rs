@@ -47,7 +47,9 @@ impl Method {
 /// controller (given the measured draft cost `cost_ratio` and the mean
 /// marginal cost of verifying 8 tokens, its linear model's `c_v`),
 /// cost-aware AdaEDL (given `cost_ratio` and the verify pass's cost by
-/// length, `verify`), prompt lookup, and the two hybrids.
+/// length, `verify`; and timing its costs in the loop, those as the
+/// prior), prompt lookup, and the hybrids (max-confidence, both cost-aware
+/// AdaEDLs).
 pub fn methods(temperature: f64, cost_ratio: f64, verify: &PassCosts) -> Result<Vec<Method>> {
     let mut m = vec![Method::Autoregressive];
     for g in 1..=8 {
@@ -68,24 +70,33 @@ pub fn methods(temperature: f64, cost_ratio: f64, verify: &PassCosts) -> Result<
     m.push(Method::Draft(Box::new(
         CostModel::new(cost_ratio, 0.7, 0.5, 8)?.with_verify_cost(verify.mean_marginal(8))?,
     )));
-    // AdaEDL's entropy bound weighed by the same measured costs.
-    m.push(Method::Draft(Box::new(CostAwareAdaEdl::with_pass_costs(
-        CostAwareConfig::default(),
-        cost_ratio,
-        verify.clone(),
-    )?)));
+    // AdaEDL's entropy bound weighed by the same measured costs, and by
+    // the costs the decoder times in the loop (these as the prior).
+    let timed = CostAwareConfig {
+        measure_costs: true,
+        ..CostAwareConfig::default()
+    };
+    for config in [CostAwareConfig::default(), timed] {
+        m.push(Method::Draft(Box::new(CostAwareAdaEdl::with_pass_costs(
+            config,
+            cost_ratio,
+            verify.clone(),
+        )?)));
+    }
     m.push(Method::Lookup(Box::new(StaticLength::new(8)?)));
     // Lookup where the text repeats itself, the draft elsewhere, under the
     // two confidence-reading policies (looked-up tokens read as certain).
     m.push(Method::Hybrid(Box::new(MaxConfidence::new(tau, 8)?), 10));
-    m.push(Method::Hybrid(
-        Box::new(CostAwareAdaEdl::with_pass_costs(
-            CostAwareConfig::default(),
-            cost_ratio,
-            verify.clone(),
-        )?),
-        10,
-    ));
+    for config in [CostAwareConfig::default(), timed] {
+        m.push(Method::Hybrid(
+            Box::new(CostAwareAdaEdl::with_pass_costs(
+                config,
+                cost_ratio,
+                verify.clone(),
+            )?),
+            10,
+        ));
+    }
     Ok(m)
 }
 

@@ -8,6 +8,10 @@ use crate::calibration::{CalibratedBound, LEVELS};
 use crate::error::Result;
 use crate::pass_cost::PassCosts;
 use crate::policy::{CostModel, DraftPolicy, DraftStepInfo, RoundOutcome};
+use crate::round_timing::{InLoopCosts, RoundTiming};
+
+/// Plain steps timed before the measured costs are trusted to run alone.
+const SETTLING_STEPS: usize = 2;
 
 /// Settings of [`CostAwareAdaEdl`].
 ///
@@ -34,11 +38,28 @@ pub struct CostAwareConfig {
     /// While speculation does not pay, every `probe_every`-th round drafts
     /// anyway, so that the gate can follow a text that becomes predictable.
     pub probe_every: usize,
+    /// Price decisions with the costs the decoder times in the loop
+    /// ([`InLoopCosts`], fed by
+    /// [`observe_timing`](DraftPolicy::observe_timing)) once a plain step
+    /// has been timed; the costs given to the constructor are the prior
+    /// until then, and for pass lengths never timed. Off by default: the
+    /// decisions then depend on the machine's speed, so the same seed
+    /// no longer gives the same tokens at T > 0 (the output distribution
+    /// stays exact).
+    pub measure_costs: bool,
+    /// With `measure_costs`, a round that would draft runs as a plain step
+    /// instead, to time the unit of every cost, in the two rounds after
+    /// the prompt's and whenever no plain step was timed in the last
+    /// `retime_every` rounds (at 32 this gives up at most one round's gain
+    /// in 32).
+    pub retime_every: usize,
 }
 
 impl Default for CostAwareConfig {
     /// `γ = 0.2` (AdaEDL's), `w = 8`, `forget = 0.998` (about 500 tokens),
-    /// initial acceptance 0.4, `L_max = 8`, a probe every 8 rounds. An
+    /// initial acceptance 0.4, `L_max = 8`, a probe every 8 rounds, the
+    /// given costs (not measured; a plain step every 32 rounds when
+    /// measured). An
     /// initial 0.4 drafts one token a round until verified tokens show more
     /// (at `c + c_v ≈ 0.2`): an optimistic 0.7 drafted 2–3 tokens a round
     /// at first, which 40-token generations never recovered from.
@@ -50,6 +71,8 @@ impl Default for CostAwareConfig {
             initial_acceptance: 0.4,
             max_len: 8,
             probe_every: 8,
+            measure_costs: false,
+            retime_every: 32,
         }
     }
 }
@@ -133,6 +156,14 @@ pub struct CostAwareAdaEdl {
     config: CostAwareConfig,
     draft_cost: f64,
     verify: PassCosts,
+    /// The costs given: the prior of the measured ones.
+    prior: (f64, PassCosts),
+    /// With `measure_costs`: the loop's times, the rounds begun, the plain
+    /// steps timed and the rounds timed since the last.
+    measured: Option<InLoopCosts>,
+    rounds: usize,
+    plain: usize,
+    since_plain: usize,
     calibration: CalibratedBound,
     /// Decayed counts of the levels of first draft tokens, declined or not.
     first_levels: [f64; LEVELS],
@@ -154,7 +185,7 @@ impl CostAwareAdaEdl {
     ///
     /// # Errors
     /// `γ ≤ 0`, `w ≤ 0`, `forget` outside `(0, 1]`, initial acceptance outside `[0, 1]`, `L_max = 0`, `probe_every = 0`,
-    /// `c ≤ 0` or `c_v < 0` (or any not finite).
+    /// `retime_every = 0`, `c ≤ 0` or `c_v < 0` (or any not finite).
     pub fn new(config: CostAwareConfig, draft_cost: f64, verify_cost: f64) -> Result<Self> {
         Self::with_pass_costs(config, draft_cost, PassCosts::linear(verify_cost)?)
     }
@@ -191,11 +222,20 @@ impl CostAwareAdaEdl {
         )?;
         check_at_least("max_len", config.max_len, 1)?;
         check_at_least("probe_every", config.probe_every, 1)?;
+        check_at_least("retime_every", config.retime_every, 1)?;
         let c = check_positive("draft_cost", draft_cost)?;
         Ok(Self {
             config,
             draft_cost: c,
+            prior: (c, verify.clone()),
             verify,
+            // Passes verify up to L_max drafts and the pending token.
+            measured: config
+                .measure_costs
+                .then(|| InLoopCosts::new(config.max_len + 1)),
+            rounds: 0,
+            plain: 0,
+            since_plain: 0,
             calibration,
             first_levels: [0.0; LEVELS],
             skipped: 0,
@@ -210,6 +250,25 @@ impl CostAwareAdaEdl {
     /// The acceptance estimates learned so far.
     pub fn calibration(&self) -> &CalibratedBound {
         &self.calibration
+    }
+
+    /// The costs the policy weighs now, in plain steps: the draft step's
+    /// `c` and the pass by its length (the given ones, or the measured
+    /// ones with [`CostAwareConfig::measure_costs`]).
+    ///
+    /// ```
+    /// use lastmile_spec_decode::{CostAwareAdaEdl, CostAwareConfig, DraftPolicy, RoundTiming};
+    /// let config = CostAwareConfig { measure_costs: true, ..CostAwareConfig::default() };
+    /// let mut p = CostAwareAdaEdl::new(config, 0.1, 0.05)?;
+    /// assert_eq!(p.costs().0, 0.1); // the given cost until a plain step is timed
+    /// p.observe_timing(&RoundTiming { draft_calls: 0, draft_seconds: 0.0, pass_tokens: 1, verify_seconds: 4e-3 });
+    /// p.observe_timing(&RoundTiming { draft_calls: 1, draft_seconds: 1e-3, pass_tokens: 2, verify_seconds: 5e-3 });
+    /// let (c, pass) = p.costs();
+    /// assert!((c - 0.25).abs() < 1e-9 && (pass.verify(1) - 1.25).abs() < 1e-9);
+    /// # Ok::<(), lastmile_spec_decode::SpecDecodeError>(())
+    /// ```
+    pub fn costs(&self) -> (f64, &PassCosts) {
+        (self.draft_cost, &self.verify)
     }
 
     /// Whether running the draft is expected to beat plain decoding, by the
@@ -243,7 +302,11 @@ impl CostAwareAdaEdl {
 
 impl DraftPolicy for CostAwareAdaEdl {
     fn name(&self) -> String {
-        "cost-aware-adaedl".to_owned()
+        if self.config.measure_costs {
+            "cost-aware-adaedl-timed".to_owned()
+        } else {
+            "cost-aware-adaedl".to_owned()
+        }
     }
 
     fn round_limit(&mut self) -> usize {
@@ -252,8 +315,15 @@ impl DraftPolicy for CostAwareAdaEdl {
         self.all_accepted = 1.0;
         self.expected = 1.0;
         self.probing = false;
+        self.rounds += 1;
         if self.speculation_pays() {
             self.skipped = 0;
+            // Measuring: time plain steps (the costs' unit) after the
+            // prompt's round (the first), then now and then.
+            let due = self.plain < SETTLING_STEPS || self.since_plain >= self.config.retime_every;
+            if self.measured.is_some() && self.rounds > 1 && due {
+                return 0;
+            }
             return self.config.max_len;
         }
         self.skipped += 1;
@@ -317,233 +387,29 @@ impl DraftPolicy for CostAwareAdaEdl {
         self.steps = 0;
     }
 
+    fn observe_timing(&mut self, timing: &RoundTiming) {
+        let Some(measured) = self.measured.as_mut() else {
+            return;
+        };
+        measured.record(timing);
+        if timing.is_plain_step() {
+            self.plain += 1;
+            self.since_plain = 0;
+        } else {
+            self.since_plain += 1;
+        }
+        // Times from the decoder are finite and positive; should the table
+        // fail to build, the costs in use stay.
+        if let Ok(Some((c, verify))) = measured.costs(self.prior.0, &self.prior.1) {
+            self.draft_cost = c;
+            self.verify = verify;
+        }
+    }
+
     fn clone_box(&self) -> Box<dyn DraftPolicy> {
         Box::new(self.clone())
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn info(entropy: f64) -> DraftStepInfo {
-        DraftStepInfo {
-            entropy,
-            top_prob: 0.5,
-        }
-    }
-
-    /// The policy at costs `c` and `c_v`, assuming acceptance 0.7 before
-    /// evidence (the default 0.4 drafts a single token at most costs).
-    fn policy(c: f64, c_v: f64) -> CostAwareAdaEdl {
-        let config = CostAwareConfig {
-            initial_acceptance: 0.7,
-            ..CostAwareConfig::default()
-        };
-        CostAwareAdaEdl::new(config, c, c_v).unwrap_or_else(|e| panic!("{e}"))
-    }
-
-    /// One round drafting from `entropies` until the policy stops, of which
-    /// the first `accepted` drafted tokens are accepted; returns the length.
-    fn round(p: &mut CostAwareAdaEdl, entropies: &[f64], accepted: usize) -> usize {
-        let limit = p.round_limit().min(entropies.len());
-        let drafted = (0..limit)
-            .take_while(|&j| p.worth_a_step(j) && p.continue_drafting(j, &info(entropies[j])))
-            .count();
-        p.observe(RoundOutcome {
-            drafted,
-            accepted: accepted.min(drafted),
-        });
-        drafted
-    }
-
-    #[test]
-    fn costlier_verification_drafts_shorter() {
-        // No evidence yet: acceptance 0.7 assumed at every position.
-        let lengths: Vec<usize> = [0.02, 0.1, 0.3, 0.45]
-            .iter()
-            .map(|&c_v| round(&mut policy(0.05, c_v), &[0.2; 8], 0))
-            .collect();
-        assert!(lengths.windows(2).all(|w| w[0] >= w[1]), "{lengths:?}");
-        assert!(lengths[0] > lengths[3], "{lengths:?}");
-        assert!(lengths[3] >= 1, "{lengths:?}");
-    }
-
-    #[test]
-    fn first_tokens_of_a_rejected_level_are_declined() {
-        // Confident tokens accepted, unsure ones rejected: the unsure level's
-        // estimate falls below c + c_v and its first tokens are declined,
-        // while confident ones are still drafted.
-        let mut p = policy(0.1, 0.15);
-        for _ in 0..30 {
-            round(&mut p, &[0.05], 1);
-            round(&mut p, &[4.0], 0);
-        }
-        assert!(p.speculation_pays());
-        assert_eq!(round(&mut p.clone(), &[4.0; 8], 0), 0);
-        assert!(round(&mut p, &[0.05; 8], 0) >= 1);
-        // Declined since its estimate fell below (c + c_v) / (1 + c).
-        assert!(p.calibration().estimate(4.0) * 1.1 < 0.25);
-        assert!(p.calibration().estimate(0.05) > 0.8);
-    }
-
-    #[test]
-    fn stop_rule_keeps_the_round_yield_from_falling() {
-        // Along any entropy path, a token is drafted exactly when it keeps
-        // E/C from falling, C = s·c + v(j + 1) counting every draft step
-        // run: with one marginal verify cost, and with a measured pass that
-        // is flat for a few tokens and then dear.
-        let c = 0.1;
-        let flat_then_dear = [1.0, 1.0, 1.02, 1.02, 1.5, 1.9, 2.3, 2.7, 3.1];
-        for costs in [
-            PassCosts::linear(0.15).unwrap_or_else(|e| panic!("{e}")),
-            PassCosts::from_times(&flat_then_dear).unwrap_or_else(|e| panic!("{e}")),
-        ] {
-            let config = CostAwareConfig {
-                initial_acceptance: 0.7,
-                ..CostAwareConfig::default()
-            };
-            let mut p = CostAwareAdaEdl::with_pass_costs(config, c, costs.clone())
-                .unwrap_or_else(|e| panic!("{e}"));
-            for _ in 0..20 {
-                // Acceptance falls with entropy: 0.9 below 0.2 nats, 0.2 above.
-                round(&mut p, &[0.01], 1);
-                round(&mut p, &[0.02, 1.0], 1);
-                round(&mut p, &[0.05, 0.01, 0.03, 0.02, 0.01, 0.4], 4);
-                round(&mut p, &[1.0], 0);
-            }
-            p.round_limit();
-            let (mut all, mut expected) = (1.0f64, 1.0f64);
-            let mut drafted = 0;
-            for (j, h) in [0.01, 0.1, 0.05, 0.4, 0.3, 1.0].into_iter().enumerate() {
-                let before = expected / ((j + 1) as f64 * c + costs.verify(j));
-                let next = all * p.calibration().estimate(h);
-                // Drafting token j + 1 also runs the draft step that shows token j + 2.
-                let after = (expected + next) / ((j + 2) as f64 * c + costs.verify(j + 1));
-                let drafts = p.continue_drafting(j, &info(h));
-                assert_eq!(
-                    drafts,
-                    after >= before - 1e-12,
-                    "{costs:?}, token {}: {before} -> {after}",
-                    j + 1
-                );
-                if !drafts {
-                    break;
-                }
-                drafted += 1;
-                all = next;
-                expected += next;
-            }
-            assert!((1..6).contains(&drafted), "{costs:?}: {drafted}");
-        }
-    }
-
-    #[test]
-    fn calibration_lengthens_drafts_of_an_accepted_level() {
-        // Entropy 2 (bound 0.37) at c = 0.1, c_v = 0.2: at the assumed
-        // acceptance 0.7 the policy drafts two tokens. Rounds in which such
-        // tokens are always accepted teach it to draft more.
-        let mut p = policy(0.1, 0.2);
-        let lengths: Vec<usize> = (0..30).map(|_| round(&mut p, &[2.0; 8], 8)).collect();
-        assert_eq!(lengths[0], 2);
-        assert_eq!(lengths[29], 8, "{lengths:?}");
-        assert!(p.calibration().estimate(2.0) > 0.9);
-    }
-
-    #[test]
-    fn a_second_draft_step_is_run_only_when_it_may_pay() {
-        // First tokens accepted 38 % of the time at every level: after one
-        // drafted token (P_1 = 0.38) a second gains at most
-        // 0.38² − c_v = 0.02 < c, so no draft step is spent on it.
-        let mut p = policy(0.12, 0.12);
-        for i in 0..100 {
-            round(&mut p, &[3.0], usize::from(i % 50 < 19));
-        }
-        p.round_limit();
-        assert!(p.continue_drafting(0, &info(3.0)));
-        assert!(!p.worth_a_step(1));
-        // A confident first token (P_1 = 0.95 after such tokens were
-        // accepted) makes the next step worth running.
-        for _ in 0..40 {
-            round(&mut p, &[0.01], 1);
-        }
-        p.round_limit();
-        assert!(p.continue_drafting(0, &info(0.01)));
-        assert!(p.worth_a_step(1));
-    }
-
-    #[test]
-    fn rejected_rounds_close_the_gate() {
-        // Confident tokens (bound 0.86) that the target rejects: the gate
-        // closes within a few rounds (no draft step), and the probes every
-        // 8th round each draft one token.
-        let mut p = policy(0.1, 0.1);
-        let lengths: Vec<usize> = (0..80).map(|_| round(&mut p, &[0.1; 8], 0)).collect();
-        assert!(lengths[0] > 1, "{lengths:?}");
-        assert!(!p.speculation_pays());
-        let late = &lengths[8..];
-        assert!(late.iter().all(|&g| g <= 1), "{lengths:?}");
-        assert!(
-            late.iter().filter(|&&g| g == 1).count() <= late.len() / 8 + 1,
-            "{lengths:?}"
-        );
-        // Below c + c_v: the estimate stops an open gate's first token too.
-        let before = p.calibration().estimate(0.1);
-        assert!(before * 1.1 < 0.2, "{before}");
-        let limits: Vec<usize> = (0..8).map(|_| p.round_limit()).collect();
-        assert_eq!(limits.iter().filter(|&&l| l > 0).count(), 1, "{limits:?}");
-    }
-
-    #[test]
-    fn gate_reopens_when_probes_are_accepted() {
-        let mut p = policy(0.2, 0.25);
-        for _ in 0..30 {
-            round(&mut p, &[0.1; 8], 0);
-        }
-        assert!(!p.speculation_pays());
-        // Only probes draft; fully accepted probes reopen the gate.
-        let mut probes = 0;
-        for _ in 0..200 {
-            if p.speculation_pays() {
-                break;
-            }
-            if round(&mut p, &[0.1; 8], 8) > 0 {
-                probes += 1;
-            }
-        }
-        assert!(
-            p.speculation_pays(),
-            "closed after {probes} accepted probes"
-        );
-        assert!(probes <= 12, "{probes} probes to reopen");
-        assert_eq!(p.round_limit(), 8);
-    }
-
-    #[test]
-    fn bad_settings_are_errors() {
-        let c = CostAwareConfig::default();
-        assert!(CostAwareAdaEdl::new(c, 0.0, 0.1).is_err());
-        assert!(CostAwareAdaEdl::new(c, 0.1, -0.1).is_err());
-        assert!(CostAwareAdaEdl::new(c, f64::NAN, 0.1).is_err());
-        let bad = [
-            CostAwareConfig { gamma: 0.0, ..c },
-            CostAwareConfig {
-                prior_weight: 0.0,
-                ..c
-            },
-            CostAwareConfig { forget: 0.0, ..c },
-            CostAwareConfig {
-                initial_acceptance: 1.5,
-                ..c
-            },
-            CostAwareConfig { max_len: 0, ..c },
-            CostAwareConfig {
-                probe_every: 0,
-                ..c
-            },
-        ];
-        for b in bad {
-            assert!(CostAwareAdaEdl::new(b, 0.1, 0.1).is_err(), "{b:?}");
-        }
-    }
-}
+mod tests;

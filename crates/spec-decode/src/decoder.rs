@@ -14,6 +14,7 @@ use crate::error::{Result, SpecDecodeError};
 use crate::greedy::{Greedy, greedy_rows, host_logits_fault};
 use crate::metrics::Metrics;
 use crate::policy::{DraftPolicy, RoundOutcome};
+use crate::round_timing::RoundTiming;
 use crate::sampled::{Tempered, tempered_rows};
 use crate::verify::{
     Checked, ResidualRule, check_drafts, index_tensor, locate_logits_fault, located, logits_fault,
@@ -352,6 +353,7 @@ impl<'t, T: LanguageModel, D: Drafter> SpeculativeDecoder<'t, T, D> {
         let mut metrics = Metrics::default();
         let mut first_round = true;
         while rows.iter().any(|r| !r.done) {
+            let round_start = Instant::now();
             // 1. Draft. Never draft past the length limit or the context window.
             let mut requests: Vec<Option<DraftRequest<'_>>> = rows
                 .iter_mut()
@@ -371,6 +373,10 @@ impl<'t, T: LanguageModel, D: Drafter> SpeculativeDecoder<'t, T, D> {
                 .collect();
             let mut drafts: Vec<Draft> = self.drafter.propose(&mut requests, &sampling, rng)?;
             drop(requests);
+            let clock = RoundClock {
+                start: round_start,
+                drafted: Instant::now(),
+            };
             check_len("drafts returned by the drafter", drafts.len(), batch)?;
             for (row, d) in rows.iter().zip(drafts.iter_mut()) {
                 if row.done {
@@ -446,6 +452,8 @@ impl<'t, T: LanguageModel, D: Drafter> SpeculativeDecoder<'t, T, D> {
                 }
                 if std::mem::take(&mut first_round) {
                     metrics.end_prefill(start);
+                } else {
+                    clock.report(&mut rows, &active, &drafts, n_max);
                 }
                 continue;
             }
@@ -557,9 +565,34 @@ impl<'t, T: LanguageModel, D: Drafter> SpeculativeDecoder<'t, T, D> {
             }
             if std::mem::take(&mut first_round) {
                 metrics.end_prefill(start);
+            } else {
+                clock.report(&mut rows, &active, &drafts, n_max);
             }
         }
         Ok(finish(rows, metrics, start))
+    }
+}
+
+/// When a round started and when its drafting ended.
+struct RoundClock {
+    start: Instant,
+    drafted: Instant,
+}
+
+impl RoundClock {
+    /// Reports the round, ending now, to the policies of the `active` rows
+    /// (their draft calls, the batch's times and its pass over `pass_tokens`).
+    fn report(&self, rows: &mut [Row], active: &[usize], drafts: &[Draft], pass_tokens: usize) {
+        let draft_seconds = (self.drafted - self.start).as_secs_f64();
+        let verify_seconds = self.drafted.elapsed().as_secs_f64();
+        for &i in active {
+            rows[i].policy.observe_timing(&RoundTiming {
+                draft_calls: drafts[i].model_calls,
+                draft_seconds,
+                pass_tokens,
+                verify_seconds,
+            });
+        }
     }
 }
 

@@ -14,7 +14,10 @@
 //!   Chen et al. 2023) — accept `min(1, p/q)`, resample `norm(max(0, p − q))`,
 //!   bonus token — plus greedy verification and one-hot (deterministic) drafts.
 //! - [`DraftPolicy`]: [`StaticLength`], [`HeuristicSchedule`] (HF),
-//!   [`MaxConfidence`] (llama.cpp / HF), [`AdaEdl`], [`CostModel`].
+//!   [`MaxConfidence`] (llama.cpp / HF), [`AdaEdl`], [`CostModel`], and
+//!   [`CostAwareAdaEdl`] (AdaEDL's bound weighed by the draft and verify
+//!   costs, given or timed by the decoder in the loop: [`RoundTiming`],
+//!   [`InLoopCosts`]).
 //! - [`Drafter`]: [`ModelDrafter`] (a small model), [`FeatureDrafter`] (a draft that
 //!   reads the target's features through a [`FeatureTap`], EAGLE) and
 //!   [`PromptLookup`] (n-gram), and [`HybridDrafter`] (lookup where an
@@ -99,6 +102,7 @@ pub mod hybrid;
 pub mod metrics;
 pub mod pass_cost;
 pub mod policy;
+pub mod round_timing;
 mod sampled;
 pub mod verify;
 mod verify_host;
@@ -118,9 +122,12 @@ pub use policy::{
     AdaEdl, AdaEdlConfig, CostModel, DraftPolicy, DraftStepInfo, HeuristicSchedule, MaxConfidence,
     RoundOutcome, StaticLength,
 };
+pub use round_timing::{InLoopCosts, RoundTiming};
 pub use verify::{Verdict, verify_drafts};
 
 #[cfg(test)]
 mod exactness_tests;
 #[cfg(test)]
 mod sync_tests;
+#[cfg(test)]
+mod timing_tests;

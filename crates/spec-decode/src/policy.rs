@@ -10,6 +10,7 @@ use std::ops::Bound::{Excluded, Included, Unbounded};
 use lastmile_core::validate::{check_at_least, check_in_range, check_interval, check_positive};
 
 use crate::error::{Result, SpecDecodeError};
+use crate::round_timing::RoundTiming;
 
 /// What the drafter knows about the next draft position before sampling it.
 ///
@@ -87,6 +88,18 @@ pub trait DraftPolicy: Debug + Send {
     fn worth_a_step(&self, drafted: usize) -> bool {
         let _ = drafted;
         true
+    }
+
+    /// The round's wall times, reported by the decoder after
+    /// [`observe`](DraftPolicy::observe) (not for the prompt's round).
+    /// Ignored by default; [`CostAwareAdaEdl`](crate::CostAwareAdaEdl)
+    /// can price its decisions with them
+    /// ([`CostAwareConfig::measure_costs`](crate::CostAwareConfig::measure_costs)).
+    /// A policy that reads them makes decisions that depend on the
+    /// machine's speed: speculative sampling stays exact, but the same
+    /// seed no longer gives the same tokens at T > 0.
+    fn observe_timing(&mut self, timing: &RoundTiming) {
+        let _ = timing;
     }
 
     /// Feedback after the target verified the round.

@@ -1,0 +1,273 @@
+//! The policy's rules, checked round by round.
+
+use super::*;
+
+fn info(entropy: f64) -> DraftStepInfo {
+    DraftStepInfo {
+        entropy,
+        top_prob: 0.5,
+    }
+}
+
+/// The policy at costs `c` and `c_v`, assuming acceptance 0.7 before
+/// evidence (the default 0.4 drafts a single token at most costs).
+fn policy(c: f64, c_v: f64) -> CostAwareAdaEdl {
+    let config = CostAwareConfig {
+        initial_acceptance: 0.7,
+        ..CostAwareConfig::default()
+    };
+    CostAwareAdaEdl::new(config, c, c_v).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// One round drafting from `entropies` until the policy stops, of which
+/// the first `accepted` drafted tokens are accepted; returns the length.
+fn round(p: &mut CostAwareAdaEdl, entropies: &[f64], accepted: usize) -> usize {
+    let limit = p.round_limit().min(entropies.len());
+    let drafted = (0..limit)
+        .take_while(|&j| p.worth_a_step(j) && p.continue_drafting(j, &info(entropies[j])))
+        .count();
+    p.observe(RoundOutcome {
+        drafted,
+        accepted: accepted.min(drafted),
+    });
+    drafted
+}
+
+#[test]
+fn costlier_verification_drafts_shorter() {
+    // No evidence yet: acceptance 0.7 assumed at every position.
+    let lengths: Vec<usize> = [0.02, 0.1, 0.3, 0.45]
+        .iter()
+        .map(|&c_v| round(&mut policy(0.05, c_v), &[0.2; 8], 0))
+        .collect();
+    assert!(lengths.windows(2).all(|w| w[0] >= w[1]), "{lengths:?}");
+    assert!(lengths[0] > lengths[3], "{lengths:?}");
+    assert!(lengths[3] >= 1, "{lengths:?}");
+}
+
+#[test]
+fn first_tokens_of_a_rejected_level_are_declined() {
+    // Confident tokens accepted, unsure ones rejected: the unsure level's
+    // estimate falls below c + c_v and its first tokens are declined,
+    // while confident ones are still drafted.
+    let mut p = policy(0.1, 0.15);
+    for _ in 0..30 {
+        round(&mut p, &[0.05], 1);
+        round(&mut p, &[4.0], 0);
+    }
+    assert!(p.speculation_pays());
+    assert_eq!(round(&mut p.clone(), &[4.0; 8], 0), 0);
+    assert!(round(&mut p, &[0.05; 8], 0) >= 1);
+    // Declined since its estimate fell below (c + c_v) / (1 + c).
+    assert!(p.calibration().estimate(4.0) * 1.1 < 0.25);
+    assert!(p.calibration().estimate(0.05) > 0.8);
+}
+
+#[test]
+fn stop_rule_keeps_the_round_yield_from_falling() {
+    // Along any entropy path, a token is drafted exactly when it keeps
+    // E/C from falling, C = s·c + v(j + 1) counting every draft step
+    // run: with one marginal verify cost, and with a measured pass that
+    // is flat for a few tokens and then dear.
+    let c = 0.1;
+    let flat_then_dear = [1.0, 1.0, 1.02, 1.02, 1.5, 1.9, 2.3, 2.7, 3.1];
+    for costs in [
+        PassCosts::linear(0.15).unwrap_or_else(|e| panic!("{e}")),
+        PassCosts::from_times(&flat_then_dear).unwrap_or_else(|e| panic!("{e}")),
+    ] {
+        let config = CostAwareConfig {
+            initial_acceptance: 0.7,
+            ..CostAwareConfig::default()
+        };
+        let mut p = CostAwareAdaEdl::with_pass_costs(config, c, costs.clone())
+            .unwrap_or_else(|e| panic!("{e}"));
+        for _ in 0..20 {
+            // Acceptance falls with entropy: 0.9 below 0.2 nats, 0.2 above.
+            round(&mut p, &[0.01], 1);
+            round(&mut p, &[0.02, 1.0], 1);
+            round(&mut p, &[0.05, 0.01, 0.03, 0.02, 0.01, 0.4], 4);
+            round(&mut p, &[1.0], 0);
+        }
+        p.round_limit();
+        let (mut all, mut expected) = (1.0f64, 1.0f64);
+        let mut drafted = 0;
+        for (j, h) in [0.01, 0.1, 0.05, 0.4, 0.3, 1.0].into_iter().enumerate() {
+            let before = expected / ((j + 1) as f64 * c + costs.verify(j));
+            let next = all * p.calibration().estimate(h);
+            // Drafting token j + 1 also runs the draft step that shows token j + 2.
+            let after = (expected + next) / ((j + 2) as f64 * c + costs.verify(j + 1));
+            let drafts = p.continue_drafting(j, &info(h));
+            assert_eq!(
+                drafts,
+                after >= before - 1e-12,
+                "{costs:?}, token {}: {before} -> {after}",
+                j + 1
+            );
+            if !drafts {
+                break;
+            }
+            drafted += 1;
+            all = next;
+            expected += next;
+        }
+        assert!((1..6).contains(&drafted), "{costs:?}: {drafted}");
+    }
+}
+
+#[test]
+fn calibration_lengthens_drafts_of_an_accepted_level() {
+    // Entropy 2 (bound 0.37) at c = 0.1, c_v = 0.2: at the assumed
+    // acceptance 0.7 the policy drafts two tokens. Rounds in which such
+    // tokens are always accepted teach it to draft more.
+    let mut p = policy(0.1, 0.2);
+    let lengths: Vec<usize> = (0..30).map(|_| round(&mut p, &[2.0; 8], 8)).collect();
+    assert_eq!(lengths[0], 2);
+    assert_eq!(lengths[29], 8, "{lengths:?}");
+    assert!(p.calibration().estimate(2.0) > 0.9);
+}
+
+#[test]
+fn a_second_draft_step_is_run_only_when_it_may_pay() {
+    // First tokens accepted 38 % of the time at every level: after one
+    // drafted token (P_1 = 0.38) a second gains at most
+    // 0.38² − c_v = 0.02 < c, so no draft step is spent on it.
+    let mut p = policy(0.12, 0.12);
+    for i in 0..100 {
+        round(&mut p, &[3.0], usize::from(i % 50 < 19));
+    }
+    p.round_limit();
+    assert!(p.continue_drafting(0, &info(3.0)));
+    assert!(!p.worth_a_step(1));
+    // A confident first token (P_1 = 0.95 after such tokens were
+    // accepted) makes the next step worth running.
+    for _ in 0..40 {
+        round(&mut p, &[0.01], 1);
+    }
+    p.round_limit();
+    assert!(p.continue_drafting(0, &info(0.01)));
+    assert!(p.worth_a_step(1));
+}
+
+#[test]
+fn rejected_rounds_close_the_gate() {
+    // Confident tokens (bound 0.86) that the target rejects: the gate
+    // closes within a few rounds (no draft step), and the probes every
+    // 8th round each draft one token.
+    let mut p = policy(0.1, 0.1);
+    let lengths: Vec<usize> = (0..80).map(|_| round(&mut p, &[0.1; 8], 0)).collect();
+    assert!(lengths[0] > 1, "{lengths:?}");
+    assert!(!p.speculation_pays());
+    let late = &lengths[8..];
+    assert!(late.iter().all(|&g| g <= 1), "{lengths:?}");
+    assert!(
+        late.iter().filter(|&&g| g == 1).count() <= late.len() / 8 + 1,
+        "{lengths:?}"
+    );
+    // Below c + c_v: the estimate stops an open gate's first token too.
+    let before = p.calibration().estimate(0.1);
+    assert!(before * 1.1 < 0.2, "{before}");
+    let limits: Vec<usize> = (0..8).map(|_| p.round_limit()).collect();
+    assert_eq!(limits.iter().filter(|&&l| l > 0).count(), 1, "{limits:?}");
+}
+
+#[test]
+fn gate_reopens_when_probes_are_accepted() {
+    let mut p = policy(0.2, 0.25);
+    for _ in 0..30 {
+        round(&mut p, &[0.1; 8], 0);
+    }
+    assert!(!p.speculation_pays());
+    // Only probes draft; fully accepted probes reopen the gate.
+    let mut probes = 0;
+    for _ in 0..200 {
+        if p.speculation_pays() {
+            break;
+        }
+        if round(&mut p, &[0.1; 8], 8) > 0 {
+            probes += 1;
+        }
+    }
+    assert!(
+        p.speculation_pays(),
+        "closed after {probes} accepted probes"
+    );
+    assert!(probes <= 12, "{probes} probes to reopen");
+    assert_eq!(p.round_limit(), 8);
+}
+
+#[test]
+fn measured_costs_replace_the_given_ones() {
+    // Given c = c_v = 0.05, drafting pays at acceptance 0.7; the loop
+    // times a draft call at 0.8 steps and a 2-token pass at 1.3: the
+    // measuring policy stops drafting, the other keeps drafting.
+    let config = CostAwareConfig {
+        initial_acceptance: 0.7,
+        measure_costs: true,
+        ..CostAwareConfig::default()
+    };
+    let mut measuring = CostAwareAdaEdl::new(config, 0.05, 0.05).unwrap_or_else(|e| panic!("{e}"));
+    let given = CostAwareConfig {
+        measure_costs: false,
+        ..config
+    };
+    let mut given = CostAwareAdaEdl::new(given, 0.05, 0.05).unwrap_or_else(|e| panic!("{e}"));
+    assert!(measuring.speculation_pays() && given.speculation_pays());
+    let timing = |draft_calls, draft_seconds, pass_tokens, verify_seconds| RoundTiming {
+        draft_calls,
+        draft_seconds,
+        pass_tokens,
+        verify_seconds,
+    };
+    for _ in 0..4 {
+        for p in [&mut measuring, &mut given] {
+            p.observe_timing(&timing(0, 0.0, 1, 1e-3));
+            p.observe_timing(&timing(1, 8e-4, 2, 1.3e-3));
+        }
+    }
+    let (c, v) = measuring.costs();
+    assert!(
+        (c - 0.8).abs() < 1e-9 && (v.verify(1) - 1.3).abs() < 1e-9,
+        "{c} {v:?}"
+    );
+    assert_eq!(
+        given.costs(),
+        (
+            0.05,
+            &PassCosts::linear(0.05).unwrap_or_else(|e| panic!("{e}"))
+        )
+    );
+    assert!(!measuring.speculation_pays());
+    assert!(given.speculation_pays());
+}
+
+#[test]
+fn bad_settings_are_errors() {
+    let c = CostAwareConfig::default();
+    assert!(CostAwareAdaEdl::new(c, 0.0, 0.1).is_err());
+    assert!(CostAwareAdaEdl::new(c, 0.1, -0.1).is_err());
+    assert!(CostAwareAdaEdl::new(c, f64::NAN, 0.1).is_err());
+    let bad = [
+        CostAwareConfig { gamma: 0.0, ..c },
+        CostAwareConfig {
+            prior_weight: 0.0,
+            ..c
+        },
+        CostAwareConfig { forget: 0.0, ..c },
+        CostAwareConfig {
+            initial_acceptance: 1.5,
+            ..c
+        },
+        CostAwareConfig { max_len: 0, ..c },
+        CostAwareConfig {
+            probe_every: 0,
+            ..c
+        },
+        CostAwareConfig {
+            retime_every: 0,
+            ..c
+        },
+    ];
+    for b in bad {
+        assert!(CostAwareAdaEdl::new(b, 0.1, 0.1).is_err(), "{b:?}");
+    }
+}
