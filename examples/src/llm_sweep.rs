@@ -13,7 +13,8 @@ use lastmile_spec_decode::{GenerationConfig, PassCosts};
 use crate::drafts::DraftSource;
 use crate::plot::{BarPanel, write_svg_sized};
 use crate::report::{progress_bar, table, write_csv};
-use crate::sweep::{Method, methods, modelled_speedup, sweep_paired};
+use crate::sweep::{Method, methods, modelled_speedup, run_method, sweep_paired};
+use crate::timing::LengthCycle;
 
 /// The prompts and costs a sweep runs with.
 pub struct SweepCtx<'a> {
@@ -77,6 +78,9 @@ pub fn sweep_report<T: LanguageModel, S: DraftSource<T>>(
     let mut csv = Vec::new();
     // Per method: end-to-end, decode-only and modelled speed-ups per temperature.
     let mut speedups: Vec<(String, [Vec<f64>; 3])> = Vec::new();
+    for temperature in [0.0, 0.7] {
+        print_in_loop_costs(ctx, target, draft, temperature, cost_ratio)?;
+    }
     let n_methods = methods(0.0, cost_ratio, ctx.verify)?.len();
     let bar = progress_bar(
         (temperatures.len() * n_methods * ctx.prompts.len()) as u64,
@@ -270,4 +274,42 @@ pub fn sweep_report<T: LanguageModel, S: DraftSource<T>>(
     }
     write_svg_sized(&svg_path, &[panel.into()], 1, (1240, 560))?;
     Ok((csv_path, svg_path))
+}
+
+/// Decodes every prompt at `temperature` with the draft's length cycling
+/// through 0..=8 ([`LengthCycle`]) and prints the draft step and pass costs
+/// timed in the loop, in plain steps of the same loop, beside `cost_ratio`
+/// and the passes timed back to back (`ctx.verify`).
+fn print_in_loop_costs<T: LanguageModel, S: DraftSource<T>>(
+    ctx: &SweepCtx<'_>,
+    target: &T,
+    draft: &S,
+    temperature: f64,
+    cost_ratio: f64,
+) -> Result<()> {
+    let config = GenerationConfig::new(SamplingParams::new(temperature)?, ctx.max_tokens)?
+        .with_stop_token(ctx.stop);
+    let cycle = LengthCycle::new(8);
+    let method = Method::Draft(Box::new(cycle.clone()));
+    for prompt in ctx.prompts {
+        run_method(&method, target, draft, prompt, &config, 1)?;
+    }
+    let Some((c, pass)) = cycle.costs().costs(cost_ratio, ctx.verify)? else {
+        println!("in the loop at T = {temperature}: no plain step timed (outputs too short)");
+        return Ok(());
+    };
+    let lengths = |v: &PassCosts| -> String {
+        (1..=8)
+            .map(|j| format!("{:.2}", v.verify(j)))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    println!(
+        "in the loop at T = {temperature} (draft length cycling 0..=8, in plain steps of the same loop): \
+         draft step c = {c:.3} (timed after a target step: {cost_ratio:.3}); passes over 2..=9 tokens \
+         with their round's host work: {} (back to back: {})",
+        lengths(&pass),
+        lengths(ctx.verify)
+    );
+    Ok(())
 }

@@ -2,11 +2,13 @@
 //! policies weigh (in target steps).
 
 use std::ops::RangeInclusive;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use anyhow::{Context, Result, ensure};
 use lastmile_core::convert::tensor_to_vec;
 use lastmile_core::lm::LanguageModel;
+use lastmile_spec_decode::{DraftPolicy, InLoopCosts, RoundTiming};
 
 /// Seconds per cached forward of `k` new tokens after a `prefix`-token
 /// context, rolled back after each repetition as a rejected verify pass is
@@ -137,4 +139,63 @@ pub fn draft_step_time<D: LanguageModel, T: LanguageModel>(
     }
     times.sort_by(f64::total_cmp);
     Ok(times[times.len() / 2])
+}
+
+/// A draft-length policy that cycles through the draft lengths `0..=max`
+/// (0: a plain step), one per round, and collects the times the decoder
+/// reports into a shared [`InLoopCosts`]: every pass length timed in the
+/// decoding loop, beside the draft's steps.
+///
+/// ```
+/// use lastmile_examples::timing::LengthCycle;
+/// use lastmile_spec_decode::{DraftPolicy, RoundTiming};
+/// let mut p = LengthCycle::new(2);
+/// assert_eq!((0..4).map(|_| p.round_limit()).collect::<Vec<_>>(), [0, 1, 2, 0]);
+/// p.observe_timing(&RoundTiming { draft_calls: 0, draft_seconds: 0.0, pass_tokens: 1, verify_seconds: 2e-3 });
+/// assert!(p.costs().has_unit());
+/// ```
+#[derive(Clone, Debug)]
+pub struct LengthCycle {
+    max: usize,
+    next: usize,
+    costs: Arc<Mutex<InLoopCosts>>,
+}
+
+impl LengthCycle {
+    /// Lengths `0..=max`, passes over up to `max + 1` tokens timed.
+    pub fn new(max: usize) -> Self {
+        Self {
+            max,
+            next: 0,
+            costs: Arc::new(Mutex::new(InLoopCosts::new(max + 1))),
+        }
+    }
+
+    /// The times collected so far (by every clone).
+    pub fn costs(&self) -> InLoopCosts {
+        match self.costs.lock() {
+            Ok(c) => c.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+}
+
+impl DraftPolicy for LengthCycle {
+    fn name(&self) -> String {
+        format!("cycle-0..={}", self.max)
+    }
+    fn round_limit(&mut self) -> usize {
+        let limit = self.next;
+        self.next = (self.next + 1) % (self.max + 1);
+        limit
+    }
+    fn observe_timing(&mut self, timing: &RoundTiming) {
+        match self.costs.lock() {
+            Ok(mut c) => c.record(timing),
+            Err(poisoned) => poisoned.into_inner().record(timing),
+        }
+    }
+    fn clone_box(&self) -> Box<dyn DraftPolicy> {
+        Box::new(self.clone())
+    }
 }
