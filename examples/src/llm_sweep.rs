@@ -289,7 +289,7 @@ fn print_in_loop_costs<T: LanguageModel, S: DraftSource<T>>(
 ) -> Result<()> {
     let config = GenerationConfig::new(SamplingParams::new(temperature)?, ctx.max_tokens)?
         .with_stop_token(ctx.stop);
-    let cycle = LengthCycle::new(8);
+    let cycle = LengthCycle::new(8)?;
     let method = Method::Draft(Box::new(cycle.clone()));
     for prompt in ctx.prompts {
         run_method(&method, target, draft, prompt, &config, 1)?;

@@ -149,10 +149,12 @@ pub fn draft_step_time<D: LanguageModel, T: LanguageModel>(
 /// ```
 /// use lastmile_examples::timing::LengthCycle;
 /// use lastmile_spec_decode::{DraftPolicy, RoundTiming};
-/// let mut p = LengthCycle::new(2);
+/// let mut p = LengthCycle::new(2)?;
 /// assert_eq!((0..4).map(|_| p.round_limit()).collect::<Vec<_>>(), [0, 1, 2, 0]);
 /// p.observe_timing(&RoundTiming { draft_calls: 0, draft_seconds: 0.0, pass_tokens: 1, verify_seconds: 2e-3 });
 /// assert!(p.costs().has_unit());
+/// assert!(LengthCycle::new(usize::MAX).is_err());
+/// # Ok::<(), anyhow::Error>(())
 /// ```
 #[derive(Clone, Debug)]
 pub struct LengthCycle {
@@ -163,12 +165,15 @@ pub struct LengthCycle {
 
 impl LengthCycle {
     /// Lengths `0..=max`, passes over up to `max + 1` tokens timed.
-    pub fn new(max: usize) -> Self {
-        Self {
+    ///
+    /// # Errors
+    /// `max + 1` over [`MAX_TIMED_PASS`](lastmile_spec_decode::round_timing::MAX_TIMED_PASS).
+    pub fn new(max: usize) -> Result<Self> {
+        Ok(Self {
             max,
             next: 0,
-            costs: Arc::new(Mutex::new(InLoopCosts::new(max + 1))),
-        }
+            costs: Arc::new(Mutex::new(InLoopCosts::new(max.saturating_add(1))?)),
+        })
     }
 
     /// The times collected so far (by every clone).

@@ -185,7 +185,9 @@ impl CostAwareAdaEdl {
     ///
     /// # Errors
     /// `γ ≤ 0`, `w ≤ 0`, `forget` outside `(0, 1]`, initial acceptance outside `[0, 1]`, `L_max = 0`, `probe_every = 0`,
-    /// `retime_every = 0`, `c ≤ 0` or `c_v < 0` (or any not finite).
+    /// `retime_every = 0`, `c ≤ 0` or `c_v < 0` (or any not finite); with
+    /// `measure_costs`, `L_max + 1` over
+    /// [`MAX_TIMED_PASS`](crate::round_timing::MAX_TIMED_PASS).
     pub fn new(config: CostAwareConfig, draft_cost: f64, verify_cost: f64) -> Result<Self> {
         Self::with_pass_costs(config, draft_cost, PassCosts::linear(verify_cost)?)
     }
@@ -230,9 +232,11 @@ impl CostAwareAdaEdl {
             prior: (c, verify.clone()),
             verify,
             // Passes verify up to L_max drafts and the pending token.
-            measured: config
-                .measure_costs
-                .then(|| InLoopCosts::new(config.max_len + 1)),
+            measured: if config.measure_costs {
+                Some(InLoopCosts::new(config.max_len.saturating_add(1))?)
+            } else {
+                None
+            },
             rounds: 0,
             plain: 0,
             since_plain: 0,

@@ -14,7 +14,7 @@ use crate::error::{Result, SpecDecodeError};
 use crate::greedy::{Greedy, greedy_rows, host_logits_fault};
 use crate::metrics::Metrics;
 use crate::policy::{DraftPolicy, RoundOutcome};
-use crate::round_timing::RoundTiming;
+use crate::round_timing::RoundClock;
 use crate::sampled::{Tempered, tempered_rows};
 use crate::verify::{
     Checked, ResidualRule, check_drafts, index_tensor, locate_logits_fault, located, logits_fault,
@@ -570,29 +570,6 @@ impl<'t, T: LanguageModel, D: Drafter> SpeculativeDecoder<'t, T, D> {
             }
         }
         Ok(finish(rows, metrics, start))
-    }
-}
-
-/// When a round started and when its drafting ended.
-struct RoundClock {
-    start: Instant,
-    drafted: Instant,
-}
-
-impl RoundClock {
-    /// Reports the round, ending now, to the policies of the `active` rows
-    /// (their draft calls, the batch's times and its pass over `pass_tokens`).
-    fn report(&self, rows: &mut [Row], active: &[usize], drafts: &[Draft], pass_tokens: usize) {
-        let draft_seconds = (self.drafted - self.start).as_secs_f64();
-        let verify_seconds = self.drafted.elapsed().as_secs_f64();
-        for &i in active {
-            rows[i].policy.observe_timing(&RoundTiming {
-                draft_calls: drafts[i].model_calls,
-                draft_seconds,
-                pass_tokens,
-                verify_seconds,
-            });
-        }
     }
 }
 

@@ -98,6 +98,13 @@ pub trait DraftPolicy: Debug + Send {
     /// A policy that reads them makes decisions that depend on the
     /// machine's speed: speculative sampling stays exact, but the same
     /// seed no longer gives the same tokens at T > 0.
+    ///
+    /// ```
+    /// use lastmile_spec_decode::{DraftPolicy, RoundTiming, StaticLength};
+    /// let mut p = StaticLength::new(2).unwrap();
+    /// p.observe_timing(&RoundTiming { draft_calls: 2, draft_seconds: 6e-4, pass_tokens: 3, verify_seconds: 4e-3 });
+    /// assert_eq!(p.round_limit(), 2); // a static length ignores times
+    /// ```
     fn observe_timing(&mut self, timing: &RoundTiming) {
         let _ = timing;
     }

@@ -1,8 +1,17 @@
 //! What decoding rounds cost inside the loop, timed by the decoder: the
 //! costs a cost-aware policy weighs, measured where they are paid.
 
+use std::time::Instant;
+
+use lastmile_core::validate::check_in_range;
+
+use crate::decoder::Row;
+use crate::drafter::Draft;
 use crate::error::Result;
 use crate::pass_cost::PassCosts;
+
+/// Longest pass [`InLoopCosts`] times (its table holds one mean per length).
+pub const MAX_TIMED_PASS: usize = 1024;
 
 /// One round's wall times, as [`SpeculativeDecoder`](crate::SpeculativeDecoder)
 /// measured them and reports them to every active sequence's policy
@@ -33,6 +42,12 @@ pub struct RoundTiming {
 impl RoundTiming {
     /// A round that ran no draft and passed one token: a plain decoding
     /// step, the unit of every cost.
+    ///
+    /// ```
+    /// use lastmile_spec_decode::RoundTiming;
+    /// let declined = RoundTiming { draft_calls: 1, draft_seconds: 3e-4, pass_tokens: 1, verify_seconds: 3.1e-3 };
+    /// assert!(!declined.is_plain_step()); // the draft ran, its token declined
+    /// ```
     pub fn is_plain_step(&self) -> bool {
         self.draft_calls == 0 && self.pass_tokens == 1
     }
@@ -87,7 +102,7 @@ impl Decayed {
 /// ```
 /// use lastmile_spec_decode::{InLoopCosts, PassCosts, RoundTiming};
 /// let prior = PassCosts::linear(0.05)?;
-/// let mut m = InLoopCosts::new(4);
+/// let mut m = InLoopCosts::new(4)?;
 /// assert!(m.costs(0.1, &prior)?.is_none()); // no plain step timed yet
 /// for _ in 0..5 {
 ///     m.record(&RoundTiming { draft_calls: 0, draft_seconds: 0.0, pass_tokens: 1, verify_seconds: 4e-3 });
@@ -110,11 +125,22 @@ pub struct InLoopCosts {
 impl InLoopCosts {
     /// An estimator for passes over up to `max_pass` tokens (longer passes
     /// are not timed).
-    pub fn new(max_pass: usize) -> Self {
-        Self {
+    ///
+    /// ```
+    /// use lastmile_spec_decode::InLoopCosts;
+    /// assert!(InLoopCosts::new(9).is_ok());
+    /// assert!(InLoopCosts::new(0).is_err()); // no pass to time
+    /// assert!(InLoopCosts::new(1 << 20).is_err()); // over MAX_TIMED_PASS
+    /// ```
+    ///
+    /// # Errors
+    /// `max_pass` outside `1..=`[`MAX_TIMED_PASS`].
+    pub fn new(max_pass: usize) -> Result<Self> {
+        check_in_range("max_pass", max_pass as f64, 1.0, MAX_TIMED_PASS as f64)?;
+        Ok(Self {
             draft: Decayed::default(),
-            pass: vec![Decayed::default(); max_pass.max(1)],
-        }
+            pass: vec![Decayed::default(); max_pass],
+        })
     }
 
     /// Takes one round's times. Rounds with non-finite or negative times
@@ -148,6 +174,16 @@ impl InLoopCosts {
     }
 
     /// Whether a plain step has been timed (the unit of every cost).
+    ///
+    /// ```
+    /// use lastmile_spec_decode::{InLoopCosts, RoundTiming};
+    /// let mut m = InLoopCosts::new(2)?;
+    /// m.record(&RoundTiming { draft_calls: 1, draft_seconds: 1e-4, pass_tokens: 2, verify_seconds: 1e-3 });
+    /// assert!(!m.has_unit());
+    /// m.record(&RoundTiming { draft_calls: 0, draft_seconds: 0.0, pass_tokens: 1, verify_seconds: 9e-4 });
+    /// assert!(m.has_unit());
+    /// # Ok::<(), lastmile_spec_decode::SpecDecodeError>(())
+    /// ```
     pub fn has_unit(&self) -> bool {
         self.pass[0].mean().is_some_and(|t| t > 0.0)
     }
@@ -191,6 +227,35 @@ impl InLoopCosts {
     }
 }
 
+/// When a decoding round started and when its drafting ended.
+pub(crate) struct RoundClock {
+    pub(crate) start: Instant,
+    pub(crate) drafted: Instant,
+}
+
+impl RoundClock {
+    /// Reports the round, ending now, to the policies of the `active` rows
+    /// (their draft calls, the batch's times and its pass over `pass_tokens`).
+    pub(crate) fn report(
+        &self,
+        rows: &mut [Row],
+        active: &[usize],
+        drafts: &[Draft],
+        pass_tokens: usize,
+    ) {
+        let draft_seconds = (self.drafted - self.start).as_secs_f64();
+        let verify_seconds = self.drafted.elapsed().as_secs_f64();
+        for &i in active {
+            rows[i].policy.observe_timing(&RoundTiming {
+                draft_calls: drafts[i].model_calls,
+                draft_seconds,
+                pass_tokens,
+                verify_seconds,
+            });
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -209,7 +274,7 @@ mod tests {
         // Steps of 3 ms, then the machine slows to 6 ms with every cost
         // doubling: the ratios, hence the costs in steps, stay put.
         let prior = PassCosts::linear(0.05).unwrap_or_else(|e| panic!("{e}"));
-        let mut m = InLoopCosts::new(3);
+        let mut m = InLoopCosts::new(3).unwrap_or_else(|e| panic!("{e}"));
         for ms in [3e-3, 6e-3] {
             for _ in 0..60 {
                 m.record(&timing(0, 0.0, 1, ms));
@@ -231,7 +296,7 @@ mod tests {
     #[test]
     fn a_preempted_round_is_clipped_and_bad_times_ignored() {
         let prior = PassCosts::linear(0.05).unwrap_or_else(|e| panic!("{e}"));
-        let mut m = InLoopCosts::new(2);
+        let mut m = InLoopCosts::new(2).unwrap_or_else(|e| panic!("{e}"));
         for _ in 0..20 {
             m.record(&timing(0, 0.0, 1, 1e-3));
             m.record(&timing(1, 1e-4, 2, 1.1e-3));
@@ -250,7 +315,7 @@ mod tests {
         assert!(v.verify(1) > 0.85 && v.verify(1) < 1.1, "{v:?}");
         assert!(c > 0.08 && c < 0.1, "{c}");
         // Without a plain step there is no unit.
-        let mut n = InLoopCosts::new(2);
+        let mut n = InLoopCosts::new(2).unwrap_or_else(|e| panic!("{e}"));
         n.record(&timing(1, 1e-4, 2, 1.1e-3));
         assert!(!n.has_unit());
         assert!(

@@ -266,6 +266,12 @@ fn bad_settings_are_errors() {
             retime_every: 0,
             ..c
         },
+        // A table of pass costs this long is not kept.
+        CostAwareConfig {
+            max_len: usize::MAX,
+            measure_costs: true,
+            ..c
+        },
     ];
     for b in bad {
         assert!(CostAwareAdaEdl::new(b, 0.1, 0.1).is_err(), "{b:?}");
