@@ -32,8 +32,9 @@
 //!   out on a [`Team`] of the pool's threads, which stays together and
 //!   polls for work between products instead of sleeping.
 //!
-//! The x86-64 kernel uses AVX2 and FMA through `pulp` (safe, detected at
-//! run time); other CPUs take a portable loop over the same layout.
+//! The x86-64 kernels use AVX2 and FMA through `pulp` (safe, detected at
+//! run time), and AVX-512 VNNI for 8-bit activations where the CPU has
+//! it; other CPUs take a portable loop over the same layout.
 //! `pulp` and `rayon` are what faer (already a dependency) is built on, so
 //! they add nothing to the build.
 //!
@@ -48,6 +49,8 @@
 
 mod blocks;
 mod int8;
+#[cfg(target_arch = "x86_64")]
+mod int8_avx2;
 mod pack;
 mod portable;
 mod team;
@@ -65,8 +68,9 @@ use crate::error::{CoreError, Result};
 use crate::gguf::{GgmlType, GgufError};
 
 /// Whether this CPU runs products with 8-bit activations
-/// ([`PanelMatrix::from_gguf_q8`]) in SIMD (x86-64 with AVX-512 VNNI);
-/// elsewhere a portable loop gives the same results more slowly.
+/// ([`PanelMatrix::from_gguf_q8`]) in SIMD: x86-64 with AVX-512 VNNI, or
+/// with AVX2 and FMA (x86-64-v3); elsewhere a portable loop gives the
+/// same results more slowly.
 ///
 /// ```
 /// let simd = lastmile_core::panel::int8_simd_available();
@@ -74,7 +78,7 @@ use crate::gguf::{GgmlType, GgufError};
 /// ```
 pub fn int8_simd_available() -> bool {
     #[cfg(target_arch = "x86_64")]
-    return vnni::available();
+    return vnni::available() || pulp::x86::V3::try_new().is_some();
     #[cfg(not(target_arch = "x86_64"))]
     false
 }
@@ -408,9 +412,15 @@ impl PanelMatrix {
                     rows,
                 };
                 #[cfg(target_arch = "x86_64")]
-                if simd && vnni::available() {
-                    vnni::panels(job, out);
-                    return;
+                if simd {
+                    if vnni::available() {
+                        vnni::panels(job, out);
+                        return;
+                    }
+                    if let Some(v3) = pulp::x86::V3::try_new() {
+                        int8_avx2::panels(v3, job, out);
+                        return;
+                    }
                 }
                 int8::panels(job, out);
             }

@@ -368,3 +368,57 @@ fn a_team_whose_caller_panics_stops_its_helpers() {
     }));
     assert!(outcome.is_err());
 }
+
+/// The AVX2 kernel for 8-bit activations called directly (the products
+/// above take the AVX-512 one where the CPU has it): bit-identical to the
+/// portable kernel at every register block, including the blocks that
+/// come closest to its i16 sums' limit (all 4-bit codes 15 against
+/// activations of 127, all Q8_0 codes −128 against −127).
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn avx2_int8_kernel_is_the_portable_one() {
+    let Some(v3) = pulp::x86::V3::try_new() else {
+        eprintln!("skipped: this CPU has no AVX2 and FMA");
+        return;
+    };
+    let (out, inp) = (37, 96);
+    for ty in BLOCK_TYPES {
+        let mut extreme = block_data(ty, out, inp);
+        for block in extreme.chunks_exact_mut(ty.type_size()) {
+            // The codes follow the f16 scale (and Q4_1's f16 minimum).
+            let codes_from = if ty == GgmlType::Q4_1 { 4 } else { 2 };
+            let fill = if ty == GgmlType::Q8_0 { 0x80 } else { 0xFF };
+            block[codes_from..].fill(fill);
+        }
+        for (data, sign) in [(block_data(ty, out, inp), 1.0), (extreme, -1.0)] {
+            let m =
+                PanelMatrix::from_gguf_q8(ty, &data, out, inp).unwrap_or_else(|e| panic!("{e}"));
+            let Weights::Int8(w) = &m.weights else {
+                panic!("{ty}: not 8-bit codes");
+            };
+            for rows in [1, 2, 3, 4, 5, 7, 8, 9, 11, 12, 13, 25] {
+                let x = if sign < 0.0 && ty == GgmlType::Q8_0 {
+                    vec![-1.0; rows * inp]
+                } else if sign < 0.0 {
+                    vec![1.0; rows * inp]
+                } else {
+                    values(rows * inp, rows)
+                };
+                let q = int8::quantise(&x, rows, inp, false);
+                let panels = w.panels(inp);
+                let job = int8::Int8Job {
+                    w,
+                    inp,
+                    first: 0,
+                    x: &q,
+                    rows,
+                };
+                let mut simd = vec![0.0; panels * rows * int8::LANES];
+                let mut portable = simd.clone();
+                int8_avx2::panels(v3, job, &mut simd);
+                int8::panels(job, &mut portable);
+                assert_eq!(simd, portable, "{ty}, {rows} rows, extreme {}", sign < 0.0);
+            }
+        }
+    }
+}

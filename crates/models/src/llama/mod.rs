@@ -15,8 +15,8 @@
 //!   SmolLM2-135M, in 164 MB instead of 537). [`WeightStorage::BlocksQ8`]
 //!   keeps the same blocks in the file's own size (96 MB) and multiplies
 //!   them as llama.cpp does, with activations rounded to 8-bit blocks and
-//!   integer dot products (AVX-512 VNNI): the fastest step, and a pass
-//!   over several tokens cheap;
+//!   integer dot products (AVX-512 VNNI, or AVX2's byte products): the
+//!   fastest step, and a pass over several tokens cheap;
 //!   [`WeightStorage::fastest_on`] picks one of the two on a CPU. With
 //!   either, the whole pass runs on host vectors beside the kernel rather
 //!   than as tensor operations (the `host` source file), which also makes

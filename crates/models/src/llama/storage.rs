@@ -132,10 +132,11 @@ impl WeightStorage {
 
     /// The storage measured fastest on `device`'s kind
     /// (`docs/benchmarks.md`): on CPU devices [`WeightStorage::BlocksQ8`]
-    /// where the CPU has the 8-bit kernel
-    /// ([`lastmile_core::panel::int8_simd_available`]: a SmolLM2-135M step
-    /// about 1.6× faster than Blocks, in 96 MB, a pass over 8 tokens more
-    /// than twice as fast) and
+    /// where the CPU has an 8-bit kernel
+    /// ([`lastmile_core::panel::int8_simd_available`]: with AVX-512 VNNI a
+    /// SmolLM2-135M step about 1.6× faster than Blocks, in 96 MB, a pass
+    /// over 8 tokens more than twice as fast; with AVX2 alone a step 1.6×
+    /// and a pass over 8 tokens 1.3× as fast) and
     /// [`WeightStorage::Blocks`] otherwise (a step about twice as fast as
     /// F32, in 164 MB instead of 537); [`WeightStorage::F32`] elsewhere.
     ///

@@ -1,0 +1,326 @@
+//! The AVX2 kernel for 8-bit activations ([`super::int8`]), for x86-64
+//! CPUs without AVX-512 VNNI; safe through `pulp`'s x86-64-v3 token.
+//!
+//! AVX2 has no instruction that adds four byte products into an i32 lane
+//! (`vpdpbusd`). As in ggml's AVX2 code, `vpmaddubsw` multiplies unsigned
+//! by signed bytes and adds adjacent pairs into i16 lanes (saturating),
+//! and `vpmaddwd` by ones adds pairs of those into i32 lanes. The
+//! saturation is never reached:
+//!
+//! - **4-bit codes** (`u` in `0..16`, activations `|q| ≤ 127`): a pair is
+//!   at most 2·15·127 = 3 810 in magnitude, so all 8 byte groups of a
+//!   block add up in i16 (at most 30 480 < 32 767) before one `vpmaddwd`
+//!   per block and row;
+//! - **8-bit codes** (Q8_0, stored `u = q + 128`): the signed code
+//!   `q = u ⊕ 0x80` is split into `|q| ≤ 128` (the unsigned operand) and
+//!   its sign, moved onto the activation (`vpsignb`); a pair is at most
+//!   2·128·127 = 32 512, and each group goes to i32 at once. The sum is
+//!   then `Σ q·q_x` directly, with no offset to take off.
+//!
+//! The integer block sums are exact and the float steps are the portable
+//! kernel's, in its order, so the results are bit-identical to it. A panel
+//! of 16 outputs is computed as two halves of 8 (one 256-bit vector of
+//! i32): in the layout `[in / 4][16][4]`, a half's codes for 4 inputs are
+//! 32 contiguous bytes. The block scales are widened from f16 with integer
+//! operations (exact; `pulp`'s token has no `vcvtph2ps`).
+
+use std::arch::x86_64::{__m128i, __m256, __m256i};
+
+use pulp::x86::V3;
+
+use super::BLOCK;
+use super::int8::{Int8Job, LANES, PAIRS, QUAD, QUADS};
+
+/// Outputs per vector: half a panel.
+const HALF: usize = LANES / 2;
+
+/// Bytes of one half-panel load: 8 outputs' codes for 4 inputs.
+const LOAD: usize = HALF * QUAD;
+
+/// How far ahead in the codes the kernel asks for cache lines, in blocks;
+/// as in the AVX-512 kernel: with several rows it reads memory too slowly
+/// for the hardware prefetchers to run ahead of it.
+const PREFETCH_BLOCKS: usize = 16;
+
+/// Computes `job` into `out` (`[panel][rows][LANES]`).
+pub(crate) fn panels(simd: V3, job: Int8Job<'_>, out: &mut [f32]) {
+    // Through `WithSimd`, whose body pulp inlines into a function compiled
+    // with the V3 features (see `super::x86`).
+    pulp::Simd::vectorize(simd, Panels { simd, job, out });
+}
+
+struct Panels<'a> {
+    simd: V3,
+    job: Int8Job<'a>,
+    out: &'a mut [f32],
+}
+
+impl pulp::WithSimd for Panels<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, _: S) {
+        let Panels { simd, job, out } = self;
+        let Int8Job {
+            w,
+            inp,
+            first,
+            x,
+            rows,
+        } = job;
+        let nb = inp / BLOCK;
+        let block_bytes = w.block_bytes();
+        for (j, out) in out.chunks_exact_mut(rows * LANES).enumerate() {
+            let p = first + j;
+            let panel = Panel {
+                u: w.u[p * nb * block_bytes..(p + 1) * nb * block_bytes]
+                    .as_chunks::<LOAD>()
+                    .0,
+                scale: &w.scale[p * nb * LANES..(p + 1) * nb * LANES],
+                min: w
+                    .min
+                    .as_ref()
+                    .map_or(&[][..], |m| &m[p * nb * LANES..(p + 1) * nb * LANES]),
+                offset: w.offset,
+            };
+            for &(r0, n) in &x.blocks {
+                let rb = r0 * nb..(r0 + n) * nb;
+                let block = Rows {
+                    q: &x.q[r0 * inp / QUAD..(r0 + n) * inp / QUAD],
+                    sum: &x.sum[rb.clone()],
+                    d: &x.d[rb.clone()],
+                    ds: &x.ds[rb],
+                    n,
+                };
+                let o = &mut out[r0 * LANES..(r0 + n) * LANES];
+                for half in 0..2 {
+                    // Rows in register blocks of 8, 4, 2 and 1: the
+                    // half-panel's codes are read again from L1 by each.
+                    let mut r = 0;
+                    while r < n {
+                        let take = match n - r {
+                            8.. => 8,
+                            4..=7 => 4,
+                            2 | 3 => 2,
+                            _ => 1,
+                        };
+                        let at = Part { half, row: r };
+                        macro_rules! rows {
+                            ($r:literal) => {
+                                match (w.nibbles, w.min.is_some()) {
+                                    (true, true) => {
+                                        nibble_rows::<$r, true>(simd, &panel, &block, at, o)
+                                    }
+                                    (true, false) => {
+                                        nibble_rows::<$r, false>(simd, &panel, &block, at, o)
+                                    }
+                                    _ => byte_rows::<$r>(simd, &panel, &block, at, o),
+                                }
+                            };
+                        }
+                        match take {
+                            8 => rows!(8),
+                            4 => rows!(4),
+                            2 => rows!(2),
+                            _ => rows!(1),
+                        }
+                        r += take;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// One panel: its codes as half-panel loads (per block, byte group `g`
+/// of half `h` at `2g + h`), its scales and minimums (f16 bits, `[block][LANES]`).
+struct Panel<'a> {
+    u: &'a [[u8; LOAD]],
+    scale: &'a [u16],
+    min: &'a [u16],
+    offset: i32,
+}
+
+/// One register block of [`super::int8::Q8Rows`] (`n` rows).
+struct Rows<'a> {
+    q: &'a [i32],
+    sum: &'a [i32],
+    d: &'a [f32],
+    ds: &'a [f32],
+    n: usize,
+}
+
+/// Which half of the panel, and the first of the rows, a call computes.
+#[derive(Clone, Copy)]
+struct Part {
+    half: usize,
+    row: usize,
+}
+
+/// Rows `at.row..at.row + R` against half `at.half` of a panel of 4-bit
+/// codes; `MIN`: the blocks have minimums (Q4_1, offset 0).
+#[inline(always)]
+fn nibble_rows<const R: usize, const MIN: bool>(
+    simd: V3,
+    panel: &Panel<'_>,
+    x: &Rows<'_>,
+    at: Part,
+    out: &mut [f32],
+) {
+    let (avx, avx2) = (simd.avx, simd.avx2);
+    let low = avx._mm256_set1_epi8(0x0F);
+    let ones = avx._mm256_set1_epi16(1);
+    let mut acc = [avx._mm256_setzero_ps(); R];
+    for (b, codes) in panel.u.chunks_exact(2 * PAIRS).enumerate() {
+        if at.half == 0 && at.row == 0 {
+            prefetch(simd, codes, PAIRS);
+        }
+        let mut dot = [avx._mm256_setzero_si256(); R];
+        for g in 0..PAIRS {
+            let wv: __m256i = pulp::cast(codes[2 * g + at.half]);
+            let lo = avx2._mm256_and_si256(wv, low);
+            let hi = avx2._mm256_and_si256(avx2._mm256_srli_epi16::<4>(wv), low);
+            for (r, dot) in dot.iter_mut().enumerate() {
+                let row = at.row + r;
+                let xlo = avx._mm256_set1_epi32(x.q[(b * QUADS + g) * x.n + row]);
+                let xhi = avx._mm256_set1_epi32(x.q[(b * QUADS + g + PAIRS) * x.n + row]);
+                // i16 sums: at most 8 groups of 3 810 (module docs).
+                *dot = avx2._mm256_add_epi16(*dot, avx2._mm256_maddubs_epi16(lo, xlo));
+                *dot = avx2._mm256_add_epi16(*dot, avx2._mm256_maddubs_epi16(hi, xhi));
+            }
+        }
+        let (scale, min) = scales::<MIN>(simd, panel, b, at.half);
+        for (r, (acc, dot)) in acc.iter_mut().zip(dot).enumerate() {
+            let s = b * x.n + at.row + r;
+            let mut sum = avx2._mm256_madd_epi16(dot, ones);
+            // Codes with a minimum (Q4_1) are unsigned as stored (offset 0).
+            if !MIN {
+                let off = avx._mm256_set1_epi32(panel.offset * x.sum[s]);
+                sum = avx2._mm256_sub_epi32(sum, off);
+            }
+            *acc = accumulate::<MIN>(simd, *acc, sum, scale, min, x.d[s], x.ds[s]);
+        }
+    }
+    store(at, acc, out);
+}
+
+/// Rows `at.row..at.row + R` against half `at.half` of a panel of 8-bit
+/// codes (Q8_0: `u = q + 128`, no minimum).
+#[inline(always)]
+fn byte_rows<const R: usize>(simd: V3, panel: &Panel<'_>, x: &Rows<'_>, at: Part, out: &mut [f32]) {
+    let (avx, avx2) = (simd.avx, simd.avx2);
+    let flip = avx._mm256_set1_epi8(i8::MIN);
+    let ones = avx._mm256_set1_epi16(1);
+    let mut acc = [avx._mm256_setzero_ps(); R];
+    for (b, codes) in panel.u.chunks_exact(2 * QUADS).enumerate() {
+        if at.half == 0 && at.row == 0 {
+            prefetch(simd, codes, QUADS);
+        }
+        let mut dot = [avx._mm256_setzero_si256(); R];
+        for g in 0..QUADS {
+            let wv: __m256i = pulp::cast(codes[2 * g + at.half]);
+            // The signed codes, as magnitudes (−128 becomes the unsigned 128).
+            let q = avx2._mm256_xor_si256(wv, flip);
+            let mag = avx2._mm256_abs_epi8(q);
+            for (r, dot) in dot.iter_mut().enumerate() {
+                let xq = avx._mm256_set1_epi32(x.q[(b * QUADS + g) * x.n + at.row + r]);
+                let pairs = avx2._mm256_maddubs_epi16(mag, avx2._mm256_sign_epi8(xq, q));
+                *dot = avx2._mm256_add_epi32(*dot, avx2._mm256_madd_epi16(pairs, ones));
+            }
+        }
+        let (scale, min) = scales::<false>(simd, panel, b, at.half);
+        for (r, (acc, dot)) in acc.iter_mut().zip(dot).enumerate() {
+            let s = b * x.n + at.row + r;
+            *acc = accumulate::<false>(simd, *acc, dot, scale, min, x.d[s], x.ds[s]);
+        }
+    }
+    store(at, acc, out);
+}
+
+/// The portable kernel's float steps, in its order:
+/// `acc = (dot·scale)·d + acc`, then `acc = m·ds + acc` with a minimum.
+#[inline(always)]
+fn accumulate<const MIN: bool>(
+    simd: V3,
+    acc: __m256,
+    dot: __m256i,
+    scale: __m256,
+    min: __m256,
+    d: f32,
+    ds: f32,
+) -> __m256 {
+    let (avx, fma) = (simd.avx, simd.fma);
+    let t = avx._mm256_mul_ps(avx._mm256_cvtepi32_ps(dot), scale);
+    let acc = fma._mm256_fmadd_ps(t, avx._mm256_set1_ps(d), acc);
+    if MIN {
+        fma._mm256_fmadd_ps(min, avx._mm256_set1_ps(ds), acc)
+    } else {
+        acc
+    }
+}
+
+/// Block `b`'s scales (and minimums, zero without `MIN`) for half `half`.
+#[inline(always)]
+fn scales<const MIN: bool>(simd: V3, panel: &Panel<'_>, b: usize, half: usize) -> (__m256, __m256) {
+    let at = b * LANES + half * HALF;
+    let scale = widen_f16(simd, &panel.scale[at..at + HALF]);
+    let min = if MIN {
+        widen_f16(simd, &panel.min[at..at + HALF])
+    } else {
+        simd.avx._mm256_setzero_ps()
+    };
+    (scale, min)
+}
+
+/// 8 f16 values (bits) widened to f32, exactly: the exponent and mantissa
+/// moved into f32's fields and rescaled by 2¹¹² (which also makes f16's
+/// subnormals normal), infinities and NaNs given f32's all-ones exponent,
+/// then the sign.
+#[inline(always)]
+fn widen_f16(simd: V3, bits: &[u16]) -> __m256 {
+    let (avx, avx2) = (simd.avx, simd.avx2);
+    let mut h = [0u16; HALF];
+    h.copy_from_slice(bits);
+    let h = avx2._mm256_cvtepu16_epi32(pulp::cast::<[u16; HALF], __m128i>(h));
+    let magnitude =
+        avx2._mm256_slli_epi32::<13>(avx2._mm256_and_si256(h, avx._mm256_set1_epi32(0x7FFF)));
+    let sign =
+        avx2._mm256_slli_epi32::<16>(avx2._mm256_and_si256(h, avx._mm256_set1_epi32(0x8000)));
+    // 2¹¹² = 2^(127 − 15): f16's exponent bias to f32's.
+    let rescale = avx._mm256_set1_ps(f32::from_bits(0x7780_0000));
+    let finite = avx._mm256_mul_ps(avx._mm256_castsi256_ps(magnitude), rescale);
+    // f16's exponent 31 (infinity or NaN) is at or above 0x0F80_0000 here.
+    let special = avx2._mm256_cmpgt_epi32(magnitude, avx._mm256_set1_epi32(0x0F7F_FFFF));
+    let all_ones = avx2._mm256_or_si256(magnitude, avx._mm256_set1_epi32(0x7F80_0000));
+    let v = avx._mm256_blendv_ps(
+        finite,
+        avx._mm256_castsi256_ps(all_ones),
+        avx._mm256_castsi256_ps(special),
+    );
+    avx._mm256_or_ps(v, avx._mm256_castsi256_ps(sign))
+}
+
+/// Asks for the cache lines of the block `PREFETCH_BLOCKS` past `codes`
+/// (`lines` 64-byte lines a block); a prefetch never faults, whatever
+/// the address, and `wrapping_add` forms it without a dereference.
+#[inline(always)]
+fn prefetch(simd: V3, codes: &[[u8; LOAD]], lines: usize) {
+    let at = codes
+        .as_ptr()
+        .cast::<u8>()
+        .wrapping_add(PREFETCH_BLOCKS * lines * 64);
+    for line in 0..lines {
+        simd.sse
+            ._mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(at.wrapping_add(line * 64).cast());
+    }
+}
+
+/// Writes each row's 8 outputs into its half of `out` (`[rows][LANES]`).
+#[inline(always)]
+fn store<const R: usize>(at: Part, acc: [__m256; R], out: &mut [f32]) {
+    for (r, a) in acc.into_iter().enumerate() {
+        let o = (at.row + r) * LANES + at.half * HALF;
+        let v: [f32; HALF] = pulp::cast(a);
+        out[o..o + HALF].copy_from_slice(&v);
+    }
+}
