@@ -225,11 +225,17 @@ pub(crate) fn row_block(left: usize) -> usize {
 }
 
 /// Quantises `x` (`[rows, inp]`, `inp` a multiple of [`BLOCK`]); compiled
-/// for AVX-512 where the CPU has it (the same operations, so the same codes).
+/// for AVX-512 or AVX2 where the CPU has them (the same operations, so the
+/// same codes).
 pub(crate) fn quantise(x: &[f32], rows: usize, inp: usize, simd: bool) -> Q8Rows {
     #[cfg(target_arch = "x86_64")]
-    if simd && super::vnni::available() {
-        return super::vnni::quantise(x, rows, inp);
+    if simd {
+        if super::vnni::available() {
+            return super::vnni::quantise(x, rows, inp);
+        }
+        if let Some(v3) = pulp::x86::V3::try_new() {
+            return super::int8_avx2::quantise(v3, x, rows, inp);
+        }
     }
     let _ = simd;
     quantise_rows(x, rows, inp, q8_block)
@@ -287,6 +293,7 @@ pub(crate) fn quantise_rows(
 /// `q = round(x · 127 / max|x|)` to the nearest integer, ties to even as ggml's x86
 /// code rounds (0 for an all-zero block). A NaN in the block makes `d`
 /// NaN, so that the block's products are NaN rather than silently finite.
+#[inline(always)]
 pub(crate) fn q8_block(x: &[f32; BLOCK]) -> Q8Block {
     // max |x| on the bit patterns (ordered as the values for non-negative
     // floats, with NaN above ∞): an integer maximum, which vectorises.

@@ -422,3 +422,49 @@ fn avx2_int8_kernel_is_the_portable_one() {
         }
     }
 }
+
+/// The AVX2 build of the activations' quantisation gives the portable
+/// loop's codes, sums and scales bit for bit: ordinary blocks at several
+/// scales and row counts, and the edge cases of `q8_block` (an all-zero
+/// block, ties at ±0.5 steps, subnormals, values near f32's largest, an
+/// infinity and a NaN).
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn avx2_quantisation_is_the_portable_one() {
+    let Some(v3) = pulp::x86::V3::try_new() else {
+        eprintln!("skipped: this CPU has no AVX2 and FMA");
+        return;
+    };
+    let inp = 12 * BLOCK;
+    let edge = [
+        0.0,
+        0.5,
+        -1.5,
+        2.5,
+        127.0,
+        1e-40,
+        -3e38,
+        3.4e38,
+        f32::INFINITY,
+        f32::NAN,
+    ];
+    for rows in [1, 2, 3, 8, 9, 13] {
+        for scale in [1e-3f32, 1.0, 250.0] {
+            let mut x: Vec<f32> = values(rows * inp, rows).iter().map(|v| v * scale).collect();
+            // Block 0 of row 0 all zeros; each later block of row 0 holds one edge value.
+            x[..BLOCK].fill(0.0);
+            for (b, v) in edge.iter().enumerate().take(inp / BLOCK - 1) {
+                x[(b + 1) * BLOCK + b] = *v;
+            }
+            let simd = int8_avx2::quantise(v3, &x, rows, inp);
+            let portable = int8::quantise_rows(&x, rows, inp, int8::q8_block);
+            let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+            let what = format!("{rows} rows at scale {scale}");
+            assert_eq!(simd.q, portable.q, "{what}: codes");
+            assert_eq!(simd.sum, portable.sum, "{what}: sums");
+            assert_eq!(bits(&simd.d), bits(&portable.d), "{what}: scales");
+            assert_eq!(bits(&simd.ds), bits(&portable.ds), "{what}: d·Σq");
+            assert_eq!(simd.blocks, portable.blocks, "{what}: register blocks");
+        }
+    }
+}
