@@ -369,6 +369,16 @@ fn a_team_whose_caller_panics_stops_its_helpers() {
     assert!(outcome.is_err());
 }
 
+/// The x86-64-v3 token, or `None` with a note that the AVX2 test is skipped.
+#[cfg(target_arch = "x86_64")]
+fn avx2_or_skip() -> Option<pulp::x86::V3> {
+    let v3 = pulp::x86::V3::try_new();
+    if v3.is_none() {
+        eprintln!("skipped: this CPU has no AVX2 and FMA");
+    }
+    v3
+}
+
 /// The AVX2 kernel for 8-bit activations called directly (the products
 /// above take the AVX-512 one where the CPU has it): bit-identical to the
 /// portable kernel at every register block, including the blocks that
@@ -377,8 +387,7 @@ fn a_team_whose_caller_panics_stops_its_helpers() {
 #[cfg(target_arch = "x86_64")]
 #[test]
 fn avx2_int8_kernel_is_the_portable_one() {
-    let Some(v3) = pulp::x86::V3::try_new() else {
-        eprintln!("skipped: this CPU has no AVX2 and FMA");
+    let Some(v3) = avx2_or_skip() else {
         return;
     };
     let (out, inp) = (37, 96);
@@ -431,8 +440,7 @@ fn avx2_int8_kernel_is_the_portable_one() {
 #[cfg(target_arch = "x86_64")]
 #[test]
 fn avx2_quantisation_is_the_portable_one() {
-    let Some(v3) = pulp::x86::V3::try_new() else {
-        eprintln!("skipped: this CPU has no AVX2 and FMA");
+    let Some(v3) = avx2_or_skip() else {
         return;
     };
     let inp = 12 * BLOCK;
