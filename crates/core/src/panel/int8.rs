@@ -233,8 +233,8 @@ pub(crate) fn quantise(x: &[f32], rows: usize, inp: usize, simd: bool) -> Q8Rows
         if super::vnni::available() {
             return super::vnni::quantise(x, rows, inp);
         }
-        if let Some(v3) = pulp::x86::V3::try_new() {
-            return super::int8_avx2::quantise(v3, x, rows, inp);
+        if let Some(simd) = super::int8_avx2::Avx2F16c::try_new() {
+            return super::int8_avx2::quantise(simd, x, rows, inp);
         }
     }
     let _ = simd;
@@ -317,17 +317,20 @@ pub(crate) fn q8_block(x: &[f32; BLOCK]) -> Q8Block {
     }
 }
 
-/// `y` rounded to the nearest integer (ties to even), saturated to ±127.
-/// Adding and removing 1.5·2²³ rounds any |y| < 2²² in the default
-/// rounding mode: plain arithmetic, where `f32::round_ties_even` is a
-/// library call on CPUs without SSE4.1 (most of a product's time at 8 rows).
+/// `y` rounded to the nearest integer (ties to even), saturated to ±127
+/// (NaN to −127, as the AVX-512 twin's `max`/`min` do). Adding 1.5·2²³
+/// rounds any |y| < 2²² in the default rounding mode and leaves the
+/// integer in the sum's low mantissa bits: plain arithmetic and bit
+/// operations, which vectorise (`f32::round_ties_even` is a library call
+/// without SSE4.1, and a saturating `as i8` was compiled lane by lane).
 #[inline(always)]
+#[allow(clippy::manual_clamp)] // `clamp` would keep a NaN, which the trick cannot take
 fn round_to_i8(y: f32) -> i8 {
     const MAGIC: f32 = 12_582_912.0;
-    // The clamp first keeps the trick's range and maps an overshoot from
-    // rounding to ±127 (`as` saturates and maps NaN to 0).
-    let y = y.clamp(-127.0, 127.0);
-    ((y + MAGIC) - MAGIC) as i8
+    // Saturating first keeps the trick's range (`max` ignores a NaN).
+    let y = y.max(-127.0).min(127.0);
+    // Within [2²³, 2²⁴) a unit in the last place is 1, so the bits count integers.
+    ((y + MAGIC).to_bits().wrapping_sub(MAGIC.to_bits())) as i8
 }
 
 /// A kernel's work: panels `first..` of `w` (`inp` inputs each) times

@@ -21,12 +21,15 @@
 //! kernel's, in its order, so the results are bit-identical to it. A panel
 //! of 16 outputs is computed as two halves of 8 (one 256-bit vector of
 //! i32): in the layout `[in / 4][16][4]`, a half's codes for 4 inputs are
-//! 32 contiguous bytes. The block scales are widened from f16 with integer
-//! operations (exact; `pulp`'s token has no `vcvtph2ps`).
+//! 32 contiguous bytes. The block scales are widened from f16 by F16C's
+//! `vcvtph2ps` (exact), which every CPU with AVX2 has: one instruction
+//! where integer operations took eleven, a third of a one-token step's
+//! instructions (`docs/benchmarks.md`, twenty-sixth session). pulp's `V3`
+//! token lacks F16C and pulp wraps none of its intrinsics, so the kernel
+//! runs under its own token ([`Avx2F16c`]) and the conversion is this
+//! module's one `unsafe` call.
 
 use std::arch::x86_64::{__m128i, __m256, __m256i};
-
-use pulp::x86::V3;
 
 use super::BLOCK;
 use super::int8::{Int8Job, LANES, PAIRS, Q8Rows, QUAD, QUADS, q8_block, quantise_rows};
@@ -42,19 +45,30 @@ const LOAD: usize = HALF * QUAD;
 /// for the hardware prefetchers to run ahead of it.
 const PREFETCH_BLOCKS: usize = 16;
 
+pulp::simd_type! {
+    /// The features of x86-64-v3 that the kernel uses, and F16C.
+    pub(crate) struct Avx2F16c {
+        pub sse: "sse",
+        pub avx: "avx",
+        pub avx2: "avx2",
+        pub fma: "fma",
+        pub f16c: "f16c",
+    }
+}
+
 /// Computes `job` into `out` (`[panel][rows][LANES]`).
-pub(crate) fn panels(simd: V3, job: Int8Job<'_>, out: &mut [f32]) {
-    // Through `WithSimd`, whose body pulp inlines into a function compiled
-    // with the V3 features (see `super::x86`).
-    pulp::Simd::vectorize(simd, Panels { simd, job, out });
+pub(crate) fn panels(simd: Avx2F16c, job: Int8Job<'_>, out: &mut [f32]) {
+    // pulp inlines the operation's body into a function compiled with the
+    // token's features (see `super::x86`).
+    simd.vectorize(Panels { simd, job, out });
 }
 
 /// [`super::int8::quantise_rows`] with the portable block quantisation
-/// compiled for x86-64-v3, where the compiler vectorises it: the same
+/// compiled for AVX2, where the compiler vectorises it: the same
 /// operations, so the same codes (it is serial work between a pass's
-/// products, ~4 % of an 8-token pass in the portable loop).
-pub(crate) fn quantise(simd: V3, x: &[f32], rows: usize, inp: usize) -> Q8Rows {
-    pulp::Simd::vectorize(simd, Quantise { x, rows, inp })
+/// products, ~5 % of an 8-token pass in the portable loop).
+pub(crate) fn quantise(simd: Avx2F16c, x: &[f32], rows: usize, inp: usize) -> Q8Rows {
+    simd.vectorize(Quantise { x, rows, inp })
 }
 
 struct Quantise<'a> {
@@ -63,26 +77,29 @@ struct Quantise<'a> {
     inp: usize,
 }
 
-impl pulp::WithSimd for Quantise<'_> {
+impl pulp::NullaryFnOnce for Quantise<'_> {
     type Output = Q8Rows;
 
     #[inline(always)]
-    fn with_simd<S: pulp::Simd>(self, _: S) -> Q8Rows {
-        quantise_rows(self.x, self.rows, self.inp, q8_block)
+    #[allow(clippy::redundant_closure)] // see below
+    fn call(self) -> Q8Rows {
+        // A closure, not the fn item: the fn item's `Fn::call` shim was
+        // left out of line, compiled for baseline x86-64.
+        quantise_rows(self.x, self.rows, self.inp, |b| q8_block(b))
     }
 }
 
 struct Panels<'a> {
-    simd: V3,
+    simd: Avx2F16c,
     job: Int8Job<'a>,
     out: &'a mut [f32],
 }
 
-impl pulp::WithSimd for Panels<'_> {
+impl pulp::NullaryFnOnce for Panels<'_> {
     type Output = ();
 
     #[inline(always)]
-    fn with_simd<S: pulp::Simd>(self, _: S) {
+    fn call(self) {
         let Panels { simd, job, out } = self;
         let Int8Job {
             w,
@@ -195,7 +212,7 @@ struct Part {
 /// codes; `MIN`: the blocks have minimums (Q4_1, offset 0).
 #[inline(always)]
 fn nibble_rows<const R: usize, const MIN: bool>(
-    simd: V3,
+    simd: Avx2F16c,
     panel: &Panel<'_>,
     x: &Rows<'_>,
     at: Part,
@@ -243,7 +260,13 @@ fn nibble_rows<const R: usize, const MIN: bool>(
 /// Rows `at.row..at.row + R` against half `at.half` of a panel of 8-bit
 /// codes (Q8_0: `u = q + 128`, no minimum).
 #[inline(always)]
-fn byte_rows<const R: usize>(simd: V3, panel: &Panel<'_>, x: &Rows<'_>, at: Part, out: &mut [f32]) {
+fn byte_rows<const R: usize>(
+    simd: Avx2F16c,
+    panel: &Panel<'_>,
+    x: &Rows<'_>,
+    at: Part,
+    out: &mut [f32],
+) {
     let (avx, avx2) = (simd.avx, simd.avx2);
     let flip = avx._mm256_set1_epi8(i8::MIN);
     let ones = avx._mm256_set1_epi16(1);
@@ -277,7 +300,7 @@ fn byte_rows<const R: usize>(simd: V3, panel: &Panel<'_>, x: &Rows<'_>, at: Part
 /// `acc = (dot·scale)·d + acc`, then `acc = m·ds + acc` with a minimum.
 #[inline(always)]
 fn accumulate<const MIN: bool>(
-    simd: V3,
+    simd: Avx2F16c,
     acc: __m256,
     dot: __m256i,
     scale: __m256,
@@ -297,7 +320,12 @@ fn accumulate<const MIN: bool>(
 
 /// Block `b`'s scales (and minimums, zero without `MIN`) for half `half`.
 #[inline(always)]
-fn scales<const MIN: bool>(simd: V3, panel: &Panel<'_>, b: usize, half: usize) -> (__m256, __m256) {
+fn scales<const MIN: bool>(
+    simd: Avx2F16c,
+    panel: &Panel<'_>,
+    b: usize,
+    half: usize,
+) -> (__m256, __m256) {
     let at = b * LANES + half * HALF;
     let scale = widen_f16(simd, &panel.scale[at..at + HALF]);
     let min = if MIN {
@@ -308,39 +336,23 @@ fn scales<const MIN: bool>(simd: V3, panel: &Panel<'_>, b: usize, half: usize) -
     (scale, min)
 }
 
-/// 8 f16 values (bits) widened to f32, exactly: the exponent and mantissa
-/// moved into f32's fields and rescaled by 2¹¹² (which also makes f16's
-/// subnormals normal), infinities and NaNs given f32's all-ones exponent,
-/// then the sign.
+/// 8 f16 values (bits) widened to f32, exactly (`vcvtph2ps`).
 #[inline(always)]
-fn widen_f16(simd: V3, bits: &[u16]) -> __m256 {
-    let (avx, avx2) = (simd.avx, simd.avx2);
+#[allow(unsafe_code)]
+fn widen_f16(_: Avx2F16c, bits: &[u16]) -> __m256 {
     let mut h = [0u16; HALF];
     h.copy_from_slice(bits);
-    let h = avx2._mm256_cvtepu16_epi32(pulp::cast::<[u16; HALF], __m128i>(h));
-    let magnitude =
-        avx2._mm256_slli_epi32::<13>(avx2._mm256_and_si256(h, avx._mm256_set1_epi32(0x7FFF)));
-    let sign =
-        avx2._mm256_slli_epi32::<16>(avx2._mm256_and_si256(h, avx._mm256_set1_epi32(0x8000)));
-    // 2¹¹² = 2^(127 − 15): f16's exponent bias to f32's.
-    let rescale = avx._mm256_set1_ps(f32::from_bits(0x7780_0000));
-    let finite = avx._mm256_mul_ps(avx._mm256_castsi256_ps(magnitude), rescale);
-    // f16's exponent 31 (infinity or NaN) is at or above 0x0F80_0000 here.
-    let special = avx2._mm256_cmpgt_epi32(magnitude, avx._mm256_set1_epi32(0x0F7F_FFFF));
-    let all_ones = avx2._mm256_or_si256(magnitude, avx._mm256_set1_epi32(0x7F80_0000));
-    let v = avx._mm256_blendv_ps(
-        finite,
-        avx._mm256_castsi256_ps(all_ones),
-        avx._mm256_castsi256_ps(special),
-    );
-    avx._mm256_or_ps(v, avx._mm256_castsi256_ps(sign))
+    let h: __m128i = pulp::cast(h);
+    // SAFETY: the token exists only on a CPU with F16C (`try_new`), and the
+    // kernel is inlined into a function compiled with it.
+    unsafe { std::arch::x86_64::_mm256_cvtph_ps(h) }
 }
 
 /// Asks for the cache lines of the block `PREFETCH_BLOCKS` past `codes`
 /// (`lines` 64-byte lines a block); a prefetch never faults, whatever
 /// the address, and `wrapping_add` forms it without a dereference.
 #[inline(always)]
-fn prefetch(simd: V3, codes: &[[u8; LOAD]], lines: usize) {
+fn prefetch(simd: Avx2F16c, codes: &[[u8; LOAD]], lines: usize) {
     let at = codes
         .as_ptr()
         .cast::<u8>()

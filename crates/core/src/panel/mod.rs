@@ -69,7 +69,7 @@ use crate::gguf::{GgmlType, GgufError};
 
 /// Whether this CPU runs products with 8-bit activations
 /// ([`PanelMatrix::from_gguf_q8`]) in SIMD: x86-64 with AVX-512 VNNI, or
-/// with AVX2 and FMA (x86-64-v3); elsewhere a portable loop gives the
+/// with AVX2, FMA and F16C; elsewhere a portable loop gives the
 /// same results more slowly.
 ///
 /// ```
@@ -78,7 +78,7 @@ use crate::gguf::{GgmlType, GgufError};
 /// ```
 pub fn int8_simd_available() -> bool {
     #[cfg(target_arch = "x86_64")]
-    return vnni::available() || pulp::x86::V3::try_new().is_some();
+    return vnni::available() || int8_avx2::Avx2F16c::is_available();
     #[cfg(not(target_arch = "x86_64"))]
     false
 }
@@ -417,8 +417,8 @@ impl PanelMatrix {
                         vnni::panels(job, out);
                         return;
                     }
-                    if let Some(v3) = pulp::x86::V3::try_new() {
-                        int8_avx2::panels(v3, job, out);
+                    if let Some(avx2) = int8_avx2::Avx2F16c::try_new() {
+                        int8_avx2::panels(avx2, job, out);
                         return;
                     }
                 }

@@ -101,6 +101,42 @@ fn q8_rounded(x: &[f32]) -> Vec<f32> {
     out
 }
 
+/// `q8_block`'s codes are ggml's: `x · 127 / max|x|` rounded to the
+/// nearest integer with ties to even, within ±127, for values spread over
+/// the block's range and for exact ties; a NaN gives a NaN scale.
+#[test]
+fn q8_codes_round_to_nearest_even() {
+    let codes = |b: &int8::Q8Block| -> Vec<i32> {
+        b.groups
+            .iter()
+            .flat_map(|g| g.to_le_bytes().map(|c| i32::from(c as i8)))
+            .collect()
+    };
+    for amax in [1e-30f32, 0.37, 1.0, 127.0, 3e38] {
+        let mut x = [0.0f32; BLOCK];
+        for (i, v) in x.iter_mut().enumerate() {
+            // Steps of 1/8 of a code from −amax to amax: ties among them.
+            *v = amax * ((i as f32 * 8.0 - 127.0) / 127.0).clamp(-1.0, 1.0);
+        }
+        x[1] = -amax;
+        let block = int8::q8_block(&x);
+        let id = 127.0 / amax;
+        let want: Vec<i32> = x
+            .iter()
+            .map(|v| (v * id).round_ties_even() as i32)
+            .collect();
+        assert_eq!(codes(&block), want, "max |x| = {amax}");
+        assert_eq!(block.sum, want.iter().sum::<i32>(), "max |x| = {amax}");
+        assert_eq!(block.d, amax / 127.0);
+    }
+    // Exact ties at 127 / 127 scale: 0.5 → 0, 1.5 → 2, 2.5 → 2, −0.5 → 0.
+    let mut x = [0.0f32; BLOCK];
+    x[..5].copy_from_slice(&[127.0, 0.5, 1.5, 2.5, -0.5]);
+    assert_eq!(codes(&int8::q8_block(&x))[..5], [127, 0, 2, 2, 0]);
+    x[5] = f32::NAN;
+    assert!(int8::q8_block(&x).d.is_nan());
+}
+
 #[test]
 fn q8_products_are_block_dot_products_of_rounded_activations() {
     // 37 outputs: two whole panels of 16 and a padded one.
@@ -369,14 +405,14 @@ fn a_team_whose_caller_panics_stops_its_helpers() {
     assert!(outcome.is_err());
 }
 
-/// The x86-64-v3 token, or `None` with a note that the AVX2 test is skipped.
+/// The AVX2 kernel's token, or `None` with a note that the AVX2 test is skipped.
 #[cfg(target_arch = "x86_64")]
-fn avx2_or_skip() -> Option<pulp::x86::V3> {
-    let v3 = pulp::x86::V3::try_new();
-    if v3.is_none() {
-        eprintln!("skipped: this CPU has no AVX2 and FMA");
+fn avx2_or_skip() -> Option<int8_avx2::Avx2F16c> {
+    let token = int8_avx2::Avx2F16c::try_new();
+    if token.is_none() {
+        eprintln!("skipped: this CPU has no AVX2, FMA and F16C");
     }
-    v3
+    token
 }
 
 /// The AVX2 kernel for 8-bit activations called directly (the products
