@@ -134,16 +134,13 @@ impl pulp::NullaryFnOnce for Panels<'_> {
                 };
                 let o = &mut out[r0 * LANES..(r0 + n) * LANES];
                 for half in 0..2 {
-                    // Rows in register blocks of 8, 4, 2 and 1: the
-                    // half-panel's codes are read again from L1 by each.
+                    // Rows in register blocks of at most 8: the
+                    // half-panel's codes are read again from L1, and
+                    // unpacked again, by each block, so a pass over 7
+                    // rows as 4 + 2 + 1 cost more than one over 8.
                     let mut r = 0;
                     while r < n {
-                        let take = match n - r {
-                            8.. => 8,
-                            4..=7 => 4,
-                            2 | 3 => 2,
-                            _ => 1,
-                        };
+                        let take = (n - r).min(8);
                         let at = Part { half, row: r };
                         macro_rules! rows {
                             ($r:literal) => {
@@ -160,7 +157,11 @@ impl pulp::NullaryFnOnce for Panels<'_> {
                         }
                         match take {
                             8 => rows!(8),
+                            7 => rows!(7),
+                            6 => rows!(6),
+                            5 => rows!(5),
                             4 => rows!(4),
+                            3 => rows!(3),
                             2 => rows!(2),
                             _ => rows!(1),
                         }

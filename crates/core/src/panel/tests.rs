@@ -441,7 +441,7 @@ fn avx2_int8_kernel_is_the_portable_one() {
             let Weights::Int8(w) = &m.weights else {
                 panic!("{ty}: not 8-bit codes");
             };
-            for rows in [1, 2, 3, 4, 5, 7, 8, 9, 11, 12, 13, 25] {
+            for rows in [1, 2, 3, 4, 5, 6, 7, 8, 9, 11, 12, 13, 25] {
                 let x = if sign < 0.0 && ty == GgmlType::Q8_0 {
                     vec![-1.0; rows * inp]
                 } else if sign < 0.0 {
