@@ -56,6 +56,59 @@ impl<R, F: FnOnce() -> R> WithSimd for Vectorized<F> {
     }
 }
 
+#[cfg(target_arch = "x86_64")]
+pulp::simd_type! {
+    /// AVX2, FMA and F16C: the x86-64-v3 features lastmile's AVX2 kernels
+    /// use, and F16C, which pulp's `V3` token lacks (every CPU with AVX2
+    /// has it). `try_new` checks the CPU; `vectorize` runs an operation
+    /// ([`pulp::NullaryFnOnce`], `#[inline(always)]`) compiled with the
+    /// features. The fields are pulp's per-feature intrinsic tokens.
+    ///
+    /// ```
+    /// # #[cfg(target_arch = "x86_64")] {
+    /// use lastmile_core::simd::Avx2F16c;
+    /// if let Some(simd) = Avx2F16c::try_new() {
+    ///     // 1.0, −2.0 and 65 504 (f16's largest) as f16 bits, widened.
+    ///     let bits = [0x3C00, 0xC000, 0x7BFF, 0, 0, 0, 0, 0];
+    ///     let v: [f32; 8] = simd.vectorize(|| pulp::cast(simd.widen_f16(bits)));
+    ///     assert_eq!(v[..3], [1.0, -2.0, 65504.0]);
+    /// }
+    /// # }
+    /// ```
+    #[allow(missing_docs)]
+    pub struct Avx2F16c {
+        pub sse: "sse",
+        pub avx: "avx",
+        pub avx2: "avx2",
+        pub fma: "fma",
+        pub f16c: "f16c",
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Avx2F16c {
+    /// 8 f16 values (their bits) widened to f32, exactly: one
+    /// `vcvtph2ps` inside [`Avx2F16c::vectorize`] (pulp wraps none of
+    /// F16C's intrinsics, hence the one `unsafe` call here).
+    ///
+    /// ```
+    /// # #[cfg(target_arch = "x86_64")] {
+    /// use lastmile_core::simd::Avx2F16c;
+    /// if let Some(simd) = Avx2F16c::try_new() {
+    ///     let v: [f32; 8] = pulp::cast(simd.widen_f16([0x3555; 8])); // 1/3 in f16
+    ///     assert_eq!(v[7], 0.333_251_95);
+    /// }
+    /// # }
+    /// ```
+    #[inline(always)]
+    #[allow(unsafe_code)]
+    pub fn widen_f16(self, bits: [u16; 8]) -> std::arch::x86_64::__m256 {
+        let h: std::arch::x86_64::__m128i = pulp::cast(bits);
+        // SAFETY: the token exists only where the CPU has F16C (`try_new`).
+        unsafe { std::arch::x86_64::_mm256_cvtph_ps(h) }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -233,7 +233,7 @@ pub(crate) fn quantise(x: &[f32], rows: usize, inp: usize, simd: bool) -> Q8Rows
         if super::vnni::available() {
             return super::vnni::quantise(x, rows, inp);
         }
-        if let Some(simd) = super::int8_avx2::Avx2F16c::try_new() {
+        if let Some(simd) = crate::simd::Avx2F16c::try_new() {
             return super::int8_avx2::quantise(simd, x, rows, inp);
         }
     }

@@ -24,12 +24,12 @@
 //! 32 contiguous bytes. The block scales are widened from f16 by F16C's
 //! `vcvtph2ps` (exact), which every CPU with AVX2 has: one instruction
 //! where integer operations took eleven, a third of a one-token step's
-//! instructions (`docs/benchmarks.md`, twenty-sixth session). pulp's `V3`
-//! token lacks F16C and pulp wraps none of its intrinsics, so the kernel
-//! runs under its own token ([`Avx2F16c`]) and the conversion is this
-//! module's one `unsafe` call.
+//! instructions (`docs/benchmarks.md`, twenty-sixth session); pulp's `V3`
+//! token lacks F16C, so the kernel runs under [`crate::simd::Avx2F16c`].
 
-use std::arch::x86_64::{__m128i, __m256, __m256i};
+use std::arch::x86_64::{__m256, __m256i};
+
+use crate::simd::Avx2F16c;
 
 use super::BLOCK;
 use super::int8::{Int8Job, LANES, PAIRS, Q8Rows, QUAD, QUADS, q8_block, quantise_rows};
@@ -44,17 +44,6 @@ const LOAD: usize = HALF * QUAD;
 /// as in the AVX-512 kernel: with several rows it reads memory too slowly
 /// for the hardware prefetchers to run ahead of it.
 const PREFETCH_BLOCKS: usize = 16;
-
-pulp::simd_type! {
-    /// The features of x86-64-v3 that the kernel uses, and F16C.
-    pub(crate) struct Avx2F16c {
-        pub sse: "sse",
-        pub avx: "avx",
-        pub avx2: "avx2",
-        pub fma: "fma",
-        pub f16c: "f16c",
-    }
-}
 
 /// Computes `job` into `out` (`[panel][rows][LANES]`).
 pub(crate) fn panels(simd: Avx2F16c, job: Int8Job<'_>, out: &mut [f32]) {
@@ -339,14 +328,10 @@ fn scales<const MIN: bool>(
 
 /// 8 f16 values (bits) widened to f32, exactly (`vcvtph2ps`).
 #[inline(always)]
-#[allow(unsafe_code)]
-fn widen_f16(_: Avx2F16c, bits: &[u16]) -> __m256 {
+fn widen_f16(simd: Avx2F16c, bits: &[u16]) -> __m256 {
     let mut h = [0u16; HALF];
     h.copy_from_slice(bits);
-    let h: __m128i = pulp::cast(h);
-    // SAFETY: the token exists only on a CPU with F16C (`try_new`), and the
-    // kernel is inlined into a function compiled with it.
-    unsafe { std::arch::x86_64::_mm256_cvtph_ps(h) }
+    simd.widen_f16(h)
 }
 
 /// Asks for the cache lines of the block `PREFETCH_BLOCKS` past `codes`

@@ -78,7 +78,7 @@ use crate::gguf::{GgmlType, GgufError};
 /// ```
 pub fn int8_simd_available() -> bool {
     #[cfg(target_arch = "x86_64")]
-    return vnni::available() || int8_avx2::Avx2F16c::is_available();
+    return vnni::available() || crate::simd::Avx2F16c::is_available();
     #[cfg(not(target_arch = "x86_64"))]
     false
 }
@@ -417,7 +417,7 @@ impl PanelMatrix {
                         vnni::panels(job, out);
                         return;
                     }
-                    if let Some(avx2) = int8_avx2::Avx2F16c::try_new() {
+                    if let Some(avx2) = crate::simd::Avx2F16c::try_new() {
                         int8_avx2::panels(avx2, job, out);
                         return;
                     }

@@ -407,8 +407,8 @@ fn a_team_whose_caller_panics_stops_its_helpers() {
 
 /// The AVX2 kernel's token, or `None` with a note that the AVX2 test is skipped.
 #[cfg(target_arch = "x86_64")]
-fn avx2_or_skip() -> Option<int8_avx2::Avx2F16c> {
-    let token = int8_avx2::Avx2F16c::try_new();
+fn avx2_or_skip() -> Option<crate::simd::Avx2F16c> {
+    let token = crate::simd::Avx2F16c::try_new();
     if token.is_none() {
         eprintln!("skipped: this CPU has no AVX2, FMA and F16C");
     }

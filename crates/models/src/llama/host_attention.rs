@@ -4,7 +4,8 @@
 //! The kernel is written once over vectors of `W` lanes ([`Lanes`]) and
 //! compiled three times: 16 lanes for AVX-512 through pulp's V4 token
 //! where the CPU has it (twice the lanes of an instruction on Intel's
-//! server cores), 8 for AVX2 + FMA through V3, and plain arrays elsewhere.
+//! server cores), 8 for AVX2 + FMA (+ F16C) through core's `Avx2F16c`,
+//! and plain arrays elsewhere.
 //! Every product is fused into its sum (`mul_add`, one rounding) on each,
 //! and each position's and output's sums run in the same order whatever
 //! the width, so all give the same bits (tested).
@@ -170,9 +171,9 @@ impl Elem for u16 {
 /// Which compilation of the kernel a unit runs on.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Kernel {
-    /// AVX-512 where the CPU has it, else AVX2 + FMA, else portable.
+    /// AVX-512 where the CPU has it, else AVX2 + FMA + F16C, else portable.
     Best,
-    /// AVX2 + FMA where the CPU has it, else portable.
+    /// AVX2 + FMA + F16C where the CPU has it, else portable.
     #[cfg_attr(not(test), allow(dead_code))]
     Avx2,
     /// Plain arrays.
@@ -258,9 +259,9 @@ fn attention_on<E: Elem>(
                 return pulp::Simd::vectorize(v4, OnV4(unit, v4));
             }
             if kernel != Kernel::Portable
-                && let Some(v3) = pulp::x86::V3::try_new()
+                && let Some(avx2) = lastmile_core::simd::Avx2F16c::try_new()
             {
-                return pulp::Simd::vectorize(v3, OnV3(unit, v3));
+                return avx2.vectorize(OnAvx2(unit, avx2));
             }
         }
         #[cfg(not(target_arch = "x86_64"))]
@@ -511,23 +512,23 @@ fn softmax_in_place(s: &mut [f32]) {
     }
 }
 
-/// A unit on the AVX2 kernel: pulp inlines `with_simd` into a function
-/// compiled with the V3 features, so every intrinsic and loop of the
+/// A unit on the AVX2 kernel: pulp inlines `call` into a function
+/// compiled with the token's features, so every intrinsic and loop of the
 /// kernel is compiled for them (a closure's body may be left outside it).
 #[cfg(target_arch = "x86_64")]
-struct OnV3<'a, E>(Unit<'a, E>, pulp::x86::V3);
+struct OnAvx2<'a, E>(Unit<'a, E>, lastmile_core::simd::Avx2F16c);
 
 #[cfg(target_arch = "x86_64")]
-impl<E: Elem> pulp::WithSimd for OnV3<'_, E> {
+impl<E: Elem> pulp::NullaryFnOnce for OnAvx2<'_, E> {
     type Output = ();
 
     #[inline(always)]
-    fn with_simd<S: pulp::Simd>(self, _: S) {
+    fn call(self) {
         self.0.run::<8, _>(self.1);
     }
 }
 
-/// A unit on the AVX-512 kernel (16-lane vectors), as [`OnV3`].
+/// A unit on the AVX-512 kernel (16-lane vectors), as [`OnAvx2`].
 #[cfg(target_arch = "x86_64")]
 struct OnV4<'a, E>(Unit<'a, E>, pulp::x86::V4);
 

@@ -66,7 +66,7 @@ impl<const W: usize> Lanes<W> for Portable {
 }
 
 #[cfg(target_arch = "x86_64")]
-impl Lanes<8> for pulp::x86::V3 {
+impl Lanes<8> for lastmile_core::simd::Avx2F16c {
     type V = std::arch::x86_64::__m256;
 
     #[inline(always)]
@@ -77,29 +77,12 @@ impl Lanes<8> for pulp::x86::V3 {
     fn load(self, x: &[f32; 8]) -> Self::V {
         pulp::cast(*x)
     }
-    /// pulp's V3 has no F16C token, so in AVX2 integer operations: the
-    /// f16's exponent and mantissa moved into an f32's fields (`<< 13`)
-    /// and scaled by 2¹¹² (the bias 127 − 15), exact for normal and
-    /// subnormal values; all-ones exponents (∞, NaN) kept all ones (a
-    /// signalling NaN stays signalling; F16C would make it quiet); the
-    /// sign moved to bit 31.
+    /// One `vcvtph2ps` (F16C). Integer operations in its place made an
+    /// 8-token pass with an f16 cache 13–35 % dearer than with an f32 one
+    /// (`docs/benchmarks.md`, twenty-sixth session).
     #[inline(always)]
     fn load_f16(self, x: &[u16; 8]) -> Self::V {
-        let (avx, avx2) = (self.avx, self.avx2);
-        let h = avx2._mm256_cvtepu16_epi32(pulp::cast(*x));
-        let magnitude = avx2._mm256_and_si256(h, avx._mm256_set1_epi32(0x7FFF));
-        let moved = avx2._mm256_slli_epi32::<13>(magnitude);
-        let scaled = avx._mm256_mul_ps(
-            avx._mm256_castsi256_ps(moved),
-            avx._mm256_set1_ps(f32::from_bits((127 + 112) << 23)),
-        );
-        let exponent = avx2._mm256_and_si256(h, avx._mm256_set1_epi32(0x7C00));
-        let special = avx2._mm256_cmpeq_epi32(exponent, avx._mm256_set1_epi32(0x7C00));
-        let all_ones = avx2._mm256_or_si256(moved, avx._mm256_set1_epi32(0x7F80_0000));
-        let bits = avx2._mm256_blendv_epi8(avx._mm256_castps_si256(scaled), all_ones, special);
-        let sign =
-            avx2._mm256_slli_epi32::<16>(avx2._mm256_and_si256(h, avx._mm256_set1_epi32(0x8000)));
-        avx._mm256_castsi256_ps(avx2._mm256_or_si256(bits, sign))
+        self.widen_f16(*x)
     }
     #[inline(always)]
     fn store(self, v: Self::V) -> [f32; 8] {
@@ -109,7 +92,7 @@ impl Lanes<8> for pulp::x86::V3 {
     fn mul_add(self, a: Self::V, b: Self::V, c: Self::V) -> Self::V {
         self.fma._mm256_fmadd_ps(a, b, c)
     }
-    /// Inside the V3 features, one `vfmadd` instruction.
+    /// Inside the token's features, one `vfmadd` instruction.
     #[inline(always)]
     fn mul_add_one(self, a: f32, b: f32, c: f32) -> f32 {
         a.mul_add(b, c)

@@ -159,11 +159,11 @@ fn attention_over_blocked_keys_is_the_naive_softmax() {
 #[test]
 fn kernels_and_chunkings_agree() {
     #[cfg(target_arch = "x86_64")]
-    let has_avx2 = pulp::x86::V3::try_new().is_some();
+    let has_avx2 = lastmile_core::simd::Avx2F16c::try_new().is_some();
     #[cfg(not(target_arch = "x86_64"))]
     let has_avx2 = false;
     if !has_avx2 {
-        eprintln!("no AVX2 + FMA on this CPU: only the portable kernel ran");
+        eprintln!("no AVX2 + FMA + F16C on this CPU: only the portable kernel ran");
     }
     for (heads, positions, rows) in SHAPES {
         agree(
@@ -223,8 +223,8 @@ fn f16_keys_and_values_widen_exactly() {
     check(widened::<8, _>(Portable, &all), "portable");
     #[cfg(target_arch = "x86_64")]
     {
-        if let Some(v3) = pulp::x86::V3::try_new() {
-            check(widened::<8, _>(v3, &all), "AVX2");
+        if let Some(avx2) = lastmile_core::simd::Avx2F16c::try_new() {
+            check(widened::<8, _>(avx2, &all), "AVX2");
         }
         if let Some(v4) = pulp::x86::V4::try_new() {
             check(widened::<16, _>(v4, &all), "AVX-512");
