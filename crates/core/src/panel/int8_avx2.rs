@@ -1,5 +1,5 @@
 //! The AVX2 kernel for 8-bit activations ([`super::int8`]), for x86-64
-//! CPUs without AVX-512 VNNI; safe through `pulp`'s x86-64-v3 token.
+//! CPUs without AVX-512 VNNI; safe through core's [`crate::simd::Avx2F16c`] token.
 //!
 //! AVX2 has no instruction that adds four byte products into an i32 lane
 //! (`vpdpbusd`). As in ggml's AVX2 code, `vpmaddubsw` multiplies unsigned
