@@ -135,8 +135,8 @@ impl WeightStorage {
     /// where the CPU has an 8-bit kernel
     /// ([`lastmile_core::panel::int8_simd_available`]: with AVX-512 VNNI a
     /// SmolLM2-135M step about 1.6× faster than Blocks, in 96 MB, a pass
-    /// over 8 tokens more than twice as fast; with AVX2 alone a step 1.6×
-    /// and a pass over 8 tokens 1.3× as fast) and
+    /// over 8 tokens more than twice as fast; with AVX2 (and F16C) alone a
+    /// step 1.6× and a pass over 8 tokens 1.3× as fast) and
     /// [`WeightStorage::Blocks`] otherwise (a step about twice as fast as
     /// F32, in 164 MB instead of 537); [`WeightStorage::F32`] elsewhere.
     ///
