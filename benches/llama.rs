@@ -276,7 +276,7 @@ fn spec_decode_decode(_: &mut Criterion) {
     use lastmile_models::tokenizer::{ChatMessage, Tokenizer};
     use lastmile_spec_decode::{
         CostAwareAdaEdl, CostAwareConfig, DraftPolicy, FeatureDrafter, FeatureTap,
-        GenerationConfig, HybridDrafter, PromptLookup, SpeculativeDecoder, StaticLength,
+        GenerationConfig, HybridDrafter, PassCosts, PromptLookup, SpeculativeDecoder, StaticLength,
         generate_autoregressive,
     };
     use rand::SeedableRng;
@@ -307,57 +307,52 @@ fn spec_decode_decode(_: &mut Criterion) {
         .expect("chat prompt");
     let config = GenerationConfig::new(SamplingParams::new(0.0).expect("T"), 128).expect("config");
     let tap = FeatureTap::new(&target);
-    // The cost-aware policy's costs, in target steps, measured here as
-    // spec_decode_llm measures them: a draft step (after a target step),
-    // and the marginal cost of a token in a pass over 9 tokens against one.
+    // The cost-aware policies' costs, in target steps, measured here as
+    // spec_decode_llm measures them: passes over 1..=9 tokens after the
+    // prompt, and a draft step right after a target step.
+    let len = prompt.len();
+    let mut tc = target.new_cache(1).expect("cache");
+    target
+        .forward_cached(&mut tc, std::slice::from_ref(&prompt))
+        .expect("prompt");
+    // Median seconds of 15 runs of `f`, which times itself.
+    let time = |f: &mut dyn FnMut() -> f64| {
+        let mut v: Vec<f64> = (0..15).map(|_| f()).collect();
+        v.sort_by(f64::total_cmp);
+        v[7]
+    };
+    // A pass over `k` tokens, rolled back.
+    let pass = |tc: &mut LlamaCache, k: usize| {
+        std::hint::black_box(
+            target
+                .forward_cached(tc, &[prompt[..k].to_vec()])
+                .expect("pass")
+                .into_data(),
+        );
+        tc.truncate(0, len).expect("truncate");
+    };
+    let pass_times: Vec<f64> = (1..=9)
+        .map(|k| {
+            time(&mut || {
+                let start = std::time::Instant::now();
+                pass(&mut tc, k);
+                start.elapsed().as_secs_f64()
+            })
+        })
+        .collect();
+    let pass_costs = PassCosts::from_times(&pass_times).expect("pass costs");
+    let (one, nine) = (pass_times[0], pass_times[8]);
     let costs = draft.as_ref().map(|draft| {
         let d = target.config().d_model;
-        let mut tc = target.new_cache(1).expect("cache");
-        target
-            .forward_cached(&mut tc, std::slice::from_ref(&prompt))
-            .expect("prompt");
         let mut dc = draft.new_cache(1).expect("cache");
         let zeros = |n: usize| Tensor::<3>::zeros([1, n, d], &device);
         draft
             .forward_conditioned(&mut dc, std::slice::from_ref(&prompt), zeros(prompt.len()))
             .expect("prompt");
-        let len = prompt.len();
-        // Median seconds of 15 runs of `f`, which times itself.
-        let time = |f: &mut dyn FnMut() -> f64| {
-            let mut v: Vec<f64> = (0..15).map(|_| f()).collect();
-            v.sort_by(f64::total_cmp);
-            v[7]
-        };
-        // One target step, rolled back.
-        let target_step = |tc: &mut LlamaCache| {
-            std::hint::black_box(
-                target
-                    .forward_cached(tc, &[vec![42]])
-                    .expect("step")
-                    .into_data(),
-            );
-            tc.truncate(0, len).expect("truncate");
-        };
-        let one = time(&mut || {
-            let start = std::time::Instant::now();
-            target_step(&mut tc);
-            start.elapsed().as_secs_f64()
-        });
-        let nine = time(&mut || {
-            let start = std::time::Instant::now();
-            std::hint::black_box(
-                target
-                    .forward_cached(&mut tc, &[prompt[..9].to_vec()])
-                    .expect("pass")
-                    .into_data(),
-            );
-            tc.truncate(0, len).expect("truncate");
-            start.elapsed().as_secs_f64()
-        });
         // A draft step as in a round: right after a target step, which
         // evicts the draft's weights from the cache (untimed).
         let step = time(&mut || {
-            target_step(&mut tc);
+            pass(&mut tc, 1);
             let start = std::time::Instant::now();
             let (l, f) = draft
                 .forward_conditioned(&mut dc, &[vec![42]], zeros(1))
@@ -378,11 +373,23 @@ fn spec_decode_decode(_: &mut Criterion) {
         Feature,
         Hybrid,
     }
-    let mut rows: Vec<(&str, Drafts, Box<dyn DraftPolicy>)> = vec![(
-        "prompt lookup, static γ = 8",
-        Drafts::Lookup,
-        Box::new(StaticLength::new(8).expect("γ")),
-    )];
+    let mut rows: Vec<(&str, Drafts, Box<dyn DraftPolicy>)> = vec![
+        (
+            "prompt lookup, static γ = 8",
+            Drafts::Lookup,
+            Box::new(StaticLength::new(8).expect("γ")),
+        ),
+        // Lookup costs nothing next to a step (c = 0): the measured passes
+        // and the copy model's confidence decide.
+        (
+            "prompt lookup, cost-aware AdaEDL",
+            Drafts::Lookup,
+            Box::new(
+                CostAwareAdaEdl::with_pass_costs(CostAwareConfig::default(), 0.0, pass_costs)
+                    .expect("policy"),
+            ),
+        ),
+    ];
     if let Some(costs) = costs {
         rows.push((
             "feature draft, static γ = 1",
@@ -448,6 +455,13 @@ fn spec_decode_decode(_: &mut Criterion) {
         "decoding at T = 0, 128 tokens after a {}-token chat prompt, median of {DECODE_RUNS} \
          alternating runs (tokens/s after the prompt's pass):",
         prompt.len()
+    );
+    let passes: Vec<String> = (1..9)
+        .map(|j| format!("{:.2}", pass_times[j] / one))
+        .collect();
+    println!(
+        "  passes over 2..=9 tokens: {} steps (the cost-aware policies' prices)",
+        passes.join(" / ")
     );
     match costs {
         Some((c, c_v)) => println!(

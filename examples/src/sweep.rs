@@ -48,8 +48,8 @@ impl Method {
 /// marginal cost of verifying 8 tokens, its linear model's `c_v`),
 /// cost-aware AdaEDL (given `cost_ratio` and the verify pass's cost by
 /// length, `verify`; and timing its costs in the loop, those as the
-/// prior), prompt lookup, and the hybrids (max-confidence, both cost-aware
-/// AdaEDLs).
+/// prior), prompt lookup (static γ = 8, and cost-aware AdaEDL at no draft
+/// cost), and the hybrids (max-confidence, both cost-aware AdaEDLs).
 pub fn methods(temperature: f64, cost_ratio: f64, verify: &PassCosts) -> Result<Vec<Method>> {
     let mut m = vec![Method::Autoregressive];
     for g in 1..=8 {
@@ -84,6 +84,13 @@ pub fn methods(temperature: f64, cost_ratio: f64, verify: &PassCosts) -> Result<
         )?)));
     }
     m.push(Method::Lookup(Box::new(StaticLength::new(8)?)));
+    // Lookup costs a scan of the context, nothing next to a step (c = 0);
+    // the copy model's confidence tells the policy which matches to trust.
+    m.push(Method::Lookup(Box::new(CostAwareAdaEdl::with_pass_costs(
+        CostAwareConfig::default(),
+        0.0,
+        verify.clone(),
+    )?)));
     // Lookup where the text repeats itself, the draft elsewhere, under the
     // two confidence-reading policies (looked-up tokens read as certain).
     m.push(Method::Hybrid(Box::new(MaxConfidence::new(tau, 8)?), 10));

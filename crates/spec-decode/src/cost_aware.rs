@@ -2,7 +2,9 @@
 //! draft-length policy for devices where neither drafting nor verifying is
 //! free (a CPU), designed in this project.
 
-use lastmile_core::validate::{check_at_least, check_positive};
+use std::ops::Bound::{Included, Unbounded};
+
+use lastmile_core::validate::{check_at_least, check_interval};
 
 use crate::calibration::{CalibratedBound, LEVELS};
 use crate::error::Result;
@@ -99,8 +101,11 @@ impl Default for CostAwareConfig {
 ///   `C_j = s·c + v(j + 1)` (`s` draft steps, including the one that
 ///   produced token `j + 1`'s distribution). Token `j + 1` is drafted when
 ///   its own yield per cost is at least the round's so far:
-///   `P_j · a_{j+1} / (c + c_v(j)) ≥ E_j / C_j`. (Adding an item whose
-///   marginal ratio is at least the current ratio never lowers the ratio.)
+///   `P_j · a_{j+1} / (c + c_v(j)) ≥ E_j / C_j` (adding an item whose
+///   marginal ratio is at least the current ratio never lowers the
+///   ratio), or when a run of it and up to `L_max − j − 1` more tokens at
+///   its estimate would be: a CPU's pass costs are not convex in their
+///   length, and a token that does not pay alone may open a cheap run.
 ///   The first token is judged too (`min_len` 0).
 /// - **Per round** (the gate). A round that runs the draft pays `c` for
 ///   its first token's distribution, then drafts the token if its level's
@@ -179,20 +184,23 @@ pub struct CostAwareAdaEdl {
 }
 
 impl CostAwareAdaEdl {
-    /// The policy for draft step cost `draft_cost = c > 0` and marginal
+    /// The policy for draft step cost `draft_cost = c ≥ 0` and marginal
     /// verify cost `verify_cost = c_v ≥ 0` for every draft token, in
-    /// target steps.
+    /// target steps. `c = 0` suits a drafter without a model, such as
+    /// [`PromptLookup`](crate::PromptLookup), whose proposals cost a scan of
+    /// the context (microseconds against a step's milliseconds): the rule
+    /// then weighs the expected tokens against the verify pass alone.
     ///
     /// # Errors
     /// `γ ≤ 0`, `w ≤ 0`, `forget` outside `(0, 1]`, initial acceptance outside `[0, 1]`, `L_max = 0`, `probe_every = 0`,
-    /// `retime_every = 0`, `c ≤ 0` or `c_v < 0` (or any not finite); with
+    /// `retime_every = 0`, `c < 0` or `c_v < 0` (or any not finite); with
     /// `measure_costs`, `L_max + 1` over
     /// [`MAX_TIMED_PASS`](crate::round_timing::MAX_TIMED_PASS).
     pub fn new(config: CostAwareConfig, draft_cost: f64, verify_cost: f64) -> Result<Self> {
         Self::with_pass_costs(config, draft_cost, PassCosts::linear(verify_cost)?)
     }
 
-    /// The policy for draft step cost `draft_cost = c > 0` and the verify
+    /// The policy for draft step cost `draft_cost = c ≥ 0` and the verify
     /// pass's cost by its length, `verify` (measured: a CPU's pass is not
     /// linear in its tokens, [`PassCosts`]).
     ///
@@ -225,7 +233,7 @@ impl CostAwareAdaEdl {
         check_at_least("max_len", config.max_len, 1)?;
         check_at_least("probe_every", config.probe_every, 1)?;
         check_at_least("retime_every", config.retime_every, 1)?;
-        let c = check_positive("draft_cost", draft_cost)?;
+        let c = check_interval("draft_cost", draft_cost, Included(0.0), Unbounded)?;
         Ok(Self {
             config,
             draft_cost: c,
@@ -304,6 +312,29 @@ impl CostAwareAdaEdl {
     }
 }
 
+impl CostAwareAdaEdl {
+    /// Whether drafting token `drafted + 1` (estimate `a`), and possibly up
+    /// to `L_max − drafted − 1` more at the same estimate, keeps the round's
+    /// `E/C` (`spent` so far) from falling: some `k ≥ 1` with
+    /// `P_j·(a + … + a^k) / (k·c + v(j + k + 1) − v(j + 1)) ≥ E_j / C_j`.
+    /// At `k = 1` this is the per-position rule; longer runs matter where
+    /// the pass's cost is not convex in its length (a CPU's register
+    /// blocks: 7 tokens cost as much as 6, `docs/benchmarks.md`), where a
+    /// token that does not pay alone opens a run that does. With convex
+    /// costs no longer run passes where `k = 1` fails (each further token
+    /// gains less and costs more).
+    fn run_pays(&self, drafted: usize, a: f64, spent: f64) -> bool {
+        let (mut all, mut gain) = (self.all_accepted, 0.0);
+        let base = self.verify.verify(drafted);
+        (1..=self.config.max_len.saturating_sub(drafted).max(1)).any(|k| {
+            all *= a;
+            gain += all;
+            let cost = k as f64 * self.draft_cost + self.verify.verify(drafted + k) - base;
+            gain * spent >= self.expected * cost
+        })
+    }
+}
+
 impl DraftPolicy for CostAwareAdaEdl {
     fn name(&self) -> String {
         if self.config.measure_costs {
@@ -347,12 +378,12 @@ impl DraftPolicy for CostAwareAdaEdl {
             }
             self.first_levels[self.calibration.level(next.entropy)] += 1.0;
         }
-        let marginal = self.all_accepted * self.calibration.estimate(next.entropy);
+        let a = self.calibration.estimate(next.entropy);
+        let marginal = self.all_accepted * a;
         let spent = self.steps as f64 * self.draft_cost + self.verify.verify(drafted);
         // A probe drafts at least one token: it is there to measure.
         let probe = self.probing && drafted == 0;
-        let cost = self.draft_cost + self.verify.marginal(drafted);
-        if !probe && marginal * spent < self.expected * cost {
+        if !probe && !self.run_pays(drafted, a, spent) {
             return false;
         }
         self.entropies.push(next.entropy);

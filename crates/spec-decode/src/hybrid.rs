@@ -13,17 +13,17 @@ use rand::Rng;
 
 use crate::drafter::{Draft, DraftRequest, Drafter, PromptLookup};
 use crate::error::{Result, SpecDecodeError};
+use crate::policy::DraftStepInfo;
 
 /// Drafts by [`PromptLookup`] where the committed sequence's last n-gram
 /// occurred before, and by another [`Drafter`] (a draft model) everywhere
 /// else, per sequence and round.
 ///
 /// Both sources answer to the sequence's [`DraftPolicy`](crate::DraftPolicy):
-/// looked-up tokens reach it as point masses (entropy 0, top probability 1),
-/// exactly as from [`PromptLookup`] alone, so a policy that reads the
-/// draft's confidence (AdaEDL, max-confidence, cost-aware AdaEDL) drafts a
-/// matched continuation up to its round limit and model tokens by their
-/// confidence. When sampling, a looked-up draft carries its one-hot `q`
+/// looked-up tokens reach it with the copy model's confidence, exactly as
+/// from [`PromptLookup`] alone, and model tokens with the draft's, so a
+/// policy that reads confidence (AdaEDL, max-confidence, cost-aware
+/// AdaEDL) judges each by its own. When sampling, a looked-up draft carries its one-hot `q`
 /// (made on `device`), so verification stays exact whichever source drafted;
 /// the draft model is not run for a looked-up row and catches up on the
 /// committed tokens in the next round it drafts.
@@ -166,13 +166,14 @@ impl<D: Drafter> Drafter for HybridDrafter<D> {
         rng: &mut R,
     ) -> Result<Vec<Draft>> {
         // Rows whose n-gram recurs are taken out of the model's requests.
-        let mut looked_up: Vec<Option<(Vec<usize>, DraftRequest<'_>)>> = Vec::new();
+        type Found<'r> = (Vec<usize>, Vec<DraftStepInfo>, DraftRequest<'r>);
+        let mut looked_up: Vec<Option<Found<'_>>> = Vec::new();
         for req in requests.iter_mut() {
             let found = req
                 .as_ref()
-                .map(|r| self.lookup.lookup(r.context, r.limit))
-                .filter(|t| !t.is_empty());
-            looked_up.push(found.and_then(|t| req.take().map(|r| (t, r))));
+                .map(|r| self.lookup.lookup_with_info(r.context, r.limit))
+                .filter(|(t, _)| !t.is_empty());
+            looked_up.push(found.and_then(|(t, info)| req.take().map(|r| (t, info, r))));
         }
         self.looked_up += looked_up.iter().flatten().count() as u64;
         self.drafted += requests.iter().flatten().count() as u64;
@@ -180,10 +181,10 @@ impl<D: Drafter> Drafter for HybridDrafter<D> {
         let one_hot = !sampling.is_greedy() && !self.drafter.is_deterministic();
         let vocab = self.drafter.vocab_size().unwrap_or(0);
         for ((slot, found), draft) in requests.iter_mut().zip(looked_up).zip(drafts.iter_mut()) {
-            let Some((tokens, mut req)) = found else {
+            let Some((tokens, info, mut req)) = found else {
                 continue;
             };
-            let tokens = self.lookup.policy_prefix(tokens, &mut req);
+            let tokens = self.lookup.policy_prefix(tokens, &info, &mut req);
             let q = if one_hot && !tokens.is_empty() {
                 let mut data = vec![0.0f32; tokens.len() * vocab];
                 for (i, &x) in tokens.iter().enumerate() {

@@ -16,8 +16,10 @@ use crate::round_timing::RoundTiming;
 ///
 /// Computed from the drafter's processed distribution `q` when sampling, and
 /// from the *untempered* softmax of the draft logits in greedy mode (where
-/// `q` is one-hot and carries no confidence information). Deterministic
-/// drafters (prompt lookup) report a point mass: entropy 0, top probability 1.
+/// `q` is one-hot and carries no confidence information). Prompt lookup,
+/// whose proposals are deterministic, reports the distribution of a copy
+/// model that grows surer with the length of its match
+/// ([`PromptLookup`](crate::PromptLookup)).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct DraftStepInfo {
     /// Shannon entropy of the draft distribution, in nats.

@@ -65,10 +65,11 @@ fn first_tokens_of_a_rejected_level_are_declined() {
 
 #[test]
 fn stop_rule_keeps_the_round_yield_from_falling() {
-    // Along any entropy path, a token is drafted exactly when it keeps
-    // E/C from falling, C = s·c + v(j + 1) counting every draft step
-    // run: with one marginal verify cost, and with a measured pass that
-    // is flat for a few tokens and then dear.
+    // Along any entropy path, a token is drafted exactly when it, or a
+    // run it opens at its estimate, keeps E/C from falling, C = s·c +
+    // v(j + 1) counting every draft step run: with one marginal verify
+    // cost, and with a measured pass that is flat for a few tokens and
+    // then dear.
     let c = 0.1;
     let flat_then_dear = [1.0, 1.0, 1.02, 1.02, 1.5, 1.9, 2.3, 2.7, 3.1];
     for costs in [
@@ -93,9 +94,17 @@ fn stop_rule_keeps_the_round_yield_from_falling() {
         let mut drafted = 0;
         for (j, h) in [0.01, 0.1, 0.05, 0.4, 0.3, 1.0].into_iter().enumerate() {
             let before = expected / ((j + 1) as f64 * c + costs.verify(j));
-            let next = all * p.calibration().estimate(h);
-            // Drafting token j + 1 also runs the draft step that shows token j + 2.
-            let after = (expected + next) / ((j + 2) as f64 * c + costs.verify(j + 1));
+            let a = p.calibration().estimate(h);
+            let next = all * a;
+            // Drafting token j + 1 also runs the draft step that shows
+            // token j + 2; a run of k tokens at token j + 1's estimate
+            // may pay where the token alone does not.
+            let after = (1..=8 - j)
+                .map(|k| {
+                    let gain: f64 = (1..=k).map(|i| all * a.powi(i as i32)).sum();
+                    (expected + gain) / ((j + 1 + k) as f64 * c + costs.verify(j + k))
+                })
+                .fold(f64::MIN, f64::max);
             let drafts = p.continue_drafting(j, &info(h));
             assert_eq!(
                 drafts,
@@ -243,7 +252,8 @@ fn measured_costs_replace_the_given_ones() {
 #[test]
 fn bad_settings_are_errors() {
     let c = CostAwareConfig::default();
-    assert!(CostAwareAdaEdl::new(c, 0.0, 0.1).is_err());
+    assert!(CostAwareAdaEdl::new(c, -0.01, 0.1).is_err());
+    assert!(CostAwareAdaEdl::new(c, 0.0, 0.1).is_ok()); // a model-free drafter
     assert!(CostAwareAdaEdl::new(c, 0.1, -0.1).is_err());
     assert!(CostAwareAdaEdl::new(c, f64::NAN, 0.1).is_err());
     let bad = [
@@ -276,4 +286,63 @@ fn bad_settings_are_errors() {
     for b in bad {
         assert!(CostAwareAdaEdl::new(b, 0.1, 0.1).is_err(), "{b:?}");
     }
+}
+
+#[test]
+fn prompt_lookup_at_no_draft_cost_learns_which_matches_to_trust() {
+    // Prompt lookup costs nothing next to a step (c = 0); the pass costs
+    // are those measured on a CPU (docs/benchmarks.md, session 26). Text
+    // where one-token matches are never continued and long copies always
+    // are: the policy learns to decline the first and to draft the second
+    // at length, by the copy model's confidence alone.
+    let pass = [1.0, 1.12, 1.27, 1.51, 1.65, 2.02, 2.03, 2.24, 2.71];
+    let costs = PassCosts::from_times(&pass).unwrap_or_else(|e| panic!("{e}"));
+    // A light prior: the levels' own counts soon dominate.
+    let config = CostAwareConfig {
+        prior_weight: 2.0,
+        ..CostAwareConfig::default()
+    };
+    let mut p =
+        CostAwareAdaEdl::with_pass_costs(config, 0.0, costs).unwrap_or_else(|e| panic!("{e}"));
+    let lookup = crate::PromptLookup::new(1, 3, 8).unwrap_or_else(|e| panic!("{e}"));
+    // "… 9 | 3": only "3" recurs (one token matched).
+    let short: Vec<usize> = vec![3, 1, 2, 4, 5, 6, 7, 8, 9, 3];
+    // A 12-token span recurs.
+    let long: Vec<usize> = (0..12).chain(20..24).chain(0..12).collect();
+    let proposal = |ctx: &[usize]| {
+        let (tokens, info) = lookup.lookup_with_info(ctx, 8);
+        assert_eq!(tokens.len(), info.len());
+        info
+    };
+    let (short_info, long_info) = (proposal(&short), proposal(&long));
+    assert!(short_info.len() >= 8 && long_info.len() >= 4);
+    let drafted = |p: &mut CostAwareAdaEdl, info: &[DraftStepInfo], accept_all: bool| {
+        let limit = p.round_limit().min(info.len());
+        let n = (0..limit)
+            .take_while(|&j| p.worth_a_step(j) && p.continue_drafting(j, &info[j]))
+            .count();
+        p.observe(RoundOutcome {
+            drafted: n,
+            accepted: if accept_all { n } else { 0 },
+        });
+        n
+    };
+    let mut short_lengths = Vec::new();
+    for _ in 0..100 {
+        short_lengths.push(drafted(&mut p, &short_info, false));
+        drafted(&mut p, &long_info, true);
+    }
+    // At first a one-token match is drafted (acceptance 0.4 assumed).
+    assert_eq!(short_lengths[0], 1);
+    assert_eq!(
+        drafted(&mut p.clone(), &short_info, false),
+        0,
+        "{short_lengths:?}"
+    );
+    // Seven: past the 6-token pass's step up (the 8-token pass costs
+    // about as much as the 7-token one), short of the dear 9-token pass.
+    assert_eq!(drafted(&mut p, &long_info, true), 7);
+    assert!(p.calibration().estimate(long_info[0].entropy) > 0.9);
+    // Declined once its estimate fell below the 2-token pass's extra 0.12 step.
+    assert!(p.calibration().estimate(short_info[0].entropy) < 0.12);
 }

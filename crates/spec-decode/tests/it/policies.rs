@@ -131,6 +131,81 @@ fn prompt_lookup_prefers_longest_most_recent_match() {
 }
 
 #[test]
+fn prompt_lookup_confidence_is_the_copy_models_distribution() {
+    // Random contexts over 5 tokens (so matches of every length occur),
+    // against a naive reference: the match found by `lookup`, extended
+    // back by brute force, and the entropy of the explicit distribution.
+    use rand::rngs::StdRng;
+    use rand::{RngExt, SeedableRng};
+    let pl = PromptLookup::new(1, 3, 6).unwrap();
+    let mut rng = StdRng::seed_from_u64(5);
+    let mut lengths = std::collections::BTreeSet::new();
+    for _ in 0..300 {
+        let len = rng.random_range(2..120);
+        // Long runs of copying: each token repeats the one 7 back 80 % of the time.
+        let mut ctx: Vec<usize> = Vec::with_capacity(len);
+        for i in 0..len {
+            let copy = i >= 7 && rng.random::<f64>() < 0.8;
+            ctx.push(if copy {
+                ctx[i - 7]
+            } else {
+                rng.random_range(0..5)
+            });
+        }
+        let (tokens, info) = pl.lookup_with_info(&ctx, 6);
+        assert_eq!(tokens, pl.lookup(&ctx, 6));
+        assert_eq!(tokens.len(), info.len());
+        if tokens.is_empty() {
+            continue;
+        }
+        // Where the proposal starts: the most recent earlier span that
+        // ends with the longest recurring n-gram and is followed by `tokens`.
+        let n = (1..=3)
+            .rev()
+            .find(|&n| n < len && (0..len - n).any(|s| ctx[s..s + n] == ctx[len - n..]))
+            .unwrap();
+        let from = (0..len - n)
+            .rev()
+            .find(|&s| ctx[s..s + n] == ctx[len - n..])
+            .unwrap()
+            + n;
+        let matched = (n..=from)
+            .take_while(|&m| ctx[from - m..from] == ctx[len - m..])
+            .last()
+            .unwrap()
+            .min(PromptLookup::MAX_MATCH);
+        lengths.insert(matched);
+        let mut distinct = ctx.clone();
+        distinct.sort_unstable();
+        distinct.dedup();
+        let others = distinct.len() - 1;
+        if others == 0 {
+            // One distinct token: the copy model can name no other.
+            assert!(info.iter().all(|i| i.entropy == 0.0 && i.top_prob == 1.0));
+            continue;
+        }
+        for (i, got) in info.iter().enumerate() {
+            let m = (matched + i).min(PromptLookup::MAX_MATCH) as f64;
+            let p = (m + 1.0) / (m + 2.0);
+            let mut probs = vec![p];
+            probs.extend(std::iter::repeat_n((1.0 - p) / others as f64, others));
+            let entropy: f64 = probs.iter().map(|&q| -q * q.ln()).sum();
+            assert!((probs.iter().sum::<f64>() - 1.0).abs() < 1e-12);
+            assert!((got.top_prob - p).abs() < 1e-12, "{got:?} {p}");
+            assert!((got.entropy - entropy).abs() < 1e-9, "{got:?} {entropy}");
+            if i > 0 && matched + i <= PromptLookup::MAX_MATCH {
+                assert!(got.entropy < info[i - 1].entropy);
+            }
+        }
+    }
+    // Short and long matches both occurred.
+    assert!(
+        lengths.contains(&1) && lengths.iter().any(|&m| m >= 20),
+        "{lengths:?}"
+    );
+}
+
+#[test]
 fn metrics_merge_and_ratios() {
     let mut a = Metrics::default();
     a.record_round(3, 1);
