@@ -20,8 +20,9 @@
 //!   [`InLoopCosts`]).
 //! - [`Drafter`]: [`ModelDrafter`] (a small model), [`FeatureDrafter`] (a draft that
 //!   reads the target's features through a [`FeatureTap`], EAGLE) and
-//!   [`PromptLookup`] (n-gram), and [`HybridDrafter`] (lookup where an
-//!   n-gram recurs, a draft model elsewhere).
+//!   [`PromptLookup`] (n-gram, its proposals weighted by the length of
+//!   their match), and [`HybridDrafter`] (lookup where an n-gram recurs, a
+//!   draft model elsewhere).
 //! - [`SpeculativeDecoder`] and the [`generate_autoregressive`] baseline,
 //!   both reporting [`Metrics`] (vLLM definitions).
 //!
