@@ -537,8 +537,8 @@ impl PromptLookup {
         let Some((from, to, matched)) = self.find(context, limit) else {
             return (Vec::new(), Vec::new());
         };
-        let mut seen = std::collections::HashSet::with_capacity(context.len());
-        let others = context.iter().filter(|&&t| seen.insert(t)).count() - 1;
+        // `find` matched an n-gram, so the context has at least one token.
+        let others = distinct(context).saturating_sub(1);
         let info = (0..to - from)
             .map(|i| copy_confidence((matched + i).min(Self::MAX_MATCH), others))
             .collect();
@@ -593,6 +593,27 @@ impl PromptLookup {
     }
 }
 
+/// Distinct tokens in `context`: a bitset over the ids when they are below
+/// 2^20 (a vocabulary's range; 128 KiB at most), a hash set otherwise (ids
+/// from a caller that did not validate them), so a long context costs a
+/// pass of bit operations per round rather than one hash per token.
+fn distinct(context: &[usize]) -> usize {
+    const BITSET_IDS: usize = 1 << 20;
+    match context.iter().max() {
+        Some(&max) if max < BITSET_IDS => {
+            let mut bits = vec![0u64; max / 64 + 1];
+            for &t in context {
+                bits[t / 64] |= 1 << (t % 64);
+            }
+            bits.iter().map(|w| w.count_ones() as usize).sum()
+        }
+        _ => {
+            let mut seen = std::collections::HashSet::with_capacity(context.len());
+            context.iter().filter(|&&t| seen.insert(t)).count()
+        }
+    }
+}
+
 /// The copy model's distribution for a token after `matched` matched ones,
 /// its rest spread over `others` other tokens: entropy and top probability.
 fn copy_confidence(matched: usize, others: usize) -> DraftStepInfo {
@@ -644,5 +665,32 @@ impl Drafter for PromptLookup {
                 }
             })
             .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rand::rngs::StdRng;
+    use rand::{RngExt, SeedableRng};
+
+    use super::distinct;
+
+    #[test]
+    fn distinct_counts_match_a_sorted_dedup() {
+        // Ids in a vocabulary's range (the bitset) and beyond it (the hash
+        // set), against sorting and removing repeats.
+        let mut rng = StdRng::seed_from_u64(9);
+        for &top in &[2usize, 50, 49_152, 1 << 20, usize::MAX] {
+            for len in [1usize, 2, 17, 300] {
+                let context: Vec<usize> = (0..len)
+                    .map(|_| rng.random_range(0..=top.min(usize::MAX - 1)))
+                    .collect();
+                let mut naive = context.clone();
+                naive.sort_unstable();
+                naive.dedup();
+                assert_eq!(distinct(&context), naive.len(), "top {top}, len {len}");
+            }
+        }
+        assert_eq!(distinct(&[]), 0);
     }
 }
