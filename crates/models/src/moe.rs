@@ -376,7 +376,11 @@ pub struct MoeTransformer {
 /// et al. 2022, Eq. (4); GShard, Lepikhin et al. 2021): `E · Σ_i f_i · P_i`
 /// with `f_i` the fraction of the `k·T` routing slots that go to expert `i`
 /// (not differentiable) and `P_i` the mean router probability of expert `i`
-/// over the `T` tokens. Its minimum, 1, is reached by uniform routing.
+/// over the `T` tokens. It is 1 for uniform routing (`f_i = P_i = 1/E`)
+/// and lies in `(0, E]` (`E` when one expert takes every slot and all the
+/// probability). It is not bounded below by 1: the hard choices `f` and
+/// the soft probabilities `P` can disagree (two of three tokens sent to
+/// expert 1 of 2 at probability 0.51, the third to expert 2 at 0.99: 0.90).
 fn load_balancing_loss(logits: Tensor<2>, k: usize) -> Tensor<1> {
     let [t, e] = logits.dims();
     let device = logits.device();
@@ -514,7 +518,8 @@ impl MoeTransformer {
     /// let m = lastmile_models::MoeTransformerConfig::byte_level(16, 2, 2, 4, 2, 8).init(&d)?;
     /// let (logits, aux) = m.forward_with_aux(Tensor::<2, Int>::from_ints([[1, 2, 3]], &d))?;
     /// assert_eq!(logits.dims(), [1, 3, 256]);
-    /// assert!(aux.into_scalar::<f32>() >= 0.99); // ≥ 1, equality for uniform routing
+    /// let aux = aux.into_scalar::<f32>(); // 1 for uniform routing
+    /// assert!(aux > 0.0 && aux <= 4.0); // in (0, E], E = 4 experts
     /// # }
     /// # Ok::<(), lastmile_models::MoeModelError>(())
     /// ```
@@ -1061,4 +1066,30 @@ moe_language_model! {
 /// [`OffloadedMoeTransformer::forward_cached`] behind the shared interface.
 /// A new cache also resets the routing state (a new sequence begins).
     OffloadedMoeTransformer, |m| { m.reset_routing()?; }
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::tensor::{Tensor, TensorData};
+    use lastmile_core::backend_test;
+
+    use super::load_balancing_loss;
+
+    backend_test!(load_balancing_loss_matches_its_formula, |device| {
+        // Router logits whose softmax is (0.51, 0.49) twice and (0.01, 0.99).
+        let logit = |p: f32| (p / (1.0 - p)).ln();
+        let data = vec![logit(0.51), 0.0, logit(0.51), 0.0, logit(0.01), 0.0];
+        let logits = Tensor::<2>::from_data(TensorData::new(data, [3, 2]), device);
+        let got = load_balancing_loss(logits, 1).into_scalar::<f32>();
+        // f = (2/3, 1/3), P = ((0.51 + 0.51 + 0.01)/3, (0.49 + 0.49 + 0.99)/3):
+        // below 1, though routing is not uniform.
+        let want = 2.0 * (2.0 / 3.0 * 1.03 / 3.0 + 1.0 / 3.0 * 1.97 / 3.0);
+        assert!((got - want).abs() < 1e-5, "{got} vs {want}");
+        assert!(got < 0.9);
+        // Equal probabilities over 4 experts, k = 2: exactly 1 whichever
+        // experts the ties choose.
+        let even = Tensor::<2>::zeros([3, 4], device);
+        let got = load_balancing_loss(even, 2).into_scalar::<f32>();
+        assert!((got - 1.0).abs() < 1e-6, "{got}");
+    });
 }
