@@ -11,8 +11,9 @@ use lastmile_core::convert::tensor_from_vec;
 use lastmile_core::numerics::SamplingParams;
 use rand::Rng;
 
-use crate::drafter::{Draft, DraftRequest, Drafter, PromptLookup};
+use crate::drafter::{Draft, DraftRequest, Drafter};
 use crate::error::{Result, SpecDecodeError};
+use crate::lookup::PromptLookup;
 use crate::policy::DraftStepInfo;
 
 /// Drafts by [`PromptLookup`] where the committed sequence's last n-gram
