@@ -276,8 +276,8 @@ fn spec_decode_decode(_: &mut Criterion) {
     use lastmile_models::tokenizer::{ChatMessage, Tokenizer};
     use lastmile_spec_decode::{
         CostAwareAdaEdl, CostAwareConfig, DraftPolicy, FeatureDrafter, FeatureTap,
-        GenerationConfig, HybridDrafter, PassCosts, PromptLookup, SpeculativeDecoder, StaticLength,
-        generate_autoregressive,
+        GenerationConfig, HybridDrafter, PassCosts, PerSource, PromptLookup, SpeculativeDecoder,
+        StaticLength, generate_autoregressive,
     };
     use rand::SeedableRng;
 
@@ -385,8 +385,12 @@ fn spec_decode_decode(_: &mut Criterion) {
             "prompt lookup, cost-aware AdaEDL",
             Drafts::Lookup,
             Box::new(
-                CostAwareAdaEdl::with_pass_costs(CostAwareConfig::default(), 0.0, pass_costs)
-                    .expect("policy"),
+                CostAwareAdaEdl::with_pass_costs(
+                    CostAwareConfig::default(),
+                    0.0,
+                    pass_costs.clone(),
+                )
+                .expect("policy"),
             ),
         ),
     ];
@@ -401,10 +405,14 @@ fn spec_decode_decode(_: &mut Criterion) {
             Drafts::Feature,
             cost_aware(costs),
         ));
+        // Each source under the policy at its own cost: the draft's
+        // rounds at `c`, the looked-up ones at none.
+        let free = CostAwareAdaEdl::with_pass_costs(CostAwareConfig::default(), 0.0, pass_costs)
+            .expect("policy");
         rows.push((
-            "feature draft, lookup + cost-aware AdaEDL",
+            "feature draft, lookup + cost-aware AdaEDL per source",
             Drafts::Hybrid,
-            cost_aware(costs),
+            Box::new(PerSource::new(cost_aware(costs), Box::new(free))),
         ));
     }
     let mut rates = vec![Vec::new(); 1 + rows.len()];

@@ -8,7 +8,7 @@ use lastmile_core::lm::LanguageModel;
 use lastmile_spec_decode::{
     AdaEdl, AdaEdlConfig, CostAwareAdaEdl, CostAwareConfig, CostModel, DraftPolicy, Generation,
     GenerationConfig, HeuristicSchedule, HybridDrafter, MaxConfidence, Metrics, PassCosts,
-    PromptLookup, SpeculativeDecoder, StaticLength, generate_autoregressive,
+    PerSource, PromptLookup, SpeculativeDecoder, StaticLength, generate_autoregressive,
 };
 use rand::SeedableRng;
 use rand::rngs::StdRng;
@@ -49,7 +49,8 @@ impl Method {
 /// cost-aware AdaEDL (given `cost_ratio` and the verify pass's cost by
 /// length, `verify`; and timing its costs in the loop, those as the
 /// prior), prompt lookup (static γ = 8, and cost-aware AdaEDL at no draft
-/// cost), and the hybrids (max-confidence, both cost-aware AdaEDLs).
+/// cost), and the hybrids (max-confidence; both cost-aware AdaEDLs, one
+/// per source: [`PerSource`]).
 pub fn methods(temperature: f64, cost_ratio: f64, verify: &PassCosts) -> Result<Vec<Method>> {
     let mut m = vec![Method::Autoregressive];
     for g in 1..=8 {
@@ -91,16 +92,15 @@ pub fn methods(temperature: f64, cost_ratio: f64, verify: &PassCosts) -> Result<
         0.0,
         verify.clone(),
     )?)));
-    // Lookup where the text repeats itself, the draft elsewhere, under the
-    // two confidence-reading policies (looked-up tokens read as certain).
+    // Lookup where the text repeats itself, the draft elsewhere: under
+    // max-confidence, and under the cost-aware AdaEDLs with a policy per
+    // source, each at its own cost (the draft's `c`, lookup's none).
     m.push(Method::Hybrid(Box::new(MaxConfidence::new(tau, 8)?), 10));
     for config in [CostAwareConfig::default(), timed] {
+        let model = CostAwareAdaEdl::with_pass_costs(config, cost_ratio, verify.clone())?;
+        let lookup = CostAwareAdaEdl::with_pass_costs(config, 0.0, verify.clone())?;
         m.push(Method::Hybrid(
-            Box::new(CostAwareAdaEdl::with_pass_costs(
-                config,
-                cost_ratio,
-                verify.clone(),
-            )?),
+            Box::new(PerSource::new(Box::new(model), Box::new(lookup))),
             10,
         ));
     }

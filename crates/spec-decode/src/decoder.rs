@@ -363,6 +363,7 @@ impl<'t, T: LanguageModel, D: Drafter> SpeculativeDecoder<'t, T, D> {
                     }
                     let remaining = max_new - (row.seq.len() - row.prompt_len);
                     let room = context.saturating_sub(row.seq.len());
+                    row.policy.begin_round(self.drafter.source(&row.seq));
                     let limit = row.policy.round_limit().min(remaining - 1).min(room);
                     Some(DraftRequest {
                         context: &row.seq,

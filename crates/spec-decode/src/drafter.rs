@@ -11,7 +11,7 @@ use rand::Rng;
 
 use crate::error::Result;
 use crate::greedy::{Greedy, greedy_rows, host_logits_fault};
-use crate::policy::{DraftPolicy, DraftStepInfo};
+use crate::policy::{DraftPolicy, DraftSource, DraftStepInfo};
 use crate::sampled::{Tempered, draw, tempered_rows};
 use crate::verify::{index_tensor, locate_logits_fault, logits_fault, non_finite_flag};
 use lastmile_core::lm::LanguageModel;
@@ -108,6 +108,18 @@ pub trait Drafter {
 
     /// Whether proposals are deterministic given the context (`q` one-hot).
     fn is_deterministic(&self) -> bool;
+
+    /// Which source would draft the next round of a sequence whose
+    /// committed tokens are `context`, told to its policy before the round
+    /// ([`DraftPolicy::begin_round`]). [`DraftSource::Model`] by default;
+    /// [`PromptLookup`](crate::PromptLookup) says
+    /// [`Lookup`](DraftSource::Lookup), and
+    /// [`HybridDrafter`](crate::HybridDrafter) says which of its two will
+    /// draft.
+    fn source(&self, context: &[usize]) -> DraftSource {
+        let _ = context;
+        DraftSource::Model
+    }
 
     /// Forgets all state and prepares for `batch` new sequences.
     ///

@@ -14,7 +14,7 @@ use rand::Rng;
 use crate::drafter::{Draft, DraftRequest, Drafter};
 use crate::error::{Result, SpecDecodeError};
 use crate::lookup::PromptLookup;
-use crate::policy::DraftStepInfo;
+use crate::policy::{DraftSource, DraftStepInfo};
 
 /// Drafts by [`PromptLookup`] where the committed sequence's last n-gram
 /// occurred before, and by another [`Drafter`] (a draft model) everywhere
@@ -152,6 +152,16 @@ impl<D: Drafter> Drafter for HybridDrafter<D> {
 
     fn is_deterministic(&self) -> bool {
         self.drafter.is_deterministic()
+    }
+
+    /// [`Lookup`](DraftSource::Lookup) where the context's last n-gram
+    /// occurred before (the round will be looked up), else the draft model's.
+    fn source(&self, context: &[usize]) -> DraftSource {
+        if self.lookup.has_match(context) {
+            DraftSource::Lookup
+        } else {
+            self.drafter.source(context)
+        }
     }
 
     fn reset(&mut self, batch: usize) -> Result<()> {

@@ -17,7 +17,8 @@
 //!   [`MaxConfidence`] (llama.cpp / HF), [`AdaEdl`], [`CostModel`], and
 //!   [`CostAwareAdaEdl`] (AdaEDL's bound weighed by the draft and verify
 //!   costs, given or timed by the decoder in the loop: [`RoundTiming`],
-//!   [`InLoopCosts`]).
+//!   [`InLoopCosts`]); [`PerSource`] runs a policy per [`DraftSource`]
+//!   (the draft model's rounds and prompt lookup's, each at its own cost).
 //! - [`Drafter`]: [`ModelDrafter`] (a small model), [`FeatureDrafter`] (a draft that
 //!   reads the target's features through a [`FeatureTap`], EAGLE) and
 //!   [`PromptLookup`] (n-gram, its proposals weighted by the length of
@@ -103,6 +104,7 @@ pub mod hybrid;
 pub mod lookup;
 pub mod metrics;
 pub mod pass_cost;
+pub mod per_source;
 pub mod policy;
 pub mod round_timing;
 mod sampled;
@@ -121,9 +123,10 @@ pub use lastmile_core::lm::{LanguageModel, LmError, LmResult};
 pub use lookup::PromptLookup;
 pub use metrics::Metrics;
 pub use pass_cost::PassCosts;
+pub use per_source::PerSource;
 pub use policy::{
-    AdaEdl, AdaEdlConfig, CostModel, DraftPolicy, DraftStepInfo, HeuristicSchedule, MaxConfidence,
-    RoundOutcome, StaticLength,
+    AdaEdl, AdaEdlConfig, CostModel, DraftPolicy, DraftSource, DraftStepInfo, HeuristicSchedule,
+    MaxConfidence, RoundOutcome, StaticLength,
 };
 pub use round_timing::{InLoopCosts, RoundTiming};
 pub use verify::{Verdict, verify_drafts};

@@ -7,7 +7,7 @@ use rand::Rng;
 
 use crate::drafter::{Draft, DraftRequest, Drafter};
 use crate::error::Result;
-use crate::policy::DraftStepInfo;
+use crate::policy::{DraftSource, DraftStepInfo};
 
 /// Prompt lookup (n-gram) drafting: no model at all.
 ///
@@ -95,6 +95,12 @@ impl PromptLookup {
             .map(|i| copy_confidence((matched + i).min(Self::MAX_MATCH), others))
             .collect();
         (context[from..to].to_vec(), info)
+    }
+
+    /// Whether the context's last n-gram occurred before with a token after
+    /// it: whether [`lookup`](Self::lookup) proposes anything.
+    pub(crate) fn has_match(&self, context: &[usize]) -> bool {
+        self.find(context, 1).is_some()
     }
 
     /// The proposal's span `from..to` in `context` and the number of
@@ -191,6 +197,10 @@ impl Drafter for PromptLookup {
 
     fn is_deterministic(&self) -> bool {
         true
+    }
+
+    fn source(&self, _context: &[usize]) -> DraftSource {
+        DraftSource::Lookup
     }
 
     fn reset(&mut self, _batch: usize) -> Result<()> {

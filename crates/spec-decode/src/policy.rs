@@ -28,6 +28,22 @@ pub struct DraftStepInfo {
     pub top_prob: f64,
 }
 
+/// Where a round's draft comes from, told to the policy before the round
+/// ([`DraftPolicy::begin_round`]) by the drafter ([`Drafter::source`](crate::Drafter::source)).
+///
+/// A draft model pays a forward per token; prompt lookup copies tokens for
+/// a scan of the context. [`PerSource`](crate::PerSource) judges each with
+/// a policy of its own, priced at its own cost.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum DraftSource {
+    /// A draft model (or any drafter that is not prompt lookup).
+    #[default]
+    Model,
+    /// Prompt lookup: the tokens that followed an earlier occurrence of
+    /// the context's last n-gram.
+    Lookup,
+}
+
 /// Result of one verification round, reported back to the policy.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RoundOutcome {
@@ -39,7 +55,8 @@ pub struct RoundOutcome {
 
 /// Decides the draft length, per sequence.
 ///
-/// Per round the decoder calls [`round_limit`](DraftPolicy::round_limit)
+/// Per round the decoder tells the policy the round's
+/// [source](DraftPolicy::begin_round), calls [`round_limit`](DraftPolicy::round_limit)
 /// once, drafts [`min_len`](DraftPolicy::min_len) tokens (one by default)
 /// unconditionally, then asks
 /// [`continue_drafting`](DraftPolicy::continue_drafting) before each further
@@ -57,6 +74,21 @@ pub struct RoundOutcome {
 pub trait DraftPolicy: Debug + Send {
     /// Short name for reports, e.g. `"static-4"`.
     fn name(&self) -> String;
+
+    /// Which source will draft the round about to begin, told before
+    /// [`round_limit`](DraftPolicy::round_limit). Ignored by default (a
+    /// policy judges every token alike); [`PerSource`](crate::PerSource)
+    /// hands the round to the policy for its source.
+    ///
+    /// ```
+    /// use lastmile_spec_decode::{DraftPolicy, DraftSource, StaticLength};
+    /// let mut p = StaticLength::new(3).unwrap();
+    /// p.begin_round(DraftSource::Lookup);
+    /// assert_eq!(p.round_limit(), 3);
+    /// ```
+    fn begin_round(&mut self, source: DraftSource) {
+        let _ = source;
+    }
 
     /// Most tokens to draft this round; 0 skips speculation for the round
     /// without a draft step (the target takes one plain step, and a model

@@ -392,7 +392,11 @@ cpu_backend_test!(
             );
             assert!(p > level, "prompt lookup, T = {t}: p-value {p}");
             seed += 1;
-            let policy = Box::new(AdaEdl::new(AdaEdlConfig::default()).unwrap());
+            // Each source's rounds under a policy of its own.
+            let policy = Box::new(PerSource::new(
+                Box::new(AdaEdl::new(AdaEdlConfig::default()).unwrap()),
+                Box::new(HeuristicSchedule::new(2, 6).unwrap()),
+            ));
             let p = sequence_p_value(
                 device,
                 policy,
@@ -472,6 +476,19 @@ backend_test!(greedy_equals_target_greedy_for_every_policy, |device| {
             "hybrid, {name}: one source only"
         );
     }
+    // The hybrid with a policy per source: the draft model's rounds under
+    // AdaEDL, the looked-up ones under cost-aware AdaEDL at no draft cost.
+    let per_source = PerSource::new(
+        policies().remove(3),
+        Box::new(CostAwareAdaEdl::new(CostAwareConfig::default(), 0.0, 0.1).unwrap()),
+    );
+    let lookup = PromptLookup::new(2, 3, 8).unwrap();
+    let hybrid = HybridDrafter::new(lookup, ModelDrafter::new(&draft), device).unwrap();
+    let mut dec = SpeculativeDecoder::new(&target, hybrid, Box::new(per_source)).unwrap();
+    let out = dec.generate(&prompts, &config, &mut rng).unwrap();
+    assert_eq!(out.tokens, reference.tokens, "hybrid, per source");
+    let d = dec.drafter();
+    assert!(d.looked_up_rounds() > 0 && d.model_rounds() > 0);
     // One sequence at a time gives the same as the batch.
     let mut dec =
         SpeculativeDecoder::new(&target, ModelDrafter::new(&draft), policies().remove(3)).unwrap();
