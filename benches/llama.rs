@@ -19,12 +19,14 @@
 //!   step does not depend on their values;
 //! - [`spec_decode_decode`]: decoding tokens/s at T = 0 (128 new tokens
 //!   after a chat prompt) of autoregressive decoding, of speculative
-//!   decoding with prompt lookup alone (static γ = 8), and with the trained
-//!   feature-level draft (static γ = 1, the cost-aware AdaEDL, and the same
-//!   policy over the hybrid drafter: prompt lookup where a bigram or trigram
-//!   recurs, the draft elsewhere), medians of alternating runs, printed
-//!   beside the anchor's; the draft's rows are skipped with a note when
-//!   `feature_draft_llm` has not saved the draft;
+//!   decoding with prompt lookup alone (static γ = 8 and cost-aware
+//!   AdaEDL), and with each trained draft present — the feature-level
+//!   draft (`feature_draft_llm`) and the distilled token draft
+//!   (`distill_llm`, 2 blocks, 8 192-token head): static γ = 1, the
+//!   cost-aware AdaEDL, and the hybrid drafter (prompt lookup where a
+//!   bigram or trigram recurs, the draft elsewhere) under cost-aware AdaEDL
+//!   per source — medians of alternating runs, printed beside the anchor's;
+//!   a draft's rows are skipped with a note when its file is missing;
 //! - the anchor: `python3 benches/llama_cpp_reference.py bench --threads 1 2`
 //!   (llama-cpp-python 0.3.36 on the same GGUF), run by this bench after the
 //!   criterion groups and printed with them; skipped with a note without
@@ -269,15 +271,16 @@ fn bench_drafts(c: &mut Criterion) {
 const DECODE_RUNS: usize = 3;
 
 /// Decoding tokens/s (after the prompt's pass) of plain and speculative
-/// decoding with the trained feature draft, at T = 0 on a chat prompt, for
-/// the comparison with llama.cpp's decoding in the same run.
+/// decoding with prompt lookup and the trained drafts present, at T = 0 on
+/// a chat prompt, for the comparison with llama.cpp's decoding in the same
+/// run.
 fn spec_decode_decode(_: &mut Criterion) {
     use lastmile_core::numerics::SamplingParams;
     use lastmile_models::tokenizer::{ChatMessage, Tokenizer};
     use lastmile_spec_decode::{
         CostAwareAdaEdl, CostAwareConfig, DraftPolicy, FeatureDrafter, FeatureTap,
-        GenerationConfig, HybridDrafter, PassCosts, PerSource, PromptLookup, SpeculativeDecoder,
-        StaticLength, generate_autoregressive,
+        GenerationConfig, HybridDrafter, ModelDrafter, PassCosts, PerSource, PromptLookup,
+        SpeculativeDecoder, StaticLength, generate_autoregressive,
     };
     use rand::SeedableRng;
 
@@ -295,6 +298,21 @@ fn spec_decode_decode(_: &mut Criterion) {
             println!(
                 "the feature draft's rows skipped: no trained feature draft ({e}); make it with \
                  `cargo run --release -p lastmile-examples --example feature_draft_llm`"
+            );
+            None
+        }
+    };
+    // The distilled token draft (2 blocks, a head over 8 192 tokens), if
+    // `distill_llm` saved one: the drafter of a machine without a feature draft.
+    let distilled_path = model_path().with_file_name("draft-L2-v8192.bpk");
+    let distilled = match LlamaModule::load_draft(&target, 2, Some(8192), &distilled_path, &device)
+        .and_then(|m| m.to_model(storage, &device))
+    {
+        Ok(d) => Some(d),
+        Err(e) => {
+            println!(
+                "the distilled draft's rows skipped: no distilled draft ({e}); make it with \
+                 `cargo run --release -p lastmile-examples --example distill_llm`"
             );
             None
         }
@@ -363,6 +381,26 @@ fn spec_decode_decode(_: &mut Criterion) {
         });
         (step / one, ((nine - one) / 8.0 / one).max(0.0))
     });
+    let distilled_costs = distilled.as_ref().map(|draft| {
+        let mut dc = draft.new_cache(1).expect("cache");
+        draft
+            .forward_cached(&mut dc, std::slice::from_ref(&prompt))
+            .expect("prompt");
+        // As the feature draft's: right after a target step.
+        let step = time(&mut || {
+            pass(&mut tc, 1);
+            let start = std::time::Instant::now();
+            std::hint::black_box(
+                draft
+                    .forward_cached(&mut dc, &[vec![42]])
+                    .expect("step")
+                    .into_data(),
+            );
+            dc.truncate(0, len).expect("truncate");
+            start.elapsed().as_secs_f64()
+        });
+        (step / one, ((nine - one) / 8.0 / one).max(0.0))
+    });
     let cost_aware = |(c, c_v): (f64, f64)| -> Box<dyn DraftPolicy> {
         Box::new(CostAwareAdaEdl::new(CostAwareConfig::default(), c, c_v).expect("policy"))
     };
@@ -372,6 +410,8 @@ fn spec_decode_decode(_: &mut Criterion) {
         Lookup,
         Feature,
         Hybrid,
+        Distilled,
+        DistilledHybrid,
     }
     let mut rows: Vec<(&str, Drafts, Box<dyn DraftPolicy>)> = vec![
         (
@@ -407,11 +447,32 @@ fn spec_decode_decode(_: &mut Criterion) {
         ));
         // Each source under the policy at its own cost: the draft's
         // rounds at `c`, the looked-up ones at none.
-        let free = CostAwareAdaEdl::with_pass_costs(CostAwareConfig::default(), 0.0, pass_costs)
-            .expect("policy");
+        let free =
+            CostAwareAdaEdl::with_pass_costs(CostAwareConfig::default(), 0.0, pass_costs.clone())
+                .expect("policy");
         rows.push((
             "feature draft, lookup + cost-aware AdaEDL per source",
             Drafts::Hybrid,
+            Box::new(PerSource::new(cost_aware(costs), Box::new(free))),
+        ));
+    }
+    if let Some(costs) = distilled_costs {
+        rows.push((
+            "distilled draft, static γ = 1",
+            Drafts::Distilled,
+            Box::new(StaticLength::new(1).expect("γ")),
+        ));
+        rows.push((
+            "distilled draft, cost-aware AdaEDL",
+            Drafts::Distilled,
+            cost_aware(costs),
+        ));
+        let free =
+            CostAwareAdaEdl::with_pass_costs(CostAwareConfig::default(), 0.0, pass_costs.clone())
+                .expect("policy");
+        rows.push((
+            "distilled draft, lookup + cost-aware AdaEDL per source",
+            Drafts::DistilledHybrid,
             Box::new(PerSource::new(cost_aware(costs), Box::new(free))),
         ));
     }
@@ -446,7 +507,28 @@ fn spec_decode_decode(_: &mut Criterion) {
                         .expect("decoder")
                         .generate(batch, &config, &mut rng)
                 }
-                (_, None) => unreachable!("the draft's rows exist only with the draft"),
+                (Drafts::Distilled, _) => {
+                    let draft = distilled
+                        .as_ref()
+                        .expect("its rows exist only with the draft");
+                    SpeculativeDecoder::new(&target, ModelDrafter::new(draft), policy)
+                        .expect("decoder")
+                        .generate(batch, &config, &mut rng)
+                }
+                (Drafts::DistilledHybrid, _) => {
+                    let draft = distilled
+                        .as_ref()
+                        .expect("its rows exist only with the draft");
+                    let lookup = PromptLookup::new(2, 3, 10).expect("lookup");
+                    let drafter = HybridDrafter::new(lookup, ModelDrafter::new(draft), &device)
+                        .expect("hybrid");
+                    SpeculativeDecoder::new(&target, drafter, policy)
+                        .expect("decoder")
+                        .generate(batch, &config, &mut rng)
+                }
+                (Drafts::Feature | Drafts::Hybrid, None) => {
+                    unreachable!("the draft's rows exist only with the draft")
+                }
             }
             .expect("speculative");
             assert_eq!(out.tokens, ar.tokens, "T = 0: the same tokens");
@@ -471,11 +553,13 @@ fn spec_decode_decode(_: &mut Criterion) {
         "  passes over 2..=9 tokens: {} steps (the cost-aware policies' prices)",
         passes.join(" / ")
     );
-    match costs {
-        Some((c, c_v)) => println!(
-            "  autoregressive: {ar:.1} tokens/s (draft step {c:.3}, one more verified token {c_v:.3} target steps)"
-        ),
-        None => println!("  autoregressive: {ar:.1} tokens/s"),
+    println!("  autoregressive: {ar:.1} tokens/s");
+    for (name, costs) in [("feature", costs), ("distilled", distilled_costs)] {
+        if let Some((c, c_v)) = costs {
+            println!(
+                "  {name} draft: a step {c:.3}, one more verified token {c_v:.3} target steps"
+            );
+        }
     }
     for (i, (name, _, _)) in rows.iter().enumerate() {
         let r = median(&mut rates[i + 1]);

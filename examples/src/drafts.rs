@@ -7,7 +7,7 @@ use lastmile_core::lm::{FeatureDraftModel, HiddenFeatures, LanguageModel};
 use lastmile_spec_decode::{Drafter, FeatureDrafter, FeatureTap, ModelDrafter};
 
 /// Makes a fresh drafter for each run against the target `T`.
-pub trait DraftSource<T: LanguageModel> {
+pub trait MakeDrafter<T: LanguageModel> {
     /// The drafter type.
     type Drafter<'s>: Drafter
     where
@@ -24,7 +24,7 @@ pub trait DraftSource<T: LanguageModel> {
 #[derive(Debug)]
 pub struct TokenDraft<'a, D>(pub &'a D);
 
-impl<T: LanguageModel, D: LanguageModel> DraftSource<T> for TokenDraft<'_, D> {
+impl<T: LanguageModel, D: LanguageModel> MakeDrafter<T> for TokenDraft<'_, D> {
     type Drafter<'s>
         = ModelDrafter<'s, D>
     where
@@ -45,7 +45,7 @@ pub struct FeatureDraft<'a, 'm, T: HiddenFeatures, D> {
     pub draft: &'a D,
 }
 
-impl<'m, T: HiddenFeatures, D: FeatureDraftModel> DraftSource<FeatureTap<'m, T>>
+impl<'m, T: HiddenFeatures, D: FeatureDraftModel> MakeDrafter<FeatureTap<'m, T>>
     for FeatureDraft<'_, 'm, T, D>
 {
     type Drafter<'s>

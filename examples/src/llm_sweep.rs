@@ -10,7 +10,7 @@ use lastmile_core::lm::LanguageModel;
 use lastmile_core::numerics::SamplingParams;
 use lastmile_spec_decode::{GenerationConfig, PassCosts};
 
-use crate::drafts::DraftSource;
+use crate::drafts::MakeDrafter;
 use crate::plot::{BarPanel, write_svg_sized};
 use crate::report::{progress_bar, table, write_csv};
 use crate::sweep::{Method, methods, modelled_speedup, run_method, sweep_paired};
@@ -66,7 +66,7 @@ pub struct SweepCtx<'a> {
 /// # }
 /// # Ok::<(), anyhow::Error>(())
 /// ```
-pub fn sweep_report<T: LanguageModel, S: DraftSource<T>>(
+pub fn sweep_report<T: LanguageModel, S: MakeDrafter<T>>(
     ctx: &SweepCtx<'_>,
     target: &T,
     draft: &S,
@@ -280,7 +280,7 @@ pub fn sweep_report<T: LanguageModel, S: DraftSource<T>>(
 /// through 0..=8 ([`LengthCycle`]) and prints the draft step and pass costs
 /// timed in the loop, in plain steps of the same loop, beside `cost_ratio`
 /// and the passes timed back to back (`ctx.verify`).
-fn print_in_loop_costs<T: LanguageModel, S: DraftSource<T>>(
+fn print_in_loop_costs<T: LanguageModel, S: MakeDrafter<T>>(
     ctx: &SweepCtx<'_>,
     target: &T,
     draft: &S,

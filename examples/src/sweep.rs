@@ -13,7 +13,7 @@ use lastmile_spec_decode::{
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 
-use crate::drafts::DraftSource;
+use crate::drafts::MakeDrafter;
 
 /// A decoding method of the sweep.
 #[derive(Clone, Debug)]
@@ -111,7 +111,7 @@ pub fn methods(temperature: f64, cost_ratio: f64, verify: &PassCosts) -> Result<
 /// seed. Any pair of [`LanguageModel`]s with the same vocabulary: the
 /// byte-level transformers here, the Llama model and its early-exit view
 /// in [`crate::llm`].
-pub fn run_method<T: LanguageModel, S: DraftSource<T>>(
+pub fn run_method<T: LanguageModel, S: MakeDrafter<T>>(
     method: &Method,
     target: &T,
     draft: &S,
@@ -148,7 +148,7 @@ pub type MethodResult = (Vec<Vec<usize>>, Metrics);
 /// once untimed on the first prompt (at most 8 new tokens), so that
 /// first-call costs (allocations, thread start-up, cold caches) do not land
 /// on whichever method runs first.
-pub fn sweep<T: LanguageModel, S: DraftSource<T>>(
+pub fn sweep<T: LanguageModel, S: MakeDrafter<T>>(
     methods: &[Method],
     target: &T,
     draft: &S,
@@ -192,7 +192,7 @@ pub fn sweep<T: LanguageModel, S: DraftSource<T>>(
 /// # Ok::<(), anyhow::Error>(())
 /// ```
 #[allow(clippy::too_many_arguments)]
-pub fn sweep_paired<T: LanguageModel, S: DraftSource<T>>(
+pub fn sweep_paired<T: LanguageModel, S: MakeDrafter<T>>(
     methods: &[Method],
     target: &T,
     draft: &S,
@@ -205,7 +205,7 @@ pub fn sweep_paired<T: LanguageModel, S: DraftSource<T>>(
 }
 
 #[allow(clippy::too_many_arguments)]
-fn sweep_runs<T: LanguageModel, S: DraftSource<T>>(
+fn sweep_runs<T: LanguageModel, S: MakeDrafter<T>>(
     methods: &[Method],
     target: &T,
     draft: &S,
