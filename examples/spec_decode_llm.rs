@@ -36,7 +36,8 @@
 //!    pass costs by length; and `-timed`, pricing its decisions with the
 //!    costs the decoder times in the loop, these as the prior), prompt lookup, and
 //!    the hybrid (lookup where a bigram or trigram recurs, the draft elsewhere) under
-//!    max-confidence and both cost-aware AdaEDLs, at
+//!    max-confidence and both cost-aware AdaEDLs, one per source (`PerSource`:
+//!    the draft's rounds at its `c`, the looked-up ones at no cost), at
 //!    T ∈ {0, 0.7, 1.0}, on `--prompts` windows of the shipped corpus
 //!    (default 1, about `--prompt-chars` 300 characters each) and
 //!    `--chat` chat messages (default 1, at most 4), `--max-tokens` new
