@@ -270,6 +270,19 @@ fn bench_drafts(c: &mut Criterion) {
 /// Runs of each method in [`spec_decode_decode`].
 const DECODE_RUNS: usize = 3;
 
+/// `loaded`, or `None` with a note that the rows of `what` (a trained
+/// draft, made by the `example`) are skipped.
+fn trained<T, E: std::fmt::Display>(loaded: Result<T, E>, what: &str, example: &str) -> Option<T> {
+    loaded
+        .map_err(|e| {
+            println!(
+                "the {what}'s rows skipped: no trained {what} ({e}); make it with \
+                 `cargo run --release -p lastmile-examples --example {example}`"
+            );
+        })
+        .ok()
+}
+
 /// Decoding tokens/s (after the prompt's pass) of plain and speculative
 /// decoding with prompt lookup and the trained drafts present, at T = 0 on
 /// a chat prompt, for the comparison with llama.cpp's decoding in the same
@@ -290,33 +303,21 @@ fn spec_decode_decode(_: &mut Criterion) {
         return;
     };
     let draft_path = model_path().with_file_name("feature-L1-v8192.bpk");
-    let draft = match LlamaFeatureDraftModule::load(&target, 1, Some(8192), &draft_path, &device)
-        .and_then(|m| m.to_draft(storage, &device))
-    {
-        Ok(d) => Some(d),
-        Err(e) => {
-            println!(
-                "the feature draft's rows skipped: no trained feature draft ({e}); make it with \
-                 `cargo run --release -p lastmile-examples --example feature_draft_llm`"
-            );
-            None
-        }
-    };
+    let draft = trained(
+        LlamaFeatureDraftModule::load(&target, 1, Some(8192), &draft_path, &device)
+            .and_then(|m| m.to_draft(storage, &device)),
+        "feature draft",
+        "feature_draft_llm",
+    );
     // The distilled token draft (2 blocks, a head over 8 192 tokens), if
     // `distill_llm` saved one: the drafter of a machine without a feature draft.
     let distilled_path = model_path().with_file_name("draft-L2-v8192.bpk");
-    let distilled = match LlamaModule::load_draft(&target, 2, Some(8192), &distilled_path, &device)
-        .and_then(|m| m.to_model(storage, &device))
-    {
-        Ok(d) => Some(d),
-        Err(e) => {
-            println!(
-                "the distilled draft's rows skipped: no distilled draft ({e}); make it with \
-                 `cargo run --release -p lastmile-examples --example distill_llm`"
-            );
-            None
-        }
-    };
+    let distilled = trained(
+        LlamaModule::load_draft(&target, 2, Some(8192), &distilled_path, &device)
+            .and_then(|m| m.to_model(storage, &device)),
+        "distilled draft",
+        "distill_llm",
+    );
     let file = lastmile_core::gguf::GgufFile::open(model_path()).expect("gguf");
     let tokenizer = Tokenizer::from_gguf(&file).expect("tokenizer");
     let message = "Explain what a hash map is in two sentences.";
@@ -360,6 +361,18 @@ fn spec_decode_decode(_: &mut Criterion) {
         .collect();
     let pass_costs = PassCosts::from_times(&pass_times).expect("pass costs");
     let (one, nine) = (pass_times[0], pass_times[8]);
+    // A draft's `(c, c_v)`: its `step` (which rolls itself back) timed as
+    // in a round, right after a target step, which evicts the draft's
+    // weights from the cache (untimed).
+    let mut draft_costs = |step: &mut dyn FnMut()| {
+        let t = time(&mut || {
+            pass(&mut tc, 1);
+            let start = std::time::Instant::now();
+            step();
+            start.elapsed().as_secs_f64()
+        });
+        (t / one, ((nine - one) / 8.0 / one).max(0.0))
+    };
     let costs = draft.as_ref().map(|draft| {
         let d = target.config().d_model;
         let mut dc = draft.new_cache(1).expect("cache");
@@ -367,39 +380,24 @@ fn spec_decode_decode(_: &mut Criterion) {
         draft
             .forward_conditioned(&mut dc, std::slice::from_ref(&prompt), zeros(prompt.len()))
             .expect("prompt");
-        // A draft step as in a round: right after a target step, which
-        // evicts the draft's weights from the cache (untimed).
-        let step = time(&mut || {
-            pass(&mut tc, 1);
-            let start = std::time::Instant::now();
+        draft_costs(&mut || {
             let (l, f) = draft
                 .forward_conditioned(&mut dc, &[vec![42]], zeros(1))
                 .expect("step");
             std::hint::black_box((l.into_data(), f.into_data()));
             dc.truncate(0, len).expect("truncate");
-            start.elapsed().as_secs_f64()
-        });
-        (step / one, ((nine - one) / 8.0 / one).max(0.0))
+        })
     });
     let distilled_costs = distilled.as_ref().map(|draft| {
         let mut dc = draft.new_cache(1).expect("cache");
         draft
             .forward_cached(&mut dc, std::slice::from_ref(&prompt))
             .expect("prompt");
-        // As the feature draft's: right after a target step.
-        let step = time(&mut || {
-            pass(&mut tc, 1);
-            let start = std::time::Instant::now();
-            std::hint::black_box(
-                draft
-                    .forward_cached(&mut dc, &[vec![42]])
-                    .expect("step")
-                    .into_data(),
-            );
+        draft_costs(&mut || {
+            let logits = draft.forward_cached(&mut dc, &[vec![42]]).expect("step");
+            std::hint::black_box(logits.into_data());
             dc.truncate(0, len).expect("truncate");
-            start.elapsed().as_secs_f64()
-        });
-        (step / one, ((nine - one) / 8.0 / one).max(0.0))
+        })
     });
     let cost_aware = |(c, c_v): (f64, f64)| -> Box<dyn DraftPolicy> {
         Box::new(CostAwareAdaEdl::new(CostAwareConfig::default(), c, c_v).expect("policy"))
