@@ -404,6 +404,7 @@ fn spec_decode_decode(_: &mut Criterion) {
     };
     // Rows: (name, drafter, policy). Prompt lookup needs no draft, so it
     // and autoregressive decoding are timed on every machine with the model.
+    #[derive(Clone, Copy)]
     enum Drafts {
         Lookup,
         Feature,
@@ -411,16 +412,16 @@ fn spec_decode_decode(_: &mut Criterion) {
         Distilled,
         DistilledHybrid,
     }
-    let mut rows: Vec<(&str, Drafts, Box<dyn DraftPolicy>)> = vec![
+    let mut rows: Vec<(String, Drafts, Box<dyn DraftPolicy>)> = vec![
         (
-            "prompt lookup, static γ = 8",
+            "prompt lookup, static γ = 8".to_owned(),
             Drafts::Lookup,
             Box::new(StaticLength::new(8).expect("γ")),
         ),
         // Lookup costs nothing next to a step (c = 0): the measured passes
         // and the copy model's confidence decide.
         (
-            "prompt lookup, cost-aware AdaEDL",
+            "prompt lookup, cost-aware AdaEDL".to_owned(),
             Drafts::Lookup,
             Box::new(
                 CostAwareAdaEdl::with_pass_costs(
@@ -432,45 +433,35 @@ fn spec_decode_decode(_: &mut Criterion) {
             ),
         ),
     ];
-    if let Some(costs) = costs {
-        rows.push((
-            "feature draft, static γ = 1",
-            Drafts::Feature,
-            Box::new(StaticLength::new(1).expect("γ")),
-        ));
-        rows.push((
-            "feature draft, cost-aware AdaEDL",
-            Drafts::Feature,
-            cost_aware(costs),
-        ));
-        // Each source under the policy at its own cost: the draft's
-        // rounds at `c`, the looked-up ones at none.
-        let free =
-            CostAwareAdaEdl::with_pass_costs(CostAwareConfig::default(), 0.0, pass_costs.clone())
-                .expect("policy");
-        rows.push((
-            "feature draft, lookup + cost-aware AdaEDL per source",
-            Drafts::Hybrid,
-            Box::new(PerSource::new(cost_aware(costs), Box::new(free))),
-        ));
-    }
-    if let Some(costs) = distilled_costs {
-        rows.push((
-            "distilled draft, static γ = 1",
+    // Each trained draft alone, and beside lookup with each source under
+    // the policy at its own cost: the draft's rounds at `c`, the looked-up
+    // ones at none.
+    for (name, costs, alone, hybrid) in [
+        ("feature", costs, Drafts::Feature, Drafts::Hybrid),
+        (
+            "distilled",
+            distilled_costs,
             Drafts::Distilled,
-            Box::new(StaticLength::new(1).expect("γ")),
-        ));
-        rows.push((
-            "distilled draft, cost-aware AdaEDL",
-            Drafts::Distilled,
-            cost_aware(costs),
-        ));
-        let free =
-            CostAwareAdaEdl::with_pass_costs(CostAwareConfig::default(), 0.0, pass_costs.clone())
-                .expect("policy");
-        rows.push((
-            "distilled draft, lookup + cost-aware AdaEDL per source",
             Drafts::DistilledHybrid,
+        ),
+    ] {
+        let Some(costs) = costs else { continue };
+        let free =
+            CostAwareAdaEdl::with_pass_costs(CostAwareConfig::default(), 0.0, pass_costs.clone())
+                .expect("policy");
+        rows.push((
+            format!("{name} draft, static γ = 1"),
+            alone,
+            Box::new(StaticLength::new(1).expect("γ")),
+        ));
+        rows.push((
+            format!("{name} draft, cost-aware AdaEDL"),
+            alone,
+            cost_aware(costs),
+        ));
+        rows.push((
+            format!("{name} draft, lookup + cost-aware AdaEDL per source"),
+            hybrid,
             Box::new(PerSource::new(cost_aware(costs), Box::new(free))),
         ));
     }
