@@ -54,6 +54,13 @@ impl PerSource {
     }
 
     /// The policy of `source`'s rounds.
+    ///
+    /// ```
+    /// use lastmile_spec_decode::{DraftSource, PerSource, StaticLength};
+    /// let p = PerSource::new(Box::new(StaticLength::new(1)?), Box::new(StaticLength::new(8)?));
+    /// assert_eq!(p.policy(DraftSource::Lookup).name(), "static-8");
+    /// # Ok::<(), lastmile_spec_decode::SpecDecodeError>(())
+    /// ```
     pub fn policy(&self, source: DraftSource) -> &dyn DraftPolicy {
         match source {
             DraftSource::Model => self.model.as_ref(),

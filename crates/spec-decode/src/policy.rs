@@ -34,6 +34,12 @@ pub struct DraftStepInfo {
 /// A draft model pays a forward per token; prompt lookup copies tokens for
 /// a scan of the context. [`PerSource`](crate::PerSource) judges each with
 /// a policy of its own, priced at its own cost.
+///
+/// ```
+/// use lastmile_spec_decode::{DraftSource, Drafter, PromptLookup};
+/// assert_eq!(PromptLookup::new(1, 2, 4)?.source(&[1, 2]), DraftSource::Lookup);
+/// # Ok::<(), lastmile_spec_decode::SpecDecodeError>(())
+/// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum DraftSource {
     /// A draft model (or any drafter that is not prompt lookup).
