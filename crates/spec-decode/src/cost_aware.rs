@@ -124,11 +124,15 @@ impl Default for CostAwareConfig {
 ///
 /// - **Per draft step** ([`worth_a_step`](DraftPolicy::worth_a_step)).
 ///   After `j ≥ 1` drafted tokens, another draft step (`c`) shows token
-///   `j + 1`, which gains `P_j·â_k − c_v(j)` if its level is `k`. Taking the
-///   levels of recent first tokens as its odds, the step is run when
-///   `Σ_k π_k·max(0, P_j·â_k − c_v(j)) > c`. Without this a round whose first
-///   token is drafted always paid one more draft step just to decline the
-///   second.
+///   `j + 1`, which gains `P_j·â_k − c_v(j)` if its level is `k`, and may
+///   open a run as in the per-position rule: with `m` tokens at that
+///   estimate the run nets `g_k = max_m P_j·(â_k + … + â_k^m) − (v(j + m +
+///   1) − v(j + 1)) − (m − 1)·c`, `1 ≤ m ≤ L_max − j`. Taking the levels of
+///   recent first tokens as its odds, the step is run when `Σ_k π_k·max(0,
+///   g_k) > c`. Without this a round whose first token is drafted always
+///   paid one more draft step just to decline the second; with `m = 1`
+///   alone it would stop in front of a run that the per-position rule
+///   takes (with convex pass costs `m = 1` decides).
 ///
 /// AdaEDL's fixed threshold λ (0.7) asks for the same acceptance bound
 /// whatever drafting and verifying cost, and reads the bound as if it were
@@ -333,6 +337,24 @@ impl CostAwareAdaEdl {
             gain * spent >= self.expected * cost
         })
     }
+
+    /// The best net gain, in tokens less plain steps, of a run of `m ≥ 1`
+    /// tokens at estimate `a` after `drafted` tokens, the draft step that
+    /// shows its first token not counted: `max_m P_j·(a + … + a^m) −
+    /// (v(j + m + 1) − v(j + 1)) − (m − 1)·c`, `m ≤ L_max − j`.
+    fn best_run_gain(&self, drafted: usize, a: f64) -> f64 {
+        let (mut all, mut gain) = (self.all_accepted, 0.0);
+        let base = self.verify.verify(drafted);
+        (1..=self.config.max_len.saturating_sub(drafted).max(1))
+            .map(|m| {
+                all *= a;
+                gain += all;
+                let cost =
+                    (m - 1) as f64 * self.draft_cost + self.verify.verify(drafted + m) - base;
+                gain - cost
+            })
+            .fold(f64::NEG_INFINITY, f64::max)
+    }
 }
 
 impl DraftPolicy for CostAwareAdaEdl {
@@ -397,11 +419,10 @@ impl DraftPolicy for CostAwareAdaEdl {
         if drafted == 0 || seen <= 0.0 {
             return true;
         }
-        let c_v = self.verify.marginal(drafted);
         let gain: f64 = (0..LEVELS)
             .map(|k| {
                 let a = self.calibration.estimate_at(k);
-                self.first_levels[k] * (self.all_accepted * a - c_v).max(0.0)
+                self.first_levels[k] * self.best_run_gain(drafted, a).max(0.0)
             })
             .sum();
         gain / seen > self.draft_cost

@@ -158,6 +158,31 @@ fn a_second_draft_step_is_run_only_when_it_may_pay() {
 }
 
 #[test]
+fn a_draft_step_that_opens_a_cheap_run_is_run() {
+    // The second draft token costs a whole step in the pass and the ones
+    // after it nothing: alone it does not pay (P_1·a − 1 < 0 at a < 1),
+    // a run of seven does, so the step that shows it is run and the round
+    // drafts all eight confident tokens.
+    let pass = [1.0, 1.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0];
+    let costs = PassCosts::from_times(&pass).unwrap_or_else(|e| panic!("{e}"));
+    let config = CostAwareConfig {
+        initial_acceptance: 0.7,
+        ..CostAwareConfig::default()
+    };
+    let mut p =
+        CostAwareAdaEdl::with_pass_costs(config, 0.05, costs).unwrap_or_else(|e| panic!("{e}"));
+    for _ in 0..40 {
+        round(&mut p, &[0.01; 8], 8);
+    }
+    let a = p.calibration().estimate(0.01);
+    assert!(a > 0.9 && a * a < 1.0, "{a}");
+    p.round_limit();
+    assert!(p.continue_drafting(0, &info(0.01)));
+    assert!(p.worth_a_step(1));
+    assert_eq!(round(&mut p, &[0.01; 8], 8), 8);
+}
+
+#[test]
 fn rejected_rounds_close_the_gate() {
     // Confident tokens (bound 0.86) that the target rejects: the gate
     // closes within a few rounds (no draft step), and the probes every
