@@ -126,13 +126,14 @@ impl Default for CostAwareConfig {
 ///   After `j ≥ 1` drafted tokens, another draft step (`c`) shows token
 ///   `j + 1`, which gains `P_j·â_k − c_v(j)` if its level is `k`, and may
 ///   open a run as in the per-position rule: with `m` tokens at that
-///   estimate the run nets `g_k = max_m P_j·(â_k + … + â_k^m) − (v(j + m +
-///   1) − v(j + 1)) − (m − 1)·c`, `1 ≤ m ≤ L_max − j`. Taking the levels of
-///   recent first tokens as its odds, the step is run when `Σ_k π_k·max(0,
-///   g_k) > c`. Without this a round whose first token is drafted always
-///   paid one more draft step just to decline the second; with `m = 1`
-///   alone it would stop in front of a run that the per-position rule
-///   takes (with convex pass costs `m = 1` decides).
+///   estimate the run nets
+///   `g_k = max_m P_j·(â_k + … + â_k^m) − (v(j + m + 1) − v(j + 1)) − (m − 1)·c`,
+///   `1 ≤ m ≤ L_max − j`. Taking the levels of recent first tokens as its
+///   odds, the step is run when `Σ_k π_k·max(0, g_k) > c`. Without this a
+///   round whose first token is drafted always paid one more draft step
+///   just to decline the second; with `m = 1` alone it would stop in front
+///   of a run that the per-position rule takes (with convex pass costs
+///   `m = 1` decides).
 ///
 /// AdaEDL's fixed threshold λ (0.7) asks for the same acceptance bound
 /// whatever drafting and verifying cost, and reads the bound as if it were
