@@ -9,14 +9,26 @@ fn info(entropy: f64) -> DraftStepInfo {
     }
 }
 
-/// The policy at costs `c` and `c_v`, assuming acceptance 0.7 before
-/// evidence (the default 0.4 drafts a single token at most costs).
-fn policy(c: f64, c_v: f64) -> CostAwareAdaEdl {
-    let config = CostAwareConfig {
+/// The default settings but acceptance 0.7 assumed before evidence (the
+/// default 0.4 drafts a single token at most costs).
+fn optimistic() -> CostAwareConfig {
+    CostAwareConfig {
         initial_acceptance: 0.7,
         ..CostAwareConfig::default()
-    };
-    CostAwareAdaEdl::new(config, c, c_v).unwrap_or_else(|e| panic!("{e}"))
+    }
+}
+
+/// The policy at costs `c` and `c_v`, assuming acceptance 0.7 before
+/// evidence.
+fn policy(c: f64, c_v: f64) -> CostAwareAdaEdl {
+    CostAwareAdaEdl::new(optimistic(), c, c_v).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// The policy with `config` at draft cost `c` and a pass over `k` tokens
+/// costing `times[k − 1]` steps.
+fn policy_with_pass(config: CostAwareConfig, c: f64, times: &[f64]) -> CostAwareAdaEdl {
+    let costs = PassCosts::from_times(times).unwrap_or_else(|e| panic!("{e}"));
+    CostAwareAdaEdl::with_pass_costs(config, c, costs).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// One round drafting from `entropies` until the policy stops, of which
@@ -76,11 +88,7 @@ fn stop_rule_keeps_the_round_yield_from_falling() {
         PassCosts::linear(0.15).unwrap_or_else(|e| panic!("{e}")),
         PassCosts::from_times(&flat_then_dear).unwrap_or_else(|e| panic!("{e}")),
     ] {
-        let config = CostAwareConfig {
-            initial_acceptance: 0.7,
-            ..CostAwareConfig::default()
-        };
-        let mut p = CostAwareAdaEdl::with_pass_costs(config, c, costs.clone())
+        let mut p = CostAwareAdaEdl::with_pass_costs(optimistic(), c, costs.clone())
             .unwrap_or_else(|e| panic!("{e}"));
         for _ in 0..20 {
             // Acceptance falls with entropy: 0.9 below 0.2 nats, 0.2 above.
@@ -164,13 +172,7 @@ fn a_draft_step_that_opens_a_cheap_run_is_run() {
     // a run of seven does, so the step that shows it is run and the round
     // drafts all eight confident tokens.
     let pass = [1.0, 1.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0];
-    let costs = PassCosts::from_times(&pass).unwrap_or_else(|e| panic!("{e}"));
-    let config = CostAwareConfig {
-        initial_acceptance: 0.7,
-        ..CostAwareConfig::default()
-    };
-    let mut p =
-        CostAwareAdaEdl::with_pass_costs(config, 0.05, costs).unwrap_or_else(|e| panic!("{e}"));
+    let mut p = policy_with_pass(optimistic(), 0.05, &pass);
     for _ in 0..40 {
         round(&mut p, &[0.01; 8], 8);
     }
@@ -235,9 +237,8 @@ fn measured_costs_replace_the_given_ones() {
     // times a draft call at 0.8 steps and a 2-token pass at 1.3: the
     // measuring policy stops drafting, the other keeps drafting.
     let config = CostAwareConfig {
-        initial_acceptance: 0.7,
         measure_costs: true,
-        ..CostAwareConfig::default()
+        ..optimistic()
     };
     let mut measuring = CostAwareAdaEdl::new(config, 0.05, 0.05).unwrap_or_else(|e| panic!("{e}"));
     let given = CostAwareConfig {
@@ -321,14 +322,12 @@ fn prompt_lookup_at_no_draft_cost_learns_which_matches_to_trust() {
     // are: the policy learns to decline the first and to draft the second
     // at length, by the copy model's confidence alone.
     let pass = [1.0, 1.12, 1.27, 1.51, 1.65, 2.02, 2.03, 2.24, 2.71];
-    let costs = PassCosts::from_times(&pass).unwrap_or_else(|e| panic!("{e}"));
     // A light prior: the levels' own counts soon dominate.
     let config = CostAwareConfig {
         prior_weight: 2.0,
         ..CostAwareConfig::default()
     };
-    let mut p =
-        CostAwareAdaEdl::with_pass_costs(config, 0.0, costs).unwrap_or_else(|e| panic!("{e}"));
+    let mut p = policy_with_pass(config, 0.0, &pass);
     let lookup = crate::PromptLookup::new(1, 3, 8).unwrap_or_else(|e| panic!("{e}"));
     // "… 9 | 3": only "3" recurs (one token matched).
     let short: Vec<usize> = vec![3, 1, 2, 4, 5, 6, 7, 8, 9, 3];
