@@ -8,11 +8,11 @@ fn normalise(w: &[f64]) -> Vec<f64> {
     w.iter().map(|x| x / s).collect()
 }
 
-/// `(name, p, q)` over V = 12; `q = None` is a deterministic drafter whose
-/// proposal is fixed at token 2.
-/// `(name, p, q)`.
+/// `(name, p, q)`; `q = None` is a deterministic drafter.
 type UnitCase = (&'static str, Vec<f64>, Option<Vec<f64>>);
 
+/// The cases over V = 12; the deterministic drafter's proposal is fixed at
+/// token 2.
 fn unit_cases() -> Vec<UnitCase> {
     let v = 12;
     let ramp: Vec<f64> = normalise(&(1..=v).map(|i| i as f64).collect::<Vec<_>>());
