@@ -15,8 +15,14 @@ const SPINS: u32 = 1 << 14;
 /// Polls between two looks for rayon jobs by an idle helper.
 const STEAL_EVERY: u32 = 16;
 
-/// Tasks per thread a product is cut into (as [`super::products`]).
-const TASKS_PER_THREAD: usize = 4;
+/// Tasks per thread a product is cut into. Two rather than the four of
+/// [`super::products`] (which hands its tasks to rayon): on a 2-vCPU AMD
+/// EPYC (Zen 4) a one-token step of SmolLM2-135M took 2.7–7.0 % and an
+/// 8-token pass 2.3–3.1 % less time in each of seven runs alternating the
+/// settings (fewer tasks' set-up, prefetch warm-up and locks); one a
+/// thread left no slack to balance (8 tokens 21 % slower), three, eight
+/// or sixteen were 5–7 % slower at 8 tokens (`docs/benchmarks.md`).
+const TASKS_PER_THREAD: usize = 2;
 
 /// The calling thread and the helpers of one [`Team::run`].
 ///
