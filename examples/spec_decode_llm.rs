@@ -10,6 +10,7 @@
 //! CARGO_TARGET_DIR=/work/bench-target cargo build --release -p lastmile-examples --example spec_decode_llm
 //! /work/bench-target/release/examples/spec_decode_llm [--prompts N] [--chat N] [--max-tokens N]
 //!     [--prompt-chars N] [--draft auto|exit|distilled|feature] [--layers L] [--vocab V]
+//!     [--temperatures 0,0.7,1] [--seeds N] [--methods NAME,NAME,...]
 //! ```
 //!
 //! 1. Measures the target's passes over 1..=9 tokens, in turn (medians of
@@ -43,7 +44,14 @@
 //!    `--chat` chat messages (default 1, at most 4), `--max-tokens` new
 //!    tokens each (default 40), stopping at `<|im_end|>`. Same prompts and seeds for
 //!    every method; greedy outputs are asserted identical to autoregressive
-//!    decoding. Prints tokens/s (the prompt pass included), speed-up (over
+//!    decoding. Each prompt is decoded under `--seeds` seeds (default 1):
+//!    a sampled decoding is one draw of which tokens come and how many
+//!    drafts are accepted, and with several the report gives each
+//!    speed-up's standard error over the seeds and the differences between
+//!    policies paired by seed (at T = 0, where every seed gives the same
+//!    tokens, the spread of the timing alone). `--methods` runs only the named
+//!    methods (their names as printed, e.g. `static-1,heuristic,adaedl`)
+//!    beside autoregressive decoding. Prints tokens/s (the prompt pass included), speed-up (over
 //!    autoregressive runs on the same prompts, each just before the
 //!    method's run: a paired measurement on a machine whose speed
 //!    drifts), the modelled speed-up (the run's counts priced at the measured `c` and
@@ -94,6 +102,9 @@ struct Args {
     layers: Option<usize>,
     draft: DraftKind,
     vocab: usize,
+    temperatures: Vec<f64>,
+    seeds: usize,
+    methods: Vec<String>,
 }
 
 fn parse_args() -> Result<Args> {
@@ -105,6 +116,9 @@ fn parse_args() -> Result<Args> {
         layers: None,
         draft: DraftKind::Auto,
         vocab: 8192,
+        temperatures: vec![0.0, 0.7, 1.0],
+        seeds: 1,
+        methods: Vec::new(),
     };
     let mut flags = Flags::from_env();
     while let Some(a) = flags.next_flag() {
@@ -116,6 +130,26 @@ fn parse_args() -> Result<Args> {
             "--prompt-chars" => args.prompt_chars = value("--prompt-chars")?,
             "--layers" => args.layers = Some(value("--layers")?),
             "--vocab" => args.vocab = value("--vocab")?,
+            "--seeds" => args.seeds = value("--seeds")?,
+            "--temperatures" => {
+                args.temperatures = flags
+                    .value::<String>("--temperatures")?
+                    .split(',')
+                    .map(|t| {
+                        t.trim()
+                            .parse::<f64>()
+                            .with_context(|| format!("--temperatures: {t:?} is not a number"))
+                    })
+                    .collect::<Result<_>>()?;
+            }
+            "--methods" => {
+                args.methods = flags
+                    .value::<String>("--methods")?
+                    .split(',')
+                    .map(|m| m.trim().to_owned())
+                    .filter(|m| !m.is_empty())
+                    .collect();
+            }
             "--draft" => {
                 args.draft = match flags.value::<String>("--draft")?.as_str() {
                     "auto" => DraftKind::Auto,
@@ -127,7 +161,8 @@ fn parse_args() -> Result<Args> {
             }
             other => bail!(
                 "unknown argument {other}; expected --prompts N, --chat N, --max-tokens N, \
-                 --prompt-chars N, --layers L, --draft auto|exit|distilled|feature, --vocab V"
+                 --prompt-chars N, --layers L, --draft auto|exit|distilled|feature, --vocab V, \
+                 --temperatures T,T,..., --seeds N, --methods NAME,NAME,..."
             ),
         }
     }
@@ -142,6 +177,11 @@ fn parse_args() -> Result<Args> {
         CHAT_PROMPTS.len()
     );
     ensure!(args.max_tokens >= 1, "--max-tokens must be at least 1");
+    ensure!(args.seeds >= 1, "--seeds must be at least 1");
+    ensure!(
+        !args.temperatures.is_empty(),
+        "--temperatures needs at least one temperature"
+    );
     Ok(args)
 }
 
@@ -205,6 +245,9 @@ fn main() -> Result<()> {
         max_tokens: args.max_tokens,
         verify: &verify,
         out: &out,
+        temperatures: &args.temperatures,
+        seeds: args.seeds,
+        methods: &args.methods,
     };
     let feature_layers = args.layers.unwrap_or(1);
     let feature_path = models_dir()

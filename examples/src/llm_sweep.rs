@@ -8,7 +8,7 @@ use std::time::Instant;
 use anyhow::{Result, ensure};
 use lastmile_core::lm::LanguageModel;
 use lastmile_core::numerics::SamplingParams;
-use lastmile_spec_decode::{GenerationConfig, PassCosts};
+use lastmile_spec_decode::{GenerationConfig, Metrics, PassCosts};
 
 use crate::drafts::MakeDrafter;
 use crate::plot::{BarPanel, write_svg_sized};
@@ -16,7 +16,7 @@ use crate::report::{progress_bar, table, write_csv};
 use crate::sweep::{Method, methods, modelled_speedup, run_method, sweep_paired};
 use crate::timing::LengthCycle;
 
-/// The prompts and costs a sweep runs with.
+/// The prompts, costs and choices a sweep runs with.
 pub struct SweepCtx<'a> {
     /// Prompt token ids.
     pub prompts: &'a [Vec<usize>],
@@ -30,17 +30,89 @@ pub struct SweepCtx<'a> {
     pub verify: &'a PassCosts,
     /// Where the CSV and the plot go.
     pub out: &'a Path,
+    /// The temperatures swept (0: greedy).
+    pub temperatures: &'a [f64],
+    /// Seeds each prompt is decoded with (at least 1). One sampled
+    /// decoding of a few prompts is a single draw of which tokens come and
+    /// how many drafts are accepted, and differences of a few percent
+    /// between policies are within its spread: with several seeds the
+    /// report gives each speed-up's standard error over the seeds and the
+    /// differences between policies paired by seed. Greedy decoding gives
+    /// the same tokens under every seed: there the repeats measure the
+    /// timing's spread alone.
+    pub seeds: usize,
+    /// The methods to run, by [`Method::name`]; empty: every method of
+    /// [`methods`]. Autoregressive decoding always runs (the baseline).
+    pub methods: &'a [String],
 }
 
-/// Sweeps every method of [`methods`] with `draft` (called `label`, one
-/// step costing `cost_ratio` target steps) at T ∈ {0, 0.7, 1}; prints the
-/// table and a summary per temperature, writes `spec_decode_llm.csv` and
-/// the speed-up plot `spec_decode_llm.svg` to `ctx.out` (their paths
-/// returned).
+/// A method's runs at one temperature: summed over prompts and seeds,
+/// and per seed.
+#[derive(Default)]
+struct Tally {
+    /// The method's runs.
+    total: Metrics,
+    /// The autoregressive runs paired with them.
+    base: Metrics,
+    /// Per seed: end-to-end, decode-only and modelled speed-ups.
+    per_seed: Vec<[f64; 3]>,
+}
+
+/// A method's speed-ups at one temperature: end-to-end, decode-only and
+/// modelled, over all seeds and per seed.
+struct Speedups {
+    name: String,
+    all: [f64; 3],
+    per_seed: Vec<[f64; 3]>,
+}
+
+/// Mean and standard error of the mean (NaN with fewer than two values).
+fn mean_se(v: &[f64]) -> (f64, f64) {
+    let n = v.len() as f64;
+    let mean = v.iter().sum::<f64>() / n;
+    if v.len() < 2 {
+        return (mean, f64::NAN);
+    }
+    let var = v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0);
+    (mean, (var / n).sqrt())
+}
+
+/// `mean ± s.e.` of the per-seed differences `a − b` (paired by seed).
+fn paired_difference(a: &[f64], b: &[f64]) -> String {
+    let d: Vec<f64> = a.iter().zip(b).map(|(x, y)| x - y).collect();
+    let (mean, se) = mean_se(&d);
+    format!("{mean:+.3} ± {se:.3}")
+}
+
+/// The methods of [`methods`] that `ctx` asks for, autoregressive first.
+fn chosen_methods(ctx: &SweepCtx<'_>, temperature: f64, cost_ratio: f64) -> Result<Vec<Method>> {
+    let all = methods(temperature, cost_ratio, ctx.verify)?;
+    for name in ctx.methods {
+        ensure!(
+            all.iter().any(|m| m.name() == *name),
+            "no method called {name:?}; the methods are: {}",
+            all.iter().map(Method::name).collect::<Vec<_>>().join(", ")
+        );
+    }
+    Ok(all
+        .into_iter()
+        .enumerate()
+        .filter(|(i, m)| *i == 0 || ctx.methods.is_empty() || ctx.methods.contains(&m.name()))
+        .map(|(_, m)| m)
+        .collect())
+}
+
+/// Sweeps the methods of [`methods`] that `ctx` asks for with `draft`
+/// (called `label`, one step costing `cost_ratio` target steps) at
+/// `ctx.temperatures`, each under `ctx.seeds` seeds;
+/// prints the table and a summary per temperature, writes
+/// `spec_decode_llm.csv` and the speed-up plot `spec_decode_llm.svg` to
+/// `ctx.out` (their paths returned).
 ///
 /// # Errors
-/// A method's error; a greedy output that differs from autoregressive
-/// decoding; a file that cannot be written.
+/// A method's error; a method name that is not one of [`methods`]; no
+/// temperature or no seed; a greedy output that differs from
+/// autoregressive decoding; a file that cannot be written.
 ///
 /// ```
 /// # #[cfg(feature = "flex")] {
@@ -52,6 +124,7 @@ pub struct SweepCtx<'a> {
 /// let model = LlamaConfig::tiny().init_random(1, WeightStorage::F32, &Device::flex())?;
 /// let out = std::env::temp_dir().join("lastmile-doc-sweep");
 /// std::fs::create_dir_all(&out)?;
+/// let methods = ["static-2".to_owned(), "adaedl".to_owned()];
 /// let ctx = SweepCtx {
 ///     prompts: &[vec![1, 2, 3]],
 ///     kinds: &["toy"],
@@ -59,10 +132,16 @@ pub struct SweepCtx<'a> {
 ///     max_tokens: 3,
 ///     verify: &PassCosts::linear(0.1)?,
 ///     out: &out,
+///     temperatures: &[0.0, 1.0],
+///     seeds: 2,
+///     methods: &methods,
 /// };
 /// // The model drafting for itself: every greedy draft is accepted.
 /// let (csv, svg) = sweep_report(&ctx, &model, &TokenDraft(&model), "itself", 1.0)?;
 /// assert!(csv.exists() && svg.exists());
+/// // A name that is no method is an error, not an empty sweep.
+/// let typo = ["static2".to_owned()];
+/// assert!(sweep_report(&SweepCtx { methods: &typo, ..ctx }, &model, &TokenDraft(&model), "itself", 1.0).is_err());
 /// # }
 /// # Ok::<(), anyhow::Error>(())
 /// ```
@@ -73,70 +152,136 @@ pub fn sweep_report<T: LanguageModel, S: MakeDrafter<T>>(
     label: &str,
     cost_ratio: f64,
 ) -> Result<(PathBuf, PathBuf)> {
-    let temperatures = [0.0, 0.7, 1.0];
-    let mut rows = Vec::new();
-    let mut csv = Vec::new();
-    // Per method: end-to-end, decode-only and modelled speed-ups per temperature.
-    let mut speedups: Vec<(String, [Vec<f64>; 3])> = Vec::new();
-    for temperature in [0.0, 0.7] {
+    let temperatures = ctx.temperatures;
+    ensure!(!temperatures.is_empty(), "no temperature to sweep");
+    ensure!(ctx.seeds >= 1, "seeds must be at least 1");
+    let n_methods = chosen_methods(ctx, 0.0, cost_ratio)?.len();
+    for &temperature in temperatures.iter().filter(|t| [0.0, 0.7].contains(*t)) {
         print_in_loop_costs(ctx, target, draft, temperature, cost_ratio)?;
     }
-    let n_methods = methods(0.0, cost_ratio, ctx.verify)?.len();
-    let bar = progress_bar(
-        (temperatures.len() * n_methods * ctx.prompts.len()) as u64,
-        "sweep",
-    );
+    let runs = temperatures.len() * ctx.seeds;
+    let bar = progress_bar((runs * n_methods * ctx.prompts.len()) as u64, "sweep");
     let start = Instant::now();
-    for (ti, &temperature) in temperatures.iter().enumerate() {
+    // Per temperature, per method (in the order of `chosen_methods`).
+    let mut tallies: Vec<Vec<(String, Tally)>> = Vec::new();
+    for &temperature in temperatures {
         let config = GenerationConfig::new(SamplingParams::new(temperature)?, ctx.max_tokens)?
             .with_stop_token(ctx.stop);
-        let list = methods(temperature, cost_ratio, ctx.verify)?;
-        let results = sweep_paired(&list, target, draft, ctx.prompts, &config, 1, || bar.inc(1))?;
-        let ((ar_out, ar), _) = &results[0];
-        for (method, ((out, m), base)) in list.iter().zip(&results) {
-            if temperature == 0.0 {
-                ensure!(
-                    out == ar_out,
-                    "greedy output of {} differs from autoregressive decoding",
-                    method.name()
-                );
-            }
-            let name = match method {
-                Method::Draft(_) | Method::Hybrid(..) => format!("{} ({label})", method.name()),
-                _ => method.name(),
-            };
-            // Against the autoregressive runs timed just before this
-            // method's (paired): the machine's drift hits both alike.
-            let speedup = m.tokens_per_second() / base.tokens_per_second();
-            let decode_speedup = m.decode_tokens_per_second() / base.decode_tokens_per_second();
-            // The same decisions priced by the cost model: no timing noise.
+        let list = chosen_methods(ctx, temperature, cost_ratio)?;
+        let mut tally: Vec<(String, Tally)> = list
+            .iter()
+            .map(|m| {
+                let name = match m {
+                    Method::Draft(_) | Method::Hybrid(..) => format!("{} ({label})", m.name()),
+                    _ => m.name(),
+                };
+                (name, Tally::default())
+            })
+            .collect();
+        for k in 0..ctx.seeds {
+            // Prompt i of seed k decodes with seed 1 + 1000·k + i.
+            let seed = 1 + 1000 * k as u64;
+            let results = sweep_paired(&list, target, draft, ctx.prompts, &config, seed, || {
+                bar.inc(1)
+            })?;
+            let ((ar_out, ar), _) = &results[0];
             let model = |m| modelled_speedup(m, cost_ratio, ctx.verify).unwrap_or(f64::NAN);
+            for (method, (((out, m), base), (_, t))) in
+                list.iter().zip(results.iter().zip(tally.iter_mut()))
+            {
+                if temperature == 0.0 {
+                    ensure!(
+                        out == ar_out,
+                        "greedy output of {} differs from autoregressive decoding",
+                        method.name()
+                    );
+                }
+                // Against the autoregressive runs timed just before this
+                // method's (paired): the machine's drift hits both alike.
+                t.per_seed.push([
+                    m.tokens_per_second() / base.tokens_per_second(),
+                    m.decode_tokens_per_second() / base.decode_tokens_per_second(),
+                    // The same decisions priced by the cost model: no timing noise.
+                    model(m) / model(ar),
+                ]);
+                t.total.merge(m);
+                t.base.merge(base);
+            }
+        }
+        tallies.push(tally);
+    }
+    bar.finish_and_clear();
+    let seeds_note = if ctx.seeds > 1 {
+        format!(
+            ", {} seeds a prompt (speed-ups over all of them, ± their standard error over the seeds; at T = 0 \
+             the same tokens each time)",
+            ctx.seeds
+        )
+    } else {
+        String::new()
+    };
+    println!(
+        "sweep ({:.0} s; {} prompts x {} methods x {} temperatures{seeds_note}, each run paired with an \
+         autoregressive run just before it, after one untimed warm-up run per method):",
+        start.elapsed().as_secs_f64(),
+        ctx.prompts.len(),
+        n_methods,
+        temperatures.len()
+    );
+    let mut rows = Vec::new();
+    let mut csv = Vec::new();
+    // Per temperature and method: end-to-end, decode-only and modelled
+    // speed-ups over all seeds, and the per-seed ones.
+    let mut speedups: Vec<Vec<Speedups>> = Vec::new();
+    for (&temperature, tally) in temperatures.iter().zip(&tallies) {
+        let ar = &tally[0].1.total;
+        let model = |m| modelled_speedup(m, cost_ratio, ctx.verify).unwrap_or(f64::NAN);
+        let mut at_t = Vec::new();
+        for (name, t) in tally {
+            let m = &t.total;
+            let speedup = m.tokens_per_second() / t.base.tokens_per_second();
+            let decode_speedup = m.decode_tokens_per_second() / t.base.decode_tokens_per_second();
             let modelled = model(m) / model(ar);
-            let drafts = !matches!(method, Method::Autoregressive);
+            let seeds = t.per_seed.len();
+            let se = mean_se(&t.per_seed.iter().map(|s| s[0]).collect::<Vec<_>>()).1;
+            let drafts = name != "autoregressive";
             let acc = if drafts {
                 format!("{:.2}", m.mean_acceptance_length())
             } else {
                 "-".to_owned()
             };
+            let with_se = |x: f64| {
+                if seeds > 1 {
+                    format!("{x:.2}x ± {se:.2}")
+                } else {
+                    format!("{x:.2}x")
+                }
+            };
             rows.push(vec![
                 format!("{temperature}"),
                 name.clone(),
                 format!("{:.1}", m.tokens_per_second()),
-                format!("{speedup:.2}x"),
+                with_se(speedup),
                 format!("{:.1}", m.decode_tokens_per_second()),
                 format!("{decode_speedup:.2}x"),
                 format!("{modelled:.2}x"),
-                acc.clone(),
+                acc,
                 format!("{:.2}", m.mean_draft_length()),
                 format!("{:.2}", m.target_calls_per_token()),
             ]);
             csv.push(vec![
                 format!("{temperature}"),
                 name.clone(),
+                seeds.to_string(),
                 m.generated_tokens.to_string(),
                 format!("{:.3}", m.elapsed.as_secs_f64()),
                 format!("{:.2}", m.tokens_per_second()),
                 format!("{speedup:.3}"),
+                if seeds > 1 {
+                    format!("{se:.3}")
+                } else {
+                    String::new()
+                },
                 format!("{:.2}", m.decode_tokens_per_second()),
                 format!("{decode_speedup:.3}"),
                 format!("{modelled:.3}"),
@@ -147,32 +292,14 @@ pub fn sweep_report<T: LanguageModel, S: MakeDrafter<T>>(
                 },
                 format!("{:.3}", m.target_calls_per_token()),
             ]);
-            let slot = match speedups.iter().position(|(n, _)| *n == name) {
-                Some(i) => i,
-                None => {
-                    let nan = vec![f64::NAN; temperatures.len()];
-                    speedups.push((name, [nan.clone(), nan.clone(), nan]));
-                    speedups.len() - 1
-                }
-            };
-            for (v, x) in speedups[slot]
-                .1
-                .iter_mut()
-                .zip([speedup, decode_speedup, modelled])
-            {
-                v[ti] = x;
-            }
+            at_t.push(Speedups {
+                name: name.clone(),
+                all: [speedup, decode_speedup, modelled],
+                per_seed: t.per_seed.clone(),
+            });
         }
+        speedups.push(at_t);
     }
-    bar.finish_and_clear();
-    println!(
-        "sweep ({:.0} s; {} prompts x {} methods x {} temperatures, each run paired with an autoregressive \
-         run just before it, after one untimed warm-up run per method):",
-        start.elapsed().as_secs_f64(),
-        ctx.prompts.len(),
-        n_methods,
-        temperatures.len()
-    );
     print!(
         "{}",
         table(
@@ -192,55 +319,27 @@ pub fn sweep_report<T: LanguageModel, S: MakeDrafter<T>>(
         )
     );
     println!(
-        "tok/s: generated tokens per second, prompt pass included, summed over the prompts. speed-up: over \
+        "tok/s: generated tokens per second, prompt pass included, summed over the prompts{}. speed-up: over \
          autoregressive decoding at the same T, timed on the same prompts just before each of the \
          method's runs (so autoregressive decoding's own speed-up shows the timing noise). decode: the same after each run's first round (the prompt \
          pass, which costs the same with or without drafts). modelled: the run's counts priced by the cost \
          model at c = {cost_ratio:.3} and the passes' measured costs above (each round's pass priced by its \
          length, plus c per draft call, in target steps): the policies' decisions without the timing \
-         noise of short runs."
+         noise of short runs.",
+        if ctx.seeds > 1 { " and seeds" } else { "" }
     );
     println!(
         "tokens/round: tokens emitted per verification round, 1 + accepted drafts (vLLM's mean acceptance \
          length); drafted/round: draft tokens proposed per round."
     );
-    println!("greedy (T = 0) outputs of every method identical to autoregressive decoding: yes");
-    println!("prompt kinds: {}", ctx.kinds.join(", "));
-
-    // Summary per temperature: measured (0), decode only (1), modelled (2).
-    for (ti, t) in temperatures.iter().enumerate() {
-        let get = |name: &str, k: usize| {
-            speedups
-                .iter()
-                .find(|(n, _)| n.starts_with(name))
-                .map_or(f64::NAN, |(_, v)| v[k][ti])
-        };
-        let best_static = |k: usize| {
-            (1..=8)
-                .map(|g| (g, get(&format!("static-{g} "), k)))
-                .fold((0, f64::NEG_INFINITY), |a, b| if b.1 > a.1 { b } else { a })
-        };
-        let best = |k: usize| {
-            speedups
-                .iter()
-                .filter(|(n, _)| n != "autoregressive")
-                .map(|(n, v)| (n.as_str(), v[k][ti]))
-                .fold(
-                    ("", f64::NEG_INFINITY),
-                    |a, b| if b.1 > a.1 { b } else { a },
-                )
-        };
-        let ((g, g_v), (name, v)) = (best_static(0), best(0));
-        let ((decode_name, decode_v), (mg, mg_v), (m_name, m_v)) =
-            (best(1), best_static(2), best(2));
+    if temperatures.contains(&0.0) {
         println!(
-            "T = {t}: AdaEDL {:.2}x vs static-4 {:.2}x and heuristic {:.2}x; best static γ = {g} \
-             ({g_v:.2}x); best method {name} ({v:.2}x; decode only: {decode_name} {decode_v:.2}x); \
-             modelled: best static γ = {mg} ({mg_v:.2}x), best method {m_name} ({m_v:.2}x)",
-            get("adaedl ", 0),
-            get("static-4 ", 0),
-            get("heuristic ", 0)
+            "greedy (T = 0) outputs of every method identical to autoregressive decoding: yes"
         );
+    }
+    println!("prompt kinds: {}", ctx.kinds.join(", "));
+    for (t, at_t) in temperatures.iter().zip(&speedups) {
+        print_summary(*t, at_t);
     }
 
     let dir = ctx.out;
@@ -250,10 +349,12 @@ pub fn sweep_report<T: LanguageModel, S: MakeDrafter<T>>(
         &[
             "temperature",
             "method",
+            "seeds",
             "tokens",
             "seconds",
             "tokens_per_s",
             "speedup",
+            "speedup_se",
             "decode_tokens_per_s",
             "decode_speedup",
             "modelled_speedup",
@@ -269,11 +370,100 @@ pub fn sweep_report<T: LanguageModel, S: MakeDrafter<T>>(
         temperatures.iter().map(|t| format!("T = {t}")),
     )
     .hline("1x: autoregressive", 1.0);
-    for (name, [v, _, _]) in speedups.into_iter().filter(|(n, _)| n != "autoregressive") {
-        panel = panel.series(name, v);
+    let names: Vec<&String> = speedups[0].iter().map(|s| &s.name).collect();
+    for name in names.into_iter().filter(|n| *n != "autoregressive") {
+        let v = speedups
+            .iter()
+            .map(|at_t| {
+                at_t.iter()
+                    .find(|s| s.name == *name)
+                    .map_or(f64::NAN, |s| s.all[0])
+            })
+            .collect();
+        panel = panel.series(name.clone(), v);
     }
     write_svg_sized(&svg_path, &[panel.into()], 1, (1240, 560))?;
     Ok((csv_path, svg_path))
+}
+
+/// Prints the summary of one temperature: AdaEDL against static γ = 4 and
+/// the heuristic, the best static γ, the best adaptive policy with the
+/// draft alone (AdaEDL and its cost-aware variants) and the best method;
+/// end to end, decode only and modelled. With several seeds, also the
+/// differences paired by seed.
+fn print_summary(t: f64, at_t: &[Speedups]) {
+    let find = |name: &str| at_t.iter().find(|s| s.name.starts_with(name));
+    let get = |name: &str, k: usize| find(name).map_or(f64::NAN, |s| s.all[k]);
+    let best_of = |keep: &dyn Fn(&str) -> bool, k: usize| {
+        at_t.iter()
+            .filter(|s| keep(&s.name))
+            .map(|s| (s.name.as_str(), s.all[k]))
+            .fold(
+                ("n/a", f64::NEG_INFINITY),
+                |a, b| if b.1 > a.1 { b } else { a },
+            )
+    };
+    let is_static = |n: &str| n.starts_with("static-");
+    let is_adaptive = |n: &str| n.starts_with("adaedl") || n.starts_with("cost-aware-adaedl");
+    let any = |n: &str| n != "autoregressive";
+    let ((g, g_v), (a, a_v), (name, v)) = (
+        best_of(&is_static, 0),
+        best_of(&is_adaptive, 0),
+        best_of(&any, 0),
+    );
+    let ((decode_name, decode_v), (mg, mg_v), (ma, ma_v), (m_name, m_v)) = (
+        best_of(&any, 1),
+        best_of(&is_static, 2),
+        best_of(&is_adaptive, 2),
+        best_of(&any, 2),
+    );
+    // A method left out of the sweep (`--methods`) is not a number.
+    let x = |v: f64| {
+        if v.is_finite() {
+            format!("{v:.2}x")
+        } else {
+            "n/a".to_owned()
+        }
+    };
+    println!(
+        "T = {t}: AdaEDL {} vs static-4 {} and heuristic {}; best static {g} ({}); best adaptive with \
+         the draft alone {a} ({}); best method {name} ({}; decode only: {decode_name} {}); modelled: \
+         best static {mg} ({}), best adaptive {ma} ({}), best method {m_name} ({})",
+        x(get("adaedl ", 0)),
+        x(get("static-4 ", 0)),
+        x(get("heuristic ", 0)),
+        x(g_v),
+        x(a_v),
+        x(v),
+        x(decode_v),
+        x(mg_v),
+        x(ma_v),
+        x(m_v)
+    );
+    let per_seed = |name: &str, k: usize| -> Option<Vec<f64>> {
+        find(name)
+            .filter(|s| s.per_seed.len() > 1)
+            .map(|s| s.per_seed.iter().map(|x| x[k]).collect())
+    };
+    let pairs = [
+        ("AdaEDL − static-4", "adaedl ", "static-4 ", 0),
+        ("AdaEDL − heuristic", "adaedl ", "heuristic ", 0),
+        ("best adaptive − best static", a, g, 0),
+        ("modelled: best adaptive − best static", ma, mg, 2),
+    ];
+    let lines: Vec<String> = pairs
+        .iter()
+        .filter_map(|(what, x, y, k)| {
+            let (x, y) = (per_seed(x, *k)?, per_seed(y, *k)?);
+            Some(format!("{what} {}", paired_difference(&x, &y)))
+        })
+        .collect();
+    if !lines.is_empty() {
+        println!(
+            "  paired by seed (mean ± standard error of the per-seed differences in speed-up): {}",
+            lines.join("; ")
+        );
+    }
 }
 
 /// Decodes every prompt at `temperature` with the draft's length cycling
