@@ -101,16 +101,20 @@ impl Default for CostAwareConfig {
 ///   `C_j = s·c + v(j + 1)` (`s` draft steps, including the one that
 ///   produced token `j + 1`'s distribution). Token `j + 1` is drafted when
 ///   its own yield per cost is at least the round's so far:
-///   `P_j · a_{j+1} / (c + c_v(j)) ≥ E_j / C_j` (adding an item whose
-///   marginal ratio is at least the current ratio never lowers the
-///   ratio), or when a run of it and up to `L_max − j − 1` more tokens at
-///   its estimate would be: a CPU's pass costs are not convex in their
-///   length, and a token that does not pay alone may open a cheap run.
-///   The first token is judged too (`min_len` 0).
+///   `P_j · a_{j+1} / c_v(j) ≥ E_j / C_j` (adding an item whose marginal
+///   ratio is at least the current ratio never lowers the ratio), or when
+///   a run of it and up to `L_max − j − 1` more tokens at its estimate
+///   would be (a run of `m` costs `(m − 1)·c` for the draft steps that show
+///   its other tokens and `v(j + m + 1) − v(j + 1)` in the pass): a CPU's
+///   pass costs are not convex in their length, and a token that does not
+///   pay alone may open a cheap run. The draft step that showed token
+///   `j + 1` is spent whatever is decided, and the step after it is
+///   weighed on its own (below), so neither is charged to the token. The
+///   first token is judged too (`min_len` 0).
 /// - **Per round** (the gate). A round that runs the draft pays `c` for
 ///   its first token's distribution, then drafts the token if its level's
 ///   estimate `â_k` passes the rule above (at `j = 0`:
-///   `â_k ≥ t = (c + c_v(0)) / (1 + c)`), gaining `â_k − c_v(0)` tokens over a
+///   `â_k ≥ t = c_v(0) / (1 + c)`), gaining `â_k − c_v(0)` tokens over a
 ///   plain step. From the levels `π_k` of recent first tokens (decayed
 ///   counts), drafting pays when `Σ_{k: â_k ≥ t} π_k·(â_k − c_v(0)) > c`.
 ///   Before any first token was seen it uses Leviathan et al.'s rule
@@ -124,12 +128,14 @@ impl Default for CostAwareConfig {
 ///
 /// - **Per draft step** ([`worth_a_step`](DraftPolicy::worth_a_step)).
 ///   After `j ≥ 1` drafted tokens, another draft step (`c`) shows token
-///   `j + 1`, which gains `P_j·â_k − c_v(j)` if its level is `k`, and may
-///   open a run as in the per-position rule: with `m` tokens at that
-///   estimate the run nets
-///   `g_k = max_m P_j·(â_k + … + â_k^m) − (v(j + m + 1) − v(j + 1)) − (m − 1)·c`,
+///   `j + 1`, which gains `P_j·â_k` tokens for `c_v(j)` if its level is
+///   `k`, and may open a run as in the per-position rule. Priced at the
+///   round's yield so far, `R = E_j / C_j` tokens a step (the rate the
+///   per-position rule keeps from falling), a run of `m` tokens at that
+///   estimate nets
+///   `g_k = max_m P_j·(â_k + … + â_k^m) − R·((m − 1)·c + v(j + m + 1) − v(j + 1))`,
 ///   `1 ≤ m ≤ L_max − j`. Taking the levels of recent first tokens as its
-///   odds, the step is run when `Σ_k π_k·max(0, g_k) > c`. Without this a
+///   odds, the step is run when `Σ_k π_k·max(0, g_k) > R·c`. Without this a
 ///   round whose first token is drafted always paid one more draft step
 ///   just to decline the second; with `m = 1` alone it would stop in front
 ///   of a run that the per-position rule takes (with convex pass costs
@@ -145,12 +151,12 @@ impl Default for CostAwareConfig {
 ///
 /// ```
 /// use lastmile_spec_decode::{CostAwareAdaEdl, CostAwareConfig, DraftPolicy, DraftStepInfo, RoundOutcome};
-/// let mut p = CostAwareAdaEdl::new(CostAwareConfig::default(), 0.1, 0.1).unwrap();
+/// let mut p = CostAwareAdaEdl::new(CostAwareConfig::default(), 0.1, 0.3).unwrap();
 /// assert_eq!(p.min_len(), 0);
 /// let sure = DraftStepInfo { entropy: 0.05, top_prob: 0.99 };
 /// let unsure = DraftStepInfo { entropy: 4.0, top_prob: 0.05 };
 /// // Rounds in which confident first tokens are accepted and unsure ones
-/// // rejected teach it to decline unsure first tokens (â < c + c_v = 0.2).
+/// // rejected teach it to decline unsure first tokens (â < c_v / (1 + c) = 0.27).
 /// for i in 0..40 {
 ///     p.round_limit();
 ///     let accepted = i % 2 == 0;
@@ -307,7 +313,7 @@ impl CostAwareAdaEdl {
                 CostModel::expected_tokens(a, g) / (g as f64 * c + self.verify.verify(g)) > 1.0
             });
         }
-        let threshold = (c + c_v) / (1.0 + c);
+        let threshold = c_v / (1.0 + c);
         let gain: f64 = (0..LEVELS)
             .map(|k| (self.first_levels[k], self.calibration.estimate_at(k)))
             .filter(|&(_, a)| a >= threshold)
@@ -321,7 +327,8 @@ impl CostAwareAdaEdl {
     /// Whether drafting token `drafted + 1` (estimate `a`), and possibly up
     /// to `L_max − drafted − 1` more at the same estimate, keeps the round's
     /// `E/C` (`spent` so far) from falling: some `k ≥ 1` with
-    /// `P_j·(a + … + a^k) / (k·c + v(j + k + 1) − v(j + 1)) ≥ E_j / C_j`.
+    /// `P_j·(a + … + a^k) / ((k − 1)·c + v(j + k + 1) − v(j + 1)) ≥ E_j / C_j`
+    /// (token `j + 1` is shown already; the `k − 1` steps show the others).
     /// At `k = 1` this is the per-position rule; longer runs matter where
     /// the pass's cost is not convex in its length (a CPU's register
     /// blocks: 7 tokens cost as much as 6, `docs/benchmarks.md`), where a
@@ -334,16 +341,17 @@ impl CostAwareAdaEdl {
         (1..=self.config.max_len.saturating_sub(drafted).max(1)).any(|k| {
             all *= a;
             gain += all;
-            let cost = k as f64 * self.draft_cost + self.verify.verify(drafted + k) - base;
+            let cost = (k - 1) as f64 * self.draft_cost + self.verify.verify(drafted + k) - base;
             gain * spent >= self.expected * cost
         })
     }
 
-    /// The best net gain, in tokens less plain steps, of a run of `m ≥ 1`
-    /// tokens at estimate `a` after `drafted` tokens, the draft step that
-    /// shows its first token not counted: `max_m P_j·(a + … + a^m) −
-    /// (v(j + m + 1) − v(j + 1)) − (m − 1)·c`, `m ≤ L_max − j`.
-    fn best_run_gain(&self, drafted: usize, a: f64) -> f64 {
+    /// The best net gain of a run of `m ≥ 1` tokens at estimate `a` after
+    /// `drafted` tokens, its cost priced at `rate` tokens a step and the
+    /// draft step that shows its first token not counted: `max_m
+    /// P_j·(a + … + a^m) − rate·((m − 1)·c + v(j + m + 1) − v(j + 1))`,
+    /// `m ≤ L_max − j`.
+    fn best_run_gain(&self, drafted: usize, a: f64, rate: f64) -> f64 {
         let (mut all, mut gain) = (self.all_accepted, 0.0);
         let base = self.verify.verify(drafted);
         (1..=self.config.max_len.saturating_sub(drafted).max(1))
@@ -352,7 +360,7 @@ impl CostAwareAdaEdl {
                 gain += all;
                 let cost =
                     (m - 1) as f64 * self.draft_cost + self.verify.verify(drafted + m) - base;
-                gain - cost
+                gain - rate * cost
             })
             .fold(f64::NEG_INFINITY, f64::max)
     }
@@ -420,13 +428,20 @@ impl DraftPolicy for CostAwareAdaEdl {
         if drafted == 0 || seen <= 0.0 {
             return true;
         }
+        // The round's yield so far, E_j / C_j: what a step must beat.
+        let spent = self.steps as f64 * self.draft_cost + self.verify.verify(drafted);
+        let rate = if spent > 0.0 {
+            self.expected / spent
+        } else {
+            1.0
+        };
         let gain: f64 = (0..LEVELS)
             .map(|k| {
                 let a = self.calibration.estimate_at(k);
-                self.first_levels[k] * self.best_run_gain(drafted, a).max(0.0)
+                self.first_levels[k] * self.best_run_gain(drafted, a, rate).max(0.0)
             })
             .sum();
-        gain / seen > self.draft_cost
+        gain / seen > rate * self.draft_cost
     }
 
     fn observe(&mut self, outcome: RoundOutcome) {
