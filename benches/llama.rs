@@ -399,6 +399,14 @@ fn spec_decode_decode(_: &mut Criterion) {
             dc.truncate(0, len).expect("truncate");
         })
     });
+    for (name, costs) in [("feature", &costs), ("distilled", &distilled_costs)] {
+        if let Some((c, c_v)) = costs {
+            println!(
+                "{name} draft's costs for cost-aware AdaEDL, in target steps: a draft step c = {c:.3} \
+                 (timed right after a target step), each verified token c_v = {c_v:.3}"
+            );
+        }
+    }
     let cost_aware = |(c, c_v): (f64, f64)| -> Box<dyn DraftPolicy> {
         Box::new(CostAwareAdaEdl::new(CostAwareConfig::default(), c, c_v).expect("policy"))
     };
