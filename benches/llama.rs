@@ -87,6 +87,10 @@ fn bench_llama(c: &mut Criterion) {
     let device = lastmile_core::default_device().expect("default device");
     let only = std::env::var("LASTMILE_STORAGES").ok();
     for storage in WeightStorage::ALL {
+        // The file's own blocks are kept as they are: the same matrices as blocksq8.
+        if storage == WeightStorage::BlocksQ4 {
+            continue;
+        }
         let name = format!("{storage:?}").to_lowercase();
         if only
             .as_ref()
@@ -225,7 +229,7 @@ fn bench_drafts(c: &mut Criterion) {
     let head: Vec<usize> = (0..8192).collect();
     let early = LlamaEarlyExit::new(&target, 4).expect("early exit");
     let distilled = LlamaModule::draft_with_vocab(&target, 2, &head, &device)
-        .and_then(|m| m.to_model(storage, &device))
+        .and_then(|m| m.to_model(storage.for_draft(), &device))
         .expect("distilled draft");
     let feature = LlamaFeatureDraftModule::new(&target, 1, Some(&head), &device)
         .and_then(|m| m.to_draft(storage, &device))
@@ -314,7 +318,7 @@ fn spec_decode_decode(_: &mut Criterion) {
     let distilled_path = model_path().with_file_name("draft-L2-v8192.bpk");
     let distilled = trained(
         LlamaModule::load_draft(&target, 2, Some(8192), &distilled_path, &device)
-            .and_then(|m| m.to_model(storage, &device)),
+            .and_then(|m| m.to_model(storage.for_draft(), &device)),
         "distilled draft",
         "distill_llm",
     );

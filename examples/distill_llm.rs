@@ -202,7 +202,7 @@ fn main() -> Result<()> {
         .join(MODEL_DIR)
         .join(draft_file_name(layers, vocab));
     draft.save(&path)?;
-    let distilled = draft.to_model(storage, &device)?;
+    let distilled = draft.to_model(storage.for_draft(), &device)?;
     let (kl1, agree1) = agreement(target, &distilled, head_tokens.as_deref(), &held)?;
     let t1 = step_time(target, 128, 1, 15)?;
     let cost = |m: &dyn Fn() -> Result<f64>| -> Result<String> { Ok(format!("{:.3}", m()? / t1)) };
@@ -215,7 +215,8 @@ fn main() -> Result<()> {
     };
     println!(
         "{}KL: to the target's distribution (for a head over part of the vocabulary, restricted to \
-         its tokens); step cost: one draft step in target steps, {storage:?} storage.",
+         its tokens); step cost: one draft step in target steps, the target in {storage:?} storage, \
+         the draft in {:?}.",
         table(
             &[
                 "draft",
@@ -237,7 +238,8 @@ fn main() -> Result<()> {
                     cost(&|| draft_step_time(&distilled, target, 128, 15))?,
                 ],
             ]
-        )
+        ),
+        storage.for_draft()
     );
     println!("Saved the draft to {}.", path.display());
 

@@ -315,7 +315,7 @@ fn main() -> Result<()> {
             &distilled_path,
             &device,
         )?
-        .to_model(target.storage(), &device)?;
+        .to_model(target.storage().for_draft(), &device)?;
         let c = draft_step_time(&draft, target, prefix, 15)? / t1;
         let label = match args.vocab {
             0 => format!("distilled L={distilled_layers}"),

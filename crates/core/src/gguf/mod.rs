@@ -41,7 +41,9 @@
 //!
 //! F32, F16, BF16, Q8_0, Q4_0 and Q4_1, bit-exactly as ggml defines them
 //! (block layouts in [`dequantize`]); the other ggml types are indexed but
-//! not dequantised ([`GgufError::UnsupportedType`]).
+//! not dequantised ([`GgufError::UnsupportedType`]). Weights trained here
+//! are rounded the other way to Q8_0 ([`quantize_q8_0`]) or Q4_1
+//! ([`quantize_q4_1`]) as ggml's reference quantisers do.
 //!
 //! # Examples
 //!
@@ -92,7 +94,7 @@ pub use dequant::{dequantize, dequantize_into};
 pub use error::GgufError;
 pub use header::{ALIGNMENT_KEY, DEFAULT_ALIGNMENT, MAX_ARRAY_DEPTH, MAX_DIMS};
 pub use metadata::{Metadata, MetadataArray, MetadataValue, ValueType};
-pub use quant::quantize_q8_0;
+pub use quant::{quantize_q4_1, quantize_q8_0};
 pub use tensor_info::TensorInfo;
 pub use types::GgmlType;
 

@@ -303,7 +303,7 @@ impl LlamaModel {
             return Err(LlamaError::Config {
                 field: "kv_precision",
                 value: format!("{precision:?} with weight storage {:?}", self.storage),
-                expected: "F32, or a host storage (Blocks, BlocksQ8) for F16".to_owned(),
+                expected: "F32, or a host storage (Blocks, BlocksQ8, BlocksQ4) for F16".to_owned(),
             });
         }
         self.kv = precision;

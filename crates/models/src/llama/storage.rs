@@ -77,27 +77,42 @@ pub enum WeightStorage {
     /// ([`lastmile_core::gguf::quantize_q8_0`]); others stay f32. CPU
     /// devices only.
     BlocksQ8,
+    /// [`WeightStorage::BlocksQ8`] with float matrices (trained or random
+    /// weights whose rows are whole 32-value blocks) rounded to Q4_1
+    /// blocks instead of Q8_0 ([`lastmile_core::gguf::quantize_q4_1`]):
+    /// 0.625 bytes a weight instead of 1.06, for a small model whose step
+    /// is bound by reading its weights. A file's own blocks are kept as
+    /// they are, so a GGUF checkpoint loads as with BlocksQ8. Measured on
+    /// SmolLM2-135M's distilled 2-block draft (`docs/benchmarks.md`): a
+    /// draft step 0.094 target steps instead of 0.142, with the same
+    /// tokens a round. CPU devices only.
+    BlocksQ4,
 }
 
 impl WeightStorage {
     /// Every storage, in the order benches report them.
-    pub const ALL: [WeightStorage; 5] = [
+    pub const ALL: [WeightStorage; 6] = [
         WeightStorage::F32,
         WeightStorage::F16,
         WeightStorage::Bf16,
         WeightStorage::Blocks,
         WeightStorage::BlocksQ8,
+        WeightStorage::BlocksQ4,
     ];
 
     /// Whether the matrices live in host memory for lastmile's panel
-    /// kernel ([`WeightStorage::Blocks`], [`WeightStorage::BlocksQ8`]).
+    /// kernel ([`WeightStorage::Blocks`], [`WeightStorage::BlocksQ8`],
+    /// [`WeightStorage::BlocksQ4`]).
     ///
     /// ```
     /// use lastmile_models::llama::WeightStorage;
     /// assert!(WeightStorage::BlocksQ8.is_host() && !WeightStorage::F32.is_host());
     /// ```
     pub fn is_host(self) -> bool {
-        matches!(self, WeightStorage::Blocks | WeightStorage::BlocksQ8)
+        matches!(
+            self,
+            WeightStorage::Blocks | WeightStorage::BlocksQ8 | WeightStorage::BlocksQ4
+        )
     }
 
     /// Bytes per stored weight, rounded up to whole bytes: for the block
@@ -109,7 +124,7 @@ impl WeightStorage {
         match self {
             WeightStorage::F32 => 4,
             WeightStorage::F16 | WeightStorage::Bf16 => 2,
-            WeightStorage::Blocks | WeightStorage::BlocksQ8 => 1,
+            WeightStorage::Blocks | WeightStorage::BlocksQ8 | WeightStorage::BlocksQ4 => 1,
         }
     }
 
@@ -120,11 +135,14 @@ impl WeightStorage {
     /// use burn::tensor::DType;
     /// use lastmile_models::llama::WeightStorage;
     /// assert_eq!(WeightStorage::Bf16.dtype(), DType::BF16);
-    /// assert_eq!(WeightStorage::ALL.map(WeightStorage::bytes_per_weight), [4, 2, 2, 1, 1]);
+    /// assert_eq!(WeightStorage::ALL.map(WeightStorage::bytes_per_weight), [4, 2, 2, 1, 1, 1]);
     /// ```
     pub fn dtype(self) -> DType {
         match self {
-            WeightStorage::F32 | WeightStorage::Blocks | WeightStorage::BlocksQ8 => DType::F32,
+            WeightStorage::F32
+            | WeightStorage::Blocks
+            | WeightStorage::BlocksQ8
+            | WeightStorage::BlocksQ4 => DType::F32,
             WeightStorage::F16 => DType::F16,
             WeightStorage::Bf16 => DType::BF16,
         }
@@ -161,8 +179,27 @@ impl WeightStorage {
         }
     }
 
+    /// The storage for a small trained draft of a target stored as `self`:
+    /// [`WeightStorage::BlocksQ4`] for a [`WeightStorage::BlocksQ8`]
+    /// target (the draft's float matrices in 4-bit blocks: its step, bound
+    /// by reading them, costs two thirds as much, and SmolLM2-135M's
+    /// distilled draft gave as many tokens a round, `docs/benchmarks.md`),
+    /// `self` otherwise.
+    ///
+    /// ```
+    /// use lastmile_models::llama::WeightStorage;
+    /// assert_eq!(WeightStorage::BlocksQ8.for_draft(), WeightStorage::BlocksQ4);
+    /// assert_eq!(WeightStorage::Blocks.for_draft(), WeightStorage::Blocks);
+    /// ```
+    pub fn for_draft(self) -> WeightStorage {
+        match self {
+            WeightStorage::BlocksQ8 => WeightStorage::BlocksQ4,
+            other => other,
+        }
+    }
+
     /// Whether `device` can hold this storage: its element type, and a CPU
-    /// device for [`WeightStorage::Blocks`] and [`WeightStorage::BlocksQ8`].
+    /// device for the host storages ([`WeightStorage::is_host`]).
     ///
     /// # Errors
     /// [`LlamaError::Storage`] when it cannot.
@@ -231,10 +268,19 @@ impl Matrix {
         storage: WeightStorage,
         device: &Device,
     ) -> LlamaResult<Self> {
-        if storage == WeightStorage::BlocksQ8 && inp.is_multiple_of(lastmile_core::panel::BLOCK) {
-            // Trained or random weights: rounded to Q8_0 blocks, for the 8-bit kernel.
-            let blocks = lastmile_core::gguf::quantize_q8_0(values)?;
-            return Self::from_gguf_blocks(GgmlType::Q8_0, &blocks, out, inp, storage);
+        if inp.is_multiple_of(lastmile_core::panel::BLOCK) {
+            // Trained or random weights: rounded to blocks, for the 8-bit kernel.
+            match storage {
+                WeightStorage::BlocksQ8 => {
+                    let blocks = lastmile_core::gguf::quantize_q8_0(values)?;
+                    return Self::from_gguf_blocks(GgmlType::Q8_0, &blocks, out, inp, storage);
+                }
+                WeightStorage::BlocksQ4 => {
+                    let blocks = lastmile_core::gguf::quantize_q4_1(values)?;
+                    return Self::from_gguf_blocks(GgmlType::Q4_1, &blocks, out, inp, storage);
+                }
+                _ => {}
+            }
         }
         if storage.is_host() {
             return Ok(Self::host(
@@ -291,7 +337,7 @@ impl Matrix {
         inp: usize,
         storage: WeightStorage,
     ) -> LlamaResult<Self> {
-        let m = if storage == WeightStorage::BlocksQ8 {
+        let m = if matches!(storage, WeightStorage::BlocksQ8 | WeightStorage::BlocksQ4) {
             PanelMatrix::from_gguf_q8(ggml_type, data, out, inp)?
         } else {
             PanelMatrix::from_gguf(ggml_type, data, out, inp)?
@@ -378,7 +424,10 @@ impl Matrix {
 /// `x` in `storage`'s element type for a product on the device.
 fn cast_to(x: Tensor<3>, storage: WeightStorage) -> Tensor<3> {
     match storage {
-        WeightStorage::F32 | WeightStorage::Blocks | WeightStorage::BlocksQ8 => x,
+        WeightStorage::F32
+        | WeightStorage::Blocks
+        | WeightStorage::BlocksQ8
+        | WeightStorage::BlocksQ4 => x,
         WeightStorage::F16 | WeightStorage::Bf16 => x.cast(storage.dtype()),
     }
 }
@@ -407,7 +456,10 @@ fn host_product(m: &PanelMatrix, x: Tensor<3>) -> LlamaResult<Tensor<3>> {
 fn stored<const D: usize>(data: TensorData, storage: WeightStorage, device: &Device) -> Tensor<D> {
     let t = Tensor::<D>::from_data(data, device);
     match storage {
-        WeightStorage::F32 | WeightStorage::Blocks | WeightStorage::BlocksQ8 => t,
+        WeightStorage::F32
+        | WeightStorage::Blocks
+        | WeightStorage::BlocksQ8
+        | WeightStorage::BlocksQ4 => t,
         WeightStorage::F16 | WeightStorage::Bf16 => t.cast(storage.dtype()),
     }
 }
