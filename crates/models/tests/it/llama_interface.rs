@@ -143,12 +143,17 @@ backend_test!(block_storage_computes_what_f32_computes, |device| {
     let cpu = lastmile_core::Backend::of(device).is_some_and(lastmile_core::Backend::is_cpu);
     let blocks = LlamaConfig::tiny().init_random(4, WeightStorage::Blocks, device);
     if !cpu {
-        // The panel kernel reads host memory: a typed error elsewhere.
+        // The panel kernel reads host memory: a typed error elsewhere, for
+        // every host storage.
         assert!(
             matches!(blocks, Err(LlamaError::Storage { .. })),
             "{blocks:?}"
         );
-        eprintln!("Blocks not supported on {device:?}: typed error checked");
+        for storage in [WeightStorage::BlocksQ8, WeightStorage::BlocksQ4] {
+            let m = LlamaConfig::tiny().init_random(4, storage, device);
+            assert!(matches!(m, Err(LlamaError::Storage { .. })), "{m:?}");
+        }
+        eprintln!("Blocks, BlocksQ8, BlocksQ4 not supported on {device:?}: typed errors checked");
         return;
     }
     let run = |m: &LlamaModel| {
