@@ -469,17 +469,42 @@ fn avx2_int8_kernel_is_the_portable_one() {
 }
 
 /// The AVX2 build of the activations' quantisation gives the portable
-/// loop's codes, sums and scales bit for bit: ordinary blocks at several
-/// scales and row counts, and the edge cases of `q8_block` (an all-zero
-/// block, ties at ±0.5 steps, subnormals, values near f32's largest, an
-/// infinity and a NaN).
+/// loop's codes, sums and scales bit for bit (see [`check_quantiser`]).
 #[cfg(target_arch = "x86_64")]
 #[test]
 fn avx2_quantisation_is_the_portable_one() {
     let Some(v3) = avx2_or_skip() else {
         return;
     };
-    let inp = 12 * BLOCK;
+    check_quantiser(|x, rows, inp| int8_avx2::quantise(v3, x, rows, inp));
+}
+
+/// The AVX-512 build of the activations' quantisation gives the portable
+/// loop's codes, sums and scales bit for bit (see [`check_quantiser`]).
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn avx512_quantisation_is_the_portable_one() {
+    if !super::vnni::available() {
+        eprintln!("skipped: this CPU has no AVX-512 VNNI");
+        return;
+    }
+    check_quantiser(super::vnni::quantise);
+}
+
+/// `quantise` against the portable loop: ordinary blocks at several scales
+/// and row counts, rows of 12 and of 21 blocks (more than one vector of 16
+/// blocks' scales, and a partial one), and the edge cases of `q8_block`
+/// (an all-zero block, ties at ±0.5 steps, subnormals, values near f32's
+/// largest, an infinity and a NaN).
+#[cfg(target_arch = "x86_64")]
+fn check_quantiser(quantise: impl Fn(&[f32], usize, usize) -> int8::Q8Rows) {
+    for inp in [12 * BLOCK, 21 * BLOCK] {
+        check_quantiser_at(&quantise, inp);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+fn check_quantiser_at(quantise: &impl Fn(&[f32], usize, usize) -> int8::Q8Rows, inp: usize) {
     let edge = [
         0.0,
         0.5,
@@ -500,10 +525,10 @@ fn avx2_quantisation_is_the_portable_one() {
             for (b, v) in edge.iter().enumerate().take(inp / BLOCK - 1) {
                 x[(b + 1) * BLOCK + b] = *v;
             }
-            let simd = int8_avx2::quantise(v3, &x, rows, inp);
+            let simd = quantise(&x, rows, inp);
             let portable = int8::quantise_rows(&x, rows, inp, int8::q8_block);
             let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
-            let what = format!("{rows} rows at scale {scale}");
+            let what = format!("{rows} rows of {inp} at scale {scale}");
             assert_eq!(simd.q, portable.q, "{what}: codes");
             assert_eq!(simd.sum, portable.sum, "{what}: sums");
             assert_eq!(bits(&simd.d), bits(&portable.d), "{what}: scales");
