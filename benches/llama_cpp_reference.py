@@ -44,6 +44,19 @@ Modes:
         f32 without rounding activations, so its logits and greedy
         continuations should match an f32 implementation closely
         ("f32_reference" in the fixture, same layout as the main entries).
+    python3 benches/llama_cpp_reference.py kquant [OUT.json]
+        The same model in llama.cpp's most common layout, Q4_K_M: the F32
+        copy above quantised by llama.cpp itself (`llama_model_quantize`,
+        ftype Q4_K_M: Q4_K matrices, Q6_K for half the attention values and
+        feed-forward outputs and for the embedding) into
+        SmolLM2-135M-Instruct.Q4_K_M.gguf beside the Q4_1 file (a 4-bit
+        requantisation of 4-bit weights: a check of the format, not of the
+        model's quality). Then llama.cpp's token ids, top-16 logits at
+        every position and 64-token greedy continuations on it, as for the
+        main entries, and the float64 reference's logits on this file
+        (default output
+        crates/models/tests/fixtures/llama_cpp_q4_k_m.json, with the
+        file's sha256 and tensor types).
     python3 benches/llama_cpp_reference.py bench [--threads 1 2] [--tokens 128]
         Decode tokens/s at batch 1 (one token per llama_decode after a
         prompt) and the time of one pass over k = 1, 2, 4, 8, 16 tokens
@@ -71,6 +84,8 @@ N_CTX = 512
 TOP = 16
 CONTINUATION = 64
 FIXTURE = REPO / "crates/models/tests/fixtures/llama_cpp_reference.json"
+KQUANT_NAME = "SmolLM2-135M-Instruct.Q4_K_M.gguf"
+KQUANT_FIXTURE = REPO / "crates/models/tests/fixtures/llama_cpp_q4_k_m.json"
 
 # (kind, text): chat prompts are a user message rendered with the model's chat template.
 PROMPTS = [
@@ -318,6 +333,62 @@ def fixture(out: Path, path: Path) -> None:
     print(f"wrote {out} ({out.stat().st_size} bytes)")
 
 
+def kquant(out: Path, path: Path) -> None:
+    import ctypes
+    from collections import Counter
+
+    import llama_cpp
+    from gguf import GGUFReader
+
+    kpath = path.with_name(KQUANT_NAME)
+    with tempfile.TemporaryDirectory() as tmp:
+        f32_path = Path(tmp) / "f32.gguf"
+        write_f32_copy(path, f32_path)
+        params = llama_cpp.llama_model_quantize_default_params()
+        params.ftype = llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_M
+        params.nthread = 2
+        status = llama_cpp.llama_model_quantize(
+            str(f32_path).encode(), str(kpath).encode(), ctypes.byref(params)
+        )
+        if status != 0:
+            sys.exit(f"error: llama_model_quantize returned {status}")
+    types = Counter(t.tensor_type.name for t in GGUFReader(str(kpath)).tensors)
+    print(f"wrote {kpath} ({kpath.stat().st_size} bytes): {dict(types)}")
+    llm = load(kpath, threads=1, logits_all=True)
+    prompts = [(kind, render_chat(llm, text) if kind == "chat" else text) for kind, text in PROMPTS]
+    records = run_prompts(llm, prompts, CONTINUATION)
+    del llm
+    exact_forward = exact_reference(kpath)
+    for record in records:
+        exact = exact_forward(record["prompt_ids"] + record["continuation"][:-1])
+        for i, entry in enumerate(record["prompt_positions"] + record["continuation_positions"]):
+            entry["exact_logits"] = [round(float(exact[i, j]), 5) for j in entry["top_ids"]]
+    doc = {
+        "generator": "benches/llama_cpp_reference.py kquant",
+        "llama_cpp_python": llama_cpp.__version__,
+        "gguf": importlib.metadata.version("gguf"),
+        "python": sys.version.split()[0],
+        "model": KQUANT_NAME,
+        "model_sha256": sha256(kpath),
+        "source": f"{GGUF_NAME} (sha256 {GGUF_SHA256}), dequantised to F32 by the gguf package, "
+        "quantised by llama_model_quantize with ftype Q4_K_M",
+        "tensor_types": dict(types),
+        "n_threads": 1,
+        "n_ctx": N_CTX,
+        "n_batch": N_CTX,
+        "flash_attn": False,
+        "kv_cache_type": "f16 (library default)",
+        "top": TOP,
+        "continuation_length": CONTINUATION,
+        "notes": "entries as in llama_cpp_reference.json's prompts, exact_logits from the float64 "
+        "reference evaluated on this file (weights dequantised by the gguf package).",
+        "prompts": records,
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(doc, separators=(",", ":")) + "\n")
+    print(f"wrote {out} ({out.stat().st_size} bytes)")
+
+
 def bench(path: Path, threads_list, n_tokens: int) -> None:
     import llama_cpp
     import numpy as np
@@ -360,6 +431,8 @@ def main() -> None:
     sub = parser.add_subparsers(dest="mode", required=True)
     f = sub.add_parser("fixture")
     f.add_argument("out", nargs="?", default=str(FIXTURE))
+    k = sub.add_parser("kquant")
+    k.add_argument("out", nargs="?", default=str(KQUANT_FIXTURE))
     b = sub.add_parser("bench")
     b.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     b.add_argument("--tokens", type=int, default=128)
@@ -377,6 +450,8 @@ def main() -> None:
         sys.exit(f"error: {path} does not have the expected sha256 {GGUF_SHA256}")
     if args.mode == "fixture":
         fixture(Path(args.out), path)
+    elif args.mode == "kquant":
+        kquant(Path(args.out), path)
     else:
         bench(path, args.threads, args.tokens)
 

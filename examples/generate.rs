@@ -18,7 +18,11 @@
 //! processing speed (tokens of the prompt per second, one pass) and
 //! decoding speed (one-token steps per second), separately. The model is
 //! looked up in `$LASTMILE_MODELS/smollm2-135m-instruct/`, else in
-//! `<target dir>/lastmile-models/smollm2-135m-instruct/`.
+//! `<target dir>/lastmile-models/smollm2-135m-instruct/`; `--model PATH`
+//! loads another Llama-family GGUF file instead (tensors in F32, F16,
+//! BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1 or the k-quants Q2_K … Q6_K, e.g.
+//! llama.cpp's `Q4_K_M` files; `python3 benches/llama_cpp_reference.py
+//! kquant` makes SmolLM2's).
 
 use std::io::Write as _;
 
@@ -40,21 +44,24 @@ struct Args {
     top_p: Option<f64>,
     seed: u64,
     kv: KvPrecision,
+    model: Option<std::path::PathBuf>,
 }
 
 const USAGE: &str = "expected --prompt TEXT or --chat MESSAGE, and optionally --max-tokens N, \
-                     --temperature T, --top-p P, --seed S, --kv-cache f32|f16";
+                     --temperature T, --top-p P, --seed S, --kv-cache f32|f16, --model PATH";
 
 fn parse_args() -> Result<Args> {
     let mut input = None;
     let (mut max_tokens, mut temperature, mut top_p, mut seed) = (128, 0.0, None, 0);
     let mut kv = KvPrecision::F32;
+    let mut model = None;
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
         let mut value = |name: &str| it.next().with_context(|| format!("{name} needs a value"));
         match a.as_str() {
             "--prompt" => input = Some(Input::Prompt(value("--prompt")?)),
             "--chat" => input = Some(Input::Chat(value("--chat")?)),
+            "--model" => model = Some(value("--model")?.into()),
             "--max-tokens" => {
                 max_tokens = value("--max-tokens")?
                     .parse()
@@ -95,6 +102,7 @@ fn parse_args() -> Result<Args> {
         top_p,
         seed,
         kv,
+        model,
     })
 }
 
@@ -108,14 +116,21 @@ fn main() -> Result<()> {
         sampling = sampling.with_top_p(p)?;
     }
     let device = default_device()?;
-    let mut llm = Llm::load(&device)?;
+    let mut llm = match &args.model {
+        Some(path) => Llm::load_from(path, &device)?,
+        None => Llm::load(&device)?,
+    };
+    let name = args.model.as_ref().map_or_else(
+        || "SmolLM2-135M-Instruct".to_owned(),
+        |p| p.display().to_string(),
+    );
     llm.model = llm.model.with_kv_precision(args.kv)?;
     let prompt = match &args.input {
         Input::Prompt(text) => llm.text_prompt(text),
         Input::Chat(message) => llm.chat_prompt(message)?,
     };
     eprintln!(
-        "[loaded SmolLM2-135M-Instruct in {:.1} s; {} prompt tokens; T = {}, top-p = {}, seed {}, {:?} key/value cache]",
+        "[loaded {name} in {:.1} s; {} prompt tokens; T = {}, top-p = {}, seed {}, {:?} key/value cache]",
         llm.load_secs,
         prompt.len(),
         args.temperature,

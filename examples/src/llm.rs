@@ -102,8 +102,18 @@ impl Llm {
         if !path.is_file() {
             bail!("{}", fetch_hint());
         }
+        Self::load_from(&path, device)
+    }
+
+    /// Loads any Llama-family GGUF checkpoint (its tokenizer from the same
+    /// file) onto `device`: SmolLM2 in another quantisation such as
+    /// llama.cpp's `Q4_K_M`, or another model of the family.
+    ///
+    /// # Errors
+    /// When the file cannot be opened or parsed as a Llama GGUF checkpoint.
+    pub fn load_from(path: &std::path::Path, device: &Device) -> Result<Self> {
         let start = Instant::now();
-        let file = lastmile_core::gguf::GgufFile::open(&path)
+        let file = lastmile_core::gguf::GgufFile::open(path)
             .with_context(|| format!("opening {}", path.display()))?;
         let tokenizer = Tokenizer::from_gguf(&file).context("reading the tokenizer")?;
         let model = LlamaModel::from_gguf(&file, WeightStorage::fastest_on(device), device)

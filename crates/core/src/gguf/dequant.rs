@@ -11,10 +11,14 @@
 //! | Q8_0 | 32 | 34 | `d`, `qs: [i8; 32]` | `qs[i] · d` |
 //! | Q4_0 | 32 | 18 | `d`, `qs: [u8; 16]` | `(q_i − 8) · d` |
 //! | Q4_1 | 32 | 20 | `d`, `m`, `qs: [u8; 16]` | `q_i · d + m` |
+//! | Q5_0 | 32 | 22 | `d`, `qh: u32`, `qs: [u8; 16]` | `(q_i − 16) · d` |
+//! | Q5_1 | 32 | 24 | `d`, `m`, `qh: u32`, `qs: [u8; 16]` | `q_i · d + m` |
 //!
 //! In Q4_0 and Q4_1 the 4-bit quant `q_i` of element `i < 16` is the low
 //! nibble of `qs[i]` and that of element `i + 16` the high nibble of
 //! `qs[i]`: the low nibbles hold elements 0..16, the high nibbles 16..32.
+//! Q5_0 and Q5_1 add bit `i` of `qh` as the fifth bit of `q_i`. The
+//! k-quants Q2_K … Q6_K are in [`super::kquants`].
 //!
 //! Arithmetic is in `f32`, one rounding per operation, in ggml's order
 //! (`d` widened to `f32` first; Q4_1 multiplies then adds, never fused), so
@@ -22,6 +26,7 @@
 //! the `gguf` Python package's.
 
 use super::error::GgufError;
+use super::kquants::{self, QK_K};
 use super::types::GgmlType;
 
 /// Elements per block of Q8_0, Q4_0 and Q4_1.
@@ -30,8 +35,8 @@ const QK: usize = 32;
 /// Dequantises `n_elements` values of type `ggml_type` stored in `data`.
 ///
 /// # Errors
-/// [`GgufError::UnsupportedType`] for a type other than F32, F16, BF16,
-/// Q8_0, Q4_0 or Q4_1; [`GgufError::Length`] when `n_elements` is not a
+/// [`GgufError::UnsupportedType`] for a type
+/// [`GgmlType::can_dequantize`] does not list; [`GgufError::Length`] when `n_elements` is not a
 /// whole number of blocks or `data` does not hold exactly that many blocks.
 ///
 /// # Examples
@@ -164,12 +169,54 @@ pub(crate) fn decode(ggml_type: GgmlType, data: &[u8], out: &mut [f32]) {
                 }
             }
         }
+        GgmlType::Q5_0 | GgmlType::Q5_1 => {
+            let with_min = ggml_type == GgmlType::Q5_1;
+            for (y, block) in out
+                .chunks_exact_mut(QK)
+                .zip(data.chunks_exact(ggml_type.type_size()))
+            {
+                let d = f16_le(block[0], block[1]);
+                let (m, rest) = if with_min {
+                    (f16_le(block[2], block[3]), &block[4..])
+                } else {
+                    (0.0, &block[2..])
+                };
+                let qh = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]);
+                let high = |i: usize| (((qh >> i) & 1) as u8) << 4;
+                let (lo, hi) = y.split_at_mut(QK / 2);
+                for (j, &q) in rest[4..].iter().enumerate() {
+                    let (a, b) = ((q & 0x0F) | high(j), (q >> 4) | high(j + QK / 2));
+                    if with_min {
+                        lo[j] = f32::from(a) * d + m;
+                        hi[j] = f32::from(b) * d + m;
+                    } else {
+                        lo[j] = f32::from(i16::from(a) - 16) * d;
+                        hi[j] = f32::from(i16::from(b) - 16) * d;
+                    }
+                }
+            }
+        }
+        GgmlType::Q2_K | GgmlType::Q3_K | GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::Q6_K => {
+            let decode_block = match ggml_type {
+                GgmlType::Q2_K => kquants::q2_k,
+                GgmlType::Q3_K => kquants::q3_k,
+                GgmlType::Q4_K => kquants::q4_k,
+                GgmlType::Q5_K => kquants::q5_k,
+                _ => kquants::q6_k,
+            };
+            for (y, block) in out
+                .chunks_exact_mut(QK_K)
+                .zip(data.chunks_exact(ggml_type.type_size()))
+            {
+                decode_block(block, y);
+            }
+        }
         // `check` admits only the types above.
         _ => {}
     }
 }
 
-fn f16_le(lo: u8, hi: u8) -> f32 {
+pub(super) fn f16_le(lo: u8, hi: u8) -> f32 {
     half::f16::from_bits(u16::from_le_bytes([lo, hi])).to_f32()
 }
 
@@ -231,8 +278,12 @@ mod tests {
             Err(GgufError::Length { .. })
         ));
         assert!(matches!(
-            dequantize(GgmlType::Q6_K, &[0; 210], 256),
+            dequantize(GgmlType::IQ4_XS, &[0; 136], 256),
             Err(GgufError::UnsupportedType { .. })
+        ));
+        assert!(matches!(
+            dequantize(GgmlType::Q6_K, &[0; 210], 255),
+            Err(GgufError::Length { .. })
         ));
         let mut out = [0.0; 3];
         assert!(dequantize_into(GgmlType::F16, &[0; 4], &mut out).is_err());

@@ -9,7 +9,8 @@ use std::fmt;
 /// [`type_size`](Self::type_size) bytes. Plain types have blocks of one
 /// element. The reader knows every type ggml has defined, so it can index
 /// any file; [`dequantize`](super::dequantize) supports F32, F16, BF16,
-/// Q8_0, Q4_0 and Q4_1 ([`Self::can_dequantize`]).
+/// Q8_0, Q4_0, Q4_1, Q5_0, Q5_1 and the k-quants Q2_K … Q6_K
+/// ([`Self::can_dequantize`]).
 ///
 /// # Examples
 /// ```
@@ -216,6 +217,13 @@ impl GgmlType {
                 | GgmlType::Q8_0
                 | GgmlType::Q4_0
                 | GgmlType::Q4_1
+                | GgmlType::Q5_0
+                | GgmlType::Q5_1
+                | GgmlType::Q2_K
+                | GgmlType::Q3_K
+                | GgmlType::Q4_K
+                | GgmlType::Q5_K
+                | GgmlType::Q6_K
         )
     }
 

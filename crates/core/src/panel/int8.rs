@@ -85,7 +85,8 @@ impl Int8Codes {
         let mut u = vec![0u8; panels * nb * block_bytes];
         let mut scale = vec![0u16; panels * nb * LANES];
         let mut min = c.min.as_ref().map(|_| vec![0u16; scale.len()]);
-        // The scales were f16 in the file: the conversion back is exact.
+        // The file's own f16 scales convert back exactly; k-quant scales
+        // (f32 products) are rounded here.
         let f16 = |v: f32| half::f16::from_f32(v).to_bits();
         for o in 0..out {
             let (p8, c8) = (o / PANEL, o % PANEL);

@@ -143,9 +143,12 @@ impl PanelMatrix {
     }
 
     /// From the raw data of a GGUF tensor of `ggml_type` with `out` rows of
-    /// `inp` elements (GGUF's `ne = [in, out]`). Q8_0, Q4_0 and Q4_1 are
-    /// kept as codes (see the [module documentation](self)); F32, F16 and
-    /// BF16 are widened to f32.
+    /// `inp` elements (GGUF's `ne = [in, out]`). Q8_0, Q4_0, Q4_1, Q5_0,
+    /// Q5_1, Q4_K and Q5_K are kept as codes (see the [module
+    /// documentation](self); a k-quant super-block as 8 blocks of 32, each
+    /// with its own scale and minimum); F32, F16, BF16 and the k-quants
+    /// whose scales cover 16 values (Q2_K, Q3_K, Q6_K) are dequantised to
+    /// f32.
     ///
     /// # Errors
     /// [`GgufError::UnsupportedType`] for other types;
@@ -180,7 +183,7 @@ impl PanelMatrix {
         })?;
         crate::gguf::dequant::check(ggml_type, data, n, "panel matrix")?;
         match ggml_type {
-            GgmlType::Q8_0 | GgmlType::Q4_0 | GgmlType::Q4_1 => {
+            t if blocks::has_codes(t) => {
                 if out == 0 || inp == 0 || !inp.is_multiple_of(BLOCK) {
                     return Err(GgufError::Length {
                         what: "panel matrix".to_owned(),
@@ -220,7 +223,15 @@ impl PanelMatrix {
     /// makes a product over several rows much cheaper; elsewhere a
     /// portable loop gives bit-identical results.
     ///
-    /// F32, F16 and BF16 tensors are widened to f32, as by [`PanelMatrix::from_gguf`].
+    /// F32, F16 and BF16 tensors are widened to f32, as by
+    /// [`PanelMatrix::from_gguf`]. Q4_K and Q5_K keep their codes, with
+    /// each block's scale `d·sc` and minimum `−dmin·m` (f32 products)
+    /// rounded to f16 (a relative change of at most 2⁻¹¹, against steps
+    /// of 1/15 or 1/31 of a block's range); Q2_K, Q3_K and Q6_K, whose
+    /// blocks of 32 have two scales, are dequantised and rounded to Q8_0
+    /// blocks (finer than their own 2–6 bits). A tensor whose scales
+    /// overflow f16 keeps f32 scales and [`PanelMatrix::from_gguf`]'s
+    /// kernel instead.
     ///
     /// # Errors
     /// As [`PanelMatrix::from_gguf`].
@@ -249,9 +260,23 @@ impl PanelMatrix {
         inp: usize,
     ) -> std::result::Result<Self, GgufError> {
         let mut m = Self::from_gguf(ggml_type, data, out, inp)?;
+        if let Weights::F32(_) = &m.weights
+            && ggml_type.block_size() > 1
+            && inp.is_multiple_of(BLOCK)
+        {
+            // A k-quant with two scales a block of 32: rounded to Q8_0.
+            let blocks = crate::gguf::quantize_q8_0(&m.to_f32())?;
+            m = Self::from_gguf(GgmlType::Q8_0, &blocks, out, inp)?;
+        }
         if let Weights::Codes(c) = &m.weights {
-            let four_bit = matches!(ggml_type, GgmlType::Q4_0 | GgmlType::Q4_1);
-            m.weights = Weights::Int8(int8::Int8Codes::from_codes(c, out, inp, four_bit));
+            // Computed k-quant scales may not fit f16 (the file's own f16
+            // scales always do): such a tensor keeps f32 scales.
+            let overflows = |v: &f32| v.is_finite() && half::f16::from_f32(*v).is_infinite();
+            let fits = !c.scale.iter().chain(c.min.iter().flatten()).any(overflows);
+            if fits {
+                let four_bit = blocks::is_four_bit(ggml_type);
+                m.weights = Weights::Int8(int8::Int8Codes::from_codes(c, out, inp, four_bit));
+            }
         }
         Ok(m)
     }

@@ -54,14 +54,22 @@ fn f32_panels_match_naive_at_every_row_count() {
 /// GGUF blocks of `ty` for `out` rows of `inp`, with varied codes and
 /// small finite f16 scales (and minimums).
 fn block_data(ty: GgmlType, out: usize, inp: usize) -> Vec<u8> {
-    let bytes = out * inp / BLOCK * ty.type_size();
+    let bytes = out * inp / ty.block_size() * ty.type_size();
     let mut data: Vec<u8> = (0..bytes).map(|i| ((i * 131 + 7) % 251) as u8).collect();
+    // Where each type keeps its f16 scale (`d`) and minimum (or `dmin`).
+    let (d_at, m_at) = match ty {
+        GgmlType::Q4_1 | GgmlType::Q5_1 | GgmlType::Q4_K | GgmlType::Q5_K => (0, Some(2)),
+        GgmlType::Q2_K => (80, Some(82)),
+        GgmlType::Q3_K => (108, None),
+        GgmlType::Q6_K => (208, None),
+        _ => (0, None),
+    };
     for block in data.chunks_exact_mut(ty.type_size()) {
         let d = half::f16::from_f32(f32::from(block[4]) / 512.0 - 0.2).to_bits();
-        block[..2].copy_from_slice(&d.to_le_bytes());
-        if ty == GgmlType::Q4_1 {
+        block[d_at..d_at + 2].copy_from_slice(&d.to_le_bytes());
+        if let Some(at) = m_at {
             let m = half::f16::from_f32(-f32::from(block[5]) / 256.0).to_bits();
-            block[2..4].copy_from_slice(&m.to_le_bytes());
+            block[at..at + 2].copy_from_slice(&m.to_le_bytes());
         }
     }
     data
@@ -177,6 +185,86 @@ fn q8_products_are_block_dot_products_of_rounded_activations() {
             }
         }
     }
+}
+
+/// 5-bit blocks and the k-quants on both kernels: kept as codes where a
+/// block of 32 has one scale (Q5_0, Q5_1, Q4_K, Q5_K), dequantised
+/// otherwise (Q2_K, Q3_K, Q6_K), always the dequantised file for the f32
+/// kernel; for 8-bit activations the k-quant scales are rounded to f16 (at
+/// most 2⁻¹¹ relative) and Q2_K, Q3_K, Q6_K to Q8_0 blocks.
+#[test]
+fn five_bit_and_k_quant_blocks() {
+    // 19 outputs (a padded panel); 512 inputs: two super-blocks a row.
+    let (out, inp) = (19, 512);
+    for ty in [
+        GgmlType::Q5_0,
+        GgmlType::Q5_1,
+        GgmlType::Q4_K,
+        GgmlType::Q5_K,
+        GgmlType::Q2_K,
+        GgmlType::Q3_K,
+        GgmlType::Q6_K,
+    ] {
+        let data = block_data(ty, out, inp);
+        let file = crate::gguf::dequantize(ty, &data, out * inp).unwrap_or_else(|e| panic!("{e}"));
+        let codes = blocks::has_codes(ty);
+        let m = PanelMatrix::from_gguf(ty, &data, out, inp).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(m.is_quantised(), codes, "{ty}");
+        assert_eq!(m.to_f32(), file, "{ty}");
+        let q8 = PanelMatrix::from_gguf_q8(ty, &data, out, inp).unwrap_or_else(|e| panic!("{e}"));
+        assert!(q8.quantises_activations(), "{ty}");
+        let w = q8.to_f32();
+        match ty {
+            GgmlType::Q5_0 | GgmlType::Q5_1 => assert_eq!(w, file, "{ty}"),
+            GgmlType::Q4_K | GgmlType::Q5_K => {
+                // |Δw| ≤ 2⁻¹¹·(|q·d_s| + |m_s|), q < 32, per block of 32.
+                let scales = data
+                    .chunks_exact(ty.type_size())
+                    .flat_map(crate::gguf::kquants::q4_k_scales);
+                for ((a, b), (d, m)) in w.chunks(BLOCK).zip(file.chunks(BLOCK)).zip(scales) {
+                    let bound = (31.0 * d.abs() + m.abs()) / 2048.0;
+                    for (x, y) in a.iter().zip(b) {
+                        assert!((x - y).abs() <= bound, "{ty}: {x} vs {y}");
+                    }
+                }
+                assert_ne!(w, file, "{ty}: the f16 rounding is exercised");
+            }
+            _ => {
+                let blocks = crate::gguf::quantize_q8_0(&file).unwrap_or_else(|e| panic!("{e}"));
+                let want = crate::gguf::dequantize(GgmlType::Q8_0, &blocks, out * inp);
+                assert_eq!(w, want.unwrap_or_default(), "{ty}");
+            }
+        }
+        for rows in [1, 3, 8, 13] {
+            let x = values(rows * inp, rows);
+            let simd = q8.product(&x, rows, true).unwrap_or_else(|e| panic!("{e}"));
+            let portable = q8
+                .product(&x, rows, false)
+                .unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(simd, portable, "{ty}, {rows} rows");
+            let want = naive(&w, out, inp, &q8_rounded(&x), rows);
+            for (a, b) in simd.iter().zip(&want) {
+                let tol = 1e-5 * (1.0 + b.abs()) * (inp as f32).sqrt();
+                assert!((a - b).abs() <= tol, "{ty}, {rows} rows: {a} vs {b}");
+            }
+        }
+        check_products(&m);
+    }
+}
+
+/// A k-quant whose computed scales overflow f16 keeps f32 scales (and the
+/// f32 kernel) rather than turning into infinities.
+#[test]
+fn k_quant_scales_beyond_f16_stay_f32() {
+    let mut data = block_data(GgmlType::Q4_K, 1, 256);
+    data[..2].copy_from_slice(&half::f16::from_f32(60000.0).to_bits().to_le_bytes());
+    data[4] = 63; // sub-block 0's 6-bit scale: 63 · 60000 > f16::MAX
+    let m =
+        PanelMatrix::from_gguf_q8(GgmlType::Q4_K, &data, 1, 256).unwrap_or_else(|e| panic!("{e}"));
+    assert!(m.is_quantised() && !m.quantises_activations());
+    let file = crate::gguf::dequantize(GgmlType::Q4_K, &data, 256).unwrap_or_default();
+    assert!(file.iter().all(|v| v.is_finite()));
+    assert_eq!(m.to_f32(), file);
 }
 
 #[test]

@@ -249,22 +249,22 @@ fn unknown_types_are_typed_errors() {
 
 #[test]
 fn types_that_cannot_be_dequantised_are_still_indexed() {
-    // One Q6_K super-block (256 elements, 210 bytes).
+    // One IQ4_XS super-block (256 elements, 136 bytes).
     let bytes = file(
         3,
         &[],
-        &[tensor("k", &[256], GgmlType::Q6_K.id(), 0)],
+        &[tensor("k", &[256], GgmlType::IQ4_XS.id(), 0)],
         None,
         32,
-        &[0; 210],
+        &[0; 136],
     );
     let f = GgufFile::from_bytes(&bytes).unwrap();
-    assert_eq!(f.tensor_info("k").unwrap().ggml_type(), GgmlType::Q6_K);
-    assert_eq!(f.tensor_data("k").unwrap().len(), 210);
+    assert_eq!(f.tensor_info("k").unwrap().ggml_type(), GgmlType::IQ4_XS);
+    assert_eq!(f.tensor_data("k").unwrap().len(), 136);
     assert!(matches!(
         f.dequantize("k"),
         Err(GgufError::UnsupportedType {
-            ggml_type: GgmlType::Q6_K,
+            ggml_type: GgmlType::IQ4_XS,
             ..
         })
     ));

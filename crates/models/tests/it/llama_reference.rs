@@ -30,7 +30,8 @@
 //! 2. against the exact reference: `max |Δlogit|` ≤ [`EXACT_TOL`];
 //! 3. against llama.cpp on the Q4_1 file: `max |Δlogit|` ≤ [`LOGIT_TOL`], and
 //!    top-1 agreement at every position except **near ties**, where
-//!    llama.cpp's own gap between its argmax and ours is below [`NEAR_TIE`]
+//!    llama.cpp's own gap between its argmax and ours, or the exact
+//!    reference's gap between the same two tokens, is below [`NEAR_TIE`]
 //!    (this includes the step where a greedy continuation parts from
 //!    llama.cpp's). It prints the near ties and how many continuations are
 //!    identical (1 of 8 when this was written: the others part at near ties
@@ -109,6 +110,18 @@ const Q8_LOGIT_TOL: f32 = 2.0;
 /// llama.cpp's where their roundings differ by more than the gap (one
 /// parting at a gap of 0.34 was seen while tuning the kernel).
 const Q8_NEAR_TIE: f32 = 0.5;
+/// Largest accepted |Δlogit| against llama.cpp on its Q4_K_M file, which
+/// rounds the inputs of its Q4_K and Q6_K products to Q8_K (one scale per
+/// 256 values, coarser than Q8_1's 32): measured on its fixture, llama.cpp
+/// is 2.20 from the exact reference there (1.25 on the Q4_1 file).
+const K_LOGIT_TOL: f32 = 3.0;
+/// Near-tie gap against llama.cpp on its Q4_K_M file: its own argmax
+/// differs from the exact reference's at 33 of 755 positions there, at
+/// gaps up to 0.39 (15, up to 0.15, on the Q4_1 file).
+const K_NEAR_TIE: f32 = 0.5;
+/// The same for [`WeightStorage::BlocksQ8`], whose own 8-bit rounding adds
+/// to llama.cpp's (a parting at llama.cpp's gap of 0.54 was seen).
+const K_Q8_NEAR_TIE: f32 = 0.75;
 /// Largest accepted |Δlogit| against llama.cpp on the F32 copy.
 const F32_TOL: f32 = 2e-3;
 /// Near-tie gap against llama.cpp on the F32 copy.
@@ -182,19 +195,22 @@ impl Tally {
         if ours == r.argmax {
             return true;
         }
-        // llama.cpp's gap between its argmax and ours (ours outside its top 16: no tie).
-        let gap = r
-            .top_ids
-            .iter()
-            .position(|&id| id == ours)
-            .map(|k| r.top_logits[0] - r.top_logits[k]);
+        // llama.cpp's gap between its argmax and ours (ours outside its top
+        // 16: no tie), and the exact reference's gap between the same two
+        // tokens where the fixture has it: a tie in the exact model that
+        // llama.cpp's rounding decided is a near tie too.
+        let k = r.top_ids.iter().position(|&id| id == ours);
+        let gap = k.map(|k| r.top_logits[0] - r.top_logits[k]);
+        let exact_gap = k.and_then(|k| Some(r.exact_logits.first()? - r.exact_logits.get(k)?));
         let what = format!(
-            "{at}: top-1 {ours}, llama.cpp's {} (its gap {gap:?})",
+            "{at}: top-1 {ours}, llama.cpp's {} (its gap {gap:?}, the exact reference's {exact_gap:?})",
             r.argmax
         );
-        match gap {
-            Some(g) if g < self.near_tie => self.near_ties.push(what),
-            _ => self.failures.push(what),
+        let tie = |g: Option<f32>| g.is_some_and(|g| g < self.near_tie);
+        if tie(gap) || tie(exact_gap) {
+            self.near_ties.push(what);
+        } else {
+            self.failures.push(what);
         }
         false
     }
@@ -467,5 +483,82 @@ fn smollm2_host_storages_conform_to_language_model_interface() {
             "{storage:?}, {kv:?} cache, on SmolLM2: worst |Δlogit| across chunkings {worst:.5} (tolerance {tol})"
         );
         assert!(worst <= tol);
+    }
+}
+
+/// llama.cpp's own Q4_K_M quantisation of the same model (written with
+/// its fixture by `benches/llama_cpp_reference.py kquant`: Q5_0 where a
+/// row of 576 is not whole 256-value super-blocks, Q4_K and Q6_K for the
+/// feed-forward outputs, Q8_0 where Q6_K falls back): the k-quant and 5-bit
+/// formats, read by our loader, against llama.cpp on the same file, with
+/// every storage and check 3's tolerances (the 8-bit ones for
+/// [`WeightStorage::BlocksQ8`], which also rounds the Q4_K scales to f16
+/// and the Q6_K blocks to Q8_0). Not committed and not fetched by CI (it
+/// needs llama-cpp-python to make), so ignored unless asked for.
+#[test]
+#[ignore = "needs SmolLM2-135M-Instruct.Q4_K_M.gguf: python3 benches/llama_cpp_reference.py kquant"]
+fn smollm2_q4_k_m_agrees_with_llama_cpp() {
+    #[derive(Deserialize)]
+    struct KquantFixture {
+        model: String,
+        tensor_types: std::collections::BTreeMap<String, usize>,
+        continuation_length: usize,
+        prompts: Vec<Prompt>,
+    }
+    let fixture: KquantFixture = serde_json::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/llama_cpp_q4_k_m.json"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    let path = model_path().with_file_name(&fixture.model);
+    assert!(
+        path.is_file(),
+        "{} is missing: make it with `python3 benches/llama_cpp_reference.py kquant` \
+         (needs llama-cpp-python 0.3.36 and gguf 0.19.0)",
+        path.display()
+    );
+    // The file the fixture was written from: the same tensor types.
+    let file = lastmile_core::gguf::GgufFile::open(&path).unwrap();
+    let mut types = std::collections::BTreeMap::new();
+    for t in file.tensors() {
+        *types.entry(t.ggml_type().name().to_owned()).or_insert(0) += 1;
+    }
+    assert_eq!(types, fixture.tensor_types);
+    for (storage, near_tie, llama_tol, exact_tol) in [
+        (WeightStorage::Blocks, K_NEAR_TIE, K_LOGIT_TOL, EXACT_TOL),
+        (
+            WeightStorage::BlocksQ8,
+            K_Q8_NEAR_TIE,
+            K_LOGIT_TOL,
+            Q8_EXACT_TOL,
+        ),
+    ] {
+        let start = Instant::now();
+        let model = LlamaModel::from_gguf(&file, storage, &Device::flex()).unwrap();
+        let (tally, identical) = run(
+            &model,
+            &fixture.prompts,
+            fixture.continuation_length,
+            near_tie,
+            false,
+        );
+        eprintln!(
+            "Q4_K_M, {storage:?} ({} MB of matrices): {} positions; max |Δlogit| vs llama.cpp {:.4} \
+             (tolerance {llama_tol}), vs exact f64 {:.5} (tolerance {exact_tol}); {} near ties \
+             (gap < {near_tie}):\n  {}\n\
+             greedy continuations identical for all {} tokens: {identical}/8; {:.1} s",
+            model.matrix_bytes() / 1_000_000,
+            tally.positions,
+            tally.llama,
+            tally.exact,
+            tally.near_ties.len(),
+            tally.near_ties.join("\n  "),
+            fixture.continuation_length,
+            start.elapsed().as_secs_f32(),
+        );
+        check_q4_1(&tally, llama_tol, exact_tol);
     }
 }
