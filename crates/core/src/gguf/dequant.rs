@@ -267,6 +267,29 @@ mod tests {
         assert_eq!(dequantize(GgmlType::BF16, &b, 1).unwrap_or_default(), [x]);
     }
 
+    /// Any bytes are a block of every supported type (scales that are
+    /// infinities or NaNs give non-finite values, never a panic), and the
+    /// values follow the bytes: a block of zero bytes is zeros.
+    #[test]
+    fn every_byte_pattern_decodes() {
+        for t in GgmlType::all().filter(|t| t.can_dequantize()) {
+            let n = 4 * t.block_size();
+            let size = t.bytes_for(n).unwrap_or_default();
+            let zeros = dequantize(t, &vec![0; size], n).unwrap_or_default();
+            assert!(zeros.iter().all(|v| *v == 0.0), "{t}");
+            for seed in 0..64usize {
+                let data: Vec<u8> = (0..size)
+                    .map(|i| ((i * 131 + seed * 977) % 256) as u8)
+                    .collect();
+                assert_eq!(
+                    dequantize(t, &data, n).map(|v| v.len()).ok(),
+                    Some(n),
+                    "{t}"
+                );
+            }
+        }
+    }
+
     #[test]
     fn sizes_and_types_are_checked() {
         assert!(matches!(

@@ -126,7 +126,11 @@ fn the_builder_makes_valid_files() {
 
 #[test]
 fn truncation_at_every_byte_is_an_error() {
-    for name in ["gguf_fixture.gguf", "gguf_fixture_align64.gguf"] {
+    for name in [
+        "gguf_fixture.gguf",
+        "gguf_fixture_align64.gguf",
+        "gguf_fixture_kquants.gguf",
+    ] {
         let bytes = fixture_bytes(name);
         assert!(GgufFile::from_bytes(&bytes).is_ok());
         for n in 0..bytes.len() {
