@@ -75,44 +75,54 @@ pub(crate) fn spec_decode_decode(_: &mut Criterion) {
     target
         .forward_cached(&mut tc, std::slice::from_ref(&prompt))
         .expect("prompt");
-    // Median seconds of 15 runs of `f`, which times itself.
-    let time = |f: &mut dyn FnMut() -> f64| {
-        let mut v: Vec<f64> = (0..15).map(|_| f()).collect();
+    // Medians of 15 repetitions, each taking every timed thing in turn,
+    // so that the VM's drift between minutes (up to 40 % on the AMD
+    // EPYC) falls on all of them alike rather than on whichever was timed
+    // last (one timing of a pass at a bad moment had priced 6–9 tokens at
+    // 1.8–2.9 steps and closed the untimed policy's gate).
+    const REPS: usize = 15;
+    let median = |mut v: Vec<f64>| {
         v.sort_by(f64::total_cmp);
-        v[7]
+        v[v.len() / 2]
     };
-    // A pass over `k` tokens, rolled back.
+    // A pass over `k` tokens, rolled back; returns its seconds.
     let pass = |tc: &mut LlamaCache, k: usize| {
+        let start = std::time::Instant::now();
         std::hint::black_box(
             target
                 .forward_cached(tc, &[prompt[..k].to_vec()])
                 .expect("pass")
                 .into_data(),
         );
+        let t = start.elapsed().as_secs_f64();
         tc.truncate(0, len).expect("truncate");
+        t
     };
-    let pass_times: Vec<f64> = (1..=9)
-        .map(|k| {
-            time(&mut || {
-                let start = std::time::Instant::now();
-                pass(&mut tc, k);
-                start.elapsed().as_secs_f64()
-            })
-        })
-        .collect();
+    let mut by_length: Vec<Vec<f64>> = vec![Vec::new(); 9];
+    for _ in 0..REPS {
+        for (k, times) in by_length.iter_mut().enumerate() {
+            times.push(pass(&mut tc, k + 1));
+        }
+    }
+    let pass_times: Vec<f64> = by_length.into_iter().map(median).collect();
     let pass_costs = PassCosts::from_times(&pass_times).expect("pass costs");
     let (one, nine) = (pass_times[0], pass_times[8]);
     // A draft's `(c, c_v)`: its `step` (which rolls itself back) timed as
     // in a round, right after a target step, which evicts the draft's
-    // weights from the cache (untimed).
+    // weights from the cache; `c` against that step's own median, timed
+    // in the same repetitions.
     let mut draft_costs = |step: &mut dyn FnMut()| {
-        let t = time(&mut || {
-            pass(&mut tc, 1);
+        let (mut steps, mut drafts) = (Vec::new(), Vec::new());
+        for _ in 0..REPS {
+            steps.push(pass(&mut tc, 1));
             let start = std::time::Instant::now();
             step();
-            start.elapsed().as_secs_f64()
-        });
-        (t / one, ((nine - one) / 8.0 / one).max(0.0))
+            drafts.push(start.elapsed().as_secs_f64());
+        }
+        (
+            median(drafts) / median(steps),
+            ((nine - one) / 8.0 / one).max(0.0),
+        )
     };
     let costs = draft.as_ref().map(|draft| {
         let d = target.config().d_model;
