@@ -20,9 +20,14 @@ pub(super) fn has_codes(ggml_type: GgmlType) -> bool {
     )
 }
 
-/// Whether the codes of `ggml_type` are 4-bit (0..16, or −8..8 for Q4_0).
-pub(super) fn is_four_bit(ggml_type: GgmlType) -> bool {
-    matches!(ggml_type, GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q4_K)
+/// The bits the codes of `ggml_type` need: 4 (Q4_0, Q4_1, Q4_K), 5 (Q5_0,
+/// Q5_1, Q5_K) or 8 (Q8_0).
+pub(super) fn code_bits(ggml_type: GgmlType) -> u32 {
+    match ggml_type {
+        GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q4_K => 4,
+        GgmlType::Q5_0 | GgmlType::Q5_1 | GgmlType::Q5_K => 5,
+        _ => 8,
+    }
 }
 
 /// The codes, scales and minimums of `out` rows of `inp` elements of a

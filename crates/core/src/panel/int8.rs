@@ -21,10 +21,14 @@
 //!
 //! Layout: panels of [`LANES`] = 16 outputs (one 512-bit vector of i32),
 //! codes `[panel][in / 4][LANES][4]` so that one 64-byte load gives 16
-//! outputs' codes for 4 consecutive inputs. 4-bit codes (Q4_0, Q4_1) are
-//! packed two to a byte: within a block, byte group `g < 4` holds group
-//! `g` in its low nibbles and group `g + 4` in its high ones, so one load
-//! and two masks give two groups. Block scales and minimums are kept as
+//! outputs' codes for 4 consecutive inputs. 4-bit codes (Q4_0, Q4_1,
+//! Q4_K) are packed two to a byte: within a block, byte group `g < 4`
+//! holds group `g` in its low nibbles and group `g + 4` in its high ones,
+//! so one load and two masks give two groups. 5-bit codes (Q5_0, Q5_1,
+//! Q5_K) are those nibbles plus a plane of fifth bits, 64 bytes a block
+//! of a panel laid out as one load of codes (`[LANES][QUAD]`): bit `g` of
+//! a byte is the fifth bit of group `g`'s code (0.6875 bytes a weight with
+//! Q5_1's scales, against 1.125 with a byte a code). Block scales and minimums are kept as
 //! the file's f16 (exactly: GGUF stores them so). A decoding step reads
 //! every weight once and little else, so its time follows these bytes:
 //! 0.625 a weight for Q4_1 (the file's own size), 1.0625 for Q8_0,
@@ -50,6 +54,10 @@ pub(crate) struct Int8Codes {
     pub(crate) u: Vec<u8>,
     /// Whether `u` packs two 4-bit codes a byte (see the module docs).
     pub(crate) nibbles: bool,
+    /// The fifth bits of 5-bit codes (with [`Int8Codes::nibbles`]),
+    /// `[panel][in / BLOCK][LANES][QUAD]`: bit `g` of a byte is bit 4 of
+    /// byte group `g`'s code.
+    pub(crate) high: Option<Vec<u8>>,
     /// Block scales as f16 bits, `[panel][in / BLOCK][LANES]`.
     pub(crate) scale: Vec<u16>,
     /// Block minimums (Q4_1) as f16 bits, same layout.
@@ -63,26 +71,30 @@ pub(crate) struct Int8Codes {
 pub(crate) const PAIRS: usize = QUADS / 2;
 
 impl Int8Codes {
-    /// From codes in the 8-output panel layout (`out` rows, `inp` inputs);
-    /// `four_bit`: the codes are Q4_0's (`−8..8`) or Q4_1's (`0..16`), and
-    /// are packed two a byte.
-    pub(crate) fn from_codes(c: &Codes, out: usize, inp: usize, four_bit: bool) -> Self {
+    /// From codes in the 8-output panel layout (`out` rows, `inp` inputs)
+    /// that fit `bits` bits: 4 (Q4_0's `−8..8`, or `0..16` with a minimum)
+    /// and 5 (Q5_0's `−16..16`, or `0..32`) are packed as nibbles (and a
+    /// plane of fifth bits), 8 (Q8_0's signed bytes) a byte each.
+    pub(crate) fn from_codes(c: &Codes, out: usize, inp: usize, bits: u32) -> Self {
         let panels = out.div_ceil(LANES);
         let nb = inp / BLOCK;
-        // Q4_1's codes are nibbles, already unsigned; Q4_0's are nibbles
-        // less 8, Q8_0's signed bytes. (The SIMD kernel relies on this: a
+        // Codes with a minimum are unsigned already; the others are
+        // offset into unsigned bytes. (The SIMD kernels rely on this: a
         // minimum means offset 0.)
-        let offset = match (c.min.is_some(), four_bit) {
+        let offset = match (c.min.is_some(), bits) {
             (true, _) => 0,
-            (false, true) => 8,
-            (false, false) => 128,
+            (false, 4) => 8,
+            (false, 5) => 16,
+            (false, _) => 128,
         };
+        let four_bit = bits <= 5;
         let block_bytes = if four_bit {
             BLOCK * LANES / 2
         } else {
             BLOCK * LANES
         };
         let mut u = vec![0u8; panels * nb * block_bytes];
+        let mut high = (bits == 5).then(|| vec![0u8; panels * nb * LANES * QUAD]);
         let mut scale = vec![0u16; panels * nb * LANES];
         let mut min = c.min.as_ref().map(|_| vec![0u16; scale.len()]);
         // The file's own f16 scales convert back exactly; k-quant scales
@@ -93,13 +105,16 @@ impl Int8Codes {
             let (p, l) = (o / LANES, o % LANES);
             for k in 0..inp {
                 let q = i32::from(c.q[(p8 * inp + k) * PANEL + c8]);
-                // In 0..=255 (an i8 plus 128), or 0..16 for 4-bit codes.
+                // In 0..=255 (an i8 plus 128), or 0..32 for 4- and 5-bit codes.
                 let v = (q + offset) as u8;
                 let (b, g, i) = (k / BLOCK, k % BLOCK / QUAD, k % QUAD);
                 let base = (p * nb + b) * block_bytes;
                 if four_bit {
                     let at = base + ((g % PAIRS) * LANES + l) * QUAD + i;
-                    u[at] |= if g < PAIRS { v } else { v << 4 };
+                    u[at] |= if g < PAIRS { v & 0x0F } else { v << 4 };
+                    if let Some(h) = high.as_mut() {
+                        h[((p * nb + b) * LANES + l) * QUAD + i] |= ((v >> 4) & 1) << g;
+                    }
                 } else {
                     u[base + (g * LANES + l) * QUAD + i] = v;
                 }
@@ -116,6 +131,7 @@ impl Int8Codes {
         Self {
             u,
             nibbles: four_bit,
+            high,
             scale,
             min,
             offset,
@@ -138,7 +154,10 @@ impl Int8Codes {
 
     /// Bytes held.
     pub(crate) fn bytes(&self) -> usize {
-        self.u.len() + 2 * self.scale.len() + 2 * self.min.as_ref().map_or(0, Vec::len)
+        self.u.len()
+            + self.high.as_ref().map_or(0, Vec::len)
+            + 2 * self.scale.len()
+            + 2 * self.min.as_ref().map_or(0, Vec::len)
     }
 
     /// The unsigned code `u = q + offset` of panel `p`'s lane `l`, input `k` (`nb` blocks a row).
@@ -147,7 +166,11 @@ impl Int8Codes {
         let base = (p * nb + b) * self.block_bytes();
         let u = if self.nibbles {
             let byte = self.u[base + ((g % PAIRS) * LANES + l) * QUAD + i];
-            if g < PAIRS { byte & 0x0F } else { byte >> 4 }
+            let fifth = self.high.as_ref().map_or(0, |h| {
+                let bits = h[((p * nb + b) * LANES + l) * QUAD + i];
+                ((bits >> g) & 1) << 4
+            });
+            (if g < PAIRS { byte & 0x0F } else { byte >> 4 }) | fifth
         } else {
             self.u[base + (g * LANES + l) * QUAD + i]
         };

@@ -11,6 +11,9 @@
 //!   at most 2·15·127 = 3 810 in magnitude, so all 8 byte groups of a
 //!   block add up in i16 (at most 30 480 < 32 767) before one `vpmaddwd`
 //!   per block and row;
+//! - **5-bit codes** (`u` in `0..32`, the nibbles with their fifth bits
+//!   added from their plane): a pair is at most 2·31·127 = 7 874, so
+//!   4 groups (31 496) add up in i16 before each `vpmaddwd`;
 //! - **8-bit codes** (Q8_0, stored `u = q + 128`): the signed code
 //!   `q = u ⊕ 0x80` is split into `|q| ≤ 128` (the unsigned operand) and
 //!   its sign, moved onto the activation (`vpsignb`); a pair is at most
@@ -105,6 +108,11 @@ impl pulp::NullaryFnOnce for Panels<'_> {
                 u: w.u[p * nb * block_bytes..(p + 1) * nb * block_bytes]
                     .as_chunks::<LOAD>()
                     .0,
+                high: w.high.as_ref().map_or(&[][..], |h| {
+                    h[p * nb * LANES * QUAD..(p + 1) * nb * LANES * QUAD]
+                        .as_chunks::<LOAD>()
+                        .0
+                }),
                 scale: &w.scale[p * nb * LANES..(p + 1) * nb * LANES],
                 min: w
                     .min
@@ -133,12 +141,18 @@ impl pulp::NullaryFnOnce for Panels<'_> {
                         let at = Part { half, row: r };
                         macro_rules! rows {
                             ($r:literal) => {
-                                match (w.nibbles, w.min.is_some()) {
-                                    (true, true) => {
-                                        nibble_rows::<$r, true>(simd, &panel, &block, at, o)
+                                match (w.nibbles, w.min.is_some(), w.high.is_some()) {
+                                    (true, true, false) => {
+                                        nibble_rows::<$r, true, false>(simd, &panel, &block, at, o)
                                     }
-                                    (true, false) => {
-                                        nibble_rows::<$r, false>(simd, &panel, &block, at, o)
+                                    (true, false, false) => {
+                                        nibble_rows::<$r, false, false>(simd, &panel, &block, at, o)
+                                    }
+                                    (true, true, true) => {
+                                        nibble_rows::<$r, true, true>(simd, &panel, &block, at, o)
+                                    }
+                                    (true, false, true) => {
+                                        nibble_rows::<$r, false, true>(simd, &panel, &block, at, o)
                                     }
                                     _ => byte_rows::<$r>(simd, &panel, &block, at, o),
                                 }
@@ -163,9 +177,11 @@ impl pulp::NullaryFnOnce for Panels<'_> {
 }
 
 /// One panel: its codes as half-panel loads (per block, byte group `g`
-/// of half `h` at `2g + h`), its scales and minimums (f16 bits, `[block][LANES]`).
+/// of half `h` at `2g + h`), its fifth bits (5-bit codes; per block, half
+/// `h` at `h`), its scales and minimums (f16 bits, `[block][LANES]`).
 struct Panel<'a> {
     u: &'a [[u8; LOAD]],
+    high: &'a [[u8; LOAD]],
     scale: &'a [u16],
     min: &'a [u16],
     offset: i32,
@@ -199,9 +215,10 @@ struct Part {
 }
 
 /// Rows `at.row..at.row + R` against half `at.half` of a panel of 4-bit
-/// codes; `MIN`: the blocks have minimums (Q4_1, offset 0).
+/// codes, or 5-bit ones with `HIGH`; `MIN`: the blocks have minimums
+/// (offset 0).
 #[inline(always)]
-fn nibble_rows<const R: usize, const MIN: bool>(
+fn nibble_rows<const R: usize, const MIN: bool, const HIGH: bool>(
     simd: Avx2F16c,
     panel: &Panel<'_>,
     x: &Rows<'_>,
@@ -216,27 +233,48 @@ fn nibble_rows<const R: usize, const MIN: bool>(
         if at.half == 0 && at.row == 0 {
             prefetch(simd, codes, PAIRS);
         }
+        let fifths: __m256i = if HIGH {
+            pulp::cast(panel.high[2 * b + at.half])
+        } else {
+            avx._mm256_setzero_si256()
+        };
         let mut dot = [avx._mm256_setzero_si256(); R];
+        let mut wide = [avx._mm256_setzero_si256(); R];
         for g in 0..PAIRS {
             let wv: __m256i = pulp::cast(codes[2 * g + at.half]);
-            let lo = avx2._mm256_and_si256(wv, low);
-            let hi = avx2._mm256_and_si256(avx2._mm256_srli_epi16::<4>(wv), low);
+            let mut lo = avx2._mm256_and_si256(wv, low);
+            let mut hi = avx2._mm256_and_si256(avx2._mm256_srli_epi16::<4>(wv), low);
+            if HIGH {
+                let (l, h) = fifth_bits(simd, fifths, g);
+                lo = avx2._mm256_or_si256(lo, l);
+                hi = avx2._mm256_or_si256(hi, h);
+            }
             // The R rows' groups as arrays: one bounds check each, not one a row.
             let xlo = x.group::<R>(b * QUADS + g, at.row);
             let xhi = x.group::<R>(b * QUADS + g + PAIRS, at.row);
             for ((dot, xlo), xhi) in dot.iter_mut().zip(xlo).zip(xhi) {
                 let xlo = avx._mm256_set1_epi32(xlo);
                 let xhi = avx._mm256_set1_epi32(xhi);
-                // i16 sums: at most 8 groups of 3 810 (module docs).
+                // i16 sums: at most 8 groups of 3 810, or 4 of 7 874 (module docs).
                 *dot = avx2._mm256_add_epi16(*dot, avx2._mm256_maddubs_epi16(lo, xlo));
                 *dot = avx2._mm256_add_epi16(*dot, avx2._mm256_maddubs_epi16(hi, xhi));
             }
+            if HIGH && g % 2 == 1 {
+                for (wide, dot) in wide.iter_mut().zip(&mut dot) {
+                    *wide = avx2._mm256_add_epi32(*wide, avx2._mm256_madd_epi16(*dot, ones));
+                    *dot = avx._mm256_setzero_si256();
+                }
+            }
         }
         let (scale, min) = scales::<MIN>(simd, panel, b, at.half);
-        for (r, (acc, dot)) in acc.iter_mut().zip(dot).enumerate() {
+        for (r, (acc, (dot, wide))) in acc.iter_mut().zip(dot.into_iter().zip(wide)).enumerate() {
             let s = b * x.n + at.row + r;
-            let mut sum = avx2._mm256_madd_epi16(dot, ones);
-            // Codes with a minimum (Q4_1) are unsigned as stored (offset 0).
+            let mut sum = if HIGH {
+                wide
+            } else {
+                avx2._mm256_madd_epi16(dot, ones)
+            };
+            // Codes with a minimum are unsigned as stored (offset 0).
             if !MIN {
                 let off = avx._mm256_set1_epi32(panel.offset * x.sum[s]);
                 sum = avx2._mm256_sub_epi32(sum, off);
@@ -245,6 +283,34 @@ fn nibble_rows<const R: usize, const MIN: bool>(
         }
     }
     store(at, acc, out);
+}
+
+/// The fifth bits of load `g`'s two groups moved to bit 4 of each byte (as
+/// the AVX-512 kernel's `fifth_bits`: bit `g` of the plane for the low
+/// nibbles, bit `g + 4` for the high ones).
+#[inline(always)]
+fn fifth_bits(simd: Avx2F16c, plane: __m256i, g: usize) -> (__m256i, __m256i) {
+    let (avx, avx2) = (simd.avx, simd.avx2);
+    let bit4 = avx._mm256_set1_epi8(0x10);
+    let (lo, hi) = match g {
+        0 => (avx2._mm256_slli_epi16::<4>(plane), plane),
+        1 => (
+            avx2._mm256_slli_epi16::<3>(plane),
+            avx2._mm256_srli_epi16::<1>(plane),
+        ),
+        2 => (
+            avx2._mm256_slli_epi16::<2>(plane),
+            avx2._mm256_srli_epi16::<2>(plane),
+        ),
+        _ => (
+            avx2._mm256_slli_epi16::<1>(plane),
+            avx2._mm256_srli_epi16::<3>(plane),
+        ),
+    };
+    (
+        avx2._mm256_and_si256(lo, bit4),
+        avx2._mm256_and_si256(hi, bit4),
+    )
 }
 
 /// Rows `at.row..at.row + R` against half `at.half` of a panel of 8-bit

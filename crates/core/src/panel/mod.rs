@@ -274,8 +274,8 @@ impl PanelMatrix {
             let overflows = |v: &f32| v.is_finite() && half::f16::from_f32(*v).is_infinite();
             let fits = !c.scale.iter().chain(c.min.iter().flatten()).any(overflows);
             if fits {
-                let four_bit = blocks::is_four_bit(ggml_type);
-                m.weights = Weights::Int8(int8::Int8Codes::from_codes(c, out, inp, four_bit));
+                let bits = blocks::code_bits(ggml_type);
+                m.weights = Weights::Int8(int8::Int8Codes::from_codes(c, out, inp, bits));
             }
         }
         Ok(m)

@@ -187,6 +187,17 @@ fn q8_products_are_block_dot_products_of_rounded_activations() {
     }
 }
 
+/// The types beyond Q8_0, Q4_0 and Q4_1.
+const FIVE_BIT_AND_K_TYPES: [GgmlType; 7] = [
+    GgmlType::Q5_0,
+    GgmlType::Q5_1,
+    GgmlType::Q4_K,
+    GgmlType::Q5_K,
+    GgmlType::Q2_K,
+    GgmlType::Q3_K,
+    GgmlType::Q6_K,
+];
+
 /// 5-bit blocks and the k-quants on both kernels: kept as codes where a
 /// block of 32 has one scale (Q5_0, Q5_1, Q4_K, Q5_K), dequantised
 /// otherwise (Q2_K, Q3_K, Q6_K), always the dequantised file for the f32
@@ -196,15 +207,7 @@ fn q8_products_are_block_dot_products_of_rounded_activations() {
 fn five_bit_and_k_quant_blocks() {
     // 19 outputs (a padded panel); 512 inputs: two super-blocks a row.
     let (out, inp) = (19, 512);
-    for ty in [
-        GgmlType::Q5_0,
-        GgmlType::Q5_1,
-        GgmlType::Q4_K,
-        GgmlType::Q5_K,
-        GgmlType::Q2_K,
-        GgmlType::Q3_K,
-        GgmlType::Q6_K,
-    ] {
+    for ty in FIVE_BIT_AND_K_TYPES {
         let data = block_data(ty, out, inp);
         let file = crate::gguf::dequantize(ty, &data, out * inp).unwrap_or_else(|e| panic!("{e}"));
         let codes = blocks::has_codes(ty);
@@ -277,6 +280,9 @@ fn q8_codes_take_the_files_bytes() {
         (GgmlType::Q4_1, out * inp / 2, 4),
         (GgmlType::Q4_0, out * inp / 2, 2),
         (GgmlType::Q8_0, out * inp, 2),
+        // Nibbles and a plane of fifth bits: the file's own size.
+        (GgmlType::Q5_0, out * inp / 2 + out * inp / 8, 2),
+        (GgmlType::Q5_1, out * inp / 2 + out * inp / 8, 4),
     ] {
         let data = block_data(ty, out, inp);
         let m = PanelMatrix::from_gguf_q8(ty, &data, out, inp).unwrap_or_else(|e| panic!("{e}"));
@@ -514,12 +520,19 @@ fn avx2_int8_kernel_is_the_portable_one() {
     let Some(v3) = avx2_or_skip() else {
         return;
     };
-    let (out, inp) = (37, 96);
-    for ty in BLOCK_TYPES {
+    let (out, inp) = (37, 256);
+    for ty in BLOCK_TYPES.into_iter().chain(FIVE_BIT_AND_K_TYPES) {
         let mut extreme = block_data(ty, out, inp);
         for block in extreme.chunks_exact_mut(ty.type_size()) {
-            // The codes follow the f16 scale (and Q4_1's f16 minimum).
-            let codes_from = if ty == GgmlType::Q4_1 { 4 } else { 2 };
+            // The codes (and Q5's fifth bits) follow the f16 scale (and
+            // minimum), or a k-quant's scales; Q2_K, Q3_K and Q6_K become
+            // Q8_0 blocks whatever their bytes.
+            let codes_from = match ty {
+                GgmlType::Q4_1 | GgmlType::Q5_1 => 4,
+                GgmlType::Q4_K | GgmlType::Q5_K => 16,
+                GgmlType::Q2_K | GgmlType::Q3_K | GgmlType::Q6_K => block.len(),
+                _ => 2,
+            };
             let fill = if ty == GgmlType::Q8_0 { 0x80 } else { 0xFF };
             block[codes_from..].fill(fill);
         }
@@ -530,7 +543,7 @@ fn avx2_int8_kernel_is_the_portable_one() {
                 panic!("{ty}: not 8-bit codes");
             };
             for rows in [1, 2, 3, 4, 5, 6, 7, 8, 9, 11, 12, 13, 25] {
-                let x = if sign < 0.0 && ty == GgmlType::Q8_0 {
+                let x = if sign < 0.0 && blocks::code_bits(ty) == 8 {
                     vec![-1.0; rows * inp]
                 } else if sign < 0.0 {
                     vec![1.0; rows * inp]

@@ -8,8 +8,10 @@
 //! in the portable kernel. With 8 rows or fewer, `U` integer
 //! accumulators per row along the block keep 8 to 16 chains in flight. 4-bit
 //! codes come two a byte: one load, a mask and a shift give two groups'
-//! codes, half the bytes read for the same `vpdpbusd`s; the block scales
-//! are widened from f16 (`vcvtph2ps`).
+//! codes, half the bytes read for the same `vpdpbusd`s; 5-bit codes add
+//! each group's fifth bits from their plane (a shift and a mask a group,
+//! shared by the rows); the block scales are widened from f16
+//! (`vcvtph2ps`).
 //!
 //! `pulp` has no safe token for VNNI, so this module uses `std::arch`
 //! directly: the kernel is a `#[target_feature]` function, entered only
@@ -24,8 +26,9 @@ use std::arch::x86_64::{
     _mm512_add_epi32, _mm512_and_si512, _mm512_castps_si512, _mm512_cvtepi32_epi8,
     _mm512_cvtepi32_ps, _mm512_cvtph_ps, _mm512_cvtps_epi32, _mm512_dpbusd_epi32, _mm512_fmadd_ps,
     _mm512_loadu_ps, _mm512_loadu_si512, _mm512_max_epu32, _mm512_max_ps, _mm512_min_ps,
-    _mm512_mul_ps, _mm512_reduce_add_epi32, _mm512_reduce_max_epu32, _mm512_set1_epi8,
-    _mm512_set1_epi32, _mm512_set1_ps, _mm512_setzero_ps, _mm512_srli_epi16, _mm512_storeu_ps,
+    _mm512_mul_ps, _mm512_or_si512, _mm512_reduce_add_epi32, _mm512_reduce_max_epu32,
+    _mm512_set1_epi8, _mm512_set1_epi32, _mm512_set1_ps, _mm512_setzero_ps, _mm512_slli_epi16,
+    _mm512_srli_epi16, _mm512_storeu_ps,
 };
 
 use super::BLOCK;
@@ -124,6 +127,14 @@ fn panels_vnni(job: Int8Job<'_>, out: &mut [f32]) {
                 }
                 None => empty,
             },
+            high: match &w.high {
+                Some(h) => {
+                    h[p * nb * QUAD * LANES..(p + 1) * nb * QUAD * LANES]
+                        .as_chunks::<{ QUAD * LANES }>()
+                        .0
+                }
+                None => &[],
+            },
         };
         for &(r0, n) in &x.blocks {
             let q = &x.q[r0 * inp / QUAD..(r0 + n) * inp / QUAD];
@@ -142,39 +153,42 @@ fn panels_vnni(job: Int8Job<'_>, out: &mut [f32]) {
             // Rapids Xeon, which issues two a cycle (`docs/benchmarks.md`);
             // 9-12 rows have no registers left for a second.
             macro_rules! by_rows {
-                ($min:literal, $nib:literal) => {
+                ($min:literal, $nib:literal, $high:literal) => {
                     match n {
-                        12 => panel_rows::<12, 1, $min, $nib>(&panel, &rows, o),
-                        11 => panel_rows::<11, 1, $min, $nib>(&panel, &rows, o),
-                        10 => panel_rows::<10, 1, $min, $nib>(&panel, &rows, o),
-                        9 => panel_rows::<9, 1, $min, $nib>(&panel, &rows, o),
-                        8 => panel_rows::<8, 2, $min, $nib>(&panel, &rows, o),
-                        7 => panel_rows::<7, 2, $min, $nib>(&panel, &rows, o),
-                        6 => panel_rows::<6, 2, $min, $nib>(&panel, &rows, o),
-                        5 => panel_rows::<5, 2, $min, $nib>(&panel, &rows, o),
-                        4 => panel_rows::<4, 2, $min, $nib>(&panel, &rows, o),
-                        3 => panel_rows::<3, 3, $min, $nib>(&panel, &rows, o),
-                        2 => panel_rows::<2, 4, $min, $nib>(&panel, &rows, o),
-                        _ => panel_rows::<1, 8, $min, $nib>(&panel, &rows, o),
+                        12 => panel_rows::<12, 1, $min, $nib, $high>(&panel, &rows, o),
+                        11 => panel_rows::<11, 1, $min, $nib, $high>(&panel, &rows, o),
+                        10 => panel_rows::<10, 1, $min, $nib, $high>(&panel, &rows, o),
+                        9 => panel_rows::<9, 1, $min, $nib, $high>(&panel, &rows, o),
+                        8 => panel_rows::<8, 2, $min, $nib, $high>(&panel, &rows, o),
+                        7 => panel_rows::<7, 2, $min, $nib, $high>(&panel, &rows, o),
+                        6 => panel_rows::<6, 2, $min, $nib, $high>(&panel, &rows, o),
+                        5 => panel_rows::<5, 2, $min, $nib, $high>(&panel, &rows, o),
+                        4 => panel_rows::<4, 2, $min, $nib, $high>(&panel, &rows, o),
+                        3 => panel_rows::<3, 3, $min, $nib, $high>(&panel, &rows, o),
+                        2 => panel_rows::<2, 4, $min, $nib, $high>(&panel, &rows, o),
+                        _ => panel_rows::<1, 8, $min, $nib, $high>(&panel, &rows, o),
                     }
                 };
             }
-            match (w.min.is_some(), w.nibbles) {
-                (false, false) => by_rows!(false, false),
-                (false, true) => by_rows!(false, true),
-                (true, false) => by_rows!(true, false),
-                (true, true) => by_rows!(true, true),
+            match (w.min.is_some(), w.nibbles, w.high.is_some()) {
+                (false, false, _) => by_rows!(false, false, false),
+                (false, true, false) => by_rows!(false, true, false),
+                (false, true, true) => by_rows!(false, true, true),
+                (true, false, _) => by_rows!(true, false, false),
+                (true, true, false) => by_rows!(true, true, false),
+                (true, true, true) => by_rows!(true, true, true),
             }
         }
     }
 }
 
 /// One panel: codes per byte group (two groups a load for nibbles),
-/// scales and minimums (f16 bits) per block.
+/// scales and minimums (f16 bits) and fifth bits (5-bit codes) per block.
 struct Panel<'a> {
     u: &'a [[u8; QUAD * LANES]],
     scale: &'a [[u16; LANES]],
     min: &'a [[u16; LANES]],
+    high: &'a [[u8; QUAD * LANES]],
 }
 
 /// One register block of `R` rows (layouts of [`Q8Rows`]).
@@ -189,10 +203,17 @@ struct Rows<'a> {
 
 /// `R` rows times one panel; `U` integer accumulators per row along a
 /// block (byte group `g` adds into accumulator `g mod U`); `MIN`: blocks
-/// have minimums (Q4_1); `NIB`: codes are packed two a byte.
+/// have minimums (Q4_1); `NIB`: codes are packed two a byte; `HIGH`:
+/// with fifth bits (5-bit codes, with `NIB`).
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
-fn panel_rows<const R: usize, const U: usize, const MIN: bool, const NIB: bool>(
+fn panel_rows<
+    const R: usize,
+    const U: usize,
+    const MIN: bool,
+    const NIB: bool,
+    const HIGH: bool,
+>(
     panel: &Panel<'_>,
     x: &Rows<'_>,
     out: &mut [f32],
@@ -220,11 +241,21 @@ fn panel_rows<const R: usize, const U: usize, const MIN: bool, const NIB: bool>(
             }
         }
         let qb = &q[b * QUADS..(b + 1) * QUADS];
+        let fifths = if HIGH {
+            load_codes(&panel.high[b])
+        } else {
+            _mm512_set1_epi8(0)
+        };
         for (g, bytes) in codes.iter().enumerate() {
             let wv = load_codes(bytes);
             if NIB {
-                let lo = _mm512_and_si512(wv, low);
-                let hi = _mm512_and_si512(_mm512_srli_epi16::<4>(wv), low);
+                let mut lo = _mm512_and_si512(wv, low);
+                let mut hi = _mm512_and_si512(_mm512_srli_epi16::<4>(wv), low);
+                if HIGH {
+                    let (l, h) = fifth_bits(fifths, g);
+                    lo = _mm512_or_si512(lo, l);
+                    hi = _mm512_or_si512(hi, h);
+                }
                 let (a, c) = (g % U, (g + PAIRS) % U);
                 for r in 0..R {
                     dot[a][r] = _mm512_dpbusd_epi32(dot[a][r], lo, _mm512_set1_epi32(qb[g][r]));
@@ -260,6 +291,24 @@ fn panel_rows<const R: usize, const U: usize, const MIN: bool, const NIB: bool>(
         // SAFETY: `o` is 16 f32, the vector's size; unaligned stores are allowed.
         unsafe { _mm512_storeu_ps(o.as_mut_ptr(), a) };
     }
+}
+
+/// The fifth bits of load `g`'s two groups (`g` and `g + PAIRS`) moved to
+/// bit 4 of each byte: bit `g` of the plane's byte for the low nibbles,
+/// bit `g + 4` for the high ones. The 16-bit shifts move no set bit across
+/// a byte before the mask: by at most 4 places, from bits below 4 up or
+/// from bits 4..8 down.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw")]
+fn fifth_bits(plane: __m512i, g: usize) -> (__m512i, __m512i) {
+    let bit4 = _mm512_set1_epi8(0x10);
+    let (lo, hi) = match g {
+        0 => (_mm512_slli_epi16::<4>(plane), plane),
+        1 => (_mm512_slli_epi16::<3>(plane), _mm512_srli_epi16::<1>(plane)),
+        2 => (_mm512_slli_epi16::<2>(plane), _mm512_srli_epi16::<2>(plane)),
+        _ => (_mm512_slli_epi16::<1>(plane), _mm512_srli_epi16::<3>(plane)),
+    };
+    (_mm512_and_si512(lo, bit4), _mm512_and_si512(hi, bit4))
 }
 
 /// How far ahead in the codes [`prefetch`] reaches, in blocks (4–8 KiB
