@@ -13,16 +13,18 @@
 //!   stored input-major within a panel (`[panel][in][8]`), so that one
 //!   vector load gives 8 outputs' weights for one input and a pass over a
 //!   panel reads contiguous memory once.
-//! - **Kept-quantised blocks.** A GGUF tensor of Q8_0, Q4_0 or Q4_1 blocks
-//!   is kept as its integer codes, one byte each, with each block's scale
-//!   (and Q4_1's minimum) as f32: 1.25 bytes a weight instead of 4. The
+//! - **Kept-quantised blocks.** A GGUF tensor of Q8_0, Q4_0, Q4_1, Q5_0,
+//!   Q5_1, Q4_K or Q5_K blocks is kept as its integer codes, one byte
+//!   each, with each block of 32's scale (and minimum) as f32: 1.25 bytes
+//!   a weight instead of 4. The
 //!   kernel dequantises a panel's codes as it goes with the same f32
 //!   operations as [`crate::gguf::dequantize`] (`q·d`, or `q·d + m`), so
 //!   the weights it multiplies are bit-identical to the dequantised file,
 //!   and it does so once per 8 input rows.
 //! - **8-bit activations** ([`PanelMatrix::from_gguf_q8`]): the blocks in
-//!   the file's own size (4-bit codes two a byte, f16 scales; 0.625 bytes
-//!   a weight for Q4_1), multiplied with integer dot products as ggml does.
+//!   the file's own size (4-bit codes two a byte, 5-bit ones with a plane
+//!   of fifth bits, f16 scales; 0.625 bytes a weight for Q4_1), multiplied
+//!   with integer dot products as ggml does.
 //! - **Register blocking.** Up to 8 input rows share each loaded (or
 //!   dequantised) weight vector, one accumulator per row; one or two rows
 //!   use several accumulators along the input instead to hide the FMA
