@@ -31,7 +31,11 @@
 //! - the anchor: `python3 benches/llama_cpp_reference.py bench --threads 1 2`
 //!   (llama-cpp-python 0.3.36 on the same GGUF), run by this bench after the
 //!   criterion groups and printed with them; skipped with a note without
-//!   python3, llama-cpp-python or the model.
+//!   python3, llama-cpp-python or the model;
+//! - `llama_kquant_step`: a decoding step on llama.cpp's own `Q4_K_M`
+//!   quantisation of the model beside the Q4_1 file's, and llama.cpp
+//!   decoding that file (`kquant.rs`); skipped with a note unless
+//!   `python3 benches/llama_cpp_reference.py kquant` has made it.
 //!
 //! ```text
 //! bash scripts/fetch-smollm2.sh
@@ -44,6 +48,8 @@
 
 #[path = "llama/decode.rs"]
 mod decode;
+#[path = "llama/kquant.rs"]
+mod kquant;
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -300,12 +306,14 @@ fn llama_cpp_anchor(_: &mut Criterion) {
 }
 
 use decode::spec_decode_decode;
+use kquant::bench_kquant;
 
 criterion_group!(
     benches,
     bench_llama,
     bench_drafts,
     spec_decode_decode,
-    llama_cpp_anchor
+    llama_cpp_anchor,
+    bench_kquant
 );
 criterion_main!(benches);

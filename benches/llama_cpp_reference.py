@@ -57,7 +57,7 @@ Modes:
         (default output
         crates/models/tests/fixtures/llama_cpp_q4_k_m.json, with the
         file's sha256 and tensor types).
-    python3 benches/llama_cpp_reference.py bench [--threads 1 2] [--tokens 128]
+    python3 benches/llama_cpp_reference.py bench [--threads 1 2] [--tokens 128] [--model PATH]
         Decode tokens/s at batch 1 (one token per llama_decode after a
         prompt) and the time of one pass over k = 1, 2, 4, 8, 16 tokens
         relative to k = 1, per thread count.
@@ -393,7 +393,7 @@ def bench(path: Path, threads_list, n_tokens: int) -> None:
     import llama_cpp
     import numpy as np
 
-    print(f"llama-cpp-python {llama_cpp.__version__}, {GGUF_NAME}")
+    print(f"llama-cpp-python {llama_cpp.__version__}, {path.name}")
     prompt_text = "The quick brown fox jumps over the lazy dog. " * 4
     for threads in threads_list:
         llm = load(path, threads=threads, logits_all=False)
@@ -436,12 +436,16 @@ def main() -> None:
     b = sub.add_parser("bench")
     b.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     b.add_argument("--tokens", type=int, default=128)
+    b.add_argument("--model", help="another GGUF file (e.g. the kquant mode's), unchecked")
     args = parser.parse_args()
     try:
         import llama_cpp  # noqa: F401
     except ImportError:
         print("llama-cpp-python is not installed (pip install llama-cpp-python==0.3.36): skipping")
         sys.exit(0)
+    if args.mode == "bench" and args.model:
+        bench(Path(args.model), args.threads, args.tokens)
+        return
     path = model_path()
     if not path.is_file():
         print(f"model file missing: {path}; run scripts/fetch-smollm2.sh")
