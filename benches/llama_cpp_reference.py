@@ -44,18 +44,20 @@ Modes:
         f32 without rounding activations, so its logits and greedy
         continuations should match an f32 implementation closely
         ("f32_reference" in the fixture, same layout as the main entries).
-    python3 benches/llama_cpp_reference.py kquant [OUT.json]
-        The same model in llama.cpp's most common layout, Q4_K_M: the F32
-        copy above quantised by llama.cpp itself (`llama_model_quantize`,
-        ftype Q4_K_M: Q4_K matrices, Q6_K for half the attention values and
-        feed-forward outputs and for the embedding) into
-        SmolLM2-135M-Instruct.Q4_K_M.gguf beside the Q4_1 file (a 4-bit
-        requantisation of 4-bit weights: a check of the format, not of the
+    python3 benches/llama_cpp_reference.py kquant [--ftype Q4_K_M|IQ4_XS] [OUT.json]
+        The same model in llama.cpp's most common layouts: the F32 copy
+        above quantised by llama.cpp itself (`llama_model_quantize`; ftype
+        Q4_K_M, the default: Q4_K matrices, Q6_K for half the attention
+        values and feed-forward outputs and for the embedding; IQ4_XS: the
+        non-linear 4-bit levels; where a row of 576 is not whole 256-value
+        super-blocks llama.cpp falls back to Q5_0 / Q8_0, or IQ4_NL) into
+        SmolLM2-135M-Instruct.<FTYPE>.gguf beside the Q4_1 file (a 4-bit
+        requantisation of 4-bit weights: a check of the formats, not of the
         model's quality). Then llama.cpp's token ids, top-16 logits at
         every position and 64-token greedy continuations on it, as for the
         main entries, and the float64 reference's logits on this file
         (default output
-        crates/models/tests/fixtures/llama_cpp_q4_k_m.json, with the
+        crates/models/tests/fixtures/llama_cpp_<ftype>.json, with the
         file's sha256 and tensor types).
     python3 benches/llama_cpp_reference.py bench [--threads 1 2] [--tokens 128] [--model PATH]
         Decode tokens/s at batch 1 (one token per llama_decode after a
@@ -84,8 +86,7 @@ N_CTX = 512
 TOP = 16
 CONTINUATION = 64
 FIXTURE = REPO / "crates/models/tests/fixtures/llama_cpp_reference.json"
-KQUANT_NAME = "SmolLM2-135M-Instruct.Q4_K_M.gguf"
-KQUANT_FIXTURE = REPO / "crates/models/tests/fixtures/llama_cpp_q4_k_m.json"
+KQUANT_FTYPES = ["Q4_K_M", "IQ4_XS"]
 
 # (kind, text): chat prompts are a user message rendered with the model's chat template.
 PROMPTS = [
@@ -333,19 +334,19 @@ def fixture(out: Path, path: Path) -> None:
     print(f"wrote {out} ({out.stat().st_size} bytes)")
 
 
-def kquant(out: Path, path: Path) -> None:
+def kquant(out: Path, path: Path, ftype: str) -> None:
     import ctypes
     from collections import Counter
 
     import llama_cpp
     from gguf import GGUFReader
 
-    kpath = path.with_name(KQUANT_NAME)
+    kpath = path.with_name(f"SmolLM2-135M-Instruct.{ftype}.gguf")
     with tempfile.TemporaryDirectory() as tmp:
         f32_path = Path(tmp) / "f32.gguf"
         write_f32_copy(path, f32_path)
         params = llama_cpp.llama_model_quantize_default_params()
-        params.ftype = llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_M
+        params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{ftype}")
         params.nthread = 2
         status = llama_cpp.llama_model_quantize(
             str(f32_path).encode(), str(kpath).encode(), ctypes.byref(params)
@@ -368,10 +369,10 @@ def kquant(out: Path, path: Path) -> None:
         "llama_cpp_python": llama_cpp.__version__,
         "gguf": importlib.metadata.version("gguf"),
         "python": sys.version.split()[0],
-        "model": KQUANT_NAME,
+        "model": kpath.name,
         "model_sha256": sha256(kpath),
         "source": f"{GGUF_NAME} (sha256 {GGUF_SHA256}), dequantised to F32 by the gguf package, "
-        "quantised by llama_model_quantize with ftype Q4_K_M",
+        f"quantised by llama_model_quantize with ftype {ftype}",
         "tensor_types": dict(types),
         "n_threads": 1,
         "n_ctx": N_CTX,
@@ -432,7 +433,8 @@ def main() -> None:
     f = sub.add_parser("fixture")
     f.add_argument("out", nargs="?", default=str(FIXTURE))
     k = sub.add_parser("kquant")
-    k.add_argument("out", nargs="?", default=str(KQUANT_FIXTURE))
+    k.add_argument("--ftype", choices=KQUANT_FTYPES, default="Q4_K_M")
+    k.add_argument("out", nargs="?")
     b = sub.add_parser("bench")
     b.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     b.add_argument("--tokens", type=int, default=128)
@@ -455,7 +457,9 @@ def main() -> None:
     if args.mode == "fixture":
         fixture(Path(args.out), path)
     elif args.mode == "kquant":
-        kquant(Path(args.out), path)
+        fixture_dir = REPO / "crates/models/tests/fixtures"
+        out = Path(args.out) if args.out else fixture_dir / f"llama_cpp_{args.ftype.lower()}.json"
+        kquant(out, path, args.ftype)
     else:
         bench(path, args.threads, args.tokens)
 

@@ -20,7 +20,8 @@
 //! looked up in `$LASTMILE_MODELS/smollm2-135m-instruct/`, else in
 //! `<target dir>/lastmile-models/smollm2-135m-instruct/`; `--model PATH`
 //! loads another Llama-family GGUF file instead: tensors in F32, F16,
-//! BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1 or the k-quants Q2_K … Q6_K (e.g.
+//! BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL, IQ4_XS or the k-quants
+//! Q2_K … Q6_K (e.g.
 //! llama.cpp's `Q4_K_M` files; `python3 benches/llama_cpp_reference.py
 //! kquant` makes SmolLM2's), and a byte-level BPE vocabulary whose
 //! pre-tokenisation `lastmile_models::tokenizer` knows (SmolLM's, GPT-2's

@@ -20,8 +20,8 @@
 //! - [`convert`] and [`tensor_file`]: tensor ⇄ `Vec` conversion and
 //!   safetensors files of named tensors, safe on hostile input.
 //! - [`gguf`]: GGUF (llama.cpp / ggml) files: metadata, tensor index and
-//!   dequantisation of F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1 and the
-//!   k-quants Q2_K … Q6_K, safe on hostile input.
+//!   dequantisation of F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, the
+//!   k-quants Q2_K … Q6_K, IQ4_NL and IQ4_XS, safe on hostile input.
 //! - [`panel`], [`fastmath`] and [`simd`]: host products of (quantised)
 //!   weight matrices on a team of threads, `exp` / `ln` that vectorise, and
 //!   host loops compiled for AVX2 + FMA when the CPU has them.

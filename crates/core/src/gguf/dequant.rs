@@ -18,7 +18,8 @@
 //! nibble of `qs[i]` and that of element `i + 16` the high nibble of
 //! `qs[i]`: the low nibbles hold elements 0..16, the high nibbles 16..32.
 //! Q5_0 and Q5_1 add bit `i` of `qh` as the fifth bit of `q_i`. The
-//! k-quants Q2_K … Q6_K are in [`super::kquants`].
+//! k-quants Q2_K … Q6_K are in [`super::kquants`], IQ4_NL and IQ4_XS in
+//! [`super::iq4`].
 //!
 //! Arithmetic is in `f32`, one rounding per operation, in ggml's order
 //! (`d` widened to `f32` first; Q4_1 multiplies then adds, never fused), so
@@ -211,6 +212,16 @@ pub(crate) fn decode(ggml_type: GgmlType, data: &[u8], out: &mut [f32]) {
                 decode_block(block, y);
             }
         }
+        GgmlType::IQ4_NL => {
+            for (y, block) in out.chunks_exact_mut(QK).zip(data.chunks_exact(18)) {
+                super::iq4::iq4_nl(block, y);
+            }
+        }
+        GgmlType::IQ4_XS => {
+            for (y, block) in out.chunks_exact_mut(QK_K).zip(data.chunks_exact(136)) {
+                super::iq4::iq4_xs(block, y);
+            }
+        }
         // `check` admits only the types above.
         _ => {}
     }
@@ -301,7 +312,7 @@ mod tests {
             Err(GgufError::Length { .. })
         ));
         assert!(matches!(
-            dequantize(GgmlType::IQ4_XS, &[0; 136], 256),
+            dequantize(GgmlType::IQ2_XXS, &[0; 66], 256),
             Err(GgufError::UnsupportedType { .. })
         ));
         assert!(matches!(

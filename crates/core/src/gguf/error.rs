@@ -229,7 +229,7 @@ pub enum GgufError {
 
     /// Dequantisation of this ggml type is not implemented.
     #[error(
-        "cannot dequantise `{what}`: ggml type {ggml_type} is not supported; expected F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1 or Q2_K … Q6_K"
+        "cannot dequantise `{what}`: ggml type {ggml_type} is not supported; expected F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K … Q6_K, IQ4_NL or IQ4_XS"
     )]
     UnsupportedType {
         /// The tensor or buffer.

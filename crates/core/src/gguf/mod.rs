@@ -39,11 +39,12 @@
 //!
 //! # Dequantisation
 //!
-//! F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1 and the k-quants Q2_K,
+//! F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, the k-quants Q2_K,
 //! Q3_K, Q4_K, Q5_K and Q6_K (the types of llama.cpp's `Q4_K_M`-style
-//! files), bit-exactly as ggml defines them (block layouts in
-//! [`dequantize`] and the `kquants` module); the other ggml types (the
-//! i-quants, ternary and FP4 types) are indexed but not dequantised
+//! files) and the non-linear 4-bit IQ4_NL and IQ4_XS, bit-exactly as ggml
+//! defines them (block layouts in [`dequantize`] and the `kquants` and
+//! `iq4` modules); the other ggml types (the 1–3-bit i-quants, ternary and
+//! FP4 types) are indexed but not dequantised
 //! ([`GgufError::UnsupportedType`]). Weights trained here
 //! are rounded the other way to Q8_0 ([`quantize_q8_0`]) or Q4_1
 //! ([`quantize_q4_1`]) as ggml's reference quantisers do.
@@ -78,6 +79,7 @@
 pub(crate) mod dequant;
 mod error;
 mod header;
+pub(crate) mod iq4;
 pub(crate) mod kquants;
 mod metadata;
 mod quant;

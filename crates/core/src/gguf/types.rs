@@ -9,8 +9,8 @@ use std::fmt;
 /// [`type_size`](Self::type_size) bytes. Plain types have blocks of one
 /// element. The reader knows every type ggml has defined, so it can index
 /// any file; [`dequantize`](super::dequantize) supports F32, F16, BF16,
-/// Q8_0, Q4_0, Q4_1, Q5_0, Q5_1 and the k-quants Q2_K … Q6_K
-/// ([`Self::can_dequantize`]).
+/// Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, the k-quants Q2_K … Q6_K, IQ4_NL and
+/// IQ4_XS ([`Self::can_dequantize`]).
 ///
 /// # Examples
 /// ```
@@ -224,6 +224,8 @@ impl GgmlType {
                 | GgmlType::Q4_K
                 | GgmlType::Q5_K
                 | GgmlType::Q6_K
+                | GgmlType::IQ4_NL
+                | GgmlType::IQ4_XS
         )
     }
 

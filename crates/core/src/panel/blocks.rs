@@ -17,11 +17,14 @@ pub(super) fn has_codes(ggml_type: GgmlType) -> bool {
             | GgmlType::Q5_1
             | GgmlType::Q4_K
             | GgmlType::Q5_K
+            | GgmlType::IQ4_NL
+            | GgmlType::IQ4_XS
     )
 }
 
 /// The bits the codes of `ggml_type` need: 4 (Q4_0, Q4_1, Q4_K), 5 (Q5_0,
-/// Q5_1, Q5_K) or 8 (Q8_0).
+/// Q5_1, Q5_K) or 8 (Q8_0, and IQ4_NL and IQ4_XS, whose codes are their
+/// signed non-linear levels).
 pub(super) fn code_bits(ggml_type: GgmlType) -> u32 {
     match ggml_type {
         GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q4_K => 4,
@@ -33,8 +36,8 @@ pub(super) fn code_bits(ggml_type: GgmlType) -> u32 {
 /// The codes, scales and minimums of `out` rows of `inp` elements of a
 /// type [`has_codes`] admits (sizes checked by the caller), laid out as
 /// panels. Codes are what ggml multiplies by the scale: Q8_0's signed byte,
-/// Q4_0's nibble − 8, Q5_0's 5-bit code − 16, the unsigned codes of Q4_1,
-/// Q5_1, Q4_K and Q5_K (with the minimum added after). A k-quant
+/// Q4_0's nibble − 8, Q5_0's 5-bit code − 16, IQ4's level, the unsigned
+/// codes of Q4_1, Q5_1, Q4_K and Q5_K (with the minimum added after). A k-quant
 /// super-block gives 8 blocks of 32, each with its scale `d·sc` and
 /// minimum `−dmin·m` computed as ggml's dequantisation computes them, so
 /// `q·scale + min` is bit for bit ggml's value.
@@ -43,7 +46,10 @@ pub(super) fn codes(ggml_type: GgmlType, data: &[u8], out: usize, inp: usize) ->
     let blocks_per_row = inp / BLOCK;
     let mut q = vec![0i8; panels * inp * PANEL];
     let mut scale = vec![0.0f32; panels * blocks_per_row * PANEL];
-    let with_min = !matches!(ggml_type, GgmlType::Q8_0 | GgmlType::Q4_0 | GgmlType::Q5_0);
+    let with_min = !matches!(
+        ggml_type,
+        GgmlType::Q8_0 | GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::IQ4_NL | GgmlType::IQ4_XS
+    );
     let mut min = with_min.then(|| vec![0.0f32; scale.len()]);
     let size = ggml_type.type_size();
     let per_block = ggml_type.block_size() / BLOCK;
@@ -112,6 +118,17 @@ fn sub_blocks(
                     *v = (((byte >> shift) & 0x0F) | high) as i8;
                 }
                 emit(s, d, -m, &values);
+            }
+        }
+        GgmlType::IQ4_NL => {
+            let levels = crate::gguf::iq4::levels(&block[2..]);
+            emit(0, f16(block[0], block[1]), 0.0, &levels);
+        }
+        GgmlType::IQ4_XS => {
+            let scales = crate::gguf::iq4::iq4_xs_scales(block);
+            for (k, d) in scales.into_iter().enumerate() {
+                let levels = crate::gguf::iq4::levels(&block[8 + 16 * k..]);
+                emit(k, d, 0.0, &levels);
             }
         }
         // `has_codes` admits only the types above.

@@ -14,7 +14,8 @@
 //!   vector load gives 8 outputs' weights for one input and a pass over a
 //!   panel reads contiguous memory once.
 //! - **Kept-quantised blocks.** A GGUF tensor of Q8_0, Q4_0, Q4_1, Q5_0,
-//!   Q5_1, Q4_K or Q5_K blocks is kept as its integer codes, one byte
+//!   Q5_1, Q4_K, Q5_K, IQ4_NL or IQ4_XS blocks is kept as its integer
+//!   codes (IQ4's: its levels), one byte
 //!   each, with each block of 32's scale (and minimum) as f32: 1.25 bytes
 //!   a weight instead of 4. The
 //!   kernel dequantises a panel's codes as it goes with the same f32
@@ -146,7 +147,7 @@ impl PanelMatrix {
 
     /// From the raw data of a GGUF tensor of `ggml_type` with `out` rows of
     /// `inp` elements (GGUF's `ne = [in, out]`). Q8_0, Q4_0, Q4_1, Q5_0,
-    /// Q5_1, Q4_K and Q5_K are kept as codes (see the [module
+    /// Q5_1, Q4_K, Q5_K, IQ4_NL and IQ4_XS are kept as codes (see the [module
     /// documentation](self); a k-quant super-block as 8 blocks of 32, each
     /// with its own scale and minimum); F32, F16, BF16 and the k-quants
     /// whose scales cover 16 values (Q2_K, Q3_K, Q6_K) are dequantised to
@@ -229,7 +230,8 @@ impl PanelMatrix {
     /// [`PanelMatrix::from_gguf`]. Q4_K and Q5_K keep their codes, with
     /// each block's scale `d·sc` and minimum `−dmin·m` (f32 products)
     /// rounded to f16 (a relative change of at most 2⁻¹¹, against steps
-    /// of 1/15 or 1/31 of a block's range); Q2_K, Q3_K and Q6_K, whose
+    /// of 1/15 or 1/31 of a block's range), as IQ4_XS its sub-block scales
+    /// (IQ4's levels are held a byte each, twice the file's size); Q2_K, Q3_K and Q6_K, whose
     /// blocks of 32 have two scales, are dequantised and rounded to Q8_0
     /// blocks (finer than their own 2–6 bits). A tensor whose scales
     /// overflow f16 keeps f32 scales and [`PanelMatrix::from_gguf`]'s

@@ -23,17 +23,23 @@ fn values(n: usize, seed: usize) -> Vec<f32> {
 }
 
 /// Both kernels against the naive product of `m.to_f32()`, at row
-/// counts that exercise every register block and their mixtures.
+/// counts that exercise every register block and their mixtures, within
+/// f32 summation's error: relative to the result, or to the sum of the
+/// products' magnitudes where they cancel (`2·10⁻⁶` of it: √n of f32's
+/// 6·10⁻⁸ for n up to 1 000).
 fn check_products(m: &PanelMatrix) {
     let (out, inp) = (m.out(), m.inp());
     let w = m.to_f32();
+    let w_abs: Vec<f32> = w.iter().map(|v| v.abs()).collect();
     for rows in [1, 2, 3, 5, 8, 13, 17] {
         let x = values(rows * inp, rows);
         let want = naive(&w, out, inp, &x, rows);
+        let x_abs: Vec<f32> = x.iter().map(|v| v.abs()).collect();
+        let magnitude = naive(&w_abs, out, inp, &x_abs, rows);
         for simd in [true, false] {
             let y = m.product(&x, rows, simd).unwrap_or_else(|e| panic!("{e}"));
-            for (a, b) in y.iter().zip(&want) {
-                let tol = 1e-5 * (1.0 + b.abs()) * (inp as f32).sqrt();
+            for ((a, b), s) in y.iter().zip(&want).zip(&magnitude) {
+                let tol = (1e-5 * (1.0 + b.abs()) * (inp as f32).sqrt()).max(2e-6 * s);
                 assert!((a - b).abs() <= tol, "{rows} rows, simd {simd}: {a} vs {b}");
             }
         }
@@ -188,7 +194,7 @@ fn q8_products_are_block_dot_products_of_rounded_activations() {
 }
 
 /// The types beyond Q8_0, Q4_0 and Q4_1.
-const FIVE_BIT_AND_K_TYPES: [GgmlType; 7] = [
+const FIVE_BIT_AND_K_TYPES: [GgmlType; 9] = [
     GgmlType::Q5_0,
     GgmlType::Q5_1,
     GgmlType::Q4_K,
@@ -196,6 +202,8 @@ const FIVE_BIT_AND_K_TYPES: [GgmlType; 7] = [
     GgmlType::Q2_K,
     GgmlType::Q3_K,
     GgmlType::Q6_K,
+    GgmlType::IQ4_NL,
+    GgmlType::IQ4_XS,
 ];
 
 /// 5-bit blocks and the k-quants on both kernels: kept as codes where a
@@ -218,7 +226,21 @@ fn five_bit_and_k_quant_blocks() {
         assert!(q8.quantises_activations(), "{ty}");
         let w = q8.to_f32();
         match ty {
-            GgmlType::Q5_0 | GgmlType::Q5_1 => assert_eq!(w, file, "{ty}"),
+            GgmlType::Q5_0 | GgmlType::Q5_1 | GgmlType::IQ4_NL => assert_eq!(w, file, "{ty}"),
+            GgmlType::IQ4_XS => {
+                // |Δw| ≤ 2⁻¹¹·|d_s|·127 per block of 32 (the f16 rounding of d_s).
+                let scales = data
+                    .chunks_exact(ty.type_size())
+                    .flat_map(crate::gguf::iq4::iq4_xs_scales);
+                for ((a, b), d) in w.chunks(BLOCK).zip(file.chunks(BLOCK)).zip(scales) {
+                    for (x, y) in a.iter().zip(b) {
+                        assert!(
+                            (x - y).abs() <= d.abs() * 127.0 / 2048.0,
+                            "{ty}: {x} vs {y}"
+                        );
+                    }
+                }
+            }
             GgmlType::Q4_K | GgmlType::Q5_K => {
                 // |Δw| ≤ 2⁻¹¹·(|q·d_s| + |m_s|), q < 32, per block of 32.
                 let scales = data
@@ -530,6 +552,7 @@ fn avx2_int8_kernel_is_the_portable_one() {
             let codes_from = match ty {
                 GgmlType::Q4_1 | GgmlType::Q5_1 => 4,
                 GgmlType::Q4_K | GgmlType::Q5_K => 16,
+                GgmlType::IQ4_XS => 8,
                 GgmlType::Q2_K | GgmlType::Q3_K | GgmlType::Q6_K => block.len(),
                 _ => 2,
             };

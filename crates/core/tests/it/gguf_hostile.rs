@@ -253,22 +253,22 @@ fn unknown_types_are_typed_errors() {
 
 #[test]
 fn types_that_cannot_be_dequantised_are_still_indexed() {
-    // One IQ4_XS super-block (256 elements, 136 bytes).
+    // One IQ2_XXS super-block (256 elements, 66 bytes).
     let bytes = file(
         3,
         &[],
-        &[tensor("k", &[256], GgmlType::IQ4_XS.id(), 0)],
+        &[tensor("k", &[256], GgmlType::IQ2_XXS.id(), 0)],
         None,
         32,
-        &[0; 136],
+        &[0; 66],
     );
     let f = GgufFile::from_bytes(&bytes).unwrap();
-    assert_eq!(f.tensor_info("k").unwrap().ggml_type(), GgmlType::IQ4_XS);
-    assert_eq!(f.tensor_data("k").unwrap().len(), 136);
+    assert_eq!(f.tensor_info("k").unwrap().ggml_type(), GgmlType::IQ2_XXS);
+    assert_eq!(f.tensor_data("k").unwrap().len(), 66);
     assert!(matches!(
         f.dequantize("k"),
         Err(GgufError::UnsupportedType {
-            ggml_type: GgmlType::IQ4_XS,
+            ggml_type: GgmlType::IQ2_XXS,
             ..
         })
     ));

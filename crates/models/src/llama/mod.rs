@@ -7,8 +7,9 @@
 //!
 //! - **Weights** ([`LlamaModel::from_gguf`]): every tensor is dequantised to
 //!   `f32` on the host by [`lastmile_core::gguf`] (bit-exact to ggml for
-//!   F32/F16/BF16/Q8_0/Q4_0/Q4_1/Q5_0/Q5_1 and the k-quants Q2_K … Q6_K of
-//!   llama.cpp's `Q4_K_M`-style files), then stored as a [`WeightStorage`]; or,
+//!   F32/F16/BF16/Q8_0/Q4_0/Q4_1/Q5_0/Q5_1/IQ4_NL/IQ4_XS and the k-quants
+//!   Q2_K … Q6_K of llama.cpp's `Q4_K_M`-style files), then stored as a
+//!   [`WeightStorage`]; or,
 //!   with [`WeightStorage::Blocks`] on a CPU device, the matrices keep the
 //!   file's quantised blocks and lastmile's panel kernel
 //!   ([`lastmile_core::panel`]) dequantises them, to the same f32 values,
