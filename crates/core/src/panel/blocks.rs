@@ -1,5 +1,6 @@
 //! GGUF quantised blocks → panel codes.
 
+use super::int8::Packing;
 use super::{BLOCK, Codes, PANEL};
 use crate::gguf::GgmlType;
 
@@ -22,14 +23,15 @@ pub(super) fn has_codes(ggml_type: GgmlType) -> bool {
     )
 }
 
-/// The bits the codes of `ggml_type` need: 4 (Q4_0, Q4_1, Q4_K), 5 (Q5_0,
-/// Q5_1, Q5_K) or 8 (Q8_0, and IQ4_NL and IQ4_XS, whose codes are their
-/// signed non-linear levels).
-pub(super) fn code_bits(ggml_type: GgmlType) -> u32 {
+/// How the 8-bit kernels store the codes of `ggml_type`: nibbles (Q4_0,
+/// Q4_1, Q4_K), nibbles and fifth bits (Q5_0, Q5_1, Q5_K), indices of
+/// IQ4's levels (IQ4_NL, IQ4_XS) or bytes (Q8_0).
+pub(super) fn packing(ggml_type: GgmlType) -> Packing {
     match ggml_type {
-        GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q4_K => 4,
-        GgmlType::Q5_0 | GgmlType::Q5_1 | GgmlType::Q5_K => 5,
-        _ => 8,
+        GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q4_K => Packing::Nibbles,
+        GgmlType::Q5_0 | GgmlType::Q5_1 | GgmlType::Q5_K => Packing::FiveBits,
+        GgmlType::IQ4_NL | GgmlType::IQ4_XS => Packing::Levels,
+        _ => Packing::Bytes,
     }
 }
 

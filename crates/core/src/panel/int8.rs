@@ -36,6 +36,7 @@
 //! `docs/benchmarks.md`).
 
 use super::{BLOCK, Codes, PANEL};
+pub(crate) use crate::gguf::iq4::IQ4_LEVELS;
 
 /// Output rows per panel of 8-bit codes (lanes of a 512-bit i32 vector).
 pub(crate) const LANES: usize = 16;
@@ -54,6 +55,9 @@ pub(crate) struct Int8Codes {
     pub(crate) u: Vec<u8>,
     /// Whether `u` packs two 4-bit codes a byte (see the module docs).
     pub(crate) nibbles: bool,
+    /// Whether the nibbles index [`IQ4_LEVELS`] (IQ4_NL, IQ4_XS): the code
+    /// is the level, stored unsigned as `level + 128`.
+    pub(crate) levels: bool,
     /// The fifth bits of 5-bit codes (with [`Int8Codes::nibbles`]),
     /// `[panel][in / BLOCK][LANES][QUAD]`: bit `g` of a byte is bit 4 of
     /// byte group `g`'s code.
@@ -70,31 +74,54 @@ pub(crate) struct Int8Codes {
 /// nibbles; the high nibbles hold the groups `PAIRS` further on.
 pub(crate) const PAIRS: usize = QUADS / 2;
 
+/// How [`Int8Codes`] stores a type's codes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Packing {
+    /// 4-bit codes two a byte (Q4_0's `−8..8`, or `0..16` with a minimum).
+    Nibbles,
+    /// 5-bit codes: nibbles and a plane of fifth bits (Q5_0's `−16..16`,
+    /// or `0..32`).
+    FiveBits,
+    /// IQ4's levels as nibbles indexing [`IQ4_LEVELS`], looked up in the
+    /// kernels (`vpshufb`).
+    Levels,
+    /// Signed bytes (Q8_0), a byte each.
+    Bytes,
+}
+
+/// The index of IQ4 level `level` (which the codes of IQ4 blocks are).
+fn level_index(level: i8) -> u8 {
+    IQ4_LEVELS
+        .iter()
+        .position(|&l| l == level)
+        .map_or(0, |i| i as u8)
+}
+
 impl Int8Codes {
-    /// From codes in the 8-output panel layout (`out` rows, `inp` inputs)
-    /// that fit `bits` bits: 4 (Q4_0's `−8..8`, or `0..16` with a minimum)
-    /// and 5 (Q5_0's `−16..16`, or `0..32`) are packed as nibbles (and a
-    /// plane of fifth bits), 8 (Q8_0's signed bytes) a byte each.
-    pub(crate) fn from_codes(c: &Codes, out: usize, inp: usize, bits: u32) -> Self {
+    /// From codes in the 8-output panel layout (`out` rows, `inp` inputs),
+    /// stored as `packing` says (see [`Packing`]).
+    pub(crate) fn from_codes(c: &Codes, out: usize, inp: usize, packing: Packing) -> Self {
         let panels = out.div_ceil(LANES);
         let nb = inp / BLOCK;
         // Codes with a minimum are unsigned already; the others are
         // offset into unsigned bytes. (The SIMD kernels rely on this: a
         // minimum means offset 0.)
-        let offset = match (c.min.is_some(), bits) {
+        let offset = match (c.min.is_some(), packing) {
             (true, _) => 0,
-            (false, 4) => 8,
-            (false, 5) => 16,
-            (false, _) => 128,
+            (false, Packing::Nibbles) => 8,
+            (false, Packing::FiveBits) => 16,
+            (false, Packing::Levels | Packing::Bytes) => 128,
         };
-        let four_bit = bits <= 5;
+        let four_bit = packing != Packing::Bytes;
+        let levels = packing == Packing::Levels;
         let block_bytes = if four_bit {
             BLOCK * LANES / 2
         } else {
             BLOCK * LANES
         };
         let mut u = vec![0u8; panels * nb * block_bytes];
-        let mut high = (bits == 5).then(|| vec![0u8; panels * nb * LANES * QUAD]);
+        let mut high =
+            (packing == Packing::FiveBits).then(|| vec![0u8; panels * nb * LANES * QUAD]);
         let mut scale = vec![0u16; panels * nb * LANES];
         let mut min = c.min.as_ref().map(|_| vec![0u16; scale.len()]);
         // The file's own f16 scales convert back exactly; k-quant scales
@@ -104,9 +131,14 @@ impl Int8Codes {
             let (p8, c8) = (o / PANEL, o % PANEL);
             let (p, l) = (o / LANES, o % LANES);
             for k in 0..inp {
-                let q = i32::from(c.q[(p8 * inp + k) * PANEL + c8]);
-                // In 0..=255 (an i8 plus 128), or 0..32 for 4- and 5-bit codes.
-                let v = (q + offset) as u8;
+                let code = c.q[(p8 * inp + k) * PANEL + c8];
+                // In 0..=255 (an i8 plus 128), or 0..32 for 4- and 5-bit
+                // codes; a level's index for IQ4.
+                let v = if levels {
+                    level_index(code)
+                } else {
+                    (i32::from(code) + offset) as u8
+                };
                 let (b, g, i) = (k / BLOCK, k % BLOCK / QUAD, k % QUAD);
                 let base = (p * nb + b) * block_bytes;
                 if four_bit {
@@ -132,6 +164,7 @@ impl Int8Codes {
             u,
             nibbles: four_bit,
             high,
+            levels,
             scale,
             min,
             offset,
@@ -170,7 +203,11 @@ impl Int8Codes {
                 let bits = h[((p * nb + b) * LANES + l) * QUAD + i];
                 ((bits >> g) & 1) << 4
             });
-            (if g < PAIRS { byte & 0x0F } else { byte >> 4 }) | fifth
+            let nibble = (if g < PAIRS { byte & 0x0F } else { byte >> 4 }) | fifth;
+            if self.levels {
+                return i32::from(IQ4_LEVELS[usize::from(nibble & 0x0F)]) + self.offset;
+            }
+            nibble
         } else {
             self.u[base + (g * LANES + l) * QUAD + i]
         };

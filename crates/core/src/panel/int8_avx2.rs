@@ -141,20 +141,24 @@ impl pulp::NullaryFnOnce for Panels<'_> {
                         let at = Part { half, row: r };
                         macro_rules! rows {
                             ($r:literal) => {
-                                match (w.nibbles, w.min.is_some(), w.high.is_some()) {
-                                    (true, true, false) => {
-                                        nibble_rows::<$r, true, false>(simd, &panel, &block, at, o)
+                                if w.levels {
+                                    level_rows::<$r>(simd, &panel, &block, at, o)
+                                } else {
+                                    match (w.nibbles, w.min.is_some(), w.high.is_some()) {
+                                        (true, true, false) => nibble_rows::<$r, true, false>(
+                                            simd, &panel, &block, at, o,
+                                        ),
+                                        (true, false, false) => nibble_rows::<$r, false, false>(
+                                            simd, &panel, &block, at, o,
+                                        ),
+                                        (true, true, true) => nibble_rows::<$r, true, true>(
+                                            simd, &panel, &block, at, o,
+                                        ),
+                                        (true, false, true) => nibble_rows::<$r, false, true>(
+                                            simd, &panel, &block, at, o,
+                                        ),
+                                        _ => byte_rows::<$r>(simd, &panel, &block, at, o),
                                     }
-                                    (true, false, false) => {
-                                        nibble_rows::<$r, false, false>(simd, &panel, &block, at, o)
-                                    }
-                                    (true, true, true) => {
-                                        nibble_rows::<$r, true, true>(simd, &panel, &block, at, o)
-                                    }
-                                    (true, false, true) => {
-                                        nibble_rows::<$r, false, true>(simd, &panel, &block, at, o)
-                                    }
-                                    _ => byte_rows::<$r>(simd, &panel, &block, at, o),
                                 }
                             };
                         }
@@ -311,6 +315,56 @@ fn fifth_bits(simd: Avx2F16c, plane: __m256i, g: usize) -> (__m256i, __m256i) {
         avx2._mm256_and_si256(lo, bit4),
         avx2._mm256_and_si256(hi, bit4),
     )
+}
+
+/// Rows `at.row..at.row + R` against half `at.half` of a panel of IQ4
+/// level indices (nibbles, no minimum): each nibble looked up as its
+/// signed level (`vpshufb`), then multiplied as [`byte_rows`] multiplies
+/// signed codes (`|level| ≤ 127`: a pair is at most 2·127·127 = 32 258),
+/// so the sum is `Σ level·q_x` directly, with no offset to take off.
+#[inline(always)]
+fn level_rows<const R: usize>(
+    simd: Avx2F16c,
+    panel: &Panel<'_>,
+    x: &Rows<'_>,
+    at: Part,
+    out: &mut [f32],
+) {
+    let (avx, avx2) = (simd.avx, simd.avx2);
+    let low = avx._mm256_set1_epi8(0x0F);
+    let ones = avx._mm256_set1_epi16(1);
+    let mut table = [0i8; LOAD];
+    for (t, &l) in table.iter_mut().zip(super::int8::IQ4_LEVELS.iter().cycle()) {
+        *t = l;
+    }
+    let lut: __m256i = pulp::cast(table);
+    let mut acc = [avx._mm256_setzero_ps(); R];
+    for (b, codes) in panel.u.chunks_exact(2 * PAIRS).enumerate() {
+        if at.half == 0 && at.row == 0 {
+            prefetch(simd, codes, PAIRS);
+        }
+        let mut dot = [avx._mm256_setzero_si256(); R];
+        for g in 0..PAIRS {
+            let wv: __m256i = pulp::cast(codes[2 * g + at.half]);
+            let lo = avx2._mm256_and_si256(wv, low);
+            let hi = avx2._mm256_and_si256(avx2._mm256_srli_epi16::<4>(wv), low);
+            for (nibbles, group) in [(lo, g), (hi, g + PAIRS)] {
+                let q = avx2._mm256_shuffle_epi8(lut, nibbles);
+                let mag = avx2._mm256_abs_epi8(q);
+                for (dot, xq) in dot.iter_mut().zip(x.group::<R>(b * QUADS + group, at.row)) {
+                    let xq = avx._mm256_set1_epi32(xq);
+                    let pairs = avx2._mm256_maddubs_epi16(mag, avx2._mm256_sign_epi8(xq, q));
+                    *dot = avx2._mm256_add_epi32(*dot, avx2._mm256_madd_epi16(pairs, ones));
+                }
+            }
+        }
+        let (scale, min) = scales::<false>(simd, panel, b, at.half);
+        for (r, (acc, dot)) in acc.iter_mut().zip(dot).enumerate() {
+            let s = b * x.n + at.row + r;
+            *acc = accumulate::<false>(simd, *acc, dot, scale, min, x.d[s], x.ds[s]);
+        }
+    }
+    store(at, acc, out);
 }
 
 /// Rows `at.row..at.row + R` against half `at.half` of a panel of 8-bit

@@ -231,7 +231,7 @@ impl PanelMatrix {
     /// each block's scale `d·sc` and minimum `−dmin·m` (f32 products)
     /// rounded to f16 (a relative change of at most 2⁻¹¹, against steps
     /// of 1/15 or 1/31 of a block's range), as IQ4_XS its sub-block scales
-    /// (IQ4's levels are held a byte each, twice the file's size); Q2_K, Q3_K and Q6_K, whose
+    /// (IQ4's levels as their 4-bit indices, looked up in the kernel); Q2_K, Q3_K and Q6_K, whose
     /// blocks of 32 have two scales, are dequantised and rounded to Q8_0
     /// blocks (finer than their own 2–6 bits). A tensor whose scales
     /// overflow f16 keeps f32 scales and [`PanelMatrix::from_gguf`]'s
@@ -278,8 +278,8 @@ impl PanelMatrix {
             let overflows = |v: &f32| v.is_finite() && half::f16::from_f32(*v).is_infinite();
             let fits = !c.scale.iter().chain(c.min.iter().flatten()).any(overflows);
             if fits {
-                let bits = blocks::code_bits(ggml_type);
-                m.weights = Weights::Int8(int8::Int8Codes::from_codes(c, out, inp, bits));
+                let packing = blocks::packing(ggml_type);
+                m.weights = Weights::Int8(int8::Int8Codes::from_codes(c, out, inp, packing));
             }
         }
         Ok(m)

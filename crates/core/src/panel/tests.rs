@@ -305,6 +305,8 @@ fn q8_codes_take_the_files_bytes() {
         // Nibbles and a plane of fifth bits: the file's own size.
         (GgmlType::Q5_0, out * inp / 2 + out * inp / 8, 2),
         (GgmlType::Q5_1, out * inp / 2 + out * inp / 8, 4),
+        // IQ4_NL: level indices two a byte.
+        (GgmlType::IQ4_NL, out * inp / 2, 2),
     ] {
         let data = block_data(ty, out, inp);
         let m = PanelMatrix::from_gguf_q8(ty, &data, out, inp).unwrap_or_else(|e| panic!("{e}"));
@@ -556,7 +558,13 @@ fn avx2_int8_kernel_is_the_portable_one() {
                 GgmlType::Q2_K | GgmlType::Q3_K | GgmlType::Q6_K => block.len(),
                 _ => 2,
             };
-            let fill = if ty == GgmlType::Q8_0 { 0x80 } else { 0xFF };
+            // Q8_0's −128 and IQ4's level −127 (index 0) against
+            // activations of −127; the largest unsigned codes against 127.
+            let fill = match blocks::packing(ty) {
+                int8::Packing::Bytes => 0x80,
+                int8::Packing::Levels => 0x00,
+                _ => 0xFF,
+            };
             block[codes_from..].fill(fill);
         }
         for (data, sign) in [(block_data(ty, out, inp), 1.0), (extreme, -1.0)] {
@@ -566,7 +574,11 @@ fn avx2_int8_kernel_is_the_portable_one() {
                 panic!("{ty}: not 8-bit codes");
             };
             for rows in [1, 2, 3, 4, 5, 6, 7, 8, 9, 11, 12, 13, 25] {
-                let x = if sign < 0.0 && blocks::code_bits(ty) == 8 {
+                let signed = matches!(
+                    blocks::packing(ty),
+                    int8::Packing::Bytes | int8::Packing::Levels
+                );
+                let x = if sign < 0.0 && signed {
                     vec![-1.0; rows * inp]
                 } else if sign < 0.0 {
                     vec![1.0; rows * inp]

@@ -27,8 +27,8 @@ use std::arch::x86_64::{
     _mm512_cvtepi32_ps, _mm512_cvtph_ps, _mm512_cvtps_epi32, _mm512_dpbusd_epi32, _mm512_fmadd_ps,
     _mm512_loadu_ps, _mm512_loadu_si512, _mm512_max_epu32, _mm512_max_ps, _mm512_min_ps,
     _mm512_mul_ps, _mm512_or_si512, _mm512_reduce_add_epi32, _mm512_reduce_max_epu32,
-    _mm512_set1_epi8, _mm512_set1_epi32, _mm512_set1_ps, _mm512_setzero_ps, _mm512_slli_epi16,
-    _mm512_srli_epi16, _mm512_storeu_ps,
+    _mm512_set1_epi8, _mm512_set1_epi32, _mm512_set1_ps, _mm512_setzero_ps, _mm512_shuffle_epi8,
+    _mm512_slli_epi16, _mm512_srli_epi16, _mm512_storeu_ps,
 };
 
 use super::BLOCK;
@@ -153,30 +153,31 @@ fn panels_vnni(job: Int8Job<'_>, out: &mut [f32]) {
             // Rapids Xeon, which issues two a cycle (`docs/benchmarks.md`);
             // 9-12 rows have no registers left for a second.
             macro_rules! by_rows {
-                ($min:literal, $nib:literal, $high:literal) => {
+                ($min:literal, $nib:literal, $high:literal, $lut:literal) => {
                     match n {
-                        12 => panel_rows::<12, 1, $min, $nib, $high>(&panel, &rows, o),
-                        11 => panel_rows::<11, 1, $min, $nib, $high>(&panel, &rows, o),
-                        10 => panel_rows::<10, 1, $min, $nib, $high>(&panel, &rows, o),
-                        9 => panel_rows::<9, 1, $min, $nib, $high>(&panel, &rows, o),
-                        8 => panel_rows::<8, 2, $min, $nib, $high>(&panel, &rows, o),
-                        7 => panel_rows::<7, 2, $min, $nib, $high>(&panel, &rows, o),
-                        6 => panel_rows::<6, 2, $min, $nib, $high>(&panel, &rows, o),
-                        5 => panel_rows::<5, 2, $min, $nib, $high>(&panel, &rows, o),
-                        4 => panel_rows::<4, 2, $min, $nib, $high>(&panel, &rows, o),
-                        3 => panel_rows::<3, 3, $min, $nib, $high>(&panel, &rows, o),
-                        2 => panel_rows::<2, 4, $min, $nib, $high>(&panel, &rows, o),
-                        _ => panel_rows::<1, 8, $min, $nib, $high>(&panel, &rows, o),
+                        12 => panel_rows::<12, 1, $min, $nib, $high, $lut>(&panel, &rows, o),
+                        11 => panel_rows::<11, 1, $min, $nib, $high, $lut>(&panel, &rows, o),
+                        10 => panel_rows::<10, 1, $min, $nib, $high, $lut>(&panel, &rows, o),
+                        9 => panel_rows::<9, 1, $min, $nib, $high, $lut>(&panel, &rows, o),
+                        8 => panel_rows::<8, 2, $min, $nib, $high, $lut>(&panel, &rows, o),
+                        7 => panel_rows::<7, 2, $min, $nib, $high, $lut>(&panel, &rows, o),
+                        6 => panel_rows::<6, 2, $min, $nib, $high, $lut>(&panel, &rows, o),
+                        5 => panel_rows::<5, 2, $min, $nib, $high, $lut>(&panel, &rows, o),
+                        4 => panel_rows::<4, 2, $min, $nib, $high, $lut>(&panel, &rows, o),
+                        3 => panel_rows::<3, 3, $min, $nib, $high, $lut>(&panel, &rows, o),
+                        2 => panel_rows::<2, 4, $min, $nib, $high, $lut>(&panel, &rows, o),
+                        _ => panel_rows::<1, 8, $min, $nib, $high, $lut>(&panel, &rows, o),
                     }
                 };
             }
-            match (w.min.is_some(), w.nibbles, w.high.is_some()) {
-                (false, false, _) => by_rows!(false, false, false),
-                (false, true, false) => by_rows!(false, true, false),
-                (false, true, true) => by_rows!(false, true, true),
-                (true, false, _) => by_rows!(true, false, false),
-                (true, true, false) => by_rows!(true, true, false),
-                (true, true, true) => by_rows!(true, true, true),
+            match (w.min.is_some(), w.nibbles, w.high.is_some(), w.levels) {
+                (false, false, _, _) => by_rows!(false, false, false, false),
+                (false, true, false, false) => by_rows!(false, true, false, false),
+                (false, true, false, true) => by_rows!(false, true, false, true),
+                (false, true, true, _) => by_rows!(false, true, true, false),
+                (true, false, _, _) => by_rows!(true, false, false, false),
+                (true, true, false, _) => by_rows!(true, true, false, false),
+                (true, true, true, _) => by_rows!(true, true, true, false),
             }
         }
     }
@@ -204,7 +205,8 @@ struct Rows<'a> {
 /// `R` rows times one panel; `U` integer accumulators per row along a
 /// block (byte group `g` adds into accumulator `g mod U`); `MIN`: blocks
 /// have minimums (Q4_1); `NIB`: codes are packed two a byte; `HIGH`:
-/// with fifth bits (5-bit codes, with `NIB`).
+/// with fifth bits (5-bit codes, with `NIB`); `LUT`: the nibbles index
+/// IQ4's levels, looked up as `level + 128` (`vpshufb`, with `NIB`).
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
 fn panel_rows<
@@ -213,6 +215,7 @@ fn panel_rows<
     const MIN: bool,
     const NIB: bool,
     const HIGH: bool,
+    const LUT: bool,
 >(
     panel: &Panel<'_>,
     x: &Rows<'_>,
@@ -227,6 +230,7 @@ fn panel_rows<
     );
     let loads = if NIB { PAIRS } else { QUADS };
     let low = _mm512_set1_epi8(0x0F);
+    let lut = level_table();
     for (b, codes) in panel.u.chunks_exact(loads).enumerate() {
         prefetch::<NIB>(&codes[0]);
         prefetch_line(&panel.scale[b]);
@@ -255,6 +259,10 @@ fn panel_rows<
                     let (l, h) = fifth_bits(fifths, g);
                     lo = _mm512_or_si512(lo, l);
                     hi = _mm512_or_si512(hi, h);
+                }
+                if LUT {
+                    lo = _mm512_shuffle_epi8(lut, lo);
+                    hi = _mm512_shuffle_epi8(lut, hi);
                 }
                 let (a, c) = (g % U, (g + PAIRS) % U);
                 for r in 0..R {
@@ -291,6 +299,18 @@ fn panel_rows<
         // SAFETY: `o` is 16 f32, the vector's size; unaligned stores are allowed.
         unsafe { _mm512_storeu_ps(o.as_mut_ptr(), a) };
     }
+}
+
+/// IQ4's 16 levels plus 128 (unsigned bytes), in each 128-bit lane: the
+/// table `vpshufb` looks nibbles up in.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw")]
+fn level_table() -> __m512i {
+    let mut table = [0u8; QUAD * LANES];
+    for (t, &l) in table.iter_mut().zip(super::int8::IQ4_LEVELS.iter().cycle()) {
+        *t = (i16::from(l) + 128) as u8;
+    }
+    load_codes(&table)
 }
 
 /// The fifth bits of load `g`'s two groups (`g` and `g + PAIRS`) moved to
