@@ -32,10 +32,11 @@
 //!   (llama-cpp-python 0.3.36 on the same GGUF), run by this bench after the
 //!   criterion groups and printed with them; skipped with a note without
 //!   python3, llama-cpp-python or the model;
-//! - `llama_kquant_step`: a decoding step on llama.cpp's own `Q4_K_M`
-//!   quantisation of the model beside the Q4_1 file's, and llama.cpp
-//!   decoding that file (`kquant.rs`); skipped with a note unless
-//!   `python3 benches/llama_cpp_reference.py kquant` has made it.
+//! - `llama_kquant_step`: a decoding step on llama.cpp's own `Q4_K_M` and
+//!   `IQ4_XS` quantisations of the model beside the Q4_1 file's, and
+//!   llama.cpp decoding those files (`kquant.rs`); each skipped with a
+//!   note unless `python3 benches/llama_cpp_reference.py kquant
+//!   [--ftype IQ4_XS]` has made it.
 //!
 //! ```text
 //! bash scripts/fetch-smollm2.sh

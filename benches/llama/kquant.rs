@@ -1,7 +1,7 @@
-//! llama.cpp's own `Q4_K_M` quantisation of the model (Q5_0, Q4_K, Q6_K
-//! and Q8_0 tensors; `python3 benches/llama_cpp_reference.py kquant` makes
-//! it): one decoding step against the Q4_1 file's, both on the fastest
-//! storage, then llama.cpp decoding the same file in the same run.
+//! llama.cpp's own `Q4_K_M` and `IQ4_XS` quantisations of the model
+//! (`python3 benches/llama_cpp_reference.py kquant [--ftype IQ4_XS]` makes
+//! them): one decoding step on each against the Q4_1 file's, all on the
+//! fastest storage, then llama.cpp decoding each file in the same run.
 
 use std::process::Command;
 
@@ -10,28 +10,39 @@ use lastmile_models::llama::{LlamaModel, WeightStorage};
 
 use super::{PROMPT, model_path, open, prompt};
 
-/// The file's name beside the Q4_1 file.
-const KQUANT: &str = "SmolLM2-135M-Instruct.Q4_K_M.gguf";
+/// The files' quantisations (`SmolLM2-135M-Instruct.<this>.gguf` beside
+/// the Q4_1 file).
+const FTYPES: [&str; 2] = ["Q4_K_M", "IQ4_XS"];
 
 pub(crate) fn bench_kquant(c: &mut Criterion) {
-    let path = model_path().with_file_name(KQUANT);
-    if !path.is_file() {
-        println!(
-            "llama_kquant skipped: {} is missing; make it with \
-             `python3 benches/llama_cpp_reference.py kquant` (needs llama-cpp-python)",
-            path.display()
-        );
-        return;
-    }
     let device = lastmile_core::default_device().expect("default device");
     let storage = WeightStorage::fastest_on(&device);
+    let mut files = Vec::new();
+    for ftype in FTYPES {
+        let path = model_path().with_file_name(format!("SmolLM2-135M-Instruct.{ftype}.gguf"));
+        if path.is_file() {
+            let model = LlamaModel::open(&path, storage, &device).expect("the quantised file");
+            files.push((ftype.to_lowercase(), path, model));
+        } else {
+            println!(
+                "llama_kquant: {} is missing; make it with \
+                 `python3 benches/llama_cpp_reference.py kquant --ftype {ftype}` \
+                 (needs llama-cpp-python)",
+                path.display()
+            );
+        }
+    }
+    if files.is_empty() {
+        return;
+    }
     let Some(q4_1) = open(storage, &device) else {
         return;
     };
-    let q4_k_m = LlamaModel::open(&path, storage, &device).expect("the Q4_K_M file");
     let mut group = c.benchmark_group("llama_kquant_step");
     group.sample_size(30);
-    for (name, model) in [("q4_1", &q4_1), ("q4_k_m", &q4_k_m)] {
+    let models = std::iter::once(("q4_1", &q4_1))
+        .chain(files.iter().map(|(name, _, model)| (name.as_str(), model)));
+    for (name, model) in models {
         println!(
             "llama_kquant {name}: {} MB of weight matrices read per step",
             model.matrix_bytes() / 1_000_000
@@ -53,16 +64,18 @@ pub(crate) fn bench_kquant(c: &mut Criterion) {
     group.finish();
     let script =
         std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("llama_cpp_reference.py");
-    match Command::new("python3")
-        .arg(&script)
-        .args(["bench", "--threads", "2", "--tokens", "128", "--model"])
-        .arg(&path)
-        .output()
-    {
-        Ok(o) => {
-            println!("llama.cpp on {KQUANT}:");
-            print!("{}", String::from_utf8_lossy(&o.stdout));
+    for (_, path, _) in &files {
+        match Command::new("python3")
+            .arg(&script)
+            .args(["bench", "--threads", "2", "--tokens", "128", "--model"])
+            .arg(path)
+            .output()
+        {
+            Ok(o) => {
+                println!("llama.cpp on {}:", path.display());
+                print!("{}", String::from_utf8_lossy(&o.stdout));
+            }
+            Err(e) => println!("llama.cpp skipped: cannot run python3: {e}"),
         }
-        Err(e) => println!("llama.cpp on {KQUANT} skipped: cannot run python3: {e}"),
     }
 }
