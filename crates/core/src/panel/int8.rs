@@ -89,12 +89,12 @@ pub(crate) enum Packing {
     Bytes,
 }
 
-/// The index of IQ4 level `level` (which the codes of IQ4 blocks are).
+/// The index of IQ4 level `level`. IQ4 blocks' codes are only ever
+/// these levels ([`super::blocks`] reads them from the table).
 fn level_index(level: i8) -> u8 {
-    IQ4_LEVELS
-        .iter()
-        .position(|&l| l == level)
-        .map_or(0, |i| i as u8)
+    let index = IQ4_LEVELS.iter().position(|&l| l == level);
+    debug_assert!(index.is_some(), "{level} is not an IQ4 level");
+    index.map_or(0, |i| i as u8)
 }
 
 impl Int8Codes {
