@@ -332,7 +332,6 @@ fn level_rows<const R: usize>(
 ) {
     let (avx, avx2) = (simd.avx, simd.avx2);
     let low = avx._mm256_set1_epi8(0x0F);
-    let ones = avx._mm256_set1_epi16(1);
     let mut table = [0i8; LOAD];
     for (t, &l) in table.iter_mut().zip(super::int8::IQ4_LEVELS.iter().cycle()) {
         *t = l;
@@ -350,12 +349,7 @@ fn level_rows<const R: usize>(
             let hi = avx2._mm256_and_si256(avx2._mm256_srli_epi16::<4>(wv), low);
             for (nibbles, group) in [(lo, g), (hi, g + PAIRS)] {
                 let q = avx2._mm256_shuffle_epi8(lut, nibbles);
-                let mag = avx2._mm256_abs_epi8(q);
-                for (dot, xq) in dot.iter_mut().zip(x.group::<R>(b * QUADS + group, at.row)) {
-                    let xq = avx._mm256_set1_epi32(xq);
-                    let pairs = avx2._mm256_maddubs_epi16(mag, avx2._mm256_sign_epi8(xq, q));
-                    *dot = avx2._mm256_add_epi32(*dot, avx2._mm256_madd_epi16(pairs, ones));
-                }
+                add_signed(simd, q, x.group::<R>(b * QUADS + group, at.row), &mut dot);
             }
         }
         let (scale, min) = scales::<false>(simd, panel, b, at.half);
@@ -379,7 +373,6 @@ fn byte_rows<const R: usize>(
 ) {
     let (avx, avx2) = (simd.avx, simd.avx2);
     let flip = avx._mm256_set1_epi8(i8::MIN);
-    let ones = avx._mm256_set1_epi16(1);
     let mut acc = [avx._mm256_setzero_ps(); R];
     for (b, codes) in panel.u.chunks_exact(2 * QUADS).enumerate() {
         if at.half == 0 && at.row == 0 {
@@ -388,14 +381,8 @@ fn byte_rows<const R: usize>(
         let mut dot = [avx._mm256_setzero_si256(); R];
         for g in 0..QUADS {
             let wv: __m256i = pulp::cast(codes[2 * g + at.half]);
-            // The signed codes, as magnitudes (−128 becomes the unsigned 128).
             let q = avx2._mm256_xor_si256(wv, flip);
-            let mag = avx2._mm256_abs_epi8(q);
-            for (dot, xq) in dot.iter_mut().zip(x.group::<R>(b * QUADS + g, at.row)) {
-                let xq = avx._mm256_set1_epi32(xq);
-                let pairs = avx2._mm256_maddubs_epi16(mag, avx2._mm256_sign_epi8(xq, q));
-                *dot = avx2._mm256_add_epi32(*dot, avx2._mm256_madd_epi16(pairs, ones));
-            }
+            add_signed(simd, q, x.group::<R>(b * QUADS + g, at.row), &mut dot);
         }
         let (scale, min) = scales::<false>(simd, panel, b, at.half);
         for (r, (acc, dot)) in acc.iter_mut().zip(dot).enumerate() {
@@ -404,6 +391,22 @@ fn byte_rows<const R: usize>(
         }
     }
     store(at, acc, out);
+}
+
+/// Adds one byte group's `Σ q·q_x` (4 products a lane) of signed codes
+/// `q` to each row's i32 lanes: `|q|` is the unsigned operand of
+/// `vpmaddubsw` and `q`'s sign moves onto the activations (`vpsignb`; −128
+/// becomes the unsigned 128), so a pair is at most 2·128·127 = 32 512.
+#[inline(always)]
+fn add_signed<const R: usize>(simd: Avx2F16c, q: __m256i, xs: [i32; R], dot: &mut [__m256i; R]) {
+    let (avx, avx2) = (simd.avx, simd.avx2);
+    let ones = avx._mm256_set1_epi16(1);
+    let mag = avx2._mm256_abs_epi8(q);
+    for (dot, xq) in dot.iter_mut().zip(xs) {
+        let xq = avx._mm256_set1_epi32(xq);
+        let pairs = avx2._mm256_maddubs_epi16(mag, avx2._mm256_sign_epi8(xq, q));
+        *dot = avx2._mm256_add_epi32(*dot, avx2._mm256_madd_epi16(pairs, ones));
+    }
 }
 
 /// The portable kernel's float steps, in its order:
