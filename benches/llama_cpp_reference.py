@@ -63,6 +63,10 @@ Modes:
         Decode tokens/s at batch 1 (one token per llama_decode after a
         prompt) and the time of one pass over k = 1, 2, 4, 8, 16 tokens
         relative to k = 1, per thread count.
+    python3 benches/llama_cpp_reference.py tokenize --text PATH --vocab GGUF [GGUF ...]
+        Tokenising speed: the seconds llama_tokenize takes over the whole
+        text (no special tokens added or parsed; best of 5) with each
+        vocabulary (vocab_only; e.g. scripts/fetch-vocabs.sh's files).
 
 Evaluation settings (both modes): n_ctx 512, n_batch 512, the library's
 defaults otherwise (KV cache in f16, except the F32-copy run), flash
@@ -427,6 +431,27 @@ def bench(path: Path, threads_list, n_tokens: int) -> None:
         print(f"threads {threads}: pass over k tokens (median of 20): {rel}")
 
 
+def tokenize_bench(text_path: Path, vocabs) -> None:
+    import llama_cpp
+
+    raw = text_path.read_bytes()
+    print(f"llama-cpp-python {llama_cpp.__version__}, {text_path.name} ({len(raw)} bytes)")
+    for path in map(Path, vocabs):
+        if not path.is_file():
+            print(f"{path.name}: missing")
+            continue
+        llm = llama_cpp.Llama(model_path=str(path), vocab_only=True, verbose=False)
+        n_max = len(raw) + 8
+        buf = (llama_cpp.llama_token * n_max)()
+        best, n = None, 0
+        for _ in range(5):
+            t0 = time.perf_counter()
+            n = llama_cpp.llama_tokenize(llm._model.vocab, raw, len(raw), buf, n_max, False, False)
+            dt = time.perf_counter() - t0
+            best = dt if best is None else min(best, dt)
+        print(f"{path.name}: {n} ids in {best:.3f} s (best of 5)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="mode", required=True)
@@ -439,12 +464,18 @@ def main() -> None:
     b.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     b.add_argument("--tokens", type=int, default=128)
     b.add_argument("--model", help="another GGUF file (e.g. the kquant mode's), unchecked")
+    t = sub.add_parser("tokenize")
+    t.add_argument("--text", required=True)
+    t.add_argument("--vocab", nargs="+", required=True)
     args = parser.parse_args()
     try:
         import llama_cpp  # noqa: F401
     except ImportError:
         print("llama-cpp-python is not installed (pip install llama-cpp-python==0.3.36): skipping")
         sys.exit(0)
+    if args.mode == "tokenize":
+        tokenize_bench(Path(args.text), args.vocab)
+        return
     if args.mode == "bench" and args.model:
         bench(Path(args.model), args.threads, args.tokens)
         return

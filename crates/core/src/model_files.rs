@@ -2,8 +2,8 @@
 //! time (nothing large is committed): one folder, `lastmile-models`, in
 //! cargo's target directory, or `$LASTMILE_MODELS`.
 //!
-//! `scripts/fetch-smollm2.sh` and the examples resolve the folder the same
-//! way, so a model fetched once is found by every test and example.
+//! `scripts/fetch-smollm2.sh`, `scripts/fetch-vocabs.sh` and the examples
+//! resolve the folder the same way, so a model fetched once is found by every test and example.
 //!
 //! ```
 //! use std::path::Path;
@@ -17,6 +17,11 @@ use std::path::{Path, PathBuf};
 /// SmolLM2-135M-Instruct quantised to Q4_1, relative to [`models_dir`]
 /// (fetched by `scripts/fetch-smollm2.sh`).
 pub const SMOLLM2_135M_INSTRUCT: &str = "smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf";
+
+/// llama.cpp's vocabulary-only GGUF files and their reference
+/// tokenisations (`ggml-vocab-<name>.gguf`, `.gguf.inp`, `.gguf.out`),
+/// relative to [`models_dir`] (fetched by `scripts/fetch-vocabs.sh`).
+pub const LLAMA_CPP_VOCABS: &str = "llama-cpp-vocabs";
 
 /// The models folder: `$LASTMILE_MODELS` when set, else `lastmile-models` in
 /// `$CARGO_TARGET_DIR` (a relative one is taken from `workspace`, as cargo

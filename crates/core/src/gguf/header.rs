@@ -376,7 +376,12 @@ pub(crate) fn parse<R: Read>(input: R, file_len: u64, source: &str) -> Result<He
             });
         }
     };
-    let data_offset = align_up(r.pos, alignment).unwrap_or(u64::MAX);
+    let mut data_offset = align_up(r.pos, alignment).unwrap_or(u64::MAX);
+    // A file without tensors (llama.cpp's vocabulary-only files) may end
+    // right after its index: its empty data section needs no padding.
+    if tensors.is_empty() {
+        data_offset = data_offset.min(file_len);
+    }
     if data_offset > file_len {
         return Err(GgufError::Truncated {
             what: "padding before the tensor data".to_owned(),

@@ -124,6 +124,27 @@ fn the_builder_makes_valid_files() {
     assert_eq!(f.metadata().get_u32("a").unwrap(), 7);
 }
 
+/// A file without tensors may end right after its metadata, as llama.cpp
+/// writes vocabulary-only files; cut anywhere before that end it is an error.
+#[test]
+fn a_file_without_tensors_needs_no_padding() {
+    let mut bytes = b"GGUF".to_vec();
+    bytes.extend(3u32.to_le_bytes());
+    bytes.extend(0u64.to_le_bytes());
+    bytes.extend(1u64.to_le_bytes());
+    bytes.extend(kv("a", 4, &7u32.to_le_bytes()));
+    assert!(!bytes.len().is_multiple_of(32));
+    let f = GgufFile::from_bytes(&bytes).unwrap();
+    assert_eq!(f.metadata().get_u32("a").unwrap(), 7);
+    assert_eq!(f.tensors().len(), 0);
+    for n in 0..bytes.len() {
+        assert!(
+            GgufFile::from_bytes(&bytes[..n]).is_err(),
+            "cut to {n} bytes"
+        );
+    }
+}
+
 #[test]
 fn truncation_at_every_byte_is_an_error() {
     for name in [

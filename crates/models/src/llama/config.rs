@@ -153,8 +153,9 @@ impl LlamaConfig {
     /// Reads and validates the configuration of a `llama`-architecture GGUF
     /// file (the keys named on each field). Partial rotary embeddings
     /// (`llama.rope.dimension_count` below the head width) and RoPE scaling
-    /// (`llama.rope.scaling.type` other than `none`) are rejected rather than
-    /// silently mis-computed.
+    /// (`llama.rope.scaling.type` other than `none`, or a `rope_freqs.weight`
+    /// tensor of per-dimension factors) are rejected rather than silently
+    /// mis-computed.
     ///
     /// # Errors
     /// [`LlamaError::Architecture`] for another architecture;
@@ -216,6 +217,17 @@ impl LlamaConfig {
                     ),
                 ));
             }
+        }
+        // Llama 3.1 and later carry per-dimension frequency factors in this
+        // tensor (their "llama3" RoPE scaling) rather than in a key.
+        if file.tensor_info("rope_freqs.weight").is_ok() {
+            return Err(config_error(
+                "rope_freqs.weight",
+                "present",
+                "absent (per-dimension RoPE frequency factors, as Llama 3.1 and later \
+                 files carry, are not supported)"
+                    .to_owned(),
+            ));
         }
         if let Some(MetadataValue::String(kind)) = meta.get(&key("rope.scaling.type"))
             && kind != "none"

@@ -52,6 +52,11 @@ pub(crate) fn char_to_byte(c: char) -> Option<u8> {
     u8::try_from(byte).ok()
 }
 
+/// `bytes` written in GPT-2's byte characters (a token's text).
+pub(crate) fn to_chars(bytes: &[u8]) -> String {
+    bytes.iter().map(|&b| BYTE_TO_CHAR[b as usize]).collect()
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {

@@ -1,6 +1,7 @@
 //! Chat templates: the ChatML layout that SmolLM2's GGUF template renders
 //! (recognised templates are listed on [`ChatTemplate`]).
 
+use super::Tokenizer;
 use super::error::{TokenizerError, TokenizerResult};
 
 /// One message of a conversation.
@@ -135,6 +136,77 @@ impl ChatTemplate {
             out.push_str("<|im_start|>assistant\n");
         }
         out
+    }
+}
+
+impl Tokenizer {
+    /// The Jinja chat template from the metadata, if any.
+    pub fn chat_template(&self) -> Option<&str> {
+        self.chat_template.as_deref()
+    }
+
+    /// Renders a conversation with the model's own chat template (read from
+    /// `tokenizer.chat_template`), ending with the assistant header when
+    /// `add_generation_prompt`. Encode the result with `parse_special`.
+    ///
+    /// # Errors
+    /// [`TokenizerError::MissingChatTemplate`] when the metadata has none;
+    /// [`TokenizerError::UnsupportedChatTemplate`] when it is not one of the
+    /// templates [`ChatTemplate::parse`] recognises.
+    ///
+    /// # Examples
+    /// ```
+    /// # use lastmile_models::tokenizer::{ChatMessage, Tokenizer, TokenizerError, Vocabulary};
+    /// let mut v = Vocabulary::byte_level(&[], &["<|im_start|>", "<|im_end|>"]);
+    /// let tok = Tokenizer::from_vocabulary(v.clone())?;
+    /// let chat = [ChatMessage::new("user", "Hi")];
+    /// assert!(matches!(tok.apply_chat_template(&chat, true), Err(TokenizerError::MissingChatTemplate)));
+    /// v.chat_template = Some("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' \
+    ///     + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}\
+    ///     {{ '<|im_start|>assistant\n' }}{% endif %}".into());
+    /// let tok = Tokenizer::from_vocabulary(v)?;
+    /// assert_eq!(tok.apply_chat_template(&chat, true)?, "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n");
+    /// # Ok::<(), TokenizerError>(())
+    /// ```
+    pub fn apply_chat_template(
+        &self,
+        messages: &[ChatMessage<'_>],
+        add_generation_prompt: bool,
+    ) -> TokenizerResult<String> {
+        let template = self
+            .chat_template
+            .as_deref()
+            .ok_or(TokenizerError::MissingChatTemplate)?;
+        Ok(ChatTemplate::parse(template)?.apply(messages, add_generation_prompt))
+    }
+
+    /// The ids of a conversation: [`apply_chat_template`](Self::apply_chat_template)
+    /// encoded with `add_special` and `parse_special`, so the turn markers
+    /// become their control tokens.
+    ///
+    /// # Errors
+    /// As [`apply_chat_template`](Self::apply_chat_template).
+    ///
+    /// # Examples
+    /// ```
+    /// # use lastmile_models::tokenizer::{ChatMessage, Tokenizer, Vocabulary};
+    /// let mut v = Vocabulary::byte_level(&[], &["<|im_start|>", "<|im_end|>"]);
+    /// v.chat_template = Some("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' \
+    ///     + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}\
+    ///     {{ '<|im_start|>assistant\n' }}{% endif %}".into());
+    /// let tok = Tokenizer::from_vocabulary(v)?;
+    /// let ids = tok.encode_chat(&[ChatMessage::new("user", "Hi")], true)?;
+    /// let start = tok.token_id("<|im_start|>").unwrap();
+    /// assert_eq!(ids.iter().filter(|&&id| id == start).count(), 2);
+    /// # Ok::<(), lastmile_models::tokenizer::TokenizerError>(())
+    /// ```
+    pub fn encode_chat(
+        &self,
+        messages: &[ChatMessage<'_>],
+        add_generation_prompt: bool,
+    ) -> TokenizerResult<Vec<usize>> {
+        let text = self.apply_chat_template(messages, add_generation_prompt)?;
+        Ok(self.encode(&text, true, true))
     }
 }
 

@@ -1,7 +1,7 @@
 //! Streaming detokenisation: token bytes in, complete UTF-8 out.
 
-use super::Tokenizer;
 use super::error::TokenizerResult;
+use super::{TokenType, Tokenizer, bytes, spm};
 
 /// Turns a stream of token ids into text, emitting only complete UTF-8.
 ///
@@ -12,7 +12,8 @@ use super::error::TokenizerResult;
 /// character become U+FFFD, as [`String::from_utf8_lossy`] does, and
 /// [`finish`](Self::finish) flushes an unfinished tail the same way. The
 /// concatenation of everything returned equals
-/// [`Tokenizer::decode`] of all the ids.
+/// [`Tokenizer::decode`] of all the ids (so a SentencePiece stream drops
+/// the space its first token starts with, as `decode` does).
 ///
 /// # Examples
 /// ```
@@ -35,6 +36,8 @@ pub struct StreamDecoder<'t> {
     tokenizer: &'t Tokenizer,
     special: bool,
     pending: Vec<u8>,
+    /// Whether no token has been pushed yet.
+    first: bool,
 }
 
 impl<'t> StreamDecoder<'t> {
@@ -43,6 +46,7 @@ impl<'t> StreamDecoder<'t> {
             tokenizer,
             special,
             pending: Vec::new(),
+            first: true,
         }
     }
 
@@ -52,7 +56,10 @@ impl<'t> StreamDecoder<'t> {
     /// [`TokenizerError::TokenOutOfRange`](super::TokenizerError::TokenOutOfRange)
     /// for an id outside the vocabulary (the stream is left unchanged).
     pub fn push(&mut self, id: usize) -> TokenizerResult<String> {
-        let bytes = self.tokenizer.token_bytes(id, self.special)?;
+        let mut bytes = self.tokenizer.token_bytes(id, self.special)?;
+        if std::mem::take(&mut self.first) {
+            bytes = self.tokenizer.strip_leading_space(bytes);
+        }
         self.pending.extend_from_slice(bytes);
         let mut text = String::new();
         let mut start = 0;
@@ -94,5 +101,32 @@ impl<'t> StreamDecoder<'t> {
         let text = String::from_utf8_lossy(&self.pending).into_owned();
         self.pending.clear();
         text
+    }
+}
+
+/// The bytes a token stands for: for normal tokens, GPT-2 byte characters
+/// mapped back (byte-level BPE; a character outside that alphabet is kept
+/// as its own UTF-8) or `▁` as a space (SentencePiece); `<0xXX>` as that
+/// byte for byte tokens; the text itself for special tokens.
+pub(crate) fn token_piece(text: &str, ty: TokenType, sentencepiece: bool) -> Box<[u8]> {
+    match ty {
+        TokenType::Normal if sentencepiece => text.replace(spm::SPACE, " ").into_bytes().into(),
+        TokenType::Normal => {
+            let mut out = Vec::with_capacity(text.len());
+            let mut buf = [0u8; 4];
+            for c in text.chars() {
+                match bytes::char_to_byte(c) {
+                    Some(b) => out.push(b),
+                    None => out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes()),
+                }
+            }
+            out.into_boxed_slice()
+        }
+        TokenType::Byte => text
+            .strip_prefix("<0x")
+            .and_then(|h| h.strip_suffix('>'))
+            .and_then(|h| u8::from_str_radix(h, 16).ok())
+            .map_or_else(|| Box::<[u8]>::from(text.as_bytes()), |b| Box::new([b])),
+        _ => text.as_bytes().into(),
     }
 }

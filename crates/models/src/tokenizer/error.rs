@@ -12,8 +12,12 @@ pub enum TokenizerError {
     #[error(transparent)]
     Gguf(#[from] GgufError),
 
-    /// `tokenizer.ggml.model` names a tokenizer other than byte-level BPE.
-    #[error("unsupported tokenizer model `{found}`: only `gpt2` (byte-level BPE) is implemented")]
+    /// `tokenizer.ggml.model` names a tokenizer other than byte-level BPE
+    /// or SentencePiece.
+    #[error(
+        "unsupported tokenizer model `{found}`: implemented are `gpt2` (byte-level BPE) and \
+         `llama` (SentencePiece)"
+    )]
     UnsupportedModel {
         /// The value of `tokenizer.ggml.model`.
         found: String,

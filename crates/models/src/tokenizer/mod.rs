@@ -1,15 +1,17 @@
-//! The byte-level BPE tokenizer of GGUF checkpoints (GPT-2 style, as in
-//! SmolLM2), built from the file's metadata and matching llama.cpp's
-//! tokenisation id for id.
+//! The tokenizers of GGUF checkpoints — byte-level BPE (GPT-2 style, as in
+//! SmolLM2, Llama 3 and Qwen2) and SentencePiece BPE (Llama 2, TinyLlama,
+//! Mistral, Phi-3) — built from the file's metadata and matching
+//! llama.cpp's tokenisation id for id.
 //!
 //! # What is read
 //!
 //! | key | use |
 //! |---|---|
-//! | `tokenizer.ggml.model` | must be `gpt2` (byte-level BPE) |
-//! | `tokenizer.ggml.pre` | the pre-tokenisation rule ([`PreTokenizer::from_name`]) |
+//! | `tokenizer.ggml.model` | `gpt2` (byte-level BPE) or `llama` (SentencePiece): [`TokenizerModel`] |
+//! | `tokenizer.ggml.pre` | byte-level BPE: the pre-tokenisation rule ([`PreTokenizer::from_name`]) |
 //! | `tokenizer.ggml.tokens`, `.token_type` | the vocabulary and each token's [`TokenType`] |
-//! | `tokenizer.ggml.merges` | the merges, by rank |
+//! | `tokenizer.ggml.merges` | byte-level BPE: the merges, by rank |
+//! | `tokenizer.ggml.scores`, `.add_space_prefix` | SentencePiece: each token's merge priority; whether text gets a leading space |
 //! | `tokenizer.ggml.{bos,eos,unknown,padding}_token_id` | [`SpecialTokens`] |
 //! | `tokenizer.ggml.add_bos_token`, `.add_eos_token` | what `add_special` adds |
 //! | `tokenizer.chat_template` | [`ChatTemplate`] |
@@ -21,25 +23,40 @@
 //!    and become that token, the longest texts first. Without it only
 //!    user-defined tokens are (SmolLM2 has none), so `"<|im_start|>"` is
 //!    then tokenised as ordinary text.
-//! 2. **Pre-tokenisation** of each remaining stretch ([`PreTokenizer`]):
-//!    for SmolLM2 (`smollm`) every digit alone, then GPT-2's pattern.
-//! 3. **Byte-level BPE** on each piece: its UTF-8 bytes, merged by rank
-//!    (Sennrich et al. 2016, Algorithm 1) with a heap, leftmost first among
-//!    equal ranks. Identical pieces are encoded once per call.
+//! 2. Byte-level BPE: **pre-tokenisation** of each remaining stretch
+//!    ([`PreTokenizer`]): for SmolLM2 (`smollm`) every digit alone, then
+//!    GPT-2's pattern; then **byte-level BPE** on each piece: its UTF-8
+//!    bytes, merged by rank (Sennrich et al. 2016, Algorithm 1) with a
+//!    heap, leftmost first among equal ranks (with Llama 3's rule a piece
+//!    that is a token is taken whole). Identical pieces are encoded once
+//!    per call.
+//! 3. SentencePiece: each stretch, with a space before it if it opens the
+//!    text or follows a special token (`add_space_prefix`) and spaces
+//!    written `▁`, is merged by token score with byte fallback (`spm`
+//!    module docs).
 //! 4. With `add_special`, BOS / EOS as `add_bos_token` / `add_eos_token`
-//!    say (both false for SmolLM2).
+//!    say (both false for SmolLM2; where the file does not say, BOS is
+//!    added for SentencePiece and Llama 3, as llama.cpp does).
 //!
 //! # Decoding
 //!
 //! Each normal token maps back to bytes through GPT-2's byte↔character
-//! table; control and unknown tokens give their text only when `special`
-//! is asked for. [`Tokenizer::decode`] replaces invalid UTF-8 by U+FFFD;
+//! table (SentencePiece: `▁` back to a space, `<0xXX>` to its byte);
+//! control and unknown tokens give their text only when `special` is
+//! asked for. As llama.cpp's `llama_detokenize`, a SentencePiece decode
+//! drops one space at the start of its first token (the one
+//! `add_space_prefix` put there). [`Tokenizer::decode`] replaces invalid UTF-8 by U+FFFD;
 //! [`StreamDecoder`] emits text token by token, holding back the bytes of an
 //! unfinished character.
 //!
-//! # Agreement with llama.cpp, and speed
+//! # Agreement with llama.cpp and Hugging Face, and speed
 //!
-//! `tests/it/tokenizer_llama_cpp.rs` checks SmolLM2-135M-Instruct's GGUF
+//! `tests/it/tokenizer_vocabs.rs` checks the vocabulary-only GGUF files
+//! llama.cpp tests its own tokenizers with (`scripts/fetch-vocabs.sh`):
+//! Llama 2's and Phi-3's SentencePiece, Llama 3's and Qwen2's byte-level
+//! BPE, and GPT-2, MPT, StarCoder, Refact and Command-R, each against the
+//! ids the model's Hugging Face tokenizer gives for llama.cpp's test
+//! strings. `tests/it/tokenizer_llama_cpp.rs` checks SmolLM2-135M-Instruct's GGUF
 //! against a fixture written by llama-cpp-python 0.3.36
 //! (`tests/fixtures/make_tokenizer_fixture.py`): 50 varied strings and 300
 //! seeded random ones give identical ids with and without `parse_special`,
@@ -95,22 +112,26 @@ mod bpe;
 mod bytes;
 mod chat;
 mod decode;
+mod encode;
 mod error;
 mod pretokenize;
+mod spm;
+#[cfg(test)]
+mod tests;
 mod vocab;
 
 use std::collections::HashMap;
-use std::ops::Range;
 
 use lastmile_core::gguf::GgufFile;
 
-use bpe::{Bpe, BpeScratch};
+use bpe::Bpe;
 pub use chat::{ChatMessage, ChatTemplate};
 pub use decode::StreamDecoder;
 pub use error::{TokenizerError, TokenizerResult};
 pub use pretokenize::PreTokenizer;
 use pretokenize::{CharClasses, SplitScratch};
-pub use vocab::{SpecialTokens, TokenType, Vocabulary};
+use spm::Spm;
+pub use vocab::{SpecialTokens, TokenType, TokenizerModel, Vocabulary};
 
 /// Texts of tokens that end a generation (as llama.cpp's end-of-generation
 /// set), when they are in the vocabulary.
@@ -125,7 +146,7 @@ const END_OF_GENERATION: &[&str] = &[
     "<|end_of_text|>",
 ];
 
-/// A byte-level BPE tokenizer; see the [module docs](self).
+/// A byte-level BPE or SentencePiece tokenizer; see the [module docs](self).
 ///
 /// Immutable after construction (`Send + Sync`): encoding keeps its cache
 /// and buffers per call.
@@ -136,9 +157,7 @@ pub struct Tokenizer {
     token_to_id: HashMap<String, u32>,
     /// Decoded bytes of every token (its text for special tokens).
     pieces: Vec<Box<[u8]>>,
-    bpe: Bpe,
-    pre: PreTokenizer,
-    classes: CharClasses,
+    engine: Engine,
     /// Special tokens matched with `parse_special`, longest text first.
     specials: Vec<u32>,
     special: SpecialTokens,
@@ -148,11 +167,15 @@ pub struct Tokenizer {
     chat_template: Option<String>,
 }
 
-/// A stretch of the input: text to tokenise, or a special token.
+/// The algorithm and its tables.
 #[derive(Debug, Clone)]
-enum Fragment {
-    Text(Range<usize>),
-    Token(u32),
+enum Engine {
+    BytePairs {
+        bpe: Bpe,
+        pre: PreTokenizer,
+        classes: CharClasses,
+    },
+    SentencePiece(Spm),
 }
 
 impl Tokenizer {
@@ -175,13 +198,15 @@ impl Tokenizer {
 
     /// Builds the tokenizer: the text→id map (a repeated text maps to its
     /// last id, and an empty text is renamed `[EMPTY_<id>]`, as llama.cpp
-    /// does), the merge table and the decoded bytes of every token.
+    /// does), the merge table or byte-fallback table and the decoded bytes
+    /// of every token.
     ///
     /// # Errors
     /// [`TokenizerError::InvalidVocab`] for an empty vocabulary, more than
-    /// 2³¹ tokens, a `token_types` length different from `tokens`, a
-    /// special id outside the vocabulary, or `add_bos` / `add_eos` without
-    /// a BOS / EOS id.
+    /// 2³¹ tokens, a `token_types` (or SentencePiece `scores`) length
+    /// different from `tokens`, a special id outside the vocabulary,
+    /// `add_bos` / `add_eos` without a BOS / EOS id, or a SentencePiece
+    /// vocabulary with neither a token for every byte nor an unknown token.
     ///
     /// # Examples
     /// ```
@@ -194,8 +219,7 @@ impl Tokenizer {
         let Vocabulary {
             mut tokens,
             token_types,
-            merges,
-            pre_tokenizer,
+            model,
             special,
             add_bos,
             add_eos,
@@ -232,11 +256,31 @@ impl Tokenizer {
             }
             token_to_id.insert(text.clone(), id as u32);
         }
-        let bpe = Bpe::new(&token_to_id, n as u32, &merges)?;
+        let sentencepiece = matches!(model, TokenizerModel::SentencePiece { .. });
+        let engine = match model {
+            TokenizerModel::BytePairs {
+                merges,
+                pre_tokenizer,
+            } => Engine::BytePairs {
+                bpe: Bpe::new(&token_to_id, n as u32, &merges)?,
+                pre: pre_tokenizer,
+                classes: CharClasses::new(),
+            },
+            TokenizerModel::SentencePiece {
+                scores,
+                add_space_prefix,
+            } => Engine::SentencePiece(Spm::new(
+                &token_to_id,
+                scores,
+                n,
+                special.unk,
+                add_space_prefix,
+            )?),
+        };
         let pieces = tokens
             .iter()
             .zip(&token_types)
-            .map(|(text, &ty)| decoded_piece(text, ty))
+            .map(|(text, &ty)| decode::token_piece(text, ty, sentencepiece))
             .collect();
         let mut specials: Vec<u32> = (0..n as u32)
             .filter(|&id| token_types[id as usize].is_special())
@@ -255,9 +299,7 @@ impl Tokenizer {
             types: token_types,
             token_to_id,
             pieces,
-            bpe,
-            pre: pre_tokenizer,
-            classes: CharClasses::new(),
+            engine,
             specials,
             special,
             add_bos,
@@ -272,9 +314,24 @@ impl Tokenizer {
         self.texts.len()
     }
 
-    /// The pre-tokenisation rule.
-    pub fn pre_tokenizer(&self) -> PreTokenizer {
-        self.pre
+    /// The pre-tokenisation rule of a byte-level BPE vocabulary (`None`
+    /// for SentencePiece, which has none).
+    pub fn pre_tokenizer(&self) -> Option<PreTokenizer> {
+        match &self.engine {
+            Engine::BytePairs { pre, .. } => Some(*pre),
+            Engine::SentencePiece(_) => None,
+        }
+    }
+
+    /// `bytes` without the one leading space a SentencePiece decode drops
+    /// from its first token (unchanged for byte-level BPE).
+    pub(crate) fn strip_leading_space<'b>(&self, bytes: &'b [u8]) -> &'b [u8] {
+        match &self.engine {
+            Engine::SentencePiece(spm) if spm.add_space_prefix() => {
+                bytes.strip_prefix(b" ").unwrap_or(bytes)
+            }
+            _ => bytes,
+        }
     }
 
     /// Special token ids.
@@ -352,7 +409,8 @@ impl Tokenizer {
         Ok(if shown { &self.pieces[id] } else { &[] })
     }
 
-    /// The pieces that BPE sees for `text` (special tokens not split out).
+    /// The pieces that BPE sees for `text` (special tokens not split out);
+    /// SentencePiece has no pre-tokenisation: the whole text is one piece.
     ///
     /// # Examples
     /// ```
@@ -362,10 +420,13 @@ impl Tokenizer {
     /// # Ok::<(), lastmile_models::tokenizer::TokenizerError>(())
     /// ```
     pub fn pre_tokenize<'t>(&self, text: &'t str) -> Vec<&'t str> {
+        let Engine::BytePairs { pre, classes, .. } = &self.engine else {
+            return if text.is_empty() { vec![] } else { vec![text] };
+        };
         let mut ranges = Vec::new();
         pretokenize::split(
-            self.pre,
-            &self.classes,
+            *pre,
+            classes,
             text,
             &mut SplitScratch::default(),
             &mut ranges,
@@ -395,42 +456,13 @@ impl Tokenizer {
         {
             out.push(bos);
         }
-        let mut cache: HashMap<&str, Range<usize>> = HashMap::new();
-        let mut cached: Vec<u32> = Vec::new();
-        let mut ranges = Vec::new();
-        let mut split_scratch = SplitScratch::default();
-        let mut bpe_scratch = BpeScratch::default();
-        for fragment in self.partition(text, parse_special) {
-            let range = match fragment {
-                Fragment::Token(id) => {
-                    out.push(id as usize);
-                    continue;
-                }
-                Fragment::Text(range) => range,
-            };
-            let stretch = &text[range];
-            ranges.clear();
-            pretokenize::split(
-                self.pre,
-                &self.classes,
-                stretch,
-                &mut split_scratch,
-                &mut ranges,
-            );
-            for r in ranges.iter() {
-                let piece = &stretch[r.clone()];
-                let span = match cache.get(piece) {
-                    Some(span) => span.clone(),
-                    None => {
-                        let start = cached.len();
-                        self.bpe
-                            .encode_piece(piece.as_bytes(), &mut bpe_scratch, &mut cached);
-                        let span = start..cached.len();
-                        cache.insert(piece, span.clone());
-                        span
-                    }
-                };
-                out.extend(cached[span].iter().map(|&id| id as usize));
+        let fragments = self.partition(text, parse_special);
+        match &self.engine {
+            Engine::BytePairs { bpe, pre, classes } => {
+                self.encode_pairs(text, &fragments, bpe, *pre, classes, &mut out);
+            }
+            Engine::SentencePiece(spm) => {
+                self.encode_sentencepiece(text, &fragments, spm, &mut out);
             }
         }
         if add_special
@@ -442,60 +474,19 @@ impl Tokenizer {
         out
     }
 
-    /// Cuts special tokens out of `text` (llama.cpp's special-token
-    /// partition): each special token in turn, longest first, splits every
-    /// text fragment at its leftmost non-overlapping occurrences.
-    fn partition(&self, text: &str, parse_special: bool) -> Vec<Fragment> {
-        let mut fragments = Vec::new();
-        if text.is_empty() {
-            return fragments;
-        }
-        fragments.push(Fragment::Text(0..text.len()));
-        let mut next = Vec::new();
-        for &id in &self.specials {
-            let ty = self.types[id as usize];
-            if !parse_special && ty != TokenType::UserDefined {
-                continue;
-            }
-            let needle = self.texts[id as usize].as_str();
-            if !fragments
-                .iter()
-                .any(|f| matches!(f, Fragment::Text(r) if text[r.clone()].contains(needle)))
-            {
-                continue;
-            }
-            next.clear();
-            for fragment in fragments.drain(..) {
-                let Fragment::Text(range) = fragment else {
-                    next.push(fragment);
-                    continue;
-                };
-                let mut at = range.start;
-                for (offset, _) in text[range.clone()].match_indices(needle) {
-                    let start = range.start + offset;
-                    if start > at {
-                        next.push(Fragment::Text(at..start));
-                    }
-                    next.push(Fragment::Token(id));
-                    at = start + needle.len();
-                }
-                if at < range.end {
-                    next.push(Fragment::Text(at..range.end));
-                }
-            }
-            std::mem::swap(&mut fragments, &mut next);
-        }
-        fragments
-    }
-
     /// The bytes of `ids` concatenated (see [`token_bytes`](Self::token_bytes)).
     ///
     /// # Errors
     /// [`TokenizerError::TokenOutOfRange`] for any id outside the vocabulary.
     pub fn decode_bytes(&self, ids: &[usize], special: bool) -> TokenizerResult<Vec<u8>> {
         let mut out = Vec::with_capacity(ids.len() * 4);
-        for &id in ids {
-            out.extend_from_slice(self.token_bytes(id, special)?);
+        for (i, &id) in ids.iter().enumerate() {
+            let bytes = self.token_bytes(id, special)?;
+            out.extend_from_slice(if i == 0 {
+                self.strip_leading_space(bytes)
+            } else {
+                bytes
+            });
         }
         Ok(out)
     }
@@ -523,228 +514,5 @@ impl Tokenizer {
     /// complete characters ([`StreamDecoder`]).
     pub fn stream_decoder(&self, special: bool) -> StreamDecoder<'_> {
         StreamDecoder::new(self, special)
-    }
-
-    /// The Jinja chat template from the metadata, if any.
-    pub fn chat_template(&self) -> Option<&str> {
-        self.chat_template.as_deref()
-    }
-
-    /// Renders a conversation with the model's own chat template (read from
-    /// `tokenizer.chat_template`), ending with the assistant header when
-    /// `add_generation_prompt`. Encode the result with `parse_special`.
-    ///
-    /// # Errors
-    /// [`TokenizerError::MissingChatTemplate`] when the metadata has none;
-    /// [`TokenizerError::UnsupportedChatTemplate`] when it is not one of the
-    /// templates [`ChatTemplate::parse`] recognises.
-    ///
-    /// # Examples
-    /// ```
-    /// # use lastmile_models::tokenizer::{ChatMessage, Tokenizer, TokenizerError, Vocabulary};
-    /// let mut v = Vocabulary::byte_level(&[], &["<|im_start|>", "<|im_end|>"]);
-    /// let tok = Tokenizer::from_vocabulary(v.clone())?;
-    /// let chat = [ChatMessage::new("user", "Hi")];
-    /// assert!(matches!(tok.apply_chat_template(&chat, true), Err(TokenizerError::MissingChatTemplate)));
-    /// v.chat_template = Some("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' \
-    ///     + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}\
-    ///     {{ '<|im_start|>assistant\n' }}{% endif %}".into());
-    /// let tok = Tokenizer::from_vocabulary(v)?;
-    /// assert_eq!(tok.apply_chat_template(&chat, true)?, "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n");
-    /// # Ok::<(), TokenizerError>(())
-    /// ```
-    pub fn apply_chat_template(
-        &self,
-        messages: &[ChatMessage<'_>],
-        add_generation_prompt: bool,
-    ) -> TokenizerResult<String> {
-        let template = self
-            .chat_template
-            .as_deref()
-            .ok_or(TokenizerError::MissingChatTemplate)?;
-        Ok(ChatTemplate::parse(template)?.apply(messages, add_generation_prompt))
-    }
-
-    /// The ids of a conversation: [`apply_chat_template`](Self::apply_chat_template)
-    /// encoded with `add_special` and `parse_special`, so the turn markers
-    /// become their control tokens.
-    ///
-    /// # Errors
-    /// As [`apply_chat_template`](Self::apply_chat_template).
-    ///
-    /// # Examples
-    /// ```
-    /// # use lastmile_models::tokenizer::{ChatMessage, Tokenizer, Vocabulary};
-    /// let mut v = Vocabulary::byte_level(&[], &["<|im_start|>", "<|im_end|>"]);
-    /// v.chat_template = Some("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' \
-    ///     + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}\
-    ///     {{ '<|im_start|>assistant\n' }}{% endif %}".into());
-    /// let tok = Tokenizer::from_vocabulary(v)?;
-    /// let ids = tok.encode_chat(&[ChatMessage::new("user", "Hi")], true)?;
-    /// let start = tok.token_id("<|im_start|>").unwrap();
-    /// assert_eq!(ids.iter().filter(|&&id| id == start).count(), 2);
-    /// # Ok::<(), lastmile_models::tokenizer::TokenizerError>(())
-    /// ```
-    pub fn encode_chat(
-        &self,
-        messages: &[ChatMessage<'_>],
-        add_generation_prompt: bool,
-    ) -> TokenizerResult<Vec<usize>> {
-        let text = self.apply_chat_template(messages, add_generation_prompt)?;
-        Ok(self.encode(&text, true, true))
-    }
-}
-
-/// The bytes a token stands for: GPT-2 byte characters mapped back for
-/// normal tokens (a character outside that alphabet is kept as its own
-/// UTF-8), `<0xXX>` as that byte for byte tokens, and the text itself for
-/// special tokens.
-fn decoded_piece(text: &str, ty: TokenType) -> Box<[u8]> {
-    match ty {
-        TokenType::Normal => {
-            let mut out = Vec::with_capacity(text.len());
-            let mut buf = [0u8; 4];
-            for c in text.chars() {
-                match bytes::char_to_byte(c) {
-                    Some(b) => out.push(b),
-                    None => out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes()),
-                }
-            }
-            out.into_boxed_slice()
-        }
-        TokenType::Byte => text
-            .strip_prefix("<0x")
-            .and_then(|h| h.strip_suffix('>'))
-            .and_then(|h| u8::from_str_radix(h, 16).ok())
-            .map_or_else(|| Box::<[u8]>::from(text.as_bytes()), |b| Box::new([b])),
-        _ => text.as_bytes().into(),
-    }
-}
-
-#[cfg(test)]
-#[allow(clippy::unwrap_used)]
-mod tests {
-    use super::*;
-
-    fn tiny() -> Tokenizer {
-        Tokenizer::from_vocabulary(Vocabulary::byte_level(
-            &["Ġ t", "h e", "Ġt he", "i n", "Ġ Ġ", "ĠĠ Ġ"],
-            &["<|im_start|>", "<|im_end|>", "<|im_end|>x"],
-        ))
-        .unwrap()
-    }
-
-    #[test]
-    fn special_tokens_only_with_parse_special_longest_first() {
-        let tok = tiny();
-        let start = tok.token_id("<|im_start|>").unwrap();
-        let end = tok.token_id("<|im_end|>").unwrap();
-        let endx = tok.token_id("<|im_end|>x").unwrap();
-        let ids = tok.encode("<|im_start|>the<|im_end|>x<|im_end|>", false, true);
-        let the = tok.encode("the", false, false);
-        assert_eq!(ids, [vec![start], the.clone(), vec![endx, end]].concat());
-        let plain = tok.encode("<|im_end|>", false, false);
-        assert!(!plain.contains(&end) && plain.len() == 10);
-        assert_eq!(tok.decode(&plain, false).unwrap(), "<|im_end|>");
-    }
-
-    #[test]
-    fn round_trips_arbitrary_text() {
-        let tok = tiny();
-        for text in [
-            "",
-            " the  thin   the",
-            "日本語 🙂\n\t\u{a0}x",
-            "a\u{301}\u{300}",
-            "123 4.5e-6",
-        ] {
-            let ids = tok.encode(text, true, false);
-            assert_eq!(tok.decode(&ids, false).unwrap(), text);
-        }
-    }
-
-    #[test]
-    fn merges_apply_across_the_piece() {
-        let tok = tiny();
-        assert_eq!(
-            tok.encode(" the", false, false),
-            [tok.token_id("Ġthe").unwrap()]
-        );
-        // "   x": the run keeps its last space for " x".
-        let ids = tok.encode("   x", false, false);
-        assert_eq!(
-            ids,
-            [
-                tok.token_id("ĠĠ").unwrap(),
-                tok.token_id("Ġ").unwrap(),
-                tok.token_id("x").unwrap()
-            ]
-        );
-    }
-
-    #[test]
-    fn bos_eos_follow_the_flags() {
-        let mut v = Vocabulary::byte_level(&[], &["<s>", "</s>"]);
-        v.special.bos = Some(256);
-        v.special.eos = Some(257);
-        v.add_bos = true;
-        v.add_eos = true;
-        let tok = Tokenizer::from_vocabulary(v).unwrap();
-        let a = tok.token_id("a").unwrap();
-        assert_eq!(tok.encode("a", true, false), [256, a, 257]);
-        assert_eq!(tok.encode("a", false, false).len(), 1);
-        assert_eq!(tok.encode("", true, false), [256, 257]);
-    }
-
-    #[test]
-    fn invalid_vocabularies_are_errors() {
-        let mut v = Vocabulary::byte_level(&[], &[]);
-        v.special.eos = Some(10_000);
-        assert!(matches!(
-            Tokenizer::from_vocabulary(v),
-            Err(TokenizerError::InvalidVocab(_))
-        ));
-        let mut v = Vocabulary::byte_level(&[], &[]);
-        v.token_types.pop();
-        assert!(matches!(
-            Tokenizer::from_vocabulary(v),
-            Err(TokenizerError::InvalidVocab(_))
-        ));
-        let mut v = Vocabulary::byte_level(&[], &[]);
-        v.tokens.clear();
-        v.token_types.clear();
-        assert!(Tokenizer::from_vocabulary(v).is_err());
-    }
-
-    #[test]
-    fn stream_decoder_waits_for_whole_characters() {
-        let tok = tiny();
-        let text = "a🙂é\u{10FFFF}z";
-        let ids = tok.encode(text, false, false);
-        let mut stream = tok.stream_decoder(false);
-        let mut out = String::new();
-        for &id in &ids {
-            let piece = stream.push(id).unwrap();
-            assert!(!piece.contains('\u{fffd}'));
-            out.push_str(&piece);
-        }
-        assert!(stream.pending_bytes().is_empty());
-        out.push_str(&stream.finish());
-        assert_eq!(out, text);
-        // Invalid bytes: 0xFF can never start a character; an unfinished
-        // emoji at the end is flushed as U+FFFD, as the lossy decode does.
-        let bad = [b'x' as usize, 0xFF, 0xF0, 0x9F];
-        let bad: Vec<usize> = bad
-            .iter()
-            .map(|&b| tok.token_id(&bytes::BYTE_TO_CHAR[b].to_string()).unwrap())
-            .collect();
-        let mut stream = tok.stream_decoder(false);
-        let mut out = String::new();
-        for &id in &bad {
-            out.push_str(&stream.push(id).unwrap());
-        }
-        out.push_str(&stream.finish());
-        assert_eq!(out, tok.decode(&bad, false).unwrap());
-        assert!(stream.push(usize::MAX).is_err());
     }
 }

@@ -6,7 +6,7 @@ use std::ops::Range;
 /// The pre-tokenisation rule of a vocabulary: how text is cut into the
 /// pieces that BPE merges never cross.
 ///
-/// Two rules are implemented, both as llama.cpp applies them to the
+/// Four rules are implemented, each as llama.cpp applies it to the
 /// `tokenizer.ggml.pre` names listed in [`PreTokenizer::from_name`]:
 ///
 /// - **GPT-2** — the pattern
@@ -20,6 +20,16 @@ use std::ops::Range;
 ///   `\p{N}` character becomes a piece of its own, then the GPT-2 pattern runs
 ///   inside each remaining stretch, never across a digit. `" 2024"` thus
 ///   gives `" "`, `"2"`, `"0"`, `"2"`, `"4"`.
+/// - **Llama 3** — the pattern
+///   `(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+`
+///   of Llama 3's `tokenizer.json`: contractions in either case, a word
+///   takes one non-letter before it (`"(hello"` is one piece), numbers
+///   are cut into groups of three from the left, punctuation keeps the
+///   line breaks after it, and a white-space run ending in line breaks
+///   ends at its last one. llama.cpp also skips the merges of a piece that
+///   is a token already ([`ignores_merges`](Self::ignores_merges)).
+/// - **Qwen2** — Llama 3's pattern with single digits (`\p{N}` for
+///   `\p{N}{1,3}`), the merges always applied.
 ///
 /// The rule is written by hand over a small character-class table instead
 /// of a regex engine: the look-ahead `(?!\S)` would need a backtracking
@@ -41,6 +51,10 @@ pub enum PreTokenizer {
     Gpt2,
     /// Every number character alone, then GPT-2's pattern between them.
     Gpt2SingleDigits,
+    /// Llama 3's pattern (numbers in groups of up to three).
+    Llama3,
+    /// Llama 3's pattern with every number character alone (Qwen2).
+    Qwen2,
 }
 
 /// `tokenizer.ggml.pre` names of [`PreTokenizer::Gpt2`].
@@ -63,6 +77,20 @@ const SINGLE_DIGIT_NAMES: &[&str] = &[
     "exaone",
     "minerva-7b",
 ];
+/// `tokenizer.ggml.pre` names of [`PreTokenizer::Llama3`].
+const LLAMA3_NAMES: &[&str] = &[
+    "llama-bpe",
+    "llama3",
+    "llama-v3",
+    "falcon3",
+    "falcon-h1",
+    "pixtral",
+    "midm-2.0",
+    "lfm2",
+    "jina-v5-nano",
+];
+/// `tokenizer.ggml.pre` names of [`PreTokenizer::Qwen2`].
+const QWEN2_NAMES: &[&str] = &["qwen2", "deepseek-r1-qwen", "kormo", "f2llmv2", "stablelm2"];
 
 impl PreTokenizer {
     /// The rule llama.cpp uses for a `tokenizer.ggml.pre` value, if it is
@@ -72,21 +100,42 @@ impl PreTokenizer {
     /// ```
     /// use lastmile_models::tokenizer::PreTokenizer;
     /// assert_eq!(PreTokenizer::from_name("smollm"), Some(PreTokenizer::Gpt2SingleDigits));
-    /// assert_eq!(PreTokenizer::from_name("llama-bpe"), None);
+    /// assert_eq!(PreTokenizer::from_name("llama-bpe"), Some(PreTokenizer::Llama3));
+    /// assert_eq!(PreTokenizer::from_name("deepseek-llm"), None);
     /// ```
     pub fn from_name(name: &str) -> Option<Self> {
-        if GPT2_NAMES.contains(&name) {
-            Some(Self::Gpt2)
-        } else if SINGLE_DIGIT_NAMES.contains(&name) {
-            Some(Self::Gpt2SingleDigits)
-        } else {
-            None
-        }
+        [
+            (GPT2_NAMES, Self::Gpt2),
+            (SINGLE_DIGIT_NAMES, Self::Gpt2SingleDigits),
+            (LLAMA3_NAMES, Self::Llama3),
+            (QWEN2_NAMES, Self::Qwen2),
+        ]
+        .into_iter()
+        .find_map(|(names, rule)| names.contains(&name).then_some(rule))
     }
 
     /// The `tokenizer.ggml.pre` values accepted by [`from_name`](Self::from_name).
     pub fn supported_names() -> impl Iterator<Item = &'static str> {
-        GPT2_NAMES.iter().chain(SINGLE_DIGIT_NAMES).copied()
+        GPT2_NAMES
+            .iter()
+            .chain(SINGLE_DIGIT_NAMES)
+            .chain(LLAMA3_NAMES)
+            .chain(QWEN2_NAMES)
+            .copied()
+    }
+
+    /// Whether a piece that is a token is emitted as that token without
+    /// merging (llama.cpp's `ignore_merges`, set for the names of
+    /// [`Llama3`](Self::Llama3)): a token that no merge sequence reaches
+    /// still encodes as itself.
+    ///
+    /// ```
+    /// use lastmile_models::tokenizer::PreTokenizer;
+    /// assert!(PreTokenizer::Llama3.ignores_merges());
+    /// assert!(!PreTokenizer::Qwen2.ignores_merges());
+    /// ```
+    pub fn ignores_merges(self) -> bool {
+        self == Self::Llama3
     }
 }
 
@@ -215,6 +264,98 @@ pub(crate) fn split(
             }
             gpt2(cps, start, cps.len(), end_byte, out);
         }
+        PreTokenizer::Llama3 => llama3(cps, 3, end_byte, out),
+        PreTokenizer::Qwen2 => llama3(cps, 1, end_byte, out),
+    }
+}
+
+/// Llama 3's pattern over `cps`, number runs cut every `digits`
+/// characters; the alternatives are tried in the pattern's order.
+fn llama3(cps: &[Cp], digits: usize, end_byte: usize, out: &mut Vec<Range<usize>>) {
+    let end = cps.len();
+    let byte_at = |i: usize| cps.get(i).map_or(end_byte, |c| c.at);
+    let class = |i: usize| (i < end).then(|| cps[i].class);
+    let ch = |i: usize| (i < end).then(|| cps[i].ch);
+    let line_break = |i: usize| matches!(ch(i), Some('\r' | '\n'));
+    let mut prev = 0;
+    let mut emit = |to: usize, prev: &mut usize| {
+        if to > *prev {
+            out.push(byte_at(*prev)..byte_at(to));
+        }
+        *prev = to;
+    };
+    let mut pos = 0;
+    while pos < end {
+        let Cp {
+            ch: c, class: cl, ..
+        } = cps[pos];
+        // (?i:'s|'t|'re|'ve|'m|'ll|'d): only ASCII letters lower-case to these.
+        if c == '\'' {
+            let lower = |i: usize| ch(i).map(|c| c.to_ascii_lowercase());
+            let len = match (lower(pos + 1), lower(pos + 2)) {
+                (Some('s' | 't' | 'm' | 'd'), _) => 2,
+                (Some('r' | 'v'), Some('e')) | (Some('l'), Some('l')) => 3,
+                _ => 0,
+            };
+            if len > 0 {
+                pos += len;
+                emit(pos, &mut prev);
+                continue;
+            }
+        }
+        // [^\r\n\p{L}\p{N}]?\p{L}+
+        if !line_break(pos)
+            && cl != Class::Number
+            && (cl == Class::Letter || class(pos + 1) == Some(Class::Letter))
+        {
+            pos += 1;
+            while class(pos) == Some(Class::Letter) {
+                pos += 1;
+            }
+            emit(pos, &mut prev);
+            continue;
+        }
+        // \p{N}{1,digits}
+        if cl == Class::Number {
+            let mut group = pos;
+            while class(pos) == Some(Class::Number) {
+                pos += 1;
+                if pos - group >= digits {
+                    emit(pos, &mut prev);
+                    group = pos;
+                }
+            }
+            emit(pos, &mut prev);
+            continue;
+        }
+        // ' '?[^\s\p{L}\p{N}]+[\r\n]*
+        let lead = if c == ' ' { class(pos + 1) } else { Some(cl) };
+        if lead == Some(Class::Other) {
+            pos += usize::from(c == ' ');
+            while class(pos) == Some(Class::Other) {
+                pos += 1;
+            }
+            while line_break(pos) {
+                pos += 1;
+            }
+            emit(pos, &mut prev);
+            continue;
+        }
+        // \s*[\r\n]+ | \s+(?!\S) | \s+
+        let mut spaces = 0;
+        let mut after_break = None;
+        while class(pos + spaces) == Some(Class::Space) {
+            if line_break(pos + spaces) {
+                after_break = Some(pos + spaces + 1);
+            }
+            spaces += 1;
+        }
+        pos = match after_break {
+            Some(to) => to,
+            None if spaces > 1 && pos + spaces < end => pos + spaces - 1,
+            None => pos + spaces.max(1),
+        };
+        emit(pos, &mut prev);
     }
 }
 
@@ -323,9 +464,34 @@ mod tests {
     }
 
     #[test]
+    fn llama3_pattern_cases() {
+        let p = |t| pieces(PreTokenizer::Llama3, t);
+        assert_eq!(p("Hello world"), ["Hello", " world"]);
+        assert_eq!(p("I'LL don't"), ["I", "'LL", " don", "'t"]); // either case
+        assert_eq!(
+            p("(hello) x=1234567"),
+            ["(hello", ")", " x", "=", "123", "456", "7"]
+        );
+        assert_eq!(p("a.\n\nb"), ["a", ".\n\n", "b"]);
+        assert_eq!(p("a \n \n  b"), ["a", " \n \n", " ", " b"]);
+        assert_eq!(p("a   b"), ["a", "  ", " b"]);
+        assert_eq!(p("x  "), ["x", "  "]);
+        assert_eq!(p(" 42"), [" ", "42"]);
+        assert_eq!(p("\t\tx"), ["\t", "\tx"]);
+        assert_eq!(p(""), Vec::<&str>::new());
+        let q = |t| pieces(PreTokenizer::Qwen2, t);
+        assert_eq!(q("x=1234"), ["x", "=", "1", "2", "3", "4"]);
+    }
+
+    #[test]
     fn pieces_tile_the_text() {
         let text = "Mixed: ÅÄÖ 12\t\u{a0}x  \n\n  'tis 🙂 ½ ٣ – end  ";
-        for rule in [PreTokenizer::Gpt2, PreTokenizer::Gpt2SingleDigits] {
+        for rule in [
+            PreTokenizer::Gpt2,
+            PreTokenizer::Gpt2SingleDigits,
+            PreTokenizer::Llama3,
+            PreTokenizer::Qwen2,
+        ] {
             assert_eq!(pieces(rule, text).concat(), text);
         }
     }

@@ -1,6 +1,6 @@
-//! The vocabulary of a byte-level BPE model as GGUF stores it: token texts
-//! and types, merges, the pre-tokenisation rule, special tokens and the
-//! chat template.
+//! The vocabulary of a tokenizer as GGUF stores it: token texts and types,
+//! the model's merges (byte-level BPE) or scores (SentencePiece), the
+//! pre-tokenisation rule, special tokens and the chat template.
 
 use lastmile_core::gguf::Metadata;
 
@@ -14,7 +14,8 @@ use super::pretokenize::PreTokenizer;
 pub enum TokenType {
     /// 0, or any value outside 1..=6.
     Undefined,
-    /// 1: an ordinary token, written in GPT-2's byte characters.
+    /// 1: an ordinary token, written in GPT-2's byte characters
+    /// (byte-level BPE) or with `▁` for a space (SentencePiece).
     Normal,
     /// 2: the unknown token.
     Unknown,
@@ -69,27 +70,57 @@ pub struct SpecialTokens {
     pub pad: Option<usize>,
 }
 
+/// How a vocabulary turns text into tokens (`tokenizer.ggml.model`), with
+/// what that algorithm reads from the file.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum TokenizerModel {
+    /// `gpt2`: byte-level BPE (GPT-2, SmolLM2, Llama 3, Qwen2, …): the text
+    /// is cut into pieces by a pre-tokenisation rule, then each piece's
+    /// bytes are merged by rank.
+    BytePairs {
+        /// `"left right"` merge lines, highest priority first.
+        merges: Vec<String>,
+        /// The pre-tokenisation rule.
+        pre_tokenizer: PreTokenizer,
+    },
+    /// `llama`: SentencePiece BPE (Llama 2, TinyLlama, Mistral, Phi-3, …):
+    /// spaces become `▁`, then adjacent symbols whose concatenation is a
+    /// token merge, highest score first; characters without a token fall
+    /// back to `<0xXX>` byte tokens.
+    SentencePiece {
+        /// One score per token (`tokenizer.ggml.scores`; all 0 when absent).
+        scores: Vec<f32>,
+        /// Whether a space is put before the text, and before text that
+        /// follows a special token (`tokenizer.ggml.add_space_prefix`,
+        /// default true).
+        add_space_prefix: bool,
+    },
+}
+
 /// Everything a [`Tokenizer`](super::Tokenizer) is built from; [`Vocabulary::from_metadata`]
 /// reads it from a GGUF file.
 ///
 /// # Examples
 /// ```
-/// use lastmile_models::tokenizer::{PreTokenizer, TokenType, Vocabulary};
+/// use lastmile_models::tokenizer::{PreTokenizer, TokenType, TokenizerModel, Vocabulary};
 /// let v = Vocabulary::byte_level(&["a b"], &["<s>"]);
 /// assert_eq!(v.tokens.len(), 256 + 1 + 1);
 /// assert_eq!(v.token_types[257], TokenType::Control);
-/// assert_eq!(v.pre_tokenizer, PreTokenizer::Gpt2SingleDigits);
+/// assert!(matches!(
+///     v.model,
+///     TokenizerModel::BytePairs { pre_tokenizer: PreTokenizer::Gpt2SingleDigits, .. }
+/// ));
 /// ```
 #[derive(Debug, Clone, PartialEq)]
 pub struct Vocabulary {
-    /// Token texts by id (GPT-2 byte characters for normal tokens).
+    /// Token texts by id (for normal tokens: GPT-2 byte characters in
+    /// byte-level BPE, `▁` for a space in SentencePiece).
     pub tokens: Vec<String>,
     /// One type per token.
     pub token_types: Vec<TokenType>,
-    /// `"left right"` merge lines, highest priority first.
-    pub merges: Vec<String>,
-    /// The pre-tokenisation rule.
-    pub pre_tokenizer: PreTokenizer,
+    /// The algorithm and its merges or scores.
+    pub model: TokenizerModel,
     /// Special token ids.
     pub special: SpecialTokens,
     /// Whether `add_special` prepends BOS.
@@ -119,9 +150,10 @@ impl Vocabulary {
     /// # Errors
     /// [`TokenizerError::Gguf`] for a missing required key or a value of
     /// the wrong type; [`TokenizerError::UnsupportedModel`] unless the model
-    /// is `gpt2`; [`TokenizerError::UnsupportedPreTokenizer`] for a `pre`
-    /// value without an implemented rule; [`TokenizerError::InvalidVocab`]
-    /// when `token_type` is shorter than `tokens`.
+    /// is `gpt2` or `llama`; [`TokenizerError::UnsupportedPreTokenizer`] for
+    /// a `gpt2` `pre` value without an implemented rule;
+    /// [`TokenizerError::InvalidVocab`] when `token_type` or `scores` is
+    /// shorter than `tokens`.
     ///
     /// # Examples
     /// ```no_run
@@ -134,20 +166,11 @@ impl Vocabulary {
     /// ```
     pub fn from_metadata(meta: &Metadata) -> TokenizerResult<Self> {
         let model = meta.get_str("tokenizer.ggml.model")?;
-        if model != "gpt2" {
+        if model != "gpt2" && model != "llama" {
             return Err(TokenizerError::UnsupportedModel {
                 found: model.to_owned(),
             });
         }
-        let pre = optional(meta, "tokenizer.ggml.pre", Metadata::get_str)?.unwrap_or("");
-        let pre_tokenizer = PreTokenizer::from_name(pre).ok_or_else(|| {
-            TokenizerError::UnsupportedPreTokenizer {
-                found: pre.to_owned(),
-                supported: PreTokenizer::supported_names()
-                    .collect::<Vec<_>>()
-                    .join(", "),
-            }
-        })?;
         let tokens = meta.get_str_array("tokenizer.ggml.tokens")?.to_vec();
         let token_types =
             match optional(meta, "tokenizer.ggml.token_type", Metadata::get_i32_array)? {
@@ -164,15 +187,56 @@ impl Vocabulary {
                     .map(|&t| TokenType::from_gguf(t))
                     .collect(),
             };
-        let merges = meta.get_str_array("tokenizer.ggml.merges")?.to_vec();
+        // Where the file does not say, BOS is added as llama.cpp does:
+        // always for SentencePiece, for byte-level BPE with Llama 3's rule.
+        let (model, default_bos) = if model == "gpt2" {
+            let pre = optional(meta, "tokenizer.ggml.pre", Metadata::get_str)?.unwrap_or("");
+            let pre_tokenizer = PreTokenizer::from_name(pre).ok_or_else(|| {
+                TokenizerError::UnsupportedPreTokenizer {
+                    found: pre.to_owned(),
+                    supported: PreTokenizer::supported_names()
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                }
+            })?;
+            let merges = meta.get_str_array("tokenizer.ggml.merges")?.to_vec();
+            (
+                TokenizerModel::BytePairs {
+                    merges,
+                    pre_tokenizer,
+                },
+                pre_tokenizer == PreTokenizer::Llama3,
+            )
+        } else {
+            let scores = match optional(meta, "tokenizer.ggml.scores", Metadata::get_f32_array)? {
+                None => vec![0.0; tokens.len()],
+                Some(s) if s.len() < tokens.len() => {
+                    return Err(TokenizerError::InvalidVocab(format!(
+                        "{} scores for {} tokens",
+                        s.len(),
+                        tokens.len()
+                    )));
+                }
+                Some(s) => s[..tokens.len()].to_vec(),
+            };
+            let add_space_prefix =
+                optional(meta, "tokenizer.ggml.add_space_prefix", Metadata::get_bool)?
+                    .unwrap_or(true);
+            (
+                TokenizerModel::SentencePiece {
+                    scores,
+                    add_space_prefix,
+                },
+                true,
+            )
+        };
         let id = |key: &str| -> TokenizerResult<Option<usize>> {
             Ok(optional(meta, key, Metadata::get_u32)?.map(|v| v as usize))
         };
         Ok(Self {
             tokens,
             token_types,
-            merges,
-            pre_tokenizer,
+            model,
             special: SpecialTokens {
                 bos: id("tokenizer.ggml.bos_token_id")?,
                 eos: id("tokenizer.ggml.eos_token_id")?,
@@ -180,7 +244,7 @@ impl Vocabulary {
                 pad: id("tokenizer.ggml.padding_token_id")?,
             },
             add_bos: optional(meta, "tokenizer.ggml.add_bos_token", Metadata::get_bool)?
-                .unwrap_or(false),
+                .unwrap_or(default_bos),
             add_eos: optional(meta, "tokenizer.ggml.add_eos_token", Metadata::get_bool)?
                 .unwrap_or(false),
             chat_template: optional(meta, "tokenizer.chat_template", Metadata::get_str)?
@@ -212,8 +276,10 @@ impl Vocabulary {
         Self {
             tokens,
             token_types,
-            merges: merges.iter().map(|m| (*m).to_owned()).collect(),
-            pre_tokenizer: PreTokenizer::Gpt2SingleDigits,
+            model: TokenizerModel::BytePairs {
+                merges: merges.iter().map(|m| (*m).to_owned()).collect(),
+                pre_tokenizer: PreTokenizer::Gpt2SingleDigits,
+            },
             special: SpecialTokens {
                 eos: (!control.is_empty()).then_some(first_control),
                 ..SpecialTokens::default()

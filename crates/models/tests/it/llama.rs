@@ -550,6 +550,24 @@ backend_test!(bad_files_are_typed_errors, |device| {
         Err(LlamaError::TensorShape { name, expected, found })
             if name == "blk.0.ffn_gate.weight" && expected == [41, 32] && found == [40, 32]
     ));
+    // Llama 3.1's per-dimension RoPE factors: refused, not ignored.
+    let mut t = tensors(&ck);
+    t.insert(
+        0,
+        (
+            "rope_freqs.weight".to_owned(),
+            vec![c.head_dim() / 2],
+            vec![1.0; c.head_dim() / 2],
+        ),
+    );
+    let file = GgufFile::from_vec(write_gguf(&base_meta(&c), &t)).unwrap();
+    assert!(matches!(
+        LlamaModel::from_gguf(&file, WeightStorage::F32, device),
+        Err(LlamaError::Config {
+            field: "rope_freqs.weight",
+            ..
+        })
+    ));
     // A missing tensor.
     let mut t = tensors(&ck);
     t.retain(|(n, _, _)| n != "blk.1.ffn_up.weight");

@@ -17,3 +17,4 @@ mod models;
 mod moe;
 mod tokenizer_gguf;
 mod tokenizer_llama_cpp;
+mod tokenizer_vocabs;

@@ -4,7 +4,9 @@
 #![allow(clippy::unwrap_used)]
 
 use lastmile_core::gguf::{GgufError, GgufFile};
-use lastmile_models::tokenizer::{ChatMessage, TokenType, Tokenizer, TokenizerError, Vocabulary};
+use lastmile_models::tokenizer::{
+    ChatMessage, TokenType, Tokenizer, TokenizerError, TokenizerModel, Vocabulary,
+};
 
 /// A metadata value, as GGUF stores it.
 enum Value {
@@ -14,6 +16,7 @@ enum Value {
     StrArray(Vec<String>),
     I32Array(Vec<i32>),
     U32Array(Vec<u32>),
+    F32Array(Vec<f32>),
 }
 
 fn put_str(out: &mut Vec<u8>, s: &str) {
@@ -66,6 +69,14 @@ fn gguf(kvs: &[(&str, Value)]) -> Vec<u8> {
                     out.extend_from_slice(&v.to_le_bytes());
                 }
             }
+            Value::F32Array(items) => {
+                out.extend_from_slice(&9u32.to_le_bytes());
+                out.extend_from_slice(&6u32.to_le_bytes());
+                out.extend_from_slice(&(items.len() as u64).to_le_bytes());
+                for v in items {
+                    out.extend_from_slice(&v.to_le_bytes());
+                }
+            }
         }
     }
     while !out.len().is_multiple_of(32) {
@@ -85,6 +96,9 @@ fn file_with(
         &["Ġ t", "h e", "Ġt he", "Ġ Ġ"],
         &["<|im_start|>", "<|im_end|>"],
     );
+    let TokenizerModel::BytePairs { merges, .. } = vocab.model.clone() else {
+        unreachable!("byte_level is byte-level BPE")
+    };
     let types = vocab
         .token_types
         .iter()
@@ -99,10 +113,7 @@ fn file_with(
             Value::StrArray(vocab.tokens.clone()),
         ),
         ("tokenizer.ggml.token_type", Value::I32Array(types)),
-        (
-            "tokenizer.ggml.merges",
-            Value::StrArray(vocab.merges.clone()),
-        ),
+        ("tokenizer.ggml.merges", Value::StrArray(merges)),
         (
             "tokenizer.ggml.bos_token_id",
             Value::U32(vocab.tokens.len() as u32 - 2),
@@ -159,16 +170,35 @@ fn add_bos_token_prepends_bos_only_with_add_special() {
 #[test]
 fn unusable_metadata_gives_typed_errors() {
     let err =
-        file_with(|kvs| set(kvs, "tokenizer.ggml.model", Value::Str("llama".into()))).unwrap_err();
+        file_with(|kvs| set(kvs, "tokenizer.ggml.model", Value::Str("bert".into()))).unwrap_err();
     assert!(
-        matches!(&err, TokenizerError::UnsupportedModel { found } if found == "llama"),
+        matches!(&err, TokenizerError::UnsupportedModel { found } if found == "bert"),
         "{err}"
     );
 
-    let err = file_with(|kvs| set(kvs, "tokenizer.ggml.pre", Value::Str("llama-bpe".into())))
+    // As SentencePiece, this vocabulary has no token for byte 0x00 (nor an
+    // unknown token to stand for it), and scores must be one per token.
+    let err =
+        file_with(|kvs| set(kvs, "tokenizer.ggml.model", Value::Str("llama".into()))).unwrap_err();
+    assert!(
+        matches!(&err, TokenizerError::InvalidVocab(m) if m.contains("<0x00>")),
+        "{err}"
+    );
+    let err = file_with(|kvs| {
+        set(kvs, "tokenizer.ggml.model", Value::Str("llama".into()));
+        kvs.push(("tokenizer.ggml.unknown_token_id", Value::U32(0)));
+        kvs.push(("tokenizer.ggml.scores", Value::F32Array(vec![0.0; 3])));
+    })
+    .unwrap_err();
+    assert!(
+        matches!(&err, TokenizerError::InvalidVocab(m) if m.contains("3 scores")),
+        "{err}"
+    );
+
+    let err = file_with(|kvs| set(kvs, "tokenizer.ggml.pre", Value::Str("deepseek-llm".into())))
         .unwrap_err();
     assert!(
-        matches!(&err, TokenizerError::UnsupportedPreTokenizer { found, supported } if found == "llama-bpe" && supported.contains("smollm")),
+        matches!(&err, TokenizerError::UnsupportedPreTokenizer { found, supported } if found == "deepseek-llm" && supported.contains("smollm") && supported.contains("llama-bpe")),
         "{err}"
     );
 

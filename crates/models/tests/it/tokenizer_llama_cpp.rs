@@ -165,7 +165,7 @@ fn metadata_matches_llama_cpp() {
     let fx = fixture();
     assert_eq!(tok.vocab_size(), fx.n_vocab);
     assert_eq!(tok.add_bos(), fx.add_bos_token);
-    assert_eq!(tok.pre_tokenizer(), PreTokenizer::Gpt2SingleDigits);
+    assert_eq!(tok.pre_tokenizer(), Some(PreTokenizer::Gpt2SingleDigits));
     let special = tok.special_tokens();
     assert_eq!(
         (special.bos, special.eos, special.unk, special.pad),
