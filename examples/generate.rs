@@ -23,9 +23,11 @@
 //! BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL, IQ4_XS or the k-quants
 //! Q2_K … Q6_K (e.g.
 //! llama.cpp's `Q4_K_M` files; `python3 benches/llama_cpp_reference.py
-//! kquant` makes SmolLM2's), and a byte-level BPE vocabulary whose
-//! pre-tokenisation `lastmile_models::tokenizer` knows (SmolLM's, GPT-2's
-//! and kin; others are refused with the name they use).
+//! kquant` makes SmolLM2's), and a SentencePiece vocabulary (Llama 2,
+//! TinyLlama, Mistral) or a byte-level BPE one whose pre-tokenisation
+//! `lastmile_models::tokenizer` knows (SmolLM's, GPT-2's, Llama 3's,
+//! Qwen2's and kin; others are refused with the name they use). `--chat`
+//! needs a chat template the tokenizer recognises (ChatML today).
 
 use std::io::Write as _;
 
