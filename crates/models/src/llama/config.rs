@@ -44,6 +44,11 @@ pub struct LlamaConfig {
     pub d_ff: usize,
     /// RoPE base θ (`llama.rope.freq_base`; 10 000 when absent, as in llama.cpp).
     pub rope_base: f32,
+    /// Per-pair RoPE frequency divisors (the `rope_freqs.weight` tensor of
+    /// Llama 3.1 and later, which bakes their "llama3" scaling into
+    /// factors): pair `i` turns by `p · θ^(−2i/d) / f_i`. Empty when the
+    /// file has none (every `f_i = 1`); else one per pair of a head.
+    pub rope_freq_factors: Vec<f32>,
     /// RMSNorm ε (`llama.attention.layer_norm_rms_epsilon`).
     pub rms_eps: f32,
     /// Longest sequence the model attends over (`llama.context_length`).
@@ -64,6 +69,7 @@ impl LlamaConfig {
             n_kv_heads: 2,
             d_ff: 48,
             rope_base: 10_000.0,
+            rope_freq_factors: Vec::new(),
             rms_eps: 1e-5,
             max_context: 64,
             tied_embeddings: true,
@@ -101,7 +107,9 @@ impl LlamaConfig {
     /// [`LlamaError::Config`] when a count is zero or above [`MAX_DIM`] /
     /// [`MAX_LAYERS`], `d_model` is not a multiple of `n_heads`, `n_heads`
     /// not a multiple of `n_kv_heads`, the head width is odd (RoPE rotates
-    /// pairs), or `rope_base` / `rms_eps` is not finite and positive.
+    /// pairs), `rope_base` / `rms_eps` is not finite and positive, or
+    /// `rope_freq_factors` is neither empty nor one finite positive factor
+    /// per pair of a head.
     pub fn check(&self) -> LlamaResult<()> {
         let dims: [(&'static str, usize, usize); 7] = [
             ("vocab_size", self.vocab_size, MAX_DIM),
@@ -147,15 +155,29 @@ impl LlamaConfig {
                 return Err(config_error(field, value, "a finite value > 0".to_owned()));
             }
         }
+        let factors = &self.rope_freq_factors;
+        if !factors.is_empty()
+            && (factors.len() != self.head_dim() / 2
+                || factors.iter().any(|f| !(f.is_finite() && *f > 0.0)))
+        {
+            return Err(config_error(
+                "rope_freq_factors",
+                format!("{} factors", factors.len()),
+                format!(
+                    "none, or {} finite factors > 0 (one per pair of a head)",
+                    self.head_dim() / 2
+                ),
+            ));
+        }
         Ok(())
     }
 
     /// Reads and validates the configuration of a `llama`-architecture GGUF
     /// file (the keys named on each field). Partial rotary embeddings
     /// (`llama.rope.dimension_count` below the head width) and RoPE scaling
-    /// (`llama.rope.scaling.type` other than `none`, or a `rope_freqs.weight`
-    /// tensor of per-dimension factors) are rejected rather than silently
-    /// mis-computed.
+    /// (`llama.rope.scaling.type` other than `none`) are rejected rather than
+    /// silently mis-computed; Llama 3.1's per-pair factors
+    /// (`rope_freqs.weight`) are read into `rope_freq_factors`.
     ///
     /// # Errors
     /// [`LlamaError::Architecture`] for another architecture;
@@ -192,7 +214,7 @@ impl LlamaConfig {
             Some(_) => get_f32(meta, &key("rope.freq_base"))?,
             None => 10_000.0,
         };
-        let config = Self {
+        let mut config = Self {
             vocab_size,
             d_model: get_usize(meta, &key("embedding_length"))?,
             n_layers: get_usize(meta, &key("block_count"))?,
@@ -200,11 +222,25 @@ impl LlamaConfig {
             n_kv_heads,
             d_ff: get_usize(meta, &key("feed_forward_length"))?,
             rope_base,
+            rope_freq_factors: Vec::new(),
             rms_eps: get_f32(meta, &key("attention.layer_norm_rms_epsilon"))?,
             max_context: get_usize(meta, &key("context_length"))?,
             tied_embeddings: file.tensor_info("output.weight").is_err(),
         };
         config.check()?;
+        // Llama 3.1 and later carry their RoPE scaling as per-pair factors.
+        if let Ok(info) = file.tensor_info("rope_freqs.weight") {
+            let half = config.head_dim() / 2;
+            if info.shape() != [half] {
+                return Err(LlamaError::TensorShape {
+                    name: "rope_freqs.weight".to_owned(),
+                    expected: vec![half],
+                    found: info.shape(),
+                });
+            }
+            config.rope_freq_factors = file.dequantize("rope_freqs.weight")?;
+            config.check()?;
+        }
         if meta.get(&key("rope.dimension_count")).is_some() {
             let rope_dim = get_usize(meta, &key("rope.dimension_count"))?;
             if rope_dim != config.head_dim() {
@@ -217,17 +253,6 @@ impl LlamaConfig {
                     ),
                 ));
             }
-        }
-        // Llama 3.1 and later carry per-dimension frequency factors in this
-        // tensor (their "llama3" RoPE scaling) rather than in a key.
-        if file.tensor_info("rope_freqs.weight").is_ok() {
-            return Err(config_error(
-                "rope_freqs.weight",
-                "present",
-                "absent (per-dimension RoPE frequency factors, as Llama 3.1 and later \
-                 files carry, are not supported)"
-                    .to_owned(),
-            ));
         }
         if let Some(MetadataValue::String(kind)) = meta.get(&key("rope.scaling.type"))
             && kind != "none"

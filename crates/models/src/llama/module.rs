@@ -219,6 +219,7 @@ impl LlamaModule {
                 config.head_dim(),
                 config.max_context,
                 config.rope_base,
+                &config.rope_freq_factors,
                 device,
             ),
             embed: Tensor::from_data(TensorData::new(embed, [vocab, d]), device),
@@ -388,7 +389,8 @@ impl LlamaModule {
     /// Rotary positions `0..n` for each of `b` rows.
     pub(crate) fn rope(&self, b: usize, n: usize, device: &Device) -> RopeAt {
         let pos: Vec<i64> = (0..b).flat_map(|_| 0..n as i64).collect();
-        Rope::new(self.config.head_dim(), n, self.config.rope_base, device).at(&pos, b, n, device)
+        let c = &self.config;
+        Rope::new(c.head_dim(), n, c.rope_base, &c.rope_freq_factors, device).at(&pos, b, n, device)
     }
 
     /// The final norm and the head over the last block's output `x`

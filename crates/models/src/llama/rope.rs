@@ -17,6 +17,9 @@
 //! permutation undone here. The angles are computed as ggml does, in `f32`
 //! with `θ_i = p · s^i`, `s = θ^(−2/d)` accumulated by repeated
 //! multiplication, so positions far into the context match it closely.
+//! Llama 3.1 and later divide each pair's angle by a factor `f_i` (the
+//! `rope_freqs.weight` tensor; ggml's `freq_factors`): `θ_i / f_i`, also in
+//! `f32`.
 
 use std::sync::Arc;
 
@@ -36,17 +39,29 @@ pub(crate) struct Rope {
 }
 
 impl Rope {
-    /// Tables for heads of width `head_dim` (even) over `max_context` positions.
-    pub(crate) fn new(head_dim: usize, max_context: usize, base: f32, device: &Device) -> Self {
+    /// Tables for heads of width `head_dim` (even) over `max_context`
+    /// positions, each pair's angle divided by its factor in `factors`
+    /// (empty: all 1; else one per pair, as [`LlamaConfig::check`]
+    /// ensures).
+    ///
+    /// [`LlamaConfig::check`]: super::LlamaConfig::check
+    pub(crate) fn new(
+        head_dim: usize,
+        max_context: usize,
+        base: f32,
+        factors: &[f32],
+        device: &Device,
+    ) -> Self {
         let half = head_dim / 2;
         let scale = base.powf(-2.0 / head_dim as f32);
         let mut cos = Vec::with_capacity(max_context * half);
         let mut sin = Vec::with_capacity(max_context * half);
         for p in 0..max_context {
             let mut theta = p as f32;
-            for _ in 0..half {
-                cos.push(theta.cos());
-                sin.push(theta.sin());
+            for i in 0..half {
+                let angle = factors.get(i).map_or(theta, |f| theta / f);
+                cos.push(angle.cos());
+                sin.push(angle.sin());
                 theta *= scale;
             }
         }

@@ -1,5 +1,7 @@
-//! Chat templates: the ChatML layout that SmolLM2's GGUF template renders
-//! (recognised templates are listed on [`ChatTemplate`]).
+//! Chat templates: SmolLM2's ChatML template recognised exactly, and the
+//! common families (ChatML, Llama 2, Llama 3, Phi-3, Zephyr) recognised by
+//! their markers and rendered as llama.cpp's built-in templates render
+//! them (the list is on [`ChatTemplate`]).
 
 use super::Tokenizer;
 use super::error::{TokenizerError, TokenizerResult};
@@ -30,13 +32,10 @@ impl<'a> ChatMessage<'a> {
 /// A chat template this crate can apply.
 ///
 /// GGUF files carry their chat template as Jinja source
-/// (`tokenizer.chat_template`). No Jinja engine is embedded here: the
-/// templates below are recognised by their exact text (with the two-byte
-/// escape `\n` and a real newline treated alike, as Jinja's string literals
-/// do), and anything else is a clear
-/// [`TokenizerError::UnsupportedChatTemplate`].
-///
-/// Recognised:
+/// (`tokenizer.chat_template`). No Jinja engine is embedded here. Two
+/// templates are recognised by their exact text (with the two-byte escape
+/// `\n` and a real newline treated alike, as Jinja's string literals do)
+/// and render exactly what Jinja renders:
 /// - **ChatML** — every message as
 ///   `<|im_start|>{role}\n{content}<|im_end|>\n`, and with the generation
 ///   prompt a final `<|im_start|>assistant\n`;
@@ -44,6 +43,22 @@ impl<'a> ChatMessage<'a> {
 ///   preceded by `<|im_start|>system\n{default}<|im_end|>\n` when the first
 ///   message is not a system message; the default text is read from the
 ///   template.
+///
+/// Any other template is matched, as llama.cpp's
+/// `llama_chat_apply_template` matches it, by the markers it contains (or
+/// by llama.cpp's name for it: `chatml`, `llama2`, `llama2-sys`,
+/// `llama2-sys-bos`, `llama2-sys-strip`, `llama3`, `phi3`, `zephyr`), and
+/// rendered as llama.cpp's built-in template of that family (checked
+/// against llama.cpp on a fixture): ChatML (`<|im_start|>`), Llama 2
+/// (`[INST]`; with `<<SYS>>` system blocks, a BOS inside the history, or
+/// stripped messages as the template shows), Phi-3 (`<|assistant|>` and
+/// `<|end|>`), Zephyr (`<|user|>` and `<|endoftext|>`) and Llama 3
+/// (`<|start_header_id|>`). Like llama.cpp's, these renderings leave out
+/// what a Jinja template adds beyond its family's layout (Qwen2.5's
+/// default system prompt, Llama 3.1's date header). A template that
+/// llama.cpp would match to another family (Mistral v3/v7, Gemma, Phi-4,
+/// Falcon 3, Command-R, …) or to none is a clear
+/// [`TokenizerError::UnsupportedChatTemplate`].
 ///
 /// # Examples
 /// ```
@@ -54,6 +69,13 @@ impl<'a> ChatMessage<'a> {
 /// )?;
 /// let text = t.apply(&[ChatMessage::new("user", "Hi")], true);
 /// assert_eq!(text, "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n");
+/// let llama3 = ChatTemplate::parse("{{ '<|start_header_id|>' + role + '<|end_header_id|>' }}")?;
+/// assert_eq!(llama3, ChatTemplate::Llama3);
+/// assert_eq!(
+///     llama3.apply(&[ChatMessage::new("user", " Hi ")], true),
+///     "<|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|>\
+///      <|start_header_id|>assistant<|end_header_id|>\n\n"
+/// );
 /// assert!(ChatTemplate::parse("{{ messages }}").is_err());
 /// # Ok::<(), lastmile_models::tokenizer::TokenizerError>(())
 /// ```
@@ -67,6 +89,22 @@ pub enum ChatTemplate {
         /// message is not from `system`.
         default_system: Option<String>,
     },
+    /// Llama 2's `[INST] … [/INST]` turns, in llama.cpp's four variants.
+    Llama2 {
+        /// System messages as `<<SYS>>` blocks (else as plain lines).
+        system_blocks: bool,
+        /// `<s>` before each later `[INST]`.
+        bos_inside_history: bool,
+        /// Messages trimmed of surrounding white space.
+        strip: bool,
+    },
+    /// Llama 3's `<|start_header_id|>{role}<|end_header_id|>\n\n{content}<|eot_id|>`,
+    /// the content trimmed.
+    Llama3,
+    /// Phi-3's `<|{role}|>\n{content}<|end|>\n`.
+    Phi3,
+    /// Zephyr's `<|{role}|>\n{content}<|endoftext|>\n`.
+    Zephyr,
 }
 
 /// The loop body and generation prompt shared by both recognised templates.
@@ -84,14 +122,27 @@ impl ChatTemplate {
     /// [`TokenizerError::UnsupportedChatTemplate`] when the text is not one
     /// of the templates listed on [`ChatTemplate`].
     pub fn parse(template: &str) -> TokenizerResult<Self> {
+        Self::parse_exact(template).or_else(|reason| {
+            Self::detect(template).map_err(|family| TokenizerError::UnsupportedChatTemplate {
+                reason: match family {
+                    Some(family) => format!(
+                        "llama.cpp would render it as its `{family}` template, which is not \
+                         implemented here"
+                    ),
+                    None => format!("{reason}, and it has no marker of a known family"),
+                } + "; supported: ChatML (SmolLM2's exactly), Llama 2, Llama 3, Phi-3, Zephyr",
+                excerpt: template.chars().take(80).collect(),
+            })
+        })
+    }
+
+    /// The two templates recognised by their exact text; the reason when
+    /// the text is neither.
+    fn parse_exact(template: &str) -> Result<Self, &'static str> {
         let text = template.trim().replace("\\n", "\n");
-        let unsupported = |reason: &str| TokenizerError::UnsupportedChatTemplate {
-            reason: format!("{reason}; supported: ChatML, ChatML with a default system prompt"),
-            excerpt: template.chars().take(80).collect(),
-        };
         let rest = text
             .strip_prefix(LOOP_OPEN)
-            .ok_or_else(|| unsupported("it does not start with a loop over the messages"))?;
+            .ok_or("it does not start with a loop over the messages")?;
         if rest == CHATML_BODY {
             return Ok(Self::ChatMl {
                 default_system: None,
@@ -101,42 +152,190 @@ impl ChatTemplate {
             .strip_prefix(DEFAULT_SYSTEM_OPEN)
             .and_then(|r| r.strip_suffix(CHATML_BODY))
             .and_then(|r| r.strip_suffix(DEFAULT_SYSTEM_CLOSE))
-            .ok_or_else(|| unsupported("its message layout is not ChatML"))?;
+            .ok_or("its message layout is not exactly ChatML")?;
         if system.contains(['\'', '\\', '{', '}']) {
-            return Err(unsupported(
-                "its default system prompt is not a plain string literal",
-            ));
+            return Err("its default system prompt is not a plain string literal");
         }
         Ok(Self::ChatMl {
             default_system: Some(system.to_owned()),
         })
     }
 
-    /// Renders a conversation; with `add_generation_prompt` the text ends
-    /// with the header of the assistant's reply.
-    pub fn apply(&self, messages: &[ChatMessage<'_>], add_generation_prompt: bool) -> String {
-        let Self::ChatMl { default_system } = self;
-        let mut out = String::new();
-        let mut turn = |role: &str, content: &str| {
-            out.push_str("<|im_start|>");
-            out.push_str(role);
-            out.push('\n');
-            out.push_str(content);
-            out.push_str("<|im_end|>\n");
+    /// llama.cpp's detection (`llm_chat_detect_template`): a template
+    /// named by llama.cpp's name for it (`llama3`, …), else by markers in
+    /// llama.cpp's order, up to Llama 3: the family, or `Err` with the name
+    /// of a family llama.cpp knows but this crate does not render (`None`:
+    /// no family).
+    fn detect(t: &str) -> Result<Self, Option<&'static str>> {
+        let llama2 = |system_blocks, bos_inside_history, strip| Self::Llama2 {
+            system_blocks,
+            bos_inside_history,
+            strip,
         };
-        if let (Some(system), Some(first)) = (default_system, messages.first())
-            && first.role != "system"
-        {
-            turn("system", system);
+        match t {
+            "chatml" => {
+                return Ok(Self::ChatMl {
+                    default_system: None,
+                });
+            }
+            "llama2" => return Ok(llama2(false, false, false)),
+            "llama2-sys" => return Ok(llama2(true, false, false)),
+            "llama2-sys-bos" => return Ok(llama2(true, true, false)),
+            "llama2-sys-strip" => return Ok(llama2(true, false, true)),
+            "llama3" => return Ok(Self::Llama3),
+            "phi3" => return Ok(Self::Phi3),
+            "zephyr" => return Ok(Self::Zephyr),
+            _ => {}
         }
-        for m in messages {
-            turn(m.role, m.content);
+        let has = |m: &str| t.contains(m);
+        if has("<|im_start|>") {
+            return if has("<|im_sep|>") {
+                Err(Some("phi4"))
+            } else if has("<end_of_utterance>") {
+                Err(Some("smolvlm"))
+            } else {
+                Ok(Self::ChatMl {
+                    default_system: None,
+                })
+            };
         }
-        if add_generation_prompt {
-            out.push_str("<|im_start|>assistant\n");
+        if t.starts_with("mistral") || has("[INST]") {
+            if has("[SYSTEM_PROMPT]") {
+                return Err(Some("mistral-v7"));
+            }
+            if has("' [INST] ' + system_message") || has("[AVAILABLE_TOOLS]") {
+                return Err(Some("mistral-v1/v3"));
+            }
+            let strip = has("content.strip()");
+            let bos_inside_history = !strip && has("bos_token + '[INST]");
+            let system_blocks = strip || bos_inside_history || has("<<SYS>>");
+            return Ok(llama2(system_blocks, bos_inside_history, strip));
+        }
+        if has("<|assistant|>") && has("<|end|>") {
+            return Ok(Self::Phi3);
+        }
+        // The rest of llama.cpp's chain, in its order: the first family
+        // whose markers are all present.
+        let others: &[(&[&str], Result<Self, &'static str>)] = &[
+            (&["[gMASK]<sop>"], Err("chatglm4")),
+            (
+                &["<|assistant|>", "<|user|>"],
+                Err("falcon3/glmedge/exaone"),
+            ),
+            (
+                &["<|{{ item['role'] }}|>", "<|begin_of_image|>"],
+                Err("glmedge"),
+            ),
+            (&["<|user|>", "<|endoftext|>"], Ok(Self::Zephyr)),
+            (&["bos_token + message['role']"], Err("monarch")),
+            (&["<start_of_turn>"], Err("gemma")),
+            (&["'\\n\\nAssistant: ' + eos_token"], Err("orion")),
+            (&["GPT4 Correct "], Err("openchat")),
+            (&["USER: ", "ASSISTANT: "], Err("vicuna")),
+            (&["### Instruction:", "<|EOT|>"], Err("deepseek")),
+            (
+                &["<|START_OF_TURN_TOKEN|>", "<|USER_TOKEN|>"],
+                Err("command-r"),
+            ),
+            (
+                &["<|start_header_id|>", "<|end_header_id|>"],
+                Ok(Self::Llama3),
+            ),
+        ];
+        for (markers, family) in others {
+            if markers.iter().all(|m| has(m)) {
+                return family.clone().map_err(Some);
+            }
+        }
+        Err(None)
+    }
+
+    /// Renders a conversation; with `add_generation_prompt` the text ends
+    /// with the header of the assistant's reply (Llama 2 has none: its
+    /// text ends after the last user turn's `[/INST]`).
+    pub fn apply(&self, messages: &[ChatMessage<'_>], add_generation_prompt: bool) -> String {
+        let mut out = String::new();
+        match self {
+            Self::ChatMl { default_system } => {
+                let mut turn = |role: &str, content: &str| {
+                    out.push_str(&format!("<|im_start|>{role}\n{content}<|im_end|>\n"));
+                };
+                if let (Some(system), Some(first)) = (default_system, messages.first())
+                    && first.role != "system"
+                {
+                    turn("system", system);
+                }
+                for m in messages {
+                    turn(m.role, m.content);
+                }
+                if add_generation_prompt {
+                    out.push_str("<|im_start|>assistant\n");
+                }
+            }
+            Self::Llama2 {
+                system_blocks,
+                bos_inside_history,
+                strip,
+            } => {
+                out.push_str("[INST] ");
+                let mut inside_turn = true;
+                for m in messages {
+                    let content = if *strip { trim(m.content) } else { m.content };
+                    if !inside_turn {
+                        inside_turn = true;
+                        out.push_str(if *bos_inside_history {
+                            "<s>[INST] "
+                        } else {
+                            "[INST] "
+                        });
+                    }
+                    match m.role {
+                        "system" if *system_blocks => {
+                            out.push_str(&format!("<<SYS>>\n{content}\n<</SYS>>\n\n"));
+                        }
+                        "system" => out.push_str(&format!("{content}\n")),
+                        "user" => out.push_str(&format!("{content} [/INST]")),
+                        _ => {
+                            out.push_str(&format!("{content}</s>"));
+                            inside_turn = false;
+                        }
+                    }
+                }
+            }
+            Self::Llama3 => {
+                for m in messages {
+                    out.push_str(&format!(
+                        "<|start_header_id|>{}<|end_header_id|>\n\n{}<|eot_id|>",
+                        m.role,
+                        trim(m.content)
+                    ));
+                }
+                if add_generation_prompt {
+                    out.push_str("<|start_header_id|>assistant<|end_header_id|>\n\n");
+                }
+            }
+            Self::Phi3 | Self::Zephyr => {
+                let end = if *self == Self::Phi3 {
+                    "<|end|>"
+                } else {
+                    "<|endoftext|>"
+                };
+                for m in messages {
+                    out.push_str(&format!("<|{}|>\n{}{end}\n", m.role, m.content));
+                }
+                if add_generation_prompt {
+                    out.push_str("<|assistant|>\n");
+                }
+            }
         }
         out
     }
+}
+
+/// `s` without leading and trailing ASCII white space (C's `isspace`, as
+/// llama.cpp trims).
+fn trim(s: &str) -> &str {
+    s.trim_matches([' ', '\t', '\n', '\r', '\x0b', '\x0c'])
 }
 
 impl Tokenizer {
@@ -251,9 +450,17 @@ mod tests {
         let llama3 = "{% set loop_messages = messages %}{% for message in loop_messages %}<|start_header_id|>";
         let err = ChatTemplate::parse(llama3).unwrap_err().to_string();
         assert!(err.contains("unsupported chat template"), "{err}");
+        let gemma = "{{ '<start_of_turn>' + role }}";
+        let err = ChatTemplate::parse(gemma).unwrap_err().to_string();
+        assert!(err.contains("`gemma`"), "{err}");
+        // Not SmolLM2's text exactly: ChatML by its markers, as llama.cpp
+        // renders it (without the default system prompt).
+        let plain = ChatTemplate::ChatMl {
+            default_system: None,
+        };
         let tweaked = SMOL.replace("'<|im_end|>' + '\n'", "'<|im_end|>'");
-        assert!(ChatTemplate::parse(&tweaked).is_err());
+        assert_eq!(ChatTemplate::parse(&tweaked).unwrap(), plain);
         let injected = SMOL.replace("Hugging Face", "{{ x }}");
-        assert!(ChatTemplate::parse(&injected).is_err());
+        assert_eq!(ChatTemplate::parse(&injected).unwrap(), plain);
     }
 }

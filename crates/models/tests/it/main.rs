@@ -4,6 +4,7 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod chat_templates;
 mod distill;
 mod feature_draft;
 mod llama;
@@ -11,6 +12,7 @@ mod llama_early_exit;
 mod llama_interface;
 mod llama_module;
 mod llama_reference;
+mod llama_rope_freqs;
 mod llama_speed;
 mod lm;
 mod models;
