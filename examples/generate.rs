@@ -27,7 +27,8 @@
 //! TinyLlama, Mistral) or a byte-level BPE one whose pre-tokenisation
 //! `lastmile_models::tokenizer` knows (SmolLM's, GPT-2's, Llama 3's,
 //! Qwen2's and kin; others are refused with the name they use). `--chat`
-//! needs a chat template the tokenizer recognises (ChatML today).
+//! needs a chat template of a family the tokenizer renders (ChatML,
+//! Llama 2, Llama 3, Phi-3, Zephyr); Llama 3.1's RoPE factors are applied.
 
 use std::io::Write as _;
 

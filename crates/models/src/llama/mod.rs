@@ -31,7 +31,8 @@
 //!   adjacent pairs of each head: `convert_hf_to_gguf.py` permutes the rows
 //!   of `attn_q`/`attn_k` so that this equals Hugging Face's half-split
 //!   rotation, so GGUF weights are used as stored (details in the `rope`
-//!   source file).
+//!   source file); Llama 3.1's per-pair frequency factors
+//!   (`rope_freqs.weight`) divide the angles as in ggml.
 //! - **Grouped-query attention** (Ainslie et al. 2023): query head `j`
 //!   reads key/value head `j / (n_heads / n_kv_heads)`, scores scaled by
 //!   `1/√d_head`, causal mask; the cache ([`LlamaCache`]) keeps the
