@@ -52,8 +52,8 @@ mod decode;
 #[path = "llama/kquant.rs"]
 mod kquant;
 
+use std::ffi::OsStr;
 use std::path::PathBuf;
-use std::process::Command;
 
 use burn::tensor::Device;
 use burn::tensor::Tensor;
@@ -283,27 +283,10 @@ fn bench_drafts(c: &mut Criterion) {
 
 /// llama.cpp on the same file, in the same run.
 fn llama_cpp_anchor(_: &mut Criterion) {
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("llama_cpp_reference.py");
-    let out = Command::new("python3")
-        .arg(&script)
-        .args(["bench", "--threads", "1", "2", "--tokens", "128"])
-        .output();
-    match out {
-        Ok(o) => {
-            println!("llama.cpp anchor ({}):", script.display());
-            print!("{}", String::from_utf8_lossy(&o.stdout));
-            if !o.status.success() {
-                // A signal (e.g. SIGILL from an instruction set the CPU
-                // reports but the machine does not allow) leaves no stderr.
-                println!(
-                    "llama.cpp anchor failed ({}): {}",
-                    o.status,
-                    String::from_utf8_lossy(&o.stderr)
-                );
-            }
-        }
-        Err(e) => println!("llama.cpp anchor skipped: cannot run python3: {e}"),
-    }
+    let script = lastmile_benches::llama_cpp_script();
+    let args = ["bench", "--threads", "1", "2", "--tokens", "128"].map(OsStr::new);
+    let title = format!("llama.cpp anchor ({})", script.display());
+    lastmile_benches::print_python(&title, &script, &args);
 }
 
 use decode::spec_decode_decode;

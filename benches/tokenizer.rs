@@ -20,8 +20,8 @@
 //!
 //! A vocabulary whose file is missing is skipped with a message.
 
+use std::ffi::OsStr;
 use std::path::PathBuf;
-use std::process::Command;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use lastmile_core::gguf::GgufFile;
@@ -85,30 +85,15 @@ fn bench_encode(c: &mut Criterion) {
 
 /// llama.cpp on the same files, in the same run.
 fn llama_cpp_anchor(_: &mut Criterion) {
-    let script = workspace().join("benches/llama_cpp_reference.py");
+    let script = lastmile_benches::llama_cpp_script();
+    let corpus = corpus_path();
     let vocabs: Vec<PathBuf> = vocabularies().into_iter().map(|(_, p)| p).collect();
-    let out = Command::new("python3")
-        .arg(&script)
-        .arg("tokenize")
-        .arg("--text")
-        .arg(corpus_path())
-        .arg("--vocab")
-        .args(&vocabs)
-        .output();
-    match out {
-        Ok(o) => {
-            println!("llama.cpp anchor ({}):", script.display());
-            print!("{}", String::from_utf8_lossy(&o.stdout));
-            if !o.status.success() {
-                println!(
-                    "llama.cpp anchor failed ({}): {}",
-                    o.status,
-                    String::from_utf8_lossy(&o.stderr)
-                );
-            }
-        }
-        Err(e) => println!("llama.cpp anchor skipped: cannot run python3: {e}"),
-    }
+    let mut args: Vec<&OsStr> = ["tokenize", "--text"].map(OsStr::new).to_vec();
+    args.push(corpus.as_os_str());
+    args.push(OsStr::new("--vocab"));
+    args.extend(vocabs.iter().map(|p| p.as_os_str()));
+    let title = format!("llama.cpp anchor ({})", script.display());
+    lastmile_benches::print_python(&title, &script, &args);
 }
 
 criterion_group!(benches, bench_encode, llama_cpp_anchor);

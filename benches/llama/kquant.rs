@@ -3,7 +3,7 @@
 //! them): one decoding step on each against the Q4_1 file's, all on the
 //! fastest storage, then llama.cpp decoding each file in the same run.
 
-use std::process::Command;
+use std::ffi::OsStr;
 
 use criterion::{BenchmarkId, Criterion};
 use lastmile_models::llama::{LlamaModel, WeightStorage};
@@ -62,20 +62,11 @@ pub(crate) fn bench_kquant(c: &mut Criterion) {
         });
     }
     group.finish();
-    let script =
-        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("llama_cpp_reference.py");
+    let script = lastmile_benches::llama_cpp_script();
     for (_, path, _) in &files {
-        match Command::new("python3")
-            .arg(&script)
-            .args(["bench", "--threads", "2", "--tokens", "128", "--model"])
-            .arg(path)
-            .output()
-        {
-            Ok(o) => {
-                println!("llama.cpp on {}:", path.display());
-                print!("{}", String::from_utf8_lossy(&o.stdout));
-            }
-            Err(e) => println!("llama.cpp skipped: cannot run python3: {e}"),
-        }
+        let args = ["bench", "--threads", "2", "--tokens", "128", "--model"].map(OsStr::new);
+        let args: Vec<&OsStr> = args.into_iter().chain([path.as_os_str()]).collect();
+        let title = format!("llama.cpp on {}", path.display());
+        lastmile_benches::print_python(&title, &script, &args);
     }
 }

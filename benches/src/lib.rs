@@ -1,6 +1,10 @@
 //! Shared inputs for lastmile's criterion benchmarks: seeded random tensors
 //! and the list of CPU backends to compare.
 
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
 use burn::tensor::{Device, Tensor, TensorData};
 use lastmile_core::Backend;
 use rand::rngs::StdRng;
@@ -21,4 +25,31 @@ pub fn cpu_backends() -> Vec<Backend> {
         .into_iter()
         .filter(|b| b.is_cpu())
         .collect()
+}
+
+/// `benches/llama_cpp_reference.py`, the llama.cpp anchor of the
+/// real-model benches.
+pub fn llama_cpp_script() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("llama_cpp_reference.py")
+}
+
+/// Runs `python3 script args…` and prints its output under `title`, with
+/// its error output when it fails (a signal, e.g. SIGILL from an
+/// instruction set the CPU reports but the machine does not allow, leaves
+/// none); says so when python3 cannot be run.
+pub fn print_python(title: &str, script: &Path, args: &[&OsStr]) {
+    match Command::new("python3").arg(script).args(args).output() {
+        Ok(o) => {
+            println!("{title}:");
+            print!("{}", String::from_utf8_lossy(&o.stdout));
+            if !o.status.success() {
+                println!(
+                    "{title} failed ({}): {}",
+                    o.status,
+                    String::from_utf8_lossy(&o.stderr)
+                );
+            }
+        }
+        Err(e) => println!("{title} skipped: cannot run python3: {e}"),
+    }
 }

@@ -20,6 +20,7 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::time::Instant;
 
+use crate::fnv1a64;
 use lastmile_core::gguf::GgufFile;
 use lastmile_core::model_files::{SMOLLM2_135M_INSTRUCT, models_dir};
 use lastmile_models::tokenizer::{ChatMessage, PreTokenizer, Tokenizer};
@@ -247,17 +248,6 @@ fn chat_template_matches_jinja_and_tokenises_as_llama_cpp() {
             .unwrap();
         assert_eq!(ids, case.ids_special);
     }
-}
-
-fn fnv1a64(ids: &[usize]) -> String {
-    let mut h: u64 = 0xCBF2_9CE4_8422_2325;
-    for &id in ids {
-        for b in (id as u32).to_le_bytes() {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x0000_0100_0000_01B3);
-        }
-    }
-    format!("{h:016x}")
 }
 
 /// The 1.3 MB corpus: ids identical to llama.cpp's (by count and hash),

@@ -29,6 +29,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Instant;
 
+use crate::fnv1a64;
 use lastmile_core::gguf::GgufFile;
 use lastmile_core::model_files::{LLAMA_CPP_VOCABS, models_dir};
 use lastmile_models::tokenizer::{PreTokenizer, Tokenizer};
@@ -166,18 +167,6 @@ struct Summary {
     add_bos_token: bool,
     corpus_n_ids: usize,
     corpus_fnv1a64_ids_u32le: String,
-}
-
-/// FNV-1a over the ids as little-endian u32 (as the fixture script).
-fn fnv1a64(ids: &[usize]) -> String {
-    let mut h: u64 = 0xCBF2_9CE4_8422_2325;
-    for &id in ids {
-        for b in (id as u32).to_le_bytes() {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x0000_0100_0000_01B3);
-        }
-    }
-    format!("{h:016x}")
 }
 
 /// Checks vocabulary `name` against llama.cpp's ids and detokenisation.
