@@ -72,7 +72,8 @@ impl Tokenizer {
 
     /// Cuts special tokens out of `text` (llama.cpp's special-token
     /// partition): each special token in turn, longest first, splits every
-    /// text fragment at its leftmost non-overlapping occurrences.
+    /// text fragment at its leftmost non-overlapping occurrences, dropping
+    /// the white space after a token marked `rstrip`.
     pub(super) fn partition(&self, text: &str, parse_special: bool) -> Vec<Fragment> {
         let mut fragments = Vec::new();
         if text.is_empty() {
@@ -101,11 +102,20 @@ impl Tokenizer {
                 let mut at = range.start;
                 for (offset, _) in text[range.clone()].match_indices(needle) {
                     let start = range.start + offset;
+                    if start < at {
+                        continue; // inside white space already dropped
+                    }
                     if start > at {
                         next.push(Fragment::Text(at..start));
                     }
                     next.push(Fragment::Token(id));
                     at = start + needle.len();
+                    if self.rstrip[id as usize] {
+                        // C's `isspace`, as llama.cpp strips.
+                        let rest = &text[at..range.end];
+                        let kept = rest.trim_start_matches([' ', '\t', '\n', '\r', '\x0b', '\x0c']);
+                        at += rest.len() - kept.len();
+                    }
                 }
                 if at < range.end {
                     next.push(Fragment::Text(at..range.end));

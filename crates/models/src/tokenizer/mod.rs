@@ -160,6 +160,8 @@ pub struct Tokenizer {
     engine: Engine,
     /// Special tokens matched with `parse_special`, longest text first.
     specials: Vec<u32>,
+    /// Per token: white space after it is dropped when it is cut out of text.
+    rstrip: Vec<bool>,
     special: SpecialTokens,
     add_bos: bool,
     add_eos: bool,
@@ -224,6 +226,7 @@ impl Tokenizer {
             add_bos,
             add_eos,
             chat_template,
+            rstrip: rstrip_ids,
         } = vocab;
         let invalid = |m: String| Err(TokenizerError::InvalidVocab(m));
         let n = tokens.len();
@@ -241,6 +244,13 @@ impl Tokenizer {
         ] {
             if let Some(id) = id.filter(|&id| id >= n) {
                 return invalid(format!("{name} token id {id} >= vocabulary size {n}"));
+            }
+        }
+        let mut rstrip = vec![false; n];
+        for id in rstrip_ids {
+            match rstrip.get_mut(id) {
+                Some(r) => *r = true,
+                None => return invalid(format!("rstrip token id {id} >= vocabulary size {n}")),
             }
         }
         if add_bos && special.bos.is_none() {
@@ -301,6 +311,7 @@ impl Tokenizer {
             pieces,
             engine,
             specials,
+            rstrip,
             special,
             add_bos,
             add_eos,

@@ -129,7 +129,74 @@ pub struct Vocabulary {
     pub add_eos: bool,
     /// The Jinja chat template, if any.
     pub chat_template: Option<String>,
+    /// Special tokens after which white space is dropped when they are cut
+    /// out of text (llama.cpp's `RSTRIP` attribute, which it gives Phi-3's
+    /// special tokens by the model's name; see [`Vocabulary::from_metadata`]).
+    pub rstrip: Vec<usize>,
 }
+
+/// Texts that llama.cpp makes control tokens whatever type the file gives
+/// them (its "control-looking token … its type will be overridden"):
+/// ends of a turn or of a generation, and fill-in-the-middle markers.
+const CONTROL_LOOKING: &[&str] = &[
+    "</s>",
+    "<EOT>",
+    "<MID>",
+    "<PAD>",
+    "<PRE>",
+    "<REPO>",
+    "<SUF>",
+    "<end_of_turn>",
+    "<end_of_utterance>",
+    "<eos>",
+    "<fim-middle>",
+    "<fim-pad>",
+    "<fim-prefix>",
+    "<fim-repo>",
+    "<fim-suffix>",
+    "<fim_middle>",
+    "<fim_pad>",
+    "<fim_prefix>",
+    "<fim_suffix>",
+    "<reponame>",
+    "<turn|>",
+    "<|calls|>",
+    "<|call|>",
+    "<|code_middle|>",
+    "<|code_prefix|>",
+    "<|code_suffix|>",
+    "<|end_of_text|>",
+    "<|endoftext|>",
+    "<|end|>",
+    "<|eom_id|>",
+    "<|eot_id|>",
+    "<|file_sep|>",
+    "<|fim_middle|>",
+    "<|fim_pad|>",
+    "<|fim_prefix|>",
+    "<|fim_repo|>",
+    "<|fim_suffix|>",
+    "<|flush|>",
+    "<|im_end|>",
+    "<|middle|>",
+    "<|prefix|>",
+    "<|repo_name|>",
+    "<|return|>",
+    "<|suffix|>",
+    "<|tool_response>",
+    "<｜end▁of▁sentence｜>",
+    "<｜fim▁begin｜>",
+    "<｜fim▁end｜>",
+    "<｜fim▁hole｜>",
+    "[EOS]",
+    "[EOT]",
+    "[PAD]",
+    "[e~[",
+    "_<EOT>",
+    "▁<MID>",
+    "▁<PRE>",
+    "▁<SUF>",
+];
 
 /// Reads `key` with `get` if it is present.
 fn optional<'m, T>(
@@ -154,6 +221,12 @@ impl Vocabulary {
     /// a `gpt2` `pre` value without an implemented rule;
     /// [`TokenizerError::InvalidVocab`] when `token_type` or `scores` is
     /// shorter than `tokens`.
+    ///
+    /// As llama.cpp does when it loads a vocabulary, end-of-turn and
+    /// fill-in-the-middle markers (`</s>`, `<|im_end|>`, `<|fim_prefix|>`, …)
+    /// are made control tokens whatever their stored type, and Phi-3's
+    /// special tokens (recognised by `general.name`) drop the white space
+    /// after them ([`rstrip`](Self::rstrip)).
     ///
     /// # Examples
     /// ```no_run
@@ -187,6 +260,20 @@ impl Vocabulary {
                     .map(|&t| TokenType::from_gguf(t))
                     .collect(),
             };
+        // As llama.cpp: an end-of-turn or fill-in-the-middle marker is a
+        // control token (matched in text only with `parse_special`, shown
+        // only with `special`) even where the file says otherwise.
+        let token_types: Vec<TokenType> = tokens
+            .iter()
+            .zip(token_types)
+            .map(|(text, ty)| {
+                if CONTROL_LOOKING.contains(&text.as_str()) {
+                    TokenType::Control
+                } else {
+                    ty
+                }
+            })
+            .collect();
         // Where the file does not say, BOS is added as llama.cpp does:
         // always for SentencePiece, for byte-level BPE with Llama 3's rule.
         let (model, default_bos) = if model == "gpt2" {
@@ -233,10 +320,26 @@ impl Vocabulary {
         let id = |key: &str| -> TokenizerResult<Option<usize>> {
             Ok(optional(meta, key, Metadata::get_u32)?.map(|v| v as usize))
         };
+        // llama.cpp strips white space after Phi-3's special tokens (all of
+        // them, `</s>` included, but `<unk>`, `<s>` and `<|endoftext|>`),
+        // recognising the model by `general.name`.
+        let name = optional(meta, "general.name", Metadata::get_str)?
+            .unwrap_or("")
+            .to_ascii_lowercase();
+        let rstrip = if name.contains("phi-3") || name.contains("phi3") {
+            let kept = ["<unk>", "<s>", "<|endoftext|>"];
+            (0..tokens.len())
+                .filter(|&id| token_types[id].is_special() || tokens[id] == "</s>")
+                .filter(|&id| !kept.contains(&tokens[id].as_str()))
+                .collect()
+        } else {
+            Vec::new()
+        };
         Ok(Self {
             tokens,
             token_types,
             model,
+            rstrip,
             special: SpecialTokens {
                 bos: id("tokenizer.ggml.bos_token_id")?,
                 eos: id("tokenizer.ggml.eos_token_id")?,
@@ -287,6 +390,7 @@ impl Vocabulary {
             add_bos: false,
             add_eos: false,
             chat_template: None,
+            rstrip: Vec::new(),
         }
     }
 }

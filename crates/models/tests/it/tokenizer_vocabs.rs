@@ -14,8 +14,9 @@
 //! `${LASTMILE_MODELS:-${CARGO_TARGET_DIR:-<repo>/target}/lastmile-models}/llama-cpp-vocabs/`.
 //!
 //! `fixtures/tokenizer_vocabs.json`, written by
-//! `fixtures/make_vocab_fixture.py` with llama-cpp-python 0.3.36 on three
-//! of those files (Llama 2's SentencePiece, Llama 3's and Qwen2's
+//! `fixtures/make_vocab_fixture.py` with llama-cpp-python 0.3.36 on four
+//! of those files (Llama 2's and Phi-3's SentencePiece — llama.cpp drops
+//! the white space after Phi-3's special tokens —, Llama 3's and Qwen2's
 //! byte-level BPE), adds llama.cpp's own ids — with BOS where the
 //! vocabulary adds it, with and without special-token parsing — and its
 //! detokenisation for 50 varied and 200 seeded random strings, and the ids
@@ -248,4 +249,9 @@ fn llama3_bpe_matches_llama_cpp() {
 #[test]
 fn qwen2_matches_llama_cpp() {
     check_llama_cpp("qwen2");
+}
+
+#[test]
+fn phi3_matches_llama_cpp() {
+    check_llama_cpp("phi-3");
 }
