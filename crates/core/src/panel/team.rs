@@ -157,7 +157,7 @@ impl<'t> Team<'t> {
         rows: usize,
         zip: Option<Combine>,
     ) -> Result<Vec<Vec<f32>>> {
-        super::check_inputs(matrices, x, rows)?;
+        super::pool::check_inputs(matrices, x, rows)?;
         let simd = true;
         let mut prepared = Prepared::default();
         for m in matrices {

@@ -233,13 +233,8 @@ impl LlamaModel {
             matrix(&mut src, "output.weight", vocab, d)?
         };
         let embed = Tensor::from_data(TensorData::new(embed_values, [vocab, d]), device);
-        let rope = Rope::new(
-            dh,
-            config.max_context,
-            config.rope_base,
-            &config.rope_freq_factors,
-            device,
-        );
+        let factors = &config.rope_freq_factors;
+        let rope = Rope::new(dh, config.max_context, config.rope_base, factors, device);
         Ok(Self {
             config,
             storage,
