@@ -427,7 +427,7 @@ impl PanelMatrix {
 
     /// Panels `first..` of this matrix times the prepared rows, into `out`
     /// (`[panel][rows][width]`). Rows this matrix's kernel does not read in
-    /// `prepared` are left out (never: [`products`] prepares them first).
+    /// `prepared` are left out (never: [`pool::products`] prepares them first).
     fn panels(&self, first: usize, out: &mut [f32], rows: usize, prepared: &Prepared, simd: bool) {
         let inp = self.inp;
         match (&self.weights, &prepared.q8, &prepared.packed) {

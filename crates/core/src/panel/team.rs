@@ -16,7 +16,7 @@ const SPINS: u32 = 1 << 14;
 const STEAL_EVERY: u32 = 16;
 
 /// Tasks per thread a product is cut into. Two rather than the four of
-/// [`super::products`] (which hands its tasks to rayon): on a 2-vCPU AMD
+/// [`super::pool::products`] (which hands its tasks to rayon): on a 2-vCPU AMD
 /// EPYC (Zen 4) a one-token step of SmolLM2-135M took 2.7–7.0 % and an
 /// 8-token pass 2.3–3.1 % less time in each of seven runs alternating the
 /// settings (fewer tasks' set-up, prefetch warm-up and locks); one a
