@@ -3,7 +3,8 @@
 //! cargo's target directory, or `$LASTMILE_MODELS`.
 //!
 //! `scripts/fetch-smollm2.sh`, `scripts/fetch-vocabs.sh` and the examples
-//! resolve the folder the same way, so a model fetched once is found by every test and example.
+//! resolve the folder the same way, so a model fetched once is found by
+//! every test and example.
 //!
 //! ```
 //! use std::path::Path;
@@ -21,6 +22,13 @@ pub const SMOLLM2_135M_INSTRUCT: &str = "smollm2-135m-instruct/SmolLM2-135M-Inst
 /// llama.cpp's vocabulary-only GGUF files and their reference
 /// tokenisations (`ggml-vocab-<name>.gguf`, `.gguf.inp`, `.gguf.out`),
 /// relative to [`models_dir`] (fetched by `scripts/fetch-vocabs.sh`).
+///
+/// ```
+/// use std::path::Path;
+/// use lastmile_core::model_files::{LLAMA_CPP_VOCABS, models_dir};
+/// let llama2 = models_dir(Path::new("/repo")).join(LLAMA_CPP_VOCABS).join("ggml-vocab-llama-spm.gguf");
+/// assert!(llama2.ends_with("llama-cpp-vocabs/ggml-vocab-llama-spm.gguf"));
+/// ```
 pub const LLAMA_CPP_VOCABS: &str = "llama-cpp-vocabs";
 
 /// The models folder: `$LASTMILE_MODELS` when set, else `lastmile-models` in

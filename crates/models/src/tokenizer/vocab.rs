@@ -72,6 +72,26 @@ pub struct SpecialTokens {
 
 /// How a vocabulary turns text into tokens (`tokenizer.ggml.model`), with
 /// what that algorithm reads from the file.
+///
+/// ```
+/// use lastmile_models::tokenizer::{Tokenizer, TokenizerModel, Vocabulary};
+/// // A SentencePiece vocabulary: `<unk>`, the space stand-in and two letters.
+/// let tokens = ["<unk>", "\u{2581}", "a", "b", "\u{2581}a", "ab"];
+/// let mut v = Vocabulary::byte_level(&[], &[]);
+/// v.tokens = tokens.iter().map(|t| t.to_string()).collect();
+/// v.token_types = vec![lastmile_models::tokenizer::TokenType::Normal; tokens.len()];
+/// v.special.unk = Some(0);
+/// v.model = TokenizerModel::SentencePiece {
+///     scores: vec![0.0, -1.0, -2.0, -3.0, -0.5, -4.0],
+///     add_space_prefix: true,
+/// };
+/// let tok = Tokenizer::from_vocabulary(v)?;
+/// // "▁a" scores best, so it merges first; "b" stays alone.
+/// assert_eq!(tok.encode("ab", false, false), [4, 3]);
+/// assert_eq!(tok.decode(&[4, 3], false)?, "ab"); // the prefixed space is dropped
+/// assert_eq!(tok.pre_tokenizer(), None);
+/// # Ok::<(), lastmile_models::tokenizer::TokenizerError>(())
+/// ```
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub enum TokenizerModel {
