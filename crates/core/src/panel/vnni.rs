@@ -32,7 +32,7 @@ use std::arch::x86_64::{
 };
 
 use super::BLOCK;
-use super::int8::{Int8Job, LANES, PAIRS, Q8Block, Q8Rows, QUAD, QUADS};
+use super::int8::{Int8Codes, Int8Job, LANES, PAIRS, Q8Block, Q8Rows, QUAD, QUADS};
 
 /// Whether this CPU runs the kernel (AVX-512 F, BW, VL and VNNI).
 pub(crate) fn available() -> bool {
@@ -108,34 +108,8 @@ fn panels_vnni(job: Int8Job<'_>, out: &mut [f32]) {
         rows,
     } = job;
     let nb = inp / BLOCK;
-    let block_bytes = w.block_bytes();
-    let empty: &[[u16; LANES]] = &[];
     for (j, out) in out.chunks_exact_mut(rows * LANES).enumerate() {
-        let p = first + j;
-        let panel = Panel {
-            u: w.u[p * nb * block_bytes..(p + 1) * nb * block_bytes]
-                .as_chunks::<{ QUAD * LANES }>()
-                .0,
-            scale: w.scale[p * nb * LANES..(p + 1) * nb * LANES]
-                .as_chunks::<LANES>()
-                .0,
-            min: match &w.min {
-                Some(m) => {
-                    m[p * nb * LANES..(p + 1) * nb * LANES]
-                        .as_chunks::<LANES>()
-                        .0
-                }
-                None => empty,
-            },
-            high: match &w.high {
-                Some(h) => {
-                    h[p * nb * QUAD * LANES..(p + 1) * nb * QUAD * LANES]
-                        .as_chunks::<{ QUAD * LANES }>()
-                        .0
-                }
-                None => &[],
-            },
-        };
+        let panel = Panel::of(w, first + j, nb);
         for &(r0, n) in &x.blocks {
             let q = &x.q[r0 * inp / QUAD..(r0 + n) * inp / QUAD];
             let rb = r0 * nb..(r0 + n) * nb;
@@ -185,11 +159,39 @@ fn panels_vnni(job: Int8Job<'_>, out: &mut [f32]) {
 
 /// One panel: codes per byte group (two groups a load for nibbles),
 /// scales and minimums (f16 bits) and fifth bits (5-bit codes) per block.
-struct Panel<'a> {
-    u: &'a [[u8; QUAD * LANES]],
-    scale: &'a [[u16; LANES]],
-    min: &'a [[u16; LANES]],
-    high: &'a [[u8; QUAD * LANES]],
+pub(super) struct Panel<'a> {
+    pub(super) u: &'a [[u8; QUAD * LANES]],
+    pub(super) scale: &'a [[u16; LANES]],
+    /// Empty without minimums.
+    pub(super) min: &'a [[u16; LANES]],
+    /// Empty without fifth bits.
+    pub(super) high: &'a [[u8; QUAD * LANES]],
+}
+
+impl<'a> Panel<'a> {
+    /// Panel `p` of `w` (`nb` blocks a row).
+    pub(super) fn of(w: &'a Int8Codes, p: usize, nb: usize) -> Self {
+        let block_bytes = w.block_bytes();
+        let blocks = p * nb * LANES..(p + 1) * nb * LANES;
+        Panel {
+            u: w.u[p * nb * block_bytes..(p + 1) * nb * block_bytes]
+                .as_chunks::<{ QUAD * LANES }>()
+                .0,
+            scale: w.scale[blocks.clone()].as_chunks::<LANES>().0,
+            min: match &w.min {
+                Some(m) => m[blocks].as_chunks::<LANES>().0,
+                None => &[],
+            },
+            high: match &w.high {
+                Some(h) => {
+                    h[p * nb * QUAD * LANES..(p + 1) * nb * QUAD * LANES]
+                        .as_chunks::<{ QUAD * LANES }>()
+                        .0
+                }
+                None => &[],
+            },
+        }
+    }
 }
 
 /// One register block of `R` rows (layouts of [`Q8Rows`]).

@@ -14,16 +14,40 @@ fn avx2_or_skip() -> Option<crate::simd::Avx2F16c> {
 
 /// The AVX2 kernel for 8-bit activations called directly (the products
 /// take the AVX-512 one where the CPU has it): bit-identical to the
-/// portable kernel at every register block, including the blocks that
-/// come closest to its i16 sums' limit (all 4-bit codes 15 against
-/// activations of 127, all Q8_0 codes −128 against −127).
+/// portable kernel (see [`check_int8_kernel`]), including the blocks that
+/// come closest to its i16 sums' limit.
 #[test]
 fn avx2_int8_kernel_is_the_portable_one() {
     let Some(v3) = avx2_or_skip() else {
         return;
     };
-    let (out, inp) = (37, 256);
-    for ty in BLOCK_TYPES.into_iter().chain(FIVE_BIT_AND_K_TYPES) {
+    check_int8_kernel(|job, out| int8_avx2::panels(v3, job, out));
+}
+
+/// The AVX-512 VNNI kernel called directly, as [`check_int8_kernel`] (the
+/// products run it too, against the portable kernel at fewer row counts).
+#[test]
+fn vnni_int8_kernel_is_the_portable_one() {
+    if !vnni::available() {
+        eprintln!("skipped: this CPU has no AVX-512 VNNI");
+        return;
+    }
+    check_int8_kernel(vnni::panels);
+}
+
+/// `kernel` against the portable kernel, bit for bit, for every block
+/// type, at every register block size (1 to 17, 25 and 33 rows: blocks of
+/// 1 to 12 rows, alone and beside others), on ordinary blocks and on the
+/// extremes (all 4-bit codes 15 against activations of 127, all Q8_0
+/// codes −128 against −127), in rows of 8 blocks (all types) and of 9
+/// (the types without super-blocks: an odd count of blocks).
+fn check_int8_kernel(kernel: impl Fn(int8::Int8Job<'_>, &mut [f32])) {
+    let out = 37;
+    let all = BLOCK_TYPES.into_iter().chain(FIVE_BIT_AND_K_TYPES);
+    let cases = all
+        .map(|ty| (ty, 8 * BLOCK))
+        .chain(BLOCK_TYPES.map(|ty| (ty, 9 * BLOCK)));
+    for (ty, inp) in cases {
         let mut extreme = block_data(ty, out, inp);
         for block in extreme.chunks_exact_mut(ty.type_size()) {
             // The codes (and Q5's fifth bits) follow the f16 scale (and
@@ -51,7 +75,7 @@ fn avx2_int8_kernel_is_the_portable_one() {
             let Weights::Int8(w) = &m.weights else {
                 panic!("{ty}: not 8-bit codes");
             };
-            for rows in [1, 2, 3, 4, 5, 6, 7, 8, 9, 11, 12, 13, 25] {
+            for rows in (1..=17).chain([25, 33]) {
                 let signed = matches!(
                     blocks::packing(ty),
                     int8::Packing::Bytes | int8::Packing::Levels
@@ -74,9 +98,9 @@ fn avx2_int8_kernel_is_the_portable_one() {
                 };
                 let mut simd = vec![0.0; panels * rows * int8::LANES];
                 let mut portable = simd.clone();
-                int8_avx2::panels(v3, job, &mut simd);
+                kernel(job, &mut simd);
                 int8::panels(job, &mut portable);
-                assert_eq!(simd, portable, "{ty}, {rows} rows, extreme {}", sign < 0.0);
+                assert_eq!(simd, portable, "{ty}, {rows}×{inp}, extreme {}", sign < 0.0);
             }
         }
     }
@@ -100,7 +124,7 @@ fn avx512_quantisation_is_the_portable_one() {
         eprintln!("skipped: this CPU has no AVX-512 VNNI");
         return;
     }
-    check_quantiser(crate::panel::vnni::quantise);
+    check_quantiser(vnni::quantise);
 }
 
 /// `quantise` against the portable loop: ordinary blocks at several scales
