@@ -3,6 +3,7 @@
 
 use lastmile_core::gguf::{GgufFile, Metadata, MetadataValue};
 
+use super::arch::Architecture;
 use super::error::{LlamaError, LlamaResult};
 
 /// The largest value accepted for a width, a head count or a vocabulary
@@ -172,8 +173,9 @@ impl LlamaConfig {
         Ok(())
     }
 
-    /// Reads and validates the configuration of a `llama`-architecture GGUF
-    /// file (the keys named on each field). Partial rotary embeddings
+    /// Reads and validates the configuration of a `llama`- or
+    /// `qwen2`-architecture GGUF file (the keys named on each field, under
+    /// `qwen2.` for the latter). Partial rotary embeddings
     /// (`llama.rope.dimension_count` below the head width) and RoPE scaling
     /// (`llama.rope.scaling.type` other than `none`) are rejected rather than
     /// silently mis-computed; Llama 3.1's per-pair factors
@@ -194,13 +196,8 @@ impl LlamaConfig {
     /// ```
     pub fn from_gguf(file: &GgufFile) -> LlamaResult<Self> {
         let meta = file.metadata();
-        let arch = meta.get_str("general.architecture")?;
-        if arch != "llama" {
-            return Err(LlamaError::Architecture {
-                found: arch.to_owned(),
-            });
-        }
-        let key = |k: &str| format!("llama.{k}");
+        let arch = Architecture::of(file)?;
+        let key = |k: &str| format!("{}.{k}", arch.name());
         let n_heads = get_usize(meta, &key("attention.head_count"))?;
         let n_kv_heads = match meta.get(&key("attention.head_count_kv")) {
             Some(_) => get_usize(meta, &key("attention.head_count_kv"))?,
@@ -245,7 +242,7 @@ impl LlamaConfig {
             let rope_dim = get_usize(meta, &key("rope.dimension_count"))?;
             if rope_dim != config.head_dim() {
                 return Err(config_error(
-                    "llama.rope.dimension_count",
+                    "rope.dimension_count",
                     rope_dim,
                     format!(
                         "the head width {} (partial rotary embeddings are not supported)",
@@ -258,7 +255,7 @@ impl LlamaConfig {
             && kind != "none"
         {
             return Err(config_error(
-                "llama.rope.scaling.type",
+                "rope.scaling.type",
                 kind,
                 "`none` (RoPE scaling is not supported)".to_owned(),
             ));

@@ -30,7 +30,7 @@ pub enum LlamaError {
     Core(#[from] CoreError),
 
     /// The file's `general.architecture` is not one this module implements.
-    #[error("unsupported architecture `{found}`; expected `llama`")]
+    #[error("unsupported architecture `{found}`; expected `llama` or `qwen2`")]
     Architecture {
         /// The architecture the file names.
         found: String,

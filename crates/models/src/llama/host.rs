@@ -91,12 +91,17 @@ pub(crate) fn pass(
         };
         for (block, kv) in model.blocks.iter().zip(kv).take(layers) {
             let h = vectorize(Vectorized(|| rms_norm(&x, d, &block.attn_norm, eps)))?;
-            let [mut q, mut k, v]: [Vec<f32>; 3] = each(
+            let [mut q, mut k, mut v]: [Vec<f32>; 3] = each(
                 team,
                 &[host(&block.q)?, host(&block.k)?, host(&block.v)?],
                 &h,
                 rows,
             )?;
+            for (y, m) in [(&mut q, &block.q), (&mut k, &block.k), (&mut v, &block.v)] {
+                if let Some(bias) = m.bias() {
+                    add_bias(y, bias);
+                }
+            }
             vectorize(Vectorized(|| {
                 batch.rope.apply_host(&mut q, heads.n_heads, heads.head_dim);
                 batch
@@ -150,6 +155,13 @@ fn add(x: &mut [f32], y: &[f32]) {
 /// RMSNorm (Zhang & Sennrich 2019, eq. 4) of each row of `x` (`d` wide):
 /// `x · 1/√(mean(x²) + ε) · g`, the operations of [`RmsNorm::forward`].
 #[inline(always)]
+/// `bias` added to each row of `y` (rows of `bias.len()`).
+fn add_bias(y: &mut [f32], bias: &[f32]) {
+    for row in y.chunks_exact_mut(bias.len()) {
+        add(row, bias);
+    }
+}
+
 fn rms_norm(x: &[f32], d: usize, norm: &RmsNorm, eps: f32) -> LlamaResult<Vec<f32>> {
     let gain = match norm.host_gain.get() {
         Some(g) => g,

@@ -1,5 +1,5 @@
 //! A Llama-family decoder (the `llama` architecture of llama.cpp, e.g.
-//! SmolLM2-135M) loaded from a GGUF checkpoint and run in burn, with a KV
+//! SmolLM2-135M, and `qwen2`, Qwen2 and Qwen2.5) loaded from a GGUF checkpoint and run in burn, with a KV
 //! cache and lastmile-core's [`LanguageModel`](lastmile_core::lm::LanguageModel)
 //! interface.
 //!
@@ -32,7 +32,13 @@
 //!   of `attn_q`/`attn_k` so that this equals Hugging Face's half-split
 //!   rotation, so GGUF weights are used as stored (details in the `rope`
 //!   source file); Llama 3.1's per-pair frequency factors
-//!   (`rope_freqs.weight`) divide the angles as in ggml.
+//!   (`rope_freqs.weight`) divide the angles as in ggml. Qwen2's files are
+//!   stored for llama.cpp's `NEOX` mode (dimension `i` with `i + d/2`):
+//!   their query and key rows are reordered on loading into adjacent pairs,
+//!   which leaves the attention unchanged (the `arch` source file).
+//! - **Biases** on the query, key and value projections where the file has
+//!   them (`blk.N.attn_{q,k,v}.bias`: Qwen2), added after the products; a
+//!   file with other biases is refused.
 //! - **Grouped-query attention** (Ainslie et al. 2023): query head `j`
 //!   reads key/value head `j / (n_heads / n_kv_heads)`, scores scaled by
 //!   `1/√d_head`, causal mask; the cache ([`LlamaCache`]) keeps the
@@ -120,6 +126,7 @@
 //! # Ok::<(), lastmile_models::llama::LlamaError>(())
 //! ```
 
+mod arch;
 mod block;
 mod cache;
 mod config;
@@ -133,6 +140,7 @@ mod host;
 mod host_attention;
 mod layer_input;
 mod lm;
+mod load;
 mod model;
 mod module;
 mod norm;

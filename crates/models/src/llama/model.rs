@@ -9,14 +9,15 @@ use lastmile_core::CoreError;
 use lastmile_core::convert::tensor_to_vec;
 use lastmile_core::gguf::GgufFile;
 use lastmile_core::lm::LmError;
+use rand::SeedableRng;
 use rand::rngs::StdRng;
-use rand::{RngExt, SeedableRng};
 
 use super::block::{Block, BlockWeights, Heads, causal_mask};
 use super::cache::{KvPrecision, LlamaCache, write};
 use super::config::LlamaConfig;
 use super::error::{LlamaError, LlamaResult};
 use super::layer_input::LayerInput;
+use super::load::Source;
 use super::norm::RmsNorm;
 use super::rope::Rope;
 use super::storage::{Matrix, WeightStorage};
@@ -43,53 +44,6 @@ pub struct LlamaModel {
     pub(super) device: Device,
     /// How [`LlamaModel::new_cache`]'s caches keep keys and values.
     pub(super) kv: KvPrecision,
-}
-
-/// Where a weight comes from: the GGUF file or a seeded generator.
-enum Source<'a> {
-    Gguf(&'a GgufFile),
-    Random(Box<StdRng>),
-}
-
-impl Source<'_> {
-    /// The values of `name`, row-major for `shape` (outermost first).
-    fn values(&mut self, name: &str, shape: &[usize], fill: Fill) -> LlamaResult<Vec<f32>> {
-        match self {
-            Source::Gguf(file) => {
-                check_shape(file, name, shape)?;
-                Ok(file.dequantize(name)?)
-            }
-            Source::Random(rng) => {
-                let n: usize = shape.iter().product();
-                Ok(match fill {
-                    Fill::Ones => vec![1.0; n],
-                    Fill::Uniform(a) => (0..n).map(|_| rng.random_range(-a..a)).collect(),
-                })
-            }
-        }
-    }
-}
-
-/// Checks that GGUF tensor `name` has `shape` (outermost first).
-fn check_shape(file: &GgufFile, name: &str, shape: &[usize]) -> LlamaResult<()> {
-    let found = file.tensor_info(name)?.shape();
-    // ggml drops trailing ne of 1; compare without leading ones.
-    let trim = |s: &[usize]| -> Vec<usize> { s.iter().copied().skip_while(|d| *d == 1).collect() };
-    if trim(&found) != trim(shape) {
-        return Err(LlamaError::TensorShape {
-            name: name.to_owned(),
-            expected: shape.to_vec(),
-            found,
-        });
-    }
-    Ok(())
-}
-
-/// How a randomly initialised weight is filled.
-#[derive(Clone, Copy)]
-enum Fill {
-    Ones,
-    Uniform(f32),
 }
 
 impl LlamaConfig {
@@ -128,7 +82,7 @@ impl LlamaConfig {
 }
 
 impl LlamaModel {
-    /// Loads a `llama`-architecture GGUF checkpoint onto `device`: the
+    /// Loads a `llama`- or `qwen2`-architecture GGUF checkpoint onto `device`: the
     /// configuration ([`LlamaConfig::from_gguf`]), then every weight,
     /// dequantised to `f32` on the host and stored as `storage`. A file
     /// without `output.weight` ties the output projection to
@@ -169,84 +123,6 @@ impl LlamaModel {
         device: &Device,
     ) -> LlamaResult<Self> {
         Self::from_gguf(&GgufFile::open(path)?, storage, device)
-    }
-
-    fn build(
-        config: LlamaConfig,
-        mut src: Source<'_>,
-        storage: WeightStorage,
-        device: &Device,
-    ) -> LlamaResult<Self> {
-        config.check()?;
-        storage.check_device(device)?;
-        let d = config.d_model;
-        let dh = config.head_dim();
-        let kv = config.n_kv_heads * dh;
-        let (vocab, ff) = (config.vocab_size, config.d_ff);
-        let eps = config.rms_eps;
-        let matrix = |src: &mut Source<'_>, name: &str, out: usize, inp: usize| {
-            if let (true, Source::Gguf(file)) = (storage.is_host(), &*src) {
-                // The file's blocks as they are (no dequantised copy).
-                check_shape(file, name, &[out, inp])?;
-                let ggml_type = file.tensor_info(name)?.ggml_type();
-                let data = file.tensor_data(name)?;
-                return Matrix::from_gguf_blocks(ggml_type, &data, out, inp, storage);
-            }
-            let fill = Fill::Uniform(1.0 / (inp as f32).sqrt());
-            let values = src.values(name, &[out, inp], fill)?;
-            Matrix::from_out_in(&values, out, inp, storage, device)
-        };
-        let norm = |src: &mut Source<'_>, name: &str| {
-            let gain = src.values(name, &[d], Fill::Ones)?;
-            Ok::<_, LlamaError>(RmsNorm::new(
-                Tensor::from_data(TensorData::new(gain, [d]), device),
-                eps,
-            ))
-        };
-        let embed_values = src.values("token_embd.weight", &[vocab, d], Fill::Uniform(1.0))?;
-        let mut blocks = Vec::with_capacity(config.n_layers);
-        for l in 0..config.n_layers {
-            let name = |part: &str| format!("blk.{l}.{part}.weight");
-            blocks.push(Block {
-                attn_norm: norm(&mut src, &name("attn_norm"))?,
-                q: matrix(&mut src, &name("attn_q"), d, d)?,
-                k: matrix(&mut src, &name("attn_k"), kv, d)?,
-                v: matrix(&mut src, &name("attn_v"), kv, d)?,
-                o: matrix(&mut src, &name("attn_output"), d, d)?,
-                ffn_norm: norm(&mut src, &name("ffn_norm"))?,
-                gate: matrix(&mut src, &name("ffn_gate"), ff, d)?,
-                up: matrix(&mut src, &name("ffn_up"), ff, d)?,
-                down: matrix(&mut src, &name("ffn_down"), d, ff)?,
-            });
-        }
-        let final_norm = norm(&mut src, "output_norm.weight")?;
-        let head = if config.tied_embeddings {
-            match (storage.is_host(), &src) {
-                (true, Source::Gguf(file)) => {
-                    let ggml_type = file.tensor_info("token_embd.weight")?.ggml_type();
-                    let data = file.tensor_data("token_embd.weight")?;
-                    Matrix::from_gguf_blocks(ggml_type, &data, vocab, d, storage)?
-                }
-                _ => Matrix::from_out_in(&embed_values, vocab, d, storage, device)?,
-            }
-        } else {
-            matrix(&mut src, "output.weight", vocab, d)?
-        };
-        let embed = Tensor::from_data(TensorData::new(embed_values, [vocab, d]), device);
-        let factors = &config.rope_freq_factors;
-        let rope = Rope::new(dh, config.max_context, config.rope_base, factors, device);
-        Ok(Self {
-            config,
-            storage,
-            embed,
-            blocks,
-            norm: final_norm,
-            head,
-            head_tokens: None,
-            rope,
-            device: device.clone(),
-            kv: KvPrecision::F32,
-        })
     }
 
     /// The tokens of the output head's rows when the head covers part of

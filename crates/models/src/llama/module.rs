@@ -136,7 +136,12 @@ impl LlamaModule {
         let onto = |t: Tensor<2>| Tensor::<2>::from_data(t.into_data(), device);
         let linear = |m: &Matrix| Linear {
             weight: Param::from_tensor(onto(m.to_in_out(device))),
-            bias: None,
+            bias: m.bias().map(|b| {
+                Param::from_tensor(Tensor::<1>::from_data(
+                    TensorData::new(b.to_vec(), [b.len()]),
+                    device,
+                ))
+            }),
         };
         let gain =
             |n: &RmsNorm| Param::from_tensor(Tensor::<1>::from_data(n.gain().into_data(), device));
@@ -188,7 +193,11 @@ impl LlamaModule {
         // Linear holds [in, out]; the inference model takes [out, in].
         let matrix = |l: &Linear| -> LlamaResult<Matrix> {
             let (w_oi, [out, inp]) = host(l.weight.val().inner().transpose())?;
-            Matrix::from_out_in(&w_oi, out, inp, storage, device)
+            let m = Matrix::from_out_in(&w_oi, out, inp, storage, device)?;
+            match &l.bias {
+                Some(b) => m.with_bias(tensor_to_vec(b.val().inner())?, device),
+                None => Ok(m),
+            }
         };
         let onto1 =
             |p: &Param<Tensor<1>>| Tensor::<1>::from_data(p.val().inner().into_data(), device);

@@ -244,6 +244,17 @@ pub(crate) struct Matrix {
     out: usize,
     inp: usize,
     storage: WeightStorage,
+    /// Added to every row of the product (Qwen2's query, key and value
+    /// projections have one).
+    bias: Option<Bias>,
+}
+
+/// A projection's bias: the values (for the host pass) and a tensor (for
+/// products on the device).
+#[derive(Debug, Clone)]
+struct Bias {
+    values: Arc<[f32]>,
+    tensor: Tensor<1>,
 }
 
 #[derive(Debug, Clone)]
@@ -322,6 +333,7 @@ impl Matrix {
             out,
             inp,
             storage,
+            bias: None,
         })
     }
 
@@ -351,7 +363,34 @@ impl Matrix {
             inp: m.inp(),
             layout: Layout::Host(Arc::new(m)),
             storage,
+            bias: None,
         }
+    }
+
+    /// This matrix with `bias` (`out` values) added to each row of its
+    /// products; its tensor on `device`.
+    ///
+    /// # Errors
+    /// [`LlamaError::Core`] when `bias` is not `out` long.
+    pub(crate) fn with_bias(mut self, bias: Vec<f32>, device: &Device) -> LlamaResult<Self> {
+        if bias.len() != self.out {
+            return Err(LlamaError::Core(lastmile_core::CoreError::ShapeMismatch {
+                what: "projection bias".to_owned(),
+                expected: format!("{} values (one per output)", self.out),
+                found: vec![bias.len()],
+            }));
+        }
+        let tensor = Tensor::from_data(TensorData::new(bias.clone(), [self.out]), device);
+        self.bias = Some(Bias {
+            values: bias.into(),
+            tensor,
+        });
+        Ok(self)
+    }
+
+    /// The bias added to each row of the products, if any.
+    pub(crate) fn bias(&self) -> Option<&[f32]> {
+        self.bias.as_ref().map(|b| &*b.values)
     }
 
     /// `x Wᵀ` for `x` of shape `[b, n, in]`; returns `[b, n, out]`.
@@ -363,7 +402,7 @@ impl Matrix {
         let [b, n, inp] = x.dims();
         let half = matches!(self.storage, WeightStorage::F16 | WeightStorage::Bf16);
         let y = match &self.layout {
-            Layout::Host(m) => return host_product(m, x),
+            Layout::Host(m) => host_product(m, x)?,
             Layout::Plain(w_t) => cast_to(x, self.storage)
                 .reshape([b * n, inp])
                 .matmul(w_t.clone())
@@ -374,7 +413,11 @@ impl Matrix {
                 .swap_dims(0, 1)
                 .reshape([b, n, self.out]),
         };
-        Ok(if half { y.cast(DType::F32) } else { y })
+        let y = if half { y.cast(DType::F32) } else { y };
+        Ok(match &self.bias {
+            Some(bias) => y + bias.tensor.clone().reshape([1, 1, self.out]),
+            None => y,
+        })
     }
 
     /// `Wᵀ` as `f32`, `[in, out]`: the layout of burn's `Linear` weight,

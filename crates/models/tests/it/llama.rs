@@ -84,6 +84,8 @@ fn write_gguf(meta: &[(&str, Value)], tensors: &[(String, Vec<usize>, Vec<f32>)]
             out.extend(v.to_le_bytes());
         }
     }
+    // The data section ends padded, as gguf-py and llama.cpp write it.
+    out.resize(start + offset as usize, 0);
     out
 }
 
@@ -515,7 +517,7 @@ backend_test!(bad_files_are_typed_errors, |device| {
             device
         ),
         Err(LlamaError::Config {
-            field: "llama.rope.dimension_count",
+            field: "rope.dimension_count",
             ..
         })
     ));
@@ -530,7 +532,7 @@ backend_test!(bad_files_are_typed_errors, |device| {
             device
         ),
         Err(LlamaError::Config {
-            field: "llama.rope.scaling.type",
+            field: "rope.scaling.type",
             ..
         })
     ));
@@ -575,4 +577,27 @@ backend_test!(bad_files_are_typed_errors, |device| {
     .unwrap();
     let config = LlamaConfig::from_gguf(&file).unwrap();
     assert_eq!((config.n_kv_heads, config.rope_base), (4, 10_000.0));
+    // Biases: Qwen2's query/key/value ones must fit their projection; any
+    // other is refused rather than left out.
+    let d = c.d_model;
+    for (name, len, want) in [
+        ("blk.0.attn_q.bias", d + 1, "shape"),
+        ("blk.1.attn_output.bias", d, "refused"),
+        ("output.bias", c.vocab_size, "refused"),
+    ] {
+        let mut t = tensors(&ck);
+        t.push((name.to_owned(), vec![len], vec![0.0; len]));
+        let file = GgufFile::from_vec(write_gguf(&base_meta(&c), &t)).unwrap();
+        let got = LlamaModel::from_gguf(&file, WeightStorage::F32, device);
+        match want {
+            "shape" => assert!(
+                matches!(&got, Err(LlamaError::TensorShape { name: n, .. }) if n == name),
+                "{name}: {got:?}"
+            ),
+            _ => assert!(
+                matches!(&got, Err(LlamaError::Config { field: "tensor", value, .. }) if value == name),
+                "{name}: {got:?}"
+            ),
+        }
+    }
 });

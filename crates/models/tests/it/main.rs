@@ -17,6 +17,7 @@ mod llama_speed;
 mod lm;
 mod models;
 mod moe;
+mod qwen2;
 mod tokenizer_gguf;
 mod tokenizer_llama_cpp;
 mod tokenizer_vocabs;

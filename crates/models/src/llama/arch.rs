@@ -1,0 +1,124 @@
+//! The GGUF architectures read as a Llama-family model, and what each
+//! changes in how the file's tensors are laid out in the model.
+//!
+//! Qwen2 (llama.cpp's `qwen2`) is Llama's graph with two differences
+//! (llama.cpp's `src/models/qwen2.cpp`): biases on the query, key and value
+//! projections, and NEOX rotary positions, which turn a head's dimension
+//! `i` with `i + d/2` where Llama's turn `2i` with `2i + 1`, both at
+//! frequency `θ^(−2i/d)`. Rather than a second rotation, the query and key
+//! rows (and their biases) of each head are reordered on loading so that
+//! NEOX's pairs sit side by side ([`neox_as_pairs`]): the rotation is then
+//! Llama's, and since queries and keys are reordered alike their dot
+//! products, and so the attention, are unchanged.
+
+use lastmile_core::gguf::GgufFile;
+
+use super::error::{LlamaError, LlamaResult};
+
+/// The GGUF architectures read as a Llama-family model (llama.cpp's names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Architecture {
+    /// `llama`: Llama 1–3, SmolLM, TinyLlama, Mistral 7B v0.1, …
+    Llama,
+    /// `qwen2`: Qwen2 and Qwen2.5 — Llama's graph with biases on the query,
+    /// key and value projections, and NEOX rotary positions (a head's
+    /// dimension `i` turns with `i + d/2`, not `2i` with `2i + 1`).
+    Qwen2,
+}
+
+impl Architecture {
+    /// The file's `general.architecture`.
+    ///
+    /// # Errors
+    /// [`LlamaError::Architecture`] for another; [`LlamaError::Gguf`] when
+    /// the key is missing or not a string.
+    pub(crate) fn of(file: &GgufFile) -> LlamaResult<Self> {
+        match file.metadata().get_str("general.architecture")? {
+            "llama" => Ok(Self::Llama),
+            "qwen2" => Ok(Self::Qwen2),
+            other => Err(LlamaError::Architecture {
+                found: other.to_owned(),
+            }),
+        }
+    }
+
+    /// The prefix of the architecture's metadata keys.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Self::Llama => "llama",
+            Self::Qwen2 => "qwen2",
+        }
+    }
+}
+
+/// The row order that puts each head's NEOX pairs side by side: row
+/// `h·d + 2i` of the result is row `h·d + i` of the file, row `h·d + 2i + 1`
+/// its row `h·d + i + d/2` (`heads` heads of `d` rows, `d` even).
+///
+/// ```text
+/// d = 4: [0, 2, 1, 3]   (pairs (0, 2) and (1, 3) of NEOX become (0, 1), (2, 3))
+/// ```
+pub(crate) fn neox_as_pairs(heads: usize, d: usize) -> Vec<usize> {
+    let half = d / 2;
+    (0..heads * d)
+        .map(|r| {
+            let (h, j) = (r / d, r % d);
+            h * d + j / 2 + (j % 2) * half
+        })
+        .collect()
+}
+
+/// Rows `order[r]` of `data` (rows of `row` elements) as rows `r`.
+pub(crate) fn reorder<T: Copy>(data: &[T], row: usize, order: &[usize]) -> Vec<T> {
+    order
+        .iter()
+        .flat_map(|&r| &data[r * row..(r + 1) * row])
+        .copied()
+        .collect()
+}
+
+/// The biases llama.cpp's `llama` and `qwen2` graphs may add beyond the
+/// query, key and value ones: a file with any of them is refused rather
+/// than run without it.
+///
+/// # Errors
+/// [`LlamaError::Config`] naming the first such tensor found.
+pub(crate) fn refuse_other_biases(file: &GgufFile, layers: usize) -> LlamaResult<()> {
+    let parts = ["attn_output", "ffn_gate", "ffn_up", "ffn_down"];
+    let names = (0..layers)
+        .flat_map(|l| parts.map(|p| format!("blk.{l}.{p}.bias")))
+        .chain(["output.bias".to_owned()]);
+    for name in names {
+        if file.tensor_info(&name).is_ok() {
+            return Err(LlamaError::Config {
+                field: "tensor",
+                value: name,
+                expected: "no bias other than the query, key and value projections' \
+                           (not supported)"
+                    .to_owned(),
+            });
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn neox_pairs_become_adjacent() {
+        assert_eq!(neox_as_pairs(1, 4), [0, 2, 1, 3]);
+        assert_eq!(neox_as_pairs(2, 6), [0, 3, 1, 4, 2, 5, 6, 9, 7, 10, 8, 11]);
+        // A permutation: every row once.
+        let mut order = neox_as_pairs(3, 12);
+        order.sort_unstable();
+        assert_eq!(order, (0..36).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn reorder_moves_whole_rows() {
+        let data = [0, 1, 10, 11, 20, 21];
+        assert_eq!(reorder(&data, 2, &[2, 0, 1]), [20, 21, 0, 1, 10, 11]);
+    }
+}

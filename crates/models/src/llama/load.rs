@@ -1,0 +1,185 @@
+//! Building a [`LlamaModel`]'s weights from a GGUF file (as the file's
+//! architecture lays them out, see the `arch` source file) or at random.
+
+use burn::tensor::{Device, Tensor, TensorData};
+use lastmile_core::gguf::GgufFile;
+use rand::RngExt;
+use rand::rngs::StdRng;
+
+use super::arch::{Architecture, neox_as_pairs, refuse_other_biases, reorder};
+use super::block::Block;
+use super::cache::KvPrecision;
+use super::config::LlamaConfig;
+use super::error::{LlamaError, LlamaResult};
+use super::model::LlamaModel;
+use super::norm::RmsNorm;
+use super::rope::Rope;
+use super::storage::{Matrix, WeightStorage};
+
+/// Where a weight comes from: the GGUF file or a seeded generator.
+pub(super) enum Source<'a> {
+    Gguf(&'a GgufFile),
+    Random(Box<StdRng>),
+}
+
+impl Source<'_> {
+    /// The values of `name`, row-major for `shape` (outermost first).
+    fn values(&mut self, name: &str, shape: &[usize], fill: Fill) -> LlamaResult<Vec<f32>> {
+        match self {
+            Source::Gguf(file) => {
+                check_shape(file, name, shape)?;
+                Ok(file.dequantize(name)?)
+            }
+            Source::Random(rng) => {
+                let n: usize = shape.iter().product();
+                Ok(match fill {
+                    Fill::Ones => vec![1.0; n],
+                    Fill::Uniform(a) => (0..n).map(|_| rng.random_range(-a..a)).collect(),
+                })
+            }
+        }
+    }
+}
+
+/// Checks that GGUF tensor `name` has `shape` (outermost first).
+fn check_shape(file: &GgufFile, name: &str, shape: &[usize]) -> LlamaResult<()> {
+    let found = file.tensor_info(name)?.shape();
+    // ggml drops trailing ne of 1; compare without leading ones.
+    let trim = |s: &[usize]| -> Vec<usize> { s.iter().copied().skip_while(|d| *d == 1).collect() };
+    if trim(&found) != trim(shape) {
+        return Err(LlamaError::TensorShape {
+            name: name.to_owned(),
+            expected: shape.to_vec(),
+            found,
+        });
+    }
+    Ok(())
+}
+
+/// How a randomly initialised weight is filled.
+#[derive(Clone, Copy)]
+pub(super) enum Fill {
+    Ones,
+    Uniform(f32),
+}
+
+impl LlamaModel {
+    pub(super) fn build(
+        config: LlamaConfig,
+        mut src: Source<'_>,
+        storage: WeightStorage,
+        device: &Device,
+    ) -> LlamaResult<Self> {
+        config.check()?;
+        storage.check_device(device)?;
+        let d = config.d_model;
+        let dh = config.head_dim();
+        let kv = config.n_kv_heads * dh;
+        let (vocab, ff) = (config.vocab_size, config.d_ff);
+        let eps = config.rms_eps;
+        // Rows `order[r]` of a matrix become its rows `r` (see `neox_as_pairs`).
+        let matrix =
+            |src: &mut Source<'_>, name: &str, out: usize, inp: usize, order: Option<&[usize]>| {
+                if let (true, Source::Gguf(file)) = (storage.is_host(), &*src) {
+                    // The file's blocks as they are (no dequantised copy).
+                    check_shape(file, name, &[out, inp])?;
+                    let ggml_type = file.tensor_info(name)?.ggml_type();
+                    let data = file.tensor_data(name)?;
+                    let data = match order {
+                        Some(order) => reorder(&data, data.len() / out, order),
+                        None => data.to_vec(),
+                    };
+                    return Matrix::from_gguf_blocks(ggml_type, &data, out, inp, storage);
+                }
+                let fill = Fill::Uniform(1.0 / (inp as f32).sqrt());
+                let values = src.values(name, &[out, inp], fill)?;
+                let values = match order {
+                    Some(order) => reorder(&values, inp, order),
+                    None => values,
+                };
+                Matrix::from_out_in(&values, out, inp, storage, device)
+            };
+        // A projection's bias, where the file has one (reordered as its rows).
+        let biased = |src: &Source<'_>, m: Matrix, name: &str, order: Option<&[usize]>| {
+            let Source::Gguf(file) = src else {
+                return Ok(m);
+            };
+            if file.tensor_info(name).is_err() {
+                return Ok(m);
+            }
+            check_shape(file, name, &[m.shape().0])?;
+            let values = file.dequantize(name)?;
+            let values = match order {
+                Some(order) => reorder(&values, 1, order),
+                None => values,
+            };
+            m.with_bias(values, device)
+        };
+        let (q_order, k_order) = match &src {
+            Source::Gguf(file) if Architecture::of(file)? == Architecture::Qwen2 => (
+                Some(neox_as_pairs(config.n_heads, dh)),
+                Some(neox_as_pairs(config.n_kv_heads, dh)),
+            ),
+            _ => (None, None),
+        };
+        if let Source::Gguf(file) = &src {
+            refuse_other_biases(file, config.n_layers)?;
+        }
+        let norm = |src: &mut Source<'_>, name: &str| {
+            let gain = src.values(name, &[d], Fill::Ones)?;
+            Ok::<_, LlamaError>(RmsNorm::new(
+                Tensor::from_data(TensorData::new(gain, [d]), device),
+                eps,
+            ))
+        };
+        let embed_values = src.values("token_embd.weight", &[vocab, d], Fill::Uniform(1.0))?;
+        let mut blocks = Vec::with_capacity(config.n_layers);
+        for l in 0..config.n_layers {
+            let name = |part: &str| format!("blk.{l}.{part}.weight");
+            let bias = |part: &str| format!("blk.{l}.{part}.bias");
+            let (qo, ko) = (q_order.as_deref(), k_order.as_deref());
+            let q = matrix(&mut src, &name("attn_q"), d, d, qo)?;
+            let k = matrix(&mut src, &name("attn_k"), kv, d, ko)?;
+            let v = matrix(&mut src, &name("attn_v"), kv, d, None)?;
+            blocks.push(Block {
+                attn_norm: norm(&mut src, &name("attn_norm"))?,
+                q: biased(&src, q, &bias("attn_q"), qo)?,
+                k: biased(&src, k, &bias("attn_k"), ko)?,
+                v: biased(&src, v, &bias("attn_v"), None)?,
+                o: matrix(&mut src, &name("attn_output"), d, d, None)?,
+                ffn_norm: norm(&mut src, &name("ffn_norm"))?,
+                gate: matrix(&mut src, &name("ffn_gate"), ff, d, None)?,
+                up: matrix(&mut src, &name("ffn_up"), ff, d, None)?,
+                down: matrix(&mut src, &name("ffn_down"), d, ff, None)?,
+            });
+        }
+        let final_norm = norm(&mut src, "output_norm.weight")?;
+        let head = if config.tied_embeddings {
+            match (storage.is_host(), &src) {
+                (true, Source::Gguf(file)) => {
+                    let ggml_type = file.tensor_info("token_embd.weight")?.ggml_type();
+                    let data = file.tensor_data("token_embd.weight")?;
+                    Matrix::from_gguf_blocks(ggml_type, &data, vocab, d, storage)?
+                }
+                _ => Matrix::from_out_in(&embed_values, vocab, d, storage, device)?,
+            }
+        } else {
+            matrix(&mut src, "output.weight", vocab, d, None)?
+        };
+        let embed = Tensor::from_data(TensorData::new(embed_values, [vocab, d]), device);
+        let factors = &config.rope_freq_factors;
+        let rope = Rope::new(dh, config.max_context, config.rope_base, factors, device);
+        Ok(Self {
+            config,
+            storage,
+            embed,
+            blocks,
+            norm: final_norm,
+            head,
+            head_tokens: None,
+            rope,
+            device: device.clone(),
+            kv: KvPrecision::F32,
+        })
+    }
+}
