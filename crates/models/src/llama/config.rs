@@ -50,6 +50,10 @@ pub struct LlamaConfig {
     /// factors): pair `i` turns by `p · θ^(−2i/d) / f_i`. Empty when the
     /// file has none (every `f_i = 1`); else one per pair of a head.
     pub rope_freq_factors: Vec<f32>,
+    /// Linear RoPE scaling: every angle is multiplied by this (ggml's
+    /// `freq_scale`), `1 / rope.scaling.factor` for a file stored with
+    /// linear scaling (DeepSeek Coder, long-context fine-tunes), else 1.
+    pub rope_freq_scale: f32,
     /// RMSNorm ε (`llama.attention.layer_norm_rms_epsilon`).
     pub rms_eps: f32,
     /// Longest sequence the model attends over (`llama.context_length`).
@@ -71,6 +75,7 @@ impl LlamaConfig {
             d_ff: 48,
             rope_base: 10_000.0,
             rope_freq_factors: Vec::new(),
+            rope_freq_scale: 1.0,
             rms_eps: 1e-5,
             max_context: 64,
             tied_embeddings: true,
@@ -108,7 +113,8 @@ impl LlamaConfig {
     /// [`LlamaError::Config`] when a count is zero or above [`MAX_DIM`] /
     /// [`MAX_LAYERS`], `d_model` is not a multiple of `n_heads`, `n_heads`
     /// not a multiple of `n_kv_heads`, the head width is odd (RoPE rotates
-    /// pairs), `rope_base` / `rms_eps` is not finite and positive, or
+    /// pairs), `rope_base` / `rms_eps` / `rope_freq_scale` is not finite
+    /// and positive, or
     /// `rope_freq_factors` is neither empty nor one finite positive factor
     /// per pair of a head.
     pub fn check(&self) -> LlamaResult<()> {
@@ -151,7 +157,11 @@ impl LlamaConfig {
                 "an even head width (RoPE rotates pairs)".to_owned(),
             ));
         }
-        for (field, value) in [("rope_base", self.rope_base), ("rms_eps", self.rms_eps)] {
+        for (field, value) in [
+            ("rope_base", self.rope_base),
+            ("rms_eps", self.rms_eps),
+            ("rope_freq_scale", self.rope_freq_scale),
+        ] {
             if !(value.is_finite() && value > 0.0) {
                 return Err(config_error(field, value, "a finite value > 0".to_owned()));
             }
@@ -177,9 +187,10 @@ impl LlamaConfig {
     /// `qwen2`-architecture GGUF file (the keys named on each field, under
     /// `qwen2.` for the latter). Partial rotary embeddings
     /// (`llama.rope.dimension_count` below the head width) and RoPE scaling
-    /// (`llama.rope.scaling.type` other than `none`) are rejected rather than
-    /// silently mis-computed; Llama 3.1's per-pair factors
-    /// (`rope_freqs.weight`) are read into `rope_freq_factors`.
+    /// other than linear (`llama.rope.scaling.type` `yarn` or `longrope`)
+    /// are rejected rather than silently mis-computed; Llama 3.1's per-pair
+    /// factors (`rope_freqs.weight`) are read into `rope_freq_factors`, a
+    /// linear scaling into `rope_freq_scale`.
     ///
     /// # Errors
     /// [`LlamaError::Architecture`] for another architecture;
@@ -220,6 +231,7 @@ impl LlamaConfig {
             d_ff: get_usize(meta, &key("feed_forward_length"))?,
             rope_base,
             rope_freq_factors: Vec::new(),
+            rope_freq_scale: rope_freq_scale(meta, &key)?,
             rms_eps: get_f32(meta, &key("attention.layer_norm_rms_epsilon"))?,
             max_context: get_usize(meta, &key("context_length"))?,
             tied_embeddings: file.tensor_info("output.weight").is_err(),
@@ -251,16 +263,38 @@ impl LlamaConfig {
                 ));
             }
         }
-        if let Some(MetadataValue::String(kind)) = meta.get(&key("rope.scaling.type"))
-            && kind != "none"
-        {
-            return Err(config_error(
-                "rope.scaling.type",
-                kind,
-                "`none` (RoPE scaling is not supported)".to_owned(),
-            ));
-        }
         Ok(config)
+    }
+}
+
+/// The linear RoPE scale of a file, as llama.cpp reads it: `1 / factor`
+/// from `rope.scaling.factor` (or the older `rope.scale_linear`; 1 when
+/// absent or 0) when `rope.scaling.type` is `linear` or absent (llama.cpp's
+/// default), 1 for `none`.
+///
+/// # Errors
+/// [`LlamaError::Config`] for another scaling type (YaRN, LongRoPE: not
+/// supported); [`LlamaError::Gguf`] for a value of the wrong type.
+fn rope_freq_scale(meta: &Metadata, key: &impl Fn(&str) -> String) -> LlamaResult<f32> {
+    let kind = match meta.get(&key("rope.scaling.type")) {
+        Some(_) => meta.get_str(&key("rope.scaling.type"))?,
+        None => "linear",
+    };
+    match kind {
+        "none" => Ok(1.0),
+        "linear" => {
+            let factor = ["rope.scaling.factor", "rope.scale_linear"]
+                .into_iter()
+                .map(key)
+                .find(|k| meta.get(k).is_some())
+                .map_or(Ok(0.0), |k| get_f32(meta, &k))?;
+            Ok(if factor == 0.0 { 1.0 } else { 1.0 / factor })
+        }
+        other => Err(config_error(
+            "rope.scaling.type",
+            other,
+            "`none` or `linear` (YaRN and LongRoPE scaling are not supported)".to_owned(),
+        )),
     }
 }
 

@@ -168,7 +168,8 @@ impl LlamaModel {
         };
         let embed = Tensor::from_data(TensorData::new(embed_values, [vocab, d]), device);
         let factors = &config.rope_freq_factors;
-        let rope = Rope::new(dh, config.max_context, config.rope_base, factors, device);
+        let (base, scale) = (config.rope_base, config.rope_freq_scale);
+        let rope = Rope::new(dh, config.max_context, base, factors, scale, device);
         Ok(Self {
             config,
             storage,

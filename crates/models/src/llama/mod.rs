@@ -32,7 +32,10 @@
 //!   of `attn_q`/`attn_k` so that this equals Hugging Face's half-split
 //!   rotation, so GGUF weights are used as stored (details in the `rope`
 //!   source file); Llama 3.1's per-pair frequency factors
-//!   (`rope_freqs.weight`) divide the angles as in ggml. Qwen2's files are
+//!   (`rope_freqs.weight`) divide the angles as in ggml, and linear RoPE
+//!   scaling (`rope.scaling.type = linear`, DeepSeek Coder's) multiplies
+//!   them by `1 / rope.scaling.factor`; YaRN and LongRoPE are refused.
+//!   Qwen2's files are
 //!   stored for llama.cpp's `NEOX` mode (dimension `i` with `i + d/2`):
 //!   their query and key rows are reordered on loading into adjacent pairs,
 //!   which leaves the attention unchanged (the `arch` source file).

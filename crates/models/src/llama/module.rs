@@ -229,6 +229,7 @@ impl LlamaModule {
                 config.max_context,
                 config.rope_base,
                 &config.rope_freq_factors,
+                config.rope_freq_scale,
                 device,
             ),
             embed: Tensor::from_data(TensorData::new(embed, [vocab, d]), device),
@@ -399,7 +400,16 @@ impl LlamaModule {
     pub(crate) fn rope(&self, b: usize, n: usize, device: &Device) -> RopeAt {
         let pos: Vec<i64> = (0..b).flat_map(|_| 0..n as i64).collect();
         let c = &self.config;
-        Rope::new(c.head_dim(), n, c.rope_base, &c.rope_freq_factors, device).at(&pos, b, n, device)
+        let factors = &c.rope_freq_factors;
+        Rope::new(
+            c.head_dim(),
+            n,
+            c.rope_base,
+            factors,
+            c.rope_freq_scale,
+            device,
+        )
+        .at(&pos, b, n, device)
     }
 
     /// The final norm and the head over the last block's output `x`

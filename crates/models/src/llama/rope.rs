@@ -19,7 +19,9 @@
 //! multiplication, so positions far into the context match it closely.
 //! Llama 3.1 and later divide each pair's angle by a factor `f_i` (the
 //! `rope_freqs.weight` tensor; ggml's `freq_factors`): `θ_i / f_i`, also in
-//! `f32`.
+//! `f32`; linear scaling then multiplies the angle by `s = 1 / factor`
+//! (ggml's `freq_scale`, `rope_yarn` without its extrapolation part):
+//! `s · (θ_i / f_i)`.
 
 use std::sync::Arc;
 
@@ -42,7 +44,7 @@ impl Rope {
     /// Tables for heads of width `head_dim` (even) over `max_context`
     /// positions, each pair's angle divided by its factor in `factors`
     /// (empty: all 1; else one per pair, as [`LlamaConfig::check`]
-    /// ensures).
+    /// ensures), then multiplied by `freq_scale` (linear scaling; 1: none).
     ///
     /// [`LlamaConfig::check`]: super::LlamaConfig::check
     pub(crate) fn new(
@@ -50,6 +52,7 @@ impl Rope {
         max_context: usize,
         base: f32,
         factors: &[f32],
+        freq_scale: f32,
         device: &Device,
     ) -> Self {
         let half = head_dim / 2;
@@ -59,7 +62,7 @@ impl Rope {
         for p in 0..max_context {
             let mut theta = p as f32;
             for i in 0..half {
-                let angle = factors.get(i).map_or(theta, |f| theta / f);
+                let angle = freq_scale * factors.get(i).map_or(theta, |f| theta / f);
                 cos.push(angle.cos());
                 sin.push(angle.sin());
                 theta *= scale;

@@ -334,6 +334,7 @@ fn small_config(tied: bool) -> LlamaConfig {
         d_ff: 40,
         rope_base: 100.0, // small base: even short sequences turn the slow pairs
         rope_freq_factors: Vec::new(),
+        rope_freq_scale: 1.0,
         rms_eps: 1e-5,
         max_context: 64,
         tied_embeddings: tied,
@@ -526,7 +527,7 @@ backend_test!(bad_files_are_typed_errors, |device| {
             with(
                 &c,
                 "llama.rope.scaling.type",
-                Some(Value::Str("linear".into()))
+                Some(Value::Str("yarn".into()))
             ),
             &ck,
             device
@@ -601,3 +602,41 @@ backend_test!(bad_files_are_typed_errors, |device| {
         }
     }
 });
+
+/// Linear RoPE scaling as llama.cpp reads it: `1 / rope.scaling.factor`
+/// (or the older `rope.scale_linear`) when the type is `linear` or absent
+/// (llama.cpp's default), 1 for `none` whatever the factor.
+#[test]
+fn linear_rope_scaling_is_read_as_llama_cpp_reads_it() {
+    let c = small_config(true);
+    let ck = checkpoint(&c, 2);
+    let scale = |extra: Vec<(&'static str, Value)>| {
+        let mut meta = base_meta(&c);
+        meta.extend(extra);
+        let file = GgufFile::from_vec(write_gguf(&meta, &tensors(&ck))).unwrap();
+        LlamaConfig::from_gguf(&file).unwrap().rope_freq_scale
+    };
+    let linear = || ("llama.rope.scaling.type", Value::Str("linear".into()));
+    let none = ("llama.rope.scaling.type", Value::Str("none".into()));
+    assert_eq!(scale(vec![]), 1.0);
+    assert_eq!(scale(vec![linear()]), 1.0);
+    assert_eq!(
+        scale(vec![("llama.rope.scaling.factor", Value::F32(4.0))]),
+        0.25
+    );
+    assert_eq!(
+        scale(vec![
+            linear(),
+            ("llama.rope.scaling.factor", Value::F32(2.0))
+        ]),
+        0.5
+    );
+    assert_eq!(
+        scale(vec![("llama.rope.scale_linear", Value::F32(8.0))]),
+        0.125
+    );
+    assert_eq!(
+        scale(vec![none, ("llama.rope.scaling.factor", Value::F32(4.0))]),
+        1.0
+    );
+}

@@ -1,6 +1,6 @@
-//! Llama 3.1's per-pair RoPE frequency factors (`rope_freqs.weight`)
-//! against llama.cpp, on a tiny random model written by the `gguf`
-//! package.
+//! Llama 3.1's per-pair RoPE frequency factors (`rope_freqs.weight`) and
+//! linear RoPE scaling against llama.cpp, on tiny random models written by
+//! the `gguf` package.
 //!
 //! `fixtures/tiny_llama3_rope.gguf` (113 kB: 2 blocks, width 32, 4 query /
 //! 2 key-value heads, factors `[1, 2, 8, 32]`, F32) and
@@ -10,6 +10,10 @@
 //! llama-cpp-python 0.3.36. Without the factors llama.cpp's logits move
 //! by up to 29 (median 9.8 per position), so agreement to 1e-3 shows they
 //! are applied as llama.cpp applies them.
+//!
+//! `fixtures/tiny_llama_rope_linear.{gguf,json}` (the same script) is the
+//! same shape with another seed, no factors and linear scaling by 4
+//! (`llama.rope.scaling.type = linear`, `llama.rope.scaling.factor = 4`).
 #![allow(clippy::unwrap_used)]
 
 use burn::tensor::Device;
@@ -21,12 +25,15 @@ use serde::Deserialize;
 
 const MODEL: &[u8] = include_bytes!("../fixtures/tiny_llama3_rope.gguf");
 const FIXTURE: &str = include_str!("../fixtures/tiny_llama3_rope.json");
+const LINEAR_MODEL: &[u8] = include_bytes!("../fixtures/tiny_llama_rope_linear.gguf");
+const LINEAR_FIXTURE: &str = include_str!("../fixtures/tiny_llama_rope_linear.json");
 /// Largest |Δlogit| accepted (logits span −22..20; f32 sums in another order).
 const TOL: f32 = 1e-3;
 
 #[derive(Deserialize)]
 struct Fixture {
     rope_freqs: Vec<f32>,
+    rope_scaling_linear: f32,
     tokens: Vec<usize>,
     logits: Vec<Vec<f32>>,
 }
@@ -34,10 +41,19 @@ struct Fixture {
 /// Logits at every position, the sequence in one pass and again as a
 /// prefix pass followed by one-token steps, against llama.cpp's.
 fn agrees(storage: WeightStorage, device: &Device) {
-    let fixture: Fixture = serde_json::from_str(FIXTURE).unwrap();
-    let file = GgufFile::from_vec(MODEL.to_vec()).unwrap();
+    agrees_on(MODEL, FIXTURE, storage, device);
+    agrees_on(LINEAR_MODEL, LINEAR_FIXTURE, storage, device);
+}
+
+fn agrees_on(model: &[u8], fixture: &str, storage: WeightStorage, device: &Device) {
+    let fixture: Fixture = serde_json::from_str(fixture).unwrap();
+    let file = GgufFile::from_vec(model.to_vec()).unwrap();
     let model = LlamaModel::from_gguf(&file, storage, device).unwrap();
     assert_eq!(model.config().rope_freq_factors, fixture.rope_freqs);
+    assert_eq!(
+        model.config().rope_freq_scale,
+        1.0 / fixture.rope_scaling_linear
+    );
     let n = fixture.tokens.len();
     let mut cache = model.new_cache(1).unwrap();
     let whole = tensor_to_vec(
@@ -66,7 +82,10 @@ fn agrees(storage: WeightStorage, device: &Device) {
             .zip(&fixture.logits)
             .flat_map(|(a, b)| a.iter().zip(b).map(|(x, y)| (x - y).abs()))
             .fold(0.0f32, f32::max);
-        eprintln!("{storage:?}, {what}: max |Δlogit| vs llama.cpp {worst:.2e} over {n} positions");
+        let scale = model.config().rope_freq_scale;
+        eprintln!(
+            "{storage:?}, scale {scale}, {what}: max |Δlogit| vs llama.cpp {worst:.2e} over {n} positions"
+        );
         assert!(
             worst <= TOL,
             "{storage:?}, {what}: |Δlogit| {worst} > {TOL}"
