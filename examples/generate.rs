@@ -26,9 +26,11 @@
 //! kquant` makes SmolLM2's), and a SentencePiece vocabulary (Llama 2,
 //! TinyLlama, Mistral) or a byte-level BPE one whose pre-tokenisation
 //! `lastmile_models::tokenizer` knows (SmolLM's, GPT-2's, Llama 3's,
-//! Qwen2's and kin; others are refused with the name they use). `--chat`
-//! needs a chat template of a family the tokenizer renders (ChatML,
-//! Llama 2, Llama 3, Phi-3, Zephyr); Llama 3.1's RoPE factors are applied.
+//! Qwen2's, DeepSeek Coder's and kin; others are refused with the name
+//! they use). `--chat` needs a chat template of a family the tokenizer
+//! renders (ChatML, Llama 2, Llama 3, Phi-3, Zephyr). Architectures
+//! `llama` and `qwen2` (Qwen2, Qwen2.5); Llama 3.1's RoPE factors and
+//! linear RoPE scaling are applied.
 
 use std::io::Write as _;
 

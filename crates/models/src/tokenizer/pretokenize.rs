@@ -3,10 +3,12 @@
 
 use std::ops::Range;
 
+mod regex_steps;
+
 /// The pre-tokenisation rule of a vocabulary: how text is cut into the
 /// pieces that BPE merges never cross.
 ///
-/// Four rules are implemented, each as llama.cpp applies it to the
+/// Five rules are implemented, each as llama.cpp applies it to the
 /// `tokenizer.ggml.pre` names listed in [`PreTokenizer::from_name`]:
 ///
 /// - **GPT-2** — the pattern
@@ -30,6 +32,12 @@ use std::ops::Range;
 ///   is a token already ([`ignores_merges`](Self::ignores_merges)).
 /// - **Qwen2** — Llama 3's pattern with single digits (`\p{N}` for
 ///   `\p{N}{1,3}`), the merges always applied.
+/// - **DeepSeek Coder** — llama.cpp's sequence `[\r\n]`, `\s?\p{L}+`,
+///   `\s?\p{P}+`, `[一-龥ࠀ-一가-퟿]+`, `\p{N}`: each expression cuts every
+///   piece left by the previous ones into its matches and the stretches
+///   between them (line breaks alone, words and punctuation runs with one
+///   white-space character before them, CJK runs, single digits; symbols
+///   such as `+` or `=` stay in the stretches).
 ///
 /// The rule is written by hand over a small character-class table instead
 /// of a regex engine: the look-ahead `(?!\S)` would need a backtracking
@@ -55,6 +63,8 @@ pub enum PreTokenizer {
     Llama3,
     /// Llama 3's pattern with every number character alone (Qwen2).
     Qwen2,
+    /// DeepSeek Coder's sequence of expressions.
+    DeepseekCoder,
 }
 
 /// `tokenizer.ggml.pre` names of [`PreTokenizer::Gpt2`].
@@ -91,6 +101,8 @@ const LLAMA3_NAMES: &[&str] = &[
 ];
 /// `tokenizer.ggml.pre` names of [`PreTokenizer::Qwen2`].
 const QWEN2_NAMES: &[&str] = &["qwen2", "deepseek-r1-qwen", "kormo", "f2llmv2", "stablelm2"];
+/// `tokenizer.ggml.pre` names of [`PreTokenizer::DeepseekCoder`].
+const DEEPSEEK_CODER_NAMES: &[&str] = &["deepseek-coder"];
 
 impl PreTokenizer {
     /// The rule llama.cpp uses for a `tokenizer.ggml.pre` value, if it is
@@ -109,6 +121,7 @@ impl PreTokenizer {
             (SINGLE_DIGIT_NAMES, Self::Gpt2SingleDigits),
             (LLAMA3_NAMES, Self::Llama3),
             (QWEN2_NAMES, Self::Qwen2),
+            (DEEPSEEK_CODER_NAMES, Self::DeepseekCoder),
         ]
         .into_iter()
         .find_map(|(names, rule)| names.contains(&name).then_some(rule))
@@ -121,6 +134,7 @@ impl PreTokenizer {
             .chain(SINGLE_DIGIT_NAMES)
             .chain(LLAMA3_NAMES)
             .chain(QWEN2_NAMES)
+            .chain(DEEPSEEK_CODER_NAMES)
             .copied()
     }
 
@@ -159,6 +173,9 @@ pub(crate) struct CharClasses {
     ascii: [Class; 128],
     /// Disjoint, sorted `(first, last, class)` ranges above ASCII.
     ranges: Vec<(u32, u32, Class)>,
+    /// Sorted ranges of `\p{P}` above ASCII (a category only some rules
+    /// name; its characters are [`Class::Other`]).
+    punctuation: Vec<(u32, u32)>,
 }
 
 impl CharClasses {
@@ -169,22 +186,15 @@ impl CharClasses {
             (r"[\p{L}&&\p{age:15.1}]", Class::Letter),
             (r"[\p{N}&&\p{age:15.1}]", Class::Number),
         ] {
-            // The patterns are constants that regex-syntax always accepts;
-            // an error would only mean its Unicode tables were compiled out,
-            // and then no non-ASCII character is classified as L or N.
-            if let Ok(hir) = regex_syntax::parse(pattern)
-                && let regex_syntax::hir::HirKind::Class(regex_syntax::hir::Class::Unicode(set)) =
-                    hir.kind()
-            {
-                for r in set.ranges() {
-                    let (start, end) = (r.start() as u32, r.end() as u32);
-                    if end >= 128 {
-                        ranges.push((start.max(128), end, class));
-                    }
-                }
+            for (start, end) in unicode_ranges(pattern).filter(|r| r.1 >= 128) {
+                ranges.push((start.max(128), end, class));
             }
         }
         ranges.sort_unstable_by_key(|r| r.0);
+        let punctuation = unicode_ranges(r"[\p{P}&&\p{age:15.1}]")
+            .filter(|r| r.1 >= 128)
+            .map(|(start, end)| (start.max(128), end))
+            .collect();
         let mut ascii = [Class::Other; 128];
         for (b, class) in ascii.iter_mut().enumerate() {
             let c = b as u8 as char;
@@ -198,7 +208,26 @@ impl CharClasses {
                 Class::Other
             };
         }
-        Self { ascii, ranges }
+        Self {
+            ascii,
+            ranges,
+            punctuation,
+        }
+    }
+
+    /// Whether `c` is `\p{P}` (ASCII: `!"#%&'()*,-./:;?@[\]_{}`, as in
+    /// llama.cpp's table; `$+<=>^`|~` are symbols).
+    pub(crate) fn is_punctuation(&self, c: char) -> bool {
+        let cp = c as u32;
+        if cp < 128 {
+            return matches!(
+                c,
+                '!'..='#' | '%'..='*' | ','..='/' | ':' | ';' | '?' | '@' | '['..=']' | '_' | '{' | '}'
+            );
+        }
+        let i = self.punctuation.partition_point(|r| r.0 <= cp);
+        i.checked_sub(1)
+            .is_some_and(|i| cp <= self.punctuation[i].1)
     }
 
     /// The class of `c`.
@@ -217,6 +246,22 @@ impl CharClasses {
             _ => Class::Other,
         }
     }
+}
+
+/// The code-point ranges of a Unicode class `pattern`. The patterns are
+/// constants that regex-syntax always accepts; an error would only mean its
+/// Unicode tables were compiled out, and then no non-ASCII character falls
+/// in the class.
+fn unicode_ranges(pattern: &str) -> impl Iterator<Item = (u32, u32)> {
+    let ranges = match regex_syntax::parse(pattern).map(|hir| hir.into_kind()) {
+        Ok(regex_syntax::hir::HirKind::Class(regex_syntax::hir::Class::Unicode(set))) => set
+            .ranges()
+            .iter()
+            .map(|r| (r.start() as u32, r.end() as u32))
+            .collect(),
+        _ => Vec::new(),
+    };
+    ranges.into_iter()
 }
 
 /// One character of the text being split.
@@ -266,6 +311,7 @@ pub(crate) fn split(
         }
         PreTokenizer::Llama3 => llama3(cps, 3, end_byte, out),
         PreTokenizer::Qwen2 => llama3(cps, 1, end_byte, out),
+        PreTokenizer::DeepseekCoder => regex_steps::deepseek_coder(cps, classes, end_byte, out),
     }
 }
 

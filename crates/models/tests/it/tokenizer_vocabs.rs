@@ -14,10 +14,10 @@
 //! `${LASTMILE_MODELS:-${CARGO_TARGET_DIR:-<repo>/target}/lastmile-models}/llama-cpp-vocabs/`.
 //!
 //! `fixtures/tokenizer_vocabs.json`, written by
-//! `fixtures/make_vocab_fixture.py` with llama-cpp-python 0.3.36 on four
+//! `fixtures/make_vocab_fixture.py` with llama-cpp-python 0.3.36 on five
 //! of those files (Llama 2's and Phi-3's SentencePiece — llama.cpp drops
-//! the white space after Phi-3's special tokens —, Llama 3's and Qwen2's
-//! byte-level BPE), adds llama.cpp's own ids — with BOS where the
+//! the white space after Phi-3's special tokens —, Llama 3's, Qwen2's and
+//! DeepSeek Coder's byte-level BPE), adds llama.cpp's own ids — with BOS where the
 //! vocabulary adds it, with and without special-token parsing — and its
 //! detokenisation for 50 varied and 200 seeded random strings, and the ids
 //! of the shipped 1.3 MB corpus by count and hash.
@@ -142,6 +142,15 @@ fn qwen2_matches_reference_ids() {
     }
 }
 
+/// DeepSeek Coder's sequence of expressions (byte-level BPE).
+#[test]
+fn deepseek_coder_matches_reference_ids() {
+    if check("deepseek-coder") > 0 {
+        let (tok, _) = cases("deepseek-coder").unwrap();
+        assert_eq!(tok.pre_tokenizer(), Some(PreTokenizer::DeepseekCoder));
+    }
+}
+
 #[test]
 fn sentencepiece_matches_reference_ids() {
     for name in ["llama-spm", "phi-3"] {
@@ -254,4 +263,9 @@ fn qwen2_matches_llama_cpp() {
 #[test]
 fn phi3_matches_llama_cpp() {
     check_llama_cpp("phi-3");
+}
+
+#[test]
+fn deepseek_coder_matches_llama_cpp() {
+    check_llama_cpp("deepseek-coder");
 }
