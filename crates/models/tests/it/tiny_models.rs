@@ -1,0 +1,173 @@
+//! Tiny random models against llama.cpp: Llama 3.1's per-pair RoPE
+//! frequency factors, linear RoPE scaling and Qwen2's architecture.
+//!
+//! `fixtures/make_tiny_models_fixture.py` wrote each model with the `gguf`
+//! package (0.19.0) and llama.cpp's logits for it (llama-cpp-python 0.3.36:
+//! F32 weights, f32 cache, all 64 positions of a seeded token sequence):
+//!
+//! - `tiny_llama3_rope` (113 kB: 2 blocks, width 32, 4 query / 2 key-value
+//!   heads, factors `[1, 2, 8, 32]`): without the factors llama.cpp's
+//!   logits move by up to 29 (median 9.8 per position);
+//! - `tiny_llama_rope_linear` (the same shape, no factors, linear scaling
+//!   by 4): ignoring the scale, 38.6 off;
+//! - `tiny_qwen2` (186 kB: width 48, heads of width 12, q/k/v biases, NEOX
+//!   rotation, RoPE base 10⁶): with the loader broken on purpose when the
+//!   test was written, 28.8 off without the biases and 38.5 rotating
+//!   without reordering the rows (NORM pairs instead of NEOX's).
+//!
+//! Agreement to 1e-3 therefore shows each is applied as llama.cpp applies it.
+#![allow(clippy::unwrap_used)]
+
+use burn::tensor::Device;
+use lastmile_core::backend_test;
+use lastmile_core::convert::tensor_to_vec;
+use lastmile_core::gguf::GgufFile;
+use lastmile_models::llama::{LlamaConfig, LlamaModel, LlamaModule, WeightStorage};
+use serde::Deserialize;
+
+/// The models and their fixtures, by name.
+const MODELS: [(&str, &[u8], &str); 3] = [
+    (
+        "rope_freqs",
+        include_bytes!("../fixtures/tiny_llama3_rope.gguf"),
+        include_str!("../fixtures/tiny_llama3_rope.json"),
+    ),
+    (
+        "rope_linear",
+        include_bytes!("../fixtures/tiny_llama_rope_linear.gguf"),
+        include_str!("../fixtures/tiny_llama_rope_linear.json"),
+    ),
+    (
+        "qwen2",
+        include_bytes!("../fixtures/tiny_qwen2.gguf"),
+        include_str!("../fixtures/tiny_qwen2.json"),
+    ),
+];
+/// Largest |Δlogit| accepted (logits span about −30..26; f32 sums in another order).
+const TOL: f32 = 1e-3;
+
+#[derive(Deserialize)]
+struct Fixture {
+    rope_base: f32,
+    rope_freqs: Vec<f32>,
+    rope_scaling_linear: f32,
+    tokens: Vec<usize>,
+    logits: Vec<Vec<f32>>,
+}
+
+/// Model `name`'s file and fixture.
+fn open(name: &str) -> (GgufFile, Fixture) {
+    let (_, model, fixture) = MODELS.iter().find(|m| m.0 == name).unwrap();
+    let file = GgufFile::from_vec(model.to_vec()).unwrap();
+    (file, serde_json::from_str(fixture).unwrap())
+}
+
+/// The largest |Δlogit| of `ours` (`[n · vocab]`) against llama.cpp's.
+fn worst(ours: &[f32], fixture: &Fixture, vocab: usize) -> f32 {
+    assert_eq!(ours.len(), fixture.tokens.len() * vocab);
+    ours.chunks_exact(vocab)
+        .zip(&fixture.logits)
+        .flat_map(|(a, b)| a.iter().zip(b).map(|(x, y)| (x - y).abs()))
+        .fold(0.0f32, f32::max)
+}
+
+/// Model `name`'s logits at every position, the sequence in one pass and
+/// again as a prefix pass followed by one-token steps, against llama.cpp's.
+fn agrees(name: &str, storage: WeightStorage, device: &Device) {
+    let (file, fixture) = open(name);
+    let model = LlamaModel::from_gguf(&file, storage, device).unwrap();
+    let config = model.config();
+    assert_eq!(config.rope_base, fixture.rope_base);
+    assert_eq!(config.rope_freq_factors, fixture.rope_freqs);
+    assert_eq!(config.rope_freq_scale, 1.0 / fixture.rope_scaling_linear);
+    let n = fixture.tokens.len();
+    let mut cache = model.new_cache(1).unwrap();
+    let whole = tensor_to_vec(
+        model
+            .forward_cached(&mut cache, std::slice::from_ref(&fixture.tokens))
+            .unwrap(),
+    )
+    .unwrap();
+    let mut cache = model.new_cache(1).unwrap();
+    let split = 40;
+    let mut stepped = tensor_to_vec(
+        model
+            .forward_cached(&mut cache, &[fixture.tokens[..split].to_vec()])
+            .unwrap(),
+    )
+    .unwrap();
+    for &t in &fixture.tokens[split..] {
+        stepped
+            .extend(tensor_to_vec(model.forward_cached(&mut cache, &[vec![t]]).unwrap()).unwrap());
+    }
+    let vocab = config.vocab_size;
+    for (what, ours) in [("one pass", &whole), ("stepwise", &stepped)] {
+        let worst = worst(ours, &fixture, vocab);
+        eprintln!(
+            "{name}, {storage:?}, {what}: max |Δlogit| vs llama.cpp {worst:.2e} over {n} positions"
+        );
+        assert!(
+            worst <= TOL,
+            "{name}, {storage:?}, {what}: |Δlogit| {worst} > {TOL}"
+        );
+    }
+}
+
+backend_test!(tiny_models_match_llama_cpp, |device| {
+    for (name, ..) in MODELS {
+        agrees(name, WeightStorage::F32, device);
+    }
+});
+
+/// The host pass (CPU storages) applies the factors, the scale and the
+/// biases too.
+#[test]
+fn tiny_models_match_llama_cpp_on_the_host_pass() {
+    for (name, ..) in MODELS {
+        agrees(name, WeightStorage::Blocks, &Device::flex());
+    }
+}
+
+/// The trainable module keeps Qwen2's biases (as its `Linear` layers'
+/// own) and gives them back to the inference model.
+#[test]
+fn qwen2_biases_survive_the_trainable_module() {
+    let device = Device::flex();
+    let (file, fixture) = open("qwen2");
+    let model = LlamaModel::from_gguf(&file, WeightStorage::F32, &device).unwrap();
+    let module = LlamaModule::from_model(&model, &device).unwrap();
+    let vocab = module.config().vocab_size;
+    let logits = tensor_to_vec(
+        module
+            .forward(std::slice::from_ref(&fixture.tokens))
+            .unwrap(),
+    )
+    .unwrap();
+    assert!(worst(&logits, &fixture, vocab) <= TOL, "module");
+    let back = module.to_model(WeightStorage::F32, &device).unwrap();
+    let mut cache = back.new_cache(1).unwrap();
+    let logits = tensor_to_vec(
+        back.forward_cached(&mut cache, std::slice::from_ref(&fixture.tokens))
+            .unwrap(),
+    )
+    .unwrap();
+    assert!(
+        worst(&logits, &fixture, vocab) <= TOL,
+        "module back to the model"
+    );
+}
+
+/// Factors of the wrong length or sign are typed errors, not wrong angles.
+#[test]
+fn bad_rope_freq_factors_are_refused() {
+    let (file, _) = open("rope_freqs");
+    let mut config = LlamaConfig::from_gguf(&file).unwrap();
+    config.rope_freq_factors.push(1.0);
+    assert!(config.check().is_err());
+    config.rope_freq_factors = vec![1.0, -2.0, 8.0, 32.0];
+    assert!(config.check().is_err());
+    config.rope_freq_factors.clear();
+    assert!(config.check().is_ok());
+    config.rope_freq_scale = 0.0;
+    assert!(config.check().is_err());
+}
