@@ -28,7 +28,7 @@
 //! `lastmile_models::tokenizer` knows (SmolLM's, GPT-2's, Llama 3's,
 //! Qwen2's, DeepSeek Coder's and kin; others are refused with the name
 //! they use). `--chat` needs a chat template of a family the tokenizer
-//! renders (ChatML, Llama 2, Llama 3, Phi-3, Zephyr). Architectures
+//! renders (ChatML, Llama 2, Llama 3, Phi-3, Zephyr, DeepSeek Coder). Architectures
 //! `llama` and `qwen2` (Qwen2, Qwen2.5); Llama 3.1's RoPE factors and
 //! linear RoPE scaling are applied.
 

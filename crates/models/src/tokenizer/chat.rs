@@ -1,5 +1,5 @@
 //! Chat templates: SmolLM2's ChatML template recognised exactly, and the
-//! common families (ChatML, Llama 2, Llama 3, Phi-3, Zephyr) recognised by
+//! common families (ChatML, Llama 2, Llama 3, Phi-3, Zephyr, DeepSeek Coder) recognised by
 //! their markers and rendered as llama.cpp's built-in templates render
 //! them (the list is on [`ChatTemplate`]).
 
@@ -105,6 +105,11 @@ pub enum ChatTemplate {
     Phi3,
     /// Zephyr's `<|{role}|>\n{content}<|endoftext|>\n`.
     Zephyr,
+    /// DeepSeek Coder's instruction format: a system message as it is,
+    /// `### Instruction:\n{content}\n` for the user,
+    /// `### Response:\n{content}\n<|EOT|>\n` for the assistant (other
+    /// roles left out, as llama.cpp does).
+    Deepseek,
 }
 
 /// The loop body and generation prompt shared by both recognised templates.
@@ -130,7 +135,8 @@ impl ChatTemplate {
                          implemented here"
                     ),
                     None => format!("{reason}, and it has no marker of a known family"),
-                } + "; supported: ChatML (SmolLM2's exactly), Llama 2, Llama 3, Phi-3, Zephyr",
+                } + "; supported: ChatML (SmolLM2's exactly), Llama 2, Llama 3, Phi-3, Zephyr, \
+                     DeepSeek Coder",
                 excerpt: template.chars().take(80).collect(),
             })
         })
@@ -185,6 +191,7 @@ impl ChatTemplate {
             "llama3" => return Ok(Self::Llama3),
             "phi3" => return Ok(Self::Phi3),
             "zephyr" => return Ok(Self::Zephyr),
+            "deepseek" => return Ok(Self::Deepseek),
             _ => {}
         }
         let has = |m: &str| t.contains(m);
@@ -232,7 +239,7 @@ impl ChatTemplate {
             (&["'\\n\\nAssistant: ' + eos_token"], Err("orion")),
             (&["GPT4 Correct "], Err("openchat")),
             (&["USER: ", "ASSISTANT: "], Err("vicuna")),
-            (&["### Instruction:", "<|EOT|>"], Err("deepseek")),
+            (&["### Instruction:", "<|EOT|>"], Ok(Self::Deepseek)),
             (
                 &["<|START_OF_TURN_TOKEN|>", "<|USER_TOKEN|>"],
                 Err("command-r"),
@@ -325,6 +332,21 @@ impl ChatTemplate {
                 }
                 if add_generation_prompt {
                     out.push_str("<|assistant|>\n");
+                }
+            }
+            Self::Deepseek => {
+                for m in messages {
+                    match m.role {
+                        "system" => out.push_str(m.content),
+                        "user" => out.push_str(&format!("### Instruction:\n{}\n", m.content)),
+                        "assistant" => {
+                            out.push_str(&format!("### Response:\n{}\n<|EOT|>\n", m.content));
+                        }
+                        _ => {}
+                    }
+                }
+                if add_generation_prompt {
+                    out.push_str("### Response:\n");
                 }
             }
         }
