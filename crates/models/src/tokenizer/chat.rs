@@ -1,7 +1,7 @@
 //! Chat templates: SmolLM2's ChatML template recognised exactly, and the
-//! common families (ChatML, Llama 2, Llama 3, Phi-3, Zephyr, DeepSeek Coder) recognised by
-//! their markers and rendered as llama.cpp's built-in templates render
-//! them (the list is on [`ChatTemplate`]).
+//! common families (ChatML, Llama 2, Llama 3, Phi-3, Zephyr, DeepSeek
+//! Coder) recognised by their markers and rendered as llama.cpp's built-in
+//! templates render them (the list is on [`ChatTemplate`]).
 
 use super::Tokenizer;
 use super::error::{TokenizerError, TokenizerResult};
