@@ -30,7 +30,7 @@
 //! they use). `--chat` needs a chat template of a family the tokenizer
 //! renders (ChatML, Llama 2, Llama 3, Phi-3, Zephyr, DeepSeek Coder). Architectures
 //! `llama` and `qwen2` (Qwen2, Qwen2.5); Llama 3.1's RoPE factors and
-//! linear RoPE scaling are applied.
+//! linear or YaRN RoPE scaling are applied.
 
 use std::io::Write as _;
 

@@ -5,6 +5,7 @@ use lastmile_core::gguf::{GgufFile, Metadata, MetadataValue};
 
 use super::arch::Architecture;
 use super::error::{LlamaError, LlamaResult};
+use super::rope::RopeScaling;
 
 /// The largest value accepted for a width, a head count or a vocabulary
 /// (guards allocation on hostile metadata before any weight is read).
@@ -50,10 +51,9 @@ pub struct LlamaConfig {
     /// factors): pair `i` turns by `p · θ^(−2i/d) / f_i`. Empty when the
     /// file has none (every `f_i = 1`); else one per pair of a head.
     pub rope_freq_factors: Vec<f32>,
-    /// Linear RoPE scaling: every angle is multiplied by this (ggml's
-    /// `freq_scale`), `1 / rope.scaling.factor` for a file stored with
-    /// linear scaling (DeepSeek Coder, long-context fine-tunes), else 1.
-    pub rope_freq_scale: f32,
+    /// How the rotary angles are scaled for a context longer than the
+    /// model was trained on (`rope.scaling.*`; see [`RopeScaling`]).
+    pub rope_scaling: RopeScaling,
     /// RMSNorm ε (`llama.attention.layer_norm_rms_epsilon`).
     pub rms_eps: f32,
     /// Longest sequence the model attends over (`llama.context_length`).
@@ -75,7 +75,7 @@ impl LlamaConfig {
             d_ff: 48,
             rope_base: 10_000.0,
             rope_freq_factors: Vec::new(),
-            rope_freq_scale: 1.0,
+            rope_scaling: RopeScaling::None,
             rms_eps: 1e-5,
             max_context: 64,
             tied_embeddings: true,
@@ -113,8 +113,8 @@ impl LlamaConfig {
     /// [`LlamaError::Config`] when a count is zero or above [`MAX_DIM`] /
     /// [`MAX_LAYERS`], `d_model` is not a multiple of `n_heads`, `n_heads`
     /// not a multiple of `n_kv_heads`, the head width is odd (RoPE rotates
-    /// pairs), `rope_base` / `rms_eps` / `rope_freq_scale` is not finite
-    /// and positive, or
+    /// pairs), `rope_base` / `rms_eps` / a scaling factor is not finite
+    /// and positive, YaRN's original context is 0, or
     /// `rope_freq_factors` is neither empty nor one finite positive factor
     /// per pair of a head.
     pub fn check(&self) -> LlamaResult<()> {
@@ -160,11 +160,22 @@ impl LlamaConfig {
         for (field, value) in [
             ("rope_base", self.rope_base),
             ("rms_eps", self.rms_eps),
-            ("rope_freq_scale", self.rope_freq_scale),
+            ("rope scaling factor", self.rope_scaling.factor()),
         ] {
             if !(value.is_finite() && value > 0.0) {
                 return Err(config_error(field, value, "a finite value > 0".to_owned()));
             }
+        }
+        if let RopeScaling::Yarn {
+            original_context: 0,
+            ..
+        } = self.rope_scaling
+        {
+            return Err(config_error(
+                "rope_scaling",
+                "YaRN with an original context of 0",
+                "an original context ≥ 1".to_owned(),
+            ));
         }
         let factors = &self.rope_freq_factors;
         if !factors.is_empty()
@@ -190,7 +201,7 @@ impl LlamaConfig {
     /// other than linear (`llama.rope.scaling.type` `yarn` or `longrope`)
     /// are rejected rather than silently mis-computed; Llama 3.1's per-pair
     /// factors (`rope_freqs.weight`) are read into `rope_freq_factors`, a
-    /// linear scaling into `rope_freq_scale`.
+    /// linear or YaRN scaling into `rope_scaling`.
     ///
     /// # Errors
     /// [`LlamaError::Architecture`] for another architecture;
@@ -231,11 +242,12 @@ impl LlamaConfig {
             d_ff: get_usize(meta, &key("feed_forward_length"))?,
             rope_base,
             rope_freq_factors: Vec::new(),
-            rope_freq_scale: rope_freq_scale(meta, &key)?,
+            rope_scaling: RopeScaling::None,
             rms_eps: get_f32(meta, &key("attention.layer_norm_rms_epsilon"))?,
             max_context: get_usize(meta, &key("context_length"))?,
             tied_embeddings: file.tensor_info("output.weight").is_err(),
         };
+        config.rope_scaling = rope_scaling(meta, &key, config.max_context)?;
         config.check()?;
         // Llama 3.1 and later carry their RoPE scaling as per-pair factors.
         if let Ok(info) = file.tensor_info("rope_freqs.weight") {
@@ -267,35 +279,62 @@ impl LlamaConfig {
     }
 }
 
-/// The linear RoPE scale of a file, as llama.cpp reads it: `1 / factor`
-/// from `rope.scaling.factor` (or the older `rope.scale_linear`; 1 when
-/// absent or 0) when `rope.scaling.type` is `linear` or absent (llama.cpp's
-/// default), 1 for `none`.
+/// A file's RoPE scaling, as llama.cpp reads it: the type
+/// `rope.scaling.type` (`linear` when absent, llama.cpp's default; `none`
+/// ignores the factor), the factor `rope.scaling.factor` (or the older
+/// `rope.scale_linear`; none or 0: no scaling) and, for YaRN,
+/// `rope.scaling.original_context_length` (else `context`).
 ///
 /// # Errors
-/// [`LlamaError::Config`] for another scaling type (YaRN, LongRoPE: not
-/// supported); [`LlamaError::Gguf`] for a value of the wrong type.
-fn rope_freq_scale(meta: &Metadata, key: &impl Fn(&str) -> String) -> LlamaResult<f32> {
+/// [`LlamaError::Config`] for another type (LongRoPE) or an attention
+/// factor (`rope.scaling.attn_factor`) other than 1, which are not
+/// supported; [`LlamaError::Gguf`] for a value of the wrong type.
+fn rope_scaling(
+    meta: &Metadata,
+    key: &impl Fn(&str) -> String,
+    context: usize,
+) -> LlamaResult<RopeScaling> {
     let kind = match meta.get(&key("rope.scaling.type")) {
         Some(_) => meta.get_str(&key("rope.scaling.type"))?,
         None => "linear",
     };
-    match kind {
-        "none" => Ok(1.0),
-        "linear" => {
-            let factor = ["rope.scaling.factor", "rope.scale_linear"]
-                .into_iter()
-                .map(key)
-                .find(|k| meta.get(k).is_some())
-                .map_or(Ok(0.0), |k| get_f32(meta, &k))?;
-            Ok(if factor == 0.0 { 1.0 } else { 1.0 / factor })
+    if meta.get(&key("rope.scaling.attn_factor")).is_some() {
+        let attn = get_f32(meta, &key("rope.scaling.attn_factor"))?;
+        if attn != 1.0 {
+            return Err(config_error(
+                "rope.scaling.attn_factor",
+                attn,
+                "1 (other attention factors are not supported)".to_owned(),
+            ));
         }
-        other => Err(config_error(
-            "rope.scaling.type",
-            other,
-            "`none` or `linear` (YaRN and LongRoPE scaling are not supported)".to_owned(),
-        )),
     }
+    let factor = ["rope.scaling.factor", "rope.scale_linear"]
+        .into_iter()
+        .map(key)
+        .find(|k| meta.get(k).is_some())
+        .map_or(Ok(0.0), |k| get_f32(meta, &k))?;
+    Ok(match kind {
+        "none" => RopeScaling::None,
+        "linear" | "yarn" if factor == 0.0 => RopeScaling::None,
+        "linear" => RopeScaling::Linear { factor },
+        "yarn" => {
+            let original = key("rope.scaling.original_context_length");
+            RopeScaling::Yarn {
+                factor,
+                original_context: match meta.get(&original) {
+                    Some(_) => get_usize(meta, &original)?,
+                    None => context,
+                },
+            }
+        }
+        other => {
+            return Err(config_error(
+                "rope.scaling.type",
+                other,
+                "`none`, `linear` or `yarn` (LongRoPE is not supported)".to_owned(),
+            ));
+        }
+    })
 }
 
 fn config_error(field: &'static str, value: impl ToString, expected: String) -> LlamaError {

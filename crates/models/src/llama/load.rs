@@ -168,7 +168,7 @@ impl LlamaModel {
         };
         let embed = Tensor::from_data(TensorData::new(embed_values, [vocab, d]), device);
         let factors = &config.rope_freq_factors;
-        let (base, scale) = (config.rope_base, config.rope_freq_scale);
+        let (base, scale) = (config.rope_base, config.rope_scaling);
         let rope = Rope::new(dh, config.max_context, base, factors, scale, device);
         Ok(Self {
             config,

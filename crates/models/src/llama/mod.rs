@@ -32,9 +32,10 @@
 //!   of `attn_q`/`attn_k` so that this equals Hugging Face's half-split
 //!   rotation, so GGUF weights are used as stored (details in the `rope`
 //!   source file); Llama 3.1's per-pair frequency factors
-//!   (`rope_freqs.weight`) divide the angles as in ggml, and linear RoPE
-//!   scaling (`rope.scaling.type = linear`, DeepSeek Coder's) multiplies
-//!   them by `1 / rope.scaling.factor`; YaRN and LongRoPE are refused.
+//!   (`rope_freqs.weight`) divide the angles as in ggml, and linear and
+//!   YaRN scaling for long contexts ([`RopeScaling`]: DeepSeek Coder's,
+//!   Qwen2.5's 128K files) are applied as ggml's `rope_yarn`; LongRoPE is
+//!   refused.
 //!   Qwen2's files are
 //!   stored for llama.cpp's `NEOX` mode (dimension `i` with `i + d/2`):
 //!   their query and key rows are reordered on loading into adjacent pairs,
@@ -163,5 +164,6 @@ pub use feature_train::{
 pub use feature_unroll::MAX_UNROLL;
 pub use model::LlamaModel;
 pub use module::{LlamaBlock, LlamaModule};
+pub use rope::RopeScaling;
 pub use storage::WeightStorage;
 pub use vocab::OUTSIDE_HEAD_LOGIT;

@@ -229,7 +229,7 @@ impl LlamaModule {
                 config.max_context,
                 config.rope_base,
                 &config.rope_freq_factors,
-                config.rope_freq_scale,
+                config.rope_scaling,
                 device,
             ),
             embed: Tensor::from_data(TensorData::new(embed, [vocab, d]), device),
@@ -406,7 +406,7 @@ impl LlamaModule {
             n,
             c.rope_base,
             factors,
-            c.rope_freq_scale,
+            c.rope_scaling,
             device,
         )
         .at(&pos, b, n, device)

@@ -19,13 +19,64 @@
 //! multiplication, so positions far into the context match it closely.
 //! Llama 3.1 and later divide each pair's angle by a factor `f_i` (the
 //! `rope_freqs.weight` tensor; ggml's `freq_factors`): `θ_i / f_i`, also in
-//! `f32`; linear scaling then multiplies the angle by `s = 1 / factor`
-//! (ggml's `freq_scale`, `rope_yarn` without its extrapolation part):
-//! `s · (θ_i / f_i)`.
+//! `f32`; scaling for a longer context ([`RopeScaling`]) then changes the
+//! angle as ggml's `rope_yarn` does.
 
 use std::sync::Arc;
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
+
+/// How the rotary angles are scaled for a context longer than the model
+/// was trained on (llama.cpp's `rope.scaling.*` keys), with `s = 1 / factor`
+/// (ggml's `freq_scale`) and `φ_i = p·θ_i / f_i` the unscaled angle of pair
+/// `i`.
+///
+/// ```
+/// use lastmile_models::llama::RopeScaling;
+/// assert_eq!(RopeScaling::Linear { factor: 4.0 }.factor(), 4.0);
+/// assert_eq!(RopeScaling::None.factor(), 1.0);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+#[non_exhaustive]
+pub enum RopeScaling {
+    /// The angles as trained.
+    #[default]
+    None,
+    /// Linear scaling (position interpolation, Chen et al. 2023, eq. 4):
+    /// `s · φ_i`.
+    Linear {
+        /// The context's growth; angles are divided by it.
+        factor: f32,
+    },
+    /// YaRN (Peng et al. 2023, §3.2 "NTK-by-parts" and §3.4's attention
+    /// temperature), as ggml computes it: with `d` the head width and
+    /// `c(r) = d · ln(L / (2π r)) / (2 ln θ)` the pair that turns `r` times
+    /// over the original context `L`, pairs below `lo = ⌊c(32)⌋` keep
+    /// `φ_i`, pairs above `hi = ⌈c(1)⌉` take `s · φ_i`, a linear ramp
+    /// mixes the two between, and cosines and sines are multiplied by
+    /// `1 + 0.1 ln factor`.
+    Yarn {
+        /// The context's growth.
+        factor: f32,
+        /// The context the model was trained on, `L`.
+        original_context: usize,
+    },
+}
+
+impl RopeScaling {
+    /// The factor (1 without scaling).
+    pub fn factor(self) -> f32 {
+        match self {
+            Self::None => 1.0,
+            Self::Linear { factor } | Self::Yarn { factor, .. } => factor,
+        }
+    }
+}
+
+/// ggml's defaults for YaRN's ramp (`beta_fast`, `beta_slow`), which
+/// llama.cpp uses for the `llama` and `qwen2` architectures.
+const YARN_BETA_FAST: f32 = 32.0;
+const YARN_BETA_SLOW: f32 = 1.0;
 
 /// Cosine and sine tables for every position of the context.
 #[derive(Debug, Clone)]
@@ -44,7 +95,7 @@ impl Rope {
     /// Tables for heads of width `head_dim` (even) over `max_context`
     /// positions, each pair's angle divided by its factor in `factors`
     /// (empty: all 1; else one per pair, as [`LlamaConfig::check`]
-    /// ensures), then multiplied by `freq_scale` (linear scaling; 1: none).
+    /// ensures), then scaled by `scaling`.
     ///
     /// [`LlamaConfig::check`]: super::LlamaConfig::check
     pub(crate) fn new(
@@ -52,19 +103,54 @@ impl Rope {
         max_context: usize,
         base: f32,
         factors: &[f32],
-        freq_scale: f32,
+        scaling: RopeScaling,
         device: &Device,
     ) -> Self {
         let half = head_dim / 2;
         let scale = base.powf(-2.0 / head_dim as f32);
+        // ggml's `freq_scale`, and for YaRN its ramp's ends and magnitude
+        // (the f32 operations of `ggml_rope_yarn_corr_dims`, `rope_yarn`
+        // and llama.cpp's attention factor, which cancels to 1 for a factor > 1).
+        let freq_scale = 1.0 / scaling.factor();
+        let yarn = match scaling {
+            RopeScaling::Yarn {
+                original_context, ..
+            } => {
+                let d = head_dim as f32;
+                let corr = |r: f32| {
+                    d * (original_context as f32 / (r * 2.0 * std::f32::consts::PI)).ln()
+                        / (2.0 * base.ln())
+                };
+                let lo = corr(YARN_BETA_FAST).floor().max(0.0);
+                let hi = corr(YARN_BETA_SLOW).ceil().min(d - 1.0);
+                let factor = 1.0 / freq_scale;
+                let attn = if factor <= 1.0 {
+                    1.0
+                } else {
+                    0.1 * factor.ln() + 1.0
+                } * (1.0 / (1.0 + 0.1 * factor.ln()));
+                let mscale = attn * (1.0 + 0.1 * (1.0 / freq_scale).ln());
+                Some((lo, hi, mscale))
+            }
+            _ => None,
+        };
         let mut cos = Vec::with_capacity(max_context * half);
         let mut sin = Vec::with_capacity(max_context * half);
         for p in 0..max_context {
             let mut theta = p as f32;
             for i in 0..half {
-                let angle = freq_scale * factors.get(i).map_or(theta, |f| theta / f);
-                cos.push(angle.cos());
-                sin.push(angle.sin());
+                let extrap = factors.get(i).map_or(theta, |f| theta / f);
+                let interp = freq_scale * extrap;
+                let (angle, mscale) = match yarn {
+                    Some((lo, hi, mscale)) => {
+                        let y = (i as f32 - lo) / (hi - lo).max(0.001);
+                        let ramp = 1.0 - y.clamp(0.0, 1.0);
+                        (interp * (1.0 - ramp) + extrap * ramp, mscale)
+                    }
+                    None => (interp, 1.0),
+                };
+                cos.push(angle.cos() * mscale);
+                sin.push(angle.sin() * mscale);
                 theta *= scale;
             }
         }

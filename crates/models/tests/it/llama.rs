@@ -21,7 +21,7 @@ use burn::tensor::Device;
 use lastmile_core::backend_test;
 use lastmile_core::convert::tensor_to_vec;
 use lastmile_core::gguf::GgufFile;
-use lastmile_models::llama::{LlamaConfig, LlamaError, LlamaModel, WeightStorage};
+use lastmile_models::llama::{LlamaConfig, LlamaError, LlamaModel, RopeScaling, WeightStorage};
 
 const REF_TOL: f64 = 1e-4;
 
@@ -334,7 +334,7 @@ fn small_config(tied: bool) -> LlamaConfig {
         d_ff: 40,
         rope_base: 100.0, // small base: even short sequences turn the slow pairs
         rope_freq_factors: Vec::new(),
-        rope_freq_scale: 1.0,
+        rope_scaling: RopeScaling::None,
         rms_eps: 1e-5,
         max_context: 64,
         tied_embeddings: tied,
@@ -527,7 +527,7 @@ backend_test!(bad_files_are_typed_errors, |device| {
             with(
                 &c,
                 "llama.rope.scaling.type",
-                Some(Value::Str("yarn".into()))
+                Some(Value::Str("longrope".into()))
             ),
             &ck,
             device
@@ -603,40 +603,43 @@ backend_test!(bad_files_are_typed_errors, |device| {
     }
 });
 
-/// Linear RoPE scaling as llama.cpp reads it: `1 / rope.scaling.factor`
+/// RoPE scaling as llama.cpp reads it: linear by `rope.scaling.factor`
 /// (or the older `rope.scale_linear`) when the type is `linear` or absent
-/// (llama.cpp's default), 1 for `none` whatever the factor.
+/// (llama.cpp's default); YaRN with its original context (else the
+/// context length); nothing for `none` whatever the factor; LongRoPE and
+/// an attention factor other than 1 refused.
 #[test]
-fn linear_rope_scaling_is_read_as_llama_cpp_reads_it() {
+fn rope_scaling_is_read_as_llama_cpp_reads_it() {
     let c = small_config(true);
     let ck = checkpoint(&c, 2);
-    let scale = |extra: Vec<(&'static str, Value)>| {
+    let read = |extra: Vec<(&'static str, Value)>| {
         let mut meta = base_meta(&c);
         meta.extend(extra);
         let file = GgufFile::from_vec(write_gguf(&meta, &tensors(&ck))).unwrap();
-        LlamaConfig::from_gguf(&file).unwrap().rope_freq_scale
+        LlamaConfig::from_gguf(&file).map(|c| c.rope_scaling)
     };
-    let linear = || ("llama.rope.scaling.type", Value::Str("linear".into()));
-    let none = ("llama.rope.scaling.type", Value::Str("none".into()));
-    assert_eq!(scale(vec![]), 1.0);
-    assert_eq!(scale(vec![linear()]), 1.0);
-    assert_eq!(
-        scale(vec![("llama.rope.scaling.factor", Value::F32(4.0))]),
-        0.25
-    );
-    assert_eq!(
-        scale(vec![
-            linear(),
-            ("llama.rope.scaling.factor", Value::F32(2.0))
-        ]),
-        0.5
-    );
-    assert_eq!(
-        scale(vec![("llama.rope.scale_linear", Value::F32(8.0))]),
-        0.125
-    );
-    assert_eq!(
-        scale(vec![none, ("llama.rope.scaling.factor", Value::F32(4.0))]),
-        1.0
-    );
+    let ok = |extra| read(extra).ok();
+    let kind = |k: &str| ("llama.rope.scaling.type", Value::Str(k.into()));
+    let factor = |f| ("llama.rope.scaling.factor", Value::F32(f));
+    let linear = |factor| Some(RopeScaling::Linear { factor });
+    assert_eq!(ok(vec![]), Some(RopeScaling::None));
+    assert_eq!(ok(vec![kind("linear")]), Some(RopeScaling::None));
+    assert_eq!(ok(vec![factor(4.0)]), linear(4.0));
+    assert_eq!(ok(vec![kind("linear"), factor(2.0)]), linear(2.0));
+    let old_key = ("llama.rope.scale_linear", Value::F32(8.0));
+    assert_eq!(ok(vec![old_key]), linear(8.0));
+    assert_eq!(ok(vec![kind("none"), factor(4.0)]), Some(RopeScaling::None));
+    let yarn = |original_context| {
+        Some(RopeScaling::Yarn {
+            factor: 4.0,
+            original_context,
+        })
+    };
+    assert_eq!(ok(vec![kind("yarn"), factor(4.0)]), yarn(c.max_context));
+    let original = ("llama.rope.scaling.original_context_length", Value::U32(16));
+    assert_eq!(ok(vec![kind("yarn"), factor(4.0), original]), yarn(16));
+    let refused = |extra| matches!(read(extra), Err(LlamaError::Config { field, .. }) if field.starts_with("rope.scaling"));
+    assert!(refused(vec![kind("longrope"), factor(4.0)]));
+    let attn = ("llama.rope.scaling.attn_factor", Value::F32(1.2));
+    assert!(refused(vec![kind("yarn"), factor(4.0), attn]));
 }

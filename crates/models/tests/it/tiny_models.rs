@@ -1,5 +1,6 @@
 //! Tiny random models against llama.cpp: Llama 3.1's per-pair RoPE
-//! frequency factors, linear RoPE scaling and Qwen2's architecture.
+//! frequency factors, linear and YaRN RoPE scaling, and Qwen2's
+//! architecture.
 //!
 //! `fixtures/make_tiny_models_fixture.py` wrote each model with the `gguf`
 //! package (0.19.0) and llama.cpp's logits for it (llama-cpp-python 0.3.36:
@@ -10,6 +11,9 @@
 //!   logits move by up to 29 (median 9.8 per position);
 //! - `tiny_llama_rope_linear` (the same shape, no factors, linear scaling
 //!   by 4): ignoring the scale, 38.6 off;
+//! - `tiny_llama_rope_yarn` (YaRN by 4 from an original context of 32):
+//!   30.2 off as plain linear scaling (no ramp), 13.7 without the
+//!   magnitude `1 + 0.1 ln 4`;
 //! - `tiny_qwen2` (186 kB: width 48, heads of width 12, q/k/v biases, NEOX
 //!   rotation, RoPE base 10⁶): with the loader broken on purpose when the
 //!   test was written, 28.8 off without the biases and 38.5 rotating
@@ -22,11 +26,11 @@ use burn::tensor::Device;
 use lastmile_core::backend_test;
 use lastmile_core::convert::tensor_to_vec;
 use lastmile_core::gguf::GgufFile;
-use lastmile_models::llama::{LlamaConfig, LlamaModel, LlamaModule, WeightStorage};
+use lastmile_models::llama::{LlamaConfig, LlamaModel, LlamaModule, RopeScaling, WeightStorage};
 use serde::Deserialize;
 
 /// The models and their fixtures, by name.
-const MODELS: [(&str, &[u8], &str); 3] = [
+const MODELS: [(&str, &[u8], &str); 4] = [
     (
         "rope_freqs",
         include_bytes!("../fixtures/tiny_llama3_rope.gguf"),
@@ -36,6 +40,11 @@ const MODELS: [(&str, &[u8], &str); 3] = [
         "rope_linear",
         include_bytes!("../fixtures/tiny_llama_rope_linear.gguf"),
         include_str!("../fixtures/tiny_llama_rope_linear.json"),
+    ),
+    (
+        "rope_yarn",
+        include_bytes!("../fixtures/tiny_llama_rope_yarn.gguf"),
+        include_str!("../fixtures/tiny_llama_rope_yarn.json"),
     ),
     (
         "qwen2",
@@ -50,7 +59,7 @@ const TOL: f32 = 1e-3;
 struct Fixture {
     rope_base: f32,
     rope_freqs: Vec<f32>,
-    rope_scaling_linear: f32,
+    rope_scaling_factor: f32,
     tokens: Vec<usize>,
     logits: Vec<Vec<f32>>,
 }
@@ -79,7 +88,7 @@ fn agrees(name: &str, storage: WeightStorage, device: &Device) {
     let config = model.config();
     assert_eq!(config.rope_base, fixture.rope_base);
     assert_eq!(config.rope_freq_factors, fixture.rope_freqs);
-    assert_eq!(config.rope_freq_scale, 1.0 / fixture.rope_scaling_linear);
+    assert_eq!(config.rope_scaling.factor(), fixture.rope_scaling_factor);
     let n = fixture.tokens.len();
     let mut cache = model.new_cache(1).unwrap();
     let whole = tensor_to_vec(
@@ -168,6 +177,11 @@ fn bad_rope_freq_factors_are_refused() {
     assert!(config.check().is_err());
     config.rope_freq_factors.clear();
     assert!(config.check().is_ok());
-    config.rope_freq_scale = 0.0;
+    config.rope_scaling = RopeScaling::Linear { factor: 0.0 };
+    assert!(config.check().is_err());
+    config.rope_scaling = RopeScaling::Yarn {
+        factor: 4.0,
+        original_context: 0,
+    };
     assert!(config.check().is_err());
 }

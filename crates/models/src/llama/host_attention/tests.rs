@@ -15,8 +15,15 @@ fn attend<E: Elem>(heads: Heads, positions: usize, rows: usize) -> [Vec<f64>; 5]
     let k: Vec<f32> = (0..positions * width).map(value).collect();
     let v: Vec<f32> = (0..positions * width).map(|i| value(i + 5)).collect();
     let device = burn::tensor::Device::flex();
-    let rope =
-        super::super::rope::Rope::new(dh, 2 * positions, 1e4, &[], 1.0, &device).at_host(&[0]);
+    let rope = super::super::rope::Rope::new(
+        dh,
+        2 * positions,
+        1e4,
+        &[],
+        super::super::rope::RopeScaling::None,
+        &device,
+    )
+    .at_host(&[0]);
     let mut kv = KvRows::<E>::default();
     let first = positions - rows;
     for (offset, n) in [(0, first), (first, rows)] {
