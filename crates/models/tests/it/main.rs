@@ -9,6 +9,7 @@ mod distill;
 mod feature_draft;
 mod llama;
 mod llama_early_exit;
+mod llama_files;
 mod llama_interface;
 mod llama_module;
 mod llama_reference;

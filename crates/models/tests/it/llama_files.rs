@@ -1,0 +1,220 @@
+//! Llama GGUF files with bad metadata or tensors (typed errors, never a
+//! panic or a silently wrong model), and how the RoPE scaling keys are
+//! read, on files written by the GGUF writer of `llama.rs`.
+#![allow(clippy::unwrap_used)]
+
+use burn::tensor::Device;
+use lastmile_core::backend_test;
+use lastmile_core::gguf::GgufFile;
+use lastmile_models::llama::{LlamaConfig, LlamaError, LlamaModel, RopeScaling, WeightStorage};
+
+use crate::llama::{Checkpoint, Value, base_meta, checkpoint, small_config, tensors, write_gguf};
+
+fn from_meta(
+    meta: Vec<(&'static str, Value)>,
+    ck: &Checkpoint,
+    device: &Device,
+) -> Result<LlamaModel, LlamaError> {
+    let file = GgufFile::from_vec(write_gguf(&meta, &tensors(ck))).unwrap();
+    LlamaModel::from_gguf(&file, WeightStorage::F32, device)
+}
+
+fn with(c: &LlamaConfig, key: &'static str, value: Option<Value>) -> Vec<(&'static str, Value)> {
+    let mut meta: Vec<_> = base_meta(c)
+        .into_iter()
+        .filter(|(k, _)| *k != key)
+        .collect();
+    if let Some(v) = value {
+        meta.push((key, v));
+    }
+    meta
+}
+
+backend_test!(bad_files_are_typed_errors, |device| {
+    let c = small_config(true);
+    let ck = checkpoint(&c, 2);
+    assert!(matches!(
+        from_meta(with(&c, "general.architecture", Some(Value::Str("gpt2".into()))), &ck, device),
+        Err(LlamaError::Architecture { found }) if found == "gpt2"
+    ));
+    assert!(matches!(
+        from_meta(with(&c, "llama.block_count", None), &ck, device),
+        Err(LlamaError::Gguf(_))
+    ));
+    assert!(matches!(
+        from_meta(
+            with(&c, "llama.block_count", Some(Value::Str("2".into()))),
+            &ck,
+            device
+        ),
+        Err(LlamaError::Gguf(_))
+    ));
+    assert!(matches!(
+        from_meta(
+            with(&c, "llama.attention.head_count_kv", Some(Value::U32(3))),
+            &ck,
+            device
+        ),
+        Err(LlamaError::Config {
+            field: "n_kv_heads",
+            ..
+        })
+    ));
+    assert!(matches!(
+        from_meta(
+            with(&c, "llama.attention.head_count", Some(Value::U32(5))),
+            &ck,
+            device
+        ),
+        Err(LlamaError::Config {
+            field: "d_model",
+            ..
+        })
+    ));
+    assert!(matches!(
+        from_meta(
+            with(
+                &c,
+                "llama.attention.layer_norm_rms_epsilon",
+                Some(Value::F32(-1.0))
+            ),
+            &ck,
+            device
+        ),
+        Err(LlamaError::Config {
+            field: "rms_eps",
+            ..
+        })
+    ));
+    assert!(matches!(
+        from_meta(
+            with(&c, "llama.rope.dimension_count", Some(Value::U32(4))),
+            &ck,
+            device
+        ),
+        Err(LlamaError::Config {
+            field: "rope.dimension_count",
+            ..
+        })
+    ));
+    assert!(matches!(
+        from_meta(
+            with(
+                &c,
+                "llama.rope.scaling.type",
+                Some(Value::Str("longrope".into()))
+            ),
+            &ck,
+            device
+        ),
+        Err(LlamaError::Config {
+            field: "rope.scaling.type",
+            ..
+        })
+    ));
+    assert!(matches!(
+        from_meta(
+            with(&c, "llama.context_length", Some(Value::U32(0))),
+            &ck,
+            device
+        ),
+        Err(LlamaError::Config {
+            field: "max_context",
+            ..
+        })
+    ));
+    // A tensor whose shape disagrees with the metadata.
+    assert!(matches!(
+        from_meta(with(&c, "llama.feed_forward_length", Some(Value::U32(41))), &ck, device),
+        Err(LlamaError::TensorShape { name, expected, found })
+            if name == "blk.0.ffn_gate.weight" && expected == [41, 32] && found == [40, 32]
+    ));
+    // A missing tensor.
+    let mut t = tensors(&ck);
+    t.retain(|(n, _, _)| n != "blk.1.ffn_up.weight");
+    let file = GgufFile::from_vec(write_gguf(&base_meta(&c), &t)).unwrap();
+    assert!(matches!(
+        LlamaModel::from_gguf(&file, WeightStorage::F32, device),
+        Err(LlamaError::Gguf(_))
+    ));
+    // Absent optional keys take llama.cpp's defaults.
+    let mut meta = with(&c, "llama.attention.head_count_kv", None);
+    meta.retain(|(k, _)| *k != "llama.rope.freq_base");
+    let file = GgufFile::from_vec(write_gguf(
+        &meta,
+        &tensors(&checkpoint(
+            &LlamaConfig {
+                n_kv_heads: 4,
+                ..c.clone()
+            },
+            2,
+        )),
+    ))
+    .unwrap();
+    let config = LlamaConfig::from_gguf(&file).unwrap();
+    assert_eq!((config.n_kv_heads, config.rope_base), (4, 10_000.0));
+    // Biases: Qwen2's query/key/value ones must fit their projection; any
+    // other is refused rather than left out.
+    let d = c.d_model;
+    for (name, len, want) in [
+        ("blk.0.attn_q.bias", d + 1, "shape"),
+        ("blk.1.attn_output.bias", d, "refused"),
+        ("output.bias", c.vocab_size, "refused"),
+    ] {
+        let mut t = tensors(&ck);
+        t.push((name.to_owned(), vec![len], vec![0.0; len]));
+        let file = GgufFile::from_vec(write_gguf(&base_meta(&c), &t)).unwrap();
+        let got = LlamaModel::from_gguf(&file, WeightStorage::F32, device);
+        match want {
+            "shape" => assert!(
+                matches!(&got, Err(LlamaError::TensorShape { name: n, .. }) if n == name),
+                "{name}: {got:?}"
+            ),
+            _ => assert!(
+                matches!(&got, Err(LlamaError::Config { field: "tensor", value, .. }) if value == name),
+                "{name}: {got:?}"
+            ),
+        }
+    }
+});
+
+/// RoPE scaling as llama.cpp reads it: linear by `rope.scaling.factor`
+/// (or the older `rope.scale_linear`) when the type is `linear` or absent
+/// (llama.cpp's default); YaRN with its original context (else the
+/// context length); nothing for `none` whatever the factor; LongRoPE and
+/// an attention factor other than 1 refused.
+#[test]
+fn rope_scaling_is_read_as_llama_cpp_reads_it() {
+    let c = small_config(true);
+    let ck = checkpoint(&c, 2);
+    let read = |extra: Vec<(&'static str, Value)>| {
+        let mut meta = base_meta(&c);
+        meta.extend(extra);
+        let file = GgufFile::from_vec(write_gguf(&meta, &tensors(&ck))).unwrap();
+        LlamaConfig::from_gguf(&file).map(|c| c.rope_scaling)
+    };
+    let ok = |extra| read(extra).ok();
+    let kind = |k: &str| ("llama.rope.scaling.type", Value::Str(k.into()));
+    let factor = |f| ("llama.rope.scaling.factor", Value::F32(f));
+    let linear = |factor| Some(RopeScaling::Linear { factor });
+    assert_eq!(ok(vec![]), Some(RopeScaling::None));
+    assert_eq!(ok(vec![kind("linear")]), Some(RopeScaling::None));
+    assert_eq!(ok(vec![factor(4.0)]), linear(4.0));
+    assert_eq!(ok(vec![kind("linear"), factor(2.0)]), linear(2.0));
+    let old_key = ("llama.rope.scale_linear", Value::F32(8.0));
+    assert_eq!(ok(vec![old_key]), linear(8.0));
+    assert_eq!(ok(vec![kind("none"), factor(4.0)]), Some(RopeScaling::None));
+    let yarn = |original_context| {
+        Some(RopeScaling::Yarn {
+            factor: 4.0,
+            original_context,
+        })
+    };
+    assert_eq!(ok(vec![kind("yarn"), factor(4.0)]), yarn(c.max_context));
+    let original = ("llama.rope.scaling.original_context_length", Value::U32(16));
+    assert_eq!(ok(vec![kind("yarn"), factor(4.0), original]), yarn(16));
+    let refused = |extra| matches!(read(extra), Err(LlamaError::Config { field, .. }) if field.starts_with("rope.scaling"));
+    assert!(refused(vec![kind("longrope"), factor(4.0)]));
+    let attn = ("llama.rope.scaling.attn_factor", Value::F32(1.2));
+    assert!(refused(vec![kind("yarn"), factor(4.0), attn]));
+}
