@@ -152,9 +152,6 @@ fn add(x: &mut [f32], y: &[f32]) {
     }
 }
 
-/// RMSNorm (Zhang & Sennrich 2019, eq. 4) of each row of `x` (`d` wide):
-/// `x · 1/√(mean(x²) + ε) · g`, the operations of [`RmsNorm::forward`].
-#[inline(always)]
 /// `bias` added to each row of `y` (rows of `bias.len()`).
 fn add_bias(y: &mut [f32], bias: &[f32]) {
     for row in y.chunks_exact_mut(bias.len()) {
@@ -162,6 +159,9 @@ fn add_bias(y: &mut [f32], bias: &[f32]) {
     }
 }
 
+/// RMSNorm (Zhang & Sennrich 2019, eq. 4) of each row of `x` (`d` wide):
+/// `x · 1/√(mean(x²) + ε) · g`, the operations of [`RmsNorm::forward`].
+#[inline(always)]
 fn rms_norm(x: &[f32], d: usize, norm: &RmsNorm, eps: f32) -> LlamaResult<Vec<f32>> {
     let gain = match norm.host_gain.get() {
         Some(g) => g,

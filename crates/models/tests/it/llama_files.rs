@@ -37,92 +37,42 @@ backend_test!(bad_files_are_typed_errors, |device| {
         from_meta(with(&c, "general.architecture", Some(Value::Str("gpt2".into()))), &ck, device),
         Err(LlamaError::Architecture { found }) if found == "gpt2"
     ));
-    assert!(matches!(
-        from_meta(with(&c, "llama.block_count", None), &ck, device),
-        Err(LlamaError::Gguf(_))
-    ));
-    assert!(matches!(
-        from_meta(
-            with(&c, "llama.block_count", Some(Value::Str("2".into()))),
-            &ck,
-            device
+    // Missing or mistyped required keys are the reader's errors; values
+    // out of range name the configuration field they break.
+    let (u, s) = (
+        |n| Some(Value::U32(n)),
+        |t: &str| Some(Value::Str(t.into())),
+    );
+    let cases = [
+        ("llama.block_count", None, None),
+        ("llama.block_count", s("2"), None),
+        ("llama.attention.head_count_kv", u(3), Some("n_kv_heads")),
+        ("llama.attention.head_count", u(5), Some("d_model")),
+        (
+            "llama.attention.layer_norm_rms_epsilon",
+            Some(Value::F32(-1.0)),
+            Some("rms_eps"),
         ),
-        Err(LlamaError::Gguf(_))
-    ));
-    assert!(matches!(
-        from_meta(
-            with(&c, "llama.attention.head_count_kv", Some(Value::U32(3))),
-            &ck,
-            device
+        (
+            "llama.rope.dimension_count",
+            u(4),
+            Some("rope.dimension_count"),
         ),
-        Err(LlamaError::Config {
-            field: "n_kv_heads",
-            ..
-        })
-    ));
-    assert!(matches!(
-        from_meta(
-            with(&c, "llama.attention.head_count", Some(Value::U32(5))),
-            &ck,
-            device
+        (
+            "llama.rope.scaling.type",
+            s("longrope"),
+            Some("rope.scaling.type"),
         ),
-        Err(LlamaError::Config {
-            field: "d_model",
-            ..
-        })
-    ));
-    assert!(matches!(
-        from_meta(
-            with(
-                &c,
-                "llama.attention.layer_norm_rms_epsilon",
-                Some(Value::F32(-1.0))
-            ),
-            &ck,
-            device
-        ),
-        Err(LlamaError::Config {
-            field: "rms_eps",
-            ..
-        })
-    ));
-    assert!(matches!(
-        from_meta(
-            with(&c, "llama.rope.dimension_count", Some(Value::U32(4))),
-            &ck,
-            device
-        ),
-        Err(LlamaError::Config {
-            field: "rope.dimension_count",
-            ..
-        })
-    ));
-    assert!(matches!(
-        from_meta(
-            with(
-                &c,
-                "llama.rope.scaling.type",
-                Some(Value::Str("longrope".into()))
-            ),
-            &ck,
-            device
-        ),
-        Err(LlamaError::Config {
-            field: "rope.scaling.type",
-            ..
-        })
-    ));
-    assert!(matches!(
-        from_meta(
-            with(&c, "llama.context_length", Some(Value::U32(0))),
-            &ck,
-            device
-        ),
-        Err(LlamaError::Config {
-            field: "max_context",
-            ..
-        })
-    ));
+        ("llama.context_length", u(0), Some("max_context")),
+    ];
+    for (key, value, field) in cases {
+        let got = from_meta(with(&c, key, value), &ck, device);
+        let as_expected = match field {
+            None => matches!(got, Err(LlamaError::Gguf(_))),
+            Some(want) => matches!(got, Err(LlamaError::Config { field, .. }) if field == want),
+        };
+        assert!(as_expected, "{key}: {got:?}");
+    }
     // A tensor whose shape disagrees with the metadata.
     assert!(matches!(
         from_meta(with(&c, "llama.feed_forward_length", Some(Value::U32(41))), &ck, device),
