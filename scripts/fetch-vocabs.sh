@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Fetches the vocabulary-only GGUF files that llama.cpp tests its tokenizers
 # with, and their reference tokenisations, for lastmile's tokenizer tests
-# (issue #14: SentencePiece, Llama 3, Qwen2, DeepSeek Coder and the GPT-2
-# family).
+# (issue #14: SentencePiece, Llama 3, Qwen2, DeepSeek Coder and LLM, and the
+# GPT-2 family).
 #
 # llama.cpp keeps them in its `models/` folder as ggml-vocab-<name>.gguf
 # (the vocabulary, merges or scores, special tokens; no weights) beside
@@ -14,7 +14,7 @@
 #
 # Destination:
 #   ${LASTMILE_MODELS:-${CARGO_TARGET_DIR:-<repo>/target}/lastmile-models}/llama-cpp-vocabs/
-# (~33 MB). Idempotent: when every file is there, it only says so. Needs
+# (~37 MB). Idempotent: when every file is there, it only says so. Needs
 # python3 with pip, network access to PyPI, and sha256sum or shasum.
 # Usage: scripts/fetch-vocabs.sh
 set -euo pipefail
@@ -24,7 +24,7 @@ SDIST="llama_cpp_python-0.3.36.tar.gz"
 SDIST_SHA256="832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e"
 PREFIX="llama_cpp_python-0.3.36/vendor/llama.cpp/models"
 # The vocabularies whose tokenizer lastmile implements.
-NAMES="llama-spm phi-3 llama-bpe qwen2 gpt-2 mpt starcoder refact command-r deepseek-coder"
+NAMES="llama-spm phi-3 llama-bpe qwen2 gpt-2 mpt starcoder refact command-r deepseek-coder deepseek-llm"
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 models="${LASTMILE_MODELS:-${CARGO_TARGET_DIR:-$repo/target}/lastmile-models}"

@@ -47,13 +47,16 @@ impl<'a> ChatMessage<'a> {
 /// Any other template is matched, as llama.cpp's
 /// `llama_chat_apply_template` matches it, by the markers it contains (or
 /// by llama.cpp's name for it: `chatml`, `llama2`, `llama2-sys`,
-/// `llama2-sys-bos`, `llama2-sys-strip`, `llama3`, `phi3`, `zephyr`), and
+/// `llama2-sys-bos`, `llama2-sys-strip`, `llama3`, `phi3`, `zephyr`,
+/// `deepseek`, `deepseek2`), and
 /// rendered as llama.cpp's built-in template of that family (checked
 /// against llama.cpp on a fixture): ChatML (`<|im_start|>`), Llama 2
 /// (`[INST]`; with `<<SYS>>` system blocks, a BOS inside the history, or
 /// stripped messages as the template shows), Phi-3 (`<|assistant|>` and
-/// `<|end|>`), Zephyr (`<|user|>` and `<|endoftext|>`) and Llama 3
-/// (`<|start_header_id|>`). Like llama.cpp's, these renderings leave out
+/// `<|end|>`), Zephyr (`<|user|>` and `<|endoftext|>`), DeepSeek Coder
+/// (`### Instruction:` and `<|EOT|>`), Llama 3 (`<|start_header_id|>`)
+/// and DeepSeek LLM / V2 (`'Assistant: ' + message['content'] +
+/// eos_token`). Like llama.cpp's, these renderings leave out
 /// what a Jinja template adds beyond its family's layout (Qwen2.5's
 /// default system prompt, Llama 3.1's date header). A template that
 /// llama.cpp would match to another family (Mistral v3/v7, Gemma, Phi-4,
@@ -110,6 +113,11 @@ pub enum ChatTemplate {
     /// `### Response:\n{content}\n<|EOT|>\n` for the assistant (other
     /// roles left out, as llama.cpp does).
     Deepseek,
+    /// DeepSeek LLM's and DeepSeek-V2's format (llama.cpp's `deepseek2`):
+    /// a system message followed by a blank line, `User: {content}\n\n`,
+    /// `Assistant: {content}<｜end▁of▁sentence｜>`, and `Assistant:` as the
+    /// generation prompt.
+    Deepseek2,
 }
 
 /// The loop body and generation prompt shared by both recognised templates.
@@ -136,7 +144,7 @@ impl ChatTemplate {
                     ),
                     None => format!("{reason}, and it has no marker of a known family"),
                 } + "; supported: ChatML (SmolLM2's exactly), Llama 2, Llama 3, Phi-3, Zephyr, \
-                     DeepSeek Coder",
+                     DeepSeek Coder, DeepSeek LLM / V2",
                 excerpt: template.chars().take(80).collect(),
             })
         })
@@ -169,7 +177,7 @@ impl ChatTemplate {
 
     /// llama.cpp's detection (`llm_chat_detect_template`): a template
     /// named by llama.cpp's name for it (`llama3`, …), else by markers in
-    /// llama.cpp's order, up to Llama 3: the family, or `Err` with the name
+    /// llama.cpp's order, up to DeepSeek-V2: the family, or `Err` with the name
     /// of a family llama.cpp knows but this crate does not render (`None`:
     /// no family).
     fn detect(t: &str) -> Result<Self, Option<&'static str>> {
@@ -192,6 +200,7 @@ impl ChatTemplate {
             "phi3" => return Ok(Self::Phi3),
             "zephyr" => return Ok(Self::Zephyr),
             "deepseek" => return Ok(Self::Deepseek),
+            "deepseek2" => return Ok(Self::Deepseek2),
             _ => {}
         }
         let has = |m: &str| t.contains(m);
@@ -247,6 +256,12 @@ impl ChatTemplate {
             (
                 &["<|start_header_id|>", "<|end_header_id|>"],
                 Ok(Self::Llama3),
+            ),
+            (&["[gMASK]sop"], Err("chatglm3")),
+            (&["<用户>"], Err("minicpm")),
+            (
+                &["'Assistant: ' + message['content'] + eos_token"],
+                Ok(Self::Deepseek2),
             ),
         ];
         for (markers, family) in others {
@@ -347,6 +362,21 @@ impl ChatTemplate {
                 }
                 if add_generation_prompt {
                     out.push_str("### Response:\n");
+                }
+            }
+            Self::Deepseek2 => {
+                for m in messages {
+                    match m.role {
+                        "system" => out.push_str(&format!("{}\n\n", m.content)),
+                        "user" => out.push_str(&format!("User: {}\n\n", m.content)),
+                        "assistant" => {
+                            out.push_str(&format!("Assistant: {}<｜end▁of▁sentence｜>", m.content))
+                        }
+                        _ => {}
+                    }
+                }
+                if add_generation_prompt {
+                    out.push_str("Assistant:");
                 }
             }
         }

@@ -8,7 +8,7 @@ mod regex_steps;
 /// The pre-tokenisation rule of a vocabulary: how text is cut into the
 /// pieces that BPE merges never cross.
 ///
-/// Five rules are implemented, each as llama.cpp applies it to the
+/// Six rules are implemented, each as llama.cpp applies it to the
 /// `tokenizer.ggml.pre` names listed in [`PreTokenizer::from_name`]:
 ///
 /// - **GPT-2** — the pattern
@@ -38,6 +38,12 @@ mod regex_steps;
 ///   between them (line breaks alone, words and punctuation runs with one
 ///   white-space character before them, CJK runs, single digits; symbols
 ///   such as `+` or `=` stay in the stretches).
+/// - **DeepSeek LLM** — llama.cpp's sequence `[\r\n]`, `\s?[A-Za-zµÀ-Ö…]+`
+///   (listed ranges of cased scripts: Latin, Greek, Cyrillic and a few
+///   others, not `\p{L}`), `\s?[!-/:-~！-／：-～‘-‟　-。]+` (ASCII
+///   punctuation and symbols with their full-width forms), `\s+$` (the
+///   white space that ends a piece), the CJK runs above, `\p{N}+` (whole
+///   numbers).
 ///
 /// The rule is written by hand over a small character-class table instead
 /// of a regex engine: the look-ahead `(?!\S)` would need a backtracking
@@ -65,6 +71,8 @@ pub enum PreTokenizer {
     Qwen2,
     /// DeepSeek Coder's sequence of expressions.
     DeepseekCoder,
+    /// DeepSeek LLM's sequence of expressions.
+    DeepseekLlm,
 }
 
 /// `tokenizer.ggml.pre` names of [`PreTokenizer::Gpt2`].
@@ -103,6 +111,8 @@ const LLAMA3_NAMES: &[&str] = &[
 const QWEN2_NAMES: &[&str] = &["qwen2", "deepseek-r1-qwen", "kormo", "f2llmv2", "stablelm2"];
 /// `tokenizer.ggml.pre` names of [`PreTokenizer::DeepseekCoder`].
 const DEEPSEEK_CODER_NAMES: &[&str] = &["deepseek-coder"];
+/// `tokenizer.ggml.pre` names of [`PreTokenizer::DeepseekLlm`].
+const DEEPSEEK_LLM_NAMES: &[&str] = &["deepseek-llm"];
 
 impl PreTokenizer {
     /// The rule llama.cpp uses for a `tokenizer.ggml.pre` value, if it is
@@ -113,7 +123,7 @@ impl PreTokenizer {
     /// use lastmile_models::tokenizer::PreTokenizer;
     /// assert_eq!(PreTokenizer::from_name("smollm"), Some(PreTokenizer::Gpt2SingleDigits));
     /// assert_eq!(PreTokenizer::from_name("llama-bpe"), Some(PreTokenizer::Llama3));
-    /// assert_eq!(PreTokenizer::from_name("deepseek-llm"), None);
+    /// assert_eq!(PreTokenizer::from_name("falcon"), None);
     /// ```
     pub fn from_name(name: &str) -> Option<Self> {
         [
@@ -122,6 +132,7 @@ impl PreTokenizer {
             (LLAMA3_NAMES, Self::Llama3),
             (QWEN2_NAMES, Self::Qwen2),
             (DEEPSEEK_CODER_NAMES, Self::DeepseekCoder),
+            (DEEPSEEK_LLM_NAMES, Self::DeepseekLlm),
         ]
         .into_iter()
         .find_map(|(names, rule)| names.contains(&name).then_some(rule))
@@ -135,6 +146,7 @@ impl PreTokenizer {
             .chain(LLAMA3_NAMES)
             .chain(QWEN2_NAMES)
             .chain(DEEPSEEK_CODER_NAMES)
+            .chain(DEEPSEEK_LLM_NAMES)
             .copied()
     }
 
@@ -311,7 +323,12 @@ pub(crate) fn split(
         }
         PreTokenizer::Llama3 => llama3(cps, 3, end_byte, out),
         PreTokenizer::Qwen2 => llama3(cps, 1, end_byte, out),
-        PreTokenizer::DeepseekCoder => regex_steps::deepseek_coder(cps, classes, end_byte, out),
+        PreTokenizer::DeepseekCoder => {
+            regex_steps::split_steps(regex_steps::DEEPSEEK_CODER, cps, classes, end_byte, out)
+        }
+        PreTokenizer::DeepseekLlm => {
+            regex_steps::split_steps(regex_steps::DEEPSEEK_LLM, cps, classes, end_byte, out)
+        }
     }
 }
 

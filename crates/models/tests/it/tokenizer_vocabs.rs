@@ -14,10 +14,10 @@
 //! `${LASTMILE_MODELS:-${CARGO_TARGET_DIR:-<repo>/target}/lastmile-models}/llama-cpp-vocabs/`.
 //!
 //! `fixtures/tokenizer_vocabs.json`, written by
-//! `fixtures/make_vocab_fixture.py` with llama-cpp-python 0.3.36 on five
+//! `fixtures/make_vocab_fixture.py` with llama-cpp-python 0.3.36 on six
 //! of those files (Llama 2's and Phi-3's SentencePiece — llama.cpp drops
-//! the white space after Phi-3's special tokens —, Llama 3's, Qwen2's and
-//! DeepSeek Coder's byte-level BPE), adds llama.cpp's own ids — with BOS where the
+//! the white space after Phi-3's special tokens —, Llama 3's, Qwen2's,
+//! DeepSeek Coder's and DeepSeek LLM's byte-level BPE), adds llama.cpp's own ids — with BOS where the
 //! vocabulary adds it, with and without special-token parsing — and its
 //! detokenisation for 50 varied and 200 seeded random strings, and the ids
 //! of the shipped 1.3 MB corpus by count and hash.
@@ -151,6 +151,16 @@ fn deepseek_coder_matches_reference_ids() {
     }
 }
 
+/// DeepSeek LLM's sequence of expressions (listed letter ranges, whole
+/// numbers, trailing white space cut off).
+#[test]
+fn deepseek_llm_matches_reference_ids() {
+    if check("deepseek-llm") > 0 {
+        let (tok, _) = cases("deepseek-llm").unwrap();
+        assert_eq!(tok.pre_tokenizer(), Some(PreTokenizer::DeepseekLlm));
+    }
+}
+
 #[test]
 fn sentencepiece_matches_reference_ids() {
     for name in ["llama-spm", "phi-3"] {
@@ -268,4 +278,9 @@ fn phi3_matches_llama_cpp() {
 #[test]
 fn deepseek_coder_matches_llama_cpp() {
     check_llama_cpp("deepseek-coder");
+}
+
+#[test]
+fn deepseek_llm_matches_llama_cpp() {
+    check_llama_cpp("deepseek-llm");
 }
