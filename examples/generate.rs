@@ -26,9 +26,10 @@
 //! kquant` makes SmolLM2's), and a SentencePiece vocabulary (Llama 2,
 //! TinyLlama, Mistral) or a byte-level BPE one whose pre-tokenisation
 //! `lastmile_models::tokenizer` knows (SmolLM's, GPT-2's, Llama 3's,
-//! Qwen2's, DeepSeek Coder's and kin; others are refused with the name
-//! they use). `--chat` needs a chat template of a family the tokenizer
-//! renders (ChatML, Llama 2, Llama 3, Phi-3, Zephyr, DeepSeek Coder). Architectures
+//! Qwen2's, DeepSeek Coder's, DeepSeek LLM's and kin; others are refused
+//! with the name they use). `--chat` needs a chat template of a family the
+//! tokenizer renders (ChatML, Llama 2, Llama 3, Phi-3, Zephyr, DeepSeek
+//! Coder, DeepSeek LLM). Architectures
 //! `llama` and `qwen2` (Qwen2, Qwen2.5); Llama 3.1's RoPE factors and
 //! linear or YaRN RoPE scaling are applied.
 

@@ -53,8 +53,8 @@
 //!
 //! `tests/it/tokenizer_vocabs.rs` checks the vocabulary-only GGUF files
 //! llama.cpp tests its own tokenizers with (`scripts/fetch-vocabs.sh`):
-//! Llama 2's and Phi-3's SentencePiece, Llama 3's, Qwen2's and DeepSeek
-//! Coder's byte-level BPE, and GPT-2, MPT, StarCoder, Refact and Command-R,
+//! Llama 2's and Phi-3's SentencePiece, Llama 3's, Qwen2's, DeepSeek
+//! Coder's and DeepSeek LLM's byte-level BPE, and GPT-2, MPT, StarCoder, Refact and Command-R,
 //! each against the ids the model's Hugging Face tokenizer gives for
 //! llama.cpp's test strings. `tests/it/tokenizer_llama_cpp.rs` checks SmolLM2-135M-Instruct's GGUF
 //! against a fixture written by llama-cpp-python 0.3.36
