@@ -7,7 +7,7 @@
 //! - a full causal forward for training ([`Transformer::forward`]),
 //! - an incremental forward over a ragged batch with a rollback-able
 //!   [`KvCache`] ([`Transformer::forward_cached`]), equal to the full forward,
-//! - a next-byte training loop ([`train`]) and held-out loss ([`evaluate`]),
+//! - a next-byte training loop ([`train()`]) and held-out loss ([`evaluate`]),
 //! - knowledge distillation of a draft from its target ([`distill`], the
 //!   forward KL that DistillSpec uses to raise speculative acceptance),
 //! - checkpoints in burn's native format ([`Transformer::save`] / [`Transformer::load`]),

@@ -41,8 +41,8 @@ pub(crate) enum Tempered {
 /// back for the caller's other paths.
 ///
 /// # Errors
-/// [`CoreError::IndexOutOfRange`] for a picked row `≥ rows`;
-/// [`CoreError::TensorData`] for values that cannot be read.
+/// [`CoreError::IndexOutOfRange`](lastmile_core::CoreError::IndexOutOfRange) for a picked row `≥ rows`;
+/// [`CoreError::TensorData`](lastmile_core::CoreError::TensorData) for values that cannot be read.
 pub(crate) fn tempered_rows(
     logits: Tensor<2>,
     pick: &[usize],

@@ -54,7 +54,8 @@ pub(crate) fn write_rank_alpha(
 /// How one adapter kind maps onto PEFT's two files: its `peft_type`, the
 /// tensors of one module, the kind-wide config fields, and the way back.
 /// Each kind implements it in its own folder (`lora/peft.rs`, …); this
-/// module's [`to_peft`] and [`from_peft`] are the generic driver.
+/// module's [`to_peft`](super::to_peft) and [`from_peft`](super::from_peft)
+/// are the generic driver.
 pub trait PeftMapping: Sized {
     /// PEFT's `peft_type`.
     const PEFT_TYPE: &'static str;
@@ -90,7 +91,7 @@ pub(crate) fn float_of<'a>(t: &'a StoredTensor, key: &str) -> Result<&'a [f32]> 
 /// One module's tensors in a PEFT file, as a kind's [`PeftMapping::read`]
 /// sees them: its rank and α after `rank_pattern` / `alpha_pattern`, and
 /// checked accessors that turn every inconsistency into
-/// [`AdapterError::InvalidFile`].
+/// [`AdapterError::InvalidFile`](crate::error::AdapterError::InvalidFile).
 pub struct ModuleTensors<'a> {
     pub(crate) name: &'a str,
     pub(crate) rank: usize,

@@ -8,7 +8,7 @@
 //!   KV cache, and a routing hook that records traces in moe-cache's format
 //!   ([`MoeTransformer::forward_traced`]);
 //! - [`OffloadedMoeTransformer`]: the same trunk, routers resident, experts
-//!   read from an on-disk [`ExpertStore`] through a DRAM
+//!   read from an on-disk [`ExpertStore`](lastmile_moe_cache::store::ExpertStore) through a DRAM
 //!   [`ExpertCache`](lastmile_moe_cache::ExpertCache) with any eviction
 //!   policy and routing rule (Cache-Prior, Max-Rank, …).
 //!

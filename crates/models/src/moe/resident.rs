@@ -394,7 +394,7 @@ pub struct MoeTrainStep {
 /// Switch/GShard auxiliary loss `E · Σ_i f_i P_i` averaged over layers
 /// (Fedus et al. 2022, "Switch Transformers", Eq. (4); they use α = 0.01).
 /// AdamW with weight decay 0.01, gradient-norm clipping at 1 and
-/// `config`'s schedule, as [`train`](crate::train). Returns the model in
+/// `config`'s schedule, as [`train`](crate::train()). Returns the model in
 /// evaluation mode on the plain device.
 ///
 /// # Errors
