@@ -489,7 +489,8 @@ fn gpt2(cps: &[Cp], ini: usize, end: usize, end_byte: usize, out: &mut Vec<Range
 mod tests {
     use super::*;
 
-    fn pieces(rule: PreTokenizer, text: &str) -> Vec<&str> {
+    /// `text` cut by `rule`, as string slices.
+    pub(super) fn pieces(rule: PreTokenizer, text: &str) -> Vec<&str> {
         let classes = CharClasses::new();
         let mut out = Vec::new();
         split(rule, &classes, text, &mut SplitScratch::default(), &mut out);

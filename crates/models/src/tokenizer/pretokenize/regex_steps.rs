@@ -261,85 +261,54 @@ fn match_len(step: Step, classes: &CharClasses, cps: &[Cp]) -> usize {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
-    use super::super::{PreTokenizer, SplitScratch, split};
-    use super::*;
-
-    fn pieces(rule: PreTokenizer, text: &str) -> Vec<&str> {
-        let classes = CharClasses::new();
-        let mut out = Vec::new();
-        split(rule, &classes, text, &mut SplitScratch::default(), &mut out);
-        out.into_iter().map(|r| &text[r]).collect()
-    }
+    use super::super::PreTokenizer;
+    use super::super::tests::pieces;
 
     #[test]
     fn deepseek_coder_cases() {
-        assert_eq!(
-            pieces(PreTokenizer::DeepseekCoder, "Hello world"),
-            ["Hello", " world"]
-        );
+        let p = |t| pieces(PreTokenizer::DeepseekCoder, t);
+        assert_eq!(p("Hello world"), ["Hello", " world"]);
         // Punctuation keeps one space before it; symbols ($ + = …) are not
         // punctuation and stay between the matches.
-        assert_eq!(
-            pieces(PreTokenizer::DeepseekCoder, "x = a+b;"),
-            ["x", " =", " a", "+", "b", ";"]
-        );
-        assert_eq!(
-            pieces(PreTokenizer::DeepseekCoder, "f(x) -> y"),
-            ["f", "(", "x", ")", " -", ">", " y"]
-        );
-        assert_eq!(
-            pieces(PreTokenizer::DeepseekCoder, "in 2024"),
-            ["in", " ", "2", "0", "2", "4"]
-        );
-        assert_eq!(
-            pieces(PreTokenizer::DeepseekCoder, "a\r\n\nb"),
-            ["a", "\r", "\n", "\n", "b"]
-        );
-        assert_eq!(
-            pieces(PreTokenizer::DeepseekCoder, "a   b"),
-            ["a", "  ", " b"]
-        );
+        assert_eq!(p("x = a+b;"), ["x", " =", " a", "+", "b", ";"]);
+        assert_eq!(p("f(x) -> y"), ["f", "(", "x", ")", " -", ">", " y"]);
+        assert_eq!(p("in 2024"), ["in", " ", "2", "0", "2", "4"]);
+        assert_eq!(p("a\r\n\nb"), ["a", "\r", "\n", "\n", "b"]);
+        assert_eq!(p("a   b"), ["a", "  ", " b"]);
         // A letter run that is CJK stays whole. `\u{3000}。、` is first one
         // punctuation piece with its white space, then the CJK expression
         // cuts it: the ideographic space is white space, never CJK.
-        assert_eq!(pieces(PreTokenizer::DeepseekCoder, "日本語"), ["日本語"]);
-        assert_eq!(
-            pieces(PreTokenizer::DeepseekCoder, "ab\u{3000}。、"),
-            ["ab", "\u{3000}", "。、"]
-        );
-        assert_eq!(
-            pieces(PreTokenizer::DeepseekCoder, "🙂🙂 ok"),
-            ["🙂🙂", " ok"]
-        );
-        assert_eq!(pieces(PreTokenizer::DeepseekCoder, ""), Vec::<&str>::new());
+        assert_eq!(p("日本語"), ["日本語"]);
+        assert_eq!(p("ab\u{3000}。、"), ["ab", "\u{3000}", "。、"]);
+        assert_eq!(p("🙂🙂 ok"), ["🙂🙂", " ok"]);
+        assert_eq!(p(""), Vec::<&str>::new());
         let text = "Mixed: ÅÄÖ 12\t\u{a0}x  \n\n  'tis 🙂 ½ ٣ – end  ";
-        assert_eq!(pieces(PreTokenizer::DeepseekCoder, text).concat(), text);
+        assert_eq!(p(text).concat(), text);
     }
 
     #[test]
     fn deepseek_llm_cases() {
-        let llm = |text| pieces(PreTokenizer::DeepseekLlm, text);
-        assert_eq!(llm("Hello world"), ["Hello", " world"]);
+        let p = |t| pieces(PreTokenizer::DeepseekLlm, t);
+        assert_eq!(p("Hello world"), ["Hello", " world"]);
         // ASCII symbols are punctuation here, with one space before them;
         // numbers stay whole.
-        assert_eq!(llm("x = a+b;"), ["x", " =", " a", "+", "b", ";"]);
+        assert_eq!(p("x = a+b;"), ["x", " =", " a", "+", "b", ";"]);
         assert_eq!(
-            llm("in 2024, 3.5"),
+            p("in 2024, 3.5"),
             ["in", " ", "2024", ",", " ", "3", ".", "5"]
         );
-        // Listed letters only: Greek and Cyrillic are words, Arabic and
-        // Devanagari (not listed) stay in the stretches between them.
-        assert_eq!(llm("αβγ Привет"), ["αβγ", " Привет"]);
-        assert_eq!(llm("ab مرحبا"), ["ab", " مرحبا"]);
+        // Listed letters only: Greek and Cyrillic are words, Arabic (not
+        // listed) stays in the stretch between them.
+        assert_eq!(p("αβγ Привет"), ["αβγ", " Привет"]);
+        assert_eq!(p("ab مرحبا"), ["ab", " مرحبا"]);
         // The white space that ends a piece is cut off it.
-        assert_eq!(llm("a \u{a0}"), ["a", " \u{a0}"]);
-        assert_eq!(llm("a   b  "), ["a", "  ", " b", "  "]);
-        assert_eq!(llm("日本語。"), ["日本語", "。"]);
-        assert_eq!(llm("a\r\n"), ["a", "\r", "\n"]);
-        assert_eq!(llm(""), Vec::<&str>::new());
+        assert_eq!(p("a \u{a0}"), ["a", " \u{a0}"]);
+        assert_eq!(p("a   b  "), ["a", "  ", " b", "  "]);
+        assert_eq!(p("日本語。"), ["日本語", "。"]);
+        assert_eq!(p("a\r\n"), ["a", "\r", "\n"]);
+        assert_eq!(p(""), Vec::<&str>::new());
         let text = "Mixed: ÅÄÖ 12\t\u{a0}x  \n\n  'tis 🙂 ½ ٣ – end  ";
-        assert_eq!(llm(text).concat(), text);
+        assert_eq!(p(text).concat(), text);
     }
 }
