@@ -195,10 +195,10 @@ fn unusable_metadata_gives_typed_errors() {
         "{err}"
     );
 
-    let err = file_with(|kvs| set(kvs, "tokenizer.ggml.pre", Value::Str("deepseek-llm".into())))
-        .unwrap_err();
+    let err =
+        file_with(|kvs| set(kvs, "tokenizer.ggml.pre", Value::Str("falcon".into()))).unwrap_err();
     assert!(
-        matches!(&err, TokenizerError::UnsupportedPreTokenizer { found, supported } if found == "deepseek-llm" && supported.contains("smollm") && supported.contains("llama-bpe")),
+        matches!(&err, TokenizerError::UnsupportedPreTokenizer { found, supported } if found == "falcon" && supported.contains("smollm") && supported.contains("llama-bpe")),
         "{err}"
     );
 
