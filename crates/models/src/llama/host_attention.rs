@@ -495,7 +495,7 @@ impl<E: Elem> ValueTile<'_, E> {
 /// lanes and the tail in order), each divided by the sum.
 #[inline(always)]
 fn softmax_in_place(s: &mut [f32]) {
-    let max = s.iter().fold(f32::NEG_INFINITY, |m, x| m.max(*x));
+    let max = max_of(s);
     for x in s.iter_mut() {
         *x = exp(*x - max);
     }
@@ -510,6 +510,34 @@ fn softmax_in_place(s: &mut [f32]) {
     for x in s.iter_mut() {
         *x /= total;
     }
+}
+
+/// The largest of `s` (NaNs ignored, as by [`f32::max`]; `−∞` if empty),
+/// over 16 running lanes: a fold of one running maximum was a chain of
+/// dependent scalar steps that took a third of a verify pass's attention
+/// (`docs/benchmarks.md`). The maximum is exact, so the order of its
+/// comparisons does not change the value.
+#[inline(always)]
+fn max_of(s: &[f32]) -> f32 {
+    let mut lanes = [f32::NEG_INFINITY; 16];
+    let (s16, tail) = s.as_chunks::<16>();
+    for x in s16 {
+        for l in 0..16 {
+            lanes[l] = lanes[l].max(x[l]);
+        }
+    }
+    for (l, x) in lanes.iter_mut().zip(tail) {
+        *l = l.max(*x);
+    }
+    // A tree over the lanes: four dependent steps instead of fifteen.
+    let mut width = 8;
+    while width > 0 {
+        for l in 0..width {
+            lanes[l] = lanes[l].max(lanes[l + width]);
+        }
+        width /= 2;
+    }
+    lanes[0]
 }
 
 /// A unit on the AVX2 kernel: pulp inlines `call` into a function

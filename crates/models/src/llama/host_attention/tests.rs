@@ -245,3 +245,21 @@ fn widened<const W: usize, S: Lanes<W>>(s: S, bits: &[u16]) -> Vec<f32> {
     let chunks = bits.as_chunks::<W>().0;
     chunks.iter().flat_map(|x| s.store(s.load_f16(x))).collect()
 }
+
+#[test]
+fn max_of_is_the_largest_value_whatever_the_length() {
+    for n in [0usize, 1, 5, 15, 16, 17, 31, 32, 45, 64, 100] {
+        // Values whose largest sits at every position in turn.
+        for top in 0..n.max(1) {
+            let s: Vec<f32> = (0..n)
+                .map(|i| if i == top { 7.5 } else { (i as f32 * 0.37).sin() })
+                .collect();
+            let want = s.iter().fold(f32::NEG_INFINITY, |m, x| m.max(*x));
+            assert_eq!(max_of(&s), want, "n = {n}, largest at {top}");
+        }
+    }
+    assert_eq!(max_of(&[]), f32::NEG_INFINITY);
+    // NaNs are skipped, as by f32::max (all NaN: −∞, as the former fold gave).
+    assert_eq!(max_of(&[f32::NAN, -3.0, f32::NAN, -2.0]), -2.0);
+    assert_eq!(max_of(&[f32::NAN; 20]), f32::NEG_INFINITY);
+}
