@@ -30,7 +30,8 @@
 //! with the name they use). `--chat` needs a chat template of a family the
 //! tokenizer renders (ChatML, Llama 2, Llama 3, Phi-3, Zephyr, DeepSeek
 //! Coder, DeepSeek LLM). Architectures
-//! `llama` and `qwen2` (Qwen2, Qwen2.5); Llama 3.1's RoPE factors and
+//! `llama`, `qwen2` (Qwen2, Qwen2.5) and `phi3` (Phi-3, Phi-3.5 mini);
+//! Llama 3.1's RoPE factors and
 //! linear or YaRN RoPE scaling are applied.
 
 use std::io::Write as _;

@@ -10,6 +10,17 @@
 //! NEOX's pairs sit side by side ([`neox_as_pairs`]): the rotation is then
 //! Llama's, and since queries and keys are reordered alike their dot
 //! products, and so the attention, are unchanged.
+//!
+//! Phi-3 (llama.cpp's `phi3`, `src/models/phi3.cpp`) is Llama's graph with
+//! NEOX rotary positions, as Qwen2's, and two matrices stored fused: the
+//! query, key and value projections as one `attn_qkv` (their rows one
+//! after another) and the SwiGLU gate and up projections as one `ffn_up`
+//! of twice the feed-forward width, the gate first (ggml's `swiglu` of
+//! one tensor gates its second half by its first). The loader takes each
+//! projection's rows out of the fused matrix ([`fused_rows`]), so the
+//! model runs the same products as for Llama. A sliding window in the
+//! file (`phi3.attention.sliding_window`) is ignored, as llama.cpp ignores
+//! it for this architecture (it warns and attends to every position).
 
 use lastmile_core::gguf::GgufFile;
 
@@ -24,6 +35,9 @@ pub(crate) enum Architecture {
     /// key and value projections, and NEOX rotary positions (a head's
     /// dimension `i` turns with `i + d/2`, not `2i` with `2i + 1`).
     Qwen2,
+    /// `phi3`: Phi-3 and Phi-3.5 mini — Llama's graph with NEOX rotary
+    /// positions and fused query/key/value and gate/up matrices.
+    Phi3,
 }
 
 impl Architecture {
@@ -36,6 +50,7 @@ impl Architecture {
         match file.metadata().get_str("general.architecture")? {
             "llama" => Ok(Self::Llama),
             "qwen2" => Ok(Self::Qwen2),
+            "phi3" => Ok(Self::Phi3),
             other => Err(LlamaError::Architecture {
                 found: other.to_owned(),
             }),
@@ -47,7 +62,28 @@ impl Architecture {
         match self {
             Self::Llama => "llama",
             Self::Qwen2 => "qwen2",
+            Self::Phi3 => "phi3",
         }
+    }
+
+    /// Whether the rotary positions are NEOX's (a head's dimension `i`
+    /// turned with `i + d/2`), which the loader reorders into Llama's pairs.
+    pub(crate) fn neox(self) -> bool {
+        matches!(self, Self::Qwen2 | Self::Phi3)
+    }
+}
+
+/// The rows of a fused matrix that hold one projection: `rows` rows from
+/// row `first` on, each put through `order` (the projection's own row
+/// order, see [`neox_as_pairs`]) when given.
+///
+/// ```text
+/// first = 4, rows = 4, order = [0, 2, 1, 3]: [4, 6, 5, 7]
+/// ```
+pub(crate) fn fused_rows(first: usize, rows: usize, order: Option<&[usize]>) -> Vec<usize> {
+    match order {
+        Some(order) => order.iter().map(|r| first + r).collect(),
+        None => (first..first + rows).collect(),
     }
 }
 
@@ -77,14 +113,14 @@ pub(crate) fn reorder<T: Copy>(data: &[T], row: usize, order: &[usize]) -> Vec<T
         .collect()
 }
 
-/// The biases llama.cpp's `llama` and `qwen2` graphs may add beyond the
-/// query, key and value ones: a file with any of them is refused rather
-/// than run without it.
+/// The biases llama.cpp's `llama`, `qwen2` and `phi3` graphs may add
+/// beyond the query, key and value ones (and a fused `attn_qkv` bias): a
+/// file with any of them is refused rather than run without it.
 ///
 /// # Errors
 /// [`LlamaError::Config`] naming the first such tensor found.
 pub(crate) fn refuse_other_biases(file: &GgufFile, layers: usize) -> LlamaResult<()> {
-    let parts = ["attn_output", "ffn_gate", "ffn_up", "ffn_down"];
+    let parts = ["attn_qkv", "attn_output", "ffn_gate", "ffn_up", "ffn_down"];
     let names = (0..layers)
         .flat_map(|l| parts.map(|p| format!("blk.{l}.{p}.bias")))
         .chain(["output.bias".to_owned()]);
@@ -93,7 +129,7 @@ pub(crate) fn refuse_other_biases(file: &GgufFile, layers: usize) -> LlamaResult
             return Err(LlamaError::Config {
                 field: "tensor",
                 value: name,
-                expected: "no bias other than the query, key and value projections' \
+                expected: "no bias other than separate query, key and value projections' \
                            (not supported)"
                     .to_owned(),
             });
@@ -114,6 +150,12 @@ mod tests {
         let mut order = neox_as_pairs(3, 12);
         order.sort_unstable();
         assert_eq!(order, (0..36).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn fused_rows_pick_one_projection() {
+        assert_eq!(fused_rows(4, 4, Some(&[0, 2, 1, 3])), [4, 6, 5, 7]);
+        assert_eq!(fused_rows(8, 3, None), [8, 9, 10]);
     }
 
     #[test]

@@ -194,9 +194,9 @@ impl LlamaConfig {
         Ok(())
     }
 
-    /// Reads and validates the configuration of a `llama`- or
-    /// `qwen2`-architecture GGUF file (the keys named on each field, under
-    /// `qwen2.` for the latter). Partial rotary embeddings
+    /// Reads and validates the configuration of a `llama`-, `qwen2`- or
+    /// `phi3`-architecture GGUF file (the keys named on each field, under
+    /// `qwen2.` or `phi3.` for the others). Partial rotary embeddings
     /// (`llama.rope.dimension_count` below the head width) and RoPE scaling
     /// other than linear (`llama.rope.scaling.type` `yarn` or `longrope`)
     /// are rejected rather than silently mis-computed; Llama 3.1's per-pair
@@ -261,6 +261,17 @@ impl LlamaConfig {
             }
             config.rope_freq_factors = file.dequantize("rope_freqs.weight")?;
             config.check()?;
+        }
+        // Phi-3's 128K files carry LongRoPE's per-pair factors as tensors.
+        for name in ["rope_factors_long.weight", "rope_factors_short.weight"] {
+            if file.tensor_info(name).is_ok() {
+                return Err(config_error(
+                    "tensor",
+                    name,
+                    "no LongRoPE factors (LongRoPE, as in Phi-3's 128K files, is not supported)"
+                        .to_owned(),
+                ));
+            }
         }
         if meta.get(&key("rope.dimension_count")).is_some() {
             let rope_dim = get_usize(meta, &key("rope.dimension_count"))?;

@@ -6,7 +6,7 @@ use lastmile_core::gguf::GgufFile;
 use rand::RngExt;
 use rand::rngs::StdRng;
 
-use super::arch::{Architecture, neox_as_pairs, refuse_other_biases, reorder};
+use super::arch::{Architecture, fused_rows, neox_as_pairs, refuse_other_biases, reorder};
 use super::block::Block;
 use super::cache::KvPrecision;
 use super::config::LlamaConfig;
@@ -77,28 +77,34 @@ impl LlamaModel {
         let kv = config.n_kv_heads * dh;
         let (vocab, ff) = (config.vocab_size, config.d_ff);
         let eps = config.rms_eps;
-        // Rows `order[r]` of a matrix become its rows `r` (see `neox_as_pairs`).
-        let matrix =
-            |src: &mut Source<'_>, name: &str, out: usize, inp: usize, order: Option<&[usize]>| {
-                if let (true, Source::Gguf(file)) = (storage.is_host(), &*src) {
-                    // The file's blocks as they are (no dequantised copy).
-                    check_shape(file, name, &[out, inp])?;
-                    let ggml_type = file.tensor_info(name)?.ggml_type();
-                    let data = file.tensor_data(name)?;
-                    let data = match order {
-                        Some(order) => reorder(&data, data.len() / out, order),
-                        None => data.to_vec(),
-                    };
-                    return Matrix::from_gguf_blocks(ggml_type, &data, out, inp, storage);
-                }
-                let fill = Fill::Uniform(1.0 / (inp as f32).sqrt());
-                let values = src.values(name, &[out, inp], fill)?;
-                let values = match order {
-                    Some(order) => reorder(&values, inp, order),
-                    None => values,
+        // Rows `rows[r]` of the file's `name` (`file_rows` × `inp`) become
+        // the matrix's rows `r` (a projection's rows out of a fused matrix,
+        // reordered as in `neox_as_pairs`); all of them in order when `None`.
+        let matrix = |src: &mut Source<'_>,
+                      name: &str,
+                      file_rows: usize,
+                      inp: usize,
+                      rows: Option<&[usize]>| {
+            let out = rows.map_or(file_rows, <[usize]>::len);
+            if let (true, Source::Gguf(file)) = (storage.is_host(), &*src) {
+                // The file's blocks as they are (no dequantised copy).
+                check_shape(file, name, &[file_rows, inp])?;
+                let ggml_type = file.tensor_info(name)?.ggml_type();
+                let data = file.tensor_data(name)?;
+                let data = match rows {
+                    Some(rows) => reorder(&data, data.len() / file_rows, rows),
+                    None => data.to_vec(),
                 };
-                Matrix::from_out_in(&values, out, inp, storage, device)
+                return Matrix::from_gguf_blocks(ggml_type, &data, out, inp, storage);
+            }
+            let fill = Fill::Uniform(1.0 / (inp as f32).sqrt());
+            let values = src.values(name, &[file_rows, inp], fill)?;
+            let values = match rows {
+                Some(rows) => reorder(&values, inp, rows),
+                None => values,
             };
+            Matrix::from_out_in(&values, out, inp, storage, device)
+        };
         // A projection's bias, where the file has one (reordered as its rows).
         let biased = |src: &Source<'_>, m: Matrix, name: &str, order: Option<&[usize]>| {
             let Source::Gguf(file) = src else {
@@ -115,12 +121,21 @@ impl LlamaModel {
             };
             m.with_bias(values, device)
         };
-        let (q_order, k_order) = match &src {
-            Source::Gguf(file) if Architecture::of(file)? == Architecture::Qwen2 => (
+        let arch = match &src {
+            Source::Gguf(file) => Some(Architecture::of(file)?),
+            Source::Random(_) => None,
+        };
+        let (q_order, k_order) = match arch {
+            Some(a) if a.neox() => (
                 Some(neox_as_pairs(config.n_heads, dh)),
                 Some(neox_as_pairs(config.n_kv_heads, dh)),
             ),
             _ => (None, None),
+        };
+        // Whether the file stores tensor `name` (false for random weights).
+        let has = |src: &Source<'_>, name: &str| match src {
+            Source::Gguf(file) => file.tensor_info(name).is_ok(),
+            Source::Random(_) => false,
         };
         if let Source::Gguf(file) = &src {
             refuse_other_biases(file, config.n_layers)?;
@@ -138,9 +153,35 @@ impl LlamaModel {
             let name = |part: &str| format!("blk.{l}.{part}.weight");
             let bias = |part: &str| format!("blk.{l}.{part}.bias");
             let (qo, ko) = (q_order.as_deref(), k_order.as_deref());
-            let q = matrix(&mut src, &name("attn_q"), d, d, qo)?;
-            let k = matrix(&mut src, &name("attn_k"), kv, d, ko)?;
-            let v = matrix(&mut src, &name("attn_v"), kv, d, None)?;
+            let [q, k, v] = if !has(&src, &name("attn_q")) && has(&src, &name("attn_qkv")) {
+                // Phi-3's fused rows: the queries', then the keys', then the values'.
+                let (fused, rows) = (name("attn_qkv"), d + 2 * kv);
+                [(0, d, qo), (d, kv, ko), (d + kv, kv, None)].map(|(first, n, order)| {
+                    let pick = fused_rows(first, n, order);
+                    matrix(&mut src, &fused, rows, d, Some(&pick))
+                })
+            } else {
+                [
+                    matrix(&mut src, &name("attn_q"), d, d, qo),
+                    matrix(&mut src, &name("attn_k"), kv, d, ko),
+                    matrix(&mut src, &name("attn_v"), kv, d, None),
+                ]
+            };
+            let [q, k, v] = [q?, k?, v?];
+            let [gate, up] = if arch == Some(Architecture::Phi3) && !has(&src, &name("ffn_gate")) {
+                // Phi-3's `ffn_up` holds the gate's rows, then the up projection's.
+                let fused = name("ffn_up");
+                [0, ff].map(|first| {
+                    let pick = fused_rows(first, ff, None);
+                    matrix(&mut src, &fused, 2 * ff, d, Some(&pick))
+                })
+            } else {
+                [
+                    matrix(&mut src, &name("ffn_gate"), ff, d, None),
+                    matrix(&mut src, &name("ffn_up"), ff, d, None),
+                ]
+            };
+            let [gate, up] = [gate?, up?];
             blocks.push(Block {
                 attn_norm: norm(&mut src, &name("attn_norm"))?,
                 q: biased(&src, q, &bias("attn_q"), qo)?,
@@ -148,8 +189,8 @@ impl LlamaModel {
                 v: biased(&src, v, &bias("attn_v"), None)?,
                 o: matrix(&mut src, &name("attn_output"), d, d, None)?,
                 ffn_norm: norm(&mut src, &name("ffn_norm"))?,
-                gate: matrix(&mut src, &name("ffn_gate"), ff, d, None)?,
-                up: matrix(&mut src, &name("ffn_up"), ff, d, None)?,
+                gate,
+                up,
                 down: matrix(&mut src, &name("ffn_down"), d, ff, None)?,
             });
         }

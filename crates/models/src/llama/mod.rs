@@ -1,5 +1,6 @@
 //! A Llama-family decoder (the `llama` architecture of llama.cpp, e.g.
-//! SmolLM2-135M, and `qwen2`, Qwen2 and Qwen2.5) loaded from a GGUF checkpoint and run in burn, with a KV
+//! SmolLM2-135M; `qwen2`, Qwen2 and Qwen2.5; `phi3`, Phi-3 and Phi-3.5 mini)
+//! loaded from a GGUF checkpoint and run in burn, with a KV
 //! cache and lastmile-core's [`LanguageModel`](lastmile_core::lm::LanguageModel)
 //! interface.
 //!
@@ -36,10 +37,14 @@
 //!   YaRN scaling for long contexts ([`RopeScaling`]: DeepSeek Coder's,
 //!   Qwen2.5's 128K files) are applied as ggml's `rope_yarn`; LongRoPE is
 //!   refused.
-//!   Qwen2's files are
+//!   Qwen2's and Phi-3's files are
 //!   stored for llama.cpp's `NEOX` mode (dimension `i` with `i + d/2`):
 //!   their query and key rows are reordered on loading into adjacent pairs,
 //!   which leaves the attention unchanged (the `arch` source file).
+//! - **Fused matrices** (Phi-3): a fused query/key/value matrix
+//!   (`blk.N.attn_qkv.weight`) and a fused gate/up one (`ffn_up` of twice
+//!   the width, the gate first) are split into their projections' rows on
+//!   loading; Phi-3's sliding window is ignored, as llama.cpp ignores it.
 //! - **Biases** on the query, key and value projections where the file has
 //!   them (`blk.N.attn_{q,k,v}.bias`: Qwen2), added after the products; a
 //!   file with other biases is refused.

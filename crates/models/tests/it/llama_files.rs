@@ -104,12 +104,16 @@ backend_test!(bad_files_are_typed_errors, |device| {
     let config = LlamaConfig::from_gguf(&file).unwrap();
     assert_eq!((config.n_kv_heads, config.rope_base), (4, 10_000.0));
     // Biases: Qwen2's query/key/value ones must fit their projection; any
-    // other is refused rather than left out.
+    // other (a fused query/key/value one too) is refused rather than left
+    // out, as are LongRoPE's factors (Phi-3's 128K files).
     let d = c.d_model;
+    let kv = c.n_kv_heads * c.head_dim();
     for (name, len, want) in [
         ("blk.0.attn_q.bias", d + 1, "shape"),
         ("blk.1.attn_output.bias", d, "refused"),
+        ("blk.0.attn_qkv.bias", d + 2 * kv, "refused"),
         ("output.bias", c.vocab_size, "refused"),
+        ("rope_factors_long.weight", c.head_dim() / 2, "refused"),
     ] {
         let mut t = tensors(&ck);
         t.push((name.to_owned(), vec![len], vec![0.0; len]));

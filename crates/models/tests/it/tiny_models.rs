@@ -1,6 +1,6 @@
 //! Tiny random models against llama.cpp: Llama 3.1's per-pair RoPE
-//! frequency factors, linear and YaRN RoPE scaling, and Qwen2's
-//! architecture.
+//! frequency factors, linear and YaRN RoPE scaling, and Qwen2's and
+//! Phi-3's architectures.
 //!
 //! `fixtures/make_tiny_models_fixture.py` wrote each model with the `gguf`
 //! package (0.19.0) and llama.cpp's logits for it (llama-cpp-python 0.3.36:
@@ -17,7 +17,12 @@
 //! - `tiny_qwen2` (186 kB: width 48, heads of width 12, q/k/v biases, NEOX
 //!   rotation, RoPE base 10⁶): with the loader broken on purpose when the
 //!   test was written, 28.8 off without the biases and 38.5 rotating
-//!   without reordering the rows (NORM pairs instead of NEOX's).
+//!   without reordering the rows (NORM pairs instead of NEOX's);
+//! - `tiny_phi3` (145 kB: width 32, fused `attn_qkv` and `ffn_up`, NEOX
+//!   rotation, an untied `output.weight`, a sliding window of 16 that
+//!   llama.cpp ignores for `phi3`): with the loader broken on purpose when
+//!   the test was written, 9.0 off with the gate and up halves swapped, 10.5
+//!   with the key and value rows swapped, 10.0 rotating without reordering.
 //!
 //! Agreement to 1e-3 therefore shows each is applied as llama.cpp applies it.
 #![allow(clippy::unwrap_used)]
@@ -30,7 +35,7 @@ use lastmile_models::llama::{LlamaConfig, LlamaModel, LlamaModule, RopeScaling, 
 use serde::Deserialize;
 
 /// The models and their fixtures, by name.
-const MODELS: [(&str, &[u8], &str); 4] = [
+const MODELS: [(&str, &[u8], &str); 5] = [
     (
         "rope_freqs",
         include_bytes!("../fixtures/tiny_llama3_rope.gguf"),
@@ -50,6 +55,11 @@ const MODELS: [(&str, &[u8], &str); 4] = [
         "qwen2",
         include_bytes!("../fixtures/tiny_qwen2.gguf"),
         include_str!("../fixtures/tiny_qwen2.json"),
+    ),
+    (
+        "phi3",
+        include_bytes!("../fixtures/tiny_phi3.gguf"),
+        include_str!("../fixtures/tiny_phi3.json"),
     ),
 ];
 /// Largest |Δlogit| accepted (logits span about −30..26; f32 sums in another order).

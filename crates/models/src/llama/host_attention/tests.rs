@@ -252,7 +252,13 @@ fn max_of_is_the_largest_value_whatever_the_length() {
         // Values whose largest sits at every position in turn.
         for top in 0..n.max(1) {
             let s: Vec<f32> = (0..n)
-                .map(|i| if i == top { 7.5 } else { (i as f32 * 0.37).sin() })
+                .map(|i| {
+                    if i == top {
+                        7.5
+                    } else {
+                        (i as f32 * 0.37).sin()
+                    }
+                })
                 .collect();
             let want = s.iter().fold(f32::NEG_INFINITY, |m, x| m.max(*x));
             assert_eq!(max_of(&s), want, "n = {n}, largest at {top}");
