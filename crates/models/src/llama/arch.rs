@@ -21,6 +21,17 @@
 //! model runs the same products as for Llama. A sliding window in the
 //! file (`phi3.attention.sliding_window`) is ignored, as llama.cpp ignores
 //! it for this architecture (it warns and attends to every position).
+//!
+//! Qwen3 (llama.cpp's `qwen3`, `src/models/qwen3.cpp`) is Llama's graph
+//! with NEOX rotary positions and one more step: each head's query and key
+//! vectors are RMS-normalised with a gain of their own (`attn_q_norm`,
+//! `attn_k_norm`, `head_dim` values shared by the heads) before the
+//! rotation. Its head width is the file's `qwen3.attention.key_length`,
+//! which need not be the model's width over its heads (Qwen3-0.6B: 16
+//! heads of 128 at width 1024), so the query and output projections are
+//! `n_heads · head_dim` wide. The gains are reordered on loading as the
+//! query and key rows are ([`neox_as_pairs`] of one head): a norm's mean
+//! of squares does not depend on the order.
 
 use lastmile_core::gguf::GgufFile;
 
@@ -38,6 +49,10 @@ pub(crate) enum Architecture {
     /// `phi3`: Phi-3 and Phi-3.5 mini — Llama's graph with NEOX rotary
     /// positions and fused query/key/value and gate/up matrices.
     Phi3,
+    /// `qwen3`: Qwen3 (dense) — Llama's graph with NEOX rotary positions,
+    /// each head's queries and keys RMS-normalised before them, and a head
+    /// width the file may set apart from the model's width.
+    Qwen3,
 }
 
 impl Architecture {
@@ -51,6 +66,7 @@ impl Architecture {
             "llama" => Ok(Self::Llama),
             "qwen2" => Ok(Self::Qwen2),
             "phi3" => Ok(Self::Phi3),
+            "qwen3" => Ok(Self::Qwen3),
             other => Err(LlamaError::Architecture {
                 found: other.to_owned(),
             }),
@@ -63,13 +79,14 @@ impl Architecture {
             Self::Llama => "llama",
             Self::Qwen2 => "qwen2",
             Self::Phi3 => "phi3",
+            Self::Qwen3 => "qwen3",
         }
     }
 
     /// Whether the rotary positions are NEOX's (a head's dimension `i`
     /// turned with `i + d/2`), which the loader reorders into Llama's pairs.
     pub(crate) fn neox(self) -> bool {
-        matches!(self, Self::Qwen2 | Self::Phi3)
+        matches!(self, Self::Qwen2 | Self::Phi3 | Self::Qwen3)
     }
 }
 

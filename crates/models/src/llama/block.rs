@@ -33,6 +33,9 @@ pub(crate) trait BlockWeights {
     /// `x Wᵀ` with projection `p`, `[b, n, in]` → `[b, n, out]` (fallible
     /// only where the product runs on the host, [`super::WeightStorage::Blocks`]).
     fn project(&self, p: Proj, x: Tensor<3>) -> LlamaResult<Tensor<3>>;
+    /// The per-head RMSNorm of projection `p`'s outputs (Qwen3's queries
+    /// and keys), if the block has one.
+    fn head_norm(&self, p: Proj) -> Option<RmsNorm>;
 
     /// Queries (`[b, n_heads, n, dh]`), keys and values (`[b, n_kv_heads, n, dh]`)
     /// of `x` `[b, n, d]`, with RoPE applied to queries and keys.
@@ -48,8 +51,17 @@ pub(crate) trait BlockWeights {
         let split = |t: Tensor<3>, heads_n: usize| {
             t.reshape([b, n, heads_n, heads.head_dim]).swap_dims(1, 2)
         };
-        let q = rope.apply(split(self.project(Proj::Q, h.clone())?, heads.n_heads));
-        let k = rope.apply(split(self.project(Proj::K, h.clone())?, heads.n_kv_heads));
+        // Qwen3: each head's vector normalised before the rotation.
+        let normed = |p: Proj, t: Tensor<3>, heads_n: usize| match self.head_norm(p) {
+            Some(norm) => norm
+                .forward(t.reshape([b, n * heads_n, heads.head_dim]))
+                .reshape([b, n, heads_n * heads.head_dim]),
+            None => t,
+        };
+        let q = normed(Proj::Q, self.project(Proj::Q, h.clone())?, heads.n_heads);
+        let k = normed(Proj::K, self.project(Proj::K, h.clone())?, heads.n_kv_heads);
+        let q = rope.apply(split(q, heads.n_heads));
+        let k = rope.apply(split(k, heads.n_kv_heads));
         let v = split(self.project(Proj::V, h)?, heads.n_kv_heads);
         Ok((q, k, v))
     }
@@ -74,7 +86,7 @@ pub(crate) trait BlockWeights {
         mask: Tensor<4, Bool>,
         heads: Heads,
     ) -> LlamaResult<Tensor<3>> {
-        let [b, n, d] = x.dims();
+        let [b, n, _] = x.dims();
         let Heads {
             n_heads,
             n_kv_heads,
@@ -90,7 +102,7 @@ pub(crate) trait BlockWeights {
             .matmul(values)
             .reshape([b, n_heads, n, head_dim])
             .swap_dims(1, 2)
-            .reshape([b, n, d]);
+            .reshape([b, n, n_heads * head_dim]);
         let x = x + self.project(Proj::O, att)?;
         let h = self.ffn_norm(x.clone());
         // SwiGLU (Shazeer 2020, eq. 6): down(SiLU(gate h) ⊙ up h).
@@ -106,6 +118,9 @@ pub(crate) struct Block {
     pub(crate) q: Matrix,
     pub(crate) k: Matrix,
     pub(crate) v: Matrix,
+    /// Qwen3's per-head RMSNorm of the queries and keys (gains of `head_dim`).
+    pub(crate) q_norm: Option<RmsNorm>,
+    pub(crate) k_norm: Option<RmsNorm>,
     pub(crate) o: Matrix,
     pub(crate) ffn_norm: RmsNorm,
     pub(crate) gate: Matrix,
@@ -128,6 +143,14 @@ impl BlockWeights for Block {
 
     fn ffn_norm(&self, x: Tensor<3>) -> Tensor<3> {
         self.ffn_norm.forward(x)
+    }
+
+    fn head_norm(&self, p: Proj) -> Option<RmsNorm> {
+        match p {
+            Proj::Q => self.q_norm.clone(),
+            Proj::K => self.k_norm.clone(),
+            _ => None,
+        }
     }
 
     fn project(&self, p: Proj, x: Tensor<3>) -> LlamaResult<Tensor<3>> {

@@ -42,6 +42,14 @@ pub struct LlamaConfig {
     pub n_heads: usize,
     /// Key/value heads (`llama.attention.head_count_kv`; equal to `n_heads` when absent).
     pub n_kv_heads: usize,
+    /// Width of one attention head where the file sets it
+    /// (`llama.attention.key_length`, e.g. Qwen3-0.6B's 128 at width 1024
+    /// with 16 heads); `None`: `d_model / n_heads`.
+    pub head_width: Option<usize>,
+    /// Whether each head's queries and keys are RMS-normalised (a gain of
+    /// `head_dim` each) before the rotary positions: Qwen3's
+    /// `attn_q_norm` / `attn_k_norm` (set for the `qwen3` architecture).
+    pub head_norms: bool,
     /// Hidden width of the SwiGLU network (`llama.feed_forward_length`).
     pub d_ff: usize,
     /// RoPE base θ (`llama.rope.freq_base`; 10 000 when absent, as in llama.cpp).
@@ -72,6 +80,8 @@ impl LlamaConfig {
             n_layers: 2,
             n_heads: 4,
             n_kv_heads: 2,
+            head_width: None,
+            head_norms: false,
             d_ff: 48,
             rope_base: 10_000.0,
             rope_freq_factors: Vec::new(),
@@ -82,9 +92,25 @@ impl LlamaConfig {
         }
     }
 
-    /// Width of one attention head (`d_model / n_heads`).
+    /// Width of one attention head: [`LlamaConfig::head_width`] if set,
+    /// else `d_model / n_heads`.
     pub fn head_dim(&self) -> usize {
-        self.d_model / self.n_heads.max(1)
+        self.head_width
+            .unwrap_or(self.d_model / self.n_heads.max(1))
+    }
+
+    /// Width of all query heads together (`n_heads · head_dim`): the query
+    /// projection's outputs and the attention output projection's inputs,
+    /// `d_model` unless [`LlamaConfig::head_width`] says otherwise.
+    ///
+    /// ```
+    /// use lastmile_models::llama::LlamaConfig;
+    /// let c = LlamaConfig { head_width: Some(16), ..LlamaConfig::tiny() };
+    /// assert_eq!((c.head_dim(), c.attention_width()), (16, 64));
+    /// assert_eq!(LlamaConfig::tiny().attention_width(), 32);
+    /// ```
+    pub fn attention_width(&self) -> usize {
+        self.n_heads * self.head_dim()
     }
 
     /// Number of parameters (the tied head counted once).
@@ -96,9 +122,14 @@ impl LlamaConfig {
     /// assert_eq!(c.n_params(), 64 * 32 + 2 * (2 * 32 + 32 * 32 * 2 + 2 * 32 * 16 + 3 * 32 * 48) + 32);
     /// ```
     pub fn n_params(&self) -> usize {
-        let d = self.d_model;
+        let (d, a) = (self.d_model, self.attention_width());
         let kv = self.n_kv_heads * self.head_dim();
-        let block = 2 * d + 2 * d * d + 2 * d * kv + 3 * d * self.d_ff;
+        let norms = if self.head_norms {
+            2 * self.head_dim()
+        } else {
+            0
+        };
+        let block = 2 * d + 2 * d * a + 2 * d * kv + 3 * d * self.d_ff + norms;
         let head = if self.tied_embeddings {
             0
         } else {
@@ -111,9 +142,10 @@ impl LlamaConfig {
     ///
     /// # Errors
     /// [`LlamaError::Config`] when a count is zero or above [`MAX_DIM`] /
-    /// [`MAX_LAYERS`], `d_model` is not a multiple of `n_heads`, `n_heads`
-    /// not a multiple of `n_kv_heads`, the head width is odd (RoPE rotates
-    /// pairs), `rope_base` / `rms_eps` / a scaling factor is not finite
+    /// [`MAX_LAYERS`], `d_model` is not a multiple of `n_heads` (without
+    /// a `head_width`), a `head_width` is 0 or makes the query heads wider
+    /// than [`MAX_DIM`], `n_heads` not a multiple of `n_kv_heads`, the
+    /// head width is odd (RoPE rotates pairs), `rope_base` / `rms_eps` / a scaling factor is not finite
     /// and positive, YaRN's original context is 0, or
     /// `rope_freq_factors` is neither empty nor one finite positive factor
     /// per pair of a head.
@@ -136,7 +168,18 @@ impl LlamaConfig {
                 ));
             }
         }
-        if !self.d_model.is_multiple_of(self.n_heads) {
+        if let Some(w) = self.head_width {
+            if w == 0 || w.saturating_mul(self.n_heads) > MAX_DIM {
+                return Err(config_error(
+                    "head_width",
+                    w,
+                    format!(
+                        "an integer in 1..={} (n_heads · head_width ≤ {MAX_DIM})",
+                        MAX_DIM / self.n_heads
+                    ),
+                ));
+            }
+        } else if !self.d_model.is_multiple_of(self.n_heads) {
             return Err(config_error(
                 "d_model",
                 self.d_model,
@@ -152,7 +195,7 @@ impl LlamaConfig {
         }
         if !self.head_dim().is_multiple_of(2) {
             return Err(config_error(
-                "d_model / n_heads",
+                "head width",
                 self.head_dim(),
                 "an even head width (RoPE rotates pairs)".to_owned(),
             ));
@@ -194,9 +237,9 @@ impl LlamaConfig {
         Ok(())
     }
 
-    /// Reads and validates the configuration of a `llama`-, `qwen2`- or
-    /// `phi3`-architecture GGUF file (the keys named on each field, under
-    /// `qwen2.` or `phi3.` for the others). Partial rotary embeddings
+    /// Reads and validates the configuration of a `llama`-, `qwen2`-,
+    /// `phi3`- or `qwen3`-architecture GGUF file (the keys named on each
+    /// field, under the architecture's name for the others). Partial rotary embeddings
     /// (`llama.rope.dimension_count` below the head width) and RoPE scaling
     /// other than linear (`llama.rope.scaling.type` `yarn` or `longrope`)
     /// are rejected rather than silently mis-computed; Llama 3.1's per-pair
@@ -239,6 +282,8 @@ impl LlamaConfig {
             n_layers: get_usize(meta, &key("block_count"))?,
             n_heads,
             n_kv_heads,
+            head_width: head_width(meta, &key)?,
+            head_norms: arch == Architecture::Qwen3,
             d_ff: get_usize(meta, &key("feed_forward_length"))?,
             rope_base,
             rope_freq_factors: Vec::new(),
@@ -346,6 +391,32 @@ fn rope_scaling(
             ));
         }
     })
+}
+
+/// The head width a file sets (`attention.key_length`), if any; a value
+/// width (`attention.value_length`) other than the key width is refused.
+///
+/// # Errors
+/// [`LlamaError::Config`] for differing key and value widths;
+/// [`LlamaError::Gguf`] for a value of the wrong type.
+fn head_width(meta: &Metadata, key: &impl Fn(&str) -> String) -> LlamaResult<Option<usize>> {
+    let read = |k: &str| match meta.get(&key(k)) {
+        Some(_) => get_usize(meta, &key(k)).map(Some),
+        None => Ok(None),
+    };
+    let (keys, values) = (
+        read("attention.key_length")?,
+        read("attention.value_length")?,
+    );
+    match (keys, values) {
+        (Some(k), Some(v)) if k != v => Err(config_error(
+            "attention.value_length",
+            v,
+            format!("the key width {k} (different key and value widths are not supported)"),
+        )),
+        (Some(w), _) | (None, Some(w)) => Ok(Some(w)),
+        (None, None) => Ok(None),
+    }
 }
 
 fn config_error(field: &'static str, value: impl ToString, expected: String) -> LlamaError {

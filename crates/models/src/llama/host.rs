@@ -102,6 +102,13 @@ pub(crate) fn pass(
                     add_bias(y, bias);
                 }
             }
+            // Qwen3: each head's queries and keys normalised before RoPE.
+            if let Some(norm) = &block.q_norm {
+                q = vectorize(Vectorized(|| rms_norm(&q, heads.head_dim, norm, eps)))?;
+            }
+            if let Some(norm) = &block.k_norm {
+                k = vectorize(Vectorized(|| rms_norm(&k, heads.head_dim, norm, eps)))?;
+            }
             vectorize(Vectorized(|| {
                 batch.rope.apply_host(&mut q, heads.n_heads, heads.head_dim);
                 batch

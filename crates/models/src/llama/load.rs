@@ -75,6 +75,8 @@ impl LlamaModel {
         let d = config.d_model;
         let dh = config.head_dim();
         let kv = config.n_kv_heads * dh;
+        // The query heads' width: `d` unless the file sets the head width.
+        let qw = config.attention_width();
         let (vocab, ff) = (config.vocab_size, config.d_ff);
         let eps = config.rms_eps;
         // Rows `rows[r]` of the file's `name` (`file_rows` × `inp`) become
@@ -147,6 +149,29 @@ impl LlamaModel {
                 eps,
             ))
         };
+        // Qwen3's per-head query and key gains, reordered as the rows are.
+        let head_norm = |src: &mut Source<'_>, name: &str| {
+            if !config.head_norms {
+                if has(src, name) {
+                    return Err(LlamaError::Config {
+                        field: "tensor",
+                        value: name.to_owned(),
+                        expected: "no per-head query or key norm outside the qwen3 architecture"
+                            .to_owned(),
+                    });
+                }
+                return Ok(None);
+            }
+            let gain = src.values(name, &[dh], Fill::Ones)?;
+            let gain = match arch {
+                Some(a) if a.neox() => reorder(&gain, 1, &neox_as_pairs(1, dh)),
+                _ => gain,
+            };
+            Ok::<_, LlamaError>(Some(RmsNorm::new(
+                Tensor::from_data(TensorData::new(gain, [dh]), device),
+                eps,
+            )))
+        };
         let embed_values = src.values("token_embd.weight", &[vocab, d], Fill::Uniform(1.0))?;
         let mut blocks = Vec::with_capacity(config.n_layers);
         for l in 0..config.n_layers {
@@ -155,14 +180,14 @@ impl LlamaModel {
             let (qo, ko) = (q_order.as_deref(), k_order.as_deref());
             let [q, k, v] = if !has(&src, &name("attn_q")) && has(&src, &name("attn_qkv")) {
                 // Phi-3's fused rows: the queries', then the keys', then the values'.
-                let (fused, rows) = (name("attn_qkv"), d + 2 * kv);
-                [(0, d, qo), (d, kv, ko), (d + kv, kv, None)].map(|(first, n, order)| {
+                let (fused, rows) = (name("attn_qkv"), qw + 2 * kv);
+                [(0, qw, qo), (qw, kv, ko), (qw + kv, kv, None)].map(|(first, n, order)| {
                     let pick = fused_rows(first, n, order);
                     matrix(&mut src, &fused, rows, d, Some(&pick))
                 })
             } else {
                 [
-                    matrix(&mut src, &name("attn_q"), d, d, qo),
+                    matrix(&mut src, &name("attn_q"), qw, d, qo),
                     matrix(&mut src, &name("attn_k"), kv, d, ko),
                     matrix(&mut src, &name("attn_v"), kv, d, None),
                 ]
@@ -187,7 +212,9 @@ impl LlamaModel {
                 q: biased(&src, q, &bias("attn_q"), qo)?,
                 k: biased(&src, k, &bias("attn_k"), ko)?,
                 v: biased(&src, v, &bias("attn_v"), None)?,
-                o: matrix(&mut src, &name("attn_output"), d, d, None)?,
+                q_norm: head_norm(&mut src, &name("attn_q_norm"))?,
+                k_norm: head_norm(&mut src, &name("attn_k_norm"))?,
+                o: matrix(&mut src, &name("attn_output"), d, qw, None)?,
                 ffn_norm: norm(&mut src, &name("ffn_norm"))?,
                 gate,
                 up,

@@ -1,5 +1,6 @@
 //! A Llama-family decoder (the `llama` architecture of llama.cpp, e.g.
-//! SmolLM2-135M; `qwen2`, Qwen2 and Qwen2.5; `phi3`, Phi-3 and Phi-3.5 mini)
+//! SmolLM2-135M; `qwen2`, Qwen2 and Qwen2.5; `phi3`, Phi-3 and Phi-3.5 mini;
+//! `qwen3`, Qwen3's dense models)
 //! loaded from a GGUF checkpoint and run in burn, with a KV
 //! cache and lastmile-core's [`LanguageModel`](lastmile_core::lm::LanguageModel)
 //! interface.
@@ -37,7 +38,7 @@
 //!   YaRN scaling for long contexts ([`RopeScaling`]: DeepSeek Coder's,
 //!   Qwen2.5's 128K files) are applied as ggml's `rope_yarn`; LongRoPE is
 //!   refused.
-//!   Qwen2's and Phi-3's files are
+//!   Qwen2's, Phi-3's and Qwen3's files are
 //!   stored for llama.cpp's `NEOX` mode (dimension `i` with `i + d/2`):
 //!   their query and key rows are reordered on loading into adjacent pairs,
 //!   which leaves the attention unchanged (the `arch` source file).
@@ -48,6 +49,12 @@
 //! - **Biases** on the query, key and value projections where the file has
 //!   them (`blk.N.attn_{q,k,v}.bias`: Qwen2), added after the products; a
 //!   file with other biases is refused.
+//! - **Per-head norms and wider heads** (Qwen3): each head's queries and
+//!   keys RMS-normalised with gains of their own (`blk.N.attn_q_norm`,
+//!   `attn_k_norm`) before the rotation, and a head width read from
+//!   `attention.key_length` ([`LlamaConfig::head_width`]), so that the
+//!   query and output projections are `n_heads · head_dim` wide
+//!   (Qwen3-0.6B: 16 heads of 128 at width 1024).
 //! - **Grouped-query attention** (Ainslie et al. 2023): query head `j`
 //!   reads key/value head `j / (n_heads / n_kv_heads)`, scores scaled by
 //!   `1/√d_head`, causal mask; the cache ([`LlamaCache`]) keeps the

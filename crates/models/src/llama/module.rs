@@ -39,7 +39,11 @@ pub struct LlamaBlock {
     pub k: Linear,
     /// Value projection, `d → n_kv_heads·dh`.
     pub v: Linear,
-    /// Attention output projection, `d → d`.
+    /// Qwen3's RMSNorm gain of each query head, `[dh]` (none elsewhere).
+    pub q_norm: Option<Param<Tensor<1>>>,
+    /// Qwen3's RMSNorm gain of each key head, `[dh]` (none elsewhere).
+    pub k_norm: Option<Param<Tensor<1>>>,
+    /// Attention output projection, `n_heads·dh → d`.
     pub o: Linear,
     /// RMSNorm gain before the feed-forward network, `[d]`.
     pub ffn_norm: Param<Tensor<1>>,
@@ -60,6 +64,15 @@ impl BlockWeights for LlamaBlock {
 
     fn ffn_norm(&self, x: Tensor<3>) -> Tensor<3> {
         RmsNorm::new(self.ffn_norm.val(), self.eps).forward(x)
+    }
+
+    fn head_norm(&self, p: Proj) -> Option<RmsNorm> {
+        let gain = match p {
+            Proj::Q => self.q_norm.as_ref(),
+            Proj::K => self.k_norm.as_ref(),
+            _ => None,
+        };
+        gain.map(|g| RmsNorm::new(g.val(), self.eps))
     }
 
     fn project(&self, p: Proj, x: Tensor<3>) -> LlamaResult<Tensor<3>> {
@@ -153,6 +166,8 @@ impl LlamaModule {
                 q: linear(&b.q),
                 k: linear(&b.k),
                 v: linear(&b.v),
+                q_norm: b.q_norm.as_ref().map(gain),
+                k_norm: b.k_norm.as_ref().map(gain),
                 o: linear(&b.o),
                 ffn_norm: gain(&b.ffn_norm),
                 gate: linear(&b.gate),
@@ -209,6 +224,8 @@ impl LlamaModule {
                 q: matrix(&b.q)?,
                 k: matrix(&b.k)?,
                 v: matrix(&b.v)?,
+                q_norm: b.q_norm.as_ref().map(|g| RmsNorm::new(onto1(g), eps)),
+                k_norm: b.k_norm.as_ref().map(|g| RmsNorm::new(onto1(g), eps)),
                 o: matrix(&b.o)?,
                 ffn_norm: RmsNorm::new(onto1(&b.ffn_norm), eps),
                 gate: matrix(&b.gate)?,

@@ -334,6 +334,8 @@ pub(crate) fn small_config(tied: bool) -> LlamaConfig {
         n_layers: 2,
         n_heads: 4,
         n_kv_heads: 2,
+        head_width: None,
+        head_norms: false,
         d_ff: 40,
         rope_base: 100.0, // small base: even short sequences turn the slow pairs
         rope_freq_factors: Vec::new(),

@@ -114,6 +114,8 @@ backend_test!(bad_files_are_typed_errors, |device| {
         ("blk.0.attn_qkv.bias", d + 2 * kv, "refused"),
         ("output.bias", c.vocab_size, "refused"),
         ("rope_factors_long.weight", c.head_dim() / 2, "refused"),
+        // Qwen3's per-head norms belong to `qwen3` files only.
+        ("blk.0.attn_q_norm.weight", c.head_dim(), "refused"),
     ] {
         let mut t = tensors(&ck);
         t.push((name.to_owned(), vec![len], vec![0.0; len]));
@@ -131,6 +133,44 @@ backend_test!(bad_files_are_typed_errors, |device| {
         }
     }
 });
+
+/// A head width set by the file (`attention.key_length`, Qwen3's) is read;
+/// a value width other than the key width is refused.
+#[test]
+fn head_width_is_read_and_unequal_value_width_refused() {
+    let c = small_config(true);
+    let ck = checkpoint(&c, 2);
+    let read = |extra: Vec<(&'static str, Value)>| {
+        let mut meta = base_meta(&c);
+        meta.extend(extra);
+        let file = GgufFile::from_vec(write_gguf(&meta, &tensors(&ck))).unwrap();
+        LlamaConfig::from_gguf(&file)
+    };
+    let dh = c.head_dim() as u32;
+    let same = read(vec![
+        ("llama.attention.key_length", Value::U32(dh)),
+        ("llama.attention.value_length", Value::U32(dh)),
+    ])
+    .unwrap();
+    assert_eq!(
+        (same.head_width, same.head_dim()),
+        (Some(c.head_dim()), c.head_dim())
+    );
+    let got = read(vec![
+        ("llama.attention.key_length", Value::U32(dh)),
+        ("llama.attention.value_length", Value::U32(2 * dh)),
+    ]);
+    assert!(
+        matches!(
+            &got,
+            Err(LlamaError::Config {
+                field: "attention.value_length",
+                ..
+            })
+        ),
+        "{got:?}"
+    );
+}
 
 /// RoPE scaling as llama.cpp reads it: linear by `rope.scaling.factor`
 /// (or the older `rope.scale_linear`) when the type is `linear` or absent

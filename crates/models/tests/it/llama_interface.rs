@@ -13,17 +13,23 @@ use lastmile_models::llama::{LlamaConfig, LlamaError, LlamaModel, WeightStorage}
 const TOL: f32 = 1e-4;
 
 backend_test!(conforms_to_language_model_interface, |device| {
-    let model = LlamaConfig::tiny()
-        .init_random(3, WeightStorage::F32, device)
-        .unwrap();
-    conforms(&model);
-    // The panel kernel (CPU devices only) under the same shape checks.
-    if lastmile_core::Backend::of(device).is_some_and(lastmile_core::Backend::is_cpu) {
-        conforms(
-            &LlamaConfig::tiny()
-                .init_random(3, WeightStorage::Blocks, device)
-                .unwrap(),
-        );
+    // Llama's shape, and Qwen3's: heads wider than the width over them
+    // (4 × 16 at width 32) and each head's queries and keys normalised.
+    let qwen3 = LlamaConfig {
+        head_width: Some(16),
+        head_norms: true,
+        ..LlamaConfig::tiny()
+    };
+    for config in [LlamaConfig::tiny(), qwen3] {
+        conforms(&config.init_random(3, WeightStorage::F32, device).unwrap());
+        // The panel kernel (CPU devices only) under the same shape checks.
+        if lastmile_core::Backend::of(device).is_some_and(lastmile_core::Backend::is_cpu) {
+            conforms(
+                &config
+                    .init_random(3, WeightStorage::Blocks, device)
+                    .unwrap(),
+            );
+        }
     }
 });
 
