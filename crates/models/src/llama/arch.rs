@@ -32,6 +32,12 @@
 //! `n_heads · head_dim` wide. The gains are reordered on loading as the
 //! query and key rows are ([`neox_as_pairs`] of one head): a norm's mean
 //! of squares does not depend on the order.
+//!
+//! SmolLM3 (llama.cpp's `smollm3`, `src/models/smollm3.cpp`) is Llama's
+//! graph, rotation included, except that every fourth block (blocks 3, 7,
+//! …; llama.cpp fixes the step at 4) applies no rotary positions ("NoPE"):
+//! its queries and keys, and so its cached keys, are used as projected
+//! ([`super::LlamaConfig::nope_every`]).
 
 use lastmile_core::gguf::GgufFile;
 
@@ -53,6 +59,9 @@ pub(crate) enum Architecture {
     /// each head's queries and keys RMS-normalised before them, and a head
     /// width the file may set apart from the model's width.
     Qwen3,
+    /// `smollm3`: SmolLM3 — Llama's graph with every fourth block
+    /// attending without rotary positions.
+    Smollm3,
 }
 
 impl Architecture {
@@ -67,6 +76,7 @@ impl Architecture {
             "qwen2" => Ok(Self::Qwen2),
             "phi3" => Ok(Self::Phi3),
             "qwen3" => Ok(Self::Qwen3),
+            "smollm3" => Ok(Self::Smollm3),
             other => Err(LlamaError::Architecture {
                 found: other.to_owned(),
             }),
@@ -80,6 +90,7 @@ impl Architecture {
             Self::Qwen2 => "qwen2",
             Self::Phi3 => "phi3",
             Self::Qwen3 => "qwen3",
+            Self::Smollm3 => "smollm3",
         }
     }
 

@@ -38,13 +38,14 @@ pub(crate) trait BlockWeights {
     fn head_norm(&self, p: Proj) -> Option<RmsNorm>;
 
     /// Queries (`[b, n_heads, n, dh]`), keys and values (`[b, n_kv_heads, n, dh]`)
-    /// of `x` `[b, n, d]`, with RoPE applied to queries and keys.
+    /// of `x` `[b, n, d]`, with RoPE applied to queries and keys (none
+    /// for a block without, SmolLM3's every fourth: `rope` is `None`).
     #[allow(clippy::type_complexity)]
     fn qkv(
         &self,
         x: Tensor<3>,
         heads: Heads,
-        rope: &RopeAt,
+        rope: Option<&RopeAt>,
     ) -> LlamaResult<(Tensor<4>, Tensor<4>, Tensor<4>)> {
         let [b, n, _] = x.dims();
         let h = self.attn_norm(x);
@@ -60,8 +61,11 @@ pub(crate) trait BlockWeights {
         };
         let q = normed(Proj::Q, self.project(Proj::Q, h.clone())?, heads.n_heads);
         let k = normed(Proj::K, self.project(Proj::K, h.clone())?, heads.n_kv_heads);
-        let q = rope.apply(split(q, heads.n_heads));
-        let k = rope.apply(split(k, heads.n_kv_heads));
+        let (q, k) = (split(q, heads.n_heads), split(k, heads.n_kv_heads));
+        let (q, k) = match rope {
+            Some(rope) => (rope.apply(q), rope.apply(k)),
+            None => (q, k),
+        };
         let v = split(self.project(Proj::V, h)?, heads.n_kv_heads);
         Ok((q, k, v))
     }

@@ -50,6 +50,11 @@ pub struct LlamaConfig {
     /// `head_dim` each) before the rotary positions: Qwen3's
     /// `attn_q_norm` / `attn_k_norm` (set for the `qwen3` architecture).
     pub head_norms: bool,
+    /// Blocks that attend without rotary positions ("NoPE"): every `n`-th
+    /// block (blocks `n − 1`, `2n − 1`, …), SmolLM3's `n = 4` (set for the
+    /// `smollm3` architecture, as llama.cpp fixes it); `None`: every block
+    /// rotates. See [`LlamaConfig::rotates`].
+    pub nope_every: Option<usize>,
     /// Hidden width of the SwiGLU network (`llama.feed_forward_length`).
     pub d_ff: usize,
     /// RoPE base θ (`llama.rope.freq_base`; 10 000 when absent, as in llama.cpp).
@@ -82,6 +87,7 @@ impl LlamaConfig {
             n_kv_heads: 2,
             head_width: None,
             head_norms: false,
+            nope_every: None,
             d_ff: 48,
             rope_base: 10_000.0,
             rope_freq_factors: Vec::new(),
@@ -97,6 +103,21 @@ impl LlamaConfig {
     pub fn head_dim(&self) -> usize {
         self.head_width
             .unwrap_or(self.d_model / self.n_heads.max(1))
+    }
+
+    /// Whether block `block` (from 0) applies rotary positions to its
+    /// queries and keys: all but every [`LlamaConfig::nope_every`]-th.
+    ///
+    /// ```
+    /// use lastmile_models::llama::LlamaConfig;
+    /// let c = LlamaConfig { n_layers: 8, nope_every: Some(4), ..LlamaConfig::tiny() };
+    /// let rotating: Vec<bool> = (0..8).map(|l| c.rotates(l)).collect();
+    /// assert_eq!(rotating, [true, true, true, false, true, true, true, false]);
+    /// assert!(LlamaConfig::tiny().rotates(1));
+    /// ```
+    pub fn rotates(&self, block: usize) -> bool {
+        self.nope_every
+            .is_none_or(|n| !(block + 1).is_multiple_of(n.max(1)))
     }
 
     /// Width of all query heads together (`n_heads · head_dim`): the query
@@ -200,6 +221,13 @@ impl LlamaConfig {
                 "an even head width (RoPE rotates pairs)".to_owned(),
             ));
         }
+        if self.nope_every == Some(0) {
+            return Err(config_error(
+                "nope_every",
+                0,
+                "none, or every n-th block with n ≥ 1".to_owned(),
+            ));
+        }
         for (field, value) in [
             ("rope_base", self.rope_base),
             ("rms_eps", self.rms_eps),
@@ -238,7 +266,7 @@ impl LlamaConfig {
     }
 
     /// Reads and validates the configuration of a `llama`-, `qwen2`-,
-    /// `phi3`- or `qwen3`-architecture GGUF file (the keys named on each
+    /// `phi3`-, `qwen3`- or `smollm3`-architecture GGUF file (the keys named on each
     /// field, under the architecture's name for the others). Partial rotary embeddings
     /// (`llama.rope.dimension_count` below the head width) and RoPE scaling
     /// other than linear (`llama.rope.scaling.type` `yarn` or `longrope`)
@@ -284,6 +312,7 @@ impl LlamaConfig {
             n_kv_heads,
             head_width: head_width(meta, &key)?,
             head_norms: arch == Architecture::Qwen3,
+            nope_every: (arch == Architecture::Smollm3).then_some(4),
             d_ff: get_usize(meta, &key("feed_forward_length"))?,
             rope_base,
             rope_freq_factors: Vec::new(),
@@ -315,6 +344,22 @@ impl LlamaConfig {
                     name,
                     "no LongRoPE factors (LongRoPE, as in Phi-3's 128K files, is not supported)"
                         .to_owned(),
+                ));
+            }
+        }
+        // A scale of the attention's scores other than 1/√d_head (Granite's)
+        // is not supported; llama.cpp reads 0 as the default.
+        if meta.get(&key("attention.scale")).is_some() {
+            let scale = get_f32(meta, &key("attention.scale"))?;
+            let default = 1.0 / (config.head_dim() as f32).sqrt();
+            if scale != 0.0 && (scale - default).abs() > 1e-6 * default {
+                return Err(config_error(
+                    "attention.scale",
+                    scale,
+                    format!(
+                        "0 or 1/√{} (other attention scales are not supported)",
+                        config.head_dim()
+                    ),
                 ));
             }
         }

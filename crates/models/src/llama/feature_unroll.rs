@@ -88,8 +88,9 @@ impl LlamaFeatureDraftModule {
         for step in 0..steps {
             let mask = unrolled_mask(b, n, step, heads, &device);
             let mut x = self.fc.forward(Tensor::cat(vec![e.clone(), input], 2));
-            for (block, (keys, values)) in self.lm.blocks.iter().zip(&mut kv) {
-                let (q, k, v) = block.qkv(x.clone(), heads, &rope)?;
+            for (layer, (block, (keys, values))) in self.lm.blocks.iter().zip(&mut kv).enumerate() {
+                let rotates = self.lm.config.rotates(layer).then_some(&rope);
+                let (q, k, v) = block.qkv(x.clone(), heads, rotates)?;
                 keys.push(k);
                 values.push(v);
                 let (k, v) = (Tensor::cat(keys.clone(), 2), Tensor::cat(values.clone(), 2));

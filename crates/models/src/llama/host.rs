@@ -89,7 +89,7 @@ pub(crate) fn pass(
                 team.matmul(fc, &fused, rows)?
             }
         };
-        for (block, kv) in model.blocks.iter().zip(kv).take(layers) {
+        for (layer, (block, kv)) in model.blocks.iter().zip(kv).take(layers).enumerate() {
             let h = vectorize(Vectorized(|| rms_norm(&x, d, &block.attn_norm, eps)))?;
             let [mut q, mut k, mut v]: [Vec<f32>; 3] = each(
                 team,
@@ -109,12 +109,15 @@ pub(crate) fn pass(
             if let Some(norm) = &block.k_norm {
                 k = vectorize(Vectorized(|| rms_norm(&k, heads.head_dim, norm, eps)))?;
             }
-            vectorize(Vectorized(|| {
-                batch.rope.apply_host(&mut q, heads.n_heads, heads.head_dim);
-                batch
-                    .rope
-                    .apply_host(&mut k, heads.n_kv_heads, heads.head_dim);
-            }));
+            // SmolLM3's every fourth block attends without rotary positions.
+            if config.rotates(layer) {
+                vectorize(Vectorized(|| {
+                    batch.rope.apply_host(&mut q, heads.n_heads, heads.head_dim);
+                    batch
+                        .rope
+                        .apply_host(&mut k, heads.n_kv_heads, heads.head_dim);
+                }));
+            }
             write(kv, &k, &v, batch, heads, config.max_context);
             let att = attention(&q, kv, batch, heads);
             add(&mut x, &team.matmul(host(&block.o)?, &att, rows)?);

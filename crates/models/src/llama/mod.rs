@@ -1,6 +1,6 @@
 //! A Llama-family decoder (the `llama` architecture of llama.cpp, e.g.
 //! SmolLM2-135M; `qwen2`, Qwen2 and Qwen2.5; `phi3`, Phi-3 and Phi-3.5 mini;
-//! `qwen3`, Qwen3's dense models)
+//! `qwen3`, Qwen3's dense models; `smollm3`, SmolLM3)
 //! loaded from a GGUF checkpoint and run in burn, with a KV
 //! cache and lastmile-core's [`LanguageModel`](lastmile_core::lm::LanguageModel)
 //! interface.
@@ -37,7 +37,9 @@
 //!   (`rope_freqs.weight`) divide the angles as in ggml, and linear and
 //!   YaRN scaling for long contexts ([`RopeScaling`]: DeepSeek Coder's,
 //!   Qwen2.5's 128K files) are applied as ggml's `rope_yarn`; LongRoPE is
-//!   refused.
+//!   refused, as is an attention scale other than `1/√d_head`.
+//!   SmolLM3's every fourth block applies no rotation
+//!   ([`LlamaConfig::nope_every`]).
 //!   Qwen2's, Phi-3's and Qwen3's files are
 //!   stored for llama.cpp's `NEOX` mode (dimension `i` with `i + d/2`):
 //!   their query and key rows are reordered on loading into adjacent pairs,

@@ -447,7 +447,8 @@ impl LlamaModel {
             LayerInput::Embed => embedded.reshape([b, n, d]),
         };
         for (layer, block) in self.blocks.iter().take(layers).enumerate() {
-            let (q, k, v) = block.qkv(x.clone(), heads, &rope)?;
+            let rotates = self.config.rotates(layer).then_some(&rope);
+            let (q, k, v) = block.qkv(x.clone(), heads, rotates)?;
             let keys = write(cache.keys[layer].take(), k, &offsets, total, max);
             let values = write(cache.values[layer].take(), v, &offsets, total, max);
             let dh = heads.head_dim;

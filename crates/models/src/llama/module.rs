@@ -397,8 +397,9 @@ impl LlamaModule {
         let (heads, rope) = (self.heads(), self.rope(b, n, &x.device()));
         let mask = causal_mask(&vec![0; b], n, n, heads, &x.device());
         let mut x = x;
-        for block in &self.blocks {
-            let (q, k, v) = block.qkv(x.clone(), heads, &rope)?;
+        for (layer, block) in self.blocks.iter().enumerate() {
+            let rotates = self.config.rotates(layer).then_some(&rope);
+            let (q, k, v) = block.qkv(x.clone(), heads, rotates)?;
             x = block.finish(x, q, k, v, mask.clone(), heads)?;
         }
         Ok(self.output(x))

@@ -336,6 +336,7 @@ pub(crate) fn small_config(tied: bool) -> LlamaConfig {
         n_kv_heads: 2,
         head_width: None,
         head_norms: false,
+        nope_every: None,
         d_ff: 40,
         rope_base: 100.0, // small base: even short sequences turn the slow pairs
         rope_freq_factors: Vec::new(),

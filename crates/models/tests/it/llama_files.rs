@@ -135,9 +135,10 @@ backend_test!(bad_files_are_typed_errors, |device| {
 });
 
 /// A head width set by the file (`attention.key_length`, Qwen3's) is read;
-/// a value width other than the key width is refused.
+/// a value width other than the key width is refused, and so is an
+/// attention scale other than llama.cpp's default (0, or 1/√d_head).
 #[test]
-fn head_width_is_read_and_unequal_value_width_refused() {
+fn head_width_is_read_and_unsupported_widths_and_scales_refused() {
     let c = small_config(true);
     let ck = checkpoint(&c, 2);
     let read = |extra: Vec<(&'static str, Value)>| {
@@ -165,6 +166,21 @@ fn head_width_is_read_and_unequal_value_width_refused() {
             &got,
             Err(LlamaError::Config {
                 field: "attention.value_length",
+                ..
+            })
+        ),
+        "{got:?}"
+    );
+    let default = 1.0 / (c.head_dim() as f32).sqrt();
+    for scale in [0.0, default] {
+        assert!(read(vec![("llama.attention.scale", Value::F32(scale))]).is_ok());
+    }
+    let got = read(vec![("llama.attention.scale", Value::F32(0.5 * default))]);
+    assert!(
+        matches!(
+            &got,
+            Err(LlamaError::Config {
+                field: "attention.scale",
                 ..
             })
         ),

@@ -13,14 +13,19 @@ use lastmile_models::llama::{LlamaConfig, LlamaError, LlamaModel, WeightStorage}
 const TOL: f32 = 1e-4;
 
 backend_test!(conforms_to_language_model_interface, |device| {
-    // Llama's shape, and Qwen3's: heads wider than the width over them
-    // (4 × 16 at width 32) and each head's queries and keys normalised.
+    // Llama's shape; Qwen3's: heads wider than the width over them (4 × 16
+    // at width 32) and each head's queries and keys normalised.
     let qwen3 = LlamaConfig {
         head_width: Some(16),
         head_norms: true,
         ..LlamaConfig::tiny()
     };
-    for config in [LlamaConfig::tiny(), qwen3] {
+    // SmolLM3's: a block without rotary positions (here every second).
+    let nope = LlamaConfig {
+        nope_every: Some(2),
+        ..LlamaConfig::tiny()
+    };
+    for config in [LlamaConfig::tiny(), qwen3, nope] {
         conforms(&config.init_random(3, WeightStorage::F32, device).unwrap());
         // The panel kernel (CPU devices only) under the same shape checks.
         if lastmile_core::Backend::of(device).is_some_and(lastmile_core::Backend::is_cpu) {

@@ -1,6 +1,6 @@
 //! Tiny random models against llama.cpp: Llama 3.1's per-pair RoPE
-//! frequency factors, linear and YaRN RoPE scaling, and Qwen2's, Phi-3's
-//! and Qwen3's architectures.
+//! frequency factors, linear and YaRN RoPE scaling, and Qwen2's, Phi-3's,
+//! Qwen3's and SmolLM3's architectures.
 //!
 //! `fixtures/make_tiny_models_fixture.py` wrote each model with the `gguf`
 //! package (0.19.0) and llama.cpp's logits for it (llama-cpp-python 0.3.36:
@@ -28,7 +28,11 @@
 //!   and key RMSNorm gains, NEOX rotation, RoPE base 10⁶): with the loader
 //!   broken on purpose when the test was written, 18.6 off without
 //!   the query norm, 23.9 without the key norm, 9.2 with the
-//!   gains not reordered for NEOX.
+//!   gains not reordered for NEOX;
+//! - `tiny_smollm3` (188 kB: 4 blocks of width 32, block 3 without rotary
+//!   positions): with the loader broken on purpose when the test was
+//!   written, 9.8 off rotating every block, 25.2 with the step
+//!   counted from block 0.
 //!
 //! Agreement to 1e-3 therefore shows each is applied as llama.cpp applies it.
 #![allow(clippy::unwrap_used)]
@@ -41,7 +45,7 @@ use lastmile_models::llama::{LlamaConfig, LlamaModel, LlamaModule, RopeScaling, 
 use serde::Deserialize;
 
 /// The models and their fixtures, by name.
-const MODELS: [(&str, &[u8], &str); 6] = [
+const MODELS: [(&str, &[u8], &str); 7] = [
     (
         "rope_freqs",
         include_bytes!("../fixtures/tiny_llama3_rope.gguf"),
@@ -71,6 +75,11 @@ const MODELS: [(&str, &[u8], &str); 6] = [
         "qwen3",
         include_bytes!("../fixtures/tiny_qwen3.gguf"),
         include_str!("../fixtures/tiny_qwen3.json"),
+    ),
+    (
+        "smollm3",
+        include_bytes!("../fixtures/tiny_smollm3.gguf"),
+        include_str!("../fixtures/tiny_smollm3.json"),
     ),
 ];
 /// Largest |Δlogit| accepted (logits span about −30..26; f32 sums in another order).
