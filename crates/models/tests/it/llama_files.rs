@@ -134,19 +134,23 @@ backend_test!(bad_files_are_typed_errors, |device| {
     }
 });
 
+/// The configuration read from a file of `small_config(true)` with the
+/// metadata `extra` added.
+fn config_with(extra: Vec<(&'static str, Value)>) -> Result<LlamaConfig, LlamaError> {
+    let c = small_config(true);
+    let mut meta = base_meta(&c);
+    meta.extend(extra);
+    let file = GgufFile::from_vec(write_gguf(&meta, &tensors(&checkpoint(&c, 2)))).unwrap();
+    LlamaConfig::from_gguf(&file)
+}
+
 /// A head width set by the file (`attention.key_length`, Qwen3's) is read;
 /// a value width other than the key width is refused, and so is an
 /// attention scale other than llama.cpp's default (0, or 1/√d_head).
 #[test]
 fn head_width_is_read_and_unsupported_widths_and_scales_refused() {
     let c = small_config(true);
-    let ck = checkpoint(&c, 2);
-    let read = |extra: Vec<(&'static str, Value)>| {
-        let mut meta = base_meta(&c);
-        meta.extend(extra);
-        let file = GgufFile::from_vec(write_gguf(&meta, &tensors(&ck))).unwrap();
-        LlamaConfig::from_gguf(&file)
-    };
+    let read = config_with;
     let dh = c.head_dim() as u32;
     let same = read(vec![
         ("llama.attention.key_length", Value::U32(dh)),
@@ -196,13 +200,7 @@ fn head_width_is_read_and_unsupported_widths_and_scales_refused() {
 #[test]
 fn rope_scaling_is_read_as_llama_cpp_reads_it() {
     let c = small_config(true);
-    let ck = checkpoint(&c, 2);
-    let read = |extra: Vec<(&'static str, Value)>| {
-        let mut meta = base_meta(&c);
-        meta.extend(extra);
-        let file = GgufFile::from_vec(write_gguf(&meta, &tensors(&ck))).unwrap();
-        LlamaConfig::from_gguf(&file).map(|c| c.rope_scaling)
-    };
+    let read = |extra| config_with(extra).map(|c| c.rope_scaling);
     let ok = |extra| read(extra).ok();
     let kind = |k: &str| ("llama.rope.scaling.type", Value::Str(k.into()));
     let factor = |f| ("llama.rope.scaling.factor", Value::F32(f));
