@@ -166,10 +166,10 @@ impl LlamaConfig {
     /// [`MAX_LAYERS`], `d_model` is not a multiple of `n_heads` (without
     /// a `head_width`), a `head_width` is 0 or makes the query heads wider
     /// than [`MAX_DIM`], `n_heads` not a multiple of `n_kv_heads`, the
-    /// head width is odd (RoPE rotates pairs), `rope_base` / `rms_eps` / a scaling factor is not finite
-    /// and positive, YaRN's original context is 0, or
-    /// `rope_freq_factors` is neither empty nor one finite positive factor
-    /// per pair of a head.
+    /// head width is odd (RoPE rotates pairs), `nope_every` is `Some(0)`,
+    /// `rope_base` / `rms_eps` / a scaling factor is not finite and
+    /// positive, YaRN's original context is 0, or `rope_freq_factors` is
+    /// neither empty nor one finite positive factor per pair of a head.
     pub fn check(&self) -> LlamaResult<()> {
         let dims: [(&'static str, usize, usize); 7] = [
             ("vocab_size", self.vocab_size, MAX_DIM),
