@@ -15,6 +15,14 @@ use crate::round_timing::{InLoopCosts, RoundTiming};
 /// Plain steps timed before the measured costs are trusted to run alone.
 const SETTLING_STEPS: usize = 2;
 
+/// Rounds from the settling plain steps to the next timed one; the gap
+/// then doubles up to [`CostAwareConfig::retime_every`]. The settling
+/// steps come right after the prompt's pass, which can leave the next
+/// steps slower for a while (1.5–1.8× for about ten steps of SmolLM2-135M
+/// on an Intel Xeon, `docs/benchmarks.md`, session 38): plain steps at
+/// rounds 2, 3, 7, 15, 31, … replace them soon.
+const FIRST_RETIME: usize = 4;
+
 /// Settings of [`CostAwareAdaEdl`].
 ///
 /// ```
@@ -51,9 +59,10 @@ pub struct CostAwareConfig {
     pub measure_costs: bool,
     /// With `measure_costs`, a round that would draft runs as a plain step
     /// instead, to time the unit of every cost, in the two rounds after
-    /// the prompt's and whenever no plain step was timed in the last
-    /// `retime_every` rounds (at 32 this gives up at most one round's gain
-    /// in 32).
+    /// the prompt's, then after 4, 8, 16, … timed rounds without a plain
+    /// step, at most `retime_every` (at 32 this gives up at most one
+    /// round's gain in 32 once settled, four more in a generation's first
+    /// ~60 rounds).
     pub retime_every: usize,
 }
 
@@ -324,6 +333,13 @@ impl CostAwareAdaEdl {
 }
 
 impl CostAwareAdaEdl {
+    /// Timed rounds allowed since the last plain step before the next
+    /// round runs as one, with `measure_costs` ([`FIRST_RETIME`]).
+    fn retime_gap(&self) -> usize {
+        let doublings = self.plain.saturating_sub(SETTLING_STEPS).min(16) as u32;
+        (FIRST_RETIME << doublings).min(self.config.retime_every)
+    }
+
     /// Whether drafting token `drafted + 1` (estimate `a`), and possibly up
     /// to `L_max − drafted − 1` more at the same estimate, keeps the round's
     /// `E/C` (`spent` so far) from falling: some `k ≥ 1` with
@@ -386,7 +402,7 @@ impl DraftPolicy for CostAwareAdaEdl {
             self.skipped = 0;
             // Measuring: time plain steps (the costs' unit) after the
             // prompt's round (the first), then now and then.
-            let due = self.plain < SETTLING_STEPS || self.since_plain >= self.config.retime_every;
+            let due = self.plain < SETTLING_STEPS || self.since_plain >= self.retime_gap();
             if self.measured.is_some() && self.rounds > 1 && due {
                 return 0;
             }

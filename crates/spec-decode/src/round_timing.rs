@@ -85,6 +85,41 @@ impl Decayed {
     }
 }
 
+/// Plain steps whose times make the unit ([`InLoopCosts`]).
+const UNIT_SAMPLES: usize = 3;
+
+/// The median of the last [`UNIT_SAMPLES`] plain steps' times: the unit
+/// of every cost. Plain steps are timed only now and then, so the unit
+/// must follow the latest of them: a decayed mean like the passes' kept
+/// the first plain steps of a generation, timed right after the prompt's
+/// pass, when a step of SmolLM2-135M on an Intel Xeon ran 1.5–1.8× slower
+/// for about ten steps (`docs/benchmarks.md`, session 38), for all of a
+/// 128-token generation, and every cost looked ~25 % cheaper than it was.
+/// The median also ignores one preempted step.
+#[derive(Clone, Copy, Debug, Default)]
+struct RecentMedian {
+    last: [f64; UNIT_SAMPLES],
+    seen: usize,
+}
+
+impl RecentMedian {
+    fn record(&mut self, value: f64) {
+        self.last[self.seen % UNIT_SAMPLES] = value;
+        self.seen += 1;
+    }
+
+    fn median(&self) -> Option<f64> {
+        let mut v = self.last;
+        let v = &mut v[..self.seen.min(UNIT_SAMPLES)];
+        v.sort_by(f64::total_cmp);
+        match v.len() {
+            0 => None,
+            2 => Some(0.5 * (v[0] + v[1])),
+            n => Some(v[n / 2]),
+        }
+    }
+}
+
 /// The draft step cost `c` and the verify pass's costs `v(k)` measured in
 /// the decoding loop, in plain decoding steps timed in the same loop.
 ///
@@ -118,7 +153,9 @@ impl Decayed {
 #[derive(Clone, Debug)]
 pub struct InLoopCosts {
     draft: Decayed,
-    /// `pass[k − 1]`: passes over `k` tokens.
+    /// The unit: plain steps.
+    unit: RecentMedian,
+    /// `pass[k − 2]`: passes over `k ≥ 2` tokens.
     pass: Vec<Decayed>,
 }
 
@@ -139,7 +176,8 @@ impl InLoopCosts {
         check_in_range("max_pass", max_pass as f64, 1.0, MAX_TIMED_PASS as f64)?;
         Ok(Self {
             draft: Decayed::default(),
-            pass: vec![Decayed::default(); max_pass],
+            unit: RecentMedian::default(),
+            pass: vec![Decayed::default(); max_pass - 1],
         })
     }
 
@@ -165,8 +203,10 @@ impl InLoopCosts {
         if pass_tokens == 1 && draft_calls > 0 {
             return;
         }
-        if let Some(p) = pass_tokens
-            .checked_sub(1)
+        if pass_tokens == 1 {
+            self.unit.record(verify_seconds);
+        } else if let Some(p) = pass_tokens
+            .checked_sub(2)
             .and_then(|k| self.pass.get_mut(k))
         {
             p.record(verify_seconds, 1.0);
@@ -185,7 +225,7 @@ impl InLoopCosts {
     /// # Ok::<(), lastmile_spec_decode::SpecDecodeError>(())
     /// ```
     pub fn has_unit(&self) -> bool {
-        self.pass[0].mean().is_some_and(|t| t > 0.0)
+        self.unit.median().is_some_and(|t| t > 0.0)
     }
 
     /// The measured draft step cost `c` (the prior `prior_draft` until a
@@ -201,14 +241,15 @@ impl InLoopCosts {
         prior_draft: f64,
         prior_verify: &PassCosts,
     ) -> Result<Option<(f64, PassCosts)>> {
-        let Some(unit) = self.pass[0].mean().filter(|&t| t > 0.0) else {
+        let Some(unit) = self.unit.median().filter(|&t| t > 0.0) else {
             return Ok(None);
         };
         let draft = self.draft.mean().map_or(prior_draft, |t| t / unit);
         let mut scale = 1.0;
-        let mut times = Vec::with_capacity(self.pass.len());
+        let mut times = Vec::with_capacity(self.pass.len() + 1);
+        times.push(1.0);
         for (k, p) in self.pass.iter().enumerate() {
-            let prior = prior_verify.verify(k);
+            let prior = prior_verify.verify(k + 1);
             match p.mean() {
                 Some(t) if t > 0.0 => {
                     scale = t / (unit * prior);
@@ -272,7 +313,9 @@ mod tests {
     #[test]
     fn costs_follow_a_machine_that_slows_down() {
         // Steps of 3 ms, then the machine slows to 6 ms with every cost
-        // doubling: the ratios, hence the costs in steps, stay put.
+        // doubling: the ratios, hence the costs in steps, stay put (to
+        // 0.3 %: 60 rounds after the change the passes' decayed means
+        // still hold 0.2 % of the old times, the unit none).
         let prior = PassCosts::linear(0.05).unwrap_or_else(|e| panic!("{e}"));
         let mut m = InLoopCosts::new(3).unwrap_or_else(|e| panic!("{e}"));
         for ms in [3e-3, 6e-3] {
@@ -285,11 +328,11 @@ mod tests {
                 .costs(0.5, &prior)
                 .unwrap_or_else(|e| panic!("{e}"))
                 .unwrap_or_else(|| panic!("a plain step was timed"));
-            assert!((c - 0.15).abs() < 1e-3, "{c}");
-            assert!((v.verify(1) - 1.1).abs() < 1e-3, "{v:?}");
-            assert!((v.verify(2) - 1.3).abs() < 1e-3, "{v:?}");
+            assert!((c - 0.15).abs() < 3e-3, "{c}");
+            assert!((v.verify(1) - 1.1).abs() < 3e-3, "{v:?}");
+            assert!((v.verify(2) - 1.3).abs() < 3e-3, "{v:?}");
             // Past the table the last marginal (0.2) repeats.
-            assert!((v.verify(4) - 1.7).abs() < 1e-3, "{v:?}");
+            assert!((v.verify(4) - 1.7).abs() < 3e-3, "{v:?}");
         }
     }
 
@@ -311,9 +354,17 @@ mod tests {
             .costs(0.5, &prior)
             .unwrap_or_else(|e| panic!("{e}"))
             .unwrap_or_else(|| panic!("a plain step was timed"));
-        // The stall counts as 3 ms: the unit rises from 1 to about 1.23 ms.
-        assert!(v.verify(1) > 0.85 && v.verify(1) < 1.1, "{v:?}");
-        assert!(c > 0.08 && c < 0.1, "{c}");
+        // The unit is the median of the last three plain steps: the stall
+        // does not move it.
+        assert!((v.verify(1) - 1.1).abs() < 1e-9, "{v:?}");
+        assert!((c - 0.1).abs() < 1e-9, "{c}");
+        // Two slow plain steps in a row do: the unit follows the machine.
+        m.record(&timing(0, 0.0, 1, 2e-3));
+        let (c, _) = m
+            .costs(0.5, &prior)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .unwrap_or_else(|| panic!("a plain step was timed"));
+        assert!((c - 0.05).abs() < 1e-9, "{c}");
         // Without a plain step there is no unit.
         let mut n = InLoopCosts::new(2).unwrap_or_else(|e| panic!("{e}"));
         n.record(&timing(1, 1e-4, 2, 1.1e-3));

@@ -293,6 +293,45 @@ fn measured_costs_replace_the_given_ones() {
 }
 
 #[test]
+fn measured_costs_retime_the_unit_soon_after_the_prompt() {
+    // Drafting pays throughout (cheap draft, 2-token passes at 1.1 steps):
+    // the rounds that run as plain steps to time the unit are the two
+    // after the prompt's, then gaps of 4, 8, 16 and 32 drafting rounds.
+    let config = CostAwareConfig {
+        measure_costs: true,
+        ..optimistic()
+    };
+    let mut p = CostAwareAdaEdl::new(config, 0.05, 0.05).unwrap_or_else(|e| panic!("{e}"));
+    let mut plain = Vec::new();
+    for round in 1..=110 {
+        let limit = p.round_limit();
+        if limit == 0 {
+            plain.push(round);
+        }
+        // The decoder reports every round but the prompt's.
+        if round > 1 {
+            let timing = if limit == 0 {
+                RoundTiming {
+                    draft_calls: 0,
+                    draft_seconds: 0.0,
+                    pass_tokens: 1,
+                    verify_seconds: 1e-3,
+                }
+            } else {
+                RoundTiming {
+                    draft_calls: 1,
+                    draft_seconds: 5e-5,
+                    pass_tokens: 2,
+                    verify_seconds: 1.1e-3,
+                }
+            };
+            p.observe_timing(&timing);
+        }
+    }
+    assert_eq!(plain, [2, 3, 8, 17, 34, 67, 100]);
+}
+
+#[test]
 fn bad_settings_are_errors() {
     let c = CostAwareConfig::default();
     assert!(CostAwareAdaEdl::new(c, -0.01, 0.1).is_err());
