@@ -24,11 +24,36 @@ fn policy(c: f64, c_v: f64) -> CostAwareAdaEdl {
     CostAwareAdaEdl::new(optimistic(), c, c_v).unwrap_or_else(|e| panic!("{e}"))
 }
 
+/// [`policy`] at `c = c_v = 0.05`, pricing with the costs it times in the
+/// loop once it has a unit.
+fn measuring() -> CostAwareAdaEdl {
+    let config = CostAwareConfig {
+        measure_costs: true,
+        ..optimistic()
+    };
+    CostAwareAdaEdl::new(config, 0.05, 0.05).unwrap_or_else(|e| panic!("{e}"))
+}
+
 /// The policy with `config` at draft cost `c` and a pass over `k` tokens
 /// costing `times[k − 1]` steps.
 fn policy_with_pass(config: CostAwareConfig, c: f64, times: &[f64]) -> CostAwareAdaEdl {
     let costs = PassCosts::from_times(times).unwrap_or_else(|e| panic!("{e}"));
     CostAwareAdaEdl::with_pass_costs(config, c, costs).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// A round's times as the decoder reports them.
+fn timing(
+    draft_calls: usize,
+    draft_seconds: f64,
+    pass_tokens: usize,
+    verify_seconds: f64,
+) -> RoundTiming {
+    RoundTiming {
+        draft_calls,
+        draft_seconds,
+        pass_tokens,
+        verify_seconds,
+    }
 }
 
 /// One round drafting from `entropies` until the policy stops, of which
@@ -253,23 +278,9 @@ fn measured_costs_replace_the_given_ones() {
     // Given c = c_v = 0.05, drafting pays at acceptance 0.7; the loop
     // times a draft call at 0.8 steps and a 2-token pass at 1.3: the
     // measuring policy stops drafting, the other keeps drafting.
-    let config = CostAwareConfig {
-        measure_costs: true,
-        ..optimistic()
-    };
-    let mut measuring = CostAwareAdaEdl::new(config, 0.05, 0.05).unwrap_or_else(|e| panic!("{e}"));
-    let given = CostAwareConfig {
-        measure_costs: false,
-        ..config
-    };
-    let mut given = CostAwareAdaEdl::new(given, 0.05, 0.05).unwrap_or_else(|e| panic!("{e}"));
+    let mut measuring = measuring();
+    let mut given = policy(0.05, 0.05);
     assert!(measuring.speculation_pays() && given.speculation_pays());
-    let timing = |draft_calls, draft_seconds, pass_tokens, verify_seconds| RoundTiming {
-        draft_calls,
-        draft_seconds,
-        pass_tokens,
-        verify_seconds,
-    };
     for _ in 0..4 {
         for p in [&mut measuring, &mut given] {
             p.observe_timing(&timing(0, 0.0, 1, 1e-3));
@@ -297,11 +308,7 @@ fn measured_costs_retime_the_unit_soon_after_the_prompt() {
     // Drafting pays throughout (cheap draft, 2-token passes at 1.1 steps):
     // the rounds that run as plain steps to time the unit are the two
     // after the prompt's, then gaps of 4, 8, 16 and 32 drafting rounds.
-    let config = CostAwareConfig {
-        measure_costs: true,
-        ..optimistic()
-    };
-    let mut p = CostAwareAdaEdl::new(config, 0.05, 0.05).unwrap_or_else(|e| panic!("{e}"));
+    let mut p = measuring();
     let mut plain = Vec::new();
     for round in 1..=110 {
         let limit = p.round_limit();
@@ -310,22 +317,11 @@ fn measured_costs_retime_the_unit_soon_after_the_prompt() {
         }
         // The decoder reports every round but the prompt's.
         if round > 1 {
-            let timing = if limit == 0 {
-                RoundTiming {
-                    draft_calls: 0,
-                    draft_seconds: 0.0,
-                    pass_tokens: 1,
-                    verify_seconds: 1e-3,
-                }
+            p.observe_timing(&if limit == 0 {
+                timing(0, 0.0, 1, 1e-3)
             } else {
-                RoundTiming {
-                    draft_calls: 1,
-                    draft_seconds: 5e-5,
-                    pass_tokens: 2,
-                    verify_seconds: 1.1e-3,
-                }
-            };
-            p.observe_timing(&timing);
+                timing(1, 5e-5, 2, 1.1e-3)
+            });
         }
     }
     assert_eq!(plain, [2, 3, 8, 17, 34, 67, 100]);
