@@ -38,6 +38,15 @@
 //! …; llama.cpp fixes the step at 4) applies no rotary positions ("NoPE"):
 //! its queries and keys, and so its cached keys, are used as projected
 //! ([`super::LlamaConfig::nope_every`]).
+//!
+//! Granite (llama.cpp's `granite`, `src/models/granite.cpp`: IBM Granite
+//! 3.x dense models) is Llama's graph with four multipliers
+//! ([`super::Scales`]): the embeddings times `embedding_scale`, each
+//! attention and feed-forward output times `residual_scale` before its
+//! residual add, the attention's scores times `attention.scale` instead of
+//! `1/√d_head`, and the logits divided by `logit_scale`; its rotary
+//! positions are switched off for every block when
+//! `granite.rope.scaling.finetuned` is false.
 
 use lastmile_core::gguf::GgufFile;
 
@@ -62,6 +71,10 @@ pub(crate) enum Architecture {
     /// `smollm3`: SmolLM3 — Llama's graph with every fourth block
     /// attending without rotary positions.
     Smollm3,
+    /// `granite`: IBM Granite 3.x (dense) — Llama's graph with multipliers
+    /// on the embeddings, the residual branches, the attention's scores
+    /// and the logits.
+    Granite,
 }
 
 impl Architecture {
@@ -77,6 +90,7 @@ impl Architecture {
             "phi3" => Ok(Self::Phi3),
             "qwen3" => Ok(Self::Qwen3),
             "smollm3" => Ok(Self::Smollm3),
+            "granite" => Ok(Self::Granite),
             other => Err(LlamaError::Architecture {
                 found: other.to_owned(),
             }),
@@ -91,6 +105,7 @@ impl Architecture {
             Self::Phi3 => "phi3",
             Self::Qwen3 => "qwen3",
             Self::Smollm3 => "smollm3",
+            Self::Granite => "granite",
         }
     }
 

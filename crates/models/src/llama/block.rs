@@ -70,11 +70,12 @@ pub(crate) trait BlockWeights {
         Ok((q, k, v))
     }
 
-    /// Finishes the block: attention of `q` over the cached `keys`/`values`
-    /// (`[b, n_kv_heads, t, dh]`) under `mask` (`[b, n_kv_heads, g·n, t]`,
+    /// Finishes the block: attention of `q` over the cached keys and
+    /// values `kv` (each `[b, n_kv_heads, t, dh]`) under `mask` (`[b, n_kv_heads, g·n, t]`,
     /// `true` = hidden, query rows ordered `(group member, position)`), the
     /// output projection and the residual, then the SwiGLU network and its
-    /// residual.
+    /// residual; each branch's output times `residual` before its add
+    /// (Granite's residual scale, 1 elsewhere).
     ///
     /// Grouped-query attention (Ainslie et al. 2023): query head `j` reads
     /// key/value head `j / g`, `g = n_heads / n_kv_heads` — the mapping of
@@ -85,33 +86,35 @@ pub(crate) trait BlockWeights {
         &self,
         x: Tensor<3>,
         q: Tensor<4>,
-        keys: Tensor<4>,
-        values: Tensor<4>,
+        (keys, values): (Tensor<4>, Tensor<4>),
         mask: Tensor<4, Bool>,
         heads: Heads,
+        residual: f32,
     ) -> LlamaResult<Tensor<3>> {
         let [b, n, _] = x.dims();
         let Heads {
             n_heads,
             n_kv_heads,
             head_dim,
+            scale,
         } = heads;
+        let branch = |t: Tensor<3>| scaled(t, residual);
         let g = n_heads / n_kv_heads;
         let q = q.reshape([b, n_kv_heads, g * n, head_dim]);
         let scores = q
             .matmul(keys.swap_dims(2, 3))
-            .mul_scalar(1.0 / (head_dim as f32).sqrt())
+            .mul_scalar(scale)
             .mask_fill(mask, f32::NEG_INFINITY);
         let att = softmax(scores, 3)
             .matmul(values)
             .reshape([b, n_heads, n, head_dim])
             .swap_dims(1, 2)
             .reshape([b, n, n_heads * head_dim]);
-        let x = x + self.project(Proj::O, att)?;
+        let x = x + branch(self.project(Proj::O, att)?);
         let h = self.ffn_norm(x.clone());
         // SwiGLU (Shazeer 2020, eq. 6): down(SiLU(gate h) ⊙ up h).
         let ff = silu(self.project(Proj::Gate, h.clone())?) * self.project(Proj::Up, h)?;
-        Ok(x + self.project(Proj::Down, ff)?)
+        Ok(x + branch(self.project(Proj::Down, ff)?))
     }
 }
 
@@ -132,12 +135,21 @@ pub(crate) struct Block {
     pub(crate) down: Matrix,
 }
 
-/// Head counts of the attention.
+/// `t · f`, and `t` itself for `f = 1` (the multipliers of [`super::Scales`]
+/// at their defaults: no operation, so other architectures' values are
+/// unchanged to the bit).
+pub(crate) fn scaled<const D: usize>(t: Tensor<D>, f: f32) -> Tensor<D> {
+    if f == 1.0 { t } else { t.mul_scalar(f) }
+}
+
+/// Head counts of the attention, and the factor on its scores
+/// ([`super::LlamaConfig::attention_scale`]).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Heads {
     pub(crate) n_heads: usize,
     pub(crate) n_kv_heads: usize,
     pub(crate) head_dim: usize,
+    pub(crate) scale: f32,
 }
 
 impl BlockWeights for Block {

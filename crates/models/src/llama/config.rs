@@ -4,6 +4,7 @@
 use lastmile_core::gguf::{GgufFile, Metadata, MetadataValue};
 
 use super::arch::Architecture;
+use super::block::Heads;
 use super::error::{LlamaError, LlamaResult};
 use super::rope::RopeScaling;
 
@@ -73,6 +74,47 @@ pub struct LlamaConfig {
     pub max_context: usize,
     /// Whether the output projection is the token embedding (no `output.weight`).
     pub tied_embeddings: bool,
+    /// Factors on the embeddings, the residual branches, the attention's
+    /// scores and the logits (Granite's; [`Scales::default`] elsewhere).
+    pub scales: Scales,
+}
+
+/// The four multipliers of llama.cpp's `granite` graph (IBM Granite 3.x,
+/// trained with μP-style scaling), each a no-op at its default.
+///
+/// ```
+/// use lastmile_models::llama::{LlamaConfig, Scales};
+/// let c = LlamaConfig::tiny();
+/// assert_eq!(c.scales, Scales::default());
+/// assert_eq!(c.attention_scale(), 1.0 / (c.head_dim() as f32).sqrt());
+/// let granite = LlamaConfig { scales: Scales { attention: Some(0.125), ..Scales::default() }, ..c };
+/// assert_eq!(granite.attention_scale(), 0.125);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Scales {
+    /// Factor on the token embeddings before the first block
+    /// (`granite.embedding_scale`; 1).
+    pub embedding: f32,
+    /// Factor on each attention and feed-forward output before it is added
+    /// to the residual stream (`granite.residual_scale`; 1).
+    pub residual: f32,
+    /// Factor on the attention's scores `q·k` (`<arch>.attention.scale`,
+    /// read for every architecture as llama.cpp's `llama` graph reads it);
+    /// `None`: `1/√d_head`.
+    pub attention: Option<f32>,
+    /// Divisor of the logits (`granite.logit_scale`; 1).
+    pub logit: f32,
+}
+
+impl Default for Scales {
+    fn default() -> Self {
+        Self {
+            embedding: 1.0,
+            residual: 1.0,
+            attention: None,
+            logit: 1.0,
+        }
+    }
 }
 
 impl LlamaConfig {
@@ -95,6 +137,25 @@ impl LlamaConfig {
             rms_eps: 1e-5,
             max_context: 64,
             tied_embeddings: true,
+            scales: Scales::default(),
+        }
+    }
+
+    /// The factor on the attention's scores: [`Scales::attention`], else
+    /// `1/√d_head`.
+    pub fn attention_scale(&self) -> f32 {
+        self.scales
+            .attention
+            .unwrap_or_else(|| 1.0 / (self.head_dim() as f32).sqrt())
+    }
+
+    /// The attention's geometry and scale, as the passes use them.
+    pub(crate) fn heads(&self) -> Heads {
+        Heads {
+            n_heads: self.n_heads,
+            n_kv_heads: self.n_kv_heads,
+            head_dim: self.head_dim(),
+            scale: self.attention_scale(),
         }
     }
 
@@ -167,8 +228,8 @@ impl LlamaConfig {
     /// a `head_width`), a `head_width` is 0 or makes the query heads wider
     /// than [`MAX_DIM`], `n_heads` not a multiple of `n_kv_heads`, the
     /// head width is odd (RoPE rotates pairs), `nope_every` is `Some(0)`,
-    /// `rope_base` / `rms_eps` / a scaling factor is not finite and
-    /// positive, YaRN's original context is 0, or `rope_freq_factors` is
+    /// `rope_base` / `rms_eps` / a RoPE scaling factor / one of the
+    /// [`Scales`] is not finite and positive, YaRN's original context is 0, or `rope_freq_factors` is
     /// neither empty nor one finite positive factor per pair of a head.
     pub fn check(&self) -> LlamaResult<()> {
         let dims: [(&'static str, usize, usize); 7] = [
@@ -232,6 +293,10 @@ impl LlamaConfig {
             ("rope_base", self.rope_base),
             ("rms_eps", self.rms_eps),
             ("rope scaling factor", self.rope_scaling.factor()),
+            ("embedding scale", self.scales.embedding),
+            ("residual scale", self.scales.residual),
+            ("attention scale", self.scales.attention.unwrap_or(1.0)),
+            ("logit scale", self.scales.logit),
         ] {
             if !(value.is_finite() && value > 0.0) {
                 return Err(config_error(field, value, "a finite value > 0".to_owned()));
@@ -320,7 +385,15 @@ impl LlamaConfig {
             rms_eps: get_f32(meta, &key("attention.layer_norm_rms_epsilon"))?,
             max_context: get_usize(meta, &key("context_length"))?,
             tied_embeddings: file.tensor_info("output.weight").is_err(),
+            scales: scales(meta, &key, arch)?,
         };
+        // Granite switches its rotary positions off with this flag.
+        if arch == Architecture::Granite
+            && meta.get(&key("rope.scaling.finetuned")).is_some()
+            && !meta.get_bool(&key("rope.scaling.finetuned"))?
+        {
+            config.nope_every = Some(1);
+        }
         config.rope_scaling = rope_scaling(meta, &key, config.max_context)?;
         config.check()?;
         // Llama 3.1 and later carry their RoPE scaling as per-pair factors.
@@ -344,22 +417,6 @@ impl LlamaConfig {
                     name,
                     "no LongRoPE factors (LongRoPE, as in Phi-3's 128K files, is not supported)"
                         .to_owned(),
-                ));
-            }
-        }
-        // A scale of the attention's scores other than 1/√d_head (Granite's)
-        // is not supported; llama.cpp reads 0 as the default.
-        if meta.get(&key("attention.scale")).is_some() {
-            let scale = get_f32(meta, &key("attention.scale"))?;
-            let default = 1.0 / (config.head_dim() as f32).sqrt();
-            if scale != 0.0 && (scale - default).abs() > 1e-6 * default {
-                return Err(config_error(
-                    "attention.scale",
-                    scale,
-                    format!(
-                        "0 or 1/√{} (other attention scales are not supported)",
-                        config.head_dim()
-                    ),
                 ));
             }
         }
@@ -462,6 +519,38 @@ fn head_width(meta: &Metadata, key: &impl Fn(&str) -> String) -> LlamaResult<Opt
         (Some(w), _) | (None, Some(w)) => Ok(Some(w)),
         (None, None) => Ok(None),
     }
+}
+
+/// The file's [`Scales`]: the attention's score scale for every
+/// architecture (`attention.scale`, 0 meaning `1/√d_head` as in llama.cpp),
+/// and for Granite its embedding, residual and logit scales (the logit
+/// scale required, as llama.cpp requires it; an absent or 0 embedding or
+/// residual scale is 1, as llama.cpp skips them).
+///
+/// # Errors
+/// [`LlamaError::Gguf`] for a missing logit scale in a Granite file or a
+/// value of the wrong type.
+fn scales(
+    meta: &Metadata,
+    key: &impl Fn(&str) -> String,
+    arch: Architecture,
+) -> LlamaResult<Scales> {
+    let optional = |k: &str| -> LlamaResult<Option<f32>> {
+        match meta.get(&key(k)) {
+            Some(_) => Ok(Some(get_f32(meta, &key(k))?).filter(|&v| v != 0.0)),
+            None => Ok(None),
+        }
+    };
+    let mut scales = Scales {
+        attention: optional("attention.scale")?,
+        ..Scales::default()
+    };
+    if arch == Architecture::Granite {
+        scales.embedding = optional("embedding_scale")?.unwrap_or(1.0);
+        scales.residual = optional("residual_scale")?.unwrap_or(1.0);
+        scales.logit = get_f32(meta, &key("logit_scale"))?;
+    }
+    Ok(scales)
 }
 
 fn config_error(field: &'static str, value: impl ToString, expected: String) -> LlamaError {

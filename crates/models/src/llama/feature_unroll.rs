@@ -79,7 +79,8 @@ impl LlamaFeatureDraftModule {
             }));
         }
         let device = e.device();
-        let (heads, rope) = (self.lm.heads(), self.lm.rope(b, n, &device));
+        let (heads, rope) = (self.lm.config.heads(), self.lm.rope(b, n, &device));
+        let residual = self.lm.config.scales.residual;
         // Keys and values of every step so far, per block.
         let mut kv: Vec<(Vec<Tensor<4>>, Vec<Tensor<4>>)> =
             vec![(Vec::new(), Vec::new()); self.lm.blocks.len()];
@@ -93,8 +94,8 @@ impl LlamaFeatureDraftModule {
                 let (q, k, v) = block.qkv(x.clone(), heads, rotates)?;
                 keys.push(k);
                 values.push(v);
-                let (k, v) = (Tensor::cat(keys.clone(), 2), Tensor::cat(values.clone(), 2));
-                x = block.finish(x, q, k, v, mask.clone(), heads)?;
+                let kv = (Tensor::cat(keys.clone(), 2), Tensor::cat(values.clone(), 2));
+                x = block.finish(x, q, kv, mask.clone(), heads, residual)?;
             }
             let (logits, predicted) = self.lm.output(x);
             // The next step reads, at p, this step's prediction at p − 1.

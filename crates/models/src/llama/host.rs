@@ -27,7 +27,6 @@ use lastmile_core::fastmath::exp;
 use lastmile_core::panel::{PanelMatrix, Team};
 use lastmile_core::simd::{Vectorized, vectorize};
 
-use super::block::Heads;
 use super::cache::HostKv;
 use super::error::{LlamaError, LlamaResult};
 use super::host_attention::{attention, write};
@@ -67,17 +66,15 @@ pub(crate) fn pass(
     let config = &model.config;
     let (d, eps) = (config.d_model, config.rms_eps);
     let rows = batch.ids.len();
-    let heads = Heads {
-        n_heads: config.n_heads,
-        n_kv_heads: config.n_kv_heads,
-        head_dim: config.head_dim(),
-    };
+    let heads = config.heads();
+    let scales = config.scales;
     // One team of threads for the whole pass (see `Team`): its products
     // are shared out without waking sleeping workers.
     Team::run(|team| {
         let ids =
             Tensor::<1, Int>::from_data(TensorData::new(batch.ids.to_vec(), [rows]), &model.device);
-        let embedded = values(model.embed.clone().select(0, ids).into_data())?;
+        let mut embedded = values(model.embed.clone().select(0, ids).into_data())?;
+        scale(&mut embedded, scales.embedding);
         let mut x = match input {
             None => embedded,
             Some(Fusion { fc, features }) => {
@@ -120,14 +117,24 @@ pub(crate) fn pass(
             }
             write(kv, &k, &v, batch, heads, config.max_context);
             let att = attention(&q, kv, batch, heads);
-            add(&mut x, &team.matmul(host(&block.o)?, &att, rows)?);
+            add_scaled(
+                &mut x,
+                team.matmul(host(&block.o)?, &att, rows)?,
+                scales.residual,
+            );
             let h = vectorize(Vectorized(|| rms_norm(&x, d, &block.ffn_norm, eps)))?;
             // The gate applied by each task to its panels (see `Team::matmul_zip`).
             let g = team.matmul_zip(host(&block.gate)?, host(&block.up)?, &h, rows, swiglu)?;
-            add(&mut x, &team.matmul(host(&block.down)?, &g, rows)?);
+            add_scaled(
+                &mut x,
+                team.matmul(host(&block.down)?, &g, rows)?,
+                scales.residual,
+            );
         }
         let h = rms_norm(&x, d, &model.norm, eps)?;
-        Ok((team.matmul(host(&model.head)?, &h, rows)?, h))
+        let mut logits = team.matmul(host(&model.head)?, &h, rows)?;
+        scale(&mut logits, 1.0 / scales.logit);
+        Ok((logits, h))
     })
 }
 
@@ -159,6 +166,22 @@ fn each<'t, const N: usize>(
 fn add(x: &mut [f32], y: &[f32]) {
     for (a, b) in x.iter_mut().zip(y) {
         *a += b;
+    }
+}
+
+/// `x += y · f` (Granite's residual scale; a plain add for `f = 1`, so
+/// other architectures' values are unchanged to the bit).
+fn add_scaled(x: &mut [f32], mut y: Vec<f32>, f: f32) {
+    scale(&mut y, f);
+    add(x, &y);
+}
+
+/// `x · f` in place; nothing for `f = 1` ([`super::Scales`] at its defaults).
+fn scale(x: &mut [f32], f: f32) {
+    if f != 1.0 {
+        for v in x {
+            *v *= f;
+        }
     }
 }
 

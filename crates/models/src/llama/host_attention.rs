@@ -117,7 +117,8 @@ fn write_rows<E: Elem>(
 /// Grouped-query attention (Ainslie et al. 2023) of each query row over its
 /// row's cached positions `0 ..= offset + i` (causal), query head `j`
 /// reading key/value head `j / (n_heads / n_kv_heads)`:
-/// `softmax(q·kᵀ/√dh) v`, keys summed in position order (cached f16 keys
+/// `softmax(s·q·kᵀ) v` (`s` the heads' scale, `1/√dh` unless the file
+/// sets another), keys summed in position order (cached f16 keys
 /// and values widened exactly to f32 as they are read). Returns
 /// `[b·n, n_heads·dh]`.
 pub(super) fn attention(q: &[f32], kv: &HostKv, batch: &HostBatch<'_>, heads: Heads) -> Vec<f32> {
@@ -316,7 +317,7 @@ impl<E: Elem> Unit<'_, E> {
         let width = dh.max(1);
         let padded = self.keys.len() / width;
         let mut p = vec![0.0f32; self.queries.len() * padded];
-        let scale = s.splat(1.0 / (dh as f32).sqrt());
+        let scale = s.splat(self.heads.scale);
         for (b, dims) in self.keys.chunks_exact(width * KEY_BLOCK).enumerate() {
             let tiles = self.queries.chunks(TILE).zip(p.chunks_mut(TILE * padded));
             for (qs, ps) in tiles {
@@ -379,7 +380,7 @@ impl<E: Elem> Unit<'_, E> {
 /// × [`KEY_BLOCK`] positions; the `half`-th `W` of them, starting at
 /// position `at`): per query one vector of running sums per dimension
 /// modulo 4 (a tail of fewer than 4 dimensions into the first), added as
-/// ((a₀ + a₁) + (a₂ + a₃)) and scaled by 1/√dh. Each position's sum is the
+/// ((a₀ + a₁) + (a₂ + a₃)) and scaled by the heads' scale. Each position's sum is the
 /// same whatever `W`.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]

@@ -1,6 +1,7 @@
 //! A Llama-family decoder (the `llama` architecture of llama.cpp, e.g.
 //! SmolLM2-135M; `qwen2`, Qwen2 and Qwen2.5; `phi3`, Phi-3 and Phi-3.5 mini;
-//! `qwen3`, Qwen3's dense models; `smollm3`, SmolLM3)
+//! `qwen3`, Qwen3's dense models; `smollm3`, SmolLM3; `granite`, IBM
+//! Granite 3.x's dense models)
 //! loaded from a GGUF checkpoint and run in burn, with a KV
 //! cache and lastmile-core's [`LanguageModel`](lastmile_core::lm::LanguageModel)
 //! interface.
@@ -37,7 +38,7 @@
 //!   (`rope_freqs.weight`) divide the angles as in ggml, and linear and
 //!   YaRN scaling for long contexts ([`RopeScaling`]: DeepSeek Coder's,
 //!   Qwen2.5's 128K files) are applied as ggml's `rope_yarn`; LongRoPE is
-//!   refused, as is an attention scale other than `1/√d_head`.
+//!   refused.
 //!   SmolLM3's every fourth block applies no rotation
 //!   ([`LlamaConfig::nope_every`]).
 //!   Qwen2's, Phi-3's and Qwen3's files are
@@ -59,8 +60,11 @@
 //!   (Qwen3-0.6B: 16 heads of 128 at width 1024).
 //! - **Grouped-query attention** (Ainslie et al. 2023): query head `j`
 //!   reads key/value head `j / (n_heads / n_kv_heads)`, scores scaled by
-//!   `1/√d_head`, causal mask; the cache ([`LlamaCache`]) keeps the
-//!   `n_kv_heads` rotated keys and values only.
+//!   `1/√d_head` (or the file's `attention.scale`), causal mask; the cache
+//!   ([`LlamaCache`]) keeps the `n_kv_heads` rotated keys and values only.
+//! - **Multipliers** (Granite, [`Scales`]): the embeddings, each residual
+//!   branch and the logits scaled by the file's `embedding_scale`,
+//!   `residual_scale` and `1/logit_scale`.
 //! - **SwiGLU** feed-forward network (Shazeer 2020, eq. 6):
 //!   `W_down (SiLU(W_gate h) ⊙ W_up h)`.
 //! - **Early exit** ([`LlamaEarlyExit`]): a borrowed view running the first
@@ -167,7 +171,7 @@ mod storage;
 mod vocab;
 
 pub use cache::{CACHE_CHUNK, KvPrecision, LlamaCache};
-pub use config::{LlamaConfig, MAX_DIM, MAX_LAYERS};
+pub use config::{LlamaConfig, MAX_DIM, MAX_LAYERS, Scales};
 pub use distill::{MAX_DRAFT_BYTES, distill_draft, likely_tokens};
 pub use early_exit::LlamaEarlyExit;
 pub use error::{LlamaError, LlamaResult};

@@ -12,7 +12,7 @@ use lastmile_core::lm::LmError;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 
-use super::block::{Block, BlockWeights, Heads, causal_mask};
+use super::block::{Block, BlockWeights, causal_mask, scaled};
 use super::cache::{KvPrecision, LlamaCache, write};
 use super::config::LlamaConfig;
 use super::error::{LlamaError, LlamaResult};
@@ -431,14 +431,11 @@ impl LlamaModel {
             ));
         }
         let ids = Tensor::<1, Int>::from_data(TensorData::new(ids, [b * n]), device);
-        let heads = Heads {
-            n_heads: self.config.n_heads,
-            n_kv_heads: self.config.n_kv_heads,
-            head_dim: self.config.head_dim(),
-        };
+        let heads = self.config.heads();
+        let scales = self.config.scales;
         let mask = causal_mask(&offsets, n, total, heads, device);
         let rope = self.rope.at(&pos, b, n, device);
-        let embedded = self.embed.clone().select(0, ids);
+        let embedded = scaled(self.embed.clone().select(0, ids), scales.embedding);
         let mut x = match input {
             LayerInput::Fused { fc, features } => {
                 let fused = Tensor::cat(vec![embedded, features.reshape([b * n, d])], 1);
@@ -457,13 +454,13 @@ impl LlamaModel {
             let v_all = values.clone().slice([0..b, 0..kv, 0..total, 0..dh]);
             cache.keys[layer] = Some(keys);
             cache.values[layer] = Some(values);
-            x = block.finish(x, q, k_all, v_all, mask.clone(), heads)?;
+            x = block.finish(x, q, (k_all, v_all), mask.clone(), heads, scales.residual)?;
         }
         for (len, t) in cache.lens.iter_mut().zip(tokens) {
             *len += t.len();
         }
         let features = self.norm.forward(x);
-        let logits = self.head.forward(features.clone())?;
+        let logits = scaled(self.head.forward(features.clone())?, 1.0 / scales.logit);
         let logits = match &self.head_tokens {
             Some(ids) => super::vocab::expand(logits, ids, vocab),
             None => logits,

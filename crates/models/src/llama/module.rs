@@ -17,7 +17,7 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 use lastmile_core::convert::tensor_to_vec;
 use lastmile_core::lm::LmError;
 
-use super::block::{Block, BlockWeights, Heads, Proj, causal_mask};
+use super::block::{Block, BlockWeights, Proj, causal_mask, scaled};
 use super::config::LlamaConfig;
 use super::error::{LlamaError, LlamaResult};
 use super::model::LlamaModel;
@@ -382,11 +382,12 @@ impl LlamaModule {
         let device = self.embed.val().device();
         let ids: Vec<i64> = tokens.iter().flatten().map(|&t| t as i64).collect();
         let ids = Tensor::<1, Int>::from_data(TensorData::new(ids, [b * n]), &device);
-        Ok(self
+        let e = self
             .embed
             .val()
             .select(0, ids)
-            .reshape([b, n, self.config.d_model]))
+            .reshape([b, n, self.config.d_model]);
+        Ok(scaled(e, self.config.scales.embedding))
     }
 
     /// The blocks, final norm and head over the rows `x` (`[b, n, d]`, each
@@ -394,24 +395,22 @@ impl LlamaModule {
     /// features (the head's input) `[b, n, d]`.
     pub(crate) fn run(&self, x: Tensor<3>) -> LlamaResult<(Tensor<3>, Tensor<3>)> {
         let [b, n, _] = x.dims();
-        let (heads, rope) = (self.heads(), self.rope(b, n, &x.device()));
+        let (heads, rope) = (self.config.heads(), self.rope(b, n, &x.device()));
         let mask = causal_mask(&vec![0; b], n, n, heads, &x.device());
         let mut x = x;
         for (layer, block) in self.blocks.iter().enumerate() {
             let rotates = self.config.rotates(layer).then_some(&rope);
             let (q, k, v) = block.qkv(x.clone(), heads, rotates)?;
-            x = block.finish(x, q, k, v, mask.clone(), heads)?;
+            x = block.finish(
+                x,
+                q,
+                (k, v),
+                mask.clone(),
+                heads,
+                self.config.scales.residual,
+            )?;
         }
         Ok(self.output(x))
-    }
-
-    /// The attention's head counts.
-    pub(crate) fn heads(&self) -> Heads {
-        Heads {
-            n_heads: self.config.n_heads,
-            n_kv_heads: self.config.n_kv_heads,
-            head_dim: self.config.head_dim(),
-        }
     }
 
     /// Rotary positions `0..n` for each of `b` rows.
@@ -443,6 +442,6 @@ impl LlamaModule {
                 .matmul(self.embed.val().transpose())
                 .reshape([b, n, self.config.vocab_size]),
         };
-        (logits, h)
+        (scaled(logits, 1.0 / self.config.scales.logit), h)
     }
 }

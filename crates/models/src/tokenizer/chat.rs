@@ -48,15 +48,15 @@ impl<'a> ChatMessage<'a> {
 /// `llama_chat_apply_template` matches it, by the markers it contains (or
 /// by llama.cpp's name for it: `chatml`, `llama2`, `llama2-sys`,
 /// `llama2-sys-bos`, `llama2-sys-strip`, `llama3`, `phi3`, `zephyr`,
-/// `deepseek`, `deepseek2`), and
+/// `deepseek`, `deepseek2`, `granite`, `granite-4.0`, `granite-4.1`), and
 /// rendered as llama.cpp's built-in template of that family (checked
 /// against llama.cpp on a fixture): ChatML (`<|im_start|>`), Llama 2
 /// (`[INST]`; with `<<SYS>>` system blocks, a BOS inside the history, or
 /// stripped messages as the template shows), Phi-3 (`<|assistant|>` and
 /// `<|end|>`), Zephyr (`<|user|>` and `<|endoftext|>`), DeepSeek Coder
 /// (`### Instruction:` and `<|EOT|>`), Llama 3 (`<|start_header_id|>`)
-/// and DeepSeek LLM / V2 (`'Assistant: ' + message['content'] +
-/// eos_token`). Like llama.cpp's, these renderings leave out
+/// DeepSeek LLM / V2 (`'Assistant: ' + message['content'] +
+/// eos_token`) and IBM Granite 3.x / 4.x (`<|start_of_role|>`). Like llama.cpp's, these renderings leave out
 /// what a Jinja template adds beyond its family's layout (Qwen2.5's
 /// default system prompt, Llama 3.1's date header). A template that
 /// llama.cpp would match to another family (Mistral v3/v7, Gemma, Phi-4,
@@ -118,6 +118,15 @@ pub enum ChatTemplate {
     /// `Assistant: {content}<｜end▁of▁sentence｜>`, and `Assistant:` as the
     /// generation prompt.
     Deepseek2,
+    /// IBM Granite's `<|start_of_role|>{role}<|end_of_role|>{content}<|end_of_text|>\n`,
+    /// and `<|start_of_role|>assistant<|end_of_role|>` as the generation
+    /// prompt. A message of role `assistant_tool_call` gets `<|tool_call|>`
+    /// after its header, which Granite 4 (a template with `<tool_call>` or
+    /// `<tools>`) writes as the assistant's.
+    Granite {
+        /// Granite 4's header for `assistant_tool_call` messages.
+        tool_calls_as_assistant: bool,
+    },
 }
 
 /// The loop body and generation prompt shared by both recognised templates.
@@ -201,6 +210,16 @@ impl ChatTemplate {
             "zephyr" => return Ok(Self::Zephyr),
             "deepseek" => return Ok(Self::Deepseek),
             "deepseek2" => return Ok(Self::Deepseek2),
+            "granite" => {
+                return Ok(Self::Granite {
+                    tool_calls_as_assistant: false,
+                });
+            }
+            "granite-4.0" | "granite-4.1" => {
+                return Ok(Self::Granite {
+                    tool_calls_as_assistant: true,
+                });
+            }
             _ => {}
         }
         let has = |m: &str| t.contains(m);
@@ -262,6 +281,25 @@ impl ChatTemplate {
             (
                 &["'Assistant: ' + message['content'] + eos_token"],
                 Ok(Self::Deepseek2),
+            ),
+            (
+                &["<｜Assistant｜>", "<｜User｜>", "<｜end▁of▁sentence｜>"],
+                Err("deepseek3"),
+            ),
+            (
+                &["[|system|]", "[|assistant|]", "[|endofturn|]"],
+                Err("exaone"),
+            ),
+            (&["rwkv-world"], Err("rwkv-world")),
+            (
+                &["{{- 'User: ' + message['content']|trim + '\\n\\n' -}}"],
+                Err("rwkv-world"),
+            ),
+            (
+                &["<|start_of_role|>"],
+                Ok(Self::Granite {
+                    tool_calls_as_assistant: has("<tool_call>") || has("<tools>"),
+                }),
             ),
         ];
         for (markers, family) in others {
@@ -377,6 +415,27 @@ impl ChatTemplate {
                 }
                 if add_generation_prompt {
                     out.push_str("Assistant:");
+                }
+            }
+            Self::Granite {
+                tool_calls_as_assistant,
+            } => {
+                for m in messages {
+                    match m.role {
+                        "assistant_tool_call" if *tool_calls_as_assistant => {
+                            out.push_str("<|start_of_role|>assistant<|end_of_role|><|tool_call|>");
+                        }
+                        role => {
+                            out.push_str(&format!("<|start_of_role|>{role}<|end_of_role|>"));
+                            if role == "assistant_tool_call" {
+                                out.push_str("<|tool_call|>");
+                            }
+                        }
+                    }
+                    out.push_str(&format!("{}<|end_of_text|>\n", m.content));
+                }
+                if add_generation_prompt {
+                    out.push_str("<|start_of_role|>assistant<|end_of_role|>");
                 }
             }
         }

@@ -5,8 +5,8 @@
 //! (`llama_chat_apply_template`, llama.cpp's non-Jinja path): template
 //! sources carrying each family's markers, and the Jinja templates of
 //! Phi-3's and Qwen2's vocabulary files, each rendering four conversations
-//! (system messages, padded and non-ASCII content, several turns) with
-//! and without the generation prompt. Every family lastmile renders must
+//! (system messages, padded and non-ASCII content, several turns; Granite's
+//! templates a tool call too) with and without the generation prompt. Every family lastmile renders must
 //! give llama.cpp's text byte for byte, except a template lastmile
 //! recognises exactly (Qwen2's is SmolLM2's ChatML with another default
 //! system prompt), which must give what Jinja renders (jinja2 3.1.6, also
@@ -95,6 +95,18 @@ fn llama_cpp_names_select_a_family() {
         ("llama3", ChatTemplate::Llama3),
         ("phi3", ChatTemplate::Phi3),
         ("zephyr", ChatTemplate::Zephyr),
+        (
+            "granite",
+            ChatTemplate::Granite {
+                tool_calls_as_assistant: false,
+            },
+        ),
+        (
+            "granite-4.1",
+            ChatTemplate::Granite {
+                tool_calls_as_assistant: true,
+            },
+        ),
     ] {
         assert_eq!(ChatTemplate::parse(name).unwrap(), family);
     }

@@ -21,15 +21,17 @@ use burn::tensor::Device;
 use lastmile_core::backend_test;
 use lastmile_core::convert::tensor_to_vec;
 use lastmile_core::gguf::GgufFile;
-use lastmile_models::llama::{LlamaConfig, LlamaModel, RopeScaling, WeightStorage};
+use lastmile_models::llama::{LlamaConfig, LlamaModel, RopeScaling, Scales, WeightStorage};
 
 const REF_TOL: f64 = 1e-4;
 
 // ---------------------------------------------------------------- GGUF writer
 
+#[derive(Clone)]
 pub(crate) enum Value {
     U32(u32),
     F32(f32),
+    Bool(bool),
     Str(String),
 }
 
@@ -57,6 +59,10 @@ pub(crate) fn write_gguf(
             Value::F32(x) => {
                 out.extend(6u32.to_le_bytes());
                 out.extend(x.to_le_bytes());
+            }
+            Value::Bool(b) => {
+                out.extend(7u32.to_le_bytes());
+                out.push(u8::from(*b));
             }
             Value::Str(s) => {
                 out.extend(8u32.to_le_bytes());
@@ -344,6 +350,7 @@ pub(crate) fn small_config(tied: bool) -> LlamaConfig {
         rms_eps: 1e-5,
         max_context: 64,
         tied_embeddings: tied,
+        scales: Scales::default(),
     }
 }
 

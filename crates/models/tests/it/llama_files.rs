@@ -6,7 +6,9 @@
 use burn::tensor::Device;
 use lastmile_core::backend_test;
 use lastmile_core::gguf::GgufFile;
-use lastmile_models::llama::{LlamaConfig, LlamaError, LlamaModel, RopeScaling, WeightStorage};
+use lastmile_models::llama::{
+    LlamaConfig, LlamaError, LlamaModel, RopeScaling, Scales, WeightStorage,
+};
 
 use crate::llama::{Checkpoint, Value, base_meta, checkpoint, small_config, tensors, write_gguf};
 
@@ -137,18 +139,15 @@ backend_test!(bad_files_are_typed_errors, |device| {
 /// The configuration read from a file of `small_config(true)` with the
 /// metadata `extra` added.
 fn config_with(extra: Vec<(&'static str, Value)>) -> Result<LlamaConfig, LlamaError> {
-    let c = small_config(true);
-    let mut meta = base_meta(&c);
-    meta.extend(extra);
-    let file = GgufFile::from_vec(write_gguf(&meta, &tensors(&checkpoint(&c, 2)))).unwrap();
-    LlamaConfig::from_gguf(&file)
+    config_as("llama", &extra)
 }
 
 /// A head width set by the file (`attention.key_length`, Qwen3's) is read;
-/// a value width other than the key width is refused, and so is an
-/// attention scale other than llama.cpp's default (0, or 1/√d_head).
+/// a value width other than the key width is refused. An attention scale
+/// is read (llama.cpp's `llama` graph reads it too), 0 meaning 1/√d_head;
+/// one that is not finite and positive is refused.
 #[test]
-fn head_width_is_read_and_unsupported_widths_and_scales_refused() {
+fn head_width_and_attention_scale_are_read_and_unsupported_widths_refused() {
     let c = small_config(true);
     let read = config_with;
     let dh = c.head_dim() as u32;
@@ -176,15 +175,96 @@ fn head_width_is_read_and_unsupported_widths_and_scales_refused() {
         "{got:?}"
     );
     let default = 1.0 / (c.head_dim() as f32).sqrt();
-    for scale in [0.0, default] {
-        assert!(read(vec![("llama.attention.scale", Value::F32(scale))]).is_ok());
+    let scale = |s: f32| read(vec![("llama.attention.scale", Value::F32(s))]);
+    assert_eq!(scale(0.0).unwrap().attention_scale(), default);
+    assert_eq!(
+        scale(0.5 * default).unwrap().attention_scale(),
+        0.5 * default
+    );
+    for bad in [-0.5, f32::NAN, f32::INFINITY] {
+        let got = scale(bad);
+        assert!(
+            matches!(
+                &got,
+                Err(LlamaError::Config {
+                    field: "attention scale",
+                    ..
+                })
+            ),
+            "{bad}: {got:?}"
+        );
     }
-    let got = read(vec![("llama.attention.scale", Value::F32(0.5 * default))]);
+}
+
+/// `small_config(true)`'s file under architecture `arch` (its `llama.`
+/// keys renamed) with the metadata `extra` added, and its configuration.
+fn config_as(arch: &str, extra: &[(&str, Value)]) -> Result<LlamaConfig, LlamaError> {
+    let c = small_config(true);
+    let mut meta: Vec<(String, Value)> = base_meta(&c)
+        .into_iter()
+        .map(|(k, v)| match k {
+            "general.architecture" => (k.to_owned(), Value::Str(arch.to_owned())),
+            _ => (k.replacen("llama", arch, 1), v),
+        })
+        .collect();
+    meta.extend(extra.iter().map(|(k, v)| ((*k).to_owned(), v.clone())));
+    let meta: Vec<(&str, Value)> = meta.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+    let file = GgufFile::from_vec(write_gguf(&meta, &tensors(&checkpoint(&c, 2)))).unwrap();
+    LlamaConfig::from_gguf(&file)
+}
+
+/// Granite's multipliers come from a `granite` file, its logit scale
+/// required as llama.cpp requires it and an embedding or residual scale of
+/// 0 meaning none; `granite.rope.scaling.finetuned = false` turns the rotary
+/// positions off in every block; a `llama` file's Granite keys are ignored,
+/// as llama.cpp's `llama` graph ignores them.
+#[test]
+fn granite_scales_are_read_from_granite_files_only() {
+    let scales = [
+        ("granite.embedding_scale", Value::F32(12.0)),
+        ("granite.residual_scale", Value::F32(0.22)),
+        ("granite.attention.scale", Value::F32(0.0078125)),
+        ("granite.logit_scale", Value::F32(16.0)),
+    ];
+    let c = config_as("granite", &scales).unwrap();
+    let want = Scales {
+        embedding: 12.0,
+        residual: 0.22,
+        attention: Some(0.0078125),
+        logit: 16.0,
+    };
+    assert_eq!((c.scales, c.nope_every), (want, None));
+    let got = config_as("granite", &scales[..3]);
+    assert!(matches!(got, Err(LlamaError::Gguf(_))), "{got:?}");
+    let none = [
+        ("granite.embedding_scale", Value::F32(0.0)),
+        ("granite.residual_scale", Value::F32(0.0)),
+        ("granite.logit_scale", Value::F32(2.0)),
+        ("granite.rope.scaling.finetuned", Value::Bool(false)),
+    ];
+    let c = config_as("granite", &none).unwrap();
+    assert_eq!(
+        c.scales,
+        Scales {
+            logit: 2.0,
+            ..Scales::default()
+        }
+    );
+    assert!((0..c.n_layers).all(|l| !c.rotates(l)));
+    let llama = [
+        ("llama.embedding_scale", Value::F32(12.0)),
+        ("llama.logit_scale", Value::F32(16.0)),
+    ];
+    assert_eq!(
+        config_as("llama", &llama).unwrap().scales,
+        Scales::default()
+    );
+    let got = config_as("granite", &[("granite.logit_scale", Value::F32(0.0))]);
     assert!(
         matches!(
-            &got,
+            got,
             Err(LlamaError::Config {
-                field: "attention.scale",
+                field: "logit scale",
                 ..
             })
         ),

@@ -8,7 +8,7 @@
 use lastmile_core::backend_test;
 use lastmile_core::convert::tensor_to_vec;
 use lastmile_core::lm::{LanguageModel, LmError, conformance};
-use lastmile_models::llama::{LlamaConfig, LlamaError, LlamaModel, WeightStorage};
+use lastmile_models::llama::{LlamaConfig, LlamaError, LlamaModel, Scales, WeightStorage};
 
 const TOL: f32 = 1e-4;
 
@@ -25,7 +25,17 @@ backend_test!(conforms_to_language_model_interface, |device| {
         nope_every: Some(2),
         ..LlamaConfig::tiny()
     };
-    for config in [LlamaConfig::tiny(), qwen3, nope] {
+    // Granite's: every multiplier away from 1.
+    let granite = LlamaConfig {
+        scales: Scales {
+            embedding: 4.0,
+            residual: 0.5,
+            attention: Some(0.125),
+            logit: 3.0,
+        },
+        ..LlamaConfig::tiny()
+    };
+    for config in [LlamaConfig::tiny(), qwen3, nope, granite] {
         conforms(&config.init_random(3, WeightStorage::F32, device).unwrap());
         // The panel kernel (CPU devices only) under the same shape checks.
         if lastmile_core::Backend::of(device).is_some_and(lastmile_core::Backend::is_cpu) {

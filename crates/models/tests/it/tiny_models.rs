@@ -1,6 +1,6 @@
 //! Tiny random models against llama.cpp: Llama 3.1's per-pair RoPE
 //! frequency factors, linear and YaRN RoPE scaling, and Qwen2's, Phi-3's,
-//! Qwen3's and SmolLM3's architectures.
+//! Qwen3's, SmolLM3's and Granite's architectures.
 //!
 //! `fixtures/make_tiny_models_fixture.py` wrote each model with the `gguf`
 //! package (0.19.0) and llama.cpp's logits for it (llama-cpp-python 0.3.36:
@@ -32,7 +32,13 @@
 //! - `tiny_smollm3` (188 kB: 4 blocks of width 32, block 3 without rotary
 //!   positions): with the loader broken on purpose when the test was
 //!   written, 9.8 off rotating every block, 25.2 with the step
-//!   counted from block 0.
+//!   counted from block 0;
+//! - `tiny_granite` (113 kB: Llama's shape with Granite's multipliers:
+//!   embeddings × 4, residual branches × 0.5, scores × 1/8 instead of
+//!   1/√8, logits ÷ 3): with the model broken on purpose when the test was
+//!   written, 12.5 off without the embedding scale, 4.7 without the residual
+//!   scale, 2.4 scoring by 1/√8 and 26.3 without the logit scale (logits
+//!   span −8.0…13.2).
 //!
 //! Agreement to 1e-3 therefore shows each is applied as llama.cpp applies it.
 #![allow(clippy::unwrap_used)]
@@ -45,7 +51,7 @@ use lastmile_models::llama::{LlamaConfig, LlamaModel, LlamaModule, RopeScaling, 
 use serde::Deserialize;
 
 /// The models and their fixtures, by name.
-const MODELS: [(&str, &[u8], &str); 7] = [
+const MODELS: [(&str, &[u8], &str); 8] = [
     (
         "rope_freqs",
         include_bytes!("../fixtures/tiny_llama3_rope.gguf"),
@@ -80,6 +86,11 @@ const MODELS: [(&str, &[u8], &str); 7] = [
         "smollm3",
         include_bytes!("../fixtures/tiny_smollm3.gguf"),
         include_str!("../fixtures/tiny_smollm3.json"),
+    ),
+    (
+        "granite",
+        include_bytes!("../fixtures/tiny_granite.gguf"),
+        include_str!("../fixtures/tiny_granite.json"),
     ),
 ];
 /// Largest |Δlogit| accepted (logits span about −30..26; f32 sums in another order).
@@ -168,11 +179,12 @@ fn tiny_models_match_llama_cpp_on_the_host_pass() {
 }
 
 /// The trainable module keeps Qwen2's biases (as its `Linear` layers'
-/// own) and Qwen3's per-head norms (`q_norm`, `k_norm`), and gives them
-/// back to the inference model.
+/// own), Qwen3's per-head norms (`q_norm`, `k_norm`) and Granite's
+/// multipliers (in its configuration), and gives them back to the
+/// inference model.
 #[test]
-fn qwen_biases_and_head_norms_survive_the_trainable_module() {
-    for name in ["qwen2", "qwen3"] {
+fn biases_head_norms_and_scales_survive_the_trainable_module() {
+    for name in ["qwen2", "qwen3", "granite"] {
         module_round_trip(name);
     }
 }

@@ -79,7 +79,7 @@ fn attend<E: Elem>(heads: Heads, positions: usize, rows: usize) -> [Vec<f64>; 5]
                 .map(|t| {
                     let key = &k[t * width + at..t * width + at + dh];
                     let d: f64 = qh.iter().zip(key).map(|(a, b)| f64::from(a * b)).sum();
-                    d / (dh as f64).sqrt()
+                    d * f64::from(heads.scale)
                 })
                 .collect();
             let max = s.iter().copied().fold(f64::NEG_INFINITY, f64::max);
@@ -104,22 +104,25 @@ fn attend<E: Elem>(heads: Heads, positions: usize, rows: usize) -> [Vec<f64>; 5]
 /// chunks of 32 outputs (36, 40) and without (64); keys ending in a
 /// partial block; up to 9 rows over up to 150 positions (3 blocks of
 /// values), the longer passes split between units of work (5 rows of
-/// 5 heads into units of 7, 6, 6 and 6 heads on 2 threads).
+/// 5 heads into units of 7, 6, 6 and 6 heads on 2 threads). Scores
+/// scaled by `1/√dh`, or by another factor (`1/dh`, Granite's kind).
 const SHAPES: [(Heads, usize, usize); 6] = [
-    (heads(4, 2, 6), 11, 3),
-    (heads(6, 2, 40), 21, 3),
-    (heads(5, 1, 36), 13, 3),
-    (heads(9, 3, 64), 35, 3),
-    (heads(9, 3, 64), 150, 9),
-    (heads(5, 1, 36), 100, 5),
+    (heads(4, 2, 6, 0.25), 11, 3),
+    (heads(6, 2, 40, 0.158_113_88), 21, 3),
+    (heads(5, 1, 36, 1.0 / 6.0), 13, 3),
+    (heads(9, 3, 64, 0.125), 35, 3),
+    (heads(9, 3, 64, 1.0 / 64.0), 150, 9),
+    (heads(5, 1, 36, 1.0 / 6.0), 100, 5),
 ];
 
-/// `n_heads` query heads of `head_dim` over `n_kv_heads` key/value heads.
-const fn heads(n_heads: usize, n_kv_heads: usize, head_dim: usize) -> Heads {
+/// `n_heads` query heads of `head_dim` over `n_kv_heads` key/value heads,
+/// scores scaled by `scale`.
+const fn heads(n_heads: usize, n_kv_heads: usize, head_dim: usize, scale: f32) -> Heads {
     Heads {
         n_heads,
         n_kv_heads,
         head_dim,
+        scale,
     }
 }
 
