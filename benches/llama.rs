@@ -11,6 +11,11 @@
 //!   the host storages [`kv_precision`] times passes over 1 and 8 tokens
 //!   after 128 and 512 cached tokens with an f32 and an f16 cache
 //!   (`KvPrecision`), in alternation;
+//! - `llama_prompt_<storage>`: the prompt's pass from an empty cache
+//!   with the logits of every position (`all_logits`) and of its last
+//!   position only (`last_logits`, `LanguageModel::forward_last`: the head
+//!   runs on one row); the anchor prints llama.cpp's prompt pass, which
+//!   computes the last position's logits only;
 //! - `llama_draft_step`: one step of each kind of draft after the same
 //!   prompt, against the target's step, on the fastest storage: the early
 //!   exit (first 4 blocks, full head), a distilled draft (2 blocks, a head
@@ -134,6 +139,25 @@ fn bench_llama(c: &mut Criterion) {
                 })
             });
         }
+        group.finish();
+        let mut group = c.benchmark_group(format!("llama_prompt_{name}"));
+        group.sample_size(20);
+        let mut empty = model.new_cache(1).expect("cache");
+        let feed = std::slice::from_ref(&prompt);
+        group.bench_function("all_logits", |b| {
+            b.iter(|| {
+                let logits = model.forward_cached(&mut empty, feed).expect("pass");
+                empty.truncate(0, 0).expect("truncate");
+                logits.into_data().num_elements()
+            })
+        });
+        group.bench_function("last_logits", |b| {
+            b.iter(|| {
+                let logits = model.forward_last(&mut empty, feed, 1).expect("pass");
+                empty.truncate(0, 0).expect("truncate");
+                logits.into_data().num_elements()
+            })
+        });
         group.finish();
         verify_ratio(&model, &mut cache, &prompt);
         if storage.is_host() {

@@ -416,6 +416,15 @@ def bench(path: Path, threads_list, n_tokens: int) -> None:
             dt = time.perf_counter() - t0
             best = dt if best is None else min(best, dt)
         print(f"threads {threads}: decode {n_tokens / best:.1f} tokens/s (best of 3 runs of {n_tokens})")
+        # The prompt's pass from an empty cache (logits of its last token only).
+        samples = []
+        for _ in range(20):
+            llm.reset()
+            t0 = time.perf_counter()
+            llm.eval(prompt)
+            samples.append(time.perf_counter() - t0)
+        print(f"threads {threads}: prompt pass over {len(prompt)} tokens, last logits only "
+              f"(median of 20): {float(np.median(samples)) * 1e3:.2f} ms")
         # One pass over k tokens after the same prompt, relative to k = 1.
         times = {}
         for k in (1, 2, 4, 8, 16):

@@ -245,7 +245,8 @@ pub fn generate(
         ..GenerateStats::default()
     };
     let start = Instant::now();
-    let logits = model.forward_cached(&mut cache, &[prompt.to_vec()])?;
+    // The head runs on the prompt's last position only.
+    let logits = model.forward_last(&mut cache, &[prompt.to_vec()], 1)?;
     let mut token = choose(logits, &options.sampling, &mut rng)?;
     stats.prompt_secs = start.elapsed().as_secs_f64();
     let mut out = Vec::with_capacity(options.max_tokens);

@@ -2,7 +2,7 @@
 
 use std::time::Instant;
 
-use lastmile_core::lm::{LanguageModel, check_logits_shape};
+use lastmile_core::lm::{LanguageModel, check_last_logits_shape};
 use lastmile_core::numerics::sample_categorical_on_device;
 use rand::Rng;
 
@@ -16,7 +16,8 @@ use crate::verify::{index_tensor, locate_logits_fault, logits_fault, non_finite_
 /// Plain autoregressive decoding with the target alone: the baseline and
 /// the reference for exactness tests.
 ///
-/// One forward per token (the whole prompt in the first). Greedy picks the
+/// One forward per token (the whole prompt in the first), logits read at
+/// each row's last position only ([`LanguageModel::forward_last`]). Greedy picks the
 /// argmax; sampling draws from `config.sampling().probabilities(..)`
 /// with one categorical draw per sequence per step (one uniform each, in
 /// row order). Device synchronisations: one per step (the tokens, read back
@@ -80,12 +81,13 @@ pub fn generate_autoregressive<M: LanguageModel, R: Rng + ?Sized>(
                 feed[i] = sync_row(model, &mut cache, i, row)?;
             }
         }
-        let n_max = feed.iter().map(Vec::len).max().unwrap_or(0);
-        let logits = model.forward(&mut cache, &feed)?;
-        let n = check_logits_shape(&logits, batch, n_max, vocab)?;
+        // Only each row's last position is read: the prompt's pass runs
+        // the model's head on its last token alone.
+        let logits = model.forward_last(&mut cache, &feed, 1)?;
+        check_last_logits_shape(&logits, batch, 1, vocab)?;
         let active: Vec<usize> = (0..batch).filter(|i| !rows[*i].done).collect();
-        let pick: Vec<usize> = active.iter().map(|&i| i * n + feed[i].len() - 1).collect();
-        let logits = logits.reshape([batch * n, vocab]);
+        let pick: Vec<usize> = active.clone();
+        let logits = logits.reshape([batch, vocab]);
         // One read: rows in host memory decided on the host, in place
         // (crate::greedy, crate::sampled); otherwise the tokens with a flag
         // for NaN / fully masked logits.

@@ -3,7 +3,7 @@
 use std::time::Instant;
 
 use burn::tensor::{Tensor, TensorData};
-use lastmile_core::lm::{LanguageModel, check_logits_shape};
+use lastmile_core::lm::{LanguageModel, check_last_logits_shape};
 use lastmile_core::numerics::SamplingParams;
 use lastmile_core::validate::{check_at_least, check_finite, check_len};
 use rand::Rng;
@@ -397,24 +397,28 @@ impl<'t, T: LanguageModel, D: Drafter> SpeculativeDecoder<'t, T, D> {
                 feed[i] = f;
             }
             let n_max = feed.iter().map(Vec::len).max().unwrap_or(0);
-            let logits = self.target.forward(&mut cache, &feed)?;
-            let n = check_logits_shape(&logits, batch, n_max, vocab)?;
             let active: Vec<usize> = (0..batch).filter(|i| !rows[*i].done).collect();
             let g_max = active
                 .iter()
                 .map(|&i| drafts[i].tokens.len())
                 .max()
                 .unwrap_or(0);
-            // Positions (pending last token, x_1..x_g) give p_1..p_{g+1}; pad by repeating the last.
-            let mut pick = Vec::with_capacity(active.len() * (g_max + 1));
+            // Only the positions verified are read (the pending token's and
+            // the drafts'): the prompt's pass runs the head on its last
+            // token alone.
+            let keep = g_max + 1;
+            let logits = self.target.forward_last(&mut cache, &feed, keep)?;
+            check_last_logits_shape(&logits, batch, keep, vocab)?;
+            // Positions (pending last token, x_1..x_g) give p_1..p_{g+1},
+            // the last g + 1 of row i's `keep`; pad by repeating the last.
+            let mut pick = Vec::with_capacity(active.len() * keep);
             for &i in &active {
-                let len = feed[i].len();
                 let g = drafts[i].tokens.len();
                 for j in 0..=g_max {
-                    pick.push(i * n + len - 1 - g + j.min(g));
+                    pick.push(i * keep + g_max - g + j.min(g));
                 }
             }
-            let logits = logits.reshape([batch * n, vocab]);
+            let logits = logits.reshape([batch * keep, vocab]);
             // 3. Verify. Greedy rows in host memory: one read in place,
             // decided on the host (crate::greedy), the kernel's decisions.
             let (host_best, logits) = if greedy {

@@ -3,7 +3,7 @@
 use burn::tensor::{Tensor, TensorData};
 use lastmile_core::CoreError;
 use lastmile_core::convert::tensor_to_vec;
-use lastmile_core::lm::{LmError, check_logits_shape};
+use lastmile_core::lm::{LmError, check_last_logits_shape};
 use lastmile_core::numerics::{
     SamplingParams, entropy, entropy_row, max_and_tame, sample_categorical_on_device, softmax,
 };
@@ -271,21 +271,16 @@ impl<M: LanguageModel> Drafter for ModelDrafter<'_, M> {
             if active.is_empty() {
                 break;
             }
-            let longest = feed.iter().map(Vec::len).max().unwrap_or(0);
-            let logits = self.model.forward(cache, &feed)?;
-            let n = check_logits_shape(&logits, batch, longest, vocab)?;
-            let last: Vec<usize> = active.iter().map(|&r| r * n + feed[r].len() - 1).collect();
+            // Each row's last position only: catching up on a prompt runs
+            // the draft's head on its last token alone.
+            let logits = self.model.forward_last(cache, &feed, 1)?;
+            check_last_logits_shape(&logits, batch, 1, vocab)?;
+            let last = active.clone();
             for &r in &active {
                 self.fed[r].append(&mut feed[r]);
                 drafts[r].model_calls += 1;
             }
-            let step = draft_step(
-                logits.reshape([batch * n, vocab]),
-                &last,
-                sampling,
-                vocab,
-                rng,
-            )?;
+            let step = draft_step(logits.reshape([batch, vocab]), &last, sampling, vocab, rng)?;
             // The policies decide on the signals only; a row that stops
             // discards its sample (below).
             for (k, &r) in active.iter().enumerate() {

@@ -9,7 +9,9 @@
 //! - [`truncate_refeed`]: truncating a row and feeding new tokens equals
 //!   never having fed the discarded ones;
 //! - [`ragged_batch`]: a ragged batch equals each row run on its own;
-//! - [`check_all`]: all three on random tokens.
+//! - [`last_positions`]: [`LanguageModel::forward_last`] gives `forward`'s
+//!   logits at each row's last positions and leaves the same cache;
+//! - [`check_all`]: all four on random tokens.
 //!
 //! ```
 //! # #[cfg(feature = "flex")] {
@@ -47,7 +49,7 @@
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
-use super::{LanguageModel, LmError, LmResult, check_logits_shape};
+use super::{LanguageModel, LmError, LmResult, check_last_logits_shape, check_logits_shape};
 use crate::convert::tensor_to_vec;
 
 /// Runs `tokens` through a fresh single-row cache as the given `feeds`
@@ -219,6 +221,64 @@ pub fn ragged_batch<M: LanguageModel>(
     verdict(CHECK, worst, tolerance)
 }
 
+/// A ragged batch fed in two steps with
+/// [`forward_last`](LanguageModel::forward_last) keeping `keep` positions
+/// gives [`forward`](LanguageModel::forward)'s logits at each row's last
+/// `keep` new positions (those a row has), and the same cached lengths.
+///
+/// # Errors
+/// As [`ragged_batch`]; [`LmError::BadLogits`] for logits not `[batch,
+/// keep, vocab]`.
+pub fn last_positions<M: LanguageModel>(
+    model: &M,
+    first: &[Vec<usize>],
+    second: &[Vec<usize>],
+    keep: usize,
+    tolerance: f32,
+) -> LmResult<f32> {
+    const CHECK: &str = "last_positions";
+    if first.len() != second.len() || first.is_empty() {
+        return Err(LmError::Conformance {
+            check: CHECK,
+            detail: format!(
+                "{} first and {} second lists; expected the same non-zero count",
+                first.len(),
+                second.len()
+            ),
+        });
+    }
+    let vocab = model.vocab_size();
+    let batch = first.len();
+    let (mut full, mut last) = (model.new_cache(batch)?, model.new_cache(batch)?);
+    let mut worst = 0.0f32;
+    for step in [first, second] {
+        let n = step.iter().map(Vec::len).max().unwrap_or(0);
+        let logits = model.forward(&mut full, step)?;
+        let m = check_logits_shape(&logits, batch, n, vocab)?;
+        let all = tensor_to_vec(logits)?;
+        let kept = model.forward_last(&mut last, step, keep)?;
+        check_last_logits_shape(&kept, batch, keep, vocab)?;
+        let kept = tensor_to_vec(kept)?;
+        for (b, row) in step.iter().enumerate() {
+            expect_len(
+                CHECK,
+                model.cached_len(&last, b),
+                model.cached_len(&full, b),
+            )?;
+            for j in keep.saturating_sub(row.len())..keep {
+                let i = row.len() + j - keep;
+                let (at, to) = ((b * m + i) * vocab, (b * keep + j) * vocab);
+                let diff = max_abs_diff(
+                    &[all[at..at + vocab].to_vec()],
+                    &[kept[to..to + vocab].to_vec()],
+                );
+                worst = worst.max(diff);
+            }
+        }
+    }
+    verdict(CHECK, worst, tolerance)
+}
+
 /// Runs every check on random tokens (seeded), with sequences of at most
 /// 24 tokens (or the model's context). Returns the largest difference seen.
 ///
@@ -250,5 +310,8 @@ pub fn check_all<M: LanguageModel>(model: &M, seed: u64, tolerance: f32) -> LmRe
     let first = vec![tokens(len / 2), tokens(1.max(len / 4)), tokens(len - 1)];
     let second = vec![tokens(len - len / 2), Vec::new(), tokens(1)];
     worst = worst.max(ragged_batch(model, &first, &second, tolerance)?);
+    for keep in [1, 3] {
+        worst = worst.max(last_positions(model, &first, &second, keep, tolerance)?);
+    }
     Ok(worst)
 }

@@ -51,7 +51,7 @@ mod features;
 
 pub use features::{FeatureDraftModel, HiddenFeatures};
 
-use burn::tensor::{Device, Tensor};
+use burn::tensor::{Device, Int, Tensor, TensorData};
 use thiserror::Error;
 
 use crate::error::CoreError;
@@ -177,6 +177,139 @@ pub trait LanguageModel {
     /// [`LmError::TokenOutOfRange`], [`LmError::ContextOverflow`],
     /// [`LmError::Batch`], or an implementation's own [`LmError::Model`].
     fn forward(&self, cache: &mut Self::Cache, tokens: &[Vec<usize>]) -> LmResult<Tensor<3>>;
+
+    /// [`forward`](Self::forward), returning the logits at the last `keep`
+    /// new positions of each row only: a prompt's pass needs the logits
+    /// after its last token, not after every one, and a model may skip its
+    /// output head for the others (llama.cpp's per-token `logits` flags).
+    /// The cache is updated as by `forward`. The default runs `forward` and
+    /// gathers the rows ([`last_slots`]).
+    ///
+    /// # Shapes
+    /// Returns `[batch, keep, vocab]`: entry `[b, j]` are the logits after
+    /// `tokens[b][len_b − keep + j]`; entries where that index is negative
+    /// (a row of fewer than `keep` tokens) are padding and are never read.
+    ///
+    /// # Errors
+    /// As [`forward`](Self::forward); [`LmError::Batch`] for `keep = 0`.
+    ///
+    /// ```
+    /// # #[cfg(feature = "flex")] {
+    /// # use burn::tensor::{Device, Tensor, TensorData};
+    /// # use lastmile_core::lm::{LanguageModel, LmResult};
+    /// # struct Position { device: Device }
+    /// # impl LanguageModel for Position {
+    /// #     type Cache = Vec<usize>;
+    /// #     fn vocab_size(&self) -> usize { 1 }
+    /// #     fn device(&self) -> Device { self.device.clone() }
+    /// #     fn new_cache(&self, batch: usize) -> LmResult<Vec<usize>> { Ok(vec![0; batch]) }
+    /// #     fn cached_len(&self, c: &Vec<usize>, row: usize) -> usize { c[row] }
+    /// #     fn truncate(&self, c: &mut Vec<usize>, row: usize, len: usize) -> LmResult<()> { c[row] = c[row].min(len); Ok(()) }
+    /// #     fn forward(&self, c: &mut Vec<usize>, tokens: &[Vec<usize>]) -> LmResult<Tensor<3>> {
+    /// #         // The logit is the position the token was fed at.
+    /// #         let n = tokens.iter().map(Vec::len).max().unwrap_or(0);
+    /// #         let data: Vec<f32> = tokens.iter().zip(c.iter_mut()).flat_map(|(t, len)| {
+    /// #             let start = *len;
+    /// #             *len += t.len();
+    /// #             (0..n).map(move |i| (start + i) as f32)
+    /// #         }).collect();
+    /// #         Ok(Tensor::from_data(TensorData::new(data, [tokens.len(), n, 1]), &self.device))
+    /// #     }
+    /// # }
+    /// use lastmile_core::convert::tensor_to_vec;
+    /// let lm = Position { device: Device::flex() };
+    /// let mut cache = lm.new_cache(2)?;
+    /// let last = lm.forward_last(&mut cache, &[vec![7, 8, 9], vec![4]], 2)?;
+    /// assert_eq!(last.dims(), [2, 2, 1]);
+    /// // Row 0: after its tokens at positions 1 and 2; row 1: padding, then position 0.
+    /// assert_eq!(tensor_to_vec(last)?[..3], [1.0, 2.0, 0.0]);
+    /// assert_eq!((lm.cached_len(&cache, 0), lm.cached_len(&cache, 1)), (3, 1));
+    /// assert!(lm.forward_last(&mut cache, &[vec![1], vec![]], 0).is_err());
+    /// # }
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    fn forward_last(
+        &self,
+        cache: &mut Self::Cache,
+        tokens: &[Vec<usize>],
+        keep: usize,
+    ) -> LmResult<Tensor<3>> {
+        check_keep(keep)?;
+        let logits = self.forward(cache, tokens)?;
+        let n = tokens.iter().map(Vec::len).max().unwrap_or(0);
+        let vocab = self.vocab_size();
+        let padded = check_logits_shape(&logits, tokens.len(), n, vocab)?;
+        let batch = tokens.len();
+        if padded == 0 {
+            return Ok(Tensor::zeros([batch, keep, vocab], &logits.device()));
+        }
+        let slots: Vec<i64> = last_slots(tokens, padded, keep)
+            .into_iter()
+            .map(|s| s as i64)
+            .collect();
+        let index =
+            Tensor::<1, Int>::from_data(TensorData::new(slots, [batch * keep]), &logits.device());
+        Ok(logits
+            .reshape([batch * padded, vocab])
+            .select(0, index)
+            .reshape([batch, keep, vocab]))
+    }
+}
+
+/// [`LmError::Batch`] unless `keep ≥ 1` (positions [`LanguageModel::forward_last`] keeps).
+///
+/// # Errors
+/// [`LmError::Batch`] for `keep = 0`.
+pub fn check_keep(keep: usize) -> LmResult<()> {
+    if keep == 0 {
+        return Err(LmError::Batch {
+            what: "positions of logits kept".to_owned(),
+            expected: "at least 1".to_owned(),
+            found: 0,
+        });
+    }
+    Ok(())
+}
+
+/// The rows of a `[batch · padded, …]` layout of a pass over `tokens`
+/// (each row's new positions at `0..len`, padded to `padded`) that hold
+/// each row's last `keep` positions, in [`LanguageModel::forward_last`]'s
+/// order; a row of fewer than `keep` tokens repeats its position 0 in
+/// front (padding).
+///
+/// ```
+/// use lastmile_core::lm::last_slots;
+/// assert_eq!(last_slots(&[vec![1, 2, 3], vec![4], vec![]], 3, 2), [1, 2, 3, 3, 6, 6]);
+/// ```
+pub fn last_slots(tokens: &[Vec<usize>], padded: usize, keep: usize) -> Vec<usize> {
+    let last = padded.saturating_sub(1);
+    tokens
+        .iter()
+        .enumerate()
+        .flat_map(|(row, t)| {
+            (0..keep).map(move |j| row * padded + (t.len() + j).saturating_sub(keep).min(last))
+        })
+        .collect()
+}
+
+/// Checks that [`LanguageModel::forward_last`]'s logits are `[batch, keep, vocab]`.
+///
+/// # Errors
+/// [`LmError::BadLogits`].
+pub fn check_last_logits_shape(
+    logits: &Tensor<3>,
+    batch: usize,
+    keep: usize,
+    vocab: usize,
+) -> LmResult<()> {
+    let found = logits.dims();
+    if found != [batch, keep, vocab] {
+        return Err(LmError::BadLogits {
+            expected: format!("[{batch}, {keep}, {vocab}]"),
+            found: found.to_vec(),
+        });
+    }
+    Ok(())
 }
 
 /// Checks that a model's logits have the shape [`LanguageModel::forward`]

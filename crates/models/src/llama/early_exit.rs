@@ -103,7 +103,27 @@ impl<'m> LlamaEarlyExit<'m> {
     ) -> LlamaResult<Tensor<3>> {
         Ok(self
             .model
-            .forward_layers(cache, tokens, self.layers, LayerInput::Embed)?
+            .forward_layers(cache, tokens, self.layers, LayerInput::Embed, None)?
+            .0)
+    }
+
+    /// [`forward_cached`](Self::forward_cached)'s logits at each row's last
+    /// `keep` new positions only, the head run on those alone
+    /// ([`LlamaModel::forward_last`]).
+    ///
+    /// # Errors
+    /// As [`forward_cached`](Self::forward_cached); [`LlamaError::Lm`] for
+    /// `keep = 0`.
+    pub fn forward_last(
+        &self,
+        cache: &mut LlamaCache,
+        tokens: &[Vec<usize>],
+        keep: usize,
+    ) -> LlamaResult<Tensor<3>> {
+        lastmile_core::lm::check_keep(keep)?;
+        Ok(self
+            .model
+            .forward_layers(cache, tokens, self.layers, LayerInput::Embed, Some(keep))?
             .0)
     }
 }

@@ -137,7 +137,7 @@ impl LlamaFeatureDraft {
             features,
         };
         self.model
-            .forward_layers(cache, tokens, config.n_layers, input)
+            .forward_layers(cache, tokens, config.n_layers, input, None)
     }
 
     /// The draft conditioned on zero features: its [`LanguageModel`] form.

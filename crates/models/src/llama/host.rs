@@ -52,15 +52,16 @@ pub(crate) struct Fusion<'a> {
     pub(crate) features: Vec<f32>,
 }
 
-/// Logits `[b·n, head rows]` and features (the head's input, `[b·n, d]`)
-/// of `batch` through the first `layers` blocks, writing the new keys and
+/// Logits `[b·n, head rows]` (or of the rows `head_rows` of the `b·n`
+/// only, in their order) and features (the head's input, `[b·n, d]`) of
+/// `batch` through the first `layers` blocks, writing the new keys and
 /// values into `kv` (one entry per block). The blocks read the tokens'
 /// embeddings, fused with `input`'s features when given.
 pub(crate) fn pass(
     model: &LlamaModel,
     kv: &mut [HostKv],
     batch: &HostBatch<'_>,
-    layers: usize,
+    (layers, head_rows): (usize, Option<&[usize]>),
     input: Option<Fusion<'_>>,
 ) -> LlamaResult<(Vec<f32>, Vec<f32>)> {
     let config = &model.config;
@@ -132,7 +133,17 @@ pub(crate) fn pass(
             );
         }
         let h = rms_norm(&x, d, &model.norm, eps)?;
-        let mut logits = team.matmul(host(&model.head)?, &h, rows)?;
+        let mut logits = match head_rows {
+            Some(kept) => {
+                let x: Vec<f32> = kept
+                    .iter()
+                    .flat_map(|&r| &h[r * d..(r + 1) * d])
+                    .copied()
+                    .collect();
+                team.matmul(host(&model.head)?, &x, kept.len())?
+            }
+            None => team.matmul(host(&model.head)?, &h, rows)?,
+        };
         scale(&mut logits, 1.0 / scales.logit);
         Ok((logits, h))
     })

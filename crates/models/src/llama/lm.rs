@@ -46,6 +46,15 @@ macro_rules! llama_language_model {
             fn forward(&self, cache: &mut LlamaCache, tokens: &[Vec<usize>]) -> LmResult<Tensor<3>> {
                 Ok(<$ty>::forward_cached(self, cache, tokens)?)
             }
+
+            fn forward_last(
+                &self,
+                cache: &mut LlamaCache,
+                tokens: &[Vec<usize>],
+                keep: usize,
+            ) -> LmResult<Tensor<3>> {
+                Ok(<$ty>::forward_last(self, cache, tokens, keep)?)
+            }
         }
     };
 }

@@ -8,7 +8,7 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 use lastmile_core::CoreError;
 use lastmile_core::convert::tensor_to_vec;
 use lastmile_core::gguf::GgufFile;
-use lastmile_core::lm::LmError;
+use lastmile_core::lm::{LmError, check_keep, last_slots};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 
@@ -277,7 +277,50 @@ impl LlamaModel {
         tokens: &[Vec<usize>],
     ) -> LlamaResult<Tensor<3>> {
         Ok(self
-            .forward_layers(cache, tokens, self.blocks.len(), LayerInput::Embed)?
+            .forward_layers(cache, tokens, self.blocks.len(), LayerInput::Embed, None)?
+            .0)
+    }
+
+    /// [`forward_cached`](Self::forward_cached)'s logits at each row's last
+    /// `keep` new positions only, `[b, keep, vocab]`
+    /// ([`LanguageModel::forward_last`](lastmile_core::lm::LanguageModel::forward_last)'s
+    /// layout): the output head runs on those positions alone, so a
+    /// prompt's pass skips it for all but its last token (SmolLM2's head is
+    /// a fifth of its weights).
+    ///
+    /// # Errors
+    /// As [`forward_cached`](Self::forward_cached); [`LlamaError::Lm`] for
+    /// `keep = 0`.
+    ///
+    /// ```
+    /// # #[cfg(feature = "flex")] {
+    /// use burn::tensor::Device;
+    /// use lastmile_core::convert::tensor_to_vec;
+    /// use lastmile_models::llama::{LlamaConfig, WeightStorage};
+    /// let m = LlamaConfig::tiny().init_random(1, WeightStorage::F32, &Device::flex())?;
+    /// let (mut all, mut last) = (m.new_cache(1)?, m.new_cache(1)?);
+    /// let every = tensor_to_vec(m.forward_cached(&mut all, &[vec![1, 2, 3]])?)?;
+    /// let tail = m.forward_last(&mut last, &[vec![1, 2, 3]], 1)?;
+    /// assert_eq!(tail.dims(), [1, 1, 64]);
+    /// assert_eq!(tensor_to_vec(tail)?, every[2 * 64..]);
+    /// # }
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn forward_last(
+        &self,
+        cache: &mut LlamaCache,
+        tokens: &[Vec<usize>],
+        keep: usize,
+    ) -> LlamaResult<Tensor<3>> {
+        check_keep(keep)?;
+        Ok(self
+            .forward_layers(
+                cache,
+                tokens,
+                self.blocks.len(),
+                LayerInput::Embed,
+                Some(keep),
+            )?
             .0)
     }
 
@@ -305,27 +348,31 @@ impl LlamaModel {
         cache: &mut LlamaCache,
         tokens: &[Vec<usize>],
     ) -> LlamaResult<(Tensor<3>, Tensor<3>)> {
-        self.forward_layers(cache, tokens, self.blocks.len(), LayerInput::Embed)
+        self.forward_layers(cache, tokens, self.blocks.len(), LayerInput::Embed, None)
     }
 
     /// [`forward_cached`](Self::forward_cached) through the first `layers`
     /// blocks only, then the final norm and the head (the early-exit view,
     /// [`super::LlamaEarlyExit`]). `cache` holds `layers` blocks. The
     /// blocks read `input` (see [`LayerInput`]); the tokens set the
-    /// positions either way. Returns the logits and the features (the head's input).
+    /// positions either way. Returns the logits (at every new position, or
+    /// with `keep` at each row's last `keep` only, as
+    /// [`forward_last`](Self::forward_last)) and the features (the head's
+    /// input, at every new position).
     pub(crate) fn forward_layers(
         &self,
         cache: &mut LlamaCache,
         tokens: &[Vec<usize>],
         layers: usize,
         input: LayerInput<'_>,
+        keep: Option<usize>,
     ) -> LlamaResult<(Tensor<3>, Tensor<3>)> {
         // A host storage's pass runs on one of rayon's workers with a team
         // of the others (`lastmile_core::panel::Team`), so that its ~150
         // products are not each injected from outside the pool, which
         // wakes a worker and parks the caller (measured: about 3 ms of a
         // 14 ms step on 2 cores).
-        self.pass(cache, tokens, layers, input)
+        self.pass(cache, tokens, layers, input, keep)
     }
 
     fn pass(
@@ -334,6 +381,7 @@ impl LlamaModel {
         tokens: &[Vec<usize>],
         layers: usize,
         input: LayerInput<'_>,
+        keep: Option<usize>,
     ) -> LlamaResult<(Tensor<3>, Tensor<3>)> {
         if layers == 0 || layers > self.blocks.len() || cache.keys.len() != layers {
             return Err(LlamaError::Config {
@@ -399,6 +447,9 @@ impl LlamaModel {
             }
         }
         let device = &self.device;
+        // The rows the head runs on: every new position, or each row's last `keep`.
+        let head_rows = keep.map(|k| last_slots(tokens, n, k));
+        let out = keep.unwrap_or(n);
         if self.storage.is_host() {
             let batch = super::host::HostBatch {
                 ids: &ids,
@@ -417,8 +468,13 @@ impl LlamaModel {
                     features: tensor_to_vec(features)?,
                 }),
             };
-            let (mut logits, features) =
-                super::host::pass(self, &mut cache.host, &batch, layers, input)?;
+            let (mut logits, features) = super::host::pass(
+                self,
+                &mut cache.host,
+                &batch,
+                (layers, head_rows.as_deref()),
+                input,
+            )?;
             for (len, t) in cache.lens.iter_mut().zip(tokens) {
                 *len += t.len();
             }
@@ -426,7 +482,7 @@ impl LlamaModel {
                 logits = super::vocab::expand_host(&logits, ids, vocab);
             }
             return Ok((
-                Tensor::from_data(TensorData::new(logits, [b, n, vocab]), device),
+                Tensor::from_data(TensorData::new(logits, [b, out, vocab]), device),
                 Tensor::from_data(TensorData::new(features, [b, n, d]), device),
             ));
         }
@@ -460,7 +516,19 @@ impl LlamaModel {
             *len += t.len();
         }
         let features = self.norm.forward(x);
-        let logits = scaled(self.head.forward(features.clone())?, 1.0 / scales.logit);
+        let head_in = match head_rows {
+            Some(rows) => {
+                let rows: Vec<i64> = rows.into_iter().map(|r| r as i64).collect();
+                let rows = Tensor::<1, Int>::from_data(TensorData::new(rows, [b * out]), device);
+                features
+                    .clone()
+                    .reshape([b * n, d])
+                    .select(0, rows)
+                    .reshape([b, out, d])
+            }
+            None => features.clone(),
+        };
+        let logits = scaled(self.head.forward(head_in)?, 1.0 / scales.logit);
         let logits = match &self.head_tokens {
             Some(ids) => super::vocab::expand(logits, ids, vocab),
             None => logits,
