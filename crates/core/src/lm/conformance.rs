@@ -170,6 +170,21 @@ pub fn truncate_refeed<M: LanguageModel>(
     )
 }
 
+/// A batch's two steps: as many lists each, at least one.
+fn two_steps(check: &'static str, first: &[Vec<usize>], second: &[Vec<usize>]) -> LmResult<()> {
+    if first.len() != second.len() || first.is_empty() {
+        return Err(LmError::Conformance {
+            check,
+            detail: format!(
+                "{} first and {} second lists; expected the same non-zero count",
+                first.len(),
+                second.len()
+            ),
+        });
+    }
+    Ok(())
+}
+
 /// A ragged batch fed in two steps (`first[b]`, then `second[b]`, either
 /// possibly empty) equals each row fed alone in one call.
 ///
@@ -182,16 +197,7 @@ pub fn ragged_batch<M: LanguageModel>(
     tolerance: f32,
 ) -> LmResult<f32> {
     const CHECK: &str = "ragged_batch";
-    if first.len() != second.len() || first.is_empty() {
-        return Err(LmError::Conformance {
-            check: CHECK,
-            detail: format!(
-                "{} first and {} second lists; expected the same non-zero count",
-                first.len(),
-                second.len()
-            ),
-        });
-    }
+    two_steps(CHECK, first, second)?;
     let vocab = model.vocab_size();
     let batch = first.len();
     let mut cache = model.new_cache(batch)?;
@@ -237,16 +243,7 @@ pub fn last_positions<M: LanguageModel>(
     tolerance: f32,
 ) -> LmResult<f32> {
     const CHECK: &str = "last_positions";
-    if first.len() != second.len() || first.is_empty() {
-        return Err(LmError::Conformance {
-            check: CHECK,
-            detail: format!(
-                "{} first and {} second lists; expected the same non-zero count",
-                first.len(),
-                second.len()
-            ),
-        });
-    }
+    two_steps(CHECK, first, second)?;
     let vocab = model.vocab_size();
     let batch = first.len();
     let (mut full, mut last) = (model.new_cache(batch)?, model.new_cache(batch)?);

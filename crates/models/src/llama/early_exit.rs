@@ -107,23 +107,17 @@ impl<'m> LlamaEarlyExit<'m> {
             .0)
     }
 
-    /// [`forward_cached`](Self::forward_cached)'s logits at each row's last
-    /// `keep` new positions only, the head run on those alone
-    /// ([`LlamaModel::forward_last`]).
+    /// [`LlamaModel::forward_last`] for the early exit: logits at each
+    /// row's last `keep` new positions, the head run on those alone.
     ///
     /// # Errors
-    /// As [`forward_cached`](Self::forward_cached); [`LlamaError::Lm`] for
-    /// `keep = 0`.
+    /// As [`LlamaModel::forward_last`].
     pub fn forward_last(
         &self,
         cache: &mut LlamaCache,
         tokens: &[Vec<usize>],
         keep: usize,
     ) -> LlamaResult<Tensor<3>> {
-        lastmile_core::lm::check_keep(keep)?;
-        Ok(self
-            .model
-            .forward_layers(cache, tokens, self.layers, LayerInput::Embed, Some(keep))?
-            .0)
+        self.model.last_logits(cache, tokens, self.layers, keep)
     }
 }

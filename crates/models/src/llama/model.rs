@@ -312,15 +312,20 @@ impl LlamaModel {
         tokens: &[Vec<usize>],
         keep: usize,
     ) -> LlamaResult<Tensor<3>> {
+        self.last_logits(cache, tokens, self.blocks.len(), keep)
+    }
+
+    /// [`forward_last`](Self::forward_last) through the first `layers` blocks.
+    pub(crate) fn last_logits(
+        &self,
+        cache: &mut LlamaCache,
+        tokens: &[Vec<usize>],
+        layers: usize,
+        keep: usize,
+    ) -> LlamaResult<Tensor<3>> {
         check_keep(keep)?;
         Ok(self
-            .forward_layers(
-                cache,
-                tokens,
-                self.blocks.len(),
-                LayerInput::Embed,
-                Some(keep),
-            )?
+            .forward_layers(cache, tokens, layers, LayerInput::Embed, Some(keep))?
             .0)
     }
 
