@@ -258,6 +258,12 @@ pub trait LanguageModel {
 
 /// [`LmError::Batch`] unless `keep ≥ 1` (positions [`LanguageModel::forward_last`] keeps).
 ///
+/// ```
+/// use lastmile_core::lm::check_keep;
+/// assert!(check_keep(1).is_ok());
+/// assert!(check_keep(0).is_err());
+/// ```
+///
 /// # Errors
 /// [`LmError::Batch`] for `keep = 0`.
 pub fn check_keep(keep: usize) -> LmResult<()> {
@@ -293,6 +299,16 @@ pub fn last_slots(tokens: &[Vec<usize>], padded: usize, keep: usize) -> Vec<usiz
 }
 
 /// Checks that [`LanguageModel::forward_last`]'s logits are `[batch, keep, vocab]`.
+///
+/// ```
+/// # #[cfg(feature = "flex")] {
+/// use burn::tensor::{Device, Tensor};
+/// use lastmile_core::lm::check_last_logits_shape;
+/// let logits = Tensor::<3>::zeros([2, 1, 10], &Device::flex());
+/// assert!(check_last_logits_shape(&logits, 2, 1, 10).is_ok());
+/// assert!(check_last_logits_shape(&logits, 2, 3, 10).is_err()); // not padded: exactly `keep`
+/// # }
+/// ```
 ///
 /// # Errors
 /// [`LmError::BadLogits`].

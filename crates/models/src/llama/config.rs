@@ -106,6 +106,14 @@ impl LlamaConfig {
 
     /// The factor on the attention's scores: [`Scales::attention`], else
     /// `1/√d_head`.
+    ///
+    /// ```
+    /// use lastmile_models::llama::{LlamaConfig, Scales};
+    /// let c = LlamaConfig { head_width: Some(16), ..LlamaConfig::tiny() };
+    /// assert_eq!(c.attention_scale(), 0.25);
+    /// let mu_p = Scales { attention: Some(1.0 / 16.0), ..Scales::default() };
+    /// assert_eq!(LlamaConfig { scales: mu_p, ..c }.attention_scale(), 0.0625);
+    /// ```
     pub fn attention_scale(&self) -> f32 {
         self.scales
             .attention

@@ -110,6 +110,21 @@ impl<'m> LlamaEarlyExit<'m> {
     /// [`LlamaModel::forward_last`] for the early exit: logits at each
     /// row's last `keep` new positions, the head run on those alone.
     ///
+    /// ```
+    /// # #[cfg(feature = "flex")] {
+    /// use burn::tensor::Device;
+    /// use lastmile_core::convert::tensor_to_vec;
+    /// use lastmile_models::llama::{LlamaConfig, LlamaEarlyExit, WeightStorage};
+    /// let m = LlamaConfig::tiny().init_random(1, WeightStorage::F32, &Device::flex())?;
+    /// let exit = LlamaEarlyExit::new(&m, 1)?;
+    /// let (mut all, mut last) = (exit.new_cache(1)?, exit.new_cache(1)?);
+    /// let every = tensor_to_vec(exit.forward_cached(&mut all, &[vec![4, 5]])?)?;
+    /// let tail = tensor_to_vec(exit.forward_last(&mut last, &[vec![4, 5]], 1)?)?;
+    /// assert_eq!(tail, every[64..]);
+    /// # }
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
     /// # Errors
     /// As [`LlamaModel::forward_last`].
     pub fn forward_last(
